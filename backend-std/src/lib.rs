@@ -1,0 +1,1 @@
+//! The DQE enforcer node on tokio (being written).

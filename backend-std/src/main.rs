@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("dqe-enforcer: being written");
+    std::process::exit(2);
+}

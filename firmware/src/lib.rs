@@ -1,0 +1,1 @@
+//! The DQE enforcer firmware (being written).

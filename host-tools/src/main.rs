@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("dqe: being written");
+    std::process::exit(2);
+}
