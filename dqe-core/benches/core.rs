@@ -1,1 +1,200 @@
-fn main() {}
+//! The core's hot paths: what a node does per datagram and a receiver per stamp.
+//!
+//! `cargo bench -p dqe-core -- --warm-up-time 1 --measurement-time 2`; results and targets
+//! are in docs/BENCHMARKS.md.
+
+use std::hint::black_box;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
+use dqe_core::config::{ClusterSpec, NodeSpec};
+use dqe_core::hash::{key_of, sha1_concat};
+use dqe_core::ring::Ring;
+use dqe_core::stamp::{self, CertBody, CertCache, Certificate, Stamp};
+use dqe_core::store::{FixedStore, Slot, Store};
+use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
+
+/// Distinct keys cycled through, so lookups do not all hit one cached path.
+const KEY_POOL: usize = 4096;
+
+fn keys() -> Vec<[u8; 20]> {
+    (0..KEY_POOL as u32)
+        .map(|i| sha1_concat(&[b"bench-key", &i.to_be_bytes()]))
+        .collect()
+}
+
+fn envelope(c: &mut Criterion) {
+    let env = Envelope::new(
+        0x85f4_6959,
+        0x1234_5678_9abc_def0,
+        Body::Test { key: [7; 20] },
+    );
+    c.bench_function("envelope/encode+decode Test", |b| {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        b.iter(|| {
+            let bytes = wire::encode(black_box(&env), &mut buf).unwrap();
+            black_box(wire::decode(bytes).unwrap())
+        })
+    });
+}
+
+fn cluster<const N: usize>(n: usize, r: u8) -> ClusterSpec<N> {
+    let mut nodes = heapless::Vec::new();
+    for i in 0..n {
+        let ip = IpAddr::V4(Ipv4Addr::new(10, (i >> 8) as u8, i as u8, 1));
+        nodes
+            .push(NodeSpec {
+                name: format!("node-{i}").as_str().try_into().unwrap(),
+                portal: SocketAddr::new(ip, 7000),
+                storer: SocketAddr::new(ip, 7001),
+                source: SocketAddr::new(ip, 7002),
+            })
+            .unwrap();
+    }
+    ClusterSpec::with_defaults(nodes, r)
+}
+
+fn assignment(c: &mut Criterion) {
+    let keys = keys();
+    let mut group = c.benchmark_group("ring/assigned r=3 of");
+    let small: Ring<{ 16 * 16 }> = Ring::new(&cluster::<16>(16, 3)).unwrap();
+    let large: Box<Ring<{ 1024 * 16 }>> = Box::new(Ring::new(&cluster::<1024>(1024, 3)).unwrap());
+    group.bench_function(BenchmarkId::from_parameter("16 nodes"), |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % KEY_POOL;
+            black_box(small.assigned(&keys[i]))
+        })
+    });
+    group.bench_function(BenchmarkId::from_parameter("1024 nodes"), |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % KEY_POOL;
+            black_box(large.assigned(&keys[i]))
+        })
+    });
+    group.finish();
+}
+
+fn stamps(c: &mut Criterion) {
+    let qa_seed = [0x11; 32];
+    let sender_seed = [0x22; 32];
+    let body = CertBody::new(stamp::public_key(&sender_seed), 1000, 20_000, [0x33; 16]);
+    let cert = Certificate::issue(&qa_seed, body);
+    let stamps: Vec<Stamp> = (0..64)
+        .map(|i| Stamp::sign(cert, &sender_seed, 19_999, i).unwrap())
+        .collect();
+    let trusted = [stamp::public_key(&qa_seed)];
+    let mut group = c.benchmark_group("stamp");
+    group.bench_function("verify cold (two signatures)", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % stamps.len();
+            stamp::verify(black_box(&stamps[i]), &trusted, 19_999, 1).unwrap()
+        })
+    });
+    group.bench_function("verify, certificate cached", |b| {
+        let mut cache = CertCache::<16>::new();
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % stamps.len();
+            cache
+                .verify(black_box(&stamps[i]), &trusted, 19_999, 1)
+                .unwrap()
+        })
+    });
+    group.bench_function("postmark", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % stamps.len();
+            black_box(&stamps[i]).postmark()
+        })
+    });
+    group.finish();
+}
+
+/// Slots in the benchmarked table: 1.5 MiB, bigger than L2, like a real node's table.
+const SLOTS: usize = 1 << 16;
+
+/// A table filled with `count` pairs of epoch 10, and the values it holds.
+fn filled(count: usize) -> (FixedStore<Vec<Slot>>, Vec<[u8; 20]>) {
+    let mut store = FixedStore::new(vec![Slot::EMPTY; SLOTS]);
+    let values: Vec<[u8; 20]> = (0..count as u32)
+        .map(|i| sha1_concat(&[b"bench-value", &i.to_be_bytes()]))
+        .collect();
+    for v in &values {
+        store.put(&key_of(v), v, 10);
+    }
+    assert_eq!(store.len(), count);
+    (store, values)
+}
+
+fn store(c: &mut Criterion) {
+    let mut group = c.benchmark_group("store");
+    for (percent, load) in [(50, SLOTS / 2), (90, SLOTS * 9 / 10)] {
+        // Leave 1% of the table for the fresh puts measured below.
+        let base = load - SLOTS / 100;
+        let (mut store, values) = filled(base);
+        let present: Vec<([u8; 20], [u8; 20])> = values
+            .iter()
+            .step_by(values.len() / KEY_POOL)
+            .map(|v| (key_of(v), *v))
+            .collect();
+        let absent: Vec<[u8; 20]> = (0..KEY_POOL as u32)
+            .map(|i| key_of(&sha1_concat(&[b"absent", &i.to_be_bytes()])))
+            .collect();
+        group.bench_function(format!("get hit at {percent}%"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % present.len();
+                black_box(store.get(&present[i].0))
+            })
+        });
+        group.bench_function(format!("get miss at {percent}%"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % absent.len();
+                black_box(store.get(&absent[i]))
+            })
+        });
+        group.bench_function(format!("put existing (Found) at {percent}%"), |b| {
+            let mut i = 0;
+            b.iter(|| {
+                i = (i + 1) % present.len();
+                let (k, v) = &present[i];
+                black_box(store.put(k, v, 11))
+            })
+        });
+        // Fresh puts fill the spare 1%, stored in epoch 9 so that `expire(10)` takes exactly
+        // them out again (untimed) before the next round.
+        let fresh: Vec<([u8; 20], [u8; 20])> = (0..(SLOTS / 100) as u32)
+            .map(|i| {
+                let v = sha1_concat(&[b"fresh", &i.to_be_bytes()]);
+                (key_of(&v), v)
+            })
+            .collect();
+        group.bench_function(format!("put new (Stored) at {percent}%"), |b| {
+            b.iter_custom(|iters| {
+                let mut spent = Duration::ZERO;
+                let mut left = iters as usize;
+                while left > 0 {
+                    let round = left.min(fresh.len());
+                    let start = Instant::now();
+                    for (k, v) in &fresh[..round] {
+                        black_box(store.put(k, v, 9));
+                    }
+                    spent += start.elapsed();
+                    store.expire(10);
+                    left -= round;
+                }
+                assert_eq!(store.len(), base);
+                spent
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, envelope, assignment, stamps, store);
+criterion_main!(benches);

@@ -70,7 +70,11 @@ pub enum ConfigError {
     /// Two nodes share a name.
     DuplicateName { first: usize, second: usize },
     /// Two nodes (or two roles of one node) share an address.
-    DuplicateAddress { first: usize, second: usize, addr: SocketAddr },
+    DuplicateAddress {
+        first: usize,
+        second: usize,
+        addr: SocketAddr,
+    },
     /// `r` is 0 or more than the number of nodes.
     ReplicationOutOfRange { replication: u8, nodes: usize },
     /// `vnodes` is 0.
@@ -94,7 +98,11 @@ impl core::fmt::Display for ConfigError {
             ConfigError::DuplicateName { first, second } => {
                 write!(f, "nodes {first} and {second} have the same name")
             }
-            ConfigError::DuplicateAddress { first, second, addr } => {
+            ConfigError::DuplicateAddress {
+                first,
+                second,
+                addr,
+            } => {
                 write!(f, "nodes {first} and {second} both use address {addr}")
             }
             ConfigError::ReplicationOutOfRange { replication, nodes } => write!(

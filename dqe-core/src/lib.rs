@@ -21,9 +21,11 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod detector;
 pub mod hash;
 pub mod node;
 pub mod portal;
+pub mod replay;
 pub mod ring;
 pub mod stamp;
 pub mod store;

@@ -1,1 +1,615 @@
-//! (being written)
+//! A node: one portal and one storer behind three UDP ports, as one sans-IO state machine.
+//!
+//! A backend owns the sockets and the clock; the node owns every decision. The backend's
+//! loop is the one of `quinn-proto`:
+//!
+//! 1. a datagram arrived on port `p` from `a`: [`Node::handle`]`(now, p, a, bytes)`;
+//! 2. a deadline passed: [`Node::handle_timeout`]`(now)`;
+//! 3. after either, drain [`Node::poll_transmit`] and send each datagram from the port it
+//!    names, then sleep until [`Node::poll_timeout`] or the next datagram.
+//!
+//! The three ports separate the roles: clients send Test/Set to the *portal* port; peers send
+//! Get/Put to the *storer* port; the node's own Get/Put to peers leave from the *source* port,
+//! and only there are replies accepted. A request on the wrong port is refused, a reply on
+//! any port but the source port is dropped, and nothing that fails to decode is answered.
+//!
+//! Storer work is taken before portal work: a backend reads its storer socket first, the
+//! node serves a Get/Put the moment it is handed one, and its replies leave before any
+//! portal datagram ([`Node::poll_transmit`] drains the storer queue first). Work already
+//! admitted somewhere in the cluster finishes before new work is taken.
+//!
+//! Nothing is dropped silently. The outgoing queues are bounded; when one is full the node
+//! refuses new client requests with `Busy`, leaves expired attempts for a later
+//! `handle_timeout` (their deadline stays in the past, so [`Node::poll_timeout`] asks for an
+//! immediate call), or drops a peer request unexecuted (the peer retries); every such case is
+//! counted in [`NodeStats`].
+
+use core::net::SocketAddr;
+
+use heapless::Deque;
+use rand_core::RngCore;
+
+use crate::Millis;
+use crate::config::{ClusterSpec, ConfigError, NodeIndex};
+use crate::detector::Health;
+use crate::portal::{Context, Portal};
+use crate::ring::{Ring, RingError};
+use crate::store::Store;
+use crate::storer::{Storer, StorerStats};
+use crate::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason, WireError};
+
+/// Datagrams the portal may have queued (sub-requests, retries, probes, client replies).
+/// At least twice the longest read set, so one request always fits after another.
+pub const PORTAL_QUEUE: usize = 64;
+/// Storer replies that may be queued.
+pub const STORER_QUEUE: usize = 32;
+
+/// The three UDP ports of a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Port {
+    /// Clients' Test/Set arrive here; their replies leave from here.
+    Portal,
+    /// Peers' Get/Put arrive here; their replies leave from here.
+    Storer,
+    /// The node's own Get/Put to peers leave from here; their replies arrive here.
+    Source,
+}
+
+/// One datagram to send: `buf[..len]` of the buffer given to [`Node::poll_transmit`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// The port (socket) to send from.
+    pub from: Port,
+    /// The destination.
+    pub to: SocketAddr,
+    /// The datagram's length in the caller's buffer.
+    pub len: usize,
+}
+
+/// The node's timing and failure-detection settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// How long the portal waits for a storer before sending the same sub-request again.
+    pub attempt_timeout: Millis,
+    /// Datagrams per sub-request at most, the first one included (at least 1).
+    pub attempts: u8,
+    /// How long a reply is remembered for repeats (PROTOCOL.md rule 6).
+    pub retry_window: Millis,
+    /// Unanswered attempts in a row after which a peer is believed down.
+    pub detector_threshold: u8,
+    /// How often a peer believed down is probed.
+    pub probe_interval: Millis,
+}
+
+impl Default for NodeConfig {
+    /// 250 ms per attempt and 3 attempts: a request takes at most 750 ms, well within the
+    /// 2 s retry window a client retries in; 3 misses mark a peer down, probed every second.
+    fn default() -> Self {
+        NodeConfig {
+            attempt_timeout: 250,
+            attempts: 3,
+            retry_window: 2_000,
+            detector_threshold: 3,
+            probe_interval: 1_000,
+        }
+    }
+}
+
+/// Why a node could not be built. Each variant names the broken rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeError {
+    /// The cluster description is invalid.
+    Config(ConfigError),
+    /// The ring could not be built (too many points for `P`).
+    Ring(RingError),
+    /// `me` is not a node of the cluster.
+    UnknownSelf { me: NodeIndex, nodes: usize },
+    /// `attempts` is 0: no sub-request would ever be sent.
+    NoAttempts,
+    /// `attempt_timeout` is 0: retries would go out in a busy loop.
+    ZeroAttemptTimeout,
+}
+
+impl core::fmt::Display for NodeError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            NodeError::Config(e) => write!(f, "invalid cluster: {e}"),
+            NodeError::Ring(e) => write!(f, "cannot build the ring: {e}"),
+            NodeError::UnknownSelf { me, nodes } => {
+                write!(f, "node index {me} is not in a cluster of {nodes} nodes")
+            }
+            NodeError::NoAttempts => f.write_str("attempts must be at least 1"),
+            NodeError::ZeroAttemptTimeout => f.write_str("attempt_timeout must be at least 1 ms"),
+        }
+    }
+}
+
+impl core::error::Error for NodeError {}
+
+impl From<ConfigError> for NodeError {
+    fn from(e: ConfigError) -> Self {
+        NodeError::Config(e)
+    }
+}
+
+impl From<RingError> for NodeError {
+    fn from(e: RingError) -> Self {
+        NodeError::Ring(e)
+    }
+}
+
+/// Plain counters a backend exports. All only ever grow, except `nodes_down` (a gauge).
+///
+/// The storer's own counters (Get/Put outcomes at this node's store) are in
+/// [`Node::storer_stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeStats {
+    /// Test requests received (any port but the source port).
+    pub test_requests: u64,
+    /// Set requests received.
+    pub set_requests: u64,
+    /// Get requests received.
+    pub get_requests: u64,
+    /// Put requests received.
+    pub put_requests: u64,
+
+    /// Client verdicts `Found`.
+    pub replied_found: u64,
+    /// Client verdicts `NotFound`.
+    pub replied_not_found: u64,
+    /// Client verdicts `Stored`.
+    pub replied_stored: u64,
+    /// Sets refused because `SHA1(v) != k`.
+    pub refused_bad_hash: u64,
+    /// Client requests refused because the table or the outgoing queue was full.
+    pub refused_busy: u64,
+    /// Set verdicts `Refused(Full)`.
+    pub refused_full: u64,
+    /// Requests (client or peer) refused for a foreign cluster tag.
+    pub refused_wrong_cluster: u64,
+    /// Client verdicts `Refused(Unavailable)`.
+    pub refused_unavailable: u64,
+    /// Requests (client or peer) refused for arriving on the wrong port.
+    pub refused_wrong_port: u64,
+    /// Client repeats answered from the reply cache.
+    pub repeats_answered: u64,
+    /// Client repeats absorbed while the request was in flight.
+    pub repeats_absorbed: u64,
+
+    /// Dropped: the datagram ended inside a field.
+    pub drop_short: u64,
+    /// Dropped: wrong version byte.
+    pub drop_bad_version: u64,
+    /// Dropped: unknown variant index.
+    pub drop_unknown_variant: u64,
+    /// Dropped: malformed varint.
+    pub drop_bad_varint: u64,
+    /// Dropped: non-canonical encoding.
+    pub drop_non_canonical: u64,
+    /// Dropped: trailing bytes.
+    pub drop_trailing: u64,
+    /// Dropped: anything else the decoder refused.
+    pub drop_malformed: u64,
+    /// Replies that match no outstanding sub-request or probe (including replies to
+    /// requests already finished and forgotten, and replies carrying another cluster tag).
+    pub drop_unmatched_reply: u64,
+    /// Second replies to one sub-request (network duplicates, answered retries).
+    pub drop_duplicate_reply: u64,
+    /// Replies that arrived on the portal or storer port.
+    pub drop_reply_on_wrong_port: u64,
+    /// Requests that arrived on the source port.
+    pub drop_request_on_source_port: u64,
+    /// Datagrams not queued because an outgoing queue was full.
+    pub drop_queue_full: u64,
+    /// Replies that would have been longer than their request (never expected).
+    pub drop_amplification: u64,
+    /// Queued datagrams the backend's buffer was too small for.
+    pub drop_buffer_too_small: u64,
+
+    /// Sub-requests (GET/PUT datagrams to peers, retries, repairs and probes included) queued.
+    pub sub_requests: u64,
+    /// Sub-requests sent again after an attempt timeout.
+    pub retries: u64,
+    /// Sub-requests served from the node's own store.
+    pub local_ops: u64,
+    /// Read-repair PUTs (remote or local).
+    pub read_repairs: u64,
+    /// Read repairs not sent for lack of queue room.
+    pub read_repairs_skipped: u64,
+    /// Replies that arrived after their request was answered (used for read repair only).
+    pub late_replies: u64,
+    /// `Found` replies from storers that failed `SHA1(v) == k`.
+    pub invalid_found: u64,
+    /// `Refused` replies from storers other than `Full`.
+    pub storer_refusals: u64,
+    /// Storer replies whose body does not fit the sub-request (e.g. `Stored` to a GET).
+    pub mismatched_replies: u64,
+    /// New client requests refused `Busy` because the outgoing queue lacked room.
+    pub busy_queue_full: u64,
+    /// Deadlines left for a later `handle_timeout` because the outgoing queue lacked room.
+    pub deferred_timeouts: u64,
+
+    /// Probes sent to peers believed down.
+    pub probes_sent: u64,
+    /// Times a peer was marked down.
+    pub nodes_marked_down: u64,
+    /// Times a peer believed down answered and was marked up.
+    pub nodes_marked_up: u64,
+    /// Peers currently believed down (a gauge).
+    pub nodes_down: u64,
+}
+
+impl NodeStats {
+    fn count_wire_error(&mut self, e: &WireError) {
+        let counter = match e {
+            WireError::Short => &mut self.drop_short,
+            WireError::BadVersion(_) => &mut self.drop_bad_version,
+            WireError::UnknownVariant => &mut self.drop_unknown_variant,
+            WireError::BadVarint => &mut self.drop_bad_varint,
+            WireError::NonCanonical => &mut self.drop_non_canonical,
+            WireError::Trailing(_) => &mut self.drop_trailing,
+            WireError::BufferTooSmall | WireError::Malformed => &mut self.drop_malformed,
+        };
+        *counter += 1;
+    }
+
+    fn count_request(&mut self, body: &Body) {
+        match body {
+            Body::Test { .. } => self.test_requests += 1,
+            Body::Set { .. } => self.set_requests += 1,
+            Body::Get { .. } => self.get_requests += 1,
+            Body::Put { .. } => self.put_requests += 1,
+            _ => {}
+        }
+    }
+
+    /// Count the verdict a portal sends a client.
+    pub(crate) fn count_outcome(&mut self, body: &Body) {
+        let counter = match body {
+            Body::Found { .. } => &mut self.replied_found,
+            Body::NotFound => &mut self.replied_not_found,
+            Body::Stored => &mut self.replied_stored,
+            Body::Refused { reason } => match reason {
+                Reason::BadHash => &mut self.refused_bad_hash,
+                Reason::Busy => &mut self.refused_busy,
+                Reason::Full => &mut self.refused_full,
+                Reason::WrongCluster => &mut self.refused_wrong_cluster,
+                Reason::Unavailable => &mut self.refused_unavailable,
+                Reason::WrongPort => &mut self.refused_wrong_port,
+            },
+            _ => return,
+        };
+        *counter += 1;
+    }
+}
+
+/// One datagram waiting to be sent.
+#[derive(Debug, Clone, Copy)]
+struct Outgoing {
+    from: Port,
+    to: SocketAddr,
+    env: Envelope,
+}
+
+/// The node's bounded outgoing queues: storer replies, then everything else.
+#[derive(Debug, Default)]
+pub(crate) struct Outbox {
+    storer: Deque<Outgoing, STORER_QUEUE>,
+    portal: Deque<Outgoing, PORTAL_QUEUE>,
+}
+
+impl Outbox {
+    /// Free places in the portal queue (sub-requests and client replies).
+    pub(crate) fn room(&self) -> usize {
+        PORTAL_QUEUE - self.portal.len()
+    }
+
+    fn storer_room(&self) -> usize {
+        STORER_QUEUE - self.storer.len()
+    }
+
+    /// Queue a request from `from`; false when the queue is full.
+    pub(crate) fn send(&mut self, from: Port, to: SocketAddr, env: Envelope) -> bool {
+        self.portal.push_back(Outgoing { from, to, env }).is_ok()
+    }
+
+    /// Queue the reply `body` to `request` (rule 2: echo, back to the source, never longer).
+    pub(crate) fn reply(
+        &mut self,
+        from: Port,
+        to: SocketAddr,
+        request: &Envelope,
+        request_len: usize,
+        body: Body,
+        stats: &mut NodeStats,
+    ) {
+        let env = request.reply(body);
+        let mut buf = [0u8; MAX_DATAGRAM];
+        match wire::encode(&env, &mut buf) {
+            Ok(bytes) if bytes.len() <= request_len => {}
+            _ => {
+                stats.drop_amplification += 1;
+                return;
+            }
+        }
+        let out = Outgoing { from, to, env };
+        let queued = match from {
+            Port::Storer => self.storer.push_back(out).is_ok(),
+            Port::Portal | Port::Source => self.portal.push_back(out).is_ok(),
+        };
+        if !queued {
+            stats.drop_queue_full += 1;
+        }
+    }
+
+    fn pop(&mut self) -> Option<Outgoing> {
+        self.storer.pop_front().or_else(|| self.portal.pop_front())
+    }
+
+    fn len(&self) -> usize {
+        self.storer.len() + self.portal.len()
+    }
+}
+
+/// A DQE enforcer node for a cluster of up to `N` nodes, with `P` ring points, `F` client
+/// requests in flight at its portal and `C` entries in each reply cache (the storer's and
+/// the portal's). `S` is its store, `R` the source of request ids.
+#[derive(Debug)]
+pub struct Node<
+    S: Store,
+    R: RngCore,
+    const N: usize,
+    const P: usize,
+    const F: usize,
+    const C: usize,
+> {
+    spec: ClusterSpec<N>,
+    me: NodeIndex,
+    tag: u32,
+    ring: Ring<P>,
+    store: S,
+    rng: R,
+    config: NodeConfig,
+    epoch: u32,
+    storer: Storer<C>,
+    portal: Portal<N, F, C>,
+    outbox: Outbox,
+    stats: NodeStats,
+}
+
+impl<S: Store, R: RngCore, const N: usize, const P: usize, const F: usize, const C: usize>
+    Node<S, R, N, P, F, C>
+{
+    /// Node `me` of `spec`, serving `store`, in epoch `epoch`.
+    pub fn new(
+        spec: ClusterSpec<N>,
+        me: NodeIndex,
+        store: S,
+        rng: R,
+        config: NodeConfig,
+        epoch: u32,
+    ) -> Result<Self, NodeError> {
+        spec.validate()?;
+        if me as usize >= spec.nodes.len() {
+            return Err(NodeError::UnknownSelf {
+                me,
+                nodes: spec.nodes.len(),
+            });
+        }
+        if config.attempts == 0 {
+            return Err(NodeError::NoAttempts);
+        }
+        if config.attempt_timeout == 0 {
+            return Err(NodeError::ZeroAttemptTimeout);
+        }
+        let ring = Ring::new(&spec)?;
+        let mut rng = rng;
+        let storer = Storer::with_seed(config.retry_window, rng.next_u64());
+        let portal = Portal::new(&config, rng.next_u64());
+        Ok(Node {
+            tag: spec.cluster_tag(),
+            spec,
+            me,
+            ring,
+            store,
+            rng,
+            config,
+            epoch,
+            storer,
+            portal,
+            outbox: Outbox::default(),
+            stats: NodeStats::default(),
+        })
+    }
+
+    /// Take one datagram that arrived on `port` from `from`.
+    pub fn handle(&mut self, now: Millis, port: Port, from: SocketAddr, datagram: &[u8]) {
+        let env = match wire::decode(datagram) {
+            Ok(env) => env,
+            Err(e) => {
+                self.stats.count_wire_error(&e);
+                return;
+            }
+        };
+        if env.body.is_request() {
+            self.handle_request(now, port, from, &env, datagram.len());
+        } else if port == Port::Source {
+            let (portal, mut cx) = self.parts(now);
+            portal.on_reply(&mut cx, from, &env);
+        } else {
+            self.stats.drop_reply_on_wrong_port += 1;
+        }
+        self.stats.nodes_down = self.portal.nodes_down() as u64;
+    }
+
+    /// Process every deadline due at `now`.
+    pub fn handle_timeout(&mut self, now: Millis) {
+        let (portal, mut cx) = self.parts(now);
+        portal.on_timeout(&mut cx);
+        self.stats.nodes_down = self.portal.nodes_down() as u64;
+    }
+
+    /// The next datagram to send, written into `buf` (give at least [`MAX_DATAGRAM`] bytes).
+    /// Call until it returns `None` after every `handle` and `handle_timeout`.
+    pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<Transmit> {
+        while let Some(out) = self.outbox.pop() {
+            match wire::encode(&out.env, buf) {
+                Ok(bytes) => {
+                    return Some(Transmit {
+                        from: out.from,
+                        to: out.to,
+                        len: bytes.len(),
+                    });
+                }
+                Err(_) => self.stats.drop_buffer_too_small += 1,
+            }
+        }
+        None
+    }
+
+    /// When [`Node::handle_timeout`] should next be called. A deadline in the past means
+    /// now: work was deferred for lack of queue room.
+    pub fn poll_timeout(&self) -> Option<Millis> {
+        self.portal.next_deadline()
+    }
+
+    /// Enter epoch `epoch`: new pairs are stored under it, and epochs older than the
+    /// cluster's retention are dropped from the store.
+    pub fn set_epoch(&mut self, epoch: u32) {
+        self.epoch = epoch;
+        self.store.expire(self.spec.oldest_retained(epoch));
+    }
+
+    /// The current epoch.
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
+    /// The node's counters.
+    pub fn stats(&self) -> &NodeStats {
+        &self.stats
+    }
+
+    /// The node's store.
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    /// The node's store, mutably (for a backend's maintenance, e.g. a flush).
+    pub fn store_mut(&mut self) -> &mut S {
+        &mut self.store
+    }
+
+    /// The tag this node puts in its requests and accepts in others'.
+    pub fn cluster_tag(&self) -> u32 {
+        self.tag
+    }
+
+    /// The storer's counters (Get/Put served for peers, from its reply cache included).
+    pub fn storer_stats(&self) -> &StorerStats {
+        self.storer.stats()
+    }
+
+    /// Client requests the portal has not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.portal.in_flight()
+    }
+
+    /// This node's index in the cluster.
+    pub fn me(&self) -> NodeIndex {
+        self.me
+    }
+
+    /// The cluster this node belongs to.
+    pub fn spec(&self) -> &ClusterSpec<N> {
+        &self.spec
+    }
+
+    /// The ring the node draws preference lists from.
+    pub fn ring(&self) -> &Ring<P> {
+        &self.ring
+    }
+
+    /// The node's timing settings.
+    pub fn config(&self) -> &NodeConfig {
+        &self.config
+    }
+
+    /// What this node's failure detector believes about `node`.
+    pub fn health(&self, node: NodeIndex) -> Health {
+        self.portal.health(node)
+    }
+
+    /// Datagrams queued and not yet taken by [`Node::poll_transmit`].
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// The portal, and the rest of the node it works with.
+    fn parts(&mut self, now: Millis) -> (&mut Portal<N, F, C>, Context<'_, S, R, N, P>) {
+        let cx = Context {
+            now,
+            spec: &self.spec,
+            ring: &self.ring,
+            me: self.me,
+            tag: self.tag,
+            epoch: self.epoch,
+            config: &self.config,
+            store: &mut self.store,
+            rng: &mut self.rng,
+            outbox: &mut self.outbox,
+            stats: &mut self.stats,
+        };
+        (&mut self.portal, cx)
+    }
+
+    fn handle_request(
+        &mut self,
+        now: Millis,
+        port: Port,
+        from: SocketAddr,
+        env: &Envelope,
+        len: usize,
+    ) {
+        if port == Port::Source {
+            self.stats.drop_request_on_source_port += 1;
+            return;
+        }
+        self.stats.count_request(&env.body);
+        if env.cluster != 0 && env.cluster != self.tag {
+            self.refuse(port, from, env, len, Reason::WrongCluster);
+            return;
+        }
+        match port {
+            Port::Storer if env.body.is_peer_request() => self.serve_peer(now, from, env, len),
+            Port::Portal if env.body.is_client_request() => {
+                let (portal, mut cx) = self.parts(now);
+                portal.on_request(&mut cx, from, env, len);
+            }
+            _ => self.refuse(port, from, env, len, Reason::WrongPort),
+        }
+    }
+
+    /// A Get/Put from a peer: the storer answers it at once, from this node's store.
+    fn serve_peer(&mut self, now: Millis, from: SocketAddr, env: &Envelope, len: usize) {
+        if self.outbox.storer_room() == 0 {
+            // Unexecuted, so the peer's retry (same id) is served as if it were the first.
+            self.stats.drop_queue_full += 1;
+            return;
+        }
+        let reply = self
+            .storer
+            .handle(now, from, env, &mut self.store, self.epoch);
+        if let Some(body) = reply {
+            self.outbox
+                .reply(Port::Storer, from, env, len, body, &mut self.stats);
+        }
+    }
+
+    fn refuse(&mut self, port: Port, from: SocketAddr, env: &Envelope, len: usize, reason: Reason) {
+        self.stats.count_outcome(&Body::Refused { reason });
+        let body = Body::Refused { reason };
+        self.outbox
+            .reply(port, from, env, len, body, &mut self.stats);
+    }
+}

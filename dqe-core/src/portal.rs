@@ -1,1 +1,799 @@
-//! (being written)
+//! The portal: answers a client's Test/Set by asking the storers that hold the key.
+//!
+//! For a key `k` the portal takes `k`'s preference list from the ring and draws two sets
+//! from it, skipping the nodes its [failure detector](crate::detector) believes down:
+//!
+//! - the [`WriteSet`]: the first `r` live nodes. When an assigned node is down, the next
+//!   live node of the list holds the copy in its place;
+//! - the [`ReadSet`]: the write set plus the live nodes among the first `r + handoff`, so a
+//!   copy written in place of a down node is still read after that node returns.
+//!
+//! A `Test` sends a GET to every node of the read set; a `Set` sends a PUT to every node of
+//! the write set and a GET to the rest of the read set. All sub-requests go out at once from
+//! the source port, each with its own random id, and each is retried with that same id every
+//! `attempt_timeout` until it is answered or `attempts` datagrams have gone out (so a storer
+//! that already executed a PUT answers the retry from its reply cache: a retried write never
+//! turns into `Found`). For the same reason no retry goes out once the retry window has passed
+//! since the first attempt (after a long pause of the node): the storer may have forgotten it.
+//! The node's own share is served from its own store, in place.
+//!
+//! Verdicts, exactly as PROTOCOL.md states them:
+//! - `Found(v)` as soon as one node answers a valid `Found(v)` (`SHA1(v) == k`; an invalid
+//!   one is ignored, as if that node had not answered);
+//! - Test: `NotFound` once every node answered or timed out and at least one said
+//!   `NotFound`; `Refused(Unavailable)` when none did;
+//! - Set: once every node answered or timed out, `Stored` when at least one PUT said
+//!   `Stored` (and none said `Found`), else `Refused(Full)` when some PUT was refused for
+//!   space, else `Refused(Unavailable)`.
+//!
+//! Any other answer from a storer (a `Refused` for another reason, a body that does not fit
+//! the sub-request) counts as no answer for the verdict, but still proves the node alive.
+//!
+//! After a `Found`, the client has its answer at once, but the request *lingers* in the table
+//! until its current attempt expires: write-set nodes that answer `NotFound` meanwhile get a
+//! PUT of `(k, v)` (read repair, fire and forget: the repair's own reply is only counted).
+//! A lingering request is the first thing evicted when the table is full.
+//!
+//! Client idempotence (rule 6): a repeat of a request still in the table is absorbed; a repeat
+//! of a finished one gets the reply recorded in the [`ReplyCache`] for the retry window.
+
+use core::net::SocketAddr;
+
+use rand_core::RngCore;
+
+use crate::Millis;
+use crate::config::{ClusterSpec, NodeIndex};
+use crate::detector::{Change, FailureDetector, Health};
+use crate::hash::{Key, Value, matches};
+use crate::node::{NodeConfig, NodeStats, Outbox, Port};
+use crate::replay::{Lookup, ReplyCache, fingerprint};
+use crate::ring::{MAX_PREFERENCE, Ring};
+use crate::store::{PutOutcome, Store};
+use crate::wire::{Body, Envelope, Reason};
+
+/// A list of nodes drawn from a preference list, in preference order.
+pub type NodeList = heapless::Vec<NodeIndex, MAX_PREFERENCE>;
+/// A key's preference list: distinct owners in ring order, the first `r` assigned.
+pub type PreferenceList = NodeList;
+/// The nodes that get a PUT for a Set: the first `r` live nodes of the preference list.
+pub type WriteSet = NodeList;
+/// The nodes asked for a key: the write set first, then the other live nodes among the
+/// first `r + handoff` of the preference list.
+pub type ReadSet = NodeList;
+
+/// The two sets a request for one key works over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sets {
+    /// Where a Set writes.
+    pub write: WriteSet,
+    /// Where a Test reads (and a Set GETs the nodes not in `write`); starts with `write`.
+    pub read: ReadSet,
+}
+
+/// Draw the write and read sets from `preference`, skipping nodes for which `is_up` is false.
+///
+/// When every node of the list is believed down, the detector is ignored and the first
+/// `r` (write) and `r + handoff` (read) nodes are asked anyway: asking someone beats
+/// answering `Unavailable` without trying, and such a request doubles as a probe.
+pub fn choose_sets(
+    preference: &[NodeIndex],
+    replication: u8,
+    handoff: u8,
+    is_up: impl Fn(NodeIndex) -> bool,
+) -> Sets {
+    let r = replication as usize;
+    let depth = (r + handoff as usize).min(preference.len());
+    let mut write = WriteSet::new();
+    for &node in preference.iter().filter(|&&n| is_up(n)).take(r) {
+        // Cannot fail: at most `r <= MAX_PREFERENCE` nodes.
+        let _ = write.push(node);
+    }
+    if write.is_empty() {
+        return Sets {
+            write: preference.iter().copied().take(r).collect(),
+            read: preference.iter().copied().take(depth).collect(),
+        };
+    }
+    let mut read = write.clone();
+    for &node in &preference[..depth] {
+        if is_up(node) && !read.contains(&node) {
+            // Cannot fail: the read set holds distinct nodes of the preference list.
+            let _ = read.push(node);
+        }
+    }
+    Sets { write, read }
+}
+
+/// What a sub-request asks a storer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Get,
+    Put,
+}
+
+/// Where one sub-request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Sent, no answer yet.
+    Pending,
+    /// A valid `Found`.
+    Found,
+    /// `NotFound` to a GET.
+    NotFound,
+    /// `Stored` to a PUT.
+    Stored,
+    /// `Refused(Full)` to a PUT.
+    Full,
+    /// An answer that counts as none: another refusal, an invalid `Found`, a mismatched body.
+    Ignored,
+    /// Every attempt expired, or the node was found down meanwhile.
+    TimedOut,
+}
+
+/// One GET or PUT of a client request, to one node of its read set.
+#[derive(Debug, Clone, Copy)]
+struct SubRequest {
+    node: NodeIndex,
+    op: Op,
+    /// Whether the node is in the write set (read repair only targets those).
+    in_write_set: bool,
+    /// The sub-request's own random id (unused for the node's own share).
+    id: u64,
+    answer: Answer,
+}
+
+/// Where a client request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Waiting for storers.
+    Collecting,
+    /// The verdict is known but the outgoing queue had no room for it yet.
+    Replying(Body),
+    /// Answered; kept until its attempt expires to repair late `NotFound`s.
+    Lingering,
+}
+
+/// A client request in flight.
+#[derive(Debug, Clone)]
+struct Request<const N: usize> {
+    client: SocketAddr,
+    /// The client's envelope, for the echo and to recognise repeats.
+    request: Envelope,
+    /// Its encoded length: no reply may be longer.
+    request_len: usize,
+    subs: heapless::Vec<SubRequest, N>,
+    /// Datagrams sent so far per pending sub-request.
+    attempt: u8,
+    /// When the sub-requests first went out: retries stop a retry window later.
+    started: Millis,
+    deadline: Millis,
+    phase: Phase,
+    /// The first valid value a storer reported.
+    found: Option<Value>,
+}
+
+impl<const N: usize> Request<N> {
+    fn key(&self) -> Key {
+        match self.request.body {
+            Body::Test { key } | Body::Set { key, .. } => key,
+            _ => [0; 20],
+        }
+    }
+
+    fn is_set(&self) -> bool {
+        matches!(self.request.body, Body::Set { .. })
+    }
+
+    fn pending(&self) -> usize {
+        self.subs
+            .iter()
+            .filter(|s| s.answer == Answer::Pending)
+            .count()
+    }
+
+    fn any(&self, op: Op, answer: Answer) -> bool {
+        self.subs.iter().any(|s| s.op == op && s.answer == answer)
+    }
+
+    /// Record storer `reply` to sub-request `i`.
+    fn record(&mut self, i: usize, reply: &Body, stats: &mut NodeStats) {
+        let key = self.key();
+        let op = self.subs[i].op;
+        let answer = match (op, reply) {
+            (_, Body::Found { value }) if matches(&key, value) => {
+                self.found.get_or_insert(*value);
+                Answer::Found
+            }
+            (_, Body::Found { .. }) => {
+                stats.invalid_found += 1;
+                Answer::Ignored
+            }
+            (Op::Get, Body::NotFound) => Answer::NotFound,
+            (Op::Put, Body::Stored) => Answer::Stored,
+            (
+                Op::Put,
+                Body::Refused {
+                    reason: Reason::Full,
+                },
+            ) => Answer::Full,
+            (_, Body::Refused { .. }) => {
+                stats.storer_refusals += 1;
+                Answer::Ignored
+            }
+            _ => {
+                stats.mismatched_replies += 1;
+                Answer::Ignored
+            }
+        };
+        self.subs[i].answer = answer;
+    }
+
+    /// The reply the client gets, once it is decided.
+    fn verdict(&self) -> Option<Body> {
+        if let Some(value) = self.found {
+            return Some(Body::Found { value });
+        }
+        if self.pending() > 0 {
+            return None;
+        }
+        let refused = |reason| Body::Refused { reason };
+        Some(if self.is_set() {
+            if self.any(Op::Put, Answer::Stored) {
+                Body::Stored
+            } else if self.any(Op::Put, Answer::Full) {
+                refused(Reason::Full)
+            } else {
+                refused(Reason::Unavailable)
+            }
+        } else if self.any(Op::Get, Answer::NotFound) {
+            Body::NotFound
+        } else {
+            refused(Reason::Unavailable)
+        })
+    }
+}
+
+/// Everything of the node a portal works with, borrowed for one event.
+pub(crate) struct Context<'a, S, R, const N: usize, const P: usize> {
+    pub now: Millis,
+    pub spec: &'a ClusterSpec<N>,
+    pub ring: &'a Ring<P>,
+    pub me: NodeIndex,
+    pub tag: u32,
+    pub epoch: u32,
+    pub config: &'a NodeConfig,
+    pub store: &'a mut S,
+    pub rng: &'a mut R,
+    pub outbox: &'a mut Outbox,
+    pub stats: &'a mut NodeStats,
+}
+
+impl<S: Store, R: RngCore, const N: usize, const P: usize> Context<'_, S, R, N, P> {
+    /// Send `body` with a fresh envelope from the source port to `node`'s storer.
+    fn send(&mut self, node: NodeIndex, id: u64, body: Body) -> bool {
+        let to = self.spec.nodes[node as usize].storer;
+        let sent = self
+            .outbox
+            .send(Port::Source, to, Envelope::new(self.tag, id, body));
+        if sent {
+            self.stats.sub_requests += 1;
+        } else {
+            self.stats.drop_queue_full += 1;
+        }
+        sent
+    }
+
+    /// Reply `body` to a client request.
+    fn reply(&mut self, to: SocketAddr, request: &Envelope, request_len: usize, body: Body) {
+        self.outbox
+            .reply(Port::Portal, to, request, request_len, body, self.stats);
+    }
+
+    /// Serve a sub-request for this node's own share from its own store.
+    fn serve_locally(&mut self, op: Op, key: &Key, value: Option<&Value>) -> Body {
+        self.stats.local_ops += 1;
+        match (op, value) {
+            (Op::Put, Some(value)) => match self.store.put(key, value, self.epoch) {
+                PutOutcome::Stored => Body::Stored,
+                PutOutcome::Found(value) => Body::Found { value },
+                PutOutcome::Full => Body::Refused {
+                    reason: Reason::Full,
+                },
+            },
+            _ => match self.store.get(key) {
+                Some(value) => Body::Found { value },
+                None => Body::NotFound,
+            },
+        }
+    }
+
+    fn note(&mut self, change: Change) {
+        match change {
+            Change::WentDown => self.stats.nodes_marked_down += 1,
+            Change::CameUp => self.stats.nodes_marked_up += 1,
+            Change::Same => {}
+        }
+    }
+}
+
+/// The portal of one node: its table of requests in flight (`F` of them), the client
+/// reply cache (`C` entries) and the failure detector over `N` nodes.
+#[derive(Debug)]
+pub struct Portal<const N: usize, const F: usize, const C: usize> {
+    table: [Option<Request<N>>; F],
+    replies: ReplyCache<C>,
+    detector: FailureDetector<N>,
+}
+
+impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
+    /// An empty portal; `seed` keys its reply cache's hash (draw it from the node's RNG).
+    pub fn new(config: &NodeConfig, seed: u64) -> Self {
+        Portal {
+            table: core::array::from_fn(|_| None),
+            replies: ReplyCache::with_seed(config.retry_window, seed),
+            detector: FailureDetector::new(config.detector_threshold, config.probe_interval),
+        }
+    }
+
+    /// Client requests not yet answered.
+    pub fn in_flight(&self) -> usize {
+        self.table
+            .iter()
+            .flatten()
+            .filter(|r| r.phase != Phase::Lingering)
+            .count()
+    }
+
+    /// What the failure detector believes about `node`.
+    pub fn health(&self, node: NodeIndex) -> Health {
+        self.detector.health(node)
+    }
+
+    /// How many nodes the failure detector believes down.
+    pub fn nodes_down(&self) -> usize {
+        self.detector.down_count()
+    }
+
+    /// The earliest instant the portal has timed work: an attempt expiring, a reply
+    /// waiting for queue room, a lingering request to drop, a probe to send.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        let requests = self.table.iter().flatten().map(|r| r.deadline);
+        requests.chain(self.detector.next_probe()).min()
+    }
+
+    /// A Test or Set from a client, on the portal port. The caller has checked the port and
+    /// the cluster tag.
+    pub(crate) fn on_request<S: Store, R: RngCore, const P: usize>(
+        &mut self,
+        cx: &mut Context<'_, S, R, N, P>,
+        from: SocketAddr,
+        env: &Envelope,
+        len: usize,
+    ) {
+        let (key, value) = match env.body {
+            Body::Test { key } => (key, None),
+            Body::Set { key, value } => (key, Some(value)),
+            _ => return,
+        };
+        if let Some(value) = value
+            && !matches(&key, &value)
+        {
+            cx.stats.refused_bad_hash += 1;
+            let body = Body::Refused {
+                reason: Reason::BadHash,
+            };
+            cx.reply(from, env, len, body);
+            return;
+        }
+        let print = fingerprint(&env.body);
+        match self.replies.lookup(cx.now, from, env.id, print) {
+            Some(Lookup::Replied(body)) => {
+                cx.stats.repeats_answered += 1;
+                cx.reply(from, env, len, body);
+                return;
+            }
+            Some(Lookup::InFlight) => {
+                cx.stats.repeats_absorbed += 1;
+                return;
+            }
+            None => {}
+        }
+        if self.is_repeat_in_flight(from, env) {
+            cx.stats.repeats_absorbed += 1;
+            return;
+        }
+        let preference: PreferenceList = cx.ring.preference(&key).collect();
+        let sets = choose_sets(&preference, cx.ring.replication(), cx.ring.handoff(), |n| {
+            self.detector.is_up(n)
+        });
+        let remote = sets.read.iter().filter(|&&n| n != cx.me).count();
+        if cx.outbox.room() < remote + 1 {
+            // Not enough room to send every sub-request and the answer: refuse now rather
+            // than start a request we could only half send.
+            cx.stats.busy_queue_full += 1;
+            self.refuse_busy(cx, from, env, len);
+            return;
+        }
+        let Some(slot) = self.free_slot() else {
+            self.refuse_busy(cx, from, env, len);
+            return;
+        };
+        let mut request = Request {
+            client: from,
+            request: *env,
+            request_len: len,
+            subs: heapless::Vec::new(),
+            attempt: 1,
+            started: cx.now,
+            deadline: cx.now.saturating_add(cx.config.attempt_timeout),
+            phase: Phase::Collecting,
+            found: None,
+        };
+        for &node in &sets.read {
+            let in_write_set = sets.write.contains(&node);
+            let op = if value.is_some() && in_write_set {
+                Op::Put
+            } else {
+                Op::Get
+            };
+            let id = if node == cx.me { 0 } else { cx.rng.next_u64() };
+            let sub = SubRequest {
+                node,
+                op,
+                in_write_set,
+                id,
+                answer: Answer::Pending,
+            };
+            // Cannot fail: the read set holds distinct nodes, at most `N`.
+            let _ = request.subs.push(sub);
+        }
+        let me = cx.me;
+        for sub in request.subs.iter().filter(|s| s.node != me) {
+            let body = match (sub.op, value) {
+                (Op::Put, Some(value)) => Body::Put { key, value },
+                _ => Body::Get { key },
+            };
+            cx.send(sub.node, sub.id, body);
+        }
+        if let Some(i) = request.subs.iter().position(|s| s.node == cx.me) {
+            let op = request.subs[i].op;
+            let reply = cx.serve_locally(op, &key, value.as_ref());
+            request.record(i, &reply, cx.stats);
+        }
+        self.table[slot] = Some(request);
+        self.settle(cx, slot);
+    }
+
+    /// A reply on the source port: match it to a sub-request or probe by (storer address, id).
+    pub(crate) fn on_reply<S: Store, R: RngCore, const P: usize>(
+        &mut self,
+        cx: &mut Context<'_, S, R, N, P>,
+        from: SocketAddr,
+        env: &Envelope,
+    ) {
+        let node = cx.spec.nodes.iter().position(|n| n.storer == from);
+        let Some(node) = node.map(|i| i as NodeIndex).filter(|&n| n != cx.me) else {
+            cx.stats.drop_unmatched_reply += 1;
+            return;
+        };
+        if env.cluster != cx.tag {
+            cx.stats.drop_unmatched_reply += 1;
+            return;
+        }
+        if self.detector.is_probe(node, env.id) {
+            let change = self.detector.record_answer(node);
+            cx.note(change);
+            return;
+        }
+        let Some((slot, i)) = self.find_sub(node, env.id) else {
+            cx.stats.drop_unmatched_reply += 1;
+            return;
+        };
+        let change = self.detector.record_answer(node);
+        cx.note(change);
+        let Some(request) = self.table[slot].as_mut() else {
+            return;
+        };
+        match request.subs[i].answer {
+            Answer::Pending | Answer::TimedOut => {}
+            _ => {
+                cx.stats.drop_duplicate_reply += 1;
+                return;
+            }
+        }
+        if request.phase != Phase::Collecting {
+            cx.stats.late_replies += 1;
+        }
+        request.record(i, &env.body, cx.stats);
+        self.settle(cx, slot);
+    }
+
+    /// Process every deadline that has come: probes first, then expired attempts.
+    pub(crate) fn on_timeout<S: Store, R: RngCore, const P: usize>(
+        &mut self,
+        cx: &mut Context<'_, S, R, N, P>,
+    ) {
+        self.send_due_probes(cx);
+        for slot in 0..F {
+            let Some(request) = self.table[slot].as_ref() else {
+                continue;
+            };
+            if request.deadline > cx.now {
+                continue;
+            }
+            let phase = request.phase;
+            match phase {
+                Phase::Lingering => self.end_lingering(cx, slot),
+                Phase::Replying(_) => self.settle(cx, slot),
+                Phase::Collecting => self.expire_attempt(cx, slot),
+            }
+        }
+    }
+
+    fn is_repeat_in_flight(&self, from: SocketAddr, env: &Envelope) -> bool {
+        self.table.iter().flatten().any(|r| {
+            r.phase != Phase::Lingering
+                && r.client == from
+                && r.request.id == env.id
+                && r.request.body == env.body
+        })
+    }
+
+    /// An empty slot, or else the slot of a lingering request (which is dropped).
+    fn free_slot(&mut self) -> Option<usize> {
+        if let Some(slot) = self.table.iter().position(Option::is_none) {
+            return Some(slot);
+        }
+        let slot = self
+            .table
+            .iter()
+            .position(|r| matches!(r, Some(r) if r.phase == Phase::Lingering))?;
+        self.table[slot] = None;
+        Some(slot)
+    }
+
+    fn refuse_busy<S: Store, R: RngCore, const P: usize>(
+        &mut self,
+        cx: &mut Context<'_, S, R, N, P>,
+        from: SocketAddr,
+        env: &Envelope,
+        len: usize,
+    ) {
+        cx.stats.refused_busy += 1;
+        let body = Body::Refused {
+            reason: Reason::Busy,
+        };
+        cx.reply(from, env, len, body);
+    }
+
+    fn find_sub(&self, node: NodeIndex, id: u64) -> Option<(usize, usize)> {
+        self.table.iter().enumerate().find_map(|(slot, r)| {
+            let r = r.as_ref()?;
+            let i = r.subs.iter().position(|s| s.node == node && s.id == id)?;
+            Some((slot, i))
+        })
+    }
+
+    fn send_due_probes<S: Store, R: RngCore, const P: usize>(
+        &mut self,
+        cx: &mut Context<'_, S, R, N, P>,
+    ) {
+        while let Some(node) = self.detector.due_probe(cx.now) {
+            if cx.outbox.room() == 0 {
+                cx.stats.deferred_timeouts += 1;
+                return;
+            }
+            let id = cx.rng.next_u64();
+            let mut key = [0u8; 20];
+            cx.rng.fill_bytes(&mut key);
+            cx.send(node, id, Body::Get { key });
+            cx.stats.probes_sent += 1;
+            self.detector.probe_sent(node, id, cx.now);
+        }
+    }
+
+    /// The current attempt of a collecting request expired: count the misses, retry what
+    /// may be retried, give up on the rest.
+    fn expire_attempt<S: Store, R: RngCore, const P: usize>(
+        &mut self,
+        cx: &mut Context<'_, S, R, N, P>,
+        slot: usize,
+    ) {
+        let Some(request) = self.table[slot].as_mut() else {
+            return;
+        };
+        if cx.outbox.room() < request.pending() + 1 {
+            // Retry later, all at once, rather than drop part of the retries.
+            cx.stats.deferred_timeouts += 1;
+            return;
+        }
+        let key = request.key();
+        let value = match request.request.body {
+            Body::Set { value, .. } => Some(value),
+            _ => None,
+        };
+        // A retry is safe only while the storer still remembers the first attempt: after a
+        // retry window (a node paused that long), a repeated PUT could find our own write.
+        let remembered = cx.now < request.started.saturating_add(cx.config.retry_window);
+        let retry = request.attempt < cx.config.attempts && remembered;
+        let mut went_down: heapless::Vec<NodeIndex, N> = heapless::Vec::new();
+        for sub in request
+            .subs
+            .iter_mut()
+            .filter(|s| s.answer == Answer::Pending)
+        {
+            let change = self.detector.record_miss(sub.node, cx.now);
+            cx.note(change);
+            if change == Change::WentDown {
+                let _ = went_down.push(sub.node);
+            }
+            if retry && self.detector.is_up(sub.node) {
+                let body = match (sub.op, value) {
+                    (Op::Put, Some(value)) => Body::Put { key, value },
+                    _ => Body::Get { key },
+                };
+                cx.send(sub.node, sub.id, body);
+                cx.stats.retries += 1;
+            } else {
+                sub.answer = Answer::TimedOut;
+            }
+        }
+        request.attempt = request.attempt.saturating_add(1);
+        request.deadline = cx.now.saturating_add(cx.config.attempt_timeout);
+        self.settle(cx, slot);
+        for node in went_down {
+            self.stop_waiting_on(cx, node);
+        }
+    }
+
+    /// `node` was just found down: no request keeps waiting on it.
+    fn stop_waiting_on<S: Store, R: RngCore, const P: usize>(
+        &mut self,
+        cx: &mut Context<'_, S, R, N, P>,
+        node: NodeIndex,
+    ) {
+        for slot in 0..F {
+            let Some(request) = self.table[slot].as_mut() else {
+                continue;
+            };
+            if request.phase != Phase::Collecting {
+                continue;
+            }
+            let mut changed = false;
+            for sub in request.subs.iter_mut() {
+                if sub.node == node && sub.answer == Answer::Pending {
+                    sub.answer = Answer::TimedOut;
+                    changed = true;
+                }
+            }
+            if changed {
+                self.settle(cx, slot);
+            }
+        }
+    }
+
+    fn end_lingering<S: Store, R: RngCore, const P: usize>(
+        &mut self,
+        cx: &mut Context<'_, S, R, N, P>,
+        slot: usize,
+    ) {
+        if let Some(request) = self.table[slot].take() {
+            for sub in request.subs.iter().filter(|s| s.answer == Answer::Pending) {
+                let change = self.detector.record_miss(sub.node, cx.now);
+                cx.note(change);
+            }
+        }
+    }
+
+    /// Move a request on after something happened to it: answer the client once the verdict
+    /// is known, repair after a `Found`, and drop the request once nothing is left to wait for.
+    fn settle<S: Store, R: RngCore, const P: usize>(
+        &mut self,
+        cx: &mut Context<'_, S, R, N, P>,
+        slot: usize,
+    ) {
+        let Some(request) = self.table[slot].as_mut() else {
+            return;
+        };
+        let verdict = match request.phase {
+            Phase::Collecting => request.verdict(),
+            Phase::Replying(body) => Some(body),
+            Phase::Lingering => None,
+        };
+        if let Some(body) = verdict {
+            if cx.outbox.room() == 0 {
+                cx.stats.deferred_timeouts += 1;
+                request.phase = Phase::Replying(body);
+                request.deadline = cx.now;
+                return;
+            }
+            let (client, env, len) = (request.client, request.request, request.request_len);
+            cx.stats.count_outcome(&body);
+            cx.reply(client, &env, len, body);
+            self.replies
+                .insert(cx.now, client, env.id, fingerprint(&env.body), body);
+            request.phase = Phase::Lingering;
+            request.deadline = request.deadline.max(cx.now);
+        }
+        if request.phase != Phase::Lingering {
+            return;
+        }
+        if let Some(value) = request.found {
+            repair(cx, request, value);
+        }
+        if request.pending() == 0 {
+            self.table[slot] = None;
+        }
+    }
+}
+
+/// Read repair: PUT `(k, v)` to every write-set node that answered `NotFound`, without
+/// waiting (the request only lingers until its current deadline to count the replies).
+fn repair<S: Store, R: RngCore, const N: usize, const P: usize>(
+    cx: &mut Context<'_, S, R, N, P>,
+    request: &mut Request<N>,
+    value: Value,
+) {
+    let key = request.key();
+    for sub in request.subs.iter_mut() {
+        if !(sub.in_write_set && sub.answer == Answer::NotFound) {
+            continue;
+        }
+        sub.op = Op::Put;
+        if sub.node == cx.me {
+            cx.stats.read_repairs += 1;
+            let reply = cx.serve_locally(Op::Put, &key, Some(&value));
+            sub.answer = match reply {
+                Body::Stored => Answer::Stored,
+                _ => Answer::Ignored,
+            };
+            continue;
+        }
+        if cx.outbox.room() == 0 {
+            cx.stats.read_repairs_skipped += 1;
+            sub.answer = Answer::Ignored;
+            continue;
+        }
+        sub.id = cx.rng.next_u64();
+        sub.answer = Answer::Pending;
+        cx.send(sub.node, sub.id, Body::Put { key, value });
+        cx.stats.read_repairs += 1;
+        request.deadline = request
+            .deadline
+            .max(cx.now.saturating_add(cx.config.attempt_timeout));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_up_write_set_is_the_assigned_nodes() {
+        let sets = choose_sets(&[4, 1, 3, 0, 2], 3, 2, |_| true);
+        assert_eq!(sets.write.as_slice(), &[4, 1, 3]);
+        assert_eq!(sets.read.as_slice(), &[4, 1, 3, 0, 2]);
+    }
+
+    #[test]
+    fn a_down_node_is_replaced_by_the_next_live_one() {
+        let sets = choose_sets(&[4, 1, 3, 0, 2], 3, 1, |n| n != 1);
+        assert_eq!(sets.write.as_slice(), &[4, 3, 0]);
+        // Read depth r + handoff = 4: nodes 4, 1, 3, 0 minus the down node 1.
+        assert_eq!(sets.read.as_slice(), &[4, 3, 0]);
+    }
+
+    #[test]
+    fn the_write_set_may_reach_past_the_read_depth() {
+        let sets = choose_sets(&[4, 1, 3, 0, 2], 3, 0, |n| n != 1 && n != 3);
+        assert_eq!(sets.write.as_slice(), &[4, 0, 2]);
+        assert_eq!(sets.read.as_slice(), &[4, 0, 2]);
+    }
+
+    #[test]
+    fn with_every_node_down_the_assigned_nodes_are_asked_anyway() {
+        let sets = choose_sets(&[4, 1, 3, 0, 2], 3, 2, |_| false);
+        assert_eq!(sets.write.as_slice(), &[4, 1, 3]);
+        assert_eq!(sets.read.as_slice(), &[4, 1, 3, 0, 2]);
+    }
+}

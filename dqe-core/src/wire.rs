@@ -193,6 +193,10 @@ fn map_postcard(e: postcard::Error) -> WireError {
         postcard::Error::DeserializeUnexpectedEnd => WireError::Short,
         postcard::Error::DeserializeBadVarint => WireError::BadVarint,
         postcard::Error::DeserializeBadEnum => WireError::UnknownVariant,
+        // serde's derived enums reject an out-of-range variant index through
+        // `de::Error::custom`, which postcard reports as `SerdeDeCustom`; nothing else in an
+        // envelope can raise a custom error.
+        postcard::Error::SerdeDeCustom => WireError::UnknownVariant,
         postcard::Error::SerializeBufferFull => WireError::BufferTooSmall,
         _ => WireError::Malformed,
     }
@@ -207,8 +211,7 @@ pub fn decode(datagram: &[u8]) -> Result<Envelope, WireError> {
         Some(&v) if v != VERSION => return Err(WireError::BadVersion(v)),
         Some(_) => {}
     }
-    let (env, rest) =
-        postcard::take_from_bytes::<Envelope>(datagram).map_err(map_postcard)?;
+    let (env, rest) = postcard::take_from_bytes::<Envelope>(datagram).map_err(map_postcard)?;
     if !rest.is_empty() {
         return Err(WireError::Trailing(rest.len()));
     }

@@ -1,4 +1,5 @@
-fn main() {
-    eprintln!("dqe: being written");
-    std::process::exit(2);
+//! `dqe`: see `dqe --help`; the work is done in the `host_tools` library.
+
+fn main() -> std::process::ExitCode {
+    std::process::ExitCode::from(host_tools::cli::main_with_args(std::env::args_os()))
 }

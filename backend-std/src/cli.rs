@@ -1,0 +1,137 @@
+//! The command line of `dqe-enforcer`, resolved into what the server needs.
+//!
+//! Two ways to run: `--dev` (a one-node cluster on 127.0.0.1 with no setup, for trying the
+//! enforcer and for tests) and `--config FILE --node NAME` (one node of a real cluster; every
+//! node gets the same file). With no arguments the usage goes to stderr and the exit status is 2.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+use crate::config_file::{self, Cluster, ConfigFileError};
+use crate::durable::SyncMode;
+
+/// Portal port of `--dev`; storer and source follow it.
+pub const DEV_PORT_BASE: u16 = 8101;
+
+/// The DQE enforcer node: answers TEST/SET from mail servers and GET/PUT from its peers.
+#[derive(Debug, Parser)]
+#[command(
+    name = "dqe-enforcer",
+    version,
+    arg_required_else_help = true,
+    after_help = "Examples:\n  dqe-enforcer --dev\n  dqe-enforcer --config cluster.toml --node n1 --metrics 127.0.0.1:9101\n\nLogs: set RUST_LOG (e.g. RUST_LOG=debug)."
+)]
+pub struct Cli {
+    /// Run a one-node cluster on 127.0.0.1: portal 8101, storer 8102, source 8103.
+    #[arg(long, conflicts_with_all = ["config", "node"], required_unless_present = "config")]
+    pub dev: bool,
+
+    /// With --dev: use ports P, P+1, P+2 instead of 8101..8103 (tests run several dev nodes).
+    #[arg(long, value_name = "P", requires = "dev", default_value_t = DEV_PORT_BASE)]
+    pub port_base: u16,
+
+    /// The cluster file (TOML); every node gets the same file.
+    #[arg(long, value_name = "FILE", requires = "node")]
+    pub config: Option<PathBuf>,
+
+    /// This node's name in the cluster file.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub node: Option<String>,
+
+    /// Where the segment files live [default: ./dqe-data with --dev, ./dqe-data/NAME with --config].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Serve Prometheus metrics over HTTP on this address (e.g. 127.0.0.1:9101).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+
+    /// When a write is made durable: `always` fsyncs before a reply that depends on it is sent
+    /// (group commit); `never` skips fsync (a machine crash may lose acknowledged pairs).
+    #[arg(long, value_name = "MODE", value_enum, default_value_t = SyncMode::Always)]
+    pub fsync: SyncMode,
+
+    /// Milliseconds the node keeps serving work in flight after SIGINT/SIGTERM.
+    #[arg(long, value_name = "MS", default_value_t = 500)]
+    pub drain_ms: u64,
+}
+
+/// Everything the server needs to start.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The cluster.
+    pub spec: Cluster,
+    /// This node's index in it.
+    pub me: u16,
+    /// The data directory.
+    pub data_dir: PathBuf,
+    /// Where to serve metrics, if anywhere.
+    pub metrics: Option<SocketAddr>,
+    /// When writes are made durable.
+    pub sync_mode: SyncMode,
+    /// How long to keep serving in-flight work after a stop signal, in ms.
+    pub drain_ms: u64,
+}
+
+impl Cli {
+    /// Load the cluster file (if any) and find this node.
+    pub fn resolve(&self) -> Result<RunConfig, ConfigFileError> {
+        let (spec, me, default_dir) = match (&self.config, &self.node) {
+            (Some(path), Some(name)) => {
+                let spec = config_file::load(path)?;
+                let me = config_file::find_node(path, &spec, name)?;
+                (spec, me, PathBuf::from("dqe-data").join(name))
+            }
+            _ => (
+                config_file::dev_cluster(self.port_base),
+                0,
+                PathBuf::from("dqe-data"),
+            ),
+        };
+        Ok(RunConfig {
+            spec,
+            me,
+            data_dir: self.data_dir.clone().unwrap_or(default_dir),
+            metrics: self.metrics,
+            sync_mode: self.fsync,
+            drain_ms: self.drain_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dev_defaults() {
+        let cli = Cli::try_parse_from(["dqe-enforcer", "--dev"]).unwrap();
+        let run = cli.resolve().unwrap();
+        assert_eq!(run.spec.nodes[0].portal.port(), 8101);
+        assert_eq!(run.data_dir, PathBuf::from("dqe-data"));
+        assert_eq!(run.sync_mode, SyncMode::Always);
+    }
+
+    #[test]
+    fn dev_port_base_moves_every_port() {
+        let cli = Cli::try_parse_from(["dqe-enforcer", "--dev", "--port-base", "9000", "--fsync", "never"])
+            .unwrap();
+        let run = cli.resolve().unwrap();
+        let n = &run.spec.nodes[0];
+        assert_eq!((n.portal.port(), n.storer.port(), n.source.port()), (9000, 9001, 9002));
+        assert_eq!(run.sync_mode, SyncMode::Never);
+    }
+
+    #[test]
+    fn modes_are_exclusive_and_one_is_required() {
+        assert!(Cli::try_parse_from(["dqe-enforcer"]).is_err());
+        assert!(Cli::try_parse_from(["dqe-enforcer", "--data-dir", "x"]).is_err());
+        assert!(Cli::try_parse_from(["dqe-enforcer", "--config", "c.toml"]).is_err());
+        assert!(
+            Cli::try_parse_from(["dqe-enforcer", "--dev", "--config", "c", "--node", "n"]).is_err()
+        );
+        assert!(Cli::try_parse_from(["dqe-enforcer", "--config", "c.toml", "--node", "n1"]).is_ok());
+    }
+}

@@ -1,0 +1,501 @@
+//! The cluster file: TOML in, a validated [`ClusterSpec`] out, or an error that says where.
+//!
+//! Every node of a cluster reads the same file, so a mistake in it stops every node; the
+//! error therefore names the file, the line, the column and the field (`cluster.replication`,
+//! `nodes[2].portal`), not just what serde disliked. Syntax and type errors come from `toml`
+//! with a byte span; the rules of a well-formed cluster come from
+//! [`ClusterSpec::validate`] and are mapped back to the span of the field that breaks them.
+//!
+//! ```toml
+//! [cluster]
+//! replication = 2        # r
+//! vnodes = 16            # optional
+//! handoff = 2            # optional
+//! epoch_seconds = 86400  # optional
+//! grace = 1              # optional
+//! retain_epochs = 3      # optional (default grace + 2)
+//! [[nodes]]
+//! name = "n1"
+//! portal = "127.0.0.1:8101"
+//! storer = "127.0.0.1:8102"
+//! source = "127.0.0.1:8103"
+//! ```
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use dqe_core::config::{ClusterSpec, ConfigError, DEFAULT_VNODES, NAME_MAX, NodeName, NodeSpec};
+use serde::Deserialize;
+use toml::Spanned;
+
+/// Nodes a cluster file may list (the `N` of the node this crate runs).
+pub const MAX_NODES: usize = 256;
+/// Ring points the node has room for: `nodes * vnodes` must not exceed it.
+pub const MAX_RING_POINTS: usize = 8192;
+
+/// The cluster model this backend runs.
+pub type Cluster = ClusterSpec<MAX_NODES>;
+
+/// Where in the file a problem is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    /// The file.
+    pub path: PathBuf,
+    /// 1-based line.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// The field at fault, e.g. `nodes[1].portal`.
+    pub field: String,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: field `{}`",
+            self.path.display(),
+            self.line,
+            self.column,
+            self.field
+        )
+    }
+}
+
+/// Why a cluster file was refused. Each variant names the broken rule.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// The file could not be read.
+    #[error("{}: cannot read the cluster file: {source}", path.display())]
+    Unreadable {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not TOML, a missing or unknown field, or a value of the wrong type.
+    #[error("{at}: {message}")]
+    Syntax { at: Location, message: String },
+    /// An address that is not `ip:port`.
+    #[error("{at}: `{value}` is not an address of the form ip:port")]
+    BadAddress { at: Location, value: String },
+    /// A node name longer than the protocol allows.
+    #[error("{at}: the name `{name}` is longer than {NAME_MAX} bytes")]
+    NameTooLong { at: Location, name: String },
+    /// More nodes than this build can run.
+    #[error("{at}: {count} nodes is more than this build's capacity of {MAX_NODES}")]
+    TooManyNodes { at: Location, count: usize },
+    /// `nodes * vnodes` ring points do not fit in the node.
+    #[error("{at}: {points} ring points (nodes x vnodes) is more than this build's capacity of {MAX_RING_POINTS}")]
+    TooManyRingPoints { at: Location, points: usize },
+    /// A rule of a well-formed cluster (PROTOCOL.md "Assignment") is broken.
+    #[error("{at}: {rule}")]
+    Rule { at: Location, rule: ConfigError },
+    /// `--node NAME` names no node of the file.
+    #[error("{}: no node is named `{name}` (the file names: {})", path.display(), known.join(", "))]
+    UnknownNode {
+        path: PathBuf,
+        name: String,
+        known: Vec<String>,
+    },
+}
+
+impl ConfigFileError {
+    /// Where the problem is, when it is inside the file.
+    pub fn location(&self) -> Option<&Location> {
+        match self {
+            ConfigFileError::Syntax { at, .. }
+            | ConfigFileError::BadAddress { at, .. }
+            | ConfigFileError::NameTooLong { at, .. }
+            | ConfigFileError::TooManyNodes { at, .. }
+            | ConfigFileError::TooManyRingPoints { at, .. }
+            | ConfigFileError::Rule { at, .. } => Some(at),
+            ConfigFileError::Unreadable { .. } | ConfigFileError::UnknownNode { .. } => None,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRepr {
+    cluster: Spanned<ClusterRepr>,
+    nodes: Spanned<Vec<Spanned<NodeRepr>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ClusterRepr {
+    replication: Spanned<u8>,
+    vnodes: Option<Spanned<u16>>,
+    handoff: Option<Spanned<u8>>,
+    epoch_seconds: Option<Spanned<u32>>,
+    grace: Option<Spanned<u32>>,
+    retain_epochs: Option<Spanned<u32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NodeRepr {
+    name: Spanned<String>,
+    portal: Spanned<String>,
+    storer: Spanned<String>,
+    source: Spanned<String>,
+}
+
+/// Read and validate a cluster file.
+pub fn load(path: &Path) -> Result<Cluster, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
+}
+
+/// Parse and validate the text of a cluster file; `path` is only used in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigFileError> {
+    let at = |span: Range<usize>, field: &str| locate(path, text, span.start, field.to_string());
+    let repr: FileRepr = toml::from_str(text).map_err(|e| {
+        let start = e.span().map(|s| s.start).unwrap_or(0);
+        let mut field = field_at(text, start);
+        if let Some(missing) = quoted_after(e.message(), "missing field") {
+            field = join_field(&field, &missing);
+        } else if let Some(unknown) = quoted_after(e.message(), "unknown field") {
+            field = join_field(&field, &unknown);
+        }
+        ConfigFileError::Syntax {
+            at: locate(path, text, start, field),
+            message: e.message().trim().to_string(),
+        }
+    })?;
+
+    let nodes_repr = repr.nodes.get_ref();
+    if nodes_repr.len() > MAX_NODES {
+        return Err(ConfigFileError::TooManyNodes {
+            at: at(repr.nodes.span(), "nodes"),
+            count: nodes_repr.len(),
+        });
+    }
+    let mut nodes = heapless::Vec::<NodeSpec, MAX_NODES>::new();
+    for (i, n) in nodes_repr.iter().enumerate() {
+        let n = n.get_ref();
+        let name = NodeName::try_from(n.name.get_ref().as_str()).map_err(|_| {
+            ConfigFileError::NameTooLong {
+                at: at(n.name.span(), &format!("nodes[{i}].name")),
+                name: n.name.get_ref().clone(),
+            }
+        })?;
+        let addr = |s: &Spanned<String>, role: &str| -> Result<SocketAddr, ConfigFileError> {
+            s.get_ref()
+                .parse()
+                .map_err(|_| ConfigFileError::BadAddress {
+                    at: at(s.span(), &format!("nodes[{i}].{role}")),
+                    value: s.get_ref().clone(),
+                })
+        };
+        let spec = NodeSpec {
+            name,
+            portal: addr(&n.portal, "portal")?,
+            storer: addr(&n.storer, "storer")?,
+            source: addr(&n.source, "source")?,
+        };
+        // Capacity was checked above.
+        let _ = nodes.push(spec);
+    }
+
+    let c = repr.cluster.get_ref();
+    let mut spec = Cluster::with_defaults(nodes, *c.replication.get_ref());
+    if let Some(v) = &c.vnodes {
+        spec.vnodes = *v.get_ref();
+    }
+    if let Some(h) = &c.handoff {
+        spec.handoff = *h.get_ref();
+    }
+    if let Some(e) = &c.epoch_seconds {
+        spec.epoch_seconds = *e.get_ref();
+    }
+    if let Some(g) = &c.grace {
+        spec.grace = *g.get_ref();
+        spec.retain_epochs = spec.grace.saturating_add(2);
+    }
+    if let Some(r) = &c.retain_epochs {
+        spec.retain_epochs = *r.get_ref();
+    }
+
+    let cluster_span = repr.cluster.span();
+    let span_or_cluster = |s: Option<Range<usize>>| s.unwrap_or_else(|| cluster_span.clone());
+    if let Err(rule) = spec.validate() {
+        let (span, field) = match &rule {
+            ConfigError::Empty | ConfigError::TooManyNodes { .. } => {
+                (repr.nodes.span(), "nodes".to_string())
+            }
+            ConfigError::EmptyName { node } => (
+                nodes_repr[*node].get_ref().name.span(),
+                format!("nodes[{node}].name"),
+            ),
+            ConfigError::DuplicateName { second, .. } => (
+                nodes_repr[*second].get_ref().name.span(),
+                format!("nodes[{second}].name"),
+            ),
+            ConfigError::DuplicateAddress { first, second, addr } => {
+                // Point at the later use of the address (the second role when a node
+                // repeats one of its own).
+                let n = nodes_repr[*second].get_ref();
+                let roles = [("portal", &n.portal), ("storer", &n.storer), ("source", &n.source)];
+                let same_node = first == second;
+                let mut hits = roles
+                    .iter()
+                    .filter(|(_, s)| s.get_ref().parse::<SocketAddr>().ok() == Some(*addr));
+                let hit = if same_node { hits.nth(1) } else { hits.next() };
+                let (role, s) = hit.copied().unwrap_or(roles[0]);
+                (s.span(), format!("nodes[{second}].{role}"))
+            }
+            ConfigError::ReplicationOutOfRange { .. } => {
+                (c.replication.span(), "cluster.replication".to_string())
+            }
+            ConfigError::NoVnodes => (
+                span_or_cluster(c.vnodes.as_ref().map(|v| v.span())),
+                "cluster.vnodes".to_string(),
+            ),
+            ConfigError::HandoffOutOfRange { .. } => (
+                span_or_cluster(c.handoff.as_ref().map(|v| v.span())),
+                "cluster.handoff".to_string(),
+            ),
+            ConfigError::ZeroEpoch => (
+                span_or_cluster(c.epoch_seconds.as_ref().map(|v| v.span())),
+                "cluster.epoch_seconds".to_string(),
+            ),
+            ConfigError::RetainTooShort { .. } => match &c.retain_epochs {
+                Some(r) => (r.span(), "cluster.retain_epochs".to_string()),
+                None => (
+                    span_or_cluster(c.grace.as_ref().map(|v| v.span())),
+                    "cluster.grace".to_string(),
+                ),
+            },
+        };
+        return Err(ConfigFileError::Rule {
+            at: at(span, &field),
+            rule,
+        });
+    }
+    let points = spec.nodes.len() * spec.vnodes as usize;
+    if points > MAX_RING_POINTS {
+        let span = span_or_cluster(c.vnodes.as_ref().map(|v| v.span()));
+        let field = if c.vnodes.is_some() {
+            "cluster.vnodes"
+        } else {
+            "nodes"
+        };
+        return Err(ConfigFileError::TooManyRingPoints {
+            at: at(span, field),
+            points,
+        });
+    }
+    Ok(spec)
+}
+
+/// The index of `name` in `spec`, or the error that lists the names the file has.
+pub fn find_node(
+    path: &Path,
+    spec: &Cluster,
+    name: &str,
+) -> Result<dqe_core::config::NodeIndex, ConfigFileError> {
+    spec.index_of(name)
+        .ok_or_else(|| ConfigFileError::UnknownNode {
+            path: path.to_path_buf(),
+            name: name.to_string(),
+            known: spec.nodes.iter().map(|n| n.name.to_string()).collect(),
+        })
+}
+
+/// The one-node cluster of `--dev`: portal, storer and source on `127.0.0.1:base..base+2`.
+pub fn dev_cluster(port_base: u16) -> Cluster {
+    let addr = |off: u16| SocketAddr::from(([127, 0, 0, 1], port_base.wrapping_add(off)));
+    let mut nodes = heapless::Vec::new();
+    let _ = nodes.push(NodeSpec {
+        name: NodeName::try_from("dev").unwrap_or_default(),
+        portal: addr(0),
+        storer: addr(1),
+        source: addr(2),
+    });
+    let mut spec = Cluster::with_defaults(nodes, 1);
+    spec.vnodes = DEFAULT_VNODES;
+    spec
+}
+
+fn locate(path: &Path, text: &str, offset: usize, field: String) -> Location {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = text[line_start..offset].chars().count() + 1;
+    Location {
+        path: path.to_path_buf(),
+        line,
+        column,
+        field,
+    }
+}
+
+/// The dotted field path at byte `offset`: the table header in force there (with the index of
+/// an array-of-tables entry) and the key on that line, if any.
+fn field_at(text: &str, offset: usize) -> String {
+    let offset = offset.min(text.len());
+    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let line_end = text[offset..]
+        .find('\n')
+        .map(|i| offset + i)
+        .unwrap_or(text.len());
+    let line = &text[line_start..line_end];
+    let mut table = String::new();
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for l in text[..line_start].lines().chain(std::iter::once(line)) {
+        let t = l.trim();
+        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
+            let name = name.trim().to_string();
+            let idx = match counts.iter_mut().find(|(n, _)| *n == name) {
+                Some((_, c)) => {
+                    *c += 1;
+                    *c - 1
+                }
+                None => {
+                    counts.push((name.clone(), 1));
+                    0
+                }
+            };
+            table = format!("{name}[{idx}]");
+        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            table = name.trim().to_string();
+        }
+    }
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match key {
+        Some(k) => join_field(&table, &k),
+        None if table.is_empty() => "(top level)".to_string(),
+        None => table,
+    }
+}
+
+fn join_field(table: &str, key: &str) -> String {
+    if table.is_empty() || table == "(top level)" {
+        key.to_string()
+    } else if table.ends_with(&format!(".{key}")) || table == key {
+        table.to_string()
+    } else {
+        format!("{table}.{key}")
+    }
+}
+
+/// The text between backquotes after `marker` in a serde message (`missing field `portal``).
+fn quoted_after(message: &str, marker: &str) -> Option<String> {
+    let rest = &message[message.find(marker)? + marker.len()..];
+    let start = rest.find('`')? + 1;
+    let len = rest[start..].find('`')?;
+    Some(rest[start..start + len].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[cluster]
+replication = 2
+[[nodes]]
+name = "n1"
+portal = "127.0.0.1:8101"
+storer = "127.0.0.1:8102"
+source = "127.0.0.1:8103"
+[[nodes]]
+name = "n2"
+portal = "127.0.0.1:8201"
+storer = "127.0.0.1:8202"
+source = "127.0.0.1:8203"
+"#;
+
+    fn err(text: &str) -> ConfigFileError {
+        parse(Path::new("c.toml"), text).expect_err("must be refused")
+    }
+
+    #[test]
+    fn good_file_gives_defaults() {
+        let spec = parse(Path::new("c.toml"), GOOD).unwrap();
+        assert_eq!(spec.nodes.len(), 2);
+        assert_eq!(spec.replication, 2);
+        assert_eq!(spec.vnodes, DEFAULT_VNODES);
+        assert_eq!(spec.handoff, 0);
+        assert_eq!(spec.retain_epochs, spec.grace + 2);
+        assert_eq!(find_node(Path::new("c"), &spec, "n2").unwrap(), 1);
+        assert!(matches!(
+            find_node(Path::new("c"), &spec, "n9"),
+            Err(ConfigFileError::UnknownNode { .. })
+        ));
+    }
+
+    #[test]
+    fn wrong_type_names_line_and_field() {
+        let e = err(&GOOD.replace("replication = 2", "replication = \"two\""));
+        let at = e.location().unwrap();
+        assert_eq!((at.line, at.field.as_str()), (3, "cluster.replication"), "{e}");
+    }
+
+    #[test]
+    fn missing_field_in_second_node_is_named() {
+        let e = err(&GOOD.replace("storer = \"127.0.0.1:8202\"\n", ""));
+        let at = e.location().unwrap();
+        assert_eq!(at.field, "nodes[1].storer", "{e}");
+    }
+
+    #[test]
+    fn unknown_field_is_refused() {
+        let e = err(&GOOD.replace("replication = 2", "replication = 2\nreplicas = 3"));
+        let at = e.location().unwrap();
+        assert_eq!((at.line, at.field.as_str()), (4, "cluster.replicas"), "{e}");
+    }
+
+    #[test]
+    fn bad_address_names_line_and_field() {
+        let e = err(&GOOD.replace("127.0.0.1:8202", "localhost"));
+        assert!(matches!(e, ConfigFileError::BadAddress { .. }));
+        let at = e.location().unwrap();
+        assert_eq!((at.line, at.field.as_str()), (12, "nodes[1].storer"), "{e}");
+    }
+
+    #[test]
+    fn cluster_rules_point_at_the_field() {
+        let e = err(&GOOD.replace("replication = 2", "replication = 3"));
+        assert!(matches!(
+            e,
+            ConfigFileError::Rule {
+                rule: ConfigError::ReplicationOutOfRange { .. },
+                ..
+            }
+        ));
+        assert_eq!(e.location().unwrap().line, 3);
+
+        let e = err(&GOOD.replace("name = \"n2\"", "name = \"n1\""));
+        let at = e.location().unwrap();
+        assert_eq!((at.line, at.field.as_str()), (10, "nodes[1].name"), "{e}");
+
+        let e = err(&GOOD.replace("127.0.0.1:8203", "127.0.0.1:8101"));
+        let at = e.location().unwrap();
+        assert_eq!((at.line, at.field.as_str()), (13, "nodes[1].source"), "{e}");
+    }
+
+    #[test]
+    fn broken_toml_names_the_line() {
+        let e = err("[cluster]\nreplication = \n");
+        assert!(matches!(e, ConfigFileError::Syntax { .. }));
+        assert_eq!(e.location().unwrap().line, 2, "{e}");
+    }
+
+    #[test]
+    fn dev_cluster_is_valid() {
+        let spec = dev_cluster(8101);
+        spec.validate().unwrap();
+        assert_eq!(spec.nodes[0].portal.port(), 8101);
+        assert_eq!(spec.nodes[0].source.port(), 8103);
+    }
+}

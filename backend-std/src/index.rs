@@ -1,0 +1,360 @@
+//! The RAM index of the durable store: which keys are set, with their values, in about
+//! 28 bytes per pair.
+//!
+//! Every lookup of the enforcer (a Test, a Set's test-and-set, a peer's Get or Put) is answered
+//! from this index; the segment files are only read at start. It must therefore be compact
+//! (the goal is at most 32 bytes of RSS per stored pair at 1,000,000 pairs, against about 130
+//! for Redis or memcached) and fast. The layout:
+//!
+//! - A slot is 22 bytes: the value (20 bytes; the key is `SHA1(value)` and is not stored), a
+//!   one-byte tag taken from the key (0 = empty, 255 = deleted), and the pair's epoch as a
+//!   one-byte offset from the index's base epoch. A tag hit is confirmed with `SHA1(v) == k`, so
+//!   the index is exact.
+//! - 256 shards chosen by the key's first byte, each an open-addressing table with linear
+//!   probing. A shard is rebuilt into a table about 1.2x larger when it reaches 85 % load, so
+//!   the load stays between about 70 % and 85 % and the cost of growing is paid one small shard
+//!   at a time (no stall of the whole index).
+//! - Each table lives in its own anonymous memory map, so a table given up when its shard grows
+//!   goes straight back to the kernel: RSS tracks the live tables, not allocator fragments.
+//!
+//! Expiry keeps the slot, marks it deleted, and rebases every offset, so the epoch offset of a
+//! live pair is at most `retain_epochs` (<= [`MAX_EPOCH_SPAN`]).
+
+use dqe_core::hash::key_of;
+use dqe_core::{Key, Value};
+use memmap2::{MmapMut, MmapOptions};
+
+/// Bytes per slot.
+pub const SLOT_BYTES: usize = 22;
+/// Shards, chosen by the key's first byte.
+const SHARDS: usize = 256;
+/// Tag of an empty slot (fresh anonymous memory is zero).
+const EMPTY: u8 = 0;
+/// Tag of a deleted slot: lookups probe past it, inserts may reuse it.
+const DELETED: u8 = 255;
+/// Load (live + deleted) at which a shard is rebuilt, in percent.
+const MAX_LOAD_PCT: usize = 85;
+/// Load of a shard just after a rebuild, in percent.
+const REBUILT_LOAD_PCT: usize = 70;
+/// Smallest table: one page.
+const MIN_SLOTS: usize = 4096 / SLOT_BYTES;
+/// The widest range of epochs the index holds at once: a one-byte offset.
+pub const MAX_EPOCH_SPAN: u32 = 254;
+
+/// The index could not get memory for a larger table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("no memory for a larger index table")]
+pub struct OutOfMemory;
+
+/// What [`Index::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inserted {
+    /// The key was absent; it is now present.
+    New,
+    /// The key was present with this value; nothing changed.
+    Existing(Value),
+}
+
+#[derive(Debug)]
+struct Shard {
+    mem: MmapMut,
+    slots: usize,
+    live: usize,
+    deleted: usize,
+}
+
+/// The compact, exact, growable map from key to (value, epoch).
+#[derive(Debug)]
+pub struct Index {
+    shards: Vec<Shard>,
+    base: u32,
+    len: usize,
+}
+
+fn tag_of(key: &Key) -> u8 {
+    key[9].clamp(1, 254)
+}
+
+fn home_of(key: &Key, slots: usize) -> usize {
+    let h = u64::from_le_bytes([
+        key[1], key[2], key[3], key[4], key[5], key[6], key[7], key[8],
+    ]);
+    ((h as u128 * slots as u128) >> 64) as usize
+}
+
+fn map(slots: usize) -> Result<MmapMut, OutOfMemory> {
+    MmapOptions::new()
+        .len(slots * SLOT_BYTES)
+        .map_anon()
+        .map_err(|_| OutOfMemory)
+}
+
+enum Probe {
+    Found(usize),
+    Absent { insert_at: usize },
+}
+
+impl Shard {
+    fn new(slots: usize) -> Result<Shard, OutOfMemory> {
+        Ok(Shard {
+            mem: map(slots)?,
+            slots,
+            live: 0,
+            deleted: 0,
+        })
+    }
+
+    fn slot(&self, i: usize) -> &[u8] {
+        &self.mem[i * SLOT_BYTES..(i + 1) * SLOT_BYTES]
+    }
+
+    fn slot_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.mem[i * SLOT_BYTES..(i + 1) * SLOT_BYTES]
+    }
+
+    fn probe(&self, key: &Key) -> Probe {
+        let tag = tag_of(key);
+        let mut i = home_of(key, self.slots);
+        let mut reuse = None;
+        for _ in 0..self.slots {
+            let s = self.slot(i);
+            match s[20] {
+                EMPTY => {
+                    return Probe::Absent {
+                        insert_at: reuse.unwrap_or(i),
+                    };
+                }
+                DELETED => {
+                    reuse.get_or_insert(i);
+                }
+                t if t == tag => {
+                    let v: &Value = s[..20].try_into().unwrap_or(&[0; 20]);
+                    if key_of(v) == *key {
+                        return Probe::Found(i);
+                    }
+                }
+                _ => {}
+            }
+            i += 1;
+            if i == self.slots {
+                i = 0;
+            }
+        }
+        // Never reached while the load stays below 100 %; a deleted slot is still usable.
+        Probe::Absent {
+            insert_at: reuse.unwrap_or(0),
+        }
+    }
+
+    fn write(&mut self, i: usize, key: &Key, value: &Value, offset: u8) {
+        let s = self.slot_mut(i);
+        s[..20].copy_from_slice(value);
+        s[20] = tag_of(key);
+        s[21] = offset;
+    }
+
+    /// Rebuild into a table sized for the live pairs plus one, dropping deleted slots.
+    fn rebuild(&mut self) -> Result<(), OutOfMemory> {
+        let want = ((self.live + 1) * 100).div_ceil(REBUILT_LOAD_PCT).max(MIN_SLOTS);
+        let mut fresh = Shard::new(want)?;
+        for i in 0..self.slots {
+            let s = self.slot(i);
+            if s[20] == EMPTY || s[20] == DELETED {
+                continue;
+            }
+            let value: Value = s[..20].try_into().unwrap_or([0; 20]);
+            let key = key_of(&value);
+            let mut j = home_of(&key, fresh.slots);
+            while fresh.slot(j)[20] != EMPTY {
+                j = if j + 1 == fresh.slots { 0 } else { j + 1 };
+            }
+            fresh.write(j, &key, &value, s[21]);
+            fresh.live += 1;
+        }
+        *self = fresh;
+        Ok(())
+    }
+}
+
+impl Index {
+    /// An empty index whose oldest epoch is `base`.
+    pub fn new(base: u32) -> Result<Index, OutOfMemory> {
+        let shards = (0..SHARDS)
+            .map(|_| Shard::new(MIN_SLOTS))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Index {
+            shards,
+            base,
+            len: 0,
+        })
+    }
+
+    /// Pairs stored.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no pair is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes of table memory (mapped; RSS is at most this plus page rounding).
+    pub fn table_bytes(&self) -> usize {
+        self.shards.iter().map(|s| s.slots * SLOT_BYTES).sum()
+    }
+
+    /// The value stored under `key`.
+    pub fn get(&self, key: &Key) -> Option<Value> {
+        let shard = &self.shards[key[0] as usize];
+        match shard.probe(key) {
+            Probe::Found(i) => shard.slot(i)[..20].try_into().ok(),
+            Probe::Absent { .. } => None,
+        }
+    }
+
+    /// The epoch in which `key` was stored.
+    pub fn epoch_of(&self, key: &Key) -> Option<u32> {
+        let shard = &self.shards[key[0] as usize];
+        match shard.probe(key) {
+            Probe::Found(i) => Some(self.base + shard.slot(i)[21] as u32),
+            Probe::Absent { .. } => None,
+        }
+    }
+
+    /// Test-and-set: insert `(key, value)` stored in `epoch` unless `key` is present.
+    /// The caller has checked `SHA1(value) == key`.
+    pub fn insert(&mut self, key: &Key, value: &Value, epoch: u32) -> Result<Inserted, OutOfMemory> {
+        if epoch.saturating_sub(self.base) > MAX_EPOCH_SPAN {
+            // Pairs older than the widest span are past any retention the config allows.
+            self.expire(epoch - MAX_EPOCH_SPAN);
+        }
+        let offset = epoch.saturating_sub(self.base) as u8;
+        let shard = &mut self.shards[key[0] as usize];
+        let at = match shard.probe(key) {
+            Probe::Found(i) => {
+                return Ok(Inserted::Existing(
+                    shard.slot(i)[..20].try_into().unwrap_or([0; 20]),
+                ));
+            }
+            Probe::Absent { insert_at } => insert_at,
+        };
+        let reuses_deleted = shard.slot(at)[20] == DELETED;
+        let at = if !reuses_deleted
+            && (shard.live + shard.deleted + 1) * 100 > shard.slots * MAX_LOAD_PCT
+        {
+            shard.rebuild()?;
+            match shard.probe(key) {
+                Probe::Absent { insert_at } => insert_at,
+                Probe::Found(_) => unreachable!("key was absent before the rebuild"),
+            }
+        } else {
+            at
+        };
+        if shard.slot(at)[20] == DELETED {
+            shard.deleted -= 1;
+        }
+        shard.write(at, key, value, offset);
+        shard.live += 1;
+        self.len += 1;
+        Ok(Inserted::New)
+    }
+
+    /// Drop every pair stored before `oldest_kept`; the base moves to `oldest_kept`.
+    pub fn expire(&mut self, oldest_kept: u32) {
+        if oldest_kept <= self.base {
+            return;
+        }
+        let shift = (oldest_kept - self.base).min(u8::MAX as u32 + 1);
+        for shard in &mut self.shards {
+            for i in 0..shard.slots {
+                let s = shard.slot_mut(i);
+                if s[20] == EMPTY || s[20] == DELETED {
+                    continue;
+                }
+                if (s[21] as u32) < shift {
+                    s[20] = DELETED;
+                    shard.live -= 1;
+                    shard.deleted += 1;
+                    self.len -= 1;
+                } else {
+                    s[21] -= shift as u8;
+                }
+            }
+            if shard.deleted > shard.live {
+                // Deleted slots only slow probes down; a failed rebuild keeps them.
+                let _ = shard.rebuild();
+            }
+        }
+        self.base = oldest_kept;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dqe_core::hash::word_value;
+
+    fn pair(i: u32) -> (Key, Value) {
+        let v = word_value(&i.to_be_bytes());
+        (key_of(&v), v)
+    }
+
+    #[test]
+    fn insert_get_and_test_and_set() {
+        let mut ix = Index::new(10).unwrap();
+        for i in 0..100_000 {
+            let (k, v) = pair(i);
+            assert_eq!(ix.insert(&k, &v, 10).unwrap(), Inserted::New);
+        }
+        assert_eq!(ix.len(), 100_000);
+        for i in (0..100_000).step_by(7) {
+            let (k, v) = pair(i);
+            assert_eq!(ix.get(&k), Some(v));
+            assert_eq!(ix.insert(&k, &v, 11).unwrap(), Inserted::Existing(v));
+        }
+        for i in 100_000..101_000 {
+            assert_eq!(ix.get(&pair(i).0), None);
+        }
+        // The load stays high enough for the memory goal (32 bytes per pair).
+        let per_pair = ix.table_bytes() as f64 / ix.len() as f64;
+        assert!(per_pair < 32.0, "{per_pair} bytes per pair");
+    }
+
+    #[test]
+    fn expire_drops_old_epochs_only() {
+        let mut ix = Index::new(100).unwrap();
+        for i in 0..3000 {
+            let (k, v) = pair(i);
+            ix.insert(&k, &v, 100 + i % 3).unwrap();
+        }
+        ix.expire(102);
+        assert_eq!(ix.len(), 1000);
+        for i in 0..3000 {
+            let (k, v) = pair(i);
+            let kept = i % 3 == 2;
+            assert_eq!(ix.get(&k), kept.then_some(v), "pair {i}");
+            if kept {
+                assert_eq!(ix.epoch_of(&k), Some(102));
+            }
+        }
+        // Deleted slots are reused and the pairs can be stored again.
+        for i in 0..3000 {
+            let (k, v) = pair(i);
+            ix.insert(&k, &v, 103).unwrap();
+        }
+        assert_eq!(ix.len(), 3000);
+        assert_eq!(ix.epoch_of(&pair(0).0), Some(103));
+    }
+
+    #[test]
+    fn a_far_epoch_expires_what_is_beyond_the_span() {
+        let mut ix = Index::new(0).unwrap();
+        let (k, v) = pair(1);
+        ix.insert(&k, &v, 0).unwrap();
+        let (k2, v2) = pair(2);
+        ix.insert(&k2, &v2, 1000).unwrap();
+        assert_eq!(ix.get(&k), None);
+        assert_eq!(ix.epoch_of(&k2), Some(1000));
+    }
+}

@@ -1,0 +1,450 @@
+//! Prometheus metrics: counters the node loop bumps, and a tiny HTTP/1.0 responder.
+//!
+//! The node loop is the only writer; it bumps relaxed atomics and, after each batch, copies
+//! gauges (stored pairs, bytes on disk) in. The HTTP side only reads, so a scrape never waits
+//! for the loop and the loop never waits for a scrape. The responder answers `GET /metrics`
+//! (or `/`) with the text exposition format and closes the connection; it reads at most 8 KiB
+//! per request, serves at most [`MAX_SCRAPES`] connections at once and gives each 2 seconds.
+//!
+//! Latency is measured in the backend: the time from a client's Test/Set datagram arriving
+//! at the portal socket to its reply being handed to the socket, matched by (source, id). So it
+//! includes the fan-out to storers and the group commit, and excludes the kernel's queues.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use dqe_core::node::NodeStats;
+use dqe_core::wire::{Body, Reason};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tracing::{debug, warn};
+
+/// Concurrent scrape connections served.
+pub const MAX_SCRAPES: usize = 16;
+
+/// Client request kinds, in label order.
+pub const KINDS: [&str; 2] = ["test", "set"];
+/// Outcomes, in label order.
+pub const OUTCOMES: [&str; 9] = [
+    "found",
+    "not_found",
+    "stored",
+    "bad_hash",
+    "busy",
+    "full",
+    "wrong_cluster",
+    "unavailable",
+    "wrong_port",
+];
+/// Why the backend dropped a datagram, in label order (the core counts its own drops).
+pub const DROPS: [&str; 3] = ["send_failed", "write_failed", "shutdown"];
+/// Upper bounds of the latency buckets, in seconds.
+pub const BUCKETS: [f64; 16] = [
+    0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
+    1.0, 2.0, 5.0,
+];
+
+/// Why the backend dropped a datagram.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// The socket refused to send it.
+    SendFailed,
+    /// It waited on a group commit that failed.
+    WriteFailed,
+    /// The node stopped before it could be sent.
+    Shutdown,
+}
+
+impl DropReason {
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The client request kind of a body, as an index into [`KINDS`].
+pub fn kind_index(body: &Body) -> Option<usize> {
+    match body {
+        Body::Test { .. } => Some(0),
+        Body::Set { .. } => Some(1),
+        _ => None,
+    }
+}
+
+/// The outcome of a reply body, as an index into [`OUTCOMES`].
+pub fn outcome_index(body: &Body) -> Option<usize> {
+    Some(match body {
+        Body::Found { .. } => 0,
+        Body::NotFound => 1,
+        Body::Stored => 2,
+        Body::Refused { reason } => match reason {
+            Reason::BadHash => 3,
+            Reason::Busy => 4,
+            Reason::Full => 5,
+            Reason::WrongCluster => 6,
+            Reason::Unavailable => 7,
+            Reason::WrongPort => 8,
+        },
+        _ => return None,
+    })
+}
+
+/// Every metric of a node.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: [[AtomicU64; OUTCOMES.len()]; KINDS.len()],
+    drops: [AtomicU64; DROPS.len()],
+    datagrams_in: [AtomicU64; 3],
+    datagrams_out: [AtomicU64; 3],
+    latency_buckets: [AtomicU64; BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_us: AtomicU64,
+    /// Gauges and counters copied from the store and the core after each batch.
+    pub stored_pairs: AtomicU64,
+    /// Bytes in segment files.
+    pub bytes_on_disk: AtomicU64,
+    /// Bytes of RAM index tables.
+    pub index_bytes: AtomicU64,
+    /// Group commits done.
+    pub fsync_batches: AtomicU64,
+    /// Group commits that failed.
+    pub fsync_failures: AtomicU64,
+    /// Records made durable.
+    pub synced_records: AtomicU64,
+    /// 1 while the store refuses writes after an I/O error.
+    pub store_degraded: AtomicU64,
+    /// Client requests the backend is timing (a bound on the portal's work in flight).
+    pub client_requests_in_flight: AtomicU64,
+    /// Replies waiting for a group commit.
+    pub replies_waiting_for_sync: AtomicU64,
+    /// The core's own counters, copied in by the loop.
+    node: Mutex<NodeStats>,
+}
+
+/// The three sockets, as an index into per-port counters.
+#[derive(Debug, Clone, Copy)]
+pub enum PortLabel {
+    /// Client requests.
+    Portal = 0,
+    /// Peer requests.
+    Storer = 1,
+    /// Replies from peers.
+    Source = 2,
+}
+
+const PORTS: [&str; 3] = ["portal", "storer", "source"];
+
+impl Metrics {
+    /// A fresh, shared set of metrics.
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    /// One reply sent: a request of `kind` ended with `outcome`.
+    pub fn request(&self, kind: usize, outcome: usize) {
+        self.requests[kind][outcome].fetch_add(1, Relaxed);
+    }
+
+    /// Requests of `kind` that ended with `outcome` so far.
+    pub fn requests(&self, kind: usize, outcome: usize) -> u64 {
+        self.requests[kind][outcome].load(Relaxed)
+    }
+
+    /// One datagram dropped.
+    pub fn dropped(&self, why: DropReason) {
+        self.drops[why.index()].fetch_add(1, Relaxed);
+    }
+
+    /// Datagrams dropped for `why` so far.
+    pub fn drops(&self, why: DropReason) -> u64 {
+        self.drops[why.index()].load(Relaxed)
+    }
+
+    /// Copy the core's counters in.
+    pub fn set_node_stats(&self, stats: &NodeStats) {
+        if let Ok(mut s) = self.node.lock() {
+            s.clone_from(stats);
+        }
+    }
+
+    /// One datagram received on `port`.
+    pub fn received(&self, port: PortLabel) {
+        self.datagrams_in[port as usize].fetch_add(1, Relaxed);
+    }
+
+    /// One datagram sent from `port`.
+    pub fn sent(&self, port: PortLabel) {
+        self.datagrams_out[port as usize].fetch_add(1, Relaxed);
+    }
+
+    /// One client request answered after `elapsed`.
+    pub fn latency(&self, elapsed: Duration) {
+        let s = elapsed.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|&b| s <= b) {
+            self.latency_buckets[i].fetch_add(1, Relaxed);
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(8 << 10);
+        let o = &mut out;
+        let _ = writeln!(o, "# HELP dqe_requests_total Requests answered, by kind and outcome.");
+        let _ = writeln!(o, "# TYPE dqe_requests_total counter");
+        for (k, kind) in KINDS.iter().enumerate() {
+            for (i, outcome) in OUTCOMES.iter().enumerate() {
+                let _ = writeln!(
+                    o,
+                    "dqe_requests_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {}",
+                    self.requests[k][i].load(Relaxed)
+                );
+            }
+        }
+        let _ = writeln!(o, "# HELP dqe_drops_total Datagrams dropped, by reason.");
+        let _ = writeln!(o, "# TYPE dqe_drops_total counter");
+        for (i, reason) in DROPS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "dqe_drops_total{{reason=\"{reason}\"}} {}",
+                self.drops[i].load(Relaxed)
+            );
+        }
+        let n = self.node.lock().map(|s| s.clone()).unwrap_or_default();
+        let core_drops = [
+            ("short", n.drop_short),
+            ("bad_version", n.drop_bad_version),
+            ("unknown_variant", n.drop_unknown_variant),
+            ("bad_varint", n.drop_bad_varint),
+            ("non_canonical", n.drop_non_canonical),
+            ("trailing", n.drop_trailing),
+            ("malformed", n.drop_malformed),
+            ("unmatched_reply", n.drop_unmatched_reply),
+            ("duplicate_reply", n.drop_duplicate_reply),
+            ("reply_on_wrong_port", n.drop_reply_on_wrong_port),
+            ("request_on_source_port", n.drop_request_on_source_port),
+            ("queue_full", n.drop_queue_full),
+            ("amplification", n.drop_amplification),
+            ("buffer_too_small", n.drop_buffer_too_small),
+        ];
+        for (reason, v) in core_drops {
+            let _ = writeln!(o, "dqe_drops_total{{reason=\"{reason}\"}} {v}");
+        }
+        let _ = writeln!(o, "# HELP dqe_node_requests_total Requests the core received, by kind.");
+        let _ = writeln!(o, "# TYPE dqe_node_requests_total counter");
+        for (kind, v) in [
+            ("test", n.test_requests),
+            ("set", n.set_requests),
+            ("get", n.get_requests),
+            ("put", n.put_requests),
+        ] {
+            let _ = writeln!(o, "dqe_node_requests_total{{kind=\"{kind}\"}} {v}");
+        }
+        let core_counters = [
+            ("repeats_answered", "Repeated requests answered from the reply cache.", n.repeats_answered),
+            ("repeats_absorbed", "Repeats absorbed while their request was in flight.", n.repeats_absorbed),
+            ("sub_requests", "Get/Put sent to peers.", n.sub_requests),
+            ("retries", "Get/Put sent again after a timeout.", n.retries),
+            ("local_ops", "Get/Put served locally.", n.local_ops),
+            ("read_repairs", "Read-repair Puts sent.", n.read_repairs),
+            ("read_repairs_skipped", "Read repairs skipped for lack of room.", n.read_repairs_skipped),
+            ("late_replies", "Peer replies after their request finished.", n.late_replies),
+            ("invalid_found", "Found replies whose value does not hash to the key.", n.invalid_found),
+            ("storer_refusals", "Refusals received from storers.", n.storer_refusals),
+            ("mismatched_replies", "Replies that did not fit their request.", n.mismatched_replies),
+            ("busy_queue_full", "Client requests refused Busy for a full outgoing queue.", n.busy_queue_full),
+            ("deferred_timeouts", "Timeouts deferred for lack of queue room.", n.deferred_timeouts),
+            ("probes_sent", "Probes sent to peers believed down.", n.probes_sent),
+            ("nodes_marked_down", "Times a peer was believed down.", n.nodes_marked_down),
+            ("nodes_marked_up", "Times a peer was believed up again.", n.nodes_marked_up),
+        ];
+        for (name, help, v) in core_counters {
+            let _ = writeln!(o, "# HELP dqe_node_{name}_total {help}");
+            let _ = writeln!(o, "# TYPE dqe_node_{name}_total counter");
+            let _ = writeln!(o, "dqe_node_{name}_total {v}");
+        }
+        let _ = writeln!(o, "# HELP dqe_node_peers_down Peers believed down now.");
+        let _ = writeln!(o, "# TYPE dqe_node_peers_down gauge");
+        let _ = writeln!(o, "dqe_node_peers_down {}", n.nodes_down);
+        let _ = writeln!(o, "# HELP dqe_datagrams_total Datagrams received and sent, by socket.");
+        let _ = writeln!(o, "# TYPE dqe_datagrams_total counter");
+        for (i, port) in PORTS.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "dqe_datagrams_total{{socket=\"{port}\",direction=\"in\"}} {}",
+                self.datagrams_in[i].load(Relaxed)
+            );
+            let _ = writeln!(
+                o,
+                "dqe_datagrams_total{{socket=\"{port}\",direction=\"out\"}} {}",
+                self.datagrams_out[i].load(Relaxed)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP dqe_client_request_duration_seconds Client Test/Set, datagram in to reply out."
+        );
+        let _ = writeln!(o, "# TYPE dqe_client_request_duration_seconds histogram");
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += self.latency_buckets[i].load(Relaxed);
+            let _ = writeln!(
+                o,
+                "dqe_client_request_duration_seconds_bucket{{le=\"{b}\"}} {cumulative}"
+            );
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(
+            o,
+            "dqe_client_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            o,
+            "dqe_client_request_duration_seconds_sum {}",
+            self.latency_sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(o, "dqe_client_request_duration_seconds_count {count}");
+        let pairs = self.stored_pairs.load(Relaxed);
+        let index = self.index_bytes.load(Relaxed);
+        let gauges: [(&str, &str, &str, f64); 10] = [
+            ("dqe_stored_pairs", "gauge", "Pairs in the store.", pairs as f64),
+            ("dqe_bytes_on_disk", "gauge", "Bytes in segment files.", self.bytes_on_disk.load(Relaxed) as f64),
+            ("dqe_index_bytes", "gauge", "Bytes of RAM index tables.", index as f64),
+            (
+                "dqe_index_bytes_per_pair",
+                "gauge",
+                "Index bytes per stored pair.",
+                if pairs == 0 { 0.0 } else { index as f64 / pairs as f64 },
+            ),
+            ("dqe_fsync_batches_total", "counter", "Group commits made durable.", self.fsync_batches.load(Relaxed) as f64),
+            ("dqe_fsync_failures_total", "counter", "Group commits that failed.", self.fsync_failures.load(Relaxed) as f64),
+            ("dqe_synced_records_total", "counter", "Records made durable.", self.synced_records.load(Relaxed) as f64),
+            ("dqe_store_degraded", "gauge", "1 while writes fail and PUTs are refused as Full.", self.store_degraded.load(Relaxed) as f64),
+            ("dqe_client_requests_in_flight", "gauge", "Client requests not yet answered.", self.client_requests_in_flight.load(Relaxed) as f64),
+            ("dqe_replies_waiting_for_sync", "gauge", "Replies held until a group commit is durable.", self.replies_waiting_for_sync.load(Relaxed) as f64),
+        ];
+        for (name, kind, help, value) in gauges {
+            let _ = writeln!(o, "# HELP {name} {help}");
+            let _ = writeln!(o, "# TYPE {name} {kind}");
+            let _ = writeln!(o, "{name} {value}");
+        }
+        out
+    }
+}
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for metrics on {addr}: {source}")]
+pub struct MetricsBindError {
+    /// The address asked for.
+    pub addr: SocketAddr,
+    /// What the OS said.
+    pub source: std::io::Error,
+}
+
+/// Bind the metrics endpoint; the returned listener is served by [`serve`].
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsBindError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| MetricsBindError { addr, source })
+}
+
+/// Serve scrapes forever.
+pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
+    loop {
+        let (mut stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(error = %e, "metrics accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            debug!(%peer, "too many metrics connections; closing one");
+            continue;
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let answer = async {
+                let mut buf = vec![0u8; 8 << 10];
+                let mut n = 0;
+                while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf[n..]).await? {
+                        0 => break,
+                        k => n += k,
+                    }
+                }
+                let line = buf[..n].split(|&b| b == b'\n').next().unwrap_or(&[]);
+                let line = String::from_utf8_lossy(line);
+                let mut parts = line.split_whitespace();
+                let (method, path) = (parts.next(), parts.next());
+                let (status, body) = match (method, path) {
+                    (Some("GET"), Some("/metrics" | "/")) => ("200 OK", metrics.render()),
+                    (Some("GET"), _) => ("404 Not Found", "not found; try /metrics\n".to_string()),
+                    _ => ("400 Bad Request", "bad request\n".to_string()),
+                };
+                let head = format!(
+                    "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(body.as_bytes()).await?;
+                stream.shutdown().await
+            };
+            match tokio::time::timeout(Duration::from_secs(2), answer).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => debug!(%peer, error = %e, "metrics connection failed"),
+                Err(_) => debug!(%peer, "metrics connection timed out"),
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn render_has_every_family_and_cumulative_buckets() {
+        let m = Metrics::new();
+        m.request(1, 2);
+        m.dropped(DropReason::WriteFailed);
+        let stats = NodeStats {
+            drop_trailing: 3,
+            ..NodeStats::default()
+        };
+        m.set_node_stats(&stats);
+        m.latency(Duration::from_micros(80));
+        m.latency(Duration::from_millis(3));
+        let text = m.render();
+        assert!(text.contains("dqe_requests_total{kind=\"set\",outcome=\"stored\"} 1"));
+        assert!(text.contains("dqe_drops_total{reason=\"trailing\"} 3"));
+        assert!(text.contains("dqe_drops_total{reason=\"write_failed\"} 1"));
+        assert!(text.contains("dqe_client_request_duration_seconds_bucket{le=\"0.0001\"} 1"));
+        assert!(text.contains("dqe_client_request_duration_seconds_bucket{le=\"0.005\"} 2"));
+        assert!(text.contains("dqe_client_request_duration_seconds_count 2"));
+        assert!(text.contains("dqe_fsync_batches_total 0"));
+    }
+
+    #[tokio::test]
+    async fn http_endpoint_answers_a_scrape() {
+        let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let m = Metrics::new();
+        m.stored_pairs.store(42, Relaxed);
+        tokio::spawn(serve(listener, m));
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.0 200 OK"), "{text}");
+        assert!(text.contains("dqe_stored_pairs 42"), "{text}");
+    }
+}

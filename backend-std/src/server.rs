@@ -1,0 +1,509 @@
+//! The tokio loop around one `dqe_core::Node`: sockets, time, randomness, group commit.
+//!
+//! All protocol behaviour is in the core; this loop only moves bytes. One iteration:
+//!
+//! 1. Read a bounded batch, storer socket first, then the source socket (replies to our own
+//!    fan-out), then the portal socket (new client work), with `try_recv_from` so nothing
+//!    waits. Under load the portal is read only after the storer socket was drained up to its
+//!    bound: work admitted somewhere in the cluster finishes before new work is taken.
+//! 2. Hand each datagram to the node and drain its transmits at once (the core's outgoing
+//!    queues are small and bounded; it answers `Busy` rather than queueing more).
+//! 3. Group commit: a transmit produced while the store has unsynced writes is tagged with
+//!    the store's write sequence number and held. The store's pending records go to a
+//!    blocking thread in one batch (write + fdatasync); the loop keeps reading meanwhile, and
+//!    when the batch is durable every held transmit up to its sequence number is sent. So no
+//!    reply that depends on a write (`Stored`, or a `Found`/`NotFound` read after it) leaves
+//!    before that write is on disk, and one fsync covers many SETs.
+//! 4. When nothing is readable, wait (biased) for a finished sync, a readable socket, the
+//!    node's next deadline or a stop signal.
+//!
+//! The held queue is bounded ([`MAX_HELD`]): while it is full no socket is read, the kernel
+//! buffers fill and drop, and clients retry. Memory never grows with load.
+//!
+//! On a stop signal the portal socket is no longer read; storer and source keep being served
+//! until the portal has nothing in flight or `drain_ms` passed; then the store is synced, the
+//! held replies are sent and the loop returns.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use dqe_core::node::{Node, NodeConfig, NodeError, Port};
+use dqe_core::wire::{self, MAX_DATAGRAM};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::cli::RunConfig;
+use crate::config_file::{MAX_NODES, MAX_RING_POINTS};
+use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
+use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
+
+/// Client requests the portal may have in flight; more are refused `Busy`.
+pub const IN_FLIGHT: usize = 1024;
+/// Entries in each reply cache (storer's and portal's).
+pub const REPLY_CACHE: usize = 16384;
+/// Datagrams read from one socket per iteration.
+pub const BATCH: usize = 64;
+/// Transmits held for a group commit at most; beyond it the loop stops reading.
+pub const MAX_HELD: usize = 8192;
+/// Client requests timed for the latency histogram at most.
+const MAX_TIMED: usize = 65_536;
+/// A timed request with no reply after this long is forgotten.
+const TIMED_FORGET: Duration = Duration::from_secs(10);
+/// Wait before writing again after a failed group commit.
+const WRITE_RETRY: Duration = Duration::from_secs(1);
+/// Bytes read per datagram: more than any valid one, so an oversized datagram is seen whole
+/// (and refused as trailing bytes) rather than cut to a valid prefix.
+const RECV_BUF: usize = 2048;
+
+/// The node this backend runs.
+pub type EnforcerNode =
+    Node<DurableStore, StdRng, MAX_NODES, MAX_RING_POINTS, IN_FLIGHT, REPLY_CACHE>;
+
+/// Why the server could not start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A socket of this node could not be bound (in use, or not an address of this host).
+    #[error("cannot bind the {role} socket on {addr}: {source}")]
+    Bind {
+        role: &'static str,
+        addr: SocketAddr,
+        source: io::Error,
+    },
+    /// The data directory or a segment could not be opened.
+    #[error(transparent)]
+    Store(#[from] OpenError),
+    /// The core refused the cluster.
+    #[error("the node cannot start: {0}")]
+    Node(NodeError),
+    /// The metrics endpoint could not be bound.
+    #[error(transparent)]
+    Metrics(#[from] MetricsBindError),
+}
+
+/// A datagram waiting to be sent.
+struct Held {
+    /// Send once the store's durable sequence number reaches this.
+    seq: u64,
+    from: Port,
+    to: SocketAddr,
+    len: u8,
+    bytes: [u8; MAX_DATAGRAM],
+}
+
+fn label(port: Port) -> PortLabel {
+    match port {
+        Port::Portal => PortLabel::Portal,
+        Port::Storer => PortLabel::Storer,
+        Port::Source => PortLabel::Source,
+    }
+}
+
+fn unix_seconds() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+async fn bind(role: &'static str, addr: SocketAddr) -> Result<UdpSocket, ServerError> {
+    UdpSocket::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { role, addr, source })
+}
+
+/// What ended an idle wait.
+enum Wake {
+    Synced(Result<SyncDone, tokio::task::JoinError>),
+    Readable,
+    Deadline,
+    Stop,
+}
+
+/// The running loop's state.
+struct Server {
+    node: Box<EnforcerNode>,
+    portal: UdpSocket,
+    storer: UdpSocket,
+    source: UdpSocket,
+    metrics: Arc<Metrics>,
+    start: Instant,
+    held: VecDeque<Held>,
+    sync: Option<JoinHandle<SyncDone>>,
+    write_retry_at: Option<Instant>,
+    timed: HashMap<(SocketAddr, u64), (usize, Instant)>,
+    next_housekeeping: Instant,
+    recv: Box<[u8; RECV_BUF]>,
+}
+
+/// Start the node described by `cfg`, serve until `stop` resolves, then shut down cleanly.
+pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), ServerError> {
+    let me = &cfg.spec.nodes[cfg.me as usize];
+    let portal = bind("portal", me.portal).await?;
+    let storer = bind("storer", me.storer).await?;
+    let source = bind("source", me.source).await?;
+    let metrics = Metrics::new();
+    let metrics_listener = match cfg.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+
+    let epoch = cfg.spec.epoch_of(unix_seconds());
+    let mut opts = DurableOptions::new(&cfg.data_dir);
+    opts.sync_mode = cfg.sync_mode;
+    let (store, recovery) = DurableStore::open(opts, cfg.spec.oldest_retained(epoch))?;
+    let node = Box::new(
+        EnforcerNode::new(
+            cfg.spec.clone(),
+            cfg.me,
+            store,
+            StdRng::from_os_rng(),
+            NodeConfig::default(),
+            epoch,
+        )
+        .map_err(ServerError::Node)?,
+    );
+    info!(
+        node = %me.name,
+        portal = %me.portal,
+        storer = %me.storer,
+        source = %me.source,
+        cluster_tag = format_args!("{:#010x}", node.cluster_tag()),
+        nodes = cfg.spec.nodes.len(),
+        replication = cfg.spec.replication,
+        epoch,
+        data_dir = %cfg.data_dir.display(),
+        fsync = ?cfg.sync_mode,
+        recovered_records = recovery.records,
+        segments = recovery.segments,
+        discarded_bytes = recovery.discarded_bytes,
+        expired_segments = recovery.expired_segments,
+        metrics = ?cfg.metrics,
+        "dqe-enforcer started"
+    );
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+    }
+
+    let now = Instant::now();
+    let mut server = Server {
+        node,
+        portal,
+        storer,
+        source,
+        metrics,
+        start: now,
+        held: VecDeque::new(),
+        sync: None,
+        write_retry_at: None,
+        timed: HashMap::new(),
+        next_housekeeping: now,
+        recv: Box::new([0; RECV_BUF]),
+    };
+    server.serve(stop, Duration::from_millis(cfg.drain_ms)).await;
+    Ok(())
+}
+
+impl Server {
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
+    async fn serve(&mut self, stop: impl Future<Output = ()>, drain: Duration) {
+        tokio::pin!(stop);
+        let mut stopping: Option<Instant> = None;
+        loop {
+            if let Some(since) = stopping
+                && (self.node.in_flight() == 0 || since.elapsed() >= drain)
+            {
+                break;
+            }
+            let room = self.held.len() < MAX_HELD;
+            let mut got = 0;
+            if room {
+                got += self.read_batch(Port::Storer).await;
+                got += self.read_batch(Port::Source).await;
+                if stopping.is_none() {
+                    got += self.read_batch(Port::Portal).await;
+                }
+            }
+            let now = self.now_ms();
+            if self.node.poll_timeout().is_some_and(|t| t <= now) {
+                self.node.handle_timeout(now);
+                self.collect();
+            }
+            if Instant::now() >= self.next_housekeeping {
+                self.housekeeping();
+            }
+            if self.sync.as_ref().is_some_and(|h| h.is_finished()) {
+                self.finish_sync().await;
+            }
+            self.start_sync();
+            self.flush().await;
+            if got > 0 {
+                tokio::task::yield_now().await;
+                continue;
+            }
+
+            // Idle: wait for something to do.
+            let deadline = self
+                .node
+                .poll_timeout()
+                .map(|t| self.start + Duration::from_millis(t))
+                .into_iter()
+                .chain(self.write_retry_at)
+                .chain(stopping.map(|s| s + drain))
+                .chain(Some(self.next_housekeeping))
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            let read_portal = room && stopping.is_none();
+            let woke = {
+                let sync = &mut self.sync;
+                let syncing = sync.is_some();
+                let (storer, source, portal) = (&self.storer, &self.source, &self.portal);
+                tokio::select! {
+                    biased;
+                    done = async { sync.as_mut().expect("guarded by syncing").await }, if syncing => Wake::Synced(done),
+                    _ = storer.readable(), if room => Wake::Readable,
+                    _ = source.readable(), if room => Wake::Readable,
+                    _ = portal.readable(), if read_portal => Wake::Readable,
+                    _ = tokio::time::sleep_until(deadline.into()) => Wake::Deadline,
+                    _ = &mut stop, if stopping.is_none() => Wake::Stop,
+                }
+            };
+            match woke {
+                Wake::Synced(done) => {
+                    self.sync = None;
+                    self.take_sync_result(done);
+                }
+                Wake::Stop => {
+                    info!(
+                        in_flight = self.node.in_flight(),
+                        "stop signal: refusing new requests, finishing those in flight"
+                    );
+                    stopping = Some(Instant::now());
+                }
+                Wake::Readable | Wake::Deadline => {}
+            }
+        }
+        self.shutdown().await;
+    }
+
+    /// Read up to [`BATCH`] datagrams from one socket and hand them to the node.
+    async fn read_batch(&mut self, port: Port) -> usize {
+        let mut n = 0;
+        while n < BATCH && self.held.len() < MAX_HELD {
+            let socket = match port {
+                Port::Portal => &self.portal,
+                Port::Storer => &self.storer,
+                Port::Source => &self.source,
+            };
+            let (len, from) = match socket.try_recv_from(&mut self.recv[..]) {
+                Ok(r) => r,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    debug!(?port, error = %e, "receive failed");
+                    break;
+                }
+            };
+            n += 1;
+            self.metrics.received(label(port));
+            let now = self.now_ms();
+            if port == Port::Portal {
+                self.time_request(from, len);
+            }
+            let datagram = &self.recv[..len];
+            self.node.handle(now, port, from, datagram);
+            self.collect();
+        }
+        n
+    }
+
+    /// Start timing a client request (for the latency histogram).
+    fn time_request(&mut self, from: SocketAddr, len: usize) {
+        let Ok(env) = wire::decode(&self.recv[..len]) else {
+            return;
+        };
+        let Some(kind) = metrics::kind_index(&env.body) else {
+            return;
+        };
+        if self.timed.len() < MAX_TIMED {
+            self.timed
+                .entry((from, env.id))
+                .or_insert((kind, Instant::now()));
+        }
+    }
+
+    /// Move the node's transmits into the held queue, tagged with what they wait for.
+    fn collect(&mut self) {
+        let store = self.node.store();
+        let seq = if store.gates_replies() && store.has_unsynced() {
+            store.written_seq()
+        } else {
+            0
+        };
+        let mut bytes = [0u8; MAX_DATAGRAM];
+        while let Some(t) = self.node.poll_transmit(&mut bytes) {
+            self.held.push_back(Held {
+                seq,
+                from: t.from,
+                to: t.to,
+                len: t.len as u8,
+                bytes,
+            });
+        }
+    }
+
+    /// Send every held datagram whose writes are durable, in order.
+    async fn flush(&mut self) {
+        let durable = self.node.store().durable_seq();
+        while self.held.front().is_some_and(|h| h.seq <= durable) {
+            let Some(h) = self.held.pop_front() else {
+                break;
+            };
+            self.send(&h).await;
+        }
+        self.metrics
+            .replies_waiting_for_sync
+            .store(self.held.len() as u64, Relaxed);
+    }
+
+    async fn send(&mut self, h: &Held) {
+        let socket = match h.from {
+            Port::Portal => &self.portal,
+            Port::Storer => &self.storer,
+            Port::Source => &self.source,
+        };
+        let bytes = &h.bytes[..h.len as usize];
+        let sent = match socket.try_send_to(bytes, h.to) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.send_to(bytes, h.to).await,
+            other => other,
+        };
+        match sent {
+            Ok(_) => self.metrics.sent(label(h.from)),
+            Err(e) => {
+                debug!(to = %h.to, error = %e, "send failed");
+                self.metrics.dropped(DropReason::SendFailed);
+                return;
+            }
+        }
+        if h.from == Port::Portal
+            && let Ok(env) = wire::decode(bytes)
+            && let Some(outcome) = metrics::outcome_index(&env.body)
+            && let Some((kind, t0)) = self.timed.remove(&(h.to, env.id))
+        {
+            self.metrics.request(kind, outcome);
+            self.metrics.latency(t0.elapsed());
+        }
+    }
+
+    fn start_sync(&mut self) {
+        if self.sync.is_some() || self.write_retry_at.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        if let Some(batch) = self.node.store_mut().take_batch() {
+            self.write_retry_at = None;
+            self.sync = Some(tokio::task::spawn_blocking(move || batch.run()));
+        }
+    }
+
+    async fn finish_sync(&mut self) {
+        if let Some(handle) = self.sync.take() {
+            let done = handle.await;
+            self.take_sync_result(done);
+        }
+    }
+
+    fn take_sync_result(&mut self, done: Result<SyncDone, tokio::task::JoinError>) {
+        let done = match done {
+            Ok(d) => d,
+            Err(e) => {
+                // The blocking task panicked: nothing is known to be written.
+                error!(error = %e, "the group-commit task failed");
+                std::process::abort();
+            }
+        };
+        let before = self.node.store().durable_seq();
+        let ok = done.is_ok();
+        self.node.store_mut().finish(done);
+        if !ok {
+            // Replies that waited on the failed writes must not claim durability.
+            let dropped = self.held.iter().filter(|h| h.seq > before).count();
+            self.held.retain(|h| h.seq <= before);
+            for _ in 0..dropped {
+                self.metrics.dropped(DropReason::WriteFailed);
+            }
+            self.write_retry_at = Some(Instant::now() + WRITE_RETRY);
+        }
+        self.export();
+    }
+
+    /// Epoch changes, forgetting unanswered timings, exporting gauges; every 100 ms.
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        self.next_housekeeping = now + Duration::from_millis(100);
+        let epoch = self.node.spec().epoch_of(unix_seconds());
+        if epoch != self.node.epoch() {
+            info!(from = self.node.epoch(), to = epoch, "new epoch");
+            self.node.set_epoch(epoch);
+        }
+        self.timed
+            .retain(|_, (_, t0)| now.duration_since(*t0) < TIMED_FORGET);
+        self.export();
+    }
+
+    fn export(&self) {
+        let store = self.node.store();
+        let m = &self.metrics;
+        let stats = store.stats();
+        m.stored_pairs
+            .store(dqe_core::store::Store::len(store) as u64, Relaxed);
+        m.bytes_on_disk.store(store.bytes_on_disk(), Relaxed);
+        m.index_bytes.store(store.index_bytes() as u64, Relaxed);
+        m.fsync_batches.store(stats.sync_batches, Relaxed);
+        m.fsync_failures.store(stats.sync_failures, Relaxed);
+        m.synced_records.store(stats.synced_records, Relaxed);
+        m.store_degraded
+            .store(store.degraded().is_some() as u64, Relaxed);
+        m.client_requests_in_flight
+            .store(self.node.in_flight() as u64, Relaxed);
+        m.set_node_stats(self.node.stats());
+    }
+
+    async fn shutdown(&mut self) {
+        if let Some(handle) = self.sync.take() {
+            let done = handle.await;
+            self.take_sync_result(done);
+        }
+        let before = self.node.store().durable_seq();
+        if let Err(e) = self.node.store_mut().sync() {
+            warn!(error = %e, "the last group commit failed; replies that waited on it are dropped");
+            let n = self.held.len();
+            self.held.retain(|h| h.seq <= before);
+            for _ in self.held.len()..n {
+                self.metrics.dropped(DropReason::WriteFailed);
+            }
+        }
+        // Everything left is durable now (or was dropped above).
+        while let Some(h) = self.held.pop_front() {
+            if h.seq <= self.node.store().durable_seq() {
+                self.send(&h).await;
+            } else {
+                self.metrics.dropped(DropReason::Shutdown);
+            }
+        }
+        self.export();
+        info!(
+            stored_pairs = dqe_core::store::Store::len(self.node.store()),
+            in_flight = self.node.in_flight(),
+            "dqe-enforcer stopped"
+        );
+    }
+}

@@ -1,0 +1,204 @@
+//! The failure detector: which peers the portal currently believes down.
+//!
+//! The portal must not make every request wait out the retries of a node that stopped
+//! answering, yet it must notice when that node comes back, because the write set puts a
+//! down node's copies on the next live node only while it is down. The detector here is the
+//! simplest one that does both, and it only ever looks at traffic the portal sends anyway:
+//!
+//! - Every sub-request attempt (one GET or PUT datagram) that expires without an answer from
+//!   its node counts one *miss* for that node; any answer from the node (a reply that matches
+//!   one of our sub-requests or probes, whatever it says) resets its misses to zero.
+//! - After `threshold` consecutive misses the node is believed *down*: the portal leaves it
+//!   out of write and read sets and stops retrying sub-requests already sent to it.
+//! - A down node is *probed*: every `probe_interval` the portal sends it a `Get` of a random
+//!   key from its source port, with a fresh random id. A probe is a normal request to the
+//!   storer, so the node's answer (normally `NotFound`) proves it is back; the node is then
+//!   up again with zero misses. A probe that is not answered simply waits for the next one.
+//!
+//! Probes are separate datagrams rather than client requests sent to a down node on
+//! purpose: a client request never waits on a node the detector distrusts, and a probe costs
+//! one 24-byte datagram per down node per interval. The node itself is never recorded here:
+//! its own share is served from its own store, without datagrams.
+
+use crate::Millis;
+use crate::config::NodeIndex;
+
+/// What the detector believes about one peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Health {
+    /// Answering; `misses` attempts in a row went unanswered.
+    Up { misses: u8 },
+    /// Believed down since `since`; the next probe goes out at `next_probe`. `probe` is the
+    /// id of the last probe sent, so that its answer (even a late one) can be recognised.
+    Down {
+        since: Millis,
+        next_probe: Millis,
+        probe: Option<u64>,
+    },
+}
+
+/// What happened to a node's health after an event, for the caller's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// The belief did not change.
+    Same,
+    /// The node has just been marked down.
+    WentDown,
+    /// The node has just come back up.
+    CameUp,
+}
+
+/// Per-peer health for a cluster of at most `N` nodes.
+#[derive(Debug, Clone)]
+pub struct FailureDetector<const N: usize> {
+    health: [Health; N],
+    threshold: u8,
+    probe_interval: Millis,
+}
+
+impl<const N: usize> FailureDetector<N> {
+    /// Every node up. `threshold` is clamped to at least 1.
+    pub fn new(threshold: u8, probe_interval: Millis) -> Self {
+        FailureDetector {
+            health: [Health::Up { misses: 0 }; N],
+            threshold: threshold.max(1),
+            probe_interval,
+        }
+    }
+
+    /// What the detector believes about `node`.
+    pub fn health(&self, node: NodeIndex) -> Health {
+        self.health
+            .get(node as usize)
+            .copied()
+            .unwrap_or(Health::Up { misses: 0 })
+    }
+
+    /// Whether `node` is believed to answer.
+    pub fn is_up(&self, node: NodeIndex) -> bool {
+        matches!(self.health(node), Health::Up { .. })
+    }
+
+    /// How many nodes are believed down.
+    pub fn down_count(&self) -> usize {
+        self.health
+            .iter()
+            .filter(|h| matches!(h, Health::Down { .. }))
+            .count()
+    }
+
+    /// `node` answered something: it is up, with no misses.
+    pub fn record_answer(&mut self, node: NodeIndex) -> Change {
+        let Some(h) = self.health.get_mut(node as usize) else {
+            return Change::Same;
+        };
+        let change = match h {
+            Health::Down { .. } => Change::CameUp,
+            Health::Up { .. } => Change::Same,
+        };
+        *h = Health::Up { misses: 0 };
+        change
+    }
+
+    /// An attempt sent to `node` expired unanswered at `now`.
+    pub fn record_miss(&mut self, node: NodeIndex, now: Millis) -> Change {
+        let threshold = self.threshold;
+        let next_probe = now.saturating_add(self.probe_interval);
+        let Some(h) = self.health.get_mut(node as usize) else {
+            return Change::Same;
+        };
+        match h {
+            Health::Up { misses } => {
+                *misses = misses.saturating_add(1);
+                if *misses >= threshold {
+                    *h = Health::Down {
+                        since: now,
+                        next_probe,
+                        probe: None,
+                    };
+                    Change::WentDown
+                } else {
+                    Change::Same
+                }
+            }
+            Health::Down { .. } => Change::Same,
+        }
+    }
+
+    /// The earliest instant a probe is due, if any node is down.
+    pub fn next_probe(&self) -> Option<Millis> {
+        self.health
+            .iter()
+            .filter_map(|h| match h {
+                Health::Down { next_probe, .. } => Some(*next_probe),
+                Health::Up { .. } => None,
+            })
+            .min()
+    }
+
+    /// A down node whose probe is due at `now`, if any.
+    pub fn due_probe(&self, now: Millis) -> Option<NodeIndex> {
+        self.health
+            .iter()
+            .position(|h| matches!(h, Health::Down { next_probe, .. } if *next_probe <= now))
+            .map(|i| i as NodeIndex)
+    }
+
+    /// A probe with id `id` went out to `node` at `now`; the next one is due an interval later.
+    pub fn probe_sent(&mut self, node: NodeIndex, id: u64, now: Millis) {
+        let interval = self.probe_interval;
+        if let Some(Health::Down {
+            next_probe, probe, ..
+        }) = self.health.get_mut(node as usize)
+        {
+            *next_probe = now.saturating_add(interval);
+            *probe = Some(id);
+        }
+    }
+
+    /// Whether `id` is the last probe sent to `node`.
+    pub fn is_probe(&self, node: NodeIndex, id: u64) -> bool {
+        matches!(self.health(node), Health::Down { probe: Some(p), .. } if p == id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_misses_in_a_row_mark_a_node_down() {
+        let mut d = FailureDetector::<4>::new(3, 1000);
+        assert_eq!(d.record_miss(1, 10), Change::Same);
+        assert_eq!(d.record_miss(1, 20), Change::Same);
+        assert!(d.is_up(1));
+        assert_eq!(d.record_miss(1, 30), Change::WentDown);
+        assert!(!d.is_up(1));
+        assert_eq!(d.down_count(), 1);
+        assert_eq!(d.next_probe(), Some(1030));
+    }
+
+    #[test]
+    fn an_answer_resets_the_misses() {
+        let mut d = FailureDetector::<4>::new(2, 1000);
+        d.record_miss(2, 10);
+        assert_eq!(d.record_answer(2), Change::Same);
+        assert_eq!(d.record_miss(2, 20), Change::Same);
+        assert!(d.is_up(2));
+    }
+
+    #[test]
+    fn a_probe_answer_brings_the_node_back() {
+        let mut d = FailureDetector::<4>::new(1, 500);
+        d.record_miss(3, 0);
+        assert_eq!(d.due_probe(499), None);
+        assert_eq!(d.due_probe(500), Some(3));
+        d.probe_sent(3, 77, 500);
+        assert!(d.is_probe(3, 77));
+        assert!(!d.is_probe(3, 78));
+        assert_eq!(d.next_probe(), Some(1000));
+        assert_eq!(d.record_answer(3), Change::CameUp);
+        assert!(d.is_up(3));
+        assert_eq!(d.next_probe(), None);
+    }
+}

@@ -1,0 +1,264 @@
+//! Validation of the cluster description: each broken rule gives its own error.
+
+use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use dqe_core::config::{ClusterSpec, ConfigError, NodeSpec};
+
+fn addr(host: u8, port: u16) -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, host)), port)
+}
+
+fn node(name: &str, host: u8) -> NodeSpec {
+    NodeSpec {
+        name: name.try_into().unwrap(),
+        portal: addr(host, 7000),
+        storer: addr(host, 7001),
+        source: addr(host, 7002),
+    }
+}
+
+fn cluster(n: usize, r: u8) -> ClusterSpec<8> {
+    let mut nodes = heapless::Vec::new();
+    for i in 0..n {
+        nodes.push(node(&format!("node{i}"), i as u8 + 1)).unwrap();
+    }
+    ClusterSpec::with_defaults(nodes, r)
+}
+
+#[test]
+fn a_well_formed_cluster_is_valid() {
+    for n in 1..=8 {
+        for r in 1..=n as u8 {
+            assert_eq!(cluster(n, r).validate(), Ok(()), "n={n} r={r}");
+        }
+    }
+}
+
+#[test]
+fn defaults_follow_the_protocol() {
+    let c = cluster(5, 3);
+    assert_eq!(c.vnodes, 16);
+    assert_eq!(c.handoff, 2);
+    assert_eq!(c.epoch_seconds, 86_400);
+    assert_eq!(c.grace, 1);
+    assert_eq!(c.retain_epochs, 3);
+    // handoff = min(2, nodes - r)
+    assert_eq!(cluster(4, 3).handoff, 1);
+    assert_eq!(cluster(3, 3).handoff, 0);
+    assert_eq!(ClusterSpec::<8>::default_handoff(10, 3), 2);
+    assert_eq!(ClusterSpec::<8>::default_handoff(4, 3), 1);
+}
+
+#[test]
+fn empty_cluster() {
+    assert_eq!(cluster(0, 1).validate(), Err(ConfigError::Empty));
+}
+
+#[test]
+fn empty_name() {
+    let mut c = cluster(3, 2);
+    c.nodes[1].name.clear();
+    assert_eq!(c.validate(), Err(ConfigError::EmptyName { node: 1 }));
+}
+
+#[test]
+fn duplicate_names() {
+    let mut c = cluster(4, 2);
+    c.nodes[3].name = "node1".try_into().unwrap();
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::DuplicateName {
+            first: 1,
+            second: 3
+        })
+    );
+}
+
+#[test]
+fn duplicate_addresses_between_nodes() {
+    // Node 2's storer port is node 0's portal port.
+    let mut c = cluster(3, 2);
+    c.nodes[2].storer = addr(1, 7000);
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::DuplicateAddress {
+            first: 0,
+            second: 2,
+            addr: addr(1, 7000)
+        })
+    );
+    // Same source on two nodes.
+    let mut c = cluster(3, 2);
+    c.nodes[1].source = c.nodes[0].source;
+    assert!(matches!(
+        c.validate(),
+        Err(ConfigError::DuplicateAddress {
+            first: 0,
+            second: 1,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn duplicate_addresses_within_a_node() {
+    let mut c = cluster(2, 1);
+    c.nodes[1].source = c.nodes[1].portal;
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::DuplicateAddress {
+            first: 1,
+            second: 1,
+            addr: addr(2, 7000)
+        })
+    );
+    let mut c = cluster(2, 1);
+    c.nodes[0].source = c.nodes[0].storer;
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::DuplicateAddress {
+            first: 0,
+            second: 0,
+            addr: addr(1, 7001)
+        })
+    );
+}
+
+#[test]
+fn same_port_on_other_hosts_or_families_is_fine() {
+    let mut c = cluster(2, 1);
+    c.nodes[1].portal = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 7000);
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn replication_out_of_range() {
+    assert_eq!(
+        cluster(3, 0).validate(),
+        Err(ConfigError::ReplicationOutOfRange {
+            replication: 0,
+            nodes: 3
+        })
+    );
+    assert_eq!(
+        cluster(3, 4).validate(),
+        Err(ConfigError::ReplicationOutOfRange {
+            replication: 4,
+            nodes: 3
+        })
+    );
+}
+
+#[test]
+fn no_vnodes() {
+    let mut c = cluster(3, 2);
+    c.vnodes = 0;
+    assert_eq!(c.validate(), Err(ConfigError::NoVnodes));
+}
+
+#[test]
+fn handoff_out_of_range() {
+    let mut c = cluster(5, 3);
+    c.handoff = 2;
+    assert_eq!(c.validate(), Ok(()));
+    c.handoff = 3;
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::HandoffOutOfRange { handoff: 3, max: 2 })
+    );
+}
+
+#[test]
+fn zero_epoch() {
+    let mut c = cluster(3, 2);
+    c.epoch_seconds = 0;
+    assert_eq!(c.validate(), Err(ConfigError::ZeroEpoch));
+}
+
+#[test]
+fn retain_must_outlive_grace() {
+    let mut c = cluster(3, 2);
+    c.grace = 2;
+    c.retain_epochs = 2;
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::RetainTooShort {
+            retain_epochs: 2,
+            grace: 2
+        })
+    );
+    c.retain_epochs = 3;
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn errors_explain_themselves() {
+    let errors = [
+        ConfigError::Empty,
+        ConfigError::TooManyNodes { capacity: 8 },
+        ConfigError::EmptyName { node: 1 },
+        ConfigError::DuplicateName {
+            first: 0,
+            second: 1,
+        },
+        ConfigError::DuplicateAddress {
+            first: 0,
+            second: 1,
+            addr: addr(1, 7000),
+        },
+        ConfigError::ReplicationOutOfRange {
+            replication: 4,
+            nodes: 3,
+        },
+        ConfigError::NoVnodes,
+        ConfigError::HandoffOutOfRange { handoff: 3, max: 2 },
+        ConfigError::ZeroEpoch,
+        ConfigError::RetainTooShort {
+            retain_epochs: 1,
+            grace: 1,
+        },
+    ];
+    let mut seen = Vec::new();
+    for e in errors {
+        let text = e.to_string();
+        assert!(!text.is_empty());
+        assert!(!seen.contains(&text), "two errors read the same: {text}");
+        seen.push(text);
+    }
+}
+
+#[test]
+fn lookups_and_epochs() {
+    let mut c = cluster(3, 2);
+    assert_eq!(c.index_of("node2"), Some(2));
+    assert_eq!(c.index_of("node9"), None);
+    assert_eq!(c.epoch_of(0), 0);
+    assert_eq!(c.epoch_of(86_399), 0);
+    assert_eq!(c.epoch_of(86_400), 1);
+    assert_eq!(c.epoch_of(1_764_115_200), 20_418);
+    // retain_epochs = 3: epochs now-2, now-1 and now are kept.
+    assert_eq!(c.oldest_retained(10), 8);
+    assert_eq!(c.oldest_retained(1), 0);
+    c.epoch_seconds = 60;
+    assert_eq!(c.epoch_of(119), 1);
+}
+
+#[test]
+fn the_cluster_tag_depends_on_what_assignment_depends_on() {
+    let base = cluster(3, 2).cluster_tag();
+    assert_ne!(base, 0);
+    assert_ne!(cluster(3, 1).cluster_tag(), base);
+    let mut more_points = cluster(3, 2);
+    more_points.vnodes = 17;
+    assert_ne!(more_points.cluster_tag(), base);
+    let mut renamed = cluster(3, 2);
+    renamed.nodes[2].name = "node2x".try_into().unwrap();
+    assert_ne!(renamed.cluster_tag(), base);
+    let mut reordered = cluster(3, 2);
+    reordered.nodes.swap(0, 1);
+    assert_ne!(reordered.cluster_tag(), base);
+    // Addresses are not part of assignment, so not of the tag either.
+    let mut moved = cluster(3, 2);
+    moved.nodes[0].portal = addr(99, 9000);
+    assert_eq!(moved.cluster_tag(), base);
+}

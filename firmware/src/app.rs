@@ -1,0 +1,168 @@
+//! The board-independent application: the node's capacities, its store and its checks.
+//!
+//! Every size here is fixed at compile time, so the whole node lives in statically allocated
+//! memory and its RAM is known before it runs (see [`crate::memory`]). The numbers are chosen
+//! so that a 1,024-pair node, able to join a cluster of 16 nodes, takes under 64 KiB: a board
+//! with 128 KiB of RAM keeps half for its driver, stacks and the rest.
+
+use core::net::{IpAddr, Ipv4Addr};
+
+use backend_embedded::Resources;
+use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
+use dqe_core::node::{Node, NodeConfig, NodeError};
+use dqe_core::store::{FixedStore, Slot, max_len_for};
+use dqe_core::wire::MAX_DATAGRAM;
+use rand_core::RngCore;
+
+/// Nodes in a cluster this firmware can join.
+pub const MAX_NODES: usize = 16;
+/// Ring points: `MAX_NODES` nodes of the default 16 virtual nodes.
+pub const RING_POINTS: usize = MAX_NODES * dqe_core::config::DEFAULT_VNODES as usize;
+/// Client requests (Test/Set) the portal works on at once; more are answered `Refused(Busy)`.
+/// A request normally completes in a round trip, so 8 carry a board's load.
+pub const IN_FLIGHT: usize = 8;
+/// Replies each reply cache (the portal's and the storer's) remembers for idempotent retries
+/// (PROTOCOL.md rule 6): the 2 s retry window is honoured up to 12 requests a second.
+pub const REPLY_CACHE: usize = 24;
+/// Pairs the board's store takes: the firmware profile's capacity.
+pub const STORE_PAIRS: usize = 1024;
+/// Slots of the board's store: the table is kept at most 90% full.
+pub const STORE_SLOTS: usize = slots_for(STORE_PAIRS);
+/// Datagrams each socket queues each way (the node drains its sockets as fast as it serves).
+pub const SOCKET_PACKETS: usize = 6;
+/// Payload bytes each socket queues each way (one spare datagram for the ring's wrap).
+pub const SOCKET_BYTES: usize = (SOCKET_PACKETS + 1) * MAX_DATAGRAM;
+/// Sockets the embassy-net stack holds: portal, storer and source.
+pub const STACK_SOCKETS: usize = 3;
+
+/// The three sockets' buffers.
+pub type SocketResources = Resources<SOCKET_PACKETS, SOCKET_BYTES>;
+/// The store: a fixed table over statically allocated slots.
+pub type FwStore = FixedStore<&'static mut [Slot]>;
+/// The node, with the board's RNG `R`.
+pub type FwNode<R> = Node<FwStore, R, MAX_NODES, RING_POINTS, IN_FLIGHT, REPLY_CACHE>;
+/// The cluster model at this firmware's node capacity.
+pub type FwCluster = ClusterSpec<MAX_NODES>;
+
+/// The fewest slots whose 90% load limit holds `pairs` pairs.
+pub const fn slots_for(pairs: usize) -> usize {
+    let mut n = pairs + pairs / 9;
+    while max_len_for(n) < pairs {
+        n += 1;
+    }
+    n
+}
+
+/// Why a node cannot start on this board. Each variant names the broken rule.
+#[derive(Debug)]
+pub enum AppError {
+    /// The board's address is not the one the cluster file gives this node.
+    AddressMismatch {
+        port: &'static str,
+        configured: IpAddr,
+        board: Ipv4Addr,
+    },
+    /// The core refused the cluster or the node.
+    Node(NodeError),
+}
+
+impl core::fmt::Display for AppError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            AppError::AddressMismatch {
+                port,
+                configured,
+                board,
+            } => write!(
+                f,
+                "the cluster file gives this node's {port} address {configured}, but the board's address is {board}"
+            ),
+            AppError::Node(e) => write!(f, "the node cannot start: {e:?}"),
+        }
+    }
+}
+
+impl core::error::Error for AppError {}
+
+/// Check that all three of `me`'s addresses carry the board's IP: a node can only bind the
+/// addresses its interface has, and peers send to what the file says.
+pub fn check_addresses(me: &NodeSpec, board: Ipv4Addr) -> Result<(), AppError> {
+    for (port, addr) in [
+        ("portal", me.portal),
+        ("storer", me.storer),
+        ("source", me.source),
+    ] {
+        if addr.ip() != IpAddr::V4(board) {
+            return Err(AppError::AddressMismatch {
+                port,
+                configured: addr.ip(),
+                board,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The node `me` of `spec`, storing into `slots`, drawing request ids from `rng`.
+///
+/// `epoch` is the board's best idea of the current epoch at start (0 when it does not know
+/// the time yet); the backend moves it on as its epoch source learns the time.
+pub fn build_node<R: RngCore>(
+    spec: FwCluster,
+    me: NodeIndex,
+    slots: &'static mut [Slot],
+    rng: R,
+    epoch: u32,
+) -> Result<FwNode<R>, AppError> {
+    Node::new(
+        spec,
+        me,
+        FixedStore::new(slots),
+        rng,
+        NodeConfig::default(),
+        epoch,
+    )
+    .map_err(AppError::Node)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::net::SocketAddr;
+
+    fn node_at(portal: &str, storer: &str, source: &str) -> NodeSpec {
+        NodeSpec {
+            name: heapless::String::try_from("fw").unwrap(),
+            portal: portal.parse().unwrap(),
+            storer: storer.parse().unwrap(),
+            source: source.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn all_three_addresses_must_carry_the_board_ip() {
+        let board = Ipv4Addr::new(10, 77, 0, 2);
+        let ok = node_at("10.77.0.2:1", "10.77.0.2:2", "10.77.0.2:3");
+        assert!(check_addresses(&ok, board).is_ok());
+        let bad = node_at("10.77.0.2:1", "10.77.0.2:2", "10.77.0.9:3");
+        let err = check_addresses(&bad, board).unwrap_err();
+        assert!(matches!(
+            err,
+            AppError::AddressMismatch { port: "source", .. }
+        ));
+        let v6: SocketAddr = "[::1]:1".parse().unwrap();
+        let mut six = ok.clone();
+        six.portal = v6;
+        assert!(check_addresses(&six, board).is_err());
+    }
+
+    #[test]
+    fn slots_for_is_the_smallest_table_that_holds_the_pairs() {
+        for pairs in [1, 2, 9, 10, 100, 1024, 1_000_000] {
+            let n = slots_for(pairs);
+            assert!(max_len_for(n) >= pairs, "{pairs}");
+            assert!(max_len_for(n - 1) < pairs, "{pairs}");
+        }
+        assert_eq!(STORE_SLOTS, 1138);
+    }
+}

@@ -1,0 +1,124 @@
+//! The node's static RAM, measured with `size_of` so the figures in `README.md` and
+//! `docs/BENCHMARKS.md` cannot drift from the code.
+//!
+//! Everything the node needs is allocated once, statically: the store's slots, the node
+//! (ring, portal table of requests in flight, reply cache, failure detector, queued
+//! transmits), the three sockets' queues and the embassy-net stack's own state. Not counted:
+//! the network driver's buffers (board-specific DMA rings) and the executor's task futures.
+
+use core::mem::size_of;
+
+use dqe_core::portal::Portal;
+use dqe_core::ring::Ring;
+use dqe_core::store::Slot;
+use dqe_core::storer::Storer;
+use embassy_net::StackResources;
+use rand_core::RngCore;
+
+use crate::app::{
+    FwCluster, FwNode, IN_FLIGHT, MAX_NODES, REPLY_CACHE, RING_POINTS, STACK_SOCKETS, STORE_PAIRS,
+    STORE_SLOTS, SocketResources,
+};
+
+/// Static RAM of one node, by part, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryBreakdown {
+    /// Pairs the store takes.
+    pub pairs: usize,
+    /// The store's slots (`slots * size_of::<Slot>()`).
+    pub store: usize,
+    /// The core node without its store's slots (the sum of the four parts below).
+    pub node: usize,
+    /// Of `node`: the ring's points.
+    pub ring: usize,
+    /// Of `node`: the portal (requests in flight, its reply cache, the failure detector).
+    pub portal: usize,
+    /// Of `node`: the storer's reply cache.
+    pub storer: usize,
+    /// Of `node`: the cluster model (every node's name and addresses).
+    pub cluster: usize,
+    /// Of `node`: the rest (outgoing queues, counters, the RNG).
+    pub node_other: usize,
+    /// The portal, storer and source sockets' queues.
+    pub sockets: usize,
+    /// embassy-net's stack state and socket table.
+    pub stack: usize,
+}
+
+impl MemoryBreakdown {
+    /// All parts together.
+    pub fn total(&self) -> usize {
+        self.store + self.node + self.sockets + self.stack
+    }
+
+    /// Bytes per pair the store itself costs at its full capacity.
+    pub fn store_bytes_per_pair(&self) -> f64 {
+        self.store as f64 / self.pairs as f64
+    }
+}
+
+/// The breakdown for this firmware's profile ([`STORE_PAIRS`] pairs) with the board's RNG `R`.
+pub fn firmware_breakdown<R: RngCore>() -> MemoryBreakdown {
+    breakdown::<R>(STORE_PAIRS, STORE_SLOTS)
+}
+
+/// The breakdown for a store of `slots` slots holding `pairs` pairs.
+pub fn breakdown<R: RngCore>(pairs: usize, slots: usize) -> MemoryBreakdown {
+    let node = size_of::<FwNode<R>>();
+    let ring = size_of::<Ring<RING_POINTS>>();
+    let portal = size_of::<Portal<MAX_NODES, IN_FLIGHT, REPLY_CACHE>>();
+    let storer = size_of::<Storer<REPLY_CACHE>>();
+    let cluster = size_of::<FwCluster>();
+    MemoryBreakdown {
+        pairs,
+        store: slots * size_of::<Slot>(),
+        node,
+        ring,
+        portal,
+        storer,
+        cluster,
+        node_other: node - ring - portal - storer - cluster,
+        sockets: size_of::<SocketResources>(),
+        stack: size_of::<StackResources<STACK_SOCKETS>>(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A board TRNG handle is a few bytes; a 32-byte state stands in for the largest usual one.
+    #[derive(Debug)]
+    struct Trng([u32; 8]);
+
+    impl RngCore for Trng {
+        fn next_u32(&mut self) -> u32 {
+            self.0[0]
+        }
+        fn next_u64(&mut self) -> u64 {
+            self.0[1] as u64
+        }
+        fn fill_bytes(&mut self, dst: &mut [u8]) {
+            dst.fill(self.0[2] as u8);
+        }
+    }
+
+    #[test]
+    fn a_1024_pair_node_fits_in_64_kib() {
+        let m = firmware_breakdown::<Trng>();
+        println!("{m:#?}\ntotal {} bytes", m.total());
+        assert_eq!(m.pairs, 1024);
+        assert_eq!(size_of::<Slot>(), dqe_core::store::BYTES_PER_SLOT);
+        assert!(
+            m.total() < 64 * 1024,
+            "a 1,024-pair node takes {} bytes: {m:?}",
+            m.total()
+        );
+    }
+
+    #[test]
+    fn the_store_takes_at_most_28_bytes_per_pair() {
+        let m = firmware_breakdown::<Trng>();
+        assert!(m.store_bytes_per_pair() <= 28.0, "{m:?}");
+    }
+}

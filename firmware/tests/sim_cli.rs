@@ -1,0 +1,105 @@
+//! `dqe-fw-sim` refuses what it cannot serve before it touches any network device.
+
+use std::process::{Command, Output};
+
+const CLUSTER: &str = r#"
+[cluster]
+replication = 1
+
+[[nodes]]
+name = "fw"
+portal = "10.77.0.2:7101"
+storer = "10.77.0.2:7102"
+source = "10.77.0.2:7103"
+"#;
+
+fn sim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_dqe-fw-sim"))
+        .args(args)
+        .output()
+        .expect("run dqe-fw-sim")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn with_config(extra: &[&str]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, CLUSTER).unwrap();
+    let config = config.display().to_string();
+    let mut args = vec!["--tap", "dqe-no-such-tap", "--config", &config];
+    args.extend_from_slice(extra);
+    sim(&args)
+}
+
+#[test]
+fn without_arguments_it_prints_usage_and_fails() {
+    let out = sim(&[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("Usage"), "{}", stderr(&out));
+}
+
+#[test]
+fn the_node_addresses_must_carry_the_board_ip() {
+    let out = with_config(&["--address", "10.77.0.3/24", "--node", "fw"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("portal address 10.77.0.2") && err.contains("10.77.0.3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_node_is_refused() {
+    let out = with_config(&["--address", "10.77.0.2/24", "--node", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no node named \"nope\""),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_bad_cidr_and_a_bad_capacity_are_refused() {
+    let out = with_config(&["--address", "10.77.0.2", "--node", "fw"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("is not an IPv4 CIDR"),
+        "{}",
+        stderr(&out)
+    );
+    let out = with_config(&[
+        "--address",
+        "10.77.0.2/24",
+        "--node",
+        "fw",
+        "--capacity",
+        "0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--capacity 0"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_missing_cluster_file_is_named() {
+    let out = sim(&[
+        "--tap",
+        "dqe-no-such-tap",
+        "--address",
+        "10.77.0.2/24",
+        "--config",
+        "/nonexistent/cluster.toml",
+        "--node",
+        "fw",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot read /nonexistent/cluster.toml"),
+        "{}",
+        stderr(&out)
+    );
+}

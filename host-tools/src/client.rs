@@ -1,0 +1,383 @@
+//! A blocking UDP client for portals: one Test or Set, retried with the same id.
+//!
+//! The protocol makes retries safe only when they reuse the request's id: a portal answers a
+//! repeat of (source address, id) with the reply it already sent, so a Set whose reply was
+//! lost comes back `Stored`, never `Found` for our own write. The client therefore keeps one
+//! socket and one id per portal and resends at growing intervals until that portal's time is
+//! up, then moves to the next portal. A connected socket makes a closed port show up at once
+//! (the ICMP "port unreachable" surfaces as `ConnectionRefused`), so a dead local portal is
+//! skipped without waiting.
+
+use std::fmt;
+use std::io::ErrorKind;
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use dqe_core::hash::{Key, Value, matches};
+use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
+
+/// The first resend comes after this long; later ones back off up to [`MAX_RESEND`].
+pub const FIRST_RESEND: Duration = Duration::from_millis(200);
+/// The longest gap between two sends of one request.
+pub const MAX_RESEND: Duration = Duration::from_millis(800);
+
+/// A portal's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// The key is set, with this value (already checked: `SHA1(value) == key`).
+    Found(Value),
+    /// The key is not set.
+    NotFound,
+    /// The key was absent and is now stored.
+    Stored,
+    /// The portal did not carry out the request.
+    Refused(Reason),
+}
+
+impl fmt::Display for Reply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reply::Found(_) => f.write_str("found"),
+            Reply::NotFound => f.write_str("not found"),
+            Reply::Stored => f.write_str("stored"),
+            Reply::Refused(r) => write!(f, "refused: {}", r.name()),
+        }
+    }
+}
+
+/// What a refusal means to the person who got it, and what to do.
+pub fn explain_refusal(reason: Reason) -> &'static str {
+    match reason {
+        Reason::BadHash => "the value does not hash to the key (SHA1(v) != k)",
+        Reason::Busy => {
+            "the portal is overloaded (its table of requests in flight is full); retry later or use another portal"
+        }
+        Reason::Full => "the enforcer's stores are full; the operator must add capacity",
+        Reason::WrongCluster => "the request named another cluster's tag",
+        Reason::Unavailable => {
+            "the portal reached none of the nodes that hold this key; the cluster may be partly down"
+        }
+        Reason::WrongPort => {
+            "that address is a storer port, not a portal port: use the node's `portal` address from the cluster config"
+        }
+    }
+}
+
+/// Why one portal gave no usable answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortalSilence {
+    /// Nothing listens there (ICMP port unreachable).
+    Refused,
+    /// No reply within the time allowed.
+    NoAnswer { sends: u32, waited: Duration },
+    /// The socket failed in some other way.
+    Io(String),
+}
+
+impl fmt::Display for PortalSilence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortalSilence::Refused => {
+                f.write_str("connection refused (nothing listens on that port)")
+            }
+            PortalSilence::NoAnswer { sends, waited } => write!(
+                f,
+                "no answer in {:.1} s ({sends} sends with the same id)",
+                waited.as_secs_f64()
+            ),
+            PortalSilence::Io(e) => write!(f, "socket error: {e}"),
+        }
+    }
+}
+
+/// Why a request got no answer from any portal.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No portal was named anywhere.
+    #[error(
+        "no portal to ask: pass --portal HOST:PORT or list `portals` in the client config (--client-config FILE)"
+    )]
+    NoPortal,
+    /// Every portal was silent.
+    #[error("{}", unreachable_text(.0))]
+    Unreachable(Vec<(SocketAddr, PortalSilence)>),
+}
+
+fn unreachable_text(tried: &[(SocketAddr, PortalSilence)]) -> String {
+    let mut s = String::from("no portal answered:");
+    for (addr, why) in tried {
+        s.push_str(&format!("\n  {addr}: {why}"));
+    }
+    s.push_str(
+        "\nCheck that dqe-enforcer runs there and that the address is the node's portal port \
+         (`dqe config check CLUSTER.toml` lists them).",
+    );
+    s
+}
+
+/// An answer and where it came from.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    /// The reply.
+    pub reply: Reply,
+    /// The portal that gave it.
+    pub portal: SocketAddr,
+    /// Portals tried before it that gave no answer. After a Set, a `Found` that follows a
+    /// silent portal may be our own write arriving through that portal.
+    pub skipped: Vec<(SocketAddr, PortalSilence)>,
+}
+
+/// A client of one or more portals, tried in order.
+#[derive(Debug, Clone)]
+pub struct PortalClient {
+    portals: Vec<SocketAddr>,
+    per_portal: Duration,
+}
+
+impl PortalClient {
+    /// A client that gives each portal `per_portal` (all resends included).
+    pub fn new(portals: Vec<SocketAddr>, per_portal: Duration) -> Result<Self, ClientError> {
+        if portals.is_empty() {
+            return Err(ClientError::NoPortal);
+        }
+        Ok(PortalClient {
+            portals,
+            per_portal,
+        })
+    }
+
+    /// The portals, in the order they are tried.
+    pub fn portals(&self) -> &[SocketAddr] {
+        &self.portals
+    }
+
+    /// Ask whether `key` is set.
+    pub fn test(&self, key: &Key) -> Result<Answer, ClientError> {
+        self.request(Body::Test { key: *key })
+    }
+
+    /// Set `key` to `value` unless it is set.
+    pub fn set(&self, key: &Key, value: &Value) -> Result<Answer, ClientError> {
+        self.request(Body::Set {
+            key: *key,
+            value: *value,
+        })
+    }
+
+    /// Send one Test or Set, trying portals in order. A portal that answers `Busy` is also
+    /// passed over for the next one, since another portal may have room.
+    pub fn request(&self, body: Body) -> Result<Answer, ClientError> {
+        let key = match body {
+            Body::Test { key } | Body::Set { key, .. } => key,
+            _ => unreachable!("clients send only Test and Set"),
+        };
+        let mut skipped = Vec::new();
+        let mut busy = None;
+        for &portal in &self.portals {
+            match ask(portal, body, &key, self.per_portal) {
+                Ok(Reply::Refused(Reason::Busy)) => busy = Some(portal),
+                Ok(reply) => {
+                    return Ok(Answer {
+                        reply,
+                        portal,
+                        skipped,
+                    });
+                }
+                Err(why) => skipped.push((portal, why)),
+            }
+        }
+        match busy {
+            Some(portal) => Ok(Answer {
+                reply: Reply::Refused(Reason::Busy),
+                portal,
+                skipped,
+            }),
+            None => Err(ClientError::Unreachable(skipped)),
+        }
+    }
+}
+
+/// One request to one portal, resent with the same id until `budget` is spent.
+fn ask(
+    portal: SocketAddr,
+    body: Body,
+    key: &Key,
+    budget: Duration,
+) -> Result<Reply, PortalSilence> {
+    let io = |e: std::io::Error| PortalSilence::Io(e.to_string());
+    let local: SocketAddr = if portal.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = UdpSocket::bind(local).map_err(io)?;
+    socket.connect(portal).map_err(io)?;
+    let id = rand::random::<u64>();
+    let mut out = [0u8; MAX_DATAGRAM];
+    let request = wire::encode(&Envelope::new(0, id, body), &mut out)
+        .map_err(|e| PortalSilence::Io(e.to_string()))?
+        .to_vec();
+    let start = Instant::now();
+    let give_up = start + budget;
+    let mut gap = FIRST_RESEND;
+    let mut sends = 0u32;
+    let mut buf = [0u8; 512];
+    loop {
+        let now = Instant::now();
+        if now >= give_up {
+            return Err(PortalSilence::NoAnswer {
+                sends,
+                waited: now - start,
+            });
+        }
+        match socket.send(&request) {
+            Ok(_) => sends += 1,
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                return Err(PortalSilence::Refused);
+            }
+            Err(e) => return Err(io(e)),
+        }
+        let resend_at = (now + gap).min(give_up);
+        gap = (gap * 2).min(MAX_RESEND);
+        // Wait for a matching reply until the next resend is due.
+        loop {
+            let now = Instant::now();
+            if now >= resend_at {
+                break;
+            }
+            socket.set_read_timeout(Some(resend_at - now)).map_err(io)?;
+            match socket.recv(&mut buf) {
+                Ok(n) => {
+                    if let Some(reply) = accept(&buf[..n], id, key) {
+                        return Ok(reply);
+                    }
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    return Err(PortalSilence::Refused);
+                }
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(io(e)),
+            }
+        }
+    }
+}
+
+/// The reply in `datagram` if it answers request `id` for `key`; anything else (a stale
+/// reply, garbage, a `Found` whose value does not hash to the key) is ignored.
+pub fn accept(datagram: &[u8], id: u64, key: &Key) -> Option<Reply> {
+    let env = wire::decode(datagram).ok()?;
+    if env.id != id {
+        return None;
+    }
+    match env.body {
+        Body::Found { value } if matches(key, &value) => Some(Reply::Found(value)),
+        Body::Found { .. } => None,
+        Body::NotFound => Some(Reply::NotFound),
+        Body::Stored => Some(Reply::Stored),
+        Body::Refused { reason } => Some(Reply::Refused(reason)),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dqe_core::hash::{key_of, word_value};
+
+    fn encoded(id: u64, body: Body) -> Vec<u8> {
+        let mut b = [0u8; MAX_DATAGRAM];
+        wire::encode(&Envelope::new(0, id, body), &mut b)
+            .unwrap()
+            .to_vec()
+    }
+
+    #[test]
+    fn accepts_only_matching_valid_replies() {
+        let v = word_value(b"hello");
+        let k = key_of(&v);
+        assert_eq!(
+            accept(&encoded(5, Body::Stored), 5, &k),
+            Some(Reply::Stored)
+        );
+        assert_eq!(accept(&encoded(6, Body::Stored), 5, &k), None);
+        assert_eq!(
+            accept(&encoded(5, Body::Found { value: v }), 5, &k),
+            Some(Reply::Found(v))
+        );
+        // A Found whose value does not hash to the key is ignored (PROTOCOL "Keys and values").
+        assert_eq!(
+            accept(&encoded(5, Body::Found { value: [1; 20] }), 5, &k),
+            None
+        );
+        assert_eq!(accept(&encoded(5, Body::Test { key: k }), 5, &k), None);
+        assert_eq!(accept(&[1, 2, 3], 5, &k), None);
+    }
+
+    #[test]
+    fn retries_reuse_the_id_until_answered() {
+        // A fake portal that ignores the first two sends and answers the third.
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut ids = Vec::new();
+            let mut buf = [0u8; 64];
+            for _ in 0..3 {
+                let (n, from) = server.recv_from(&mut buf).unwrap();
+                let env = wire::decode(&buf[..n]).unwrap();
+                ids.push(env.id);
+                if ids.len() == 3 {
+                    let mut out = [0u8; 64];
+                    let r = wire::encode(&env.reply(Body::NotFound), &mut out).unwrap();
+                    server.send_to(r, from).unwrap();
+                }
+            }
+            ids
+        });
+        let c = PortalClient::new(vec![addr], Duration::from_secs(3)).unwrap();
+        let a = c.test(&[9; 20]).unwrap();
+        assert_eq!(a.reply, Reply::NotFound);
+        let ids = t.join().unwrap();
+        assert!(ids.iter().all(|&i| i == ids[0]), "{ids:?}");
+    }
+
+    #[test]
+    fn skips_a_dead_portal_for_the_next() {
+        let dead = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let live = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let live_addr = live.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let (n, from) = live.recv_from(&mut buf).unwrap();
+            let env = wire::decode(&buf[..n]).unwrap();
+            let mut out = [0u8; 64];
+            let r = wire::encode(&env.reply(Body::Stored), &mut out).unwrap();
+            live.send_to(r, from).unwrap();
+        });
+        let c = PortalClient::new(vec![dead_addr, live_addr], Duration::from_secs(2)).unwrap();
+        let started = Instant::now();
+        let a = c.set(&key_of(&[1; 20]), &[1; 20]).unwrap();
+        t.join().unwrap();
+        assert_eq!(a.reply, Reply::Stored);
+        assert_eq!(a.portal, live_addr);
+        assert_eq!(a.skipped.len(), 1);
+        assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn silent_portal_times_out_within_budget() {
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = PortalClient::new(
+            vec![silent.local_addr().unwrap()],
+            Duration::from_millis(500),
+        )
+        .unwrap();
+        let started = Instant::now();
+        let e = c.test(&[0; 20]).unwrap_err();
+        let took = started.elapsed();
+        assert!(took >= Duration::from_millis(500) && took < Duration::from_millis(1500));
+        assert!(e.to_string().contains("no answer in"), "{e}");
+    }
+}

@@ -1,0 +1,374 @@
+//! Running a loopback cluster as `dqe-enforcer` child processes.
+//!
+//! `dqe cluster up` and `dqe demo` both need "start every node of this config here, wait
+//! until each portal answers, stop them all". Children are stopped when the
+//! [`LocalCluster`] is dropped, so no error path leaves stray enforcers behind: first
+//! `SIGTERM` (an enforcer flushes its store), then `SIGKILL` after a short wait.
+
+use std::fs::File;
+use std::io::Read as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use dqe_core::hash::key_of;
+
+use crate::client::{PortalClient, Reply};
+use crate::config_file::ClusterFile;
+
+/// The enforcer's executable name.
+pub const ENFORCER: &str = "dqe-enforcer";
+
+/// How long a stopping node gets after `SIGTERM` before `SIGKILL`.
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Why a local cluster could not be run.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// `dqe-enforcer` is neither beside `dqe` nor on `PATH`.
+    #[error(
+        "cannot find `{ENFORCER}` beside this `dqe` ({}) or on PATH: build it with `cargo build -p backend-std` and put it next to `dqe` or on PATH",
+        beside.display()
+    )]
+    NoEnforcer { beside: PathBuf },
+    /// A node address is not on this machine.
+    #[error(
+        "node `{node}` has {role} address {addr}, which is not a loopback address: `cluster up` only starts local clusters (run dqe-enforcer on each host instead)"
+    )]
+    NotLoopback {
+        node: String,
+        role: &'static str,
+        addr: SocketAddr,
+    },
+    /// A directory or log file could not be made.
+    #[error("cannot create {}: {source}", path.display())]
+    Setup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The enforcer could not be started.
+    #[error("cannot start {}: {source}", program.display())]
+    Spawn {
+        program: PathBuf,
+        source: std::io::Error,
+    },
+    /// A node exited by itself.
+    #[error("node `{node}` exited ({status}); the end of its log {}:\n{tail}", log.display())]
+    Exited {
+        node: String,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    /// A node's portal did not answer in time.
+    #[error(
+        "node `{node}`'s portal {portal} did not answer within {} s; see its log {}:\n{tail}",
+        waited.as_secs(),
+        log.display()
+    )]
+    NotReady {
+        node: String,
+        portal: SocketAddr,
+        waited: Duration,
+        log: PathBuf,
+        tail: String,
+    },
+}
+
+/// Find `dqe-enforcer`: beside the running executable first (as installed together or
+/// built into one target dir), then on `PATH`.
+pub fn find_enforcer() -> Result<PathBuf, ClusterError> {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    let beside = dir.join(ENFORCER);
+    if beside.is_file() {
+        return Ok(beside);
+    }
+    // Test binaries live one level below the target dir (target/debug/deps).
+    let up = dir.parent().map(|d| d.join(ENFORCER));
+    if let Some(up) = up.filter(|p| dir.ends_with("deps") && p.is_file()) {
+        return Ok(up);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for d in std::env::split_paths(&path) {
+            let p = d.join(ENFORCER);
+            if p.is_file() {
+                return Ok(p);
+            }
+        }
+    }
+    Err(ClusterError::NoEnforcer { beside })
+}
+
+/// One running node.
+#[derive(Debug)]
+pub struct RunningNode {
+    /// Its name in the config.
+    pub name: String,
+    /// Its portal address.
+    pub portal: SocketAddr,
+    /// Its storer address.
+    pub storer: SocketAddr,
+    /// Its source address.
+    pub source: SocketAddr,
+    /// Where its stdout and stderr go.
+    pub log: PathBuf,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+/// Every node of a config, running here; stopped on drop.
+#[derive(Debug)]
+pub struct LocalCluster {
+    nodes: Vec<RunningNode>,
+}
+
+/// The last lines of a log, for error messages.
+pub fn log_tail(path: &Path) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = File::open(path) {
+        let _ = f.read_to_string(&mut text);
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(10);
+    if lines.is_empty() {
+        "  (empty)".into()
+    } else {
+        lines[from..]
+            .iter()
+            .map(|l| format!("  {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
+impl LocalCluster {
+    /// Start every node of `file` with `enforcer`, each with data dir `data_root/NAME` and
+    /// its output in `data_root/NAME.log`.
+    pub fn start(
+        file: &ClusterFile,
+        enforcer: &Path,
+        data_root: &Path,
+    ) -> Result<LocalCluster, ClusterError> {
+        for n in &file.spec.nodes {
+            for (role, addr) in [
+                ("portal", n.portal),
+                ("storer", n.storer),
+                ("source", n.source),
+            ] {
+                if !addr.ip().is_loopback() {
+                    return Err(ClusterError::NotLoopback {
+                        node: n.name.to_string(),
+                        role,
+                        addr,
+                    });
+                }
+            }
+        }
+        fn setup(path: &Path) -> impl FnOnce(std::io::Error) -> ClusterError + '_ {
+            move |source| ClusterError::Setup {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
+        std::fs::create_dir_all(data_root).map_err(setup(data_root))?;
+        let config = std::path::absolute(&file.path).unwrap_or_else(|_| file.path.clone());
+        let mut cluster = LocalCluster { nodes: Vec::new() };
+        for n in &file.spec.nodes {
+            let data_dir = data_root.join(n.name.as_str());
+            std::fs::create_dir_all(&data_dir).map_err(setup(&data_dir))?;
+            let log = data_root.join(format!("{}.log", n.name));
+            let out = File::create(&log).map_err(setup(&log))?;
+            let err = out.try_clone().map_err(setup(&log))?;
+            let child = Command::new(enforcer)
+                .arg("--config")
+                .arg(&config)
+                .arg("--node")
+                .arg(n.name.as_str())
+                .arg("--data-dir")
+                .arg(&data_dir)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .spawn()
+                .map_err(|source| ClusterError::Spawn {
+                    program: enforcer.to_path_buf(),
+                    source,
+                })?;
+            cluster.nodes.push(RunningNode {
+                name: n.name.to_string(),
+                portal: n.portal,
+                storer: n.storer,
+                source: n.source,
+                log,
+                data_dir,
+                child: Some(child),
+            });
+        }
+        Ok(cluster)
+    }
+
+    /// The nodes, in config order.
+    pub fn nodes(&self) -> &[RunningNode] {
+        &self.nodes
+    }
+
+    /// Every portal address, in config order.
+    pub fn portals(&self) -> Vec<SocketAddr> {
+        self.nodes.iter().map(|n| n.portal).collect()
+    }
+
+    /// Wait until every portal answers a Test with `Found` or `NotFound` (so its storers
+    /// answer too), or fail on the first node that exits or stays silent past `timeout`.
+    pub fn wait_ready(&mut self, timeout: Duration) -> Result<(), ClusterError> {
+        self.wait_ready_unless(timeout, &AtomicBool::new(false))
+    }
+
+    /// [`LocalCluster::wait_ready`], giving up early (with `Ok`) once `stop` is set, so
+    /// Ctrl-C during start-up does not wait for the timeout.
+    pub fn wait_ready_unless(
+        &mut self,
+        timeout: Duration,
+        stop: &AtomicBool,
+    ) -> Result<(), ClusterError> {
+        let start = Instant::now();
+        let probe_key = key_of(&[0x5a; 20]);
+        for i in 0..self.nodes.len() {
+            loop {
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                self.check_alive()?;
+                let client =
+                    PortalClient::new(vec![self.nodes[i].portal], Duration::from_millis(300))
+                        .expect("one portal");
+                let answered = client.test(&probe_key).map(|a| a.reply);
+                if matches!(answered, Ok(Reply::NotFound | Reply::Found(_))) {
+                    break;
+                }
+                if start.elapsed() > timeout {
+                    let n = &self.nodes[i];
+                    return Err(ClusterError::NotReady {
+                        node: n.name.clone(),
+                        portal: n.portal,
+                        waited: timeout,
+                        log: n.log.clone(),
+                        tail: log_tail(&n.log),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        Ok(())
+    }
+
+    /// Fail if any node has exited.
+    pub fn check_alive(&mut self) -> Result<(), ClusterError> {
+        for n in &mut self.nodes {
+            let exited = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                n.child = None;
+                return Err(ClusterError::Exited {
+                    node: n.name.clone(),
+                    status: status.to_string(),
+                    log: n.log.clone(),
+                    tail: log_tail(&n.log),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stop node `name` (SIGTERM, then SIGKILL), for fault experiments and tests.
+    pub fn stop_node(&mut self, name: &str) {
+        let child = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.name == name)
+            .and_then(|n| n.child.take());
+        if let Some(child) = child {
+            stop_child(child);
+        }
+    }
+
+    /// Stop every node: SIGTERM to all, then wait for each, SIGKILL after a grace period.
+    pub fn stop(&mut self) {
+        let children: Vec<Child> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.child.take())
+            .collect();
+        for c in &children {
+            terminate(c);
+        }
+        let deadline = Instant::now() + STOP_GRACE;
+        for mut c in children {
+            wait_until(&mut c, deadline);
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn terminate(child: &Child) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child.id() as i32) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    }
+}
+
+fn wait_until(child: &mut Child, deadline: Instant) {
+    loop {
+        match child.try_wait() {
+            Ok(Some(_)) | Err(_) => return,
+            Ok(None) if Instant::now() >= deadline => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return;
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    }
+}
+
+/// Stop one child: SIGTERM, then SIGKILL after the grace period.
+pub fn stop_child(mut child: Child) {
+    terminate(&child);
+    wait_until(&mut child, Instant::now() + STOP_GRACE);
+}
+
+/// Reserve `count` distinct free UDP ports on 127.0.0.1 (bound together, then released,
+/// so they are distinct; another process could still take one in between).
+pub fn free_udp_ports(count: usize) -> std::io::Result<Vec<u16>> {
+    let sockets: Vec<std::net::UdpSocket> = (0..count)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0"))
+        .collect::<Result<_, _>>()?;
+    sockets
+        .iter()
+        .map(|s| s.local_addr().map(|a| a.port()))
+        .collect()
+}
+
+/// A cluster config text for `nodes` loopback nodes on the given ports (three per node).
+pub fn loopback_config(ports: &[u16], replication: u8, epoch_seconds: Option<u32>) -> String {
+    let mut out = format!("[cluster]\nreplication = {replication}\n");
+    if let Some(e) = epoch_seconds {
+        out.push_str(&format!("epoch_seconds = {e}\n"));
+    }
+    for (i, p) in ports.chunks_exact(3).enumerate() {
+        out.push_str(&format!(
+            "\n[[nodes]]\nname = \"n{}\"\nportal = \"127.0.0.1:{}\"\nstorer = \"127.0.0.1:{}\"\nsource = \"127.0.0.1:{}\"\n",
+            i + 1,
+            p[0],
+            p[1],
+            p[2]
+        ));
+    }
+    out
+}

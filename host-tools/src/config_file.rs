@@ -1,0 +1,693 @@
+//! The two TOML files the tools read: the client config and the cluster config.
+//!
+//! The client config is what a mail system sets up once for the printer, verifier and
+//! canceller (portals, trusted allocators, epoch settings). The cluster config is the file
+//! `dqe-enforcer` reads; `dqe config gen` writes it and `dqe config check` validates it with
+//! this module's own parser, so the tools need no dependency on the enforcer's crate.
+//!
+//! Both parsers locate every error by file, line and field, because these files are edited
+//! by hand and a message without a line number sends the reader hunting.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use dqe_core::config::{
+    ClusterSpec, ConfigError, DEFAULT_EPOCH_SECONDS, DEFAULT_GRACE, NAME_MAX, NodeName, NodeSpec,
+};
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::keys;
+
+/// Where the client config is looked for when neither `--client-config` nor
+/// `$DQE_CLIENT_CONFIG` names one.
+pub const DEFAULT_CLIENT_CONFIG: &str = "/etc/dqe/client.toml";
+/// The environment variable naming the client config.
+pub const CLIENT_CONFIG_ENV: &str = "DQE_CLIENT_CONFIG";
+/// How long a client waits for one portal (all its retries) before trying the next.
+pub const DEFAULT_PORTAL_TIMEOUT: Duration = Duration::from_millis(2000);
+
+/// Most nodes a cluster config may name (the capacity these tools build rings with).
+pub const MAX_NODES: usize = 256;
+/// Most ring points (`nodes * vnodes`) these tools build rings with.
+pub const MAX_RING_POINTS: usize = 8192;
+
+/// A cluster as these tools hold it.
+pub type Spec = ClusterSpec<MAX_NODES>;
+
+/// What is wrong with a config file, located to its line and field.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    /// The file could not be read at all.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML.
+    #[error("{}:{line}: {problem}", path.display())]
+    Syntax {
+        path: PathBuf,
+        line: usize,
+        problem: String,
+    },
+    /// A field is missing, unknown, of the wrong type or breaks a rule.
+    #[error("{}:{line}: field `{field}`: {problem}", path.display())]
+    Field {
+        path: PathBuf,
+        line: usize,
+        field: String,
+        problem: String,
+    },
+}
+
+/// The 1-based line of byte offset `at` in `text`.
+fn line_of(text: &str, at: usize) -> usize {
+    text.as_bytes()[..at.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Turn a toml/serde error into a located [`FileError`]. toml does not expose the key path
+/// of an error, so the field comes from the message (`missing field `x``) or else from the
+/// `key = ` on the line the error points at.
+fn located(path: &Path, text: &str, e: toml::de::Error) -> FileError {
+    let message = e.message().trim().to_string();
+    let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
+    let from_message = message
+        .split('`')
+        .nth(1)
+        .filter(|_| message.contains("field `"))
+        .map(str::to_string);
+    let from_line = text
+        .lines()
+        .nth(line - 1)
+        .and_then(|l| l.split_once('='))
+        .map(|(k, _)| k.trim().trim_matches('"').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match from_message.or(from_line) {
+        Some(field) => FileError::Field {
+            path: path.to_path_buf(),
+            line,
+            field,
+            problem: message,
+        },
+        None => FileError::Syntax {
+            path: path.to_path_buf(),
+            line,
+            problem: message,
+        },
+    }
+}
+
+fn read(path: &Path) -> Result<String, FileError> {
+    std::fs::read_to_string(path).map_err(|source| FileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+// Client config
+
+/// The client config file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClient {
+    #[serde(default)]
+    portals: Vec<Spanned<String>>,
+    #[serde(default)]
+    trust: Vec<Spanned<String>>,
+    epoch_seconds: Option<Spanned<u32>>,
+    grace: Option<Spanned<u32>>,
+    timeout_ms: Option<Spanned<u64>>,
+}
+
+/// The settings of the tools that talk to portals or check stamps.
+///
+/// ```toml
+/// portals = ["127.0.0.1:8101", "127.0.0.1:8104"]   # tried in order
+/// trust = ["/etc/dqe/qa.pub", "Hq3...base64url...Zk"] # allocator public keys
+/// epoch_seconds = 86400
+/// grace = 1
+/// timeout_ms = 2000                                  # per portal, all retries
+/// ```
+///
+/// A `trust` entry is a path to a `.pub` file when it contains `/` or ends in `.pub`
+/// (relative paths are relative to the config file), and otherwise the public key itself
+/// as 43 characters of base64url.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientConfig {
+    /// The file these settings came from, if any.
+    pub source: Option<PathBuf>,
+    /// Portals to use, in order; one that does not answer is skipped for the next.
+    pub portals: Vec<SocketAddr>,
+    /// Trusted allocator public keys.
+    pub trust: Vec<[u8; 32]>,
+    /// Epoch length in seconds.
+    pub epoch_seconds: u32,
+    /// Epochs of grace for stamps.
+    pub grace: u32,
+    /// How long to wait for one portal before trying the next.
+    pub timeout: Duration,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            source: None,
+            portals: Vec::new(),
+            trust: Vec::new(),
+            epoch_seconds: DEFAULT_EPOCH_SECONDS,
+            grace: DEFAULT_GRACE,
+            timeout: DEFAULT_PORTAL_TIMEOUT,
+        }
+    }
+}
+
+/// Parse `host:port` (an IP literal, or a name resolved once).
+pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = text.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => addrs
+            .next()
+            .ok_or_else(|| format!("`{text}` resolves to no address")),
+        Err(_) => Err(format!(
+            "`{text}` is not an address: write HOST:PORT, e.g. 127.0.0.1:8101"
+        )),
+    }
+}
+
+/// Parse one trusted-key entry (see [`ClientConfig`]): a path or base64url text.
+/// `base` is the directory relative paths are resolved against.
+pub fn parse_trust(entry: &str, base: &Path) -> Result<[u8; 32], String> {
+    if entry.contains('/') || entry.ends_with(".pub") {
+        let path = base.join(entry);
+        keys::read_public(&path).map_err(|e| e.to_string())
+    } else {
+        keys::decode_array::<32>(entry.trim()).map_err(|e| {
+            format!(
+                "`{entry}` is neither a path to a .pub file nor a 32-byte public key in base64url ({e})"
+            )
+        })
+    }
+}
+
+impl ClientConfig {
+    /// Find and read the client config: `explicit` (from `--client-config`), else
+    /// `$DQE_CLIENT_CONFIG`, else [`DEFAULT_CLIENT_CONFIG`] when it exists, else defaults.
+    pub fn load(explicit: Option<&Path>) -> Result<ClientConfig, FileError> {
+        if let Some(p) = explicit {
+            return ClientConfig::read(p);
+        }
+        if let Some(p) = std::env::var_os(CLIENT_CONFIG_ENV).filter(|p| !p.is_empty()) {
+            return ClientConfig::read(Path::new(&p));
+        }
+        let default = Path::new(DEFAULT_CLIENT_CONFIG);
+        if default.exists() {
+            return ClientConfig::read(default);
+        }
+        Ok(ClientConfig::default())
+    }
+
+    /// Read one client config file.
+    pub fn read(path: &Path) -> Result<ClientConfig, FileError> {
+        let text = read(path)?;
+        ClientConfig::parse(path, &text)
+    }
+
+    /// Parse client config `text` that came from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<ClientConfig, FileError> {
+        let raw: RawClient = toml::from_str(text).map_err(|e| located(path, text, e))?;
+        let field = |span: Range<usize>, field: &str, problem: String| FileError::Field {
+            path: path.to_path_buf(),
+            line: line_of(text, span.start),
+            field: field.to_string(),
+            problem,
+        };
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut config = ClientConfig {
+            source: Some(path.to_path_buf()),
+            ..ClientConfig::default()
+        };
+        for p in &raw.portals {
+            let addr = parse_addr(p.get_ref()).map_err(|e| field(p.span(), "portals", e))?;
+            config.portals.push(addr);
+        }
+        for t in &raw.trust {
+            let key = parse_trust(t.get_ref(), base).map_err(|e| field(t.span(), "trust", e))?;
+            config.trust.push(key);
+        }
+        if let Some(e) = raw.epoch_seconds {
+            if *e.get_ref() == 0 {
+                return Err(field(
+                    e.span(),
+                    "epoch_seconds",
+                    "must be at least 1 (86400, a day, is the default)".into(),
+                ));
+            }
+            config.epoch_seconds = e.into_inner();
+        }
+        if let Some(g) = raw.grace {
+            config.grace = g.into_inner();
+        }
+        if let Some(t) = raw.timeout_ms {
+            if *t.get_ref() == 0 {
+                return Err(field(
+                    t.span(),
+                    "timeout_ms",
+                    "must be at least 1 (2000 is the default)".into(),
+                ));
+            }
+            config.timeout = Duration::from_millis(t.into_inner());
+        }
+        Ok(config)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cluster config
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCluster {
+    cluster: Spanned<RawClusterTable>,
+    #[serde(default)]
+    nodes: Vec<Spanned<RawNode>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawClusterTable {
+    replication: Spanned<u8>,
+    vnodes: Option<Spanned<u16>>,
+    handoff: Option<Spanned<u8>>,
+    epoch_seconds: Option<Spanned<u32>>,
+    grace: Option<Spanned<u32>>,
+    retain_epochs: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    name: Spanned<String>,
+    portal: Spanned<String>,
+    storer: Spanned<String>,
+    source: Spanned<String>,
+}
+
+/// A parsed and validated cluster config, with where each node was written.
+#[derive(Debug, Clone)]
+pub struct ClusterFile {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// The cluster.
+    pub spec: Spec,
+}
+
+impl ClusterFile {
+    /// Read and validate a cluster config.
+    pub fn read(path: &Path) -> Result<ClusterFile, FileError> {
+        let text = read(path)?;
+        ClusterFile::parse(path, &text)
+    }
+
+    /// Parse and validate cluster config `text` that came from `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<ClusterFile, FileError> {
+        let raw: RawCluster = toml::from_str(text).map_err(|e| located(path, text, e))?;
+        let at = |span: Range<usize>, field: &str, problem: String| FileError::Field {
+            path: path.to_path_buf(),
+            line: line_of(text, span.start),
+            field: field.to_string(),
+            problem,
+        };
+        let table = raw.cluster.get_ref();
+        let mut nodes = heapless::Vec::<NodeSpec, MAX_NODES>::new();
+        for (i, n) in raw.nodes.iter().enumerate() {
+            let n = n.get_ref();
+            let name = NodeName::try_from(n.name.get_ref().as_str()).map_err(|_| {
+                at(
+                    n.name.span(),
+                    "name",
+                    format!("longer than {NAME_MAX} bytes: choose a shorter node name"),
+                )
+            })?;
+            let addr = |s: &Spanned<String>, f: &str| {
+                s.get_ref().parse::<SocketAddr>().map_err(|_| {
+                    at(
+                        s.span(),
+                        f,
+                        format!(
+                            "`{}` is not an IP:PORT address (e.g. 127.0.0.1:8101)",
+                            s.get_ref()
+                        ),
+                    )
+                })
+            };
+            let spec = NodeSpec {
+                name,
+                portal: addr(&n.portal, "portal")?,
+                storer: addr(&n.storer, "storer")?,
+                source: addr(&n.source, "source")?,
+            };
+            if nodes.push(spec).is_err() {
+                return Err(at(
+                    raw.nodes[i].span(),
+                    "nodes",
+                    format!("more than {MAX_NODES} nodes: these tools support at most {MAX_NODES}"),
+                ));
+            }
+        }
+        let node_count = nodes.len();
+        let mut spec = Spec::with_defaults(nodes, *table.replication.get_ref());
+        if let Some(v) = &table.vnodes {
+            spec.vnodes = *v.get_ref();
+        }
+        if let Some(h) = &table.handoff {
+            spec.handoff = *h.get_ref();
+        }
+        if let Some(e) = &table.epoch_seconds {
+            spec.epoch_seconds = *e.get_ref();
+        }
+        if let Some(g) = &table.grace {
+            spec.grace = *g.get_ref();
+            spec.retain_epochs = spec.grace.saturating_add(2);
+        }
+        if let Some(r) = &table.retain_epochs {
+            spec.retain_epochs = *r.get_ref();
+        }
+        let cluster_span = raw.cluster.span();
+        let or_cluster = |s: Option<Range<usize>>| s.unwrap_or_else(|| cluster_span.clone());
+        let node_field = |i: usize, addr: SocketAddr| {
+            let n = raw.nodes[i].get_ref();
+            for (s, f) in [
+                (&n.portal, "portal"),
+                (&n.storer, "storer"),
+                (&n.source, "source"),
+            ] {
+                if s.get_ref().parse::<SocketAddr>().ok() == Some(addr) {
+                    return (s.span(), f);
+                }
+            }
+            (n.portal.span(), "portal")
+        };
+        if let Err(e) = spec.validate() {
+            let err = match e {
+                ConfigError::Empty => FileError::Syntax {
+                    path: path.to_path_buf(),
+                    line: line_of(text, text.len()),
+                    problem: "no nodes: add at least one [[nodes]] table with name, portal, storer and source".into(),
+                },
+                ConfigError::TooManyNodes { capacity } => at(
+                    cluster_span.clone(),
+                    "nodes",
+                    format!("more than {capacity} nodes"),
+                ),
+                ConfigError::EmptyName { node } => at(
+                    raw.nodes[node].get_ref().name.span(),
+                    "name",
+                    "is empty: give every node a unique name".into(),
+                ),
+                ConfigError::DuplicateName { first, second } => at(
+                    raw.nodes[second].get_ref().name.span(),
+                    "name",
+                    format!(
+                        "`{}` is also the name of node {} (line {}): names must be unique",
+                        raw.nodes[second].get_ref().name.get_ref(),
+                        first + 1,
+                        line_of(text, raw.nodes[first].get_ref().name.span().start)
+                    ),
+                ),
+                ConfigError::DuplicateAddress {
+                    first,
+                    second,
+                    addr,
+                } => {
+                    let (span, f) = node_field(second, addr);
+                    let problem = if first == second {
+                        format!("{addr} is used twice by this node: portal, storer and source need three different addresses")
+                    } else {
+                        format!(
+                            "{addr} is also used by node {} (`{}`): every address must be unique",
+                            first + 1,
+                            raw.nodes[first].get_ref().name.get_ref()
+                        )
+                    };
+                    at(span, f, problem)
+                }
+                ConfigError::ReplicationOutOfRange { replication, nodes } => at(
+                    table.replication.span(),
+                    "replication",
+                    format!("{replication} is out of range: it must be between 1 and the number of nodes ({nodes})"),
+                ),
+                ConfigError::NoVnodes => at(
+                    or_cluster(table.vnodes.as_ref().map(|v| v.span())),
+                    "vnodes",
+                    "must be at least 1 (16 is the default)".into(),
+                ),
+                ConfigError::HandoffOutOfRange { handoff, max } => at(
+                    or_cluster(table.handoff.as_ref().map(|v| v.span())),
+                    "handoff",
+                    format!("{handoff} is out of range: it must be between 0 and nodes - replication ({max})"),
+                ),
+                ConfigError::ZeroEpoch => at(
+                    or_cluster(table.epoch_seconds.as_ref().map(|v| v.span())),
+                    "epoch_seconds",
+                    "must be at least 1 (86400, a day, is the default)".into(),
+                ),
+                ConfigError::RetainTooShort {
+                    retain_epochs,
+                    grace,
+                } => at(
+                    or_cluster(
+                        table
+                            .retain_epochs
+                            .as_ref()
+                            .or(table.grace.as_ref())
+                            .map(|v| v.span()),
+                    ),
+                    if table.retain_epochs.is_some() {
+                        "retain_epochs"
+                    } else {
+                        "grace"
+                    },
+                    format!("retain_epochs ({retain_epochs}) must be greater than grace ({grace})"),
+                ),
+            };
+            return Err(err);
+        }
+        let points = node_count * spec.vnodes as usize;
+        if points > MAX_RING_POINTS {
+            return Err(at(
+                or_cluster(table.vnodes.as_ref().map(|v| v.span())),
+                "vnodes",
+                format!(
+                    "nodes x vnodes = {points} ring points, more than the {MAX_RING_POINTS} these tools support: lower vnodes"
+                ),
+            ));
+        }
+        Ok(ClusterFile {
+            path: path.to_path_buf(),
+            spec,
+        })
+    }
+}
+
+/// Why `dqe config gen` cannot write a config.
+#[derive(Debug, thiserror::Error)]
+pub enum GenError {
+    /// Zero nodes, or more than the tools support.
+    #[error("--nodes {nodes} is out of range: it must be between 1 and {MAX_NODES}")]
+    NodesOutOfRange { nodes: usize },
+    /// `r` is 0 or more than the number of nodes.
+    #[error(
+        "--replication {replication} is out of range: it must be between 1 and --nodes ({nodes})"
+    )]
+    ReplicationOutOfRange { replication: u8, nodes: usize },
+    /// Three ports per node do not fit below 65536.
+    #[error(
+        "--base-port {base} with {nodes} nodes needs ports up to {last}, beyond 65535: choose a lower --base-port"
+    )]
+    PortsOverflow { base: u16, nodes: usize, last: u32 },
+    /// Port 0 means "any" and cannot be written into a config.
+    #[error("--base-port 0 is not a port: choose one such as 8101")]
+    ZeroPort,
+}
+
+/// The text of a cluster config for `nodes` nodes named `n1..`, each on three consecutive
+/// ports from `base_port` at `host`. It is checked by parsing it back.
+pub fn generate_cluster(
+    nodes: usize,
+    replication: u8,
+    host: IpAddr,
+    base_port: u16,
+) -> Result<String, GenError> {
+    if nodes == 0 || nodes > MAX_NODES {
+        return Err(GenError::NodesOutOfRange { nodes });
+    }
+    if replication == 0 || replication as usize > nodes {
+        return Err(GenError::ReplicationOutOfRange { replication, nodes });
+    }
+    if base_port == 0 {
+        return Err(GenError::ZeroPort);
+    }
+    let last = base_port as u32 + 3 * nodes as u32 - 1;
+    if last > u16::MAX as u32 {
+        return Err(GenError::PortsOverflow {
+            base: base_port,
+            nodes,
+            last,
+        });
+    }
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# DQE cluster: {nodes} nodes, {replication} copies of each key.\n\
+         # Written by `dqe config gen`; check edits with `dqe config check FILE`.\n\
+         # Every node and client must use the same file: the node list and its order\n\
+         # decide the ring and the cluster tag.\n\
+         \n\
+         [cluster]\n\
+         replication = {replication}\n\
+         # vnodes = {}          # ring points per node\n\
+         # handoff = {}          # extra preference-list depth read by Test/Set\n\
+         # epoch_seconds = {}  # epoch length\n\
+         # grace = {}            # epochs a stamp stays acceptable after its own",
+        dqe_core::config::DEFAULT_VNODES,
+        Spec::default_handoff(nodes, replication),
+        DEFAULT_EPOCH_SECONDS,
+        DEFAULT_GRACE,
+    );
+    for i in 0..nodes {
+        let port = base_port as u32 + 3 * i as u32;
+        let addr = |p: u32| SocketAddr::new(host, p as u16);
+        let _ = writeln!(
+            out,
+            "\n[[nodes]]\nname = \"n{}\"\nportal = \"{}\"\nstorer = \"{}\"\nsource = \"{}\"",
+            i + 1,
+            addr(port),
+            addr(port + 1),
+            addr(port + 2)
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ClusterFile, FileError> {
+        ClusterFile::parse(Path::new("c.toml"), text)
+    }
+
+    #[test]
+    fn generated_config_parses_back() {
+        let text = generate_cluster(3, 2, "127.0.0.1".parse().unwrap(), 8101).unwrap();
+        let f = parse(&text).unwrap();
+        assert_eq!(f.spec.nodes.len(), 3);
+        assert_eq!(f.spec.replication, 2);
+        assert_eq!(f.spec.handoff, 1);
+        assert_eq!(f.spec.nodes[2].source, "127.0.0.1:8109".parse().unwrap());
+    }
+
+    #[test]
+    fn generation_rejects_bad_ranges() {
+        let h: IpAddr = "127.0.0.1".parse().unwrap();
+        assert!(matches!(
+            generate_cluster(2, 3, h, 8101),
+            Err(GenError::ReplicationOutOfRange { .. })
+        ));
+        assert!(matches!(
+            generate_cluster(3, 1, h, 65530),
+            Err(GenError::PortsOverflow { .. })
+        ));
+        assert!(matches!(
+            generate_cluster(0, 1, h, 8101),
+            Err(GenError::NodesOutOfRange { .. })
+        ));
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let text = "[cluster]\nreplication = 2\n\n[[nodes]]\nname = \"a\"\nportal = \"127.0.0.1:1\"\nstorer = \"127.0.0.1:2\"\nsource = \"127.0.0.1:3\"\n";
+        let e = parse(text).unwrap_err();
+        match e {
+            FileError::Field { line, field, .. } => {
+                assert_eq!((line, field.as_str()), (2, "replication"))
+            }
+            other => panic!("{other}"),
+        }
+        let dup = format!(
+            "{text}\n[[nodes]]\nname = \"b\"\nportal = \"127.0.0.1:4\"\nstorer = \"127.0.0.1:2\"\nsource = \"127.0.0.1:6\"\n"
+        );
+        match parse(&dup).unwrap_err() {
+            FileError::Field { line, field, .. } => {
+                assert_eq!((line, field.as_str()), (13, "storer"))
+            }
+            other => panic!("{other}"),
+        }
+        let typo = "[cluster]\nreplication = 1\nvnode = 3\n";
+        match parse(typo).unwrap_err() {
+            FileError::Field { line, field, .. } => {
+                assert_eq!((line, field.as_str()), (3, "vnode"))
+            }
+            other => panic!("{other}"),
+        }
+        let bad_type = "[cluster]\nreplication = \"two\"\n";
+        match parse(bad_type).unwrap_err() {
+            FileError::Field { line, field, .. } => {
+                assert_eq!((line, field.as_str()), (2, "replication"))
+            }
+            other => panic!("{other}"),
+        }
+        let bad_addr = "[cluster]\nreplication = 1\n[[nodes]]\nname = \"a\"\nportal = \"nowhere\"\nstorer = \"127.0.0.1:2\"\nsource = \"127.0.0.1:3\"\n";
+        match parse(bad_addr).unwrap_err() {
+            FileError::Field { line, field, .. } => {
+                assert_eq!((line, field.as_str()), (5, "portal"))
+            }
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn client_config_reads_every_field() {
+        let key = keys::encode_line(&[7u8; 32]);
+        let text = format!(
+            "portals = [\"127.0.0.1:8101\", \"127.0.0.1:8104\"]\ntrust = [\"{key}\"]\nepoch_seconds = 60\ngrace = 2\ntimeout_ms = 300\n"
+        );
+        let c = ClientConfig::parse(Path::new("/x/client.toml"), &text).unwrap();
+        assert_eq!(c.portals.len(), 2);
+        assert_eq!(c.trust, vec![[7u8; 32]]);
+        assert_eq!((c.epoch_seconds, c.grace), (60, 2));
+        assert_eq!(c.timeout, Duration::from_millis(300));
+    }
+
+    #[test]
+    fn client_config_errors_name_line_and_field() {
+        let text = "portals = [\"127.0.0.1:8101\"]\n\ntrust = [\"not-a-key\"]\n";
+        match ClientConfig::parse(Path::new("/x/client.toml"), text).unwrap_err() {
+            FileError::Field { line, field, .. } => {
+                assert_eq!((line, field.as_str()), (3, "trust"))
+            }
+            other => panic!("{other}"),
+        }
+        let text = "portals = [\"127.0.0.1:8101\"]\ngrace = -1\n";
+        match ClientConfig::parse(Path::new("/x/client.toml"), text).unwrap_err() {
+            FileError::Field { line, field, .. } => {
+                assert_eq!((line, field.as_str()), (2, "grace"))
+            }
+            other => panic!("{other}"),
+        }
+        let text = "portal = [\"127.0.0.1:8101\"]\n";
+        let e = ClientConfig::parse(Path::new("/x/client.toml"), text).unwrap_err();
+        assert!(e.to_string().contains("client.toml:1"), "{e}");
+    }
+}

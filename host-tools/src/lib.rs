@@ -1,0 +1,34 @@
+//! `host-tools`: the `dqe` command for clients, quota allocators and experiments.
+//!
+//! The binary is a thin layer over this library, so tests and other tools can drive the
+//! same code:
+//! - [`client`]: a UDP portal client that retries with the same id and skips dead portals.
+//! - [`keys`]: key, public-key and certificate files; the stamp text form.
+//! - [`stamp_cmd`]: printing (with a durable index), verifying and cancelling stamps.
+//! - [`mail`]: adding and reading headers of an RFC 5322 message.
+//! - [`config_file`]: the client config and the cluster config, errors by line and field.
+//! - [`u2`]: the load generator.
+//! - [`cluster`]: a loopback cluster of `dqe-enforcer` child processes.
+//! - [`demo`]: a stamp's whole life, narrated.
+//! - [`cli`]: the command line and its exit codes.
+//!
+//! ```no_run
+//! # use std::time::Duration;
+//! use host_tools::client::{PortalClient, Reply};
+//! use dqe_core::hash::{key_of, word_value};
+//! let portal = PortalClient::new(vec!["127.0.0.1:8101".parse()?], Duration::from_secs(2))?;
+//! let v = word_value(b"hello");
+//! assert!(matches!(portal.set(&key_of(&v), &v)?.reply, Reply::Stored | Reply::Found(_)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod cli;
+pub mod client;
+pub mod cluster;
+pub mod config_file;
+pub mod demo;
+pub mod keys;
+pub mod mail;
+pub mod stamp_cmd;
+pub mod u2;

@@ -1,0 +1,215 @@
+//! Just enough RFC 5322 to act as a mail filter: find a header, add one, drop one.
+//!
+//! The stamp tools read a whole message on stdin and write it back with one header added
+//! (`X-DQE-Stamp` when printing, `X-DQE-Verdict` when verifying). Everything after the
+//! header block is passed through byte for byte, whatever its encoding. Added headers go
+//! first, as trace headers do, after an mbox `From ` line if there is one, and use the
+//! message's own line ending. Long values are folded (a line break followed by a space);
+//! readers unfold them and a stamp's text ignores whitespace, so folding is harmless.
+
+/// Header lines are folded to stay within this many characters (RFC 5322 recommends 78).
+const FOLD_AT: usize = 76;
+
+/// A message split into its header block and the rest.
+#[derive(Debug, Clone)]
+pub struct Message {
+    bytes: Vec<u8>,
+    /// Where the header lines start (after an mbox `From ` line).
+    headers_start: usize,
+    /// Where the header block ends (the empty line, or the end of the message).
+    headers_end: usize,
+    crlf: bool,
+}
+
+/// The lines of `bytes[from..to]`, each with its line ending, as (start, end) offsets.
+fn lines(bytes: &[u8], from: usize, to: usize) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = from;
+    while start < to {
+        let end = bytes[start..to]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| start + i + 1)
+            .unwrap_or(to);
+        out.push((start, end));
+        start = end;
+    }
+    out
+}
+
+fn is_blank(line: &[u8]) -> bool {
+    line == b"\n" || line == b"\r\n"
+}
+
+fn is_continuation(line: &[u8]) -> bool {
+    matches!(line.first(), Some(b' ') | Some(b'\t'))
+}
+
+/// The header name of a field line, if it has one.
+fn field_name(line: &[u8]) -> Option<&[u8]> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = &line[..colon];
+    (!name.is_empty() && name.iter().all(|&b| b.is_ascii_graphic())).then_some(name)
+}
+
+impl Message {
+    /// Split `bytes` into headers and body.
+    pub fn parse(bytes: Vec<u8>) -> Message {
+        let all = lines(&bytes, 0, bytes.len());
+        let crlf = all
+            .first()
+            .map(|&(s, e)| bytes[s..e].ends_with(b"\r\n"))
+            .unwrap_or(false);
+        let headers_start = match all.first() {
+            Some(&(s, e)) if bytes[s..e].starts_with(b"From ") => e,
+            _ => 0,
+        };
+        let headers_end = all
+            .iter()
+            .filter(|&&(s, _)| s >= headers_start)
+            .find(|&&(s, e)| is_blank(&bytes[s..e]))
+            .map(|&(s, _)| s)
+            .unwrap_or(bytes.len());
+        Message {
+            bytes,
+            headers_start,
+            headers_end,
+            crlf,
+        }
+    }
+
+    /// The header fields as (name, unfolded value, start, end), in order.
+    fn fields(&self) -> Vec<(String, String, usize, usize)> {
+        let mut out: Vec<(String, String, usize, usize)> = Vec::new();
+        for (s, e) in lines(&self.bytes, self.headers_start, self.headers_end) {
+            let line = &self.bytes[s..e];
+            let text = String::from_utf8_lossy(line);
+            let text = text.trim_end_matches(['\r', '\n']);
+            if is_continuation(line) {
+                if let Some(last) = out.last_mut() {
+                    last.1.push(' ');
+                    last.1.push_str(text.trim());
+                    last.3 = e;
+                }
+                continue;
+            }
+            if let Some(name) = field_name(line) {
+                let name = String::from_utf8_lossy(name).into_owned();
+                let value = text[name.len() + 1..].trim().to_string();
+                out.push((name, value, s, e));
+            }
+        }
+        out
+    }
+
+    /// The unfolded value of the first header called `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.fields()
+            .into_iter()
+            .find(|f| f.0.eq_ignore_ascii_case(name))
+            .map(|f| f.1)
+    }
+
+    /// The message with header `name: value` added first and every existing header called
+    /// `drop` (case-insensitive) removed, e.g. a forged verdict.
+    pub fn with_header(&self, name: &str, value: &str, drop: Option<&str>) -> Vec<u8> {
+        let nl: &[u8] = if self.crlf { b"\r\n" } else { b"\n" };
+        let mut out = Vec::with_capacity(self.bytes.len() + value.len() + 64);
+        out.extend_from_slice(&self.bytes[..self.headers_start]);
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b":");
+        let mut col = name.len() + 1;
+        for word in value.split(' ').filter(|w| !w.is_empty()) {
+            let mut rest = word;
+            while !rest.is_empty() {
+                let room = FOLD_AT.saturating_sub(col + 1);
+                let fits_fresh_line = rest.len() < FOLD_AT;
+                if rest.len() <= room {
+                    out.push(b' ');
+                    out.extend_from_slice(rest.as_bytes());
+                    col += 1 + rest.len();
+                    rest = "";
+                } else if col > 0 && (fits_fresh_line || room == 0) {
+                    out.extend_from_slice(nl);
+                    col = 0;
+                } else {
+                    // Longer than any line (a stamp): fill this line and go on.
+                    let mut cut = room;
+                    while !rest.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    out.push(b' ');
+                    out.extend_from_slice(&rest.as_bytes()[..cut]);
+                    out.extend_from_slice(nl);
+                    col = 0;
+                    rest = &rest[cut..];
+                }
+            }
+        }
+        out.extend_from_slice(nl);
+        let mut kept = self.headers_start;
+        if let Some(drop) = drop {
+            for (fname, _, s, e) in self.fields() {
+                if fname.eq_ignore_ascii_case(drop) {
+                    out.extend_from_slice(&self.bytes[kept..s]);
+                    kept = e;
+                }
+            }
+        }
+        out.extend_from_slice(&self.bytes[kept..]);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn adds_a_header_first_and_keeps_the_body() {
+        let m = Message::parse(b"Subject: hi\nFrom: a@b\n\nbody\n\nmore\n".to_vec());
+        let out = m.with_header("X-DQE-Verdict", "fresh", None);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "X-DQE-Verdict: fresh\nSubject: hi\nFrom: a@b\n\nbody\n\nmore\n"
+        );
+    }
+
+    #[test]
+    fn keeps_crlf_and_the_mbox_line() {
+        let m = Message::parse(b"From a@b Mon\r\nSubject: x\r\n\r\nhi\r\n".to_vec());
+        let out = m.with_header("X-A", "1", None);
+        assert_eq!(out, b"From a@b Mon\r\nX-A: 1\r\nSubject: x\r\n\r\nhi\r\n");
+    }
+
+    #[test]
+    fn folds_long_values_and_reads_them_back() {
+        let value: String = std::iter::repeat_n('A', 300).collect();
+        let m = Message::parse(b"Subject: x\n\nbody\n".to_vec());
+        let out = m.with_header("X-DQE-Stamp", &value, None);
+        let text = String::from_utf8(out.clone()).unwrap();
+        assert!(text.lines().all(|l| l.len() <= FOLD_AT), "{text}");
+        let back = Message::parse(out).header("x-dqe-stamp").unwrap();
+        assert_eq!(back.replace(' ', ""), value);
+    }
+
+    #[test]
+    fn drops_forged_headers_with_their_continuations() {
+        let m = Message::parse(
+            b"X-DQE-Verdict: fresh\n  forged\nSubject: x\nx-dqe-verdict: used\n\nX-DQE-Verdict: in body\n"
+                .to_vec(),
+        );
+        let out = m.with_header("X-DQE-Verdict", "invalid", Some("X-DQE-Verdict"));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "X-DQE-Verdict: invalid\nSubject: x\n\nX-DQE-Verdict: in body\n"
+        );
+    }
+
+    #[test]
+    fn a_message_without_body_is_all_headers() {
+        let m = Message::parse(b"Subject: x\nX-DQE-Stamp: abc\n def".to_vec());
+        assert_eq!(m.header("X-DQE-STAMP").as_deref(), Some("abc def"));
+        assert_eq!(m.header("Missing"), None);
+    }
+}

@@ -1,0 +1,737 @@
+//! u2, the experimental client: drives Test/Set traffic at portals and measures it.
+//!
+//! It works in word-like mode (random 20-byte values `v`, keys `k = SHA1(v)`), either
+//! open-loop (requests start at a fixed rate whatever the answers do, so an overloaded
+//! enforcer shows up as latency and timeouts rather than as a slower client) or closed-loop
+//! (a fixed number of requests in flight). Requests are spread round-robin over the portals.
+//!
+//! The correctness figure is `false_reuse`: a pair that u2 made up and never sent before
+//! must never be answered `Found`. A retry reuses its request's id and goes to the same
+//! portal, so even a lost `Stored` must come back `Stored`; requests are given up before the
+//! portal's retry window (2 s) ends. `--reuse` re-spends pairs that earlier SETs stored, as a
+//! spammer reusing stamps would, and counts how many of those the enforcer caught.
+//!
+//! Open-loop latency is measured from when a request was due, not from when it was sent,
+//! so a client that falls behind does not hide the delay (no coordinated omission).
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::io::{ErrorKind, IsTerminal};
+use std::net::{SocketAddr, UdpSocket};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dqe_core::hash::{Key, Value, key_of, matches};
+use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+/// How requests are started.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Load {
+    /// Open loop: this many requests per second.
+    Rate(f64),
+    /// Closed loop: this many requests in flight.
+    Window(usize),
+}
+
+/// One u2 run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Portals, used round-robin.
+    pub portals: Vec<SocketAddr>,
+    /// Open or closed loop.
+    pub load: Load,
+    /// How long to start new requests.
+    pub duration: Duration,
+    /// Fraction of SETs that re-spend an earlier stored pair (TESTs ask about an earlier
+    /// pair with the same probability).
+    pub reuse: f64,
+    /// Fraction of requests that are SETs.
+    pub set_ratio: f64,
+    /// Seed of every random choice (values, operations, ids).
+    pub seed: u64,
+    /// When an unanswered request is given up; below the portal's 2 s retry window.
+    pub timeout: Duration,
+    /// First resend after this long (later ones back off, up to 4x).
+    pub resend: Duration,
+    /// Show the progress bar (only drawn when stderr is a terminal).
+    pub progress: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            portals: Vec::new(),
+            load: Load::Window(16),
+            duration: Duration::from_secs(10),
+            reuse: 0.0,
+            set_ratio: 0.5,
+            seed: 0,
+            timeout: Duration::from_millis(1500),
+            resend: Duration::from_millis(200),
+            progress: true,
+        }
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Latency {
+    pub p50: u64,
+    pub p90: u64,
+    pub p99: u64,
+    pub p999: u64,
+    pub max: u64,
+}
+
+/// What a run measured. Its JSON form has exactly the fields of the `--json` contract; the
+/// skipped fields only feed the table.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    /// Requests started (retransmissions not counted).
+    pub sent: u64,
+    /// Requests that got a reply.
+    pub answered: u64,
+    /// Requests given up without a reply.
+    pub timeouts: u64,
+    /// Answered requests per second of the run.
+    pub ops_per_sec: f64,
+    /// Latency of answered requests, first send (or due time) to reply.
+    pub latency_us: Latency,
+    /// Replies by operation and outcome.
+    pub outcomes: BTreeMap<String, u64>,
+    /// SETs that re-spent an earlier stored pair.
+    pub reuse_attempted: u64,
+    /// Of those, the ones answered `Found` (the reuse was caught).
+    pub reuse_detected: u64,
+    /// Fresh pairs answered `Found`: must be 0.
+    pub false_reuse: u64,
+    /// Datagrams resent for requests already started.
+    #[serde(skip)]
+    pub retransmissions: u64,
+    /// Replies for requests already finished (duplicates, late answers) or not ours.
+    #[serde(skip)]
+    pub stray: u64,
+    /// TESTs of earlier stored pairs, and how many of them came back `NotFound`.
+    #[serde(skip)]
+    pub earlier_tested: (u64, u64),
+    /// Wall time from the first request to the last answer or give-up.
+    #[serde(skip)]
+    pub elapsed: Duration,
+}
+
+/// Why a run could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum U2Error {
+    /// No portal given.
+    #[error("no portal: pass --portal ADDR[,ADDR...] or list `portals` in the client config")]
+    NoPortal,
+    /// Bad numbers.
+    #[error("{0}")]
+    BadOption(String),
+    /// The socket failed.
+    #[error("UDP socket error: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Op {
+    Test,
+    Set,
+}
+
+#[derive(Debug)]
+struct Pending {
+    portal: usize,
+    op: Op,
+    key: Key,
+    value: Value,
+    /// Made up for this request, never sent before.
+    fresh: bool,
+    started: Instant,
+    next_send: Instant,
+    give_up: Instant,
+    gap: Duration,
+    datagram: [u8; MAX_DATAGRAM],
+    len: usize,
+}
+
+/// Most earlier pairs remembered for reuse (random replacement beyond that).
+const EARLIER_CAP: usize = 1_000_000;
+
+struct Run<'a> {
+    opts: &'a Options,
+    socket: UdpSocket,
+    rng: StdRng,
+    pending: HashMap<u64, Pending>,
+    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    earlier: Vec<Value>,
+    next_portal: usize,
+    hist: Histogram<u64>,
+    report: Report,
+}
+
+impl Options {
+    fn check(&self) -> Result<(), U2Error> {
+        if self.portals.is_empty() {
+            return Err(U2Error::NoPortal);
+        }
+        let frac = |name: &str, x: f64| {
+            if (0.0..=1.0).contains(&x) {
+                Ok(())
+            } else {
+                Err(U2Error::BadOption(format!(
+                    "{name} {x} is out of range: it must be between 0 and 1"
+                )))
+            }
+        };
+        frac("--reuse", self.reuse)?;
+        frac("--set-ratio", self.set_ratio)?;
+        match self.load {
+            Load::Rate(r) if !(r > 0.0 && r.is_finite()) => Err(U2Error::BadOption(format!(
+                "--rate {r} must be a positive number of operations per second"
+            ))),
+            Load::Window(0) => Err(U2Error::BadOption(
+                "--window 0: at least one request must be in flight".into(),
+            )),
+            _ if self.duration.is_zero() => Err(U2Error::BadOption(
+                "--duration must be more than 0 seconds".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Run u2 and return what it measured.
+pub fn run(opts: &Options) -> Result<Report, U2Error> {
+    opts.check()?;
+    let bind: SocketAddr = if opts.portals[0].is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.set_nonblocking(true)?;
+    // Bursts of replies must not overflow the default receive buffer.
+    let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, 4 << 20);
+    let mut run = Run {
+        opts,
+        socket,
+        rng: StdRng::seed_from_u64(opts.seed),
+        pending: HashMap::new(),
+        timers: BinaryHeap::new(),
+        earlier: Vec::new(),
+        next_portal: 0,
+        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+        report: Report::default(),
+    };
+    run.drive()?;
+    Ok(run.finish())
+}
+
+impl Run<'_> {
+    fn drive(&mut self) -> Result<(), U2Error> {
+        let bar = self.progress_bar();
+        let start = Instant::now();
+        let stop = start + self.opts.duration;
+        // Open loop: request k is due at start + k / rate, for k below rate x duration.
+        // Computing each due time from k (not by adding a rounded step) keeps the count exact.
+        let (rate, total) = match self.opts.load {
+            Load::Rate(r) => (r, (r * self.opts.duration.as_secs_f64()).round() as u64),
+            Load::Window(_) => (0.0, 0),
+        };
+        let due = |k: u64| start + Duration::from_secs_f64(k as f64 / rate);
+        let mut started = 0u64;
+        let mut next_draw = start;
+        let mut buf = [0u8; 512];
+        loop {
+            // Replies first: they free window slots and stop timers.
+            loop {
+                match self.socket.recv_from(&mut buf) {
+                    Ok((n, from)) => self.on_datagram(&buf[..n], from, Instant::now()),
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            ErrorKind::Interrupted | ErrorKind::ConnectionRefused
+                        ) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            let now = Instant::now();
+            match self.opts.load {
+                // Every request due is started, even if the loop runs late.
+                Load::Rate(_) => {
+                    while started < total && due(started) <= now {
+                        self.issue(due(started))?;
+                        started += 1;
+                    }
+                }
+                Load::Window(w) if now < stop => {
+                    while self.pending.len() < w {
+                        self.issue(now)?;
+                    }
+                }
+                _ => {}
+            }
+            self.fire_timers(now)?;
+            if now >= next_draw {
+                self.draw(
+                    &bar,
+                    now.saturating_duration_since(start).min(self.opts.duration),
+                );
+                next_draw = now + Duration::from_millis(100);
+            }
+            let all_started = started >= total;
+            if now >= stop && all_started && self.pending.is_empty() {
+                break;
+            }
+            // Sleep until a reply arrives or the next request, resend or redraw is due.
+            let mut wake = next_draw;
+            if started < total {
+                wake = wake.min(due(started));
+            }
+            if let Some(Reverse((t, _))) = self.timers.peek() {
+                wake = wake.min(*t);
+            }
+            let wait = wake.saturating_duration_since(Instant::now());
+            if !wait.is_zero() {
+                let ts =
+                    rustix::event::Timespec::try_from(wait).unwrap_or(rustix::event::Timespec {
+                        tv_sec: 0,
+                        tv_nsec: 1_000_000,
+                    });
+                let mut fds = [rustix::event::PollFd::new(
+                    &self.socket,
+                    rustix::event::PollFlags::IN,
+                )];
+                match rustix::event::poll(&mut fds, Some(&ts)) {
+                    Ok(_) | Err(rustix::io::Errno::INTR) => {}
+                    Err(e) => return Err(std::io::Error::from(e).into()),
+                }
+            }
+        }
+        self.report.elapsed = start.elapsed();
+        bar.finish_and_clear();
+        Ok(())
+    }
+
+    fn progress_bar(&self) -> ProgressBar {
+        let target = if self.opts.progress && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        };
+        let bar =
+            ProgressBar::with_draw_target(Some(self.opts.duration.as_millis() as u64), target);
+        bar.set_style(
+            ProgressStyle::with_template("{elapsed:>4} [{bar:30}] {msg}")
+                .expect("valid progress template")
+                .progress_chars("=> "),
+        );
+        bar
+    }
+
+    fn draw(&self, bar: &ProgressBar, elapsed: Duration) {
+        bar.set_position(elapsed.as_millis() as u64);
+        let r = &self.report;
+        bar.set_message(format!(
+            "sent {} answered {} timeouts {} in flight {}",
+            r.sent,
+            r.answered,
+            r.timeouts,
+            self.pending.len()
+        ));
+    }
+
+    /// Start one request that was due at `due`.
+    fn issue(&mut self, due: Instant) -> Result<(), U2Error> {
+        let op = if self.rng.random_bool(self.opts.set_ratio) {
+            Op::Set
+        } else {
+            Op::Test
+        };
+        let use_earlier = !self.earlier.is_empty() && self.rng.random_bool(self.opts.reuse);
+        let (value, fresh) = if use_earlier {
+            let i = self.rng.random_range(0..self.earlier.len());
+            (self.earlier[i], false)
+        } else {
+            (self.rng.random::<[u8; 20]>(), true)
+        };
+        let key = key_of(&value);
+        let body = match op {
+            Op::Test => Body::Test { key },
+            Op::Set => Body::Set { key, value },
+        };
+        let mut id = self.rng.random::<u64>();
+        while self.pending.contains_key(&id) {
+            id = self.rng.random::<u64>();
+        }
+        let mut datagram = [0u8; MAX_DATAGRAM];
+        let len = wire::encode(&Envelope::new(0, id, body), &mut datagram)
+            .map_err(|e| U2Error::BadOption(format!("cannot encode a request: {e}")))?
+            .len();
+        let portal = self.next_portal;
+        self.next_portal = (self.next_portal + 1) % self.opts.portals.len();
+        let now = Instant::now();
+        self.send(&datagram[..len], portal)?;
+        self.report.sent += 1;
+        match (op, fresh) {
+            (Op::Set, false) => self.report.reuse_attempted += 1,
+            (Op::Test, false) => self.report.earlier_tested.0 += 1,
+            _ => {}
+        }
+        let next_send = now + self.opts.resend;
+        self.pending.insert(
+            id,
+            Pending {
+                portal,
+                op,
+                key,
+                value,
+                fresh,
+                started: due,
+                next_send,
+                give_up: now + self.opts.timeout,
+                gap: self.opts.resend,
+                datagram,
+                len,
+            },
+        );
+        self.timers.push(Reverse((next_send, id)));
+        Ok(())
+    }
+
+    fn send(&self, datagram: &[u8], portal: usize) -> Result<(), U2Error> {
+        match self.socket.send_to(datagram, self.opts.portals[portal]) {
+            Ok(_) => Ok(()),
+            // A full socket buffer or an ICMP error from an earlier send: the resend
+            // timer covers it, exactly like a datagram lost on the way.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::ConnectionRefused | ErrorKind::Interrupted
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Resend requests whose timer is due; give up those past their deadline.
+    fn fire_timers(&mut self, now: Instant) -> Result<(), U2Error> {
+        while let Some(&Reverse((t, id))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let Some(p) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            if p.next_send != t {
+                continue;
+            }
+            if now >= p.give_up {
+                self.pending.remove(&id);
+                self.report.timeouts += 1;
+                continue;
+            }
+            p.gap = (p.gap * 2).min(self.opts.resend * 4);
+            p.next_send = (now + p.gap).min(p.give_up);
+            let (datagram, len, portal, next) = (p.datagram, p.len, p.portal, p.next_send);
+            self.timers.push(Reverse((next, id)));
+            self.send(&datagram[..len], portal)?;
+            self.report.retransmissions += 1;
+        }
+        Ok(())
+    }
+
+    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
+        let Ok(env) = wire::decode(datagram) else {
+            self.report.stray += 1;
+            return;
+        };
+        let Some(p) = self.pending.get(&env.id) else {
+            self.report.stray += 1;
+            return;
+        };
+        if from != self.opts.portals[p.portal] {
+            self.report.stray += 1;
+            return;
+        }
+        let outcome = match env.body {
+            Body::Found { value } if matches(&p.key, &value) => "found".to_string(),
+            Body::NotFound => "not_found".to_string(),
+            Body::Stored => "stored".to_string(),
+            Body::Refused { reason } => format!("refused_{}", reason.name()),
+            // Requests, and a Found whose value does not hash to the key: not an answer.
+            _ => {
+                self.report.stray += 1;
+                return;
+            }
+        };
+        let p = self.pending.remove(&env.id).expect("looked up above");
+        let us = now.saturating_duration_since(p.started).as_micros() as u64;
+        let _ = self.hist.record(us.max(1));
+        let r = &mut self.report;
+        r.answered += 1;
+        let op = match p.op {
+            Op::Test => "test",
+            Op::Set => "set",
+        };
+        *r.outcomes.entry(format!("{op}_{outcome}")).or_default() += 1;
+        match (p.op, p.fresh, env.body) {
+            (_, true, Body::Found { .. }) => r.false_reuse += 1,
+            (Op::Set, false, Body::Found { .. }) => r.reuse_detected += 1,
+            (Op::Test, false, Body::NotFound) => r.earlier_tested.1 += 1,
+            (Op::Set, true, Body::Stored) => {
+                if self.earlier.len() < EARLIER_CAP {
+                    self.earlier.push(p.value);
+                } else {
+                    let i = self.rng.random_range(0..EARLIER_CAP);
+                    self.earlier[i] = p.value;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn finish(self) -> Report {
+        let mut r = self.report;
+        let secs = r.elapsed.as_secs_f64();
+        r.ops_per_sec = if secs > 0.0 {
+            r.answered as f64 / secs
+        } else {
+            0.0
+        };
+        if !self.hist.is_empty() {
+            r.latency_us = Latency {
+                p50: self.hist.value_at_quantile(0.50),
+                p90: self.hist.value_at_quantile(0.90),
+                p99: self.hist.value_at_quantile(0.99),
+                p999: self.hist.value_at_quantile(0.999),
+                max: self.hist.max(),
+            };
+        }
+        r
+    }
+}
+
+impl Report {
+    /// The human-readable table printed at the end of a run.
+    pub fn table(&self, opts: &Options) -> String {
+        let load = match opts.load {
+            Load::Rate(r) => format!("open loop at {r} ops/s"),
+            Load::Window(w) => format!("closed loop, {w} in flight"),
+        };
+        let mut s = format!(
+            "u2: {} portal(s), {load}, {:.1} s, set ratio {}, reuse {}, seed {}\n",
+            opts.portals.len(),
+            opts.duration.as_secs_f64(),
+            opts.set_ratio,
+            opts.reuse,
+            opts.seed
+        );
+        let row =
+            |s: &mut String, name: &str, v: String| s.push_str(&format!("  {name:<22} {v:>12}\n"));
+        row(&mut s, "requests sent", self.sent.to_string());
+        row(&mut s, "answered", self.answered.to_string());
+        row(&mut s, "timeouts", self.timeouts.to_string());
+        row(&mut s, "retransmissions", self.retransmissions.to_string());
+        row(&mut s, "stray/late replies", self.stray.to_string());
+        row(
+            &mut s,
+            "elapsed",
+            format!("{:.2} s", self.elapsed.as_secs_f64()),
+        );
+        row(
+            &mut s,
+            "throughput",
+            format!("{:.1} ops/s", self.ops_per_sec),
+        );
+        s.push_str("  latency (us)\n");
+        let l = &self.latency_us;
+        for (n, v) in [
+            ("p50", l.p50),
+            ("p90", l.p90),
+            ("p99", l.p99),
+            ("p99.9", l.p999),
+            ("max", l.max),
+        ] {
+            row(&mut s, &format!("  {n}"), v.to_string());
+        }
+        s.push_str("  outcomes\n");
+        for (k, v) in &self.outcomes {
+            row(&mut s, &format!("  {k}"), v.to_string());
+        }
+        row(&mut s, "reuse attempted", self.reuse_attempted.to_string());
+        row(&mut s, "reuse detected", self.reuse_detected.to_string());
+        row(
+            &mut s,
+            "earlier pairs tested",
+            format!(
+                "{} ({} not found)",
+                self.earlier_tested.0, self.earlier_tested.1
+            ),
+        );
+        row(
+            &mut s,
+            "false reuse (must be 0)",
+            self.false_reuse.to_string(),
+        );
+        s
+    }
+
+    /// The `--json` object.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report always serializes")
+    }
+}
+
+/// Where to write the JSON report, and why that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot write the JSON report to {}: {source}", path.display())]
+pub struct JsonWriteError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_exactly_the_contract_fields() {
+        let r = Report::default();
+        let v: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "answered",
+                "false_reuse",
+                "latency_us",
+                "ops_per_sec",
+                "outcomes",
+                "reuse_attempted",
+                "reuse_detected",
+                "sent",
+                "timeouts"
+            ]
+        );
+        let mut lat: Vec<&str> = v["latency_us"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
+        lat.sort();
+        assert_eq!(lat, ["max", "p50", "p90", "p99", "p999"]);
+    }
+
+    #[test]
+    fn options_out_of_range_are_refused() {
+        let base = Options {
+            portals: vec!["127.0.0.1:9".parse().unwrap()],
+            ..Options::default()
+        };
+        assert!(
+            Options {
+                reuse: 1.5,
+                ..base.clone()
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            Options {
+                load: Load::Rate(0.0),
+                ..base.clone()
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            Options {
+                load: Load::Window(0),
+                ..base.clone()
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            Options {
+                portals: vec![],
+                ..base.clone()
+            }
+            .check()
+            .is_err()
+        );
+        assert!(base.check().is_ok());
+    }
+
+    /// An in-process fake portal with a correct test-and-set answers every request; u2
+    /// must see no false reuse and catch every re-spend.
+    #[test]
+    fn counts_against_a_fake_portal() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop2 = stop.clone();
+        let t = std::thread::spawn(move || {
+            let mut set = std::collections::HashMap::<Key, Value>::new();
+            let mut buf = [0u8; 64];
+            while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+                let Ok((n, from)) = server.recv_from(&mut buf) else {
+                    continue;
+                };
+                let env = wire::decode(&buf[..n]).unwrap();
+                let reply = match env.body {
+                    Body::Test { key } => match set.get(&key) {
+                        Some(v) => Body::Found { value: *v },
+                        None => Body::NotFound,
+                    },
+                    Body::Set { key, value } => match set.get(&key) {
+                        Some(v) => Body::Found { value: *v },
+                        None => {
+                            set.insert(key, value);
+                            Body::Stored
+                        }
+                    },
+                    _ => continue,
+                };
+                let mut out = [0u8; 64];
+                let r = wire::encode(&env.reply(reply), &mut out).unwrap();
+                server.send_to(r, from).unwrap();
+            }
+        });
+        let opts = Options {
+            portals: vec![addr],
+            load: Load::Window(4),
+            duration: Duration::from_millis(400),
+            reuse: 0.3,
+            set_ratio: 0.7,
+            seed: 7,
+            progress: false,
+            ..Options::default()
+        };
+        let r = run(&opts).unwrap();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        t.join().unwrap();
+        assert!(r.sent > 50, "{r:?}");
+        assert_eq!((r.answered, r.timeouts), (r.sent, 0));
+        assert_eq!(r.false_reuse, 0);
+        assert!(r.reuse_attempted > 0);
+        assert_eq!(r.reuse_detected, r.reuse_attempted);
+        assert_eq!(r.outcomes.values().sum::<u64>(), r.answered);
+    }
+}
