@@ -13,8 +13,10 @@
 //! - [`config`]: the static cluster description and its validation.
 //! - [`ring`]: consistent hashing, preference lists, the cluster tag.
 //! - [`store`]: the `Store` trait and a fixed-capacity table.
+//! - [`replay`]: the idempotence cache that makes retries safe.
 //! - [`storer`]: answers Get/Put from peers.
 //! - [`portal`]: answers Test/Set from clients by fanning out to storers.
+//! - [`detector`]: which peers the portal believes down.
 //! - [`node`]: a portal plus a storer behind three ports.
 //! - [`stamp`]: certificates, stamps, verification and postmarks.
 #![no_std]

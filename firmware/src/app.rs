@@ -77,7 +77,7 @@ impl core::fmt::Display for AppError {
                 f,
                 "the cluster file gives this node's {port} address {configured}, but the board's address is {board}"
             ),
-            AppError::Node(e) => write!(f, "the node cannot start: {e:?}"),
+            AppError::Node(e) => write!(f, "the node cannot start: {e}"),
         }
     }
 }

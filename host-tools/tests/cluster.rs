@@ -30,28 +30,60 @@ fn a_stamp_is_fresh_then_cancelled_then_caught_when_reused() {
     let r = dqe(
         d,
         &[
-            "stamp", "verify", "--trust", "qa.pub", "--portal", &p0, &stamp,
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            "--portal",
+            &p0,
+            &stamp,
         ],
     );
     assert_eq!((r.code, r.stdout.trim()), (0, "fresh"), "{r:?}");
     let r = dqe(
         d,
         &[
-            "stamp", "cancel", "--trust", "qa.pub", "--portal", &p1, &stamp,
+            "stamp",
+            "cancel",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            "--portal",
+            &p1,
+            &stamp,
         ],
     );
     assert_eq!((r.code, r.stdout.trim()), (0, "cancelled"), "{r:?}");
     let r = dqe(
         d,
         &[
-            "stamp", "verify", "--trust", "qa.pub", "--portal", &p2, &stamp,
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            "--portal",
+            &p2,
+            &stamp,
         ],
     );
     assert_eq!((r.code, r.stdout.trim()), (3, "used"), "{r:?}");
     let r = dqe(
         d,
         &[
-            "stamp", "cancel", "--trust", "qa.pub", "--portal", &p0, &stamp,
+            "stamp",
+            "cancel",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            "--portal",
+            &p0,
+            &stamp,
         ],
     );
     assert_eq!((r.code, r.stdout.trim()), (3, "used"), "{r:?}");
@@ -64,6 +96,8 @@ fn a_stamp_is_fresh_then_cancelled_then_caught_when_reused() {
         &[
             "stamp",
             "print",
+            "--epoch",
+            common::epoch(),
             "--cert",
             "sender.cert",
             "--key",
@@ -79,6 +113,8 @@ fn a_stamp_is_fresh_then_cancelled_then_caught_when_reused() {
         &[
             "stamp",
             "cancel",
+            "--epoch",
+            common::epoch(),
             "--trust",
             "qa.pub",
             "--portal",
@@ -101,6 +137,8 @@ fn a_stamp_is_fresh_then_cancelled_then_caught_when_reused() {
         &[
             "stamp",
             "verify",
+            "--epoch",
+            common::epoch(),
             "--trust",
             "qa.pub",
             "--portal",
@@ -130,7 +168,15 @@ fn a_stamp_is_fresh_then_cancelled_then_caught_when_reused() {
     let r = dqe(
         d,
         &[
-            "stamp", "cancel", "--trust", "qa.pub", "--portal", &p0, &tampered,
+            "stamp",
+            "cancel",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            "--portal",
+            &p0,
+            &tampered,
         ],
     );
     assert_eq!(r.code, 4, "{r:?}");
@@ -147,7 +193,15 @@ fn a_dead_node_is_skipped_and_its_keys_are_still_served() {
     let r = dqe(
         &d,
         &[
-            "stamp", "cancel", "--trust", "qa.pub", "--portal", &p1, &stamp,
+            "stamp",
+            "cancel",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            "--portal",
+            &p1,
+            &stamp,
         ],
     );
     assert_eq!(r.code, 0, "{r:?}");
@@ -160,18 +214,42 @@ fn a_dead_node_is_skipped_and_its_keys_are_still_served() {
     .unwrap();
     let r = dqe(
         &d,
-        &["--client-config", "client.toml", "stamp", "verify", &stamp],
+        &[
+            "--client-config",
+            "client.toml",
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            &stamp,
+        ],
     );
     assert_eq!((r.code, r.stdout.trim()), (3, "used"), "{r:?}");
     let fresh = print_stamp(&d);
     let r = dqe(
         &d,
-        &["--client-config", "client.toml", "stamp", "cancel", &fresh],
+        &[
+            "--client-config",
+            "client.toml",
+            "stamp",
+            "cancel",
+            "--epoch",
+            common::epoch(),
+            &fresh,
+        ],
     );
     assert_eq!((r.code, r.stdout.trim()), (0, "cancelled"), "{r:?}");
     let r = dqe(
         &d,
-        &["--client-config", "client.toml", "stamp", "verify", &fresh],
+        &[
+            "--client-config",
+            "client.toml",
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            &fresh,
+        ],
     );
     assert_eq!((r.code, r.stdout.trim()), (3, "used"), "{r:?}");
 }

@@ -7,7 +7,7 @@ mod common;
 use std::net::UdpSocket;
 use std::path::Path;
 use std::sync::atomic::AtomicU16;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use common::{allocator_and_sender, dqe, dqe_in, print_stamp};
 use dqe_core::stamp::Stamp;
@@ -17,12 +17,9 @@ use host_tools::keys;
 static PORTS: AtomicU16 = AtomicU16::new(21000);
 const PORTS_END: u16 = 21200;
 
+/// The epoch the tests run in (pinned once, see `common::epoch`).
 fn today() -> u32 {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    (now / 86_400) as u32
+    common::epoch_number()
 }
 
 #[test]
@@ -112,6 +109,8 @@ fn printing_hands_out_each_index_once_and_stops_at_the_quota() {
         &[
             "stamp",
             "print",
+            "--epoch",
+            common::epoch(),
             "--cert",
             "sender.cert",
             "--key",
@@ -128,6 +127,8 @@ fn printing_hands_out_each_index_once_and_stops_at_the_quota() {
         &[
             "stamp",
             "print",
+            "--epoch",
+            common::epoch(),
             "--cert",
             "sender.cert",
             "--key",
@@ -154,6 +155,8 @@ fn print_with_message_adds_a_stamp_header_that_verify_reads() {
         &[
             "stamp",
             "print",
+            "--epoch",
+            common::epoch(),
             "--cert",
             "sender.cert",
             "--key",
@@ -169,7 +172,15 @@ fn print_with_message_adds_a_stamp_header_that_verify_reads() {
     assert!(r.stdout.lines().all(|l| l.len() <= 78));
     let v = dqe_in(
         dir.path(),
-        &["stamp", "verify", "--trust", "qa.pub", "--message"],
+        &[
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            "--message",
+        ],
         r.stdout.as_bytes(),
         Duration::from_secs(30),
     );
@@ -184,7 +195,15 @@ fn print_with_message_adds_a_stamp_header_that_verify_reads() {
     let forged = b"X-DQE-Verdict: fresh\nSubject: x\n\nbody\n";
     let v = dqe_in(
         dir.path(),
-        &["stamp", "verify", "--trust", "qa.pub", "--message"],
+        &[
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            "--message",
+        ],
         forged,
         Duration::from_secs(30),
     );
@@ -198,21 +217,65 @@ fn offline_verification_names_the_broken_rule() {
     let d = dir.path();
     allocator_and_sender(d, 5, "+30");
     let stamp = print_stamp(d);
-    let r = dqe(d, &["stamp", "verify", "--trust", "qa.pub", &stamp]);
+    let r = dqe(
+        d,
+        &[
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            &stamp,
+        ],
+    );
     assert_eq!((r.code, r.stdout.trim()), (0, "valid"), "{r:?}");
 
     // Tampered: one character of the sender's signature changed.
     let tampered = host_tools::demo::tamper(&stamp);
-    let r = dqe(d, &["stamp", "verify", "--trust", "qa.pub", &tampered]);
+    let r = dqe(
+        d,
+        &[
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            &tampered,
+        ],
+    );
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("bad stamp signature"), "{}", r.stderr);
 
     // Not a stamp at all.
-    let r = dqe(d, &["stamp", "verify", "--trust", "qa.pub", "hello"]);
+    let r = dqe(
+        d,
+        &[
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            "hello",
+        ],
+    );
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("not base64url"), "{}", r.stderr);
     let short = keys::encode_line(b"not a stamp");
-    let r = dqe(d, &["stamp", "verify", "--trust", "qa.pub", &short]);
+    let r = dqe(
+        d,
+        &[
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            &short,
+        ],
+    );
     assert_eq!(r.code, 4, "{r:?}");
     assert!(
         r.stderr.contains("does not decode to a stamp"),
@@ -222,7 +285,18 @@ fn offline_verification_names_the_broken_rule() {
 
     // Untrusted allocator.
     assert_eq!(dqe(d, &["keygen", "--out", "other"]).code, 0);
-    let r = dqe(d, &["stamp", "verify", "--trust", "other.pub", &stamp]);
+    let r = dqe(
+        d,
+        &[
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "other.pub",
+            &stamp,
+        ],
+    );
     assert_eq!(r.code, 4, "{r:?}");
     assert!(r.stderr.contains("untrusted allocator"), "{}", r.stderr);
 
@@ -247,7 +321,7 @@ fn offline_verification_names_the_broken_rule() {
     assert!(r.stderr.contains("from the future"), "{}", r.stderr);
 
     // No trusted key anywhere: an error, not a verdict.
-    let r = dqe(d, &["stamp", "verify", &stamp]);
+    let r = dqe(d, &["stamp", "verify", "--epoch", common::epoch(), &stamp]);
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("no trusted allocator"), "{}", r.stderr);
 }
@@ -263,6 +337,8 @@ fn expired_certificate_is_refused_by_printer_and_verifier() {
         &[
             "stamp",
             "print",
+            "--epoch",
+            common::epoch(),
             "--cert",
             "sender.cert",
             "--key",
@@ -281,6 +357,8 @@ fn expired_certificate_is_refused_by_printer_and_verifier() {
         &[
             "stamp",
             "verify",
+            "--epoch",
+            common::epoch(),
             "--trust",
             "qa.pub",
             &keys::stamp_text(&stamp),
@@ -301,6 +379,8 @@ fn corrupt_key_and_certificate_files_are_named() {
         &[
             "stamp",
             "print",
+            "--epoch",
+            common::epoch(),
             "--cert",
             "sender.cert",
             "--key",
@@ -317,6 +397,8 @@ fn corrupt_key_and_certificate_files_are_named() {
         &[
             "stamp",
             "print",
+            "--epoch",
+            common::epoch(),
             "--cert",
             "sender.cert",
             "--key",
@@ -328,7 +410,16 @@ fn corrupt_key_and_certificate_files_are_named() {
     std::fs::write(d.join("sender.cert"), "AAAA\n").unwrap();
     let r = dqe(
         d,
-        &["stamp", "print", "--cert", "sender.cert", "--key", "qa.key"],
+        &[
+            "stamp",
+            "print",
+            "--epoch",
+            common::epoch(),
+            "--cert",
+            "sender.cert",
+            "--key",
+            "qa.key",
+        ],
     );
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
@@ -342,7 +433,16 @@ fn corrupt_key_and_certificate_files_are_named() {
     allocator_and_sender(d, 5, "+30");
     let r = dqe(
         d,
-        &["stamp", "print", "--cert", "sender.cert", "--key", "qa.key"],
+        &[
+            "stamp",
+            "print",
+            "--epoch",
+            common::epoch(),
+            "--cert",
+            "sender.cert",
+            "--key",
+            "qa.key",
+        ],
     );
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("is not the sender"), "{}", r.stderr);
@@ -360,6 +460,8 @@ fn a_state_file_that_cannot_be_written_prints_nothing() {
         &[
             "stamp",
             "print",
+            "--epoch",
+            common::epoch(),
             "--cert",
             "sender.cert",
             "--key",
@@ -383,6 +485,8 @@ fn a_state_file_that_cannot_be_written_prints_nothing() {
         &[
             "stamp",
             "print",
+            "--epoch",
+            common::epoch(),
             "--cert",
             "sender.cert",
             "--key",
@@ -406,7 +510,15 @@ fn unreachable_portals_fail_with_exit_1_in_bounded_time() {
     let r = dqe(
         d,
         &[
-            "stamp", "verify", "--trust", "qa.pub", "--portal", &closed, &stamp,
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            "--portal",
+            &closed,
+            &stamp,
         ],
     );
     assert_eq!(r.code, 1, "{r:?}");
@@ -420,6 +532,8 @@ fn unreachable_portals_fail_with_exit_1_in_bounded_time() {
         &[
             "stamp",
             "verify",
+            "--epoch",
+            common::epoch(),
             "--trust",
             "qa.pub",
             "--portal",
@@ -443,6 +557,8 @@ fn unreachable_portals_fail_with_exit_1_in_bounded_time() {
         vec![
             "stamp",
             "cancel",
+            "--epoch",
+            common::epoch(),
             "--trust",
             "qa.pub",
             "--portal",
@@ -468,7 +584,18 @@ fn unreachable_portals_fail_with_exit_1_in_bounded_time() {
         assert!(r.took < Duration::from_secs(5), "{:?}", r.took);
     }
     // No portal at all.
-    let r = dqe(d, &["stamp", "cancel", "--trust", "qa.pub", &stamp]);
+    let r = dqe(
+        d,
+        &[
+            "stamp",
+            "cancel",
+            "--epoch",
+            common::epoch(),
+            "--trust",
+            "qa.pub",
+            &stamp,
+        ],
+    );
     assert_eq!(r.code, 1, "{r:?}");
     assert!(r.stderr.contains("no portal to ask"), "{}", r.stderr);
 }
@@ -495,13 +622,15 @@ fn client_config_supplies_trust_and_its_errors_name_file_line_and_field() {
             "etc/client.toml",
             "stamp",
             "verify",
+            "--epoch",
+            common::epoch(),
             &stamp,
         ],
     );
     assert_eq!((r.code, r.stdout.trim()), (0, "valid"), "{r:?}");
     // $DQE_CLIENT_CONFIG is read when no flag is given.
     let out = std::process::Command::new(common::dqe_path())
-        .args(["stamp", "verify", &stamp])
+        .args(["stamp", "verify", "--epoch", common::epoch(), &stamp])
         .current_dir(d)
         .env("DQE_CLIENT_CONFIG", d.join("etc/client.toml"))
         .output()
@@ -515,6 +644,8 @@ fn client_config_supplies_trust_and_its_errors_name_file_line_and_field() {
             "etc/client.toml",
             "stamp",
             "verify",
+            "--epoch",
+            common::epoch(),
             "--trust",
             "other.pub",
             &stamp,
@@ -529,7 +660,15 @@ fn client_config_supplies_trust_and_its_errors_name_file_line_and_field() {
     .unwrap();
     let r = dqe(
         d,
-        &["--client-config", "bad.toml", "stamp", "verify", &stamp],
+        &[
+            "--client-config",
+            "bad.toml",
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            &stamp,
+        ],
     );
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
@@ -544,7 +683,15 @@ fn client_config_supplies_trust_and_its_errors_name_file_line_and_field() {
     .unwrap();
     let r = dqe(
         d,
-        &["--client-config", "bad.toml", "stamp", "verify", &stamp],
+        &[
+            "--client-config",
+            "bad.toml",
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            &stamp,
+        ],
     );
     assert!(
         r.stderr.contains("bad.toml:2: field `grace`"),
@@ -558,7 +705,15 @@ fn client_config_supplies_trust_and_its_errors_name_file_line_and_field() {
     .unwrap();
     let r = dqe(
         d,
-        &["--client-config", "bad.toml", "stamp", "verify", &stamp],
+        &[
+            "--client-config",
+            "bad.toml",
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            &stamp,
+        ],
     );
     assert!(
         r.stderr.contains("bad.toml:2: field `timeout`"),
@@ -567,7 +722,15 @@ fn client_config_supplies_trust_and_its_errors_name_file_line_and_field() {
     );
     let r = dqe(
         d,
-        &["--client-config", "missing.toml", "stamp", "verify", &stamp],
+        &[
+            "--client-config",
+            "missing.toml",
+            "stamp",
+            "verify",
+            "--epoch",
+            common::epoch(),
+            &stamp,
+        ],
     );
     assert_eq!(r.code, 1, "{r:?}");
     assert!(

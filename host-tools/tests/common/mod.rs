@@ -133,6 +133,24 @@ impl TestCluster {
     }
 }
 
+/// The epoch every test prints and judges stamps in: read from the clock once, so a test
+/// that runs across midnight UTC does not see two epochs.
+pub fn epoch() -> &'static str {
+    static EPOCH: OnceLock<String> = OnceLock::new();
+    EPOCH.get_or_init(|| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        (now / 86_400).to_string()
+    })
+}
+
+/// [`epoch`] as a number.
+pub fn epoch_number() -> u32 {
+    epoch().parse().unwrap()
+}
+
 /// Make `qa` and `sender` key pairs and a certificate `sender.cert` in `dir`.
 pub fn allocator_and_sender(dir: &Path, quota: u32, expires: &str) {
     let r = dqe(dir, &["keygen", "--out", "qa"]);
