@@ -178,10 +178,10 @@ pub struct EpochArgs {
 #[derive(Debug, Args, Clone)]
 pub struct PortalList {
     /// Portal address; repeat or separate with commas to give several, tried in order [default: `portals` from the client config].
-    #[arg(long = "portal", value_name = "ADDR", value_delimiter = ',', value_parser = parse_addr)]
+    #[arg(long = "portal", value_name = "ADDR", value_delimiter = ',', value_parser = parse_addr, global = true)]
     pub portals: Vec<SocketAddr>,
     /// Milliseconds to wait for one portal (all retries) before trying the next [default: from the client config, else 2000].
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", global = true)]
     pub timeout_ms: Option<u64>,
 }
 

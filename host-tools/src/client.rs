@@ -166,7 +166,7 @@ impl PortalClient {
 
     /// Send one Test or Set, trying portals in order. A portal that answers `Busy` is also
     /// passed over for the next one, since another portal may have room.
-    pub fn request(&self, body: Body) -> Result<Answer, ClientError> {
+    fn request(&self, body: Body) -> Result<Answer, ClientError> {
         let key = match body {
             Body::Test { key } | Body::Set { key, .. } => key,
             _ => unreachable!("clients send only Test and Set"),

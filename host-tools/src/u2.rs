@@ -18,7 +18,6 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::io::{ErrorKind, IsTerminal};
 use std::net::{SocketAddr, UdpSocket};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dqe_core::hash::{Key, Value, key_of, matches};
@@ -179,6 +178,15 @@ impl Options {
     fn check(&self) -> Result<(), U2Error> {
         if self.portals.is_empty() {
             return Err(U2Error::NoPortal);
+        }
+        if self
+            .portals
+            .iter()
+            .any(|p| p.is_ipv4() != self.portals[0].is_ipv4())
+        {
+            return Err(U2Error::BadOption(
+                "--portal mixes IPv4 and IPv6 addresses: u2 sends from one socket, so give portals of one family".into(),
+            ));
         }
         let frac = |name: &str, x: f64| {
             if (0.0..=1.0).contains(&x) {
@@ -593,14 +601,6 @@ impl Report {
     }
 }
 
-/// Where to write the JSON report, and why that failed.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot write the JSON report to {}: {source}", path.display())]
-pub struct JsonWriteError {
-    pub path: PathBuf,
-    pub source: std::io::Error,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -660,6 +660,14 @@ mod tests {
         assert!(
             Options {
                 load: Load::Window(0),
+                ..base.clone()
+            }
+            .check()
+            .is_err()
+        );
+        assert!(
+            Options {
+                portals: vec![base.portals[0], "[::1]:9".parse().unwrap()],
                 ..base.clone()
             }
             .check()
