@@ -133,7 +133,7 @@ fn main() -> anyhow::Result<()> {
                     || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(e) => return Err(e.into()),
         }
-        if outstanding.len() >= args.window || done % 256 == 0 {
+        if outstanding.len() >= args.window || done.is_multiple_of(256) {
             let now = Instant::now();
             for o in outstanding.values_mut() {
                 if now.duration_since(o.last) >= timeout {

@@ -116,11 +116,21 @@ mod tests {
 
     #[test]
     fn dev_port_base_moves_every_port() {
-        let cli = Cli::try_parse_from(["dqe-enforcer", "--dev", "--port-base", "9000", "--fsync", "never"])
-            .unwrap();
+        let cli = Cli::try_parse_from([
+            "dqe-enforcer",
+            "--dev",
+            "--port-base",
+            "9000",
+            "--fsync",
+            "never",
+        ])
+        .unwrap();
         let run = cli.resolve().unwrap();
         let n = &run.spec.nodes[0];
-        assert_eq!((n.portal.port(), n.storer.port(), n.source.port()), (9000, 9001, 9002));
+        assert_eq!(
+            (n.portal.port(), n.storer.port(), n.source.port()),
+            (9000, 9001, 9002)
+        );
         assert_eq!(run.sync_mode, SyncMode::Never);
     }
 
@@ -132,6 +142,8 @@ mod tests {
         assert!(
             Cli::try_parse_from(["dqe-enforcer", "--dev", "--config", "c", "--node", "n"]).is_err()
         );
-        assert!(Cli::try_parse_from(["dqe-enforcer", "--config", "c.toml", "--node", "n1"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["dqe-enforcer", "--config", "c.toml", "--node", "n1"]).is_ok()
+        );
     }
 }

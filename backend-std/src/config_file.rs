@@ -86,8 +86,16 @@ pub enum ConfigFileError {
     #[error("{at}: {count} nodes is more than this build's capacity of {MAX_NODES}")]
     TooManyNodes { at: Location, count: usize },
     /// `nodes * vnodes` ring points do not fit in the node.
-    #[error("{at}: {points} ring points (nodes x vnodes) is more than this build's capacity of {MAX_RING_POINTS}")]
+    #[error(
+        "{at}: {points} ring points (nodes x vnodes) is more than this build's capacity of {MAX_RING_POINTS}"
+    )]
     TooManyRingPoints { at: Location, points: usize },
+    /// `retain_epochs` is wider than the index can hold (its epoch offset is one byte).
+    #[error(
+        "{at}: retain_epochs {retain_epochs} is more than this node's limit of {}",
+        crate::index::MAX_EPOCH_SPAN
+    )]
+    RetainTooLong { at: Location, retain_epochs: u32 },
     /// A rule of a well-formed cluster (PROTOCOL.md "Assignment") is broken.
     #[error("{at}: {rule}")]
     Rule { at: Location, rule: ConfigError },
@@ -109,6 +117,7 @@ impl ConfigFileError {
             | ConfigFileError::NameTooLong { at, .. }
             | ConfigFileError::TooManyNodes { at, .. }
             | ConfigFileError::TooManyRingPoints { at, .. }
+            | ConfigFileError::RetainTooLong { at, .. }
             | ConfigFileError::Rule { at, .. } => Some(at),
             ConfigFileError::Unreadable { .. } | ConfigFileError::UnknownNode { .. } => None,
         }
@@ -236,11 +245,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigFileError> {
                 nodes_repr[*second].get_ref().name.span(),
                 format!("nodes[{second}].name"),
             ),
-            ConfigError::DuplicateAddress { first, second, addr } => {
+            ConfigError::DuplicateAddress {
+                first,
+                second,
+                addr,
+            } => {
                 // Point at the later use of the address (the second role when a node
                 // repeats one of its own).
                 let n = nodes_repr[*second].get_ref();
-                let roles = [("portal", &n.portal), ("storer", &n.storer), ("source", &n.source)];
+                let roles = [
+                    ("portal", &n.portal),
+                    ("storer", &n.storer),
+                    ("source", &n.source),
+                ];
                 let same_node = first == second;
                 let mut hits = roles
                     .iter()
@@ -275,6 +292,19 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigFileError> {
         return Err(ConfigFileError::Rule {
             at: at(span, &field),
             rule,
+        });
+    }
+    if spec.retain_epochs > crate::index::MAX_EPOCH_SPAN {
+        let (span, field) = match &c.retain_epochs {
+            Some(r) => (r.span(), "cluster.retain_epochs"),
+            None => (
+                span_or_cluster(c.grace.as_ref().map(|g| g.span())),
+                "cluster.grace",
+            ),
+        };
+        return Err(ConfigFileError::RetainTooLong {
+            at: at(span, field),
+            retain_epochs: spec.retain_epochs,
         });
     }
     let points = spec.nodes.len() * spec.vnodes as usize;
@@ -438,7 +468,11 @@ source = "127.0.0.1:8203"
     fn wrong_type_names_line_and_field() {
         let e = err(&GOOD.replace("replication = 2", "replication = \"two\""));
         let at = e.location().unwrap();
-        assert_eq!((at.line, at.field.as_str()), (3, "cluster.replication"), "{e}");
+        assert_eq!(
+            (at.line, at.field.as_str()),
+            (3, "cluster.replication"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -482,6 +516,13 @@ source = "127.0.0.1:8203"
         let e = err(&GOOD.replace("127.0.0.1:8203", "127.0.0.1:8101"));
         let at = e.location().unwrap();
         assert_eq!((at.line, at.field.as_str()), (13, "nodes[1].source"), "{e}");
+    }
+
+    #[test]
+    fn retention_beyond_the_index_span_is_refused() {
+        let e = err(&GOOD.replace("replication = 2", "replication = 2\nretain_epochs = 300"));
+        assert!(matches!(e, ConfigFileError::RetainTooLong { .. }));
+        assert_eq!(e.location().unwrap().field, "cluster.retain_epochs");
     }
 
     #[test]

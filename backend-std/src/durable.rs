@@ -17,7 +17,9 @@
 //! A full disk or an I/O error does not stop the node: the store turns *degraded*, `put`
 //! answers [`PutOutcome::Full`] (so the portal answers `Refused(Full)`), the failed bytes are
 //! kept and written again at the same offset on the next sync, and a successful sync clears the
-//! state. Replies gated on a failed batch are dropped (their senders retry).
+//! state. Replies gated on a failed batch are dropped, and so are the replies to repeats of
+//! those requests for a while (the core's reply caches would repeat the same `Stored`): their
+//! senders retry and give up, or reach another node.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -212,7 +214,10 @@ fn segment_name(epoch: u32) -> String {
 }
 
 fn parse_segment_name(name: &str) -> Option<u32> {
-    name.strip_prefix("seg-")?.strip_suffix(".log")?.parse().ok()
+    name.strip_prefix("seg-")?
+        .strip_suffix(".log")?
+        .parse()
+        .ok()
 }
 
 /// Encode one record.
@@ -236,7 +241,10 @@ fn decode_record(r: &[u8], file_epoch: u32) -> Option<Value> {
 
 impl DurableStore {
     /// Open `opts.dir`, replay its segments of epochs `>= oldest_kept`, delete older ones.
-    pub fn open(opts: DurableOptions, oldest_kept: u32) -> Result<(DurableStore, Recovery), OpenError> {
+    pub fn open(
+        opts: DurableOptions,
+        oldest_kept: u32,
+    ) -> Result<(DurableStore, Recovery), OpenError> {
         let dir_err = |source| OpenError::Directory {
             dir: opts.dir.clone(),
             source,
@@ -471,7 +479,11 @@ impl DurableStore {
     pub fn sync(&mut self) -> io::Result<()> {
         while let Some(batch) = self.take_batch() {
             let done = batch.run();
-            let failed = done.result.as_ref().err().map(|e| io::Error::new(e.kind(), e.to_string()));
+            let failed = done
+                .result
+                .as_ref()
+                .err()
+                .map(|e| io::Error::new(e.kind(), e.to_string()));
             self.finish(done);
             if let Some(e) = failed {
                 return Err(e);
@@ -503,7 +515,10 @@ impl DurableStore {
                 path.display()
             )));
         }
-        self.pending.entry(epoch).or_default().extend_from_slice(MAGIC);
+        self.pending
+            .entry(epoch)
+            .or_default()
+            .extend_from_slice(MAGIC);
         self.pending_bytes += MAGIC.len();
         info!(segment = %path.display(), "opened a new segment");
         self.segments.insert(
@@ -541,7 +556,9 @@ impl Store for DurableStore {
         if let Some(v) = self.index.get(key) {
             return PutOutcome::Found(v);
         }
-        if self.degraded.is_some() || self.pending_bytes + RECORD_BYTES > self.opts.max_pending_bytes {
+        if self.degraded.is_some()
+            || self.pending_bytes + RECORD_BYTES > self.opts.max_pending_bytes
+        {
             return self.refuse();
         }
         if let Err(e) = self.segment_for(epoch) {
@@ -569,12 +586,18 @@ impl Store for DurableStore {
 
     fn expire(&mut self, oldest_kept: u32) {
         self.index.expire(oldest_kept);
-        let old: Vec<u32> = self.segments.range(..oldest_kept).map(|(&e, _)| e).collect();
+        let old: Vec<u32> = self
+            .segments
+            .range(..oldest_kept)
+            .map(|(&e, _)| e)
+            .collect();
         for epoch in old {
             if let Some(seg) = self.segments.remove(&epoch) {
                 match std::fs::remove_file(&seg.path) {
                     Ok(()) => info!(segment = %seg.path.display(), "deleted an expired segment"),
-                    Err(e) => warn!(segment = %seg.path.display(), error = %e, "cannot delete an expired segment"),
+                    Err(e) => {
+                        warn!(segment = %seg.path.display(), error = %e, "cannot delete an expired segment")
+                    }
                 }
             }
             if let Some(bytes) = self.pending.remove(&epoch) {
@@ -624,7 +647,10 @@ mod tests {
         assert_eq!(s.stats().sync_batches, 1);
         drop(s);
         let (mut s, rec) = open(dir.path(), 5);
-        assert_eq!((rec.records, rec.segments, rec.discarded_bytes), (1000, 2, 0));
+        assert_eq!(
+            (rec.records, rec.segments, rec.discarded_bytes),
+            (1000, 2, 0)
+        );
         for i in 0..1000 {
             let (k, v) = pair(i);
             assert_eq!(s.get(&k), Some(v));
@@ -739,7 +765,13 @@ mod tests {
                 s.put(&k, &v, 1)
             })
             .collect();
-        assert_eq!(outcomes.iter().filter(|o| **o == PutOutcome::Stored).count(), 3);
+        assert_eq!(
+            outcomes
+                .iter()
+                .filter(|o| **o == PutOutcome::Stored)
+                .count(),
+            3
+        );
         assert_eq!(outcomes[4], PutOutcome::Full);
         s.sync().unwrap();
         let (k, v) = pair(4);

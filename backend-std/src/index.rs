@@ -1,5 +1,5 @@
 //! The RAM index of the durable store: which keys are set, with their values, in about
-//! 28 bytes per pair.
+//! 30 bytes per pair (22-byte slots at 70-85 % load; 29.5 measured at 1,000,000 pairs).
 //!
 //! Every lookup of the enforcer (a Test, a Set's test-and-set, a peer's Get or Put) is answered
 //! from this index; the segment files are only read at start. It must therefore be compact
@@ -155,7 +155,9 @@ impl Shard {
 
     /// Rebuild into a table sized for the live pairs plus one, dropping deleted slots.
     fn rebuild(&mut self) -> Result<(), OutOfMemory> {
-        let want = ((self.live + 1) * 100).div_ceil(REBUILT_LOAD_PCT).max(MIN_SLOTS);
+        let want = ((self.live + 1) * 100)
+            .div_ceil(REBUILT_LOAD_PCT)
+            .max(MIN_SLOTS);
         let mut fresh = Shard::new(want)?;
         for i in 0..self.slots {
             let s = self.slot(i);
@@ -224,7 +226,12 @@ impl Index {
 
     /// Test-and-set: insert `(key, value)` stored in `epoch` unless `key` is present.
     /// The caller has checked `SHA1(value) == key`.
-    pub fn insert(&mut self, key: &Key, value: &Value, epoch: u32) -> Result<Inserted, OutOfMemory> {
+    pub fn insert(
+        &mut self,
+        key: &Key,
+        value: &Value,
+        epoch: u32,
+    ) -> Result<Inserted, OutOfMemory> {
         if epoch.saturating_sub(self.base) > MAX_EPOCH_SPAN {
             // Pairs older than the widest span are past any retention the config allows.
             self.expire(epoch - MAX_EPOCH_SPAN);

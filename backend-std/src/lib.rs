@@ -5,7 +5,7 @@
 //! `dqe-core`. Modules:
 //! - [`cli`]: the command line, resolved into a [`cli::RunConfig`].
 //! - [`config_file`]: the TOML cluster file, with errors naming file, line and field.
-//! - [`index`]: the compact RAM index (about 28 bytes per pair).
+//! - [`index`]: the compact RAM index (about 30 bytes per pair).
 //! - [`durable`]: the durable store: index + append-only, checksummed segment files.
 //! - [`server`]: the tokio loop: three UDP sockets, storer first, group commit.
 //! - [`metrics`]: Prometheus counters and a tiny HTTP responder.
@@ -23,9 +23,8 @@ pub mod index;
 pub mod metrics;
 pub mod server;
 
-/// Stack of the node's thread: the node's fixed tables (ring, in-flight table, reply caches)
-/// are built by value before they are boxed, so give them room.
-const NODE_STACK: usize = 256 << 20;
+/// Stack of the loop's thread (the node itself is built elsewhere and boxed).
+const NODE_STACK: usize = 16 << 20;
 
 /// Log to stderr with `tracing`, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {

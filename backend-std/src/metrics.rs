@@ -12,8 +12,8 @@
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dqe_core::node::NodeStats;
@@ -43,8 +43,8 @@ pub const OUTCOMES: [&str; 9] = [
 pub const DROPS: [&str; 3] = ["send_failed", "write_failed", "shutdown"];
 /// Upper bounds of the latency buckets, in seconds.
 pub const BUCKETS: [f64; 16] = [
-    0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5,
-    1.0, 2.0, 5.0,
+    0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
+    2.0, 5.0,
 ];
 
 /// Why the backend dropped a datagram.
@@ -194,7 +194,10 @@ impl Metrics {
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(8 << 10);
         let o = &mut out;
-        let _ = writeln!(o, "# HELP dqe_requests_total Requests answered, by kind and outcome.");
+        let _ = writeln!(
+            o,
+            "# HELP dqe_requests_total Requests answered, by kind and outcome."
+        );
         let _ = writeln!(o, "# TYPE dqe_requests_total counter");
         for (k, kind) in KINDS.iter().enumerate() {
             for (i, outcome) in OUTCOMES.iter().enumerate() {
@@ -234,7 +237,10 @@ impl Metrics {
         for (reason, v) in core_drops {
             let _ = writeln!(o, "dqe_drops_total{{reason=\"{reason}\"}} {v}");
         }
-        let _ = writeln!(o, "# HELP dqe_node_requests_total Requests the core received, by kind.");
+        let _ = writeln!(
+            o,
+            "# HELP dqe_node_requests_total Requests the core received, by kind."
+        );
         let _ = writeln!(o, "# TYPE dqe_node_requests_total counter");
         for (kind, v) in [
             ("test", n.test_requests),
@@ -245,22 +251,70 @@ impl Metrics {
             let _ = writeln!(o, "dqe_node_requests_total{{kind=\"{kind}\"}} {v}");
         }
         let core_counters = [
-            ("repeats_answered", "Repeated requests answered from the reply cache.", n.repeats_answered),
-            ("repeats_absorbed", "Repeats absorbed while their request was in flight.", n.repeats_absorbed),
+            (
+                "repeats_answered",
+                "Repeated requests answered from the reply cache.",
+                n.repeats_answered,
+            ),
+            (
+                "repeats_absorbed",
+                "Repeats absorbed while their request was in flight.",
+                n.repeats_absorbed,
+            ),
             ("sub_requests", "Get/Put sent to peers.", n.sub_requests),
             ("retries", "Get/Put sent again after a timeout.", n.retries),
             ("local_ops", "Get/Put served locally.", n.local_ops),
             ("read_repairs", "Read-repair Puts sent.", n.read_repairs),
-            ("read_repairs_skipped", "Read repairs skipped for lack of room.", n.read_repairs_skipped),
-            ("late_replies", "Peer replies after their request finished.", n.late_replies),
-            ("invalid_found", "Found replies whose value does not hash to the key.", n.invalid_found),
-            ("storer_refusals", "Refusals received from storers.", n.storer_refusals),
-            ("mismatched_replies", "Replies that did not fit their request.", n.mismatched_replies),
-            ("busy_queue_full", "Client requests refused Busy for a full outgoing queue.", n.busy_queue_full),
-            ("deferred_timeouts", "Timeouts deferred for lack of queue room.", n.deferred_timeouts),
-            ("probes_sent", "Probes sent to peers believed down.", n.probes_sent),
-            ("nodes_marked_down", "Times a peer was believed down.", n.nodes_marked_down),
-            ("nodes_marked_up", "Times a peer was believed up again.", n.nodes_marked_up),
+            (
+                "read_repairs_skipped",
+                "Read repairs skipped for lack of room.",
+                n.read_repairs_skipped,
+            ),
+            (
+                "late_replies",
+                "Peer replies after their request finished.",
+                n.late_replies,
+            ),
+            (
+                "invalid_found",
+                "Found replies whose value does not hash to the key.",
+                n.invalid_found,
+            ),
+            (
+                "storer_refusals",
+                "Refusals received from storers.",
+                n.storer_refusals,
+            ),
+            (
+                "mismatched_replies",
+                "Replies that did not fit their request.",
+                n.mismatched_replies,
+            ),
+            (
+                "busy_queue_full",
+                "Client requests refused Busy for a full outgoing queue.",
+                n.busy_queue_full,
+            ),
+            (
+                "deferred_timeouts",
+                "Timeouts deferred for lack of queue room.",
+                n.deferred_timeouts,
+            ),
+            (
+                "probes_sent",
+                "Probes sent to peers believed down.",
+                n.probes_sent,
+            ),
+            (
+                "nodes_marked_down",
+                "Times a peer was believed down.",
+                n.nodes_marked_down,
+            ),
+            (
+                "nodes_marked_up",
+                "Times a peer was believed up again.",
+                n.nodes_marked_up,
+            ),
         ];
         for (name, help, v) in core_counters {
             let _ = writeln!(o, "# HELP dqe_node_{name}_total {help}");
@@ -270,7 +324,10 @@ impl Metrics {
         let _ = writeln!(o, "# HELP dqe_node_peers_down Peers believed down now.");
         let _ = writeln!(o, "# TYPE dqe_node_peers_down gauge");
         let _ = writeln!(o, "dqe_node_peers_down {}", n.nodes_down);
-        let _ = writeln!(o, "# HELP dqe_datagrams_total Datagrams received and sent, by socket.");
+        let _ = writeln!(
+            o,
+            "# HELP dqe_datagrams_total Datagrams received and sent, by socket."
+        );
         let _ = writeln!(o, "# TYPE dqe_datagrams_total counter");
         for (i, port) in PORTS.iter().enumerate() {
             let _ = writeln!(
@@ -311,21 +368,70 @@ impl Metrics {
         let pairs = self.stored_pairs.load(Relaxed);
         let index = self.index_bytes.load(Relaxed);
         let gauges: [(&str, &str, &str, f64); 10] = [
-            ("dqe_stored_pairs", "gauge", "Pairs in the store.", pairs as f64),
-            ("dqe_bytes_on_disk", "gauge", "Bytes in segment files.", self.bytes_on_disk.load(Relaxed) as f64),
-            ("dqe_index_bytes", "gauge", "Bytes of RAM index tables.", index as f64),
+            (
+                "dqe_stored_pairs",
+                "gauge",
+                "Pairs in the store.",
+                pairs as f64,
+            ),
+            (
+                "dqe_bytes_on_disk",
+                "gauge",
+                "Bytes in segment files.",
+                self.bytes_on_disk.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_index_bytes",
+                "gauge",
+                "Bytes of RAM index tables.",
+                index as f64,
+            ),
             (
                 "dqe_index_bytes_per_pair",
                 "gauge",
                 "Index bytes per stored pair.",
-                if pairs == 0 { 0.0 } else { index as f64 / pairs as f64 },
+                if pairs == 0 {
+                    0.0
+                } else {
+                    index as f64 / pairs as f64
+                },
             ),
-            ("dqe_fsync_batches_total", "counter", "Group commits made durable.", self.fsync_batches.load(Relaxed) as f64),
-            ("dqe_fsync_failures_total", "counter", "Group commits that failed.", self.fsync_failures.load(Relaxed) as f64),
-            ("dqe_synced_records_total", "counter", "Records made durable.", self.synced_records.load(Relaxed) as f64),
-            ("dqe_store_degraded", "gauge", "1 while writes fail and PUTs are refused as Full.", self.store_degraded.load(Relaxed) as f64),
-            ("dqe_client_requests_in_flight", "gauge", "Client requests not yet answered.", self.client_requests_in_flight.load(Relaxed) as f64),
-            ("dqe_replies_waiting_for_sync", "gauge", "Replies held until a group commit is durable.", self.replies_waiting_for_sync.load(Relaxed) as f64),
+            (
+                "dqe_fsync_batches_total",
+                "counter",
+                "Group commits made durable.",
+                self.fsync_batches.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_fsync_failures_total",
+                "counter",
+                "Group commits that failed.",
+                self.fsync_failures.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_synced_records_total",
+                "counter",
+                "Records made durable.",
+                self.synced_records.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_store_degraded",
+                "gauge",
+                "1 while writes fail and PUTs are refused as Full.",
+                self.store_degraded.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_client_requests_in_flight",
+                "gauge",
+                "Client requests not yet answered.",
+                self.client_requests_in_flight.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_replies_waiting_for_sync",
+                "gauge",
+                "Replies held until a group commit is durable.",
+                self.replies_waiting_for_sync.load(Relaxed) as f64,
+            ),
         ];
         for (name, kind, help, value) in gauges {
             let _ = writeln!(o, "# HELP {name} {help}");

@@ -57,6 +57,11 @@ pub const MAX_HELD: usize = 8192;
 const MAX_TIMED: usize = 65_536;
 /// A timed request with no reply after this long is forgotten.
 const TIMED_FORGET: Duration = Duration::from_secs(10);
+/// How long repeats of a request whose reply was dropped after a failed group commit are
+/// dropped too: longer than the reply caches' retry window (2 s).
+const POISON_FOR: Duration = Duration::from_secs(5);
+/// Requests remembered as poisoned at most.
+const MAX_POISONED: usize = 65_536;
 /// Wait before writing again after a failed group commit.
 const WRITE_RETRY: Duration = Duration::from_secs(1);
 /// Bytes read per datagram: more than any valid one, so an oversized datagram is seen whole
@@ -86,6 +91,9 @@ pub enum ServerError {
     /// The metrics endpoint could not be bound.
     #[error(transparent)]
     Metrics(#[from] MetricsBindError),
+    /// A thread could not be started.
+    #[error("cannot start a thread: {0}")]
+    Thread(io::Error),
 }
 
 /// A datagram waiting to be sent.
@@ -105,6 +113,63 @@ fn label(port: Port) -> PortLabel {
         Port::Source => PortLabel::Source,
     }
 }
+
+/// The id and body variant of a datagram, read without the strict checks of
+/// `wire::decode` (only for timing: a datagram the core refuses gets no reply, and its
+/// timing entry is forgotten).
+fn peek_header(d: &[u8]) -> Option<(u64, u8)> {
+    fn varint(d: &[u8], at: &mut usize) -> Option<u64> {
+        let mut v = 0u64;
+        for shift in (0..70).step_by(7) {
+            let b = *d.get(*at)?;
+            *at += 1;
+            v |= u64::from(b & 0x7f).checked_shl(shift)?;
+            if b & 0x80 == 0 {
+                return Some(v);
+            }
+        }
+        None
+    }
+    if d.first() != Some(&wire::VERSION) {
+        return None;
+    }
+    let mut at = 1;
+    varint(d, &mut at)?; // cluster
+    let id = varint(d, &mut at)?;
+    Some((id, *d.get(at)?))
+}
+
+/// A fast hasher for the timing table (keys are a peer address and a random id).
+#[derive(Debug, Default, Clone, Copy)]
+struct TimedHasher(u64);
+
+impl std::hash::Hasher for TimedHasher {
+    fn finish(&self) -> u64 {
+        let z = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        z ^ (z >> 29)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(23) ^ n).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+}
+
+type TimedTable =
+    HashMap<(SocketAddr, u64), (usize, Instant), std::hash::BuildHasherDefault<TimedHasher>>;
 
 fn unix_seconds() -> u64 {
     SystemTime::now()
@@ -127,6 +192,45 @@ enum Wake {
     Stop,
 }
 
+/// Stack of the short-lived thread that builds the node.
+const BUILD_STACK: usize = 256 << 20;
+
+/// Build the node on a short-lived thread with a large stack, outside any async fn.
+///
+/// The node is large (ring, in-flight table, reply caches: about 8.5 MB) and the core builds
+/// it by value. Built in an async fn, the temporaries would enlarge the loop's poll frame,
+/// whose stack pages are then probed on every poll; built on the loop's own thread, the
+/// stack pages they touched would stay resident. A thread of its own gives those pages back
+/// when it exits.
+fn build_node(
+    cfg: &RunConfig,
+    store: DurableStore,
+    epoch: u32,
+) -> Result<Box<EnforcerNode>, ServerError> {
+    std::thread::scope(|scope| {
+        let builder = std::thread::Builder::new()
+            .name("dqe-build".into())
+            .stack_size(BUILD_STACK);
+        let handle = builder
+            .spawn_scoped(scope, move || {
+                EnforcerNode::new(
+                    cfg.spec.clone(),
+                    cfg.me,
+                    store,
+                    StdRng::from_os_rng(),
+                    NodeConfig::default(),
+                    epoch,
+                )
+                .map(Box::new)
+                .map_err(ServerError::Node)
+            })
+            .map_err(ServerError::Thread)?;
+        handle
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
 /// The running loop's state.
 struct Server {
     node: Box<EnforcerNode>,
@@ -138,7 +242,11 @@ struct Server {
     held: VecDeque<Held>,
     sync: Option<JoinHandle<SyncDone>>,
     write_retry_at: Option<Instant>,
-    timed: HashMap<(SocketAddr, u64), (usize, Instant)>,
+    timed: TimedTable,
+    /// (destination, id) of replies dropped after a failed group commit: the core's reply
+    /// caches would answer a repeat of such a request with the same (not durable) reply, so
+    /// the repeat's reply is dropped too until the caches have forgotten it.
+    poisoned: HashMap<(SocketAddr, u64), Instant, std::hash::BuildHasherDefault<TimedHasher>>,
     next_housekeeping: Instant,
     recv: Box<[u8; RECV_BUF]>,
 }
@@ -159,17 +267,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
     let mut opts = DurableOptions::new(&cfg.data_dir);
     opts.sync_mode = cfg.sync_mode;
     let (store, recovery) = DurableStore::open(opts, cfg.spec.oldest_retained(epoch))?;
-    let node = Box::new(
-        EnforcerNode::new(
-            cfg.spec.clone(),
-            cfg.me,
-            store,
-            StdRng::from_os_rng(),
-            NodeConfig::default(),
-            epoch,
-        )
-        .map_err(ServerError::Node)?,
-    );
+    let node = build_node(&cfg, store, epoch)?;
     info!(
         node = %me.name,
         portal = %me.portal,
@@ -203,11 +301,14 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         held: VecDeque::new(),
         sync: None,
         write_retry_at: None,
-        timed: HashMap::new(),
+        timed: TimedTable::default(),
+        poisoned: HashMap::default(),
         next_housekeeping: now,
         recv: Box::new([0; RECV_BUF]),
     };
-    server.serve(stop, Duration::from_millis(cfg.drain_ms)).await;
+    server
+        .serve(stop, Duration::from_millis(cfg.drain_ms))
+        .await;
     Ok(())
 }
 
@@ -219,6 +320,7 @@ impl Server {
     async fn serve(&mut self, stop: impl Future<Output = ()>, drain: Duration) {
         tokio::pin!(stop);
         let mut stopping: Option<Instant> = None;
+        let mut busy_rounds = 0u32;
         loop {
             if let Some(since) = stopping
                 && (self.node.in_flight() == 0 || since.elapsed() >= drain)
@@ -248,9 +350,16 @@ impl Server {
             self.start_sync();
             self.flush().await;
             if got > 0 {
-                tokio::task::yield_now().await;
+                // Let the metrics and signal tasks run now and then; yielding every
+                // iteration would cost an extra poll of the OS per small batch.
+                busy_rounds += 1;
+                if busy_rounds >= 64 {
+                    busy_rounds = 0;
+                    tokio::task::yield_now().await;
+                }
                 continue;
             }
+            busy_rounds = 0;
 
             // Idle: wait for something to do.
             let deadline = self
@@ -328,17 +437,16 @@ impl Server {
 
     /// Start timing a client request (for the latency histogram).
     fn time_request(&mut self, from: SocketAddr, len: usize) {
-        let Ok(env) = wire::decode(&self.recv[..len]) else {
+        let Some((id, variant)) = peek_header(&self.recv[..len]) else {
             return;
         };
-        let Some(kind) = metrics::kind_index(&env.body) else {
+        // Body variants 0 and 1 are Test and Set (PROTOCOL.md).
+        if variant > 1 || self.timed.len() >= MAX_TIMED {
             return;
-        };
-        if self.timed.len() < MAX_TIMED {
-            self.timed
-                .entry((from, env.id))
-                .or_insert((kind, Instant::now()));
         }
+        self.timed
+            .entry((from, id))
+            .or_insert((variant as usize, Instant::now()));
     }
 
     /// Move the node's transmits into the held queue, tagged with what they wait for.
@@ -382,6 +490,13 @@ impl Server {
             Port::Source => &self.source,
         };
         let bytes = &h.bytes[..h.len as usize];
+        if !self.poisoned.is_empty()
+            && let Some((id, _)) = peek_header(bytes)
+            && self.poisoned.contains_key(&(h.to, id))
+        {
+            self.metrics.dropped(DropReason::WriteFailed);
+            return;
+        }
         let sent = match socket.try_send_to(bytes, h.to) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.send_to(bytes, h.to).await,
             other => other,
@@ -395,9 +510,10 @@ impl Server {
             }
         }
         if h.from == Port::Portal
+            && let Some((id, _)) = peek_header(bytes)
+            && let Some((kind, t0)) = self.timed.remove(&(h.to, id))
             && let Ok(env) = wire::decode(bytes)
             && let Some(outcome) = metrics::outcome_index(&env.body)
-            && let Some((kind, t0)) = self.timed.remove(&(h.to, env.id))
         {
             self.metrics.request(kind, outcome);
             self.metrics.latency(t0.elapsed());
@@ -435,14 +551,30 @@ impl Server {
         self.node.store_mut().finish(done);
         if !ok {
             // Replies that waited on the failed writes must not claim durability.
-            let dropped = self.held.iter().filter(|h| h.seq > before).count();
-            self.held.retain(|h| h.seq <= before);
-            for _ in 0..dropped {
-                self.metrics.dropped(DropReason::WriteFailed);
-            }
+            self.poison_held_after(before);
             self.write_retry_at = Some(Instant::now() + WRITE_RETRY);
         }
         self.export();
+    }
+
+    /// Drop every held reply that waited on writes after `durable` (they failed), and
+    /// remember their requests so that repeats are not answered from the reply caches.
+    fn poison_held_after(&mut self, durable: u64) {
+        let now = Instant::now();
+        let mut kept = VecDeque::with_capacity(self.held.len());
+        for h in self.held.drain(..) {
+            if h.seq <= durable {
+                kept.push_back(h);
+                continue;
+            }
+            self.metrics.dropped(DropReason::WriteFailed);
+            if self.poisoned.len() < MAX_POISONED
+                && let Some((id, _)) = peek_header(&h.bytes[..h.len as usize])
+            {
+                self.poisoned.insert((h.to, id), now);
+            }
+        }
+        self.held = kept;
     }
 
     /// Epoch changes, forgetting unanswered timings, exporting gauges; every 100 ms.
@@ -456,6 +588,8 @@ impl Server {
         }
         self.timed
             .retain(|_, (_, t0)| now.duration_since(*t0) < TIMED_FORGET);
+        self.poisoned
+            .retain(|_, t0| now.duration_since(*t0) < POISON_FOR);
         self.export();
     }
 
@@ -485,11 +619,7 @@ impl Server {
         let before = self.node.store().durable_seq();
         if let Err(e) = self.node.store_mut().sync() {
             warn!(error = %e, "the last group commit failed; replies that waited on it are dropped");
-            let n = self.held.len();
-            self.held.retain(|h| h.seq <= before);
-            for _ in self.held.len()..n {
-                self.metrics.dropped(DropReason::WriteFailed);
-            }
+            self.poison_held_after(before);
         }
         // Everything left is durable now (or was dropped above).
         while let Some(h) = self.held.pop_front() {

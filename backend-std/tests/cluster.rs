@@ -55,15 +55,26 @@ fn every_portal_sets_and_every_portal_finds() {
     let values: Vec<_> = (0..40).map(|i| pair(&format!("cluster {i}")).1).collect();
     for (i, v) in values.iter().enumerate() {
         let portal = c.portals[i % 5];
-        assert_eq!(client.set(portal, *v), Some(Body::Stored), "SET {i} via {portal}");
+        assert_eq!(
+            client.set(portal, *v),
+            Some(Body::Stored),
+            "SET {i} via {portal}"
+        );
     }
     for (i, v) in values.iter().enumerate() {
         let k = dqe_core::hash::key_of(v);
         for portal in &c.portals {
-            assert_eq!(client.test(*portal, k), Some(Body::Found { value: *v }), "TEST {i} via {portal}");
+            assert_eq!(
+                client.test(*portal, k),
+                Some(Body::Found { value: *v }),
+                "TEST {i} via {portal}"
+            );
         }
         // A reused stamp is Found through any portal.
-        assert_eq!(client.set(c.portals[(i + 2) % 5], *v), Some(Body::Found { value: *v }));
+        assert_eq!(
+            client.set(c.portals[(i + 2) % 5], *v),
+            Some(Body::Found { value: *v })
+        );
     }
     let (k, _) = pair("never set");
     for portal in &c.portals {
@@ -75,7 +86,9 @@ fn every_portal_sets_and_every_portal_finds() {
 fn two_nodes_down_lose_nothing_and_nothing_hangs() {
     let mut c = five_nodes();
     let client = Client::new();
-    let before: Vec<_> = (0..60).map(|i| pair(&format!("before failure {i}")).1).collect();
+    let before: Vec<_> = (0..60)
+        .map(|i| pair(&format!("before failure {i}")).1)
+        .collect();
     for (i, v) in before.iter().enumerate() {
         assert_eq!(client.set(c.portals[i % 5], *v), Some(Body::Stored));
     }
@@ -92,19 +105,38 @@ fn two_nodes_down_lose_nothing_and_nothing_hangs() {
         let t0 = Instant::now();
         let got = client.test(portal, k);
         assert!(t0.elapsed() <= BUDGET, "TEST {i} took {:?}", t0.elapsed());
-        assert_eq!(got, Some(Body::Found { value: *v }), "pair {i} via {portal}");
+        assert_eq!(
+            got,
+            Some(Body::Found { value: *v }),
+            "pair {i} via {portal}"
+        );
     }
     for i in 0..30 {
         let (k, v) = pair(&format!("after failure {i}"));
         let portal = c.portals[live[i % 3]];
         let t0 = Instant::now();
         assert_eq!(client.set(portal, v), Some(Body::Stored), "SET {i}");
-        assert_eq!(client.test(c.portals[live[(i + 1) % 3]], k), Some(Body::Found { value: v }));
-        assert!(t0.elapsed() <= 2 * BUDGET, "SET+TEST {i} took {:?}", t0.elapsed());
+        assert_eq!(
+            client.test(c.portals[live[(i + 1) % 3]], k),
+            Some(Body::Found { value: v })
+        );
+        assert!(
+            t0.elapsed() <= 2 * BUDGET,
+            "SET+TEST {i} took {:?}",
+            t0.elapsed()
+        );
     }
     // A dead portal does not answer, and nothing else changed.
     assert_eq!(
-        client.request_once(c.portals[1], 0, rand_id(), Body::Test { key: [0; 20] }, Duration::from_millis(300)).map(|r| r.env.body),
+        client
+            .request_once(
+                c.portals[1],
+                0,
+                rand_id(),
+                Body::Test { key: [0; 20] },
+                Duration::from_millis(300)
+            )
+            .map(|r| r.env.body),
         None
     );
 }
@@ -127,19 +159,39 @@ fn wire_rules_hold_at_every_portal_and_storer() {
             assert_eq!(client.raw(*portal, bytes, silence), None, "portal {i}");
             assert_eq!(client.raw(storer, bytes, silence), None, "storer {i}");
         }
-        let r = client.request_once(storer, 0, rand_id(), Body::Test { key: k }, BUDGET).unwrap();
-        assert_eq!(r.env.body, Body::Refused { reason: Reason::WrongPort });
         let r = client
-            .request_once(*portal, 0xdead_beef, rand_id(), Body::Test { key: k }, BUDGET)
+            .request_once(storer, 0, rand_id(), Body::Test { key: k }, BUDGET)
             .unwrap();
-        assert_eq!(r.env.body, Body::Refused { reason: Reason::WrongCluster });
+        assert_eq!(
+            r.env.body,
+            Body::Refused {
+                reason: Reason::WrongPort
+            }
+        );
+        let r = client
+            .request_once(
+                *portal,
+                0xdead_beef,
+                rand_id(),
+                Body::Test { key: k },
+                BUDGET,
+            )
+            .unwrap();
+        assert_eq!(
+            r.env.body,
+            Body::Refused {
+                reason: Reason::WrongCluster
+            }
+        );
         assert!(r.len <= r.request_len);
     }
     // Idempotent retry through a portal that fans out to peers.
     let id = rand_id();
     let set = Body::Set { key: k, value: v };
     for _ in 0..3 {
-        let r = client.request_once(c.portals[2], 0, id, set, BUDGET).unwrap();
+        let r = client
+            .request_once(c.portals[2], 0, id, set, BUDGET)
+            .unwrap();
         assert_eq!(r.env.body, Body::Stored);
         assert!(r.len <= r.request_len);
     }

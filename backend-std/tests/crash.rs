@@ -83,7 +83,13 @@ fn kill_9_during_sets_loses_no_acknowledged_pair() {
             other => lost.push(other),
         }
     }
-    assert!(lost.is_empty(), "{} of {} acknowledged pairs lost: {:?}", lost.len(), stored.len(), &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged pairs lost: {:?}",
+        lost.len(),
+        stored.len(),
+        &lost[..lost.len().min(5)]
+    );
 }
 
 #[test]
@@ -96,7 +102,14 @@ fn a_segment_cut_mid_record_keeps_every_complete_record() {
     node.wait_ready(READY);
     let client = Client::new();
     let values: Vec<_> = (0..300).map(|i| pair(&format!("cut {i}")).1).collect();
-    let stored = pipelined_sets(node.portal, &values, 16, Duration::from_secs(5), |_| {}, || false);
+    let stored = pipelined_sets(
+        node.portal,
+        &values,
+        16,
+        Duration::from_secs(5),
+        |_| {},
+        || false,
+    );
     assert_eq!(stored.len(), values.len());
     assert!(node.term(Duration::from_secs(10)).success());
 
@@ -104,10 +117,18 @@ fn a_segment_cut_mid_record_keeps_every_complete_record() {
     assert_eq!(segs.len(), 1, "{segs:?}");
     let bytes = std::fs::read(&segs[0]).unwrap();
     let record = backend_std::durable::RECORD_BYTES;
-    assert_eq!((bytes.len() - backend_std::durable::MAGIC.len()) % record, 0);
+    assert_eq!(
+        (bytes.len() - backend_std::durable::MAGIC.len()) % record,
+        0
+    );
     // The value in the last record is the one the cut loses.
-    let last: [u8; 20] = bytes[bytes.len() - record..bytes.len() - record + 20].try_into().unwrap();
-    let f = std::fs::OpenOptions::new().write(true).open(&segs[0]).unwrap();
+    let last: [u8; 20] = bytes[bytes.len() - record..bytes.len() - record + 20]
+        .try_into()
+        .unwrap();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segs[0])
+        .unwrap();
     f.set_len((bytes.len() - 11) as u64).unwrap();
     drop(f);
 
@@ -115,9 +136,16 @@ fn a_segment_cut_mid_record_keeps_every_complete_record() {
     again.wait_ready(READY);
     let text = again.log_text();
     assert!(text.contains("recovered_records=299"), "{text}");
-    assert!(text.contains(&format!("discarded_bytes={}", record - 11)), "{text}");
+    assert!(
+        text.contains(&format!("discarded_bytes={}", record - 11)),
+        "{text}"
+    );
     for v in &values {
-        let want = if *v == last { Body::NotFound } else { Body::Found { value: *v } };
+        let want = if *v == last {
+            Body::NotFound
+        } else {
+            Body::Found { value: *v }
+        };
         assert_eq!(client.test(again.portal, key_of(v)), Some(want));
     }
     // The node appends after the cut: the lost pair can be stored again and survives.
@@ -126,4 +154,86 @@ fn a_segment_cut_mid_record_keeps_every_complete_record() {
     let mut third = Enforcer::dev(base, &data, &log);
     third.wait_ready(READY);
     assert!(third.log_text().contains("recovered_records=300"));
+}
+
+#[test]
+fn a_full_disk_refuses_sets_as_full_and_the_node_stays_up() {
+    // A file size limit stands in for a full disk: writes past it fail with EFBIG (the
+    // shell ignores SIGXFSZ, and an ignored signal stays ignored across exec).
+    let dir = tempfile::tempdir().unwrap();
+    let base = free_ports(RANGE, 3);
+    let data = dir.path().join("data");
+    let log = dir.path().join("log");
+    let script = format!(
+        "trap '' XFSZ; ulimit -f 8 && exec '{BIN}' --dev --port-base {base} --data-dir '{}'",
+        data.display()
+    );
+    let err = std::fs::File::create(&log).unwrap();
+    let child = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .env("RUST_LOG", "info")
+        .stderr(err)
+        .spawn()
+        .unwrap();
+    let mut node = Enforcer {
+        child,
+        args: vec![],
+        data_dir: data.clone(),
+        log: log.clone(),
+        portal: addr(base),
+    };
+    node.wait_ready(READY);
+    let client = Client::new();
+    let mut stored = Vec::new();
+    let mut full = false;
+    let mut unanswered = 0;
+    for i in 0..2_000 {
+        let (_, v) = pair(&format!("disk {i}"));
+        match client.set(node.portal, v) {
+            Some(Body::Stored) => stored.push(v),
+            // The SET whose group commit failed: no reply, not even to its retries.
+            None => unanswered += 1,
+            Some(Body::Refused {
+                reason: dqe_core::wire::Reason::Full,
+            }) => {
+                full = true;
+                break;
+            }
+            other => panic!("SET {i}: {other:?}"),
+        }
+    }
+    assert!(full, "no SET was refused as Full: {}", node.log_text());
+    assert!(unanswered <= 1, "{unanswered} SETs unanswered");
+    assert!(
+        node.log_text().contains("writing a segment failed"),
+        "{}",
+        node.log_text()
+    );
+    // Still up: reads are answered, and more SETs are refused rather than hanging.
+    assert_eq!(
+        client.test(node.portal, key_of(&stored[0])),
+        Some(Body::Found { value: stored[0] })
+    );
+    let (_, v) = pair("after the disk filled");
+    assert_eq!(
+        client.set(node.portal, v),
+        Some(Body::Refused {
+            reason: dqe_core::wire::Reason::Full
+        })
+    );
+    assert!(node.term(Duration::from_secs(10)).success());
+    // With room again, the node starts from what reached the disk (a torn tail is cut).
+    let mut again = Enforcer::dev(base, &data, &log);
+    again.wait_ready(READY);
+    let found = stored
+        .iter()
+        .filter(|v| client.test(again.portal, key_of(v)) == Some(Body::Found { value: **v }))
+        .count();
+    eprintln!(
+        "{} SETs acknowledged Stored before Full, {found} found after restart",
+        stored.len()
+    );
+    // Every acknowledged pair: a SET whose group commit failed got no reply, not even to its
+    // retries (the reply caches would have repeated the `Stored`).
+    assert_eq!(found, stored.len());
 }

@@ -42,9 +42,20 @@ fn set_then_test_then_set_again() {
     // A SET whose value does not hash to its key is refused.
     let (k2, _) = pair("other");
     let r = c
-        .request(node.portal, rand_id(), Body::Set { key: k2, value: v }, 3, WAIT)
+        .request(
+            node.portal,
+            rand_id(),
+            Body::Set { key: k2, value: v },
+            3,
+            WAIT,
+        )
         .unwrap();
-    assert_eq!(r.env.body, Body::Refused { reason: Reason::BadHash });
+    assert_eq!(
+        r.env.body,
+        Body::Refused {
+            reason: Reason::BadHash
+        }
+    );
 }
 
 #[test]
@@ -56,13 +67,17 @@ fn replies_echo_cluster_and_id_and_are_never_longer() {
     for cluster in [0, tag] {
         for body in [Body::Test { key: k }, Body::Set { key: k, value: v }] {
             let id = rand_id();
-            let r = c.request_once(node.portal, cluster, id, body, WAIT).expect("reply");
+            let r = c
+                .request_once(node.portal, cluster, id, body, WAIT)
+                .expect("reply");
             assert_eq!((r.env.cluster, r.env.id), (cluster, id));
             assert!(r.len <= r.request_len, "{} > {}", r.len, r.request_len);
         }
     }
     // The shortest possible request still gets a reply no longer than itself.
-    let r = c.request_once(node.portal, 0, 0, Body::Test { key: k }, WAIT).unwrap();
+    let r = c
+        .request_once(node.portal, 0, 0, Body::Test { key: k }, WAIT)
+        .unwrap();
     assert!(r.len <= r.request_len);
 }
 
@@ -72,11 +87,15 @@ fn a_retried_set_sees_stored_not_found() {
     let c = Client::new();
     let (k, v) = pair("idempotent retry");
     let id = rand_id();
-    let first = c.request_once(node.portal, 0, id, Body::Set { key: k, value: v }, WAIT).unwrap();
+    let first = c
+        .request_once(node.portal, 0, id, Body::Set { key: k, value: v }, WAIT)
+        .unwrap();
     assert_eq!(first.env.body, Body::Stored);
     // The reply "was lost": the client retries with the same id.
     for _ in 0..3 {
-        let again = c.request_once(node.portal, 0, id, Body::Set { key: k, value: v }, WAIT).unwrap();
+        let again = c
+            .request_once(node.portal, 0, id, Body::Set { key: k, value: v }, WAIT)
+            .unwrap();
         assert_eq!(again.env.body, Body::Stored);
     }
     // A new request (new id) learns the key is used.
@@ -109,7 +128,11 @@ fn undecodable_datagrams_get_no_reply() {
     ];
     for port in [base, base + 1] {
         for (what, bytes) in &cases {
-            assert_eq!(c.raw(addr(port), bytes, SILENCE), None, "{what} on port {port} was answered");
+            assert_eq!(
+                c.raw(addr(port), bytes, SILENCE),
+                None,
+                "{what} on port {port} was answered"
+            );
         }
     }
     // The node is still fine.
@@ -122,7 +145,9 @@ fn requests_on_the_wrong_port_are_refused() {
     let c = Client::new();
     let (k, v) = pair("wrong port");
     let storer = addr(base + 1);
-    let wrong = Body::Refused { reason: Reason::WrongPort };
+    let wrong = Body::Refused {
+        reason: Reason::WrongPort,
+    };
     for (to, body) in [
         (node.portal, Body::Get { key: k }),
         (node.portal, Body::Put { key: k, value: v }),
@@ -136,13 +161,31 @@ fn requests_on_the_wrong_port_are_refused() {
     // The refused Put stored nothing.
     assert_eq!(c.test(node.portal, k), Some(Body::NotFound));
     // The storer port serves Get/Put from anyone who speaks the protocol.
-    let r = c.request_once(storer, 0, rand_id(), Body::Put { key: k, value: v }, WAIT).unwrap();
+    let r = c
+        .request_once(storer, 0, rand_id(), Body::Put { key: k, value: v }, WAIT)
+        .unwrap();
     assert_eq!(r.env.body, Body::Stored);
-    let r = c.request_once(storer, 0, rand_id(), Body::Get { key: k }, WAIT).unwrap();
+    let r = c
+        .request_once(storer, 0, rand_id(), Body::Get { key: k }, WAIT)
+        .unwrap();
     assert_eq!(r.env.body, Body::Found { value: v });
     // Replies sent to a request port are dropped, not answered.
-    assert_eq!(c.raw(node.portal, &encode(&Envelope::new(0, 1, Body::Stored)), SILENCE), None);
-    assert_eq!(c.raw(storer, &encode(&Envelope::new(0, 1, Body::NotFound)), SILENCE), None);
+    assert_eq!(
+        c.raw(
+            node.portal,
+            &encode(&Envelope::new(0, 1, Body::Stored)),
+            SILENCE
+        ),
+        None
+    );
+    assert_eq!(
+        c.raw(
+            storer,
+            &encode(&Envelope::new(0, 1, Body::NotFound)),
+            SILENCE
+        ),
+        None
+    );
 }
 
 #[test]
@@ -152,8 +195,15 @@ fn another_clusters_tag_is_refused() {
     let (k, v) = pair("wrong cluster");
     let other = dev_tag(base) ^ 0x5a5a_5a5a;
     for body in [Body::Test { key: k }, Body::Set { key: k, value: v }] {
-        let r = c.request_once(node.portal, other, rand_id(), body, WAIT).unwrap();
-        assert_eq!(r.env.body, Body::Refused { reason: Reason::WrongCluster });
+        let r = c
+            .request_once(node.portal, other, rand_id(), body, WAIT)
+            .unwrap();
+        assert_eq!(
+            r.env.body,
+            Body::Refused {
+                reason: Reason::WrongCluster
+            }
+        );
         assert_eq!(r.env.cluster, other);
     }
     assert_eq!(c.test(node.portal, k), Some(Body::NotFound));
@@ -173,14 +223,46 @@ fn sigterm_exits_zero_and_keeps_every_pair() {
         assert_eq!(c.set(node.portal, *v), Some(Body::Stored));
     }
     let status = node.term(Duration::from_secs(10));
-    assert!(status.success(), "exit status {status}: {}", node.log_text());
+    assert!(
+        status.success(),
+        "exit status {status}: {}",
+        node.log_text()
+    );
     assert!(node.log_text().contains("dqe-enforcer stopped"));
     let mut again = Enforcer::dev(base, &data, &log);
     again.wait_ready(READY);
-    assert!(again.log_text().contains("recovered_records=200"), "{}", again.log_text());
+    assert!(
+        again.log_text().contains("recovered_records=200"),
+        "{}",
+        again.log_text()
+    );
     for v in &values {
         assert_eq!(c.set(again.portal, *v), Some(Body::Found { value: *v }));
     }
+}
+
+#[test]
+fn sigint_stops_cleanly_too() {
+    let (mut node, _base, _dir) = dev_node();
+    let c = Client::new();
+    let (_, v) = pair("interrupted");
+    assert_eq!(c.set(node.portal, v), Some(Body::Stored));
+    let pid = node.child.id().to_string();
+    std::process::Command::new("kill")
+        .args(["-INT", &pid])
+        .status()
+        .unwrap();
+    let status = wait_exit(&mut node.child, Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "exit status {status}: {}",
+        node.log_text()
+    );
+    assert!(
+        node.log_text().contains("stored_pairs=1"),
+        "{}",
+        node.log_text()
+    );
 }
 
 #[test]
@@ -195,13 +277,21 @@ fn startup_line_and_metrics_endpoint() {
         "--metrics".to_string(),
         metrics.to_string(),
     ];
-    let mut node = Enforcer::spawn(&args, &dir.path().join("data"), &dir.path().join("log"), addr(base));
+    let mut node = Enforcer::spawn(
+        &args,
+        &dir.path().join("data"),
+        &dir.path().join("log"),
+        addr(base),
+    );
     node.wait_ready(READY);
     let log = node.log_text();
     assert!(log.contains("dqe-enforcer started"), "{log}");
     assert!(log.contains("node=dev"), "{log}");
     assert!(log.contains(&format!("portal=127.0.0.1:{base}")), "{log}");
-    assert!(log.contains(&format!("cluster_tag={:#010x}", dev_tag(base))), "{log}");
+    assert!(
+        log.contains(&format!("cluster_tag={:#010x}", dev_tag(base))),
+        "{log}"
+    );
     let c = Client::new();
     let (_, v) = pair("metrics");
     assert_eq!(c.set(node.portal, v), Some(Body::Stored));
@@ -222,14 +312,22 @@ fn startup_line_and_metrics_endpoint() {
     ] {
         assert!(text.contains(needle), "missing {needle}:\n{text}");
     }
-    // Every answered request is timed: the readiness probe and the two SETs.
+    // Every answered client request is timed: the readiness probes and the two SETs.
     let timed: u64 = text
         .lines()
         .find_map(|l| l.strip_prefix("dqe_client_request_duration_seconds_count "))
         .unwrap()
         .parse()
         .unwrap();
-    assert_eq!(timed, 3, "{text}");
+    let answered: u64 = text
+        .lines()
+        .filter(|l| l.starts_with("dqe_requests_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum();
+    assert!(
+        timed >= 3 && timed == answered,
+        "{timed} timed, {answered} answered:\n{text}"
+    );
     let batches: f64 = text
         .lines()
         .find_map(|l| l.strip_prefix("dqe_fsync_batches_total "))
@@ -265,7 +363,10 @@ fn a_bad_cluster_file_names_line_and_field() {
     std::fs::write(&path, "[cluster]\nreplication = \"x\"\n").unwrap();
     let (status, err) = run_to_exit(&["--config", &p, "--node", "n1"], Duration::from_secs(10));
     assert!(!status.success());
-    assert!(err.contains(":2:") && err.contains("cluster.replication"), "{err}");
+    assert!(
+        err.contains(":2:") && err.contains("cluster.replication"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -275,7 +376,10 @@ fn an_unknown_node_is_a_clear_error() {
     let p = path.display().to_string();
     let (status, err) = run_to_exit(&["--config", &p, "--node", "n7"], Duration::from_secs(10));
     assert!(!status.success());
-    assert!(err.contains("no node is named `n7`") && err.contains("n0, n1"), "{err}");
+    assert!(
+        err.contains("no node is named `n7`") && err.contains("n0, n1"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -285,12 +389,21 @@ fn a_port_in_use_is_a_clear_error() {
     let _taken = std::net::UdpSocket::bind(addr(base + 1)).unwrap();
     let data = dir.path().join("data").display().to_string();
     let (status, err) = run_to_exit(
-        &["--dev", "--port-base", &base.to_string(), "--data-dir", &data],
+        &[
+            "--dev",
+            "--port-base",
+            &base.to_string(),
+            "--data-dir",
+            &data,
+        ],
         Duration::from_secs(10),
     );
     assert!(!status.success());
     assert!(
-        err.contains(&format!("cannot bind the storer socket on 127.0.0.1:{}", base + 1)),
+        err.contains(&format!(
+            "cannot bind the storer socket on 127.0.0.1:{}",
+            base + 1
+        )),
         "{err}"
     );
 }

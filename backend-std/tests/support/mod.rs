@@ -102,13 +102,22 @@ impl Enforcer {
                 panic!("dqe-enforcer exited with {status}: {}", self.log_text());
             }
             if client
-                .request_once(self.portal, 0, rand_id(), Body::Test { key: k }, Duration::from_millis(200))
+                .request_once(
+                    self.portal,
+                    0,
+                    rand_id(),
+                    Body::Test { key: k },
+                    Duration::from_millis(200),
+                )
                 .is_some()
             {
                 return;
             }
         }
-        panic!("dqe-enforcer not ready after {within:?}: {}", self.log_text());
+        panic!(
+            "dqe-enforcer not ready after {within:?}: {}",
+            self.log_text()
+        );
     }
 
     /// SIGKILL.
@@ -229,7 +238,9 @@ impl Client {
         let t0 = Instant::now();
         let mut buf = [0u8; 2048];
         while t0.elapsed() < wait {
-            let left = wait.saturating_sub(t0.elapsed()).max(Duration::from_millis(1));
+            let left = wait
+                .saturating_sub(t0.elapsed())
+                .max(Duration::from_millis(1));
             self.sock.set_read_timeout(Some(left)).expect("timeout");
             let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
                 return None;
@@ -248,7 +259,14 @@ impl Client {
     }
 
     /// Up to `tries` tries with the same id, `wait` each.
-    pub fn request(&self, to: SocketAddr, id: u64, body: Body, tries: u32, wait: Duration) -> Option<Reply> {
+    pub fn request(
+        &self,
+        to: SocketAddr,
+        id: u64,
+        body: Body,
+        tries: u32,
+        wait: Duration,
+    ) -> Option<Reply> {
         (0..tries).find_map(|_| self.request_once(to, 0, id, body, wait))
     }
 
@@ -261,8 +279,14 @@ impl Client {
     /// SET with the default retry budget; the reply body.
     pub fn set(&self, to: SocketAddr, value: Value) -> Option<Body> {
         let key = key_of(&value);
-        self.request(to, rand_id(), Body::Set { key, value }, 3, Duration::from_secs(1))
-            .map(|r| r.env.body)
+        self.request(
+            to,
+            rand_id(),
+            Body::Set { key, value },
+            3,
+            Duration::from_secs(1),
+        )
+        .map(|r| r.env.body)
     }
 }
 
@@ -278,14 +302,22 @@ pub fn pipelined_sets(
     stop: impl Fn() -> bool,
 ) -> Vec<Value> {
     let sock = UdpSocket::bind("127.0.0.1:0").expect("bind");
-    sock.set_read_timeout(Some(Duration::from_millis(20))).expect("timeout");
+    sock.set_read_timeout(Some(Duration::from_millis(20)))
+        .expect("timeout");
     let mut outstanding: HashMap<u64, (usize, Instant, Instant)> = HashMap::new();
     let mut next = 0;
     let mut stored = Vec::new();
     let mut buf = [0u8; 2048];
     let send = |i: usize, id: u64| {
         let v = values[i];
-        let bytes = encode(&Envelope::new(0, id, Body::Set { key: key_of(&v), value: v }));
+        let bytes = encode(&Envelope::new(
+            0,
+            id,
+            Body::Set {
+                key: key_of(&v),
+                value: v,
+            },
+        ));
         let _ = sock.send_to(&bytes, to);
     };
     while (next < values.len() || !outstanding.is_empty()) && !stop() {
