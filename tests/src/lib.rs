@@ -49,8 +49,14 @@ pub fn bin(bin: &str) -> PathBuf {
     };
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.current_dir(workspace_root())
-        .args(["build", "--quiet", "-p", package_of(bin), "--bin", bin]);
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "--quiet",
+        "-p",
+        package_of(bin),
+        "--bin",
+        bin,
+    ]);
     if profile == "release" {
         cmd.arg("--release");
     }
