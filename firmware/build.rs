@@ -2,21 +2,22 @@
 //!
 //! `DQE_CLUSTER_CONFIG=path` names the TOML file (the same file the servers read; default
 //! `cluster.example.toml` beside this script) and `DQE_NODE=name` the node this build is for
-//! (optional when the file has one node). The file is parsed and validated by the same module
-//! the sim board uses at run time, so a file a server rejects fails the board's build too.
+//! (optional when the file has one node). The file is parsed and validated by the one parser
+//! of the cluster file, `backend_std::config_file`, so a file a server rejects fails the
+//! board's build too, with the same file:line:column and field.
 
-#[path = "src/config_file.rs"]
+// Included by path rather than taking backend-std as a build-dependency: that module is kept
+// self-contained (std, serde, toml, thiserror, heapless, dqe-core: exactly this script's
+// build-dependencies), while the crate would build tokio, memmap2 and tracing for the host on
+// every board build only to parse one file. The sim board links backend-std anyway (it runs on
+// std) and uses the same module through it.
+#[path = "../backend-std/src/config_file.rs"]
 #[allow(dead_code)]
 mod config_file;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-
-use config_file::ClusterFile;
-
-/// Nodes a build script accepts; the firmware's own capacity is checked again at run time.
-const BUILD_MAX_NODES: usize = 256;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=DQE_CLUSTER_CONFIG");
@@ -27,18 +28,17 @@ fn main() {
         None => manifest.join("cluster.example.toml"),
     };
     println!("cargo:rerun-if-changed={}", path.display());
-    println!("cargo:rerun-if-changed=src/config_file.rs");
+    println!("cargo:rerun-if-changed=../backend-std/src/config_file.rs");
 
-    let file = ClusterFile::read(&path).unwrap_or_else(|e| fail(&e.to_string()));
-    let spec = file
-        .to_spec::<BUILD_MAX_NODES>()
-        .unwrap_or_else(|e| fail(&format!("{}: {e}", path.display())));
+    // The server's capacities: the board's own (smaller) ones are checked again at run time.
+    let spec = config_file::load(&path).unwrap_or_else(|e| fail(&e.to_string()));
     let node = match std::env::var("DQE_NODE") {
         Ok(name) => name,
         Err(_) if spec.nodes.len() == 1 => spec.nodes[0].name.as_str().to_owned(),
         Err(_) => fail("DQE_NODE is not set and the cluster file has more than one node"),
     };
-    let index = ClusterFile::node_index(&spec, &node).unwrap_or_else(|e| fail(&e.to_string()));
+    let index =
+        config_file::find_node(&path, &spec, &node).unwrap_or_else(|e| fail(&e.to_string()));
 
     let mut out = String::new();
     writeln!(

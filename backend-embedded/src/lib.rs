@@ -24,7 +24,7 @@ use core::net::{SocketAddr, SocketAddrV4};
 use core::task::{Context, Poll, Waker};
 
 use dqe_core::config::NodeSpec;
-use dqe_core::node::{Node, Port};
+use dqe_core::node::{Node, PORTAL_QUEUE, Port, STORER_QUEUE};
 use dqe_core::store::Store;
 use dqe_core::wire::MAX_DATAGRAM;
 use embassy_futures::select::select4;
@@ -167,14 +167,25 @@ pub struct BackendStats {
     pub epoch_changes: u64,
 }
 
-/// A core node bound to three embassy-net UDP sockets.
-pub struct EmbeddedNode<'a, S, R, E, const N: usize, const P: usize, const F: usize, const C: usize>
-where
+/// A core node bound to three embassy-net UDP sockets. `QP` and `QS` are the node's
+/// outgoing queue capacities (see [`Node`]).
+pub struct EmbeddedNode<
+    'a,
+    S,
+    R,
+    E,
+    const N: usize,
+    const P: usize,
+    const F: usize,
+    const C: usize,
+    const QP: usize = PORTAL_QUEUE,
+    const QS: usize = STORER_QUEUE,
+> where
     S: Store,
     R: RngCore,
     E: EpochSource,
 {
-    node: &'a mut Node<S, R, N, P, F, C>,
+    node: &'a mut Node<S, R, N, P, F, C, QP, QS>,
     storer: UdpSocket<'a>,
     portal: UdpSocket<'a>,
     source: UdpSocket<'a>,
@@ -183,8 +194,17 @@ where
     stats: BackendStats,
 }
 
-impl<S, R, E, const N: usize, const P: usize, const F: usize, const C: usize> core::fmt::Debug
-    for EmbeddedNode<'_, S, R, E, N, P, F, C>
+impl<
+    S,
+    R,
+    E,
+    const N: usize,
+    const P: usize,
+    const F: usize,
+    const C: usize,
+    const QP: usize,
+    const QS: usize,
+> core::fmt::Debug for EmbeddedNode<'_, S, R, E, N, P, F, C, QP, QS>
 where
     S: Store,
     R: RngCore,
@@ -198,8 +218,18 @@ where
     }
 }
 
-impl<'a, S, R, E, const N: usize, const P: usize, const F: usize, const C: usize>
-    EmbeddedNode<'a, S, R, E, N, P, F, C>
+impl<
+    'a,
+    S,
+    R,
+    E,
+    const N: usize,
+    const P: usize,
+    const F: usize,
+    const C: usize,
+    const QP: usize,
+    const QS: usize,
+> EmbeddedNode<'a, S, R, E, N, P, F, C, QP, QS>
 where
     S: Store,
     R: RngCore,
@@ -211,7 +241,7 @@ where
         stack: Stack<'a>,
         resources: &'a mut Resources<PACKETS, BYTES>,
         me: &NodeSpec,
-        node: &'a mut Node<S, R, N, P, F, C>,
+        node: &'a mut Node<S, R, N, P, F, C, QP, QS>,
         epoch_source: E,
     ) -> Result<Self, BindError> {
         let Resources {
@@ -236,7 +266,7 @@ where
     }
 
     /// The node this backend drives.
-    pub fn node(&self) -> &Node<S, R, N, P, F, C> {
+    pub fn node(&self) -> &Node<S, R, N, P, F, C, QP, QS> {
         self.node
     }
 

@@ -6,6 +6,12 @@
 //! with a byte span; the rules of a well-formed cluster come from
 //! [`ClusterSpec::validate`] and are mapped back to the span of the field that breaks them.
 //!
+//! This is the one parser of the file: `dqe-enforcer`, the `dqe` tools, the firmware's sim
+//! board and the firmware's `build.rs` (which includes this file by path, for boards without a
+//! file system) all use it, so they accept and refuse exactly the same files. It therefore
+//! uses nothing of this crate but itself: only `std`, `serde`, `toml`, `thiserror`,
+//! `heapless` and `dqe-core`.
+//!
 //! ```toml
 //! [cluster]
 //! replication = 2        # r
@@ -26,16 +32,22 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use dqe_core::config::{ClusterSpec, ConfigError, DEFAULT_VNODES, NAME_MAX, NodeName, NodeSpec};
+use dqe_core::config::{
+    ClusterSpec, ConfigError, DEFAULT_VNODES, NAME_MAX, NodeIndex, NodeName, NodeSpec,
+};
 use serde::Deserialize;
 use toml::Spanned;
 
-/// Nodes a cluster file may list (the `N` of the node this crate runs).
+/// Nodes a cluster file may list (the `N` of the node `dqe-enforcer` runs).
 pub const MAX_NODES: usize = 256;
-/// Ring points the node has room for: `nodes * vnodes` must not exceed it.
+/// Ring points `dqe-enforcer` has room for: `nodes * vnodes` must not exceed it.
 pub const MAX_RING_POINTS: usize = 8192;
+/// Most epochs a key may be retained: `dqe-enforcer`'s index stores an entry's epoch as a
+/// one-byte offset (`index::MAX_EPOCH_SPAN`, checked equal by a test). Every reader applies
+/// it, boards included, because every node of a mixed cluster must accept the same file.
+pub const MAX_RETAIN_EPOCHS: u32 = 254;
 
-/// The cluster model this backend runs.
+/// The cluster model `dqe-enforcer` and the tools run.
 pub type Cluster = ClusterSpec<MAX_NODES>;
 
 /// Where in the file a problem is.
@@ -77,28 +89,38 @@ pub enum ConfigFileError {
     #[error("{at}: {message}")]
     Syntax { at: Location, message: String },
     /// An address that is not `ip:port`.
-    #[error("{at}: `{value}` is not an address of the form ip:port")]
+    #[error("{at}: `{value}` is not an address of the form ip:port (e.g. 127.0.0.1:8101)")]
     BadAddress { at: Location, value: String },
     /// A node name longer than the protocol allows.
     #[error("{at}: the name `{name}` is longer than {NAME_MAX} bytes")]
     NameTooLong { at: Location, name: String },
-    /// More nodes than this build can run.
-    #[error("{at}: {count} nodes is more than this build's capacity of {MAX_NODES}")]
-    TooManyNodes { at: Location, count: usize },
-    /// `nodes * vnodes` ring points do not fit in the node.
+    /// More nodes than the reading build can run.
+    #[error("{at}: {count} nodes is more than this build's capacity of {capacity}")]
+    TooManyNodes {
+        at: Location,
+        count: usize,
+        capacity: usize,
+    },
+    /// `nodes * vnodes` ring points do not fit in the reading build.
     #[error(
-        "{at}: {points} ring points (nodes x vnodes) is more than this build's capacity of {MAX_RING_POINTS}"
+        "{at}: {points} ring points (nodes x vnodes) is more than this build's capacity of {capacity}: lower vnodes"
     )]
-    TooManyRingPoints { at: Location, points: usize },
+    TooManyRingPoints {
+        at: Location,
+        points: usize,
+        capacity: usize,
+    },
     /// `retain_epochs` is wider than the index can hold (its epoch offset is one byte).
-    #[error(
-        "{at}: retain_epochs {retain_epochs} is more than this node's limit of {}",
-        crate::index::MAX_EPOCH_SPAN
-    )]
+    #[error("{at}: retain_epochs {retain_epochs} is more than the limit of {MAX_RETAIN_EPOCHS}")]
     RetainTooLong { at: Location, retain_epochs: u32 },
-    /// A rule of a well-formed cluster (PROTOCOL.md "Assignment") is broken.
-    #[error("{at}: {rule}")]
-    Rule { at: Location, rule: ConfigError },
+    /// A rule of a well-formed cluster (PROTOCOL.md "Assignment") is broken; `hint` says how
+    /// to mend it, with the other party of a duplicate. (Boxed to keep every `Result` small.)
+    #[error("{at}: {rule}{hint}")]
+    Rule {
+        at: Location,
+        rule: Box<ConfigError>,
+        hint: Box<str>,
+    },
     /// `--node NAME` names no node of the file.
     #[error("{}: no node is named `{name}` (the file names: {})", path.display(), known.join(", "))]
     UnknownNode {
@@ -120,6 +142,14 @@ impl ConfigFileError {
             | ConfigFileError::RetainTooLong { at, .. }
             | ConfigFileError::Rule { at, .. } => Some(at),
             ConfigFileError::Unreadable { .. } | ConfigFileError::UnknownNode { .. } => None,
+        }
+    }
+
+    /// The cluster rule broken, when the file is well-formed TOML but not a usable cluster.
+    pub fn rule(&self) -> Option<&ConfigError> {
+        match self {
+            ConfigFileError::Rule { rule, .. } => Some(rule),
+            _ => None,
         }
     }
 }
@@ -151,17 +181,35 @@ struct NodeRepr {
     source: Spanned<String>,
 }
 
-/// Read and validate a cluster file.
+/// Read and validate a cluster file for `dqe-enforcer`'s capacities.
 pub fn load(path: &Path) -> Result<Cluster, ConfigFileError> {
+    load_with_capacity::<MAX_NODES>(path, MAX_RING_POINTS)
+}
+
+/// Parse and validate the text of a cluster file for `dqe-enforcer`'s capacities; `path` is
+/// only used in errors.
+pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigFileError> {
+    parse_with_capacity::<MAX_NODES>(path, text, MAX_RING_POINTS)
+}
+
+/// [`load`] for a build holding up to `N` nodes and `ring_points` ring points (a board).
+pub fn load_with_capacity<const N: usize>(
+    path: &Path,
+    ring_points: usize,
+) -> Result<ClusterSpec<N>, ConfigFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Unreadable {
         path: path.to_path_buf(),
         source,
     })?;
-    parse(path, &text)
+    parse_with_capacity(path, &text, ring_points)
 }
 
-/// Parse and validate the text of a cluster file; `path` is only used in errors.
-pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigFileError> {
+/// [`parse`] for a build holding up to `N` nodes and `ring_points` ring points (a board).
+pub fn parse_with_capacity<const N: usize>(
+    path: &Path,
+    text: &str,
+    ring_points: usize,
+) -> Result<ClusterSpec<N>, ConfigFileError> {
     let at = |span: Range<usize>, field: &str| locate(path, text, span.start, field.to_string());
     let repr: FileRepr = toml::from_str(text).map_err(|e| {
         let start = e.span().map(|s| s.start).unwrap_or(0);
@@ -178,13 +226,14 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigFileError> {
     })?;
 
     let nodes_repr = repr.nodes.get_ref();
-    if nodes_repr.len() > MAX_NODES {
+    if nodes_repr.len() > N {
         return Err(ConfigFileError::TooManyNodes {
             at: at(repr.nodes.span(), "nodes"),
             count: nodes_repr.len(),
+            capacity: N,
         });
     }
-    let mut nodes = heapless::Vec::<NodeSpec, MAX_NODES>::new();
+    let mut nodes = heapless::Vec::<NodeSpec, N>::new();
     for (i, n) in nodes_repr.iter().enumerate() {
         let n = n.get_ref();
         let name = NodeName::try_from(n.name.get_ref().as_str()).map_err(|_| {
@@ -212,7 +261,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigFileError> {
     }
 
     let c = repr.cluster.get_ref();
-    let mut spec = Cluster::with_defaults(nodes, *c.replication.get_ref());
+    let mut spec = ClusterSpec::<N>::with_defaults(nodes, *c.replication.get_ref());
     if let Some(v) = &c.vnodes {
         spec.vnodes = *v.get_ref();
     }
@@ -232,19 +281,32 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigFileError> {
 
     let cluster_span = repr.cluster.span();
     let span_or_cluster = |s: Option<Range<usize>>| s.unwrap_or_else(|| cluster_span.clone());
+    let line_of = |span: Range<usize>| locate(path, text, span.start, String::new()).line;
     if let Err(rule) = spec.validate() {
-        let (span, field) = match &rule {
-            ConfigError::Empty | ConfigError::TooManyNodes { .. } => {
-                (repr.nodes.span(), "nodes".to_string())
-            }
+        let (span, field, hint) = match &rule {
+            ConfigError::Empty | ConfigError::TooManyNodes { .. } => (
+                repr.nodes.span(),
+                "nodes".to_string(),
+                ": add one [[nodes]] table with name, portal, storer and source per node"
+                    .to_string(),
+            ),
             ConfigError::EmptyName { node } => (
                 nodes_repr[*node].get_ref().name.span(),
                 format!("nodes[{node}].name"),
+                ": give every node a unique name".to_string(),
             ),
-            ConfigError::DuplicateName { second, .. } => (
-                nodes_repr[*second].get_ref().name.span(),
-                format!("nodes[{second}].name"),
-            ),
+            ConfigError::DuplicateName { first, second } => {
+                let name = &nodes_repr[*second].get_ref().name;
+                let first_line = line_of(nodes_repr[*first].get_ref().name.span());
+                (
+                    name.span(),
+                    format!("nodes[{second}].name"),
+                    format!(
+                        ": `{}` is also the name of nodes[{first}] (line {first_line}): names must be unique",
+                        name.get_ref()
+                    ),
+                )
+            }
             ConfigError::DuplicateAddress {
                 first,
                 second,
@@ -264,37 +326,57 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigFileError> {
                     .filter(|(_, s)| s.get_ref().parse::<SocketAddr>().ok() == Some(*addr));
                 let hit = if same_node { hits.nth(1) } else { hits.next() };
                 let (role, s) = hit.copied().unwrap_or(roles[0]);
-                (s.span(), format!("nodes[{second}].{role}"))
+                let hint = if same_node {
+                    ": portal, storer and source need three different addresses".to_string()
+                } else {
+                    let other = nodes_repr[*first].get_ref();
+                    format!(
+                        ": nodes[{first}] is `{}` (line {}): every address must be unique",
+                        other.name.get_ref(),
+                        line_of(other.name.span())
+                    )
+                };
+                (s.span(), format!("nodes[{second}].{role}"), hint)
             }
-            ConfigError::ReplicationOutOfRange { .. } => {
-                (c.replication.span(), "cluster.replication".to_string())
-            }
+            ConfigError::ReplicationOutOfRange { .. } => (
+                c.replication.span(),
+                "cluster.replication".to_string(),
+                String::new(),
+            ),
             ConfigError::NoVnodes => (
                 span_or_cluster(c.vnodes.as_ref().map(|v| v.span())),
                 "cluster.vnodes".to_string(),
+                format!(" ({DEFAULT_VNODES} is the default)"),
             ),
             ConfigError::HandoffOutOfRange { .. } => (
                 span_or_cluster(c.handoff.as_ref().map(|v| v.span())),
                 "cluster.handoff".to_string(),
+                String::new(),
             ),
             ConfigError::ZeroEpoch => (
                 span_or_cluster(c.epoch_seconds.as_ref().map(|v| v.span())),
                 "cluster.epoch_seconds".to_string(),
+                " (86400, a day, is the default)".to_string(),
             ),
-            ConfigError::RetainTooShort { .. } => match &c.retain_epochs {
-                Some(r) => (r.span(), "cluster.retain_epochs".to_string()),
-                None => (
-                    span_or_cluster(c.grace.as_ref().map(|v| v.span())),
-                    "cluster.grace".to_string(),
-                ),
-            },
+            ConfigError::RetainTooShort { .. } => {
+                let hint = ": a key must outlive every stamp that maps to it".to_string();
+                match &c.retain_epochs {
+                    Some(r) => (r.span(), "cluster.retain_epochs".to_string(), hint),
+                    None => (
+                        span_or_cluster(c.grace.as_ref().map(|v| v.span())),
+                        "cluster.grace".to_string(),
+                        hint,
+                    ),
+                }
+            }
         };
         return Err(ConfigFileError::Rule {
             at: at(span, &field),
-            rule,
+            rule: Box::new(rule),
+            hint: hint.into_boxed_str(),
         });
     }
-    if spec.retain_epochs > crate::index::MAX_EPOCH_SPAN {
+    if spec.retain_epochs > MAX_RETAIN_EPOCHS {
         let (span, field) = match &c.retain_epochs {
             Some(r) => (r.span(), "cluster.retain_epochs"),
             None => (
@@ -308,7 +390,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigFileError> {
         });
     }
     let points = spec.nodes.len() * spec.vnodes as usize;
-    if points > MAX_RING_POINTS {
+    if points > ring_points {
         let span = span_or_cluster(c.vnodes.as_ref().map(|v| v.span()));
         let field = if c.vnodes.is_some() {
             "cluster.vnodes"
@@ -318,17 +400,18 @@ pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigFileError> {
         return Err(ConfigFileError::TooManyRingPoints {
             at: at(span, field),
             points,
+            capacity: ring_points,
         });
     }
     Ok(spec)
 }
 
 /// The index of `name` in `spec`, or the error that lists the names the file has.
-pub fn find_node(
+pub fn find_node<const N: usize>(
     path: &Path,
-    spec: &Cluster,
+    spec: &ClusterSpec<N>,
     name: &str,
-) -> Result<dqe_core::config::NodeIndex, ConfigFileError> {
+) -> Result<NodeIndex, ConfigFileError> {
     spec.index_of(name)
         .ok_or_else(|| ConfigFileError::UnknownNode {
             path: path.to_path_buf(),
@@ -501,11 +584,8 @@ source = "127.0.0.1:8203"
     fn cluster_rules_point_at_the_field() {
         let e = err(&GOOD.replace("replication = 2", "replication = 3"));
         assert!(matches!(
-            e,
-            ConfigFileError::Rule {
-                rule: ConfigError::ReplicationOutOfRange { .. },
-                ..
-            }
+            e.rule(),
+            Some(ConfigError::ReplicationOutOfRange { .. })
         ));
         assert_eq!(e.location().unwrap().line, 3);
 
@@ -523,6 +603,91 @@ source = "127.0.0.1:8203"
         let e = err(&GOOD.replace("replication = 2", "replication = 2\nretain_epochs = 300"));
         assert!(matches!(e, ConfigFileError::RetainTooLong { .. }));
         assert_eq!(e.location().unwrap().field, "cluster.retain_epochs");
+    }
+
+    #[test]
+    fn the_retention_limit_is_the_index_span() {
+        assert_eq!(MAX_RETAIN_EPOCHS, crate::index::MAX_EPOCH_SPAN);
+    }
+
+    #[test]
+    fn a_huge_grace_is_refused_not_overflowed() {
+        let e = err(&GOOD.replace("replication = 2", "replication = 2\ngrace = 4294967295"));
+        assert!(
+            matches!(e.rule(), Some(ConfigError::RetainTooShort { .. })),
+            "{e}"
+        );
+        assert_eq!(e.location().unwrap().field, "cluster.grace");
+    }
+
+    #[test]
+    fn duplicates_name_the_other_node_and_its_line() {
+        let e = err(&GOOD.replace("name = \"n2\"", "name = \"n1\""));
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("c.toml:10:8: field `nodes[1].name`: "),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("also the name of nodes[0] (line 5): names must be unique"),
+            "{msg}"
+        );
+        let e = err(&GOOD.replace("127.0.0.1:8203", "127.0.0.1:8202"));
+        assert!(
+            e.to_string()
+                .contains("portal, storer and source need three different addresses"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_build_capacity_is_enforced_with_the_field() {
+        let e = parse_with_capacity::<1>(Path::new("c.toml"), GOOD, 64).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigFileError::TooManyNodes {
+                    count: 2,
+                    capacity: 1,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(e.location().unwrap().field, "nodes");
+        let e = parse_with_capacity::<2>(Path::new("c.toml"), GOOD, 31).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigFileError::TooManyRingPoints {
+                    points: 32,
+                    capacity: 31,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let small = parse_with_capacity::<2>(Path::new("c.toml"), GOOD, 32).unwrap();
+        assert_eq!(small.nodes.len(), 2);
+        assert_eq!(find_node(Path::new("c.toml"), &small, "n2").unwrap(), 1);
+    }
+
+    #[test]
+    fn a_long_name_is_refused_with_its_field() {
+        let long = "n".repeat(NAME_MAX + 1);
+        let e = err(&GOOD.replace("\"n2\"", &format!("\"{long}\"")));
+        assert!(matches!(e, ConfigFileError::NameTooLong { .. }), "{e}");
+        assert_eq!(e.location().unwrap().field, "nodes[1].name");
+    }
+
+    #[test]
+    fn an_unreadable_file_names_its_path() {
+        let e = load(Path::new("/nonexistent/dqe/c.toml")).unwrap_err();
+        assert!(matches!(e, ConfigFileError::Unreadable { .. }));
+        assert!(
+            e.to_string().starts_with("/nonexistent/dqe/c.toml: "),
+            "{e}"
+        );
     }
 
     #[test]

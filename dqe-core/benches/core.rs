@@ -10,10 +10,13 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, sha1_concat};
+use dqe_core::node::{Node, NodeConfig, Port};
 use dqe_core::ring::Ring;
 use dqe_core::stamp::{self, CertBody, CertCache, Certificate, Stamp};
 use dqe_core::store::{FixedStore, Slot, Store};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 
 /// Distinct keys cycled through, so lookups do not all hit one cached path.
 const KEY_POOL: usize = 4096;
@@ -196,5 +199,102 @@ fn store(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, envelope, assignment, stamps, store);
+/// Nodes, ring points, requests in flight and reply-cache entries of backend-std.
+const PORTAL_N: usize = 256;
+const PORTAL_P: usize = 8192;
+const PORTAL_F: usize = 1024;
+const PORTAL_C: usize = 16384;
+
+type BenchNode = Node<FixedStore<Vec<Slot>>, StdRng, PORTAL_N, PORTAL_P, PORTAL_F, PORTAL_C>;
+
+/// One Test whose read set includes the node itself, through the node's code: the request,
+/// its local share, the replies of its remote sub-requests, and the verdict. The table holds
+/// `F / 2` other requests that never finish, as under load.
+/// The node takes megabytes of stack while it is built and driven: run on a thread with room,
+/// with its own criterion (the caller's cannot cross threads), configured from the same args.
+fn portal(_: &mut Criterion) {
+    std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(|| {
+            let mut c = Criterion::default().configure_from_args();
+            portal_round(&mut c);
+            c.final_summary();
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+fn portal_round(c: &mut Criterion) {
+    let spec = cluster::<PORTAL_N>(PORTAL_N, 3);
+    let config = NodeConfig {
+        attempt_timeout: 1_000_000,
+        ..NodeConfig::default()
+    };
+    let store = FixedStore::new(vec![Slot::EMPTY; 4096]);
+    let mut node: Box<BenchNode> =
+        Box::new(Node::new(spec.clone(), 0, store, StdRng::seed_from_u64(7), config, 1).unwrap());
+    let depth = usize::from(spec.replication + spec.handoff);
+    let mut local = Vec::new();
+    let mut remote = Vec::new();
+    for i in 0u32.. {
+        let key = sha1_concat(&[b"portal-bench", &i.to_be_bytes()]);
+        if node.ring().preference(&key).take(depth).any(|n| n == 0) {
+            local.push(key);
+        } else {
+            remote.push(key);
+        }
+        if local.len() >= 256 && remote.len() >= PORTAL_F / 2 {
+            break;
+        }
+    }
+    let tag = node.cluster_tag();
+    let client = |i: u64| {
+        SocketAddr::new(
+            IpAddr::V4(Ipv4Addr::new(192, 168, (i >> 8) as u8, i as u8)),
+            9000,
+        )
+    };
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let mut out = [0u8; MAX_DATAGRAM];
+    // Fill half the table with requests whose storers never answer.
+    for (i, key) in remote.iter().take(PORTAL_F / 2).enumerate() {
+        let env = Envelope::new(tag, i as u64, Body::Test { key: *key });
+        let bytes = wire::encode(&env, &mut buf).unwrap();
+        node.handle(0, Port::Portal, client(i as u64), bytes);
+        while node.poll_transmit(&mut out).is_some() {}
+    }
+    let mut id = 1u64 << 40;
+    let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    c.bench_function("portal/Test with local share, N=256 F=1024", |b| {
+        b.iter(|| {
+            id += 1;
+            let key = local[(id % local.len() as u64) as usize];
+            let env = Envelope::new(tag, id, Body::Test { key });
+            let bytes = wire::encode(&env, &mut buf).unwrap();
+            node.handle(0, Port::Portal, client(id % 4096), bytes);
+            replies.clear();
+            while let Some(t) = node.poll_transmit(&mut out) {
+                if t.from == Port::Source {
+                    let sub = wire::decode(&out[..t.len]).unwrap();
+                    let reply = wire::encode(&sub.reply(Body::NotFound), &mut buf).unwrap();
+                    replies.push((t.to, reply.to_vec()));
+                }
+            }
+            for (from, reply) in &replies {
+                node.handle(0, Port::Source, *from, reply);
+            }
+            let mut verdict = None;
+            while let Some(t) = node.poll_transmit(&mut out) {
+                if t.from == Port::Portal {
+                    verdict = Some(wire::decode(&out[..t.len]).unwrap().body);
+                }
+            }
+            assert_eq!(verdict, Some(Body::NotFound));
+            black_box(node.poll_timeout())
+        })
+    });
+}
+
+criterion_group!(benches, envelope, assignment, stamps, store, portal);
 criterion_main!(benches);

@@ -52,6 +52,8 @@ pub enum Change {
 #[derive(Debug, Clone)]
 pub struct FailureDetector<const N: usize> {
     health: [Health; N],
+    /// Nodes believed down, so that the common case (none) costs nothing to ask about.
+    down: usize,
     threshold: u8,
     probe_interval: Millis,
 }
@@ -61,6 +63,7 @@ impl<const N: usize> FailureDetector<N> {
     pub fn new(threshold: u8, probe_interval: Millis) -> Self {
         FailureDetector {
             health: [Health::Up { misses: 0 }; N],
+            down: 0,
             threshold: threshold.max(1),
             probe_interval,
         }
@@ -81,10 +84,7 @@ impl<const N: usize> FailureDetector<N> {
 
     /// How many nodes are believed down.
     pub fn down_count(&self) -> usize {
-        self.health
-            .iter()
-            .filter(|h| matches!(h, Health::Down { .. }))
-            .count()
+        self.down
     }
 
     /// `node` answered something: it is up, with no misses.
@@ -97,6 +97,9 @@ impl<const N: usize> FailureDetector<N> {
             Health::Up { .. } => Change::Same,
         };
         *h = Health::Up { misses: 0 };
+        if change == Change::CameUp {
+            self.down -= 1;
+        }
         change
     }
 
@@ -116,6 +119,7 @@ impl<const N: usize> FailureDetector<N> {
                         next_probe,
                         probe: None,
                     };
+                    self.down += 1;
                     Change::WentDown
                 } else {
                     Change::Same
@@ -127,6 +131,9 @@ impl<const N: usize> FailureDetector<N> {
 
     /// The earliest instant a probe is due, if any node is down.
     pub fn next_probe(&self) -> Option<Millis> {
+        if self.down == 0 {
+            return None;
+        }
         self.health
             .iter()
             .filter_map(|h| match h {
@@ -138,6 +145,9 @@ impl<const N: usize> FailureDetector<N> {
 
     /// A down node whose probe is due at `now`, if any.
     pub fn due_probe(&self, now: Millis) -> Option<NodeIndex> {
+        if self.down == 0 {
+            return None;
+        }
         self.health
             .iter()
             .position(|h| matches!(h, Health::Down { next_probe, .. } if *next_probe <= now))

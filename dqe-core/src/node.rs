@@ -33,16 +33,19 @@ use crate::Millis;
 use crate::config::{ClusterSpec, ConfigError, NodeIndex};
 use crate::detector::Health;
 use crate::portal::{Context, Portal};
-use crate::ring::{Ring, RingError};
+use crate::ring::{MAX_PREFERENCE, Ring, RingError};
 use crate::store::Store;
 use crate::storer::{Storer, StorerStats};
 use crate::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason, WireError};
 
-/// Datagrams the portal may have queued (sub-requests, retries, probes, client replies).
-/// At least twice the longest read set, so one request always fits after another.
+/// Datagrams the portal may have queued (sub-requests, retries, probes, client replies), by
+/// default (the `QP` of [`Node`]). At least twice the longest read set, so one request always
+/// fits after another.
 pub const PORTAL_QUEUE: usize = 64;
-/// Storer replies that may be queued.
+/// Storer replies that may be queued, by default (the `QS` of [`Node`]).
 pub const STORER_QUEUE: usize = 32;
+/// Bytes one queued datagram takes in a node (for memory budgets of `QP` and `QS`).
+pub const QUEUED_DATAGRAM_BYTES: usize = core::mem::size_of::<Outgoing>();
 
 /// The three UDP ports of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -108,6 +111,13 @@ pub enum NodeError {
     NoAttempts,
     /// `attempt_timeout` is 0: retries would go out in a busy loop.
     ZeroAttemptTimeout,
+    /// The portal queue cannot hold a longest read set and its reply (`needed`), or the
+    /// storer queue holds nothing: every request would be refused or dropped.
+    QueueTooSmall {
+        portal: usize,
+        storer: usize,
+        needed: usize,
+    },
 }
 
 impl core::fmt::Display for NodeError {
@@ -120,6 +130,15 @@ impl core::fmt::Display for NodeError {
             }
             NodeError::NoAttempts => f.write_str("attempts must be at least 1"),
             NodeError::ZeroAttemptTimeout => f.write_str("attempt_timeout must be at least 1 ms"),
+            NodeError::QueueTooSmall {
+                portal,
+                storer,
+                needed,
+            } => write!(
+                f,
+                "outgoing queues of {portal} portal and {storer} storer datagrams are too small: \
+                 the portal queue needs {needed}, the storer queue 1"
+            ),
         }
     }
 }
@@ -291,30 +310,41 @@ struct Outgoing {
     env: Envelope,
 }
 
-/// The node's bounded outgoing queues: storer replies, then everything else.
-#[derive(Debug, Default)]
-pub(crate) struct Outbox {
-    storer: Deque<Outgoing, STORER_QUEUE>,
-    portal: Deque<Outgoing, PORTAL_QUEUE>,
+/// Where the portal queues datagrams (the node's [`Queues`], whatever their capacities).
+pub(crate) trait Outbox {
+    /// Free places in the portal queue (sub-requests and client replies).
+    fn room(&self) -> usize;
+    /// Queue a request from `from`; false when the queue is full.
+    fn send(&mut self, from: Port, to: SocketAddr, env: Envelope) -> bool;
+    /// Queue the reply `body` to `request` (rule 2: echo, back to the source, never longer).
+    fn reply(
+        &mut self,
+        from: Port,
+        to: SocketAddr,
+        request: &Envelope,
+        request_len: usize,
+        body: Body,
+        stats: &mut NodeStats,
+    );
 }
 
-impl Outbox {
-    /// Free places in the portal queue (sub-requests and client replies).
-    pub(crate) fn room(&self) -> usize {
-        PORTAL_QUEUE - self.portal.len()
+/// The node's bounded outgoing queues: `QS` storer replies, then `QP` of everything else.
+#[derive(Debug, Default)]
+pub(crate) struct Queues<const QP: usize, const QS: usize> {
+    storer: Deque<Outgoing, QS>,
+    portal: Deque<Outgoing, QP>,
+}
+
+impl<const QP: usize, const QS: usize> Outbox for Queues<QP, QS> {
+    fn room(&self) -> usize {
+        QP - self.portal.len()
     }
 
-    fn storer_room(&self) -> usize {
-        STORER_QUEUE - self.storer.len()
-    }
-
-    /// Queue a request from `from`; false when the queue is full.
-    pub(crate) fn send(&mut self, from: Port, to: SocketAddr, env: Envelope) -> bool {
+    fn send(&mut self, from: Port, to: SocketAddr, env: Envelope) -> bool {
         self.portal.push_back(Outgoing { from, to, env }).is_ok()
     }
 
-    /// Queue the reply `body` to `request` (rule 2: echo, back to the source, never longer).
-    pub(crate) fn reply(
+    fn reply(
         &mut self,
         from: Port,
         to: SocketAddr,
@@ -341,6 +371,12 @@ impl Outbox {
             stats.drop_queue_full += 1;
         }
     }
+}
+
+impl<const QP: usize, const QS: usize> Queues<QP, QS> {
+    fn storer_room(&self) -> usize {
+        QS - self.storer.len()
+    }
 
     fn pop(&mut self) -> Option<Outgoing> {
         self.storer.pop_front().or_else(|| self.portal.pop_front())
@@ -353,7 +389,9 @@ impl Outbox {
 
 /// A DQE enforcer node for a cluster of up to `N` nodes, with `P` ring points, `F` client
 /// requests in flight at its portal and `C` entries in each reply cache (the storer's and
-/// the portal's). `S` is its store, `R` the source of request ids.
+/// the portal's). `S` is its store, `R` the source of request ids. Its outgoing queues hold
+/// `QP` portal datagrams and `QS` storer replies (about 100 bytes each); `QP` must hold a
+/// longest read set plus the reply, or every request would be refused `Busy`.
 #[derive(Debug)]
 pub struct Node<
     S: Store,
@@ -362,6 +400,8 @@ pub struct Node<
     const P: usize,
     const F: usize,
     const C: usize,
+    const QP: usize = PORTAL_QUEUE,
+    const QS: usize = STORER_QUEUE,
 > {
     spec: ClusterSpec<N>,
     me: NodeIndex,
@@ -373,12 +413,22 @@ pub struct Node<
     epoch: u32,
     storer: Storer<C>,
     portal: Portal<N, F, C>,
-    outbox: Outbox,
+    outbox: Queues<QP, QS>,
     stats: NodeStats,
+    /// Stores that said `Stored` so far (local shares and peers' PUTs): the write mark.
+    writes: u64,
 }
 
-impl<S: Store, R: RngCore, const N: usize, const P: usize, const F: usize, const C: usize>
-    Node<S, R, N, P, F, C>
+impl<
+    S: Store,
+    R: RngCore,
+    const N: usize,
+    const P: usize,
+    const F: usize,
+    const C: usize,
+    const QP: usize,
+    const QS: usize,
+> Node<S, R, N, P, F, C, QP, QS>
 {
     /// Node `me` of `spec`, serving `store`, in epoch `epoch`.
     pub fn new(
@@ -403,6 +453,14 @@ impl<S: Store, R: RngCore, const N: usize, const P: usize, const F: usize, const
             return Err(NodeError::ZeroAttemptTimeout);
         }
         let ring = Ring::new(&spec)?;
+        let needed = usize::from(ring.replication()) + usize::from(ring.handoff()) + 1;
+        if QP < needed.min(MAX_PREFERENCE + 1) || QS == 0 {
+            return Err(NodeError::QueueTooSmall {
+                portal: QP,
+                storer: QS,
+                needed,
+            });
+        }
         let mut rng = rng;
         let storer = Storer::with_seed(config.retry_window, rng.next_u64());
         let portal = Portal::new(&config, rng.next_u64());
@@ -417,8 +475,9 @@ impl<S: Store, R: RngCore, const N: usize, const P: usize, const F: usize, const
             epoch,
             storer,
             portal,
-            outbox: Outbox::default(),
+            outbox: Queues::default(),
             stats: NodeStats::default(),
+            writes: 0,
         })
     }
 
@@ -545,6 +604,22 @@ impl<S: Store, R: RngCore, const N: usize, const P: usize, const F: usize, const
         self.outbox.len()
     }
 
+    /// The write mark: how many stores said `Stored` so far, at this node's portal (its own
+    /// share) or storer (peers' PUTs). A backend that makes writes durable in batches reads it
+    /// when it cuts a batch; see [`Node::forget_replies_since`].
+    pub fn write_mark(&self) -> u64 {
+        self.writes
+    }
+
+    /// The writes after mark `mark` (see [`Node::write_mark`]) did not become durable: forget
+    /// the remembered replies that report them as `Stored` (the storer's to peers, the
+    /// portal's to clients), so that a repeat runs again instead of getting a `Stored` the
+    /// disk does not back. Returns how many replies were forgotten. Costs a pass over both
+    /// reply caches: meant for a failed sync, not for every batch.
+    pub fn forget_replies_since(&mut self, mark: u64) -> usize {
+        self.storer.forget_writes_after(mark) + self.portal.forget_writes_after(mark)
+    }
+
     /// The portal, and the rest of the node it works with.
     fn parts(&mut self, now: Millis) -> (&mut Portal<N, F, C>, Context<'_, S, R, N, P>) {
         let cx = Context {
@@ -559,6 +634,7 @@ impl<S: Store, R: RngCore, const N: usize, const P: usize, const F: usize, const
             rng: &mut self.rng,
             outbox: &mut self.outbox,
             stats: &mut self.stats,
+            writes: &mut self.writes,
         };
         (&mut self.portal, cx)
     }
@@ -597,9 +673,14 @@ impl<S: Store, R: RngCore, const N: usize, const P: usize, const F: usize, const
             self.stats.drop_queue_full += 1;
             return;
         }
-        let reply = self
-            .storer
-            .handle(now, from, env, &mut self.store, self.epoch);
+        let reply = self.storer.handle_counted(
+            now,
+            from,
+            env,
+            &mut self.store,
+            self.epoch,
+            &mut self.writes,
+        );
         if let Some(body) = reply {
             self.outbox
                 .reply(Port::Storer, from, env, len, body, &mut self.stats);

@@ -36,6 +36,16 @@
 //!
 //! Client idempotence (rule 6): a repeat of a request still in the table is absorbed; a repeat
 //! of a finished one gets the reply recorded in the [`ReplyCache`] for the retry window.
+//!
+//! # Costs
+//! Every event costs O(1) expected, whatever `F` and `N`: a reply finds its sub-request through
+//! a hash index of sub-request ids (chained through the sub-requests), a client repeat is
+//! found in the reply cache (requests in flight are recorded there), free slots sit on a
+//! stack, and requests sit on a list sorted by deadline (a new deadline is almost always the
+//! latest, so insertion walks from the tail). Per-request state is sized by
+//! [`MAX_PREFERENCE`], not by `N`. Only rare events scan: a node found down (every request),
+//! a full table looking for a lingering request to evict, and the detector's probe schedule
+//! while some node is down (every node).
 
 use core::net::SocketAddr;
 
@@ -130,17 +140,27 @@ enum Answer {
     TimedOut,
 }
 
-/// One GET or PUT of a client request, to one node of its read set.
+/// One GET or PUT of a client request, to one node of its read set (16 bytes: a table
+/// holds `F` times [`MAX_PREFERENCE`] of them). Whether the node is in the write set is its
+/// place: the write set is the read set's prefix.
 #[derive(Debug, Clone, Copy)]
 struct SubRequest {
-    node: NodeIndex,
-    op: Op,
-    /// Whether the node is in the write set (read repair only targets those).
-    in_write_set: bool,
     /// The sub-request's own random id (unused for the node's own share).
     id: u64,
+    /// Next sub-request in the same bucket of the id index ([`NIL`] ends the chain,
+    /// [`UNINDEXED`] marks one not in the index: the node's own share).
+    chain: u32,
+    node: NodeIndex,
+    op: Op,
     answer: Answer,
 }
+
+/// End of a chain or list.
+const NIL: u32 = u32::MAX;
+/// A sub-request outside the id index.
+const UNINDEXED: u32 = u32::MAX - 1;
+/// End of the deadline list.
+const NO_SLOT: u16 = u16::MAX;
 
 /// Where a client request stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,13 +175,15 @@ enum Phase {
 
 /// A client request in flight.
 #[derive(Debug, Clone)]
-struct Request<const N: usize> {
+struct Request {
     client: SocketAddr,
     /// The client's envelope, for the echo and to recognise repeats.
     request: Envelope,
     /// Its encoded length: no reply may be longer.
     request_len: usize,
-    subs: heapless::Vec<SubRequest, N>,
+    subs: heapless::Vec<SubRequest, MAX_PREFERENCE>,
+    /// The first `writes` of `subs` are the write set (read repair only targets those).
+    writes: u8,
     /// Datagrams sent so far per pending sub-request.
     attempt: u8,
     /// When the sub-requests first went out: retries stop a retry window later.
@@ -170,9 +192,17 @@ struct Request<const N: usize> {
     phase: Phase,
     /// The first valid value a storer reported.
     found: Option<Value>,
+    /// The node's write sequence number of the local share's `Stored` (0: none), so that a
+    /// `Stored` verdict can be forgotten if that write does not become durable.
+    local_write: u64,
+    /// Whether the reply cache records the request as in flight (it may lack room).
+    cached: bool,
+    /// Neighbours on the deadline list.
+    prev: u16,
+    next: u16,
 }
 
-impl<const N: usize> Request<N> {
+impl Request {
     fn key(&self) -> Key {
         match self.request.body {
             Body::Test { key } | Body::Set { key, .. } => key,
@@ -264,8 +294,10 @@ pub(crate) struct Context<'a, S, R, const N: usize, const P: usize> {
     pub config: &'a NodeConfig,
     pub store: &'a mut S,
     pub rng: &'a mut R,
-    pub outbox: &'a mut Outbox,
+    pub outbox: &'a mut dyn Outbox,
     pub stats: &'a mut NodeStats,
+    /// The node's write sequence number: stores that said `Stored` so far.
+    pub writes: &'a mut u64,
 }
 
 impl<S: Store, R: RngCore, const N: usize, const P: usize> Context<'_, S, R, N, P> {
@@ -294,7 +326,10 @@ impl<S: Store, R: RngCore, const N: usize, const P: usize> Context<'_, S, R, N, 
         self.stats.local_ops += 1;
         match (op, value) {
             (Op::Put, Some(value)) => match self.store.put(key, value, self.epoch) {
-                PutOutcome::Stored => Body::Stored,
+                PutOutcome::Stored => {
+                    *self.writes += 1;
+                    Body::Stored
+                }
                 PutOutcome::Found(value) => Body::Found { value },
                 PutOutcome::Full => Body::Refused {
                     reason: Reason::Full,
@@ -320,7 +355,18 @@ impl<S: Store, R: RngCore, const N: usize, const P: usize> Context<'_, S, R, N, 
 /// reply cache (`C` entries) and the failure detector over `N` nodes.
 #[derive(Debug)]
 pub struct Portal<const N: usize, const F: usize, const C: usize> {
-    table: [Option<Request<N>>; F],
+    table: [Option<Request>; F],
+    /// Empty slots.
+    free: heapless::Vec<u16, F>,
+    /// Heads of the id index's chains: sub-request `(slot, i)` is `slot * MAX_PREFERENCE + i`.
+    buckets: [u32; F],
+    /// The requests in the table, by deadline.
+    first: u16,
+    last: u16,
+    /// Requests answered and lingering.
+    lingering: usize,
+    /// Requests in flight that the reply cache could not record (a repeat is searched for).
+    uncached: usize,
     replies: ReplyCache<C>,
     detector: FailureDetector<N>,
 }
@@ -328,8 +374,21 @@ pub struct Portal<const N: usize, const F: usize, const C: usize> {
 impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
     /// An empty portal; `seed` keys its reply cache's hash (draw it from the node's RNG).
     pub fn new(config: &NodeConfig, seed: u64) -> Self {
+        const {
+            assert!(
+                F >= 1 && F < NO_SLOT as usize,
+                "a portal needs 1 <= F < 65535 slots"
+            )
+        };
         Portal {
             table: core::array::from_fn(|_| None),
+            // Cannot fail: exactly F slots; slot 0 on top.
+            free: (0..F as u16).rev().collect(),
+            buckets: [NIL; F],
+            first: NO_SLOT,
+            last: NO_SLOT,
+            lingering: 0,
+            uncached: 0,
             replies: ReplyCache::with_seed(config.retry_window, seed),
             detector: FailureDetector::new(config.detector_threshold, config.probe_interval),
         }
@@ -337,11 +396,7 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
 
     /// Client requests not yet answered.
     pub fn in_flight(&self) -> usize {
-        self.table
-            .iter()
-            .flatten()
-            .filter(|r| r.phase != Phase::Lingering)
-            .count()
+        F - self.free.len() - self.lingering
     }
 
     /// What the failure detector believes about `node`.
@@ -357,8 +412,13 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
     /// The earliest instant the portal has timed work: an attempt expiring, a reply
     /// waiting for queue room, a lingering request to drop, a probe to send.
     pub fn next_deadline(&self) -> Option<Millis> {
-        let requests = self.table.iter().flatten().map(|r| r.deadline);
-        requests.chain(self.detector.next_probe()).min()
+        let request = self.request(self.first).map(|r| r.deadline);
+        request.into_iter().chain(self.detector.next_probe()).min()
+    }
+
+    /// Forget remembered client replies that depend on local writes after `mark`.
+    pub(crate) fn forget_writes_after(&mut self, mark: u64) -> usize {
+        self.replies.forget_writes_after(mark)
     }
 
     /// A Test or Set from a client, on the portal port. The caller has checked the port and
@@ -398,7 +458,7 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
             }
             None => {}
         }
-        if self.is_repeat_in_flight(from, env) {
+        if self.uncached > 0 && self.is_repeat_in_flight(from, env) {
             cx.stats.repeats_absorbed += 1;
             return;
         }
@@ -428,6 +488,11 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
             deadline: cx.now.saturating_add(cx.config.attempt_timeout),
             phase: Phase::Collecting,
             found: None,
+            writes: sets.write.len() as u8,
+            local_write: 0,
+            cached: false,
+            prev: NO_SLOT,
+            next: NO_SLOT,
         };
         for &node in &sets.read {
             let in_write_set = sets.write.contains(&node);
@@ -440,11 +505,11 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
             let sub = SubRequest {
                 node,
                 op,
-                in_write_set,
                 id,
                 answer: Answer::Pending,
+                chain: UNINDEXED,
             };
-            // Cannot fail: the read set holds distinct nodes, at most `N`.
+            // Cannot fail: the read set holds distinct nodes of a preference list.
             let _ = request.subs.push(sub);
         }
         let me = cx.me;
@@ -457,10 +522,25 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
         }
         if let Some(i) = request.subs.iter().position(|s| s.node == cx.me) {
             let op = request.subs[i].op;
+            let before = *cx.writes;
             let reply = cx.serve_locally(op, &key, value.as_ref());
+            if *cx.writes != before {
+                request.local_write = *cx.writes;
+            }
             request.record(i, &reply, cx.stats);
         }
+        request.cached = self.replies.begin(cx.now, from, env.id, print).is_ok();
+        if !request.cached {
+            self.uncached += 1;
+        }
+        let remote: heapless::Vec<usize, MAX_PREFERENCE> = (0..request.subs.len())
+            .filter(|&i| request.subs[i].node != me)
+            .collect();
         self.table[slot] = Some(request);
+        for i in remote {
+            self.index(slot, i);
+        }
+        self.schedule(slot);
         self.settle(cx, slot);
     }
 
@@ -471,21 +551,22 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
         from: SocketAddr,
         env: &Envelope,
     ) {
-        let node = cx.spec.nodes.iter().position(|n| n.storer == from);
-        let Some(node) = node.map(|i| i as NodeIndex).filter(|&n| n != cx.me) else {
-            cx.stats.drop_unmatched_reply += 1;
-            return;
-        };
         if env.cluster != cx.tag {
             cx.stats.drop_unmatched_reply += 1;
             return;
         }
-        if self.detector.is_probe(node, env.id) {
-            let change = self.detector.record_answer(node);
-            cx.note(change);
-            return;
-        }
-        let Some((slot, i)) = self.find_sub(node, env.id) else {
+        let Some((slot, i, node)) = self.find_sub(cx.spec, from, env.id) else {
+            // Probes go only to nodes believed down: look the sender up only then.
+            if self.detector.down_count() > 0 {
+                let node = cx.spec.nodes.iter().position(|n| n.storer == from);
+                if let Some(node) = node.map(|i| i as NodeIndex).filter(|&n| n != cx.me)
+                    && self.detector.is_probe(node, env.id)
+                {
+                    let change = self.detector.record_answer(node);
+                    cx.note(change);
+                    return;
+                }
+            }
             cx.stats.drop_unmatched_reply += 1;
             return;
         };
@@ -514,7 +595,19 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
         cx: &mut Context<'_, S, R, N, P>,
     ) {
         self.send_due_probes(cx);
-        for slot in 0..F {
+        // Take the due requests first: handling one may reschedule or drop others.
+        let mut due: heapless::Vec<u16, F> = heapless::Vec::new();
+        let mut at = self.first;
+        while let Some(request) = self.request(at) {
+            if request.deadline > cx.now {
+                break;
+            }
+            // Cannot fail: at most F requests.
+            let _ = due.push(at);
+            at = request.next;
+        }
+        for slot in due {
+            let slot = usize::from(slot);
             let Some(request) = self.table[slot].as_ref() else {
                 continue;
             };
@@ -539,17 +632,171 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
         })
     }
 
-    /// An empty slot, or else the slot of a lingering request (which is dropped).
+    /// An empty slot, or else the slot of a lingering request (which is dropped; finding one
+    /// scans the table, only when it is full).
     fn free_slot(&mut self) -> Option<usize> {
-        if let Some(slot) = self.table.iter().position(Option::is_none) {
-            return Some(slot);
+        if let Some(slot) = self.free.pop() {
+            return Some(usize::from(slot));
+        }
+        if self.lingering == 0 {
+            return None;
         }
         let slot = self
             .table
             .iter()
             .position(|r| matches!(r, Some(r) if r.phase == Phase::Lingering))?;
+        self.release(slot);
+        self.free.pop().map(usize::from)
+    }
+
+    fn request(&self, slot: u16) -> Option<&Request> {
+        self.table.get(usize::from(slot))?.as_ref()
+    }
+
+    /// The id index's bucket for `id` (ids are random: their high bits spread well).
+    fn bucket(id: u64) -> usize {
+        ((u128::from(id) * F as u128) >> 64) as usize
+    }
+
+    /// Put sub-request `i` of `slot` into the id index.
+    fn index(&mut self, slot: usize, i: usize) {
+        let Some(request) = self.table[slot].as_mut() else {
+            return;
+        };
+        debug_assert_eq!(request.subs[i].chain, UNINDEXED, "indexed twice");
+        let b = Self::bucket(request.subs[i].id);
+        request.subs[i].chain = self.buckets[b];
+        self.buckets[b] = (slot * MAX_PREFERENCE + i) as u32;
+    }
+
+    /// Take sub-request `i` of `slot` out of the id index.
+    fn unindex(&mut self, slot: usize, i: usize) {
+        let Some(request) = self.table[slot].as_mut() else {
+            return;
+        };
+        let after = core::mem::replace(&mut request.subs[i].chain, UNINDEXED);
+        if after == UNINDEXED {
+            return;
+        }
+        let code = (slot * MAX_PREFERENCE + i) as u32;
+        let id = request.subs[i].id;
+        let b = Self::bucket(id);
+        if self.buckets[b] == code {
+            self.buckets[b] = after;
+            return;
+        }
+        let mut at = self.buckets[b];
+        while at != NIL {
+            let (s, j) = (at as usize / MAX_PREFERENCE, at as usize % MAX_PREFERENCE);
+            let Some(r) = self.table[s].as_mut() else {
+                return;
+            };
+            if r.subs[j].chain == code {
+                r.subs[j].chain = after;
+                return;
+            }
+            at = r.subs[j].chain;
+        }
+    }
+
+    /// Link `slot` into the deadline list at its deadline's place.
+    fn schedule(&mut self, slot: usize) {
+        let Some(deadline) = self.table[slot].as_ref().map(|r| r.deadline) else {
+            return;
+        };
+        let mut before = self.last;
+        let first_deadline = self.request(self.first).map(|r| r.deadline);
+        if first_deadline.is_some_and(|d| deadline < d) {
+            before = NO_SLOT;
+        } else {
+            while let Some(r) = self.request(before) {
+                if r.deadline <= deadline {
+                    break;
+                }
+                before = r.prev;
+            }
+        }
+        let after = match self
+            .table
+            .get_mut(usize::from(before))
+            .and_then(Option::as_mut)
+        {
+            Some(r) => core::mem::replace(&mut r.next, slot as u16),
+            None => core::mem::replace(&mut self.first, slot as u16),
+        };
+        match self
+            .table
+            .get_mut(usize::from(after))
+            .and_then(Option::as_mut)
+        {
+            Some(r) => r.prev = slot as u16,
+            None => self.last = slot as u16,
+        }
+        if let Some(r) = self.table[slot].as_mut() {
+            r.prev = before;
+            r.next = after;
+        }
+    }
+
+    /// Take `slot` off the deadline list.
+    fn unschedule(&mut self, slot: usize) {
+        let Some((prev, next)) = self.table[slot].as_ref().map(|r| (r.prev, r.next)) else {
+            return;
+        };
+        match self
+            .table
+            .get_mut(usize::from(prev))
+            .and_then(Option::as_mut)
+        {
+            Some(r) => r.next = next,
+            None => self.first = next,
+        }
+        match self
+            .table
+            .get_mut(usize::from(next))
+            .and_then(Option::as_mut)
+        {
+            Some(r) => r.prev = prev,
+            None => self.last = prev,
+        }
+    }
+
+    /// Move `slot` to deadline `deadline`.
+    fn set_deadline(&mut self, slot: usize, deadline: Millis) {
+        match self.table[slot].as_ref() {
+            Some(r) if r.deadline != deadline => {}
+            _ => return,
+        }
+        self.unschedule(slot);
+        if let Some(r) = self.table[slot].as_mut() {
+            r.deadline = deadline;
+        }
+        self.schedule(slot);
+    }
+
+    /// Drop the request in `slot` from the table and every index.
+    fn release(&mut self, slot: usize) {
+        let Some(request) = self.table[slot].as_ref() else {
+            return;
+        };
+        let (lingering, cached, count) = (
+            request.phase == Phase::Lingering,
+            request.cached,
+            request.subs.len(),
+        );
+        for i in 0..count {
+            self.unindex(slot, i);
+        }
+        self.unschedule(slot);
         self.table[slot] = None;
-        Some(slot)
+        if lingering {
+            self.lingering -= 1;
+        }
+        if !cached {
+            self.uncached -= 1;
+        }
+        // Cannot fail: the slot was taken, so it is not on the stack.
+        let _ = self.free.push(slot as u16);
     }
 
     fn refuse_busy<S: Store, R: RngCore, const P: usize>(
@@ -566,12 +813,23 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
         cx.reply(from, env, len, body);
     }
 
-    fn find_sub(&self, node: NodeIndex, id: u64) -> Option<(usize, usize)> {
-        self.table.iter().enumerate().find_map(|(slot, r)| {
-            let r = r.as_ref()?;
-            let i = r.subs.iter().position(|s| s.node == node && s.id == id)?;
-            Some((slot, i))
-        })
+    /// The sub-request with id `id` sent to the storer at `from`: `(slot, index, node)`.
+    fn find_sub(
+        &self,
+        spec: &ClusterSpec<N>,
+        from: SocketAddr,
+        id: u64,
+    ) -> Option<(usize, usize, NodeIndex)> {
+        let mut at = self.buckets[Self::bucket(id)];
+        while at != NIL {
+            let (slot, i) = (at as usize / MAX_PREFERENCE, at as usize % MAX_PREFERENCE);
+            let sub = self.table[slot].as_ref()?.subs[i];
+            if sub.id == id && spec.nodes.get(sub.node as usize)?.storer == from {
+                return Some((slot, i, sub.node));
+            }
+            at = sub.chain;
+        }
+        None
     }
 
     fn send_due_probes<S: Store, R: RngCore, const P: usize>(
@@ -616,7 +874,7 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
         // retry window (a node paused that long), a repeated PUT could find our own write.
         let remembered = cx.now < request.started.saturating_add(cx.config.retry_window);
         let retry = request.attempt < cx.config.attempts && remembered;
-        let mut went_down: heapless::Vec<NodeIndex, N> = heapless::Vec::new();
+        let mut went_down: heapless::Vec<NodeIndex, MAX_PREFERENCE> = heapless::Vec::new();
         for sub in request
             .subs
             .iter_mut()
@@ -639,7 +897,7 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
             }
         }
         request.attempt = request.attempt.saturating_add(1);
-        request.deadline = cx.now.saturating_add(cx.config.attempt_timeout);
+        self.set_deadline(slot, cx.now.saturating_add(cx.config.attempt_timeout));
         self.settle(cx, slot);
         for node in went_down {
             self.stop_waiting_on(cx, node);
@@ -677,12 +935,13 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
         cx: &mut Context<'_, S, R, N, P>,
         slot: usize,
     ) {
-        if let Some(request) = self.table[slot].take() {
+        if let Some(request) = self.table[slot].as_ref() {
             for sub in request.subs.iter().filter(|s| s.answer == Answer::Pending) {
                 let change = self.detector.record_miss(sub.node, cx.now);
                 cx.note(change);
             }
         }
+        self.release(slot);
     }
 
     /// Move a request on after something happened to it: answer the client once the verdict
@@ -700,67 +959,96 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
             Phase::Replying(body) => Some(body),
             Phase::Lingering => None,
         };
+        let mut deadline = request.deadline;
         if let Some(body) = verdict {
             if cx.outbox.room() == 0 {
                 cx.stats.deferred_timeouts += 1;
                 request.phase = Phase::Replying(body);
-                request.deadline = cx.now;
+                self.set_deadline(slot, cx.now);
                 return;
             }
             let (client, env, len) = (request.client, request.request, request.request_len);
+            let write = match body {
+                Body::Stored => request.local_write,
+                _ => 0,
+            };
             cx.stats.count_outcome(&body);
             cx.reply(client, &env, len, body);
             self.replies
-                .insert(cx.now, client, env.id, fingerprint(&env.body), body);
+                .insert_marked(cx.now, client, env.id, fingerprint(&env.body), body, write);
+            if !request.cached {
+                self.uncached -= 1;
+                request.cached = true;
+            }
             request.phase = Phase::Lingering;
-            request.deadline = request.deadline.max(cx.now);
+            self.lingering += 1;
+            deadline = deadline.max(cx.now);
         }
         if request.phase != Phase::Lingering {
             return;
         }
         if let Some(value) = request.found {
-            repair(cx, request, value);
+            deadline = self.repair(cx, slot, value, deadline);
         }
-        if request.pending() == 0 {
-            self.table[slot] = None;
+        let done = self.table[slot].as_ref().is_none_or(|r| r.pending() == 0);
+        if done {
+            self.release(slot);
+        } else {
+            self.set_deadline(slot, deadline);
         }
     }
-}
 
-/// Read repair: PUT `(k, v)` to every write-set node that answered `NotFound`, without
-/// waiting (the request only lingers until its current deadline to count the replies).
-fn repair<S: Store, R: RngCore, const N: usize, const P: usize>(
-    cx: &mut Context<'_, S, R, N, P>,
-    request: &mut Request<N>,
-    value: Value,
-) {
-    let key = request.key();
-    for sub in request.subs.iter_mut() {
-        if !(sub.in_write_set && sub.answer == Answer::NotFound) {
-            continue;
-        }
-        sub.op = Op::Put;
-        if sub.node == cx.me {
-            cx.stats.read_repairs += 1;
-            let reply = cx.serve_locally(Op::Put, &key, Some(&value));
-            sub.answer = match reply {
-                Body::Stored => Answer::Stored,
-                _ => Answer::Ignored,
+    /// Read repair: PUT `(k, v)` to every write-set node that answered `NotFound`, without
+    /// waiting (the request only lingers until its current deadline to count the replies).
+    /// Returns the request's deadline, pushed back if a repair went out.
+    fn repair<S: Store, R: RngCore, const P: usize>(
+        &mut self,
+        cx: &mut Context<'_, S, R, N, P>,
+        slot: usize,
+        value: Value,
+        mut deadline: Millis,
+    ) -> Millis {
+        let Some(count) = self.table[slot].as_ref().map(|r| r.subs.len()) else {
+            return deadline;
+        };
+        for i in 0..count {
+            let Some(request) = self.table[slot].as_mut() else {
+                break;
             };
-            continue;
+            let key = request.key();
+            let in_write_set = i < usize::from(request.writes);
+            let sub = &mut request.subs[i];
+            if !(in_write_set && sub.answer == Answer::NotFound) {
+                continue;
+            }
+            sub.op = Op::Put;
+            if sub.node == cx.me {
+                cx.stats.read_repairs += 1;
+                let reply = cx.serve_locally(Op::Put, &key, Some(&value));
+                sub.answer = match reply {
+                    Body::Stored => Answer::Stored,
+                    _ => Answer::Ignored,
+                };
+                continue;
+            }
+            if cx.outbox.room() == 0 {
+                cx.stats.read_repairs_skipped += 1;
+                sub.answer = Answer::Ignored;
+                continue;
+            }
+            sub.answer = Answer::Pending;
+            let node = sub.node;
+            self.unindex(slot, i);
+            let id = cx.rng.next_u64();
+            if let Some(request) = self.table[slot].as_mut() {
+                request.subs[i].id = id;
+            }
+            self.index(slot, i);
+            cx.send(node, id, Body::Put { key, value });
+            cx.stats.read_repairs += 1;
+            deadline = deadline.max(cx.now.saturating_add(cx.config.attempt_timeout));
         }
-        if cx.outbox.room() == 0 {
-            cx.stats.read_repairs_skipped += 1;
-            sub.answer = Answer::Ignored;
-            continue;
-        }
-        sub.id = cx.rng.next_u64();
-        sub.answer = Answer::Pending;
-        cx.send(sub.node, sub.id, Body::Put { key, value });
-        cx.stats.read_repairs += 1;
-        request.deadline = request
-            .deadline
-            .max(cx.now.saturating_add(cx.config.attempt_timeout));
+        deadline
     }
 }
 

@@ -115,6 +115,9 @@ struct Entry {
     state: State,
     /// When it was begun (in flight) or answered (replied).
     at: Millis,
+    /// The write sequence number the reply reports (0: none), see
+    /// [`ReplyCache::forget_writes_after`].
+    write: u64,
     /// Neighbours on its FIFO list (the free list uses `next` only).
     prev: u32,
     next: u32,
@@ -129,6 +132,7 @@ impl Entry {
         fingerprint: 0,
         state: State::Free,
         at: 0,
+        write: 0,
         prev: NIL,
         next: NIL,
         chain: NIL,
@@ -325,6 +329,20 @@ impl<const C: usize> ReplyCache<C> {
         fingerprint: u32,
         reply: Body,
     ) {
+        self.insert_marked(now, from, id, fingerprint, reply, 0);
+    }
+
+    /// Like [`insert`](Self::insert), for a reply that reports write number `write` (a store
+    /// that said `Stored`; 0 for none) which may yet fail to become durable.
+    pub fn insert_marked(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        id: u64,
+        fingerprint: u32,
+        reply: Body,
+        write: u64,
+    ) {
         self.sweep(now);
         let i = match self.find(&from, id, fingerprint) {
             Some(i) => {
@@ -337,6 +355,22 @@ impl<const C: usize> ReplyCache<C> {
             },
         };
         self.place(i, now, State::Replied(reply));
+        self.entries[i as usize].write = write;
+    }
+
+    /// Forget every reply that reports a write numbered after `mark` (those writes did not
+    /// become durable): a repeat of those requests runs again. Returns how many were
+    /// forgotten. Costs a pass over all `C` entries.
+    pub fn forget_writes_after(&mut self, mark: u64) -> usize {
+        let mut forgotten = 0;
+        for i in 0..C {
+            let e = &self.entries[i];
+            if matches!(e.state, State::Replied(_)) && e.write > mark {
+                self.release(i as u32);
+                forgotten += 1;
+            }
+        }
+        forgotten
     }
 
     /// Forget a request (a portal that abandons one without answering); whether it was held.
@@ -431,6 +465,7 @@ impl<const C: usize> ReplyCache<C> {
         let e = &mut self.entries[i as usize];
         e.state = state;
         e.at = at;
+        e.write = 0;
         e.prev = list.tail;
         e.next = NIL;
         if list.tail == NIL {

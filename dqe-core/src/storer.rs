@@ -76,6 +76,22 @@ impl<const C: usize> Storer<C> {
         store: &mut S,
         epoch: u32,
     ) -> Option<Body> {
+        let mut writes = 0;
+        self.handle_counted(now, from, env, store, epoch, &mut writes)
+    }
+
+    /// Like [`Storer::handle`], counting each store that said `Stored` in `writes` (the
+    /// node's write sequence number) and tagging the remembered reply with it, so that
+    /// [`Storer::forget_writes_after`] can drop it if the write does not become durable.
+    pub fn handle_counted<S: Store + ?Sized>(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        env: &Envelope,
+        store: &mut S,
+        epoch: u32,
+        writes: &mut u64,
+    ) -> Option<Body> {
         match env.body {
             Body::Get { .. } => self.stats.gets += 1,
             Body::Put { .. } => self.stats.puts += 1,
@@ -94,8 +110,20 @@ impl<const C: usize> Storer<C> {
             None => {}
         }
         let reply = self.execute(&env.body, store, epoch);
-        self.cache.insert(now, from, env.id, fp, reply);
+        let write = if reply == Body::Stored {
+            *writes += 1;
+            *writes
+        } else {
+            0
+        };
+        self.cache
+            .insert_marked(now, from, env.id, fp, reply, write);
         Some(reply)
+    }
+
+    /// Forget remembered replies tagged with a write after `mark`; how many were forgotten.
+    pub fn forget_writes_after(&mut self, mark: u64) -> usize {
+        self.cache.forget_writes_after(mark)
     }
 
     /// Carry out a `Get` or `Put` on the store.

@@ -24,6 +24,12 @@ pub const IN_FLIGHT: usize = 8;
 /// Replies each reply cache (the portal's and the storer's) remembers for idempotent retries
 /// (PROTOCOL.md rule 6): the 2 s retry window is honoured up to 12 requests a second.
 pub const REPLY_CACHE: usize = 24;
+/// Datagrams the node's portal may queue (sub-requests, retries, probes, client replies):
+/// the backend drains the queue after every event, so it needs one request's longest read
+/// set (at most 16 nodes here) plus the reply, not the core's default of 64.
+pub const PORTAL_QUEUE: usize = 20;
+/// Storer replies the node may queue: one per peer request, drained at once.
+pub const STORER_QUEUE: usize = 4;
 /// Pairs the board's store takes: the firmware profile's capacity.
 pub const STORE_PAIRS: usize = 1024;
 /// Slots of the board's store: the table is kept at most 90% full.
@@ -40,7 +46,8 @@ pub type SocketResources = Resources<SOCKET_PACKETS, SOCKET_BYTES>;
 /// The store: a fixed table over statically allocated slots.
 pub type FwStore = FixedStore<&'static mut [Slot]>;
 /// The node, with the board's RNG `R`.
-pub type FwNode<R> = Node<FwStore, R, MAX_NODES, RING_POINTS, IN_FLIGHT, REPLY_CACHE>;
+pub type FwNode<R> =
+    Node<FwStore, R, MAX_NODES, RING_POINTS, IN_FLIGHT, REPLY_CACHE, PORTAL_QUEUE, STORER_QUEUE>;
 /// The cluster model at this firmware's node capacity.
 pub type FwCluster = ClusterSpec<MAX_NODES>;
 

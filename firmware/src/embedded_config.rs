@@ -61,15 +61,18 @@ pub fn this_node() -> &'static NodeConst {
 #[cfg(all(test, feature = "sim"))]
 mod tests {
     use super::*;
-    use crate::app::MAX_NODES;
-    use crate::config_file::ClusterFile;
+    use crate::app::{MAX_NODES, RING_POINTS};
+    use crate::config_file;
 
     /// The build-time path and the run-time path read the same file into the same cluster.
     #[test]
     fn the_compiled_in_cluster_is_the_file_it_was_built_from() {
         let from_build = spec::<MAX_NODES>().unwrap();
-        let file = ClusterFile::read(std::path::Path::new(SOURCE_FILE)).unwrap();
-        let at_run_time = file.to_spec::<MAX_NODES>().unwrap();
+        let at_run_time = config_file::load_with_capacity::<MAX_NODES>(
+            std::path::Path::new(SOURCE_FILE),
+            RING_POINTS,
+        )
+        .unwrap();
         assert_eq!(from_build, at_run_time);
         assert_eq!(CLUSTER_TAG, at_run_time.cluster_tag());
         assert_eq!(

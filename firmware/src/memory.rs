@@ -16,8 +16,8 @@ use embassy_net::StackResources;
 use rand_core::RngCore;
 
 use crate::app::{
-    FwCluster, FwNode, IN_FLIGHT, MAX_NODES, REPLY_CACHE, RING_POINTS, STACK_SOCKETS, STORE_PAIRS,
-    STORE_SLOTS, SocketResources,
+    FwCluster, FwNode, IN_FLIGHT, MAX_NODES, PORTAL_QUEUE, REPLY_CACHE, RING_POINTS, STACK_SOCKETS,
+    STORE_PAIRS, STORE_SLOTS, STORER_QUEUE, SocketResources,
 };
 
 /// Static RAM of one node, by part, in bytes.
@@ -37,7 +37,9 @@ pub struct MemoryBreakdown {
     pub storer: usize,
     /// Of `node`: the cluster model (every node's name and addresses).
     pub cluster: usize,
-    /// Of `node`: the rest (outgoing queues, counters, the RNG).
+    /// Of `node`: the outgoing queues ([`PORTAL_QUEUE`] + [`STORER_QUEUE`] datagrams).
+    pub queues: usize,
+    /// Of `node`: the rest (counters, the RNG).
     pub node_other: usize,
     /// The portal, storer and source sockets' queues.
     pub sockets: usize,
@@ -69,6 +71,7 @@ pub fn breakdown<R: RngCore>(pairs: usize, slots: usize) -> MemoryBreakdown {
     let portal = size_of::<Portal<MAX_NODES, IN_FLIGHT, REPLY_CACHE>>();
     let storer = size_of::<Storer<REPLY_CACHE>>();
     let cluster = size_of::<FwCluster>();
+    let queues = (PORTAL_QUEUE + STORER_QUEUE) * dqe_core::node::QUEUED_DATAGRAM_BYTES;
     MemoryBreakdown {
         pairs,
         store: slots * size_of::<Slot>(),
@@ -77,7 +80,8 @@ pub fn breakdown<R: RngCore>(pairs: usize, slots: usize) -> MemoryBreakdown {
         portal,
         storer,
         cluster,
-        node_other: node - ring - portal - storer - cluster,
+        queues,
+        node_other: node - ring - portal - storer - cluster - queues,
         sockets: size_of::<SocketResources>(),
         stack: size_of::<StackResources<STACK_SOCKETS>>(),
     }

@@ -21,8 +21,8 @@ use rand::{Rng as _, SeedableRng as _};
 use crate::client::{ClientError, PortalClient, Reply, explain_refusal};
 use crate::cluster::{ClusterError, LocalCluster, find_enforcer};
 use crate::config_file::{
-    ClientConfig, ClusterFile, FileError, GenError, MAX_RING_POINTS, generate_cluster, parse_addr,
-    parse_trust,
+    ClientConfig, ClusterFile, ConfigFileError, FileError, GenError, MAX_RING_POINTS,
+    generate_cluster, parse_addr, parse_trust,
 };
 use crate::demo::{self, DemoError};
 use crate::keys::{self, KeyFileError};
@@ -408,6 +408,8 @@ pub struct DemoArgs {
 pub enum Failure {
     #[error(transparent)]
     ConfigFile(#[from] FileError),
+    #[error(transparent)]
+    ClusterFile(#[from] ConfigFileError),
     #[error(transparent)]
     KeyFile(#[from] KeyFileError),
     #[error(transparent)]

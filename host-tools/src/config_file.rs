@@ -1,9 +1,11 @@
 //! The two TOML files the tools read: the client config and the cluster config.
 //!
 //! The client config is what a mail system sets up once for the printer, verifier and
-//! canceller (portals, trusted allocators, epoch settings). The cluster config is the file
-//! `dqe-enforcer` reads; `dqe config gen` writes it and `dqe config check` validates it with
-//! this module's own parser, so the tools need no dependency on the enforcer's crate.
+//! canceller (portals, trusted allocators, epoch settings); it is parsed here. The cluster
+//! config is the file `dqe-enforcer` reads; `dqe config check`, `dqe cluster up` and the demo
+//! read it with the enforcer's own parser, `backend_std::config_file` (one parser for servers,
+//! tools and boards, so they cannot disagree), and `dqe config gen` writes it and parses the
+//! result back with that parser.
 //!
 //! Both parsers locate every error by file, line and field, because these files are edited
 //! by hand and a message without a line number sends the reader hunting.
@@ -14,9 +16,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use dqe_core::config::{
-    ClusterSpec, ConfigError, DEFAULT_EPOCH_SECONDS, DEFAULT_GRACE, NAME_MAX, NodeName, NodeSpec,
-};
+pub use backend_std::config_file::{Cluster, ConfigFileError, MAX_NODES, MAX_RING_POINTS};
+use dqe_core::config::{DEFAULT_EPOCH_SECONDS, DEFAULT_GRACE};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -30,15 +31,7 @@ pub const CLIENT_CONFIG_ENV: &str = "DQE_CLIENT_CONFIG";
 /// How long a client waits for one portal (all its retries) before trying the next.
 pub const DEFAULT_PORTAL_TIMEOUT: Duration = Duration::from_millis(2000);
 
-/// Most nodes a cluster config may name (the capacity these tools build rings with).
-pub const MAX_NODES: usize = 256;
-/// Most ring points (`nodes * vnodes`) these tools build rings with.
-pub const MAX_RING_POINTS: usize = 8192;
-
-/// A cluster as these tools hold it.
-pub type Spec = ClusterSpec<MAX_NODES>;
-
-/// What is wrong with a config file, located to its line and field.
+/// What is wrong with a client config file, located to its line and field.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
     /// The file could not be read at all.
@@ -275,227 +268,30 @@ impl ClientConfig {
 // ---------------------------------------------------------------------------------------
 // Cluster config
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCluster {
-    cluster: Spanned<RawClusterTable>,
-    #[serde(default)]
-    nodes: Vec<Spanned<RawNode>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClusterTable {
-    replication: Spanned<u8>,
-    vnodes: Option<Spanned<u16>>,
-    handoff: Option<Spanned<u8>>,
-    epoch_seconds: Option<Spanned<u32>>,
-    grace: Option<Spanned<u32>>,
-    retain_epochs: Option<Spanned<u32>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawNode {
-    name: Spanned<String>,
-    portal: Spanned<String>,
-    storer: Spanned<String>,
-    source: Spanned<String>,
-}
-
-/// A parsed and validated cluster config, with where each node was written.
+/// A validated cluster config and the file it came from (`cluster up` passes the path on to
+/// the nodes it starts).
 #[derive(Debug, Clone)]
 pub struct ClusterFile {
     /// The file it came from.
     pub path: PathBuf,
     /// The cluster.
-    pub spec: Spec,
+    pub spec: Cluster,
 }
 
 impl ClusterFile {
     /// Read and validate a cluster config.
-    pub fn read(path: &Path) -> Result<ClusterFile, FileError> {
-        let text = read(path)?;
-        ClusterFile::parse(path, &text)
-    }
-
-    /// Parse and validate cluster config `text` that came from `path`.
-    pub fn parse(path: &Path, text: &str) -> Result<ClusterFile, FileError> {
-        let raw: RawCluster = toml::from_str(text).map_err(|e| located(path, text, e))?;
-        let at = |span: Range<usize>, field: &str, problem: String| FileError::Field {
-            path: path.to_path_buf(),
-            line: line_of(text, span.start),
-            field: field.to_string(),
-            problem,
-        };
-        let table = raw.cluster.get_ref();
-        let mut nodes = heapless::Vec::<NodeSpec, MAX_NODES>::new();
-        for (i, n) in raw.nodes.iter().enumerate() {
-            let n = n.get_ref();
-            let name = NodeName::try_from(n.name.get_ref().as_str()).map_err(|_| {
-                at(
-                    n.name.span(),
-                    "name",
-                    format!("longer than {NAME_MAX} bytes: choose a shorter node name"),
-                )
-            })?;
-            let addr = |s: &Spanned<String>, f: &str| {
-                s.get_ref().parse::<SocketAddr>().map_err(|_| {
-                    at(
-                        s.span(),
-                        f,
-                        format!(
-                            "`{}` is not an IP:PORT address (e.g. 127.0.0.1:8101)",
-                            s.get_ref()
-                        ),
-                    )
-                })
-            };
-            let spec = NodeSpec {
-                name,
-                portal: addr(&n.portal, "portal")?,
-                storer: addr(&n.storer, "storer")?,
-                source: addr(&n.source, "source")?,
-            };
-            if nodes.push(spec).is_err() {
-                return Err(at(
-                    raw.nodes[i].span(),
-                    "nodes",
-                    format!("more than {MAX_NODES} nodes: these tools support at most {MAX_NODES}"),
-                ));
-            }
-        }
-        let node_count = nodes.len();
-        let mut spec = Spec::with_defaults(nodes, *table.replication.get_ref());
-        if let Some(v) = &table.vnodes {
-            spec.vnodes = *v.get_ref();
-        }
-        if let Some(h) = &table.handoff {
-            spec.handoff = *h.get_ref();
-        }
-        if let Some(e) = &table.epoch_seconds {
-            spec.epoch_seconds = *e.get_ref();
-        }
-        if let Some(g) = &table.grace {
-            spec.grace = *g.get_ref();
-            spec.retain_epochs = spec.grace.saturating_add(2);
-        }
-        if let Some(r) = &table.retain_epochs {
-            spec.retain_epochs = *r.get_ref();
-        }
-        let cluster_span = raw.cluster.span();
-        let or_cluster = |s: Option<Range<usize>>| s.unwrap_or_else(|| cluster_span.clone());
-        let node_field = |i: usize, addr: SocketAddr| {
-            let n = raw.nodes[i].get_ref();
-            for (s, f) in [
-                (&n.portal, "portal"),
-                (&n.storer, "storer"),
-                (&n.source, "source"),
-            ] {
-                if s.get_ref().parse::<SocketAddr>().ok() == Some(addr) {
-                    return (s.span(), f);
-                }
-            }
-            (n.portal.span(), "portal")
-        };
-        if let Err(e) = spec.validate() {
-            let err = match e {
-                ConfigError::Empty => FileError::Syntax {
-                    path: path.to_path_buf(),
-                    line: line_of(text, text.len()),
-                    problem: "no nodes: add at least one [[nodes]] table with name, portal, storer and source".into(),
-                },
-                ConfigError::TooManyNodes { capacity } => at(
-                    cluster_span.clone(),
-                    "nodes",
-                    format!("more than {capacity} nodes"),
-                ),
-                ConfigError::EmptyName { node } => at(
-                    raw.nodes[node].get_ref().name.span(),
-                    "name",
-                    "is empty: give every node a unique name".into(),
-                ),
-                ConfigError::DuplicateName { first, second } => at(
-                    raw.nodes[second].get_ref().name.span(),
-                    "name",
-                    format!(
-                        "`{}` is also the name of node {} (line {}): names must be unique",
-                        raw.nodes[second].get_ref().name.get_ref(),
-                        first + 1,
-                        line_of(text, raw.nodes[first].get_ref().name.span().start)
-                    ),
-                ),
-                ConfigError::DuplicateAddress {
-                    first,
-                    second,
-                    addr,
-                } => {
-                    let (span, f) = node_field(second, addr);
-                    let problem = if first == second {
-                        format!("{addr} is used twice by this node: portal, storer and source need three different addresses")
-                    } else {
-                        format!(
-                            "{addr} is also used by node {} (`{}`): every address must be unique",
-                            first + 1,
-                            raw.nodes[first].get_ref().name.get_ref()
-                        )
-                    };
-                    at(span, f, problem)
-                }
-                ConfigError::ReplicationOutOfRange { replication, nodes } => at(
-                    table.replication.span(),
-                    "replication",
-                    format!("{replication} is out of range: it must be between 1 and the number of nodes ({nodes})"),
-                ),
-                ConfigError::NoVnodes => at(
-                    or_cluster(table.vnodes.as_ref().map(|v| v.span())),
-                    "vnodes",
-                    "must be at least 1 (16 is the default)".into(),
-                ),
-                ConfigError::HandoffOutOfRange { handoff, max } => at(
-                    or_cluster(table.handoff.as_ref().map(|v| v.span())),
-                    "handoff",
-                    format!("{handoff} is out of range: it must be between 0 and nodes - replication ({max})"),
-                ),
-                ConfigError::ZeroEpoch => at(
-                    or_cluster(table.epoch_seconds.as_ref().map(|v| v.span())),
-                    "epoch_seconds",
-                    "must be at least 1 (86400, a day, is the default)".into(),
-                ),
-                ConfigError::RetainTooShort {
-                    retain_epochs,
-                    grace,
-                } => at(
-                    or_cluster(
-                        table
-                            .retain_epochs
-                            .as_ref()
-                            .or(table.grace.as_ref())
-                            .map(|v| v.span()),
-                    ),
-                    if table.retain_epochs.is_some() {
-                        "retain_epochs"
-                    } else {
-                        "grace"
-                    },
-                    format!("retain_epochs ({retain_epochs}) must be greater than grace ({grace})"),
-                ),
-            };
-            return Err(err);
-        }
-        let points = node_count * spec.vnodes as usize;
-        if points > MAX_RING_POINTS {
-            return Err(at(
-                or_cluster(table.vnodes.as_ref().map(|v| v.span())),
-                "vnodes",
-                format!(
-                    "nodes x vnodes = {points} ring points, more than the {MAX_RING_POINTS} these tools support: lower vnodes"
-                ),
-            ));
-        }
+    pub fn read(path: &Path) -> Result<ClusterFile, ConfigFileError> {
         Ok(ClusterFile {
             path: path.to_path_buf(),
-            spec,
+            spec: backend_std::config_file::load(path)?,
+        })
+    }
+
+    /// Parse and validate cluster config `text` that came from (or goes to) `path`.
+    pub fn parse(path: &Path, text: &str) -> Result<ClusterFile, ConfigFileError> {
+        Ok(ClusterFile {
+            path: path.to_path_buf(),
+            spec: backend_std::config_file::parse(path, text)?,
         })
     }
 }
@@ -522,7 +318,8 @@ pub enum GenError {
 }
 
 /// The text of a cluster config for `nodes` nodes named `n1..`, each on three consecutive
-/// ports from `base_port` at `host`. It is checked by parsing it back.
+/// ports from `base_port` at `host`. Callers check it by parsing it back with
+/// [`ClusterFile::parse`] before writing it.
 pub fn generate_cluster(
     nodes: usize,
     replication: u8,
@@ -561,7 +358,7 @@ pub fn generate_cluster(
          # epoch_seconds = {}  # epoch length\n\
          # grace = {}            # epochs a stamp stays acceptable after its own",
         dqe_core::config::DEFAULT_VNODES,
-        Spec::default_handoff(nodes, replication),
+        Cluster::default_handoff(nodes, replication),
         DEFAULT_EPOCH_SECONDS,
         DEFAULT_GRACE,
     );
@@ -584,7 +381,7 @@ pub fn generate_cluster(
 mod tests {
     use super::*;
 
-    fn parse(text: &str) -> Result<ClusterFile, FileError> {
+    fn parse(text: &str) -> Result<ClusterFile, ConfigFileError> {
         ClusterFile::parse(Path::new("c.toml"), text)
     }
 
@@ -596,6 +393,35 @@ mod tests {
         assert_eq!(f.spec.replication, 2);
         assert_eq!(f.spec.handoff, 1);
         assert_eq!(f.spec.nodes[2].source, "127.0.0.1:8109".parse().unwrap());
+    }
+
+    /// Whatever `config gen` accepts to write, the one parser accepts to read, with the
+    /// defaults the generated comments announce.
+    #[test]
+    fn every_generated_shape_is_accepted_by_the_enforcers_parser() {
+        let hosts: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        let mut shapes = vec![(1, 1), (2, 1), (2, 2), (MAX_NODES, 1), (MAX_NODES, 3)];
+        for n in 3..=12 {
+            for r in 1..=n.min(5) {
+                shapes.push((n, r as u8));
+            }
+        }
+        for host in hosts {
+            for &(nodes, r) in &shapes {
+                let text = generate_cluster(nodes, r, host, 1024).unwrap();
+                let spec = backend_std::config_file::parse(Path::new("gen.toml"), &text)
+                    .unwrap_or_else(|e| panic!("{nodes} nodes, r {r} on {host}: {e}"));
+                assert_eq!((spec.nodes.len(), spec.replication), (nodes, r));
+                assert_eq!(spec.handoff, Cluster::default_handoff(nodes, r));
+                assert_eq!(spec.vnodes, dqe_core::config::DEFAULT_VNODES);
+                assert_eq!(spec.nodes[nodes - 1].name.as_str(), format!("n{nodes}"));
+                let last = spec.nodes[nodes - 1].source;
+                assert_eq!(
+                    (last.ip(), last.port() as usize),
+                    (host, 1024 + 3 * nodes - 1)
+                );
+            }
+        }
     }
 
     #[test]
@@ -613,48 +439,23 @@ mod tests {
             generate_cluster(0, 1, h, 8101),
             Err(GenError::NodesOutOfRange { .. })
         ));
+        assert!(matches!(
+            generate_cluster(MAX_NODES + 1, 1, h, 1024),
+            Err(GenError::NodesOutOfRange { .. })
+        ));
     }
 
     #[test]
-    fn errors_name_line_and_field() {
+    fn cluster_errors_name_file_line_and_field() {
         let text = "[cluster]\nreplication = 2\n\n[[nodes]]\nname = \"a\"\nportal = \"127.0.0.1:1\"\nstorer = \"127.0.0.1:2\"\nsource = \"127.0.0.1:3\"\n";
         let e = parse(text).unwrap_err();
-        match e {
-            FileError::Field { line, field, .. } => {
-                assert_eq!((line, field.as_str()), (2, "replication"))
-            }
-            other => panic!("{other}"),
-        }
-        let dup = format!(
-            "{text}\n[[nodes]]\nname = \"b\"\nportal = \"127.0.0.1:4\"\nstorer = \"127.0.0.1:2\"\nsource = \"127.0.0.1:6\"\n"
+        assert!(
+            e.to_string()
+                .starts_with("c.toml:2:15: field `cluster.replication`: "),
+            "{e}"
         );
-        match parse(&dup).unwrap_err() {
-            FileError::Field { line, field, .. } => {
-                assert_eq!((line, field.as_str()), (13, "storer"))
-            }
-            other => panic!("{other}"),
-        }
-        let typo = "[cluster]\nreplication = 1\nvnode = 3\n";
-        match parse(typo).unwrap_err() {
-            FileError::Field { line, field, .. } => {
-                assert_eq!((line, field.as_str()), (3, "vnode"))
-            }
-            other => panic!("{other}"),
-        }
-        let bad_type = "[cluster]\nreplication = \"two\"\n";
-        match parse(bad_type).unwrap_err() {
-            FileError::Field { line, field, .. } => {
-                assert_eq!((line, field.as_str()), (2, "replication"))
-            }
-            other => panic!("{other}"),
-        }
-        let bad_addr = "[cluster]\nreplication = 1\n[[nodes]]\nname = \"a\"\nportal = \"nowhere\"\nstorer = \"127.0.0.1:2\"\nsource = \"127.0.0.1:3\"\n";
-        match parse(bad_addr).unwrap_err() {
-            FileError::Field { line, field, .. } => {
-                assert_eq!((line, field.as_str()), (5, "portal"))
-            }
-            other => panic!("{other}"),
-        }
+        let e = ClusterFile::read(Path::new("/nonexistent/dqe/c.toml")).unwrap_err();
+        assert!(matches!(e, ConfigFileError::Unreadable { .. }), "{e}");
     }
 
     #[test]

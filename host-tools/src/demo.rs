@@ -14,7 +14,7 @@ use dqe_core::stamp::{CertBody, Certificate};
 
 use crate::client::PortalClient;
 use crate::cluster::{ClusterError, LocalCluster, free_udp_ports, loopback_config};
-use crate::config_file::{ClusterFile, FileError};
+use crate::config_file::{ClusterFile, ConfigFileError};
 use crate::keys::{self, KeyFileError};
 use crate::stamp_cmd::{self, Cancelled, PortalFailure, PrintError, Receiver, Verdict};
 
@@ -32,7 +32,7 @@ pub enum DemoError {
     KeyFile(#[from] KeyFileError),
     /// The generated config was refused.
     #[error(transparent)]
-    Config(#[from] FileError),
+    Config(#[from] ConfigFileError),
     /// Printing failed.
     #[error(transparent)]
     Print(#[from] PrintError),

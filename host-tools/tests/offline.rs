@@ -854,7 +854,7 @@ fn config_gen_and_check_agree() {
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stderr
-            .contains(&format!("broken.toml:{second}: field `name`")),
+            .contains(&format!("broken.toml:{second}:8: field `nodes[1].name`")),
         "{}",
         r.stderr
     );

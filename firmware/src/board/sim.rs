@@ -31,7 +31,7 @@ use crate::app::{
     AppError, FwNode, FwStore, IN_FLIGHT, MAX_NODES, REPLY_CACHE, RING_POINTS, STACK_SOCKETS,
     STORE_PAIRS, SocketResources, build_node, check_addresses, slots_for,
 };
-use crate::config_file::{ClusterFile, ConfigFileError};
+use crate::config_file::{self, ConfigFileError};
 
 /// Largest `--capacity` the sim accepts (pairs): 16 Mi pairs, about 430 MB of slots.
 pub const MAX_CAPACITY: usize = 1 << 24;
@@ -118,6 +118,8 @@ type SimBackend = EmbeddedNode<
     RING_POINTS,
     IN_FLIGHT,
     REPLY_CACHE,
+    { crate::app::PORTAL_QUEUE },
+    { crate::app::STORER_QUEUE },
 >;
 
 #[embassy_executor::task]
@@ -144,9 +146,8 @@ pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), SimError> {
 
 /// Run the sim board until the process is killed; returns only on a start-up error.
 pub fn run(args: Args) -> Result<Infallible, SimError> {
-    let file = ClusterFile::read(&args.config)?;
-    let spec = file.to_spec::<MAX_NODES>()?;
-    let me = ClusterFile::node_index(&spec, &args.node)?;
+    let spec = config_file::load_with_capacity::<MAX_NODES>(&args.config, RING_POINTS)?;
+    let me = config_file::find_node(&args.config, &spec, &args.node)?;
     let (ip, prefix) = parse_cidr(&args.address)?;
     let my_spec = spec.nodes[me as usize].clone();
     check_addresses(&my_spec, ip)?;
