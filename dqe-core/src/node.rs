@@ -33,7 +33,7 @@ use crate::Millis;
 use crate::config::{ClusterSpec, ConfigError, NodeIndex};
 use crate::detector::Health;
 use crate::portal::{Context, Portal};
-use crate::ring::{MAX_PREFERENCE, Ring, RingError};
+use crate::ring::{Ring, RingError};
 use crate::store::Store;
 use crate::storer::{Storer, StorerStats};
 use crate::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason, WireError};
@@ -454,7 +454,7 @@ impl<
         }
         let ring = Ring::new(&spec)?;
         let needed = usize::from(ring.replication()) + usize::from(ring.handoff()) + 1;
-        if QP < needed.min(MAX_PREFERENCE + 1) || QS == 0 {
+        if QP < needed || QS == 0 {
             return Err(NodeError::QueueTooSmall {
                 portal: QP,
                 storer: QS,
