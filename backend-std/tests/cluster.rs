@@ -8,26 +8,25 @@ use std::time::{Duration, Instant};
 use dqe_core::wire::Body;
 use support::*;
 
-const RANGE: u16 = 44_000;
-const READY: Duration = Duration::from_secs(20);
+static PORTS: PortRange = PortRange::new(44_000, 45_000);
 /// The client's retry budget: 3 tries of 1 s. The portal gives up on a peer after 3 x 250 ms.
 const BUDGET: Duration = Duration::from_secs(3);
 
 struct Cluster {
-    nodes: Vec<Option<Enforcer>>,
+    nodes: Vec<Enforcer>,
     portals: Vec<std::net::SocketAddr>,
     _dir: tempfile::TempDir,
 }
 
 fn five_nodes() -> Cluster {
     let dir = tempfile::tempdir().unwrap();
-    let base = free_ports(RANGE, 15);
+    let base = PORTS.block(15);
     let file = cluster_file(dir.path(), base, 5, 3);
     let mut nodes = Vec::new();
     let mut portals = Vec::new();
     for i in 0..5u16 {
         let portal = addr(base + 3 * i);
-        let args = vec![
+        let args = [
             "--config".to_string(),
             file.display().to_string(),
             "--node".to_string(),
@@ -35,10 +34,10 @@ fn five_nodes() -> Cluster {
         ];
         let data = dir.path().join(format!("data-{i}"));
         let log = dir.path().join(format!("log-{i}"));
-        nodes.push(Some(Enforcer::spawn(&args, &data, &log, portal)));
+        nodes.push(Enforcer::spawn(&args, &data, &log, portal));
         portals.push(portal);
     }
-    for n in nodes.iter_mut().flatten() {
+    for n in &mut nodes {
         n.wait_ready(READY);
     }
     Cluster {
@@ -52,7 +51,7 @@ fn five_nodes() -> Cluster {
 fn every_portal_sets_and_every_portal_finds() {
     let c = five_nodes();
     let client = Client::new();
-    let values: Vec<_> = (0..40).map(|i| pair(&format!("cluster {i}")).1).collect();
+    let values = values("cluster", 40);
     for (i, v) in values.iter().enumerate() {
         let portal = c.portals[i % 5];
         assert_eq!(
@@ -86,17 +85,13 @@ fn every_portal_sets_and_every_portal_finds() {
 fn two_nodes_down_lose_nothing_and_nothing_hangs() {
     let mut c = five_nodes();
     let client = Client::new();
-    let before: Vec<_> = (0..60)
-        .map(|i| pair(&format!("before failure {i}")).1)
-        .collect();
+    let before = values("before failure", 60);
     for (i, v) in before.iter().enumerate() {
         assert_eq!(client.set(c.portals[i % 5], *v), Some(Body::Stored));
     }
     // Kill nodes 1 and 3 (SIGKILL: no goodbye).
     for i in [1, 3] {
-        if let Some(mut n) = c.nodes[i].take() {
-            n.kill9();
-        }
+        c.nodes[i].kill9();
     }
     let live = [0usize, 2, 4];
     for (i, v) in before.iter().enumerate() {
@@ -132,7 +127,7 @@ fn two_nodes_down_lose_nothing_and_nothing_hangs() {
             .request_once(
                 c.portals[1],
                 0,
-                rand_id(),
+                fresh_id(),
                 Body::Test { key: [0; 20] },
                 Duration::from_millis(300)
             )
@@ -160,7 +155,7 @@ fn wire_rules_hold_at_every_portal_and_storer() {
             assert_eq!(client.raw(storer, bytes, silence), None, "storer {i}");
         }
         let r = client
-            .request_once(storer, 0, rand_id(), Body::Test { key: k }, BUDGET)
+            .request_once(storer, 0, fresh_id(), Body::Test { key: k }, BUDGET)
             .unwrap();
         assert_eq!(
             r.env.body,
@@ -172,7 +167,7 @@ fn wire_rules_hold_at_every_portal_and_storer() {
             .request_once(
                 *portal,
                 0xdead_beef,
-                rand_id(),
+                fresh_id(),
                 Body::Test { key: k },
                 BUDGET,
             )
@@ -186,7 +181,7 @@ fn wire_rules_hold_at_every_portal_and_storer() {
         assert!(r.len <= r.request_len);
     }
     // Idempotent retry through a portal that fans out to peers.
-    let id = rand_id();
+    let id = fresh_id();
     let set = Body::Set { key: k, value: v };
     for _ in 0..3 {
         let r = client

@@ -1,6 +1,9 @@
 //! `dqe-fw-sim` refuses what it cannot serve before it touches any network device.
 
-use std::process::{Command, Output};
+use std::process::Command;
+use std::time::Duration;
+
+use dqe_tests::Run;
 
 const CLUSTER: &str = r#"
 [cluster]
@@ -13,18 +16,13 @@ storer = "10.77.0.2:7102"
 source = "10.77.0.2:7103"
 "#;
 
-fn sim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_dqe-fw-sim"))
-        .args(args)
-        .output()
-        .expect("run dqe-fw-sim")
+/// `dqe-fw-sim args`, bounded in time: every case here fails before touching a device.
+fn sim(args: &[&str]) -> Run {
+    let bin = env!("CARGO_BIN_EXE_dqe-fw-sim");
+    dqe_tests::run(Command::new(bin).args(args), b"", Duration::from_secs(30))
 }
 
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn with_config(extra: &[&str]) -> Output {
+fn with_config(extra: &[&str]) -> Run {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cluster.toml");
     std::fs::write(&config, CLUSTER).unwrap();
@@ -35,7 +33,7 @@ fn with_config(extra: &[&str]) -> Output {
 }
 
 /// Node `fw` at its address, with the cluster file at `config`.
-fn fw_with_config(config: &str) -> Output {
+fn fw_with_config(config: &str) -> Run {
     sim(&[
         "--tap",
         "dqe-no-such-tap",
@@ -51,62 +49,50 @@ fn fw_with_config(config: &str) -> Output {
 #[test]
 fn without_arguments_it_prints_usage_and_fails() {
     let out = sim(&[]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("Usage"), "{}", stderr(&out));
+    assert_ne!(out.code, 0, "{out:?}");
+    assert!(out.stderr.contains("Usage"), "{}", out.stderr);
 }
 
 #[test]
 fn the_node_addresses_must_carry_the_board_ip() {
     let out = with_config(&["--address", "10.77.0.3/24", "--node", "fw"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = stderr(&out);
-    assert!(
-        err.contains("portal address 10.77.0.2") && err.contains("10.77.0.3"),
-        "{err}"
-    );
+    out.assert_fails(1, "portal address 10.77.0.2");
+    out.assert_fails(1, "10.77.0.3");
 }
 
 #[test]
 fn an_unknown_node_is_refused() {
-    let out = with_config(&["--address", "10.77.0.2/24", "--node", "nope"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no node is named `nope` (the file names: fw)"),
-        "{}",
-        stderr(&out)
-    );
+    with_config(&["--address", "10.77.0.2/24", "--node", "nope"])
+        .assert_fails(1, "no node is named `nope` (the file names: fw)");
 }
 
 #[test]
 fn a_bad_cidr_and_a_bad_capacity_are_refused() {
-    let out = with_config(&["--address", "10.77.0.2", "--node", "fw"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("is not an IPv4 CIDR"),
-        "{}",
-        stderr(&out)
-    );
-    let out = with_config(&[
-        "--address",
-        "10.77.0.2/24",
-        "--node",
-        "fw",
-        "--capacity",
-        "0",
-    ]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("--capacity 0"), "{}", stderr(&out));
+    for (extra, error) in [
+        (
+            &["--address", "10.77.0.2", "--node", "fw"][..],
+            "is not an IPv4 CIDR",
+        ),
+        (
+            &[
+                "--address",
+                "10.77.0.2/24",
+                "--node",
+                "fw",
+                "--capacity",
+                "0",
+            ],
+            "--capacity 0",
+        ),
+    ] {
+        with_config(extra).assert_fails(1, error);
+    }
 }
 
 #[test]
 fn a_missing_cluster_file_is_named() {
-    let out = fw_with_config("/nonexistent/cluster.toml");
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("/nonexistent/cluster.toml: cannot read the cluster file"),
-        "{}",
-        stderr(&out)
-    );
+    fw_with_config("/nonexistent/cluster.toml")
+        .assert_fails(1, "/nonexistent/cluster.toml: cannot read the cluster file");
 }
 
 /// The sim reads the file with the servers' parser: a rule a server enforces (the index's
@@ -120,8 +106,8 @@ fn the_file_is_checked_by_the_servers_parser_with_the_boards_capacity() {
         std::fs::write(&path, text).unwrap();
         let path = path.display().to_string();
         let out = fw_with_config(&path);
-        assert_eq!(out.status.code(), Some(1));
-        (path, stderr(&out))
+        assert_eq!(out.code, 1, "{out:?}");
+        (path, out.stderr)
     };
     let retain = CLUSTER.replace("replication = 1", "replication = 1\nretain_epochs = 300");
     let (path, err) = run("retain.toml", &retain);

@@ -4,19 +4,20 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::sync::atomic::AtomicU16;
+use std::process::Stdio;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{TestCluster, allocator_and_sender, dqe, dqe_in, print_stamp};
+use common::{
+    PortRange, TestCluster, allocator_and_sender, dqe, judge, print_stamp, stamp_message,
+};
+use dqe_tests::ChildGuard;
 
 /// This file's ports.
-static PORTS: AtomicU16 = AtomicU16::new(21200);
-const PORTS_END: u16 = 22000;
+static PORTS: PortRange = PortRange::new(21200, 22000);
 
-fn cluster(nodes: usize, r: u8) -> TestCluster {
-    TestCluster::start(&PORTS, PORTS_END, nodes, r)
+fn cluster(nodes: u16, r: u8) -> TestCluster {
+    TestCluster::start(&PORTS, nodes, r)
 }
 
 #[test]
@@ -26,104 +27,23 @@ fn a_stamp_is_fresh_then_cancelled_then_caught_when_reused() {
     allocator_and_sender(d, 5, "+30");
     let stamp = print_stamp(d);
     let (p0, p1, p2) = (c.portal(0), c.portal(1), c.portal(2));
-
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--portal",
-            &p0,
-            &stamp,
-        ],
-    );
-    assert_eq!((r.code, r.stdout.trim()), (0, "fresh"), "{r:?}");
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "cancel",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--portal",
-            &p1,
-            &stamp,
-        ],
-    );
-    assert_eq!((r.code, r.stdout.trim()), (0, "cancelled"), "{r:?}");
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--portal",
-            &p2,
-            &stamp,
-        ],
-    );
-    assert_eq!((r.code, r.stdout.trim()), (3, "used"), "{r:?}");
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "cancel",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--portal",
-            &p0,
-            &stamp,
-        ],
-    );
-    assert_eq!((r.code, r.stdout.trim()), (3, "used"), "{r:?}");
+    for (sub, portal, code, verdict) in [
+        ("verify", &p0, 0, "fresh"),
+        ("cancel", &p1, 0, "cancelled"),
+        ("verify", &p2, 3, "used"),
+        ("cancel", &p0, 3, "used"),
+    ] {
+        judge(d, sub, &["--portal", portal, &stamp]).assert_says(code, verdict);
+    }
 
     // As a mail filter: print into a message, cancel at the first receiver, reuse caught at
     // the second.
     let mail = b"Subject: offer\n\nbuy now\n";
-    let printed = dqe_in(
-        d,
-        &[
-            "stamp",
-            "print",
-            "--epoch",
-            common::epoch(),
-            "--cert",
-            "sender.cert",
-            "--key",
-            "sender.key",
-            "--message",
-        ],
-        mail,
-        Duration::from_secs(30),
-    );
+    let key = ["--cert", "sender.cert", "--key", "sender.key"];
+    let printed = stamp_message(d, "print", &key, mail);
     assert_eq!(printed.code, 0, "{printed:?}");
-    let first = dqe_in(
-        d,
-        &[
-            "stamp",
-            "cancel",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--portal",
-            &p1,
-            "--message",
-        ],
-        printed.stdout.as_bytes(),
-        Duration::from_secs(30),
-    );
+    let trust = |portal| ["--trust", "qa.pub", "--portal", portal];
+    let first = stamp_message(d, "cancel", &trust(&p1), printed.stdout.as_bytes());
     assert_eq!(first.code, 0, "{first:?}");
     assert!(
         first
@@ -132,22 +52,7 @@ fn a_stamp_is_fresh_then_cancelled_then_caught_when_reused() {
         "{}",
         first.stdout
     );
-    let second = dqe_in(
-        d,
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--portal",
-            &p2,
-            "--message",
-        ],
-        first.stdout.as_bytes(),
-        Duration::from_secs(30),
-    );
+    let second = stamp_message(d, "verify", &trust(&p2), first.stdout.as_bytes());
     assert_eq!(second.code, 3, "{second:?}");
     // The first filter's verdict is replaced, not kept beside the new one.
     assert_eq!(
@@ -165,22 +70,7 @@ fn a_stamp_is_fresh_then_cancelled_then_caught_when_reused() {
 
     // A tampered stamp is refused before any portal is asked.
     let tampered = host_tools::demo::tamper(&stamp);
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "cancel",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--portal",
-            &p0,
-            &tampered,
-        ],
-    );
-    assert_eq!(r.code, 4, "{r:?}");
-    assert!(r.stderr.contains("bad stamp signature"), "{}", r.stderr);
+    judge(d, "cancel", &["--portal", &p0, &tampered]).assert_fails(4, "bad stamp signature");
 }
 
 #[test]
@@ -190,20 +80,7 @@ fn a_dead_node_is_skipped_and_its_keys_are_still_served() {
     allocator_and_sender(&d, 5, "+30");
     let stamp = print_stamp(&d);
     let (p0, p1) = (c.portal(0), c.portal(1));
-    let r = dqe(
-        &d,
-        &[
-            "stamp",
-            "cancel",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--portal",
-            &p1,
-            &stamp,
-        ],
-    );
+    let r = judge(&d, "cancel", &["--portal", &p1, &stamp]);
     assert_eq!(r.code, 0, "{r:?}");
     c.cluster.stop_node("n1");
     // The client config lists the dead portal first: it is skipped for the next one.
@@ -212,46 +89,15 @@ fn a_dead_node_is_skipped_and_its_keys_are_still_served() {
         format!("portals = [\"{p0}\", \"{p1}\"]\ntrust = [\"qa.pub\"]\ntimeout_ms = 1500\n"),
     )
     .unwrap();
-    let r = dqe(
-        &d,
-        &[
-            "--client-config",
-            "client.toml",
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            &stamp,
-        ],
-    );
-    assert_eq!((r.code, r.stdout.trim()), (3, "used"), "{r:?}");
+    let with_config = |sub: &str, stamp: &str| {
+        let mut args = vec!["--client-config", "client.toml", "stamp", sub];
+        args.extend(["--epoch", common::epoch(), stamp]);
+        dqe(&d, &args)
+    };
+    with_config("verify", &stamp).assert_says(3, "used");
     let fresh = print_stamp(&d);
-    let r = dqe(
-        &d,
-        &[
-            "--client-config",
-            "client.toml",
-            "stamp",
-            "cancel",
-            "--epoch",
-            common::epoch(),
-            &fresh,
-        ],
-    );
-    assert_eq!((r.code, r.stdout.trim()), (0, "cancelled"), "{r:?}");
-    let r = dqe(
-        &d,
-        &[
-            "--client-config",
-            "client.toml",
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            &fresh,
-        ],
-    );
-    assert_eq!((r.code, r.stdout.trim()), (3, "used"), "{r:?}");
+    with_config("cancel", &fresh).assert_says(0, "cancelled");
+    with_config("verify", &fresh).assert_says(3, "used");
 }
 
 #[test]
@@ -260,30 +106,26 @@ fn portal_word_mode_prints_each_answer() {
     let d = c.dir.path();
     let (p0, p2) = (c.portal(0), c.portal(2));
     let word = "word-mode-test";
-    let r = dqe(d, &["portal", "--portal", &p0, "test", word]);
-    assert_eq!((r.code, r.stdout.trim()), (0, "not found"), "{r:?}");
-    let r = dqe(d, &["portal", "--portal", &p0, "set", word]);
-    assert_eq!((r.code, r.stdout.trim()), (0, "stored"), "{r:?}");
-    let r = dqe(d, &["portal", "--portal", &p2, "set", word]);
-    assert_eq!((r.code, r.stdout.trim()), (3, "found"), "{r:?}");
-    let r = dqe(d, &["portal", "--portal", &p2, "test", word]);
-    assert_eq!((r.code, r.stdout.trim()), (3, "found"), "{r:?}");
+    for (portal, op, code, answer) in [
+        (&p0, "test", 0, "not found"),
+        (&p0, "set", 0, "stored"),
+        (&p2, "set", 3, "found"),
+        (&p2, "test", 3, "found"),
+    ] {
+        dqe(d, &["portal", "--portal", portal, op, word]).assert_says(code, answer);
+    }
     // A storer port is not a portal: the refusal says what to use instead.
     let storer = c.cluster.nodes()[0].storer.to_string();
     let r = dqe(d, &["portal", "--portal", &storer, "test", word]);
-    assert_eq!(
-        (r.code, r.stdout.trim()),
-        (1, "refused: wrong_port"),
-        "{r:?}"
-    );
-    assert!(r.stderr.contains("portal` address"), "{}", r.stderr);
+    r.assert_says(1, "refused: wrong_port");
+    r.assert_fails(1, "portal` address");
 }
 
 #[test]
 fn cluster_up_serves_until_ctrl_c_then_stops_every_node() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let ports = common::free_ports(&PORTS, PORTS_END, 6);
+    let ports = PORTS.ports(6);
     std::fs::write(
         d.join("c.toml"),
         host_tools::cluster::loopback_config(&ports, 1, None),
@@ -291,23 +133,14 @@ fn cluster_up_serves_until_ctrl_c_then_stops_every_node() {
     .unwrap();
     // `dqe` finds dqe-enforcer beside itself in the target dir.
     common::enforcer_path();
-    let mut child = Command::new(common::dqe_path())
-        .args(["cluster", "up", "--config", "c.toml", "--data-root", "data"])
-        .current_dir(d)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
+    let mut child = ChildGuard::spawn(
+        common::dqe_command(d)
+            .args(["cluster", "up", "--config", "c.toml", "--data-root", "data"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit()),
+    );
     let stdout = child.stdout.take().unwrap();
-    let mut child = Reap(child);
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -331,21 +164,9 @@ fn cluster_up_serves_until_ctrl_c_then_stops_every_node() {
         "{seen:?}"
     );
     let r = dqe(d, &["portal", "--portal", &portal, "set", "up"]);
-    assert_eq!((r.code, r.stdout.trim()), (0, "stored"), "{r:?}");
+    r.assert_says(0, "stored");
 
-    let pid = rustix::process::Pid::from_raw(child.0.id() as i32).unwrap();
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).unwrap();
-    let stop_deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(s) = child.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            Instant::now() < stop_deadline,
-            "dqe cluster up did not stop on SIGINT"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = child.stop("INT", Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
     while let Ok(l) = rx.recv_timeout(Duration::from_secs(2)) {
         seen.push(l);
@@ -398,22 +219,15 @@ fn u2_measures_both_loops_and_never_reports_false_reuse() {
     assert!(r.stdout.contains("p99.9"), "{}", r.stdout);
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(d.join("closed.json")).unwrap()).unwrap();
-    let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
-    keys.sort();
-    assert_eq!(
-        keys,
-        [
-            "answered",
-            "false_reuse",
-            "latency_us",
-            "ops_per_sec",
-            "outcomes",
-            "reuse_attempted",
-            "reuse_detected",
-            "sent",
-            "timeouts"
-        ]
-    );
+    // Exactly the contract's fields (which u2's own unit test lists).
+    let keys = |v: &serde_json::Value| {
+        let mut keys: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let contract = host_tools::u2::Report::default().to_json();
+    assert_eq!(keys(&v), keys(&serde_json::from_str(&contract).unwrap()));
+    assert_eq!(keys(&v).len(), 9, "{v}");
     let n = |k: &str| v[k].as_u64().unwrap();
     assert!(n("answered") > 100, "{v}");
     assert_eq!(n("answered") + n("timeouts"), n("sent"), "{v}");
@@ -463,7 +277,7 @@ fn u2_measures_both_loops_and_never_reports_false_reuse() {
 #[test]
 fn u2_against_no_enforcer_fails_clearly() {
     let dir = tempfile::tempdir().unwrap();
-    let closed = format!("127.0.0.1:{}", common::free_ports(&PORTS, PORTS_END, 1)[0]);
+    let closed = format!("127.0.0.1:{}", PORTS.block(1));
     let r = dqe(
         dir.path(),
         &[
@@ -478,8 +292,7 @@ fn u2_against_no_enforcer_fails_clearly() {
             "300",
         ],
     );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("no portal answered"), "{}", r.stderr);
+    r.assert_fails(1, "no portal answered");
     assert!(r.took < Duration::from_secs(10));
 }
 

@@ -6,20 +6,52 @@ mod common;
 
 use std::net::UdpSocket;
 use std::path::Path;
-use std::sync::atomic::AtomicU16;
-use std::time::Duration;
 
-use common::{allocator_and_sender, dqe, dqe_in, print_stamp};
+use common::{PortRange, allocator_and_sender, dqe, judge, print_stamp, print_with, stamp_message};
 use dqe_core::stamp::Stamp;
 use host_tools::keys;
 
 /// This file's ports.
-static PORTS: AtomicU16 = AtomicU16::new(21000);
-const PORTS_END: u16 = 21200;
+static PORTS: PortRange = PortRange::new(21000, 21200);
 
 /// The epoch the tests run in (pinned once, see `common::epoch`).
 fn today() -> u32 {
     common::epoch_number()
+}
+
+/// A scratch directory with an allocator `qa` and a sender certified for 5 stamps.
+fn certified() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    allocator_and_sender(dir.path(), 5, "+30");
+    dir
+}
+
+/// `dqe config gen --nodes N --replication R rest...` in `d`.
+fn config_gen(d: &Path, nodes: &str, replication: &str, rest: &[&str]) -> common::Run {
+    let mut args = vec![
+        "config",
+        "gen",
+        "--nodes",
+        nodes,
+        "--replication",
+        replication,
+    ];
+    args.extend_from_slice(rest);
+    dqe(d, &args)
+}
+
+/// `dqe --client-config CONFIG stamp verify --epoch <today> rest...` in `d`.
+fn verify_with_config(d: &Path, config: &str, rest: &[&str]) -> common::Run {
+    let mut args = vec![
+        "--client-config",
+        config,
+        "stamp",
+        "verify",
+        "--epoch",
+        common::epoch(),
+    ];
+    args.extend_from_slice(rest);
+    dqe(d, &args)
 }
 
 #[test]
@@ -104,86 +136,28 @@ fn printing_hands_out_each_index_once_and_stops_at_the_quota() {
         .collect();
     indices.sort();
     assert_eq!(indices, [0, 1, 2]);
-    let r = dqe(
-        dir.path(),
-        &[
-            "stamp",
-            "print",
-            "--epoch",
-            common::epoch(),
-            "--cert",
-            "sender.cert",
-            "--key",
-            "sender.key",
-        ],
-    );
-    assert_eq!(r.code, 5, "{r:?}");
-    assert!(r.stderr.contains("quota spent"), "{}", r.stderr);
+    let r = print_with(dir.path(), "sender.key", &[]);
+    r.assert_fails(5, "quota spent");
     assert!(r.stdout.is_empty());
     assert!(dir.path().join("sender.cert.state").is_file());
     // An explicit index bypasses the state file but not the quota.
-    let r = dqe(
-        dir.path(),
-        &[
-            "stamp",
-            "print",
-            "--epoch",
-            common::epoch(),
-            "--cert",
-            "sender.cert",
-            "--key",
-            "sender.key",
-            "--index",
-            "3",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stderr.contains("not below the certificate's quota"),
-        "{}",
-        r.stderr
-    );
+    print_with(dir.path(), "sender.key", &["--index", "3"])
+        .assert_fails(1, "not below the certificate's quota");
 }
 
 #[test]
 fn print_with_message_adds_a_stamp_header_that_verify_reads() {
-    let dir = tempfile::tempdir().unwrap();
-    allocator_and_sender(dir.path(), 5, "+30");
+    let dir = certified();
+    let d = dir.path();
     let mail = b"From: a@example.org\r\nSubject: hello\r\n\r\nHi there.\r\n";
-    let r = dqe_in(
-        dir.path(),
-        &[
-            "stamp",
-            "print",
-            "--epoch",
-            common::epoch(),
-            "--cert",
-            "sender.cert",
-            "--key",
-            "sender.key",
-            "--message",
-        ],
-        mail,
-        Duration::from_secs(30),
-    );
+    let key = ["--cert", "sender.cert", "--key", "sender.key"];
+    let r = stamp_message(d, "print", &key, mail);
     assert_eq!(r.code, 0, "{r:?}");
     assert!(r.stdout.starts_with("X-DQE-Stamp: "), "{}", r.stdout);
     assert!(r.stdout.ends_with("Subject: hello\r\n\r\nHi there.\r\n"));
     assert!(r.stdout.lines().all(|l| l.len() <= 78));
-    let v = dqe_in(
-        dir.path(),
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--message",
-        ],
-        r.stdout.as_bytes(),
-        Duration::from_secs(30),
-    );
+    let trust = ["--trust", "qa.pub"];
+    let v = stamp_message(d, "verify", &trust, r.stdout.as_bytes());
     assert_eq!(v.code, 0, "{v:?}");
     assert!(
         v.stdout
@@ -193,137 +167,55 @@ fn print_with_message_adds_a_stamp_header_that_verify_reads() {
     );
     // A message with no stamp is invalid, and a forged verdict is dropped.
     let forged = b"X-DQE-Verdict: fresh\nSubject: x\n\nbody\n";
-    let v = dqe_in(
-        dir.path(),
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--message",
-        ],
-        forged,
-        Duration::from_secs(30),
-    );
+    let v = stamp_message(d, "verify", &trust, forged);
     assert_eq!(v.code, 4, "{v:?}");
     assert_eq!(v.stdout, "X-DQE-Verdict: none\nSubject: x\n\nbody\n");
 }
 
 #[test]
 fn offline_verification_names_the_broken_rule() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = certified();
     let d = dir.path();
-    allocator_and_sender(d, 5, "+30");
     let stamp = print_stamp(d);
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            &stamp,
-        ],
-    );
-    assert_eq!((r.code, r.stdout.trim()), (0, "valid"), "{r:?}");
+    judge(d, "verify", &[&stamp]).assert_says(0, "valid");
+    assert_eq!(dqe(d, &["keygen", "--out", "other"]).code, 0);
 
     // Tampered: one character of the sender's signature changed.
     let tampered = host_tools::demo::tamper(&stamp);
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            &tampered,
-        ],
-    );
-    assert_eq!(r.code, 4, "{r:?}");
-    assert!(r.stderr.contains("bad stamp signature"), "{}", r.stderr);
-
     // Not a stamp at all.
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "hello",
-        ],
-    );
-    assert_eq!(r.code, 4, "{r:?}");
-    assert!(r.stderr.contains("not base64url"), "{}", r.stderr);
     let short = keys::encode_line(b"not a stamp");
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            &short,
-        ],
-    );
-    assert_eq!(r.code, 4, "{r:?}");
-    assert!(
-        r.stderr.contains("does not decode to a stamp"),
-        "{}",
-        r.stderr
-    );
-
-    // Untrusted allocator.
-    assert_eq!(dqe(d, &["keygen", "--out", "other"]).code, 0);
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "other.pub",
+    let (later, earlier) = ((today() + 5).to_string(), (today() - 1).to_string());
+    let qa = ["--trust", "qa.pub"];
+    let cases: [(&str, &[&str], &str); 6] = [
+        (&tampered, &qa, "bad stamp signature"),
+        ("hello", &qa, "not base64url"),
+        (&short, &qa, "does not decode to a stamp"),
+        // Untrusted allocator.
+        (&stamp, &["--trust", "other.pub"], "untrusted allocator"),
+        // Stale, and from the future.
+        (
             &stamp,
-        ],
-    );
-    assert_eq!(r.code, 4, "{r:?}");
-    assert!(r.stderr.contains("untrusted allocator"), "{}", r.stderr);
-
-    // Stale, and from the future.
-    let later = (today() + 5).to_string();
-    let r = dqe(
-        d,
-        &[
-            "stamp", "verify", "--trust", "qa.pub", "--epoch", &later, &stamp,
-        ],
-    );
-    assert_eq!(r.code, 4, "{r:?}");
-    assert!(r.stderr.contains("stale stamp"), "{}", r.stderr);
-    let earlier = (today() - 1).to_string();
-    let r = dqe(
-        d,
-        &[
-            "stamp", "verify", "--trust", "qa.pub", "--epoch", &earlier, &stamp,
-        ],
-    );
-    assert_eq!(r.code, 4, "{r:?}");
-    assert!(r.stderr.contains("from the future"), "{}", r.stderr);
+            &["--trust", "qa.pub", "--epoch", &later],
+            "stale stamp",
+        ),
+        (
+            &stamp,
+            &["--trust", "qa.pub", "--epoch", &earlier],
+            "from the future",
+        ),
+    ];
+    for (text, flags, rule) in cases {
+        let mut args = vec!["stamp", "verify"];
+        if !flags.contains(&"--epoch") {
+            args.extend(["--epoch", common::epoch()]);
+        }
+        args.extend_from_slice(flags);
+        args.push(text);
+        dqe(d, &args).assert_fails(4, rule);
+    }
 
     // No trusted key anywhere: an error, not a verdict.
-    let r = dqe(d, &["stamp", "verify", "--epoch", common::epoch(), &stamp]);
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("no trusted allocator"), "{}", r.stderr);
+    common::stamp(d, "verify", &[&stamp]).assert_fails(1, "no trusted allocator");
 }
 
 #[test]
@@ -332,217 +224,79 @@ fn expired_certificate_is_refused_by_printer_and_verifier() {
     let d = dir.path();
     let expired = (today() - 2).to_string();
     allocator_and_sender(d, 5, &expired);
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "print",
-            "--epoch",
-            common::epoch(),
-            "--cert",
-            "sender.cert",
-            "--key",
-            "sender.key",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("expired"), "{}", r.stderr);
+    let r = print_with(d, "sender.key", &[]);
+    r.assert_fails(1, "expired");
     assert!(r.stdout.is_empty());
     // A stamp made anyway (by a sender ignoring the expiry) fails the rule epoch <= expires.
     let cert = keys::read_certificate(&d.join("sender.cert")).unwrap();
     let seed = keys::read_seed(&d.join("sender.key")).unwrap();
     let stamp = Stamp::sign(cert, &seed, today(), 0).unwrap();
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            &keys::stamp_text(&stamp),
-        ],
-    );
-    assert_eq!(r.code, 4, "{r:?}");
-    assert!(r.stderr.contains("expired certificate"), "{}", r.stderr);
+    judge(d, "verify", &[&keys::stamp_text(&stamp)]).assert_fails(4, "expired certificate");
 }
 
 #[test]
 fn corrupt_key_and_certificate_files_are_named() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = certified();
     let d = dir.path();
-    allocator_and_sender(d, 5, "+30");
-    std::fs::write(d.join("sender.key"), "this is not a key\n").unwrap();
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "print",
-            "--epoch",
-            common::epoch(),
-            "--cert",
-            "sender.cert",
-            "--key",
+    // Unreadable, truncated (valid base64url, wrong length), and a certificate that is not one.
+    for (file, text, key, error) in [
+        (
             "sender.key",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("sender.key is corrupt"), "{}", r.stderr);
-    assert!(r.stdout.is_empty());
-    // Truncated: valid base64url, wrong length.
-    std::fs::write(d.join("sender.key"), "AAAA\n").unwrap();
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "print",
-            "--epoch",
-            common::epoch(),
-            "--cert",
-            "sender.cert",
-            "--key",
+            "this is not a key\n",
             "sender.key",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("holds 3 bytes"), "{}", r.stderr);
-    std::fs::write(d.join("sender.cert"), "AAAA\n").unwrap();
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "print",
-            "--epoch",
-            common::epoch(),
-            "--cert",
+            "sender.key is corrupt",
+        ),
+        ("sender.key", "AAAA\n", "sender.key", "holds 3 bytes"),
+        (
             "sender.cert",
-            "--key",
+            "AAAA\n",
             "qa.key",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stderr.contains("sender.cert is not a DQE certificate"),
-        "{}",
-        r.stderr
-    );
+            "sender.cert is not a DQE certificate",
+        ),
+    ] {
+        std::fs::write(d.join(file), text).unwrap();
+        let r = print_with(d, key, &[]);
+        r.assert_fails(1, error);
+        assert!(r.stdout.is_empty(), "{r:?}");
+    }
     // The wrong key for the certificate.
-    let fresh = tempfile::tempdir().unwrap();
-    let d = fresh.path();
-    allocator_and_sender(d, 5, "+30");
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "print",
-            "--epoch",
-            common::epoch(),
-            "--cert",
-            "sender.cert",
-            "--key",
-            "qa.key",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("is not the sender"), "{}", r.stderr);
+    let fresh = certified();
+    print_with(fresh.path(), "qa.key", &[]).assert_fails(1, "is not the sender");
 }
 
 #[test]
 fn a_state_file_that_cannot_be_written_prints_nothing() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = certified();
     let d = dir.path();
-    allocator_and_sender(d, 5, "+30");
     // A path below a regular file cannot be created, whoever runs the test.
     std::fs::write(d.join("blocker"), "x").unwrap();
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "print",
-            "--epoch",
-            common::epoch(),
-            "--cert",
-            "sender.cert",
-            "--key",
-            "sender.key",
-            "--state",
-            "blocker/sender.state",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stderr.contains("cannot write the stamp state file"),
-        "{}",
-        r.stderr
-    );
-    assert!(r.stderr.contains("no stamp was printed"), "{}", r.stderr);
+    let r = print_with(d, "sender.key", &["--state", "blocker/sender.state"]);
+    r.assert_fails(1, "cannot write the stamp state file");
+    r.assert_fails(1, "no stamp was printed");
     assert!(r.stdout.is_empty(), "a stamp was printed: {}", r.stdout);
     // A corrupt state file is not silently reset.
     std::fs::write(d.join("sender.cert.state"), "certificate = [\n").unwrap();
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "print",
-            "--epoch",
-            common::epoch(),
-            "--cert",
-            "sender.cert",
-            "--key",
-            "sender.key",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("is corrupt"), "{}", r.stderr);
+    let r = print_with(d, "sender.key", &[]);
+    r.assert_fails(1, "is corrupt");
     assert!(r.stdout.is_empty());
 }
 
 #[test]
 fn unreachable_portals_fail_with_exit_1_in_bounded_time() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = certified();
     let d = dir.path();
-    allocator_and_sender(d, 5, "+30");
     let stamp = print_stamp(d);
+    let quick = std::time::Duration::from_secs(5);
     // Nothing listens: refused at once.
-    let closed = common::free_ports(&PORTS, PORTS_END, 1)[0].to_string();
-    let closed = format!("127.0.0.1:{closed}");
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--portal",
-            &closed,
-            &stamp,
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("no portal answered"), "{}", r.stderr);
-    assert!(r.stderr.contains("connection refused"), "{}", r.stderr);
-    assert!(r.took < Duration::from_secs(5), "{:?}", r.took);
+    let closed = format!("127.0.0.1:{}", PORTS.block(1));
+    let r = judge(d, "verify", &["--portal", &closed, &stamp]);
+    r.assert_fails(1, "no portal answered");
+    r.assert_fails(1, "connection refused");
+    assert!(r.took < quick, "{:?}", r.took);
     // As a mail filter the message still comes through, marked as not judged.
     let mail = format!("X-DQE-Stamp: {stamp}\nSubject: x\n\nbody\n");
-    let r = dqe_in(
-        d,
-        &[
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--portal",
-            &closed,
-            "--message",
-        ],
-        mail.as_bytes(),
-        Duration::from_secs(30),
-    );
+    let flags = ["--trust", "qa.pub", "--portal", &closed];
+    let r = stamp_message(d, "verify", &flags, mail.as_bytes());
     assert_eq!(r.code, 1, "{r:?}");
     assert!(
         r.stdout.starts_with("X-DQE-Verdict: error;"),
@@ -553,58 +307,25 @@ fn unreachable_portals_fail_with_exit_1_in_bounded_time() {
     // Something listens but never answers: the timeout, with the number of sends.
     let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
     let silent = silent.local_addr().unwrap().to_string();
-    for args in [
-        vec![
-            "stamp",
-            "cancel",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            "--portal",
-            &silent,
-            "--timeout-ms",
-            "600",
-            &stamp,
-        ],
-        vec![
-            "portal",
-            "--portal",
-            &silent,
-            "--timeout-ms",
-            "600",
-            "test",
-            "hello",
-        ],
-    ] {
-        let r = dqe(d, &args);
-        assert_eq!(r.code, 1, "{r:?}");
-        assert!(r.stderr.contains("no answer in 0.6 s"), "{}", r.stderr);
-        assert!(r.stderr.contains("same id"), "{}", r.stderr);
-        assert!(r.took < Duration::from_secs(5), "{:?}", r.took);
+    let timeout = ["--portal", &silent, "--timeout-ms", "600"];
+    let mut cancel = timeout.to_vec();
+    cancel.push(&stamp);
+    let mut word = vec!["portal"];
+    word.extend(timeout);
+    word.extend(["test", "hello"]);
+    for r in [judge(d, "cancel", &cancel), dqe(d, &word)] {
+        r.assert_fails(1, "no answer in 0.6 s");
+        r.assert_fails(1, "same id");
+        assert!(r.took < quick, "{:?}", r.took);
     }
     // No portal at all.
-    let r = dqe(
-        d,
-        &[
-            "stamp",
-            "cancel",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "qa.pub",
-            &stamp,
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("no portal to ask"), "{}", r.stderr);
+    judge(d, "cancel", &[&stamp]).assert_fails(1, "no portal to ask");
 }
 
 #[test]
 fn client_config_supplies_trust_and_its_errors_name_file_line_and_field() {
-    let dir = tempfile::tempdir().unwrap();
+    let dir = certified();
     let d = dir.path();
-    allocator_and_sender(d, 5, "+30");
     let stamp = print_stamp(d);
     let qa = std::fs::read_to_string(d.join("qa.pub")).unwrap();
     // A key given as text and one as a path relative to the config file.
@@ -615,150 +336,38 @@ fn client_config_supplies_trust_and_its_errors_name_file_line_and_field() {
     )
     .unwrap();
     assert_eq!(dqe(d, &["keygen", "--out", "other"]).code, 0);
-    let r = dqe(
-        d,
-        &[
-            "--client-config",
-            "etc/client.toml",
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            &stamp,
-        ],
-    );
-    assert_eq!((r.code, r.stdout.trim()), (0, "valid"), "{r:?}");
+    verify_with_config(d, "etc/client.toml", &[&stamp]).assert_says(0, "valid");
     // $DQE_CLIENT_CONFIG is read when no flag is given.
-    let out = std::process::Command::new(common::dqe_path())
+    let out = common::dqe_command(d)
         .args(["stamp", "verify", "--epoch", common::epoch(), &stamp])
-        .current_dir(d)
         .env("DQE_CLIENT_CONFIG", d.join("etc/client.toml"))
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     // --trust overrides the config's list.
-    let r = dqe(
-        d,
-        &[
-            "--client-config",
-            "etc/client.toml",
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            "--trust",
-            "other.pub",
-            &stamp,
-        ],
-    );
+    let r = verify_with_config(d, "etc/client.toml", &["--trust", "other.pub", &stamp]);
     assert_eq!(r.code, 4, "{r:?}");
 
-    std::fs::write(
-        d.join("bad.toml"),
-        "portals = [\"127.0.0.1:8101\"]\ngrace = 1\ntrust = [\"nope\"]\n",
-    )
-    .unwrap();
-    let r = dqe(
-        d,
-        &[
-            "--client-config",
-            "bad.toml",
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            &stamp,
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stderr.contains("bad.toml:3: field `trust`"),
-        "{}",
-        r.stderr
-    );
-    std::fs::write(
-        d.join("bad.toml"),
-        "portals = [\"127.0.0.1:8101\"]\ngrace = \"one\"\n",
-    )
-    .unwrap();
-    let r = dqe(
-        d,
-        &[
-            "--client-config",
-            "bad.toml",
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            &stamp,
-        ],
-    );
-    assert!(
-        r.stderr.contains("bad.toml:2: field `grace`"),
-        "{}",
-        r.stderr
-    );
-    std::fs::write(
-        d.join("bad.toml"),
-        "portals = [\"127.0.0.1:8101\"]\ntimeout = 5\n",
-    )
-    .unwrap();
-    let r = dqe(
-        d,
-        &[
-            "--client-config",
-            "bad.toml",
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            &stamp,
-        ],
-    );
-    assert!(
-        r.stderr.contains("bad.toml:2: field `timeout`"),
-        "{}",
-        r.stderr
-    );
-    let r = dqe(
-        d,
-        &[
-            "--client-config",
-            "missing.toml",
-            "stamp",
-            "verify",
-            "--epoch",
-            common::epoch(),
-            &stamp,
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stderr.contains("cannot read missing.toml"),
-        "{}",
-        r.stderr
-    );
+    let portals = "portals = [\"127.0.0.1:8101\"]\n";
+    for (text, error) in [
+        (
+            "grace = 1\ntrust = [\"nope\"]\n",
+            "bad.toml:3: field `trust`",
+        ),
+        ("grace = \"one\"\n", "bad.toml:2: field `grace`"),
+        ("timeout = 5\n", "bad.toml:2: field `timeout`"),
+    ] {
+        std::fs::write(d.join("bad.toml"), format!("{portals}{text}")).unwrap();
+        verify_with_config(d, "bad.toml", &[&stamp]).assert_fails(1, error);
+    }
+    verify_with_config(d, "missing.toml", &[&stamp]).assert_fails(1, "cannot read missing.toml");
 }
 
 #[test]
 fn config_gen_and_check_agree() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let r = dqe(
-        d,
-        &[
-            "config",
-            "gen",
-            "--nodes",
-            "4",
-            "--replication",
-            "2",
-            "--base-port",
-            "9100",
-            "--out",
-            "c.toml",
-        ],
-    );
+    let r = config_gen(d, "4", "2", &["--base-port", "9100", "--out", "c.toml"]);
     assert_eq!(r.code, 0, "{r:?}");
     let file = host_tools::config_file::ClusterFile::read(&d.join("c.toml")).unwrap();
     let tag = format!("{:#010x}", file.spec.cluster_tag());
@@ -767,17 +376,13 @@ fn config_gen_and_check_agree() {
 
     let r = dqe(d, &["config", "check", "c.toml", "--samples", "20000"]);
     assert_eq!(r.code, 0, "{r:?}");
-    assert!(r.stdout.contains("c.toml: valid"), "{}", r.stdout);
-    assert!(
-        r.stdout.contains(&format!("cluster tag {tag}")),
-        "{}",
-        r.stdout
-    );
-    assert!(
-        r.stdout.contains("nodes 4, replication 2, handoff 2"),
-        "{}",
-        r.stdout
-    );
+    for needle in [
+        "c.toml: valid".to_string(),
+        format!("cluster tag {tag}"),
+        "nodes 4, replication 2, handoff 2".to_string(),
+    ] {
+        assert!(r.stdout.contains(&needle), "missing {needle}: {}", r.stdout);
+    }
     // Each node's share of copies is near r/n = 50%.
     let shares: Vec<f64> = r
         .stdout
@@ -803,40 +408,9 @@ fn config_gen_and_check_agree() {
     );
 
     // No overwrite without --force.
-    let r = dqe(
-        d,
-        &[
-            "config",
-            "gen",
-            "--nodes",
-            "2",
-            "--replication",
-            "1",
-            "--out",
-            "c.toml",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("--force"), "{}", r.stderr);
-    let r = dqe(
-        d,
-        &[
-            "config",
-            "gen",
-            "--nodes",
-            "2",
-            "--replication",
-            "3",
-            "--out",
-            "x.toml",
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stderr.contains("--replication 3 is out of range"),
-        "{}",
-        r.stderr
-    );
+    config_gen(d, "2", "1", &["--out", "c.toml"]).assert_fails(1, "--force");
+    config_gen(d, "2", "3", &["--out", "x.toml"])
+        .assert_fails(1, "--replication 3 is out of range");
 
     // A hand edit that breaks a rule is reported with its line and field.
     let text = std::fs::read_to_string(d.join("c.toml")).unwrap();
@@ -851,49 +425,25 @@ fn config_gen_and_check_agree() {
         + line
         + 2;
     let r = dqe(d, &["config", "check", "broken.toml"]);
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(
-        r.stderr
-            .contains(&format!("broken.toml:{second}:8: field `nodes[1].name`")),
-        "{}",
-        r.stderr
-    );
-    assert!(r.stderr.contains("names must be unique"), "{}", r.stderr);
+    r.assert_fails(1, &format!("broken.toml:{second}:8: field `nodes[1].name`"));
+    r.assert_fails(1, "names must be unique");
 }
 
 #[test]
 fn cluster_up_refuses_a_config_that_is_not_on_loopback() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let r = dqe(
-        d,
-        &[
-            "config",
-            "gen",
-            "--nodes",
-            "2",
-            "--replication",
-            "1",
-            "--host",
-            "192.0.2.1",
-            "--out",
-            "c.toml",
-        ],
-    );
+    let r = config_gen(d, "2", "1", &["--host", "192.0.2.1", "--out", "c.toml"]);
     assert_eq!(r.code, 0, "{r:?}");
     let enforcer = common::enforcer_path();
-    let r = dqe(
-        d,
-        &[
-            "cluster",
-            "up",
-            "--config",
-            "c.toml",
-            "--enforcer",
-            enforcer.to_str().unwrap(),
-        ],
-    );
-    assert_eq!(r.code, 1, "{r:?}");
-    assert!(r.stderr.contains("not a loopback address"), "{}", r.stderr);
+    let up = [
+        "cluster",
+        "up",
+        "--config",
+        "c.toml",
+        "--enforcer",
+        enforcer.to_str().unwrap(),
+    ];
+    dqe(d, &up).assert_fails(1, "not a loopback address");
     assert!(!Path::new(&d.join("dqe-data/n1.log")).exists());
 }

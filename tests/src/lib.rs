@@ -1,8 +1,18 @@
-//! Helpers shared by the integration tests: finding (and if need be building) the
-//! workspace's binaries, so that one test can start `dqe-enforcer`, `dqe` and `dqe-fw-sim`.
-//!
-//! cargo sets `CARGO_BIN_EXE_<name>` only for the binaries of a test's own package, so tests
-//! that combine binaries of several packages build them here once per test process.
+//! Helpers shared by the integration tests of every package, so each is written once:
+//! - finding (and if need be building) the workspace's binaries, so that one test can start
+//!   `dqe-enforcer`, `dqe` and `dqe-fw-sim` (cargo sets `CARGO_BIN_EXE_<name>` only for the
+//!   binaries of a test's own package);
+//! - [`client`]: a blocking UDP client for the DQE wire;
+//! - [`process`]: child processes killed on drop, bounded waits and runs;
+//! - [`ports`]: free loopback ports from a per-file range, cluster files.
+
+pub mod client;
+pub mod ports;
+pub mod process;
+
+pub use client::{Client, Reply, encode, fresh_id, pair};
+pub use ports::{PortRange, cluster_toml, loopback, node_addrs};
+pub use process::{ChildGuard, Run, run, wait_exit};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -9,16 +9,18 @@
 //! the tests print `SKIPPED` and why, and pass.
 
 use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use dqe_core::config::{ClusterSpec, NodeSpec};
-use dqe_core::hash::{Key, Value, key_of, word_value};
-use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
+use dqe_core::hash::{Key, Value};
+use dqe_core::wire::{Body, Envelope, Reason};
+use dqe_tests::client::undecodable_variants;
+use dqe_tests::{ChildGuard, cluster_toml, encode, fresh_id, node_addrs as addrs};
 
 /// The kernel's end of the TAP device (servers bind here).
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 1);
@@ -96,18 +98,18 @@ impl Netns {
     fn spawn(&self, label: &str, program: &Path, args: &[String], log: PathBuf) -> Proc {
         let out = File::create(&log).expect("create log file");
         let err = out.try_clone().expect("clone log file");
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.name])
-            .arg(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {label}: {e}"));
+        let child = ChildGuard::spawn(
+            Command::new("ip")
+                .args(["netns", "exec", &self.name])
+                .arg(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err),
+        );
         Proc {
             label: label.into(),
-            child: Some(child),
+            child,
             log,
         }
     }
@@ -139,24 +141,14 @@ impl Drop for Netns {
 /// A process started in a namespace, killed on drop; its log is printed if the test failed.
 struct Proc {
     label: String,
-    child: Option<Child>,
+    child: ChildGuard,
     log: PathBuf,
 }
 
 impl Proc {
-    /// Kill it now (`kill -9`) and reap it.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
     /// Fail the test if the process has exited (a start-up error, a crash).
     fn assert_running(&mut self) {
-        if let Some(child) = self.child.as_mut()
-            && let Ok(Some(status)) = child.try_wait()
-        {
+        if let Some(status) = self.child.exited() {
             panic!(
                 "{} exited early with {status}:\n{}",
                 self.label,
@@ -168,7 +160,7 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        self.kill();
+        self.child.kill9();
         if std::thread::panicking() {
             eprintln!(
                 "---- log of {} ----\n{}",
@@ -195,22 +187,6 @@ fn netns_or_skip(test: &str) -> Option<Netns> {
 }
 
 // ---------------------------------------------------------------- cluster files and nodes
-
-/// A node's three addresses: portal, storer, source on consecutive ports.
-fn addrs(ip: Ipv4Addr, base: u16) -> [SocketAddr; 3] {
-    [0, 1, 2].map(|i| SocketAddr::V4(SocketAddrV4::new(ip, base + i)))
-}
-
-/// A cluster file in the format every node reads.
-fn cluster_toml(replication: u8, nodes: &[(&str, [SocketAddr; 3])]) -> String {
-    let mut s = format!("[cluster]\nreplication = {replication}\n");
-    for (name, [portal, storer, source]) in nodes {
-        s.push_str(&format!(
-            "\n[[nodes]]\nname = \"{name}\"\nportal = \"{portal}\"\nstorer = \"{storer}\"\nsource = \"{source}\"\n"
-        ));
-    }
-    s
-}
 
 /// Start `dqe-fw-sim` for node `name` on the namespace's TAP device.
 fn start_firmware(ns: &Netns, dir: &Path, config: &Path, name: &str, capacity: usize) -> Proc {
@@ -249,119 +225,39 @@ fn start_enforcer(ns: &Netns, dir: &Path, config: &Path, name: &str) -> Proc {
 
 /// The pair of word `i` of a test: `v = SHA1(word)`, `k = SHA1(v)`.
 fn pair(test: &str, i: usize) -> (Key, Value) {
-    let v = word_value(format!("{test}-{i}").as_bytes());
-    (key_of(&v), v)
+    dqe_tests::pair(&format!("{test}-{i}"))
 }
 
 // ---------------------------------------------------------------- client
 
-/// A client speaking the wire format from inside the namespace.
-struct Client {
-    sock: UdpSocket,
-    next_id: u64,
-}
+/// A client speaking the wire format from inside the namespace, which checks every reply.
+struct Client(dqe_tests::Client);
 
 impl Client {
     fn new(ns: &Netns) -> Client {
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .expect("clock after 1970")
-            .as_nanos() as u64;
-        Client {
-            sock: ns.udp_socket(),
-            next_id: seed | 1,
-        }
-    }
-
-    fn fresh_id(&mut self) -> u64 {
-        // A Weyl sequence: distinct and unpredictable enough for a test.
-        self.next_id = self.next_id.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        self.next_id
-    }
-
-    /// Send raw bytes to `to`.
-    fn send_raw(&self, to: SocketAddr, bytes: &[u8]) {
-        self.sock.send_to(bytes, to).expect("send");
-    }
-
-    /// The next datagram from `from` within `wait`, if any (others are discarded).
-    fn recv_from(&self, from: SocketAddr, wait: Duration) -> Option<Vec<u8>> {
-        let end = Instant::now() + wait;
-        let mut buf = [0u8; 2048];
-        loop {
-            let left = end.checked_duration_since(Instant::now())?;
-            self.sock
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))
-                .expect("timeout");
-            match self.sock.recv_from(&mut buf) {
-                Ok((n, src)) if src == from => return Some(buf[..n].to_vec()),
-                Ok(_) => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    return None;
-                }
-                Err(e) => panic!("recv: {e}"),
-            }
-        }
-    }
-
-    /// Assert that nothing at all arrives within `wait`.
-    fn expect_silence(&self, what: &str, wait: Duration) {
-        let mut buf = [0u8; 2048];
-        self.sock.set_read_timeout(Some(wait)).expect("timeout");
-        if let Ok((n, src)) = self.sock.recv_from(&mut buf) {
-            panic!(
-                "{what}: got a {n}-byte reply from {src}: {:?}",
-                wire::decode(&buf[..n])
-            );
-        }
+        Client(dqe_tests::Client::from_socket(ns.udp_socket()))
     }
 
     /// Send `request` (already encoded) to `to`, resending the same bytes every 500 ms, until
     /// a reply with its id arrives or `budget` runs out. Checks the reply rules: it decodes,
     /// echoes cluster and id, and is no longer than the request.
     fn exchange(&self, to: SocketAddr, request: &[u8], budget: Duration) -> Option<Body> {
-        let req = wire::decode(request).expect("the test encodes valid requests");
-        let end = Instant::now() + budget;
-        while Instant::now() < end {
-            self.send_raw(to, request);
-            let round = Instant::now() + Duration::from_millis(500);
-            while let Some(left) = round.checked_duration_since(Instant::now()) {
-                let Some(reply) = self.recv_from(to, left) else {
-                    break;
-                };
-                let env = wire::decode(&reply)
-                    .unwrap_or_else(|e| panic!("undecodable reply from {to}: {e} ({reply:?})"));
-                if env.id != req.id {
-                    continue; // a late reply to an earlier request
-                }
-                assert_eq!(env.cluster, req.cluster, "reply must echo the cluster");
-                assert!(
-                    reply.len() <= request.len(),
-                    "reply of {} bytes to a request of {} bytes",
-                    reply.len(),
-                    request.len()
-                );
-                return Some(env.body);
-            }
-        }
-        None
+        let reply = self
+            .0
+            .exchange(to, request, Duration::from_millis(500), budget)?;
+        reply.assert_wire_rules();
+        Some(reply.env.body)
     }
 
     /// A new request (fresh id) of `body` with `cluster` to `to`; its encoded bytes and reply.
-    fn request(&mut self, to: SocketAddr, cluster: u32, body: Body) -> (Vec<u8>, Option<Body>) {
-        let env = Envelope::new(cluster, self.fresh_id(), body);
-        let bytes = encode(&env);
+    fn request(&self, to: SocketAddr, cluster: u32, body: Body) -> (Vec<u8>, Option<Body>) {
+        let bytes = encode(&Envelope::new(cluster, fresh_id(), body));
         let reply = self.exchange(to, &bytes, ANSWER_BUDGET);
         (bytes, reply)
     }
 
     /// `body` to `to` with cluster 0, answered within [`ANSWER_BUDGET`] or the test fails.
-    fn call(&mut self, to: SocketAddr, body: Body) -> Body {
+    fn call(&self, to: SocketAddr, body: Body) -> Body {
         let started = Instant::now();
         let (_, reply) = self.request(to, 0, body);
         reply.unwrap_or_else(|| {
@@ -374,14 +270,14 @@ impl Client {
     }
 
     /// Wait until `portal` answers anything (the stack is up, ARP resolved, sockets bound).
-    fn wait_ready(&mut self, portal: SocketAddr, procs: &mut [&mut Proc]) {
+    fn wait_ready(&self, portal: SocketAddr, procs: &mut [&mut Proc]) {
         let end = Instant::now() + Duration::from_secs(60);
         let key = [0u8; 20];
         loop {
             for p in procs.iter_mut() {
                 p.assert_running();
             }
-            let env = Envelope::new(0, self.fresh_id(), Body::Test { key });
+            let env = Envelope::new(0, fresh_id(), Body::Test { key });
             if self
                 .exchange(portal, &encode(&env), Duration::from_millis(500))
                 .is_some()
@@ -391,11 +287,33 @@ impl Client {
             assert!(Instant::now() < end, "{portal} never answered");
         }
     }
-}
 
-fn encode(env: &Envelope) -> Vec<u8> {
-    let mut buf = [0u8; MAX_DATAGRAM];
-    wire::encode(env, &mut buf).expect("encode").to_vec()
+    /// Every pair is `Found` with its value through every one of `portals`.
+    fn all_found(&self, pairs: &[(Key, Value)], portals: &[SocketAddr], when: &str) {
+        for &(k, v) in pairs {
+            for &portal in portals {
+                let started = Instant::now();
+                assert_eq!(
+                    self.call(portal, Body::Test { key: k }),
+                    Body::Found { value: v },
+                    "TEST through {portal}{when}"
+                );
+                assert!(started.elapsed() < ANSWER_BUDGET);
+            }
+        }
+    }
+
+    /// SET each pair through `portals` in turn: each is fresh, so Stored.
+    fn set_round_robin(&self, pairs: &[(Key, Value)], portals: &[SocketAddr], when: &str) {
+        for (i, &(k, v)) in pairs.iter().enumerate() {
+            let portal = portals[i % portals.len()];
+            assert_eq!(
+                self.call(portal, Body::Set { key: k, value: v }),
+                Body::Stored,
+                "SET of pair {i} through {portal}{when}"
+            );
+        }
+    }
 }
 
 // ---------------------------------------------------------------- one firmware node alone
@@ -412,7 +330,7 @@ fn firmware_node_alone_follows_the_wire_rules() {
     let nodes = [("fw", [portal, storer, source])];
     std::fs::write(&config, cluster_toml(1, &nodes)).unwrap();
     let mut fw = start_firmware(&ns, dir.path(), &config, "fw", 64);
-    let mut c = Client::new(&ns);
+    let c = Client::new(&ns);
     c.wait_ready(portal, &mut [&mut fw]);
 
     // TEST and SET, through the portal.
@@ -443,26 +361,16 @@ fn firmware_node_alone_follows_the_wire_rules() {
 
     // SHA1(v) != k is refused, at the portal and at the storer.
     let (k3, _) = pair(test, 3);
-    let bad = Body::Set {
-        key: k3,
-        value: [7; 20],
-    };
-    assert_eq!(
-        c.call(portal, bad),
-        Body::Refused {
-            reason: Reason::BadHash
-        }
-    );
-    let bad_put = Body::Put {
-        key: k3,
-        value: [7; 20],
-    };
-    assert_eq!(
-        c.call(storer, bad_put),
-        Body::Refused {
-            reason: Reason::BadHash
-        }
-    );
+    let value = [7; 20];
+    for (to, bad) in [
+        (portal, Body::Set { key: k3, value }),
+        (storer, Body::Put { key: k3, value }),
+    ] {
+        let refused = Body::Refused {
+            reason: Reason::BadHash,
+        };
+        assert_eq!(c.call(to, bad), refused, "{bad:?} to {to}");
+    }
     assert_eq!(c.call(portal, Body::Test { key: k3 }), Body::NotFound);
 
     // Cluster tags: 0 and the node's own tag are served, any other tag is refused.
@@ -481,16 +389,14 @@ fn firmware_node_alone_follows_the_wire_rules() {
     let wrong = Some(Body::Refused {
         reason: Reason::WrongPort,
     });
-    assert_eq!(c.request(storer, 0, Body::Test { key: k }).1, wrong);
-    assert_eq!(
-        c.request(storer, 0, Body::Set { key: k, value: v }).1,
-        wrong
-    );
-    assert_eq!(c.request(portal, 0, Body::Get { key: k }).1, wrong);
-    assert_eq!(
-        c.request(portal, 0, Body::Put { key: k, value: v }).1,
-        wrong
-    );
+    for (to, body) in [
+        (storer, Body::Test { key: k }),
+        (storer, Body::Set { key: k, value: v }),
+        (portal, Body::Get { key: k }),
+        (portal, Body::Put { key: k, value: v }),
+    ] {
+        assert_eq!(c.request(to, 0, body).1, wrong, "{body:?} to {to}");
+    }
 
     // The storer port serves Get/Put as an atomic test-and-set.
     let (k4, v4) = pair(test, 4);
@@ -511,25 +417,9 @@ fn firmware_node_alone_follows_the_wire_rules() {
     // Garbage gets no reply, on any port: nothing that fails to decode is answered, and
     // replies that match no request are dropped.
     let valid = encode(&Envelope::new(0, 42, Body::Test { key: k }));
-    let mut wrong_version = valid.clone();
-    wrong_version[0] = 2;
-    let mut trailing = valid.clone();
-    trailing.push(0);
-    let short = valid[..valid.len() - 1].to_vec();
-    let mut unknown_variant = valid.clone();
-    let body_at = valid.len() - 21;
-    unknown_variant[body_at] = 8;
-    // Cluster 0 written as the two-byte varint 0x80 0x00: valid postcard, not canonical.
-    let mut non_canonical = vec![1, 0x80, 0x00, 42, 0];
-    non_canonical.extend_from_slice(&k);
-    let garbage: Vec<(&str, Vec<u8>)> = vec![
-        ("empty", Vec::new()),
+    let mut garbage = undecodable_variants(&valid);
+    garbage.extend([
         ("text", b"GET / HTTP/1.0\r\n\r\n".to_vec()),
-        ("wrong version", wrong_version),
-        ("trailing byte", trailing),
-        ("short", short),
-        ("unknown variant", unknown_variant),
-        ("non-canonical varint", non_canonical),
         ("oversized", vec![1; 300]),
         (
             "unsolicited reply",
@@ -539,14 +429,14 @@ fn firmware_node_alone_follows_the_wire_rules() {
             "unsolicited found",
             encode(&Envelope::new(0, 44, Body::Found { value: v })),
         ),
-    ];
+    ]);
     for (what, bytes) in &garbage {
         for to in [portal, storer, source] {
-            c.send_raw(to, bytes);
+            c.0.send_raw(to, bytes);
         }
-        c.expect_silence(what, Duration::from_millis(50));
+        c.0.expect_silence(what, Duration::from_millis(50));
     }
-    c.expect_silence("garbage", SILENCE);
+    c.0.expect_silence("garbage", SILENCE);
     fw.assert_running();
     assert_eq!(
         c.call(portal, Body::Test { key: k }),
@@ -601,7 +491,7 @@ impl Mixed {
             start_enforcer(&ns, dir.path(), &config, "e2"),
             start_firmware(&ns, dir.path(), &config, "fw", fw_capacity),
         ];
-        let mut client = Client::new(&ns);
+        let client = Client::new(&ns);
         let portals = vec![e1[0], e2[0], fw[0]];
         for &p in &portals {
             let mut refs: Vec<&mut Proc> = procs.iter_mut().collect();
@@ -618,7 +508,7 @@ impl Mixed {
     }
 
     fn kill_firmware(&mut self) {
-        self.procs[2].kill();
+        self.procs[2].child.kill9();
     }
 }
 
@@ -632,39 +522,15 @@ fn mixed_cluster_serves_through_every_portal_and_survives_the_firmware_node() {
     let portals = m.portals.clone();
 
     // SET through every portal in turn: each pair is fresh, so Stored.
-    for (i, &(k, v)) in pairs.iter().enumerate() {
-        let portal = portals[i % portals.len()];
-        assert_eq!(
-            m.client.call(portal, Body::Set { key: k, value: v }),
-            Body::Stored,
-            "SET of pair {i} through {portal}"
-        );
-    }
+    m.client.set_round_robin(&pairs, &portals, "");
     // Found through every portal, servers and board alike.
-    for &(k, v) in &pairs {
-        for &portal in &portals {
-            assert_eq!(
-                m.client.call(portal, Body::Test { key: k }),
-                Body::Found { value: v },
-                "TEST through {portal}"
-            );
-        }
-    }
+    m.client.all_found(&pairs, &portals, "");
 
     // Kill the firmware node: every pair is still Found through the servers, and requests
     // are answered within the retry budget (call fails the test after ANSWER_BUDGET).
     m.kill_firmware();
-    for &(k, v) in &pairs {
-        for &portal in &portals[..2] {
-            let started = Instant::now();
-            assert_eq!(
-                m.client.call(portal, Body::Test { key: k }),
-                Body::Found { value: v },
-                "TEST through {portal} with the firmware node dead"
-            );
-            assert!(started.elapsed() < ANSWER_BUDGET);
-        }
-    }
+    let dead = " with the firmware node dead";
+    m.client.all_found(&pairs, &portals[..2], dead);
     // New pairs are still stored (on the live server of each write set) and found.
     for i in 100..112 {
         let (k, v) = pair(test, i);
@@ -699,14 +565,8 @@ fn mixed_cluster_stores_on_the_servers_when_the_firmware_store_is_full() {
     };
     let portals = m.portals.clone();
     let pairs: Vec<(Key, Value)> = (0..18).map(|i| pair(test, i)).collect();
-    for (i, &(k, v)) in pairs.iter().enumerate() {
-        let portal = portals[i % portals.len()];
-        assert_eq!(
-            m.client.call(portal, Body::Set { key: k, value: v }),
-            Body::Stored,
-            "SET of pair {i} through {portal} (the board's store is full by now)"
-        );
-    }
+    let full = " (the board's store is full by now)";
+    m.client.set_round_robin(&pairs, &portals, full);
     // The board's storer refuses a new pair for space.
     let (k, v) = pair(test, 500);
     assert_eq!(
@@ -717,15 +577,7 @@ fn mixed_cluster_stores_on_the_servers_when_the_firmware_store_is_full() {
         "a full firmware store answers Refused(Full)"
     );
     // Every pair is found through every portal, the board's included.
-    for &(k, v) in &pairs {
-        for &portal in &portals {
-            assert_eq!(
-                m.client.call(portal, Body::Test { key: k }),
-                Body::Found { value: v },
-                "TEST through {portal}"
-            );
-        }
-    }
+    m.client.all_found(&pairs, &portals, "");
     for p in &mut m.procs {
         p.assert_running();
     }

@@ -1,94 +1,63 @@
-//! Test support: start `dqe-enforcer` processes, pick free loopback ports, and a small UDP
-//! client that speaks the wire format with timeouts and retries (same id).
+//! backend-std's own test support on top of `dqe-tests`: `dqe-enforcer` processes with their
+//! scratch directories, and pipelined SETs for the crash tests.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::Read;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use dqe_core::hash::{key_of, word_value};
-use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
-use dqe_core::{Key, Value};
+use dqe_core::Value;
+use dqe_core::hash::key_of;
+use dqe_core::wire::{self, Body, Envelope};
+pub use dqe_tests::{
+    ChildGuard, Client, PortRange, Run, encode, fresh_id, loopback as addr, node_addrs, pair,
+};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_dqe-enforcer");
-
-/// Blocks of 3 ports handed out in this test binary, from a range the caller picks per file.
-static NEXT: AtomicU16 = AtomicU16::new(0);
-
-/// A base port `p` such that `p..p + n` are free UDP (and TCP) ports on 127.0.0.1, taken
-/// from `range_start..range_start + 1000` (each test file has its own range).
-pub fn free_ports(range_start: u16, n: u16) -> u16 {
-    for _ in 0..200 {
-        let off = NEXT.fetch_add(n, Ordering::SeqCst);
-        let base = range_start + (off % (1000 - n));
-        let ok = (base..base + n).all(|p| {
-            UdpSocket::bind(("127.0.0.1", p)).is_ok()
-                && std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-        });
-        if ok {
-            return base;
-        }
-    }
-    panic!("no free ports in {range_start}..{}", range_start + 1000);
-}
-
-pub fn addr(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-/// A pair in word mode.
-pub fn pair(word: &str) -> (Key, Value) {
-    let v = word_value(word.as_bytes());
-    (key_of(&v), v)
-}
+/// How long a node may take to answer its first TEST.
+pub const READY: Duration = Duration::from_secs(20);
+/// How long a node may take to exit, or a failing start to fail.
+pub const EXIT: Duration = Duration::from_secs(10);
 
 /// One `dqe-enforcer` process; killed when dropped.
 pub struct Enforcer {
-    pub child: Child,
-    pub args: Vec<String>,
-    pub data_dir: PathBuf,
+    pub child: ChildGuard,
     pub log: PathBuf,
     pub portal: SocketAddr,
 }
 
 impl Enforcer {
-    /// Start `dqe-enforcer` with `args` plus `--data-dir data_dir`; stderr goes to `log`.
-    pub fn spawn(args: &[String], data_dir: &Path, log: &Path, portal: SocketAddr) -> Enforcer {
-        let mut all = args.to_vec();
-        all.push("--data-dir".into());
-        all.push(data_dir.display().to_string());
+    /// Start `cmd` (an enforcer, perhaps behind a shell), stderr going to `log`.
+    pub fn from_command(mut cmd: Command, log: &Path, portal: SocketAddr) -> Enforcer {
         let err = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(log)
             .expect("log file");
-        let child = Command::new(BIN)
-            .args(&all)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("spawn dqe-enforcer");
+        let child = ChildGuard::spawn(
+            cmd.env("RUST_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(err),
+        );
         Enforcer {
             child,
-            args: args.to_vec(),
-            data_dir: data_dir.to_path_buf(),
             log: log.to_path_buf(),
             portal,
         }
     }
 
+    /// Start `dqe-enforcer` with `args` plus `--data-dir data_dir`; stderr goes to `log`.
+    pub fn spawn(args: &[String], data_dir: &Path, log: &Path, portal: SocketAddr) -> Enforcer {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args).arg("--data-dir").arg(data_dir);
+        Enforcer::from_command(cmd, log, portal)
+    }
+
     /// A `--dev` node on `port_base..port_base+2`.
     pub fn dev(port_base: u16, data_dir: &Path, log: &Path) -> Enforcer {
-        let args = vec![
-            "--dev".to_string(),
-            "--port-base".to_string(),
-            port_base.to_string(),
-        ];
+        let args = ["--dev", "--port-base", &port_base.to_string()].map(String::from);
         Enforcer::spawn(&args, data_dir, log, addr(port_base))
     }
 
@@ -98,17 +67,13 @@ impl Enforcer {
         let t0 = Instant::now();
         let (k, _) = pair("readiness probe");
         while t0.elapsed() < within {
-            if let Ok(Some(status)) = self.child.try_wait() {
+            if let Some(status) = self.child.exited() {
                 panic!("dqe-enforcer exited with {status}: {}", self.log_text());
             }
+            let probe = Body::Test { key: k };
+            let wait = Duration::from_millis(200);
             if client
-                .request_once(
-                    self.portal,
-                    0,
-                    rand_id(),
-                    Body::Test { key: k },
-                    Duration::from_millis(200),
-                )
+                .request_once(self.portal, 0, fresh_id(), probe, wait)
                 .is_some()
             {
                 return;
@@ -122,18 +87,12 @@ impl Enforcer {
 
     /// SIGKILL.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.child.kill9();
     }
 
     /// SIGTERM, then wait (bounded) for the exit status.
     pub fn term(&mut self, within: Duration) -> ExitStatus {
-        let pid = self.child.id().to_string();
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .expect("kill -TERM");
-        wait_exit(&mut self.child, within)
+        self.child.stop("TERM", within)
     }
 
     pub fn log_text(&self) -> String {
@@ -141,153 +100,61 @@ impl Enforcer {
     }
 }
 
-impl Drop for Enforcer {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+/// A scratch directory for `--dev` nodes on one port block, which outlives restarts.
+pub struct DevSite {
+    pub base: u16,
+    pub data: PathBuf,
+    pub log: PathBuf,
+    pub dir: tempfile::TempDir,
 }
 
-/// Wait for a child to exit, killing it (and failing) after `within`.
-pub fn wait_exit(child: &mut Child, within: Duration) -> ExitStatus {
-    let t0 = Instant::now();
-    loop {
-        if let Some(s) = child.try_wait().expect("try_wait") {
-            return s;
-        }
-        if t0.elapsed() > within {
-            let _ = child.kill();
-            panic!("process did not exit within {within:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Run `dqe-enforcer` with `args` to completion (bounded); (status, stderr).
-pub fn run_to_exit(args: &[&str], within: Duration) -> (ExitStatus, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    let status = wait_exit(&mut child, within);
-    let mut err = String::new();
-    if let Some(mut e) = child.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
-    (status, err)
-}
-
-pub fn rand_id() -> u64 {
-    use rand::Rng;
-    rand::rng().random()
-}
-
-pub fn encode(env: &Envelope) -> Vec<u8> {
-    let mut buf = [0u8; MAX_DATAGRAM];
-    wire::encode(env, &mut buf).expect("encode").to_vec()
-}
-
-/// A UDP client on an ephemeral loopback port.
-pub struct Client {
-    pub sock: UdpSocket,
-}
-
-/// A reply and the lengths the rule "never longer than the request" compares.
-#[derive(Debug, Clone)]
-pub struct Reply {
-    pub env: Envelope,
-    pub len: usize,
-    pub request_len: usize,
-}
-
-impl Default for Client {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Client {
-    pub fn new() -> Client {
-        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind client");
-        Client { sock }
-    }
-
-    /// Send raw bytes; the first datagram back within `wait`, if any.
-    pub fn raw(&self, to: SocketAddr, bytes: &[u8], wait: Duration) -> Option<Vec<u8>> {
-        self.sock.send_to(bytes, to).expect("send");
-        self.sock.set_read_timeout(Some(wait)).expect("timeout");
-        let mut buf = [0u8; 2048];
-        match self.sock.recv_from(&mut buf) {
-            Ok((n, _)) => Some(buf[..n].to_vec()),
-            Err(_) => None,
+impl DevSite {
+    /// A fresh site on a free block of `ports` ports from `range` (3 for the node).
+    pub fn new(range: &PortRange, ports: u16) -> DevSite {
+        let dir = tempfile::tempdir().unwrap();
+        DevSite {
+            base: range.block(ports),
+            data: dir.path().join("data"),
+            log: dir.path().join("log"),
+            dir,
         }
     }
 
-    /// One try: send, wait for the reply with this id.
-    pub fn request_once(
-        &self,
-        to: SocketAddr,
-        cluster: u32,
-        id: u64,
-        body: Body,
-        wait: Duration,
-    ) -> Option<Reply> {
-        let bytes = encode(&Envelope::new(cluster, id, body));
-        self.sock.send_to(&bytes, to).expect("send");
-        let t0 = Instant::now();
-        let mut buf = [0u8; 2048];
-        while t0.elapsed() < wait {
-            let left = wait
-                .saturating_sub(t0.elapsed())
-                .max(Duration::from_millis(1));
-            self.sock.set_read_timeout(Some(left)).expect("timeout");
-            let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
-                return None;
-            };
-            if let Ok(env) = wire::decode(&buf[..n])
-                && env.id == id
-            {
-                return Some(Reply {
-                    env,
-                    len: n,
-                    request_len: bytes.len(),
-                });
-            }
-        }
-        None
+    /// Start a `--dev` node on the site (again: the same data and log) and wait until ready.
+    pub fn start(&self) -> Enforcer {
+        let mut node = Enforcer::dev(self.base, &self.data, &self.log);
+        node.wait_ready(READY);
+        node
     }
+}
 
-    /// Up to `tries` tries with the same id, `wait` each.
-    pub fn request(
-        &self,
-        to: SocketAddr,
-        id: u64,
-        body: Body,
-        tries: u32,
-        wait: Duration,
-    ) -> Option<Reply> {
-        (0..tries).find_map(|_| self.request_once(to, 0, id, body, wait))
+impl DevSite {
+    /// Start a `--dev` node on the site under a file size limit (`ulimit_args`, e.g. "-f 8"
+    /// or "-S -f 16"), which stands in for a full disk: writes past it fail with EFBIG (the
+    /// shell ignores SIGXFSZ, and an ignored signal stays ignored across exec). Ready.
+    pub fn start_with_file_limit(&self, ulimit_args: &str) -> Enforcer {
+        let script = format!(
+            "trap '' XFSZ; ulimit {ulimit_args} && exec '{BIN}' --dev --port-base {} --data-dir '{}'",
+            self.base,
+            self.data.display()
+        );
+        let mut sh = Command::new("sh");
+        sh.args(["-c", &script]);
+        let mut node = Enforcer::from_command(sh, &self.log, addr(self.base));
+        node.wait_ready(READY);
+        node
     }
+}
 
-    /// TEST with the default retry budget (3 tries of 1 s); the reply body.
-    pub fn test(&self, to: SocketAddr, key: Key) -> Option<Body> {
-        self.request(to, rand_id(), Body::Test { key }, 3, Duration::from_secs(1))
-            .map(|r| r.env.body)
-    }
+/// A fresh site and a ready `--dev` node on it.
+pub fn dev_node(range: &PortRange) -> (Enforcer, DevSite) {
+    let site = DevSite::new(range, 3);
+    (site.start(), site)
+}
 
-    /// SET with the default retry budget; the reply body.
-    pub fn set(&self, to: SocketAddr, value: Value) -> Option<Body> {
-        let key = key_of(&value);
-        self.request(
-            to,
-            rand_id(),
-            Body::Set { key, value },
-            3,
-            Duration::from_secs(1),
-        )
-        .map(|r| r.env.body)
-    }
+/// Run `dqe-enforcer args` to completion (bounded by [`EXIT`]).
+pub fn run_to_exit(args: &[&str]) -> Run {
+    dqe_tests::run(Command::new(BIN).args(args), b"", EXIT)
 }
 
 /// Pipelined SETs: keep `window` requests outstanding against `to`, retry each (same id)
@@ -322,7 +189,7 @@ pub fn pipelined_sets(
     };
     while (next < values.len() || !outstanding.is_empty()) && !stop() {
         while outstanding.len() < window && next < values.len() {
-            let id = rand_id();
+            let id = fresh_id();
             send(next, id);
             let now = Instant::now();
             outstanding.insert(id, (next, now, now));
@@ -356,17 +223,19 @@ pub fn pipelined_sets(
 
 /// Write a cluster file for nodes named n0.. on consecutive port triples from `base`.
 pub fn cluster_file(dir: &Path, base: u16, nodes: u16, replication: u8) -> PathBuf {
-    let mut text = format!("[cluster]\nreplication = {replication}\n");
-    for i in 0..nodes {
-        let p = base + 3 * i;
-        text.push_str(&format!(
-            "[[nodes]]\nname = \"n{i}\"\nportal = \"127.0.0.1:{}\"\nstorer = \"127.0.0.1:{}\"\nsource = \"127.0.0.1:{}\"\n",
-            p,
-            p + 1,
-            p + 2
-        ));
-    }
+    let names: Vec<String> = (0..nodes).map(|i| format!("n{i}")).collect();
+    let specs: Vec<(&str, [SocketAddr; 3])> = names
+        .iter()
+        .zip(0..)
+        .map(|(n, i)| (n.as_str(), node_addrs(Ipv4Addr::LOCALHOST, base + 3 * i)))
+        .collect();
     let path = dir.join("cluster.toml");
-    std::fs::write(&path, text).expect("write cluster file");
+    std::fs::write(&path, dqe_tests::cluster_toml(replication, &specs))
+        .expect("write cluster file");
     path
+}
+
+/// The values of `n` word-mode pairs named `prefix i`.
+pub fn values(prefix: &str, n: usize) -> Vec<Value> {
+    (0..n).map(|i| pair(&format!("{prefix} {i}")).1).collect()
 }

@@ -1,26 +1,15 @@
-//! Shared by the end-to-end tests: running `dqe` with a time limit, fixed-range ports,
-//! loopback clusters of real `dqe-enforcer` processes (stopped on drop).
+//! Shared by the end-to-end tests: running `dqe` with a time limit, loopback clusters of real
+//! `dqe-enforcer` processes (stopped on drop), and the stamp commands the tests repeat.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
-use std::net::UdpSocket;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU16, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+pub use dqe_tests::{PortRange, Run};
 use host_tools::cluster::{LocalCluster, loopback_config};
 use host_tools::config_file::ClusterFile;
-
-/// What one `dqe` run did.
-#[derive(Debug)]
-pub struct Run {
-    pub code: i32,
-    pub stdout: String,
-    pub stderr: String,
-    pub took: Duration,
-}
 
 /// `dqe`, built once per test binary.
 pub fn dqe_path() -> PathBuf {
@@ -34,54 +23,16 @@ pub fn enforcer_path() -> PathBuf {
     PATH.get_or_init(|| dqe_tests::bin("dqe-enforcer")).clone()
 }
 
+/// `dqe` in `dir`, with the machine's own client config kept out of the way.
+pub fn dqe_command(dir: &Path) -> Command {
+    let mut cmd = Command::new(dqe_path());
+    cmd.current_dir(dir).env("DQE_CLIENT_CONFIG", "");
+    cmd
+}
+
 /// Run `dqe args` in `dir` with `stdin`, killed (and the test failed) after `limit`.
-/// The machine's own client config is kept out of the way.
 pub fn dqe_in(dir: &Path, args: &[&str], stdin: &[u8], limit: Duration) -> Run {
-    let start = Instant::now();
-    let mut child = Command::new(dqe_path())
-        .args(args)
-        .current_dir(dir)
-        .env("DQE_CLIENT_CONFIG", "")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start dqe");
-    let mut input = child.stdin.take().expect("stdin");
-    let stdin = stdin.to_vec();
-    let writer = std::thread::spawn(move || {
-        let _ = input.write_all(&stdin);
-    });
-    let mut out = child.stdout.take().expect("stdout");
-    let mut err = child.stderr.take().expect("stderr");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for dqe") {
-            break s;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("dqe {args:?} took longer than {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    let _ = writer.join();
-    Run {
-        code: status.code().unwrap_or(-1),
-        stdout: out_t.join().unwrap(),
-        stderr: err_t.join().unwrap(),
-        took: start.elapsed(),
-    }
+    dqe_tests::run(dqe_command(dir).args(args), stdin, limit)
 }
 
 /// Run `dqe args` in `dir` with empty stdin and a 60 s limit.
@@ -89,17 +40,37 @@ pub fn dqe(dir: &Path, args: &[&str]) -> Run {
     dqe_in(dir, args, b"", Duration::from_secs(60))
 }
 
-/// Ports are handed out from a range of this test binary's own, skipping any in use.
-pub fn free_ports(range: &'static AtomicU16, end: u16, count: usize) -> Vec<u16> {
-    let mut out = Vec::new();
-    while out.len() < count {
-        let p = range.fetch_add(1, Ordering::Relaxed);
-        assert!(p < end, "test port range exhausted");
-        if UdpSocket::bind(("127.0.0.1", p)).is_ok() {
-            out.push(p);
-        }
-    }
-    out
+/// `["stamp", sub, "--epoch", <today>, rest...]`.
+fn stamp_args<'a>(sub: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["stamp", sub, "--epoch", epoch()];
+    args.extend_from_slice(rest);
+    args
+}
+
+/// `dqe stamp SUB --epoch <today> rest...` in `dir`.
+pub fn stamp(dir: &Path, sub: &str, rest: &[&str]) -> Run {
+    dqe(dir, &stamp_args(sub, rest))
+}
+
+/// [`stamp`] as a mail filter: `message` on stdin.
+pub fn stamp_message(dir: &Path, sub: &str, rest: &[&str], message: &[u8]) -> Run {
+    let mut args = stamp_args(sub, rest);
+    args.push("--message");
+    dqe_in(dir, &args, message, Duration::from_secs(30))
+}
+
+/// `dqe stamp SUB --epoch <today> --trust qa.pub rest...`: verify or cancel trusting `qa`.
+pub fn judge(dir: &Path, sub: &str, rest: &[&str]) -> Run {
+    let mut args = vec!["--trust", "qa.pub"];
+    args.extend_from_slice(rest);
+    stamp(dir, sub, &args)
+}
+
+/// `dqe stamp print --epoch <today> --cert sender.cert --key KEY rest...`.
+pub fn print_with(dir: &Path, key: &str, rest: &[&str]) -> Run {
+    let mut args = vec!["--cert", "sender.cert", "--key", key];
+    args.extend_from_slice(rest);
+    stamp(dir, "print", &args)
 }
 
 /// A running loopback cluster and its config file.
@@ -111,10 +82,10 @@ pub struct TestCluster {
 
 impl TestCluster {
     /// Start `nodes` nodes with replication `r` on ports from `range`.
-    pub fn start(range: &'static AtomicU16, end: u16, nodes: usize, r: u8) -> TestCluster {
+    pub fn start(range: &PortRange, nodes: u16, r: u8) -> TestCluster {
         let enforcer = enforcer_path();
         let dir = tempfile::tempdir().unwrap();
-        let ports = free_ports(range, end, 3 * nodes);
+        let ports = range.ports(3 * nodes);
         let config = dir.path().join("cluster.toml");
         std::fs::write(&config, loopback_config(&ports, r, None)).unwrap();
         let file = ClusterFile::read(&config).unwrap();
@@ -153,10 +124,10 @@ pub fn epoch_number() -> u32 {
 
 /// Make `qa` and `sender` key pairs and a certificate `sender.cert` in `dir`.
 pub fn allocator_and_sender(dir: &Path, quota: u32, expires: &str) {
-    let r = dqe(dir, &["keygen", "--out", "qa"]);
-    assert_eq!(r.code, 0, "{r:?}");
-    let r = dqe(dir, &["keygen", "--out", "sender"]);
-    assert_eq!(r.code, 0, "{r:?}");
+    for name in ["qa", "sender"] {
+        let r = dqe(dir, &["keygen", "--out", name]);
+        assert_eq!(r.code, 0, "{r:?}");
+    }
     let quota = quota.to_string();
     let r = dqe(
         dir,
