@@ -9,17 +9,41 @@
 //! touched), and sends the batch's replies when [`DurableStore::finish`] has seen it succeed.
 //!
 //! Segment format: an 8-byte magic `DQESEG01`, then records of 28 bytes: the value (20), the
-//! epoch (u32 little-endian) and a CRC-32 of those 24 bytes (u32 little-endian). The key is not
-//! stored: it is `SHA1(value)`. On start every segment is replayed into the index; replay stops
-//! at the first short or corrupt record (a torn write at a crash) and cuts the file there, so
-//! later appends follow the last good record. Expiring an epoch deletes its file whole.
+//! epoch (u32 little-endian) and a CRC-32 of those 24 bytes (u32 little-endian), then perhaps
+//! zeros (preallocated space, below). The key is not stored: it is `SHA1(value)`. On start
+//! every segment is replayed into the index. Replay stops at the first all-zero record: the
+//! clean end (no valid record is all zero: its CRC would be wrong). A short or corrupt record,
+//! or any non-zero byte after the clean end, is the trace of a write torn by a crash (nothing
+//! from it was acknowledged): the file is cut after the last good record and the cut is
+//! logged, so later appends follow that record. Expiring an epoch deletes its file whole.
 //!
-//! A full disk or an I/O error does not stop the node: the store turns *degraded*, `put`
-//! answers [`PutOutcome::Full`] (so the portal answers `Refused(Full)`), the failed bytes are
-//! kept and written again at the same offset on the next sync, and a successful sync clears the
-//! state. Replies gated on a failed batch are dropped, and so are the replies to repeats of
-//! those requests for a while (the core's reply caches would repeat the same `Stored`): their
-//! senders retry and give up, or reach another node.
+//! Preallocation: a write that grows the file makes its `fdatasync` commit the inode too (a
+//! journal write); overwriting bytes already written does not. So each segment is extended
+//! with written zeros ([`DurableOptions::preallocate`] at a time, not `fallocate`: its
+//! unwritten extents still change metadata when first written) and records overwrite those
+//! zeros. A clean shutdown cuts the unused zeros off ([`DurableStore::trim`]).
+//!
+//! Failures. A full disk or an I/O error does not stop the node: the store turns *degraded*,
+//! `put` answers [`PutOutcome::Full`] for absent keys (so the portal answers `Refused(Full)`),
+//! and at most every [`RETRY_AFTER`] it writes again; a write that also extends a segment by a
+//! few zero bytes proves the disk takes writes again and clears the state. The pairs whose
+//! records did not reach the disk:
+//! - Sync mode `Always`: nobody was told `Stored` (their replies waited for the sync; the
+//!   server drops them and makes the node forget its remembered replies for them with
+//!   `Node::forget_replies_since`). They are removed from the index and their records
+//!   dropped: the write never happened, and a retried SET runs again: `Full` while degraded,
+//!   `Stored` once writes work, never `Found` of its own unacknowledged value. Keeping them and
+//!   writing them later was rejected for that reason: after recovery the retry would find its
+//!   own value and be told `Found` (a reused stamp). What a failed write may have left in the
+//!   file past the last durable record is overwritten with zeros by the next write to that
+//!   segment and cut at shutdown; only a crash before either can bring such a pair back (as a
+//!   crash between a sync and its replies can).
+//! - Sync mode `Never`: the `Stored` replies are already out, so the records are kept and
+//!   written again at the same offset.
+//!
+//! While degraded, a put of a present key answers `Found` only when no put is waiting for a
+//! sync (in mode `Always` every pair in the index is then durable); otherwise `Full`, since the
+//! key may be one whose record is still waiting, and that write may fail too.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -27,6 +51,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dqe_core::store::{PutOutcome, Store};
 use dqe_core::{Key, Value};
@@ -38,6 +63,12 @@ use crate::index::{Index, Inserted};
 pub const MAGIC: &[u8; 8] = b"DQESEG01";
 /// Bytes per record: value, epoch, CRC-32.
 pub const RECORD_BYTES: usize = 28;
+/// How long a degraded store waits before it writes again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Zero bytes a degraded store appends to a segment to learn whether the disk takes writes.
+const PROBE_BYTES: u64 = 4096;
+/// Zeros for preallocation and wiping, written this many bytes at a time.
+static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 
 /// When a write is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -58,15 +89,19 @@ pub struct DurableOptions {
     pub sync_mode: SyncMode,
     /// Bytes of records waiting for a sync beyond which `put` answers `Full` (back-pressure).
     pub max_pending_bytes: usize,
+    /// Zero bytes written ahead of a segment's records at a time (0: append without them).
+    pub preallocate: u64,
 }
 
 impl DurableOptions {
-    /// Options for `dir` with the defaults (fsync always, 4 MiB of pending records).
+    /// Options for `dir` with the defaults (fsync always, 4 MiB of pending records, 1 MiB of
+    /// preallocation).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         DurableOptions {
             dir: dir.into(),
             sync_mode: SyncMode::Always,
             max_pending_bytes: 4 << 20,
+            preallocate: 1 << 20,
         }
     }
 }
@@ -95,25 +130,36 @@ pub struct Recovery {
     pub segments: usize,
     /// Records put back into the index.
     pub records: u64,
-    /// Bytes cut from torn or corrupt tails.
+    /// Bytes of torn or corrupt records cut off (whole records; zeros after them not counted).
     pub discarded_bytes: u64,
     /// Segment files whose tail was cut.
     pub truncated_segments: usize,
     /// Segment files deleted because their epoch is past retention.
     pub expired_segments: usize,
+    /// Zero bytes found after the records (space preallocated by a node that did not shut
+    /// down cleanly); kept for later records.
+    pub preallocated_bytes: u64,
 }
 
 #[derive(Debug)]
 struct Segment {
     file: Arc<File>,
     path: PathBuf,
-    /// Bytes known to be written (and synced, in `Always` mode).
+    /// Bytes of header and records known written (and synced, in `Always` mode).
     len: u64,
+    /// The file is known to reach here, with zeros from `len` on (from `stale_to` on, when a
+    /// write failed).
+    allocated: u64,
+    /// A failed write may have left records from `len` up to here; the next write to the
+    /// segment overwrites them with zeros.
+    stale_to: u64,
+    /// Whether to preallocate (false once it failed: the disk is nearly full).
+    grow: bool,
     /// The file was created since the last sync: its directory entry needs an fsync too.
     new_file: bool,
 }
 
-/// One group commit: records to append to each segment, then fsync.
+/// One group commit: records to write into each segment, then fsync.
 #[derive(Debug)]
 pub struct SyncBatch {
     writes: Vec<BatchWrite>,
@@ -128,7 +174,60 @@ struct BatchWrite {
     epoch: u32,
     file: Arc<File>,
     offset: u64,
+    /// The header (for a segment with nothing written yet), then records.
     bytes: Vec<u8>,
+    /// Bytes of header at the front of `bytes`.
+    header: usize,
+    /// Write zeros after `bytes` up to here (stale records of a failed write).
+    wipe_to: u64,
+    /// Zero bytes to append after the file's end.
+    extend: u64,
+    /// A failed extension fails the batch (the probe of a degraded store).
+    must_extend: bool,
+    /// Set by `run`: where the file's zeros end after the extension.
+    grown_to: Option<u64>,
+    /// Set by `run`: why an optional extension failed.
+    grow_error: Option<io::Error>,
+}
+
+impl BatchWrite {
+    fn end(&self) -> u64 {
+        self.offset + self.bytes.len() as u64
+    }
+
+    fn records(&self) -> &[u8] {
+        &self.bytes[self.header..]
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        if !self.bytes.is_empty() {
+            self.file.write_all_at(&self.bytes, self.offset)?;
+        }
+        let end = self.end();
+        write_zeros(&self.file, end, self.wipe_to)?;
+        if self.extend > 0 {
+            let from = self.file.metadata()?.len().max(end).max(self.wipe_to);
+            match write_zeros(&self.file, from, from + self.extend) {
+                Ok(()) => self.grown_to = Some(from + self.extend),
+                Err(e) if self.must_extend => return Err(e),
+                Err(e) => {
+                    // Zeros up to the error point may be in the file; none are relied on.
+                    self.grow_error = Some(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 /// The result of [`SyncBatch::run`], handed back to [`DurableStore::finish`].
@@ -147,32 +246,34 @@ impl SyncDone {
 
 impl SyncBatch {
     /// Write and fsync; blocking, so the server runs it on a blocking thread.
-    pub fn run(self) -> SyncDone {
-        let result = (|| {
-            for w in &self.writes {
-                w.file.write_all_at(&w.bytes, w.offset)?;
-            }
-            if self.fsync {
-                for w in &self.writes {
-                    w.file.sync_data()?;
-                }
-                if self.sync_dir {
-                    File::open(&self.dir)?.sync_all()?;
-                }
-            }
-            Ok(())
-        })();
+    pub fn run(mut self) -> SyncDone {
+        let result = self.write_and_sync();
         SyncDone {
             batch: self,
             result,
         }
     }
 
+    fn write_and_sync(&mut self) -> io::Result<()> {
+        for w in &mut self.writes {
+            w.run()?;
+        }
+        if self.fsync {
+            for w in &self.writes {
+                w.file.sync_data()?;
+            }
+            if self.sync_dir {
+                File::open(&self.dir)?.sync_all()?;
+            }
+        }
+        Ok(())
+    }
+
     /// Records in the batch.
     pub fn records(&self) -> u64 {
         self.writes
             .iter()
-            .map(|w| (w.bytes.len() / RECORD_BYTES) as u64)
+            .map(|w| (w.records().len() / RECORD_BYTES) as u64)
             .sum()
     }
 }
@@ -188,6 +289,8 @@ pub struct DurableStats {
     pub synced_records: u64,
     /// Puts answered `Full` (degraded store or back-pressure).
     pub full: u64,
+    /// Pairs removed from the index because their records failed to reach the disk.
+    pub abandoned: u64,
 }
 
 /// The store of `dqe-enforcer`: see the module doc.
@@ -206,6 +309,8 @@ pub struct DurableStore {
     /// A sync is running; `pending` holds only what came after it.
     in_flight: bool,
     degraded: Option<String>,
+    /// While degraded: no write before this.
+    retry_at: Option<Instant>,
     stats: DurableStats,
 }
 
@@ -239,6 +344,23 @@ fn decode_record(r: &[u8], file_epoch: u32) -> Option<Value> {
     r[..20].try_into().ok()
 }
 
+/// Where the data in `file` between `from` and `size` ends: the end of the last non-zero
+/// byte, or `from` when there are only zeros.
+fn data_end(file: &File, from: u64, size: u64) -> io::Result<u64> {
+    let mut buf = vec![0u8; 1 << 16];
+    let mut end = from;
+    let mut at = from;
+    while at < size {
+        let n = (size - at).min(buf.len() as u64) as usize;
+        file.read_exact_at(&mut buf[..n], at)?;
+        if let Some(last) = buf[..n].iter().rposition(|&b| b != 0) {
+            end = at + last as u64 + 1;
+        }
+        at += n as u64;
+    }
+    Ok(end)
+}
+
 impl DurableStore {
     /// Open `opts.dir`, replay its segments of epochs `>= oldest_kept`, delete older ones.
     pub fn open(
@@ -269,6 +391,7 @@ impl DurableStore {
             durable: 0,
             in_flight: false,
             degraded: None,
+            retry_at: None,
             stats: DurableStats::default(),
         };
         let mut rec = Recovery::default();
@@ -303,15 +426,12 @@ impl DurableStore {
         let mut head = [0u8; MAGIC.len()];
         let got = read_full(&mut reader, &mut head).map_err(seg_err)?;
         let mut good = 0u64;
-        if got == MAGIC.len() {
-            if &head != MAGIC {
-                return Err(OpenError::NotASegment { path });
-            }
+        if head[..got] == MAGIC[..] {
             good = MAGIC.len() as u64;
             let mut r = [0u8; RECORD_BYTES];
             loop {
                 let n = read_full(&mut reader, &mut r).map_err(seg_err)?;
-                if n < RECORD_BYTES {
+                if n < RECORD_BYTES || r == [0; RECORD_BYTES] {
                     break;
                 }
                 let Some(value) = decode_record(&r, epoch) else {
@@ -324,22 +444,31 @@ impl DurableStore {
                 rec.records += 1;
                 good += RECORD_BYTES as u64;
             }
-        } else if !MAGIC.starts_with(&head[..got]) {
+        } else if !MAGIC.starts_with(&head[..got]) && head[..got].iter().any(|&b| b != 0) {
             return Err(OpenError::NotASegment { path });
         }
-        // Otherwise the file was torn while its header was written: an empty segment.
+        // Otherwise the header was torn, or never written before a crash: an empty segment.
         drop(reader);
-        if good < size {
+        let data = data_end(&file, good, size).map_err(seg_err)?;
+        let mut allocated = size;
+        if data > good {
+            let discarded = (data - good)
+                .next_multiple_of(RECORD_BYTES as u64)
+                .min(size - good);
             warn!(
                 segment = %path.display(),
                 kept_bytes = good,
-                discarded_bytes = size - good,
+                discarded_bytes = discarded,
+                zero_bytes = size - good - discarded,
                 "segment has a torn or corrupt tail; cutting it"
             );
             file.set_len(good).map_err(seg_err)?;
             file.sync_all().map_err(seg_err)?;
-            rec.discarded_bytes += size - good;
+            rec.discarded_bytes += discarded;
             rec.truncated_segments += 1;
+            allocated = good;
+        } else {
+            rec.preallocated_bytes += size - good;
         }
         rec.segments += 1;
         self.segments.insert(
@@ -348,6 +477,9 @@ impl DurableStore {
                 file: Arc::new(file),
                 path,
                 len: good,
+                allocated,
+                stale_to: 0,
+                grow: true,
                 new_file: false,
             },
         );
@@ -385,12 +517,17 @@ impl DurableStore {
         self.degraded.as_deref()
     }
 
+    /// While degraded: when [`DurableStore::take_batch`] writes again.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.degraded.as_ref().and(self.retry_at)
+    }
+
     /// Counters.
     pub fn stats(&self) -> DurableStats {
         self.stats
     }
 
-    /// Bytes in segment files (written so far).
+    /// Bytes of records in segment files (preallocated zeros not counted).
     pub fn bytes_on_disk(&self) -> u64 {
         self.segments.values().map(|s| s.len).sum()
     }
@@ -400,25 +537,84 @@ impl DurableStore {
         self.index.table_bytes()
     }
 
-    /// The next group commit, if there is pending work and none is running.
+    /// The next group commit, if there is work, none is running and a degraded store's wait
+    /// is over.
     pub fn take_batch(&mut self) -> Option<SyncBatch> {
-        if self.in_flight || self.pending.is_empty() {
+        if self.retry_at().is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        self.cut()
+    }
+
+    fn cut(&mut self) -> Option<SyncBatch> {
+        if self.in_flight {
+            return None;
+        }
+        let degraded = self.degraded.is_some();
+        let mut epochs: Vec<u32> = self.pending.keys().copied().collect();
+        if degraded {
+            // Wipe what failed writes left, and probe the disk on the newest segment.
+            epochs.extend(
+                self.segments
+                    .iter()
+                    .filter(|(_, s)| s.stale_to > s.len)
+                    .map(|(&e, _)| e),
+            );
+            epochs.extend(self.segments.keys().next_back().copied());
+            epochs.sort_unstable();
+            epochs.dedup();
+            if epochs.is_empty() {
+                // Nothing to write to: the next put opens a segment and tries.
+                info!("no segment to test the disk with; PUTs are tried again");
+                self.degraded = None;
+                return None;
+            }
+        }
+        if epochs.is_empty() {
             return None;
         }
         let mut writes = Vec::new();
         let mut sync_dir = false;
-        for (epoch, bytes) in std::mem::take(&mut self.pending) {
+        for epoch in epochs {
+            let records = self.pending.remove(&epoch).unwrap_or_default();
             let Some(seg) = self.segments.get_mut(&epoch) else {
                 // Expired while pending: nothing to write.
                 continue;
             };
             sync_dir |= seg.new_file;
+            let mut bytes = Vec::new();
+            if seg.len == 0 {
+                bytes.extend_from_slice(MAGIC);
+            }
+            let header = bytes.len();
+            if bytes.is_empty() {
+                bytes = records;
+            } else {
+                bytes.extend_from_slice(&records);
+            }
+            let end = seg.len + bytes.len() as u64;
+            let want = self.opts.preallocate;
+            let extend = if want > 0 && seg.grow && end + want / 2 > seg.allocated {
+                want
+            } else {
+                0
+            };
             writes.push(BatchWrite {
                 epoch,
                 file: seg.file.clone(),
                 offset: seg.len,
                 bytes,
+                header,
+                wipe_to: seg.stale_to,
+                extend,
+                must_extend: false,
+                grown_to: None,
+                grow_error: None,
             });
+        }
+        if degraded && let Some(probe) = writes.last_mut() {
+            probe.extend = PROBE_BYTES;
+            probe.must_extend = true;
         }
         self.pending_bytes = 0;
         self.in_flight = true;
@@ -432,7 +628,7 @@ impl DurableStore {
     }
 
     /// Take back a finished group commit. On success its puts are durable; on failure the
-    /// store turns degraded and keeps the bytes for the next try.
+    /// store turns degraded and abandons or keeps the failed records (see the module doc).
     pub fn finish(&mut self, done: SyncDone) {
         self.in_flight = false;
         let SyncDone { batch, result } = done;
@@ -441,9 +637,20 @@ impl DurableStore {
                 self.stats.sync_batches += 1;
                 self.stats.synced_records += batch.records();
                 for w in &batch.writes {
-                    if let Some(seg) = self.segments.get_mut(&w.epoch) {
-                        seg.len = w.offset + w.bytes.len() as u64;
-                        seg.new_file = false;
+                    let Some(seg) = self.segments.get_mut(&w.epoch) else {
+                        continue;
+                    };
+                    seg.len = w.end();
+                    seg.stale_to = 0;
+                    seg.allocated = seg
+                        .allocated
+                        .max(seg.len)
+                        .max(w.wipe_to)
+                        .max(w.grown_to.unwrap_or(0));
+                    seg.new_file = false;
+                    if let Some(e) = &w.grow_error {
+                        warn!(segment = %seg.path.display(), error = %e, "cannot preallocate; appending instead");
+                        seg.grow = false;
                     }
                 }
                 self.durable = self.durable.max(batch.upto);
@@ -457,27 +664,68 @@ impl DurableStore {
                     error!(error = %e, "writing a segment failed; PUTs are refused as Full until a write succeeds");
                 }
                 self.degraded = Some(e.to_string());
-                // Put the bytes back in front of anything newer, to be written at the same offset.
-                for w in batch.writes.into_iter().rev() {
-                    if !self.segments.contains_key(&w.epoch) {
-                        continue;
+                self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                for w in &batch.writes {
+                    if let Some(seg) = self.segments.get_mut(&w.epoch) {
+                        // `allocated` stays: a failed write never shrinks the file.
+                        seg.stale_to = seg.stale_to.max(w.end()).max(w.wipe_to);
                     }
-                    self.pending_bytes += w.bytes.len();
-                    let slot = self.pending.entry(w.epoch).or_default();
-                    let mut bytes = w.bytes;
-                    bytes.extend_from_slice(slot);
-                    *slot = bytes;
                 }
-                // Replies waiting on this batch are dropped by the server; later puts are
-                // refused, so nothing new is gated on these bytes.
+                if self.gates_replies() {
+                    self.abandon(&batch);
+                } else {
+                    self.keep_for_retry(batch);
+                }
+                // Replies waiting on this batch or the pending records are dropped by the
+                // server; nothing else is gated on them.
                 self.durable = self.written;
             }
         }
     }
 
-    /// Write and fsync everything pending, here and now (shutdown, tests).
+    /// Mode `Always`: remove the pairs of the failed batch and of every pending record from
+    /// the index, and drop the records.
+    fn abandon(&mut self, batch: &SyncBatch) {
+        let mut removed = 0u64;
+        let failed = batch.writes.iter().map(|w| w.records());
+        let pending = std::mem::take(&mut self.pending);
+        for records in failed.chain(pending.values().map(Vec::as_slice)) {
+            for r in records.chunks_exact(RECORD_BYTES) {
+                let value: Value = r[..20].try_into().unwrap_or([0; 20]);
+                if self.index.remove(&dqe_core::hash::key_of(&value)) {
+                    removed += 1;
+                }
+            }
+        }
+        self.pending_bytes = 0;
+        self.stats.abandoned += removed;
+        if removed > 0 {
+            warn!(
+                pairs = removed,
+                "removed the pairs whose records did not reach the disk (never acknowledged)"
+            );
+        }
+    }
+
+    /// Mode `Never`: put the failed records back in front of anything newer, to be written
+    /// at the same offset.
+    fn keep_for_retry(&mut self, batch: SyncBatch) {
+        for w in batch.writes.into_iter().rev() {
+            if !self.segments.contains_key(&w.epoch) || w.records().is_empty() {
+                continue;
+            }
+            self.pending_bytes += w.records().len();
+            let slot = self.pending.entry(w.epoch).or_default();
+            let mut bytes = w.bytes[w.header..].to_vec();
+            bytes.extend_from_slice(slot);
+            *slot = bytes;
+        }
+    }
+
+    /// Write and fsync everything pending, here and now, without waiting for a degraded
+    /// store's retry time (shutdown, tests).
     pub fn sync(&mut self) -> io::Result<()> {
-        while let Some(batch) = self.take_batch() {
+        while let Some(batch) = self.cut() {
             let done = batch.run();
             let failed = done
                 .result
@@ -492,9 +740,37 @@ impl DurableStore {
         Ok(())
     }
 
+    /// Cut every segment file to its records (drop the preallocated zeros and what failed
+    /// writes left), for a clean shutdown after [`DurableStore::sync`].
+    pub fn trim(&mut self) {
+        for seg in self.segments.values_mut() {
+            let cut = seg.file.metadata().and_then(|m| {
+                if m.len() > seg.len {
+                    seg.file.set_len(seg.len)?;
+                    seg.file.sync_all()?;
+                }
+                Ok(())
+            });
+            match cut {
+                Ok(()) => {
+                    seg.allocated = seg.len;
+                    seg.stale_to = 0;
+                }
+                Err(e) => {
+                    warn!(segment = %seg.path.display(), error = %e, "cannot cut the preallocated tail")
+                }
+            }
+        }
+    }
+
     fn refuse(&mut self) -> PutOutcome {
         self.stats.full += 1;
         PutOutcome::Full
+    }
+
+    fn degrade(&mut self, why: String) {
+        self.degraded = Some(why);
+        self.retry_at = Some(Instant::now() + RETRY_AFTER);
     }
 
     fn segment_for(&mut self, epoch: u32) -> io::Result<()> {
@@ -515,11 +791,6 @@ impl DurableStore {
                 path.display()
             )));
         }
-        self.pending
-            .entry(epoch)
-            .or_default()
-            .extend_from_slice(MAGIC);
-        self.pending_bytes += MAGIC.len();
         info!(segment = %path.display(), "opened a new segment");
         self.segments.insert(
             epoch,
@@ -527,6 +798,9 @@ impl DurableStore {
                 file: Arc::new(file),
                 path,
                 len: 0,
+                allocated: 0,
+                stale_to: 0,
+                grow: true,
                 new_file: true,
             },
         );
@@ -553,17 +827,20 @@ impl Store for DurableStore {
     }
 
     fn put(&mut self, key: &Key, value: &Value, epoch: u32) -> PutOutcome {
+        let degraded = self.degraded.is_some();
         if let Some(v) = self.index.get(key) {
+            if degraded && self.gates_replies() && self.has_unsynced() {
+                // The pair may be one whose record still waits for a sync (module doc).
+                return self.refuse();
+            }
             return PutOutcome::Found(v);
         }
-        if self.degraded.is_some()
-            || self.pending_bytes + RECORD_BYTES > self.opts.max_pending_bytes
-        {
+        if degraded || self.pending_bytes + RECORD_BYTES > self.opts.max_pending_bytes {
             return self.refuse();
         }
         if let Err(e) = self.segment_for(epoch) {
             error!(error = %e, epoch, "cannot open a segment; PUTs are refused as Full");
-            self.degraded = Some(e.to_string());
+            self.degrade(e.to_string());
             return self.refuse();
         }
         match self.index.insert(key, value, epoch) {
@@ -630,6 +907,21 @@ mod tests {
         DurableStore::open(DurableOptions::new(dir), oldest).unwrap()
     }
 
+    fn file_len(dir: &Path, epoch: u32) -> u64 {
+        std::fs::metadata(segment_path(dir, epoch)).unwrap().len()
+    }
+
+    /// Run `batch` with every write going to a read-only handle of its file, so it fails.
+    fn fail(s: &mut DurableStore, mut batch: SyncBatch) {
+        for w in &mut batch.writes {
+            let path = segment_path(&s.opts.dir, w.epoch);
+            w.file = Arc::new(File::open(path).unwrap());
+        }
+        let done = batch.run();
+        assert!(!done.is_ok());
+        s.finish(done);
+    }
+
     #[test]
     fn puts_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
@@ -658,6 +950,85 @@ mod tests {
     }
 
     #[test]
+    fn preallocated_zeros_are_a_clean_end_and_trim_cuts_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path(), 3);
+        for i in 0..100 {
+            let (k, v) = pair(i);
+            s.put(&k, &v, 3);
+        }
+        s.sync().unwrap();
+        let records = (MAGIC.len() + 100 * RECORD_BYTES) as u64;
+        let size = file_len(dir.path(), 3);
+        assert!(size >= records + (1 << 20), "{size}");
+        assert_eq!(s.bytes_on_disk(), records);
+        // A node killed now: the zeros are kept as free space, not reported as a torn tail.
+        drop(s);
+        let (mut s, rec) = open(dir.path(), 3);
+        assert_eq!(
+            (rec.records, rec.discarded_bytes, rec.truncated_segments),
+            (100, 0, 0)
+        );
+        assert_eq!(rec.preallocated_bytes, size - records);
+        for i in 100..150 {
+            let (k, v) = pair(i);
+            assert_eq!(s.put(&k, &v, 3), PutOutcome::Stored);
+        }
+        s.sync().unwrap();
+        // Records went into the zeros: the file did not grow.
+        assert_eq!(file_len(dir.path(), 3), size);
+        s.trim();
+        let records = (MAGIC.len() + 150 * RECORD_BYTES) as u64;
+        assert_eq!(file_len(dir.path(), 3), records);
+        drop(s);
+        let (_, rec) = open(dir.path(), 3);
+        assert_eq!((rec.records, rec.preallocated_bytes), (150, 0));
+    }
+
+    #[test]
+    fn data_after_a_zero_record_is_a_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path(), 2);
+        for i in 0..10 {
+            let (k, v) = pair(i);
+            s.put(&k, &v, 2);
+        }
+        s.sync().unwrap();
+        drop(s);
+        // A record that reached the disk past a hole: its batch was never synced.
+        let path = segment_path(dir.path(), 2);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let hole = (MAGIC.len() + 11 * RECORD_BYTES) as u64;
+        f.write_all_at(&encode_record(&pair(11).1, 2), hole)
+            .unwrap();
+        drop(f);
+        let (s, rec) = open(dir.path(), 2);
+        assert_eq!(rec.records, 10);
+        assert_eq!(rec.truncated_segments, 1);
+        assert_eq!(rec.discarded_bytes, 2 * RECORD_BYTES as u64);
+        assert_eq!(file_len(dir.path(), 2), hole - RECORD_BYTES as u64);
+        assert_eq!(s.index.get(&pair(11).0), None);
+    }
+
+    #[test]
+    fn a_header_of_zeros_is_an_empty_segment() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(segment_path(dir.path(), 4), [0u8; 4096]).unwrap();
+        std::fs::write(segment_path(dir.path(), 5), b"junk").unwrap();
+        let err = DurableStore::open(DurableOptions::new(dir.path()), 4).unwrap_err();
+        assert!(matches!(err, OpenError::NotASegment { .. }), "{err}");
+        std::fs::remove_file(segment_path(dir.path(), 5)).unwrap();
+        let (mut s, rec) = open(dir.path(), 4);
+        assert_eq!((rec.segments, rec.records, rec.discarded_bytes), (1, 0, 0));
+        let (k, v) = pair(1);
+        assert_eq!(s.put(&k, &v, 4), PutOutcome::Stored);
+        s.sync().unwrap();
+        drop(s);
+        let (_, rec) = open(dir.path(), 4);
+        assert_eq!(rec.records, 1);
+    }
+
+    #[test]
     fn torn_tail_is_cut_and_complete_records_kept() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = open(dir.path(), 7);
@@ -666,6 +1037,7 @@ mod tests {
             s.put(&k, &v, 7);
         }
         s.sync().unwrap();
+        s.trim();
         drop(s);
         let path = segment_path(dir.path(), 7);
         let full = std::fs::metadata(&path).unwrap().len();
@@ -697,6 +1069,7 @@ mod tests {
             s.put(&k, &v, 1);
         }
         s.sync().unwrap();
+        s.trim();
         drop(s);
         let path = segment_path(dir.path(), 1);
         let mut bytes = std::fs::read(&path).unwrap();
@@ -728,28 +1101,121 @@ mod tests {
     }
 
     #[test]
-    fn write_failure_degrades_to_full_and_recovers() {
+    fn a_failed_sync_abandons_its_pairs_and_a_retry_is_full_then_stored() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = open(dir.path(), 1);
-        let (k, v) = pair(1);
-        assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+        let (k0, v0) = pair(0);
+        assert_eq!(s.put(&k0, &v0, 1), PutOutcome::Stored);
+        s.sync().unwrap();
+        let (k1, v1) = pair(1);
+        assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Stored);
+        let batch = s.take_batch().unwrap();
+        // Put while the batch is in flight: pending behind it, abandoned with it.
+        let (k2, v2) = pair(2);
+        assert_eq!(s.put(&k2, &v2, 1), PutOutcome::Stored);
+        fail(&mut s, batch);
+        assert!(s.degraded().is_some());
+        assert!(!s.has_unsynced());
+        assert_eq!(s.stats().abandoned, 2);
+        // Never `Found` of a value that is not on disk; the durable pair still is found.
+        assert_eq!(s.get(&k1), None);
+        assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Full);
+        assert_eq!(s.put(&k2, &v2, 1), PutOutcome::Full);
+        assert_eq!(s.put(&k0, &v0, 1), PutOutcome::Found(v0));
+        // No write before the retry time.
+        assert!(s.retry_at().is_some());
+        assert!(s.take_batch().is_none());
+        // The probe (forced by `sync`) clears the state; the retry is now a fresh write.
+        s.sync().unwrap();
+        assert!(s.degraded().is_none());
+        assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Stored);
+        s.sync().unwrap();
+        s.trim();
+        drop(s);
+        let (s, rec) = open(dir.path(), 1);
+        assert_eq!(rec.records, 2);
+        assert_eq!(s.index.get(&k1), Some(v1));
+        assert_eq!(s.index.get(&k2), None);
+    }
+
+    #[test]
+    fn what_a_failed_write_left_is_wiped_before_a_restart_sees_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DurableOptions::new(dir.path());
+        opts.preallocate = 0;
+        let (mut s, _) = DurableStore::open(opts.clone(), 1).unwrap();
+        let (k0, v0) = pair(0);
+        s.put(&k0, &v0, 1);
+        s.sync().unwrap();
+        let (k1, v1) = pair(1);
+        let (k2, v2) = pair(2);
+        s.put(&k1, &v1, 1);
+        s.put(&k2, &v2, 2);
+        // Epoch 1's records reach the file, epoch 2's write fails: the batch fails.
         let mut batch = s.take_batch().unwrap();
-        // Make the write fail: a read-only handle to the same file.
-        let ro = Arc::new(File::open(segment_path(dir.path(), 1)).unwrap());
-        for w in &mut batch.writes {
-            w.file = ro.clone();
-        }
+        let ro = Arc::new(File::open(segment_path(dir.path(), 2)).unwrap());
+        batch.writes.last_mut().unwrap().file = ro;
         s.finish(batch.run());
         assert!(s.degraded().is_some());
+        let end = (MAGIC.len() + 2 * RECORD_BYTES) as u64;
+        assert_eq!(file_len(dir.path(), 1), end);
+        // The probe wipes the abandoned record with zeros and appends zeros.
+        s.sync().unwrap();
+        assert!(s.degraded().is_none());
+        let mut head = vec![0u8; end as usize];
+        File::open(segment_path(dir.path(), 1))
+            .unwrap()
+            .read_exact_at(&mut head, 0)
+            .unwrap();
+        assert!(head[end as usize - RECORD_BYTES..].iter().all(|&b| b == 0));
+        // A kill now: the restart finds only the acknowledged pair.
+        drop(s);
+        let (s, rec) = DurableStore::open(opts, 1).unwrap();
+        assert_eq!((rec.records, rec.discarded_bytes), (1, 0));
+        assert_eq!(s.index.get(&k0), Some(v0));
+        assert_eq!(s.index.get(&k1), None);
+    }
+
+    #[test]
+    fn while_degraded_a_pending_key_is_full_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path(), 1);
+        let (k1, v1) = pair(1);
+        assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Stored);
+        // The next epoch's segment cannot be opened: degraded with epoch 1's record pending.
+        std::fs::create_dir(segment_path(dir.path(), 2)).unwrap();
+        let (k2, v2) = pair(2);
+        assert_eq!(s.put(&k2, &v2, 2), PutOutcome::Full);
+        assert!(s.degraded().is_some());
+        assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Full);
+        std::fs::remove_dir(segment_path(dir.path(), 2)).unwrap();
+        s.sync().unwrap();
+        assert!(s.degraded().is_none());
+        assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Found(v1));
+        assert_eq!(s.put(&k2, &v2, 2), PutOutcome::Stored);
+    }
+
+    #[test]
+    fn without_fsync_failed_records_are_kept_and_written_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DurableOptions::new(dir.path());
+        opts.sync_mode = SyncMode::Never;
+        let (mut s, _) = DurableStore::open(opts.clone(), 1).unwrap();
+        let (k, v) = pair(1);
+        assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+        let batch = s.take_batch().unwrap();
+        fail(&mut s, batch);
+        assert!(s.degraded().is_some());
+        // Acknowledged already: still found.
+        assert_eq!(s.put(&k, &v, 1), PutOutcome::Found(v));
         let (k2, v2) = pair(2);
         assert_eq!(s.put(&k2, &v2, 1), PutOutcome::Full);
-        // The next sync writes the kept bytes and clears the state.
         s.sync().unwrap();
         assert!(s.degraded().is_none());
         assert_eq!(s.put(&k2, &v2, 1), PutOutcome::Stored);
         s.sync().unwrap();
         drop(s);
-        let (_, rec) = open(dir.path(), 1);
+        let (_, rec) = DurableStore::open(opts, 1).unwrap();
         assert_eq!(rec.records, 2);
     }
 
@@ -757,7 +1223,7 @@ mod tests {
     fn back_pressure_refuses_beyond_the_pending_bound() {
         let dir = tempfile::tempdir().unwrap();
         let mut opts = DurableOptions::new(dir.path());
-        opts.max_pending_bytes = MAGIC.len() + 3 * RECORD_BYTES;
+        opts.max_pending_bytes = 3 * RECORD_BYTES;
         let (mut s, _) = DurableStore::open(opts, 1).unwrap();
         let outcomes: Vec<_> = (0..5)
             .map(|i| {

@@ -267,6 +267,23 @@ impl Index {
         Ok(Inserted::New)
     }
 
+    /// Remove `key` (a pair whose record never reached the disk); whether it was present.
+    pub fn remove(&mut self, key: &Key) -> bool {
+        let shard = &mut self.shards[key[0] as usize];
+        let Probe::Found(i) = shard.probe(key) else {
+            return false;
+        };
+        shard.slot_mut(i)[20] = DELETED;
+        shard.live -= 1;
+        shard.deleted += 1;
+        self.len -= 1;
+        if shard.deleted > shard.live {
+            // As in `expire`: deleted slots only slow probes down; a failed rebuild keeps them.
+            let _ = shard.rebuild();
+        }
+        true
+    }
+
     /// Drop every pair stored before `oldest_kept`; the base moves to `oldest_kept`.
     pub fn expire(&mut self, oldest_kept: u32) {
         if oldest_kept <= self.base {
@@ -352,6 +369,35 @@ mod tests {
         }
         assert_eq!(ix.len(), 3000);
         assert_eq!(ix.epoch_of(&pair(0).0), Some(103));
+    }
+
+    #[test]
+    fn removed_pairs_are_absent_and_can_be_inserted_again() {
+        let mut ix = Index::new(1).unwrap();
+        for i in 0..5000 {
+            let (k, v) = pair(i);
+            ix.insert(&k, &v, 1).unwrap();
+        }
+        for i in (0..5000).filter(|i| i % 2 == 0) {
+            assert!(ix.remove(&pair(i).0), "pair {i}");
+        }
+        assert!(!ix.remove(&pair(0).0));
+        assert!(!ix.remove(&pair(9999).0));
+        assert_eq!(ix.len(), 2500);
+        for i in 0..5000 {
+            let (k, v) = pair(i);
+            assert_eq!(ix.get(&k), (i % 2 == 1).then_some(v), "pair {i}");
+        }
+        for i in 0..5000 {
+            let (k, v) = pair(i);
+            let want = if i % 2 == 0 {
+                Inserted::New
+            } else {
+                Inserted::Existing(v)
+            };
+            assert_eq!(ix.insert(&k, &v, 2).unwrap(), want, "pair {i}");
+        }
+        assert_eq!(ix.len(), 5000);
     }
 
     #[test]

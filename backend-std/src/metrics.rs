@@ -103,7 +103,7 @@ pub struct Metrics {
     latency_sum_us: AtomicU64,
     /// Gauges and counters copied from the store and the core after each batch.
     pub stored_pairs: AtomicU64,
-    /// Bytes in segment files.
+    /// Bytes of records in segment files (preallocated zeros not counted).
     pub bytes_on_disk: AtomicU64,
     /// Bytes of RAM index tables.
     pub index_bytes: AtomicU64,
@@ -377,7 +377,7 @@ impl Metrics {
             (
                 "dqe_bytes_on_disk",
                 "gauge",
-                "Bytes in segment files.",
+                "Bytes of records in segment files (preallocated zeros not counted).",
                 self.bytes_on_disk.load(Relaxed) as f64,
             ),
             (

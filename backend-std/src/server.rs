@@ -20,6 +20,11 @@
 //! The held queue is bounded ([`MAX_HELD`]): while it is full no socket is read, the kernel
 //! buffers fill and drop, and clients retry. Memory never grows with load.
 //!
+//! When a group commit fails, the store abandons the writes it did not make durable (see
+//! `durable`), the held transmits that waited on them are dropped, and the node forgets the
+//! replies it remembered for them (`Node::forget_replies_since` with the write mark of the
+//! last durable batch): a retry runs again instead of being told `Stored` from a reply cache.
+//!
 //! On a stop signal the portal socket is no longer read; storer and source keep being served
 //! until the portal has nothing in flight or `drain_ms` passed; then the store is synced, the
 //! held replies are sent and the loop returns.
@@ -57,13 +62,6 @@ pub const MAX_HELD: usize = 8192;
 const MAX_TIMED: usize = 65_536;
 /// A timed request with no reply after this long is forgotten.
 const TIMED_FORGET: Duration = Duration::from_secs(10);
-/// How long repeats of a request whose reply was dropped after a failed group commit are
-/// dropped too: longer than the reply caches' retry window (2 s).
-const POISON_FOR: Duration = Duration::from_secs(5);
-/// Requests remembered as poisoned at most.
-const MAX_POISONED: usize = 65_536;
-/// Wait before writing again after a failed group commit.
-const WRITE_RETRY: Duration = Duration::from_secs(1);
 /// Bytes read per datagram: more than any valid one, so an oversized datagram is seen whole
 /// (and refused as trailing bytes) rather than cut to a valid prefix.
 const RECV_BUF: usize = 2048;
@@ -241,12 +239,12 @@ struct Server {
     start: Instant,
     held: VecDeque<Held>,
     sync: Option<JoinHandle<SyncDone>>,
-    write_retry_at: Option<Instant>,
+    /// The node's write mark when the running group commit was cut.
+    batch_mark: u64,
+    /// The node's write mark when the last successful group commit was cut (or a failed one
+    /// was abandoned): every write up to it is on disk or was abandoned and forgotten.
+    durable_mark: u64,
     timed: TimedTable,
-    /// (destination, id) of replies dropped after a failed group commit: the core's reply
-    /// caches would answer a repeat of such a request with the same (not durable) reply, so
-    /// the repeat's reply is dropped too until the caches have forgotten it.
-    poisoned: HashMap<(SocketAddr, u64), Instant, std::hash::BuildHasherDefault<TimedHasher>>,
     next_housekeeping: Instant,
     recv: Box<[u8; RECV_BUF]>,
 }
@@ -282,6 +280,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         recovered_records = recovery.records,
         segments = recovery.segments,
         discarded_bytes = recovery.discarded_bytes,
+        preallocated_bytes = recovery.preallocated_bytes,
         expired_segments = recovery.expired_segments,
         metrics = ?cfg.metrics,
         "dqe-enforcer started"
@@ -300,9 +299,9 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         start: now,
         held: VecDeque::new(),
         sync: None,
-        write_retry_at: None,
+        batch_mark: 0,
+        durable_mark: 0,
         timed: TimedTable::default(),
-        poisoned: HashMap::default(),
         next_housekeeping: now,
         recv: Box::new([0; RECV_BUF]),
     };
@@ -367,7 +366,7 @@ impl Server {
                 .poll_timeout()
                 .map(|t| self.start + Duration::from_millis(t))
                 .into_iter()
-                .chain(self.write_retry_at)
+                .chain(self.node.store().retry_at().filter(|_| self.sync.is_none()))
                 .chain(stopping.map(|s| s + drain))
                 .chain(Some(self.next_housekeeping))
                 .min()
@@ -490,13 +489,6 @@ impl Server {
             Port::Source => &self.source,
         };
         let bytes = &h.bytes[..h.len as usize];
-        if !self.poisoned.is_empty()
-            && let Some((id, _)) = peek_header(bytes)
-            && self.poisoned.contains_key(&(h.to, id))
-        {
-            self.metrics.dropped(DropReason::WriteFailed);
-            return;
-        }
         let sent = match socket.try_send_to(bytes, h.to) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.send_to(bytes, h.to).await,
             other => other,
@@ -521,11 +513,13 @@ impl Server {
     }
 
     fn start_sync(&mut self) {
-        if self.sync.is_some() || self.write_retry_at.is_some_and(|t| Instant::now() < t) {
+        if self.sync.is_some() {
             return;
         }
+        // A batch takes every pending record: all writes up to this mark are in it.
+        let mark = self.node.write_mark();
         if let Some(batch) = self.node.store_mut().take_batch() {
-            self.write_retry_at = None;
+            self.batch_mark = mark;
             self.sync = Some(tokio::task::spawn_blocking(move || batch.run()));
         }
     }
@@ -549,32 +543,36 @@ impl Server {
         let before = self.node.store().durable_seq();
         let ok = done.is_ok();
         self.node.store_mut().finish(done);
-        if !ok {
-            // Replies that waited on the failed writes must not claim durability.
-            self.poison_held_after(before);
-            self.write_retry_at = Some(Instant::now() + WRITE_RETRY);
+        if ok {
+            self.durable_mark = self.batch_mark;
+        } else {
+            self.abandon_after(before);
         }
         self.export();
     }
 
-    /// Drop every held reply that waited on writes after `durable` (they failed), and
-    /// remember their requests so that repeats are not answered from the reply caches.
-    fn poison_held_after(&mut self, durable: u64) {
-        let now = Instant::now();
-        let mut kept = VecDeque::with_capacity(self.held.len());
-        for h in self.held.drain(..) {
-            if h.seq <= durable {
-                kept.push_back(h);
-                continue;
-            }
+    /// A group commit failed and the store abandoned every write after `durable` (its
+    /// sequence number): drop the held transmits that waited on them, and make the node
+    /// forget the replies it remembered for them, so that repeats run again.
+    fn abandon_after(&mut self, durable: u64) {
+        let before = self.held.len();
+        self.held.retain(|h| h.seq <= durable);
+        for _ in self.held.len()..before {
             self.metrics.dropped(DropReason::WriteFailed);
-            if self.poisoned.len() < MAX_POISONED
-                && let Some((id, _)) = peek_header(&h.bytes[..h.len as usize])
-            {
-                self.poisoned.insert((h.to, id), now);
-            }
         }
-        self.held = kept;
+        let dropped = before - self.held.len();
+        let mut forgotten = 0;
+        if self.node.store().gates_replies() && self.node.write_mark() > self.durable_mark {
+            forgotten = self.node.forget_replies_since(self.durable_mark);
+        }
+        // Nothing after the abandoned writes waits on them: the next failure starts here.
+        self.durable_mark = self.node.write_mark();
+        if dropped + forgotten > 0 {
+            warn!(
+                dropped,
+                forgotten, "replies that waited on the failed group commit were dropped"
+            );
+        }
     }
 
     /// Epoch changes, forgetting unanswered timings, exporting gauges; every 100 ms.
@@ -588,8 +586,6 @@ impl Server {
         }
         self.timed
             .retain(|_, (_, t0)| now.duration_since(*t0) < TIMED_FORGET);
-        self.poisoned
-            .retain(|_, t0| now.duration_since(*t0) < POISON_FOR);
         self.export();
     }
 
@@ -617,10 +613,15 @@ impl Server {
             self.take_sync_result(done);
         }
         let before = self.node.store().durable_seq();
-        if let Err(e) = self.node.store_mut().sync() {
-            warn!(error = %e, "the last group commit failed; replies that waited on it are dropped");
-            self.poison_held_after(before);
+        let mark = self.node.write_mark();
+        match self.node.store_mut().sync() {
+            Ok(()) => self.durable_mark = mark,
+            Err(e) => {
+                warn!(error = %e, "the last group commit failed; replies that waited on it are dropped");
+                self.abandon_after(before);
+            }
         }
+        self.node.store_mut().trim();
         // Everything left is durable now (or was dropped above).
         while let Some(h) = self.held.pop_front() {
             if h.seq <= self.node.store().durable_seq() {
