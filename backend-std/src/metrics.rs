@@ -113,6 +113,8 @@ pub struct Metrics {
     pub fsync_failures: AtomicU64,
     /// Records made durable.
     pub synced_records: AtomicU64,
+    /// Pairs dropped because the group commit that was to make them durable failed.
+    pub abandoned_pairs: AtomicU64,
     /// 1 while the store refuses writes after an I/O error.
     pub store_degraded: AtomicU64,
     /// Client requests the backend is timing (a bound on the portal's work in flight).
@@ -367,7 +369,7 @@ impl Metrics {
         let _ = writeln!(o, "dqe_client_request_duration_seconds_count {count}");
         let pairs = self.stored_pairs.load(Relaxed);
         let index = self.index_bytes.load(Relaxed);
-        let gauges: [(&str, &str, &str, f64); 10] = [
+        let gauges: [(&str, &str, &str, f64); 11] = [
             (
                 "dqe_stored_pairs",
                 "gauge",
@@ -413,6 +415,12 @@ impl Metrics {
                 "counter",
                 "Records made durable.",
                 self.synced_records.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_abandoned_pairs_total",
+                "counter",
+                "Pairs dropped unacknowledged because their group commit failed.",
+                self.abandoned_pairs.load(Relaxed) as f64,
             ),
             (
                 "dqe_store_degraded",

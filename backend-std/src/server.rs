@@ -599,6 +599,7 @@ impl Server {
         m.index_bytes.store(store.index_bytes() as u64, Relaxed);
         m.fsync_batches.store(stats.sync_batches, Relaxed);
         m.fsync_failures.store(stats.sync_failures, Relaxed);
+        m.abandoned_pairs.store(stats.abandoned, Relaxed);
         m.synced_records.store(stats.synced_records, Relaxed);
         m.store_degraded
             .store(store.degraded().is_some() as u64, Relaxed);
