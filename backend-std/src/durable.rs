@@ -118,6 +118,9 @@ pub enum OpenError {
     /// A file named like a segment does not start with the segment magic.
     #[error("segment {}: not a dqe segment file (bad magic)", path.display())]
     NotASegment { path: PathBuf },
+    /// Another process holds the directory's lock file: two nodes must never share one store.
+    #[error("data directory {} is in use by another process (its LOCK file is held)", dir.display())]
+    InUse { dir: PathBuf },
     /// No memory for the index.
     #[error("no memory for the index")]
     OutOfMemory,
@@ -312,6 +315,9 @@ pub struct DurableStore {
     /// While degraded: no write before this.
     retry_at: Option<Instant>,
     stats: DurableStats,
+    /// The directory's `LOCK` file, locked exclusively for the store's life (the OS drops the
+    /// lock when the process dies, so a crash never leaves a stale lock behind).
+    _lock: std::fs::File,
 }
 
 fn segment_name(epoch: u32) -> String {
@@ -372,6 +378,21 @@ impl DurableStore {
             source,
         };
         std::fs::create_dir_all(&opts.dir).map_err(dir_err)?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(opts.dir.join("LOCK"))
+            .map_err(dir_err)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                return Err(OpenError::InUse {
+                    dir: opts.dir.clone(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(dir_err(e)),
+        }
         let mut epochs = Vec::new();
         for entry in std::fs::read_dir(&opts.dir).map_err(dir_err)? {
             let entry = entry.map_err(dir_err)?;
@@ -393,6 +414,7 @@ impl DurableStore {
             degraded: None,
             retry_at: None,
             stats: DurableStats::default(),
+            _lock: lock,
         };
         let mut rec = Recovery::default();
         for epoch in epochs {
@@ -920,6 +942,20 @@ mod tests {
         let done = batch.run();
         assert!(!done.is_ok());
         s.finish(done);
+    }
+
+    #[test]
+    fn a_second_store_on_the_same_directory_is_refused_until_the_first_closes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, _) = open(dir.path(), 0);
+        let err = DurableStore::open(DurableOptions::new(dir.path()), 0).unwrap_err();
+        assert!(matches!(err, OpenError::InUse { .. }), "{err}");
+        assert!(
+            err.to_string().contains("in use by another process"),
+            "{err}"
+        );
+        drop(first);
+        let (_again, _) = open(dir.path(), 0);
     }
 
     #[test]
