@@ -613,11 +613,18 @@ impl<
 
     /// The writes after mark `mark` (see [`Node::write_mark`]) did not become durable: forget
     /// the remembered replies that report them as `Stored` (the storer's to peers, the
-    /// portal's to clients), so that a repeat runs again instead of getting a `Stored` the
-    /// disk does not back. Returns how many replies were forgotten. Costs a pass over both
-    /// reply caches: meant for a failed sync, not for every batch.
+    /// portal's to clients when no peer stored the pair too) and those that report a `Found`
+    /// read from the node's store of a pair it no longer holds, so that a repeat runs again
+    /// instead of getting an answer the disk does not back. Client requests still in flight
+    /// stop counting on the lost local writes and on local `Found`s of pairs the store no
+    /// longer holds, so call this after the store dropped the abandoned pairs. Returns how
+    /// many replies were forgotten. Costs a pass over both reply caches and the portal's
+    /// table: meant for a failed sync, not for every batch.
     pub fn forget_replies_since(&mut self, mark: u64) -> usize {
-        self.storer.forget_writes_after(mark) + self.portal.forget_writes_after(mark)
+        let portal = self
+            .portal
+            .forget_writes_after(self.me, mark, &mut self.store);
+        self.storer.forget_lost_after(mark, &mut self.store) + portal
     }
 
     /// The portal, and the rest of the node it works with.

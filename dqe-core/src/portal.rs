@@ -37,6 +37,17 @@
 //! Client idempotence (rule 6): a repeat of a request still in the table is absorbed; a repeat
 //! of a finished one gets the reply recorded in the [`ReplyCache`] for the retry window.
 //!
+//! Local writes that fail to become durable (a backend's failed group commit, see
+//! [`Node::forget_replies_since`](crate::node::Node::forget_replies_since)): a remembered
+//! `Stored` is forgotten only when it rests on the local share alone. When a remote PUT also
+//! said `Stored` (a peer answers only once its own write is durable) the reply does not depend
+//! on the local write and is kept, so a client retrying after the lost reply still gets
+//! `Stored`, not a re-run that finds its own write at the peers. A remembered `Found` read
+//! from the local share is forgotten if the store no longer holds its pair. In requests still
+//! in flight, a local `Stored` from an abandoned write counts as `Full` and a local `Found` of
+//! a pair the store no longer holds no longer counts (nor is it read-repaired to other nodes):
+//! the verdict follows the other nodes.
+//!
 //! # Costs
 //! Every event costs O(1) expected, whatever `F` and `N`: a reply finds its sub-request through
 //! a hash index of sub-request ids (chained through the sub-requests), a client repeat is
@@ -54,7 +65,7 @@ use rand_core::RngCore;
 use crate::Millis;
 use crate::config::{ClusterSpec, NodeIndex};
 use crate::detector::{Change, FailureDetector, Health};
-use crate::hash::{Key, Value, matches};
+use crate::hash::{Key, Value, key_of, matches};
 use crate::node::{NodeConfig, NodeStats, Outbox, Port};
 use crate::replay::{Lookup, ReplyCache, fingerprint};
 use crate::ring::{MAX_PREFERENCE, Ring};
@@ -193,7 +204,8 @@ struct Request {
     /// The first valid value a storer reported.
     found: Option<Value>,
     /// The node's write sequence number of the local share's `Stored` (0: none), so that a
-    /// `Stored` verdict can be forgotten if that write does not become durable.
+    /// `Stored` verdict resting on it alone can be forgotten if that write does not become
+    /// durable, and the share discounted while the request is in flight.
     local_write: u64,
     /// Whether the reply cache records the request as in flight (it may lack room).
     cached: bool,
@@ -223,6 +235,52 @@ impl Request {
 
     fn any(&self, op: Op, answer: Answer) -> bool {
         self.subs.iter().any(|s| s.op == op && s.answer == answer)
+    }
+
+    /// Whether the node's own share (`me`) answered `Found`.
+    fn local_found(&self, me: NodeIndex) -> bool {
+        self.subs
+            .iter()
+            .any(|s| s.node == me && s.answer == Answer::Found)
+    }
+
+    /// Whether a PUT to another node than `me` said `Stored`: that copy is durable whatever
+    /// becomes of the local write.
+    fn stored_remotely(&self, me: NodeIndex) -> bool {
+        self.subs
+            .iter()
+            .any(|s| s.node != me && s.op == Op::Put && s.answer == Answer::Stored)
+    }
+
+    /// The local writes after `mark` were abandoned and their pairs removed from `store`:
+    /// stop counting on the local share when it rests on them. A `Stored` from such a write
+    /// becomes `Full` (the write was not made, as a store that failed to write refuses);
+    /// a `Found` of a pair `store` no longer holds becomes `NotFound` (`Full` for a PUT, whose
+    /// write was not tried), and the request's value is dropped unless another node found
+    /// it. Returns whether the local share changed.
+    fn abandon_local<S: Store>(&mut self, me: NodeIndex, mark: u64, store: &mut S) -> bool {
+        let key = self.key();
+        let Some(i) = self.subs.iter().position(|s| s.node == me) else {
+            return false;
+        };
+        let lost = match self.subs[i].answer {
+            Answer::Stored => self.local_write > mark,
+            Answer::Found => store.get(&key).is_none(),
+            _ => false,
+        };
+        if !lost {
+            return false;
+        }
+        let sub = &mut self.subs[i];
+        sub.answer = match sub.op {
+            Op::Put => Answer::Full,
+            Op::Get => Answer::NotFound,
+        };
+        self.local_write = 0;
+        if !self.subs.iter().any(|s| s.answer == Answer::Found) {
+            self.found = None;
+        }
+        true
     }
 
     /// Record storer `reply` to sub-request `i`.
@@ -416,9 +474,27 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
         request.into_iter().chain(self.detector.next_probe()).min()
     }
 
-    /// Forget remembered client replies that depend on local writes after `mark`.
-    pub(crate) fn forget_writes_after(&mut self, mark: u64) -> usize {
-        self.replies.forget_writes_after(mark)
+    /// The node's writes after `mark` did not become durable and `store` no longer holds their
+    /// pairs (node `me` is this one): forget the remembered client replies that rest on them
+    /// alone (a `Stored` of a lost local write no peer stored too, a local `Found` of a pair
+    /// now gone), and make requests in flight stop counting on them (see the module docs).
+    /// Returns how many remembered replies were forgotten. Scans the table and the cache.
+    pub(crate) fn forget_writes_after<S: Store>(
+        &mut self,
+        me: NodeIndex,
+        mark: u64,
+        store: &mut S,
+    ) -> usize {
+        for request in self.table.iter_mut().flatten() {
+            if request.abandon_local(me, mark, store) && matches!(request.phase, Phase::Replying(_))
+            {
+                // The verdict waiting for queue room may rest on the lost share: decide
+                // again at the next timeout (its deadline has already come).
+                request.phase = Phase::Collecting;
+            }
+        }
+        self.replies
+            .forget_lost_after(mark, |value| store.get(&key_of(value)).is_none())
     }
 
     /// A Test or Set from a client, on the portal port. The caller has checked the port and
@@ -968,8 +1044,12 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
                 return;
             }
             let (client, env, len) = (request.client, request.request, request.request_len);
+            // The writes the remembered reply rests on: a `Stored` the local write, unless a
+            // remote `Stored` (durable already) backs it; a local `Found` every write so far,
+            // as its pair may not be durable yet (see `forget_writes_after`).
             let write = match body {
-                Body::Stored => request.local_write,
+                Body::Stored if !request.stored_remotely(cx.me) => request.local_write,
+                Body::Found { .. } if request.local_found(cx.me) => *cx.writes,
                 _ => 0,
             };
             cx.stats.count_outcome(&body);

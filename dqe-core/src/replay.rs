@@ -33,6 +33,7 @@
 use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
 use crate::Millis;
+use crate::hash::Value;
 use crate::wire::Body;
 
 /// What the cache knows about a request.
@@ -115,8 +116,8 @@ struct Entry {
     state: State,
     /// When it was begun (in flight) or answered (replied).
     at: Millis,
-    /// The write sequence number the reply reports (0: none), see
-    /// [`ReplyCache::forget_writes_after`].
+    /// The write sequence number the reply rests on (0: none): the write a `Stored` reports,
+    /// or the writes a `Found` read after. See [`ReplyCache::forget_writes_after`].
     write: u64,
     /// Neighbours on its FIFO list (the free list uses `next` only).
     prev: u32,
@@ -332,8 +333,10 @@ impl<const C: usize> ReplyCache<C> {
         self.insert_marked(now, from, id, fingerprint, reply, 0);
     }
 
-    /// Like [`insert`](Self::insert), for a reply that reports write number `write` (a store
-    /// that said `Stored`; 0 for none) which may yet fail to become durable.
+    /// Like [`insert`](Self::insert), for a reply that rests on write number `write` (0 for
+    /// none), which may yet fail to become durable: the write a `Stored` reports, or for a
+    /// `Found` read from the node's own store, the node's write mark at the read (the pair
+    /// read may be any write up to it).
     pub fn insert_marked(
         &mut self,
         now: Millis,
@@ -358,14 +361,28 @@ impl<const C: usize> ReplyCache<C> {
         self.entries[i as usize].write = write;
     }
 
-    /// Forget every reply that reports a write numbered after `mark` (those writes did not
-    /// become durable): a repeat of those requests runs again. Returns how many were
+    /// Forget every `Stored` reply that reports a write numbered after `mark` (those writes did
+    /// not become durable): a repeat of those requests runs again. Returns how many were
     /// forgotten. Costs a pass over all `C` entries.
     pub fn forget_writes_after(&mut self, mark: u64) -> usize {
+        self.forget_lost_after(mark, |_| false)
+    }
+
+    /// Like [`forget_writes_after`](Self::forget_writes_after), and also forget each
+    /// `Found(v)` read after a write numbered above `mark` for which `gone(v)` says the store
+    /// no longer holds the pair (it may have been one of the abandoned writes). Forgetting a
+    /// `Found` whose pair was durable after all costs only a re-run, which finds it again.
+    pub fn forget_lost_after(&mut self, mark: u64, mut gone: impl FnMut(&Value) -> bool) -> usize {
         let mut forgotten = 0;
         for i in 0..C {
             let e = &self.entries[i];
-            if matches!(e.state, State::Replied(_)) && e.write > mark {
+            let lost = e.write > mark
+                && match e.state {
+                    State::Replied(Body::Found { value }) => gone(&value),
+                    State::Replied(_) => true,
+                    _ => false,
+                };
+            if lost {
                 self.release(i as u32);
                 forgotten += 1;
             }

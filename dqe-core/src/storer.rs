@@ -13,7 +13,7 @@
 use core::net::SocketAddr;
 
 use crate::Millis;
-use crate::hash::matches;
+use crate::hash::{key_of, matches};
 use crate::replay::{Lookup, ReplyCache, fingerprint};
 use crate::store::{PutOutcome, Store};
 use crate::wire::{Body, Envelope, Reason};
@@ -82,7 +82,9 @@ impl<const C: usize> Storer<C> {
 
     /// Like [`Storer::handle`], counting each store that said `Stored` in `writes` (the
     /// node's write sequence number) and tagging the remembered reply with it, so that
-    /// [`Storer::forget_writes_after`] can drop it if the write does not become durable.
+    /// [`Storer::forget_writes_after`] can drop it if the write does not become durable. A
+    /// `Found` is tagged with `writes` as it stands (the pair may be any write up to it), for
+    /// [`Storer::forget_lost_after`].
     pub fn handle_counted<S: Store + ?Sized>(
         &mut self,
         now: Millis,
@@ -110,11 +112,13 @@ impl<const C: usize> Storer<C> {
             None => {}
         }
         let reply = self.execute(&env.body, store, epoch);
-        let write = if reply == Body::Stored {
-            *writes += 1;
-            *writes
-        } else {
-            0
+        let write = match reply {
+            Body::Stored => {
+                *writes += 1;
+                *writes
+            }
+            Body::Found { .. } => *writes,
+            _ => 0,
         };
         self.cache
             .insert_marked(now, from, env.id, fp, reply, write);
@@ -124,6 +128,14 @@ impl<const C: usize> Storer<C> {
     /// Forget remembered replies tagged with a write after `mark`; how many were forgotten.
     pub fn forget_writes_after(&mut self, mark: u64) -> usize {
         self.cache.forget_writes_after(mark)
+    }
+
+    /// Like [`Storer::forget_writes_after`], and also forget each `Found` read after a write
+    /// past `mark` whose pair `store` no longer holds (it was abandoned with those writes):
+    /// a repeated `Get`/`Put` reads the store again instead of reporting a pair that is gone.
+    pub fn forget_lost_after<S: Store + ?Sized>(&mut self, mark: u64, store: &mut S) -> usize {
+        self.cache
+            .forget_lost_after(mark, |value| store.get(&key_of(value)).is_none())
     }
 
     /// Carry out a `Get` or `Put` on the store.
