@@ -133,6 +133,53 @@ fn filled(count: usize) -> (FixedStore<Vec<Slot>>, Vec<[u8; 20]>) {
     (store, values)
 }
 
+/// Slots of a server-sized table: 24 MiB, far beyond the CPU caches.
+const LARGE_SLOTS: usize = 1 << 20;
+
+/// A server-sized table at 90% load, probed in the order the pairs were stored: every
+/// operation lands on an unrelated slot, so each one pays a miss to main memory, which the
+/// cache-sized `store` group above does not show.
+fn store_large(c: &mut Criterion) {
+    let mut store = FixedStore::new(vec![Slot::EMPTY; LARGE_SLOTS]);
+    let pairs: Vec<([u8; 20], [u8; 20])> = (0..(LARGE_SLOTS * 9 / 10) as u32)
+        .map(|i| {
+            let v = sha1_concat(&[b"large-value", &i.to_be_bytes()]);
+            (key_of(&v), v)
+        })
+        .collect();
+    for (k, v) in &pairs {
+        store.put(k, v, 10);
+    }
+    assert_eq!(store.len(), pairs.len());
+    let absent: Vec<[u8; 20]> = (0..pairs.len() as u32)
+        .map(|i| key_of(&sha1_concat(&[b"large-absent", &i.to_be_bytes()])))
+        .collect();
+    let mut group = c.benchmark_group("store 2^20 slots (24 MiB)");
+    group.bench_function("get hit at 90%", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % pairs.len();
+            black_box(store.get(&pairs[i].0))
+        })
+    });
+    group.bench_function("get miss at 90%", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % absent.len();
+            black_box(store.get(&absent[i]))
+        })
+    });
+    group.bench_function("put existing (Found) at 90%", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % pairs.len();
+            let (k, v) = &pairs[i];
+            black_box(store.put(k, v, 11))
+        })
+    });
+    group.finish();
+}
+
 fn store(c: &mut Criterion) {
     let mut group = c.benchmark_group("store");
     for (percent, load) in [(50, SLOTS / 2), (90, SLOTS * 9 / 10)] {
@@ -296,5 +343,13 @@ fn portal_round(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, envelope, assignment, stamps, store, portal);
+criterion_group!(
+    benches,
+    envelope,
+    assignment,
+    stamps,
+    store,
+    store_large,
+    portal
+);
 criterion_main!(benches);
