@@ -18,6 +18,7 @@
 //! - [`portal`]: answers Test/Set from clients by fanning out to storers.
 //! - [`detector`]: which peers the portal believes down.
 //! - [`node`]: a portal plus a storer behind three ports.
+//! - [`vrf`]: ECVRF-EDWARDS25519-SHA512-TAI (RFC 9381), which makes postmarks.
 //! - [`stamp`]: certificates, stamps, verification and postmarks.
 #![no_std]
 #![forbid(unsafe_code)]
@@ -32,6 +33,7 @@ pub mod ring;
 pub mod stamp;
 pub mod store;
 pub mod storer;
+pub mod vrf;
 pub mod wire;
 
 pub use hash::{Key, Value};
