@@ -14,6 +14,7 @@ use dqe_core::node::{Node, NodeConfig, Port};
 use dqe_core::ring::Ring;
 use dqe_core::stamp::{self, CertBody, CertCache, Certificate, Stamp};
 use dqe_core::store::{FixedStore, Slot, Store};
+use dqe_core::vrf;
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -80,17 +81,42 @@ fn assignment(c: &mut Criterion) {
     group.finish();
 }
 
+fn vrf(c: &mut Criterion) {
+    let key = vrf::SecretKey::from_seed(&[0x22; 32]);
+    let public = key.public_key();
+    let alphas: Vec<[u8; stamp::ALPHA_LEN]> = (0..64)
+        .map(|i| Stamp::alpha(&[0x55; 64], 19_999, i))
+        .collect();
+    let proofs: Vec<vrf::Proof> = alphas.iter().map(|a| key.prove(a)).collect();
+    let mut group = c.benchmark_group("vrf");
+    group.bench_function("prove", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % alphas.len();
+            key.prove(black_box(&alphas[i]))
+        })
+    });
+    group.bench_function("verify", |b| {
+        let mut i = 0;
+        b.iter(|| {
+            i = (i + 1) % alphas.len();
+            vrf::verify(&public, black_box(&alphas[i]), &proofs[i]).unwrap()
+        })
+    });
+    group.finish();
+}
+
 fn stamps(c: &mut Criterion) {
     let qa_seed = [0x11; 32];
     let sender_seed = [0x22; 32];
     let body = CertBody::new(stamp::public_key(&sender_seed), 1000, 20_000, [0x33; 16]);
     let cert = Certificate::issue(&qa_seed, body);
     let stamps: Vec<Stamp> = (0..64)
-        .map(|i| Stamp::sign(cert, &sender_seed, 19_999, i).unwrap())
+        .map(|i| Stamp::prove(cert, &sender_seed, 19_999, i).unwrap())
         .collect();
     let trusted = [stamp::public_key(&qa_seed)];
     let mut group = c.benchmark_group("stamp");
-    group.bench_function("verify cold (two signatures)", |b| {
+    group.bench_function("verify cold (signature + VRF)", |b| {
         let mut i = 0;
         b.iter(|| {
             i = (i + 1) % stamps.len();
@@ -107,11 +133,11 @@ fn stamps(c: &mut Criterion) {
                 .unwrap()
         })
     });
-    group.bench_function("postmark", |b| {
+    group.bench_function("prove (key expanded from the seed)", |b| {
         let mut i = 0;
         b.iter(|| {
-            i = (i + 1) % stamps.len();
-            black_box(&stamps[i]).postmark()
+            i = (i + 1) % 64;
+            Stamp::prove(cert, black_box(&sender_seed), 19_999, i).unwrap()
         })
     });
     group.finish();
@@ -347,6 +373,7 @@ criterion_group!(
     benches,
     envelope,
     assignment,
+    vrf,
     stamps,
     store,
     store_large,

@@ -2,32 +2,38 @@
 //!
 //! A quota allocator (QA) gives each sender a [`Certificate`]: the QA's Ed25519 signature
 //! over the sender's public key, a quota of stamps per epoch, the last epoch it is valid in,
-//! and a random salt. The sender makes stamp number `index` of `epoch` by signing
-//! (certificate signature, epoch, index) with its own key. A receiver checks the rules of
-//! PROTOCOL.md "Stamps" ([`verify`]) and then asks the enforcer whether the stamp's
-//! [`Postmark`] key was already used: `index < quota` and "each postmark only once" together
-//! bound a sender to `quota` messages per epoch.
+//! and a random salt. The sender makes stamp number `index` of `epoch` with a VRF proof
+//! ([`crate::vrf`], RFC 9381) by its own key over (certificate signature, epoch, index). A
+//! receiver checks the rules of PROTOCOL.md "Stamps (version 2)" ([`verify`]) and then asks
+//! the enforcer whether the stamp's [`Postmark`] key was already used: `index < quota` and
+//! "each postmark only once" together bound a sender to `quota` messages per epoch.
 //!
-//! The postmark hashes the salt, sender, epoch and index but never a signature: Ed25519
-//! signatures are malleable enough that a sender could make several valid stamps of one
-//! (epoch, index), and each would otherwise spend a different key. The salt hides the
-//! sender's public key from the enforcer, which only ever sees `(k, v)`.
+//! The postmark is a hash of the VRF output `beta`. The output is unique for a key and an
+//! input, so a sender cannot make two stamps of one (epoch, index) that spend different keys
+//! (as it could with two Ed25519 signatures); and nobody without the sender's secret key can
+//! compute it, so nobody can spend a sender's future stamps in advance. Version 1 hashed the
+//! certificate's salt with the sender, epoch and index, all public in every stamp: whoever
+//! saw one stamp could SET the postmarks of all that sender's stamps to come. Version 1 is
+//! refused. `beta` is pseudorandom, so the enforcer, which only ever sees `(k, v)`, cannot
+//! link postmarks to a sender.
 //!
-//! Verifying costs two signature checks; the certificate's is the same for every stamp of a
-//! sender, so [`check_certificate`] and [`verify_with_checked_cert`] split them and
-//! [`CertCache`] remembers certificates already found good. Cheap rules are checked before
-//! any curve arithmetic, so a flood of junk stamps costs almost nothing.
+//! Verifying costs a signature check and a VRF verification; the certificate's signature is
+//! the same for every stamp of a sender, so [`check_certificate`] and
+//! [`verify_with_checked_cert`] split them and [`CertCache`] remembers certificates already
+//! found good. Cheap rules are checked before any curve arithmetic, so a flood of junk
+//! stamps costs almost nothing.
 //!
-//! Key material comes from the caller as 32-byte seeds (RFC 8032 private keys); signing is
-//! deterministic. The text form (base64url) belongs to the host tools, not to this crate.
+//! Key material comes from the caller as 32-byte seeds (RFC 8032 private keys); signing and
+//! proving are deterministic. The text form (base64url) belongs to the host tools.
 
 use ed25519_compact as ed;
 use serde::{Deserialize, Serialize};
 
 use crate::hash::{Key, Value, key_of, sha1_concat};
+use crate::vrf::{self, PROOF_LEN, Proof, VrfError};
 
-/// The only certificate version this crate accepts.
-pub const VERSION: u8 = 1;
+/// The only certificate and stamp version this crate accepts.
+pub const VERSION: u8 = 2;
 
 /// An Ed25519 private key seed (RFC 8032).
 pub type Seed = [u8; 32];
@@ -36,18 +42,18 @@ pub type PublicKey = [u8; 32];
 /// An Ed25519 signature.
 pub type Signature = [u8; 64];
 
-const CERT_DOMAIN: &[u8; 11] = b"dqe-cert-v1";
-const STAMP_DOMAIN: &[u8; 12] = b"dqe-stamp-v1";
-const POSTMARK_DOMAIN: &[u8] = b"dqe-postmark-v1";
+const CERT_DOMAIN: &[u8; 11] = b"dqe-cert-v2";
+const STAMP_DOMAIN: &[u8; 12] = b"dqe-stamp-v2";
+const POSTMARK_DOMAIN: &[u8] = b"dqe-postmark-v2";
 
 /// Length of the message the allocator signs.
 pub const CERT_MESSAGE_LEN: usize = CERT_DOMAIN.len() + 1 + 32 + 4 + 4 + 16;
-/// Length of the message the sender signs.
-pub const STAMP_MESSAGE_LEN: usize = STAMP_DOMAIN.len() + 64 + 4 + 4;
+/// Length of the VRF input `alpha` the sender proves.
+pub const ALPHA_LEN: usize = STAMP_DOMAIN.len() + 64 + 4 + 4;
 /// Longest postcard encoding of a [`Certificate`] (both u32 varints at 5 bytes).
 pub const MAX_CERT_LEN: usize = 1 + 32 + 5 + 5 + 16 + 32 + 64;
 /// Longest postcard encoding of a [`Stamp`].
-pub const MAX_STAMP_LEN: usize = MAX_CERT_LEN + 5 + 5 + 64;
+pub const MAX_STAMP_LEN: usize = MAX_CERT_LEN + 5 + 5 + PROOF_LEN;
 
 /// The public key of the all-zero seed (RFC 8032). `ed25519-compact` refuses to derive it
 /// as a guard against unseeded keys; we keep [`public_key`] total and exact instead.
@@ -61,7 +67,7 @@ const ZERO_SEED_PUBLIC_KEY: PublicKey = [
 pub struct CertBody {
     /// Always [`VERSION`].
     pub version: u8,
-    /// The sender's public key, which signs its stamps.
+    /// The sender's public key, which proves its stamps.
     pub sender: PublicKey,
     /// Stamps per epoch.
     pub quota: u32,
@@ -79,11 +85,11 @@ pub struct Certificate {
     /// The allocator's public key.
     pub qa: PublicKey,
     /// The allocator's signature of [`CertBody::message`].
-    #[serde(with = "bytes64")]
+    #[serde(with = "byte_array")]
     pub sig: Signature,
 }
 
-/// One stamp: stamp number `index` of `epoch`, signed by the certificate's sender.
+/// One stamp: stamp number `index` of `epoch`, proved by the certificate's sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Stamp {
     /// The sender's certificate.
@@ -92,9 +98,9 @@ pub struct Stamp {
     pub epoch: u32,
     /// Its number within the epoch, below the quota.
     pub index: u32,
-    /// The sender's signature of [`Stamp::message`].
-    #[serde(with = "bytes64")]
-    pub sig: Signature,
+    /// The sender's VRF proof of [`Stamp::alpha`], `Gamma || c || s`.
+    #[serde(with = "byte_array")]
+    pub proof: Proof,
 }
 
 /// The pair a stamp spends at the enforcer: `value` is secret until the stamp is used,
@@ -103,8 +109,19 @@ pub struct Stamp {
 pub struct Postmark {
     /// `SHA1(value)`: what a receiver TESTs or SETs.
     pub key: Key,
-    /// `SHA1("dqe-postmark-v1" || salt || sender || u32be(epoch) || u32be(index))`.
+    /// `SHA1("dqe-postmark-v2" || beta)`, `beta` the VRF output of the stamp's proof.
     pub value: Value,
+}
+
+impl Postmark {
+    /// The postmark of a VRF output.
+    pub fn from_output(beta: &vrf::Output) -> Self {
+        let value = sha1_concat(&[POSTMARK_DOMAIN, beta]);
+        Postmark {
+            key: key_of(&value),
+            value,
+        }
+    }
 }
 
 /// Why a stamp is not accepted. Each variant names the rule of PROTOCOL.md it broke.
@@ -112,7 +129,7 @@ pub struct Postmark {
 pub enum StampError {
     /// The certificate's allocator is not one the receiver trusts.
     UntrustedAllocator,
-    /// The certificate's version is not [`VERSION`].
+    /// The certificate's (or stamp's) version is not [`VERSION`]; version 1 is refused.
     BadVersion { version: u8 },
     /// The allocator's signature does not verify.
     BadCertificateSignature,
@@ -124,8 +141,8 @@ pub enum StampError {
     EpochInFuture { epoch: u32, current: u32 },
     /// The stamp's index is not below the certificate's quota.
     OverQuota { index: u32, quota: u32 },
-    /// The sender's signature does not verify.
-    BadStampSignature,
+    /// The sender's VRF proof does not verify under the certificate's sender key.
+    BadProof(VrfError),
     /// The bytes are not exactly one canonical postcard stamp (or certificate).
     Malformed,
 }
@@ -136,8 +153,16 @@ impl core::fmt::Display for StampError {
             StampError::UntrustedAllocator => {
                 f.write_str("the certificate's quota allocator is not trusted")
             }
+            StampError::BadVersion { version: 1 } => write!(
+                f,
+                "version 1 stamps and certificates are refused: anyone who saw one could spend \
+                 the sender's future stamps; this receiver accepts version {VERSION} only"
+            ),
             StampError::BadVersion { version } => {
-                write!(f, "certificate version {version} is not {VERSION}")
+                write!(
+                    f,
+                    "version {version} is not {VERSION}, the only one accepted"
+                )
             }
             StampError::BadCertificateSignature => {
                 f.write_str("the certificate's signature does not verify")
@@ -158,7 +183,7 @@ impl core::fmt::Display for StampError {
             StampError::OverQuota { index, quota } => {
                 write!(f, "index {index} is not below the quota {quota}")
             }
-            StampError::BadStampSignature => f.write_str("the stamp's signature does not verify"),
+            StampError::BadProof(why) => write!(f, "the stamp's VRF proof does not verify: {why}"),
             StampError::Malformed => f.write_str("not a canonical postcard encoding"),
         }
     }
@@ -221,7 +246,7 @@ fn signature_ok(pk: &PublicKey, message: &[u8], sig: &Signature) -> bool {
 }
 
 impl CertBody {
-    /// A version-1 certificate body.
+    /// A certificate body of the current [`VERSION`].
     pub fn new(sender: PublicKey, quota: u32, expires: u32, salt: [u8; 16]) -> Self {
         CertBody {
             version: VERSION,
@@ -233,7 +258,7 @@ impl CertBody {
     }
 
     /// What the allocator signs:
-    /// `"dqe-cert-v1" || version || sender || u32be(quota) || u32be(expires) || salt`.
+    /// `"dqe-cert-v2" || version || sender || u32be(quota) || u32be(expires) || salt`.
     pub fn message(&self) -> [u8; CERT_MESSAGE_LEN] {
         let mut m = [0u8; CERT_MESSAGE_LEN];
         let mut w = Writer::new(&mut m);
@@ -260,7 +285,9 @@ impl Certificate {
         postcard::to_slice(self, buf).map_err(|_| BufferTooSmall)
     }
 
-    /// Decode exactly one canonical postcard certificate.
+    /// Decode exactly one canonical postcard certificate. A certificate of another version
+    /// decodes (the layout is unchanged since version 1) and is refused by [`verify`] and
+    /// [`check_certificate`].
     pub fn decode(bytes: &[u8]) -> Result<Self, StampError> {
         let mut again = [0u8; MAX_CERT_LEN];
         decode_strict(bytes, &mut again)
@@ -268,9 +295,10 @@ impl Certificate {
 }
 
 impl Stamp {
-    /// What the sender signs: `"dqe-stamp-v1" || cert.sig || u32be(epoch) || u32be(index)`.
-    pub fn message(cert_sig: &Signature, epoch: u32, index: u32) -> [u8; STAMP_MESSAGE_LEN] {
-        let mut m = [0u8; STAMP_MESSAGE_LEN];
+    /// The VRF input the sender proves:
+    /// `"dqe-stamp-v2" || cert.sig || u32be(epoch) || u32be(index)`.
+    pub fn alpha(cert_sig: &Signature, epoch: u32, index: u32) -> [u8; ALPHA_LEN] {
+        let mut m = [0u8; ALPHA_LEN];
         let mut w = Writer::new(&mut m);
         w.put(STAMP_DOMAIN);
         w.put(cert_sig);
@@ -282,39 +310,40 @@ impl Stamp {
     /// The sender, whose seed is `sender`, makes stamp `index` of `epoch` under `cert`.
     /// Refused when the seed is not the certificate's sender; quota and epochs are not
     /// checked here (a receiver does).
-    pub fn sign(
+    pub fn prove(
         cert: Certificate,
         sender: &Seed,
         epoch: u32,
         index: u32,
     ) -> Result<Self, SignError> {
-        let pk = public_key(sender);
-        if pk != cert.body.sender {
+        Stamp::prove_with_key(cert, &vrf::SecretKey::from_seed(sender), epoch, index)
+    }
+
+    /// [`Stamp::prove`] with the sender's key already expanded, for making many stamps.
+    pub fn prove_with_key(
+        cert: Certificate,
+        sender: &vrf::SecretKey,
+        epoch: u32,
+        index: u32,
+    ) -> Result<Self, SignError> {
+        if sender.public_key() != cert.body.sender {
             return Err(SignError::SeedNotSender);
         }
-        let sig = sign(sender, &pk, &Stamp::message(&cert.sig, epoch, index));
+        let proof = sender.prove(&Stamp::alpha(&cert.sig, epoch, index));
         Ok(Stamp {
             cert,
             epoch,
             index,
-            sig,
+            proof,
         })
     }
 
-    /// The pair this stamp spends at the enforcer.
-    pub fn postmark(&self) -> Postmark {
-        let body = &self.cert.body;
-        let value = sha1_concat(&[
-            POSTMARK_DOMAIN,
-            &body.salt,
-            &body.sender,
-            &self.epoch.to_be_bytes(),
-            &self.index.to_be_bytes(),
-        ]);
-        Postmark {
-            key: key_of(&value),
-            value,
-        }
+    /// The pair this stamp spends at the enforcer, from its proof without verifying it:
+    /// for the sender, or for a stamp already verified. A receiver gets the postmark from
+    /// [`verify`] instead.
+    pub fn postmark(&self) -> Result<Postmark, StampError> {
+        let beta = vrf::proof_to_hash(&self.proof).map_err(StampError::BadProof)?;
+        Ok(Postmark::from_output(&beta))
     }
 
     /// Encode as postcard into `buf`, returning the written prefix.
@@ -322,10 +351,16 @@ impl Stamp {
         postcard::to_slice(self, buf).map_err(|_| BufferTooSmall)
     }
 
-    /// Decode exactly one canonical postcard stamp.
+    /// Decode exactly one canonical postcard stamp. Bytes that do not decode but start with
+    /// a version other than [`VERSION`] (a version-1 stamp carries a 64-byte signature
+    /// where a proof now stands) are refused as [`StampError::BadVersion`], so the reader
+    /// learns why.
     pub fn decode(bytes: &[u8]) -> Result<Self, StampError> {
         let mut again = [0u8; MAX_STAMP_LEN];
-        decode_strict(bytes, &mut again)
+        decode_strict(bytes, &mut again).map_err(|e| match bytes.first() {
+            Some(&version) if version != VERSION => StampError::BadVersion { version },
+            _ => e,
+        })
     }
 }
 
@@ -346,7 +381,7 @@ where
     Ok(value)
 }
 
-/// The certificate's own rules: a trusted allocator, version 1, a good allocator signature.
+/// The certificate's own rules: a trusted allocator, version 2, a good allocator signature.
 /// Its verdict depends only on `cert` and `trusted`, so a caller may cache it (see
 /// [`CertCache`]) and then check each stamp with [`verify_with_checked_cert`].
 pub fn check_certificate(cert: &Certificate, trusted: &[PublicKey]) -> Result<(), StampError> {
@@ -401,18 +436,18 @@ fn check_stamp_cheap(stamp: &Stamp, current: u32, grace: u32) -> Result<(), Stam
     Ok(())
 }
 
-fn check_stamp_signature(stamp: &Stamp) -> Result<(), StampError> {
-    let message = Stamp::message(&stamp.cert.sig, stamp.epoch, stamp.index);
-    if signature_ok(&stamp.cert.body.sender, &message, &stamp.sig) {
-        Ok(())
-    } else {
-        Err(StampError::BadStampSignature)
-    }
+/// The last rule: the proof verifies under the sender's key (validated), giving `beta`.
+fn check_proof(stamp: &Stamp) -> Result<Postmark, StampError> {
+    let alpha = Stamp::alpha(&stamp.cert.sig, stamp.epoch, stamp.index);
+    let beta =
+        vrf::verify(&stamp.cert.body.sender, &alpha, &stamp.proof).map_err(StampError::BadProof)?;
+    Ok(Postmark::from_output(&beta))
 }
 
 /// Apply every acceptance rule of PROTOCOL.md to `stamp`, for a receiver trusting the
 /// allocators `trusted` whose current epoch is `current`, accepting `grace` epochs back.
-/// The rules without signatures are checked first.
+/// The rules without curve arithmetic are checked first, then the allocator's signature,
+/// then the sender's proof, whose output makes the postmark.
 pub fn verify(
     stamp: &Stamp,
     trusted: &[PublicKey],
@@ -422,11 +457,10 @@ pub fn verify(
     check_certificate_cheap(&stamp.cert, trusted)?;
     check_stamp_cheap(stamp, current, grace)?;
     check_certificate_signature(&stamp.cert)?;
-    check_stamp_signature(stamp)?;
-    Ok(stamp.postmark())
+    check_proof(stamp)
 }
 
-/// The stamp's own rules (epochs, quota, the sender's signature) for a certificate the
+/// The stamp's own rules (epochs, quota, the sender's proof) for a certificate the
 /// caller has already passed through [`check_certificate`] with its trusted allocators.
 pub fn verify_with_checked_cert(
     stamp: &Stamp,
@@ -434,8 +468,7 @@ pub fn verify_with_checked_cert(
     grace: u32,
 ) -> Result<Postmark, StampError> {
     check_stamp_cheap(stamp, current, grace)?;
-    check_stamp_signature(stamp)?;
-    Ok(stamp.postmark())
+    check_proof(stamp)
 }
 
 /// The `C` certificates most recently found good, owned by the caller.
@@ -497,8 +530,7 @@ impl<const C: usize> CertCache<C> {
                 self.insert(*cert);
             }
         }
-        check_stamp_signature(stamp)?;
-        Ok(stamp.postmark())
+        check_proof(stamp)
     }
 
     fn insert(&mut self, cert: Certificate) {
@@ -552,30 +584,35 @@ impl<'a> Writer<'a> {
     }
 }
 
-/// serde derives arrays only up to 32 elements; postcard must still see `[u8; 64]` as 64
-/// raw bytes with no length, which is what a 64-element tuple is.
-mod bytes64 {
+/// serde derives arrays only up to 32 elements; postcard must still see `[u8; N]` as N raw
+/// bytes with no length, which is what an N-element tuple is.
+mod byte_array {
     use serde::de::{Error, SeqAccess, Visitor};
     use serde::ser::SerializeTuple;
     use serde::{Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(bytes: &[u8; 64], s: S) -> Result<S::Ok, S::Error> {
-        let mut t = s.serialize_tuple(64)?;
+    pub fn serialize<S: Serializer, const N: usize>(
+        bytes: &[u8; N],
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        let mut t = s.serialize_tuple(N)?;
         for b in bytes {
             t.serialize_element(b)?;
         }
         t.end()
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 64], D::Error> {
-        struct Bytes64;
-        impl<'de> Visitor<'de> for Bytes64 {
-            type Value = [u8; 64];
+    pub fn deserialize<'de, D: Deserializer<'de>, const N: usize>(
+        d: D,
+    ) -> Result<[u8; N], D::Error> {
+        struct Bytes<const N: usize>;
+        impl<'de, const N: usize> Visitor<'de> for Bytes<N> {
+            type Value = [u8; N];
             fn expecting(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-                f.write_str("64 bytes")
+                write!(f, "{N} bytes")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; 64], A::Error> {
-                let mut out = [0u8; 64];
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<[u8; N], A::Error> {
+                let mut out = [0u8; N];
                 for (i, b) in out.iter_mut().enumerate() {
                     *b = seq
                         .next_element()?
@@ -584,7 +621,7 @@ mod bytes64 {
                 Ok(out)
             }
         }
-        d.deserialize_tuple(64, Bytes64)
+        d.deserialize_tuple(N, Bytes::<N>)
     }
 }
 
@@ -603,7 +640,7 @@ mod tests {
     }
 
     fn stamp(epoch: u32, index: u32) -> Stamp {
-        Stamp::sign(cert(), &SENDER, epoch, index).unwrap()
+        Stamp::prove(cert(), &SENDER, epoch, index).unwrap()
     }
 
     fn trusted() -> [PublicKey; 2] {
@@ -614,7 +651,7 @@ mod tests {
     fn a_good_stamp_verifies_by_every_path() {
         let s = stamp(NOW, 7);
         let pm = verify(&s, &trusted(), NOW, GRACE).unwrap();
-        assert_eq!(pm, s.postmark());
+        assert_eq!(Ok(pm), s.postmark());
         assert_eq!(check_certificate(&s.cert, &trusted()), Ok(()));
         assert_eq!(verify_with_checked_cert(&s, NOW, GRACE), Ok(pm));
         let mut cache = CertCache::<4>::new();
@@ -646,15 +683,32 @@ mod tests {
     }
 
     #[test]
-    fn bad_version() {
-        let mut body = CertBody::new(public_key(&SENDER), 100, 20_000, SALT);
-        body.version = 2;
-        let c = Certificate::issue(&QA, body);
-        let s = Stamp::sign(c, &SENDER, NOW, 0).unwrap();
-        assert_eq!(
-            verify(&s, &trusted(), NOW, GRACE),
-            Err(StampError::BadVersion { version: 2 })
-        );
+    fn version_1_and_others_are_refused() {
+        for version in [1, 3] {
+            let mut body = CertBody::new(public_key(&SENDER), 100, 20_000, SALT);
+            body.version = version;
+            let c = Certificate::issue(&QA, body);
+            let s = Stamp::prove(c, &SENDER, NOW, 0).unwrap();
+            assert_eq!(
+                verify(&s, &trusted(), NOW, GRACE),
+                Err(StampError::BadVersion { version })
+            );
+            assert_eq!(
+                check_certificate(&c, &trusted()),
+                Err(StampError::BadVersion { version })
+            );
+            assert_eq!(
+                CertCache::<4>::new().verify(&s, &trusted(), NOW, GRACE),
+                Err(StampError::BadVersion { version })
+            );
+        }
+        let mut text = heapless::String::<256>::new();
+        core::fmt::write(
+            &mut text,
+            format_args!("{}", StampError::BadVersion { version: 1 }),
+        )
+        .unwrap();
+        assert!(text.starts_with("version 1 stamps and certificates are refused"));
     }
 
     #[test]
@@ -663,7 +717,7 @@ mod tests {
         // signature can catch it.
         let mut c = cert();
         c.body.quota = 1_000;
-        let s = Stamp::sign(c, &SENDER, NOW, 500).unwrap();
+        let s = Stamp::prove(c, &SENDER, NOW, 500).unwrap();
         assert_eq!(
             verify(&s, &trusted(), NOW, GRACE),
             Err(StampError::BadCertificateSignature)
@@ -687,7 +741,7 @@ mod tests {
     #[test]
     fn expired() {
         let c = Certificate::issue(&QA, CertBody::new(public_key(&SENDER), 100, NOW - 1, SALT));
-        let s = Stamp::sign(c, &SENDER, NOW, 0).unwrap();
+        let s = Stamp::prove(c, &SENDER, NOW, 0).unwrap();
         assert_eq!(
             verify(&s, &trusted(), NOW, GRACE),
             Err(StampError::Expired {
@@ -715,7 +769,7 @@ mod tests {
         );
         // Epoch 0 with grace reaching below 0 does not underflow.
         let early = Certificate::issue(&QA, CertBody::new(public_key(&SENDER), 1, 5, SALT));
-        let s = Stamp::sign(early, &SENDER, 0, 0).unwrap();
+        let s = Stamp::prove(early, &SENDER, 0, 0).unwrap();
         assert!(verify(&s, &trusted(), 0, 3).is_ok());
     }
 
@@ -732,25 +786,71 @@ mod tests {
     }
 
     #[test]
-    fn tampered_stamp_signature() {
+    fn tampered_proof() {
         let mut s = stamp(NOW, 7);
-        s.sig[10] ^= 1;
+        s.proof[40] ^= 1;
         assert_eq!(
             verify(&s, &trusted(), NOW, GRACE),
-            Err(StampError::BadStampSignature)
+            Err(StampError::BadProof(VrfError::WrongProof))
         );
-        // A stamp moved to another index keeps a signature of the old one.
+        // A stamp moved to another index keeps a proof of the old one.
         let mut moved = stamp(NOW, 7);
         moved.index = 8;
         assert_eq!(
             verify_with_checked_cert(&moved, NOW, GRACE),
-            Err(StampError::BadStampSignature)
+            Err(StampError::BadProof(VrfError::WrongProof))
         );
         let mut cache = CertCache::<4>::new();
         assert_eq!(
             cache.verify(&moved, &trusted(), NOW, GRACE),
-            Err(StampError::BadStampSignature)
+            Err(StampError::BadProof(VrfError::WrongProof))
         );
+        // A proof by another key for the same certificate and input.
+        let mut forged = stamp(NOW, 7);
+        forged.proof =
+            vrf::SecretKey::from_seed(&[0x44; 32]).prove(&Stamp::alpha(&forged.cert.sig, NOW, 7));
+        assert_eq!(
+            verify(&forged, &trusted(), NOW, GRACE),
+            Err(StampError::BadProof(VrfError::WrongProof))
+        );
+    }
+
+    #[test]
+    fn a_small_order_sender_key_is_refused() {
+        // An allocator that certified the identity point as a sender: no proof may pass.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let c = Certificate::issue(&QA, CertBody::new(identity, 10, NOW, SALT));
+        let s = Stamp {
+            cert: c,
+            epoch: NOW,
+            index: 0,
+            proof: stamp(NOW, 0).proof,
+        };
+        assert_eq!(
+            verify(&s, &trusted(), NOW, GRACE),
+            Err(StampError::BadProof(VrfError::SmallOrderPublicKey))
+        );
+    }
+
+    #[test]
+    fn postmarks_differ_by_index_epoch_and_certificate() {
+        let a = verify(&stamp(NOW, 0), &trusted(), NOW, GRACE).unwrap();
+        let b = verify(&stamp(NOW, 1), &trusted(), NOW, GRACE).unwrap();
+        let c = verify(&stamp(NOW - 1, 0), &trusted(), NOW, GRACE).unwrap();
+        let other = Certificate::issue(
+            &QA,
+            CertBody::new(public_key(&SENDER), 100, 20_000, [9; 16]),
+        );
+        let d = verify(
+            &Stamp::prove(other, &SENDER, NOW, 0).unwrap(),
+            &trusted(),
+            NOW,
+            GRACE,
+        )
+        .unwrap();
+        assert!(a != b && a != c && a != d && b != c && c != d);
+        assert_eq!(key_of(&a.value), a.key);
     }
 
     #[test]
@@ -762,6 +862,14 @@ mod tests {
         assert_eq!(Stamp::decode(&buf[..n - 1]), Err(StampError::Malformed));
         assert_eq!(Stamp::decode(&buf[..n + 1]), Err(StampError::Malformed));
         assert_eq!(Stamp::decode(&[]), Err(StampError::Malformed));
+        // A version-1 stamp (a 64-byte signature where the proof stands) is refused by version.
+        let mut v1 = [0u8; MAX_STAMP_LEN];
+        v1[..n - 16].copy_from_slice(&buf[..n - 16]);
+        v1[0] = 1;
+        assert_eq!(
+            Stamp::decode(&v1[..n - 16]),
+            Err(StampError::BadVersion { version: 1 })
+        );
         // The quota 100 is the varint 0x64 at offset 33; spell it over-long as 0xe4 0x00.
         assert_eq!(buf[33], 0x64);
         let mut long = [0u8; MAX_STAMP_LEN + 1];
@@ -780,7 +888,7 @@ mod tests {
     #[test]
     fn signing_needs_the_senders_seed() {
         assert_eq!(
-            Stamp::sign(cert(), &QA, NOW, 0),
+            Stamp::prove(cert(), &QA, NOW, 0),
             Err(SignError::SeedNotSender)
         );
     }
@@ -789,7 +897,7 @@ mod tests {
     fn the_zero_seed_is_a_key_like_any_other() {
         let c = Certificate::issue(&[0; 32], CertBody::new(public_key(&SENDER), 1, NOW, SALT));
         assert_eq!(c.qa, ZERO_SEED_PUBLIC_KEY);
-        let s = Stamp::sign(c, &SENDER, NOW, 0).unwrap();
+        let s = Stamp::prove(c, &SENDER, NOW, 0).unwrap();
         assert!(verify(&s, &[ZERO_SEED_PUBLIC_KEY], NOW, GRACE).is_ok());
     }
 
@@ -802,7 +910,7 @@ mod tests {
                 CertBody::new(public_key(&SENDER), 10, NOW, [i as u8; 16]),
             )
         });
-        let stamp_of = |c: Certificate| Stamp::sign(c, &SENDER, NOW, 0).unwrap();
+        let stamp_of = |c: Certificate| Stamp::prove(c, &SENDER, NOW, 0).unwrap();
         cache
             .verify(&stamp_of(certs[0]), &trusted(), NOW, GRACE)
             .unwrap();

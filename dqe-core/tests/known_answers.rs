@@ -13,6 +13,7 @@ use dqe_core::ring::Ring;
 use dqe_core::stamp::{
     self, CertBody, Certificate, MAX_CERT_LEN, MAX_STAMP_LEN, Postmark, Stamp, StampError,
 };
+use dqe_core::vrf;
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason, WireError};
 
 fn hex<const L: usize>(s: &str) -> [u8; L] {
@@ -290,26 +291,31 @@ fn cluster_tag_of_five_nodes() {
 }
 
 // ---------------------------------------------------------------------------------------
-// Stamps. Keys and signatures from Python's `cryptography` (deterministic RFC 8032):
+// Stamps (version 2). Keys and the certificate signature from Python's `cryptography`
+// (deterministic RFC 8032); the VRF proof and output from an independent Python ECVRF
+// (tests/kat/ecvrf.py, checked there against RFC 9381 Appendix B.3); the script is
+// tests/kat/stamp_v2.py:
 //
-// from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 // qa_seed, snd_seed, salt = b"\x11"*32, b"\x22"*32, b"\x33"*16
 // quota, expires, epoch, index = 100, 20000, 19999, 7
-// cm = b"dqe-cert-v1" + b"\x01" + snd + pack(">I", quota) + pack(">I", expires) + salt
+// cm = b"dqe-cert-v2" + b"\x02" + snd + pack(">I", quota) + pack(">I", expires) + salt
 // cs = Ed25519PrivateKey.from_private_bytes(qa_seed).sign(cm)
-// sm = b"dqe-stamp-v1" + cs + pack(">I", epoch) + pack(">I", index)
-// ss = Ed25519PrivateKey.from_private_bytes(snd_seed).sign(sm)
-// v = H(b"dqe-postmark-v1" + salt + snd + pack(">I", epoch) + pack(">I", index)); k = H(v)
+// alpha = b"dqe-stamp-v2" + cs + pack(">I", epoch) + pack(">I", index)
+// pi = prove(snd_seed, alpha); beta = proof_to_hash(pi)
+// v = H(b"dqe-postmark-v2" + beta); k = H(v)
 
 const QA_SEED: [u8; 32] = [0x11; 32];
 const SENDER_SEED: [u8; 32] = [0x22; 32];
 const SALT: [u8; 16] = [0x33; 16];
 const QA_PK: &str = "d04ab232742bb4ab3a1368bd4615e4e6d0224ab71a016baf8520a332c9778737";
 const SENDER_PK: &str = "a09aa5f47a6759802ff955f8dc2d2a14a5c99d23be97f864127ff9383455a4f0";
-const CERT_SIG: &str = "4706d4f1f2e6e8edd23b373d2ddfa8d1b1c42d24ea389f9efe1a0da74595fd85\
-                        911fd8072869e11e2323e6ff8b29098621a24b0191ececa60fdb02e0b6ff9103";
-const STAMP_SIG: &str = "4d5f4ba50e436e5cb07aa89a857d86eaf76584f10171cbbf8ae6fcdcf4882720\
-                         e2ca4b9d2150d2d3d3eddf81924c529468eca5db9516c68a88f0a8ba3243260b";
+const CERT_SIG: &str = "55ab1d428956718b974e3d69283ec5e618506d0e696a13a8a1bdd2ed0bc45e8f\
+                        ce173331c1d3a630327aaa675cca6f5efc76904c7f2fce8cca00ed072b94fb0c";
+const PROOF: &str = "ed8a16e5b967c461d7057fe0a4626d4fdaaa94bb249b5aef5e8c2ab02cf10940\
+                     dcc8abe81535aa5d151d3c43a61d28a8ad9a9d1b12aa39a288d151dbbfa52e5a\
+                     7654246d873dbc6379643d09997d9705";
+const BETA: &str = "edf0c9658ad7939ab6d47f6dfd0a194cf4d9fdef6c4fb4698b6442cc0526b1c4\
+                    148b41f140504bcacf9c66cf0d4643ca889cca5936ca918faf7f56cdff2224c4";
 
 fn hex_joined<const L: usize>(s: &str) -> [u8; L] {
     let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
@@ -319,13 +325,18 @@ fn hex_joined<const L: usize>(s: &str) -> [u8; L] {
 fn kat_stamp() -> Stamp {
     let body = CertBody::new(stamp::public_key(&SENDER_SEED), 100, 20_000, SALT);
     let cert = Certificate::issue(&QA_SEED, body);
-    Stamp::sign(cert, &SENDER_SEED, 19_999, 7).unwrap()
+    Stamp::prove(cert, &SENDER_SEED, 19_999, 7).unwrap()
 }
 
 #[test]
 fn stamp_keys() {
     assert_eq!(stamp::public_key(&QA_SEED), hex::<32>(QA_PK));
     assert_eq!(stamp::public_key(&SENDER_SEED), hex::<32>(SENDER_PK));
+    // The VRF key of a seed is its Ed25519 key (RFC 9381 section 5.5).
+    assert_eq!(
+        vrf::SecretKey::from_seed(&SENDER_SEED).public_key(),
+        hex::<32>(SENDER_PK)
+    );
     // RFC 8032's key of the all-zero seed.
     assert_eq!(
         stamp::public_key(&[0; 32]),
@@ -334,11 +345,11 @@ fn stamp_keys() {
 }
 
 #[test]
-fn stamp_signed_messages() {
+fn stamp_signed_and_proved_messages() {
     let s = kat_stamp();
     let cert_msg = cat(&[
-        b"dqe-cert-v1",
-        &[0x01],
+        b"dqe-cert-v2",
+        &[0x02],
         &hex::<32>(SENDER_PK),
         &[0x00, 0x00, 0x00, 0x64],
         &[0x00, 0x00, 0x4e, 0x20],
@@ -346,34 +357,33 @@ fn stamp_signed_messages() {
     ]);
     assert_eq!(cert_msg.len(), stamp::CERT_MESSAGE_LEN);
     assert_eq!(&s.cert.body.message()[..], &cert_msg[..]);
-    let stamp_msg = cat(&[
-        b"dqe-stamp-v1",
+    let alpha = cat(&[
+        b"dqe-stamp-v2",
         &hex_joined::<64>(CERT_SIG),
         &[0x00, 0x00, 0x4e, 0x1f],
         &[0x00, 0x00, 0x00, 0x07],
     ]);
-    assert_eq!(stamp_msg.len(), stamp::STAMP_MESSAGE_LEN);
-    assert_eq!(
-        &Stamp::message(&s.cert.sig, s.epoch, s.index)[..],
-        &stamp_msg[..]
-    );
+    assert_eq!(alpha.len(), stamp::ALPHA_LEN);
+    assert_eq!(&Stamp::alpha(&s.cert.sig, s.epoch, s.index)[..], &alpha[..]);
 }
 
 #[test]
-fn stamp_signatures() {
+fn stamp_signature_and_proof() {
     let s = kat_stamp();
     assert_eq!(s.cert.qa, hex::<32>(QA_PK));
     assert_eq!(s.cert.sig, hex_joined::<64>(CERT_SIG));
-    assert_eq!(s.sig, hex_joined::<64>(STAMP_SIG));
+    assert_eq!(s.proof, hex_joined::<80>(PROOF));
+    assert_eq!(vrf::proof_to_hash(&s.proof), Ok(hex_joined::<64>(BETA)));
 }
 
 #[test]
 fn stamp_postmark() {
     let expected = Postmark {
-        value: hex("4f09bb8d41ac436d831601b23b282dbaf29549bb"),
-        key: hex("7efb3832e94de9744d052c3f3366e991670833c8"),
+        value: hex("4a34caf802ca350df67915e4c21d6f1f9caac97f"),
+        key: hex("7aa10d6c89a94531fc7f23c6ca40e3ac1a037185"),
     };
-    assert_eq!(kat_stamp().postmark(), expected);
+    assert_eq!(Postmark::from_output(&hex_joined::<64>(BETA)), expected);
+    assert_eq!(kat_stamp().postmark(), Ok(expected));
     let trusted = [hex::<32>(QA_PK)];
     assert_eq!(
         stamp::verify(&kat_stamp(), &trusted, 19_999, 1),
@@ -383,10 +393,10 @@ fn stamp_postmark() {
 
 #[test]
 fn stamp_bytes() {
-    // CertBody: version, sender, quota 100 = 64, expires 20000 = a0 9c 01, salt;
-    // Certificate: body, qa, sig; Stamp: cert, epoch 19999 = 9f 9c 01, index 7 = 07, sig.
+    // CertBody: version 2, sender, quota 100 = 64, expires 20000 = a0 9c 01, salt;
+    // Certificate: body, qa, sig; Stamp: cert, epoch 19999 = 9f 9c 01, index 7 = 07, proof.
     let cert_bytes = cat(&[
-        &[0x01],
+        &[0x02],
         &hex::<32>(SENDER_PK),
         &[0x64],
         &[0xa0, 0x9c, 0x01],
@@ -398,14 +408,14 @@ fn stamp_bytes() {
         &cert_bytes,
         &[0x9f, 0x9c, 0x01],
         &[0x07],
-        &hex_joined::<64>(STAMP_SIG),
+        &hex_joined::<80>(PROOF),
     ]);
     let s = kat_stamp();
     let mut buf = [0u8; MAX_STAMP_LEN];
     assert_eq!(&s.encode(&mut buf).unwrap()[..], &stamp_bytes[..]);
     let mut cbuf = [0u8; MAX_CERT_LEN];
     assert_eq!(&s.cert.encode(&mut cbuf).unwrap()[..], &cert_bytes[..]);
-    // Decoding the hand-built bytes, by someone who never called `sign`, gives a good stamp.
+    // Decoding the hand-built bytes, by someone who never called `prove`, gives a good stamp.
     let decoded = Stamp::decode(&stamp_bytes).unwrap();
     assert_eq!(decoded, s);
     assert_eq!(Certificate::decode(&cert_bytes), Ok(s.cert));
@@ -421,5 +431,45 @@ fn stamp_bytes() {
             1
         ),
         Err(StampError::BadCertificateSignature)
+    );
+}
+
+// Version 1, as it was specified (PROTOCOL.md before 2026-12-01), is refused with the rule
+// named. The bytes are the old known answer: version byte 01, then the layout above with a
+// 64-byte Ed25519 signature where the proof now stands.
+const V1_CERT_SIG: &str = "4706d4f1f2e6e8edd23b373d2ddfa8d1b1c42d24ea389f9efe1a0da74595fd85\
+                           911fd8072869e11e2323e6ff8b29098621a24b0191ececa60fdb02e0b6ff9103";
+const V1_STAMP_SIG: &str = "4d5f4ba50e436e5cb07aa89a857d86eaf76584f10171cbbf8ae6fcdcf4882720\
+                            e2ca4b9d2150d2d3d3eddf81924c529468eca5db9516c68a88f0a8ba3243260b";
+
+#[test]
+fn version_1_is_refused_by_name() {
+    let v1_cert = cat(&[
+        &[0x01],
+        &hex::<32>(SENDER_PK),
+        &[0x64],
+        &[0xa0, 0x9c, 0x01],
+        &SALT,
+        &hex::<32>(QA_PK),
+        &hex_joined::<64>(V1_CERT_SIG),
+    ]);
+    let v1_stamp = cat(&[
+        &v1_cert,
+        &[0x9f, 0x9c, 0x01],
+        &[0x07],
+        &hex_joined::<64>(V1_STAMP_SIG),
+    ]);
+    let version_1 = StampError::BadVersion { version: 1 };
+    assert_eq!(Stamp::decode(&v1_stamp), Err(version_1));
+    // The certificate's layout is unchanged: it decodes, and its checks refuse it.
+    let cert = Certificate::decode(&v1_cert).unwrap();
+    assert_eq!(
+        stamp::check_certificate(&cert, &[hex::<32>(QA_PK)]),
+        Err(version_1)
+    );
+    assert!(
+        StampError::BadVersion { version: 1 }
+            .to_string()
+            .starts_with("version 1 stamps and certificates are refused")
     );
 }

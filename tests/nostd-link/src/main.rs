@@ -25,6 +25,7 @@ use backend_embedded::{EmbeddedNode, Resources};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
 use dqe_core::node::{Node, NodeConfig, Port};
+use dqe_core::stamp::{self, CertBody, CertCache, Certificate, Stamp};
 use dqe_core::store::{FixedStore, PutOutcome, Slot, Store};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
 use embassy_futures::select::{Either, Either3, select, select3};
@@ -431,16 +432,41 @@ fn firmware_checks() -> Result<(), &'static str> {
     )
 }
 
+/// Stamps version 2 without std or alloc: a certificate, a VRF-proved stamp, its
+/// verification (cold and through the cache) and a tampered proof refused.
+fn stamp_checks() -> Result<(), &'static str> {
+    let qa = [0x11; 32];
+    let sender = [0x22; 32];
+    let body = CertBody::new(stamp::public_key(&sender), 10, 100, [0x33; 16]);
+    let cert = Certificate::issue(&qa, body);
+    let s = Stamp::prove(cert, &sender, 100, 3).map_err(|_| "stamp prove")?;
+    let trusted = [stamp::public_key(&qa)];
+    let postmark = stamp::verify(&s, &trusted, 100, 1).map_err(|_| "stamp verify")?;
+    check(s.postmark() == Ok(postmark), "postmark from the proof")?;
+    let mut cache = CertCache::<2>::new();
+    check(
+        cache.verify(&s, &trusted, 100, 1) == Ok(postmark),
+        "cached verify",
+    )?;
+    let mut bad = s;
+    bad.proof[50] ^= 1;
+    check(
+        stamp::verify(&bad, &trusted, 100, 1).is_err(),
+        "tampered proof refused",
+    )
+}
+
 /// C entry point: the C runtime calls it, as it would a C program's.
 #[unsafe(no_mangle)]
 pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     match core_checks()
+        .and_then(|()| stamp_checks())
         .and_then(|()| backend_checks())
         .and_then(|()| firmware_checks())
     {
         Ok(()) => {
             print(
-                "dqe-nostd-link: ok (core; a node served by backend-embedded over embassy-net; firmware app)\n",
+                "dqe-nostd-link: ok (core; stamps v2 with the VRF; a node served by backend-embedded over embassy-net; firmware app)\n",
             );
             0
         }
