@@ -351,17 +351,30 @@ impl Stamp {
         postcard::to_slice(self, buf).map_err(|_| BufferTooSmall)
     }
 
-    /// Decode exactly one canonical postcard stamp. Bytes that do not decode but start with
-    /// a version other than [`VERSION`] (a version-1 stamp carries a 64-byte signature
-    /// where a proof now stands) are refused as [`StampError::BadVersion`], so the reader
-    /// learns why.
+    /// Decode exactly one canonical postcard stamp. A version-1 stamp (a 64-byte signature
+    /// where the proof now stands) is refused as [`StampError::BadVersion`] rather than
+    /// [`StampError::Malformed`], so the reader learns why.
     pub fn decode(bytes: &[u8]) -> Result<Self, StampError> {
         let mut again = [0u8; MAX_STAMP_LEN];
-        decode_strict(bytes, &mut again).map_err(|e| match bytes.first() {
-            Some(&version) if version != VERSION => StampError::BadVersion { version },
-            _ => e,
+        decode_strict(bytes, &mut again).map_err(|e| {
+            match decode_strict::<StampV1>(bytes, &mut again) {
+                Ok(old) if old.cert.body.version != VERSION => StampError::BadVersion {
+                    version: old.cert.body.version,
+                },
+                _ => e,
+            }
         })
     }
+}
+
+/// The layout of a version-1 stamp, only to recognise one.
+#[derive(Serialize, Deserialize)]
+struct StampV1 {
+    cert: Certificate,
+    epoch: u32,
+    index: u32,
+    #[serde(with = "byte_array")]
+    sig: Signature,
 }
 
 /// Decode one `T` that uses all of `bytes` and is in its canonical form (re-encoding gives
@@ -870,6 +883,11 @@ mod tests {
             Stamp::decode(&v1[..n - 16]),
             Err(StampError::BadVersion { version: 1 })
         );
+        // The same 16 bytes short with version 2 is just malformed, and so is junk whose
+        // first byte is not a version.
+        v1[0] = VERSION;
+        assert_eq!(Stamp::decode(&v1[..n - 16]), Err(StampError::Malformed));
+        assert_eq!(Stamp::decode(b"not a stamp"), Err(StampError::Malformed));
         // The quota 100 is the varint 0x64 at offset 33; spell it over-long as 0xe4 0x00.
         assert_eq!(buf[33], 0x64);
         let mut long = [0u8; MAX_STAMP_LEN + 1];
