@@ -128,7 +128,15 @@ pub fn run(enforcer: &Path, out: &mut dyn Write) -> Result<(), DemoError> {
     // 4. Stamp.
     say!(
         out,
-        "4. The sender prints a stamp (index taken durably from sender.cert.state)."
+        "4. The sender prints a stamp (index taken durably from sender.cert.state): a version-2"
+    )?;
+    say!(
+        out,
+        "   stamp carries the sender's VRF proof, whose output makes the postmark, so nobody"
+    )?;
+    say!(
+        out,
+        "   without sender.key can compute (and spend in advance) the postmarks of its stamps."
     )?;
     say!(
         out,
@@ -270,7 +278,7 @@ fn unexpected(step: &'static str, expected: &'static str, got: Cancelled) -> Dem
     }
 }
 
-/// Change one character near the end of a stamp's text (inside the sender's signature).
+/// Change one character near the end of a stamp's text (inside the sender's VRF proof).
 pub fn tamper(text: &str) -> String {
     let mut chars: Vec<char> = text.chars().collect();
     let i = chars.len() - 10;

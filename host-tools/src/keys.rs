@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use dqe_core::stamp::{Certificate, MAX_CERT_LEN, MAX_STAMP_LEN, PublicKey, Seed, Stamp};
+use dqe_core::stamp::{
+    Certificate, MAX_CERT_LEN, MAX_STAMP_LEN, PublicKey, Seed, Stamp, StampError,
+};
 
 /// A problem with a key, public-key or certificate file.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +50,10 @@ pub enum KeyFileError {
     /// Not a certificate.
     #[error("{} is not a DQE certificate ({detail}); ask the allocator for it again (`dqe qa issue`)", path.display())]
     BadCertificate { path: PathBuf, detail: String },
+    /// A certificate of a version this `dqe` refuses (version 1: its stamps' postmarks can
+    /// be computed by anyone who saw one of them).
+    #[error("{} is a version-{version} certificate, which is refused: {}; ask the allocator for a version-{} certificate (`dqe qa issue`)", path.display(), StampError::BadVersion { version: *version }, dqe_core::stamp::VERSION)]
+    OldVersion { path: PathBuf, version: u8 },
 }
 
 /// Why a stamp's text is not a stamp.
@@ -59,6 +65,9 @@ pub enum StampTextError {
     /// Decodes, but not to a stamp.
     #[error("the stamp text does not decode to a stamp (wrong length or layout)")]
     NotAStamp,
+    /// A stamp of a version that is refused (its first byte, the certificate's version).
+    #[error("{}", StampError::BadVersion { version: *.0 })]
+    Version(u8),
 }
 
 /// One line of base64url without padding.
@@ -127,10 +136,17 @@ pub fn read_certificate(path: &Path) -> Result<Certificate, KeyFileError> {
             ),
         });
     }
-    Certificate::decode(&bytes).map_err(|e| KeyFileError::BadCertificate {
+    let cert = Certificate::decode(&bytes).map_err(|e| KeyFileError::BadCertificate {
         path: path.to_path_buf(),
         detail: e.to_string(),
-    })
+    })?;
+    if cert.body.version != dqe_core::stamp::VERSION {
+        return Err(KeyFileError::OldVersion {
+            path: path.to_path_buf(),
+            version: cert.body.version,
+        });
+    }
+    Ok(cert)
 }
 
 /// Write `line` and a newline to a new file with `mode`, durably. `overwrite` allows
@@ -243,7 +259,10 @@ pub fn parse_stamp(text: &str) -> Result<Stamp, StampTextError> {
     if bytes.len() > MAX_STAMP_LEN {
         return Err(StampTextError::NotAStamp);
     }
-    Stamp::decode(&bytes).map_err(|_| StampTextError::NotAStamp)
+    Stamp::decode(&bytes).map_err(|e| match e {
+        StampError::BadVersion { version } => StampTextError::Version(version),
+        _ => StampTextError::NotAStamp,
+    })
 }
 
 /// Whether a key file can be read by others than its owner (a warning, not an error: the
@@ -307,7 +326,7 @@ mod tests {
             &qa,
             CertBody::new(dqe_core::stamp::public_key(&sender), 10, 100, [3; 16]),
         );
-        let stamp = Stamp::sign(cert, &sender, 50, 4).unwrap();
+        let stamp = Stamp::prove(cert, &sender, 50, 4).unwrap();
         let text = stamp_text(&stamp);
         assert!(!text.contains('='));
         assert_eq!(parse_stamp(&text).unwrap(), stamp);

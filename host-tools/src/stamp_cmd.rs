@@ -263,7 +263,7 @@ pub fn take_index(
 }
 
 /// Make a stamp: check the key and the certificate's expiry, take an index (from `index`,
-/// or durably from the state file), sign.
+/// or durably from the state file), prove it with the sender's VRF key.
 #[allow(clippy::too_many_arguments)]
 pub fn print(
     cert_path: &Path,
@@ -298,7 +298,10 @@ pub fn print(
         Some(i) => i,
         None => take_index(state, &cert, epoch, seconds_left)?,
     };
-    Ok(Stamp::sign(cert, seed, epoch, index).expect("the key was checked against the certificate"))
+    Ok(
+        Stamp::prove(cert, seed, epoch, index)
+            .expect("the key was checked against the certificate"),
+    )
 }
 
 /// Why a stamp was not accepted, as a receiver reports it.
@@ -326,7 +329,7 @@ impl Invalid {
                 StampError::EpochTooOld { .. } => "epoch-too-old",
                 StampError::EpochInFuture { .. } => "epoch-in-future",
                 StampError::OverQuota { .. } => "over-quota",
-                StampError::BadStampSignature => "bad-stamp-signature",
+                StampError::BadProof(_) => "bad-proof",
                 StampError::Malformed => "malformed",
             },
         }
@@ -353,9 +356,18 @@ impl Invalid {
             Invalid::Rule(StampError::OverQuota { index, quota }) => format!(
                 "over quota: index {index} is not below the certificate's quota {quota} (rule: index < quota)"
             ),
-            Invalid::Rule(StampError::BadStampSignature) => {
-                "bad stamp signature: the sender's signature does not verify (the stamp was altered or forged)".into()
-            }
+            Invalid::Rule(StampError::BadProof(why)) => format!(
+                "bad stamp proof: the sender's VRF proof does not verify ({why}); the stamp was altered or forged"
+            ),
+            Invalid::Rule(StampError::BadVersion { version }) => format!(
+                "stamp version {version} refused: this receiver accepts version {} only. {}",
+                stamp::VERSION,
+                if *version == 1 {
+                    "Version 1 postmarks can be computed by anyone who saw one of the sender's stamps; the sender must print stamps with a current dqe and a version-2 certificate (dqe qa issue)"
+                } else {
+                    "Upgrade dqe, or ask the sender which version it prints"
+                }
+            ),
             Invalid::Rule(StampError::BadCertificateSignature) => {
                 "bad certificate signature: the allocator's signature does not verify (the certificate was altered or forged)".into()
             }
@@ -395,8 +407,14 @@ impl Receiver {
     /// Apply every acceptance rule to a stamp's text.
     pub fn check(&self, text: &str) -> Result<(Stamp, Postmark), Box<Rejection>> {
         let stamp = keys::parse_stamp(text).map_err(|e| {
+            let invalid = match e {
+                StampTextError::Version(version) => {
+                    Invalid::Rule(StampError::BadVersion { version })
+                }
+                e => Invalid::Text(e),
+            };
             Box::new(Rejection {
-                invalid: Invalid::Text(e),
+                invalid,
                 stamp: None,
             })
         })?;
@@ -657,8 +675,11 @@ mod tests {
     fn verdict_headers_name_the_rule() {
         assert_eq!(Verdict::Fresh.header_value(), "fresh");
         assert_eq!(
-            Verdict::Invalid(Invalid::Rule(StampError::BadStampSignature)).header_value(),
-            "invalid; rule=bad-stamp-signature"
+            Verdict::Invalid(Invalid::Rule(StampError::BadProof(
+                dqe_core::vrf::VrfError::WrongProof
+            )))
+            .header_value(),
+            "invalid; rule=bad-proof"
         );
     }
 }

@@ -70,7 +70,7 @@ fn a_stamp_is_fresh_then_cancelled_then_caught_when_reused() {
 
     // A tampered stamp is refused before any portal is asked.
     let tampered = host_tools::demo::tamper(&stamp);
-    judge(d, "cancel", &["--portal", &p0, &tampered]).assert_fails(4, "bad stamp signature");
+    judge(d, "cancel", &["--portal", &p0, &tampered]).assert_fails(4, "bad stamp proof");
 }
 
 #[test]
@@ -306,7 +306,7 @@ fn demo_walks_through_a_stamp_and_exits_0() {
         "fresh",
         "cancelled",
         "reuse caught",
-        "invalid: bad stamp signature",
+        "invalid: bad stamp proof",
         "Stopping the cluster",
     ] {
         assert!(r.stdout.contains(step), "missing {step:?} in\n{}", r.stdout);

@@ -187,7 +187,7 @@ fn offline_verification_names_the_broken_rule() {
     let (later, earlier) = ((today() + 5).to_string(), (today() - 1).to_string());
     let qa = ["--trust", "qa.pub"];
     let cases: [(&str, &[&str], &str); 6] = [
-        (&tampered, &qa, "bad stamp signature"),
+        (&tampered, &qa, "bad stamp proof"),
         ("hello", &qa, "not base64url"),
         (&short, &qa, "does not decode to a stamp"),
         // Untrusted allocator.
@@ -230,7 +230,7 @@ fn expired_certificate_is_refused_by_printer_and_verifier() {
     // A stamp made anyway (by a sender ignoring the expiry) fails the rule epoch <= expires.
     let cert = keys::read_certificate(&d.join("sender.cert")).unwrap();
     let seed = keys::read_seed(&d.join("sender.key")).unwrap();
-    let stamp = Stamp::sign(cert, &seed, today(), 0).unwrap();
+    let stamp = Stamp::prove(cert, &seed, today(), 0).unwrap();
     judge(d, "verify", &[&keys::stamp_text(&stamp)]).assert_fails(4, "expired certificate");
 }
 
