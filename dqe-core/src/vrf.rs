@@ -134,13 +134,25 @@ impl SecretKey {
     }
 }
 
-/// Check `proof` of `alpha` under `public` (RFC 9381 section 5.3, `validate_key = TRUE`)
-/// and return its output `beta`.
-pub fn verify(public: &PublicKey, alpha: &[u8], proof: &Proof) -> Result<Output, VrfError> {
+/// RFC 9381 `validate_key`: `public` is a canonical encoding of a point that is not of
+/// small order. Verification applies it; an allocator can check a sender's key before
+/// certifying it, since no proof under a refused key ever verifies.
+pub fn validate_public_key(public: &PublicKey) -> Result<(), VrfError> {
+    decode_valid_key(public).map(|_| ())
+}
+
+fn decode_valid_key(public: &PublicKey) -> Result<EdwardsPoint, VrfError> {
     let y = decode_point(public).ok_or(VrfError::BadPublicKey)?;
     if y.is_small_order() {
         return Err(VrfError::SmallOrderPublicKey);
     }
+    Ok(y)
+}
+
+/// Check `proof` of `alpha` under `public` (RFC 9381 section 5.3, `validate_key = TRUE`)
+/// and return its output `beta`.
+pub fn verify(public: &PublicKey, alpha: &[u8], proof: &Proof) -> Result<Output, VrfError> {
+    let y = decode_valid_key(public)?;
     let (gamma, c, s) = decode_proof(proof)?;
     let h = encode_to_curve(public, alpha);
     let h_bytes = h.compress().to_bytes();

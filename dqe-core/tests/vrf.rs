@@ -198,7 +198,12 @@ fn small_order_public_keys_are_refused() {
             Err(VrfError::SmallOrderPublicKey),
             "{key:02x?}"
         );
+        assert_eq!(
+            vrf::validate_public_key(&key),
+            Err(VrfError::SmallOrderPublicKey)
+        );
     }
+    assert_eq!(vrf::validate_public_key(&hex(EXAMPLES[0].pk)), Ok(()));
 }
 
 #[test]

@@ -628,6 +628,12 @@ fn qa_issue(a: IssueArgs, c: &ClientConfig) -> Result<u8, Failure> {
     };
     let seed = keys::read_seed(&a.qa_key)?;
     let sender = keys::read_public(&a.sender)?;
+    if let Err(why) = dqe_core::vrf::validate_public_key(&sender) {
+        return Err(Failure::Usage(format!(
+            "{} cannot be certified: {why}, so no stamp proved with it would ever verify; the sender should make a key with `dqe keygen`",
+            a.sender.display()
+        )));
+    }
     let salt: [u8; 16] = rand::random();
     let cert = Certificate::issue(&seed, CertBody::new(sender, a.quota, expires, salt));
     keys::write_certificate(&a.out, &cert, a.force)?;

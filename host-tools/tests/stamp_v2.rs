@@ -219,3 +219,36 @@ fn version_1_stamps_and_certificates_are_refused_with_the_reason() {
     let good = print_stamp(d);
     judge(d, "verify", &[&good]).assert_says(0, "valid");
 }
+
+#[test]
+fn an_allocator_refuses_to_certify_a_small_order_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    assert_eq!(dqe(d, &["keygen", "--out", "qa"]).code, 0);
+    // The identity point: every VRF "proof" under it would be refused by receivers.
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    std::fs::write(d.join("weak.pub"), keys::encode_line(&identity) + "\n").unwrap();
+    let r = dqe(
+        d,
+        &[
+            "qa",
+            "issue",
+            "--qa-key",
+            "qa.key",
+            "--sender",
+            "weak.pub",
+            "--quota",
+            "5",
+            "--expires",
+            "+30",
+            "--out",
+            "weak.cert",
+        ],
+    );
+    r.assert_fails(
+        1,
+        "weak.pub cannot be certified: the public key is a point of small order",
+    );
+    assert!(!d.join("weak.cert").exists());
+}
