@@ -116,10 +116,12 @@ impl SecretKey {
         let k = self.nonce(&h_bytes);
         let u = EdwardsPoint::mul_base(&k);
         let v = h * k;
+        // One field inversion for the three encodings.
+        let [gamma, u, v] = EdwardsPoint::compress_batch(&[gamma, u, v]).map(|p| p.to_bytes());
         let c = challenge(&self.public, &h_bytes, &gamma, &u, &v);
         let s = k + c * self.scalar;
         let mut proof = [0u8; PROOF_LEN];
-        proof[..32].copy_from_slice(gamma.compress().as_bytes());
+        proof[..32].copy_from_slice(&gamma);
         proof[32..48].copy_from_slice(&c.as_bytes()[..C_LEN]);
         proof[48..].copy_from_slice(s.as_bytes());
         proof
@@ -155,13 +157,17 @@ pub fn verify(public: &PublicKey, alpha: &[u8], proof: &Proof) -> Result<Output,
     let y = decode_valid_key(public)?;
     let (gamma, c, s) = decode_proof(proof)?;
     let h = encode_to_curve(public, alpha);
-    let h_bytes = h.compress().to_bytes();
     // U = s*B - c*Y, V = s*H - c*Gamma; all public, so variable time is fine.
     let u = EdwardsPoint::vartime_double_scalar_mul_basepoint(&-c, &y, &s);
     let v = h * s - gamma * c;
-    let expected = challenge(public, &h_bytes, &gamma, &u, &v);
-    if expected == c {
-        Ok(gamma_to_hash(&gamma))
+    // One field inversion for the four encodings. Gamma was decoded strictly, so its
+    // encoding is the proof's own bytes.
+    let [h, u, v, gamma8] =
+        EdwardsPoint::compress_batch(&[h, u, v, gamma.mul_by_cofactor()]).map(|p| p.to_bytes());
+    let mut gamma_bytes = [0u8; 32];
+    gamma_bytes.copy_from_slice(&proof[..32]);
+    if challenge(public, &h, &gamma_bytes, &u, &v) == c {
+        Ok(cofactor_gamma_to_hash(&gamma8))
     } else {
         Err(VrfError::WrongProof)
     }
@@ -171,13 +177,16 @@ pub fn verify(public: &PublicKey, alpha: &[u8], proof: &Proof) -> Result<Output,
 /// already verified, or by whoever made them.
 pub fn proof_to_hash(proof: &Proof) -> Result<Output, VrfError> {
     let (gamma, _, _) = decode_proof(proof)?;
-    Ok(gamma_to_hash(&gamma))
+    Ok(cofactor_gamma_to_hash(
+        gamma.mul_by_cofactor().compress().as_bytes(),
+    ))
 }
 
-fn gamma_to_hash(gamma: &EdwardsPoint) -> Output {
+/// RFC 9381 section 5.2: `beta = SHA-512(suite || 0x03 || encode(8 * Gamma) || 0x00)`.
+fn cofactor_gamma_to_hash(gamma8: &[u8; 32]) -> Output {
     let mut hash = Sha512::new();
     hash.update([SUITE, 0x03]);
-    hash.update(gamma.mul_by_cofactor().compress().as_bytes());
+    hash.update(gamma8);
     hash.update([0x00]);
     hash.finalize().into()
 }
@@ -256,18 +265,18 @@ fn encode_to_curve(public: &PublicKey, alpha: &[u8]) -> EdwardsPoint {
 /// `SHA-512(suite || 0x02 || Y || H || Gamma || U || V || 0x00)`, as a scalar.
 fn challenge(
     public: &PublicKey,
-    h_bytes: &[u8; 32],
-    gamma: &EdwardsPoint,
-    u: &EdwardsPoint,
-    v: &EdwardsPoint,
+    h: &[u8; 32],
+    gamma: &[u8; 32],
+    u: &[u8; 32],
+    v: &[u8; 32],
 ) -> Scalar {
     let mut hash = Sha512::new();
     hash.update([SUITE, 0x02]);
     hash.update(public);
-    hash.update(h_bytes);
-    hash.update(gamma.compress().as_bytes());
-    hash.update(u.compress().as_bytes());
-    hash.update(v.compress().as_bytes());
+    hash.update(h);
+    hash.update(gamma);
+    hash.update(u);
+    hash.update(v);
     hash.update([0x00]);
     let digest: [u8; 64] = hash.finalize().into();
     let mut c = [0u8; 32];
