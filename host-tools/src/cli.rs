@@ -26,7 +26,7 @@ use crate::config_file::{
 };
 use crate::demo::{self, DemoError};
 use crate::keys::{self, KeyFileError};
-use crate::mail::Message;
+use crate::mail::{MailError, Message};
 use crate::stamp_cmd::{
     self, Cancelled, Invalid, PortalFailure, PrintError, Receiver, StateError, Verdict,
 };
@@ -426,6 +426,8 @@ pub enum Failure {
     Gen(#[from] GenError),
     #[error(transparent)]
     Demo(#[from] DemoError),
+    #[error(transparent)]
+    Mail(#[from] MailError),
     /// An argument that parsed but makes no sense.
     #[error("{0}")]
     Usage(String),
@@ -659,7 +661,7 @@ fn stamp_print(a: PrintArgs, c: &ClientConfig) -> Result<u8, Failure> {
     }
     // Read the message first: if stdin fails, no index has been used up.
     let message = if a.message {
-        Some(Message::parse(read_stdin()?))
+        Some(Message::parse(read_stdin()?)?)
     } else {
         None
     };
@@ -698,7 +700,7 @@ fn stamp_print(a: PrintArgs, c: &ClientConfig) -> Result<u8, Failure> {
 /// The stamp text to judge, and the message to annotate if any.
 fn stamp_input(s: &StampSource) -> Result<(Option<String>, Option<Message>), Failure> {
     if s.message {
-        let m = Message::parse(read_stdin()?);
+        let m = Message::parse(read_stdin()?)?;
         Ok((m.header("X-DQE-Stamp"), Some(m)))
     } else {
         Ok((s.stamp.clone(), None))

@@ -447,3 +447,56 @@ fn cluster_up_refuses_a_config_that_is_not_on_loopback() {
     dqe(d, &up).assert_fails(1, "not a loopback address");
     assert!(!Path::new(&d.join("dqe-data/n1.log")).exists());
 }
+
+#[test]
+fn header_names_follow_rfc_5322_obsolete_syntax() {
+    let dir = certified();
+    let d = dir.path();
+    let trust = ["--trust", "qa.pub"];
+    // A forged verdict with white space before the colon is dropped like any other.
+    for forged in [
+        "X-DQE-Verdict : fresh\nSubject: x\n\nbody\n",
+        "X-DQE-Verdict\t: fresh\n  still forged\nSubject: x\n\nbody\n",
+    ] {
+        let v = stamp_message(d, "verify", &trust, forged.as_bytes());
+        assert_eq!(v.code, 4, "{v:?}");
+        assert_eq!(
+            v.stdout, "X-DQE-Verdict: none\nSubject: x\n\nbody\n",
+            "{forged:?}"
+        );
+    }
+    // A stamp header written `X-DQE-Stamp :` is found.
+    let stamp = print_stamp(d);
+    let mail = format!("Subject: x\nX-DQE-Stamp :\n {stamp}\n\nbody\n");
+    let v = stamp_message(d, "verify", &trust, mail.as_bytes());
+    assert_eq!(v.code, 0, "{v:?}");
+    assert!(
+        v.stdout.starts_with("X-DQE-Verdict: valid; untested\n"),
+        "{}",
+        v.stdout
+    );
+}
+
+#[test]
+fn a_message_starting_with_white_space_is_refused_before_an_index_is_used() {
+    let dir = certified();
+    let d = dir.path();
+    let key = ["--cert", "sender.cert", "--key", "sender.key"];
+    for mail in [
+        &b" Subject: indented\n\nbody\n"[..],
+        b"\tSubject: indented\r\n\r\nbody\r\n",
+        b"From a@b Mon\n  folded\nSubject: x\n\nbody\n",
+    ] {
+        let r = stamp_message(d, "print", &key, mail);
+        r.assert_fails(1, "starts with white space");
+        assert!(r.stdout.is_empty(), "{r:?}");
+    }
+    // No index was used: the next stamp is stamp 0.
+    let stamp = keys::parse_stamp(&print_stamp(d)).unwrap();
+    assert_eq!(stamp.index, 0);
+    // A filter that judges such a message refuses it too, rather than glue the line onto
+    // its verdict.
+    let v = stamp_message(d, "verify", &["--trust", "qa.pub"], b" x: y\n\nbody\n");
+    v.assert_fails(1, "starts with white space");
+    assert!(v.stdout.is_empty(), "{v:?}");
+}
