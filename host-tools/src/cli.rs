@@ -27,9 +27,8 @@ use crate::config_file::{
 use crate::demo::{self, DemoError};
 use crate::keys::{self, KeyFileError};
 use crate::mail::{MailError, Message};
-use crate::stamp_cmd::{
-    self, Cancelled, Invalid, PortalFailure, PrintError, Receiver, StateError, Verdict,
-};
+use crate::stamp_cmd::{self, Cancelled, Invalid, PortalFailure, PrintError, Receiver, Verdict};
+use crate::stamp_state::{Clock, StateError, StateFiles};
 use crate::u2::{self, U2Error};
 
 /// Exit status: success (and for stamps: valid and fresh, or cancelled now).
@@ -226,9 +225,12 @@ pub struct PrintArgs {
     /// Use this index instead of the state file's next one (you make sure it is unused).
     #[arg(long, value_name = "I")]
     pub index: Option<u32>,
-    /// The state file [default: the certificate's path + `.state`].
-    #[arg(long, value_name = "FILE")]
+    /// Keep the index state in this one file (it must count only this certificate).
+    #[arg(long, value_name = "FILE", conflicts_with = "state_dir")]
     pub state: Option<PathBuf>,
+    /// Directory of state files, one per certificate, named by the certificate's SHA-1 [default: $DQE_STATE_DIR, else $XDG_STATE_HOME/dqe, else ~/.local/state/dqe].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Read an RFC 5322 message on stdin and write it back with an X-DQE-Stamp header.
     #[arg(long)]
     pub message: bool,
@@ -665,22 +667,21 @@ fn stamp_print(a: PrintArgs, c: &ClientConfig) -> Result<u8, Failure> {
     } else {
         None
     };
-    let state = a
-        .state
-        .clone()
-        .unwrap_or_else(|| stamp_cmd::default_state_path(&a.cert));
+    let state = StateFiles::locate(&a.cert, &cert, a.state.as_deref(), a.state_dir.as_deref())
+        .map_err(PrintError::from)?;
     let now_s = unix_now();
-    let seconds_left = ((e.current as u64 + 1) * e.epoch_seconds as u64).saturating_sub(now_s);
-    let stamp = stamp_cmd::print(
-        &a.cert,
-        cert,
-        &a.key,
-        &seed,
-        e.current,
-        a.index,
-        &state,
-        seconds_left,
+    let clock = Clock {
+        epoch: e.now,
+        grace: e.grace,
+        seconds_left: ((e.current as u64 + 1) * e.epoch_seconds as u64).saturating_sub(now_s),
+    };
+    let printed = stamp_cmd::print(
+        &a.cert, cert, &a.key, &seed, e.current, a.index, &state, &clock,
     )?;
+    for note in &printed.notes {
+        eprintln!("dqe: warning: {note}");
+    }
+    let stamp = printed.stamp;
     if e.current > e.now || e.current < e.now.saturating_sub(e.grace) {
         eprintln!(
             "dqe: warning: receivers will refuse this stamp now: its epoch {} is outside {}..={} (current epoch and grace)",

@@ -139,7 +139,13 @@ fn printing_hands_out_each_index_once_and_stops_at_the_quota() {
     let r = print_with(dir.path(), "sender.key", &[]);
     r.assert_fails(5, "quota spent");
     assert!(r.stdout.is_empty());
-    assert!(dir.path().join("sender.cert.state").is_file());
+    assert_eq!(
+        std::fs::read_dir(common::state_dir(dir.path()))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("state".as_ref()))
+            .count(),
+        1
+    );
     // An explicit index bypasses the state file but not the quota.
     print_with(dir.path(), "sender.key", &["--index", "3"])
         .assert_fails(1, "not below the certificate's quota");
@@ -499,4 +505,125 @@ fn a_message_starting_with_white_space_is_refused_before_an_index_is_used() {
     let v = stamp_message(d, "verify", &["--trust", "qa.pub"], b" x: y\n\nbody\n");
     v.assert_fails(1, "starts with white space");
     assert!(v.stdout.is_empty(), "{v:?}");
+}
+
+/// The index of the stamp `dqe stamp print --cert CERT rest...` prints in `d`.
+fn printed_index(d: &Path, cert: &str, rest: &[&str]) -> u32 {
+    let mut args = vec!["--cert", cert, "--key", "sender.key"];
+    args.extend_from_slice(rest);
+    let r = common::stamp(d, "print", &args);
+    assert_eq!(r.code, 0, "{r:?}");
+    keys::parse_stamp(r.stdout.trim()).unwrap().index
+}
+
+#[test]
+fn the_index_state_follows_the_certificate_not_its_path() {
+    let dir = certified();
+    let d = dir.path();
+    assert_eq!(printed_index(d, "sender.cert", &[]), 0);
+    // A copy elsewhere counts on from the same state.
+    std::fs::create_dir(d.join("copy")).unwrap();
+    std::fs::copy(d.join("sender.cert"), d.join("copy/alice.cert")).unwrap();
+    assert_eq!(printed_index(d, "copy/alice.cert", &[]), 1);
+    assert_eq!(printed_index(d, "sender.cert", &[]), 2);
+    // Nothing is written beside the certificate.
+    assert!(!d.join("sender.cert.state").exists());
+    assert!(!d.join("copy/alice.cert.state").exists());
+    // --state-dir elsewhere: the default place's counters are taken into account and the
+    // second place is warned about.
+    let r = common::stamp(
+        d,
+        "print",
+        &[
+            "--cert",
+            "sender.cert",
+            "--key",
+            "sender.key",
+            "--state-dir",
+            "other",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(keys::parse_stamp(r.stdout.trim()).unwrap().index, 3);
+    assert!(r.stderr.contains("also exists at"), "{r:?}");
+}
+
+#[test]
+fn an_old_state_file_beside_the_certificate_is_imported_not_ignored() {
+    let dir = certified();
+    let d = dir.path();
+    let cert = keys::read_certificate(&d.join("sender.cert")).unwrap();
+    let id = host_tools::stamp_state::CertId::of(&cert).text();
+    // As an older dqe left it: three stamps printed today.
+    std::fs::write(
+        d.join("sender.cert.state"),
+        format!(
+            "certificate = \"{id}\"\n\n[[epochs]]\nepoch = {}\nnext = 3\n",
+            today()
+        ),
+    )
+    .unwrap();
+    let r = print_with(d, "sender.key", &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(keys::parse_stamp(r.stdout.trim()).unwrap().index, 3);
+    assert!(
+        r.stderr.contains("imported the old stamp state file"),
+        "{r:?}"
+    );
+    assert!(d.join("sender.cert.state.imported").is_file());
+    assert_eq!(printed_index(d, "sender.cert", &[]), 4);
+}
+
+#[test]
+fn a_state_file_listing_an_epoch_twice_is_refused_with_its_line() {
+    let dir = certified();
+    let d = dir.path();
+    let state = ["--state", "s.state"];
+    assert_eq!(printed_index(d, "sender.cert", &state), 0);
+    assert_eq!(printed_index(d, "sender.cert", &state), 1);
+    let mut text = std::fs::read_to_string(d.join("s.state")).unwrap();
+    let first = text.find("[[epochs]]").unwrap();
+    // The same epoch again, listed first, with a lower counter.
+    let dup = format!("[[epochs]]\nepoch = {}\nnext = 0\n\n", today());
+    text.insert_str(first, &dup);
+    std::fs::write(d.join("s.state"), &text).unwrap();
+    let second = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("epoch ="))
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    let r = print_with(d, "sender.key", &state);
+    r.assert_fails(1, "is corrupt");
+    r.assert_fails(
+        1,
+        &format!("line {second}: epoch {} is listed a second time", today()),
+    );
+    assert!(r.stdout.is_empty(), "{r:?}");
+}
+
+#[test]
+fn printing_for_a_far_future_epoch_does_not_block_today() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    allocator_and_sender(d, 5, "+1000");
+    let later = (today() + 200).to_string();
+    let args = ["--cert", "sender.cert", "--key", "sender.key"];
+    let far = dqe(
+        d,
+        &[&["stamp", "print", "--epoch", &later][..], &args].concat(),
+    );
+    assert_eq!(far.code, 0, "{far:?}");
+    assert_eq!(printed_index(d, "sender.cert", &[]), 0);
+    let far = dqe(
+        d,
+        &[&["stamp", "print", "--epoch", &later][..], &args].concat(),
+    );
+    assert_eq!(
+        keys::parse_stamp(far.stdout.trim()).unwrap().index,
+        1,
+        "{far:?}"
+    );
 }
