@@ -76,7 +76,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Make an Ed25519 key pair: PREFIX.key (secret seed, mode 0600) and PREFIX.pub.
+    /// Make an Ed25519 key pair: PREFIX.key (secret seed, mode 0600) and PREFIX.pub; or type an old pair (--upgrade).
     Keygen(KeygenArgs),
     /// Quota allocator: certify senders.
     #[command(subcommand)]
@@ -100,13 +100,18 @@ pub enum Command {
 
 /// `dqe keygen`.
 #[derive(Debug, Args)]
+#[group(id = "keygen_what", required = true, multiple = false, args = ["out", "upgrade"])]
 pub struct KeygenArgs {
     /// Write PREFIX.key and PREFIX.pub.
     #[arg(long, value_name = "PREFIX")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// Overwrite existing files (the old key is lost).
-    #[arg(long)]
+    #[arg(long, requires = "out")]
     pub force: bool,
+    /// Add the type prefixes to PREFIX.key and PREFIX.pub written by an older dqe, after
+    /// checking that they are one key pair (a missing PREFIX.pub is written from the key).
+    #[arg(long, value_name = "PREFIX")]
+    pub upgrade: Option<PathBuf>,
 }
 
 /// `dqe qa ...`.
@@ -558,9 +563,7 @@ fn trusted(flags: &[String], c: &ClientConfig) -> Result<Vec<PublicKey>, Failure
     } else {
         flags
             .iter()
-            .map(|t| {
-                parse_trust(t, Path::new(".")).map_err(|e| Failure::Usage(format!("--trust: {e}")))
-            })
+            .map(|t| parse_trust(t, Path::new(""), "--trust").map_err(Failure::Usage))
             .collect::<Result<_, _>>()?
     };
     if keys.is_empty() {
@@ -587,8 +590,20 @@ fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
 }
 
 fn keygen(a: KeygenArgs) -> Result<u8, Failure> {
-    let pk = keys::generate(&a.out, a.force)?;
-    let (key, public) = keys::key_paths(&a.out);
+    if let Some(prefix) = &a.upgrade {
+        let pk = keys::upgrade_pair(prefix)?;
+        let (key, public) = keys::key_paths(prefix);
+        println!(
+            "typed {} (secret) and {}\npublic key {}",
+            key.display(),
+            public.display(),
+            keys::encode_line(&pk)
+        );
+        return Ok(EXIT_OK);
+    }
+    let out = a.out.expect("clap requires --out or --upgrade");
+    let pk = keys::generate(&out, a.force)?;
+    let (key, public) = keys::key_paths(&out);
     println!(
         "wrote {} (secret, mode 0600) and {}\npublic key {}",
         key.display(),
@@ -630,8 +645,8 @@ fn qa_issue(a: IssueArgs, c: &ClientConfig) -> Result<u8, Failure> {
             now.saturating_add(epochs.min(u32::MAX as u64) as u32)
         }
     };
-    let seed = keys::read_seed(&a.qa_key)?;
-    let sender = keys::read_public(&a.sender)?;
+    let seed = keys::read_seed(&a.qa_key, "--qa-key")?;
+    let sender = keys::read_public(&a.sender, "--sender")?;
     let salt: [u8; 16] = rand::random();
     let cert = Certificate::issue(&seed, CertBody::new(sender, a.quota, expires, salt));
     keys::write_certificate(&a.out, &cert, a.force)?;
@@ -652,8 +667,8 @@ fn qa_issue(a: IssueArgs, c: &ClientConfig) -> Result<u8, Failure> {
 
 fn stamp_print(a: PrintArgs, c: &ClientConfig) -> Result<u8, Failure> {
     let e = epochs(&a.epoch, c)?;
-    let cert = keys::read_certificate(&a.cert)?;
-    let seed = keys::read_seed(&a.key)?;
+    let cert = keys::read_certificate(&a.cert, "--cert")?;
+    let seed = keys::read_seed(&a.key, "--key")?;
     if keys::readable_by_others(&a.key) {
         eprintln!(
             "dqe: warning: {} can be read by other users; run `chmod 600 {}`",

@@ -118,7 +118,7 @@ pub fn run(enforcer: &Path, out: &mut dyn Write) -> Result<(), DemoError> {
         out,
         "   $ dqe qa issue --qa-key qa.key --sender sender.pub --quota {quota} --expires +30 --out sender.cert"
     )?;
-    let qa_seed = keys::read_seed(&d.join("qa.key"))?;
+    let qa_seed = keys::read_seed(&d.join("qa.key"), "--qa-key")?;
     let cert = Certificate::issue(
         &qa_seed,
         CertBody::new(sender_pub, quota, epoch + 30, rand::random()),
@@ -135,7 +135,7 @@ pub fn run(enforcer: &Path, out: &mut dyn Write) -> Result<(), DemoError> {
         out,
         "   $ dqe stamp print --cert sender.cert --key sender.key"
     )?;
-    let sender_seed = keys::read_seed(&d.join("sender.key"))?;
+    let sender_seed = keys::read_seed(&d.join("sender.key"), "--key")?;
     let clock = stamp_state::Clock {
         epoch,
         grace: DEFAULT_GRACE,

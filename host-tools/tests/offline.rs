@@ -108,20 +108,21 @@ fn keygen_writes_a_private_seed_and_refuses_to_overwrite() {
     let public = dir.path().join("alice.pub");
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let seed = keys::read_seed(&key).unwrap();
+    let seed = keys::read_seed(&key, "--key").unwrap();
     assert_eq!(
         dqe_core::stamp::public_key(&seed),
-        keys::read_public(&public).unwrap()
+        keys::read_public(&public, "--trust").unwrap()
     );
-    // One line of base64url, no padding.
+    // One line: the type, then base64url without padding.
     let text = std::fs::read_to_string(&public).unwrap();
     assert_eq!(text.lines().count(), 1);
+    assert!(text.starts_with("dqe-public-key:"), "{text}");
     assert!(!text.contains('='));
     let again = dqe(dir.path(), &["keygen", "--out", "alice"]);
     assert_eq!(again.code, 1);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
     assert_eq!(
-        keys::read_seed(&key).unwrap(),
+        keys::read_seed(&key, "--key").unwrap(),
         seed,
         "the key was not replaced"
     );
@@ -234,8 +235,8 @@ fn expired_certificate_is_refused_by_printer_and_verifier() {
     r.assert_fails(1, "expired");
     assert!(r.stdout.is_empty());
     // A stamp made anyway (by a sender ignoring the expiry) fails the rule epoch <= expires.
-    let cert = keys::read_certificate(&d.join("sender.cert")).unwrap();
-    let seed = keys::read_seed(&d.join("sender.key")).unwrap();
+    let cert = keys::read_certificate(&d.join("sender.cert"), "--cert").unwrap();
+    let seed = keys::read_seed(&d.join("sender.key"), "--key").unwrap();
     let stamp = Stamp::sign(cert, &seed, today(), 0).unwrap();
     judge(d, "verify", &[&keys::stamp_text(&stamp)]).assert_fails(4, "expired certificate");
 }
@@ -252,7 +253,12 @@ fn corrupt_key_and_certificate_files_are_named() {
             "sender.key",
             "sender.key is corrupt",
         ),
-        ("sender.key", "AAAA\n", "sender.key", "holds 3 bytes"),
+        (
+            "sender.key",
+            "dqe-secret-key:AAAA\n",
+            "sender.key",
+            "holds 3 bytes",
+        ),
         (
             "sender.cert",
             "AAAA\n",
@@ -268,6 +274,11 @@ fn corrupt_key_and_certificate_files_are_named() {
     // The wrong key for the certificate.
     let fresh = certified();
     print_with(fresh.path(), "qa.key", &[]).assert_fails(1, "is not the sender");
+    // A public key where the secret one belongs.
+    print_with(fresh.path(), "sender.pub", &[]).assert_fails(
+        1,
+        "--key sender.pub: the file holds a public key, but --key takes a secret key",
+    );
 }
 
 #[test]
@@ -552,7 +563,7 @@ fn the_index_state_follows_the_certificate_not_its_path() {
 fn an_old_state_file_beside_the_certificate_is_imported_not_ignored() {
     let dir = certified();
     let d = dir.path();
-    let cert = keys::read_certificate(&d.join("sender.cert")).unwrap();
+    let cert = keys::read_certificate(&d.join("sender.cert"), "--cert").unwrap();
     let id = host_tools::stamp_state::CertId::of(&cert).text();
     // As an older dqe left it: three stamps printed today.
     std::fs::write(
@@ -625,5 +636,81 @@ fn printing_for_a_far_future_epoch_does_not_block_today() {
         keys::parse_stamp(far.stdout.trim()).unwrap().index,
         1,
         "{far:?}"
+    );
+}
+
+/// `dqe qa issue --qa-key QA --sender S --quota 5 --expires E --out OUT rest...` in `d`.
+fn issue(d: &Path, qa: &str, sender: &str, expires: &str, out: &str, rest: &[&str]) -> common::Run {
+    let mut args = vec![
+        "qa",
+        "issue",
+        "--qa-key",
+        qa,
+        "--sender",
+        sender,
+        "--quota",
+        "5",
+        "--expires",
+        expires,
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(rest);
+    dqe(d, &args)
+}
+
+#[test]
+fn key_files_say_what_they_are_and_the_wrong_kind_is_refused() {
+    let dir = certified();
+    let d = dir.path();
+    // The allocator's public key is not its secret key: nothing is signed with it.
+    let r = issue(d, "qa.pub", "sender.pub", "+30", "x.cert", &[]);
+    r.assert_fails(
+        1,
+        "--qa-key qa.pub: the file holds a public key, but --qa-key takes a secret key",
+    );
+    assert!(!d.join("x.cert").exists());
+    // The sender's secret key never goes into a certificate.
+    let r = issue(d, "qa.key", "sender.key", "+30", "x.cert", &[]);
+    r.assert_fails(1, "--sender sender.key: the file holds a secret key");
+    r.assert_fails(1, "must never be handed");
+    assert!(!d.join("x.cert").exists());
+    // A key is no certificate, a certificate no trusted key.
+    let r = common::stamp(d, "print", &["--cert", "sender.key", "--key", "sender.key"]);
+    r.assert_fails(
+        1,
+        "--cert sender.key: the file holds a secret key, but --cert takes a certificate",
+    );
+    let stamp = print_stamp(d);
+    common::stamp(d, "verify", &["--trust", "qa.key", &stamp])
+        .assert_fails(1, "--trust qa.key: the file holds a secret key");
+    let pasted = std::fs::read_to_string(d.join("qa.pub")).unwrap();
+    common::stamp(d, "verify", &["--trust", pasted.trim(), &stamp]).assert_says(0, "valid");
+    let cert = std::fs::read_to_string(d.join("sender.cert")).unwrap();
+    assert!(cert.starts_with("dqe-certificate:"), "{cert}");
+}
+
+#[test]
+fn untyped_key_files_from_an_older_dqe_are_refused_until_upgraded() {
+    let dir = certified();
+    let d = dir.path();
+    // Strip the types, as an older dqe wrote the files.
+    for f in ["sender.key", "sender.pub", "sender.cert"] {
+        let text = std::fs::read_to_string(d.join(f)).unwrap();
+        let (_, body) = text.split_once(':').unwrap();
+        std::fs::write(d.join(f), body).unwrap();
+    }
+    let r = print_with(d, "sender.key", &[]);
+    r.assert_fails(1, "--key sender.key: the key file has no type prefix");
+    r.assert_fails(1, "dqe keygen --upgrade PREFIX");
+    assert!(r.stdout.is_empty());
+    let r = dqe(d, &["keygen", "--upgrade", "sender"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // The untyped certificate is read as it is.
+    print_stamp(d);
+    assert!(
+        std::fs::read_to_string(d.join("sender.pub"))
+            .unwrap()
+            .starts_with("dqe-public-key:")
     );
 }
