@@ -714,3 +714,45 @@ fn untyped_key_files_from_an_older_dqe_are_refused_until_upgraded() {
             .starts_with("dqe-public-key:")
     );
 }
+
+#[test]
+fn a_portal_answering_found_with_a_wrong_value_is_named_as_misbehaving() {
+    let dir = tempfile::tempdir().unwrap();
+    let liar = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = liar.local_addr().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let t = std::thread::spawn(move || {
+        liar.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, from)) = liar.recv_from(&mut buf) else {
+                continue;
+            };
+            let env = dqe_core::wire::decode(&buf[..n]).unwrap();
+            let mut out = [0u8; 64];
+            let body = dqe_core::wire::Body::Found { value: [7; 20] };
+            let r = dqe_core::wire::encode(&env.reply(body), &mut out).unwrap();
+            liar.send_to(r, from).unwrap();
+        }
+    });
+    let portal = addr.to_string();
+    let r = dqe(
+        dir.path(),
+        &[
+            "portal",
+            "--portal",
+            &portal,
+            "--timeout-ms",
+            "600",
+            "test",
+            "hello",
+        ],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    t.join().unwrap();
+    r.assert_fails(1, &format!("{portal}: misbehaving portal"));
+    r.assert_fails(1, "does not hash to the key");
+    assert!(!r.stderr.contains("no answer in"), "{r:?}");
+}
