@@ -145,6 +145,9 @@ pub struct IssueArgs {
     /// Epoch length in seconds [default: from the client config, else 86400].
     #[arg(long, value_name = "SECS")]
     pub epoch_seconds: Option<u32>,
+    /// Epochs of grace receivers allow, for the warning about an expiry in the past [default: from the client config, else 1].
+    #[arg(long, value_name = "N")]
+    pub grace: Option<u32>,
 }
 
 /// `--expires`: an epoch or days from now.
@@ -650,10 +653,8 @@ fn qa_issue(a: IssueArgs, c: &ClientConfig) -> Result<u8, Failure> {
     let salt: [u8; 16] = rand::random();
     let cert = Certificate::issue(&seed, CertBody::new(sender, a.quota, expires, salt));
     keys::write_certificate(&a.out, &cert, a.force)?;
-    if expires < now {
-        eprintln!(
-            "dqe: warning: epoch {expires} is already over (the current epoch is {now}): no stamp of this certificate will be accepted"
-        );
+    if let Some(w) = expiry_warning(expires, now, a.grace.unwrap_or(c.grace)) {
+        eprintln!("dqe: warning: {w}");
     }
     let (y, m, d) = civil_date((expires as u64 + 1) * epoch_seconds as u64 - 1);
     println!(
@@ -663,6 +664,25 @@ fn qa_issue(a: IssueArgs, c: &ClientConfig) -> Result<u8, Failure> {
         a.quota
     );
     Ok(EXIT_OK)
+}
+
+/// What an allocator should hear about an expiry in the past, by the acceptance rule
+/// (`epoch <= expires` and `epoch(t) - grace <= epoch <= epoch(t)`): stamps are accepted at
+/// some time from now on exactly when `expires >= now - grace`.
+fn expiry_warning(expires: u32, now: u32, grace: u32) -> Option<String> {
+    let oldest = now.saturating_sub(grace);
+    if expires < oldest {
+        Some(format!(
+            "epoch {expires} is over and past the grace of {grace} epoch(s) (receivers now accept epochs {oldest}..={now}): no stamp of this certificate will be accepted"
+        ))
+    } else if expires < now {
+        Some(format!(
+            "epoch {expires} is already over (the current epoch is {now}): only stamps for epochs {oldest}..={expires} are still accepted, within the grace of {grace} epoch(s), and none after epoch {} ends",
+            expires.saturating_add(grace)
+        ))
+    } else {
+        None
+    }
 }
 
 fn stamp_print(a: PrintArgs, c: &ClientConfig) -> Result<u8, Failure> {
@@ -1091,6 +1111,23 @@ mod tests {
         assert_eq!(parse_expires("20500"), Ok(Expires::Epoch(20500)));
         assert_eq!(parse_expires("+30"), Ok(Expires::Days(30)));
         assert!(parse_expires("soon").is_err());
+    }
+
+    #[test]
+    fn the_expiry_warning_follows_the_acceptance_rule() {
+        assert_eq!(expiry_warning(100, 100, 1), None);
+        let w = expiry_warning(99, 100, 1).unwrap();
+        assert!(
+            w.contains("still accepted") && !w.contains("no stamp"),
+            "{w}"
+        );
+        assert!(expiry_warning(98, 100, 1).unwrap().contains("no stamp"));
+        assert!(
+            expiry_warning(98, 100, 2)
+                .unwrap()
+                .contains("still accepted")
+        );
+        assert!(expiry_warning(0, 0, 5).is_none());
     }
 
     #[test]

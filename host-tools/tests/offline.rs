@@ -756,3 +756,51 @@ fn a_portal_answering_found_with_a_wrong_value_is_named_as_misbehaving() {
     r.assert_fails(1, "does not hash to the key");
     assert!(!r.stderr.contains("no answer in"), "{r:?}");
 }
+
+#[test]
+fn an_expiry_within_grace_is_not_called_useless() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["qa", "sender"] {
+        assert_eq!(dqe(d, &["keygen", "--out", name]).code, 0);
+    }
+    // One epoch back: grace 1 still accepts stamps of the last epoch.
+    let yesterday = (today() - 1).to_string();
+    let r = issue(d, "qa.key", "sender.pub", &yesterday, "a.cert", &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stderr.contains("no stamp"), "{r:?}");
+    assert!(r.stderr.contains("still accepted"), "{r:?}");
+    // A stamp for that epoch is indeed valid today.
+    let r = dqe(
+        d,
+        &[
+            "stamp",
+            "print",
+            "--cert",
+            "a.cert",
+            "--key",
+            "sender.key",
+            "--epoch",
+            &yesterday,
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    judge(d, "verify", &[r.stdout.trim()]).assert_says(0, "valid");
+    // Two back, with grace 1: nothing will be accepted; with --grace 2 it still is.
+    let before = (today() - 2).to_string();
+    let r = issue(d, "qa.key", "sender.pub", &before, "b.cert", &[]);
+    assert!(
+        r.stderr
+            .contains("no stamp of this certificate will be accepted"),
+        "{r:?}"
+    );
+    let r = issue(
+        d,
+        "qa.key",
+        "sender.pub",
+        &before,
+        "c.cert",
+        &["--grace", "2"],
+    );
+    assert!(r.stderr.contains("still accepted"), "{r:?}");
+}
