@@ -378,10 +378,10 @@ pub struct U2Args {
     /// Open loop: start this many requests per second.
     #[arg(long, value_name = "OPS_PER_S", conflicts_with = "window")]
     pub rate: Option<f64>,
-    /// Closed loop: keep N requests in flight [default: 16 when --rate is not given].
+    /// Closed loop: keep N requests in flight, at most 1000000 [default: 16 when --rate is not given].
     #[arg(long, value_name = "N")]
     pub window: Option<usize>,
-    /// Seconds of traffic.
+    /// Seconds of traffic (above 0, at most 30 days); no request is started after it.
     #[arg(long, value_name = "SECS")]
     pub duration: f64,
     /// Fraction of SETs that re-spend an earlier stored pair (TESTs ask about one as often).
@@ -396,8 +396,8 @@ pub struct U2Args {
     /// Write the figures as one JSON object to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Milliseconds before an unanswered request counts as a timeout (keep it under the
-    /// portal's 2 s retry window).
+    /// Milliseconds before an unanswered request counts as a timeout, 1 to 60000 (keep it
+    /// under the portal's 2 s retry window).
     #[arg(long, value_name = "MS", default_value_t = 1500)]
     pub request_timeout_ms: u64,
     /// No progress bar.
@@ -1054,12 +1054,16 @@ fn run_u2(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
     } else {
         a.portals.portals.clone()
     };
-    if !(a.duration > 0.0 && a.duration.is_finite()) {
-        return Err(Failure::Usage(format!(
-            "--duration {} must be a positive number of seconds",
-            a.duration
-        )));
-    }
+    let duration = Duration::try_from_secs_f64(a.duration)
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= u2::MAX_DURATION)
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "--duration {:?}: expected a number of seconds above 0 and at most {} (30 days)",
+                a.duration,
+                u2::MAX_DURATION.as_secs()
+            ))
+        })?;
     let load = match (a.rate, a.window) {
         (Some(r), _) => u2::Load::Rate(r),
         (None, Some(w)) => u2::Load::Window(w),
@@ -1068,21 +1072,39 @@ fn run_u2(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
     let opts = u2::Options {
         portals,
         load,
-        duration: Duration::from_secs_f64(a.duration),
+        duration,
         reuse: a.reuse,
         set_ratio: a.set_ratio,
         seed: a.seed.unwrap_or_else(rand::random),
-        timeout: Duration::from_millis(a.request_timeout_ms.max(1)),
+        timeout: Duration::from_millis(a.request_timeout_ms),
         progress: !a.quiet && std::io::stderr().is_terminal(),
         ..u2::Options::default()
     };
-    let report = u2::run(&opts)?;
+    // Everything is checked, and the report file opened, before the first request.
+    opts.check()?;
+    let json = match &a.json {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(io_err(format!(
+                "cannot write the JSON report to {}",
+                path.display()
+            )))?;
+            Some((path, file))
+        }
+        None => None,
+    };
+    let report = u2::run(&opts).inspect_err(|_| {
+        if let Some((path, _)) = &json {
+            let _ = std::fs::remove_file(path);
+        }
+    })?;
     print!("{}", report.table(&opts));
-    if let Some(path) = &a.json {
-        std::fs::write(path, report.to_json() + "\n").map_err(io_err(format!(
-            "cannot write the JSON report to {}",
-            path.display()
-        )))?;
+    if let Some((path, mut file)) = json {
+        file.write_all((report.to_json() + "\n").as_bytes())
+            .and_then(|_| file.sync_all())
+            .map_err(io_err(format!(
+                "cannot write the JSON report to {}",
+                path.display()
+            )))?;
     }
     if report.false_reuse > 0 {
         return Err(Failure::FalseReuse(report.false_reuse));

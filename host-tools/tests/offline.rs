@@ -804,3 +804,63 @@ fn an_expiry_within_grace_is_not_called_useless() {
     );
     assert!(r.stderr.contains("still accepted"), "{r:?}");
 }
+
+/// `dqe u2 --portal PORTAL rest...` in `d`, killed (failing the test) after 20 s.
+fn u2(d: &Path, portal: &str, rest: &[&str]) -> common::Run {
+    let mut args = vec!["u2", "--portal", portal, "--quiet"];
+    args.extend_from_slice(rest);
+    common::dqe_in(d, &args, b"", std::time::Duration::from_secs(20))
+}
+
+#[test]
+fn u2_checks_its_options_first_and_stops_at_the_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Something listens but never answers: every request times out.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let portal = silent.local_addr().unwrap().to_string();
+    let quick = std::time::Duration::from_secs(1);
+    for (args, error) in [
+        (
+            &["--duration", "1e300"][..],
+            "--duration 1e300: expected a number of seconds",
+        ),
+        (&["--duration=-1"], "above 0"),
+        (
+            &["--duration", "0.5", "--window", "100000000"],
+            "--window 100000000 is more than",
+        ),
+        (
+            &["--duration", "0.5", "--rate", "inf"],
+            "--rate inf must be",
+        ),
+        (
+            &["--duration", "0.5", "--request-timeout-ms", "0"],
+            "--request-timeout-ms must be 1 to 60000",
+        ),
+        (
+            &["--duration", "2", "--json", "/nonexistent/x.json"],
+            "cannot write the JSON report to /nonexistent/x.json",
+        ),
+    ] {
+        let r = u2(d, &portal, args);
+        r.assert_fails(1, error);
+        assert!(r.took < quick, "{args:?} took {:?}", r.took);
+    }
+    // Far more than this client can send, or keep in flight: it stops starting requests at
+    // 0.5 s and waits out the 300 ms timeout of those in flight.
+    for load in [["--rate", "1e12"], ["--window", "1000000"]] {
+        let mut args = vec!["--duration", "0.5", "--request-timeout-ms", "300"];
+        args.extend(load);
+        let r = u2(d, &portal, &args);
+        r.assert_fails(1, "no portal answered");
+        assert!(
+            r.took < std::time::Duration::from_secs(5),
+            "{load:?} took {:?}",
+            r.took
+        );
+        if load[0] == "--rate" {
+            assert!(r.stdout.contains("not started (too fast)"), "{}", r.stdout);
+        }
+    }
+}
