@@ -349,12 +349,15 @@ pub struct CheckArgs {
 /// `dqe cluster ...`.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Start every node of a loopback config as dqe-enforcer children; Ctrl-C stops them all.
+    /// Start every node of a loopback config as dqe-enforcer children; a node that exits is reported and the others keep running; Ctrl-C stops them all.
     Up(UpArgs),
 }
 
 /// `dqe cluster up`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "A node that fails to start stops the whole start-up. Once every portal answered, a node that exits (crash, kill -9, a drill) is reported on stderr with the end of its log, and the other nodes keep running until Ctrl-C or SIGTERM.\nExit codes: 0 stopped by Ctrl-C/SIGTERM with every node running until then, 1 a node failed to start or exited while the cluster ran, or another error."
+)]
 pub struct UpArgs {
     /// The cluster config (every address on loopback).
     #[arg(long, value_name = "FILE")]
@@ -447,6 +450,9 @@ pub enum Failure {
         what: String,
         source: std::io::Error,
     },
+    /// `cluster up`: nodes exited while the cluster ran.
+    #[error("{} node(s) exited while the cluster ran: {}; see their logs", .0.len(), .0.join(", "))]
+    NodesExited(Vec<String>),
     /// u2 saw a fresh pair answered `Found`.
     #[error(
         "false reuse: {0} fresh pair(s) were answered `found`; the enforcer reported a never-used key as used"
@@ -1031,21 +1037,40 @@ fn cluster_up(a: UpArgs) -> Result<u8, Failure> {
         println!("press Ctrl-C to stop");
         let _ = std::io::stdout().flush();
     }
-    // A Ctrl-C at the terminal reaches the nodes too (same process group), so a node that
-    // exits just after the signal is part of stopping, not a failure.
+    // A node that exits is reported and the others keep running (failure drills). A Ctrl-C
+    // at the terminal reaches the nodes too (same process group), so a node that exits just
+    // after the signal is part of stopping, not a failure.
+    let mut failed: Vec<String> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = cluster.check_alive() {
+        let exited = cluster.reap_exited();
+        if !exited.is_empty() {
             std::thread::sleep(Duration::from_millis(50));
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            return Err(e.into());
+            for e in exited {
+                if let ClusterError::Exited { node, .. } = &e {
+                    failed.push(node.clone());
+                }
+                let left = cluster.running();
+                eprintln!(
+                    "dqe: {e}\ndqe: {left} other node(s) keep running; Ctrl-C stops them (the exit status will be 1)"
+                );
+            }
+            if cluster.running() == 0 {
+                eprintln!("dqe: every node has exited");
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     cluster.stop();
     println!("stopped");
-    Ok(EXIT_OK)
+    if failed.is_empty() {
+        Ok(EXIT_OK)
+    } else {
+        Err(Failure::NodesExited(failed))
+    }
 }
 
 fn run_u2(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
