@@ -23,8 +23,10 @@
 //!   since no index of it can be printed anyway, and a clock set right again finds every
 //!   counter. So the file holds at most one entry per epoch printed for, from the floor to
 //!   `expires`.
-//! - **Durability.** The whole read-merge-write holds exclusive locks (`FILE.lock`, taken in
-//!   path order so two printers never wait on each other); the new state is written to
+//! - **Durability.** The whole read-merge-write holds exclusive locks (`FILE.lock` of the
+//!   file in use, of the default place even before it exists, so every printer of one
+//!   certificate meets there, and of an old-style file; taken in path order so two printers
+//!   never wait on each other in a cycle); the new state is written to
 //!   `FILE.tmp`, fsynced, renamed over `FILE`, and the directory fsynced, all before the
 //!   stamp is shown. A crash can skip an index, never hand one out twice.
 //! - **Corruption.** A file that does not parse, or that lists an epoch twice (which would
@@ -409,12 +411,12 @@ fn write_err(p: &Path) -> impl FnOnce(std::io::Error) -> StateError + use<> {
 }
 
 /// An exclusive lock on `path.lock`, held until dropped.
-fn lock(path: &Path, create: bool) -> Result<File, StateError> {
+fn lock(path: &Path) -> Result<File, StateError> {
     // The lock is its own file: the state file is replaced by rename, and a lock on a file
     // that has been renamed over would lock nothing.
     let lock_path = sibling(path, ".lock");
     let lock = OpenOptions::new()
-        .create(create)
+        .create(true)
         .truncate(false)
         .write(true)
         .open(&lock_path)
@@ -429,6 +431,17 @@ fn parent_dir(path: &Path) -> PathBuf {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     }
+}
+
+/// Make a state directory (mode 0700) unless something is there.
+fn make_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
 }
 
 /// Write `text` to `path` durably: temporary file, fsync, rename, directory fsync.
@@ -464,28 +477,25 @@ pub fn take_index(
     let id = CertId::of(cert);
     let used = &files.used;
     let dir = parent_dir(used);
-    if !dir.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(write_err(&dir))?;
-    }
-    // Lock the file in use and every other existing one, in path order.
+    make_dir(&dir).map_err(write_err(&dir))?;
+    // Lock the file in use, every other place in a state directory (even before it exists:
+    // two printers that each use the other's file as "other" must not both start from
+    // nothing at once) and the old-style file if there is one, in path order.
     let mut to_lock: Vec<(&Path, bool)> = vec![(used.as_path(), true)];
-    for (p, _) in &files.others {
-        if p.exists() {
+    for (p, kind) in &files.others {
+        let in_state_dir = *kind == OtherKind::Alternative && make_dir(&parent_dir(p)).is_ok();
+        if in_state_dir || p.exists() {
             to_lock.push((p.as_path(), false));
         }
     }
     to_lock.sort_by(|a, b| a.0.cmp(b.0));
     let mut _locks = Vec::new();
-    for (p, create) in to_lock {
-        match lock(p, create) {
+    for (p, is_used) in to_lock {
+        match lock(p) {
             Ok(l) => _locks.push(l),
             // Another file in a directory we cannot write: nobody else can change it
             // either, so reading it unlocked is safe.
-            Err(e) if !create => drop(e),
+            Err(e) if !is_used => drop(e),
             Err(e) => return Err(e),
         }
     }
@@ -720,6 +730,42 @@ mod tests {
             take(&files, &c, 600 - KEPT_EPOCHS - 1, 600),
             Err(StateError::EpochForgotten { .. })
         ));
+    }
+
+    #[test]
+    fn printers_that_use_each_others_file_never_share_an_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cert(200, 1000);
+        let default = dir.path().join("state").join(CertId::of(&c).file_name());
+        let cert_path = dir.path().join("s.cert");
+        let legacy = legacy_state_path(&cert_path);
+        // One prints with the default place and imports the old-style file; the other
+        // names the old-style file with --state and merges the default place.
+        let a = StateFiles {
+            used: default.clone(),
+            others: vec![(legacy.clone(), OtherKind::Legacy)],
+        };
+        let b = StateFiles {
+            used: legacy,
+            others: vec![(default, OtherKind::Alternative)],
+        };
+        let handles: Vec<_> = [a, b]
+            .into_iter()
+            .map(|files| {
+                std::thread::spawn(move || {
+                    (0..30)
+                        .map(|_| take(&files, &c, 7, 7).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all: Vec<u32> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), 60, "an index was handed out twice: {all:?}");
     }
 
     #[test]

@@ -360,7 +360,7 @@ fn cluster_up_keeps_the_other_nodes_running_when_one_exits() {
         });
     }
     let mut seen = Vec::new();
-    let mut wait_for = |what: &str, seen: &mut Vec<String>| {
+    let wait_for = |what: &str, seen: &mut Vec<String>| {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !seen.iter().any(|l| l.contains(what)) {
             let left = deadline.saturating_duration_since(Instant::now());
