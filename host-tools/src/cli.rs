@@ -26,10 +26,9 @@ use crate::config_file::{
 };
 use crate::demo::{self, DemoError};
 use crate::keys::{self, KeyFileError};
-use crate::mail::Message;
-use crate::stamp_cmd::{
-    self, Cancelled, Invalid, PortalFailure, PrintError, Receiver, StateError, Verdict,
-};
+use crate::mail::{MailError, Message};
+use crate::stamp_cmd::{self, Cancelled, Invalid, PortalFailure, PrintError, Receiver, Verdict};
+use crate::stamp_state::{Clock, StateError, StateFiles};
 use crate::u2::{self, U2Error};
 
 /// Exit status: success (and for stamps: valid and fresh, or cancelled now).
@@ -77,7 +76,7 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Make an Ed25519 key pair: PREFIX.key (secret seed, mode 0600) and PREFIX.pub.
+    /// Make an Ed25519 key pair: PREFIX.key (secret seed, mode 0600) and PREFIX.pub; or type an old pair (--upgrade).
     Keygen(KeygenArgs),
     /// Quota allocator: certify senders.
     #[command(subcommand)]
@@ -101,13 +100,18 @@ pub enum Command {
 
 /// `dqe keygen`.
 #[derive(Debug, Args)]
+#[group(id = "keygen_what", required = true, multiple = false, args = ["out", "upgrade"])]
 pub struct KeygenArgs {
     /// Write PREFIX.key and PREFIX.pub.
     #[arg(long, value_name = "PREFIX")]
-    pub out: PathBuf,
+    pub out: Option<PathBuf>,
     /// Overwrite existing files (the old key is lost).
-    #[arg(long)]
+    #[arg(long, requires = "out")]
     pub force: bool,
+    /// Add the type prefixes to PREFIX.key and PREFIX.pub written by an older dqe, after
+    /// checking that they are one key pair (a missing PREFIX.pub is written from the key).
+    #[arg(long, value_name = "PREFIX")]
+    pub upgrade: Option<PathBuf>,
 }
 
 /// `dqe qa ...`.
@@ -141,6 +145,9 @@ pub struct IssueArgs {
     /// Epoch length in seconds [default: from the client config, else 86400].
     #[arg(long, value_name = "SECS")]
     pub epoch_seconds: Option<u32>,
+    /// Epochs of grace receivers allow, for the warning about an expiry in the past [default: from the client config, else 1].
+    #[arg(long, value_name = "N")]
+    pub grace: Option<u32>,
 }
 
 /// `--expires`: an epoch or days from now.
@@ -226,9 +233,12 @@ pub struct PrintArgs {
     /// Use this index instead of the state file's next one (you make sure it is unused).
     #[arg(long, value_name = "I")]
     pub index: Option<u32>,
-    /// The state file [default: the certificate's path + `.state`].
-    #[arg(long, value_name = "FILE")]
+    /// Keep the index state in this one file (it must count only this certificate).
+    #[arg(long, value_name = "FILE", conflicts_with = "state_dir")]
     pub state: Option<PathBuf>,
+    /// Directory of state files, one per certificate, named by the certificate's SHA-1 [default: $DQE_STATE_DIR, else $XDG_STATE_HOME/dqe, else ~/.local/state/dqe].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Read an RFC 5322 message on stdin and write it back with an X-DQE-Stamp header.
     #[arg(long)]
     pub message: bool,
@@ -339,12 +349,15 @@ pub struct CheckArgs {
 /// `dqe cluster ...`.
 #[derive(Debug, Subcommand)]
 pub enum ClusterCommand {
-    /// Start every node of a loopback config as dqe-enforcer children; Ctrl-C stops them all.
+    /// Start every node of a loopback config as dqe-enforcer children; a node that exits is reported and the others keep running; Ctrl-C stops them all.
     Up(UpArgs),
 }
 
 /// `dqe cluster up`.
 #[derive(Debug, Args)]
+#[command(
+    after_help = "A node that fails to start stops the whole start-up. Once every portal answered, a node that exits (crash, kill -9, a drill) is reported on stderr with the end of its log, and the other nodes keep running until Ctrl-C or SIGTERM.\nExit codes: 0 stopped by Ctrl-C/SIGTERM with every node running until then, 1 a node failed to start or exited while the cluster ran, or another error."
+)]
 pub struct UpArgs {
     /// The cluster config (every address on loopback).
     #[arg(long, value_name = "FILE")]
@@ -368,10 +381,10 @@ pub struct U2Args {
     /// Open loop: start this many requests per second.
     #[arg(long, value_name = "OPS_PER_S", conflicts_with = "window")]
     pub rate: Option<f64>,
-    /// Closed loop: keep N requests in flight [default: 16 when --rate is not given].
+    /// Closed loop: keep N requests in flight, at most 1000000 [default: 16 when --rate is not given].
     #[arg(long, value_name = "N")]
     pub window: Option<usize>,
-    /// Seconds of traffic.
+    /// Seconds of traffic (above 0, at most 30 days); no request is started after it.
     #[arg(long, value_name = "SECS")]
     pub duration: f64,
     /// Fraction of SETs that re-spend an earlier stored pair (TESTs ask about one as often).
@@ -386,8 +399,8 @@ pub struct U2Args {
     /// Write the figures as one JSON object to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
-    /// Milliseconds before an unanswered request counts as a timeout (keep it under the
-    /// portal's 2 s retry window).
+    /// Milliseconds before an unanswered request counts as a timeout, 1 to 60000 (keep it
+    /// under the portal's 2 s retry window).
     #[arg(long, value_name = "MS", default_value_t = 1500)]
     pub request_timeout_ms: u64,
     /// No progress bar.
@@ -426,6 +439,8 @@ pub enum Failure {
     Gen(#[from] GenError),
     #[error(transparent)]
     Demo(#[from] DemoError),
+    #[error(transparent)]
+    Mail(#[from] MailError),
     /// An argument that parsed but makes no sense.
     #[error("{0}")]
     Usage(String),
@@ -435,6 +450,9 @@ pub enum Failure {
         what: String,
         source: std::io::Error,
     },
+    /// `cluster up`: nodes exited while the cluster ran.
+    #[error("{} node(s) exited while the cluster ran: {}; see their logs", .0.len(), .0.join(", "))]
+    NodesExited(Vec<String>),
     /// u2 saw a fresh pair answered `Found`.
     #[error(
         "false reuse: {0} fresh pair(s) were answered `found`; the enforcer reported a never-used key as used"
@@ -554,9 +572,7 @@ fn trusted(flags: &[String], c: &ClientConfig) -> Result<Vec<PublicKey>, Failure
     } else {
         flags
             .iter()
-            .map(|t| {
-                parse_trust(t, Path::new(".")).map_err(|e| Failure::Usage(format!("--trust: {e}")))
-            })
+            .map(|t| parse_trust(t, Path::new(""), "--trust").map_err(Failure::Usage))
             .collect::<Result<_, _>>()?
     };
     if keys.is_empty() {
@@ -583,8 +599,20 @@ fn write_stdout(bytes: &[u8]) -> Result<(), Failure> {
 }
 
 fn keygen(a: KeygenArgs) -> Result<u8, Failure> {
-    let pk = keys::generate(&a.out, a.force)?;
-    let (key, public) = keys::key_paths(&a.out);
+    if let Some(prefix) = &a.upgrade {
+        let pk = keys::upgrade_pair(prefix)?;
+        let (key, public) = keys::key_paths(prefix);
+        println!(
+            "typed {} (secret) and {}\npublic key {}",
+            key.display(),
+            public.display(),
+            keys::encode_line(&pk)
+        );
+        return Ok(EXIT_OK);
+    }
+    let out = a.out.expect("clap requires --out or --upgrade");
+    let pk = keys::generate(&out, a.force)?;
+    let (key, public) = keys::key_paths(&out);
     println!(
         "wrote {} (secret, mode 0600) and {}\npublic key {}",
         key.display(),
@@ -626,8 +654,8 @@ fn qa_issue(a: IssueArgs, c: &ClientConfig) -> Result<u8, Failure> {
             now.saturating_add(epochs.min(u32::MAX as u64) as u32)
         }
     };
-    let seed = keys::read_seed(&a.qa_key)?;
-    let sender = keys::read_public(&a.sender)?;
+    let seed = keys::read_seed(&a.qa_key, "--qa-key")?;
+    let sender = keys::read_public(&a.sender, "--sender")?;
     if let Err(why) = dqe_core::vrf::validate_public_key(&sender) {
         return Err(Failure::Usage(format!(
             "{} cannot be certified: {why}, so no stamp proved with it would ever verify; the sender should make a key with `dqe keygen`",
@@ -637,10 +665,8 @@ fn qa_issue(a: IssueArgs, c: &ClientConfig) -> Result<u8, Failure> {
     let salt: [u8; 16] = rand::random();
     let cert = Certificate::issue(&seed, CertBody::new(sender, a.quota, expires, salt));
     keys::write_certificate(&a.out, &cert, a.force)?;
-    if expires < now {
-        eprintln!(
-            "dqe: warning: epoch {expires} is already over (the current epoch is {now}): no stamp of this certificate will be accepted"
-        );
+    if let Some(w) = expiry_warning(expires, now, a.grace.unwrap_or(c.grace)) {
+        eprintln!("dqe: warning: {w}");
     }
     let (y, m, d) = civil_date((expires as u64 + 1) * epoch_seconds as u64 - 1);
     println!(
@@ -652,10 +678,29 @@ fn qa_issue(a: IssueArgs, c: &ClientConfig) -> Result<u8, Failure> {
     Ok(EXIT_OK)
 }
 
+/// What an allocator should hear about an expiry in the past, by the acceptance rule
+/// (`epoch <= expires` and `epoch(t) - grace <= epoch <= epoch(t)`): stamps are accepted at
+/// some time from now on exactly when `expires >= now - grace`.
+fn expiry_warning(expires: u32, now: u32, grace: u32) -> Option<String> {
+    let oldest = now.saturating_sub(grace);
+    if expires < oldest {
+        Some(format!(
+            "epoch {expires} is over and past the grace of {grace} epoch(s) (receivers now accept epochs {oldest}..={now}): no stamp of this certificate will be accepted"
+        ))
+    } else if expires < now {
+        Some(format!(
+            "epoch {expires} is already over (the current epoch is {now}): only stamps for epochs {oldest}..={expires} are still accepted, within the grace of {grace} epoch(s), and none after epoch {} ends",
+            expires.saturating_add(grace)
+        ))
+    } else {
+        None
+    }
+}
+
 fn stamp_print(a: PrintArgs, c: &ClientConfig) -> Result<u8, Failure> {
     let e = epochs(&a.epoch, c)?;
-    let cert = keys::read_certificate(&a.cert)?;
-    let seed = keys::read_seed(&a.key)?;
+    let cert = keys::read_certificate(&a.cert, "--cert")?;
+    let seed = keys::read_seed(&a.key, "--key")?;
     if keys::readable_by_others(&a.key) {
         eprintln!(
             "dqe: warning: {} can be read by other users; run `chmod 600 {}`",
@@ -665,26 +710,25 @@ fn stamp_print(a: PrintArgs, c: &ClientConfig) -> Result<u8, Failure> {
     }
     // Read the message first: if stdin fails, no index has been used up.
     let message = if a.message {
-        Some(Message::parse(read_stdin()?))
+        Some(Message::parse(read_stdin()?)?)
     } else {
         None
     };
-    let state = a
-        .state
-        .clone()
-        .unwrap_or_else(|| stamp_cmd::default_state_path(&a.cert));
+    let state = StateFiles::locate(&a.cert, &cert, a.state.as_deref(), a.state_dir.as_deref())
+        .map_err(PrintError::from)?;
     let now_s = unix_now();
-    let seconds_left = ((e.current as u64 + 1) * e.epoch_seconds as u64).saturating_sub(now_s);
-    let stamp = stamp_cmd::print(
-        &a.cert,
-        cert,
-        &a.key,
-        &seed,
-        e.current,
-        a.index,
-        &state,
-        seconds_left,
+    let clock = Clock {
+        epoch: e.now,
+        grace: e.grace,
+        seconds_left: ((e.current as u64 + 1) * e.epoch_seconds as u64).saturating_sub(now_s),
+    };
+    let printed = stamp_cmd::print(
+        &a.cert, cert, &a.key, &seed, e.current, a.index, &state, &clock,
     )?;
+    for note in &printed.notes {
+        eprintln!("dqe: warning: {note}");
+    }
+    let stamp = printed.stamp;
     if e.current > e.now || e.current < e.now.saturating_sub(e.grace) {
         eprintln!(
             "dqe: warning: receivers will refuse this stamp now: its epoch {} is outside {}..={} (current epoch and grace)",
@@ -704,7 +748,7 @@ fn stamp_print(a: PrintArgs, c: &ClientConfig) -> Result<u8, Failure> {
 /// The stamp text to judge, and the message to annotate if any.
 fn stamp_input(s: &StampSource) -> Result<(Option<String>, Option<Message>), Failure> {
     if s.message {
-        let m = Message::parse(read_stdin()?);
+        let m = Message::parse(read_stdin()?)?;
         Ok((m.header("X-DQE-Stamp"), Some(m)))
     } else {
         Ok((s.stamp.clone(), None))
@@ -999,21 +1043,40 @@ fn cluster_up(a: UpArgs) -> Result<u8, Failure> {
         println!("press Ctrl-C to stop");
         let _ = std::io::stdout().flush();
     }
-    // A Ctrl-C at the terminal reaches the nodes too (same process group), so a node that
-    // exits just after the signal is part of stopping, not a failure.
+    // A node that exits is reported and the others keep running (failure drills). A Ctrl-C
+    // at the terminal reaches the nodes too (same process group), so a node that exits just
+    // after the signal is part of stopping, not a failure.
+    let mut failed: Vec<String> = Vec::new();
     while !stop.load(Ordering::Relaxed) {
-        if let Err(e) = cluster.check_alive() {
+        let exited = cluster.reap_exited();
+        if !exited.is_empty() {
             std::thread::sleep(Duration::from_millis(50));
             if stop.load(Ordering::Relaxed) {
                 break;
             }
-            return Err(e.into());
+            for e in exited {
+                if let ClusterError::Exited { node, .. } = &e {
+                    failed.push(node.clone());
+                }
+                let left = cluster.running();
+                eprintln!(
+                    "dqe: {e}\ndqe: {left} other node(s) keep running; Ctrl-C stops them (the exit status will be 1)"
+                );
+            }
+            if cluster.running() == 0 {
+                eprintln!("dqe: every node has exited");
+                break;
+            }
         }
         std::thread::sleep(Duration::from_millis(100));
     }
     cluster.stop();
     println!("stopped");
-    Ok(EXIT_OK)
+    if failed.is_empty() {
+        Ok(EXIT_OK)
+    } else {
+        Err(Failure::NodesExited(failed))
+    }
 }
 
 fn run_u2(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
@@ -1022,12 +1085,16 @@ fn run_u2(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
     } else {
         a.portals.portals.clone()
     };
-    if !(a.duration > 0.0 && a.duration.is_finite()) {
-        return Err(Failure::Usage(format!(
-            "--duration {} must be a positive number of seconds",
-            a.duration
-        )));
-    }
+    let duration = Duration::try_from_secs_f64(a.duration)
+        .ok()
+        .filter(|d| !d.is_zero() && *d <= u2::MAX_DURATION)
+        .ok_or_else(|| {
+            Failure::Usage(format!(
+                "--duration {:?}: expected a number of seconds above 0 and at most {} (30 days)",
+                a.duration,
+                u2::MAX_DURATION.as_secs()
+            ))
+        })?;
     let load = match (a.rate, a.window) {
         (Some(r), _) => u2::Load::Rate(r),
         (None, Some(w)) => u2::Load::Window(w),
@@ -1036,21 +1103,39 @@ fn run_u2(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
     let opts = u2::Options {
         portals,
         load,
-        duration: Duration::from_secs_f64(a.duration),
+        duration,
         reuse: a.reuse,
         set_ratio: a.set_ratio,
         seed: a.seed.unwrap_or_else(rand::random),
-        timeout: Duration::from_millis(a.request_timeout_ms.max(1)),
+        timeout: Duration::from_millis(a.request_timeout_ms),
         progress: !a.quiet && std::io::stderr().is_terminal(),
         ..u2::Options::default()
     };
-    let report = u2::run(&opts)?;
+    // Everything is checked, and the report file opened, before the first request.
+    opts.check()?;
+    let json = match &a.json {
+        Some(path) => {
+            let file = std::fs::File::create(path).map_err(io_err(format!(
+                "cannot write the JSON report to {}",
+                path.display()
+            )))?;
+            Some((path, file))
+        }
+        None => None,
+    };
+    let report = u2::run(&opts).inspect_err(|_| {
+        if let Some((path, _)) = &json {
+            let _ = std::fs::remove_file(path);
+        }
+    })?;
     print!("{}", report.table(&opts));
-    if let Some(path) = &a.json {
-        std::fs::write(path, report.to_json() + "\n").map_err(io_err(format!(
-            "cannot write the JSON report to {}",
-            path.display()
-        )))?;
+    if let Some((path, mut file)) = json {
+        file.write_all((report.to_json() + "\n").as_bytes())
+            .and_then(|_| file.sync_all())
+            .map_err(io_err(format!(
+                "cannot write the JSON report to {}",
+                path.display()
+            )))?;
     }
     if report.false_reuse > 0 {
         return Err(Failure::FalseReuse(report.false_reuse));
@@ -1079,6 +1164,23 @@ mod tests {
         assert_eq!(parse_expires("20500"), Ok(Expires::Epoch(20500)));
         assert_eq!(parse_expires("+30"), Ok(Expires::Days(30)));
         assert!(parse_expires("soon").is_err());
+    }
+
+    #[test]
+    fn the_expiry_warning_follows_the_acceptance_rule() {
+        assert_eq!(expiry_warning(100, 100, 1), None);
+        let w = expiry_warning(99, 100, 1).unwrap();
+        assert!(
+            w.contains("still accepted") && !w.contains("no stamp"),
+            "{w}"
+        );
+        assert!(expiry_warning(98, 100, 1).unwrap().contains("no stamp"));
+        assert!(
+            expiry_warning(98, 100, 2)
+                .unwrap()
+                .contains("still accepted")
+        );
+        assert!(expiry_warning(0, 0, 5).is_none());
     }
 
     #[test]

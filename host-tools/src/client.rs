@@ -70,6 +70,9 @@ pub enum PortalSilence {
     Refused,
     /// No reply within the time allowed.
     NoAnswer { sends: u32, waited: Duration },
+    /// The only replies were `Found` with a value that does not hash to the key: ignored,
+    /// as the protocol says, but the portal misbehaves (or someone forges its replies).
+    BadFound { replies: u32, waited: Duration },
     /// The socket failed in some other way.
     Io(String),
 }
@@ -83,6 +86,12 @@ impl fmt::Display for PortalSilence {
             PortalSilence::NoAnswer { sends, waited } => write!(
                 f,
                 "no answer in {:.1} s ({sends} sends with the same id)",
+                waited.as_secs_f64()
+            ),
+            PortalSilence::BadFound { replies, waited } => write!(
+                f,
+                "misbehaving portal: {replies} `found` repl{} whose value does not hash to the key (SHA1(v) != k), ignored as the protocol requires, and no valid answer in {:.1} s; tell its operator, or someone forges its replies",
+                if *replies == 1 { "y" } else { "ies" },
                 waited.as_secs_f64()
             ),
             PortalSilence::Io(e) => write!(f, "socket error: {e}"),
@@ -104,7 +113,14 @@ pub enum ClientError {
 }
 
 fn unreachable_text(tried: &[(SocketAddr, PortalSilence)]) -> String {
-    let mut s = String::from("no portal answered:");
+    let misbehaved = tried
+        .iter()
+        .any(|(_, why)| matches!(why, PortalSilence::BadFound { .. }));
+    let mut s = String::from(if misbehaved {
+        "no portal gave a valid answer:"
+    } else {
+        "no portal answered:"
+    });
     for (addr, why) in tried {
         s.push_str(&format!("\n  {addr}: {why}"));
     }
@@ -221,13 +237,19 @@ fn ask(
     let give_up = start + budget;
     let mut gap = FIRST_RESEND;
     let mut sends = 0u32;
+    let mut bad_found = 0u32;
     let mut buf = [0u8; 512];
     loop {
         let now = Instant::now();
         if now >= give_up {
-            return Err(PortalSilence::NoAnswer {
-                sends,
-                waited: now - start,
+            let waited = now - start;
+            return Err(if bad_found > 0 {
+                PortalSilence::BadFound {
+                    replies: bad_found,
+                    waited,
+                }
+            } else {
+                PortalSilence::NoAnswer { sends, waited }
             });
         }
         match socket.send(&request) {
@@ -247,11 +269,11 @@ fn ask(
             }
             socket.set_read_timeout(Some(resend_at - now)).map_err(io)?;
             match socket.recv(&mut buf) {
-                Ok(n) => {
-                    if let Some(reply) = accept(&buf[..n], id, key) {
-                        return Ok(reply);
-                    }
-                }
+                Ok(n) => match classify(&buf[..n], id, key) {
+                    Received::Reply(reply) => return Ok(reply),
+                    Received::BadFound => bad_found += 1,
+                    Received::NotOurs => {}
+                },
                 Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
                 Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
                     return Err(PortalSilence::Refused);
@@ -263,20 +285,42 @@ fn ask(
     }
 }
 
+/// What a datagram on a request's socket is to that request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Received {
+    /// A valid reply to it.
+    Reply(Reply),
+    /// A `Found` for it whose value does not hash to the key: to be ignored, and reported
+    /// if nothing valid follows.
+    BadFound,
+    /// Anything else: a stale reply, garbage, a request.
+    NotOurs,
+}
+
+/// Classify `datagram` against request `id` for `key`.
+pub fn classify(datagram: &[u8], id: u64, key: &Key) -> Received {
+    let Ok(env) = wire::decode(datagram) else {
+        return Received::NotOurs;
+    };
+    if env.id != id {
+        return Received::NotOurs;
+    }
+    match env.body {
+        Body::Found { value } if matches(key, &value) => Received::Reply(Reply::Found(value)),
+        Body::Found { .. } => Received::BadFound,
+        Body::NotFound => Received::Reply(Reply::NotFound),
+        Body::Stored => Received::Reply(Reply::Stored),
+        Body::Refused { reason } => Received::Reply(Reply::Refused(reason)),
+        _ => Received::NotOurs,
+    }
+}
+
 /// The reply in `datagram` if it answers request `id` for `key`; anything else (a stale
 /// reply, garbage, a `Found` whose value does not hash to the key) is ignored.
 pub fn accept(datagram: &[u8], id: u64, key: &Key) -> Option<Reply> {
-    let env = wire::decode(datagram).ok()?;
-    if env.id != id {
-        return None;
-    }
-    match env.body {
-        Body::Found { value } if matches(key, &value) => Some(Reply::Found(value)),
-        Body::Found { .. } => None,
-        Body::NotFound => Some(Reply::NotFound),
-        Body::Stored => Some(Reply::Stored),
-        Body::Refused { reason } => Some(Reply::Refused(reason)),
-        _ => None,
+    match classify(datagram, id, key) {
+        Received::Reply(r) => Some(r),
+        Received::BadFound | Received::NotOurs => None,
     }
 }
 
@@ -364,6 +408,37 @@ mod tests {
         assert_eq!(a.portal, live_addr);
         assert_eq!(a.skipped.len(), 1);
         assert!(started.elapsed() < Duration::from_secs(2));
+    }
+
+    #[test]
+    fn a_portal_answering_found_with_a_bad_value_is_named_as_misbehaving() {
+        let liar = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = liar.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            liar.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            while let Ok((n, from)) = liar.recv_from(&mut buf) {
+                let env = wire::decode(&buf[..n]).unwrap();
+                let mut out = [0u8; 64];
+                let r = wire::encode(&env.reply(Body::Found { value: [1; 20] }), &mut out).unwrap();
+                liar.send_to(r, from).unwrap();
+            }
+        });
+        let c = PortalClient::new(vec![addr], Duration::from_millis(500)).unwrap();
+        let e = c.test(&[0; 20]).unwrap_err();
+        let ClientError::Unreachable(tried) = &e else {
+            panic!("{e}")
+        };
+        assert!(
+            matches!(tried[..], [(a, PortalSilence::BadFound { .. })] if a == addr),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .contains(&format!("{addr}: misbehaving portal")),
+            "{e}"
+        );
+        t.join().unwrap();
     }
 
     #[test]

@@ -265,6 +265,30 @@ impl LocalCluster {
         Ok(())
     }
 
+    /// The nodes that have exited since the last call (each reported once), as
+    /// [`ClusterError::Exited`]; the others keep running.
+    pub fn reap_exited(&mut self) -> Vec<ClusterError> {
+        let mut out = Vec::new();
+        for n in &mut self.nodes {
+            let exited = n.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                n.child = None;
+                out.push(ClusterError::Exited {
+                    node: n.name.clone(),
+                    status: status.to_string(),
+                    log: n.log.clone(),
+                    tail: log_tail(&n.log),
+                });
+            }
+        }
+        out
+    }
+
+    /// How many nodes are still running (not stopped, not seen to exit).
+    pub fn running(&self) -> usize {
+        self.nodes.iter().filter(|n| n.child.is_some()).count()
+    }
+
     /// Fail if any node has exited.
     pub fn check_alive(&mut self) -> Result<(), ClusterError> {
         for n in &mut self.nodes {

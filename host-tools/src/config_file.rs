@@ -178,16 +178,17 @@ pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
     }
 }
 
-/// Parse one trusted-key entry (see [`ClientConfig`]): a path or base64url text.
-/// `base` is the directory relative paths are resolved against.
-pub fn parse_trust(entry: &str, base: &Path) -> Result<[u8; 32], String> {
-    if entry.contains('/') || entry.ends_with(".pub") {
+/// Parse one trusted-key entry (see [`ClientConfig`]): a path or the key as text
+/// (`dqe-public-key:...` as in a .pub file, or the base64url alone). `base` is the directory
+/// relative paths are resolved against; `arg` names where the entry was given, for messages.
+pub fn parse_trust(entry: &str, base: &Path, arg: &str) -> Result<[u8; 32], String> {
+    if entry.contains('/') || entry.ends_with(".pub") || entry.ends_with(".key") {
         let path = base.join(entry);
-        keys::read_public(&path).map_err(|e| e.to_string())
+        keys::read_public(&path, arg).map_err(|e| e.to_string())
     } else {
-        keys::decode_array::<32>(entry.trim()).map_err(|e| {
+        keys::parse_public_text(entry).map_err(|e| {
             format!(
-                "`{entry}` is neither a path to a .pub file nor a 32-byte public key in base64url ({e})"
+                "{arg}: `{entry}` is neither a path to a .pub file nor a public key as text (dqe-public-key:BASE64URL) ({e})"
             )
         })
     }
@@ -235,7 +236,8 @@ impl ClientConfig {
             config.portals.push(addr);
         }
         for t in &raw.trust {
-            let key = parse_trust(t.get_ref(), base).map_err(|e| field(t.span(), "trust", e))?;
+            let key =
+                parse_trust(t.get_ref(), base, "entry").map_err(|e| field(t.span(), "trust", e))?;
             config.trust.push(key);
         }
         if let Some(e) = raw.epoch_seconds {

@@ -17,6 +17,7 @@ use crate::cluster::{ClusterError, LocalCluster, free_udp_ports, loopback_config
 use crate::config_file::{ClusterFile, ConfigFileError};
 use crate::keys::{self, KeyFileError};
 use crate::stamp_cmd::{self, Cancelled, PortalFailure, PrintError, Receiver, Verdict};
+use crate::stamp_state;
 
 /// Why the demo stopped.
 #[derive(Debug, thiserror::Error)]
@@ -117,7 +118,7 @@ pub fn run(enforcer: &Path, out: &mut dyn Write) -> Result<(), DemoError> {
         out,
         "   $ dqe qa issue --qa-key qa.key --sender sender.pub --quota {quota} --expires +30 --out sender.cert"
     )?;
-    let qa_seed = keys::read_seed(&d.join("qa.key"))?;
+    let qa_seed = keys::read_seed(&d.join("qa.key"), "--qa-key")?;
     let cert = Certificate::issue(
         &qa_seed,
         CertBody::new(sender_pub, quota, epoch + 30, rand::random()),
@@ -128,7 +129,7 @@ pub fn run(enforcer: &Path, out: &mut dyn Write) -> Result<(), DemoError> {
     // 4. Stamp.
     say!(
         out,
-        "4. The sender prints a stamp (index taken durably from sender.cert.state): a version-2"
+        "4. The sender prints a stamp (index taken durably from its state file): a version-2"
     )?;
     say!(
         out,
@@ -142,8 +143,12 @@ pub fn run(enforcer: &Path, out: &mut dyn Write) -> Result<(), DemoError> {
         out,
         "   $ dqe stamp print --cert sender.cert --key sender.key"
     )?;
-    let sender_seed = keys::read_seed(&d.join("sender.key"))?;
-    let seconds_left = (epoch as u64 + 1) * dqe_core::config::DEFAULT_EPOCH_SECONDS as u64 - now;
+    let sender_seed = keys::read_seed(&d.join("sender.key"), "--key")?;
+    let clock = stamp_state::Clock {
+        epoch,
+        grace: DEFAULT_GRACE,
+        seconds_left: (epoch as u64 + 1) * dqe_core::config::DEFAULT_EPOCH_SECONDS as u64 - now,
+    };
     let stamp = stamp_cmd::print(
         &cert_path,
         cert,
@@ -151,9 +156,10 @@ pub fn run(enforcer: &Path, out: &mut dyn Write) -> Result<(), DemoError> {
         &sender_seed,
         epoch,
         None,
-        &stamp_cmd::default_state_path(&cert_path),
-        seconds_left,
-    )?;
+        &stamp_state::StateFiles::only(&d.join("sender.state")),
+        &clock,
+    )?
+    .stamp;
     let text = keys::stamp_text(&stamp);
     say!(
         out,

@@ -1,11 +1,21 @@
 //! Key, public-key and certificate files, and the stamp text form.
 //!
-//! Every file is one line of base64url without padding, so it survives copy and paste,
-//! mail and shell quoting: `PREFIX.key` holds a 32-byte Ed25519 seed (mode 0600),
-//! `PREFIX.pub` its 32-byte public key, a `.cert` file `postcard(Certificate)`. A stamp's
-//! text form is the same encoding of `postcard(Stamp)`. Reading a file checks its length
-//! and encoding and says which file is wrong, because a truncated key otherwise surfaces
-//! later as a baffling "signature does not verify".
+//! Every file is one line, a type prefix and base64url without padding, so it survives copy
+//! and paste, mail and shell quoting, and says what it is: `PREFIX.key` holds
+//! `dqe-secret-key:` and a 32-byte Ed25519 seed (mode 0600), `PREFIX.pub`
+//! `dqe-public-key:` and its 32-byte public key, a `.cert` file `dqe-certificate:` and
+//! `postcard(Certificate)`. A seed and a public key are both 32 bytes: without the type,
+//! `qa issue --qa-key qa.pub` signed with the public key as a seed (anyone could), and
+//! `--sender alice.key` put a secret seed into a certificate. Every reader names the flag the
+//! file was given to and refuses the wrong kind.
+//!
+//! Files written before the types existed: an untyped certificate is read (its length and
+//! layout cannot be mistaken for a key), an untyped key is refused with how to convert it
+//! (`dqe keygen --upgrade PREFIX` checks that the `.key` and the `.pub` belong together, which
+//! proves which is which). A stamp's text form is base64url of `postcard(Stamp)` with no
+//! prefix (it travels in a header). Reading checks length and encoding and says which file
+//! is wrong, because a truncated key otherwise surfaces later as a baffling "signature does
+//! not verify".
 
 use std::fs::{File, OpenOptions};
 use std::io::Write as _;
@@ -54,6 +64,75 @@ pub enum KeyFileError {
     /// be computed by anyone who saw one of them).
     #[error("{} is a version-{version} certificate, which is refused: {}; ask the allocator for a version-{} certificate (`dqe qa issue`)", path.display(), StampError::BadVersion { version: *version }, dqe_core::stamp::VERSION)]
     OldVersion { path: PathBuf, version: u8 },
+    /// A file of another kind than the flag takes.
+    #[error("{arg} {}: the file holds {}, but {arg} takes {} ({}){}",
+        path.display(), found.named(), expected.named(), expected.hint(),
+        if *found == FileKind::SecretKey { "; a secret key must never be handed to anyone" } else { "" })]
+    WrongKind {
+        path: PathBuf,
+        arg: String,
+        found: FileKind,
+        expected: FileKind,
+    },
+    /// A key file without a type prefix (written by an older `dqe`).
+    #[error("{arg} {}: the key file has no type prefix (an older dqe wrote it), so it could hold a secret seed or a public key. Convert a key pair with `dqe keygen --upgrade PREFIX` (it checks that PREFIX.key and PREFIX.pub belong together); a public key on its own, once you know it is one: `sed -i '1s/^/{}/' {}`",
+        path.display(), FileKind::PublicKey.prefix(), path.display())]
+    Untyped { path: PathBuf, arg: String },
+    /// A type prefix `dqe` does not know.
+    #[error("{arg} {}: unknown file type `{prefix}` (expected {})", path.display(), expected.named())]
+    UnknownType {
+        path: PathBuf,
+        arg: String,
+        prefix: String,
+        expected: FileKind,
+    },
+    /// `keygen --upgrade`: the two files are not one key pair.
+    #[error("{} and {} are not one key pair (the public key of the seed differs); nothing was changed", key.display(), public.display())]
+    NotAPair { key: PathBuf, public: PathBuf },
+}
+
+/// What a key or certificate file holds, as its type prefix says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// An Ed25519 secret seed (`.key`).
+    SecretKey,
+    /// An Ed25519 public key (`.pub`).
+    PublicKey,
+    /// A certificate (`.cert`).
+    Certificate,
+}
+
+impl FileKind {
+    const ALL: [FileKind; 3] = [
+        FileKind::SecretKey,
+        FileKind::PublicKey,
+        FileKind::Certificate,
+    ];
+
+    /// The prefix the file's line starts with.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            FileKind::SecretKey => "dqe-secret-key:",
+            FileKind::PublicKey => "dqe-public-key:",
+            FileKind::Certificate => "dqe-certificate:",
+        }
+    }
+
+    fn named(self) -> &'static str {
+        match self {
+            FileKind::SecretKey => "a secret key",
+            FileKind::PublicKey => "a public key",
+            FileKind::Certificate => "a certificate",
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            FileKind::SecretKey => "a .key file from `dqe keygen`",
+            FileKind::PublicKey => "a .pub file from `dqe keygen`",
+            FileKind::Certificate => "a .cert file from `dqe qa issue`",
+        }
+    }
 }
 
 /// Why a stamp's text is not a stamp.
@@ -84,7 +163,13 @@ pub fn decode_array<const N: usize>(text: &str) -> Result<[u8; N], String> {
         .map_err(|_| format!("{} bytes instead of {N}", bytes.len()))
 }
 
-fn read_line(path: &Path) -> Result<Vec<u8>, KeyFileError> {
+/// The bytes of a one-line file of kind `expected`, given as `arg`. `None` for the kind
+/// means the file has no type prefix.
+fn read_typed(
+    path: &Path,
+    arg: &str,
+    expected: FileKind,
+) -> Result<(Option<FileKind>, Vec<u8>), KeyFileError> {
     let text = std::fs::read_to_string(path).map_err(|source| KeyFileError::Read {
         path: path.to_path_buf(),
         source,
@@ -96,37 +181,72 @@ fn read_line(path: &Path) -> Result<Vec<u8>, KeyFileError> {
             detail: "more than one line".into(),
         });
     }
-    URL_SAFE_NO_PAD
-        .decode(line)
+    let (kind, body) = match line.split_once(':') {
+        Some((prefix, body)) => {
+            let kind = FileKind::ALL
+                .into_iter()
+                .find(|k| k.prefix().strip_suffix(':') == Some(prefix))
+                .ok_or_else(|| KeyFileError::UnknownType {
+                    path: path.to_path_buf(),
+                    arg: arg.to_string(),
+                    prefix: prefix.chars().take(40).collect(),
+                    expected,
+                })?;
+            if kind != expected {
+                return Err(KeyFileError::WrongKind {
+                    path: path.to_path_buf(),
+                    arg: arg.to_string(),
+                    found: kind,
+                    expected,
+                });
+            }
+            (Some(kind), body)
+        }
+        None => (None, line),
+    };
+    let bytes = URL_SAFE_NO_PAD
+        .decode(body)
         .map_err(|e| KeyFileError::NotBase64 {
             path: path.to_path_buf(),
             detail: e.to_string(),
-        })
+        })?;
+    Ok((kind, bytes))
 }
 
-fn read_fixed<const N: usize>(path: &Path, what: &'static str) -> Result<[u8; N], KeyFileError> {
-    let bytes = read_line(path)?;
-    <[u8; N]>::try_from(bytes.as_slice()).map_err(|_| KeyFileError::WrongLength {
+/// A 32-byte key of kind `expected`; an untyped one is refused.
+fn read_key(path: &Path, arg: &str, expected: FileKind) -> Result<[u8; 32], KeyFileError> {
+    let (kind, bytes) = read_typed(path, arg, expected)?;
+    if kind.is_none() {
+        return Err(KeyFileError::Untyped {
+            path: path.to_path_buf(),
+            arg: arg.to_string(),
+        });
+    }
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyFileError::WrongLength {
         path: path.to_path_buf(),
-        what,
-        expected: N,
+        what: if expected == FileKind::SecretKey {
+            "an Ed25519 key seed"
+        } else {
+            "an Ed25519 public key"
+        },
+        expected: 32,
         got: bytes.len(),
     })
 }
 
-/// Read a `.key` file: a 32-byte Ed25519 seed.
-pub fn read_seed(path: &Path) -> Result<Seed, KeyFileError> {
-    read_fixed::<32>(path, "an Ed25519 key seed")
+/// Read a `.key` file given as `arg` (a flag, for messages): a 32-byte Ed25519 seed.
+pub fn read_seed(path: &Path, arg: &str) -> Result<Seed, KeyFileError> {
+    read_key(path, arg, FileKind::SecretKey)
 }
 
-/// Read a `.pub` file: a 32-byte Ed25519 public key.
-pub fn read_public(path: &Path) -> Result<PublicKey, KeyFileError> {
-    read_fixed::<32>(path, "an Ed25519 public key")
+/// Read a `.pub` file given as `arg`: a 32-byte Ed25519 public key.
+pub fn read_public(path: &Path, arg: &str) -> Result<PublicKey, KeyFileError> {
+    read_key(path, arg, FileKind::PublicKey)
 }
 
-/// Read a `.cert` file.
-pub fn read_certificate(path: &Path) -> Result<Certificate, KeyFileError> {
-    let bytes = read_line(path)?;
+/// Read a `.cert` file given as `arg` (typed, or untyped as older `dqe` wrote it).
+pub fn read_certificate(path: &Path, arg: &str) -> Result<Certificate, KeyFileError> {
+    let (_, bytes) = read_typed(path, arg, FileKind::Certificate)?;
     if bytes.len() > MAX_CERT_LEN {
         return Err(KeyFileError::BadCertificate {
             path: path.to_path_buf(),
@@ -147,6 +267,19 @@ pub fn read_certificate(path: &Path) -> Result<Certificate, KeyFileError> {
         });
     }
     Ok(cert)
+}
+
+/// A public key given as text (a trust entry): `dqe-public-key:` and base64url, or the
+/// base64url alone. A secret key pasted by mistake is refused.
+pub fn parse_public_text(text: &str) -> Result<PublicKey, String> {
+    let text = text.trim();
+    if text.starts_with(FileKind::SecretKey.prefix()) {
+        return Err("that is a secret key, not a public key; give the .pub (and keep the secret key to its owner)".into());
+    }
+    let body = text
+        .strip_prefix(FileKind::PublicKey.prefix())
+        .unwrap_or(text);
+    decode_array::<32>(body)
 }
 
 /// Write `line` and a newline to a new file with `mode`, durably. `overwrite` allows
@@ -209,10 +342,66 @@ pub fn write_pair(prefix: &Path, seed: &Seed, overwrite: bool) -> Result<PublicK
         }
     }
     let pk = dqe_core::stamp::public_key(seed);
-    write_file(&key, &encode_line(seed), 0o600, overwrite)?;
-    write_file(&public, &encode_line(&pk), 0o644, overwrite)?;
+    write_file(
+        &key,
+        &typed_line(FileKind::SecretKey, seed),
+        0o600,
+        overwrite,
+    )?;
+    write_file(
+        &public,
+        &typed_line(FileKind::PublicKey, &pk),
+        0o644,
+        overwrite,
+    )?;
     sync_parent(&key);
     Ok(pk)
+}
+
+/// The line of a file of `kind` holding `bytes`.
+pub fn typed_line(kind: FileKind, bytes: &[u8]) -> String {
+    format!("{}{}", kind.prefix(), encode_line(bytes))
+}
+
+/// `dqe keygen --upgrade PREFIX`: add the type prefixes to a key pair an older `dqe` wrote.
+/// The seed's public key must equal the `.pub` (which proves which file is which); a missing
+/// `.pub` is written from the seed. Files already typed are checked the same way. Returns the
+/// public key.
+pub fn upgrade_pair(prefix: &Path) -> Result<PublicKey, KeyFileError> {
+    let (key, public) = key_paths(prefix);
+    let arg = "--upgrade";
+    let raw32 = |path: &Path, kind: FileKind| -> Result<[u8; 32], KeyFileError> {
+        let (_, bytes) = read_typed(path, arg, kind)?;
+        <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyFileError::WrongLength {
+            path: path.to_path_buf(),
+            what: "a 32-byte key",
+            expected: 32,
+            got: bytes.len(),
+        })
+    };
+    let seed = raw32(&key, FileKind::SecretKey)?;
+    let pk = dqe_core::stamp::public_key(&seed);
+    if public.exists() && raw32(&public, FileKind::PublicKey)? != pk {
+        return Err(KeyFileError::NotAPair { key, public });
+    }
+    replace_file(&key, &typed_line(FileKind::SecretKey, &seed), 0o600)?;
+    replace_file(&public, &typed_line(FileKind::PublicKey, &pk), 0o644)?;
+    sync_parent(&key);
+    Ok(pk)
+}
+
+/// Replace `path` with `line` atomically (a temporary file renamed over it), so a crash
+/// leaves the old or the new key, never half of one.
+fn replace_file(path: &Path, line: &str, mode: u32) -> Result<(), KeyFileError> {
+    let mut tmp = path.as_os_str().to_os_string();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let _ = std::fs::remove_file(&tmp);
+    write_file(&tmp, line, mode, false)?;
+    std::fs::rename(&tmp, path).map_err(|source| KeyFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Write a certificate file.
@@ -225,7 +414,12 @@ pub fn write_certificate(
     let bytes = cert
         .encode(&mut buf)
         .expect("MAX_CERT_LEN holds any certificate");
-    write_file(path, &encode_line(bytes), 0o644, overwrite)?;
+    write_file(
+        path,
+        &typed_line(FileKind::Certificate, bytes),
+        0o644,
+        overwrite,
+    )?;
     sync_parent(path);
     Ok(())
 }
@@ -286,8 +480,8 @@ mod tests {
         let prefix = dir.path().join("alice");
         let pk = generate(&prefix, false).unwrap();
         let (key, public) = key_paths(&prefix);
-        assert_eq!(read_public(&public).unwrap(), pk);
-        let seed = read_seed(&key).unwrap();
+        assert_eq!(read_public(&public, "--x").unwrap(), pk);
+        let seed = read_seed(&key, "--x").unwrap();
         assert_eq!(dqe_core::stamp::public_key(&seed), pk);
         let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
@@ -302,20 +496,103 @@ mod tests {
     fn corrupt_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bad.key");
-        std::fs::write(&p, "not*base64\n").unwrap();
-        let e = read_seed(&p).unwrap_err();
+        std::fs::write(&p, "dqe-secret-key:not*base64\n").unwrap();
+        let e = read_seed(&p, "--key").unwrap_err();
         assert!(matches!(e, KeyFileError::NotBase64 { .. }));
         assert!(e.to_string().contains("bad.key"), "{e}");
-        std::fs::write(&p, format!("{}\n", encode_line(&[1; 31]))).unwrap();
+        std::fs::write(
+            &p,
+            format!("{}\n", typed_line(FileKind::SecretKey, &[1; 31])),
+        )
+        .unwrap();
         assert!(matches!(
-            read_seed(&p),
+            read_seed(&p, "--key"),
             Err(KeyFileError::WrongLength { got: 31, .. })
         ));
         std::fs::write(&p, format!("{}\n", encode_line(&[1; 40]))).unwrap();
         assert!(matches!(
-            read_certificate(&p),
+            read_certificate(&p, "--cert"),
             Err(KeyFileError::BadCertificate { .. })
         ));
+        std::fs::write(&p, "dqe-frobnicator:AAAA\n").unwrap();
+        assert!(matches!(
+            read_seed(&p, "--key"),
+            Err(KeyFileError::UnknownType { .. })
+        ));
+    }
+
+    #[test]
+    fn each_reader_refuses_the_other_kinds_naming_the_flag() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("alice");
+        generate(&prefix, false).unwrap();
+        let (key, public) = key_paths(&prefix);
+        let e = read_seed(&public, "--qa-key").unwrap_err();
+        assert!(
+            matches!(
+                e,
+                KeyFileError::WrongKind {
+                    found: FileKind::PublicKey,
+                    expected: FileKind::SecretKey,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .starts_with(&format!("--qa-key {}", public.display())),
+            "{e}"
+        );
+        let e = read_public(&key, "--sender").unwrap_err();
+        assert!(e.to_string().contains("must never be handed"), "{e}");
+        assert!(matches!(
+            read_certificate(&key, "--cert"),
+            Err(KeyFileError::WrongKind { .. })
+        ));
+        assert!(parse_public_text(&std::fs::read_to_string(&key).unwrap()).is_err());
+        let pk = read_public(&public, "--trust").unwrap();
+        assert_eq!(
+            parse_public_text(&std::fs::read_to_string(&public).unwrap()),
+            Ok(pk)
+        );
+        assert_eq!(parse_public_text(&encode_line(&pk)), Ok(pk));
+    }
+
+    #[test]
+    fn untyped_keys_are_refused_until_upgraded_as_a_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let prefix = dir.path().join("old");
+        let (key, public) = key_paths(&prefix);
+        let seed = [5u8; 32];
+        let pk = dqe_core::stamp::public_key(&seed);
+        std::fs::write(&key, format!("{}\n", encode_line(&seed))).unwrap();
+        std::fs::write(&public, format!("{}\n", encode_line(&pk))).unwrap();
+        let e = read_seed(&key, "--key").unwrap_err();
+        assert!(matches!(e, KeyFileError::Untyped { .. }), "{e}");
+        assert!(e.to_string().contains("dqe keygen --upgrade"), "{e}");
+        assert!(matches!(
+            read_public(&public, "--trust"),
+            Err(KeyFileError::Untyped { .. })
+        ));
+        // Swapped files are no pair: nothing changes.
+        let swapped = dir.path().join("swapped");
+        let (skey, spub) = key_paths(&swapped);
+        std::fs::write(&skey, format!("{}\n", encode_line(&pk))).unwrap();
+        std::fs::write(&spub, format!("{}\n", encode_line(&seed))).unwrap();
+        assert!(matches!(
+            upgrade_pair(&swapped),
+            Err(KeyFileError::NotAPair { .. })
+        ));
+        assert_eq!(
+            std::fs::read_to_string(&skey).unwrap().trim(),
+            encode_line(&pk)
+        );
+        // The real pair converts, and converting again changes nothing.
+        assert_eq!(upgrade_pair(&prefix).unwrap(), pk);
+        assert_eq!(upgrade_pair(&prefix).unwrap(), pk);
+        assert_eq!(read_seed(&key, "--key").unwrap(), seed);
+        assert_eq!(read_public(&public, "--trust").unwrap(), pk);
     }
 
     #[test]

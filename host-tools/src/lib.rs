@@ -4,7 +4,8 @@
 //! same code:
 //! - [`client`]: a UDP portal client that retries with the same id and skips dead portals.
 //! - [`keys`]: key, public-key and certificate files; the stamp text form.
-//! - [`stamp_cmd`]: printing (with a durable index), verifying and cancelling stamps.
+//! - [`stamp_cmd`]: printing, verifying and cancelling stamps.
+//! - [`stamp_state`]: the durable index state of each certificate.
 //! - [`mail`]: adding and reading headers of an RFC 5322 message.
 //! - [`config_file`]: the client config and the cluster config, errors by line and field.
 //! - [`u2`]: the load generator.
@@ -31,4 +32,5 @@ pub mod demo;
 pub mod keys;
 pub mod mail;
 pub mod stamp_cmd;
+pub mod stamp_state;
 pub mod u2;

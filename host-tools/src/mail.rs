@@ -6,9 +6,26 @@
 //! first, as trace headers do, after an mbox `From ` line if there is one, and use the
 //! message's own line ending. Long values are folded (a line break followed by a space);
 //! readers unfold them and a stamp's text ignores whitespace, so folding is harmless.
+//!
+//! Header names are matched as RFC 5322 reads them, obsolete syntax included (section 4.5.3,
+//! `obs-optional`): case-insensitive, with any white space between the name and the colon,
+//! and with every folded continuation line belonging to the field above it. A forged
+//! `X-DQE-Verdict : fresh` is therefore dropped like `X-DQE-Verdict: fresh`, and
+//! `X-DQE-Stamp :` is read. A header block whose first line is a continuation (it starts with
+//! white space) is refused: a header added above it would swallow that line.
 
 /// Header lines are folded to stay within this many characters (RFC 5322 recommends 78).
 const FOLD_AT: usize = 76;
+
+/// Why a message cannot be filtered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MailError {
+    /// The header block starts with a continuation line.
+    #[error(
+        "the message's first header line starts with white space (a folded continuation with no field above it), so it is not an RFC 5322 message: a header added above it would swallow that line. Remove the leading white space"
+    )]
+    LeadingWhiteSpace,
+}
 
 /// A message split into its header block and the rest.
 #[derive(Debug, Clone)]
@@ -45,16 +62,23 @@ fn is_continuation(line: &[u8]) -> bool {
     matches!(line.first(), Some(b' ') | Some(b'\t'))
 }
 
-/// The header name of a field line, if it has one.
-fn field_name(line: &[u8]) -> Option<&[u8]> {
+/// The header name of a field line and the offset just after its colon, if it is one:
+/// `field-name *WSP ":"` (RFC 5322 `obs-optional`), where a field name is printable
+/// US-ASCII other than the colon.
+fn field_name(line: &[u8]) -> Option<(&[u8], usize)> {
     let colon = line.iter().position(|&b| b == b':')?;
-    let name = &line[..colon];
-    (!name.is_empty() && name.iter().all(|&b| b.is_ascii_graphic())).then_some(name)
+    let name = line[..colon].trim_ascii_end();
+    let wsp_only = line[name.len()..colon]
+        .iter()
+        .all(|&b| b == b' ' || b == b'\t');
+    let ftext = |b: &u8| (33..=126).contains(b) && *b != b':';
+    (!name.is_empty() && wsp_only && name.iter().all(ftext)).then_some((name, colon + 1))
 }
 
 impl Message {
-    /// Split `bytes` into headers and body.
-    pub fn parse(bytes: Vec<u8>) -> Message {
+    /// Split `bytes` into headers and body; refuse a header block that starts with a
+    /// continuation line.
+    pub fn parse(bytes: Vec<u8>) -> Result<Message, MailError> {
         let all = lines(&bytes, 0, bytes.len());
         let crlf = all
             .first()
@@ -70,34 +94,47 @@ impl Message {
             .find(|&&(s, e)| is_blank(&bytes[s..e]))
             .map(|&(s, _)| s)
             .unwrap_or(bytes.len());
-        Message {
+        if headers_start < headers_end && is_continuation(&bytes[headers_start..]) {
+            return Err(MailError::LeadingWhiteSpace);
+        }
+        Ok(Message {
             bytes,
             headers_start,
             headers_end,
             crlf,
-        }
+        })
     }
 
-    /// The header fields as (name, unfolded value, start, end), in order.
+    /// The header fields as (name, unfolded value, start, end), in order. A line that is
+    /// neither a field nor a continuation ends the field above it, so its own
+    /// continuations are not glued onto that field.
     fn fields(&self) -> Vec<(String, String, usize, usize)> {
         let mut out: Vec<(String, String, usize, usize)> = Vec::new();
+        let mut in_field = false;
         for (s, e) in lines(&self.bytes, self.headers_start, self.headers_end) {
             let line = &self.bytes[s..e];
-            let text = String::from_utf8_lossy(line);
-            let text = text.trim_end_matches(['\r', '\n']);
+            let unfolded = |b: &[u8]| {
+                String::from_utf8_lossy(b)
+                    .trim_matches([' ', '\t', '\r', '\n'])
+                    .to_string()
+            };
             if is_continuation(line) {
-                if let Some(last) = out.last_mut() {
+                if let Some(last) = out.last_mut().filter(|_| in_field) {
                     last.1.push(' ');
-                    last.1.push_str(text.trim());
+                    last.1.push_str(&unfolded(line));
+                    last.1 = last.1.trim().to_string();
                     last.3 = e;
                 }
                 continue;
             }
-            if let Some(name) = field_name(line) {
-                let name = String::from_utf8_lossy(name).into_owned();
-                let value = text[name.len() + 1..].trim().to_string();
-                out.push((name, value, s, e));
-            }
+            in_field = match field_name(line) {
+                Some((name, value_at)) => {
+                    let name = String::from_utf8_lossy(name).into_owned();
+                    out.push((name, unfolded(&line[value_at..]), s, e));
+                    true
+                }
+                None => false,
+            };
         }
         out
     }
@@ -167,7 +204,7 @@ mod tests {
 
     #[test]
     fn adds_a_header_first_and_keeps_the_body() {
-        let m = Message::parse(b"Subject: hi\nFrom: a@b\n\nbody\n\nmore\n".to_vec());
+        let m = Message::parse(b"Subject: hi\nFrom: a@b\n\nbody\n\nmore\n".to_vec()).unwrap();
         let out = m.with_header("X-DQE-Verdict", "fresh", None);
         assert_eq!(
             String::from_utf8(out).unwrap(),
@@ -177,7 +214,7 @@ mod tests {
 
     #[test]
     fn keeps_crlf_and_the_mbox_line() {
-        let m = Message::parse(b"From a@b Mon\r\nSubject: x\r\n\r\nhi\r\n".to_vec());
+        let m = Message::parse(b"From a@b Mon\r\nSubject: x\r\n\r\nhi\r\n".to_vec()).unwrap();
         let out = m.with_header("X-A", "1", None);
         assert_eq!(out, b"From a@b Mon\r\nX-A: 1\r\nSubject: x\r\n\r\nhi\r\n");
     }
@@ -185,20 +222,21 @@ mod tests {
     #[test]
     fn folds_long_values_and_reads_them_back() {
         let value: String = std::iter::repeat_n('A', 300).collect();
-        let m = Message::parse(b"Subject: x\n\nbody\n".to_vec());
+        let m = Message::parse(b"Subject: x\n\nbody\n".to_vec()).unwrap();
         let out = m.with_header("X-DQE-Stamp", &value, None);
         let text = String::from_utf8(out.clone()).unwrap();
         assert!(text.lines().all(|l| l.len() <= FOLD_AT), "{text}");
-        let back = Message::parse(out).header("x-dqe-stamp").unwrap();
+        let back = Message::parse(out).unwrap().header("x-dqe-stamp").unwrap();
         assert_eq!(back.replace(' ', ""), value);
     }
 
     #[test]
     fn drops_forged_headers_with_their_continuations() {
         let m = Message::parse(
-            b"X-DQE-Verdict: fresh\n  forged\nSubject: x\nx-dqe-verdict: used\n\nX-DQE-Verdict: in body\n"
+            b"X-DQE-Verdict: fresh\n  forged\nSubject: x\nx-dqe-verdict: used\nX-DQE-Verdict :obs\n\nX-DQE-Verdict: in body\n"
                 .to_vec(),
-        );
+        )
+        .unwrap();
         let out = m.with_header("X-DQE-Verdict", "invalid", Some("X-DQE-Verdict"));
         assert_eq!(
             String::from_utf8(out).unwrap(),
@@ -208,8 +246,31 @@ mod tests {
 
     #[test]
     fn a_message_without_body_is_all_headers() {
-        let m = Message::parse(b"Subject: x\nX-DQE-Stamp: abc\n def".to_vec());
+        let m = Message::parse(b"Subject: x\nX-DQE-Stamp: abc\n def".to_vec()).unwrap();
         assert_eq!(m.header("X-DQE-STAMP").as_deref(), Some("abc def"));
         assert_eq!(m.header("Missing"), None);
+    }
+
+    #[test]
+    fn names_allow_white_space_before_the_colon_but_not_inside() {
+        let m = Message::parse(b"X-DQE-Stamp \t:\n abc\nX Y: no\n def\nA: 1\n\n".to_vec()).unwrap();
+        assert_eq!(m.header("x-dqe-stamp").as_deref(), Some("abc"));
+        // `X Y` is no field name, and the continuation below it belongs to no field.
+        assert_eq!(m.header("X Y"), None);
+        assert_eq!(m.header("a").as_deref(), Some("1"));
+        assert_eq!(m.header("X-DQE-Stamp").as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn a_leading_continuation_line_is_refused() {
+        for bytes in [&b" a: b\n\nbody"[..], b"\ta: b\n", b"From x\n c: d\n\n"] {
+            assert_eq!(
+                Message::parse(bytes.to_vec()).unwrap_err(),
+                MailError::LeadingWhiteSpace
+            );
+        }
+        // A body that starts with white space is fine, and so is an empty message.
+        assert!(Message::parse(b"\n  body".to_vec()).is_ok());
+        assert!(Message::parse(Vec::new()).is_ok());
     }
 }

@@ -1,88 +1,23 @@
 //! Printing, verifying and cancelling stamps.
 //!
-//! Printing without `--index` takes the next unused index of the epoch from a state file.
-//! The state is made durable (written to a temporary file, fsynced, renamed over the old one,
-//! directory fsynced) *before* the stamp is shown, and the whole read-modify-write holds an
-//! exclusive lock: whether `dqe` crashes or two printers race, no index is ever handed out
-//! twice (which would make the sender's own second message look like a reused stamp).
-//! The worst a crash can do is skip an index.
+//! Printing without `--index` takes the next unused index of the epoch durably from the
+//! certificate's state file ([`crate::stamp_state`]) *before* the stamp is shown: whether
+//! `dqe` crashes or two printers race, no index is ever handed out twice (which would make
+//! the sender's own second message look like a reused stamp).
 //!
 //! Verifying applies every acceptance rule offline, then (with a portal) TESTs the
 //! postmark. Cancelling verifies, then SETs the postmark: the one atomic step that tells a
 //! receiver whether it was first.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use dqe_core::hash::sha1_concat;
-use dqe_core::stamp::{
-    self, Certificate, MAX_CERT_LEN, Postmark, PublicKey, Seed, Stamp, StampError,
-};
+use dqe_core::stamp::{self, Certificate, Postmark, PublicKey, Seed, Stamp, StampError};
 use dqe_core::wire::Reason;
-use serde::{Deserialize, Serialize};
 
 use crate::client::{ClientError, PortalClient, Reply, explain_refusal};
 use crate::keys::{self, StampTextError};
-
-/// Why the next index could not be taken from the state file. No stamp is printed then.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    /// The state file (or its lock or temporary file) could not be written or made durable.
-    #[error(
-        "cannot write the stamp state file {}: {source}; no stamp was printed. Make its directory writable or choose another with --state FILE",
-        path.display()
-    )]
-    Write {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The state file exists but could not be read.
-    #[error("cannot read the stamp state file {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The state file is not what `dqe` writes.
-    #[error(
-        "the stamp state file {} is corrupt ({detail}); no stamp was printed. Do not delete it: that would hand out used indices again. Repair it, or print with --index above the last index used",
-        path.display()
-    )]
-    Corrupt { path: PathBuf, detail: String },
-    /// The state file counts another certificate's stamps.
-    #[error(
-        "the stamp state file {} belongs to another certificate; pass --state FILE to keep one state file per certificate",
-        path.display()
-    )]
-    OtherCertificate { path: PathBuf },
-    /// The epoch is so far behind the newest one in the file that its counter may have
-    /// been dropped; counting again from 0 could repeat an index.
-    #[error(
-        "epoch {epoch} is more than {KEPT_EPOCHS} epochs before epoch {newest}, the newest in {}: its counter is no longer kept; print it with --index if you must",
-        path.display()
-    )]
-    EpochForgotten {
-        path: PathBuf,
-        epoch: u32,
-        newest: u32,
-    },
-    /// Every index of the epoch has been handed out.
-    #[error("quota spent: all {quota} stamps of epoch {epoch} have been printed; the next epoch starts in {}", human(*seconds_left))]
-    QuotaSpent {
-        epoch: u32,
-        quota: u32,
-        seconds_left: u64,
-    },
-}
-
-fn human(seconds: u64) -> String {
-    match seconds {
-        s if s >= 3600 => format!("{}h {:02}m", s / 3600, (s % 3600) / 60),
-        s if s >= 60 => format!("{}m {:02}s", s / 60, s % 60),
-        s => format!("{s}s"),
-    }
-}
+use crate::stamp_state::{self, Clock, StateError, StateFiles, StateNote};
 
 /// Why a stamp cannot be printed.
 #[derive(Debug, thiserror::Error)]
@@ -112,158 +47,17 @@ pub enum PrintError {
     State(#[from] StateError),
 }
 
-/// Counters are kept for this many epochs before the newest one in the file. A fixed
-/// window (rather than one derived from `grace`) means no setting can drop a counter that
-/// a later run still uses.
-pub const KEPT_EPOCHS: u32 = 64;
-
-/// The state file as stored.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct StateRepr {
-    /// base64url of SHA1 of the certificate's encoding: which certificate this counts.
-    certificate: String,
-    #[serde(default)]
-    epochs: Vec<EpochRepr>,
-}
-
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct EpochRepr {
-    epoch: u32,
-    next: u32,
-}
-
-/// The default state file for a certificate: beside it, `S.cert.state`.
-pub fn default_state_path(cert: &Path) -> PathBuf {
-    let mut s = cert.as_os_str().to_os_string();
-    s.push(".state");
-    PathBuf::from(s)
-}
-
-fn cert_id(cert: &Certificate) -> String {
-    let mut buf = [0u8; MAX_CERT_LEN];
-    let bytes = cert
-        .encode(&mut buf)
-        .expect("MAX_CERT_LEN holds any certificate");
-    keys::encode_line(&sha1_concat(&[bytes]))
-}
-
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
-    let mut s = path.as_os_str().to_os_string();
-    s.push(suffix);
-    PathBuf::from(s)
-}
-
-/// Take the next unused index of `epoch` from the state file at `path`, durably.
-///
-/// `seconds_left` (until the next epoch) is only for the quota-spent message.
-pub fn take_index(
-    path: &Path,
-    cert: &Certificate,
-    epoch: u32,
-    seconds_left: u64,
-) -> Result<u32, StateError> {
-    let write_err = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| StateError::Write { path: p, source }
-    };
-    // The lock is its own file: the state file is replaced by rename, and a lock on a file
-    // that has been renamed over would lock nothing.
-    let lock_path = sibling(path, ".lock");
-    let lock = OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(write_err(&lock_path))?;
-    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive).map_err(|e| {
-        StateError::Write {
-            path: lock_path.clone(),
-            source: e.into(),
-        }
-    })?;
-
-    let id = cert_id(cert);
-    let mut state = match std::fs::read_to_string(path) {
-        Ok(text) => {
-            let s: StateRepr = toml::from_str(&text).map_err(|e| StateError::Corrupt {
-                path: path.to_path_buf(),
-                detail: e.message().trim().to_string(),
-            })?;
-            if s.certificate != id {
-                return Err(StateError::OtherCertificate {
-                    path: path.to_path_buf(),
-                });
-            }
-            s
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => StateRepr {
-            certificate: id,
-            epochs: Vec::new(),
-        },
-        Err(source) => {
-            return Err(StateError::Read {
-                path: path.to_path_buf(),
-                source,
-            });
-        }
-    };
-    let newest = state.epochs.iter().map(|e| e.epoch).max().unwrap_or(epoch);
-    if epoch.saturating_add(KEPT_EPOCHS) < newest {
-        return Err(StateError::EpochForgotten {
-            path: path.to_path_buf(),
-            epoch,
-            newest,
-        });
-    }
-    let newest = newest.max(epoch);
-    let next = state
-        .epochs
-        .iter()
-        .find(|e| e.epoch == epoch)
-        .map(|e| e.next)
-        .unwrap_or(0);
-    if next >= cert.body.quota {
-        return Err(StateError::QuotaSpent {
-            epoch,
-            quota: cert.body.quota,
-            seconds_left,
-        });
-    }
-    state
-        .epochs
-        .retain(|e| e.epoch.saturating_add(KEPT_EPOCHS) >= newest && e.epoch != epoch);
-    state.epochs.push(EpochRepr {
-        epoch,
-        next: next + 1,
-    });
-    state.epochs.sort_by_key(|e| e.epoch);
-
-    let text = format!(
-        "# dqe stamp state: the next unused stamp index of each epoch for one certificate.\n\
-         # Never lower a `next` or delete this file: used indices would be handed out again.\n\
-         {}",
-        toml::to_string(&state).expect("state serializes")
-    );
-    let tmp = sibling(path, ".tmp");
-    let mut f = File::create(&tmp).map_err(write_err(&tmp))?;
-    f.write_all(text.as_bytes()).map_err(write_err(&tmp))?;
-    f.sync_all().map_err(write_err(&tmp))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(write_err(path))?;
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    File::open(&dir)
-        .and_then(|d| d.sync_all())
-        .map_err(write_err(&dir))?;
-    Ok(next)
+/// A printed stamp, and what the operator should know about the state files.
+#[derive(Debug)]
+pub struct Printed {
+    /// The stamp.
+    pub stamp: Stamp,
+    /// Warnings about other state files for the certificate.
+    pub notes: Vec<StateNote>,
 }
 
 /// Make a stamp: check the key and the certificate's expiry, take an index (from `index`,
-/// or durably from the state file), prove it with the sender's VRF key.
+/// or durably from the state files), prove it with the sender's VRF key.
 #[allow(clippy::too_many_arguments)]
 pub fn print(
     cert_path: &Path,
@@ -272,9 +66,9 @@ pub fn print(
     seed: &Seed,
     epoch: u32,
     index: Option<u32>,
-    state: &Path,
-    seconds_left: u64,
-) -> Result<Stamp, PrintError> {
+    state: &StateFiles,
+    clock: &Clock,
+) -> Result<Printed, PrintError> {
     if stamp::public_key(seed) != cert.body.sender {
         return Err(PrintError::WrongKey {
             key: key_path.to_path_buf(),
@@ -288,20 +82,22 @@ pub fn print(
             expires: cert.body.expires,
         });
     }
-    let index = match index {
+    let (index, notes) = match index {
         Some(i) if i >= cert.body.quota => {
             return Err(PrintError::OverQuota {
                 index: i,
                 quota: cert.body.quota,
             });
         }
-        Some(i) => i,
-        None => take_index(state, &cert, epoch, seconds_left)?,
+        Some(i) => (i, Vec::new()),
+        None => {
+            let taken = stamp_state::take_index(state, &cert, epoch, clock)?;
+            (taken.index, taken.notes)
+        }
     };
-    Ok(
-        Stamp::prove(cert, seed, epoch, index)
-            .expect("the key was checked against the certificate"),
-    )
+    let stamp = Stamp::prove(cert, seed, epoch, index)
+        .expect("the key was checked against the certificate");
+    Ok(Printed { stamp, notes })
 }
 
 /// Why a stamp was not accepted, as a receiver reports it.
@@ -516,6 +312,12 @@ mod tests {
     use super::*;
     use dqe_core::stamp::CertBody;
 
+    const CLOCK: Clock = Clock {
+        epoch: 5,
+        grace: 1,
+        seconds_left: 0,
+    };
+
     fn cert(quota: u32) -> (Certificate, Seed) {
         let sender = [9u8; 32];
         let c = Certificate::issue(
@@ -523,77 +325,6 @@ mod tests {
             CertBody::new(stamp::public_key(&sender), quota, 1000, [1; 16]),
         );
         (c, sender)
-    }
-
-    #[test]
-    fn state_hands_out_each_index_once_then_refuses() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("s.cert.state");
-        let (c, _) = cert(3);
-        let got: Vec<u32> = (0..3)
-            .map(|_| take_index(&state, &c, 500, 10).unwrap())
-            .collect();
-        assert_eq!(got, [0, 1, 2]);
-        assert!(matches!(
-            take_index(&state, &c, 500, 10),
-            Err(StateError::QuotaSpent {
-                quota: 3,
-                epoch: 500,
-                ..
-            })
-        ));
-        // A new epoch starts again at 0; the old epoch's counter is kept.
-        assert_eq!(take_index(&state, &c, 501, 10).unwrap(), 0);
-        assert!(matches!(
-            take_index(&state, &c, 500, 10),
-            Err(StateError::QuotaSpent { .. })
-        ));
-        // Far behind the newest epoch, counters are dropped, and such an epoch is refused
-        // rather than counted again from 0.
-        let far = 501 + KEPT_EPOCHS + 1;
-        assert_eq!(take_index(&state, &c, far, 10).unwrap(), 0);
-        let text = std::fs::read_to_string(&state).unwrap();
-        assert!(!text.contains("epoch = 500"), "{text}");
-        assert!(matches!(
-            take_index(&state, &c, 500, 10),
-            Err(StateError::EpochForgotten { .. })
-        ));
-        // Another certificate may not use this file.
-        let (other, _) = cert(5);
-        let other = Certificate {
-            body: CertBody {
-                quota: 4,
-                ..other.body
-            },
-            ..other
-        };
-        assert!(matches!(
-            take_index(&state, &other, 501, 10),
-            Err(StateError::OtherCertificate { .. })
-        ));
-    }
-
-    #[test]
-    fn concurrent_printers_never_share_an_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let state = dir.path().join("s.state");
-        let (c, _) = cert(200);
-        let handles: Vec<_> = (0..4)
-            .map(|_| {
-                let state = state.clone();
-                std::thread::spawn(move || {
-                    (0..25)
-                        .map(|_| take_index(&state, &c, 7, 0).unwrap())
-                        .collect::<Vec<_>>()
-                })
-            })
-            .collect();
-        let mut all: Vec<u32> = handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap())
-            .collect();
-        all.sort();
-        assert_eq!(all, (0..100).collect::<Vec<_>>());
     }
 
     #[test]
@@ -609,8 +340,8 @@ mod tests {
             &seed,
             5,
             None,
-            &state,
-            0,
+            &StateFiles::only(&state),
+            &CLOCK,
         );
         assert!(matches!(
             r,
@@ -626,8 +357,8 @@ mod tests {
             &seed,
             5,
             None,
-            &blocker.join("s.state"),
-            0,
+            &StateFiles::only(&blocker.join("s.state")),
+            &CLOCK,
         );
         assert!(matches!(
             r,
@@ -646,8 +377,8 @@ mod tests {
                 seed,
                 epoch,
                 index,
-                Path::new("/nonexistent/x"),
-                0,
+                &StateFiles::only(Path::new("/nonexistent/x")),
+                &CLOCK,
             )
         };
         assert!(matches!(
@@ -662,7 +393,7 @@ mod tests {
             p(&seed, 5, Some(3)),
             Err(PrintError::OverQuota { .. })
         ));
-        let s = p(&seed, 5, Some(2)).unwrap();
+        let s = p(&seed, 5, Some(2)).unwrap().stamp;
         let r = Receiver {
             trust: vec![c.qa],
             epoch: 5,

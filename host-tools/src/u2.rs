@@ -13,6 +13,13 @@
 //!
 //! Open-loop latency is measured from when a request was due, not from when it was sent,
 //! so a client that falls behind does not hide the delay (no coordinated omission).
+//!
+//! The run stops starting requests at the end of `duration`, whatever the load asks: an
+//! open loop faster than this client can send starts what it can and counts the rest as
+//! "not started" (a request more than [`LATE_SLACK`] behind schedule at the end is not sent),
+//! and requests are started in batches of at most [`MAX_BATCH`] between looks at the clock
+//! and the socket. Requests still in flight then get their timeout, so a run lasts at most
+//! `duration` + `timeout` (plus one batch).
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
@@ -121,6 +128,10 @@ pub struct Report {
     /// Wall time from the first request to the last answer or give-up.
     #[serde(skip)]
     pub elapsed: Duration,
+    /// Open loop: requests due that were not started by the end of the run (this client
+    /// could not keep up with the rate).
+    #[serde(skip)]
+    pub not_started: u64,
 }
 
 /// Why a run could not be made.
@@ -159,6 +170,17 @@ struct Pending {
     len: usize,
 }
 
+/// The longest run: beyond it, times overflow and nobody waits anyway.
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
+/// The most requests kept in flight in closed loop (each holds its datagram and timers).
+pub const MAX_WINDOW: usize = 1_000_000;
+/// The longest request timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
+/// Most requests started between two looks at the clock and the socket.
+pub const MAX_BATCH: u32 = 1024;
+/// How late, at the end of the run, a due request may still be started.
+pub const LATE_SLACK: Duration = Duration::from_millis(100);
+
 /// Most earlier pairs remembered for reuse (random replacement beyond that).
 const EARLIER_CAP: usize = 1_000_000;
 
@@ -175,7 +197,8 @@ struct Run<'a> {
 }
 
 impl Options {
-    fn check(&self) -> Result<(), U2Error> {
+    /// Refuse options out of range, before anything is sent.
+    pub fn check(&self) -> Result<(), U2Error> {
         if self.portals.is_empty() {
             return Err(U2Error::NoPortal);
         }
@@ -200,17 +223,36 @@ impl Options {
         frac("--reuse", self.reuse)?;
         frac("--set-ratio", self.set_ratio)?;
         match self.load {
-            Load::Rate(r) if !(r > 0.0 && r.is_finite()) => Err(U2Error::BadOption(format!(
-                "--rate {r} must be a positive number of operations per second"
-            ))),
-            Load::Window(0) => Err(U2Error::BadOption(
-                "--window 0: at least one request must be in flight".into(),
-            )),
-            _ if self.duration.is_zero() => Err(U2Error::BadOption(
-                "--duration must be more than 0 seconds".into(),
-            )),
-            _ => Ok(()),
+            Load::Rate(r) if !(r > 0.0 && r.is_finite()) => {
+                return Err(U2Error::BadOption(format!(
+                    "--rate {r:?} must be a positive, finite number of operations per second"
+                )));
+            }
+            Load::Window(0) => {
+                return Err(U2Error::BadOption(
+                    "--window 0: at least one request must be in flight".into(),
+                ));
+            }
+            Load::Window(w) if w > MAX_WINDOW => {
+                return Err(U2Error::BadOption(format!(
+                    "--window {w} is more than u2 keeps in flight: give 1 to {MAX_WINDOW}"
+                )));
+            }
+            _ => {}
         }
+        if self.duration.is_zero() || self.duration > MAX_DURATION {
+            return Err(U2Error::BadOption(format!(
+                "--duration must be more than 0 and at most {} seconds (30 days)",
+                MAX_DURATION.as_secs()
+            )));
+        }
+        if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
+            return Err(U2Error::BadOption(format!(
+                "--request-timeout-ms must be 1 to {}",
+                MAX_TIMEOUT.as_millis()
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -272,16 +314,25 @@ impl Run<'_> {
             }
             let now = Instant::now();
             match self.opts.load {
-                // Every request due is started, even if the loop runs late.
+                // Every request due is started, even if the loop runs late, until the end
+                // of the run; a batch at a time, so replies and timers are not starved.
                 Load::Rate(_) => {
-                    while started < total && due(started) <= now {
+                    let mut batch = 0;
+                    while started < total && due(started) <= now && batch < MAX_BATCH {
                         self.issue(due(started))?;
                         started += 1;
+                        batch += 1;
+                    }
+                    if started < total && now >= stop + LATE_SLACK {
+                        self.report.not_started = total - started;
+                        started = total;
                     }
                 }
                 Load::Window(w) if now < stop => {
-                    while self.pending.len() < w {
+                    let mut batch = 0;
+                    while self.pending.len() < w && batch < MAX_BATCH {
                         self.issue(now)?;
+                        batch += 1;
                     }
                 }
                 _ => {}
@@ -301,7 +352,7 @@ impl Run<'_> {
             // Sleep until a reply arrives or the next request, resend or redraw is due.
             let mut wake = next_draw;
             if started < total {
-                wake = wake.min(due(started));
+                wake = wake.min(due(started)).min(stop + LATE_SLACK);
             }
             if let Some(Reverse((t, _))) = self.timers.peek() {
                 wake = wake.min(*t);
@@ -550,6 +601,13 @@ impl Report {
         row(&mut s, "requests sent", self.sent.to_string());
         row(&mut s, "answered", self.answered.to_string());
         row(&mut s, "timeouts", self.timeouts.to_string());
+        if self.not_started > 0 {
+            row(
+                &mut s,
+                "not started (too fast)",
+                self.not_started.to_string(),
+            );
+        }
         row(&mut s, "retransmissions", self.retransmissions.to_string());
         row(&mut s, "stray/late replies", self.stray.to_string());
         row(

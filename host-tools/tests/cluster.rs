@@ -312,3 +312,91 @@ fn demo_walks_through_a_stamp_and_exits_0() {
         assert!(r.stdout.contains(step), "missing {step:?} in\n{}", r.stdout);
     }
 }
+
+#[test]
+fn cluster_up_keeps_the_other_nodes_running_when_one_exits() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ports = PORTS.ports(9);
+    std::fs::write(
+        d.join("c.toml"),
+        host_tools::cluster::loopback_config(&ports, 2, None),
+    )
+    .unwrap();
+    // A wrapper that records each node's pid (nodes start in config order).
+    let wrapper = d.join("enforcer.sh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho $$ >> {}\nexec {} \"$@\"\n",
+            d.join("pids").display(),
+            common::enforcer_path().display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut child = ChildGuard::spawn(
+        common::dqe_command(d)
+            .args(["cluster", "up", "--config", "c.toml", "--data-root", "data"])
+            .arg("--enforcer")
+            .arg(&wrapper)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped()),
+    );
+    let (tx, rx) = mpsc::channel();
+    for pipe in [
+        Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+        Box::new(child.stderr.take().unwrap()),
+    ] {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut seen = Vec::new();
+    let wait_for = |what: &str, seen: &mut Vec<String>| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !seen.iter().any(|l| l.contains(what)) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("no {what:?} from dqe cluster up; saw {seen:?}"),
+            }
+        }
+    };
+    wait_for("ready", &mut seen);
+    let pids: Vec<String> = std::fs::read_to_string(d.join("pids"))
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(pids.len(), 3, "{pids:?}");
+    let kill = |sig: &str, pid: &str| {
+        std::process::Command::new("kill")
+            .args([sig, pid])
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(kill("-KILL", &pids[0]));
+    wait_for("node `n1` exited", &mut seen);
+    wait_for("2 other node(s) keep running", &mut seen);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(child.exited().is_none(), "dqe cluster up exited: {seen:?}");
+    assert!(kill("-0", &pids[1]) && kill("-0", &pids[2]), "{seen:?}");
+    // The others still serve.
+    let portal = format!("127.0.0.1:{}", ports[3]);
+    dqe(d, &["portal", "--portal", &portal, "set", "drill"]).assert_says(0, "stored");
+
+    // Stopping now reports the failure in the exit status.
+    let status = child.stop("INT", Duration::from_secs(15));
+    assert_eq!(status.code(), Some(1), "{seen:?}");
+    wait_for("stopped", &mut seen);
+    wait_for("1 node(s) exited while the cluster ran: n1", &mut seen);
+}

@@ -108,20 +108,21 @@ fn keygen_writes_a_private_seed_and_refuses_to_overwrite() {
     let public = dir.path().join("alice.pub");
     let mode = std::fs::metadata(&key).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600);
-    let seed = keys::read_seed(&key).unwrap();
+    let seed = keys::read_seed(&key, "--key").unwrap();
     assert_eq!(
         dqe_core::stamp::public_key(&seed),
-        keys::read_public(&public).unwrap()
+        keys::read_public(&public, "--trust").unwrap()
     );
-    // One line of base64url, no padding.
+    // One line: the type, then base64url without padding.
     let text = std::fs::read_to_string(&public).unwrap();
     assert_eq!(text.lines().count(), 1);
+    assert!(text.starts_with("dqe-public-key:"), "{text}");
     assert!(!text.contains('='));
     let again = dqe(dir.path(), &["keygen", "--out", "alice"]);
     assert_eq!(again.code, 1);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
     assert_eq!(
-        keys::read_seed(&key).unwrap(),
+        keys::read_seed(&key, "--key").unwrap(),
         seed,
         "the key was not replaced"
     );
@@ -139,7 +140,13 @@ fn printing_hands_out_each_index_once_and_stops_at_the_quota() {
     let r = print_with(dir.path(), "sender.key", &[]);
     r.assert_fails(5, "quota spent");
     assert!(r.stdout.is_empty());
-    assert!(dir.path().join("sender.cert.state").is_file());
+    assert_eq!(
+        std::fs::read_dir(common::state_dir(dir.path()))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension() == Some("state".as_ref()))
+            .count(),
+        1
+    );
     // An explicit index bypasses the state file but not the quota.
     print_with(dir.path(), "sender.key", &["--index", "3"])
         .assert_fails(1, "not below the certificate's quota");
@@ -228,8 +235,8 @@ fn expired_certificate_is_refused_by_printer_and_verifier() {
     r.assert_fails(1, "expired");
     assert!(r.stdout.is_empty());
     // A stamp made anyway (by a sender ignoring the expiry) fails the rule epoch <= expires.
-    let cert = keys::read_certificate(&d.join("sender.cert")).unwrap();
-    let seed = keys::read_seed(&d.join("sender.key")).unwrap();
+    let cert = keys::read_certificate(&d.join("sender.cert"), "--cert").unwrap();
+    let seed = keys::read_seed(&d.join("sender.key"), "--key").unwrap();
     let stamp = Stamp::prove(cert, &seed, today(), 0).unwrap();
     judge(d, "verify", &[&keys::stamp_text(&stamp)]).assert_fails(4, "expired certificate");
 }
@@ -246,7 +253,12 @@ fn corrupt_key_and_certificate_files_are_named() {
             "sender.key",
             "sender.key is corrupt",
         ),
-        ("sender.key", "AAAA\n", "sender.key", "holds 3 bytes"),
+        (
+            "sender.key",
+            "dqe-secret-key:AAAA\n",
+            "sender.key",
+            "holds 3 bytes",
+        ),
         (
             "sender.cert",
             "AAAA\n",
@@ -262,6 +274,11 @@ fn corrupt_key_and_certificate_files_are_named() {
     // The wrong key for the certificate.
     let fresh = certified();
     print_with(fresh.path(), "qa.key", &[]).assert_fails(1, "is not the sender");
+    // A public key where the secret one belongs.
+    print_with(fresh.path(), "sender.pub", &[]).assert_fails(
+        1,
+        "--key sender.pub: the file holds a public key, but --key takes a secret key",
+    );
 }
 
 #[test]
@@ -446,4 +463,404 @@ fn cluster_up_refuses_a_config_that_is_not_on_loopback() {
     ];
     dqe(d, &up).assert_fails(1, "not a loopback address");
     assert!(!Path::new(&d.join("dqe-data/n1.log")).exists());
+}
+
+#[test]
+fn header_names_follow_rfc_5322_obsolete_syntax() {
+    let dir = certified();
+    let d = dir.path();
+    let trust = ["--trust", "qa.pub"];
+    // A forged verdict with white space before the colon is dropped like any other.
+    for forged in [
+        "X-DQE-Verdict : fresh\nSubject: x\n\nbody\n",
+        "X-DQE-Verdict\t: fresh\n  still forged\nSubject: x\n\nbody\n",
+    ] {
+        let v = stamp_message(d, "verify", &trust, forged.as_bytes());
+        assert_eq!(v.code, 4, "{v:?}");
+        assert_eq!(
+            v.stdout, "X-DQE-Verdict: none\nSubject: x\n\nbody\n",
+            "{forged:?}"
+        );
+    }
+    // A stamp header written `X-DQE-Stamp :` is found.
+    let stamp = print_stamp(d);
+    let mail = format!("Subject: x\nX-DQE-Stamp :\n {stamp}\n\nbody\n");
+    let v = stamp_message(d, "verify", &trust, mail.as_bytes());
+    assert_eq!(v.code, 0, "{v:?}");
+    assert!(
+        v.stdout.starts_with("X-DQE-Verdict: valid; untested\n"),
+        "{}",
+        v.stdout
+    );
+}
+
+#[test]
+fn a_message_starting_with_white_space_is_refused_before_an_index_is_used() {
+    let dir = certified();
+    let d = dir.path();
+    let key = ["--cert", "sender.cert", "--key", "sender.key"];
+    for mail in [
+        &b" Subject: indented\n\nbody\n"[..],
+        b"\tSubject: indented\r\n\r\nbody\r\n",
+        b"From a@b Mon\n  folded\nSubject: x\n\nbody\n",
+    ] {
+        let r = stamp_message(d, "print", &key, mail);
+        r.assert_fails(1, "starts with white space");
+        assert!(r.stdout.is_empty(), "{r:?}");
+    }
+    // No index was used: the next stamp is stamp 0.
+    let stamp = keys::parse_stamp(&print_stamp(d)).unwrap();
+    assert_eq!(stamp.index, 0);
+    // A filter that judges such a message refuses it too, rather than glue the line onto
+    // its verdict.
+    let v = stamp_message(d, "verify", &["--trust", "qa.pub"], b" x: y\n\nbody\n");
+    v.assert_fails(1, "starts with white space");
+    assert!(v.stdout.is_empty(), "{v:?}");
+}
+
+/// The index of the stamp `dqe stamp print --cert CERT rest...` prints in `d`.
+fn printed_index(d: &Path, cert: &str, rest: &[&str]) -> u32 {
+    let mut args = vec!["--cert", cert, "--key", "sender.key"];
+    args.extend_from_slice(rest);
+    let r = common::stamp(d, "print", &args);
+    assert_eq!(r.code, 0, "{r:?}");
+    keys::parse_stamp(r.stdout.trim()).unwrap().index
+}
+
+#[test]
+fn the_index_state_follows_the_certificate_not_its_path() {
+    let dir = certified();
+    let d = dir.path();
+    assert_eq!(printed_index(d, "sender.cert", &[]), 0);
+    // A copy elsewhere counts on from the same state.
+    std::fs::create_dir(d.join("copy")).unwrap();
+    std::fs::copy(d.join("sender.cert"), d.join("copy/alice.cert")).unwrap();
+    assert_eq!(printed_index(d, "copy/alice.cert", &[]), 1);
+    assert_eq!(printed_index(d, "sender.cert", &[]), 2);
+    // Nothing is written beside the certificate.
+    assert!(!d.join("sender.cert.state").exists());
+    assert!(!d.join("copy/alice.cert.state").exists());
+    // --state-dir elsewhere: the default place's counters are taken into account and the
+    // second place is warned about.
+    let r = common::stamp(
+        d,
+        "print",
+        &[
+            "--cert",
+            "sender.cert",
+            "--key",
+            "sender.key",
+            "--state-dir",
+            "other",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(keys::parse_stamp(r.stdout.trim()).unwrap().index, 3);
+    assert!(r.stderr.contains("also exists at"), "{r:?}");
+}
+
+#[test]
+fn an_old_state_file_beside_the_certificate_is_imported_not_ignored() {
+    let dir = certified();
+    let d = dir.path();
+    let cert = keys::read_certificate(&d.join("sender.cert"), "--cert").unwrap();
+    let id = host_tools::stamp_state::CertId::of(&cert).text();
+    // As an older dqe left it: three stamps printed today.
+    std::fs::write(
+        d.join("sender.cert.state"),
+        format!(
+            "certificate = \"{id}\"\n\n[[epochs]]\nepoch = {}\nnext = 3\n",
+            today()
+        ),
+    )
+    .unwrap();
+    let r = print_with(d, "sender.key", &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(keys::parse_stamp(r.stdout.trim()).unwrap().index, 3);
+    assert!(
+        r.stderr.contains("imported the old stamp state file"),
+        "{r:?}"
+    );
+    assert!(d.join("sender.cert.state.imported").is_file());
+    assert_eq!(printed_index(d, "sender.cert", &[]), 4);
+}
+
+#[test]
+fn a_state_file_listing_an_epoch_twice_is_refused_with_its_line() {
+    let dir = certified();
+    let d = dir.path();
+    let state = ["--state", "s.state"];
+    assert_eq!(printed_index(d, "sender.cert", &state), 0);
+    assert_eq!(printed_index(d, "sender.cert", &state), 1);
+    let mut text = std::fs::read_to_string(d.join("s.state")).unwrap();
+    let first = text.find("[[epochs]]").unwrap();
+    // The same epoch again, listed first, with a lower counter.
+    let dup = format!("[[epochs]]\nepoch = {}\nnext = 0\n\n", today());
+    text.insert_str(first, &dup);
+    std::fs::write(d.join("s.state"), &text).unwrap();
+    let second = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.starts_with("epoch ="))
+        .nth(1)
+        .unwrap()
+        .0
+        + 1;
+    let r = print_with(d, "sender.key", &state);
+    r.assert_fails(1, "is corrupt");
+    r.assert_fails(
+        1,
+        &format!("line {second}: epoch {} is listed a second time", today()),
+    );
+    assert!(r.stdout.is_empty(), "{r:?}");
+}
+
+#[test]
+fn printing_for_a_far_future_epoch_does_not_block_today() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    allocator_and_sender(d, 5, "+1000");
+    let later = (today() + 200).to_string();
+    let args = ["--cert", "sender.cert", "--key", "sender.key"];
+    let far = dqe(
+        d,
+        &[&["stamp", "print", "--epoch", &later][..], &args].concat(),
+    );
+    assert_eq!(far.code, 0, "{far:?}");
+    assert_eq!(printed_index(d, "sender.cert", &[]), 0);
+    let far = dqe(
+        d,
+        &[&["stamp", "print", "--epoch", &later][..], &args].concat(),
+    );
+    assert_eq!(
+        keys::parse_stamp(far.stdout.trim()).unwrap().index,
+        1,
+        "{far:?}"
+    );
+}
+
+/// `dqe qa issue --qa-key QA --sender S --quota 5 --expires E --out OUT rest...` in `d`.
+fn issue(d: &Path, qa: &str, sender: &str, expires: &str, out: &str, rest: &[&str]) -> common::Run {
+    let mut args = vec![
+        "qa",
+        "issue",
+        "--qa-key",
+        qa,
+        "--sender",
+        sender,
+        "--quota",
+        "5",
+        "--expires",
+        expires,
+        "--out",
+        out,
+    ];
+    args.extend_from_slice(rest);
+    dqe(d, &args)
+}
+
+#[test]
+fn key_files_say_what_they_are_and_the_wrong_kind_is_refused() {
+    let dir = certified();
+    let d = dir.path();
+    // The allocator's public key is not its secret key: nothing is signed with it.
+    let r = issue(d, "qa.pub", "sender.pub", "+30", "x.cert", &[]);
+    r.assert_fails(
+        1,
+        "--qa-key qa.pub: the file holds a public key, but --qa-key takes a secret key",
+    );
+    assert!(!d.join("x.cert").exists());
+    // The sender's secret key never goes into a certificate.
+    let r = issue(d, "qa.key", "sender.key", "+30", "x.cert", &[]);
+    r.assert_fails(1, "--sender sender.key: the file holds a secret key");
+    r.assert_fails(1, "must never be handed");
+    assert!(!d.join("x.cert").exists());
+    // A key is no certificate, a certificate no trusted key.
+    let r = common::stamp(d, "print", &["--cert", "sender.key", "--key", "sender.key"]);
+    r.assert_fails(
+        1,
+        "--cert sender.key: the file holds a secret key, but --cert takes a certificate",
+    );
+    let stamp = print_stamp(d);
+    common::stamp(d, "verify", &["--trust", "qa.key", &stamp])
+        .assert_fails(1, "--trust qa.key: the file holds a secret key");
+    let pasted = std::fs::read_to_string(d.join("qa.pub")).unwrap();
+    common::stamp(d, "verify", &["--trust", pasted.trim(), &stamp]).assert_says(0, "valid");
+    let cert = std::fs::read_to_string(d.join("sender.cert")).unwrap();
+    assert!(cert.starts_with("dqe-certificate:"), "{cert}");
+}
+
+#[test]
+fn untyped_key_files_from_an_older_dqe_are_refused_until_upgraded() {
+    let dir = certified();
+    let d = dir.path();
+    // Strip the types, as an older dqe wrote the files.
+    for f in ["sender.key", "sender.pub", "sender.cert"] {
+        let text = std::fs::read_to_string(d.join(f)).unwrap();
+        let (_, body) = text.split_once(':').unwrap();
+        std::fs::write(d.join(f), body).unwrap();
+    }
+    let r = print_with(d, "sender.key", &[]);
+    r.assert_fails(1, "--key sender.key: the key file has no type prefix");
+    r.assert_fails(1, "dqe keygen --upgrade PREFIX");
+    assert!(r.stdout.is_empty());
+    let r = dqe(d, &["keygen", "--upgrade", "sender"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // The untyped certificate is read as it is.
+    print_stamp(d);
+    assert!(
+        std::fs::read_to_string(d.join("sender.pub"))
+            .unwrap()
+            .starts_with("dqe-public-key:")
+    );
+}
+
+#[test]
+fn a_portal_answering_found_with_a_wrong_value_is_named_as_misbehaving() {
+    let dir = tempfile::tempdir().unwrap();
+    let liar = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = liar.local_addr().unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let t = std::thread::spawn(move || {
+        liar.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 64];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let Ok((n, from)) = liar.recv_from(&mut buf) else {
+                continue;
+            };
+            let env = dqe_core::wire::decode(&buf[..n]).unwrap();
+            let mut out = [0u8; 64];
+            let body = dqe_core::wire::Body::Found { value: [7; 20] };
+            let r = dqe_core::wire::encode(&env.reply(body), &mut out).unwrap();
+            liar.send_to(r, from).unwrap();
+        }
+    });
+    let portal = addr.to_string();
+    let r = dqe(
+        dir.path(),
+        &[
+            "portal",
+            "--portal",
+            &portal,
+            "--timeout-ms",
+            "600",
+            "test",
+            "hello",
+        ],
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    t.join().unwrap();
+    r.assert_fails(1, &format!("{portal}: misbehaving portal"));
+    r.assert_fails(1, "does not hash to the key");
+    assert!(!r.stderr.contains("no answer in"), "{r:?}");
+}
+
+#[test]
+fn an_expiry_within_grace_is_not_called_useless() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["qa", "sender"] {
+        assert_eq!(dqe(d, &["keygen", "--out", name]).code, 0);
+    }
+    // One epoch back: grace 1 still accepts stamps of the last epoch.
+    let yesterday = (today() - 1).to_string();
+    let r = issue(d, "qa.key", "sender.pub", &yesterday, "a.cert", &[]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(!r.stderr.contains("no stamp"), "{r:?}");
+    assert!(r.stderr.contains("still accepted"), "{r:?}");
+    // A stamp for that epoch is indeed valid today.
+    let r = dqe(
+        d,
+        &[
+            "stamp",
+            "print",
+            "--cert",
+            "a.cert",
+            "--key",
+            "sender.key",
+            "--epoch",
+            &yesterday,
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    judge(d, "verify", &[r.stdout.trim()]).assert_says(0, "valid");
+    // Two back, with grace 1: nothing will be accepted; with --grace 2 it still is.
+    let before = (today() - 2).to_string();
+    let r = issue(d, "qa.key", "sender.pub", &before, "b.cert", &[]);
+    assert!(
+        r.stderr
+            .contains("no stamp of this certificate will be accepted"),
+        "{r:?}"
+    );
+    let r = issue(
+        d,
+        "qa.key",
+        "sender.pub",
+        &before,
+        "c.cert",
+        &["--grace", "2"],
+    );
+    assert!(r.stderr.contains("still accepted"), "{r:?}");
+}
+
+/// `dqe u2 --portal PORTAL rest...` in `d`, killed (failing the test) after 20 s.
+fn u2(d: &Path, portal: &str, rest: &[&str]) -> common::Run {
+    let mut args = vec!["u2", "--portal", portal, "--quiet"];
+    args.extend_from_slice(rest);
+    common::dqe_in(d, &args, b"", std::time::Duration::from_secs(20))
+}
+
+#[test]
+fn u2_checks_its_options_first_and_stops_at_the_duration() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // Something listens but never answers: every request times out.
+    let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let portal = silent.local_addr().unwrap().to_string();
+    let quick = std::time::Duration::from_secs(1);
+    for (args, error) in [
+        (
+            &["--duration", "1e300"][..],
+            "--duration 1e300: expected a number of seconds",
+        ),
+        (&["--duration=-1"], "above 0"),
+        (
+            &["--duration", "0.5", "--window", "100000000"],
+            "--window 100000000 is more than",
+        ),
+        (
+            &["--duration", "0.5", "--rate", "inf"],
+            "--rate inf must be",
+        ),
+        (
+            &["--duration", "0.5", "--request-timeout-ms", "0"],
+            "--request-timeout-ms must be 1 to 60000",
+        ),
+        (
+            &["--duration", "2", "--json", "/nonexistent/x.json"],
+            "cannot write the JSON report to /nonexistent/x.json",
+        ),
+    ] {
+        let r = u2(d, &portal, args);
+        r.assert_fails(1, error);
+        assert!(r.took < quick, "{args:?} took {:?}", r.took);
+    }
+    // Far more than this client can send, or keep in flight: it stops starting requests at
+    // 0.5 s and waits out the 300 ms timeout of those in flight.
+    for load in [["--rate", "1e12"], ["--window", "1000000"]] {
+        let mut args = vec!["--duration", "0.5", "--request-timeout-ms", "300"];
+        args.extend(load);
+        let r = u2(d, &portal, &args);
+        r.assert_fails(1, "no portal answered");
+        assert!(
+            r.took < std::time::Duration::from_secs(5),
+            "{load:?} took {:?}",
+            r.took
+        );
+        if load[0] == "--rate" {
+            assert!(r.stdout.contains("not started (too fast)"), "{}", r.stdout);
+        }
+    }
 }

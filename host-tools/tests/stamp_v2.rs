@@ -138,7 +138,7 @@ fn an_attacker_who_saw_one_stamp_cannot_spend_the_senders_next_ones() {
 
 /// A version-1 certificate (the same layout, version byte 1) of the sender in `d`.
 fn version_1_certificate(d: &Path) -> Certificate {
-    let mut cert = keys::read_certificate(&d.join("sender.cert")).unwrap();
+    let mut cert = keys::read_certificate(&d.join("sender.cert"), "--cert").unwrap();
     cert.body.version = 1;
     cert
 }
@@ -228,7 +228,11 @@ fn an_allocator_refuses_to_certify_a_small_order_key() {
     // The identity point: every VRF "proof" under it would be refused by receivers.
     let mut identity = [0u8; 32];
     identity[0] = 1;
-    std::fs::write(d.join("weak.pub"), keys::encode_line(&identity) + "\n").unwrap();
+    std::fs::write(
+        d.join("weak.pub"),
+        keys::typed_line(keys::FileKind::PublicKey, &identity) + "\n",
+    )
+    .unwrap();
     let r = dqe(
         d,
         &[

@@ -23,11 +23,19 @@ pub fn enforcer_path() -> PathBuf {
     PATH.get_or_init(|| dqe_tests::bin("dqe-enforcer")).clone()
 }
 
-/// `dqe` in `dir`, with the machine's own client config kept out of the way.
+/// `dqe` in `dir`, with the machine's own client config kept out of the way and stamp
+/// state kept in `dir/state` (see [`state_dir`]).
 pub fn dqe_command(dir: &Path) -> Command {
     let mut cmd = Command::new(dqe_path());
-    cmd.current_dir(dir).env("DQE_CLIENT_CONFIG", "");
+    cmd.current_dir(dir)
+        .env("DQE_CLIENT_CONFIG", "")
+        .env("DQE_STATE_DIR", state_dir(dir));
     cmd
+}
+
+/// Where [`dqe_command`] keeps stamp state: `dir/state`.
+pub fn state_dir(dir: &Path) -> PathBuf {
+    dir.join("state")
 }
 
 /// Run `dqe args` in `dir` with `stdin`, killed (and the test failed) after `limit`.
