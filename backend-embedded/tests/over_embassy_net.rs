@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::task::Context;
 
-use backend_embedded::{EmbeddedNode, EpochSource, Resources};
+use backend_embedded::{EmbeddedNode, EpochSource, UniformResources};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
 use dqe_core::node::{Node, NodeConfig};
@@ -228,7 +228,7 @@ fn scenario<T>(
         start_epoch,
     )
     .unwrap();
-    let mut resources = Resources::<16, 1024>::new();
+    let mut resources = UniformResources::<16, 1024>::uniform();
     let mut backend =
         EmbeddedNode::new(node_stack, &mut resources, &me, &mut node, epoch_source).unwrap();
 

@@ -17,6 +17,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use backend_embedded::firewall::{Firewall, FirewallCounters};
 use backend_embedded::{BindError, EmbeddedNode, EpochSource};
 use clap::Parser;
 use dqe_core::store::Slot;
@@ -29,7 +30,7 @@ use static_cell::StaticCell;
 
 use crate::app::{
     AppError, FwNode, FwStore, IN_FLIGHT, MAX_NODES, REPLY_CACHE, RING_POINTS, STACK_SOCKETS,
-    STORE_PAIRS, SocketResources, build_node, check_addresses, slots_for,
+    STORE_PAIRS, SocketResources, build_node, check_addresses, slots_for, socket_resources,
 };
 use crate::config_file::{self, ConfigFileError};
 
@@ -123,7 +124,7 @@ type SimBackend = EmbeddedNode<
 >;
 
 #[embassy_executor::task]
-async fn net_task(mut runner: Runner<'static, TunTapDevice>) -> ! {
+async fn net_task(mut runner: Runner<'static, Firewall<'static, TunTapDevice>>) -> ! {
     runner.run().await
 }
 
@@ -173,6 +174,14 @@ pub fn run(args: Args) -> Result<Infallible, SimError> {
         name: args.tap.clone(),
         source,
     })?;
+    // The stack sees only what the node serves: its three UDP ports, ARP and rate-limited pings.
+    static FIREWALL: StaticCell<FirewallCounters> = StaticCell::new();
+    let ports = [
+        my_spec.portal.port(),
+        my_spec.storer.port(),
+        my_spec.source.port(),
+    ];
+    let device = Firewall::new(device, ports, FIREWALL.init(FirewallCounters::new()));
     let config = embassy_net::Config::ipv4_static(StaticConfigV4 {
         address: Ipv4Cidr::new(ip, prefix),
         gateway: args.gateway,
@@ -183,7 +192,7 @@ pub fn run(args: Args) -> Result<Infallible, SimError> {
     static SOCKETS: StaticCell<SocketResources> = StaticCell::new();
     let backend = EmbeddedNode::new(
         stack,
-        SOCKETS.init(SocketResources::new()),
+        SOCKETS.init(socket_resources()),
         &my_spec,
         node,
         epoch_source,
