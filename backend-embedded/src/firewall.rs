@@ -17,15 +17,21 @@
 //!   is dropped.
 //!
 //! A dropped frame is handed to the stack as an empty frame, which smoltcp ignores; the
-//! drops are counted in [`FirewallStats`] (shared with the node's task through a
-//! [`FirewallCounters`] the caller owns).
+//! drops are counted in [`FirewallStats`]. The firewall also keeps the copy of the stack's
+//! neighbour cache that the node's task needs ([`crate::neighbors`]); both live in a
+//! [`FirewallState`] the caller owns and shares with the node's task.
 
 use core::cell::Cell;
+use core::net::Ipv4Addr;
 use core::task::Context;
 
 use embassy_net_driver::{Capabilities, Driver, HardwareAddress, LinkState, RxToken};
 use embassy_time::Instant;
-use smoltcp::wire::{EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, UdpPacket};
+use smoltcp::wire::{
+    ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, UdpPacket,
+};
+
+use crate::neighbors::NeighborMirror;
 
 /// Echo requests answered per second at most, on average.
 pub const ECHO_PER_SECOND: u32 = 8;
@@ -50,30 +56,41 @@ pub struct FirewallStats {
     pub other: u64,
 }
 
-/// The firewall's counters, readable from another task of the same executor (a board
-/// reads them from its node task; the firewall itself lives in the network task).
+/// What the firewall shares with the node's task of the same executor (the firewall itself
+/// lives in the network task): its counters and the copy of the neighbour cache.
 #[derive(Debug, Default)]
-pub struct FirewallCounters(Cell<FirewallStats>);
+pub struct FirewallState {
+    stats: Cell<FirewallStats>,
+    neighbors: NeighborMirror,
+}
 
-impl FirewallCounters {
-    /// Zeroed counters (a `const fn`, so they can live in a `static`).
+impl FirewallState {
+    /// Zeroed counters, an empty cache (a `const fn`, so it can live in a `static`).
     pub const fn new() -> Self {
-        FirewallCounters(Cell::new(FirewallStats {
-            closed_port: 0,
-            echo_over_limit: 0,
-            echo_admitted: 0,
-            fragments: 0,
-            other: 0,
-        }))
+        FirewallState {
+            stats: Cell::new(FirewallStats {
+                closed_port: 0,
+                echo_over_limit: 0,
+                echo_admitted: 0,
+                fragments: 0,
+                other: 0,
+            }),
+            neighbors: NeighborMirror::new(),
+        }
     }
 
     /// The counts so far.
-    pub fn get(&self) -> FirewallStats {
-        self.0.get()
+    pub fn stats(&self) -> FirewallStats {
+        self.stats.get()
+    }
+
+    /// The copy of the stack's neighbour cache.
+    pub fn neighbors(&self) -> &NeighborMirror {
+        &self.neighbors
     }
 
     fn count(&self, verdict: Verdict) {
-        let mut s = self.0.get();
+        let mut s = self.stats.get();
         let counter = match verdict {
             Verdict::Admit => return,
             Verdict::AdmitEcho => &mut s.echo_admitted,
@@ -83,7 +100,7 @@ impl FirewallCounters {
             Verdict::Drop(Dropped::Other) => &mut s.other,
         };
         *counter += 1;
-        self.0.set(s);
+        self.stats.set(s);
     }
 }
 
@@ -163,11 +180,56 @@ enum Dropped {
 /// The rules, apart from the driver (see the module doc).
 #[derive(Debug)]
 struct Rules {
+    board: Ipv4Addr,
+    prefix: u8,
     udp_ports: [u16; 3],
     echo: RateLimit,
 }
 
 impl Rules {
+    /// Feed `neighbors` from an admitted Ethernet frame, as smoltcp feeds its cache.
+    fn learn(&self, frame: &[u8], neighbors: &NeighborMirror, now_ms: u64) {
+        let Ok(eth) = EthernetFrame::new_checked(frame) else {
+            return;
+        };
+        match eth.ethertype() {
+            EthernetProtocol::Arp => {
+                let Ok(arp) = ArpPacket::new_checked(eth.payload()) else {
+                    return;
+                };
+                if let Ok(ArpRepr::EthernetIpv4 {
+                    source_hardware_addr,
+                    source_protocol_addr,
+                    target_protocol_addr,
+                    ..
+                }) = ArpRepr::parse(&arp)
+                    && target_protocol_addr == self.board
+                    && source_hardware_addr.is_unicast()
+                    && self.on_subnet(source_protocol_addr)
+                {
+                    neighbors.fill(source_protocol_addr, source_hardware_addr.0, now_ms);
+                }
+            }
+            EthernetProtocol::Ipv4 => {
+                if let Ok(ip) = Ipv4Packet::new_checked(eth.payload())
+                    && ip.dst_addr() == self.board
+                {
+                    neighbors.renew(ip.src_addr(), eth.src_addr().0, now_ms);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A unicast address of the board's subnet other than the board's own.
+    fn on_subnet(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX
+            .checked_shl(32 - u32::from(self.prefix))
+            .unwrap_or(0);
+        let (a, b) = (u32::from(ip), u32::from(self.board));
+        a & mask == b & mask && a | mask != u32::MAX && a & !mask != 0 && ip != self.board
+    }
+
     fn judge(&mut self, medium: Medium, frame: &[u8], now_ms: u64) -> Verdict {
         let ip = match medium {
             Medium::Ethernet => {
@@ -211,29 +273,38 @@ impl Rules {
 pub struct Firewall<'c, D> {
     inner: D,
     rules: Rules,
-    counters: &'c FirewallCounters,
+    state: &'c FirewallState,
 }
 
 impl<D> core::fmt::Debug for Firewall<'_, D> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Firewall")
             .field("rules", &self.rules)
-            .field("stats", &self.counters.get())
+            .field("stats", &self.state.stats())
             .finish_non_exhaustive()
     }
 }
 
 impl<'c, D: Driver> Firewall<'c, D> {
-    /// `inner`, admitting UDP to `udp_ports` (the node's portal, storer and source ports),
-    /// ARP, and pings within the rate limit; counting drops in `counters`.
-    pub fn new(inner: D, udp_ports: [u16; 3], counters: &'c FirewallCounters) -> Self {
+    /// `inner`, for a board at `board`/`prefix`, admitting UDP to `udp_ports` (the node's
+    /// portal, storer and source ports), ARP, and pings within the rate limit; counting drops
+    /// and copying the neighbour cache into `state`.
+    pub fn new(
+        inner: D,
+        board: Ipv4Addr,
+        prefix: u8,
+        udp_ports: [u16; 3],
+        state: &'c FirewallState,
+    ) -> Self {
         Firewall {
             inner,
             rules: Rules {
+                board,
+                prefix: prefix.min(32),
                 udp_ports,
                 echo: RateLimit::new(ECHO_PER_SECOND, ECHO_BURST),
             },
-            counters,
+            state,
         }
     }
 }
@@ -243,7 +314,7 @@ pub struct FilteredRx<'a, T> {
     inner: T,
     medium: Medium,
     rules: &'a mut Rules,
-    counters: &'a FirewallCounters,
+    state: &'a FirewallState,
 }
 
 impl<T> core::fmt::Debug for FilteredRx<'_, T> {
@@ -263,14 +334,19 @@ impl<T: RxToken> RxToken for FilteredRx<'_, T> {
             inner,
             medium,
             rules,
-            counters,
+            state,
         } = self;
         inner.consume(|frame| {
             let now_ms = Instant::now().as_millis();
             let verdict = rules.judge(medium, frame, now_ms);
-            counters.count(verdict);
+            state.count(verdict);
             match verdict {
-                Verdict::Admit | Verdict::AdmitEcho => f(frame),
+                Verdict::Admit | Verdict::AdmitEcho => {
+                    if medium == Medium::Ethernet {
+                        rules.learn(frame, &state.neighbors, now_ms);
+                    }
+                    f(frame)
+                }
                 // smoltcp ignores an empty frame.
                 Verdict::Drop(_) => f(&mut []),
             }
@@ -293,7 +369,7 @@ impl<D: Driver> Driver for Firewall<'_, D> {
         let Firewall {
             inner,
             rules,
-            counters,
+            state,
         } = self;
         let (rx, tx) = inner.receive(cx)?;
         Some((
@@ -301,7 +377,7 @@ impl<D: Driver> Driver for Firewall<'_, D> {
                 inner: rx,
                 medium,
                 rules,
-                counters,
+                state,
             },
             tx,
         ))
@@ -351,6 +427,8 @@ mod tests {
 
     fn rules() -> Rules {
         Rules {
+            board: Ipv4Addr::new(10, 0, 0, 2),
+            prefix: 24,
             udp_ports: [7101, 7102, 7103],
             echo: RateLimit::new(ECHO_PER_SECOND, ECHO_BURST),
         }
@@ -387,6 +465,31 @@ mod tests {
         let mut frame = [0u8; 42];
         frame[12..14].copy_from_slice(&[0x08, 0x06]);
         assert_eq!(rules().judge(Medium::Ethernet, &frame, 0), Verdict::Admit);
+    }
+
+    #[test]
+    fn arp_aimed_at_the_board_fills_the_neighbor_copy() {
+        let r = rules();
+        let m = NeighborMirror::new();
+        let arp = |sender: [u8; 4], target: [u8; 4]| {
+            let mut frame = [0u8; 42];
+            frame[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 7]);
+            frame[12..14].copy_from_slice(&[0x08, 0x06]);
+            frame[14..22].copy_from_slice(&[0, 1, 8, 0, 6, 4, 0, 1]);
+            frame[22..28].copy_from_slice(&[2, 0, 0, 0, 0, 7]);
+            frame[28..32].copy_from_slice(&sender);
+            frame[38..42].copy_from_slice(&target);
+            frame
+        };
+        r.learn(&arp([10, 0, 0, 9], [10, 0, 0, 3]), &m, 0);
+        assert!(
+            !m.knows(Ipv4Addr::new(10, 0, 0, 9), 0),
+            "not aimed at the board"
+        );
+        r.learn(&arp([10, 9, 0, 9], [10, 0, 0, 2]), &m, 0);
+        assert!(!m.knows(Ipv4Addr::new(10, 9, 0, 9), 0), "not on the subnet");
+        r.learn(&arp([10, 0, 0, 9], [10, 0, 0, 2]), &m, 0);
+        assert!(m.knows(Ipv4Addr::new(10, 0, 0, 9), 0));
     }
 
     #[test]

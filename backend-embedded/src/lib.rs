@@ -15,7 +15,12 @@
 //! [`SEND_STALL_MS`] is stuck (smoltcp keeps a datagram whose next hop never answers ARP at
 //! the head of its socket's queue for ever, retrying once a second: a forged source address
 //! or a departed peer does that), so the backend empties that socket alone and counts it
-//! ([`BackendStats::send_queue_resets`]); the other sockets never notice.
+//! ([`BackendStats::send_queue_resets`]); the other sockets never notice. With a
+//! [`neighbors::NeighborMirror`] (from the [`firewall::Firewall`], see
+//! [`EmbeddedNode::with_neighbors`]) that does not even happen to a port's own socket: a
+//! datagram whose next hop the stack has not resolved leaves through the port's *resolve lane*,
+//! a second socket on the same port with a two-datagram send queue, so a forged source address
+//! or a departed peer holds up only that lane.
 //!
 //! The smallest use, on a board whose stack and node already exist:
 //! ```ignore
@@ -33,6 +38,7 @@
 #![no_std]
 
 pub mod firewall;
+pub mod neighbors;
 
 use core::future::Future;
 use core::net::{SocketAddr, SocketAddrV4};
@@ -48,6 +54,7 @@ use embassy_futures::yield_now;
 use embassy_net::Stack;
 use embassy_net::udp::{BindError as NetBindError, PacketMetadata, UdpSocket};
 use embassy_time::{Instant, Timer};
+use neighbors::NeighborMirror;
 use rand_core::RngCore;
 
 /// How often an idle node asks the [`EpochSource`] for the current epoch, in milliseconds, so
@@ -137,8 +144,21 @@ impl<const RX: usize, const RX_BYTES: usize, const TX: usize, const TX_BYTES: us
     }
 }
 
-/// The statically allocated buffers of a node's three sockets, each sized for its role.
-#[derive(Debug, Default)]
+/// Sockets a node takes in the stack's socket table (its `StackResources` must hold at least
+/// these): the portal, storer and source sockets and their resolve lanes.
+pub const NODE_SOCKETS: usize = 6;
+
+/// Datagrams a resolve lane queues (see the crate doc): next hops the stack has not resolved
+/// are rare (a new client, a peer back after a minute), and one that never resolves must cost
+/// little.
+pub const LANE_PACKETS: usize = 2;
+/// A resolve lane's buffers: nothing received (the port's own socket receives everything),
+/// [`LANE_PACKETS`] datagrams to send.
+pub type LaneBuffers = SocketBuffers<0, 0, LANE_PACKETS, { (LANE_PACKETS + 1) * MAX_DATAGRAM }>;
+
+/// The statically allocated buffers of a node's three sockets, each sized for its role, and
+/// of their three resolve lanes.
+#[derive(Debug)]
 pub struct Resources<Portal, Storer, Source> {
     /// Client requests in, verdicts out.
     pub portal: Portal,
@@ -146,6 +166,8 @@ pub struct Resources<Portal, Storer, Source> {
     pub storer: Storer,
     /// The node's replies in, its Get/Put out.
     pub source: Source,
+    /// The resolve lanes of the portal, storer and source ports.
+    pub lanes: [LaneBuffers; 3],
 }
 
 impl<Portal, Storer, Source> Resources<Portal, Storer, Source> {
@@ -155,7 +177,16 @@ impl<Portal, Storer, Source> Resources<Portal, Storer, Source> {
             portal,
             storer,
             source,
+            lanes: [const { SocketBuffers::new() }; 3],
         }
+    }
+}
+
+impl<Portal: Default, Storer: Default, Source: Default> Default
+    for Resources<Portal, Storer, Source>
+{
+    fn default() -> Self {
+        Resources::new(Portal::default(), Storer::default(), Source::default())
     }
 }
 
@@ -271,6 +302,8 @@ pub struct BackendStats {
     pub send_errors: u64,
     /// Datagrams dropped because their socket's send queue was full.
     pub send_queue_full: PerPort,
+    /// Datagrams handed to a resolve lane (their next hop was not yet resolved).
+    pub sent_via_lane: PerPort,
     /// Times a socket's send queue was stuck for [`SEND_STALL_MS`] and emptied (what it held
     /// was dropped: at most the socket's send capacity each time).
     pub send_queue_resets: PerPort,
@@ -299,9 +332,13 @@ pub struct EmbeddedNode<
     E: EpochSource,
 {
     node: &'a mut Node<S, R, N, P, F, C, QP, QS>,
+    stack: Stack<'a>,
     storer: NodeSocket<'a>,
     portal: NodeSocket<'a>,
     source: NodeSocket<'a>,
+    /// Resolve lanes of the portal, storer and source ports.
+    lanes: [NodeSocket<'a>; 3],
+    neighbors: Option<&'a NeighborMirror>,
     epoch_source: E,
     epoch: Option<u32>,
     stats: BackendStats,
@@ -361,16 +398,38 @@ where
             storer,
             portal,
             source,
+            lanes: [portal_lane, storer_lane, source_lane],
         } = resources;
+        // The ports' own sockets first: smoltcp hands a datagram to the first socket bound to
+        // its port, so the lanes, added after them, never receive.
+        let storer = bind(stack, storer, Port::Storer, me.storer)?;
+        let portal = bind(stack, portal, Port::Portal, me.portal)?;
+        let source = bind(stack, source, Port::Source, me.source)?;
+        let lanes = [
+            bind(stack, portal_lane, Port::Portal, me.portal)?,
+            bind(stack, storer_lane, Port::Storer, me.storer)?,
+            bind(stack, source_lane, Port::Source, me.source)?,
+        ];
         Ok(EmbeddedNode {
-            storer: bind(stack, storer, Port::Storer, me.storer)?,
-            portal: bind(stack, portal, Port::Portal, me.portal)?,
-            source: bind(stack, source, Port::Source, me.source)?,
+            stack,
+            storer,
+            portal,
+            source,
+            lanes,
+            neighbors: None,
             node,
             epoch_source,
             epoch: None,
             stats: BackendStats::default(),
         })
+    }
+
+    /// Send datagrams whose next hop is not in `neighbors` (the stack's neighbour cache, as the
+    /// [`firewall::Firewall`] copies it) through the port's resolve lane. Without it every
+    /// datagram goes through the port's own socket.
+    pub fn with_neighbors(mut self, neighbors: &'a NeighborMirror) -> Self {
+        self.neighbors = Some(neighbors);
+        self
     }
 
     /// What the backend has seen so far.
@@ -411,7 +470,15 @@ where
                 .node
                 .poll_timeout()
                 .map_or(next_epoch_check, |t| t.min(next_epoch_check));
-            for socket in [&mut self.storer, &mut self.source, &mut self.portal] {
+            let [l0, l1, l2] = &mut self.lanes;
+            for socket in [
+                &mut self.storer,
+                &mut self.source,
+                &mut self.portal,
+                l0,
+                l1,
+                l2,
+            ] {
                 if let Some(deadline) = socket.check_stall(now, &mut self.stats) {
                     wake = wake.min(deadline);
                 }
@@ -472,16 +539,31 @@ where
         let mut out = [0u8; MAX_DATAGRAM];
         let mut cx = Context::from_waker(Waker::noop());
         let mut queued = false;
+        let now = now_ms();
+        let route = self.stack.config_v4();
         while let Some(t) = self.node.poll_transmit(&mut out) {
-            let socket = match t.from {
-                Port::Storer => &self.storer,
-                Port::Portal => &self.portal,
-                Port::Source => &self.source,
-            };
             let SocketAddr::V4(to) = t.to else {
                 self.stats.unroutable += 1;
                 continue;
             };
+            let unresolved = self.neighbors.is_some_and(|n| {
+                let hop = match &route {
+                    Some(c) if !c.address.contains_addr(to.ip()) => c.gateway.unwrap_or(*to.ip()),
+                    _ => *to.ip(),
+                };
+                !n.knows(hop, now)
+            });
+            let socket = match (t.from, unresolved) {
+                (Port::Storer, false) => &self.storer,
+                (Port::Portal, false) => &self.portal,
+                (Port::Source, false) => &self.source,
+                (Port::Portal, true) => &self.lanes[0],
+                (Port::Storer, true) => &self.lanes[1],
+                (Port::Source, true) => &self.lanes[2],
+            };
+            if unresolved {
+                self.stats.sent_via_lane.bump(t.from);
+            }
             match socket.socket.poll_send_to(&out[..t.len], to, &mut cx) {
                 Poll::Ready(Ok(())) => {
                     self.stats.sent += 1;

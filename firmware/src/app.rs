@@ -49,8 +49,8 @@ pub const STORER_TX: usize = STORER_QUEUE;
 pub const SOURCE_RX: usize = 16;
 /// Sub-requests the source socket queues: all the node's portal queue can hold, one event's worth.
 pub const SOURCE_TX: usize = PORTAL_QUEUE;
-/// Sockets the embassy-net stack holds: portal, storer and source.
-pub const STACK_SOCKETS: usize = 3;
+/// Sockets the embassy-net stack holds: portal, storer and source, and their resolve lanes.
+pub const STACK_SOCKETS: usize = backend_embedded::NODE_SOCKETS;
 
 /// Payload bytes for `packets` datagrams, plus one spare for the ring's wrap.
 pub const fn socket_bytes(packets: usize) -> usize {

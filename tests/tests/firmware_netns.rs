@@ -1008,3 +1008,59 @@ fn sleep_until_unix(t: Duration) {
         std::thread::sleep(d);
     }
 }
+
+#[test]
+fn a_stream_of_forged_datagrams_does_not_silence_the_board() {
+    let test = "fw-forged-stream";
+    let Some((mut fw, c, [portal, storer, _], _dir, ns)) = lone_board(test, 7451, "") else {
+        return;
+    };
+    // Two forged requests (portal and storer) every 200 ms, each from a new address no host
+    // owns, for 4 s; meanwhile one TEST at a time, each given one try of 400 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let stop = stop.clone();
+        let ns_name = ns.name.clone();
+        std::thread::spawn(move || {
+            let ns = Netns { name: ns_name };
+            let mut i = 0u16;
+            while !stop.load(Ordering::Relaxed) {
+                for to in [portal, storer] {
+                    let (k, v) = pair("forged-stream", usize::from(i));
+                    let body = if to == portal {
+                        Body::Test { key: k }
+                    } else {
+                        Body::Put { key: k, value: v }
+                    };
+                    let src = Ipv4Addr::new(10, 77, 0, 100 + (i % 100) as u8);
+                    let bytes = encode(&Envelope::new(0, fresh_id(), body));
+                    send_forged(&ns, std::net::SocketAddrV4::new(src, 5000 + i), to, &bytes);
+                    i += 1;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            // The namespace belongs to the test: do not delete it here.
+            std::mem::forget(ns);
+        })
+    };
+    let end = Instant::now() + Duration::from_secs(4);
+    let (mut asked, mut answered) = (0, 0);
+    while Instant::now() < end {
+        let key = pair(test, asked).0;
+        let bytes = encode(&Envelope::new(0, fresh_id(), Body::Test { key }));
+        asked += 1;
+        if c.exchange(portal, &bytes, Duration::from_millis(400))
+            .is_some()
+        {
+            answered += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    eprintln!("{answered} of {asked} TESTs answered during the forged stream");
+    assert!(
+        answered * 10 >= asked * 9,
+        "only {answered} of {asked} TESTs answered (one try of 400 ms each) during a stream of forged datagrams"
+    );
+    fw.assert_running();
+}

@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use backend_embedded::firewall::{Firewall, FirewallCounters};
+use backend_embedded::firewall::{Firewall, FirewallState};
 use backend_embedded::{BindError, EmbeddedNode, EpochSource};
 use clap::Parser;
 use dqe_core::store::Slot;
@@ -175,13 +175,15 @@ pub fn run(args: Args) -> Result<Infallible, SimError> {
         source,
     })?;
     // The stack sees only what the node serves: its three UDP ports, ARP and rate-limited pings.
-    static FIREWALL: StaticCell<FirewallCounters> = StaticCell::new();
+    // It also keeps the copy of the stack's neighbour cache that the node's resolve lanes need.
+    static FIREWALL: StaticCell<FirewallState> = StaticCell::new();
+    let firewall: &'static FirewallState = FIREWALL.init(FirewallState::new());
     let ports = [
         my_spec.portal.port(),
         my_spec.storer.port(),
         my_spec.source.port(),
     ];
-    let device = Firewall::new(device, ports, FIREWALL.init(FirewallCounters::new()));
+    let device = Firewall::new(device, ip, prefix, ports, firewall);
     let config = embassy_net::Config::ipv4_static(StaticConfigV4 {
         address: Ipv4Cidr::new(ip, prefix),
         gateway: args.gateway,
@@ -197,7 +199,8 @@ pub fn run(args: Args) -> Result<Infallible, SimError> {
         node,
         epoch_source,
     )
-    .map_err(SimError::Bind)?;
+    .map_err(SimError::Bind)?
+    .with_neighbors(firewall.neighbors());
 
     eprintln!(
         "dqe-fw-sim: node {} on {} ({ip}/{prefix}): portal {}, storer {}, source {}; cluster tag {tag:#010x}; store {} pairs in {slot_count} slots",

@@ -292,7 +292,7 @@ fn backend_checks() -> Result<(), &'static str> {
             dns_servers: heapless::Vec::new(),
         })
     };
-    let mut node_stack_res = StackResources::<3>::new();
+    let mut node_stack_res = StackResources::<{ backend_embedded::NODE_SOCKETS }>::new();
     let mut client_stack_res = StackResources::<1>::new();
     let (node_stack, mut node_runner) =
         embassy_net::new(node_end, static_ip(NODE_IP), &mut node_stack_res, 1);
