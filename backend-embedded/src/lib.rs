@@ -444,10 +444,22 @@ where
 
     /// Serve forever.
     pub async fn run(&mut self) -> ! {
+        loop {
+            self.serve_until(Instant::MAX).await;
+        }
+    }
+
+    /// Serve until `until` (then look at [`Self::stats`] and the node's counters, and serve
+    /// on: nothing is lost in between).
+    pub async fn serve_until(&mut self, until: Instant) {
+        let until = until.as_millis();
         let mut datagram = [0u8; RECV_BUF];
         let mut next_epoch_check = now_ms();
         loop {
             let now = now_ms();
+            if now >= until {
+                return;
+            }
             if now >= next_epoch_check {
                 self.refresh_epoch();
                 next_epoch_check = now + EPOCH_CHECK_MS;
@@ -469,7 +481,8 @@ where
             let mut wake = self
                 .node
                 .poll_timeout()
-                .map_or(next_epoch_check, |t| t.min(next_epoch_check));
+                .map_or(next_epoch_check, |t| t.min(next_epoch_check))
+                .min(until);
             let [l0, l1, l2] = &mut self.lanes;
             for socket in [
                 &mut self.storer,

@@ -24,6 +24,7 @@ use dqe_core::store::Slot;
 use embassy_executor::Executor;
 use embassy_net::{Ipv4Cidr, Runner, StackResources, StaticConfigV4};
 use embassy_net_tuntap::TunTapDevice;
+use embassy_time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use static_cell::StaticCell;
@@ -128,9 +129,33 @@ async fn net_task(mut runner: Runner<'static, Firewall<'static, TunTapDevice>>) 
     runner.run().await
 }
 
+/// How often the sim writes its counters to stderr (when they changed).
+pub const COUNTERS_EVERY: Duration = Duration::from_secs(5);
+
 #[embassy_executor::task]
-async fn node_task(mut backend: SimBackend) -> ! {
-    backend.run().await
+async fn node_task(mut backend: SimBackend, firewall: &'static FirewallState) -> ! {
+    let mut last = None;
+    loop {
+        backend.serve_until(Instant::now() + COUNTERS_EVERY).await;
+        let counters = (
+            *backend.stats(),
+            firewall.stats(),
+            backend.node().stats().clone(),
+        );
+        if last.as_ref() != Some(&counters) {
+            let (b, f, n) = &counters;
+            eprintln!(
+                "dqe-fw-sim: counters: backend {b:?}; firewall {f:?}; node refused_busy={} \
+                 busy_queue_full={} drop_queue_full={} deferred_timeouts={} drop_amplification={}",
+                n.refused_busy,
+                n.busy_queue_full,
+                n.drop_queue_full,
+                n.deferred_timeouts,
+                n.drop_amplification
+            );
+            last = Some(counters);
+        }
+    }
 }
 
 /// Parse `a.b.c.d/prefix`.
@@ -209,6 +234,6 @@ pub fn run(args: Args) -> Result<Infallible, SimError> {
     static EXECUTOR: StaticCell<Executor> = StaticCell::new();
     EXECUTOR.init(Executor::new()).run(|spawner| {
         spawner.spawn(net_task(runner).expect("the net task is spawned once"));
-        spawner.spawn(node_task(backend).expect("the node task is spawned once"));
+        spawner.spawn(node_task(backend, firewall).expect("the node task is spawned once"));
     })
 }
