@@ -1106,3 +1106,59 @@ fn a_stream_of_forged_datagrams_does_not_silence_the_board() {
     );
     fw.assert_running();
 }
+
+#[test]
+fn a_server_peer_that_leaves_the_network_does_not_stop_the_board() {
+    let test = "fw-left";
+    let Some(ns) = netns_or_skip(test) else {
+        return;
+    };
+    // e2 gets an address of its own, which it takes with it when it leaves.
+    let e2_ip = Ipv4Addr::new(10, 77, 0, 3);
+    ns.ip(&["addr", "add", &format!("{e2_ip}/24"), "dev", "tap0"])
+        .expect("second address");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fw = addrs(BOARD_IP, 7541);
+    let e1 = addrs(HOST_IP, 7551);
+    let e2 = addrs(e2_ip, 7561);
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        cluster_toml(2, &[("fw", fw), ("e1", e1), ("e2", e2)]),
+    )
+    .unwrap();
+    let mut e1p = start_enforcer(&ns, dir.path(), &config, "e1");
+    let mut e2p = start_enforcer(&ns, dir.path(), &config, "e2");
+    let mut fwp = start_firmware(&ns, dir.path(), &config, "fw", 1024);
+    let c = Client::new(&ns);
+    for portal in [fw[0], e1[0], e2[0]] {
+        c.wait_ready(portal, &mut [&mut fwp, &mut e1p, &mut e2p]);
+    }
+    let before: Vec<(Key, Value)> = (0..8).map(|i| pair(test, i)).collect();
+    c.set_round_robin(&before, &[fw[0], e1[0], e2[0]], "");
+    // e2 leaves: killed, its address removed. The board's ARP entry for it lapses after 60 s,
+    // and from then on nothing sent to e2 is ever resolved.
+    e2p.child.kill9();
+    ns.ip(&["addr", "del", &format!("{e2_ip}/24"), "dev", "tap0"])
+        .expect("remove e2's address");
+    let end = Instant::now() + Duration::from_secs(75);
+    let mut i = 100;
+    while Instant::now() < end {
+        let (k, v) = pair(test, i);
+        assert_eq!(
+            c.call(fw[0], Body::Set { key: k, value: v }),
+            Body::Stored,
+            "SET {i} through the board after e2 left"
+        );
+        assert_eq!(
+            c.call(fw[0], Body::Test { key: k }),
+            Body::Found { value: v }
+        );
+        i += 1;
+        std::thread::sleep(Duration::from_millis(1_500));
+    }
+    // The pairs set before are still found through the board.
+    c.all_found(&before, &[fw[0], e1[0]], " long after e2 left");
+    fwp.assert_running();
+    e1p.assert_running();
+}
