@@ -337,6 +337,7 @@ impl Server {
             }
             let now = self.now_ms();
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
+                self.refresh_epoch();
                 self.node.handle_timeout(now);
                 self.collect();
             }
@@ -427,6 +428,7 @@ impl Server {
             if port == Port::Portal {
                 self.time_request(from, len);
             }
+            self.refresh_epoch();
             let datagram = &self.recv[..len];
             self.node.handle(now, port, from, datagram);
             self.collect();
@@ -575,15 +577,22 @@ impl Server {
         }
     }
 
-    /// Epoch changes, forgetting unanswered timings, exporting gauges; every 100 ms.
-    fn housekeeping(&mut self) {
-        let now = Instant::now();
-        self.next_housekeeping = now + Duration::from_millis(100);
+    /// Move the node to the epoch of this moment. Called before every datagram and deadline
+    /// the node handles, so a write carries the epoch in which it is made (a 100 ms refresh
+    /// let writes early in an epoch carry the previous one, and expire an epoch early).
+    fn refresh_epoch(&mut self) {
         let epoch = self.node.spec().epoch_of(unix_seconds());
         if epoch != self.node.epoch() {
             info!(from = self.node.epoch(), to = epoch, "new epoch");
             self.node.set_epoch(epoch);
         }
+    }
+
+    /// Epoch changes while idle, forgetting unanswered timings, exporting gauges; every 100 ms.
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        self.next_housekeeping = now + Duration::from_millis(100);
+        self.refresh_epoch();
         self.timed
             .retain(|_, (_, t0)| now.duration_since(*t0) < TIMED_FORGET);
         self.export();
