@@ -121,6 +121,8 @@ pub struct Metrics {
     pub client_requests_in_flight: AtomicU64,
     /// Replies waiting for a group commit.
     pub replies_waiting_for_sync: AtomicU64,
+    /// Damaged record slots the start-up replay skipped (see the quarantine files).
+    pub replay_skipped_records: AtomicU64,
     /// The core's own counters, copied in by the loop.
     node: Mutex<NodeStats>,
 }
@@ -369,7 +371,7 @@ impl Metrics {
         let _ = writeln!(o, "dqe_client_request_duration_seconds_count {count}");
         let pairs = self.stored_pairs.load(Relaxed);
         let index = self.index_bytes.load(Relaxed);
-        let gauges: [(&str, &str, &str, f64); 11] = [
+        let gauges: [(&str, &str, &str, f64); 12] = [
             (
                 "dqe_stored_pairs",
                 "gauge",
@@ -439,6 +441,12 @@ impl Metrics {
                 "gauge",
                 "Replies held until a group commit is durable.",
                 self.replies_waiting_for_sync.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_replay_skipped_records",
+                "gauge",
+                "Damaged segment records skipped at start-up (their bytes are in *.damaged files).",
+                self.replay_skipped_records.load(Relaxed) as f64,
             ),
         ];
         for (name, kind, help, value) in gauges {

@@ -280,11 +280,15 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         recovered_records = recovery.records,
         segments = recovery.segments,
         discarded_bytes = recovery.discarded_bytes,
+        skipped_records = recovery.skipped_records,
         preallocated_bytes = recovery.preallocated_bytes,
         expired_segments = recovery.expired_segments,
         metrics = ?cfg.metrics,
         "dqe-enforcer started"
     );
+    metrics
+        .replay_skipped_records
+        .store(recovery.skipped_records, Relaxed);
     if let Some(listener) = metrics_listener {
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
