@@ -428,8 +428,8 @@ impl Server {
             n += 1;
             self.metrics.received(label(port));
             let now = self.now_ms();
-            if port == Port::Portal {
-                self.time_request(from, len);
+            if port != Port::Source {
+                self.time_request(port, from, len);
             }
             let datagram = &self.recv[..len];
             self.node.handle(now, port, from, datagram);
@@ -438,18 +438,21 @@ impl Server {
         n
     }
 
-    /// Start timing a client request (for the latency histogram).
-    fn time_request(&mut self, from: SocketAddr, len: usize) {
+    /// Start timing a request counted in `dqe_requests_total` (and the latency histogram):
+    /// a client Test/Set, or a request the node will refuse for its port.
+    fn time_request(&mut self, port: Port, from: SocketAddr, len: usize) {
         let Some((id, variant)) = peek_header(&self.recv[..len]) else {
             return;
         };
-        // Body variants 0 and 1 are Test and Set (PROTOCOL.md).
-        if variant > 1 || self.timed.len() >= MAX_TIMED {
+        let Some(kind) = metrics::counted_kind(port == Port::Portal, variant) else {
+            return;
+        };
+        if self.timed.len() >= MAX_TIMED {
             return;
         }
         self.timed
             .entry((from, id))
-            .or_insert((variant as usize, Instant::now()));
+            .or_insert((kind, Instant::now()));
     }
 
     /// Move the node's transmits into the held queue, tagged with what they wait for.
@@ -505,7 +508,7 @@ impl Server {
                 return;
             }
         }
-        if h.from == Port::Portal
+        if h.from != Port::Source
             && let Some((id, _)) = peek_header(bytes)
             && let Some((kind, t0)) = self.timed.remove(&(h.to, id))
             && let Ok(env) = wire::decode(bytes)
