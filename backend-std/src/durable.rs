@@ -20,7 +20,9 @@
 //!   length and bytes in hex) for an operator to look at.
 //! - What follows the last valid record is free space (zeros) or the *torn tail* of a write a
 //!   crash interrupted (nothing from it was acknowledged): a torn tail is copied to the
-//!   quarantine file, then cut, and logged. Nothing before the last valid record is ever cut.
+//!   quarantine file, then cut, and logged (when the copy cannot be written, a full disk say,
+//!   the tail is kept and new records go after it). Nothing before the last valid record is
+//!   ever cut.
 //!
 //! New records are appended after the last valid record, so a damaged slot in the middle is
 //! never overwritten. Expiring an epoch deletes its segment file whole; its quarantine file
@@ -594,15 +596,20 @@ impl DurableStore {
         let discarded = torn_end - scan.good_end;
         let skipped_records = skipped.iter().map(|d| d.len).sum::<u64>() / RECORD_BYTES as u64;
         let quarantine = quarantine_path(&path);
-        if !scan.damaged.is_empty() {
-            // The bytes go to the quarantine file (synced) before anything is cut.
-            write_quarantine(&quarantine, &path, &skipped, &torn).map_err(|source| {
-                OpenError::Segment {
-                    path: quarantine.clone(),
-                    source,
+        // The bytes go to the quarantine file (synced) before anything is cut. If that fails
+        // (a full disk, say), nothing is cut: the node starts and appends after the damage.
+        let quarantined = scan.damaged.is_empty()
+            || match write_quarantine(&quarantine, &path, &skipped, &torn) {
+                Ok(()) => true,
+                Err(e) => {
+                    error!(
+                        quarantine = %quarantine.display(),
+                        error = %e,
+                        "cannot copy damaged segment bytes aside; leaving them in the segment"
+                    );
+                    false
                 }
-            })?;
-        }
+            };
         if !skipped.is_empty() {
             rec.skipped_records += skipped_records;
             rec.damaged_segments += 1;
@@ -616,7 +623,10 @@ impl DurableStore {
             );
         }
         let mut allocated = size;
-        if discarded > 0 {
+        let mut append_at = scan.good_end;
+        // A torn header (nothing after it was ever synced) is cut even without a copy: the
+        // header must be written again at offset 0.
+        if discarded > 0 && (quarantined || scan.good_end == 0) {
             warn!(
                 segment = %path.display(),
                 kept_bytes = scan.good_end,
@@ -630,6 +640,18 @@ impl DurableStore {
             rec.discarded_bytes += discarded;
             rec.truncated_segments += 1;
             allocated = scan.good_end;
+        } else if discarded > 0 {
+            // Keep the tail; records go after it, on a record boundary.
+            let header = MAGIC.len() as u64;
+            append_at =
+                header + (torn_end.max(header) - header).next_multiple_of(RECORD_BYTES as u64);
+            allocated = size.max(append_at);
+            warn!(
+                segment = %path.display(),
+                torn_bytes = discarded,
+                append_at,
+                "segment has a torn tail after its last good record; kept, new records go after it"
+            );
         } else {
             rec.preallocated_bytes += size - scan.good_end;
         }
@@ -639,7 +661,7 @@ impl DurableStore {
             Segment {
                 file: Arc::new(file),
                 path,
-                len: scan.good_end,
+                len: append_at,
                 allocated,
                 stale_to: 0,
                 grow: true,
@@ -691,11 +713,22 @@ impl DurableStore {
                         rec.records += 1;
                         scan.good_end = at + RECORD_BYTES as u64;
                     }
-                    None => scan.damaged.push(Damaged {
-                        offset: at,
-                        len: n as u64,
-                        bytes: Some(slot.to_vec()),
-                    }),
+                    None => match scan.damaged.last_mut() {
+                        // Next to the previous bad slot: one stretch.
+                        Some(Damaged {
+                            offset,
+                            len,
+                            bytes: Some(bytes),
+                        }) if *offset + *len == at => {
+                            *len += n as u64;
+                            bytes.extend_from_slice(slot);
+                        }
+                        _ => scan.damaged.push(Damaged {
+                            offset: at,
+                            len: n as u64,
+                            bytes: Some(slot.to_vec()),
+                        }),
+                    },
                 }
             }
             at += n as u64;
@@ -1379,6 +1412,63 @@ mod tests {
             q.contains(&format!("offset={last} len=28 kind=torn_tail bytes={hex}")),
             "{q}"
         );
+    }
+
+    #[test]
+    fn adjacent_damaged_records_are_one_stretch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path(), 1);
+        for i in 0..10 {
+            let (k, v) = pair(i);
+            s.put(&k, &v, 1);
+        }
+        s.sync().unwrap();
+        drop(s);
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = MAGIC.len() + 4 * RECORD_BYTES;
+        bytes[at] ^= 1;
+        bytes[at + RECORD_BYTES] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, rec) = open(dir.path(), 1);
+        assert_eq!((rec.records, rec.skipped_records), (8, 2));
+        let q = std::fs::read_to_string(quarantine_path(&path)).unwrap();
+        assert!(
+            q.contains(&format!("offset={at} len=56 kind=skipped")),
+            "{q}"
+        );
+    }
+
+    #[test]
+    fn without_a_quarantine_copy_a_torn_tail_is_kept_and_appended_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path(), 1);
+        for i in 0..10 {
+            let (k, v) = pair(i);
+            s.put(&k, &v, 1);
+        }
+        s.sync().unwrap();
+        s.trim();
+        drop(s);
+        let path = segment_path(dir.path(), 1);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let full = f.metadata().unwrap().len();
+        // Half a record of garbage at the end, and no way to copy it aside.
+        f.write_all_at(&[0xee; RECORD_BYTES / 2], full).unwrap();
+        drop(f);
+        std::fs::create_dir(quarantine_path(&path)).unwrap();
+        let (mut s, rec) = open(dir.path(), 1);
+        assert_eq!((rec.records, rec.discarded_bytes), (10, 0));
+        assert_eq!(file_len(dir.path(), 1), full + RECORD_BYTES as u64 / 2);
+        let (k, v) = pair(10);
+        assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+        s.sync().unwrap();
+        s.trim();
+        drop(s);
+        // The new record went after the garbage, on a record boundary.
+        assert_eq!(file_len(dir.path(), 1), full + 2 * RECORD_BYTES as u64);
+        let (_, rec) = open(dir.path(), 1);
+        assert_eq!((rec.records, rec.skipped_records), (11, 1));
     }
 
     /// Issue 8 item 3: deleting `LOCK` used to let a second node share the directory.
