@@ -348,8 +348,8 @@ pub struct DurableStore {
 /// Lock `dir` for this process: an exclusive `flock` on the directory itself and on its
 /// `LOCK` file, both held on open descriptors until the store is dropped (the OS drops them
 /// when the process dies, so a crash never leaves a stale lock behind). The directory lock is
-/// the one that counts: unlike a file, the directory cannot be removed or replaced while it
-/// holds the segments, so deleting `LOCK` no longer lets a second node in. `LOCK` is still
+/// the one that counts: unlike the `LOCK` file, the directory is not removed or replaced
+/// without removing the segments with it, so deleting `LOCK` no longer lets a second node in. `LOCK` is still
 /// locked so that an older `dqe-enforcer`, which locks only that file, is kept out too.
 fn lock_directory(dir: &Path) -> Result<[File; 2], std::fs::TryLockError> {
     let dir_handle = File::open(dir).map_err(std::fs::TryLockError::Error)?;

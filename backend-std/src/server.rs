@@ -508,8 +508,11 @@ impl Server {
                 return;
             }
         }
+        // Storer replies are counted only when they refuse a misdirected client Test/Set
+        // (body variant 7 is Refused): a peer's Get/Put is never in `timed`.
         if h.from != Port::Source
-            && let Some((id, _)) = peek_header(bytes)
+            && let Some((id, variant)) = peek_header(bytes)
+            && (h.from == Port::Portal || variant == 7)
             && let Some((kind, t0)) = self.timed.remove(&(h.to, id))
             && let Ok(env) = wire::decode(bytes)
             && let Some(outcome) = metrics::outcome_index(&env.body)
