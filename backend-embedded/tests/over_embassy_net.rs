@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::task::Context;
 
-use backend_embedded::{EmbeddedNode, EpochSource, Resources};
+use backend_embedded::{EmbeddedNode, EpochSource, UniformResources};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
 use dqe_core::node::{Node, NodeConfig};
@@ -210,7 +210,7 @@ fn scenario<T>(
             dns_servers: heapless::Vec::new(),
         })
     };
-    let mut node_res = StackResources::<3>::new();
+    let mut node_res = StackResources::<{ backend_embedded::NODE_SOCKETS }>::new();
     let mut client_res = StackResources::<1>::new();
     let (node_stack, mut node_runner) =
         embassy_net::new(node_end, static_ip(NODE_IP), &mut node_res, 1);
@@ -228,7 +228,7 @@ fn scenario<T>(
         start_epoch,
     )
     .unwrap();
-    let mut resources = Resources::<16, 1024>::new();
+    let mut resources = UniformResources::<16, 1024>::uniform();
     let mut backend =
         EmbeddedNode::new(node_stack, &mut resources, &me, &mut node, epoch_source).unwrap();
 

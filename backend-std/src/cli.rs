@@ -29,7 +29,8 @@ pub struct Cli {
     pub dev: bool,
 
     /// With --dev: use ports P, P+1, P+2 instead of 8101..8103 (tests run several dev nodes).
-    #[arg(long, value_name = "P", requires = "dev", default_value_t = DEV_PORT_BASE)]
+    #[arg(long, value_name = "P", requires = "dev", default_value_t = DEV_PORT_BASE,
+          value_parser = parse_port_base)]
     pub port_base: u16,
 
     /// The cluster file (TOML); every node gets the same file.
@@ -56,6 +57,18 @@ pub struct Cli {
     /// Milliseconds the node keeps serving work in flight after SIGINT/SIGTERM.
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub drain_ms: u64,
+}
+
+/// `--port-base P`: the dev node takes P, P+1 and P+2, so P must leave room for both and
+/// cannot be 0 (which would let the OS pick a port nobody knows).
+fn parse_port_base(text: &str) -> Result<u16, String> {
+    const LAST: u16 = u16::MAX - 2;
+    match text.parse::<u16>() {
+        Ok(p @ 1..=LAST) => Ok(p),
+        _ => Err(format!(
+            "the dev node listens on P, P+1 and P+2, so P must be a number from 1 to {LAST}"
+        )),
+    }
 }
 
 /// Everything the server needs to start.
@@ -132,6 +145,19 @@ mod tests {
             (9000, 9001, 9002)
         );
         assert_eq!(run.sync_mode, SyncMode::Never);
+    }
+
+    /// Issue 8 item 13: `--port-base 65535` wrapped to ports 0 and 1.
+    #[test]
+    fn a_port_base_without_room_for_three_ports_is_refused() {
+        for bad in ["65535", "65534", "0", "70000", "x"] {
+            let e = Cli::try_parse_from(["dqe-enforcer", "--dev", "--port-base", bad]).unwrap_err();
+            let text = e.to_string();
+            assert!(text.contains("from 1 to 65533"), "{bad}: {text}");
+        }
+        let cli = Cli::try_parse_from(["dqe-enforcer", "--dev", "--port-base", "65533"]).unwrap();
+        let n = &cli.resolve().unwrap().spec.nodes[0];
+        assert_eq!(n.source.port(), 65535);
     }
 
     #[test]

@@ -282,6 +282,21 @@ pub fn parse_with_capacity<const N: usize>(
     let cluster_span = repr.cluster.span();
     let span_or_cluster = |s: Option<Range<usize>>| s.unwrap_or_else(|| cluster_span.clone());
     let line_of = |span: Range<usize>| locate(path, text, span.start, String::new()).line;
+    // The role of node `node` whose address is `addr` (the second such role with `second`,
+    // for a node that repeats one of its own addresses).
+    let role_of = |node: usize, addr: SocketAddr, second: bool| {
+        let n = nodes_repr[node].get_ref();
+        let roles = [
+            ("portal", &n.portal),
+            ("storer", &n.storer),
+            ("source", &n.source),
+        ];
+        let mut hits = roles
+            .into_iter()
+            .filter(|(_, s)| s.get_ref().parse::<SocketAddr>().ok() == Some(addr));
+        let hit = if second { hits.nth(1) } else { hits.next() };
+        hit.unwrap_or(roles[0])
+    };
     if let Err(rule) = spec.validate() {
         let (span, field, hint) = match &rule {
             ConfigError::Empty | ConfigError::TooManyNodes { .. } => (
@@ -307,6 +322,19 @@ pub fn parse_with_capacity<const N: usize>(
                     ),
                 )
             }
+            ConfigError::ControlInName { node } => (
+                nodes_repr[*node].get_ref().name.span(),
+                format!("nodes[{node}].name"),
+                ": write the name without control characters (NUL, tab, newline, ...)".to_string(),
+            ),
+            ConfigError::ZeroPort { node, addr } => {
+                let (role, s) = role_of(*node, *addr, false);
+                (
+                    s.span(),
+                    format!("nodes[{node}].{role}"),
+                    ": choose a port such as 8101".to_string(),
+                )
+            }
             ConfigError::DuplicateAddress {
                 first,
                 second,
@@ -314,18 +342,8 @@ pub fn parse_with_capacity<const N: usize>(
             } => {
                 // Point at the later use of the address (the second role when a node
                 // repeats one of its own).
-                let n = nodes_repr[*second].get_ref();
-                let roles = [
-                    ("portal", &n.portal),
-                    ("storer", &n.storer),
-                    ("source", &n.source),
-                ];
                 let same_node = first == second;
-                let mut hits = roles
-                    .iter()
-                    .filter(|(_, s)| s.get_ref().parse::<SocketAddr>().ok() == Some(*addr));
-                let hit = if same_node { hits.nth(1) } else { hits.next() };
-                let (role, s) = hit.copied().unwrap_or(roles[0]);
+                let (role, s) = role_of(*second, *addr, same_node);
                 let hint = if same_node {
                     ": portal, storer and source need three different addresses".to_string()
                 } else {
@@ -336,6 +354,21 @@ pub fn parse_with_capacity<const N: usize>(
                         line_of(other.name.span())
                     )
                 };
+                (s.span(), format!("nodes[{second}].{role}"), hint)
+            }
+            ConfigError::OverlappingAddress {
+                first,
+                second,
+                first_addr,
+                second_addr,
+            } => {
+                let (role, s) = role_of(*second, *second_addr, false);
+                let (first_role, f) = role_of(*first, *first_addr, false);
+                let hint = format!(
+                    ": nodes[{first}].{first_role} (line {}) is `{}` on the same port; give one of them another port, or a specific address instead of the wildcard",
+                    line_of(f.span()),
+                    f.get_ref()
+                );
                 (s.span(), format!("nodes[{second}].{role}"), hint)
             }
             ConfigError::ReplicationOutOfRange { .. } => (
@@ -353,6 +386,19 @@ pub fn parse_with_capacity<const N: usize>(
                 "cluster.handoff".to_string(),
                 String::new(),
             ),
+            ConfigError::PreferenceTooDeep { .. } => match &c.handoff {
+                Some(h) => (
+                    h.span(),
+                    "cluster.handoff".to_string(),
+                    ": lower handoff".to_string(),
+                ),
+                None => (
+                    c.replication.span(),
+                    "cluster.replication".to_string(),
+                    ": lower replication, or set a smaller handoff (its default is min(2, nodes - replication))"
+                        .to_string(),
+                ),
+            },
             ConfigError::ZeroEpoch => (
                 span_or_cluster(c.epoch_seconds.as_ref().map(|v| v.span())),
                 "cluster.epoch_seconds".to_string(),
@@ -596,6 +642,73 @@ source = "127.0.0.1:8203"
         let e = err(&GOOD.replace("127.0.0.1:8203", "127.0.0.1:8101"));
         let at = e.location().unwrap();
         assert_eq!((at.line, at.field.as_str()), (13, "nodes[1].source"), "{e}");
+    }
+
+    /// Issue 8 item 13: a NUL in a name let `"a\0b"` pass for the two nodes `a` and `b`.
+    #[test]
+    fn a_control_character_in_a_name_is_refused_with_its_field() {
+        for bad in ["a\\u0000b", "a\\tb", "a\\u001bb"] {
+            let e = err(&GOOD.replace("\"n2\"", &format!("\"{bad}\"")));
+            assert!(
+                matches!(e.rule(), Some(ConfigError::ControlInName { node: 1 })),
+                "{bad}: {e}"
+            );
+            let at = e.location().unwrap();
+            assert_eq!((at.line, at.field.as_str()), (10, "nodes[1].name"), "{e}");
+        }
+    }
+
+    /// Issue 8 item 13: addresses the node cannot bind passed `config check`.
+    #[test]
+    fn unbindable_addresses_are_refused_with_line_and_field() {
+        let e = err(&GOOD.replace("127.0.0.1:8202", "127.0.0.1:0"));
+        assert!(
+            matches!(e.rule(), Some(ConfigError::ZeroPort { node: 1, .. })),
+            "{e}"
+        );
+        let at = e.location().unwrap();
+        assert_eq!((at.line, at.field.as_str()), (12, "nodes[1].storer"), "{e}");
+
+        let e = err(&GOOD.replace("127.0.0.1:8202", "0.0.0.0:8102"));
+        assert!(
+            matches!(e.rule(), Some(ConfigError::OverlappingAddress { .. })),
+            "{e}"
+        );
+        let at = e.location().unwrap();
+        assert_eq!((at.line, at.field.as_str()), (12, "nodes[1].storer"), "{e}");
+        assert!(e.to_string().contains("nodes[0].storer (line 7)"), "{e}");
+
+        let e = err(&GOOD.replace("127.0.0.1:8101", "[::]:8203"));
+        let at = e.location().unwrap();
+        assert_eq!((at.line, at.field.as_str()), (13, "nodes[1].source"), "{e}");
+    }
+
+    /// Issue 8 item 13: "replication + handoff exceeds ..." came without a line or field.
+    #[test]
+    fn a_preference_list_too_deep_names_its_field() {
+        let mut text = "[cluster]\nreplication = 31\n".to_string();
+        for i in 0..40 {
+            let p = 1000 + 3 * i;
+            text += &format!(
+                "[[nodes]]\nname = \"n{i}\"\nportal = \"127.0.0.1:{p}\"\nstorer = \"127.0.0.1:{}\"\nsource = \"127.0.0.1:{}\"\n",
+                p + 1,
+                p + 2
+            );
+        }
+        let e = err(&text);
+        assert!(
+            matches!(e.rule(), Some(ConfigError::PreferenceTooDeep { .. })),
+            "{e}"
+        );
+        let at = e.location().unwrap();
+        assert_eq!(
+            (at.line, at.field.as_str()),
+            (2, "cluster.replication"),
+            "{e}"
+        );
+        let e = err(&text.replace("replication = 31\n", "replication = 31\nhandoff = 2\n"));
+        let at = e.location().unwrap();
+        assert_eq!((at.line, at.field.as_str()), (3, "cluster.handoff"), "{e}");
     }
 
     #[test]

@@ -11,11 +11,25 @@
 //! Segment format: an 8-byte magic `DQESEG01`, then records of 28 bytes: the value (20), the
 //! epoch (u32 little-endian) and a CRC-32 of those 24 bytes (u32 little-endian), then perhaps
 //! zeros (preallocated space, below). The key is not stored: it is `SHA1(value)`. On start
-//! every segment is replayed into the index. Replay stops at the first all-zero record: the
-//! clean end (no valid record is all zero: its CRC would be wrong). A short or corrupt record,
-//! or any non-zero byte after the clean end, is the trace of a write torn by a crash (nothing
-//! from it was acknowledged): the file is cut after the last good record and the cut is
-//! logged, so later appends follow that record. Expiring an epoch deletes its file whole.
+//! every segment is replayed into the index, slot by slot: records have a fixed size and their
+//! own CRC, so one unreadable slot says nothing about the slots after it.
+//! - Every valid record is read back, wherever it lies in the file.
+//! - An unreadable slot (bad CRC, wrong epoch, or zeros) with a valid record somewhere after
+//!   it is *skipped*: counted ([`Recovery::skipped_records`]), logged, left in the file as it
+//!   is, and copied to the segment's quarantine file `seg-<epoch>.log.damaged` (text: offset,
+//!   length and bytes in hex) for an operator to look at.
+//! - What follows the last valid record is free space (zeros) or the *torn tail* of a write a
+//!   crash interrupted (nothing from it was acknowledged): a torn tail is copied to the
+//!   quarantine file, then cut, and logged (when the copy cannot be written, a full disk say,
+//!   the tail is kept and new records go after it). Nothing before the last valid record is
+//!   ever cut.
+//!
+//! New records are appended after the last valid record, so a damaged slot in the middle is
+//! never overwritten. Expiring an epoch deletes its segment file whole; its quarantine file
+//! stays for the operator.
+//!
+//! The directory is locked for the life of the process ([`lock_directory`]): two nodes on one
+//! store would write at the same offsets.
 //!
 //! Preallocation: a write that grows the file makes its `fdatasync` commit the inode too (a
 //! journal write); overwriting bytes already written does not. So each segment is extended
@@ -118,9 +132,15 @@ pub enum OpenError {
     /// A file named like a segment does not start with the segment magic.
     #[error("segment {}: not a dqe segment file (bad magic)", path.display())]
     NotASegment { path: PathBuf },
-    /// Another process holds the directory's lock file: two nodes must never share one store.
-    #[error("data directory {} is in use by another process (its LOCK file is held)", dir.display())]
+    /// Another process holds the directory's lock: two nodes must never share one store.
+    #[error("data directory {} is in use by another process (it is locked)", dir.display())]
     InUse { dir: PathBuf },
+    /// The path names something that is not a directory.
+    #[error(
+        "data directory {}: exists but is not a directory; --data-dir must name a directory (created if missing)",
+        dir.display()
+    )]
+    NotADirectory { dir: PathBuf },
     /// No memory for the index.
     #[error("no memory for the index")]
     OutOfMemory,
@@ -137,6 +157,11 @@ pub struct Recovery {
     pub discarded_bytes: u64,
     /// Segment files whose tail was cut.
     pub truncated_segments: usize,
+    /// Unreadable record slots (bad CRC, wrong epoch, or zeros) with good records after them:
+    /// skipped, left in the file and copied to its quarantine file.
+    pub skipped_records: u64,
+    /// Segment files with skipped records.
+    pub damaged_segments: usize,
     /// Segment files deleted because their epoch is past retention.
     pub expired_segments: usize,
     /// Zero bytes found after the records (space preallocated by a node that did not shut
@@ -315,9 +340,28 @@ pub struct DurableStore {
     /// While degraded: no write before this.
     retry_at: Option<Instant>,
     stats: DurableStats,
-    /// The directory's `LOCK` file, locked exclusively for the store's life (the OS drops the
-    /// lock when the process dies, so a crash never leaves a stale lock behind).
-    _lock: std::fs::File,
+    /// The data directory and its `LOCK` file, locked for the store's life (see
+    /// [`lock_directory`]).
+    _locks: [File; 2],
+}
+
+/// Lock `dir` for this process: an exclusive `flock` on the directory itself and on its
+/// `LOCK` file, both held on open descriptors until the store is dropped (the OS drops them
+/// when the process dies, so a crash never leaves a stale lock behind). The directory lock is
+/// the one that counts: unlike the `LOCK` file, the directory is not removed or replaced
+/// without removing the segments with it, so deleting `LOCK` no longer lets a second node in. `LOCK` is still
+/// locked so that an older `dqe-enforcer`, which locks only that file, is kept out too.
+fn lock_directory(dir: &Path) -> Result<[File; 2], std::fs::TryLockError> {
+    let dir_handle = File::open(dir).map_err(std::fs::TryLockError::Error)?;
+    dir_handle.try_lock()?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(std::fs::TryLockError::Error)?;
+    lock.try_lock()?;
+    Ok([dir_handle, lock])
 }
 
 fn segment_name(epoch: u32) -> String {
@@ -329,6 +373,76 @@ fn parse_segment_name(name: &str) -> Option<u32> {
         .strip_suffix(".log")?
         .parse()
         .ok()
+}
+
+/// What replay read from one segment.
+#[derive(Debug)]
+struct Scan {
+    /// End of the last valid record (of the header when there is none): appends go here.
+    good_end: u64,
+    /// Unreadable stretches, in file order. Those before `good_end` were skipped; those at or
+    /// after it are the torn tail.
+    damaged: Vec<Damaged>,
+}
+
+/// An unreadable stretch of a segment.
+#[derive(Debug)]
+struct Damaged {
+    offset: u64,
+    len: u64,
+    /// The bytes; `None` for a run of zero slots.
+    bytes: Option<Vec<u8>>,
+}
+
+#[derive(Debug)]
+enum ReplayError {
+    Io(io::Error),
+    OutOfMemory,
+}
+
+/// Where replay copies the damaged bytes of `segment`: `seg-<epoch>.log.damaged` beside it.
+pub fn quarantine_path(segment: &Path) -> PathBuf {
+    let mut name = segment.as_os_str().to_owned();
+    name.push(".damaged");
+    PathBuf::from(name)
+}
+
+/// Append one replay's findings to the quarantine file, as text an operator can read:
+/// a comment line, then one line per stretch with its offset, length, kind and bytes in hex.
+fn write_quarantine(
+    quarantine: &Path,
+    segment: &Path,
+    skipped: &[&Damaged],
+    torn: &[&Damaged],
+) -> io::Result<()> {
+    use std::io::Write as _;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut text = format!(
+        "# replay of {} at unix time {now}: {} skipped stretch(es) (left in the segment), {} torn-tail stretch(es) (cut from the segment)\n",
+        segment.display(),
+        skipped.len(),
+        torn.len()
+    );
+    for (kind, list) in [("skipped", skipped), ("torn_tail", torn)] {
+        for d in list {
+            let bytes = match &d.bytes {
+                Some(b) => b.iter().map(|x| format!("{x:02x}")).collect::<String>(),
+                None => "zeros".to_string(),
+            };
+            text.push_str(&format!(
+                "offset={} len={} kind={kind} bytes={bytes}\n",
+                d.offset, d.len
+            ));
+        }
+    }
+    let mut f = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(quarantine)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()
 }
 
 /// Encode one record.
@@ -377,22 +491,20 @@ impl DurableStore {
             dir: opts.dir.clone(),
             source,
         };
-        std::fs::create_dir_all(&opts.dir).map_err(dir_err)?;
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(opts.dir.join("LOCK"))
-            .map_err(dir_err)?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                return Err(OpenError::InUse {
-                    dir: opts.dir.clone(),
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(dir_err(e)),
+        if let Ok(meta) = std::fs::metadata(&opts.dir)
+            && !meta.is_dir()
+        {
+            return Err(OpenError::NotADirectory {
+                dir: opts.dir.clone(),
+            });
         }
+        std::fs::create_dir_all(&opts.dir).map_err(dir_err)?;
+        let locks = lock_directory(&opts.dir).map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => OpenError::InUse {
+                dir: opts.dir.clone(),
+            },
+            std::fs::TryLockError::Error(e) => dir_err(e),
+        })?;
         let mut epochs = Vec::new();
         for entry in std::fs::read_dir(&opts.dir).map_err(dir_err)? {
             let entry = entry.map_err(dir_err)?;
@@ -414,7 +526,7 @@ impl DurableStore {
             degraded: None,
             retry_at: None,
             stats: DurableStats::default(),
-            _lock: lock,
+            _locks: locks,
         };
         let mut rec = Recovery::default();
         for epoch in epochs {
@@ -447,50 +559,101 @@ impl DurableStore {
         let mut reader = io::BufReader::with_capacity(1 << 16, &file);
         let mut head = [0u8; MAGIC.len()];
         let got = read_full(&mut reader, &mut head).map_err(seg_err)?;
-        let mut good = 0u64;
-        if head[..got] == MAGIC[..] {
-            good = MAGIC.len() as u64;
-            let mut r = [0u8; RECORD_BYTES];
-            loop {
-                let n = read_full(&mut reader, &mut r).map_err(seg_err)?;
-                if n < RECORD_BYTES || r == [0; RECORD_BYTES] {
-                    break;
-                }
-                let Some(value) = decode_record(&r, epoch) else {
-                    break;
-                };
-                let key = dqe_core::hash::key_of(&value);
-                self.index
-                    .insert(&key, &value, epoch)
-                    .map_err(|_| OpenError::OutOfMemory)?;
-                rec.records += 1;
-                good += RECORD_BYTES as u64;
-            }
+        let scan = if head[..got] == MAGIC[..] {
+            self.replay_records(epoch, &mut reader, rec)
+                .map_err(|e| match e {
+                    ReplayError::Io(source) => OpenError::Segment {
+                        path: path.clone(),
+                        source,
+                    },
+                    ReplayError::OutOfMemory => OpenError::OutOfMemory,
+                })?
         } else if !MAGIC.starts_with(&head[..got]) && head[..got].iter().any(|&b| b != 0) {
             return Err(OpenError::NotASegment { path });
-        }
-        // Otherwise the header was torn, or never written before a crash: an empty segment.
-        drop(reader);
-        let data = data_end(&file, good, size).map_err(seg_err)?;
-        let mut allocated = size;
-        if data > good {
-            let discarded = (data - good)
-                .next_multiple_of(RECORD_BYTES as u64)
-                .min(size - good);
+        } else {
+            // The header was torn, or never written before a crash: an empty segment. What
+            // follows it was never synced (the header goes out with the first records).
+            drop(reader);
+            let data = data_end(&file, 0, size).map_err(seg_err)?;
+            let mut damaged = Vec::new();
+            if data > 0 {
+                let mut bytes = vec![0u8; data as usize];
+                file.read_exact_at(&mut bytes, 0).map_err(seg_err)?;
+                damaged.push(Damaged {
+                    offset: 0,
+                    bytes: Some(bytes),
+                    len: data,
+                });
+            }
+            Scan {
+                good_end: 0,
+                damaged,
+            }
+        };
+        let (skipped, torn): (Vec<&Damaged>, Vec<&Damaged>) =
+            scan.damaged.iter().partition(|d| d.offset < scan.good_end);
+        let torn_end = torn.last().map_or(scan.good_end, |d| d.offset + d.len);
+        let discarded = torn_end - scan.good_end;
+        let skipped_records = skipped.iter().map(|d| d.len).sum::<u64>() / RECORD_BYTES as u64;
+        let quarantine = quarantine_path(&path);
+        // The bytes go to the quarantine file (synced) before anything is cut. If that fails
+        // (a full disk, say), nothing is cut: the node starts and appends after the damage.
+        let quarantined = scan.damaged.is_empty()
+            || match write_quarantine(&quarantine, &path, &skipped, &torn) {
+                Ok(()) => true,
+                Err(e) => {
+                    error!(
+                        quarantine = %quarantine.display(),
+                        error = %e,
+                        "cannot copy damaged segment bytes aside; leaving them in the segment"
+                    );
+                    false
+                }
+            };
+        if !skipped.is_empty() {
+            rec.skipped_records += skipped_records;
+            rec.damaged_segments += 1;
             warn!(
                 segment = %path.display(),
-                kept_bytes = good,
-                discarded_bytes = discarded,
-                zero_bytes = size - good - discarded,
-                "segment has a torn or corrupt tail; cutting it"
+                skipped_records,
+                first_offset = skipped[0].offset,
+                quarantine = %quarantine.display(),
+                "segment has damaged records; skipped them, kept every good record after them \
+                 (the damaged bytes stay in the segment and are copied to the quarantine file)"
             );
-            file.set_len(good).map_err(seg_err)?;
+        }
+        let mut allocated = size;
+        let mut append_at = scan.good_end;
+        // A torn header (nothing after it was ever synced) is cut even without a copy: the
+        // header must be written again at offset 0.
+        if discarded > 0 && (quarantined || scan.good_end == 0) {
+            warn!(
+                segment = %path.display(),
+                kept_bytes = scan.good_end,
+                discarded_bytes = discarded,
+                zero_bytes = size - scan.good_end - discarded,
+                quarantine = %quarantine.display(),
+                "segment has a torn tail after its last good record; cutting it (its bytes are in the quarantine file)"
+            );
+            file.set_len(scan.good_end).map_err(seg_err)?;
             file.sync_all().map_err(seg_err)?;
             rec.discarded_bytes += discarded;
             rec.truncated_segments += 1;
-            allocated = good;
+            allocated = scan.good_end;
+        } else if discarded > 0 {
+            // Keep the tail; records go after it, on a record boundary.
+            let header = MAGIC.len() as u64;
+            append_at =
+                header + (torn_end.max(header) - header).next_multiple_of(RECORD_BYTES as u64);
+            allocated = size.max(append_at);
+            warn!(
+                segment = %path.display(),
+                torn_bytes = discarded,
+                append_at,
+                "segment has a torn tail after its last good record; kept, new records go after it"
+            );
         } else {
-            rec.preallocated_bytes += size - good;
+            rec.preallocated_bytes += size - scan.good_end;
         }
         rec.segments += 1;
         self.segments.insert(
@@ -498,7 +661,7 @@ impl DurableStore {
             Segment {
                 file: Arc::new(file),
                 path,
-                len: good,
+                len: append_at,
                 allocated,
                 stale_to: 0,
                 grow: true,
@@ -506,6 +669,74 @@ impl DurableStore {
             },
         );
         Ok(())
+    }
+
+    /// Read the records after a segment's header into the index, slot by slot. Every valid
+    /// record counts, wherever it lies; an unreadable slot is noted, never a reason to stop.
+    fn replay_records(
+        &mut self,
+        epoch: u32,
+        reader: &mut impl Read,
+        rec: &mut Recovery,
+    ) -> Result<Scan, ReplayError> {
+        let mut at = MAGIC.len() as u64;
+        let mut scan = Scan {
+            good_end: at,
+            damaged: Vec::new(),
+        };
+        // Start of the zero slots since the last non-zero one: free space if nothing follows.
+        let mut zeros_from: Option<u64> = None;
+        let mut r = [0u8; RECORD_BYTES];
+        loop {
+            let n = read_full(reader, &mut r).map_err(ReplayError::Io)?;
+            if n == 0 {
+                break;
+            }
+            let slot = &r[..n];
+            if slot.iter().all(|&b| b == 0) {
+                zeros_from.get_or_insert(at);
+            } else {
+                if let Some(from) = zeros_from.take() {
+                    scan.damaged.push(Damaged {
+                        offset: from,
+                        len: at - from,
+                        bytes: None,
+                    });
+                }
+                let record = (n == RECORD_BYTES).then(|| decode_record(slot, epoch));
+                match record.flatten() {
+                    Some(value) => {
+                        let key = dqe_core::hash::key_of(&value);
+                        self.index
+                            .insert(&key, &value, epoch)
+                            .map_err(|_| ReplayError::OutOfMemory)?;
+                        rec.records += 1;
+                        scan.good_end = at + RECORD_BYTES as u64;
+                    }
+                    None => match scan.damaged.last_mut() {
+                        // Next to the previous bad slot: one stretch.
+                        Some(Damaged {
+                            offset,
+                            len,
+                            bytes: Some(bytes),
+                        }) if *offset + *len == at => {
+                            *len += n as u64;
+                            bytes.extend_from_slice(slot);
+                        }
+                        _ => scan.damaged.push(Damaged {
+                            offset: at,
+                            len: n as u64,
+                            bytes: Some(slot.to_vec()),
+                        }),
+                    },
+                }
+            }
+            at += n as u64;
+            if n < RECORD_BYTES {
+                break;
+            }
+        }
+        Ok(scan)
     }
 
     /// Whether some put is not yet durable (replies produced now must wait for a sync).
@@ -1022,7 +1253,7 @@ mod tests {
     }
 
     #[test]
-    fn data_after_a_zero_record_is_a_torn_tail() {
+    fn a_record_past_a_hole_of_zeros_is_kept() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = open(dir.path(), 2);
         for i in 0..10 {
@@ -1031,19 +1262,27 @@ mod tests {
         }
         s.sync().unwrap();
         drop(s);
-        // A record that reached the disk past a hole: its batch was never synced.
+        // A valid record past a slot of zeros (a write that reached the disk out of order).
         let path = segment_path(dir.path(), 2);
         let f = OpenOptions::new().write(true).open(&path).unwrap();
-        let hole = (MAGIC.len() + 11 * RECORD_BYTES) as u64;
-        f.write_all_at(&encode_record(&pair(11).1, 2), hole)
+        let hole = (MAGIC.len() + 10 * RECORD_BYTES) as u64;
+        f.write_all_at(&encode_record(&pair(11).1, 2), hole + RECORD_BYTES as u64)
             .unwrap();
         drop(f);
-        let (s, rec) = open(dir.path(), 2);
-        assert_eq!(rec.records, 10);
-        assert_eq!(rec.truncated_segments, 1);
-        assert_eq!(rec.discarded_bytes, 2 * RECORD_BYTES as u64);
-        assert_eq!(file_len(dir.path(), 2), hole - RECORD_BYTES as u64);
-        assert_eq!(s.index.get(&pair(11).0), None);
+        let size = file_len(dir.path(), 2);
+        let (mut s, rec) = open(dir.path(), 2);
+        assert_eq!(rec.records, 11);
+        assert_eq!((rec.skipped_records, rec.damaged_segments), (1, 1));
+        assert_eq!((rec.truncated_segments, rec.discarded_bytes), (0, 0));
+        assert_eq!(file_len(dir.path(), 2), size);
+        assert_eq!(s.index.get(&pair(11).0), Some(pair(11).1));
+        // New records go after the kept one, never over it.
+        let (k, v) = pair(12);
+        assert_eq!(s.put(&k, &v, 2), PutOutcome::Stored);
+        s.sync().unwrap();
+        drop(s);
+        let (_, rec) = open(dir.path(), 2);
+        assert_eq!((rec.records, rec.skipped_records), (12, 1));
     }
 
     #[test]
@@ -1096,8 +1335,57 @@ mod tests {
         assert_eq!((rec.records, rec.discarded_bytes), (100, 0));
     }
 
+    /// Issue 8 item 1: one bad byte used to cut every record after it.
     #[test]
-    fn corrupt_record_stops_replay() {
+    fn a_damaged_record_is_skipped_and_every_good_one_after_it_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path(), 1);
+        for i in 0..30 {
+            let (k, v) = pair(i);
+            assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+        }
+        s.sync().unwrap();
+        s.trim();
+        drop(s);
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = MAGIC.len() + 10 * RECORD_BYTES + 3;
+        assert_ne!(bytes[at], 0);
+        bytes[at] = 0;
+        std::fs::write(&path, &bytes).unwrap();
+        let damaged = bytes[at - 3..at - 3 + RECORD_BYTES].to_vec();
+
+        let (mut s, rec) = open(dir.path(), 1);
+        assert_eq!(rec.records, 29);
+        assert_eq!((rec.skipped_records, rec.damaged_segments), (1, 1));
+        assert_eq!((rec.truncated_segments, rec.discarded_bytes), (0, 0));
+        // Nothing cut, nothing rewritten.
+        assert_eq!(std::fs::read(&path).unwrap(), bytes);
+        for i in (0..30).filter(|&i| i != 10) {
+            let (k, v) = pair(i);
+            assert_eq!(s.put(&k, &v, 1), PutOutcome::Found(v), "pair {i}");
+        }
+        // The damaged bytes are in the quarantine file, with their offset.
+        let q = std::fs::read_to_string(quarantine_path(&path)).unwrap();
+        let hex: String = damaged.iter().map(|b| format!("{b:02x}")).collect();
+        let line = format!("offset={} len=28 kind=skipped bytes={hex}", at - 3);
+        assert!(q.contains(&line), "{q}");
+        // A new record goes after the last good one: the file grows, nothing is overwritten.
+        let (k, v) = pair(30);
+        assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+        s.sync().unwrap();
+        s.trim();
+        drop(s);
+        let now = std::fs::read(&path).unwrap();
+        assert_eq!(now[..bytes.len()], bytes[..]);
+        assert_eq!(now.len(), bytes.len() + RECORD_BYTES);
+        let (mut s, rec) = open(dir.path(), 1);
+        assert_eq!((rec.records, rec.skipped_records), (30, 1));
+        assert_eq!(s.put(&k, &v, 1), PutOutcome::Found(v));
+    }
+
+    #[test]
+    fn a_torn_tail_is_copied_to_quarantine_before_it_is_cut() {
         let dir = tempfile::tempdir().unwrap();
         let (mut s, _) = open(dir.path(), 1);
         for i in 0..10 {
@@ -1109,11 +1397,102 @@ mod tests {
         drop(s);
         let path = segment_path(dir.path(), 1);
         let mut bytes = std::fs::read(&path).unwrap();
-        bytes[MAGIC.len() + 5 * RECORD_BYTES + 3] ^= 0x55;
+        // The last record is garbage: nothing valid follows it, so it is the torn tail.
+        let last = MAGIC.len() + 9 * RECORD_BYTES;
+        bytes[last + 3] ^= 0x55;
         std::fs::write(&path, &bytes).unwrap();
         let (_, rec) = open(dir.path(), 1);
-        assert_eq!(rec.records, 5);
-        assert_eq!(rec.discarded_bytes, 5 * RECORD_BYTES as u64);
+        assert_eq!(rec.records, 9);
+        assert_eq!(rec.skipped_records, 0);
+        assert_eq!(rec.discarded_bytes, RECORD_BYTES as u64);
+        assert_eq!(file_len(dir.path(), 1), last as u64);
+        let q = std::fs::read_to_string(quarantine_path(&path)).unwrap();
+        let hex: String = bytes[last..].iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            q.contains(&format!("offset={last} len=28 kind=torn_tail bytes={hex}")),
+            "{q}"
+        );
+    }
+
+    #[test]
+    fn adjacent_damaged_records_are_one_stretch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path(), 1);
+        for i in 0..10 {
+            let (k, v) = pair(i);
+            s.put(&k, &v, 1);
+        }
+        s.sync().unwrap();
+        drop(s);
+        let path = segment_path(dir.path(), 1);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = MAGIC.len() + 4 * RECORD_BYTES;
+        bytes[at] ^= 1;
+        bytes[at + RECORD_BYTES] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        let (_, rec) = open(dir.path(), 1);
+        assert_eq!((rec.records, rec.skipped_records), (8, 2));
+        let q = std::fs::read_to_string(quarantine_path(&path)).unwrap();
+        assert!(
+            q.contains(&format!("offset={at} len=56 kind=skipped")),
+            "{q}"
+        );
+    }
+
+    #[test]
+    fn without_a_quarantine_copy_a_torn_tail_is_kept_and_appended_after() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, _) = open(dir.path(), 1);
+        for i in 0..10 {
+            let (k, v) = pair(i);
+            s.put(&k, &v, 1);
+        }
+        s.sync().unwrap();
+        s.trim();
+        drop(s);
+        let path = segment_path(dir.path(), 1);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        let full = f.metadata().unwrap().len();
+        // Half a record of garbage at the end, and no way to copy it aside.
+        f.write_all_at(&[0xee; RECORD_BYTES / 2], full).unwrap();
+        drop(f);
+        std::fs::create_dir(quarantine_path(&path)).unwrap();
+        let (mut s, rec) = open(dir.path(), 1);
+        assert_eq!((rec.records, rec.discarded_bytes), (10, 0));
+        assert_eq!(file_len(dir.path(), 1), full + RECORD_BYTES as u64 / 2);
+        let (k, v) = pair(10);
+        assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+        s.sync().unwrap();
+        s.trim();
+        drop(s);
+        // The new record went after the garbage, on a record boundary.
+        assert_eq!(file_len(dir.path(), 1), full + 2 * RECORD_BYTES as u64);
+        let (_, rec) = open(dir.path(), 1);
+        assert_eq!((rec.records, rec.skipped_records), (11, 1));
+    }
+
+    /// Issue 8 item 3: deleting `LOCK` used to let a second node share the directory.
+    #[test]
+    fn removing_the_lock_file_does_not_let_a_second_store_in() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_first, _) = open(dir.path(), 0);
+        std::fs::remove_file(dir.path().join("LOCK")).unwrap();
+        let err = DurableStore::open(DurableOptions::new(dir.path()), 0).unwrap_err();
+        assert!(matches!(err, OpenError::InUse { .. }), "{err}");
+    }
+
+    /// Issue 8 item 15: a file where the directory should be said "File exists (os error 17)".
+    #[test]
+    fn a_regular_file_as_data_directory_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("plain");
+        std::fs::write(&file, b"x").unwrap();
+        let err = DurableStore::open(DurableOptions::new(&file), 0).unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, OpenError::NotADirectory { .. }), "{text}");
+        assert!(text.contains(&file.display().to_string()), "{text}");
+        assert!(text.contains("not a directory"), "{text}");
+        assert!(!text.contains("os error"), "{text}");
     }
 
     #[test]

@@ -1,10 +1,11 @@
-//! Prometheus metrics: counters the node loop bumps, and a tiny HTTP/1.0 responder.
+//! Prometheus metrics: counters the node loop bumps, and their HTTP endpoint (hyper).
 //!
 //! The node loop is the only writer; it bumps relaxed atomics and, after each batch, copies
 //! gauges (stored pairs, bytes on disk) in. The HTTP side only reads, so a scrape never waits
-//! for the loop and the loop never waits for a scrape. The responder answers `GET /metrics`
-//! (or `/`) with the text exposition format and closes the connection; it reads at most 8 KiB
-//! per request, serves at most [`MAX_SCRAPES`] connections at once and gives each 2 seconds.
+//! for the loop and the loop never waits for a scrape. The endpoint ([`serve`]) answers
+//! `GET /metrics` (or `/`) with the text exposition format. It has no cap on connections (a
+//! cap lets anyone who holds that many open shut the scrapes out); idle and slow connections
+//! are closed after [`HEADER_TIMEOUT`] instead.
 //!
 //! Latency is measured in the backend: the time from a client's Test/Set datagram arriving
 //! at the portal socket to its reply being handed to the socket, matched by (source, id). So it
@@ -18,15 +19,25 @@ use std::time::Duration;
 
 use dqe_core::node::NodeStats;
 use dqe_core::wire::{Body, Reason};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tracing::{debug, warn};
 
-/// Concurrent scrape connections served.
-pub const MAX_SCRAPES: usize = 16;
+/// A connection must send a whole request head within this long, the first one and each
+/// one after an idle keep-alive pause; otherwise it is closed.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// The longest a metrics connection is kept, however busy.
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Client request kinds, in label order.
-pub const KINDS: [&str; 2] = ["test", "set"];
+/// Request kinds, in label order (the body variant indices of PROTOCOL.md). Get and Put are
+/// counted only where a client sent them to the portal port (answered `WrongPort` or
+/// `WrongCluster`); the storer's own work is in `dqe_node_requests_total`.
+pub const KINDS: [&str; 4] = ["test", "set", "get", "put"];
 /// Outcomes, in label order.
 pub const OUTCOMES: [&str; 9] = [
     "found",
@@ -64,11 +75,12 @@ impl DropReason {
     }
 }
 
-/// The client request kind of a body, as an index into [`KINDS`].
-pub fn kind_index(body: &Body) -> Option<usize> {
-    match body {
-        Body::Test { .. } => Some(0),
-        Body::Set { .. } => Some(1),
+/// Whether a request of body variant `variant` arriving on the portal port (`on_portal`) or
+/// the storer port is counted in `dqe_requests_total`, and as which index into [`KINDS`]:
+/// every request on the portal port, and Test/Set on the storer port (refused `WrongPort`).
+pub fn counted_kind(on_portal: bool, variant: u8) -> Option<usize> {
+    match (on_portal, variant) {
+        (true, 0..=3) | (false, 0 | 1) => Some(variant as usize),
         _ => None,
     }
 }
@@ -121,6 +133,8 @@ pub struct Metrics {
     pub client_requests_in_flight: AtomicU64,
     /// Replies waiting for a group commit.
     pub replies_waiting_for_sync: AtomicU64,
+    /// Damaged record slots the start-up replay skipped (see the quarantine files).
+    pub replay_skipped_records: AtomicU64,
     /// The core's own counters, copied in by the loop.
     node: Mutex<NodeStats>,
 }
@@ -203,6 +217,10 @@ impl Metrics {
         let _ = writeln!(o, "# TYPE dqe_requests_total counter");
         for (k, kind) in KINDS.iter().enumerate() {
             for (i, outcome) in OUTCOMES.iter().enumerate() {
+                // Get/Put reach the count only through these two refusals.
+                if k >= 2 && !matches!(*outcome, "wrong_port" | "wrong_cluster") {
+                    continue;
+                }
                 let _ = writeln!(
                     o,
                     "dqe_requests_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {}",
@@ -369,7 +387,7 @@ impl Metrics {
         let _ = writeln!(o, "dqe_client_request_duration_seconds_count {count}");
         let pairs = self.stored_pairs.load(Relaxed);
         let index = self.index_bytes.load(Relaxed);
-        let gauges: [(&str, &str, &str, f64); 11] = [
+        let gauges: [(&str, &str, &str, f64); 12] = [
             (
                 "dqe_stored_pairs",
                 "gauge",
@@ -440,6 +458,12 @@ impl Metrics {
                 "Replies held until a group commit is durable.",
                 self.replies_waiting_for_sync.load(Relaxed) as f64,
             ),
+            (
+                "dqe_replay_skipped_records",
+                "gauge",
+                "Damaged segment records skipped at start-up (their bytes are in *.damaged files).",
+                self.replay_skipped_records.load(Relaxed) as f64,
+            ),
         ];
         for (name, kind, help, value) in gauges {
             let _ = writeln!(o, "# HELP {name} {help}");
@@ -467,63 +491,67 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsBindError> {
         .map_err(|source| MetricsBindError { addr, source })
 }
 
-/// Serve scrapes forever.
+/// Serve scrapes forever: HTTP/1.1 by hyper, one task per connection and no cap on their
+/// number, so connections that others hold open never keep a scrape out. A connection that
+/// has not sent a whole request head within [`HEADER_TIMEOUT`] (idle keep-alive included)
+/// is closed, and none lives longer than [`CONNECTION_LIFETIME`].
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    let permits = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
-        let (mut stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
+                // Out of descriptors, most likely: wait rather than spin.
                 warn!(error = %e, "metrics accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
-            debug!(%peer, "too many metrics connections; closing one");
-            continue;
-        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let answer = async {
-                let mut buf = vec![0u8; 8 << 10];
-                let mut n = 0;
-                while n < buf.len() && !buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
-                    match stream.read(&mut buf[n..]).await? {
-                        0 => break,
-                        k => n += k,
-                    }
-                }
-                let line = buf[..n].split(|&b| b == b'\n').next().unwrap_or(&[]);
-                let line = String::from_utf8_lossy(line);
-                let mut parts = line.split_whitespace();
-                let (method, path) = (parts.next(), parts.next());
-                let (status, body) = match (method, path) {
-                    (Some("GET"), Some("/metrics" | "/")) => ("200 OK", metrics.render()),
-                    (Some("GET"), _) => ("404 Not Found", "not found; try /metrics\n".to_string()),
-                    _ => ("400 Bad Request", "bad request\n".to_string()),
-                };
-                let head = format!(
-                    "HTTP/1.0 {status}\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                stream.write_all(head.as_bytes()).await?;
-                stream.write_all(body.as_bytes()).await?;
-                stream.shutdown().await
-            };
-            match tokio::time::timeout(Duration::from_secs(2), answer).await {
+            let service = service_fn(move |req| answer(req, metrics.clone()));
+            let mut builder = http1::Builder::new();
+            builder
+                .timer(TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT);
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => debug!(%peer, error = %e, "metrics connection failed"),
-                Err(_) => debug!(%peer, "metrics connection timed out"),
+                Err(_) => debug!(%peer, "metrics connection closed at its time limit"),
             }
         });
     }
 }
 
+/// One scrape: `GET /metrics` (or `/`) gets the text exposition format.
+async fn answer(
+    req: Request<Incoming>,
+    metrics: Arc<Metrics>,
+) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let (status, body) = match (req.method(), req.uri().path()) {
+        (&Method::GET | &Method::HEAD, "/metrics" | "/") => (StatusCode::OK, metrics.render()),
+        (&Method::GET | &Method::HEAD, _) => (
+            StatusCode::NOT_FOUND,
+            "not found; try /metrics\n".to_string(),
+        ),
+        _ => (
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only GET /metrics\n".to_string(),
+        ),
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    Ok(resp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
     fn render_has_every_family_and_cumulative_buckets() {
@@ -547,18 +575,85 @@ mod tests {
         assert!(text.contains("dqe_fsync_batches_total 0"));
     }
 
-    #[tokio::test]
-    async fn http_endpoint_answers_a_scrape() {
+    async fn serving(m: Arc<Metrics>) -> SocketAddr {
         let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let m = Metrics::new();
-        m.stored_pairs.store(42, Relaxed);
         tokio::spawn(serve(listener, m));
+        addr
+    }
+
+    async fn scrape(addr: SocketAddr) -> String {
         let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
         s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).await.unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn http_endpoint_answers_a_scrape() {
+        let m = Metrics::new();
+        m.stored_pairs.store(42, Relaxed);
+        let addr = serving(m).await;
+        let text = scrape(addr).await;
         assert!(text.starts_with("HTTP/1.0 200 OK"), "{text}");
         assert!(text.contains("dqe_stored_pairs 42"), "{text}");
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"GET /nothing HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        assert!(text.starts_with("HTTP/1.0 404"), "{text}");
+    }
+
+    /// Issue 8 item 12: 16 idle connections used to shut every new scrape out for 2 s.
+    #[tokio::test]
+    async fn idle_connections_do_not_keep_a_scrape_out() {
+        let addr = serving(Metrics::new()).await;
+        let mut idle = Vec::new();
+        for _ in 0..64 {
+            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+        }
+        // Half of them have started a request and stalled.
+        for s in idle.iter_mut().step_by(2) {
+            s.write_all(b"GET /metr").await.unwrap();
+        }
+        let text = tokio::time::timeout(Duration::from_millis(500), scrape(addr))
+            .await
+            .expect("a scrape answered promptly");
+        assert!(text.contains("dqe_stored_pairs 0"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn an_idle_connection_is_closed_after_the_header_timeout() {
+        let addr = serving(Metrics::new()).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let t0 = std::time::Instant::now();
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(HEADER_TIMEOUT * 2, s.read(&mut buf))
+            .await
+            .expect("closed in time");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+        assert!(t0.elapsed() >= HEADER_TIMEOUT - Duration::from_millis(100));
+    }
+
+    #[test]
+    fn wrong_port_requests_are_counted_and_rendered() {
+        // A Get on the portal port and a Test on the storer port are both counted.
+        assert_eq!(counted_kind(true, 2), Some(2));
+        assert_eq!(counted_kind(false, 0), Some(0));
+        // The storer's own Get/Put are not client requests.
+        assert_eq!(counted_kind(false, 3), None);
+        let m = Metrics::new();
+        let wrong_port = outcome_index(&Body::Refused {
+            reason: Reason::WrongPort,
+        })
+        .unwrap();
+        m.request(2, wrong_port);
+        let text = m.render();
+        assert!(
+            text.contains("dqe_requests_total{kind=\"get\",outcome=\"wrong_port\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("kind=\"get\",outcome=\"found\""), "{text}");
     }
 }

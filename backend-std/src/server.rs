@@ -280,11 +280,15 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         recovered_records = recovery.records,
         segments = recovery.segments,
         discarded_bytes = recovery.discarded_bytes,
+        skipped_records = recovery.skipped_records,
         preallocated_bytes = recovery.preallocated_bytes,
         expired_segments = recovery.expired_segments,
         metrics = ?cfg.metrics,
         "dqe-enforcer started"
     );
+    metrics
+        .replay_skipped_records
+        .store(recovery.skipped_records, Relaxed);
     if let Some(listener) = metrics_listener {
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
@@ -337,6 +341,7 @@ impl Server {
             }
             let now = self.now_ms();
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
+                self.refresh_epoch();
                 self.node.handle_timeout(now);
                 self.collect();
             }
@@ -424,9 +429,10 @@ impl Server {
             n += 1;
             self.metrics.received(label(port));
             let now = self.now_ms();
-            if port == Port::Portal {
-                self.time_request(from, len);
+            if port != Port::Source {
+                self.time_request(port, from, len);
             }
+            self.refresh_epoch();
             let datagram = &self.recv[..len];
             self.node.handle(now, port, from, datagram);
             self.collect();
@@ -434,18 +440,21 @@ impl Server {
         n
     }
 
-    /// Start timing a client request (for the latency histogram).
-    fn time_request(&mut self, from: SocketAddr, len: usize) {
+    /// Start timing a request counted in `dqe_requests_total` (and the latency histogram):
+    /// a client Test/Set, or a request the node will refuse for its port.
+    fn time_request(&mut self, port: Port, from: SocketAddr, len: usize) {
         let Some((id, variant)) = peek_header(&self.recv[..len]) else {
             return;
         };
-        // Body variants 0 and 1 are Test and Set (PROTOCOL.md).
-        if variant > 1 || self.timed.len() >= MAX_TIMED {
+        let Some(kind) = metrics::counted_kind(port == Port::Portal, variant) else {
+            return;
+        };
+        if self.timed.len() >= MAX_TIMED {
             return;
         }
         self.timed
             .entry((from, id))
-            .or_insert((variant as usize, Instant::now()));
+            .or_insert((kind, Instant::now()));
     }
 
     /// Move the node's transmits into the held queue, tagged with what they wait for.
@@ -501,8 +510,11 @@ impl Server {
                 return;
             }
         }
-        if h.from == Port::Portal
-            && let Some((id, _)) = peek_header(bytes)
+        // Storer replies are counted only when they refuse a misdirected client Test/Set
+        // (body variant 7 is Refused): a peer's Get/Put is never in `timed`.
+        if h.from != Port::Source
+            && let Some((id, variant)) = peek_header(bytes)
+            && (h.from == Port::Portal || variant == 7)
             && let Some((kind, t0)) = self.timed.remove(&(h.to, id))
             && let Ok(env) = wire::decode(bytes)
             && let Some(outcome) = metrics::outcome_index(&env.body)
@@ -575,15 +587,22 @@ impl Server {
         }
     }
 
-    /// Epoch changes, forgetting unanswered timings, exporting gauges; every 100 ms.
-    fn housekeeping(&mut self) {
-        let now = Instant::now();
-        self.next_housekeeping = now + Duration::from_millis(100);
+    /// Move the node to the epoch of this moment. Called before every datagram and deadline
+    /// the node handles, so a write carries the epoch in which it is made (a 100 ms refresh
+    /// let writes early in an epoch carry the previous one, and expire an epoch early).
+    fn refresh_epoch(&mut self) {
         let epoch = self.node.spec().epoch_of(unix_seconds());
         if epoch != self.node.epoch() {
             info!(from = self.node.epoch(), to = epoch, "new epoch");
             self.node.set_epoch(epoch);
         }
+    }
+
+    /// Epoch changes while idle, forgetting unanswered timings, exporting gauges; every 100 ms.
+    fn housekeeping(&mut self) {
+        let now = Instant::now();
+        self.next_housekeeping = now + Duration::from_millis(100);
+        self.refresh_epoch();
         self.timed
             .retain(|_, (_, t0)| now.duration_since(*t0) < TIMED_FORGET);
         self.export();

@@ -334,3 +334,54 @@ fn a_port_in_use_is_a_clear_error() {
     );
     assert!(r.stderr.contains(&want), "{}", r.stderr);
 }
+
+/// One scrape of `metrics` (HTTP/1.0, read to the end), or `None` when it fails.
+fn scrape(metrics: std::net::SocketAddr, within: Duration) -> Option<String> {
+    let mut s = std::net::TcpStream::connect_timeout(&metrics, within).ok()?;
+    s.set_read_timeout(Some(within)).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    text.contains(" 200 OK").then_some(text)
+}
+
+/// Issue 8 item 12: idle connections shut scrapes out, and `WrongPort` replies went uncounted.
+#[test]
+fn metrics_count_wrong_port_and_outlast_idle_connections() {
+    let site = DevSite::new(&PORTS, 4);
+    let base = site.base;
+    let metrics = addr(base + 3);
+    let args = [
+        "--dev",
+        "--port-base",
+        &base.to_string(),
+        "--metrics",
+        &metrics.to_string(),
+    ]
+    .map(String::from);
+    let mut node = Enforcer::spawn(&args, &site.data, &site.log, addr(base));
+    node.wait_ready(READY);
+    let c = Client::new();
+    let (k, v) = pair("counted wrong port");
+    let storer = addr(base + 1);
+    for (to, body) in [
+        (node.portal, Body::Get { key: k }),
+        (node.portal, Body::Put { key: k, value: v }),
+        (storer, Body::Test { key: k }),
+        (storer, Body::Set { key: k, value: v }),
+    ] {
+        assert_eq!(once(&c, to, body).env.body, refused(Reason::WrongPort));
+    }
+    let idle: Vec<_> = (0..64)
+        .map(|_| std::net::TcpStream::connect(metrics).unwrap())
+        .collect();
+    let t0 = std::time::Instant::now();
+    let text =
+        scrape(metrics, Duration::from_secs(1)).expect("a scrape despite 64 idle connections");
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    drop(idle);
+    for kind in ["test", "set", "get", "put"] {
+        let name = format!("dqe_requests_total{{kind=\"{kind}\",outcome=\"wrong_port\"}}");
+        assert_eq!(metric::<u64>(&text, &name), 1, "{kind}:\n{text}");
+    }
+}

@@ -1,15 +1,21 @@
 //! The static cluster description every node and client shares.
 //!
 //! Membership is static: every node knows every node from one ordered list, and the order
-//! matters (ring ties go to the earlier node, the cluster tag hashes the names in order).
+//! matters (ring ties go to the earlier node, the cluster tag hashes the nodes in order).
 //! The model lives here without any file format; backends parse TOML into it, boards get it
 //! from a build script. [`ClusterSpec::validate`] is the one place that decides what a
 //! well-formed cluster is.
 
+use core::fmt::{self, Write as _};
 use core::net::SocketAddr;
 
-/// Longest node name, in bytes.
-pub const NAME_MAX: usize = 32;
+use crate::ring::MAX_PREFERENCE;
+
+/// Longest node name, in bytes (PROTOCOL.md: 1 to 64 bytes of UTF-8).
+pub const NAME_MAX: usize = 64;
+
+/// Domain separation of the cluster tag (version 2 covers handoff and every address).
+const TAG_DOMAIN: &[u8] = b"dqe-cluster-v2";
 
 /// Defaults from PROTOCOL.md.
 pub const DEFAULT_VNODES: u16 = 16;
@@ -67,6 +73,21 @@ pub enum ConfigError {
     TooManyNodes { capacity: usize },
     /// A node name is empty.
     EmptyName { node: usize },
+    /// A node name contains a control character (NUL included: it separates the names
+    /// hashed into the cluster tag, so `"a\0b"` could pass for two nodes `a` and `b`).
+    ControlInName { node: usize },
+    /// An address has port 0 ("any port"): nobody could send to it.
+    ZeroPort { node: usize, addr: SocketAddr },
+    /// Two addresses one host cannot bind both: a wildcard address (`0.0.0.0`, `[::]`) and
+    /// another address on the same port that it covers.
+    OverlappingAddress {
+        first: usize,
+        second: usize,
+        /// Node `first`'s address.
+        first_addr: SocketAddr,
+        /// Node `second`'s address (a later role when `first == second`).
+        second_addr: SocketAddr,
+    },
     /// Two nodes share a name.
     DuplicateName { first: usize, second: usize },
     /// Two nodes (or two roles of one node) share an address.
@@ -81,6 +102,8 @@ pub enum ConfigError {
     NoVnodes,
     /// `handoff` exceeds nodes - r.
     HandoffOutOfRange { handoff: u8, max: usize },
+    /// `r + handoff` is deeper than the [`MAX_PREFERENCE`] nodes a preference list yields.
+    PreferenceTooDeep { replication: u8, handoff: u8 },
     /// `epoch_seconds` is 0.
     ZeroEpoch,
     /// `retain_epochs` is not more than `grace` (a key must outlive every stamp that maps to it).
@@ -95,6 +118,23 @@ impl core::fmt::Display for ConfigError {
                 write!(f, "more than {capacity} nodes (this build's capacity)")
             }
             ConfigError::EmptyName { node } => write!(f, "node {node} has an empty name"),
+            ConfigError::ControlInName { node } => write!(
+                f,
+                "node {node}'s name contains a control character (names are 1 to {NAME_MAX} bytes of UTF-8 without control characters)"
+            ),
+            ConfigError::ZeroPort { node, addr } => write!(
+                f,
+                "node {node} has address {addr} with port 0: every address needs a fixed port"
+            ),
+            ConfigError::OverlappingAddress {
+                first,
+                second,
+                first_addr,
+                second_addr,
+            } => write!(
+                f,
+                "nodes {first} and {second} use {first_addr} and {second_addr}: a wildcard address takes its port on every address of the host, so one host cannot bind both"
+            ),
             ConfigError::DuplicateName { first, second } => {
                 write!(f, "nodes {first} and {second} have the same name")
             }
@@ -113,6 +153,13 @@ impl core::fmt::Display for ConfigError {
             ConfigError::HandoffOutOfRange { handoff, max } => write!(
                 f,
                 "handoff {handoff} is out of range: it must be between 0 and nodes - replication ({max})"
+            ),
+            ConfigError::PreferenceTooDeep {
+                replication,
+                handoff,
+            } => write!(
+                f,
+                "replication {replication} + handoff {handoff} exceeds the {MAX_PREFERENCE} nodes of a preference list"
             ),
             ConfigError::ZeroEpoch => f.write_str("epoch_seconds must be at least 1"),
             ConfigError::RetainTooShort {
@@ -161,17 +208,15 @@ impl<const N: usize> ClusterSpec<N> {
             if a.name.is_empty() {
                 return Err(ConfigError::EmptyName { node: i });
             }
-            if a.portal == a.storer || a.portal == a.source || a.storer == a.source {
-                let addr = if a.portal == a.storer || a.portal == a.source {
-                    a.portal
-                } else {
-                    a.storer
-                };
-                return Err(ConfigError::DuplicateAddress {
-                    first: i,
-                    second: i,
-                    addr,
-                });
+            if a.name.chars().any(char::is_control) {
+                return Err(ConfigError::ControlInName { node: i });
+            }
+            let own = [a.portal, a.storer, a.source];
+            if let Some(&addr) = own.iter().find(|x| x.port() == 0) {
+                return Err(ConfigError::ZeroPort { node: i, addr });
+            }
+            for (x, y) in [(0, 1), (0, 2), (1, 2)] {
+                address_clash(i, own[x], i, own[y])?;
             }
             for (j, b) in self.nodes.iter().enumerate().skip(i + 1) {
                 if a.name == b.name {
@@ -180,13 +225,9 @@ impl<const N: usize> ClusterSpec<N> {
                         second: j,
                     });
                 }
-                for x in [a.portal, a.storer, a.source] {
-                    if x == b.portal || x == b.storer || x == b.source {
-                        return Err(ConfigError::DuplicateAddress {
-                            first: i,
-                            second: j,
-                            addr: x,
-                        });
+                for x in own {
+                    for y in [b.portal, b.storer, b.source] {
+                        address_clash(i, x, j, y)?;
                     }
                 }
             }
@@ -207,6 +248,12 @@ impl<const N: usize> ClusterSpec<N> {
                 max,
             });
         }
+        if self.replication as usize + self.handoff as usize > MAX_PREFERENCE {
+            return Err(ConfigError::PreferenceTooDeep {
+                replication: self.replication,
+                handoff: self.handoff,
+            });
+        }
         if self.epoch_seconds == 0 {
             return Err(ConfigError::ZeroEpoch);
         }
@@ -219,19 +266,27 @@ impl<const N: usize> ClusterSpec<N> {
         Ok(())
     }
 
-    /// The cluster tag of PROTOCOL.md: the first 4 bytes, big-endian, of
-    /// `SHA1("dqe-cluster-v1" || u32be(r) || u32be(vnodes) || name_1 || 0x00 || ...)`,
-    /// with 0 replaced by 1 (0 means "any" on the wire).
+    /// The cluster tag of PROTOCOL.md (version 2): the first 4 bytes, big-endian, of
+    /// `SHA1("dqe-cluster-v2" || u32be(r) || u32be(vnodes) || u32be(handoff) || for each node
+    /// in order: name || 0x00 || portal || 0x00 || storer || 0x00 || source || 0x00)`, with
+    /// each address in its [`CanonicalAddr`] text and 0 replaced by 1 (0 means "any" on the
+    /// wire). `handoff` is the effective value: [`ClusterSpec::with_defaults`] applied it.
     pub fn cluster_tag(&self) -> u32 {
-        let mut h = sha1::Sha1::default();
-        sha1::Digest::update(&mut h, b"dqe-cluster-v1");
-        sha1::Digest::update(&mut h, (self.replication as u32).to_be_bytes());
-        sha1::Digest::update(&mut h, (self.vnodes as u32).to_be_bytes());
+        let mut h = HashWriter(sha1::Sha1::default());
+        h.bytes(TAG_DOMAIN);
+        h.bytes(&(self.replication as u32).to_be_bytes());
+        h.bytes(&(self.vnodes as u32).to_be_bytes());
+        h.bytes(&(self.handoff as u32).to_be_bytes());
         for node in &self.nodes {
-            sha1::Digest::update(&mut h, node.name.as_bytes());
-            sha1::Digest::update(&mut h, [0u8]);
+            h.bytes(node.name.as_bytes());
+            h.bytes(&[0]);
+            for addr in [node.portal, node.storer, node.source] {
+                // Writing into a hash cannot fail.
+                let _ = write!(h, "{}", CanonicalAddr(addr));
+                h.bytes(&[0]);
+            }
         }
-        let d: [u8; 20] = sha1::Digest::finalize(h).into();
+        let d: [u8; 20] = sha1::Digest::finalize(h.0).into();
         match u32::from_be_bytes([d[0], d[1], d[2], d[3]]) {
             0 => 1,
             t => t,
@@ -254,5 +309,69 @@ impl<const N: usize> ClusterSpec<N> {
     /// The oldest epoch whose keys must still be kept when the current epoch is `now`.
     pub fn oldest_retained(&self, now: u32) -> u32 {
         now.saturating_sub(self.retain_epochs.saturating_sub(1))
+    }
+}
+
+/// Whether node `i`'s address `x` and node `j`'s address `y` may both be bound.
+fn address_clash(i: usize, x: SocketAddr, j: usize, y: SocketAddr) -> Result<(), ConfigError> {
+    if x.port() != y.port() {
+        return Ok(());
+    }
+    if x.ip().to_canonical() == y.ip().to_canonical() {
+        return Err(ConfigError::DuplicateAddress {
+            first: i,
+            second: j,
+            addr: y,
+        });
+    }
+    // A wildcard takes the port on every address of its family; `[::]` on both families (a
+    // dual-stack socket, Linux's default).
+    let covers = |w: SocketAddr, other: SocketAddr| {
+        w.ip().is_unspecified() && (w.is_ipv6() || other.ip().to_canonical().is_ipv4())
+    };
+    if !covers(x, y) && !covers(y, x) {
+        return Ok(());
+    }
+    Err(ConfigError::OverlappingAddress {
+        first: i,
+        second: j,
+        first_addr: x,
+        second_addr: y,
+    })
+}
+
+/// A socket address in the canonical text the cluster tag hashes (PROTOCOL.md "Cluster
+/// tag"): `a.b.c.d:port` for IPv4, `[x:y::z]:port` for IPv6 with the address in RFC 5952
+/// form (lower case, no leading zeros, the longest run of two or more zero groups written
+/// `::`, the first on a tie; an IPv4-mapped address as `::ffff:a.b.c.d`, RFC 5952 section
+/// 5). An IPv6 scope id and flow label are not part of it. `core`'s `Ipv6Addr` display is
+/// exactly that form (checked against answers computed outside the code in
+/// `tests/known_answers.rs`); the socket address's own display is not used because it adds
+/// the scope id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CanonicalAddr(pub SocketAddr);
+
+impl fmt::Display for CanonicalAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.0 {
+            SocketAddr::V4(a) => write!(f, "{}:{}", a.ip(), a.port()),
+            SocketAddr::V6(a) => write!(f, "[{}]:{}", a.ip(), a.port()),
+        }
+    }
+}
+
+/// Feeds formatted text into SHA-1 without a buffer (the core has no allocator).
+struct HashWriter(sha1::Sha1);
+
+impl HashWriter {
+    fn bytes(&mut self, b: &[u8]) {
+        sha1::Digest::update(&mut self.0, b);
+    }
+}
+
+impl fmt::Write for HashWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.bytes(s.as_bytes());
+        Ok(())
     }
 }

@@ -41,8 +41,6 @@ pub enum RingError {
     TooManyPoints { needed: usize, capacity: usize },
     /// More nodes than a [`NodeIndex`] can number.
     TooManyNodes { nodes: usize },
-    /// `r + handoff` is deeper than the [`MAX_PREFERENCE`] nodes a preference list yields.
-    PreferenceTooDeep { replication: u8, handoff: u8 },
 }
 
 impl core::fmt::Display for RingError {
@@ -56,13 +54,6 @@ impl core::fmt::Display for RingError {
             RingError::TooManyNodes { nodes } => {
                 write!(f, "{nodes} nodes is more than a node index can number")
             }
-            RingError::PreferenceTooDeep {
-                replication,
-                handoff,
-            } => write!(
-                f,
-                "replication {replication} + handoff {handoff} exceeds the {MAX_PREFERENCE} nodes of a preference list"
-            ),
         }
     }
 }
@@ -115,12 +106,6 @@ impl<const P: usize> Ring<P> {
         let nodes = spec.nodes.len();
         if nodes > NodeIndex::MAX as usize + 1 {
             return Err(RingError::TooManyNodes { nodes });
-        }
-        if spec.replication as usize + spec.handoff as usize > MAX_PREFERENCE {
-            return Err(RingError::PreferenceTooDeep {
-                replication: spec.replication,
-                handoff: spec.handoff,
-            });
         }
         let needed = nodes * spec.vnodes as usize;
         if needed > P {
@@ -273,7 +258,7 @@ mod tests {
     /// A cluster of `n` nodes named by `name`, with distinct loopback addresses.
     fn numbered<const N: usize>(
         n: usize,
-        name: impl Fn(usize, &mut heapless::String<32>),
+        name: impl Fn(usize, &mut crate::config::NodeName),
         r: u8,
         vnodes: u16,
     ) -> ClusterSpec<N> {
@@ -319,17 +304,17 @@ mod tests {
 
     #[test]
     fn replication_plus_handoff_must_fit_a_preference_list() {
-        let name = |i: usize, out: &mut heapless::String<32>| {
+        let name = |i: usize, out: &mut crate::config::NodeName| {
             core::fmt::Write::write_fmt(out, format_args!("n{i}")).unwrap()
         };
         let mut s: ClusterSpec<40> = numbered(40, name, 31, 1);
         assert_eq!(s.handoff, 2);
         assert_eq!(
             Ring::<40>::new(&s).unwrap_err(),
-            RingError::PreferenceTooDeep {
+            RingError::Config(ConfigError::PreferenceTooDeep {
                 replication: 31,
                 handoff: 2
-            }
+            })
         );
         s.handoff = 1;
         let ring = Ring::<40>::new(&s).unwrap();

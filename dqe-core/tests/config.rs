@@ -257,8 +257,124 @@ fn the_cluster_tag_depends_on_what_assignment_depends_on() {
     let mut reordered = cluster(3, 2);
     reordered.nodes.swap(0, 1);
     assert_ne!(reordered.cluster_tag(), base);
-    // Addresses are not part of assignment, so not of the tag either.
-    let mut moved = cluster(3, 2);
-    moved.nodes[0].portal = addr(99, 9000);
-    assert_eq!(moved.cluster_tag(), base);
+    // Version 2 covers every address and the handoff depth too: two clusters that differ
+    // only there no longer share a tag.
+    for role in 0..3 {
+        let mut moved = cluster(3, 2);
+        let n = &mut moved.nodes[0];
+        *[&mut n.portal, &mut n.storer, &mut n.source][role] = addr(99, 9000);
+        assert_ne!(moved.cluster_tag(), base, "role {role}");
+    }
+    let mut deeper = cluster(3, 2);
+    deeper.handoff = 0;
+    assert_ne!(deeper.cluster_tag(), base);
+}
+
+/// Issue 8 item 13: `"a\0b"` as one node and `a`, `b` as two gave one tag.
+#[test]
+fn control_characters_in_names_are_refused() {
+    for bad in ["a\0b", "tab\there", "new\nline", "del\u{7f}", "c1\u{85}"] {
+        let mut c = cluster(3, 2);
+        c.nodes[1].name = bad.try_into().unwrap();
+        assert_eq!(
+            c.validate(),
+            Err(ConfigError::ControlInName { node: 1 }),
+            "{bad:?}"
+        );
+    }
+    // Other UTF-8 is fine, up to 64 bytes.
+    let mut c = cluster(3, 2);
+    c.nodes[1].name = "nœud-é".try_into().unwrap();
+    assert_eq!(c.validate(), Ok(()));
+    c.nodes[1].name = "x".repeat(64).as_str().try_into().unwrap();
+    assert_eq!(c.validate(), Ok(()));
+}
+
+#[test]
+fn port_zero_is_refused() {
+    let mut c = cluster(3, 2);
+    c.nodes[2].storer = addr(3, 0);
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::ZeroPort {
+            node: 2,
+            addr: addr(3, 0)
+        })
+    );
+}
+
+#[test]
+fn a_wildcard_and_an_address_on_its_port_are_refused() {
+    let any4 = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port);
+    let any6 = |port| SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port);
+    // Across nodes: node 0 portal 10.0.0.1:7000, node 1 portal 0.0.0.0:7000.
+    let mut c = cluster(3, 2);
+    c.nodes[1].portal = any4(7000);
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::OverlappingAddress {
+            first: 0,
+            second: 1,
+            first_addr: addr(1, 7000),
+            second_addr: any4(7000),
+        })
+    );
+    // `[::]` is dual-stack: it takes IPv4 ports too.
+    let mut c = cluster(3, 2);
+    c.nodes[2].source = any6(7001);
+    assert!(matches!(
+        c.validate(),
+        Err(ConfigError::OverlappingAddress { .. })
+    ));
+    // Within one node.
+    let mut c = cluster(1, 1);
+    c.nodes[0].portal = any4(7001);
+    assert!(matches!(
+        c.validate(),
+        Err(ConfigError::OverlappingAddress {
+            first: 0,
+            second: 0,
+            ..
+        })
+    ));
+    // `0.0.0.0` does not take an IPv6 address's port; other ports are free.
+    let mut c = cluster(2, 1);
+    c.nodes[0].portal = any4(7000);
+    c.nodes[1].portal = SocketAddr::new(IpAddr::V6(Ipv6Addr::LOCALHOST), 7000);
+    c.nodes[1].storer = any4(8001);
+    c.nodes[1].source = addr(9, 7003);
+    assert_eq!(c.validate(), Ok(()));
+    // An IPv4-mapped IPv6 address is the IPv4 address.
+    let mut c = cluster(2, 1);
+    c.nodes[1].portal = SocketAddr::new(
+        IpAddr::V6(Ipv4Addr::new(10, 0, 0, 1).to_ipv6_mapped()),
+        7000,
+    );
+    assert!(matches!(
+        c.validate(),
+        Err(ConfigError::DuplicateAddress { .. })
+    ));
+}
+
+#[test]
+fn a_preference_list_deeper_than_the_portal_reads_is_refused() {
+    let mut nodes = heapless::Vec::<NodeSpec, 40>::new();
+    for i in 0..40u16 {
+        let a = |k: u16| SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 1, 0, 1)), 1000 + 3 * i + k);
+        let n = NodeSpec {
+            name: format!("n{i}").as_str().try_into().unwrap(),
+            portal: a(0),
+            storer: a(1),
+            source: a(2),
+        };
+        nodes.push(n).unwrap();
+    }
+    let c = ClusterSpec::with_defaults(nodes, 31);
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::PreferenceTooDeep {
+            replication: 31,
+            handoff: 2
+        })
+    );
 }

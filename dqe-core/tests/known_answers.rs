@@ -7,7 +7,7 @@
 
 use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use dqe_core::config::{ClusterSpec, NodeSpec};
+use dqe_core::config::{CanonicalAddr, ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, matches, word_value};
 use dqe_core::ring::Ring;
 use dqe_core::stamp::{
@@ -233,8 +233,23 @@ fn decode_overflowing_varint() {
 //         o = pts[(idx + s) % len(pts)][1]
 //         if o not in out: out.append(o)
 //     return out
-// tag = H(b"dqe-cluster-v1" + struct.pack(">I", 3) + struct.pack(">I", 16)
-//         + b"".join(n.encode() + b"\0" for n in names))
+//
+// The cluster tag, version 2 (PROTOCOL.md, changed 2026-12-01), with addresses in RFC 5952
+// text written out explicitly (Python 3.11's `ipaddress` prints an IPv4-mapped address as
+// `::ffff:c000:201`, not in the mixed notation of RFC 5952 section 5):
+// import ipaddress
+// def canon(ip, port):
+//     a = ipaddress.ip_address(ip)
+//     if a.version == 4: return f"{a}:{port}"
+//     m = a.ipv4_mapped
+//     return f"[{'::ffff:' + str(m) if m else str(a)}]:{port}"
+// def tag(r, vnodes, handoff, nodes):
+//     b = b"dqe-cluster-v2" + struct.pack(">III", r, vnodes, handoff)
+//     for name, addrs in nodes:
+//         b += name.encode() + b"\0" + b"".join(canon(*x).encode() + b"\0" for x in addrs)
+//     return int.from_bytes(H(b)[:4], "big") or 1
+// five = [(n, [(f"10.0.0.{i+1}", 7000 + k) for k in range(3)]) for i, n in enumerate(names)]
+// tag(3, 16, 2, five)  # handoff: the default min(2, 5 - 3)
 
 fn five_nodes() -> ClusterSpec<8> {
     let mut nodes = heapless::Vec::new();
@@ -287,7 +302,82 @@ fn preference_lists_of_five_nodes() {
 
 #[test]
 fn cluster_tag_of_five_nodes() {
-    assert_eq!(five_nodes().cluster_tag(), 0x85f4_6959);
+    assert_eq!(five_nodes().cluster_tag(), 0x0ab5_cb83);
+}
+
+// v6 = [("v6a", [("2001:db8:0:0:1:0:0:1", 7000), ("2001:DB8::FF00:42:8329", 7001),
+//                ("::ffff:192.0.2.1", 7002)]),
+//       ("v6b", [("::1", 7000), ("0:0:1:0:0:0:1:0", 7001), ("2001:db8:0:1:1:1:1:1", 7002)])]
+// [canon(*x) for _, a in v6 for x in a]
+//   == ['[2001:db8::1:0:0:1]:7000', '[2001:db8::ff00:42:8329]:7001', '[::ffff:192.0.2.1]:7002',
+//       '[::1]:7000', '[0:0:1::1:0]:7001', '[2001:db8:0:1:1:1:1:1]:7002']
+// tag(1, 16, 1, v6)  # handoff: the default min(2, 2 - 1)
+
+fn two_ipv6_nodes() -> ClusterSpec<2> {
+    let v6 = |text: &str, port: u16| SocketAddr::new(text.parse().unwrap(), port);
+    let mut nodes = heapless::Vec::new();
+    for (name, [p, s, o]) in [
+        (
+            "v6a",
+            [
+                v6("2001:db8:0:0:1:0:0:1", 7000),
+                v6("2001:DB8::FF00:42:8329", 7001),
+                v6("::ffff:192.0.2.1", 7002),
+            ],
+        ),
+        (
+            "v6b",
+            [
+                v6("::1", 7000),
+                v6("0:0:1:0:0:0:1:0", 7001),
+                v6("2001:db8:0:1:1:1:1:1", 7002),
+            ],
+        ),
+    ] {
+        let node = NodeSpec {
+            name: name.try_into().unwrap(),
+            portal: p,
+            storer: s,
+            source: o,
+        };
+        nodes.push(node).unwrap();
+    }
+    ClusterSpec::with_defaults(nodes, 1)
+}
+
+#[test]
+fn canonical_ipv6_text_is_rfc_5952() {
+    let spec = two_ipv6_nodes();
+    let texts: Vec<String> = spec
+        .nodes
+        .iter()
+        .flat_map(|n| [n.portal, n.storer, n.source])
+        .map(|a| CanonicalAddr(a).to_string())
+        .collect();
+    assert_eq!(
+        texts,
+        [
+            "[2001:db8::1:0:0:1]:7000",
+            "[2001:db8::ff00:42:8329]:7001",
+            "[::ffff:192.0.2.1]:7002",
+            "[::1]:7000",
+            "[0:0:1::1:0]:7001",
+            "[2001:db8:0:1:1:1:1:1]:7002",
+        ]
+    );
+    // A scope id is not part of the canonical text.
+    let scoped = SocketAddr::V6(core::net::SocketAddrV6::new(
+        "fe80::1".parse().unwrap(),
+        7000,
+        0,
+        3,
+    ));
+    assert_eq!(CanonicalAddr(scoped).to_string(), "[fe80::1]:7000");
+}
+
+#[test]
+fn cluster_tag_of_two_ipv6_nodes() {
+    assert_eq!(two_ipv6_nodes().cluster_tag(), 0xa3d7_b5b6);
 }
 
 // ---------------------------------------------------------------------------------------

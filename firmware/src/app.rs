@@ -7,7 +7,7 @@
 
 use core::net::{IpAddr, Ipv4Addr};
 
-use backend_embedded::Resources;
+use backend_embedded::{Resources, SocketBuffers};
 use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::node::{Node, NodeConfig, NodeError};
 use dqe_core::store::{FixedStore, Slot, max_len_for};
@@ -34,15 +34,47 @@ pub const STORER_QUEUE: usize = 4;
 pub const STORE_PAIRS: usize = 1024;
 /// Slots of the board's store: the table is kept at most 90% full.
 pub const STORE_SLOTS: usize = slots_for(STORE_PAIRS);
-/// Datagrams each socket queues each way (the node drains its sockets as fast as it serves).
-pub const SOCKET_PACKETS: usize = 6;
-/// Payload bytes each socket queues each way (one spare datagram for the ring's wrap).
-pub const SOCKET_BYTES: usize = (SOCKET_PACKETS + 1) * MAX_DATAGRAM;
-/// Sockets the embassy-net stack holds: portal, storer and source.
-pub const STACK_SOCKETS: usize = 3;
+/// Client requests the portal socket takes in one burst: a client window of 48 requests
+/// (six times the requests in flight) is read whole, and what the table cannot take is
+/// answered `Refused(Busy)` instead of vanishing in the stack.
+pub const PORTAL_RX: usize = 6 * IN_FLIGHT;
+/// Client replies the portal socket queues: one event (a deadline) can finish every request
+/// in flight at once; the backend yields to the stack after each event.
+pub const PORTAL_TX: usize = IN_FLIGHT;
+/// Peer requests the storer socket takes in one burst.
+pub const STORER_RX: usize = 12;
+/// Storer replies the storer socket queues: all the node can queue in one event.
+pub const STORER_TX: usize = STORER_QUEUE;
+/// Storer replies the source socket takes in one burst.
+pub const SOURCE_RX: usize = 16;
+/// Sub-requests the source socket queues: all the node's portal queue can hold, one event's worth.
+pub const SOURCE_TX: usize = PORTAL_QUEUE;
+/// Sockets the embassy-net stack holds: portal, storer and source, and their resolve lanes.
+pub const STACK_SOCKETS: usize = backend_embedded::NODE_SOCKETS;
 
+/// Payload bytes for `packets` datagrams, plus one spare for the ring's wrap.
+pub const fn socket_bytes(packets: usize) -> usize {
+    (packets + 1) * MAX_DATAGRAM
+}
+
+/// A socket's buffers with `RX` datagrams in and `TX` out.
+pub type Buffers<const RX: usize, const RX_BYTES: usize, const TX: usize, const TX_BYTES: usize> =
+    SocketBuffers<RX, RX_BYTES, TX, TX_BYTES>;
 /// The three sockets' buffers.
-pub type SocketResources = Resources<SOCKET_PACKETS, SOCKET_BYTES>;
+pub type SocketResources = Resources<
+    Buffers<PORTAL_RX, { socket_bytes(PORTAL_RX) }, PORTAL_TX, { socket_bytes(PORTAL_TX) }>,
+    Buffers<STORER_RX, { socket_bytes(STORER_RX) }, STORER_TX, { socket_bytes(STORER_TX) }>,
+    Buffers<SOURCE_RX, { socket_bytes(SOURCE_RX) }, SOURCE_TX, { socket_bytes(SOURCE_TX) }>,
+>;
+
+/// Empty buffers for the three sockets (a `const fn`, for a `static`).
+pub const fn socket_resources() -> SocketResources {
+    Resources::new(
+        SocketBuffers::new(),
+        SocketBuffers::new(),
+        SocketBuffers::new(),
+    )
+}
 /// The store: a fixed table over statically allocated slots.
 pub type FwStore = FixedStore<&'static mut [Slot]>;
 /// The node, with the board's RNG `R`.

@@ -3,7 +3,8 @@
 //!
 //! Everything the node needs is allocated once, statically: the store's slots, the node
 //! (ring, portal table of requests in flight, reply cache, failure detector, queued
-//! transmits), the three sockets' queues and the embassy-net stack's own state. Not counted:
+//! transmits), the three sockets' queues and their resolve lanes, the firewall's state and the
+//! embassy-net stack's own state. Not counted:
 //! the network driver's buffers (board-specific DMA rings) and the executor's task futures.
 
 use core::mem::size_of;
@@ -41,8 +42,10 @@ pub struct MemoryBreakdown {
     pub queues: usize,
     /// Of `node`: the rest (counters, the RNG).
     pub node_other: usize,
-    /// The portal, storer and source sockets' queues.
+    /// The portal, storer and source sockets' queues, and their resolve lanes'.
     pub sockets: usize,
+    /// The firewall's counters and its copy of the stack's neighbour cache.
+    pub firewall: usize,
     /// embassy-net's stack state and socket table.
     pub stack: usize,
 }
@@ -50,7 +53,7 @@ pub struct MemoryBreakdown {
 impl MemoryBreakdown {
     /// All parts together.
     pub fn total(&self) -> usize {
-        self.store + self.node + self.sockets + self.stack
+        self.store + self.node + self.sockets + self.firewall + self.stack
     }
 
     /// Bytes per pair the store itself costs at its full capacity.
@@ -83,6 +86,7 @@ pub fn breakdown<R: RngCore>(pairs: usize, slots: usize) -> MemoryBreakdown {
         queues,
         node_other: node - ring - portal - storer - cluster - queues,
         sockets: size_of::<SocketResources>(),
+        firewall: size_of::<backend_embedded::firewall::FirewallState>(),
         stack: size_of::<StackResources<STACK_SOCKETS>>(),
     }
 }

@@ -8,7 +8,7 @@ that a pass means a third-party client would interoperate. Python standard libra
 Usage: check.py dev PORTBASE NAME [TAG_HEX]   (a one-node `dqe-enforcer --dev`, r = 1)
        check.py cluster CONFIG.toml [TAG_HEX]  (a loopback cluster from `dqe config gen`)
 Exit status 1 when any check fails. `run.sh` beside it starts the nodes and runs both."""
-import socket, hashlib, struct, random, sys, time, os, re
+import socket, hashlib, struct, random, sys, time, os, re, ipaddress
 
 RESULTS = []
 TIMEOUT = 0.6
@@ -149,9 +149,23 @@ def word_pair(tag=""):
     v = sha1(w); return sha1(v), v
 
 # ---------- assignment ----------
-def cluster_tag(r, vnodes, names):
-    h = sha1(b"dqe-cluster-v1" + u32be(r) + u32be(vnodes) + b"".join(n.encode() + b"\x00" for n in names))
-    t = struct.unpack(">I", h[:4])[0]
+def canonical_addr(text):
+    """An address's canonical text (Cluster tag, changed 2026-12-01): a.b.c.d:port, or
+    [v6]:port in RFC 5952 form. Python 3.11's ipaddress compresses like RFC 5952 section 4
+    but prints an IPv4-mapped address in hex, so that one (section 5) is written out here."""
+    host, port = text.rsplit(":", 1)
+    a = ipaddress.ip_address(host.strip("[]"))
+    if a.version == 4:
+        return "%s:%d" % (a, int(port))
+    m = a.ipv4_mapped
+    return "[%s]:%d" % ("::ffff:%s" % m if m else str(a), int(port))
+
+def cluster_tag(r, vnodes, handoff, nodes):
+    """dqe-cluster-v2: nodes is a list of (name, portal, storer, source) address texts."""
+    b = b"dqe-cluster-v2" + u32be(r) + u32be(vnodes) + u32be(handoff)
+    for name, *addrs in nodes:
+        b += name.encode() + b"\x00" + b"".join(canonical_addr(a).encode() + b"\x00" for a in addrs)
+    t = struct.unpack(">I", sha1(b)[:4])[0]
     return t or 1
 
 def ring(names, vnodes):
@@ -299,7 +313,8 @@ def main():
     mode = sys.argv[1]
     if mode == "dev":
         base = int(sys.argv[2]); name = sys.argv[3]
-        tag = cluster_tag(1, 16, [name])
+        dev = [(name,) + tuple("127.0.0.1:%d" % (base + i) for i in range(3))]
+        tag = cluster_tag(1, 16, 0, dev)  # handoff: the default min(2, 1 - 1)
         print("computed dev cluster tag 0x%08x" % tag)
         if len(sys.argv) > 4:
             record("[dev] computed tag equals node's logged tag %s" % sys.argv[4], tag == int(sys.argv[4], 16), rule="Cluster tag")
@@ -309,11 +324,15 @@ def main():
         r = int(re.search(r"^replication\s*=\s*(\d+)", txt, re.M).group(1))
         vm = re.search(r"^vnodes\s*=\s*(\d+)", txt, re.M); vnodes = int(vm.group(1)) if vm else 16
         names = re.findall(r'^name\s*=\s*"([^"]+)"', txt, re.M)
+        hm = re.search(r"^handoff\s*=\s*(\d+)", txt, re.M)
+        handoff = int(hm.group(1)) if hm else min(2, len(names) - r)
+        addrs = {role: re.findall(r'^%s\s*=\s*"([^"]+)"' % role, txt, re.M) for role in ("portal", "storer", "source")}
         portals = [int(p) for p in re.findall(r'^portal\s*=\s*"127\.0\.0\.1:(\d+)"', txt, re.M)]
         storers = [int(p) for p in re.findall(r'^storer\s*=\s*"127\.0\.0\.1:(\d+)"', txt, re.M)]
         sources = [int(p) for p in re.findall(r'^source\s*=\s*"127\.0\.0\.1:(\d+)"', txt, re.M)]
-        tag = cluster_tag(r, vnodes, names)
-        print("computed cluster tag 0x%08x r=%d vnodes=%d names=%s" % (tag, r, vnodes, names))
+        nodes = list(zip(names, addrs["portal"], addrs["storer"], addrs["source"]))
+        tag = cluster_tag(r, vnodes, handoff, nodes)
+        print("computed cluster tag 0x%08x r=%d vnodes=%d handoff=%d names=%s" % (tag, r, vnodes, handoff, names))
         if len(sys.argv) > 3:
             record("[c3] computed tag equals `dqe config gen` tag %s" % sys.argv[3], tag == int(sys.argv[3], 16), rule="Cluster tag")
         node_checks("c3-%s" % names[0], portals[0], storers[0], sources[0], tag)

@@ -28,10 +28,18 @@ wait_port() { # wait until something listens on UDP port $1 (at most 10 s)
 "$bin/dqe-enforcer" --dev --port-base 9501 --data-dir "$work/dev" >"$work/dev.log" 2>&1 &
 pids+=($!)
 wait_port 9501
-python3 "$here/check.py" dev 9501 dev
+# The tag the node logs at start-up, for check.py to compare with its own computation.
+dev_tag=""
+for _ in $(seq 100); do
+  dev_tag="$(grep -o 'cluster_tag=0x[0-9a-f]*' "$work/dev.log" | head -1 | cut -d= -f2)" || true
+  [ -n "$dev_tag" ] && break
+  sleep 0.1
+done
+python3 "$here/check.py" dev 9501 dev $dev_tag
 
-"$bin/dqe" config gen --nodes 3 --replication 2 --base-port 9601 --out "$work/c3.toml" >/dev/null
+gen="$("$bin/dqe" config gen --nodes 3 --replication 2 --base-port 9601 --out "$work/c3.toml")"
+c3_tag="$(grep -o 'cluster tag 0x[0-9a-f]*' <<<"$gen" | cut -d' ' -f3)"
 "$bin/dqe" cluster up --config "$work/c3.toml" --data-root "$work/c3" >"$work/c3.log" 2>&1 &
 pids+=($!)
 for port in 9601 9604 9607; do wait_port "$port"; done
-python3 "$here/check.py" cluster "$work/c3.toml"
+python3 "$here/check.py" cluster "$work/c3.toml" $c3_tag

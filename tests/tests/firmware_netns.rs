@@ -158,6 +158,43 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// The last counters line of a `dqe-fw-sim` log that satisfies `ok`, waiting up to 12 s
+    /// for one (the sim writes its counters every 5 s when they changed).
+    fn counters_where(&mut self, ok: impl Fn(&str) -> bool) -> String {
+        let end = Instant::now() + Duration::from_secs(12);
+        loop {
+            self.assert_running();
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if let Some(line) = log.lines().rev().find(|l| l.contains("counters:"))
+                && ok(line)
+            {
+                return line.to_string();
+            }
+            assert!(
+                Instant::now() < end,
+                "no counters line as expected in the log of {}:\n{log}",
+                self.label
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// The number after `field: ` in a counters line (the first one after `after`).
+fn counter(line: &str, after: &str, field: &str) -> u64 {
+    let rest = &line[line.find(after).unwrap_or(0)..];
+    let at = rest
+        .find(&format!("{field}: "))
+        .unwrap_or_else(|| panic!("no {field} in {line}"));
+    rest[at + field.len() + 2..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect::<String>()
+        .parse()
+        .unwrap()
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         self.child.kill9();
@@ -581,4 +618,547 @@ fn mixed_cluster_stores_on_the_servers_when_the_firmware_store_is_full() {
     for p in &mut m.procs {
         p.assert_running();
     }
+}
+
+// ---------------------------------------------------------------- hardening (issue 18)
+
+impl Netns {
+    /// Run `f` on a thread inside the namespace (sockets it makes stay in the namespace).
+    fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
+            // SAFETY: a valid namespace fd; setns affects only this short-lived thread.
+            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("namespace thread")
+    }
+
+    /// `ip netns exec NAME program args...`, waited for; its exit status and stdout.
+    fn run(&self, program: &str, args: &[&str]) -> (bool, String) {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.name, program])
+            .args(args)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    }
+}
+
+/// A raw IPv4 socket (made inside `ns`) for `protocol`: `IPPROTO_RAW` sends packets whose IP
+/// header the caller writes (forged sources); `IPPROTO_ICMP` reads every ICMP packet.
+fn raw_socket(ns: &Netns, protocol: libc::c_int) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    let fd = ns.inside(move || {
+        // SAFETY: plain socket(2) call; the result is checked.
+        unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, protocol) }
+    });
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    // SAFETY: a fresh descriptor that nothing else owns.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+fn sockaddr_in(ip: Ipv4Addr, port: u16) -> libc::sockaddr_in {
+    libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    }
+}
+
+/// The Internet checksum (RFC 1071) of `bytes`.
+fn internet_checksum(bytes: &[u8]) -> u16 {
+    let mut sum: u32 = bytes
+        .chunks(2)
+        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Send one UDP datagram from `src`, an address no host owns, to `dst` through a raw socket.
+fn send_forged(ns: &Netns, src: std::net::SocketAddrV4, dst: SocketAddr, payload: &[u8]) {
+    let SocketAddr::V4(dst) = dst else {
+        panic!("IPv4 only")
+    };
+    let udp_len = 8 + payload.len();
+    let total = 20 + udp_len;
+    let mut p = vec![0u8; total];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&(total as u16).to_be_bytes());
+    p[8] = 64;
+    p[9] = 17;
+    p[12..16].copy_from_slice(&src.ip().octets());
+    p[16..20].copy_from_slice(&dst.ip().octets());
+    let ip_sum = internet_checksum(&p[..20]);
+    p[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+    p[20..22].copy_from_slice(&src.port().to_be_bytes());
+    p[22..24].copy_from_slice(&dst.port().to_be_bytes());
+    p[24..26].copy_from_slice(&(udp_len as u16).to_be_bytes());
+    p[28..].copy_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&p[12..20]);
+    pseudo.extend_from_slice(&[0, 17]);
+    pseudo.extend_from_slice(&(udp_len as u16).to_be_bytes());
+    pseudo.extend_from_slice(&p[20..]);
+    let udp_sum = match internet_checksum(&pseudo) {
+        0 => 0xffff,
+        s => s,
+    };
+    p[26..28].copy_from_slice(&udp_sum.to_be_bytes());
+    let fd = raw_socket(ns, libc::IPPROTO_RAW);
+    let to = sockaddr_in(*dst.ip(), 0);
+    // SAFETY: valid fd, buffer and address for the duration of the call.
+    let sent = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            p.as_ptr().cast(),
+            p.len(),
+            0,
+            (&to as *const libc::sockaddr_in).cast(),
+            size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(
+        sent,
+        p.len() as isize,
+        "forged send: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// ICMP packets from `from` of type `icmp_type` read from `fd` until `quiet` passes without one
+/// (at most `limit` in all).
+fn count_icmp(fd: &std::os::fd::OwnedFd, from: Ipv4Addr, icmp_type: u8, quiet: Duration) -> usize {
+    let tv = libc::timeval {
+        tv_sec: quiet.as_secs() as libc::time_t,
+        tv_usec: quiet.subsec_micros() as libc::suseconds_t,
+    };
+    // SAFETY: valid fd and option value.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        );
+    }
+    let end = Instant::now() + Duration::from_secs(20);
+    let mut n = 0;
+    let mut buf = [0u8; 2048];
+    while Instant::now() < end {
+        // SAFETY: valid fd and buffer.
+        let len = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if len <= 0 {
+            break;
+        }
+        let pkt = &buf[..len as usize];
+        let ihl = usize::from(pkt[0] & 0x0f) * 4;
+        if pkt.len() > ihl && pkt[12..16] == from.octets() && pkt[ihl] == icmp_type {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// A one-node cluster of the firmware alone, ready; `extra` goes into `[cluster]`.
+fn lone_board(
+    test: &str,
+    base: u16,
+    extra: &str,
+) -> Option<(Proc, Client, [SocketAddr; 3], tempfile::TempDir, Netns)> {
+    let ns = netns_or_skip(test)?;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addrs = addrs(BOARD_IP, base);
+    let config = dir.path().join("cluster.toml");
+    let toml = cluster_toml(1, &[("fw", addrs)]).replacen(
+        "[cluster]\n",
+        &format!("[cluster]\n{extra}"),
+        1,
+    );
+    std::fs::write(&config, toml).unwrap();
+    let mut fw = start_firmware(&ns, dir.path(), &config, "fw", 1024);
+    let c = Client::new(&ns);
+    c.wait_ready(addrs[0], &mut [&mut fw]);
+    Some((fw, c, addrs, dir, ns))
+}
+
+/// Every one of `n` TESTs through `portal` is answered (one at a time).
+fn answers_all(c: &Client, portal: SocketAddr, n: usize, when: &str) {
+    for i in 0..n {
+        let key = dqe_tests::pair(&format!("probe-{i}")).0;
+        let started = Instant::now();
+        let (_, reply) = c.request(portal, 0, Body::Test { key });
+        assert!(
+            reply.is_some(),
+            "TEST {i} of {n} {when} got no answer within {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn a_forged_source_does_not_stop_the_board() {
+    let test = "fw-forged";
+    let Some((mut fw, c, [portal, storer, _], _dir, ns)) = lone_board(test, 7401, "") else {
+        return;
+    };
+    answers_all(&c, portal, 4, "before the forged datagrams");
+    // Requests from 10.77.0.77, which no host owns: the board's replies can never be resolved.
+    for (i, to) in [portal, storer, portal, storer].into_iter().enumerate() {
+        let (k, v) = pair(test, i);
+        let body = if to == portal {
+            Body::Set { key: k, value: v }
+        } else {
+            Body::Put { key: k, value: v }
+        };
+        let bytes = encode(&Envelope::new(0, fresh_id(), body));
+        send_forged(
+            &ns,
+            std::net::SocketAddrV4::new(Ipv4Addr::new(10, 77, 0, 77), 4000 + i as u16),
+            to,
+            &bytes,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    answers_all(&c, portal, 16, "after the forged datagrams");
+    // Long after: the board still serves, on both ports.
+    std::thread::sleep(Duration::from_secs(3));
+    answers_all(&c, portal, 16, "3 s after the forged datagrams");
+    let (k, v) = pair(test, 99);
+    assert_eq!(c.call(storer, Body::Put { key: k, value: v }), Body::Stored);
+    // The replies to the forged address went out through the resolve lanes, and are counted.
+    let line = fw.counters_where(|l| {
+        counter(l, "sent_via_lane", "portal") >= 2 && counter(l, "sent_via_lane", "storer") >= 2
+    });
+    eprintln!("{line}");
+}
+
+#[test]
+fn a_departed_peer_does_not_stop_the_board() {
+    let test = "fw-departed";
+    let Some(ns) = netns_or_skip(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fw = addrs(BOARD_IP, 7501);
+    let e1 = addrs(HOST_IP, 7511);
+    // A configured peer whose address no host owns: its ARP is never answered.
+    let gone = addrs(Ipv4Addr::new(10, 77, 0, 99), 7521);
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        cluster_toml(2, &[("fw", fw), ("e1", e1), ("gone", gone)]),
+    )
+    .unwrap();
+    let mut e1p = start_enforcer(&ns, dir.path(), &config, "e1");
+    let mut fwp = start_firmware(&ns, dir.path(), &config, "fw", 1024);
+    let c = Client::new(&ns);
+    c.wait_ready(fw[0], &mut [&mut fwp, &mut e1p]);
+    c.wait_ready(e1[0], &mut [&mut fwp, &mut e1p]);
+    // For 8 s, pairs are set and found through the board, whose write sets include `gone`.
+    let end = Instant::now() + Duration::from_secs(8);
+    let mut i = 0;
+    while Instant::now() < end {
+        let (k, v) = pair(test, i);
+        assert_eq!(
+            c.call(fw[0], Body::Set { key: k, value: v }),
+            Body::Stored,
+            "SET {i} through the board with a departed peer"
+        );
+        assert_eq!(
+            c.call(fw[0], Body::Test { key: k }),
+            Body::Found { value: v },
+            "TEST {i}"
+        );
+        assert_eq!(
+            c.call(e1[0], Body::Test { key: k }),
+            Body::Found { value: v },
+            "TEST {i} through e1"
+        );
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    fwp.assert_running();
+    e1p.assert_running();
+}
+
+#[test]
+fn a_burst_of_48_requests_gets_48_answers() {
+    let test = "fw-burst";
+    let Some((mut fw, c, [portal, ..], _dir, _ns)) = lone_board(test, 7601, "") else {
+        return;
+    };
+    for round in 0..3 {
+        let mut ids = std::collections::HashSet::new();
+        for i in 0..48 {
+            let (k, v) = pair(test, round * 100 + i);
+            let id = fresh_id();
+            ids.insert(id);
+            let body = if i % 2 == 0 {
+                Body::Set { key: k, value: v }
+            } else {
+                Body::Test { key: k }
+            };
+            c.0.send_raw(portal, &encode(&Envelope::new(0, id, body)));
+        }
+        let end = Instant::now() + Duration::from_secs(3);
+        let mut answered = 0;
+        while let Some(left) = end.checked_duration_since(Instant::now()) {
+            let Some(bytes) = c.0.recv_from(portal, left) else {
+                break;
+            };
+            let env = dqe_core::wire::decode(&bytes).expect("a valid reply");
+            assert!(
+                matches!(
+                    env.body,
+                    Body::Stored
+                        | Body::Found { .. }
+                        | Body::NotFound
+                        | Body::Refused {
+                            reason: Reason::Busy
+                        }
+                ),
+                "{:?}",
+                env.body
+            );
+            if ids.remove(&env.id) {
+                answered += 1;
+            }
+            if ids.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(answered, 48, "round {round}: answers to a burst of 48");
+    }
+    fw.assert_running();
+}
+
+#[test]
+fn a_closed_port_draws_no_icmp() {
+    let test = "fw-icmp";
+    let Some((mut fw, c, [portal, ..], _dir, ns)) = lone_board(test, 7701, "") else {
+        return;
+    };
+    let icmp = raw_socket(&ns, libc::IPPROTO_ICMP);
+    let closed = SocketAddr::from((BOARD_IP, 7799));
+    for _ in 0..200 {
+        c.0.send_raw(closed, b"");
+    }
+    // Type 3: destination unreachable, 28 bytes larger than what drew it.
+    let unreachable = count_icmp(&icmp, BOARD_IP, 3, Duration::from_millis(500));
+    assert_eq!(
+        unreachable, 0,
+        "ICMP errors for 200 datagrams to a closed port"
+    );
+    answers_all(&c, portal, 2, "after the closed-port datagrams");
+    // Each was dropped by the firewall and counted.
+    fw.counters_where(|l| counter(l, "firewall", "closed_port") >= 200);
+}
+
+#[test]
+fn the_board_answers_ping_within_its_rate_limit() {
+    let test = "fw-ping";
+    let Some((mut fw, _c, _addrs, _dir, ns)) = lone_board(test, 7801, "") else {
+        return;
+    };
+    if Command::new("ping").arg("-V").output().is_err() {
+        panic!("ping (iputils-ping) is not installed: apt-get install -y iputils-ping");
+    }
+    let board = BOARD_IP.to_string();
+    let (ok, out) = ns.run("ping", &["-c", "3", "-i", "0.3", "-W", "1", &board]);
+    assert!(ok, "ping of the board failed:\n{out}");
+    // A flood: 200 echo requests in about 0.4 s are answered at the rate limit, not all.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let icmp = raw_socket(&ns, libc::IPPROTO_ICMP);
+    let (_, out) = ns.run(
+        "ping",
+        &["-c", "200", "-i", "0.002", "-W", "1", "-q", &board],
+    );
+    let replies = count_icmp(&icmp, BOARD_IP, 0, Duration::from_millis(300));
+    assert!(
+        (1..=backend_limit_bound()).contains(&replies),
+        "{replies} echo replies to a flood of 200:\n{out}"
+    );
+    fw.assert_running();
+}
+
+/// Most echo replies a 0.4 s flood may draw: the burst plus a second of the rate, with slack.
+fn backend_limit_bound() -> usize {
+    24
+}
+
+#[test]
+fn a_pair_set_just_after_an_epoch_boundary_carries_the_new_epoch() {
+    let test = "fw-epoch";
+    // 2 s epochs, kept 2 epochs: a pair set in epoch E must be found until E + 2 begins.
+    let Some((mut fw, c, [portal, ..], _dir, _ns)) = lone_board(
+        test,
+        7901,
+        "epoch_seconds = 2\ngrace = 1\nretain_epochs = 2\n",
+    ) else {
+        return;
+    };
+    for round in 0..2 {
+        let boundary = next_boundary(2);
+        sleep_until_unix(boundary + Duration::from_millis(30));
+        let (k, v) = pair(test, round);
+        assert_eq!(c.call(portal, Body::Set { key: k, value: v }), Body::Stored);
+        // 3.7 s after the boundary: still epoch E + 1, so the pair must be kept.
+        sleep_until_unix(boundary + Duration::from_millis(3_700));
+        assert_eq!(
+            c.call(portal, Body::Test { key: k }),
+            Body::Found { value: v },
+            "round {round}: a pair set 30 ms into epoch E is gone during E + 1"
+        );
+        // In E + 3 it has expired (retention is honoured, not stretched).
+        sleep_until_unix(boundary + Duration::from_millis(6_300));
+        assert_eq!(
+            c.call(portal, Body::Test { key: k }),
+            Body::NotFound,
+            "round {round}"
+        );
+    }
+    fw.assert_running();
+}
+
+/// The next multiple of `epoch_seconds` since 1970, as a duration since 1970.
+fn next_boundary(epoch_seconds: u64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    Duration::from_secs((now.as_secs() / epoch_seconds + 1) * epoch_seconds)
+}
+
+fn sleep_until_unix(t: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    if let Some(d) = t.checked_sub(now) {
+        std::thread::sleep(d);
+    }
+}
+
+#[test]
+fn a_stream_of_forged_datagrams_does_not_silence_the_board() {
+    let test = "fw-forged-stream";
+    let Some((mut fw, c, [portal, storer, _], _dir, ns)) = lone_board(test, 7451, "") else {
+        return;
+    };
+    // Two forged requests (portal and storer) every 200 ms, each from a new address no host
+    // owns, for 4 s; meanwhile one TEST at a time, each given one try of 400 ms.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attacker = {
+        let stop = stop.clone();
+        let ns_name = ns.name.clone();
+        std::thread::spawn(move || {
+            let ns = Netns { name: ns_name };
+            let mut i = 0u16;
+            while !stop.load(Ordering::Relaxed) {
+                for to in [portal, storer] {
+                    let (k, v) = pair("forged-stream", usize::from(i));
+                    let body = if to == portal {
+                        Body::Test { key: k }
+                    } else {
+                        Body::Put { key: k, value: v }
+                    };
+                    let src = Ipv4Addr::new(10, 77, 0, 100 + (i % 100) as u8);
+                    let bytes = encode(&Envelope::new(0, fresh_id(), body));
+                    send_forged(&ns, std::net::SocketAddrV4::new(src, 5000 + i), to, &bytes);
+                    i += 1;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            // The namespace belongs to the test: do not delete it here.
+            std::mem::forget(ns);
+        })
+    };
+    let end = Instant::now() + Duration::from_secs(4);
+    let (mut asked, mut answered) = (0, 0);
+    while Instant::now() < end {
+        let key = pair(test, asked).0;
+        let bytes = encode(&Envelope::new(0, fresh_id(), Body::Test { key }));
+        asked += 1;
+        if c.exchange(portal, &bytes, Duration::from_millis(400))
+            .is_some()
+        {
+            answered += 1;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    attacker.join().unwrap();
+    eprintln!("{answered} of {asked} TESTs answered during the forged stream");
+    assert!(
+        answered * 10 >= asked * 9,
+        "only {answered} of {asked} TESTs answered (one try of 400 ms each) during a stream of forged datagrams"
+    );
+    fw.assert_running();
+}
+
+#[test]
+fn a_server_peer_that_leaves_the_network_does_not_stop_the_board() {
+    let test = "fw-left";
+    let Some(ns) = netns_or_skip(test) else {
+        return;
+    };
+    // e2 gets an address of its own, which it takes with it when it leaves.
+    let e2_ip = Ipv4Addr::new(10, 77, 0, 3);
+    ns.ip(&["addr", "add", &format!("{e2_ip}/24"), "dev", "tap0"])
+        .expect("second address");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fw = addrs(BOARD_IP, 7541);
+    let e1 = addrs(HOST_IP, 7551);
+    let e2 = addrs(e2_ip, 7561);
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        cluster_toml(2, &[("fw", fw), ("e1", e1), ("e2", e2)]),
+    )
+    .unwrap();
+    let mut e1p = start_enforcer(&ns, dir.path(), &config, "e1");
+    let mut e2p = start_enforcer(&ns, dir.path(), &config, "e2");
+    let mut fwp = start_firmware(&ns, dir.path(), &config, "fw", 1024);
+    let c = Client::new(&ns);
+    for portal in [fw[0], e1[0], e2[0]] {
+        c.wait_ready(portal, &mut [&mut fwp, &mut e1p, &mut e2p]);
+    }
+    let before: Vec<(Key, Value)> = (0..8).map(|i| pair(test, i)).collect();
+    c.set_round_robin(&before, &[fw[0], e1[0], e2[0]], "");
+    // e2 leaves: killed, its address removed. The board's ARP entry for it lapses after 60 s,
+    // and from then on nothing sent to e2 is ever resolved.
+    e2p.child.kill9();
+    ns.ip(&["addr", "del", &format!("{e2_ip}/24"), "dev", "tap0"])
+        .expect("remove e2's address");
+    let end = Instant::now() + Duration::from_secs(75);
+    let mut i = 100;
+    while Instant::now() < end {
+        let (k, v) = pair(test, i);
+        assert_eq!(
+            c.call(fw[0], Body::Set { key: k, value: v }),
+            Body::Stored,
+            "SET {i} through the board after e2 left"
+        );
+        assert_eq!(
+            c.call(fw[0], Body::Test { key: k }),
+            Body::Found { value: v }
+        );
+        i += 1;
+        std::thread::sleep(Duration::from_millis(1_500));
+    }
+    // The pairs set before are still found through the board.
+    c.all_found(&before, &[fw[0], e1[0]], " long after e2 left");
+    fwp.assert_running();
+    e1p.assert_running();
 }

@@ -17,19 +17,21 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use backend_embedded::firewall::{Firewall, FirewallState};
 use backend_embedded::{BindError, EmbeddedNode, EpochSource};
 use clap::Parser;
 use dqe_core::store::Slot;
 use embassy_executor::Executor;
 use embassy_net::{Ipv4Cidr, Runner, StackResources, StaticConfigV4};
 use embassy_net_tuntap::TunTapDevice;
+use embassy_time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use static_cell::StaticCell;
 
 use crate::app::{
     AppError, FwNode, FwStore, IN_FLIGHT, MAX_NODES, REPLY_CACHE, RING_POINTS, STACK_SOCKETS,
-    STORE_PAIRS, SocketResources, build_node, check_addresses, slots_for,
+    STORE_PAIRS, SocketResources, build_node, check_addresses, slots_for, socket_resources,
 };
 use crate::config_file::{self, ConfigFileError};
 
@@ -123,13 +125,37 @@ type SimBackend = EmbeddedNode<
 >;
 
 #[embassy_executor::task]
-async fn net_task(mut runner: Runner<'static, TunTapDevice>) -> ! {
+async fn net_task(mut runner: Runner<'static, Firewall<'static, TunTapDevice>>) -> ! {
     runner.run().await
 }
 
+/// How often the sim writes its counters to stderr (when they changed).
+pub const COUNTERS_EVERY: Duration = Duration::from_secs(5);
+
 #[embassy_executor::task]
-async fn node_task(mut backend: SimBackend) -> ! {
-    backend.run().await
+async fn node_task(mut backend: SimBackend, firewall: &'static FirewallState) -> ! {
+    let mut last = None;
+    loop {
+        backend.serve_until(Instant::now() + COUNTERS_EVERY).await;
+        let counters = (
+            *backend.stats(),
+            firewall.stats(),
+            backend.node().stats().clone(),
+        );
+        if last.as_ref() != Some(&counters) {
+            let (b, f, n) = &counters;
+            eprintln!(
+                "dqe-fw-sim: counters: backend {b:?}; firewall {f:?}; node refused_busy={} \
+                 busy_queue_full={} drop_queue_full={} deferred_timeouts={} drop_amplification={}",
+                n.refused_busy,
+                n.busy_queue_full,
+                n.drop_queue_full,
+                n.deferred_timeouts,
+                n.drop_amplification
+            );
+            last = Some(counters);
+        }
+    }
 }
 
 /// Parse `a.b.c.d/prefix`.
@@ -173,6 +199,16 @@ pub fn run(args: Args) -> Result<Infallible, SimError> {
         name: args.tap.clone(),
         source,
     })?;
+    // The stack sees only what the node serves: its three UDP ports, ARP and rate-limited pings.
+    // It also keeps the copy of the stack's neighbour cache that the node's resolve lanes need.
+    static FIREWALL: StaticCell<FirewallState> = StaticCell::new();
+    let firewall: &'static FirewallState = FIREWALL.init(FirewallState::new());
+    let ports = [
+        my_spec.portal.port(),
+        my_spec.storer.port(),
+        my_spec.source.port(),
+    ];
+    let device = Firewall::new(device, ip, prefix, ports, firewall);
     let config = embassy_net::Config::ipv4_static(StaticConfigV4 {
         address: Ipv4Cidr::new(ip, prefix),
         gateway: args.gateway,
@@ -183,12 +219,13 @@ pub fn run(args: Args) -> Result<Infallible, SimError> {
     static SOCKETS: StaticCell<SocketResources> = StaticCell::new();
     let backend = EmbeddedNode::new(
         stack,
-        SOCKETS.init(SocketResources::new()),
+        SOCKETS.init(socket_resources()),
         &my_spec,
         node,
         epoch_source,
     )
-    .map_err(SimError::Bind)?;
+    .map_err(SimError::Bind)?
+    .with_neighbors(firewall.neighbors());
 
     eprintln!(
         "dqe-fw-sim: node {} on {} ({ip}/{prefix}): portal {}, storer {}, source {}; cluster tag {tag:#010x}; store {} pairs in {slot_count} slots",
@@ -197,6 +234,6 @@ pub fn run(args: Args) -> Result<Infallible, SimError> {
     static EXECUTOR: StaticCell<Executor> = StaticCell::new();
     EXECUTOR.init(Executor::new()).run(|spawner| {
         spawner.spawn(net_task(runner).expect("the net task is spawned once"));
-        spawner.spawn(node_task(backend).expect("the node task is spawned once"));
+        spawner.spawn(node_task(backend, firewall).expect("the node task is spawned once"));
     })
 }

@@ -21,7 +21,7 @@ use core::cell::RefCell;
 use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use core::task::{Context, Waker};
 
-use backend_embedded::{EmbeddedNode, Resources};
+use backend_embedded::{EmbeddedNode, UniformResources};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
 use dqe_core::node::{Node, NodeConfig, Port};
@@ -293,7 +293,7 @@ fn backend_checks() -> Result<(), &'static str> {
             dns_servers: heapless::Vec::new(),
         })
     };
-    let mut node_stack_res = StackResources::<3>::new();
+    let mut node_stack_res = StackResources::<{ backend_embedded::NODE_SOCKETS }>::new();
     let mut client_stack_res = StackResources::<1>::new();
     let (node_stack, mut node_runner) =
         embassy_net::new(node_end, static_ip(NODE_IP), &mut node_stack_res, 1);
@@ -311,7 +311,7 @@ fn backend_checks() -> Result<(), &'static str> {
         0,
     )
     .map_err(|_| "node refused a one-node cluster")?;
-    let mut resources = Resources::<4, 256>::new();
+    let mut resources = UniformResources::<4, 256>::uniform();
     let mut backend = EmbeddedNode::new(node_stack, &mut resources, &me, &mut node, || Some(EPOCH))
         .map_err(|_| "bind")?;
 
