@@ -324,12 +324,13 @@ fn cluster_up_keeps_the_other_nodes_running_when_one_exits() {
         host_tools::cluster::loopback_config(&ports, 2, None),
     )
     .unwrap();
-    // A wrapper that records each node's pid (nodes start in config order).
+    // A wrapper that records each node's pid beside its arguments (nodes start concurrently,
+    // so the order of the lines says nothing about which node is which).
     let wrapper = d.join("enforcer.sh");
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\necho $$ >> {}\nexec {} \"$@\"\n",
+            "#!/bin/sh\necho \"$$ $*\" >> {}\nexec {} \"$@\"\n",
             d.join("pids").display(),
             common::enforcer_path().display()
         ),
@@ -371,12 +372,19 @@ fn cluster_up_keeps_the_other_nodes_running_when_one_exits() {
         }
     };
     wait_for("ready", &mut seen);
-    let pids: Vec<String> = std::fs::read_to_string(d.join("pids"))
-        .unwrap()
-        .lines()
-        .map(str::to_string)
+    let lines = std::fs::read_to_string(d.join("pids")).unwrap();
+    assert_eq!(lines.lines().count(), 3, "{lines}");
+    // The pid of each node, in config order, found by its `--node NAME` argument.
+    let pids: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|name| {
+            let line = lines
+                .lines()
+                .find(|l| l.split_whitespace().any(|w| w == *name))
+                .unwrap_or_else(|| panic!("no pid line for {name}: {lines}"));
+            line.split_whitespace().next().unwrap().to_string()
+        })
         .collect();
-    assert_eq!(pids.len(), 3, "{pids:?}");
     let kill = |sig: &str, pid: &str| {
         std::process::Command::new("kill")
             .args([sig, pid])

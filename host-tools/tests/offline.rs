@@ -331,7 +331,8 @@ fn unreachable_portals_fail_with_exit_1_in_bounded_time() {
     word.extend(timeout);
     word.extend(["test", "hello"]);
     for r in [judge(d, "cancel", &cancel), dqe(d, &word)] {
-        r.assert_fails(1, "no answer in 0.6 s");
+        // The time waited is measured, so a loaded machine may print 0.7 s.
+        r.assert_fails(1, "no answer in 0.");
         r.assert_fails(1, "same id");
         assert!(r.took < quick, "{:?}", r.took);
     }
