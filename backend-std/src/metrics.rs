@@ -469,6 +469,16 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsBindError> {
 
 /// Serve scrapes forever.
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    serve_text(listener, move || metrics.render()).await
+}
+
+/// Serve scrapes of whatever `render` writes in the text exposition format, forever (other
+/// daemons, such as `dqe milter`, share this responder).
+pub async fn serve_text<R>(listener: TcpListener, render: R)
+where
+    R: Fn() -> String + Send + Sync + 'static,
+{
+    let render = Arc::new(render);
     let permits = Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
     loop {
         let (mut stream, peer) = match listener.accept().await {
@@ -483,7 +493,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
             debug!(%peer, "too many metrics connections; closing one");
             continue;
         };
-        let metrics = metrics.clone();
+        let render = render.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let answer = async {
@@ -500,7 +510,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 let mut parts = line.split_whitespace();
                 let (method, path) = (parts.next(), parts.next());
                 let (status, body) = match (method, path) {
-                    (Some("GET"), Some("/metrics" | "/")) => ("200 OK", metrics.render()),
+                    (Some("GET"), Some("/metrics" | "/")) => ("200 OK", render()),
                     (Some("GET"), _) => ("404 Not Found", "not found; try /metrics\n".to_string()),
                     _ => ("400 Bad Request", "bad request\n".to_string()),
                 };
