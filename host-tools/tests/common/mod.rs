@@ -173,3 +173,57 @@ pub fn print_stamp(dir: &Path) -> String {
     assert_eq!(r.code, 0, "{r:?}");
     r.stdout.trim().to_string()
 }
+
+/// A `dqe milter` process, killed on drop.
+pub struct MilterProcess {
+    pub child: dqe_tests::ChildGuard,
+    pub addr: std::net::SocketAddr,
+    /// Its stderr (one log line per message), read by a thread.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl MilterProcess {
+    /// Start `dqe milter --listen inet:127.0.0.1:PORT args...` in `dir` and wait (bounded)
+    /// until it accepts connections.
+    pub fn start(dir: &Path, port: u16, args: &[&str]) -> MilterProcess {
+        use std::io::BufRead as _;
+        let addr = dqe_tests::loopback(port);
+        let listen = format!("inet:{addr}");
+        let mut child = dqe_tests::ChildGuard::spawn(
+            dqe_command(dir)
+                .args(["milter", "--listen", &listen])
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped()),
+        );
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(s) = child.exited() {
+                panic!("dqe milter exited {s}: {:?}", log.lock().unwrap());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dqe milter never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        MilterProcess { child, addr, log }
+    }
+
+    /// The log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
