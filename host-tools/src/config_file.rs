@@ -98,6 +98,20 @@ pub(crate) fn located(path: &Path, text: &str, e: toml::de::Error) -> FileError 
     }
 }
 
+/// A maker of [`FileError::Field`] for `text` read from `path`: the span of the bad value,
+/// the field's name and what is wrong.
+pub(crate) fn field_error<'a>(
+    path: &'a Path,
+    text: &'a str,
+) -> impl Fn(Range<usize>, &str, String) -> FileError + 'a {
+    move |span, field, problem| FileError::Field {
+        path: path.to_path_buf(),
+        line: line_of(text, span.start),
+        field: field.to_string(),
+        problem,
+    }
+}
+
 pub(crate) fn read(path: &Path) -> Result<String, FileError> {
     std::fs::read_to_string(path).map_err(|source| FileError::Read {
         path: path.to_path_buf(),
@@ -220,12 +234,7 @@ impl ClientConfig {
     /// Parse client config `text` that came from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<ClientConfig, FileError> {
         let raw: RawClient = toml::from_str(text).map_err(|e| located(path, text, e))?;
-        let field = |span: Range<usize>, field: &str, problem: String| FileError::Field {
-            path: path.to_path_buf(),
-            line: line_of(text, span.start),
-            field: field.to_string(),
-            problem,
-        };
+        let field = field_error(path, text);
         let base = path.parent().unwrap_or(Path::new("."));
         let mut config = ClientConfig {
             source: Some(path.to_path_buf()),

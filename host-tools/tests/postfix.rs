@@ -18,10 +18,9 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::{MilterProcess, PortRange, allocator_and_sender, dqe_command};
+use common::{MilterProcess, PortRange, allocator_and_sender};
 use dqe_tests::{ChildGuard, loopback};
 
 /// This file's ports.
@@ -260,7 +259,7 @@ impl Drop for Postfix {
 
 /// `dqe cluster up` with three nodes, stopped (SIGINT) on demand or killed on drop.
 struct ClusterUp {
-    child: ChildGuard,
+    up: common::ClusterUp,
     portals: Vec<String>,
 }
 
@@ -272,47 +271,16 @@ impl ClusterUp {
             host_tools::cluster::loopback_config(&ports, 2, None),
         )
         .unwrap();
-        common::enforcer_path();
-        let mut child = ChildGuard::spawn(
-            dqe_command(dir)
-                .args([
-                    "cluster",
-                    "up",
-                    "--config",
-                    "cluster.toml",
-                    "--data-root",
-                    "data",
-                ])
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null()),
-        );
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let mut seen = Vec::new();
-        while !seen.iter().any(|l: &String| l.starts_with("ready")) {
-            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(l) => seen.push(l),
-                Err(_) => panic!("no `ready` from dqe cluster up; saw {seen:?}"),
-            }
-        }
+        let up = common::ClusterUp::start(dir, "cluster.toml");
         let portals = [0, 3, 6]
             .iter()
             .map(|i| format!("127.0.0.1:{}", ports[*i]))
             .collect();
-        ClusterUp { child, portals }
+        ClusterUp { up, portals }
     }
 
     fn stop(&mut self) {
-        let status = self.child.stop("INT", Duration::from_secs(20));
+        let status = self.up.child.stop("INT", Duration::from_secs(20));
         assert_eq!(status.code(), Some(0));
     }
 }

@@ -27,7 +27,6 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -36,7 +35,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config_file::{
-    ClientConfig, FileError, line_of, located, parse_addr, parse_trust, read as read_text,
+    ClientConfig, FileError, field_error, located, parse_addr, parse_trust, read as read_text,
 };
 use crate::keys;
 use crate::stamp_state::{StateError, StateFiles};
@@ -448,12 +447,7 @@ fn identity(
 
 fn parse_file(path: &Path, text: &str) -> Result<FromFile, FileError> {
     let raw: RawFile = toml::from_str(text).map_err(|e| located(path, text, e))?;
-    let field = |span: Range<usize>, field: &str, problem: String| FileError::Field {
-        path: path.to_path_buf(),
-        line: line_of(text, span.start),
-        field: field.to_string(),
-        problem,
-    };
+    let field = field_error(path, text);
     let base = path.parent().unwrap_or(Path::new("."));
     let mut out = FromFile::default();
     if let Some(l) = &raw.listen {

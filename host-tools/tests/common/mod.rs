@@ -227,3 +227,49 @@ impl MilterProcess {
         self.log.lock().unwrap().clone()
     }
 }
+
+/// `dqe cluster up --config CONFIG --data-root data` in `dir`, its stdout lines on a channel.
+pub struct ClusterUp {
+    pub child: dqe_tests::ChildGuard,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    /// The lines up to and including `ready`.
+    pub seen: Vec<String>,
+}
+
+impl ClusterUp {
+    /// Start it and wait (bounded) for its `ready` line.
+    pub fn start(dir: &Path, config: &str) -> ClusterUp {
+        use std::io::BufRead as _;
+        // `dqe` finds dqe-enforcer beside itself in the target dir.
+        enforcer_path();
+        let mut child = dqe_tests::ChildGuard::spawn(
+            dqe_command(dir)
+                .args(["cluster", "up", "--config", config, "--data-root", "data"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::inherit()),
+        );
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while !seen.iter().any(|l: &String| l.starts_with("ready")) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("no `ready` from dqe cluster up; saw {seen:?}"),
+            }
+        }
+        ClusterUp { child, lines, seen }
+    }
+}
