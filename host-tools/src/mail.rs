@@ -262,6 +262,21 @@ mod tests {
     }
 
     #[test]
+    fn milter_values_fold_with_the_given_line_end_and_unfold_back() {
+        let value: String = std::iter::repeat_n('B', 200).collect();
+        let folded = String::from_utf8(folded_value(STAMP_HEADER, &value, b"\n")).unwrap();
+        assert!(
+            folded.starts_with(' ') && folded.contains("\n "),
+            "{folded:?}"
+        );
+        assert!(!folded.contains('\r') && !folded.ends_with('\n'));
+        assert_eq!(unfold(&folded).replace(' ', ""), value);
+        assert_eq!(unfold("a\r\n\tb \n  c  "), "a b c");
+        assert!(is_named("x-dqe-verdict \t", VERDICT_HEADER));
+        assert!(!is_named("X-DQE-Verdicts", VERDICT_HEADER));
+    }
+
+    #[test]
     fn drops_forged_headers_with_their_continuations() {
         let m = Message::parse(
             b"X-DQE-Verdict: fresh\n  forged\nSubject: x\nx-dqe-verdict: used\nX-DQE-Verdict :obs\n\nX-DQE-Verdict: in body\n"

@@ -414,6 +414,67 @@ fn a_malformed_or_cut_stream_closes_that_session_only_and_sigterm_drains() {
 }
 
 #[test]
+fn a_unix_socket_from_the_config_file_serves_and_is_removed_on_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    allocator_and_sender(d, 5, "+30");
+    let socket = d.join("milter.sock");
+    std::fs::write(
+        d.join("milter.toml"),
+        format!(
+            "listen = \"unix:{}\"\n[send]\n[[send.identity]]\nsender = \"example.org\"\ncert = \"sender.cert\"\nkey = \"sender.key\"\n",
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let mut child = dqe_tests::ChildGuard::spawn(
+        common::dqe_command(d)
+            .args(["milter", "--config", "milter.toml"])
+            .stderr(std::process::Stdio::null()),
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        assert!(std::time::Instant::now() < deadline, "never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&socket).unwrap().permissions());
+    assert_eq!(
+        mode & 0o777,
+        0o666,
+        "the mail server's user must be able to connect"
+    );
+    let (ours, other) = block_on(async {
+        let mut out = Vec::new();
+        for sender in ["<alice@Example.org>", "<mallory@example.net>"] {
+            let stream = tokio::net::UnixStream::connect(&socket)
+                .await
+                .unwrap()
+                .compat();
+            let mut c = Client::new(OptNeg::default())
+                .connect_via(stream)
+                .await
+                .unwrap();
+            c.mail(sender.as_bytes()).await.unwrap();
+            c.data().await.unwrap();
+            c.end_of_header().await.unwrap();
+            out.push(Answer::of(&c.end_of_body().await.unwrap()));
+            c.quit().await.unwrap();
+        }
+        (out.remove(0), out.remove(0))
+    });
+    // The domain's identity stamps alice; nobody stamps for another domain.
+    assert!(ours.added("X-DQE-Stamp").is_some(), "{ours:?}");
+    assert!(
+        other.inserted.is_empty() && other.reply.is_none(),
+        "{other:?}"
+    );
+    let status = child.stop("TERM", Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    assert!(!socket.exists());
+}
+
+#[test]
 fn config_errors_name_file_line_and_field() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();

@@ -70,18 +70,25 @@ fn postfix_ids() -> (u32, u32) {
     (out("-u"), out("-g"))
 }
 
-/// A private Postfix: `outbound` relays to `inbound`, which delivers to `mail/USER/`.
+/// A private Postfix: `outbound` relays to `inbound`, which delivers to `mail/USER/`;
+/// `strict` is a second receiving listener with its own milter.
 struct Postfix {
     root: PathBuf,
     master: ChildGuard,
     outbound: SocketAddr,
     inbound: SocketAddr,
+    strict: SocketAddr,
 }
 
 impl Postfix {
-    /// Set up and start Postfix under `root`, with `send_milter` on the outbound listener
-    /// and `receive_milter` on the inbound one.
-    fn start(root: &Path, send_milter: SocketAddr, receive_milter: SocketAddr) -> Postfix {
+    /// Set up and start Postfix under `root`, with `send_milter` on the outbound listener,
+    /// `receive_milter` on the inbound one and `strict_milter` on the strict one.
+    fn start(
+        root: &Path,
+        send_milter: SocketAddr,
+        receive_milter: SocketAddr,
+        strict_milter: SocketAddr,
+    ) -> Postfix {
         use std::os::unix::fs::PermissionsExt as _;
         let root = root.join("postfix");
         let etc = root.join("etc");
@@ -100,8 +107,9 @@ impl Postfix {
         for d in ["data", "mail"] {
             std::os::unix::fs::chown(root.join(d), Some(uid), Some(gid)).unwrap();
         }
-        let ports = PORTS.ports(2);
-        let (outbound, inbound) = (loopback(ports[0]), loopback(ports[1]));
+        let ports = PORTS.ports(3);
+        let (outbound, inbound, strict) =
+            (loopback(ports[0]), loopback(ports[1]), loopback(ports[2]));
         let r = root.display();
         std::fs::write(
             etc.join("main.cf"),
@@ -176,6 +184,7 @@ postlog unix-dgram n - n - 1 postlogd
             format!(
                 "{outbound} inet n - n - - smtpd -o smtpd_milters=inet:{send_milter}
 {inbound} inet n - n - - smtpd -o smtpd_milters=inet:{receive_milter} -o myhostname=in.test -o cleanup_service_name=cleanup_in
+{strict} inet n - n - - smtpd -o smtpd_milters=inet:{strict_milter} -o myhostname=in.test -o cleanup_service_name=cleanup_in
 cleanup_in unix n - n - 0 cleanup -o virtual_alias_maps=regexp:{r}/etc/in_alias
 {services}"
             ),
@@ -201,6 +210,7 @@ cleanup_in unix n - n - 0 cleanup -o virtual_alias_maps=regexp:{r}/etc/in_alias
             master,
             outbound,
             inbound,
+            strict,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         while TcpStream::connect(outbound).is_err() || TcpStream::connect(inbound).is_err() {
@@ -291,6 +301,8 @@ struct MailPath {
     cluster: ClusterUp,
     sender: MilterProcess,
     receiver: MilterProcess,
+    /// A receiver from a config file that rejects used stamps.
+    strict: MilterProcess,
     postfix: Postfix,
 }
 
@@ -318,20 +330,37 @@ fn mail_path(quota: u32) -> MailPath {
             "300",
         ],
     );
-    let postfix = Postfix::start(d, sender.addr, receiver.addr);
+    let quoted: Vec<String> = cluster.portals.iter().map(|p| format!("\"{p}\"")).collect();
+    std::fs::write(
+        d.join("strict.toml"),
+        format!(
+            "[receive]\ntrust = [\"qa.pub\"]\nportals = [{}]\ntimeout_ms = 300\n[receive.actions]\nused = \"reject\"\n",
+            quoted.join(", ")
+        ),
+    )
+    .unwrap();
+    let strict = MilterProcess::start(d, PORTS.block(1), &["--config", "strict.toml"]);
+    let postfix = Postfix::start(d, sender.addr, receiver.addr, strict.addr);
     MailPath {
         dir,
         cluster,
         sender,
         receiver,
+        strict,
         postfix,
     }
 }
 
 /// Send one message with swaks; `extra` are more swaks arguments.
 fn swaks(server: SocketAddr, subject: &str, extra: &[&str]) {
+    let r = try_swaks(server, subject, extra);
+    assert_eq!(r.code, 0, "swaks: {}\n{}", r.stdout, r.stderr);
+}
+
+/// [`swaks`], whatever the server answers.
+fn try_swaks(server: SocketAddr, subject: &str, extra: &[&str]) -> dqe_tests::Run {
     let server = server.to_string();
-    let r = dqe_tests::run(
+    dqe_tests::run(
         Command::new("swaks")
             .args([
                 "--server",
@@ -348,8 +377,7 @@ fn swaks(server: SocketAddr, subject: &str, extra: &[&str]) {
             .args(extra),
         b"",
         Duration::from_secs(60),
-    );
-    assert_eq!(r.code, 0, "swaks: {}\n{}", r.stdout, r.stderr);
+    )
 }
 
 /// The unfolded values of header `name` in a message.
@@ -409,6 +437,25 @@ fn postfix_stamps_relays_verifies_catches_reuse_and_survives_a_dead_enforcer() {
         headers(&second, "X-DQE-Verdict"),
         ["used; cancelled before"],
         "{second}"
+    );
+
+    // A receiver configured with `used = "reject"` refuses it at the end of DATA.
+    let refused = try_swaks(p.postfix.strict, "refused", &["--add-header", &again]);
+    assert_ne!(refused.code, 0, "{refused:?}");
+    assert!(
+        refused
+            .stdout
+            .contains("550 5.7.1 dqe: stamp used; cancelled before"),
+        "{}",
+        refused.stdout
+    );
+    assert!(
+        p.strict
+            .log()
+            .iter()
+            .any(|l| l.contains("outcome=used action=reject")),
+        "{:?}",
+        p.strict.log()
     );
 
     // With the enforcer stopped, mail still flows, marked unavailable.

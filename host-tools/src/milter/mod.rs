@@ -81,7 +81,12 @@ async fn serve(config: MilterConfig) -> Result<(), RunError> {
             {
                 let _ = std::fs::remove_file(path);
             }
-            Listener::Unix(tokio::net::UnixListener::bind(path).map_err(listen_err)?)
+            let l = tokio::net::UnixListener::bind(path).map_err(listen_err)?;
+            // The mail server runs as another user and must be able to connect; who may
+            // reach the socket is decided by the directory it is in (see the README).
+            std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+                .map_err(listen_err)?;
+            Listener::Unix(l)
         }
     };
     let metrics = Arc::new(Metrics::default());
