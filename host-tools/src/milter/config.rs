@@ -595,6 +595,33 @@ impl MilterConfig {
         let grace = args.grace.or(file.grace).unwrap_or(client.grace);
         let send = args.send || (file.send.is_some() && !args.receive);
         let receive = args.receive || (file.receive.is_some() && !args.send);
+        let other_role = |flags: &[(&str, bool)], role: &str| match flags.iter().find(|f| f.1) {
+            Some((flag, _)) => Err(ConfigError::Usage(format!(
+                "{flag} belongs to the {role} role, and this milter is not one: run a second milter for it"
+            ))),
+            None => Ok(()),
+        };
+        if send {
+            other_role(
+                &[
+                    ("--trust", !args.trust.is_empty()),
+                    ("--portal", !args.portals.is_empty()),
+                    ("--timeout-ms", args.timeout_ms.is_some()),
+                    ("--action", !args.actions.is_empty()),
+                ],
+                "--receive",
+            )?;
+        } else {
+            other_role(
+                &[
+                    ("--cert", args.cert.is_some()),
+                    ("--state", args.state.is_some()),
+                    ("--state-dir", args.state_dir.is_some()),
+                    ("--quota-spent", args.quota_spent.is_some()),
+                ],
+                "--send",
+            )?;
+        }
         let role = if send {
             let (file_quota, state_dir, mut identities) = file.send.unwrap_or_default();
             if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
@@ -780,10 +807,21 @@ mod tests {
         assert!(err.to_string().contains("--trust"), "{err}");
         let no_cert = MilterArgs {
             send: true,
-            ..no_role
+            ..no_role.clone()
         };
         let err = MilterConfig::resolve(&no_cert, &ClientConfig::default()).unwrap_err();
         assert!(err.to_string().contains("--cert"), "{err}");
+        let mixed = MilterArgs {
+            receive: true,
+            quota_spent: Some(QuotaSpent::Accept),
+            ..no_role.clone()
+        };
+        let err = MilterConfig::resolve(&mixed, &ClientConfig::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--quota-spent belongs to the --send role"),
+            "{err}"
+        );
         assert!(parse_action_flag("used=drop").is_err());
         assert_eq!(
             parse_action_flag("used=reject").unwrap(),

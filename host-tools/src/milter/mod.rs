@@ -59,7 +59,10 @@ pub fn run(config: MilterConfig) -> Result<(), RunError> {
         .enable_all()
         .build()
         .map_err(RunError::Start)?;
-    runtime.block_on(serve(config))
+    let result = runtime.block_on(serve(config));
+    // A decision still running after the drain time (a portal round trip) is not waited for.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn serve(config: MilterConfig) -> Result<(), RunError> {
