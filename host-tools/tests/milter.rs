@@ -487,4 +487,12 @@ fn config_errors_name_file_line_and_field() {
     r.assert_fails(1, "milter.toml:5: field `receive.actions.used`");
     let r = dqe(d, &["milter", "--listen", "tcp:1", "--receive"]);
     r.assert_fails(1, "inet:HOST:PORT");
+    // A key that is not the certificate's sender is refused at start, not at the first message.
+    allocator_and_sender(d, 5, "+30");
+    let listen = ["milter", "--listen", "inet:127.0.0.1:1", "--send"];
+    let r = dqe(
+        d,
+        &[&listen[..], &["--cert", "sender.cert", "--key", "qa.key"]].concat(),
+    );
+    r.assert_fails(1, "is not the sender of certificate");
 }

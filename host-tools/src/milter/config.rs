@@ -38,6 +38,7 @@ use crate::config_file::{
     ClientConfig, FileError, field_error, located, parse_addr, parse_trust, read as read_text,
 };
 use crate::keys;
+use crate::stamp_cmd;
 use crate::stamp_state::{StateError, StateFiles};
 
 /// Where the milter listens, in Postfix's notation.
@@ -426,13 +427,7 @@ fn identity(
 ) -> Result<Identity, String> {
     let cert = keys::read_certificate(cert_path, "cert").map_err(|e| e.to_string())?;
     let seed = keys::read_seed(key_path, "key").map_err(|e| e.to_string())?;
-    if dqe_core::stamp::public_key(&seed) != cert.body.sender {
-        return Err(format!(
-            "the key {} is not the sender of certificate {}: use the key whose .pub was certified",
-            key_path.display(),
-            cert_path.display()
-        ));
-    }
+    stamp_cmd::check_key(cert_path, &cert, key_path, &seed).map_err(|e| e.to_string())?;
     let state = StateFiles::locate(cert_path, &cert, state, state_dir)
         .map_err(|e: StateError| e.to_string())?;
     Ok(Identity {
