@@ -131,11 +131,8 @@ fn cluster_up_serves_until_ctrl_c_then_stops_every_node() {
         host_tools::cluster::loopback_config(&ports, 1, None),
     )
     .unwrap();
-    let common::ClusterUp {
-        mut child,
-        lines: rx,
-        mut seen,
-    } = common::ClusterUp::start(d, "c.toml");
+    let mut up = common::ClusterUp::start(d, "c.toml");
+    let mut seen = std::mem::take(&mut up.seen);
     let portal = format!("127.0.0.1:{}", ports[3]);
     assert!(
         seen.iter().any(|l| l.contains(&format!("portal {portal}"))),
@@ -144,9 +141,9 @@ fn cluster_up_serves_until_ctrl_c_then_stops_every_node() {
     let r = dqe(d, &["portal", "--portal", &portal, "set", "up"]);
     r.assert_says(0, "stored");
 
-    let status = child.stop("INT", Duration::from_secs(15));
+    let status = up.child.stop("INT", Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
-    while let Ok(l) = rx.recv_timeout(Duration::from_secs(2)) {
+    while let Ok(l) = up.lines.recv_timeout(Duration::from_secs(2)) {
         seen.push(l);
     }
     assert!(seen.iter().any(|l| l == "stopped"), "{seen:?}");

@@ -229,6 +229,8 @@ impl MilterProcess {
 }
 
 /// `dqe cluster up --config CONFIG --data-root data` in `dir`, its stdout lines on a channel.
+/// Dropped while running, it is stopped with SIGINT (so it stops its nodes; a `kill -9` would
+/// leave them running), and killed only if that does not end it.
 pub struct ClusterUp {
     pub child: dqe_tests::ChildGuard,
     pub lines: std::sync::mpsc::Receiver<String>,
@@ -271,5 +273,18 @@ impl ClusterUp {
             }
         }
         ClusterUp { child, lines, seen }
+    }
+}
+
+impl Drop for ClusterUp {
+    fn drop(&mut self) {
+        if self.child.exited().is_some() {
+            return;
+        }
+        self.child.signal("INT");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.child.exited().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 }
