@@ -496,6 +496,16 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsBindError> {
 /// has not sent a whole request head within [`HEADER_TIMEOUT`] (idle keep-alive included)
 /// is closed, and none lives longer than [`CONNECTION_LIFETIME`].
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
+    serve_text(listener, move || metrics.render()).await
+}
+
+/// Serve scrapes of whatever `render` writes in the text exposition format, forever, on the
+/// same terms as [`serve`] (other daemons, such as `dqe milter`, share this responder).
+pub async fn serve_text<R>(listener: TcpListener, render: R)
+where
+    R: Fn() -> String + Send + Sync + 'static,
+{
+    let render: Render = Arc::new(render);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -506,9 +516,9 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 continue;
             }
         };
-        let metrics = metrics.clone();
+        let render = render.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, metrics.clone()));
+            let service = service_fn(move |req| answer(req, render.clone()));
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -524,12 +534,15 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
 }
 
 /// One scrape: `GET /metrics` (or `/`) gets the text exposition format.
+/// What a scrape renders.
+type Render = Arc<dyn Fn() -> String + Send + Sync>;
+
 async fn answer(
     req: Request<Incoming>,
-    metrics: Arc<Metrics>,
+    render: Render,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics" | "/") => (StatusCode::OK, metrics.render()),
+        (&Method::GET | &Method::HEAD, "/metrics" | "/") => (StatusCode::OK, render()),
         (&Method::GET | &Method::HEAD, _) => (
             StatusCode::NOT_FOUND,
             "not found; try /metrics\n".to_string(),

@@ -96,6 +96,8 @@ pub enum Command {
     U2(U2Args),
     /// Start a three-node loopback cluster and walk through a stamp's life, then stop.
     Demo(DemoArgs),
+    /// Milter for Postfix or Sendmail: stamp outgoing mail (--send) or verify and cancel incoming stamps (--receive).
+    Milter(crate::milter::MilterArgs),
 }
 
 /// `dqe keygen`.
@@ -441,6 +443,10 @@ pub enum Failure {
     Demo(#[from] DemoError),
     #[error(transparent)]
     Mail(#[from] MailError),
+    #[error(transparent)]
+    MilterConfig(#[from] crate::milter::config::ConfigError),
+    #[error(transparent)]
+    Milter(#[from] crate::milter::RunError),
     /// An argument that parsed but makes no sense.
     #[error("{0}")]
     Usage(String),
@@ -511,6 +517,11 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Config(ConfigCommand::Check(a)) => config_check(a),
         Command::Cluster(ClusterCommand::Up(a)) => cluster_up(a),
         Command::U2(a) => run_u2(a, &config()?),
+        Command::Milter(a) => {
+            let settings = crate::milter::MilterConfig::resolve(&a, &config()?)?;
+            crate::milter::run(settings)?;
+            Ok(EXIT_OK)
+        }
         Command::Demo(a) => {
             let enforcer = match a.enforcer {
                 Some(p) => p,
@@ -716,12 +727,7 @@ fn stamp_print(a: PrintArgs, c: &ClientConfig) -> Result<u8, Failure> {
     };
     let state = StateFiles::locate(&a.cert, &cert, a.state.as_deref(), a.state_dir.as_deref())
         .map_err(PrintError::from)?;
-    let now_s = unix_now();
-    let clock = Clock {
-        epoch: e.now,
-        grace: e.grace,
-        seconds_left: ((e.current as u64 + 1) * e.epoch_seconds as u64).saturating_sub(now_s),
-    };
+    let clock = Clock::at(unix_now(), e.epoch_seconds, e.grace, Some(e.current));
     let printed = stamp_cmd::print(
         &a.cert, cert, &a.key, &seed, e.current, a.index, &state, &clock,
     )?;

@@ -58,7 +58,7 @@ pub enum FileError {
 }
 
 /// The 1-based line of byte offset `at` in `text`.
-fn line_of(text: &str, at: usize) -> usize {
+pub(crate) fn line_of(text: &str, at: usize) -> usize {
     text.as_bytes()[..at.min(text.len())]
         .iter()
         .filter(|&&b| b == b'\n')
@@ -69,7 +69,7 @@ fn line_of(text: &str, at: usize) -> usize {
 /// Turn a toml/serde error into a located [`FileError`]. toml does not expose the key path
 /// of an error, so the field comes from the message (`missing field `x``) or else from the
 /// `key = ` on the line the error points at.
-fn located(path: &Path, text: &str, e: toml::de::Error) -> FileError {
+pub(crate) fn located(path: &Path, text: &str, e: toml::de::Error) -> FileError {
     let message = e.message().trim().to_string();
     let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
     let from_message = message
@@ -98,7 +98,21 @@ fn located(path: &Path, text: &str, e: toml::de::Error) -> FileError {
     }
 }
 
-fn read(path: &Path) -> Result<String, FileError> {
+/// A maker of [`FileError::Field`] for `text` read from `path`: the span of the bad value,
+/// the field's name and what is wrong.
+pub(crate) fn field_error<'a>(
+    path: &'a Path,
+    text: &'a str,
+) -> impl Fn(Range<usize>, &str, String) -> FileError + 'a {
+    move |span, field, problem| FileError::Field {
+        path: path.to_path_buf(),
+        line: line_of(text, span.start),
+        field: field.to_string(),
+        problem,
+    }
+}
+
+pub(crate) fn read(path: &Path) -> Result<String, FileError> {
     std::fs::read_to_string(path).map_err(|source| FileError::Read {
         path: path.to_path_buf(),
         source,
@@ -220,12 +234,7 @@ impl ClientConfig {
     /// Parse client config `text` that came from `path`.
     pub fn parse(path: &Path, text: &str) -> Result<ClientConfig, FileError> {
         let raw: RawClient = toml::from_str(text).map_err(|e| located(path, text, e))?;
-        let field = |span: Range<usize>, field: &str, problem: String| FileError::Field {
-            path: path.to_path_buf(),
-            line: line_of(text, span.start),
-            field: field.to_string(),
-            problem,
-        };
+        let field = field_error(path, text);
         let base = path.parent().unwrap_or(Path::new("."));
         let mut config = ClientConfig {
             source: Some(path.to_path_buf()),

@@ -7,6 +7,7 @@
 //! - [`stamp_cmd`]: printing, verifying and cancelling stamps.
 //! - [`stamp_state`]: the durable index state of each certificate.
 //! - [`mail`]: adding and reading headers of an RFC 5322 message.
+//! - [`milter`]: `dqe milter`, stamping and verifying inside Postfix or Sendmail.
 //! - [`config_file`]: the client config and the cluster config, errors by line and field.
 //! - [`u2`]: the load generator.
 //! - [`cluster`]: a loopback cluster of `dqe-enforcer` child processes.
@@ -31,6 +32,7 @@ pub mod config_file;
 pub mod demo;
 pub mod keys;
 pub mod mail;
+pub mod milter;
 pub mod stamp_cmd;
 pub mod stamp_state;
 pub mod u2;

@@ -14,6 +14,11 @@
 //! `X-DQE-Stamp :` is read. A header block whose first line is a continuation (it starts with
 //! white space) is refused: a header added above it would swallow that line.
 
+/// The header a sender's stamp travels in.
+pub const STAMP_HEADER: &str = "X-DQE-Stamp";
+/// The header a receiver writes its verdict in (and removes when it arrives from outside).
+pub const VERDICT_HEADER: &str = "X-DQE-Verdict";
+
 /// Header lines are folded to stay within this many characters (RFC 5322 recommends 78).
 const FOLD_AT: usize = 76;
 
@@ -73,6 +78,59 @@ fn field_name(line: &[u8]) -> Option<(&[u8], usize)> {
         .all(|&b| b == b' ' || b == b'\t');
     let ftext = |b: &u8| (33..=126).contains(b) && *b != b':';
     (!name.is_empty() && wsp_only && name.iter().all(ftext)).then_some((name, colon + 1))
+}
+
+/// `value` folded to follow `name:` on a header line: each word after a space, and a line
+/// break `nl` (then a space) wherever the line would pass [`FOLD_AT`]; a word longer than a
+/// line (a stamp) is cut. No line ending at the end.
+pub fn folded_value(name: &str, value: &str, nl: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(value.len() + value.len() / FOLD_AT * 3 + 8);
+    let mut col = name.len() + 1;
+    for word in value.split(' ').filter(|w| !w.is_empty()) {
+        let mut rest = word;
+        while !rest.is_empty() {
+            let room = FOLD_AT.saturating_sub(col + 1);
+            let fits_fresh_line = rest.len() < FOLD_AT;
+            if rest.len() <= room {
+                out.push(b' ');
+                out.extend_from_slice(rest.as_bytes());
+                col += 1 + rest.len();
+                rest = "";
+            } else if col > 0 && (fits_fresh_line || room == 0) {
+                out.extend_from_slice(nl);
+                col = 0;
+            } else {
+                // Longer than any line (a stamp): fill this line and go on.
+                let mut cut = room;
+                while !rest.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                out.push(b' ');
+                out.extend_from_slice(&rest.as_bytes()[..cut]);
+                out.extend_from_slice(nl);
+                col = 0;
+                rest = &rest[cut..];
+            }
+        }
+    }
+    out
+}
+
+/// A header value as it reads unfolded: each line break with the white space around it
+/// becomes one space, and the ends are trimmed (RFC 5322 section 3.2.2).
+pub fn unfold(value: &str) -> String {
+    value
+        .split(['\r', '\n'])
+        .map(|l| l.trim_matches([' ', '\t']))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether header `name`, as a mail server passes it on (perhaps with the white space an
+/// obsolete `name :` leaves), is `wanted`, case-insensitive.
+pub fn is_named(name: &str, wanted: &str) -> bool {
+    name.trim_matches([' ', '\t']).eq_ignore_ascii_case(wanted)
 }
 
 impl Message {
@@ -155,34 +213,7 @@ impl Message {
         out.extend_from_slice(&self.bytes[..self.headers_start]);
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b":");
-        let mut col = name.len() + 1;
-        for word in value.split(' ').filter(|w| !w.is_empty()) {
-            let mut rest = word;
-            while !rest.is_empty() {
-                let room = FOLD_AT.saturating_sub(col + 1);
-                let fits_fresh_line = rest.len() < FOLD_AT;
-                if rest.len() <= room {
-                    out.push(b' ');
-                    out.extend_from_slice(rest.as_bytes());
-                    col += 1 + rest.len();
-                    rest = "";
-                } else if col > 0 && (fits_fresh_line || room == 0) {
-                    out.extend_from_slice(nl);
-                    col = 0;
-                } else {
-                    // Longer than any line (a stamp): fill this line and go on.
-                    let mut cut = room;
-                    while !rest.is_char_boundary(cut) {
-                        cut -= 1;
-                    }
-                    out.push(b' ');
-                    out.extend_from_slice(&rest.as_bytes()[..cut]);
-                    out.extend_from_slice(nl);
-                    col = 0;
-                    rest = &rest[cut..];
-                }
-            }
-        }
+        out.extend_from_slice(&folded_value(name, value, nl));
         out.extend_from_slice(nl);
         let mut kept = self.headers_start;
         if let Some(drop) = drop {
@@ -228,6 +259,21 @@ mod tests {
         assert!(text.lines().all(|l| l.len() <= FOLD_AT), "{text}");
         let back = Message::parse(out).unwrap().header("x-dqe-stamp").unwrap();
         assert_eq!(back.replace(' ', ""), value);
+    }
+
+    #[test]
+    fn milter_values_fold_with_the_given_line_end_and_unfold_back() {
+        let value: String = std::iter::repeat_n('B', 200).collect();
+        let folded = String::from_utf8(folded_value(STAMP_HEADER, &value, b"\n")).unwrap();
+        assert!(
+            folded.starts_with(' ') && folded.contains("\n "),
+            "{folded:?}"
+        );
+        assert!(!folded.contains('\r') && !folded.ends_with('\n'));
+        assert_eq!(unfold(&folded).replace(' ', ""), value);
+        assert_eq!(unfold("a\r\n\tb \n  c  "), "a b c");
+        assert!(is_named("x-dqe-verdict \t", VERDICT_HEADER));
+        assert!(!is_named("X-DQE-Verdicts", VERDICT_HEADER));
     }
 
     #[test]

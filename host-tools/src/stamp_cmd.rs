@@ -56,6 +56,22 @@ pub struct Printed {
     pub notes: Vec<StateNote>,
 }
 
+/// Check that `seed` (read from `key_path`) is the sender key certified by `cert`.
+pub fn check_key(
+    cert_path: &Path,
+    cert: &Certificate,
+    key_path: &Path,
+    seed: &Seed,
+) -> Result<(), PrintError> {
+    if stamp::public_key(seed) != cert.body.sender {
+        return Err(PrintError::WrongKey {
+            key: key_path.to_path_buf(),
+            cert: cert_path.to_path_buf(),
+        });
+    }
+    Ok(())
+}
+
 /// Make a stamp: check the key and the certificate's expiry, take an index (from `index`,
 /// or durably from the state files), prove it with the sender's VRF key.
 #[allow(clippy::too_many_arguments)]
@@ -69,12 +85,7 @@ pub fn print(
     state: &StateFiles,
     clock: &Clock,
 ) -> Result<Printed, PrintError> {
-    if stamp::public_key(seed) != cert.body.sender {
-        return Err(PrintError::WrongKey {
-            key: key_path.to_path_buf(),
-            cert: cert_path.to_path_buf(),
-        });
-    }
+    check_key(cert_path, &cert, key_path, seed)?;
     if epoch > cert.body.expires {
         return Err(PrintError::Expired {
             cert: cert_path.to_path_buf(),

@@ -274,6 +274,20 @@ pub struct Clock {
     pub seconds_left: u64,
 }
 
+impl Clock {
+    /// The clock at `unix_seconds` for stamps of `epoch` (the clock's own epoch unless a
+    /// caller chose another): `seconds_left` counts to the end of `epoch`.
+    pub fn at(unix_seconds: u64, epoch_seconds: u32, grace: u32, epoch: Option<u32>) -> Clock {
+        let now = (unix_seconds / epoch_seconds.max(1) as u64) as u32;
+        let end = (epoch.unwrap_or(now) as u64 + 1) * epoch_seconds as u64;
+        Clock {
+            epoch: now,
+            grace,
+            seconds_left: end.saturating_sub(unix_seconds),
+        }
+    }
+}
+
 /// The state file as stored.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -131,33 +131,8 @@ fn cluster_up_serves_until_ctrl_c_then_stops_every_node() {
         host_tools::cluster::loopback_config(&ports, 1, None),
     )
     .unwrap();
-    // `dqe` finds dqe-enforcer beside itself in the target dir.
-    common::enforcer_path();
-    let mut child = ChildGuard::spawn(
-        common::dqe_command(d)
-            .args(["cluster", "up", "--config", "c.toml", "--data-root", "data"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit()),
-    );
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut seen = Vec::new();
-    while !seen.iter().any(|l: &String| l.starts_with("ready")) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => seen.push(l),
-            Err(_) => panic!("no `ready` from dqe cluster up; saw {seen:?}"),
-        }
-    }
+    let mut up = common::ClusterUp::start(d, "c.toml");
+    let mut seen = std::mem::take(&mut up.seen);
     let portal = format!("127.0.0.1:{}", ports[3]);
     assert!(
         seen.iter().any(|l| l.contains(&format!("portal {portal}"))),
@@ -166,9 +141,9 @@ fn cluster_up_serves_until_ctrl_c_then_stops_every_node() {
     let r = dqe(d, &["portal", "--portal", &portal, "set", "up"]);
     r.assert_says(0, "stored");
 
-    let status = child.stop("INT", Duration::from_secs(15));
+    let status = up.child.stop("INT", Duration::from_secs(15));
     assert_eq!(status.code(), Some(0));
-    while let Ok(l) = rx.recv_timeout(Duration::from_secs(2)) {
+    while let Ok(l) = up.lines.recv_timeout(Duration::from_secs(2)) {
         seen.push(l);
     }
     assert!(seen.iter().any(|l| l == "stopped"), "{seen:?}");

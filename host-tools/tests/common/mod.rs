@@ -173,3 +173,133 @@ pub fn print_stamp(dir: &Path) -> String {
     assert_eq!(r.code, 0, "{r:?}");
     r.stdout.trim().to_string()
 }
+
+/// A `dqe milter` process, killed on drop.
+pub struct MilterProcess {
+    pub child: dqe_tests::ChildGuard,
+    pub addr: std::net::SocketAddr,
+    /// Its stderr (one log line per message), read by a thread.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl MilterProcess {
+    /// Start `dqe milter --listen inet:127.0.0.1:PORT args...` in `dir` and wait (bounded)
+    /// until it accepts connections.
+    pub fn start(dir: &Path, port: u16, args: &[&str]) -> MilterProcess {
+        use std::io::BufRead as _;
+        let addr = dqe_tests::loopback(port);
+        let listen = format!("inet:{addr}");
+        let mut child = dqe_tests::ChildGuard::spawn(
+            dqe_command(dir)
+                .args(["milter", "--listen", &listen])
+                .args(args)
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped()),
+        );
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(addr).is_err() {
+            if let Some(s) = child.exited() {
+                panic!("dqe milter exited {s}: {:?}", log.lock().unwrap());
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "dqe milter never listened"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        MilterProcess { child, addr, log }
+    }
+
+    /// The log lines so far.
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// The log lines once at least `count` of them contain `what` (a thread reads stderr, so
+    /// the line of the last message may still be on its way), waiting at most 10 s.
+    pub fn log_with(&self, what: &str, count: usize) -> Vec<String> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.iter().filter(|l| l.contains(what)).count() >= count
+                || std::time::Instant::now() >= deadline
+            {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `dqe cluster up --config CONFIG --data-root data` in `dir`, its stdout lines on a channel.
+/// Dropped while running, it is stopped with SIGINT (so it stops its nodes; a `kill -9` would
+/// leave them running), and killed only if that does not end it.
+pub struct ClusterUp {
+    pub child: dqe_tests::ChildGuard,
+    pub lines: std::sync::mpsc::Receiver<String>,
+    /// The lines up to and including `ready`.
+    pub seen: Vec<String>,
+}
+
+impl ClusterUp {
+    /// Start it and wait (bounded) for its `ready` line.
+    pub fn start(dir: &Path, config: &str) -> ClusterUp {
+        use std::io::BufRead as _;
+        // `dqe` finds dqe-enforcer beside itself in the target dir.
+        enforcer_path();
+        let mut child = dqe_tests::ChildGuard::spawn(
+            dqe_command(dir)
+                .args(["cluster", "up", "--config", config, "--data-root", "data"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::inherit()),
+        );
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let mut seen = Vec::new();
+        while !seen.iter().any(|l: &String| l.starts_with("ready")) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(l) => seen.push(l),
+                Err(_) => panic!("no `ready` from dqe cluster up; saw {seen:?}"),
+            }
+        }
+        ClusterUp { child, lines, seen }
+    }
+}
+
+impl Drop for ClusterUp {
+    fn drop(&mut self) {
+        if self.child.exited().is_some() {
+            return;
+        }
+        self.child.signal("INT");
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while self.child.exited().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
