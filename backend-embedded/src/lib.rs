@@ -25,6 +25,7 @@ use core::task::{Context, Poll, Waker};
 
 use dqe_core::config::NodeSpec;
 use dqe_core::node::{Node, PORTAL_QUEUE, Port, STORER_QUEUE};
+use dqe_core::replay::ReplyStorage;
 use dqe_core::store::Store;
 use dqe_core::wire::MAX_DATAGRAM;
 use embassy_futures::select::select4;
@@ -177,7 +178,7 @@ pub struct EmbeddedNode<
     const N: usize,
     const P: usize,
     const F: usize,
-    const C: usize,
+    B: ReplyStorage,
     const QP: usize = PORTAL_QUEUE,
     const QS: usize = STORER_QUEUE,
 > where
@@ -185,7 +186,7 @@ pub struct EmbeddedNode<
     R: RngCore,
     E: EpochSource,
 {
-    node: &'a mut Node<S, R, N, P, F, C, QP, QS>,
+    node: &'a mut Node<S, R, N, P, F, B, QP, QS>,
     storer: UdpSocket<'a>,
     portal: UdpSocket<'a>,
     source: UdpSocket<'a>,
@@ -201,10 +202,10 @@ impl<
     const N: usize,
     const P: usize,
     const F: usize,
-    const C: usize,
+    B: ReplyStorage,
     const QP: usize,
     const QS: usize,
-> core::fmt::Debug for EmbeddedNode<'_, S, R, E, N, P, F, C, QP, QS>
+> core::fmt::Debug for EmbeddedNode<'_, S, R, E, N, P, F, B, QP, QS>
 where
     S: Store,
     R: RngCore,
@@ -226,10 +227,10 @@ impl<
     const N: usize,
     const P: usize,
     const F: usize,
-    const C: usize,
+    B: ReplyStorage,
     const QP: usize,
     const QS: usize,
-> EmbeddedNode<'a, S, R, E, N, P, F, C, QP, QS>
+> EmbeddedNode<'a, S, R, E, N, P, F, B, QP, QS>
 where
     S: Store,
     R: RngCore,
@@ -241,7 +242,7 @@ where
         stack: Stack<'a>,
         resources: &'a mut Resources<PACKETS, BYTES>,
         me: &NodeSpec,
-        node: &'a mut Node<S, R, N, P, F, C, QP, QS>,
+        node: &'a mut Node<S, R, N, P, F, B, QP, QS>,
         epoch_source: E,
     ) -> Result<Self, BindError> {
         let Resources {
@@ -266,7 +267,7 @@ where
     }
 
     /// The node this backend drives.
-    pub fn node(&self) -> &Node<S, R, N, P, F, C, QP, QS> {
+    pub fn node(&self) -> &Node<S, R, N, P, F, B, QP, QS> {
         self.node
     }
 

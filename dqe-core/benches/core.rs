@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, sha1_concat};
-use dqe_core::node::{Node, NodeConfig, Port};
+use dqe_core::node::{Node, NodeConfig, Port, ReplyCaches};
+use dqe_core::replay::ReplySlot;
 use dqe_core::ring::Ring;
 use dqe_core::stamp::{self, CertBody, CertCache, Certificate, Stamp};
 use dqe_core::store::{FixedStore, Slot, Store};
@@ -246,13 +247,15 @@ fn store(c: &mut Criterion) {
     group.finish();
 }
 
-/// Nodes, ring points, requests in flight and reply-cache entries of backend-std.
+/// Nodes, ring points, requests in flight and reply-cache slots of backend-std (its default:
+/// 150,000 writes a second for the 2 s window).
 const PORTAL_N: usize = 256;
 const PORTAL_P: usize = 8192;
 const PORTAL_F: usize = 1024;
-const PORTAL_C: usize = 16384;
+const PORTAL_C: usize = 300_000;
 
-type BenchNode = Node<FixedStore<Vec<Slot>>, StdRng, PORTAL_N, PORTAL_P, PORTAL_F, PORTAL_C>;
+type BenchNode =
+    Node<FixedStore<Vec<Slot>>, StdRng, PORTAL_N, PORTAL_P, PORTAL_F, Box<[ReplySlot]>>;
 
 /// One Test whose read set includes the node itself, through the node's code: the request,
 /// its local share, the replies of its remote sub-requests, and the verdict. The table holds
@@ -279,8 +282,14 @@ fn portal_round(c: &mut Criterion) {
         ..NodeConfig::default()
     };
     let store = FixedStore::new(vec![Slot::EMPTY; 4096]);
+    let slots = || vec![ReplySlot::EMPTY; PORTAL_C].into_boxed_slice();
+    let replies = ReplyCaches {
+        portal: slots(),
+        storer: slots(),
+    };
+    let rng = StdRng::seed_from_u64(7);
     let mut node: Box<BenchNode> =
-        Box::new(Node::new(spec.clone(), 0, store, StdRng::seed_from_u64(7), config, 1).unwrap());
+        Box::new(Node::new(spec.clone(), 0, store, rng, config, 1, replies).unwrap());
     let depth = usize::from(spec.replication + spec.handoff);
     let mut local = Vec::new();
     let mut remote = Vec::new();
