@@ -13,7 +13,7 @@ use backend_embedded::{EmbeddedNode, EpochSource, Resources};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
 use dqe_core::node::{Node, NodeConfig, ReplyCaches};
-use dqe_core::replay::ReplySlot;
+use dqe_core::replay::ReplyArrays;
 use dqe_core::store::{FixedStore, Slot};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
 use embassy_futures::select::{Either, Either3, select, select3};
@@ -220,7 +220,7 @@ fn scenario<T>(
 
     let spec = one_node_cluster();
     let me = spec.nodes[0].clone();
-    let mut node: Node<_, _, 1, 16, 4, [ReplySlot; 16]> = Node::new(
+    let mut node: Node<_, _, 1, 16, 4, ReplyArrays<16>> = Node::new(
         spec,
         0,
         FixedStore::new([Slot::EMPTY; 64]),

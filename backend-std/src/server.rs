@@ -38,7 +38,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dqe_core::node::{Node, NodeConfig, NodeError, Port, ReplyCaches};
-use dqe_core::replay::ReplySlot;
+use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::wire::{self, MAX_DATAGRAM};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -67,7 +67,9 @@ const RECV_BUF: usize = 2048;
 
 /// The node this backend runs; its write-reply caches are sized at start ([`reply_slots`]).
 pub type EnforcerNode =
-    Node<DurableStore, StdRng, MAX_NODES, MAX_RING_POINTS, IN_FLIGHT, Box<[ReplySlot]>>;
+    Node<DurableStore, StdRng, MAX_NODES, MAX_RING_POINTS, IN_FLIGHT, ReplyStorage>;
+/// A write-reply cache's storage: slots and bucket heads, sized at start.
+pub type ReplyStorage = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
 
 /// Slots each write-reply cache (the portal's Set verdicts, the storer's Put replies) needs
 /// to remember every reply of `write_rate` writes a second for the retry window `window_ms`.
@@ -218,7 +220,10 @@ fn build_node(
             .spawn_scoped(scope, move || {
                 let config = NodeConfig::default();
                 let slots = reply_slots(cfg.write_rate, config.retry_window);
-                let cache = || vec![ReplySlot::EMPTY; slots].into_boxed_slice();
+                let cache = || ReplyBuffers {
+                    slots: vec![ReplySlot::EMPTY; slots].into_boxed_slice(),
+                    heads: vec![0; slots].into_boxed_slice(),
+                };
                 let replies = ReplyCaches {
                     portal: cache(),
                     storer: cache(),

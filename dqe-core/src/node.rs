@@ -33,7 +33,7 @@ use crate::Millis;
 use crate::config::{ClusterSpec, ConfigError, NodeIndex};
 use crate::detector::Health;
 use crate::portal::{Context, Portal};
-use crate::replay::{ReplyCache, ReplySlot, ReplyStorage};
+use crate::replay::{ReplyArrays, ReplyCache, ReplyStorage};
 use crate::ring::{Ring, RingError};
 use crate::store::Store;
 use crate::storer::{Storer, StorerStats};
@@ -112,7 +112,7 @@ pub enum NodeError {
     NoAttempts,
     /// `attempt_timeout` is 0: retries would go out in a busy loop.
     ZeroAttemptTimeout,
-    /// A reply cache has no slot: every write would be refused `Busy`.
+    /// A reply cache has no slot (or no bucket head): every write would be refused `Busy`.
     NoReplySlots { portal: usize, storer: usize },
     /// The portal queue cannot hold a longest read set and its reply (`needed`), or the
     /// storer queue holds nothing: every request would be refused or dropped.
@@ -399,9 +399,9 @@ impl<const QP: usize, const QS: usize> Queues<QP, QS> {
     }
 }
 
-/// The slots of a node's two write-reply caches, lent by the caller (see
+/// The storage of a node's two write-reply caches, lent by the caller (see
 /// [`replay`](crate::replay)): the portal's remembers `Set` verdicts, the storer's `Put`
-/// replies, each for the retry window. Each takes `len / window` writes a second; beyond it
+/// replies, each for the retry window. Each takes `slots / window` writes a second; beyond it
 /// new writes are refused `Busy`.
 #[derive(Debug, Clone)]
 pub struct ReplyCaches<B> {
@@ -411,19 +411,19 @@ pub struct ReplyCaches<B> {
     pub storer: B,
 }
 
-impl<const C: usize> Default for ReplyCaches<[ReplySlot; C]> {
-    /// Two arrays of `C` slots (a board's static node holds them by value).
+impl<const C: usize> Default for ReplyCaches<ReplyArrays<C>> {
+    /// Two caches of `C` slots in arrays (a board's static node holds them by value).
     fn default() -> Self {
         ReplyCaches {
-            portal: [ReplySlot::EMPTY; C],
-            storer: [ReplySlot::EMPTY; C],
+            portal: ReplyArrays::new(),
+            storer: ReplyArrays::new(),
         }
     }
 }
 
 /// A DQE enforcer node for a cluster of up to `N` nodes, with `P` ring points and `F` client
-/// requests in flight at its portal; its write-reply caches keep their slots in `B` (an array,
-/// a borrowed or boxed slice: [`ReplyCaches`]). `S` is its store, `R` the source of request
+/// requests in flight at its portal; its write-reply caches work in storage `B` (arrays,
+/// borrowed or boxed slices: [`ReplyCaches`], [`ReplyBuffers`](crate::replay::ReplyBuffers)). `S` is its store, `R` the source of request
 /// ids. Its outgoing queues hold `QP` portal datagrams and `QS` storer replies (about 100
 /// bytes each); `QP` must hold a longest read set plus the reply, or every request would be
 /// refused `Busy`.
@@ -489,14 +489,6 @@ impl<
         if config.attempt_timeout == 0 {
             return Err(NodeError::ZeroAttemptTimeout);
         }
-        let (portal_slots, storer_slots) =
-            (replies.portal.as_ref().len(), replies.storer.as_ref().len());
-        if portal_slots == 0 || storer_slots == 0 {
-            return Err(NodeError::NoReplySlots {
-                portal: portal_slots,
-                storer: storer_slots,
-            });
-        }
         let ring = Ring::new(&spec)?;
         let needed = usize::from(ring.replication()) + usize::from(ring.handoff()) + 1;
         if QP < needed || QS == 0 {
@@ -509,6 +501,13 @@ impl<
         let mut rng = rng;
         let storer = Storer::new(replies.storer, config.retry_window, rng.next_u64());
         let portal = Portal::new(&config, replies.portal, rng.next_u64());
+        let slots = (portal.replies().capacity(), storer.cache().capacity());
+        if slots.0 == 0 || slots.1 == 0 {
+            return Err(NodeError::NoReplySlots {
+                portal: slots.0,
+                storer: slots.1,
+            });
+        }
         Ok(Node {
             tag: spec.cluster_tag(),
             spec,

@@ -20,13 +20,14 @@
 //! for the node's peak write rate times the window.
 //!
 //! # Storage and costs
-//! The slots are the caller's, as in smoltcp: a `[ReplySlot; C]` inside a board's static node,
-//! a boxed slice sized from the configuration on a server ([`ReplySlot::BYTES`] bytes each;
-//! nothing else grows with the capacity). Lookups hash into as many buckets as there are
-//! slots (each slot also holds one bucket's head), chained through the slots; replies sit on
-//! one FIFO by answer time, and every operation first drops expired replies from its front.
-//! Everything is O(1) expected but [`ReplyCache::forget_writes_after`], a pass over the
-//! replies.
+//! The storage is the caller's, as in smoltcp ([`ReplyBuffers`]): the slots, one per reply
+//! ([`ReplySlot::BYTES`] bytes each), and the heads of the hash buckets, one `u32` each (as
+//! many as slots is right), arrays inside a board's static node or boxed slices sized from the
+//! configuration on a server. The heads are a dense array of their own so that the usual
+//! lookup, of a write never seen, reads 4 bytes of a small table rather than a random slot of a
+//! large one. Buckets chain through the slots; replies sit on one FIFO by answer time, and
+//! every operation first drops expired replies from its front. Everything is O(1) expected but
+//! [`ReplyCache::forget_writes_after`], a pass over the replies.
 //!
 //! A write's `Found` reports the pair under the request's key, whose value hashes to that key
 //! as the request's own value does: the same 20 bytes. So a slot keeps only the kind of reply
@@ -158,8 +159,6 @@ pub struct ReplySlot {
     next: u32,
     /// Next slot in the same hash bucket.
     chain: u32,
-    /// Head of the hash bucket numbered like this slot.
-    bucket: u32,
     ip: [u8; 16],
     port: u16,
     kept: Kept,
@@ -174,7 +173,6 @@ impl ReplySlot {
         fingerprint: 0,
         next: NIL,
         chain: NIL,
-        bucket: NIL,
         ip: [0; 16],
         port: 0,
         kept: Kept::Free,
@@ -190,16 +188,65 @@ impl Default for ReplySlot {
     }
 }
 
-/// Storage for a reply cache's slots: an array, a borrowed slice, a boxed slice.
-pub trait ReplyStorage: AsRef<[ReplySlot]> + AsMut<[ReplySlot]> {}
+/// Storage a reply cache works in: its slots and its buckets' heads (see [`ReplyBuffers`]).
+pub trait ReplyStorage {
+    /// The slots and the bucket heads.
+    fn parts(&self) -> (&[ReplySlot], &[u32]);
+    /// The same, to change.
+    fn parts_mut(&mut self) -> (&mut [ReplySlot], &mut [u32]);
+}
 
-impl<T: AsRef<[ReplySlot]> + AsMut<[ReplySlot]> + ?Sized> ReplyStorage for T {}
+/// A reply cache's storage, lent by the caller: `slots` (one per reply remembered) and
+/// `heads` (one per hash bucket; give as many as slots). Arrays, borrowed slices or boxed
+/// slices; whatever they hold is reset when the cache is made.
+#[derive(Debug, Clone)]
+pub struct ReplyBuffers<S, H> {
+    /// One slot per reply the cache can hold.
+    pub slots: S,
+    /// The hash buckets' heads.
+    pub heads: H,
+}
 
-/// The bounded write-reply cache (see the module docs), over the caller's slots `B`.
+/// Storage of `C` slots and `C` bucket heads held by value (a board's static node).
+pub type ReplyArrays<const C: usize> = ReplyBuffers<[ReplySlot; C], [u32; C]>;
+
+impl<const C: usize> ReplyArrays<C> {
+    /// `C` empty slots and `C` bucket heads.
+    pub const fn new() -> Self {
+        ReplyBuffers {
+            slots: [ReplySlot::EMPTY; C],
+            heads: [NIL; C],
+        }
+    }
+}
+
+impl<const C: usize> Default for ReplyArrays<C> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S, H> ReplyStorage for ReplyBuffers<S, H>
+where
+    S: AsRef<[ReplySlot]> + AsMut<[ReplySlot]>,
+    H: AsRef<[u32]> + AsMut<[u32]>,
+{
+    fn parts(&self) -> (&[ReplySlot], &[u32]) {
+        (self.slots.as_ref(), self.heads.as_ref())
+    }
+
+    fn parts_mut(&mut self) -> (&mut [ReplySlot], &mut [u32]) {
+        (self.slots.as_mut(), self.heads.as_mut())
+    }
+}
+
+/// The bounded write-reply cache (see the module docs), over the caller's storage `B`.
 pub struct ReplyCache<B> {
-    slots: B,
-    /// Slots in use: all of them, up to `u32::MAX - 1`.
+    storage: B,
+    /// Slots in use: all of them, up to `u32::MAX - 1` (none without a bucket head).
     capacity: usize,
+    /// Hash buckets: all the heads given, up to `u32::MAX`.
+    buckets: usize,
     /// Head of the free list (through `next`).
     free: u32,
     /// The FIFO of replies, oldest first (through `next`).
@@ -214,12 +261,17 @@ pub struct ReplyCache<B> {
 }
 
 impl<B: ReplyStorage> ReplyCache<B> {
-    /// An empty cache over `slots` whose replies last `window` ms after they were given, with
+    /// An empty cache in `storage` whose replies last `window` ms after they were given, with
     /// bucket hash seed `seed` (draw it from the node's RNG).
-    pub fn new(mut slots: B, window: Millis, seed: u64) -> Self {
-        let all = slots.as_mut();
-        let capacity = all.len().min(NIL as usize - 1);
-        for (i, slot) in all[..capacity].iter_mut().enumerate() {
+    pub fn new(mut storage: B, window: Millis, seed: u64) -> Self {
+        let (slots, heads) = storage.parts_mut();
+        let buckets = heads.len().min(NIL as usize);
+        let capacity = if buckets == 0 {
+            0
+        } else {
+            slots.len().min(NIL as usize - 1)
+        };
+        for (i, slot) in slots[..capacity].iter_mut().enumerate() {
             *slot = ReplySlot::EMPTY;
             slot.next = if i + 1 < capacity {
                 (i + 1) as u32
@@ -227,9 +279,11 @@ impl<B: ReplyStorage> ReplyCache<B> {
                 NIL
             };
         }
+        heads[..buckets].fill(NIL);
         ReplyCache {
-            slots,
+            storage,
             capacity,
+            buckets,
             free: if capacity > 0 { 0 } else { NIL },
             oldest: NIL,
             newest: NIL,
@@ -277,7 +331,7 @@ impl<B: ReplyStorage> ReplyCache<B> {
         self.sweep(now);
         let (ip, port) = source_of(&from);
         let i = self.find(&ip, port, id, fingerprint(request))?;
-        let slot = &self.slots.as_ref()[i as usize];
+        let slot = &self.storage.parts().0[i as usize];
         // Behind a fresher head if `now` ever went backwards: check its own age too.
         if now.saturating_sub(slot.at) > self.window {
             return None;
@@ -344,17 +398,16 @@ impl<B: ReplyStorage> ReplyCache<B> {
                     return false;
                 }
                 let b = self.bucket_index(&ip, port, id);
-                let slots = self.slots.as_mut();
+                let (slots, heads) = self.storage.parts_mut();
                 self.free = slots[i as usize].next;
-                let head = slots[b].bucket;
                 let slot = &mut slots[i as usize];
                 slot.ip = ip;
                 slot.port = port;
                 slot.id = id;
                 slot.fingerprint = print;
-                slot.chain = head;
+                slot.chain = heads[b];
                 slot.next = NIL;
-                slots[b].bucket = i;
+                heads[b] = i;
                 match self.newest {
                     NIL => self.oldest = i,
                     last => slots[last as usize].next = i,
@@ -364,7 +417,7 @@ impl<B: ReplyStorage> ReplyCache<B> {
                 i
             }
         };
-        let slot = &mut self.slots.as_mut()[i as usize];
+        let slot = &mut self.storage.parts_mut().0[i as usize];
         slot.kept = kept;
         slot.at = now;
         slot.write = write;
@@ -381,12 +434,12 @@ impl<B: ReplyStorage> ReplyCache<B> {
         let mut before = NIL;
         let mut at = self.oldest;
         while at != NIL {
-            let slot = self.slots.as_ref()[at as usize];
+            let slot = self.storage.parts().0[at as usize];
             let next = slot.next;
             if slot.write > mark {
                 match before {
                     NIL => self.oldest = next,
-                    b => self.slots.as_mut()[b as usize].next = next,
+                    b => self.storage.parts_mut().0[b as usize].next = next,
                 }
                 if next == NIL {
                     self.newest = before;
@@ -406,7 +459,7 @@ impl<B: ReplyStorage> ReplyCache<B> {
     fn sweep(&mut self, now: Millis) {
         while self.oldest != NIL {
             let head = self.oldest;
-            let slot = &self.slots.as_ref()[head as usize];
+            let slot = &self.storage.parts().0[head as usize];
             if now.saturating_sub(slot.at) <= self.window {
                 break;
             }
@@ -418,18 +471,18 @@ impl<B: ReplyStorage> ReplyCache<B> {
         }
     }
 
-    /// The bucket of a request from `(ip, port)` with id `id`; the cache holds a slot.
+    /// The bucket of a request from `(ip, port)` with id `id`; the cache has a bucket.
     fn bucket_index(&self, ip: &[u8; 16], port: u16, id: u64) -> usize {
         let h = source_hash(self.seed, ip, port, id);
-        ((u128::from(h) * self.capacity as u128) >> 64) as usize
+        ((u128::from(h) * self.buckets as u128) >> 64) as usize
     }
 
     fn find(&self, ip: &[u8; 16], port: u16, id: u64, print: u32) -> Option<u32> {
         if self.capacity == 0 {
             return None;
         }
-        let slots = self.slots.as_ref();
-        let mut i = slots[self.bucket_index(ip, port, id)].bucket;
+        let (slots, heads) = self.storage.parts();
+        let mut i = heads[self.bucket_index(ip, port, id)];
         while i != NIL {
             let slot = &slots[i as usize];
             if slot.id == id && slot.fingerprint == print && slot.port == port && slot.ip == *ip {
@@ -442,13 +495,13 @@ impl<B: ReplyStorage> ReplyCache<B> {
 
     /// Take slot `i`, already off the FIFO, out of its bucket and onto the free list.
     fn release(&mut self, i: u32) {
-        let slot = self.slots.as_ref()[i as usize];
+        let slot = self.storage.parts().0[i as usize];
         let b = self.bucket_index(&slot.ip, slot.port, slot.id);
-        let slots = self.slots.as_mut();
-        if slots[b].bucket == i {
-            slots[b].bucket = slot.chain;
+        let (slots, heads) = self.storage.parts_mut();
+        if heads[b] == i {
+            heads[b] = slot.chain;
         } else {
-            let mut j = slots[b].bucket;
+            let mut j = heads[b];
             while j != NIL {
                 let next = slots[j as usize].chain;
                 if next == i {

@@ -9,7 +9,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::node::{Node, NodeConfig, NodeError, Port, ReplyCaches};
-use dqe_core::replay::ReplySlot;
+use dqe_core::replay::ReplyArrays;
 use dqe_core::store::{FixedStore, Slot};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
 use harness::{Sim, client_addr, node_addr, set_body, test_body, word};
@@ -114,7 +114,7 @@ fn three() -> ClusterSpec<3> {
 }
 
 type Small<const C: usize, const QP: usize> =
-    Node<FixedStore<Vec<Slot>>, StdRng, 3, 48, 4, [ReplySlot; C], QP, 4>;
+    Node<FixedStore<Vec<Slot>>, StdRng, 3, 48, 4, ReplyArrays<C>, QP, 4>;
 
 fn small<const C: usize, const QP: usize>() -> Result<Small<C, QP>, NodeError> {
     let store = FixedStore::new(vec![Slot::EMPTY; 64]);
@@ -265,7 +265,7 @@ impl Store for Journaled {
     }
 }
 
-type DurNode = Node<Journaled, StdRng, 3, 48, 8, [ReplySlot; 64]>;
+type DurNode = Node<Journaled, StdRng, 3, 48, 8, ReplyArrays<64>>;
 
 struct Cluster {
     nodes: Vec<DurNode>,
@@ -536,7 +536,7 @@ fn test_body_of(key: &Key) -> Body {
     Body::Test { key: *key }
 }
 
-type Tight = Node<Journaled, StdRng, 3, 48, 4, [ReplySlot; 8], 4, 4>;
+type Tight = Node<Journaled, StdRng, 3, 48, 4, ReplyArrays<8>, 4, 4>;
 
 #[test]
 fn a_verdict_waiting_for_queue_room_is_decided_again_after_its_local_write_is_lost() {

@@ -3,7 +3,7 @@
 use core::net::SocketAddr;
 
 use dqe_core::hash::{key_of, word_value};
-use dqe_core::replay::{CacheFull, ReplyCache, ReplySlot, fingerprint};
+use dqe_core::replay::{CacheFull, ReplyBuffers, ReplyCache, ReplySlot, fingerprint};
 use dqe_core::store::{FixedStore, PutOutcome, Slot, Store};
 use dqe_core::storer::{Storer, StorerStats};
 use dqe_core::wire::{Body, Envelope, Reason};
@@ -11,9 +11,19 @@ use dqe_core::{Key, Value};
 
 const WINDOW: u64 = 2_000;
 
+/// A reply cache's storage of `slots` slots on the heap.
+type Buffers = ReplyBuffers<Vec<ReplySlot>, Vec<u32>>;
+
+fn buffers(slots: usize) -> Buffers {
+    ReplyBuffers {
+        slots: vec![ReplySlot::EMPTY; slots],
+        heads: vec![0; slots],
+    }
+}
+
 /// A storer whose reply cache has `slots` slots.
-fn storer(slots: usize) -> Storer<Vec<ReplySlot>> {
-    Storer::new(vec![ReplySlot::EMPTY; slots], WINDOW, 0)
+fn storer(slots: usize) -> Storer<Buffers> {
+    Storer::new(buffers(slots), WINDOW, 0)
 }
 
 fn portal(port: u16) -> SocketAddr {
@@ -366,8 +376,8 @@ fn set(key: u8, value: u8) -> Body {
     }
 }
 
-fn cache(slots: usize, window: u64) -> ReplyCache<Vec<ReplySlot>> {
-    ReplyCache::new(vec![ReplySlot::EMPTY; slots], window, 0x5eed)
+fn cache(slots: usize, window: u64) -> ReplyCache<Buffers> {
+    ReplyCache::new(buffers(slots), window, 0x5eed)
 }
 
 #[test]

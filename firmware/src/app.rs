@@ -10,7 +10,7 @@ use core::net::{IpAddr, Ipv4Addr};
 use backend_embedded::Resources;
 use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::node::{Node, NodeConfig, NodeError, ReplyCaches};
-use dqe_core::replay::ReplySlot;
+use dqe_core::replay::ReplyArrays;
 use dqe_core::store::{FixedStore, Slot, max_len_for};
 use dqe_core::wire::MAX_DATAGRAM;
 use rand_core::RngCore;
@@ -54,8 +54,9 @@ pub const STACK_SOCKETS: usize = 3;
 pub type SocketResources = Resources<SOCKET_PACKETS, SOCKET_BYTES>;
 /// The store: a fixed table over statically allocated slots.
 pub type FwStore = FixedStore<&'static mut [Slot]>;
-/// Each write-reply cache's slots, held by value in the node (so in its static).
-pub type FwReplies = [ReplySlot; REPLY_CACHE];
+/// Each write-reply cache's slots and bucket heads, held by value in the node (so in its
+/// static).
+pub type FwReplies = ReplyArrays<REPLY_CACHE>;
 /// The node, with the board's RNG `R`.
 pub type FwNode<R> =
     Node<FwStore, R, MAX_NODES, RING_POINTS, IN_FLIGHT, FwReplies, PORTAL_QUEUE, STORER_QUEUE>;

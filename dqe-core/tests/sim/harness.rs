@@ -22,7 +22,7 @@ use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::detector::Health;
 use dqe_core::hash::{Key, Value, key_of, word_value};
 use dqe_core::node::{Node, NodeConfig, Port, ReplyCaches};
-use dqe_core::replay::ReplySlot;
+use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::store::{FixedStore, Slot, Store};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
 use rand::rngs::StdRng;
@@ -40,12 +40,15 @@ pub const STORE_SLOTS: usize = 1024;
 pub const MAX_STEPS: usize = 200_000;
 
 pub type SimStore = FixedStore<Box<[Slot]>>;
-pub type SimReplies = Box<[ReplySlot]>;
+pub type SimReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
 pub type SimNode<const F: usize> = Node<SimStore, StdRng, MAX_NODES, RING_POINTS, F, SimReplies>;
 
 /// Reply caches of `slots` slots each.
 pub fn reply_caches(slots: usize) -> ReplyCaches<SimReplies> {
-    let cache = || vec![ReplySlot::EMPTY; slots].into_boxed_slice();
+    let cache = || ReplyBuffers {
+        slots: vec![ReplySlot::EMPTY; slots].into_boxed_slice(),
+        heads: vec![0; slots].into_boxed_slice(),
+    };
     ReplyCaches {
         portal: cache(),
         storer: cache(),

@@ -25,7 +25,7 @@ use backend_embedded::{EmbeddedNode, Resources};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
 use dqe_core::node::{Node, NodeConfig, Port, ReplyCaches};
-use dqe_core::replay::ReplySlot;
+use dqe_core::replay::ReplyArrays;
 use dqe_core::store::{FixedStore, PutOutcome, Slot, Store};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
 use embassy_futures::select::{Either, Either3, select, select3};
@@ -199,7 +199,7 @@ const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const EPOCH: u32 = 20_000;
 
-type OneNode<S> = Node<S, XorShift, 1, 16, 4, [ReplySlot; 8]>;
+type OneNode<S> = Node<S, XorShift, 1, 16, 4, ReplyArrays<8>>;
 
 fn one_node_cluster() -> ClusterSpec<1> {
     let at = |port| SocketAddr::V4(SocketAddrV4::new(NODE_IP, port));
