@@ -18,7 +18,7 @@ pub const DEV_PORT_BASE: u16 = 8101;
 /// second on a 2-core machine), so no write is refused `Busy` for lack of reply slots before
 /// the node is saturated anyway.
 pub const DEFAULT_WRITE_RATE: u32 = 150_000;
-/// Largest `--write-rate`: 2 x 4 M slots of 64 bytes (512 MB).
+/// Largest `--write-rate`: 2 x 4 M places of 60 bytes (480 MB).
 pub const MAX_WRITE_RATE: u32 = 2_000_000;
 
 /// The DQE enforcer node: answers TEST/SET from mail servers and GET/PUT from its peers.
@@ -65,7 +65,7 @@ pub struct Cli {
 
     /// Peak writes a second (SETs at the portal, and separately PUTs at the storer) whose
     /// replies the node remembers for the whole 2 s retry window (PROTOCOL.md rule 6); beyond
-    /// it new writes are refused Busy. Each of the two caches takes 128 bytes per write/s.
+    /// it new writes are refused Busy. Each of the two caches takes 120 bytes per write/s.
     #[arg(long, value_name = "PER_SECOND", default_value_t = DEFAULT_WRITE_RATE,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WRITE_RATE)))]
     pub write_rate: u32,
