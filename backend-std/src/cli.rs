@@ -14,10 +14,10 @@ use crate::durable::SyncMode;
 
 /// Portal port of `--dev`; storer and source follow it.
 pub const DEV_PORT_BASE: u16 = 8101;
-/// Default of `--write-rate`: above the node's measured peak of all requests (>100,000 a
-/// second on a 2-core machine), so no write is refused `Busy` for lack of reply slots before
-/// the node is saturated anyway.
-pub const DEFAULT_WRITE_RATE: u32 = 150_000;
+/// Default of `--write-rate`: above the node's measured peak rate of writes (182,252 SETs a
+/// second without fsync on the 2-core machine of docs/BENCHMARKS.md), so no write is refused
+/// `Busy` for lack of reply places before the node is saturated anyway.
+pub const DEFAULT_WRITE_RATE: u32 = 200_000;
 /// Largest `--write-rate`: 2 x 4 M places of 60 bytes (480 MB).
 pub const MAX_WRITE_RATE: u32 = 2_000_000;
 

@@ -247,12 +247,12 @@ fn store(c: &mut Criterion) {
     group.finish();
 }
 
-/// Nodes, ring points, requests in flight and reply-cache slots of backend-std (its default:
-/// 150,000 writes a second for the 2 s window).
+/// Nodes, ring points, requests in flight and reply-cache places of backend-std (its default:
+/// 200,000 writes a second for the 2 s window).
 const PORTAL_N: usize = 256;
 const PORTAL_P: usize = 8192;
 const PORTAL_F: usize = 1024;
-const PORTAL_C: usize = 300_000;
+const PORTAL_C: usize = 400_000;
 
 type BenchNode = Node<FixedStore<Vec<Slot>>, StdRng, PORTAL_N, PORTAL_P, PORTAL_F, BenchReplies>;
 type BenchReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
