@@ -452,6 +452,14 @@ fn a_cache_without_slots_refuses_every_write() {
     assert_eq!(cache.reserve(0), Err(CacheFull));
     assert_eq!(cache.lookup(0, portal(1), 1, &set(1, 1)), None);
     assert_eq!(cache.capacity(), 0);
+    // Slots without a bucket head to find them by are no use either.
+    let headless = ReplyBuffers {
+        slots: vec![ReplySlot::EMPTY; 4],
+        heads: Vec::new(),
+    };
+    let mut cache = ReplyCache::new(headless, 100, 0);
+    assert_eq!(cache.capacity(), 0);
+    assert_eq!(cache.reserve(0), Err(CacheFull));
 }
 
 #[test]
