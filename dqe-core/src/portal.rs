@@ -71,7 +71,7 @@ use crate::config::{ClusterSpec, NodeIndex};
 use crate::detector::{Change, FailureDetector, Health};
 use crate::hash::{Key, Value, matches};
 use crate::node::{NodeConfig, NodeStats, Outbox, Port};
-use crate::replay::{ReplyCache, ReplyStorage, request_hash};
+use crate::replay::{ReplyCache, ReplyStorage, request_hash, source_of};
 use crate::ring::{MAX_PREFERENCE, Ring};
 use crate::store::{PutOutcome, Store};
 use crate::wire::{Body, Envelope, Reason};
@@ -720,7 +720,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
 
     /// Whether the same request from the same client is in the table and not answered yet.
     fn is_repeat_in_flight(&self, from: SocketAddr, env: &Envelope) -> bool {
-        let mut at = self.clients[self.client_bucket(&from, env.id)];
+        let mut at = self.clients[self.client_bucket(&from, env)];
         while let Some(r) = self.request(at) {
             if r.phase != Phase::Lingering
                 && r.client == from
@@ -734,17 +734,26 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         false
     }
 
-    /// The client index's bucket for a request from `from` with id `id`.
-    fn client_bucket(&self, from: &SocketAddr, id: u64) -> usize {
-        ((u128::from(request_hash(self.seed, from, id)) * F as u128) >> 64) as usize
+    /// The client index's bucket for request `env` from `from` (by id, source and the first
+    /// 8 bytes of the key, so that requests differing in any of them spread out).
+    fn client_bucket(&self, from: &SocketAddr, env: &Envelope) -> usize {
+        let key = match env.body {
+            Body::Test { key } | Body::Set { key, .. } => key,
+            _ => [0; 20],
+        };
+        let mut body = [0u8; 8];
+        body.copy_from_slice(&key[..8]);
+        let (ip, port) = source_of(from);
+        let h = request_hash(self.seed, env.id, u64::from_le_bytes(body), &ip, port);
+        ((u128::from(h) * F as u128) >> 64) as usize
     }
 
     /// Put the request in `slot` into the client index.
     fn index_client(&mut self, slot: usize) {
-        let Some((client, id)) = self.table[slot].as_ref().map(|r| (r.client, r.request.id)) else {
+        let Some((client, env)) = self.table[slot].as_ref().map(|r| (r.client, r.request)) else {
             return;
         };
-        let b = self.client_bucket(&client, id);
+        let b = self.client_bucket(&client, &env);
         let head = core::mem::replace(&mut self.clients[b], slot as u16);
         if let Some(r) = self.table[slot].as_mut() {
             r.next_client = head;
@@ -753,13 +762,13 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
 
     /// Take the request in `slot` out of the client index.
     fn unindex_client(&mut self, slot: usize) {
-        let Some((client, id, after)) = self.table[slot]
+        let Some((client, env, after)) = self.table[slot]
             .as_ref()
-            .map(|r| (r.client, r.request.id, r.next_client))
+            .map(|r| (r.client, r.request, r.next_client))
         else {
             return;
         };
-        let b = self.client_bucket(&client, id);
+        let b = self.client_bucket(&client, &env);
         if usize::from(self.clients[b]) == slot {
             self.clients[b] = after;
             return;

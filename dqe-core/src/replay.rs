@@ -96,26 +96,22 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// A seeded 64-bit hash of a request's source and id (for the cache's buckets and the
-/// portal's index of requests in flight).
+/// A seeded 64-bit hash of a request: its id, a 64-bit digest of its body and its source (in
+/// [`source_of`] form), for the cache's buckets and the portal's index of requests in flight.
+/// Each part is mixed in on its own, so a sender who does not know the seed cannot pick
+/// different requests (another id, body or source port) that share a bucket.
 #[inline]
-pub(crate) fn request_hash(seed: u64, from: &SocketAddr, id: u64) -> u64 {
-    let (ip, port) = source_of(from);
-    source_hash(seed, &ip, port, id)
-}
-
-/// [`request_hash`] of a source already in [`source_of`] form.
-#[inline]
-fn source_hash(seed: u64, ip: &[u8; 16], port: u16, id: u64) -> u64 {
+pub(crate) fn request_hash(seed: u64, id: u64, body: u64, ip: &[u8; 16], port: u16) -> u64 {
     let ip = u128::from_be_bytes(*ip);
     let h = mix(seed ^ id);
+    let h = mix(h ^ body);
     let h = mix(h ^ ip as u64 ^ (u64::from(port) << 48));
     mix(h ^ (ip >> 64) as u64)
 }
 
 /// A source address as 16 address bytes (IPv4 mapped into IPv6) and a port.
 #[inline]
-fn source_of(from: &SocketAddr) -> ([u8; 16], u16) {
+pub(crate) fn source_of(from: &SocketAddr) -> ([u8; 16], u16) {
     let ip = match from {
         SocketAddr::V4(a) => a.ip().to_ipv6_mapped().octets(),
         SocketAddr::V6(a) => a.ip().octets(),
@@ -397,7 +393,7 @@ impl<B: ReplyStorage> ReplyCache<B> {
                 if i == NIL {
                     return false;
                 }
-                let b = self.bucket_index(&ip, port, id);
+                let b = self.bucket_index(&ip, port, id, print);
                 let (slots, heads) = self.storage.parts_mut();
                 self.free = slots[i as usize].next;
                 let slot = &mut slots[i as usize];
@@ -471,9 +467,10 @@ impl<B: ReplyStorage> ReplyCache<B> {
         }
     }
 
-    /// The bucket of a request from `(ip, port)` with id `id`; the cache has a bucket.
-    fn bucket_index(&self, ip: &[u8; 16], port: u16, id: u64) -> usize {
-        let h = source_hash(self.seed, ip, port, id);
+    /// The bucket of a request from `(ip, port)` with id `id` and body fingerprint `print`;
+    /// the cache has a bucket.
+    fn bucket_index(&self, ip: &[u8; 16], port: u16, id: u64, print: u32) -> usize {
+        let h = request_hash(self.seed, id, u64::from(print), ip, port);
         ((u128::from(h) * self.buckets as u128) >> 64) as usize
     }
 
@@ -482,7 +479,7 @@ impl<B: ReplyStorage> ReplyCache<B> {
             return None;
         }
         let (slots, heads) = self.storage.parts();
-        let mut i = heads[self.bucket_index(ip, port, id)];
+        let mut i = heads[self.bucket_index(ip, port, id, print)];
         while i != NIL {
             let slot = &slots[i as usize];
             if slot.id == id && slot.fingerprint == print && slot.port == port && slot.ip == *ip {
@@ -496,7 +493,7 @@ impl<B: ReplyStorage> ReplyCache<B> {
     /// Take slot `i`, already off the FIFO, out of its bucket and onto the free list.
     fn release(&mut self, i: u32) {
         let slot = self.storage.parts().0[i as usize];
-        let b = self.bucket_index(&slot.ip, slot.port, slot.id);
+        let b = self.bucket_index(&slot.ip, slot.port, slot.id, slot.fingerprint);
         let (slots, heads) = self.storage.parts_mut();
         if heads[b] == i {
             heads[b] = slot.chain;
