@@ -217,7 +217,8 @@ struct Request {
     /// Neighbours on the deadline list.
     prev: u16,
     next: u16,
-    /// Next request in the same bucket of the client index.
+    /// Its bucket in the client index, and the next request in that bucket.
+    client_bucket: u16,
     next_client: u16,
 }
 
@@ -544,7 +545,8 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
             cx.reply(from, env, len, body);
             return;
         }
-        if self.is_repeat_in_flight(from, env) {
+        let client_bucket = self.client_bucket(&from, env);
+        if self.is_repeat_in_flight(client_bucket, from, env) {
             cx.stats.repeats_absorbed += 1;
             return;
         }
@@ -590,6 +592,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
             reserved,
             prev: NO_SLOT,
             next: NO_SLOT,
+            client_bucket: client_bucket as u16,
             next_client: NO_SLOT,
         };
         for &node in &sets.read {
@@ -718,9 +721,10 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         }
     }
 
-    /// Whether the same request from the same client is in the table and not answered yet.
-    fn is_repeat_in_flight(&self, from: SocketAddr, env: &Envelope) -> bool {
-        let mut at = self.clients[self.client_bucket(&from, env)];
+    /// Whether the same request from the same client (in client index bucket `bucket`) is in
+    /// the table and not answered yet.
+    fn is_repeat_in_flight(&self, bucket: usize, from: SocketAddr, env: &Envelope) -> bool {
+        let mut at = self.clients[bucket];
         while let Some(r) = self.request(at) {
             if r.phase != Phase::Lingering
                 && r.client == from
@@ -750,10 +754,12 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
 
     /// Put the request in `slot` into the client index.
     fn index_client(&mut self, slot: usize) {
-        let Some((client, env)) = self.table[slot].as_ref().map(|r| (r.client, r.request)) else {
+        let Some(b) = self.table[slot]
+            .as_ref()
+            .map(|r| usize::from(r.client_bucket))
+        else {
             return;
         };
-        let b = self.client_bucket(&client, &env);
         let head = core::mem::replace(&mut self.clients[b], slot as u16);
         if let Some(r) = self.table[slot].as_mut() {
             r.next_client = head;
@@ -762,13 +768,12 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
 
     /// Take the request in `slot` out of the client index.
     fn unindex_client(&mut self, slot: usize) {
-        let Some((client, env, after)) = self.table[slot]
+        let Some((b, after)) = self.table[slot]
             .as_ref()
-            .map(|r| (r.client, r.request, r.next_client))
+            .map(|r| (usize::from(r.client_bucket), r.next_client))
         else {
             return;
         };
-        let b = self.client_bucket(&client, &env);
         if usize::from(self.clients[b]) == slot {
             self.clients[b] = after;
             return;
