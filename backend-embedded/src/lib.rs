@@ -47,6 +47,7 @@ use core::task::{Context, Poll, Waker};
 
 use dqe_core::config::NodeSpec;
 use dqe_core::node::{Node, PORTAL_QUEUE, Port, STORER_QUEUE};
+use dqe_core::replay::ReplyStorage;
 use dqe_core::store::Store;
 use dqe_core::wire::MAX_DATAGRAM;
 use embassy_futures::select::select4;
@@ -323,7 +324,7 @@ pub struct EmbeddedNode<
     const N: usize,
     const P: usize,
     const F: usize,
-    const C: usize,
+    B: ReplyStorage,
     const QP: usize = PORTAL_QUEUE,
     const QS: usize = STORER_QUEUE,
 > where
@@ -331,7 +332,7 @@ pub struct EmbeddedNode<
     R: RngCore,
     E: EpochSource,
 {
-    node: &'a mut Node<S, R, N, P, F, C, QP, QS>,
+    node: &'a mut Node<S, R, N, P, F, B, QP, QS>,
     stack: Stack<'a>,
     storer: NodeSocket<'a>,
     portal: NodeSocket<'a>,
@@ -351,10 +352,10 @@ impl<
     const N: usize,
     const P: usize,
     const F: usize,
-    const C: usize,
+    B: ReplyStorage,
     const QP: usize,
     const QS: usize,
-> core::fmt::Debug for EmbeddedNode<'_, S, R, E, N, P, F, C, QP, QS>
+> core::fmt::Debug for EmbeddedNode<'_, S, R, E, N, P, F, B, QP, QS>
 where
     S: Store,
     R: RngCore,
@@ -376,10 +377,10 @@ impl<
     const N: usize,
     const P: usize,
     const F: usize,
-    const C: usize,
+    B: ReplyStorage,
     const QP: usize,
     const QS: usize,
-> EmbeddedNode<'a, S, R, E, N, P, F, C, QP, QS>
+> EmbeddedNode<'a, S, R, E, N, P, F, B, QP, QS>
 where
     S: Store,
     R: RngCore,
@@ -391,7 +392,7 @@ where
         stack: Stack<'a>,
         resources: &'a mut Resources<Pt, St, So>,
         me: &NodeSpec,
-        node: &'a mut Node<S, R, N, P, F, C, QP, QS>,
+        node: &'a mut Node<S, R, N, P, F, B, QP, QS>,
         epoch_source: E,
     ) -> Result<Self, BindError> {
         let Resources {
@@ -438,7 +439,7 @@ where
     }
 
     /// The node this backend drives.
-    pub fn node(&self) -> &Node<S, R, N, P, F, C, QP, QS> {
+    pub fn node(&self) -> &Node<S, R, N, P, F, B, QP, QS> {
         self.node
     }
 

@@ -14,6 +14,12 @@ use crate::durable::SyncMode;
 
 /// Portal port of `--dev`; storer and source follow it.
 pub const DEV_PORT_BASE: u16 = 8101;
+/// Default of `--write-rate`: above the node's measured peak rate of writes (182,252 SETs a
+/// second without fsync on the 2-core machine of docs/BENCHMARKS.md), so no write is refused
+/// `Busy` for lack of reply places before the node is saturated anyway.
+pub const DEFAULT_WRITE_RATE: u32 = 200_000;
+/// Largest `--write-rate`: 2 x 4 M places of 60 bytes (480 MB).
+pub const MAX_WRITE_RATE: u32 = 2_000_000;
 
 /// The DQE enforcer node: answers TEST/SET from mail servers and GET/PUT from its peers.
 #[derive(Debug, Parser)]
@@ -57,6 +63,13 @@ pub struct Cli {
     /// Milliseconds the node keeps serving work in flight after SIGINT/SIGTERM.
     #[arg(long, value_name = "MS", default_value_t = 500)]
     pub drain_ms: u64,
+
+    /// Peak writes a second (SETs at the portal, and separately PUTs at the storer) whose
+    /// replies the node remembers for the whole 2 s retry window (PROTOCOL.md rule 6); beyond
+    /// it new writes are refused Busy. Each of the two caches takes 120 bytes per write/s.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = DEFAULT_WRITE_RATE,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WRITE_RATE)))]
+    pub write_rate: u32,
 }
 
 /// `--port-base P`: the dev node takes P, P+1 and P+2, so P must leave room for both and
@@ -86,6 +99,8 @@ pub struct RunConfig {
     pub sync_mode: SyncMode,
     /// How long to keep serving in-flight work after a stop signal, in ms.
     pub drain_ms: u64,
+    /// Writes a second whose replies are remembered for the retry window (`--write-rate`).
+    pub write_rate: u32,
 }
 
 impl Cli {
@@ -110,6 +125,7 @@ impl Cli {
             metrics: self.metrics,
             sync_mode: self.fsync,
             drain_ms: self.drain_ms,
+            write_rate: self.write_rate,
         })
     }
 }
@@ -125,6 +141,20 @@ mod tests {
         assert_eq!(run.spec.nodes[0].portal.port(), 8101);
         assert_eq!(run.data_dir, PathBuf::from("dqe-data"));
         assert_eq!(run.sync_mode, SyncMode::Always);
+        assert_eq!(run.write_rate, DEFAULT_WRITE_RATE);
+    }
+
+    #[test]
+    fn write_rate_is_a_positive_bounded_number() {
+        let parse = |rate: &str| {
+            Cli::try_parse_from(["dqe-enforcer", "--dev", &format!("--write-rate={rate}")])
+        };
+        assert_eq!(parse("500").unwrap().resolve().unwrap().write_rate, 500);
+        assert_eq!(parse("2000000").unwrap().write_rate, MAX_WRITE_RATE);
+        for bad in ["0", "2000001", "-1", "fast", "1e5"] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("--write-rate"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -316,6 +316,11 @@ impl Metrics {
                 n.busy_queue_full,
             ),
             (
+                "busy_reply_cache_full",
+                "Writes (SET, PUT) refused Busy: their reply cache held only replies inside the retry window.",
+                n.busy_reply_cache_full,
+            ),
+            (
                 "deferred_timeouts",
                 "Timeouts deferred for lack of queue room.",
                 n.deferred_timeouts,

@@ -37,7 +37,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dqe_core::node::{Node, NodeConfig, NodeError, Port};
+use dqe_core::node::{Node, NodeConfig, NodeError, Port, ReplyCaches};
+use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::wire::{self, MAX_DATAGRAM};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -52,8 +53,6 @@ use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
 
 /// Client requests the portal may have in flight; more are refused `Busy`.
 pub const IN_FLIGHT: usize = 1024;
-/// Entries in each reply cache (storer's and portal's).
-pub const REPLY_CACHE: usize = 16384;
 /// Datagrams read from one socket per iteration.
 pub const BATCH: usize = 64;
 /// Transmits held for a group commit at most; beyond it the loop stops reading.
@@ -66,9 +65,17 @@ const TIMED_FORGET: Duration = Duration::from_secs(10);
 /// (and refused as trailing bytes) rather than cut to a valid prefix.
 const RECV_BUF: usize = 2048;
 
-/// The node this backend runs.
+/// The node this backend runs; its write-reply caches are sized at start ([`reply_slots`]).
 pub type EnforcerNode =
-    Node<DurableStore, StdRng, MAX_NODES, MAX_RING_POINTS, IN_FLIGHT, REPLY_CACHE>;
+    Node<DurableStore, StdRng, MAX_NODES, MAX_RING_POINTS, IN_FLIGHT, ReplyStorage>;
+/// A write-reply cache's storage: slots and bucket heads, sized at start.
+pub type ReplyStorage = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
+
+/// Slots each write-reply cache (the portal's Set verdicts, the storer's Put replies) needs
+/// to remember every reply of `write_rate` writes a second for the retry window `window_ms`.
+pub fn reply_slots(write_rate: u32, window_ms: u64) -> usize {
+    (u64::from(write_rate) * window_ms).div_ceil(1000).max(1) as usize
+}
 
 /// Why the server could not start or had to stop.
 #[derive(Debug, thiserror::Error)]
@@ -195,8 +202,8 @@ const BUILD_STACK: usize = 256 << 20;
 
 /// Build the node on a short-lived thread with a large stack, outside any async fn.
 ///
-/// The node is large (ring, in-flight table, reply caches: about 8.5 MB) and the core builds
-/// it by value. Built in an async fn, the temporaries would enlarge the loop's poll frame,
+/// The node is large (ring and in-flight table: about 4.5 MB; its reply caches are boxed
+/// slices) and the core builds it by value. Built in an async fn, the temporaries would enlarge the loop's poll frame,
 /// whose stack pages are then probed on every poll; built on the loop's own thread, the
 /// stack pages they touched would stay resident. A thread of its own gives those pages back
 /// when it exits.
@@ -211,13 +218,24 @@ fn build_node(
             .stack_size(BUILD_STACK);
         let handle = builder
             .spawn_scoped(scope, move || {
+                let config = NodeConfig::default();
+                let slots = reply_slots(cfg.write_rate, config.retry_window);
+                let cache = || ReplyBuffers {
+                    slots: vec![ReplySlot::EMPTY; slots].into_boxed_slice(),
+                    heads: vec![0; slots].into_boxed_slice(),
+                };
+                let replies = ReplyCaches {
+                    portal: cache(),
+                    storer: cache(),
+                };
                 EnforcerNode::new(
                     cfg.spec.clone(),
                     cfg.me,
                     store,
                     StdRng::from_os_rng(),
-                    NodeConfig::default(),
+                    config,
                     epoch,
+                    replies,
                 )
                 .map(Box::new)
                 .map_err(ServerError::Node)
@@ -289,6 +307,13 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
     metrics
         .replay_skipped_records
         .store(recovery.skipped_records, Relaxed);
+    let caches = node.reply_caches();
+    info!(
+        write_rate = cfg.write_rate,
+        slots = caches.portal.capacity(),
+        window_ms = caches.portal.window(),
+        "write replies are remembered for the retry window at up to write_rate SETs and as many PUTs a second; beyond, writes are refused Busy"
+    );
     if let Some(listener) = metrics_listener {
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }

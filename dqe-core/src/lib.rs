@@ -4,8 +4,9 @@
 //! 20-byte values `v` under keys `k = SHA1(v)`. This crate holds its whole logic as plain
 //! state machines in the style of `quinn-proto` and `smoltcp`: a backend hands a [`node::Node`]
 //! datagrams and the current time and carries out what it asks (send these datagrams, wake
-//! me at this instant). The crate is `#![no_std]` and never allocates: every capacity is a
-//! const generic chosen by the backend, every buffer belongs to the caller.
+//! me at this instant). The crate is `#![no_std]` and never allocates: every capacity is chosen
+//! by the backend (a const generic, or storage it lends: the store's slots, the reply caches'),
+//! every buffer belongs to the caller.
 //!
 //! Modules, one concept each:
 //! - [`hash`]: SHA-1 helpers, keys and values, word mode.
@@ -13,7 +14,7 @@
 //! - [`config`]: the static cluster description and its validation.
 //! - [`ring`]: consistent hashing, preference lists, the cluster tag.
 //! - [`store`]: the `Store` trait and a fixed-capacity table.
-//! - [`replay`]: the idempotence cache that makes retries safe.
+//! - [`replay`]: the write-reply cache that makes retried writes safe (rule 6).
 //! - [`storer`]: answers Get/Put from peers.
 //! - [`portal`]: answers Test/Set from clients by fanning out to storers.
 //! - [`detector`]: which peers the portal believes down.

@@ -33,6 +33,7 @@ use crate::Millis;
 use crate::config::{ClusterSpec, ConfigError, NodeIndex};
 use crate::detector::Health;
 use crate::portal::{Context, Portal};
+use crate::replay::{ReplyArrays, ReplyCache, ReplyStorage};
 use crate::ring::{Ring, RingError};
 use crate::store::Store;
 use crate::storer::{Storer, StorerStats};
@@ -111,6 +112,8 @@ pub enum NodeError {
     NoAttempts,
     /// `attempt_timeout` is 0: retries would go out in a busy loop.
     ZeroAttemptTimeout,
+    /// A reply cache has no slot (or no bucket head): every write would be refused `Busy`.
+    NoReplySlots { portal: usize, storer: usize },
     /// The portal queue cannot hold a longest read set and its reply (`needed`), or the
     /// storer queue holds nothing: every request would be refused or dropped.
     QueueTooSmall {
@@ -130,6 +133,11 @@ impl core::fmt::Display for NodeError {
             }
             NodeError::NoAttempts => f.write_str("attempts must be at least 1"),
             NodeError::ZeroAttemptTimeout => f.write_str("attempt_timeout must be at least 1 ms"),
+            NodeError::NoReplySlots { portal, storer } => write!(
+                f,
+                "reply caches of {portal} portal and {storer} storer slots: each needs at least 1, \
+                 or every write would be refused Busy"
+            ),
             NodeError::QueueTooSmall {
                 portal,
                 storer,
@@ -180,7 +188,7 @@ pub struct NodeStats {
     pub replied_stored: u64,
     /// Sets refused because `SHA1(v) != k`.
     pub refused_bad_hash: u64,
-    /// Client requests refused because the table or the outgoing queue was full.
+    /// Client requests refused `Busy` (a full table, outgoing queue or reply cache).
     pub refused_busy: u64,
     /// Set verdicts `Refused(Full)`.
     pub refused_full: u64,
@@ -245,6 +253,10 @@ pub struct NodeStats {
     pub mismatched_replies: u64,
     /// New client requests refused `Busy` because the outgoing queue lacked room.
     pub busy_queue_full: u64,
+    /// Writes refused `Busy` unexecuted because their reply cache held only replies still
+    /// inside the retry window (rule 6: refuse rather than forget): clients' Sets at the
+    /// portal and peers' Puts at the storer (those also in [`StorerStats::busy`]).
+    pub busy_reply_cache_full: u64,
     /// Deadlines left for a later `handle_timeout` because the outgoing queue lacked room.
     pub deferred_timeouts: u64,
 
@@ -387,11 +399,34 @@ impl<const QP: usize, const QS: usize> Queues<QP, QS> {
     }
 }
 
-/// A DQE enforcer node for a cluster of up to `N` nodes, with `P` ring points, `F` client
-/// requests in flight at its portal and `C` entries in each reply cache (the storer's and
-/// the portal's). `S` is its store, `R` the source of request ids. Its outgoing queues hold
-/// `QP` portal datagrams and `QS` storer replies (about 100 bytes each); `QP` must hold a
-/// longest read set plus the reply, or every request would be refused `Busy`.
+/// The storage of a node's two write-reply caches, lent by the caller (see
+/// [`replay`](crate::replay)): the portal's remembers `Set` verdicts, the storer's `Put`
+/// replies, each for the retry window. Each takes `slots / window` writes a second; beyond it
+/// new writes are refused `Busy`.
+#[derive(Debug, Clone)]
+pub struct ReplyCaches<B> {
+    /// Slots for the portal's `Set` verdicts.
+    pub portal: B,
+    /// Slots for the storer's `Put` replies.
+    pub storer: B,
+}
+
+impl<const C: usize> Default for ReplyCaches<ReplyArrays<C>> {
+    /// Two caches of `C` slots in arrays (a board's static node holds them by value).
+    fn default() -> Self {
+        ReplyCaches {
+            portal: ReplyArrays::new(),
+            storer: ReplyArrays::new(),
+        }
+    }
+}
+
+/// A DQE enforcer node for a cluster of up to `N` nodes, with `P` ring points and `F` client
+/// requests in flight at its portal; its write-reply caches work in storage `B` (arrays,
+/// borrowed or boxed slices: [`ReplyCaches`], [`ReplyBuffers`](crate::replay::ReplyBuffers)). `S` is its store, `R` the source of request
+/// ids. Its outgoing queues hold `QP` portal datagrams and `QS` storer replies (about 100
+/// bytes each); `QP` must hold a longest read set plus the reply, or every request would be
+/// refused `Busy`.
 #[derive(Debug)]
 pub struct Node<
     S: Store,
@@ -399,7 +434,7 @@ pub struct Node<
     const N: usize,
     const P: usize,
     const F: usize,
-    const C: usize,
+    B: ReplyStorage,
     const QP: usize = PORTAL_QUEUE,
     const QS: usize = STORER_QUEUE,
 > {
@@ -411,8 +446,8 @@ pub struct Node<
     rng: R,
     config: NodeConfig,
     epoch: u32,
-    storer: Storer<C>,
-    portal: Portal<N, F, C>,
+    storer: Storer<B>,
+    portal: Portal<N, F, B>,
     outbox: Queues<QP, QS>,
     stats: NodeStats,
     /// Stores that said `Stored` so far (local shares and peers' PUTs): the write mark.
@@ -425,12 +460,13 @@ impl<
     const N: usize,
     const P: usize,
     const F: usize,
-    const C: usize,
+    B: ReplyStorage,
     const QP: usize,
     const QS: usize,
-> Node<S, R, N, P, F, C, QP, QS>
+> Node<S, R, N, P, F, B, QP, QS>
 {
-    /// Node `me` of `spec`, serving `store`, in epoch `epoch`.
+    /// Node `me` of `spec`, serving `store`, in epoch `epoch`, remembering write replies in
+    /// `replies`.
     pub fn new(
         spec: ClusterSpec<N>,
         me: NodeIndex,
@@ -438,6 +474,7 @@ impl<
         rng: R,
         config: NodeConfig,
         epoch: u32,
+        replies: ReplyCaches<B>,
     ) -> Result<Self, NodeError> {
         spec.validate()?;
         if me as usize >= spec.nodes.len() {
@@ -462,8 +499,15 @@ impl<
             });
         }
         let mut rng = rng;
-        let storer = Storer::with_seed(config.retry_window, rng.next_u64());
-        let portal = Portal::new(&config, rng.next_u64());
+        let storer = Storer::new(replies.storer, config.retry_window, rng.next_u64());
+        let portal = Portal::new(&config, replies.portal, rng.next_u64());
+        let slots = (portal.replies().capacity(), storer.cache().capacity());
+        if slots.0 == 0 || slots.1 == 0 {
+            return Err(NodeError::NoReplySlots {
+                portal: slots.0,
+                storer: slots.1,
+            });
+        }
         Ok(Node {
             tag: spec.cluster_tag(),
             spec,
@@ -569,6 +613,15 @@ impl<
         self.storer.stats()
     }
 
+    /// The portal's cache of `Set` verdicts and the storer's of `Put` replies (for their
+    /// capacity and fill).
+    pub fn reply_caches(&self) -> ReplyCaches<&ReplyCache<B>> {
+        ReplyCaches {
+            portal: self.portal.replies(),
+            storer: self.storer.cache(),
+        }
+    }
+
     /// Client requests the portal has not answered yet.
     pub fn in_flight(&self) -> usize {
         self.portal.in_flight()
@@ -614,7 +667,7 @@ impl<
     /// The writes after mark `mark` (see [`Node::write_mark`]) did not become durable: forget
     /// the remembered replies that report them as `Stored` (the storer's to peers, the
     /// portal's to clients when no peer stored the pair too) and those that report a `Found`
-    /// read from the node's store of a pair it no longer holds, so that a repeat runs again
+    /// read from the node's store after one of them, so that a repeat runs again
     /// instead of getting an answer the disk does not back. Client requests still in flight
     /// stop counting on the lost local writes and on local `Found`s of pairs the store no
     /// longer holds, so call this after the store dropped the abandoned pairs. Returns how
@@ -624,11 +677,11 @@ impl<
         let portal = self
             .portal
             .forget_writes_after(self.me, mark, &mut self.store);
-        self.storer.forget_lost_after(mark, &mut self.store) + portal
+        self.storer.forget_writes_after(mark) + portal
     }
 
     /// The portal, and the rest of the node it works with.
-    fn parts(&mut self, now: Millis) -> (&mut Portal<N, F, C>, Context<'_, S, R, N, P>) {
+    fn parts(&mut self, now: Millis) -> (&mut Portal<N, F, B>, Context<'_, S, R, N, P>) {
         let cx = Context {
             now,
             spec: &self.spec,
@@ -680,6 +733,7 @@ impl<
             self.stats.drop_queue_full += 1;
             return;
         }
+        let busy = self.storer.stats().busy;
         let reply = self.storer.handle_counted(
             now,
             from,
@@ -688,6 +742,7 @@ impl<
             self.epoch,
             &mut self.writes,
         );
+        self.stats.busy_reply_cache_full += self.storer.stats().busy - busy;
         if let Some(body) = reply {
             self.outbox
                 .reply(Port::Storer, from, env, len, body, &mut self.stats);

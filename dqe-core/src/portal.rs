@@ -34,8 +34,12 @@
 //! PUT of `(k, v)` (read repair, fire and forget: the repair's own reply is only counted).
 //! A lingering request is the first thing evicted when the table is full.
 //!
-//! Client idempotence (rule 6): a repeat of a request still in the table is absorbed; a repeat
-//! of a finished one gets the reply recorded in the [`ReplyCache`] for the retry window.
+//! Client idempotence (rule 6): a repeat of a request still in the table is absorbed (found
+//! through an index of the table by client and id); a repeat of a `Set` already answered gets
+//! the verdict remembered in the [`ReplyCache`] for the whole retry window, and a repeat of an
+//! answered `Test` runs again. A `Set` reserves its place in the cache before anything is
+//! done for it: when the cache is full of verdicts still inside the window, the `Set` is
+//! refused `Busy` (counted in `busy_reply_cache_full`) rather than a verdict forgotten.
 //!
 //! Local writes that fail to become durable (a backend's failed group commit, see
 //! [`Node::forget_replies_since`](crate::node::Node::forget_replies_since)): a remembered
@@ -51,7 +55,7 @@
 //! # Costs
 //! Every event costs O(1) expected, whatever `F` and `N`: a reply finds its sub-request through
 //! a hash index of sub-request ids (chained through the sub-requests), a client repeat is
-//! found in the reply cache (requests in flight are recorded there), free slots sit on a
+//! found in the reply cache or a hash index of the table by client and id, free slots sit on a
 //! stack, and requests sit on a list sorted by deadline (a new deadline is almost always the
 //! latest, so insertion walks from the tail). Per-request state is sized by
 //! [`MAX_PREFERENCE`], not by `N`. Only rare events scan: a node found down (every request),
@@ -65,9 +69,9 @@ use rand_core::RngCore;
 use crate::Millis;
 use crate::config::{ClusterSpec, NodeIndex};
 use crate::detector::{Change, FailureDetector, Health};
-use crate::hash::{Key, Value, key_of, matches};
+use crate::hash::{Key, Value, matches};
 use crate::node::{NodeConfig, NodeStats, Outbox, Port};
-use crate::replay::{Lookup, ReplyCache, fingerprint};
+use crate::replay::{ReplyCache, ReplyStorage, request_hash, source_of};
 use crate::ring::{MAX_PREFERENCE, Ring};
 use crate::store::{PutOutcome, Store};
 use crate::wire::{Body, Envelope, Reason};
@@ -207,11 +211,15 @@ struct Request {
     /// `Stored` verdict resting on it alone can be forgotten if that write does not become
     /// durable, and the share discounted while the request is in flight.
     local_write: u64,
-    /// Whether the reply cache records the request as in flight (it may lack room).
-    cached: bool,
+    /// Whether the request holds a place in the reply cache for its verdict (a `Set` not
+    /// yet answered).
+    reserved: bool,
     /// Neighbours on the deadline list.
     prev: u16,
     next: u16,
+    /// Its bucket in the client index, and the next request in that bucket.
+    client_bucket: u16,
+    next_client: u16,
 }
 
 impl Request {
@@ -409,10 +417,10 @@ impl<S: Store, R: RngCore, const N: usize, const P: usize> Context<'_, S, R, N, 
     }
 }
 
-/// The portal of one node: its table of requests in flight (`F` of them), the client
-/// reply cache (`C` entries) and the failure detector over `N` nodes.
+/// The portal of one node: its table of requests in flight (`F` of them), the cache of `Set`
+/// verdicts (over the caller's slots `B`) and the failure detector over `N` nodes.
 #[derive(Debug)]
-pub struct Portal<const N: usize, const F: usize, const C: usize> {
+pub struct Portal<const N: usize, const F: usize, B> {
     table: [Option<Request>; F],
     /// Empty slots.
     free: heapless::Vec<u16, F>,
@@ -423,15 +431,18 @@ pub struct Portal<const N: usize, const F: usize, const C: usize> {
     last: u16,
     /// Requests answered and lingering.
     lingering: usize,
-    /// Requests in flight that the reply cache could not record (a repeat is searched for).
-    uncached: usize,
-    replies: ReplyCache<C>,
+    /// Heads of the client index's chains (through `Request::next_client`), by client and id.
+    clients: [u16; F],
+    /// Keys the client index's hash.
+    seed: u64,
+    replies: ReplyCache<B>,
     detector: FailureDetector<N>,
 }
 
-impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
-    /// An empty portal; `seed` keys its reply cache's hash (draw it from the node's RNG).
-    pub fn new(config: &NodeConfig, seed: u64) -> Self {
+impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
+    /// An empty portal remembering `Set` verdicts in `slots`; `seed` keys its hashes (draw
+    /// it from the node's RNG).
+    pub fn new(config: &NodeConfig, slots: B, seed: u64) -> Self {
         const {
             assert!(
                 F >= 1 && F < NO_SLOT as usize,
@@ -446,8 +457,9 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
             first: NO_SLOT,
             last: NO_SLOT,
             lingering: 0,
-            uncached: 0,
-            replies: ReplyCache::with_seed(config.retry_window, seed),
+            clients: [NO_SLOT; F],
+            seed,
+            replies: ReplyCache::new(slots, config.retry_window, seed.rotate_left(32)),
             detector: FailureDetector::new(config.detector_threshold, config.probe_interval),
         }
     }
@@ -476,8 +488,9 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
 
     /// The node's writes after `mark` did not become durable and `store` no longer holds their
     /// pairs (node `me` is this one): forget the remembered client replies that rest on them
-    /// alone (a `Stored` of a lost local write no peer stored too, a local `Found` of a pair
-    /// now gone), and make requests in flight stop counting on them (see the module docs).
+    /// (a `Stored` of a lost local write no peer stored too, a `Found` read from the local
+    /// share after one), and make requests in flight stop counting on them (see the module
+    /// docs).
     /// Returns how many remembered replies were forgotten. Scans the table and the cache.
     pub(crate) fn forget_writes_after<S: Store>(
         &mut self,
@@ -493,8 +506,12 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
                 request.phase = Phase::Collecting;
             }
         }
-        self.replies
-            .forget_lost_after(mark, |value| store.get(&key_of(value)).is_none())
+        self.replies.forget_writes_after(mark)
+    }
+
+    /// The cache of `Set` verdicts (e.g. to export its size).
+    pub fn replies(&self) -> &ReplyCache<B> {
+        &self.replies
     }
 
     /// A Test or Set from a client, on the portal port. The caller has checked the port and
@@ -521,20 +538,15 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
             cx.reply(from, env, len, body);
             return;
         }
-        let print = fingerprint(&env.body);
-        match self.replies.lookup(cx.now, from, env.id, print) {
-            Some(Lookup::Replied(body)) => {
-                cx.stats.repeats_answered += 1;
-                cx.reply(from, env, len, body);
-                return;
-            }
-            Some(Lookup::InFlight) => {
-                cx.stats.repeats_absorbed += 1;
-                return;
-            }
-            None => {}
+        if value.is_some()
+            && let Some(body) = self.replies.lookup(cx.now, from, env.id, &env.body)
+        {
+            cx.stats.repeats_answered += 1;
+            cx.reply(from, env, len, body);
+            return;
         }
-        if self.uncached > 0 && self.is_repeat_in_flight(from, env) {
+        let client_bucket = self.client_bucket(&from, env);
+        if self.is_repeat_in_flight(client_bucket, from, env) {
             cx.stats.repeats_absorbed += 1;
             return;
         }
@@ -550,7 +562,18 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
             self.refuse_busy(cx, from, env, len);
             return;
         }
+        // A Set's verdict must be remembered for the whole window (rule 6): hold its place
+        // before anything is done, or refuse.
+        let reserved = value.is_some();
+        if reserved && self.replies.reserve(cx.now).is_err() {
+            cx.stats.busy_reply_cache_full += 1;
+            self.refuse_busy(cx, from, env, len);
+            return;
+        }
         let Some(slot) = self.free_slot() else {
+            if reserved {
+                self.replies.unreserve();
+            }
             self.refuse_busy(cx, from, env, len);
             return;
         };
@@ -566,9 +589,11 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
             found: None,
             writes: sets.write.len() as u8,
             local_write: 0,
-            cached: false,
+            reserved,
             prev: NO_SLOT,
             next: NO_SLOT,
+            client_bucket: client_bucket as u16,
+            next_client: NO_SLOT,
         };
         for &node in &sets.read {
             let in_write_set = sets.write.contains(&node);
@@ -605,10 +630,6 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
             }
             request.record(i, &reply, cx.stats);
         }
-        request.cached = self.replies.begin(cx.now, from, env.id, print).is_ok();
-        if !request.cached {
-            self.uncached += 1;
-        }
         let remote: heapless::Vec<usize, MAX_PREFERENCE> = (0..request.subs.len())
             .filter(|&i| request.subs[i].node != me)
             .collect();
@@ -616,6 +637,7 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
         for i in remote {
             self.index(slot, i);
         }
+        self.index_client(slot);
         self.schedule(slot);
         self.settle(cx, slot);
     }
@@ -699,13 +721,71 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
         }
     }
 
-    fn is_repeat_in_flight(&self, from: SocketAddr, env: &Envelope) -> bool {
-        self.table.iter().flatten().any(|r| {
-            r.phase != Phase::Lingering
+    /// Whether the same request from the same client (in client index bucket `bucket`) is in
+    /// the table and not answered yet.
+    fn is_repeat_in_flight(&self, bucket: usize, from: SocketAddr, env: &Envelope) -> bool {
+        let mut at = self.clients[bucket];
+        while let Some(r) = self.request(at) {
+            if r.phase != Phase::Lingering
                 && r.client == from
                 && r.request.id == env.id
                 && r.request.body == env.body
-        })
+            {
+                return true;
+            }
+            at = r.next_client;
+        }
+        false
+    }
+
+    /// The client index's bucket for request `env` from `from` (by id, source and the first
+    /// 8 bytes of the key, so that requests differing in any of them spread out).
+    fn client_bucket(&self, from: &SocketAddr, env: &Envelope) -> usize {
+        let key = match env.body {
+            Body::Test { key } | Body::Set { key, .. } => key,
+            _ => [0; 20],
+        };
+        let mut body = [0u8; 8];
+        body.copy_from_slice(&key[..8]);
+        let (ip, port) = source_of(from);
+        let h = request_hash(self.seed, env.id, u64::from_le_bytes(body), &ip, port);
+        ((u128::from(h) * F as u128) >> 64) as usize
+    }
+
+    /// Put the request in `slot` into the client index.
+    fn index_client(&mut self, slot: usize) {
+        let Some(b) = self.table[slot]
+            .as_ref()
+            .map(|r| usize::from(r.client_bucket))
+        else {
+            return;
+        };
+        let head = core::mem::replace(&mut self.clients[b], slot as u16);
+        if let Some(r) = self.table[slot].as_mut() {
+            r.next_client = head;
+        }
+    }
+
+    /// Take the request in `slot` out of the client index.
+    fn unindex_client(&mut self, slot: usize) {
+        let Some((b, after)) = self.table[slot]
+            .as_ref()
+            .map(|r| (usize::from(r.client_bucket), r.next_client))
+        else {
+            return;
+        };
+        if usize::from(self.clients[b]) == slot {
+            self.clients[b] = after;
+            return;
+        }
+        let mut at = self.clients[b];
+        while let Some(r) = self.table.get_mut(usize::from(at)).and_then(Option::as_mut) {
+            if usize::from(r.next_client) == slot {
+                r.next_client = after;
+                return;
+            }
+            at = r.next_client;
+        }
     }
 
     /// An empty slot, or else the slot of a lingering request (which is dropped; finding one
@@ -855,21 +935,22 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
         let Some(request) = self.table[slot].as_ref() else {
             return;
         };
-        let (lingering, cached, count) = (
+        let (lingering, reserved, count) = (
             request.phase == Phase::Lingering,
-            request.cached,
+            request.reserved,
             request.subs.len(),
         );
         for i in 0..count {
             self.unindex(slot, i);
         }
+        self.unindex_client(slot);
         self.unschedule(slot);
         self.table[slot] = None;
         if lingering {
             self.lingering -= 1;
         }
-        if !cached {
-            self.uncached -= 1;
+        if reserved {
+            self.replies.unreserve();
         }
         // Cannot fail: the slot was taken, so it is not on the stack.
         let _ = self.free.push(slot as u16);
@@ -1054,11 +1135,10 @@ impl<const N: usize, const F: usize, const C: usize> Portal<N, F, C> {
             };
             cx.stats.count_outcome(&body);
             cx.reply(client, &env, len, body);
-            self.replies
-                .insert_marked(cx.now, client, env.id, fingerprint(&env.body), body, write);
-            if !request.cached {
-                self.uncached -= 1;
-                request.cached = true;
+            if request.reserved {
+                request.reserved = false;
+                self.replies
+                    .remember(cx.now, client, env.id, &env.body, body, write);
             }
             request.phase = Phase::Lingering;
             self.lingering += 1;

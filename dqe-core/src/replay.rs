@@ -1,57 +1,55 @@
-//! The idempotence cache of PROTOCOL.md rule 6: the reply a node sent to each request, kept
-//! for the retry window, so that a retry gets the same answer instead of running again.
+//! The idempotence cache of PROTOCOL.md rule 6: the reply a node gave to each write (a `Set`
+//! at its portal, a `Put` at its storer), kept for the whole retry window, so that a retried
+//! write gets the same answer instead of running again.
 //!
 //! That is what makes a retried SET see `Stored` rather than `Found` of its own write: the
-//! second attempt never reaches the store. A request is identified by its source address, its
-//! id and a [`fingerprint`] of its body, so an id reused for a different request (a client
-//! bug, or two processes behind one address drawing the same random id) is a new request and
-//! never gets an unrelated answer.
+//! second attempt never reaches the store. Reads (`Test`, `Get`) are not remembered: running
+//! one again answers what its first run could have (rule 6 allows it), and leaving them out
+//! lets the cache be sized by the write rate alone. A request is identified by its source
+//! address, its id and a [`fingerprint`] of its body, so an id reused for a different request
+//! (a client bug, or two processes behind one address drawing the same random id) is a new
+//! request and never gets an unrelated answer. Repeats of a request still in flight are the
+//! portal's business (it finds them in its own table); a storer answers at once.
 //!
-//! An entry is either in flight (a portal has begun the request and not answered yet: a
-//! repeat is absorbed) or replied (a repeat gets the stored reply). Replied entries expire
-//! `window` milliseconds after they were answered.
+//! # Never forget: refuse instead
+//! A reply is never dropped before its window ends. A node that is about to carry out a write
+//! first [reserves](ReplyCache::reserve) room for its reply; when every slot holds a reply
+//! still inside the window or is reserved, the reservation fails and the node answers
+//! `Refused(Busy)` without executing the write. So a cache of `C` slots takes `C` writes in
+//! any window: a sustained `C / window` writes a second, or a burst of `C` at once. Size it
+//! for the node's peak write rate times the window.
 //!
-//! # Bounds and costs
-//! The cache holds at most `C` entries in a fixed array, with no allocation. Lookups go
-//! through `C` hash buckets chained through the entries (expected chain length below one);
-//! entries sit on two FIFO lists, replied (by answer time) and in flight (by start time), linked
-//! through the entries too. Every operation first drops expired replied entries from the
-//! front of their list. All operations are O(1) expected.
+//! # Storage and costs
+//! The storage is the caller's, as in smoltcp ([`ReplyBuffers`]): the slots, one per reply
+//! ([`ReplySlot::BYTES`] bytes each), and the heads of the hash buckets, one `u32` each (as
+//! many as slots is right), arrays inside a board's static node or boxed slices sized from the
+//! configuration on a server. The heads are a dense array of their own so that the usual
+//! lookup, of a write never seen, reads 4 bytes of a small table rather than a random slot of a
+//! large one. Buckets chain through the slots; replies sit on one FIFO by answer time, and
+//! every operation first drops expired replies from its front. Everything is O(1) expected but
+//! [`ReplyCache::forget_writes_after`], a pass over the replies.
 //!
-//! When all `C` entries are taken, the oldest replied entry is evicted, even inside its
-//! window: a retry of that request would run again, so `C` should cover the request rate
-//! times the window. In-flight entries are evicted only by [`ReplyCache::begin_evicting`]
-//! (the caller accepts that a repeat of the evicted request may then run twice); [`begin`]
-//! refuses instead, and a reply that finds no room is not remembered. A portal whose own table
-//! of requests in flight is smaller than `C` never meets either case.
+//! A write's `Found` reports the pair under the request's key, whose value hashes to that key
+//! as the request's own value does: the same 20 bytes. So a slot keeps only the kind of reply
+//! and rebuilds a `Found` from the repeat's body.
 //!
-//! The bucket hash mixes a seed ([`ReplyCache::with_seed`]): a node should seed it from its
-//! RNG so that a sender cannot pick ids that pile into one bucket.
-//!
-//! [`begin`]: ReplyCache::begin
+//! The bucket hash mixes a seed: a node should draw it from its RNG so that a sender cannot
+//! pick ids that pile into one bucket.
 
-use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use core::net::SocketAddr;
 
 use crate::Millis;
 use crate::hash::Value;
-use crate::wire::Body;
+use crate::wire::{Body, Reason};
 
-/// What the cache knows about a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Lookup {
-    /// The request was begun and not answered yet: absorb the repeat.
-    InFlight,
-    /// The request was answered with this reply within the window: send it again.
-    Replied(Body),
-}
-
-/// [`ReplyCache::begin`] found every entry in flight, so the request could not be recorded.
+/// [`ReplyCache::reserve`] found every slot holding a reply inside the window, or reserved:
+/// the write must be refused `Busy`, not executed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheFull;
 
 impl core::fmt::Display for CacheFull {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("every reply cache entry is a request in flight")
+        f.write_str("every reply cache slot holds a write reply inside the retry window")
     }
 }
 
@@ -98,127 +96,219 @@ fn mix(x: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// A seeded 64-bit hash of a request: its id, a 64-bit digest of its body and its source (in
+/// [`source_of`] form), for the cache's buckets and the portal's index of requests in flight.
+/// Each part is mixed in on its own, so a sender who does not know the seed cannot pick
+/// different requests (another id, body or source port) that share a bucket.
+#[inline]
+pub(crate) fn request_hash(seed: u64, id: u64, body: u64, ip: &[u8; 16], port: u16) -> u64 {
+    let ip = u128::from_be_bytes(*ip);
+    let h = mix(seed ^ id);
+    let h = mix(h ^ body);
+    let h = mix(h ^ ip as u64 ^ (u64::from(port) << 48));
+    mix(h ^ (ip >> 64) as u64)
+}
+
+/// A source address as 16 address bytes (IPv4 mapped into IPv6) and a port.
+#[inline]
+pub(crate) fn source_of(from: &SocketAddr) -> ([u8; 16], u16) {
+    let ip = match from {
+        SocketAddr::V4(a) => a.ip().to_ipv6_mapped().octets(),
+        SocketAddr::V6(a) => a.ip().octets(),
+    };
+    (ip, from.port())
+}
+
+/// The value a write request carries.
+fn value_of(request: &Body) -> Option<Value> {
+    match request {
+        Body::Set { value, .. } | Body::Put { value, .. } => Some(*value),
+        _ => None,
+    }
+}
+
 /// End of a list or chain.
 const NIL: u32 = u32::MAX;
 
+/// The reply a slot keeps: the kind is enough for a write (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+enum Kept {
     Free,
-    InFlight,
-    Replied(Body),
+    Stored,
+    /// `Found` with the request's own value.
+    Found,
+    Refused(Reason),
 }
 
+/// One slot of a [`ReplyCache`]: storage the caller lends, [`ReplySlot::EMPTY`] initially
+/// (the cache resets whatever it is given).
 #[derive(Debug, Clone, Copy)]
-struct Entry {
-    from: SocketAddr,
+pub struct ReplySlot {
     id: u64,
-    fingerprint: u32,
-    state: State,
-    /// When it was begun (in flight) or answered (replied).
+    /// When the reply was given.
     at: Millis,
     /// The write sequence number the reply rests on (0: none): the write a `Stored` reports,
     /// or the writes a `Found` read after. See [`ReplyCache::forget_writes_after`].
     write: u64,
-    /// Neighbours on its FIFO list (the free list uses `next` only).
-    prev: u32,
+    fingerprint: u32,
+    /// Next reply on the FIFO, or next free slot.
     next: u32,
-    /// Next entry in the same hash bucket.
+    /// Next slot in the same hash bucket.
     chain: u32,
+    ip: [u8; 16],
+    port: u16,
+    kept: Kept,
 }
 
-impl Entry {
-    const FREE: Entry = Entry {
-        from: SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0)),
+impl ReplySlot {
+    /// An unused slot.
+    pub const EMPTY: ReplySlot = ReplySlot {
         id: 0,
-        fingerprint: 0,
-        state: State::Free,
         at: 0,
         write: 0,
-        prev: NIL,
+        fingerprint: 0,
         next: NIL,
         chain: NIL,
+        ip: [0; 16],
+        port: 0,
+        kept: Kept::Free,
     };
+
+    /// Bytes one slot takes (for memory budgets).
+    pub const BYTES: usize = core::mem::size_of::<ReplySlot>();
 }
 
-/// A doubly linked FIFO of entries.
-#[derive(Debug, Clone, Copy)]
-struct List {
-    head: u32,
-    tail: u32,
+impl Default for ReplySlot {
+    fn default() -> Self {
+        ReplySlot::EMPTY
+    }
 }
 
-impl List {
-    const EMPTY: List = List {
-        head: NIL,
-        tail: NIL,
-    };
+/// Storage a reply cache works in: its slots and its buckets' heads (see [`ReplyBuffers`]).
+pub trait ReplyStorage {
+    /// The slots and the bucket heads.
+    fn parts(&self) -> (&[ReplySlot], &[u32]);
+    /// The same, to change.
+    fn parts_mut(&mut self) -> (&mut [ReplySlot], &mut [u32]);
 }
 
-/// Which list an entry is on, by its state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Which {
-    InFlight,
-    Replied,
+/// A reply cache's storage, lent by the caller: `slots` (one per reply remembered) and
+/// `heads` (one per hash bucket; give as many as slots). Arrays, borrowed slices or boxed
+/// slices; whatever they hold is reset when the cache is made.
+#[derive(Debug, Clone)]
+pub struct ReplyBuffers<S, H> {
+    /// One slot per reply the cache can hold.
+    pub slots: S,
+    /// The hash buckets' heads.
+    pub heads: H,
 }
 
-/// The bounded idempotence cache (see the module docs). `C` entries, `C >= 1`.
-pub struct ReplyCache<const C: usize> {
-    entries: [Entry; C],
-    buckets: [u32; C],
+/// Storage of `C` slots and `C` bucket heads held by value (a board's static node).
+pub type ReplyArrays<const C: usize> = ReplyBuffers<[ReplySlot; C], [u32; C]>;
+
+impl<const C: usize> ReplyArrays<C> {
+    /// `C` empty slots and `C` bucket heads.
+    pub const fn new() -> Self {
+        ReplyBuffers {
+            slots: [ReplySlot::EMPTY; C],
+            heads: [NIL; C],
+        }
+    }
+}
+
+impl<const C: usize> Default for ReplyArrays<C> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S, H> ReplyStorage for ReplyBuffers<S, H>
+where
+    S: AsRef<[ReplySlot]> + AsMut<[ReplySlot]>,
+    H: AsRef<[u32]> + AsMut<[u32]>,
+{
+    fn parts(&self) -> (&[ReplySlot], &[u32]) {
+        (self.slots.as_ref(), self.heads.as_ref())
+    }
+
+    fn parts_mut(&mut self) -> (&mut [ReplySlot], &mut [u32]) {
+        (self.slots.as_mut(), self.heads.as_mut())
+    }
+}
+
+/// The bounded write-reply cache (see the module docs), over the caller's storage `B`.
+pub struct ReplyCache<B> {
+    storage: B,
+    /// Slots in use: all of them, up to `u32::MAX - 1` (none without a bucket head).
+    capacity: usize,
+    /// Hash buckets: all the heads given, up to `u32::MAX`.
+    buckets: usize,
     /// Head of the free list (through `next`).
     free: u32,
-    in_flight: List,
-    replied: List,
+    /// The FIFO of replies, oldest first (through `next`).
+    oldest: u32,
+    newest: u32,
+    /// Replies held.
     len: usize,
+    /// Slots promised to writes being carried out.
+    reserved: usize,
     window: Millis,
     seed: u64,
 }
 
-impl<const C: usize> ReplyCache<C> {
-    /// An empty cache whose replies last `window` ms after they were given, with a fixed
-    /// hash seed (see [`ReplyCache::with_seed`]).
-    pub fn new(window: Millis) -> Self {
-        Self::with_seed(window, 0)
-    }
-
-    /// An empty cache with bucket hash seed `seed` (draw it from the node's RNG).
-    pub fn with_seed(window: Millis, seed: u64) -> Self {
-        const {
-            assert!(
-                C >= 1 && C < NIL as usize,
-                "ReplyCache needs 1 <= C < 2^32 - 1"
-            )
+impl<B: ReplyStorage> ReplyCache<B> {
+    /// An empty cache in `storage` whose replies last `window` ms after they were given, with
+    /// bucket hash seed `seed` (draw it from the node's RNG).
+    pub fn new(mut storage: B, window: Millis, seed: u64) -> Self {
+        let (slots, heads) = storage.parts_mut();
+        let buckets = heads.len().min(NIL as usize);
+        let capacity = if buckets == 0 {
+            0
+        } else {
+            slots.len().min(NIL as usize - 1)
         };
-        let mut entries = [Entry::FREE; C];
-        for (i, e) in entries.iter_mut().enumerate() {
-            e.next = if i + 1 < C { (i + 1) as u32 } else { NIL };
+        for (i, slot) in slots[..capacity].iter_mut().enumerate() {
+            *slot = ReplySlot::EMPTY;
+            slot.next = if i + 1 < capacity {
+                (i + 1) as u32
+            } else {
+                NIL
+            };
         }
+        heads[..buckets].fill(NIL);
         ReplyCache {
-            entries,
-            buckets: [NIL; C],
-            free: 0,
-            in_flight: List::EMPTY,
-            replied: List::EMPTY,
+            storage,
+            capacity,
+            buckets,
+            free: if capacity > 0 { 0 } else { NIL },
+            oldest: NIL,
+            newest: NIL,
             len: 0,
+            reserved: 0,
             window,
             seed,
         }
     }
 
-    /// Entries held (in flight or replied; replied ones past the window may still be counted
-    /// until the next operation sweeps them).
+    /// Replies held (some past the window may still be counted until the next operation
+    /// sweeps them).
     pub fn len(&self) -> usize {
         self.len
     }
 
-    /// Whether no entry is held.
+    /// Whether no reply is held.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
-    /// The most entries the cache holds.
-    pub const fn capacity(&self) -> usize {
-        C
+    /// Slots promised to writes being carried out.
+    pub fn reserved(&self) -> usize {
+        self.reserved
+    }
+
+    /// The most replies the cache holds: the writes it takes in one window.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// How long a reply is remembered, in ms.
@@ -226,333 +316,214 @@ impl<const C: usize> ReplyCache<C> {
         self.window
     }
 
-    /// What is known about request `(from, id, fingerprint)` at `now`.
+    /// The reply given within the window to write `request` with id `id` from `from`.
     pub fn lookup(
         &mut self,
         now: Millis,
         from: SocketAddr,
         id: u64,
-        fingerprint: u32,
-    ) -> Option<Lookup> {
+        request: &Body,
+    ) -> Option<Body> {
         self.sweep(now);
-        let i = self.find(&from, id, fingerprint)?;
-        let e = &self.entries[i as usize];
-        match e.state {
-            State::InFlight => Some(Lookup::InFlight),
-            // Behind a fresher head if `now` ever went backwards: check its own age too.
-            State::Replied(_) if now.saturating_sub(e.at) > self.window => {
-                self.release(i);
-                None
-            }
-            State::Replied(body) => Some(Lookup::Replied(body)),
-            State::Free => None,
+        let (ip, port) = source_of(&from);
+        let i = self.find(&ip, port, id, fingerprint(request))?;
+        let slot = &self.storage.parts().0[i as usize];
+        // Behind a fresher head if `now` ever went backwards: check its own age too.
+        if now.saturating_sub(slot.at) > self.window {
+            return None;
+        }
+        match slot.kept {
+            Kept::Stored => Some(Body::Stored),
+            Kept::Found => value_of(request).map(|value| Body::Found { value }),
+            Kept::Refused(reason) => Some(Body::Refused { reason }),
+            Kept::Free => None,
         }
     }
 
-    /// Mark a request in flight, so that repeats are absorbed until [`finish`](Self::finish).
-    ///
-    /// Evicts the oldest replied entry if the cache is full, never an in-flight one: when all
-    /// `C` entries are in flight it returns [`CacheFull`] and records nothing. A request already
-    /// recorded is (re)marked in flight.
-    pub fn begin(
-        &mut self,
-        now: Millis,
-        from: SocketAddr,
-        id: u64,
-        fingerprint: u32,
-    ) -> Result<(), CacheFull> {
+    /// Promise room for one more reply, before carrying out a write. Fails when every slot
+    /// holds a reply inside the window or is promised: the write must then be refused, not
+    /// carried out. Each success is ended by one [`remember`](Self::remember) or
+    /// [`unreserve`](Self::unreserve).
+    pub fn reserve(&mut self, now: Millis) -> Result<(), CacheFull> {
         self.sweep(now);
-        let i = match self.find(&from, id, fingerprint) {
-            Some(i) => {
-                self.unlink(i);
-                i
-            }
-            None => self
-                .allocate(false, &from, id, fingerprint)
-                .ok_or(CacheFull)?,
-        };
-        self.place(i, now, State::InFlight);
+        if self.len + self.reserved >= self.capacity {
+            return Err(CacheFull);
+        }
+        self.reserved += 1;
         Ok(())
     }
 
-    /// Like [`begin`](Self::begin), but when every entry is in flight it evicts the oldest one
-    /// and returns its `(from, id)`: a repeat of that request is no longer absorbed.
-    pub fn begin_evicting(
-        &mut self,
-        now: Millis,
-        from: SocketAddr,
-        id: u64,
-        fingerprint: u32,
-    ) -> Option<(SocketAddr, u64)> {
-        self.sweep(now);
-        let mut evicted = None;
-        let i = match self.find(&from, id, fingerprint) {
-            Some(i) => {
-                self.unlink(i);
-                i
-            }
-            None => {
-                if self.free == NIL && self.replied.head == NIL {
-                    let old = &self.entries[self.in_flight.head as usize];
-                    evicted = Some((old.from, old.id));
-                }
-                // Cannot fail: C >= 1 and eviction is allowed.
-                self.allocate(true, &from, id, fingerprint)?
-            }
-        };
-        self.place(i, now, State::InFlight);
-        evicted
+    /// Give back a promise that [`reserve`](Self::reserve) made (the write was not carried
+    /// out, or its reply is not to be remembered).
+    pub fn unreserve(&mut self) {
+        debug_assert!(self.reserved > 0, "unreserve without a reservation");
+        self.reserved = self.reserved.saturating_sub(1);
     }
 
-    /// Record the reply to a request begun earlier; repeats within `window` get it.
-    ///
-    /// If the request is no longer recorded (evicted while in flight), it is recorded now if
-    /// a free or replied entry can make room, and otherwise not remembered.
-    pub fn finish(
+    /// Remember `reply` to write `request` with id `id` from `from`, given at `now`, resting on
+    /// write number `write` (0 for none; see [`forget_writes_after`](Self::forget_writes_after)),
+    /// using a promise [`reserve`](Self::reserve) made. Returns whether it was remembered: a
+    /// reply a repeat can get only by running again (a `NotFound`, a `Found` of another
+    /// value) is not, and neither is anything without a promise when the cache is full.
+    pub fn remember(
         &mut self,
         now: Millis,
         from: SocketAddr,
         id: u64,
-        fingerprint: u32,
-        reply: Body,
-    ) {
-        self.insert(now, from, id, fingerprint, reply);
-    }
-
-    /// Record a request and its reply at once (a storer answers before the next datagram).
-    ///
-    /// Same room rules as [`finish`](Self::finish): only replied entries are evicted.
-    pub fn insert(
-        &mut self,
-        now: Millis,
-        from: SocketAddr,
-        id: u64,
-        fingerprint: u32,
-        reply: Body,
-    ) {
-        self.insert_marked(now, from, id, fingerprint, reply, 0);
-    }
-
-    /// Like [`insert`](Self::insert), for a reply that rests on write number `write` (0 for
-    /// none), which may yet fail to become durable: the write a `Stored` reports, or for a
-    /// `Found` read from the node's own store, the node's write mark at the read (the pair
-    /// read may be any write up to it).
-    pub fn insert_marked(
-        &mut self,
-        now: Millis,
-        from: SocketAddr,
-        id: u64,
-        fingerprint: u32,
+        request: &Body,
         reply: Body,
         write: u64,
-    ) {
+    ) -> bool {
+        self.unreserve();
+        let kept = match reply {
+            Body::Stored => Kept::Stored,
+            Body::Found { value } if Some(value) == value_of(request) => Kept::Found,
+            Body::Refused { reason } => Kept::Refused(reason),
+            _ => return false,
+        };
         self.sweep(now);
-        let i = match self.find(&from, id, fingerprint) {
-            Some(i) => {
-                self.unlink(i);
+        let (ip, port) = source_of(&from);
+        let print = fingerprint(request);
+        let i = match self.find(&ip, port, id, print) {
+            // Only after `now` went backwards: keep its place on the FIFO (it is not dropped
+            // before its own window ends, as `sweep` stops at the first fresh reply).
+            Some(i) => i,
+            None => {
+                let i = self.free;
+                if i == NIL {
+                    return false;
+                }
+                let b = self.bucket_index(&ip, port, id, print);
+                let (slots, heads) = self.storage.parts_mut();
+                self.free = slots[i as usize].next;
+                let slot = &mut slots[i as usize];
+                slot.ip = ip;
+                slot.port = port;
+                slot.id = id;
+                slot.fingerprint = print;
+                slot.chain = heads[b];
+                slot.next = NIL;
+                heads[b] = i;
+                match self.newest {
+                    NIL => self.oldest = i,
+                    last => slots[last as usize].next = i,
+                }
+                self.newest = i;
+                self.len += 1;
                 i
             }
-            None => match self.allocate(false, &from, id, fingerprint) {
-                Some(i) => i,
-                None => return,
-            },
         };
-        self.place(i, now, State::Replied(reply));
-        self.entries[i as usize].write = write;
+        let slot = &mut self.storage.parts_mut().0[i as usize];
+        slot.kept = kept;
+        slot.at = now;
+        slot.write = write;
+        true
     }
 
-    /// Forget every `Stored` reply that reports a write numbered after `mark` (those writes did
-    /// not become durable): a repeat of those requests runs again. Returns how many were
-    /// forgotten. Costs a pass over all `C` entries.
+    /// Forget every reply that rests on a write numbered after `mark` (those writes did not
+    /// become durable): a `Stored` of such a write, and a `Found` read after one (its pair may
+    /// have been one of them; forgetting a `Found` whose pair was durable after all costs only
+    /// a re-run, which finds it again). A repeat of those requests runs again. Returns how
+    /// many were forgotten. Costs a pass over the replies held.
     pub fn forget_writes_after(&mut self, mark: u64) -> usize {
-        self.forget_lost_after(mark, |_| false)
-    }
-
-    /// Like [`forget_writes_after`](Self::forget_writes_after), and also forget each
-    /// `Found(v)` read after a write numbered above `mark` for which `gone(v)` says the store
-    /// no longer holds the pair (it may have been one of the abandoned writes). Forgetting a
-    /// `Found` whose pair was durable after all costs only a re-run, which finds it again.
-    pub fn forget_lost_after(&mut self, mark: u64, mut gone: impl FnMut(&Value) -> bool) -> usize {
         let mut forgotten = 0;
-        for i in 0..C {
-            let e = &self.entries[i];
-            let lost = e.write > mark
-                && match e.state {
-                    State::Replied(Body::Found { value }) => gone(&value),
-                    State::Replied(_) => true,
-                    _ => false,
-                };
-            if lost {
-                self.release(i as u32);
+        let mut before = NIL;
+        let mut at = self.oldest;
+        while at != NIL {
+            let slot = self.storage.parts().0[at as usize];
+            let next = slot.next;
+            if slot.write > mark {
+                match before {
+                    NIL => self.oldest = next,
+                    b => self.storage.parts_mut().0[b as usize].next = next,
+                }
+                if next == NIL {
+                    self.newest = before;
+                }
+                self.release(at);
                 forgotten += 1;
+            } else {
+                before = at;
             }
+            at = next;
         }
         forgotten
     }
 
-    /// Forget a request (a portal that abandons one without answering); whether it was held.
-    pub fn remove(&mut self, from: SocketAddr, id: u64, fingerprint: u32) -> bool {
-        match self.find(&from, id, fingerprint) {
-            Some(i) => {
-                self.release(i);
-                true
-            }
-            None => false,
-        }
-    }
-
-    /// Drop replied entries answered more than `window` ago. `now` should not go backwards; if
-    /// it does, entries are kept longer, never dropped early.
+    /// Drop replies given more than `window` ago. `now` should not go backwards; if it does,
+    /// replies are kept longer, never dropped early.
     fn sweep(&mut self, now: Millis) {
-        while self.replied.head != NIL {
-            let head = self.replied.head;
-            if now.saturating_sub(self.entries[head as usize].at) <= self.window {
+        while self.oldest != NIL {
+            let head = self.oldest;
+            let slot = &self.storage.parts().0[head as usize];
+            if now.saturating_sub(slot.at) <= self.window {
                 break;
+            }
+            self.oldest = slot.next;
+            if self.oldest == NIL {
+                self.newest = NIL;
             }
             self.release(head);
         }
     }
 
-    fn bucket(&self, from: &SocketAddr, id: u64, fingerprint: u32) -> usize {
-        let mut h = mix(self.seed ^ id);
-        match from {
-            SocketAddr::V4(a) => {
-                h = mix(h ^ u64::from(a.ip().to_bits()) ^ (u64::from(a.port()) << 32));
-            }
-            SocketAddr::V6(a) => {
-                let ip = a.ip().to_bits();
-                h = mix(h ^ ip as u64);
-                h = mix(h ^ (ip >> 64) as u64 ^ u64::from(a.port()));
-            }
-        }
-        h = mix(h ^ u64::from(fingerprint));
-        ((u128::from(h) * C as u128) >> 64) as usize
+    /// The bucket of a request from `(ip, port)` with id `id` and body fingerprint `print`;
+    /// the cache has a bucket.
+    fn bucket_index(&self, ip: &[u8; 16], port: u16, id: u64, print: u32) -> usize {
+        let h = request_hash(self.seed, id, u64::from(print), ip, port);
+        ((u128::from(h) * self.buckets as u128) >> 64) as usize
     }
 
-    fn find(&self, from: &SocketAddr, id: u64, fingerprint: u32) -> Option<u32> {
-        let mut i = self.buckets[self.bucket(from, id, fingerprint)];
+    fn find(&self, ip: &[u8; 16], port: u16, id: u64, print: u32) -> Option<u32> {
+        if self.capacity == 0 {
+            return None;
+        }
+        let (slots, heads) = self.storage.parts();
+        let mut i = heads[self.bucket_index(ip, port, id, print)];
         while i != NIL {
-            let e = &self.entries[i as usize];
-            if e.id == id && e.fingerprint == fingerprint && e.from == *from {
+            let slot = &slots[i as usize];
+            if slot.id == id && slot.fingerprint == print && slot.port == port && slot.ip == *ip {
                 return Some(i);
             }
-            i = e.chain;
+            i = slot.chain;
         }
         None
     }
 
-    /// A free entry for a new request, evicting if needed, linked into its bucket but on no
-    /// list yet.
-    fn allocate(
-        &mut self,
-        evict_in_flight: bool,
-        from: &SocketAddr,
-        id: u64,
-        fingerprint: u32,
-    ) -> Option<u32> {
-        if self.free == NIL {
-            if self.replied.head != NIL {
-                self.release(self.replied.head);
-            } else if evict_in_flight && self.in_flight.head != NIL {
-                self.release(self.in_flight.head);
-            } else {
-                return None;
-            }
-        }
-        let i = self.free;
-        self.free = self.entries[i as usize].next;
-        let b = self.bucket(from, id, fingerprint);
-        let e = &mut self.entries[i as usize];
-        e.from = *from;
-        e.id = id;
-        e.fingerprint = fingerprint;
-        e.chain = self.buckets[b];
-        self.buckets[b] = i;
-        self.len += 1;
-        Some(i)
-    }
-
-    /// Give entry `i` state `state` and time `at`, at the tail of its list.
-    fn place(&mut self, i: u32, at: Millis, state: State) {
-        let which = match state {
-            State::InFlight => Which::InFlight,
-            _ => Which::Replied,
-        };
-        let list = *self.list(which);
-        let e = &mut self.entries[i as usize];
-        e.state = state;
-        e.at = at;
-        e.write = 0;
-        e.prev = list.tail;
-        e.next = NIL;
-        if list.tail == NIL {
-            self.list(which).head = i;
-        } else {
-            self.entries[list.tail as usize].next = i;
-        }
-        self.list(which).tail = i;
-    }
-
-    fn list(&mut self, which: Which) -> &mut List {
-        match which {
-            Which::InFlight => &mut self.in_flight,
-            Which::Replied => &mut self.replied,
-        }
-    }
-
-    /// Take entry `i` off its FIFO list (it stays in its bucket).
-    fn unlink(&mut self, i: u32) {
-        let e = self.entries[i as usize];
-        let which = match e.state {
-            State::InFlight => Which::InFlight,
-            State::Replied(_) => Which::Replied,
-            State::Free => return,
-        };
-        if e.prev == NIL {
-            self.list(which).head = e.next;
-        } else {
-            self.entries[e.prev as usize].next = e.next;
-        }
-        if e.next == NIL {
-            self.list(which).tail = e.prev;
-        } else {
-            self.entries[e.next as usize].prev = e.prev;
-        }
-        self.entries[i as usize].state = State::Free;
-    }
-
-    /// Remove entry `i` from its list and bucket and put it on the free list.
+    /// Take slot `i`, already off the FIFO, out of its bucket and onto the free list.
     fn release(&mut self, i: u32) {
-        self.unlink(i);
-        let e = self.entries[i as usize];
-        let b = self.bucket(&e.from, e.id, e.fingerprint);
-        if self.buckets[b] == i {
-            self.buckets[b] = e.chain;
+        let slot = self.storage.parts().0[i as usize];
+        let b = self.bucket_index(&slot.ip, slot.port, slot.id, slot.fingerprint);
+        let (slots, heads) = self.storage.parts_mut();
+        if heads[b] == i {
+            heads[b] = slot.chain;
         } else {
-            let mut j = self.buckets[b];
+            let mut j = heads[b];
             while j != NIL {
-                let next = self.entries[j as usize].chain;
+                let next = slots[j as usize].chain;
                 if next == i {
-                    self.entries[j as usize].chain = e.chain;
+                    slots[j as usize].chain = slot.chain;
                     break;
                 }
                 j = next;
             }
         }
-        let e = &mut self.entries[i as usize];
-        e.chain = NIL;
-        e.prev = NIL;
-        e.next = self.free;
+        let s = &mut slots[i as usize];
+        s.kept = Kept::Free;
+        s.chain = NIL;
+        s.write = 0;
+        s.next = self.free;
         self.free = i;
         self.len -= 1;
     }
 }
 
-impl<const C: usize> core::fmt::Debug for ReplyCache<C> {
+impl<B> core::fmt::Debug for ReplyCache<B> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("ReplyCache")
-            .field("capacity", &C)
+            .field("capacity", &self.capacity)
             .field("len", &self.len)
+            .field("reserved", &self.reserved)
             .field("window", &self.window)
             .finish()
     }

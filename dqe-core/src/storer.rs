@@ -2,10 +2,13 @@
 //!
 //! `Get(k)` is `Found(v)` or `NotFound`. `Put(k, v)` is `Refused(BadHash)` unless
 //! `SHA1(v) == k`, and otherwise the store's atomic test-and-set: `Stored`, `Found(v)` or
-//! `Refused(Full)`. Every reply is remembered in a [`ReplyCache`] for the retry window, so a
-//! repeat of a request (same source address, id and body) gets the same reply without
-//! touching the store: a portal retrying a `Put` that stored sees `Stored` again, never
-//! `Found` of its own write (PROTOCOL.md rule 6).
+//! `Refused(Full)`. The reply to every `Put` it carries out is remembered in a [`ReplyCache`]
+//! for the whole retry window, so a repeat (same source address, id and body) gets the same
+//! reply without touching the store: a portal retrying a `Put` that stored sees `Stored`
+//! again, never `Found` of its own write (PROTOCOL.md rule 6). When the cache has no room
+//! left inside the window, a new `Put` is refused `Busy` unexecuted (the portal counts that as
+//! no answer) rather than a remembered reply forgotten. A `Get` is not remembered: a repeated
+//! one reads again. Nor is a `BadHash` refusal, which a repeat earns again by itself.
 //!
 //! The storer does not look at the envelope's cluster tag or the port: the node checks those
 //! before handing it a request, and wraps the reply with [`Envelope::reply`].
@@ -13,16 +16,16 @@
 use core::net::SocketAddr;
 
 use crate::Millis;
-use crate::hash::{key_of, matches};
-use crate::replay::{Lookup, ReplyCache, fingerprint};
+use crate::hash::{Key, Value, matches};
+use crate::replay::{ReplyCache, ReplyStorage};
 use crate::store::{PutOutcome, Store};
 use crate::wire::{Body, Envelope, Reason};
 
 /// What a storer has done, as plain counters for the backends to export.
 ///
 /// `gets` and `puts` count every request received (repeats included); the outcome counters
-/// count requests carried out on the store; `replayed` counts repeats answered (or absorbed)
-/// from the cache.
+/// count requests carried out on the store; `replayed` counts repeats answered from the
+/// cache.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StorerStats {
     /// `Get` requests received.
@@ -41,24 +44,23 @@ pub struct StorerStats {
     pub full: u64,
     /// Repeats answered from the reply cache.
     pub replayed: u64,
+    /// `Put`s refused `Busy` unexecuted: every reply cache slot held a reply inside the
+    /// retry window.
+    pub busy: u64,
 }
 
-/// Serves `Get`/`Put` with a reply cache of `C` entries.
-pub struct Storer<const C: usize> {
-    cache: ReplyCache<C>,
+/// Serves `Get`/`Put`, remembering `Put` replies in a cache over the caller's slots `B`.
+pub struct Storer<B> {
+    cache: ReplyCache<B>,
     stats: StorerStats,
 }
 
-impl<const C: usize> Storer<C> {
-    /// A storer that remembers replies for `window` ms (PROTOCOL.md default: 2000).
-    pub fn new(window: Millis) -> Self {
-        Self::with_seed(window, 0)
-    }
-
-    /// Like [`Storer::new`], with the reply cache's hash seed (see [`ReplyCache::with_seed`]).
-    pub fn with_seed(window: Millis, seed: u64) -> Self {
+impl<B: ReplyStorage> Storer<B> {
+    /// A storer that remembers `Put` replies in `slots` for `window` ms (PROTOCOL.md default:
+    /// 2000), with the cache's hash seed `seed` (draw it from the node's RNG).
+    pub fn new(slots: B, window: Millis, seed: u64) -> Self {
         Storer {
-            cache: ReplyCache::with_seed(window, seed),
+            cache: ReplyCache::new(slots, window, seed),
             stats: StorerStats::default(),
         }
     }
@@ -66,8 +68,7 @@ impl<const C: usize> Storer<C> {
     /// Answer `env` from `from`, storing new pairs with epoch `epoch`.
     ///
     /// Returns the reply body, or `None` for a body that is not `Get`/`Put` (the node answers
-    /// those) and for a repeat of a request still in flight (absorbed; cannot happen with a
-    /// cache used only by this storer, which answers at once).
+    /// those).
     pub fn handle<S: Store + ?Sized>(
         &mut self,
         now: Millis,
@@ -83,8 +84,7 @@ impl<const C: usize> Storer<C> {
     /// Like [`Storer::handle`], counting each store that said `Stored` in `writes` (the
     /// node's write sequence number) and tagging the remembered reply with it, so that
     /// [`Storer::forget_writes_after`] can drop it if the write does not become durable. A
-    /// `Found` is tagged with `writes` as it stands (the pair may be any write up to it), for
-    /// [`Storer::forget_lost_after`].
+    /// `Found` is tagged with `writes` as it stands (the pair may be any write up to it).
     pub fn handle_counted<S: Store + ?Sized>(
         &mut self,
         now: Millis,
@@ -94,24 +94,32 @@ impl<const C: usize> Storer<C> {
         epoch: u32,
         writes: &mut u64,
     ) -> Option<Body> {
-        match env.body {
-            Body::Get { .. } => self.stats.gets += 1,
-            Body::Put { .. } => self.stats.puts += 1,
+        let (key, value) = match env.body {
+            Body::Get { key } => {
+                self.stats.gets += 1;
+                return Some(self.get(&key, store));
+            }
+            Body::Put { key, value } => (key, value),
             _ => return None,
+        };
+        self.stats.puts += 1;
+        if !matches(&key, &value) {
+            self.stats.bad_hash += 1;
+            return Some(Body::Refused {
+                reason: Reason::BadHash,
+            });
         }
-        let fp = fingerprint(&env.body);
-        match self.cache.lookup(now, from, env.id, fp) {
-            Some(Lookup::Replied(reply)) => {
-                self.stats.replayed += 1;
-                return Some(reply);
-            }
-            Some(Lookup::InFlight) => {
-                self.stats.replayed += 1;
-                return None;
-            }
-            None => {}
+        if let Some(reply) = self.cache.lookup(now, from, env.id, &env.body) {
+            self.stats.replayed += 1;
+            return Some(reply);
         }
-        let reply = self.execute(&env.body, store, epoch);
+        if self.cache.reserve(now).is_err() {
+            self.stats.busy += 1;
+            return Some(Body::Refused {
+                reason: Reason::Busy,
+            });
+        }
+        let reply = self.put(&key, &value, store, epoch);
         let write = match reply {
             Body::Stored => {
                 *writes += 1;
@@ -121,63 +129,54 @@ impl<const C: usize> Storer<C> {
             _ => 0,
         };
         self.cache
-            .insert_marked(now, from, env.id, fp, reply, write);
+            .remember(now, from, env.id, &env.body, reply, write);
         Some(reply)
     }
 
-    /// Forget remembered replies tagged with a write after `mark`; how many were forgotten.
+    /// Forget remembered replies that rest on a write after `mark` (a `Stored` of one, a
+    /// `Found` read after one); how many were forgotten. See
+    /// [`ReplyCache::forget_writes_after`].
     pub fn forget_writes_after(&mut self, mark: u64) -> usize {
         self.cache.forget_writes_after(mark)
     }
 
-    /// Like [`Storer::forget_writes_after`], and also forget each `Found` read after a write
-    /// past `mark` whose pair `store` no longer holds (it was abandoned with those writes):
-    /// a repeated `Get`/`Put` reads the store again instead of reporting a pair that is gone.
-    pub fn forget_lost_after<S: Store + ?Sized>(&mut self, mark: u64, store: &mut S) -> usize {
-        self.cache
-            .forget_lost_after(mark, |value| store.get(&key_of(value)).is_none())
+    /// Read `key` from the store.
+    fn get<S: Store + ?Sized>(&mut self, key: &Key, store: &mut S) -> Body {
+        match store.get(key) {
+            Some(value) => {
+                self.stats.found += 1;
+                Body::Found { value }
+            }
+            None => {
+                self.stats.not_found += 1;
+                Body::NotFound
+            }
+        }
     }
 
-    /// Carry out a `Get` or `Put` on the store.
-    fn execute<S: Store + ?Sized>(&mut self, body: &Body, store: &mut S, epoch: u32) -> Body {
-        let stats = &mut self.stats;
-        match *body {
-            Body::Get { key } => match store.get(&key) {
-                Some(value) => {
-                    stats.found += 1;
-                    Body::Found { value }
-                }
-                None => {
-                    stats.not_found += 1;
-                    Body::NotFound
-                }
-            },
-            Body::Put { key, value } if !matches(&key, &value) => {
-                stats.bad_hash += 1;
+    /// The test-and-set of a `Put` whose value hashes to its key.
+    fn put<S: Store + ?Sized>(
+        &mut self,
+        key: &Key,
+        value: &Value,
+        store: &mut S,
+        epoch: u32,
+    ) -> Body {
+        match store.put(key, value, epoch) {
+            PutOutcome::Stored => {
+                self.stats.stored += 1;
+                Body::Stored
+            }
+            PutOutcome::Found(value) => {
+                self.stats.found += 1;
+                Body::Found { value }
+            }
+            PutOutcome::Full => {
+                self.stats.full += 1;
                 Body::Refused {
-                    reason: Reason::BadHash,
+                    reason: Reason::Full,
                 }
             }
-            Body::Put { key, value } => match store.put(&key, &value, epoch) {
-                PutOutcome::Stored => {
-                    stats.stored += 1;
-                    Body::Stored
-                }
-                PutOutcome::Found(value) => {
-                    stats.found += 1;
-                    Body::Found { value }
-                }
-                PutOutcome::Full => {
-                    stats.full += 1;
-                    Body::Refused {
-                        reason: Reason::Full,
-                    }
-                }
-            },
-            // `handle` passes only Get and Put.
-            _ => Body::Refused {
-                reason: Reason::WrongPort,
-            },
         }
     }
 
@@ -187,12 +186,12 @@ impl<const C: usize> Storer<C> {
     }
 
     /// The reply cache (e.g. to export its size).
-    pub fn cache(&self) -> &ReplyCache<C> {
+    pub fn cache(&self) -> &ReplyCache<B> {
         &self.cache
     }
 }
 
-impl<const C: usize> core::fmt::Debug for Storer<C> {
+impl<B> core::fmt::Debug for Storer<B> {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         f.debug_struct("Storer")
             .field("cache", &self.cache)

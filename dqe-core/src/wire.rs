@@ -56,7 +56,9 @@ pub enum Body {
 pub enum Reason {
     /// `SHA1(value) != key`.
     BadHash,
-    /// The portal's table of requests in flight is full.
+    /// Not now: the portal's table of requests in flight or its outgoing queue is full, or (for
+    /// a write, at a portal or a storer) the reply cache holds only replies still inside the
+    /// retry window (rule 6). Nothing was carried out; a retry may succeed.
     Busy,
     /// The store cannot take another pair.
     Full,

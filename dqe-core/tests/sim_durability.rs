@@ -1,6 +1,6 @@
 //! Forgetting replies whose writes did not become durable ([`Node::forget_replies_since`]),
-//! and the portal's indexes under the capacities that make them fall back (a reply cache
-//! smaller than the table, a queue sized by the caller).
+//! and the portal under capacities the caller chose (a reply cache smaller than the table, a
+//! queue sized by the caller).
 
 #[path = "sim/harness.rs"]
 mod harness;
@@ -8,10 +8,11 @@ mod harness;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use dqe_core::config::{ClusterSpec, NodeSpec};
-use dqe_core::node::{Node, NodeConfig, NodeError, Port};
+use dqe_core::node::{Node, NodeConfig, NodeError, Port, ReplyCaches};
+use dqe_core::replay::ReplyArrays;
 use dqe_core::store::{FixedStore, Slot};
-use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
-use harness::{Sim, client_addr, node_addr, set_body, word};
+use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
+use harness::{Sim, client_addr, node_addr, set_body, test_body, word};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -74,7 +75,7 @@ fn a_forgotten_storer_reply_makes_a_repeated_put_run_again() {
 }
 
 #[test]
-fn replies_that_report_no_write_are_kept() {
+fn a_forgotten_found_runs_again_and_finds_the_pair() {
     // Replication 1 on node 1 itself: its `Stored` rests on the local write alone.
     let mut sim = Sim::<32>::build(3, 1, Some(0), NodeConfig::default(), 43);
     let w = &sim.find_word("durability found ", |p| p[0] == 1);
@@ -82,20 +83,18 @@ fn replies_that_report_no_write_are_kept() {
     let reuse = sim.submit(1, 1, set_body(w));
     let (_, value) = word(w);
     assert_eq!(sim.wait(reuse, 2_000), Body::Found { value });
-    // Everything written is forgotten: only the first Set's `Stored` replies go.
+    // Everything written is forgotten: the first Set's `Stored`, and the `Found` that read
+    // the local store after that write (its pair might have been the write).
     let forgotten = sim.nodes[1].forget_replies_since(0);
     assert_eq!(
-        forgotten, 1,
-        "the portal's Stored; its storer answered no peer PUT"
+        forgotten, 2,
+        "the portal's Stored and Found; its storer answered no peer PUT"
     );
+    // The pair is still held (this store lost nothing): the repeat runs again and finds it.
     let id = sim.tracked[reuse].env.id;
     let repeat = sim.submit_with_id(1, 1, id, set_body(w));
     assert_eq!(sim.wait(repeat, 1_000), Body::Found { value });
-    assert_eq!(
-        sim.nodes[1].stats().repeats_answered,
-        1,
-        "the Found was kept"
-    );
+    assert_eq!(sim.nodes[1].stats().repeats_answered, 0, "ran again");
 }
 
 /// Three nodes on 10.0.0.x; node 0 is the one under test and its peers never answer.
@@ -115,7 +114,7 @@ fn three() -> ClusterSpec<3> {
 }
 
 type Small<const C: usize, const QP: usize> =
-    Node<FixedStore<Vec<Slot>>, StdRng, 3, 48, 4, C, QP, 4>;
+    Node<FixedStore<Vec<Slot>>, StdRng, 3, 48, 4, ReplyArrays<C>, QP, 4>;
 
 fn small<const C: usize, const QP: usize>() -> Result<Small<C, QP>, NodeError> {
     let store = FixedStore::new(vec![Slot::EMPTY; 64]);
@@ -126,32 +125,43 @@ fn small<const C: usize, const QP: usize>() -> Result<Small<C, QP>, NodeError> {
         StdRng::seed_from_u64(5),
         NodeConfig::default(),
         1,
+        ReplyCaches::default(),
     )
 }
 
 #[test]
-fn a_repeat_is_absorbed_even_when_the_reply_cache_could_not_record_it() {
-    // One cache entry for four requests in flight: the second is not recorded there.
+fn repeats_in_flight_are_absorbed_whatever_the_reply_cache_holds() {
+    // One slot per reply cache for four requests in flight: the Set holds it, a Test needs
+    // none, a second Set is refused `Busy` rather than left without a place for its verdict.
     let mut node = small::<1, 8>().unwrap();
     let mut out = [0u8; MAX_DATAGRAM];
     let tag = node.cluster_tag();
-    let send = |node: &mut Small<1, 8>, id: u64, w: &str| {
-        let env = Envelope::new(tag, id, set_body(w));
+    let send = |node: &mut Small<1, 8>, id: u64, body: Body| {
+        let env = Envelope::new(tag, id, body);
         node.handle(0, Port::Portal, client_addr(0), &encode(&env));
     };
-    send(&mut node, 1, "first");
-    send(&mut node, 2, "second");
+    send(&mut node, 1, set_body("first"));
+    send(&mut node, 2, test_body("second"));
     while node.poll_transmit(&mut out).is_some() {}
     assert_eq!(node.in_flight(), 2);
-    send(&mut node, 2, "second");
-    send(&mut node, 1, "first");
+    send(&mut node, 2, test_body("second"));
+    send(&mut node, 1, set_body("first"));
     assert_eq!(node.stats().repeats_absorbed, 2);
     assert_eq!(
         node.poll_transmit(&mut out),
         None,
         "nothing sent for a repeat"
     );
-    // Every attempt expires: both get their verdict, the uncached one included.
+    send(&mut node, 3, set_body("third"));
+    assert_eq!(node.stats().busy_reply_cache_full, 1);
+    let t = node.poll_transmit(&mut out).expect("the refusal");
+    assert_eq!(
+        wire::decode(&out[..t.len]).unwrap().body,
+        Body::Refused {
+            reason: Reason::Busy
+        }
+    );
+    // Every attempt expires: both get their verdict.
     let mut replies = 0;
     for now in [250, 500, 750, 1_000] {
         node.handle_timeout(now);
@@ -162,6 +172,22 @@ fn a_repeat_is_absorbed_even_when_the_reply_cache_could_not_record_it() {
     assert_eq!(replies, 2);
     assert_eq!(node.in_flight(), 0);
     assert_eq!(node.poll_timeout().map(|t| t > 1_000), Some(true));
+    // The Set's verdict holds the slot for its window; a repeat of it gets that verdict.
+    send(&mut node, 1, set_body("first"));
+    assert_eq!(node.stats().repeats_answered, 1);
+    send(&mut node, 4, set_body("fourth"));
+    assert_eq!(node.stats().busy_reply_cache_full, 2);
+}
+
+#[test]
+fn a_node_without_reply_slots_is_refused_at_start() {
+    assert_eq!(
+        small::<0, 8>().unwrap_err(),
+        NodeError::NoReplySlots {
+            portal: 0,
+            storer: 0
+        }
+    );
 }
 
 #[test]
@@ -239,7 +265,7 @@ impl Store for Journaled {
     }
 }
 
-type DurNode = Node<Journaled, StdRng, 3, 48, 8, 64>;
+type DurNode = Node<Journaled, StdRng, 3, 48, 8, ReplyArrays<64>>;
 
 struct Cluster {
     nodes: Vec<DurNode>,
@@ -269,7 +295,17 @@ impl Cluster {
             .map(|i| {
                 let rng = StdRng::seed_from_u64(seed * 10 + i as u64);
                 let config = NodeConfig::default();
-                Node::new(spec.clone(), i, Journaled::default(), rng, config, 1).unwrap()
+                let replies = ReplyCaches::default();
+                Node::new(
+                    spec.clone(),
+                    i,
+                    Journaled::default(),
+                    rng,
+                    config,
+                    1,
+                    replies,
+                )
+                .unwrap()
             })
             .collect();
         Cluster {
@@ -485,8 +521,8 @@ fn a_local_found_of_an_abandoned_pair_is_not_repaired_to_peers() {
     assert!(c.queue.iter().any(answered), "answered at once");
     assert_eq!(
         c.fail_sync(0),
-        (1, 2),
-        "the storer's Stored, the portal's Found"
+        (1, 1),
+        "the storer's Stored (a Test's verdict is not remembered)"
     );
     c.run_for(1_000);
     assert_eq!(c.take_replies(11), vec![Body::Found { value }]);
@@ -500,14 +536,16 @@ fn test_body_of(key: &Key) -> Body {
     Body::Test { key: *key }
 }
 
-type Tight = Node<Journaled, StdRng, 3, 48, 4, 8, 4, 4>;
+type Tight = Node<Journaled, StdRng, 3, 48, 4, ReplyArrays<8>, 4, 4>;
 
 #[test]
 fn a_verdict_waiting_for_queue_room_is_decided_again_after_its_local_write_is_lost() {
     // Node 0 of `three()` (peers answered by hand), a portal queue of 4 datagrams.
     let config = NodeConfig::default();
     let rng = StdRng::seed_from_u64(6);
-    let mut node: Tight = Node::new(three(), 0, Journaled::default(), rng, config, 1).unwrap();
+    let replies = ReplyCaches::default();
+    let mut node: Tight =
+        Node::new(three(), 0, Journaled::default(), rng, config, 1, replies).unwrap();
     let tag = node.cluster_tag();
     let spec = node.spec().clone();
     let mut buf = [0u8; MAX_DATAGRAM];
@@ -581,32 +619,36 @@ impl Cluster {
 #[test]
 fn a_remembered_local_found_of_an_abandoned_pair_is_forgotten() {
     let mut c = Cluster::new(7);
-    let (key, value) = word("durable cached found");
+    let w = "durable cached found";
+    let (key, value) = word(w);
     let peer = node_addr(1, Port::Source);
     let put = Body::Put { key, value };
     assert_eq!(c.direct(0, Port::Storer, peer, 1, put), vec![Body::Stored]);
-    // The peers hear nothing: the Test's answer comes from node 0's share alone.
+    // The peers hear nothing: the Set's answer comes from node 0's share alone.
     c.lost
         .extend([node_addr(1, Port::Storer), node_addr(2, Port::Storer)]);
-    c.client_sends(0, 0, 12, test_body_of(&key));
+    c.client_sends(0, 0, 12, set_body(w));
     c.run_for(1_000);
     assert_eq!(c.take_replies(12), vec![Body::Found { value }]);
     // The backend held that reply (it read a write not yet durable) and drops it.
     let failed = c.fail_sync(0);
-    c.client_sends(0, 0, 12, test_body_of(&key));
-    c.run_for(1_000);
-    assert_eq!(c.take_replies(12), vec![Body::NotFound], "read again");
-    assert_eq!(c.nodes[0].stats().repeats_answered, 0);
     assert_eq!(failed, (1, 2), "the storer's Stored, the portal's Found");
+    // The repeat runs again: nothing holds the pair now, so this Set stores it.
+    c.client_sends(0, 0, 12, set_body(w));
+    c.run_for(1_000);
+    assert_eq!(c.take_replies(12), vec![Body::Stored], "ran again");
+    assert_eq!(c.nodes[0].stats().repeats_answered, 0);
+    assert!(c.nodes[0].store().holds(&key));
 }
 
 #[test]
-fn a_storer_forgets_a_found_of_an_abandoned_pair_and_keeps_a_durable_one() {
+fn a_storer_forgets_the_replies_after_an_abandoned_write_and_keeps_durable_ones() {
     let mut c = Cluster::new(8);
     let peer = node_addr(1, Port::Source);
     let (kept, kept_value) = word("durable kept");
     let (lost, lost_value) = word("durable lost");
     let put = |key, value| Body::Put { key, value };
+    let found = |value| vec![Body::Found { value }];
     assert_eq!(
         c.direct(0, Port::Storer, peer, 1, put(kept, kept_value)),
         vec![Body::Stored]
@@ -616,31 +658,36 @@ fn a_storer_forgets_a_found_of_an_abandoned_pair_and_keeps_a_durable_one() {
         c.direct(0, Port::Storer, peer, 2, put(lost, lost_value)),
         vec![Body::Stored]
     );
-    let get = |key| Body::Get { key };
-    let found = |value| vec![Body::Found { value }];
+    // Two more writers find the pairs, after the write that will be lost.
     assert_eq!(
-        c.direct(0, Port::Storer, peer, 3, get(kept)),
+        c.direct(0, Port::Storer, peer, 3, put(kept, kept_value)),
         found(kept_value)
     );
     assert_eq!(
-        c.direct(0, Port::Storer, peer, 4, get(lost)),
+        c.direct(0, Port::Storer, peer, 4, put(lost, lost_value)),
         found(lost_value)
     );
     let failed = c.fail_sync(0);
+    // Forgotten: the lost pair's Stored and both Founds read after it.
+    assert_eq!(failed, (1, 3));
     let replayed = c.nodes[0].storer_stats().replayed;
+    // The lost pair's repeats run again and store it anew; the durable Found runs again and
+    // finds its pair; the durable Stored is still remembered.
     assert_eq!(
-        c.direct(0, Port::Storer, peer, 4, get(lost)),
-        vec![Body::NotFound]
+        c.direct(0, Port::Storer, peer, 4, put(lost, lost_value)),
+        vec![Body::Stored]
     );
-    // Forgotten: the Stored of the lost pair and the Found that read it.
-    assert_eq!(failed, (1, 2));
     assert_eq!(
-        c.direct(0, Port::Storer, peer, 3, get(kept)),
+        c.direct(0, Port::Storer, peer, 3, put(kept, kept_value)),
         found(kept_value)
+    );
+    assert_eq!(
+        c.direct(0, Port::Storer, peer, 1, put(kept, kept_value)),
+        vec![Body::Stored]
     );
     assert_eq!(
         c.nodes[0].storer_stats().replayed,
         replayed + 1,
-        "the durable pair's Found is still remembered"
+        "only the durable pair's Stored is still remembered"
     );
 }

@@ -1,15 +1,30 @@
-//! The storer role: Get/Put semantics on a store, and the idempotence cache of rule 6.
+//! The storer role: Get/Put semantics on a store, and the write-reply cache of rule 6.
 
 use core::net::SocketAddr;
 
 use dqe_core::hash::{key_of, word_value};
-use dqe_core::replay::{CacheFull, Lookup, ReplyCache, fingerprint};
+use dqe_core::replay::{CacheFull, ReplyBuffers, ReplyCache, ReplySlot, fingerprint};
 use dqe_core::store::{FixedStore, PutOutcome, Slot, Store};
 use dqe_core::storer::{Storer, StorerStats};
 use dqe_core::wire::{Body, Envelope, Reason};
 use dqe_core::{Key, Value};
 
 const WINDOW: u64 = 2_000;
+
+/// A reply cache's storage of `slots` slots on the heap.
+type Buffers = ReplyBuffers<Vec<ReplySlot>, Vec<u32>>;
+
+fn buffers(slots: usize) -> Buffers {
+    ReplyBuffers {
+        slots: vec![ReplySlot::EMPTY; slots],
+        heads: vec![0; slots],
+    }
+}
+
+/// A storer whose reply cache has `slots` slots.
+fn storer(slots: usize) -> Storer<Buffers> {
+    Storer::new(buffers(slots), WINDOW, 0)
+}
 
 fn portal(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
@@ -66,7 +81,7 @@ impl Store for Counting {
 
 #[test]
 fn get_and_put_follow_the_protocol() {
-    let mut storer = Storer::<16>::new(WINDOW);
+    let mut storer = storer(16);
     let mut store = FixedStore::new([Slot::EMPTY; 32]);
     let (k, v) = pair("zebra");
     let from = portal(9001);
@@ -100,7 +115,7 @@ fn get_and_put_follow_the_protocol() {
 
 #[test]
 fn a_put_whose_value_does_not_hash_to_its_key_is_refused() {
-    let mut storer = Storer::<16>::new(WINDOW);
+    let mut storer = storer(16);
     let mut store = FixedStore::new([Slot::EMPTY; 32]);
     let (k, _) = pair("zebra");
     let (_, other) = pair("yak");
@@ -113,7 +128,7 @@ fn a_put_whose_value_does_not_hash_to_its_key_is_refused() {
 
 #[test]
 fn a_full_store_refuses_new_keys_and_still_finds_old_ones() {
-    let mut storer = Storer::<64>::new(WINDOW);
+    let mut storer = storer(64);
     // 10 slots take 9 pairs.
     let mut store = FixedStore::new([Slot::EMPTY; 10]);
     let from = portal(9001);
@@ -145,7 +160,7 @@ fn a_full_store_refuses_new_keys_and_still_finds_old_ones() {
 
 #[test]
 fn a_retried_put_that_stored_sees_stored_again_not_found() {
-    let mut storer = Storer::<16>::new(WINDOW);
+    let mut storer = storer(16);
     let mut store = Counting::default();
     let (k, v) = pair("zebra");
     let from = portal(9001);
@@ -170,7 +185,7 @@ fn a_retried_put_that_stored_sees_stored_again_not_found() {
 
 #[test]
 fn the_same_id_from_another_address_or_with_another_body_is_a_new_request() {
-    let mut storer = Storer::<16>::new(WINDOW);
+    let mut storer = storer(16);
     let mut store = FixedStore::new([Slot::EMPTY; 32]);
     let (k, v) = pair("zebra");
     let (k2, v2) = pair("yak");
@@ -203,8 +218,9 @@ fn the_same_id_from_another_address_or_with_another_body_is_a_new_request() {
 }
 
 #[test]
-fn a_get_repeat_gets_the_first_answer_within_the_window() {
-    let mut storer = Storer::<16>::new(WINDOW);
+fn a_repeated_get_reads_the_store_again() {
+    // Rule 6 (clarified 2026-12-01): only writes need their replies remembered.
+    let mut storer = storer(16);
     let mut store = FixedStore::new([Slot::EMPTY; 32]);
     let (k, v) = pair("zebra");
     let from = portal(9001);
@@ -213,20 +229,45 @@ fn a_get_repeat_gets_the_first_answer_within_the_window() {
         Some(Body::NotFound)
     );
     assert_eq!(store.put(&k, &v, 1), PutOutcome::Stored);
+    assert_eq!(storer.handle(10, from, &get(1, k), &mut store, 1), found(v));
+    assert_eq!(storer.stats().replayed, 0);
+    assert!(storer.cache().is_empty(), "a Get takes no slot");
+}
+
+#[test]
+fn a_retried_put_sees_stored_after_more_gets_than_the_cache_has_slots() {
+    // Issue 8 item 2 at the storer: a portal retries a PUT after the storer served many GETs
+    // from other portals. Every GET used to take a slot and push the PUT's reply out.
+    let mut storer = storer(16);
+    let mut store = FixedStore::new([Slot::EMPTY; 64]);
+    let (k, v) = pair("retried put");
+    let writer = portal(9001);
+    let request = put(77, k, v);
     assert_eq!(
-        storer.handle(10, from, &get(1, k), &mut store, 1),
-        Some(Body::NotFound)
+        storer.handle(0, writer, &request, &mut store, 1),
+        Some(Body::Stored)
     );
-    // After the window the repeat runs again and sees the pair.
+    for i in 0..1_000u64 {
+        let (other, _) = pair(&format!("read {i}"));
+        let reply = storer.handle(i / 2, portal(9002), &get(1_000 + i, other), &mut store, 1);
+        assert_eq!(reply, Some(Body::NotFound));
+    }
     assert_eq!(
-        storer.handle(10 + WINDOW + 1, from, &get(1, k), &mut store, 1),
+        storer.handle(1_000, writer, &request, &mut store, 1),
+        Some(Body::Stored),
+        "the retry must not see its own write as Found"
+    );
+    assert_eq!(storer.stats().replayed, 1);
+    // Control: the same pair under a new id is a second write, and finds the first.
+    assert_eq!(
+        storer.handle(1_001, writer, &put(78, k, v), &mut store, 1),
         found(v)
     );
 }
 
 #[test]
 fn after_the_window_a_retry_runs_again() {
-    let mut storer = Storer::<16>::new(WINDOW);
+    let mut storer = storer(16);
     let mut store = Counting::default();
     let (k, v) = pair("zebra");
     let from = portal(9001);
@@ -249,8 +290,8 @@ fn after_the_window_a_retry_runs_again() {
 }
 
 #[test]
-fn a_full_cache_evicts_its_oldest_reply() {
-    let mut storer = Storer::<4>::new(WINDOW);
+fn a_full_cache_refuses_new_puts_busy_and_forgets_no_reply() {
+    let mut storer = storer(4);
     let mut store = Counting::default();
     let from = portal(9001);
     let requests: Vec<Envelope> = (0..5)
@@ -259,33 +300,51 @@ fn a_full_cache_evicts_its_oldest_reply() {
             put(100 + i, k, v)
         })
         .collect();
-    for (t, r) in requests.iter().enumerate() {
+    for (t, r) in requests[..4].iter().enumerate() {
         assert_eq!(
             storer.handle(t as u64, from, r, &mut store, 1),
             Some(Body::Stored)
         );
-        assert!(storer.cache().len() <= 4);
     }
-    assert_eq!(storer.cache().len(), 4);
-    // The first request was evicted by the fifth: its retry reaches the store.
-    let (k0, v0) = pair("w0");
+    let calls = store.calls;
+    // A fifth write inside the window: refused, not executed.
     assert_eq!(
-        storer.handle(10, from, &requests[0], &mut store, 1),
-        found(v0)
+        storer.handle(10, from, &requests[4], &mut store, 1),
+        refused(Reason::Busy)
     );
-    assert_eq!(key_of(&v0), k0);
-    // The last ones are still replayed.
-    for r in &requests[2..] {
+    assert_eq!(
+        store.calls, calls,
+        "a refused write never reaches the store"
+    );
+    assert_eq!(storer.stats().busy, 1);
+    // Every remembered reply is still there; reads still run.
+    for r in &requests[..4] {
         assert_eq!(
-            storer.handle(11, from, r, &mut store, 1),
+            storer.handle(WINDOW, from, r, &mut store, 1),
             Some(Body::Stored)
         );
     }
+    let (k0, v0) = pair("w0");
+    assert_eq!(
+        storer.handle(11, from, &get(9, k0), &mut store, 1),
+        found(v0)
+    );
+    // Once the first reply's window has passed, its slot takes the refused write (which was
+    // never executed, so it stores now).
+    assert_eq!(
+        storer.handle(WINDOW + 1, from, &requests[4], &mut store, 1),
+        Some(Body::Stored)
+    );
+    assert_eq!(
+        storer.handle(WINDOW + 1, from, &requests[0], &mut store, 1),
+        refused(Reason::Busy),
+        "w0's reply is gone after its window, and the cache is full again"
+    );
 }
 
 #[test]
 fn other_bodies_are_left_to_the_node() {
-    let mut storer = Storer::<4>::new(WINDOW);
+    let mut storer = storer(4);
     let mut store = FixedStore::new([Slot::EMPTY; 8]);
     let (k, v) = pair("zebra");
     let from = portal(9001);
@@ -308,77 +367,128 @@ fn other_bodies_are_left_to_the_node() {
     assert!(store.is_empty());
 }
 
-// The cache on its own, as a portal uses it.
+// The cache on its own.
+
+fn set(key: u8, value: u8) -> Body {
+    Body::Set {
+        key: [key; 20],
+        value: [value; 20],
+    }
+}
+
+fn cache(slots: usize, window: u64) -> ReplyCache<Buffers> {
+    ReplyCache::new(buffers(slots), window, 0x5eed)
+}
 
 #[test]
-fn in_flight_requests_are_absorbed_then_replied() {
-    let mut cache = ReplyCache::<4>::new(WINDOW);
+fn a_reply_is_remembered_for_exactly_the_window() {
+    let mut cache = cache(4, WINDOW);
     let from = portal(5000);
-    let fp = fingerprint(&Body::Set {
-        key: [1; 20],
-        value: [2; 20],
-    });
-    assert_eq!(cache.lookup(0, from, 9, fp), None);
-    cache.begin(0, from, 9, fp).unwrap();
-    assert_eq!(cache.lookup(5_000, from, 9, fp), Some(Lookup::InFlight));
-    assert_eq!(cache.lookup(5_000, from, 9, fp ^ 1), None);
-    cache.finish(6_000, from, 9, fp, Body::Stored);
+    let request = set(1, 2);
+    assert_eq!(cache.lookup(0, from, 9, &request), None);
+    cache.reserve(0).unwrap();
+    assert!(cache.remember(6_000, from, 9, &request, Body::Stored, 0));
     assert_eq!(
-        cache.lookup(6_000 + WINDOW, from, 9, fp),
-        Some(Lookup::Replied(Body::Stored))
+        cache.lookup(6_000 + WINDOW, from, 9, &request),
+        Some(Body::Stored)
     );
-    assert_eq!(cache.lookup(6_001 + WINDOW, from, 9, fp), None);
+    // Another body, id or source is another request.
+    assert_eq!(cache.lookup(6_000, from, 9, &set(1, 3)), None);
+    assert_eq!(cache.lookup(6_000, from, 8, &request), None);
+    assert_eq!(cache.lookup(6_000, portal(5001), 9, &request), None);
+    assert_eq!(cache.lookup(6_001 + WINDOW, from, 9, &request), None);
     assert!(cache.is_empty());
 }
 
 #[test]
-fn begin_never_evicts_in_flight_unless_asked() {
-    let mut cache = ReplyCache::<2>::new(WINDOW);
+fn a_found_is_rebuilt_from_the_request_and_reads_are_not_kept() {
+    let mut cache = cache(4, WINDOW);
     let from = portal(5000);
-    cache.insert(0, from, 1, 0, Body::NotFound);
-    cache.begin(1, from, 2, 0).unwrap();
-    // The replied entry makes room.
-    cache.begin(2, from, 3, 0).unwrap();
-    assert_eq!(cache.lookup(2, from, 1, 0), None);
-    // Both entries are in flight now.
-    assert_eq!(cache.begin(3, from, 4, 0), Err(CacheFull));
-    // A reply that finds no room is not remembered, and nothing in flight is lost.
-    cache.insert(3, from, 5, 0, Body::Stored);
-    assert_eq!(cache.lookup(3, from, 5, 0), None);
-    assert_eq!(cache.lookup(3, from, 2, 0), Some(Lookup::InFlight));
-    // The caller may accept losing the oldest in-flight request.
-    assert_eq!(cache.begin_evicting(4, from, 4, 0), Some((from, 2)));
-    assert_eq!(cache.lookup(4, from, 2, 0), None);
-    assert_eq!(cache.lookup(4, from, 4, 0), Some(Lookup::InFlight));
-    assert_eq!(cache.len(), 2);
-    assert!(cache.remove(from, 3, 0));
-    assert!(!cache.remove(from, 3, 0));
-    assert_eq!(cache.len(), 1);
+    let request = set(1, 2);
+    cache.reserve(0).unwrap();
+    assert!(cache.remember(0, from, 1, &request, Body::Found { value: [2; 20] }, 0));
+    assert_eq!(
+        cache.lookup(1, from, 1, &request),
+        Some(Body::Found { value: [2; 20] })
+    );
+    let busy = Body::Refused {
+        reason: Reason::Busy,
+    };
+    cache.reserve(0).unwrap();
+    assert!(cache.remember(0, from, 2, &request, busy, 0));
+    assert_eq!(cache.lookup(1, from, 2, &request), Some(busy));
+    // Nothing a repeat could not earn by running again: not kept, and the slot is free.
+    for (id, reply) in [(3, Body::NotFound), (4, Body::Found { value: [3; 20] })] {
+        cache.reserve(0).unwrap();
+        assert!(!cache.remember(0, from, id, &request, reply, 0));
+        assert_eq!(cache.lookup(1, from, id, &request), None);
+    }
+    assert_eq!((cache.len(), cache.reserved()), (2, 0));
 }
 
 #[test]
-fn many_requests_through_a_small_cache_stay_consistent() {
-    // Enough traffic to cycle every entry through buckets, lists and the free list many
-    // times, with ids chosen to share buckets.
-    let mut cache = ReplyCache::<8>::with_seed(100, 0x5eed);
+fn a_full_cache_refuses_reservations_until_a_reply_expires() {
+    let mut cache = cache(2, 100);
     let from = portal(5000);
-    let mut live: Vec<(u64, u64)> = Vec::new(); // (id, answered at)
-    for t in 0..2_000u64 {
-        let id = t % 37;
-        live.retain(|&(i, at)| i != id && t - at <= 100);
-        cache.insert(t, from, id, 3, Body::Stored);
-        live.push((id, t));
-        if live.len() > 8 {
-            live.remove(0);
-        }
-        assert_eq!(cache.len(), live.len(), "at t={t}");
-        for &(i, _) in &live {
-            assert_eq!(
-                cache.lookup(t, from, i, 3),
-                Some(Lookup::Replied(Body::Stored))
-            );
-        }
+    cache.reserve(0).unwrap();
+    assert!(cache.remember(0, from, 1, &set(1, 1), Body::Stored, 0));
+    cache.reserve(10).unwrap();
+    // One reply and one promise: full, though only one reply is held.
+    assert_eq!(cache.reserve(20), Err(CacheFull));
+    cache.unreserve();
+    cache.reserve(30).unwrap();
+    assert!(cache.remember(30, from, 2, &set(2, 2), Body::Stored, 0));
+    assert_eq!(cache.reserve(100), Err(CacheFull), "both inside the window");
+    assert_eq!(cache.lookup(100, from, 1, &set(1, 1)), Some(Body::Stored));
+    // 101 ms after the first reply it may go.
+    cache.reserve(101).unwrap();
+    assert_eq!(cache.lookup(101, from, 1, &set(1, 1)), None);
+    assert_eq!(cache.lookup(101, from, 2, &set(2, 2)), Some(Body::Stored));
+}
+
+#[test]
+fn a_cache_without_slots_refuses_every_write() {
+    let mut cache = cache(0, 100);
+    assert_eq!(cache.reserve(0), Err(CacheFull));
+    assert_eq!(cache.lookup(0, portal(1), 1, &set(1, 1)), None);
+    assert_eq!(cache.capacity(), 0);
+    // Slots without a bucket head to find them by are no use either.
+    let headless = ReplyBuffers {
+        slots: vec![ReplySlot::EMPTY; 4],
+        heads: Vec::new(),
+    };
+    let mut cache = ReplyCache::new(headless, 100, 0);
+    assert_eq!(cache.capacity(), 0);
+    assert_eq!(cache.reserve(0), Err(CacheFull));
+}
+
+#[test]
+fn forgetting_writes_after_a_mark_keeps_the_rest_in_order() {
+    let mut cache = cache(8, 100);
+    let from = portal(5000);
+    // Replies resting on writes 0 (none), 1, 2, 3, 0, 4 at times 0..6.
+    let marks = [0u64, 1, 2, 3, 0, 4];
+    for (i, &w) in marks.iter().enumerate() {
+        cache.reserve(i as u64).unwrap();
+        assert!(cache.remember(i as u64, from, i as u64, &set(i as u8, 0), Body::Stored, w));
     }
+    assert_eq!(cache.forget_writes_after(2), 2);
+    let held: Vec<u64> = (0..6)
+        .filter(|&i| cache.lookup(6, from, i, &set(i as u8, 0)).is_some())
+        .collect();
+    assert_eq!(held, vec![0, 1, 2, 4]);
+    // The FIFO is intact: each expires at its own time, the newest last.
+    assert_eq!(cache.lookup(101, from, 0, &set(0, 0)), None);
+    assert_eq!(cache.lookup(101, from, 1, &set(1, 0)), Some(Body::Stored));
+    assert_eq!(cache.lookup(104, from, 4, &set(4, 0)), Some(Body::Stored));
+    assert_eq!(cache.lookup(105, from, 4, &set(4, 0)), None);
+    assert!(cache.is_empty());
+    // And it fills to its capacity again.
+    for i in 0..8 {
+        cache.reserve(200).unwrap();
+        assert!(cache.remember(200, from, 100 + i, &set(9, 9), Body::Stored, 0));
+    }
+    assert_eq!(cache.reserve(200), Err(CacheFull));
 }
 
 #[test]
@@ -412,6 +522,86 @@ fn fingerprints_tell_bodies_apart() {
         assert_eq!(fingerprint(a), fingerprint(&{ *a }));
         for b in &bodies[i + 1..] {
             assert_ne!(fingerprint(a), fingerprint(b), "{a:?} vs {b:?}");
+        }
+    }
+}
+
+mod model {
+    //! The cache against a plain list of what it should hold, over random runs.
+    use super::*;
+    use proptest::prelude::*;
+
+    const SLOTS: usize = 6;
+    const WIN: u64 = 60;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// A write from source `src` with id `id` and body `body`, `dt` ms after the last op.
+        Write {
+            dt: u64,
+            src: u16,
+            id: u64,
+            body: u8,
+            write: u64,
+        },
+        /// The writes after `mark` did not become durable.
+        Forget { mark: u64 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            8 => (0..30u64, 0..3u16, 0..12u64, 0..2u8, 0..8u64)
+                .prop_map(|(dt, src, id, body, write)| Op::Write { dt, src, id, body, write }),
+            1 => (0..8u64).prop_map(|mark| Op::Forget { mark }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn the_cache_holds_every_reply_for_its_window_and_refuses_beyond_its_slots(
+            ops in proptest::collection::vec(op(), 1..200),
+        ) {
+            let mut cache = cache(SLOTS, WIN);
+            // (src, id, body, answered at, write)
+            let mut held: Vec<(u16, u64, u8, u64, u64)> = Vec::new();
+            let mut now = 0u64;
+            for op in ops {
+                match op {
+                    Op::Write { dt, src, id, body, write } => {
+                        now += dt;
+                        held.retain(|h| now - h.3 <= WIN);
+                        let from = portal(src);
+                        let request = set(body, body);
+                        let known = held.iter().any(|h| (h.0, h.1, h.2) == (src, id, body));
+                        let got = cache.lookup(now, from, id, &request);
+                        prop_assert_eq!(got.is_some(), known);
+                        if known {
+                            continue;
+                        }
+                        let reserved = cache.reserve(now);
+                        prop_assert_eq!(reserved.is_ok(), held.len() < SLOTS);
+                        if reserved.is_ok() {
+                            prop_assert!(cache.remember(now, from, id, &request, Body::Stored, write));
+                            held.push((src, id, body, now, write));
+                        }
+                    }
+                    Op::Forget { mark } => {
+                        held.retain(|h| now - h.3 <= WIN);
+                        let before = held.len();
+                        held.retain(|h| h.4 <= mark);
+                        // Replies past the window may still be swept now: count the live ones.
+                        let forgotten = cache.forget_writes_after(mark);
+                        prop_assert!(forgotten >= before - held.len());
+                    }
+                }
+                prop_assert_eq!(cache.reserved(), 0);
+            }
+            for h in &held {
+                prop_assert_eq!(
+                    cache.lookup(now, portal(h.0), h.1, &set(h.2, h.2)),
+                    Some(Body::Stored)
+                );
+            }
         }
     }
 }

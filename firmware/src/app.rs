@@ -9,7 +9,8 @@ use core::net::{IpAddr, Ipv4Addr};
 
 use backend_embedded::{Resources, SocketBuffers};
 use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
-use dqe_core::node::{Node, NodeConfig, NodeError};
+use dqe_core::node::{Node, NodeConfig, NodeError, ReplyCaches};
+use dqe_core::replay::ReplyArrays;
 use dqe_core::store::{FixedStore, Slot, max_len_for};
 use dqe_core::wire::MAX_DATAGRAM;
 use rand_core::RngCore;
@@ -21,9 +22,17 @@ pub const RING_POINTS: usize = MAX_NODES * dqe_core::config::DEFAULT_VNODES as u
 /// Client requests (Test/Set) the portal works on at once; more are answered `Refused(Busy)`.
 /// A request normally completes in a round trip, so 8 carry a board's load.
 pub const IN_FLIGHT: usize = 8;
-/// Replies each reply cache (the portal's and the storer's) remembers for idempotent retries
-/// (PROTOCOL.md rule 6): the 2 s retry window is honoured up to 12 requests a second.
-pub const REPLY_CACHE: usize = 24;
+/// Writes a second the board remembers the replies of for the whole 2 s retry window
+/// (PROTOCOL.md rule 6), at its portal (client Sets) and, separately, at its storer (peers'
+/// Puts); beyond it new writes are refused `Busy`. A burst of up to [`REPLY_CACHE`] writes
+/// inside one window is taken too. Reads are not remembered, so they do not count. (At this
+/// rate the 1,024-pair store fills in 51 s: the store, not this, bounds a board's writes.)
+pub const WRITE_RATE: usize = 20;
+/// Slots of each write-reply cache (the portal's and the storer's): [`WRITE_RATE`] times the
+/// node's 2 s retry window.
+pub const REPLY_CACHE: usize = WRITE_RATE * RETRY_WINDOW_MS / 1000;
+/// The node's retry window (`NodeConfig::default().retry_window`, checked by a test).
+pub const RETRY_WINDOW_MS: usize = 2_000;
 /// Datagrams the node's portal may queue (sub-requests, retries, probes, client replies):
 /// the backend drains the queue after every event, so it needs one request's longest read
 /// set (at most 16 nodes here) plus the reply, not the core's default of 64.
@@ -77,9 +86,12 @@ pub const fn socket_resources() -> SocketResources {
 }
 /// The store: a fixed table over statically allocated slots.
 pub type FwStore = FixedStore<&'static mut [Slot]>;
+/// Each write-reply cache's slots and bucket heads, held by value in the node (so in its
+/// static).
+pub type FwReplies = ReplyArrays<REPLY_CACHE>;
 /// The node, with the board's RNG `R`.
 pub type FwNode<R> =
-    Node<FwStore, R, MAX_NODES, RING_POINTS, IN_FLIGHT, REPLY_CACHE, PORTAL_QUEUE, STORER_QUEUE>;
+    Node<FwStore, R, MAX_NODES, RING_POINTS, IN_FLIGHT, FwReplies, PORTAL_QUEUE, STORER_QUEUE>;
 /// The cluster model at this firmware's node capacity.
 pub type FwCluster = ClusterSpec<MAX_NODES>;
 
@@ -160,6 +172,7 @@ pub fn build_node<R: RngCore>(
         rng,
         NodeConfig::default(),
         epoch,
+        ReplyCaches::default(),
     )
     .map_err(AppError::Node)
 }
@@ -193,6 +206,13 @@ mod tests {
         let mut six = ok.clone();
         six.portal = v6;
         assert!(check_addresses(&six, board).is_err());
+    }
+
+    #[test]
+    fn the_reply_caches_cover_the_write_rate_for_the_node_s_retry_window() {
+        let window = NodeConfig::default().retry_window;
+        assert_eq!(RETRY_WINDOW_MS as u64, window);
+        assert_eq!(REPLY_CACHE as u64, WRITE_RATE as u64 * window / 1000);
     }
 
     #[test]

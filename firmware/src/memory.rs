@@ -17,7 +17,7 @@ use embassy_net::StackResources;
 use rand_core::RngCore;
 
 use crate::app::{
-    FwCluster, FwNode, IN_FLIGHT, MAX_NODES, PORTAL_QUEUE, REPLY_CACHE, RING_POINTS, STACK_SOCKETS,
+    FwCluster, FwNode, FwReplies, IN_FLIGHT, MAX_NODES, PORTAL_QUEUE, RING_POINTS, STACK_SOCKETS,
     STORE_PAIRS, STORE_SLOTS, STORER_QUEUE, SocketResources,
 };
 
@@ -32,10 +32,13 @@ pub struct MemoryBreakdown {
     pub node: usize,
     /// Of `node`: the ring's points.
     pub ring: usize,
-    /// Of `node`: the portal (requests in flight, its reply cache, the failure detector).
+    /// Of `node`: the portal (requests in flight, its cache of Set verdicts, the failure
+    /// detector).
     pub portal: usize,
-    /// Of `node`: the storer's reply cache.
+    /// Of `node`: the storer (its cache of Put replies).
     pub storer: usize,
+    /// Of `portal` and of `storer`: each one's write-reply cache slots.
+    pub reply_cache: usize,
     /// Of `node`: the cluster model (every node's name and addresses).
     pub cluster: usize,
     /// Of `node`: the outgoing queues ([`PORTAL_QUEUE`] + [`STORER_QUEUE`] datagrams).
@@ -71,8 +74,8 @@ pub fn firmware_breakdown<R: RngCore>() -> MemoryBreakdown {
 pub fn breakdown<R: RngCore>(pairs: usize, slots: usize) -> MemoryBreakdown {
     let node = size_of::<FwNode<R>>();
     let ring = size_of::<Ring<RING_POINTS>>();
-    let portal = size_of::<Portal<MAX_NODES, IN_FLIGHT, REPLY_CACHE>>();
-    let storer = size_of::<Storer<REPLY_CACHE>>();
+    let portal = size_of::<Portal<MAX_NODES, IN_FLIGHT, FwReplies>>();
+    let storer = size_of::<Storer<FwReplies>>();
     let cluster = size_of::<FwCluster>();
     let queues = (PORTAL_QUEUE + STORER_QUEUE) * dqe_core::node::QUEUED_DATAGRAM_BYTES;
     MemoryBreakdown {
@@ -82,6 +85,7 @@ pub fn breakdown<R: RngCore>(pairs: usize, slots: usize) -> MemoryBreakdown {
         ring,
         portal,
         storer,
+        reply_cache: size_of::<FwReplies>(),
         cluster,
         queues,
         node_other: node - ring - portal - storer - cluster - queues,

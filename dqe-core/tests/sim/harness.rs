@@ -21,7 +21,8 @@ use dqe_core::Millis;
 use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::detector::Health;
 use dqe_core::hash::{Key, Value, key_of, word_value};
-use dqe_core::node::{Node, NodeConfig, Port};
+use dqe_core::node::{Node, NodeConfig, Port, ReplyCaches};
+use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::store::{FixedStore, Slot, Store};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
 use rand::rngs::StdRng;
@@ -31,7 +32,7 @@ use rand::{Rng, SeedableRng};
 pub const MAX_NODES: usize = 8;
 /// Ring points: 16 vnodes per node.
 pub const RING_POINTS: usize = MAX_NODES * 16;
-/// Reply-cache entries per node.
+/// Slots of each write-reply cache (portal and storer) per node.
 pub const CACHE: usize = 256;
 /// Slots per node store.
 pub const STORE_SLOTS: usize = 1024;
@@ -39,7 +40,20 @@ pub const STORE_SLOTS: usize = 1024;
 pub const MAX_STEPS: usize = 200_000;
 
 pub type SimStore = FixedStore<Box<[Slot]>>;
-pub type SimNode<const F: usize> = Node<SimStore, StdRng, MAX_NODES, RING_POINTS, F, CACHE>;
+pub type SimReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
+pub type SimNode<const F: usize> = Node<SimStore, StdRng, MAX_NODES, RING_POINTS, F, SimReplies>;
+
+/// Reply caches of `slots` slots each.
+pub fn reply_caches(slots: usize) -> ReplyCaches<SimReplies> {
+    let cache = || ReplyBuffers {
+        slots: vec![ReplySlot::EMPTY; slots].into_boxed_slice(),
+        heads: vec![0; slots].into_boxed_slice(),
+    };
+    ReplyCaches {
+        portal: cache(),
+        storer: cache(),
+    }
+}
 
 /// The value and key of a word (word mode).
 pub fn word(w: &str) -> (Key, Value) {
@@ -190,7 +204,8 @@ impl<const F: usize> Sim<F> {
             .map(|i| {
                 let store = FixedStore::new(vec![Slot::EMPTY; slots].into_boxed_slice());
                 let rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000).wrapping_add(i as u64));
-                Node::new(spec.clone(), i as NodeIndex, store, rng, config, 1).unwrap()
+                let replies = reply_caches(CACHE);
+                Node::new(spec.clone(), i as NodeIndex, store, rng, config, 1, replies).unwrap()
             })
             .collect();
         Sim {

@@ -30,7 +30,7 @@ use rand::{RngCore, SeedableRng};
 use static_cell::StaticCell;
 
 use crate::app::{
-    AppError, FwNode, FwStore, IN_FLIGHT, MAX_NODES, REPLY_CACHE, RING_POINTS, STACK_SOCKETS,
+    AppError, FwNode, FwReplies, FwStore, IN_FLIGHT, MAX_NODES, RING_POINTS, STACK_SOCKETS,
     STORE_PAIRS, SocketResources, build_node, check_addresses, slots_for, socket_resources,
 };
 use crate::config_file::{self, ConfigFileError};
@@ -119,7 +119,7 @@ type SimBackend = EmbeddedNode<
     MAX_NODES,
     RING_POINTS,
     IN_FLIGHT,
-    REPLY_CACHE,
+    FwReplies,
     { crate::app::PORTAL_QUEUE },
     { crate::app::STORER_QUEUE },
 >;
