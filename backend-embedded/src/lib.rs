@@ -312,6 +312,11 @@ pub struct BackendStats {
     pub unroutable: u64,
     /// Times the epoch changed.
     pub epoch_changes: u64,
+    /// Client requests answered: replies handed to the stack that the node marked as
+    /// answering one (`Transmit::answered`).
+    pub answered: u64,
+    /// The longest a client request waited for its reply, in ms (arrival to the stack).
+    pub slowest_answer_ms: u64,
 }
 
 /// A core node bound to three embassy-net UDP sockets. `QP` and `QS` are the node's
@@ -582,6 +587,11 @@ where
                 Poll::Ready(Ok(())) => {
                     self.stats.sent += 1;
                     queued = true;
+                    if let Some(a) = t.answered {
+                        self.stats.answered += 1;
+                        let waited = now.saturating_sub(a.started);
+                        self.stats.slowest_answer_ms = self.stats.slowest_answer_ms.max(waited);
+                    }
                 }
                 Poll::Ready(Err(_)) => self.stats.send_errors += 1,
                 Poll::Pending => self.stats.send_queue_full.bump(t.from),

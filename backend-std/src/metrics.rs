@@ -17,8 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use dqe_core::node::NodeStats;
-use dqe_core::wire::{Body, Reason};
+use dqe_core::event::{Outcome, RequestKind};
+use dqe_core::stats::NodeStats;
+use dqe_core::wire::Reason;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::server::conn::http1;
@@ -34,22 +35,10 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// The longest a metrics connection is kept, however busy.
 pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Request kinds, in label order (the body variant indices of PROTOCOL.md). Get and Put are
-/// counted only where a client sent them to the portal port (answered `WrongPort` or
-/// `WrongCluster`); the storer's own work is in `dqe_node_requests_total`.
-pub const KINDS: [&str; 4] = ["test", "set", "get", "put"];
-/// Outcomes, in label order.
-pub const OUTCOMES: [&str; 9] = [
-    "found",
-    "not_found",
-    "stored",
-    "bad_hash",
-    "busy",
-    "full",
-    "wrong_cluster",
-    "unavailable",
-    "wrong_port",
-];
+/// Request kinds are labelled by [`RequestKind::name`] and outcomes by [`Outcome::name`], in
+/// the order of their `ALL`. Get and Put are counted only where a client sent them to the
+/// portal port (answered `WrongPort` or `WrongCluster`); the storer's own work is in
+/// `dqe_node_requests_total`.
 /// Why the backend dropped a datagram, in label order (the core counts its own drops).
 pub const DROPS: [&str; 3] = ["send_failed", "write_failed", "shutdown"];
 /// Upper bounds of the latency buckets, in seconds.
@@ -75,38 +64,10 @@ impl DropReason {
     }
 }
 
-/// Whether a request of body variant `variant` arriving on the portal port (`on_portal`) or
-/// the storer port is counted in `dqe_requests_total`, and as which index into [`KINDS`]:
-/// every request on the portal port, and Test/Set on the storer port (refused `WrongPort`).
-pub fn counted_kind(on_portal: bool, variant: u8) -> Option<usize> {
-    match (on_portal, variant) {
-        (true, 0..=3) | (false, 0 | 1) => Some(variant as usize),
-        _ => None,
-    }
-}
-
-/// The outcome of a reply body, as an index into [`OUTCOMES`].
-pub fn outcome_index(body: &Body) -> Option<usize> {
-    Some(match body {
-        Body::Found { .. } => 0,
-        Body::NotFound => 1,
-        Body::Stored => 2,
-        Body::Refused { reason } => match reason {
-            Reason::BadHash => 3,
-            Reason::Busy => 4,
-            Reason::Full => 5,
-            Reason::WrongCluster => 6,
-            Reason::Unavailable => 7,
-            Reason::WrongPort => 8,
-        },
-        _ => return None,
-    })
-}
-
 /// Every metric of a node.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: [[AtomicU64; OUTCOMES.len()]; KINDS.len()],
+    requests: [[AtomicU64; Outcome::ALL.len()]; RequestKind::ALL.len()],
     drops: [AtomicU64; DROPS.len()],
     datagrams_in: [AtomicU64; 3],
     datagrams_out: [AtomicU64; 3],
@@ -159,13 +120,13 @@ impl Metrics {
     }
 
     /// One reply sent: a request of `kind` ended with `outcome`.
-    pub fn request(&self, kind: usize, outcome: usize) {
-        self.requests[kind][outcome].fetch_add(1, Relaxed);
+    pub fn request(&self, kind: RequestKind, outcome: Outcome) {
+        self.requests[kind.index()][outcome.index()].fetch_add(1, Relaxed);
     }
 
     /// Requests of `kind` that ended with `outcome` so far.
-    pub fn requests(&self, kind: usize, outcome: usize) -> u64 {
-        self.requests[kind][outcome].load(Relaxed)
+    pub fn requests(&self, kind: RequestKind, outcome: Outcome) -> u64 {
+        self.requests[kind.index()][outcome.index()].load(Relaxed)
     }
 
     /// One datagram dropped.
@@ -215,16 +176,23 @@ impl Metrics {
             "# HELP dqe_requests_total Requests answered, by kind and outcome."
         );
         let _ = writeln!(o, "# TYPE dqe_requests_total counter");
-        for (k, kind) in KINDS.iter().enumerate() {
-            for (i, outcome) in OUTCOMES.iter().enumerate() {
+        for kind in RequestKind::ALL {
+            for outcome in Outcome::ALL {
                 // Get/Put reach the count only through these two refusals.
-                if k >= 2 && !matches!(*outcome, "wrong_port" | "wrong_cluster") {
+                let peer_kind = matches!(kind, RequestKind::Get | RequestKind::Put);
+                let misdirected = matches!(
+                    outcome,
+                    Outcome::Refused(Reason::WrongPort | Reason::WrongCluster)
+                );
+                if peer_kind && !misdirected {
                     continue;
                 }
                 let _ = writeln!(
                     o,
-                    "dqe_requests_total{{kind=\"{kind}\",outcome=\"{outcome}\"}} {}",
-                    self.requests[k][i].load(Relaxed)
+                    "dqe_requests_total{{kind=\"{}\",outcome=\"{}\"}} {}",
+                    kind.name(),
+                    outcome.name(),
+                    self.requests(kind, outcome)
                 );
             }
         }
@@ -656,17 +624,10 @@ mod tests {
 
     #[test]
     fn wrong_port_requests_are_counted_and_rendered() {
-        // A Get on the portal port and a Test on the storer port are both counted.
-        assert_eq!(counted_kind(true, 2), Some(2));
-        assert_eq!(counted_kind(false, 0), Some(0));
-        // The storer's own Get/Put are not client requests.
-        assert_eq!(counted_kind(false, 3), None);
+        // Which requests are counted is the core's to say (`Transmit::answered`, tested in
+        // dqe-core's `events` tests); here, that a counted one is rendered.
         let m = Metrics::new();
-        let wrong_port = outcome_index(&Body::Refused {
-            reason: Reason::WrongPort,
-        })
-        .unwrap();
-        m.request(2, wrong_port);
+        m.request(RequestKind::Get, Outcome::Refused(Reason::WrongPort));
         let text = m.render();
         assert!(
             text.contains("dqe_requests_total{kind=\"get\",outcome=\"wrong_port\"} 1"),

@@ -8,12 +8,14 @@
 //!    bound: work admitted somewhere in the cluster finishes before new work is taken.
 //! 2. Hand each datagram to the node and drain its transmits at once (the core's outgoing
 //!    queues are small and bounded; it answers `Busy` rather than queueing more).
-//! 3. Group commit: a transmit produced while the store has unsynced writes is tagged with
-//!    the store's write sequence number and held. The store's pending records go to a
-//!    blocking thread in one batch (write + fdatasync); the loop keeps reading meanwhile, and
-//!    when the batch is durable every held transmit up to its sequence number is sent. So no
-//!    reply that depends on a write (`Stored`, or a `Found`/`NotFound` read after it) leaves
-//!    before that write is on disk, and one fsync covers many SETs.
+//! 3. Group commit: a transmit that rests on a write not yet durable (the node says which,
+//!    `Transmit::waits_for`, in its own write sequence) is held; every other one (sub-requests,
+//!    `NotFound`, refusals) is sent at once. The store's pending records go to a blocking
+//!    thread in one batch (write + fdatasync), cut at the node's write mark; the loop keeps
+//!    reading meanwhile, and when the batch is durable the node is told
+//!    (`Node::writes_durable`) and every held transmit up to that mark is sent. So no reply
+//!    that depends on a write (`Stored`, or a `Found` read after it) leaves before that write
+//!    is on disk, and one fsync covers many SETs.
 //! 4. When nothing is readable, wait (biased) for a finished sync, a readable socket, the
 //!    node's next deadline or a stop signal.
 //!
@@ -22,14 +24,18 @@
 //!
 //! When a group commit fails, the store abandons the writes it did not make durable (see
 //! `durable`), the held transmits that waited on them are dropped, and the node forgets the
-//! replies it remembered for them (`Node::forget_replies_since` with the write mark of the
-//! last durable batch): a retry runs again instead of being told `Stored` from a reply cache.
+//! replies it remembered for them (`Node::writes_lost`): a retry runs again instead of being
+//! told `Stored` from a reply cache.
+//!
+//! Requests are counted and timed from what the node says it answered (`Transmit::answered`),
+//! never by reading the datagrams: the time runs from the request's arrival at the socket to
+//! its reply being handed to the socket.
 //!
 //! On a stop signal the portal socket is no longer read; storer and source keep being served
 //! until the portal has nothing in flight or `drain_ms` passed; then the store is synced, the
 //! held replies are sent and the loop returns.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
@@ -37,9 +43,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dqe_core::event::{Outcome, RequestKind};
 use dqe_core::node::{Node, NodeConfig, NodeError, Port, ReplyCaches};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
-use dqe_core::wire::{self, MAX_DATAGRAM};
+use dqe_core::wire::MAX_DATAGRAM;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
@@ -57,10 +64,9 @@ pub const IN_FLIGHT: usize = 1024;
 pub const BATCH: usize = 64;
 /// Transmits held for a group commit at most; beyond it the loop stops reading.
 pub const MAX_HELD: usize = 8192;
-/// Client requests timed for the latency histogram at most.
-const MAX_TIMED: usize = 65_536;
-/// A timed request with no reply after this long is forgotten.
-const TIMED_FORGET: Duration = Duration::from_secs(10);
+/// Arrival times remembered, by datagram number: a reply more datagrams later than this is
+/// timed from the node's millisecond clock instead.
+const ARRIVALS: usize = 65_536;
 /// Bytes read per datagram: more than any valid one, so an oversized datagram is seen whole
 /// (and refused as trailing bytes) rather than cut to a valid prefix.
 const RECV_BUF: usize = 2048;
@@ -103,12 +109,14 @@ pub enum ServerError {
 
 /// A datagram waiting to be sent.
 struct Held {
-    /// Send once the store's durable sequence number reaches this.
+    /// Send once the node's durable write mark reaches this (0: at once).
     seq: u64,
     from: Port,
     to: SocketAddr,
     len: u8,
     bytes: [u8; MAX_DATAGRAM],
+    /// The client request it answers, and when that request arrived.
+    answers: Option<(RequestKind, Outcome, Instant)>,
 }
 
 fn label(port: Port) -> PortLabel {
@@ -118,63 +126,6 @@ fn label(port: Port) -> PortLabel {
         Port::Source => PortLabel::Source,
     }
 }
-
-/// The id and body variant of a datagram, read without the strict checks of
-/// `wire::decode` (only for timing: a datagram the core refuses gets no reply, and its
-/// timing entry is forgotten).
-fn peek_header(d: &[u8]) -> Option<(u64, u8)> {
-    fn varint(d: &[u8], at: &mut usize) -> Option<u64> {
-        let mut v = 0u64;
-        for shift in (0..70).step_by(7) {
-            let b = *d.get(*at)?;
-            *at += 1;
-            v |= u64::from(b & 0x7f).checked_shl(shift)?;
-            if b & 0x80 == 0 {
-                return Some(v);
-            }
-        }
-        None
-    }
-    if d.first() != Some(&wire::VERSION) {
-        return None;
-    }
-    let mut at = 1;
-    varint(d, &mut at)?; // cluster
-    let id = varint(d, &mut at)?;
-    Some((id, *d.get(at)?))
-}
-
-/// A fast hasher for the timing table (keys are a peer address and a random id).
-#[derive(Debug, Default, Clone, Copy)]
-struct TimedHasher(u64);
-
-impl std::hash::Hasher for TimedHasher {
-    fn finish(&self) -> u64 {
-        let z = self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        z ^ (z >> 29)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = (self.0.rotate_left(23) ^ n).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    }
-
-    fn write_u16(&mut self, n: u16) {
-        self.write_u64(u64::from(n));
-    }
-
-    fn write_u32(&mut self, n: u32) {
-        self.write_u64(u64::from(n));
-    }
-}
-
-type TimedTable =
-    HashMap<(SocketAddr, u64), (usize, Instant), std::hash::BuildHasherDefault<TimedHasher>>;
 
 fn unix_seconds() -> u64 {
     SystemTime::now()
@@ -255,14 +206,15 @@ struct Server {
     source: UdpSocket,
     metrics: Arc<Metrics>,
     start: Instant,
+    /// Transmits that rest on no unsynced write, sent at the end of the iteration.
+    ready: VecDeque<Held>,
+    /// Transmits waiting for a group commit, in the order the node gave them.
     held: VecDeque<Held>,
     sync: Option<JoinHandle<SyncDone>>,
     /// The node's write mark when the running group commit was cut.
     batch_mark: u64,
-    /// The node's write mark when the last successful group commit was cut (or a failed one
-    /// was abandoned): every write up to it is on disk or was abandoned and forgotten.
-    durable_mark: u64,
-    timed: TimedTable,
+    /// When each recent datagram reached the node, by its number modulo [`ARRIVALS`].
+    arrivals: Box<[(u64, Instant)]>,
     next_housekeeping: Instant,
     recv: Box<[u8; RECV_BUF]>,
 }
@@ -326,11 +278,11 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         source,
         metrics,
         start: now,
+        ready: VecDeque::new(),
         held: VecDeque::new(),
         sync: None,
         batch_mark: 0,
-        durable_mark: 0,
-        timed: TimedTable::default(),
+        arrivals: vec![(0, now); ARRIVALS].into_boxed_slice(),
         next_housekeeping: now,
         recv: Box::new([0; RECV_BUF]),
     };
@@ -453,58 +405,56 @@ impl Server {
             };
             n += 1;
             self.metrics.received(label(port));
+            let arrived = Instant::now();
             let now = self.now_ms();
-            if port != Port::Source {
-                self.time_request(port, from, len);
-            }
             self.refresh_epoch();
             let datagram = &self.recv[..len];
             self.node.handle(now, port, from, datagram);
+            let number = self.node.datagrams_handled();
+            self.arrivals[number as usize % ARRIVALS] = (number, arrived);
             self.collect();
         }
         n
     }
 
-    /// Start timing a request counted in `dqe_requests_total` (and the latency histogram):
-    /// a client Test/Set, or a request the node will refuse for its port.
-    fn time_request(&mut self, port: Port, from: SocketAddr, len: usize) {
-        let Some((id, variant)) = peek_header(&self.recv[..len]) else {
-            return;
-        };
-        let Some(kind) = metrics::counted_kind(port == Port::Portal, variant) else {
-            return;
-        };
-        if self.timed.len() >= MAX_TIMED {
-            return;
-        }
-        self.timed
-            .entry((from, id))
-            .or_insert((kind, Instant::now()));
-    }
-
-    /// Move the node's transmits into the held queue, tagged with what they wait for.
+    /// Move the node's transmits into the ready queue, or the held queue when they rest on a
+    /// write the store has not made durable yet.
     fn collect(&mut self) {
-        let store = self.node.store();
-        let seq = if store.gates_replies() && store.has_unsynced() {
-            store.written_seq()
-        } else {
-            0
-        };
+        let gates = self.node.store().gates_replies();
         let mut bytes = [0u8; MAX_DATAGRAM];
         while let Some(t) = self.node.poll_transmit(&mut bytes) {
-            self.held.push_back(Held {
+            let answers = t.answered.map(|a| {
+                let (number, at) = self.arrivals[a.datagram as usize % ARRIVALS];
+                let arrived = if number == a.datagram {
+                    at
+                } else {
+                    self.start + Duration::from_millis(a.started)
+                };
+                (a.kind, a.outcome, arrived)
+            });
+            let seq = t.waits_for.filter(|_| gates).unwrap_or(0);
+            let held = Held {
                 seq,
                 from: t.from,
                 to: t.to,
                 len: t.len as u8,
                 bytes,
-            });
+                answers,
+            };
+            if seq == 0 {
+                self.ready.push_back(held);
+            } else {
+                self.held.push_back(held);
+            }
         }
     }
 
-    /// Send every held datagram whose writes are durable, in order.
+    /// Send every ready datagram, then every held one whose writes are durable, in order.
     async fn flush(&mut self) {
-        let durable = self.node.store().durable_seq();
+        while let Some(h) = self.ready.pop_front() {
+            self.send(&h).await;
+        }
+        let durable = self.node.durable_mark();
         while self.held.front().is_some_and(|h| h.seq <= durable) {
             let Some(h) = self.held.pop_front() else {
                 break;
@@ -535,17 +485,9 @@ impl Server {
                 return;
             }
         }
-        // Storer replies are counted only when they refuse a misdirected client Test/Set
-        // (body variant 7 is Refused): a peer's Get/Put is never in `timed`.
-        if h.from != Port::Source
-            && let Some((id, variant)) = peek_header(bytes)
-            && (h.from == Port::Portal || variant == 7)
-            && let Some((kind, t0)) = self.timed.remove(&(h.to, id))
-            && let Ok(env) = wire::decode(bytes)
-            && let Some(outcome) = metrics::outcome_index(&env.body)
-        {
+        if let Some((kind, outcome, arrived)) = h.answers {
             self.metrics.request(kind, outcome);
-            self.metrics.latency(t0.elapsed());
+            self.metrics.latency(arrived.elapsed());
         }
     }
 
@@ -577,33 +519,35 @@ impl Server {
                 std::process::abort();
             }
         };
-        let before = self.node.store().durable_seq();
         let ok = done.is_ok();
         self.node.store_mut().finish(done);
         if ok {
-            self.durable_mark = self.batch_mark;
+            self.node.writes_durable(self.batch_mark);
         } else {
-            self.abandon_after(before);
+            self.abandon();
         }
         self.export();
     }
 
-    /// A group commit failed and the store abandoned every write after `durable` (its
-    /// sequence number): drop the held transmits that waited on them, and make the node
-    /// forget the replies it remembered for them, so that repeats run again.
-    fn abandon_after(&mut self, durable: u64) {
+    /// A group commit failed and the store abandoned every write after the node's durable
+    /// mark: drop the held transmits that waited on them, and make the node forget the
+    /// replies it remembered for them, so that repeats run again.
+    fn abandon(&mut self) {
+        let durable = self.node.durable_mark();
         let before = self.held.len();
         self.held.retain(|h| h.seq <= durable);
         for _ in self.held.len()..before {
             self.metrics.dropped(DropReason::WriteFailed);
         }
         let dropped = before - self.held.len();
-        let mut forgotten = 0;
-        if self.node.store().gates_replies() && self.node.write_mark() > self.durable_mark {
-            forgotten = self.node.forget_replies_since(self.durable_mark);
-        }
         // Nothing after the abandoned writes waits on them: the next failure starts here.
-        self.durable_mark = self.node.write_mark();
+        let forgotten = if self.node.store().gates_replies() {
+            self.node.writes_lost()
+        } else {
+            let mark = self.node.write_mark();
+            self.node.writes_durable(mark);
+            0
+        };
         if dropped + forgotten > 0 {
             warn!(
                 dropped,
@@ -623,13 +567,11 @@ impl Server {
         }
     }
 
-    /// Epoch changes while idle, forgetting unanswered timings, exporting gauges; every 100 ms.
+    /// Epoch changes while idle, exporting gauges; every 100 ms.
     fn housekeeping(&mut self) {
         let now = Instant::now();
         self.next_housekeeping = now + Duration::from_millis(100);
         self.refresh_epoch();
-        self.timed
-            .retain(|_, (_, t0)| now.duration_since(*t0) < TIMED_FORGET);
         self.export();
     }
 
@@ -657,19 +599,21 @@ impl Server {
             let done = handle.await;
             self.take_sync_result(done);
         }
-        let before = self.node.store().durable_seq();
         let mark = self.node.write_mark();
         match self.node.store_mut().sync() {
-            Ok(()) => self.durable_mark = mark,
+            Ok(()) => self.node.writes_durable(mark),
             Err(e) => {
                 warn!(error = %e, "the last group commit failed; replies that waited on it are dropped");
-                self.abandon_after(before);
+                self.abandon();
             }
         }
         self.node.store_mut().trim();
+        while let Some(h) = self.ready.pop_front() {
+            self.send(&h).await;
+        }
         // Everything left is durable now (or was dropped above).
         while let Some(h) = self.held.pop_front() {
-            if h.seq <= self.node.store().durable_seq() {
+            if h.seq <= self.node.durable_mark() {
                 self.send(&h).await;
             } else {
                 self.metrics.dropped(DropReason::Shutdown);

@@ -19,6 +19,8 @@
 //! - [`portal`]: answers Test/Set from clients by fanning out to storers.
 //! - [`detector`]: which peers the portal believes down.
 //! - [`node`]: a portal plus a storer behind three ports.
+//! - [`event`]: what the node tells its backend about each answered client request.
+//! - [`stats`]: the node's counters.
 //! - [`vrf`]: ECVRF-EDWARDS25519-SHA512-TAI (RFC 9381), which makes postmarks.
 //! - [`stamp`]: certificates, stamps, verification and postmarks.
 #![no_std]
@@ -26,12 +28,14 @@
 
 pub mod config;
 pub mod detector;
+pub mod event;
 pub mod hash;
 pub mod node;
 pub mod portal;
 pub mod replay;
 pub mod ring;
 pub mod stamp;
+pub mod stats;
 pub mod store;
 pub mod storer;
 pub mod vrf;

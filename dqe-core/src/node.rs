@@ -32,12 +32,15 @@ use rand_core::RngCore;
 use crate::Millis;
 use crate::config::{ClusterSpec, ConfigError, NodeIndex};
 use crate::detector::Health;
+use crate::event::{Answered, Outcome, RequestKind};
 use crate::portal::{Context, Portal};
 use crate::replay::{ReplyArrays, ReplyCache, ReplyStorage};
 use crate::ring::{Ring, RingError};
 use crate::store::Store;
 use crate::storer::{Storer, StorerStats};
-use crate::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason, WireError};
+use crate::wire::{self, Body, Envelope, Reason};
+
+pub use crate::stats::NodeStats;
 
 /// Datagrams the portal may have queued (sub-requests, retries, probes, client replies), by
 /// default (the `QP` of [`Node`]). At least twice the longest read set, so one request always
@@ -68,6 +71,14 @@ pub struct Transmit {
     pub to: SocketAddr,
     /// The datagram's length in the caller's buffer.
     pub len: usize,
+    /// The write this datagram must not leave before: a number of the node's write sequence
+    /// ([`Node::write_mark`]) not yet acknowledged durable ([`Node::writes_durable`]). A
+    /// backend whose store makes writes durable later (group commit) holds the datagram until
+    /// then; `None` (most datagrams: sub-requests, `NotFound`, refusals, replies resting on
+    /// durable writes only) may leave at once.
+    pub waits_for: Option<u64>,
+    /// The client request this datagram answers, for the backend's counters and latency.
+    pub answered: Option<Answered>,
 }
 
 /// The node's timing and failure-detection settings.
@@ -165,170 +176,42 @@ impl From<RingError> for NodeError {
     }
 }
 
-/// Plain counters a backend exports. All only ever grow, except `nodes_down` (a gauge).
-///
-/// The storer's own counters (Get/Put outcomes at this node's store) are in
-/// [`Node::storer_stats`].
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NodeStats {
-    /// Test requests received (any port but the source port).
-    pub test_requests: u64,
-    /// Set requests received.
-    pub set_requests: u64,
-    /// Get requests received.
-    pub get_requests: u64,
-    /// Put requests received.
-    pub put_requests: u64,
-
-    /// Client verdicts `Found`.
-    pub replied_found: u64,
-    /// Client verdicts `NotFound`.
-    pub replied_not_found: u64,
-    /// Client verdicts `Stored`.
-    pub replied_stored: u64,
-    /// Sets refused because `SHA1(v) != k`.
-    pub refused_bad_hash: u64,
-    /// Client requests refused `Busy` (a full table, outgoing queue or reply cache).
-    pub refused_busy: u64,
-    /// Set verdicts `Refused(Full)`.
-    pub refused_full: u64,
-    /// Requests (client or peer) refused for a foreign cluster tag.
-    pub refused_wrong_cluster: u64,
-    /// Client verdicts `Refused(Unavailable)`.
-    pub refused_unavailable: u64,
-    /// Requests (client or peer) refused for arriving on the wrong port.
-    pub refused_wrong_port: u64,
-    /// Client repeats answered from the reply cache.
-    pub repeats_answered: u64,
-    /// Client repeats absorbed while the request was in flight.
-    pub repeats_absorbed: u64,
-
-    /// Dropped: the datagram ended inside a field.
-    pub drop_short: u64,
-    /// Dropped: wrong version byte.
-    pub drop_bad_version: u64,
-    /// Dropped: unknown variant index.
-    pub drop_unknown_variant: u64,
-    /// Dropped: malformed varint.
-    pub drop_bad_varint: u64,
-    /// Dropped: non-canonical encoding.
-    pub drop_non_canonical: u64,
-    /// Dropped: trailing bytes.
-    pub drop_trailing: u64,
-    /// Dropped: anything else the decoder refused.
-    pub drop_malformed: u64,
-    /// Replies that match no outstanding sub-request or probe (including replies to
-    /// requests already finished and forgotten, and replies carrying another cluster tag).
-    pub drop_unmatched_reply: u64,
-    /// Second replies to one sub-request (network duplicates, answered retries).
-    pub drop_duplicate_reply: u64,
-    /// Replies that arrived on the portal or storer port.
-    pub drop_reply_on_wrong_port: u64,
-    /// Requests that arrived on the source port.
-    pub drop_request_on_source_port: u64,
-    /// Datagrams not queued because an outgoing queue was full.
-    pub drop_queue_full: u64,
-    /// Replies that would have been longer than their request (never expected).
-    pub drop_amplification: u64,
-    /// Queued datagrams the backend's buffer was too small for.
-    pub drop_buffer_too_small: u64,
-
-    /// Sub-requests (GET/PUT datagrams to peers, retries, repairs and probes included) queued.
-    pub sub_requests: u64,
-    /// Sub-requests sent again after an attempt timeout.
-    pub retries: u64,
-    /// Sub-requests served from the node's own store.
-    pub local_ops: u64,
-    /// Read-repair PUTs (remote or local).
-    pub read_repairs: u64,
-    /// Read repairs not sent for lack of queue room.
-    pub read_repairs_skipped: u64,
-    /// Replies that arrived after their request was answered (used for read repair only).
-    pub late_replies: u64,
-    /// `Found` replies from storers that failed `SHA1(v) == k`.
-    pub invalid_found: u64,
-    /// `Refused` replies from storers other than `Full`.
-    pub storer_refusals: u64,
-    /// Storer replies whose body does not fit the sub-request (e.g. `Stored` to a GET).
-    pub mismatched_replies: u64,
-    /// New client requests refused `Busy` because the outgoing queue lacked room.
-    pub busy_queue_full: u64,
-    /// Writes refused `Busy` unexecuted because their reply cache held only replies still
-    /// inside the retry window (rule 6: refuse rather than forget): clients' Sets at the
-    /// portal and peers' Puts at the storer (those also in [`StorerStats::busy`]).
-    pub busy_reply_cache_full: u64,
-    /// Deadlines left for a later `handle_timeout` because the outgoing queue lacked room.
-    pub deferred_timeouts: u64,
-
-    /// Probes sent to peers believed down.
-    pub probes_sent: u64,
-    /// Times a peer was marked down.
-    pub nodes_marked_down: u64,
-    /// Times a peer believed down answered and was marked up.
-    pub nodes_marked_up: u64,
-    /// Peers currently believed down (a gauge).
-    pub nodes_down: u64,
-}
-
-impl NodeStats {
-    fn count_wire_error(&mut self, e: &WireError) {
-        let counter = match e {
-            WireError::Short => &mut self.drop_short,
-            WireError::BadVersion(_) => &mut self.drop_bad_version,
-            WireError::UnknownVariant => &mut self.drop_unknown_variant,
-            WireError::BadVarint => &mut self.drop_bad_varint,
-            WireError::NonCanonical => &mut self.drop_non_canonical,
-            WireError::Trailing(_) => &mut self.drop_trailing,
-            WireError::BufferTooSmall | WireError::Malformed => &mut self.drop_malformed,
-        };
-        *counter += 1;
-    }
-
-    fn count_request(&mut self, body: &Body) {
-        match body {
-            Body::Test { .. } => self.test_requests += 1,
-            Body::Set { .. } => self.set_requests += 1,
-            Body::Get { .. } => self.get_requests += 1,
-            Body::Put { .. } => self.put_requests += 1,
-            _ => {}
-        }
-    }
-
-    /// Count the verdict a portal sends a client.
-    pub(crate) fn count_outcome(&mut self, body: &Body) {
-        let counter = match body {
-            Body::Found { .. } => &mut self.replied_found,
-            Body::NotFound => &mut self.replied_not_found,
-            Body::Stored => &mut self.replied_stored,
-            Body::Refused { reason } => match reason {
-                Reason::BadHash => &mut self.refused_bad_hash,
-                Reason::Busy => &mut self.refused_busy,
-                Reason::Full => &mut self.refused_full,
-                Reason::WrongCluster => &mut self.refused_wrong_cluster,
-                Reason::Unavailable => &mut self.refused_unavailable,
-                Reason::WrongPort => &mut self.refused_wrong_port,
-            },
-            _ => return,
-        };
-        *counter += 1;
-    }
-}
-
 /// One datagram waiting to be sent.
 #[derive(Debug, Clone, Copy)]
 struct Outgoing {
     from: Port,
     to: SocketAddr,
     env: Envelope,
+    /// The write it rests on (0: none), see [`Transmit::waits_for`].
+    write: u64,
+    answered: Option<Answered>,
+}
+
+/// What a queued reply rests on and whom it answers.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct ReplyTag {
+    /// The node's write sequence number the reply rests on (0: none).
+    pub write: u64,
+    /// When the client request it answers arrived (`None`: a peer's request).
+    pub client: Option<Arrival>,
+}
+
+/// When a request's first datagram arrived: the `now` given with it and its number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Arrival {
+    pub now: Millis,
+    pub datagram: u64,
 }
 
 /// Where the portal queues datagrams (the node's [`Queues`], whatever their capacities).
 pub(crate) trait Outbox {
     /// Free places in the portal queue (sub-requests and client replies).
     fn room(&self) -> usize;
-    /// Queue a request from `from`; false when the queue is full.
-    fn send(&mut self, from: Port, to: SocketAddr, env: Envelope) -> bool;
+    /// Queue a request from `from`, resting on write `write` (0: none); false when the
+    /// queue is full.
+    fn send(&mut self, from: Port, to: SocketAddr, env: Envelope, write: u64) -> bool;
     /// Queue the reply `body` to `request` (rule 2: echo, back to the source, never longer).
+    #[allow(clippy::too_many_arguments)]
     fn reply(
         &mut self,
         from: Port,
@@ -336,6 +219,7 @@ pub(crate) trait Outbox {
         request: &Envelope,
         request_len: usize,
         body: Body,
+        tag: ReplyTag,
         stats: &mut NodeStats,
     );
 }
@@ -352,8 +236,15 @@ impl<const QP: usize, const QS: usize> Outbox for Queues<QP, QS> {
         QP - self.portal.len()
     }
 
-    fn send(&mut self, from: Port, to: SocketAddr, env: Envelope) -> bool {
-        self.portal.push_back(Outgoing { from, to, env }).is_ok()
+    fn send(&mut self, from: Port, to: SocketAddr, env: Envelope, write: u64) -> bool {
+        let out = Outgoing {
+            from,
+            to,
+            env,
+            write,
+            answered: None,
+        };
+        self.portal.push_back(out).is_ok()
     }
 
     fn reply(
@@ -363,18 +254,35 @@ impl<const QP: usize, const QS: usize> Outbox for Queues<QP, QS> {
         request: &Envelope,
         request_len: usize,
         body: Body,
+        tag: ReplyTag,
         stats: &mut NodeStats,
     ) {
         let env = request.reply(body);
-        let mut buf = [0u8; MAX_DATAGRAM];
-        match wire::encode(&env, &mut buf) {
-            Ok(bytes) if bytes.len() <= request_len => {}
-            _ => {
-                stats.drop_amplification += 1;
-                return;
-            }
+        // Measured, not encoded: the datagram is encoded once, by `poll_transmit`.
+        if env.encoded_len() > request_len {
+            stats.drop_amplification += 1;
+            return;
         }
-        let out = Outgoing { from, to, env };
+        let answered = match (
+            tag.client,
+            RequestKind::of(&request.body),
+            Outcome::of(&body),
+        ) {
+            (Some(arrival), Some(kind), Some(outcome)) => Some(Answered {
+                kind,
+                outcome,
+                started: arrival.now,
+                datagram: arrival.datagram,
+            }),
+            _ => None,
+        };
+        let out = Outgoing {
+            from,
+            to,
+            env,
+            write: tag.write,
+            answered,
+        };
         let queued = match from {
             Port::Storer => self.storer.push_back(out).is_ok(),
             Port::Portal | Port::Source => self.portal.push_back(out).is_ok(),
@@ -452,6 +360,10 @@ pub struct Node<
     stats: NodeStats,
     /// Stores that said `Stored` so far (local shares and peers' PUTs): the write mark.
     writes: u64,
+    /// The write mark up to which the backend acknowledged the writes durable.
+    durable: u64,
+    /// Datagrams handed to [`Node::handle`] so far.
+    datagrams: u64,
 }
 
 impl<
@@ -522,11 +434,14 @@ impl<
             outbox: Queues::default(),
             stats: NodeStats::default(),
             writes: 0,
+            durable: 0,
+            datagrams: 0,
         })
     }
 
     /// Take one datagram that arrived on `port` from `from`.
     pub fn handle(&mut self, now: Millis, port: Port, from: SocketAddr, datagram: &[u8]) {
+        self.datagrams += 1;
         let env = match wire::decode(datagram) {
             Ok(env) => env,
             Err(e) => {
@@ -562,6 +477,8 @@ impl<
                         from: out.from,
                         to: out.to,
                         len: bytes.len(),
+                        waits_for: (out.write > self.durable).then_some(out.write),
+                        answered: out.answered,
                     });
                 }
                 Err(_) => self.stats.drop_buffer_too_small += 1,
@@ -652,6 +569,12 @@ impl<
         self.portal.health(node)
     }
 
+    /// Datagrams handed to [`Node::handle`] so far: the number of the last one (see
+    /// [`Answered::datagram`]).
+    pub fn datagrams_handled(&self) -> u64 {
+        self.datagrams
+    }
+
     /// Datagrams queued and not yet taken by [`Node::poll_transmit`].
     pub fn queued(&self) -> usize {
         self.outbox.len()
@@ -662,6 +585,31 @@ impl<
     /// when it cuts a batch; see [`Node::forget_replies_since`].
     pub fn write_mark(&self) -> u64 {
         self.writes
+    }
+
+    /// The writes up to mark `mark` (see [`Node::write_mark`]) are durable: datagrams resting
+    /// on them no longer wait ([`Transmit::waits_for`]). Marks only move forward.
+    pub fn writes_durable(&mut self, mark: u64) {
+        self.durable = self.durable.max(mark.min(self.writes));
+    }
+
+    /// The write mark the backend last acknowledged durable ([`Node::writes_durable`]).
+    pub fn durable_mark(&self) -> u64 {
+        self.durable
+    }
+
+    /// The writes after the durable mark did not become durable (a failed group commit) and
+    /// the store dropped their pairs: forget the replies resting on them
+    /// ([`Node::forget_replies_since`]) and start the next writes from here (nothing after
+    /// the lost writes waits on them). Returns how many replies were forgotten.
+    pub fn writes_lost(&mut self) -> usize {
+        let forgotten = if self.writes > self.durable {
+            self.forget_replies_since(self.durable)
+        } else {
+            0
+        };
+        self.durable = self.writes;
+        forgotten
     }
 
     /// The writes after mark `mark` (see [`Node::write_mark`]) did not become durable: forget
@@ -695,6 +643,7 @@ impl<
             outbox: &mut self.outbox,
             stats: &mut self.stats,
             writes: &mut self.writes,
+            datagram: self.datagrams,
         };
         (&mut self.portal, cx)
     }
@@ -713,7 +662,7 @@ impl<
         }
         self.stats.count_request(&env.body);
         if env.cluster != 0 && env.cluster != self.tag {
-            self.refuse(port, from, env, len, Reason::WrongCluster);
+            self.refuse(now, port, from, env, len, Reason::WrongCluster);
             return;
         }
         match port {
@@ -722,7 +671,7 @@ impl<
                 let (portal, mut cx) = self.parts(now);
                 portal.on_request(&mut cx, from, env, len);
             }
-            _ => self.refuse(port, from, env, len, Reason::WrongPort),
+            _ => self.refuse(now, port, from, env, len, Reason::WrongPort),
         }
     }
 
@@ -734,7 +683,7 @@ impl<
             return;
         }
         let busy = self.storer.stats().busy;
-        let reply = self.storer.handle_counted(
+        let reply = self.storer.serve(
             now,
             from,
             env,
@@ -743,16 +692,35 @@ impl<
             &mut self.writes,
         );
         self.stats.busy_reply_cache_full += self.storer.stats().busy - busy;
-        if let Some(body) = reply {
+        if let Some((body, write)) = reply {
+            let tag = ReplyTag {
+                write,
+                client: None,
+            };
             self.outbox
-                .reply(Port::Storer, from, env, len, body, &mut self.stats);
+                .reply(Port::Storer, from, env, len, body, tag, &mut self.stats);
         }
     }
 
-    fn refuse(&mut self, port: Port, from: SocketAddr, env: &Envelope, len: usize, reason: Reason) {
-        self.stats.count_outcome(&Body::Refused { reason });
+    /// Refuse `env` for `reason`. Counted as answered when a client sent it: a Test/Set on
+    /// any port, or anything on the portal port.
+    fn refuse(
+        &mut self,
+        now: Millis,
+        port: Port,
+        from: SocketAddr,
+        env: &Envelope,
+        len: usize,
+        reason: Reason,
+    ) {
         let body = Body::Refused { reason };
+        self.stats.count_outcome(&body);
+        let client = (port == Port::Portal || env.body.is_client_request()).then_some(Arrival {
+            now,
+            datagram: self.datagrams,
+        });
+        let tag = ReplyTag { write: 0, client };
         self.outbox
-            .reply(port, from, env, len, body, &mut self.stats);
+            .reply(port, from, env, len, body, tag, &mut self.stats);
     }
 }

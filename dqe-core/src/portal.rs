@@ -70,7 +70,7 @@ use crate::Millis;
 use crate::config::{ClusterSpec, NodeIndex};
 use crate::detector::{Change, FailureDetector, Health};
 use crate::hash::{Key, Value, matches};
-use crate::node::{NodeConfig, NodeStats, Outbox, Port};
+use crate::node::{Arrival, NodeConfig, NodeStats, Outbox, Port, ReplyTag};
 use crate::replay::{ReplyCache, ReplyStorage, request_hash, source_of};
 use crate::ring::{MAX_PREFERENCE, Ring};
 use crate::store::{PutOutcome, Store};
@@ -203,6 +203,8 @@ struct Request {
     attempt: u8,
     /// When the sub-requests first went out: retries stop a retry window later.
     started: Millis,
+    /// The number of the client's datagram that started it (for the backend's timing).
+    datagram: u64,
     deadline: Millis,
     phase: Phase,
     /// The first valid value a storer reported.
@@ -364,15 +366,22 @@ pub(crate) struct Context<'a, S, R, const N: usize, const P: usize> {
     pub stats: &'a mut NodeStats,
     /// The node's write sequence number: stores that said `Stored` so far.
     pub writes: &'a mut u64,
+    /// The number of the datagram being handled (see [`crate::event::Answered::datagram`]).
+    pub datagram: u64,
 }
 
 impl<S: Store, R: RngCore, const N: usize, const P: usize> Context<'_, S, R, N, P> {
     /// Send `body` with a fresh envelope from the source port to `node`'s storer.
     fn send(&mut self, node: NodeIndex, id: u64, body: Body) -> bool {
+        self.send_resting(node, id, body, 0)
+    }
+
+    /// [`Context::send`] of a datagram that must not leave before write `write` is durable.
+    fn send_resting(&mut self, node: NodeIndex, id: u64, body: Body, write: u64) -> bool {
         let to = self.spec.nodes[node as usize].storer;
         let sent = self
             .outbox
-            .send(Port::Source, to, Envelope::new(self.tag, id, body));
+            .send(Port::Source, to, Envelope::new(self.tag, id, body), write);
         if sent {
             self.stats.sub_requests += 1;
         } else {
@@ -381,10 +390,37 @@ impl<S: Store, R: RngCore, const N: usize, const P: usize> Context<'_, S, R, N, 
         sent
     }
 
-    /// Reply `body` to a client request.
-    fn reply(&mut self, to: SocketAddr, request: &Envelope, request_len: usize, body: Body) {
-        self.outbox
-            .reply(Port::Portal, to, request, request_len, body, self.stats);
+    /// Reply `body` to a client request that arrived as `arrival`, resting on write `write`.
+    fn reply(
+        &mut self,
+        to: SocketAddr,
+        request: &Envelope,
+        request_len: usize,
+        body: Body,
+        arrival: Arrival,
+        write: u64,
+    ) {
+        let tag = ReplyTag {
+            write,
+            client: Some(arrival),
+        };
+        self.outbox.reply(
+            Port::Portal,
+            to,
+            request,
+            request_len,
+            body,
+            tag,
+            self.stats,
+        );
+    }
+
+    /// The datagram being handled, as the arrival of a request it starts.
+    fn arrival(&self) -> Arrival {
+        Arrival {
+            now: self.now,
+            datagram: self.datagram,
+        }
     }
 
     /// Serve a sub-request for this node's own share from its own store.
@@ -535,14 +571,19 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
             let body = Body::Refused {
                 reason: Reason::BadHash,
             };
-            cx.reply(from, env, len, body);
+            cx.reply(from, env, len, body, cx.arrival(), 0);
             return;
         }
         if value.is_some()
             && let Some(body) = self.replies.lookup(cx.now, from, env.id, &env.body)
         {
             cx.stats.repeats_answered += 1;
-            cx.reply(from, env, len, body);
+            // The remembered reply may rest on any write so far (its own is not kept).
+            let write = match body {
+                Body::Stored | Body::Found { .. } => *cx.writes,
+                _ => 0,
+            };
+            cx.reply(from, env, len, body, cx.arrival(), write);
             return;
         }
         let client_bucket = self.client_bucket(&from, env);
@@ -584,6 +625,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
             subs: heapless::Vec::new(),
             attempt: 1,
             started: cx.now,
+            datagram: cx.datagram,
             deadline: cx.now.saturating_add(cx.config.attempt_timeout),
             phase: Phase::Collecting,
             found: None,
@@ -967,7 +1009,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         let body = Body::Refused {
             reason: Reason::Busy,
         };
-        cx.reply(from, env, len, body);
+        cx.reply(from, env, len, body, cx.arrival(), 0);
     }
 
     /// The sub-request with id `id` sent to the storer at `from`: `(slot, index, node)`.
@@ -1134,7 +1176,11 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
                 _ => 0,
             };
             cx.stats.count_outcome(&body);
-            cx.reply(client, &env, len, body);
+            let arrival = Arrival {
+                now: request.started,
+                datagram: request.datagram,
+            };
+            cx.reply(client, &env, len, body, arrival, write);
             if request.reserved {
                 request.reserved = false;
                 self.replies
@@ -1204,7 +1250,13 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
                 request.subs[i].id = id;
             }
             self.index(slot, i);
-            cx.send(node, id, Body::Put { key, value });
+            // A value read from this node's store may rest on a write not yet durable: it
+            // must not spread before that write is (see `forget_writes_after`).
+            let write = match self.table[slot].as_ref() {
+                Some(r) if r.local_found(cx.me) => *cx.writes,
+                _ => 0,
+            };
+            cx.send_resting(node, id, Body::Put { key, value }, write);
             cx.stats.read_repairs += 1;
             deadline = deadline.max(cx.now.saturating_add(cx.config.attempt_timeout));
         }

@@ -94,10 +94,32 @@ impl<B: ReplyStorage> Storer<B> {
         epoch: u32,
         writes: &mut u64,
     ) -> Option<Body> {
+        self.serve(now, from, env, store, epoch, writes)
+            .map(|(body, _)| body)
+    }
+
+    /// Like [`Storer::handle_counted`], also returning the write the reply rests on (0:
+    /// none): the new write of a `Stored`; for a `Found` (read, test-and-set or remembered)
+    /// and a remembered `Stored`, every write so far, as the pair may be any of them. A
+    /// backend that makes writes durable later must not send such a reply before.
+    pub fn serve<S: Store + ?Sized>(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        env: &Envelope,
+        store: &mut S,
+        epoch: u32,
+        writes: &mut u64,
+    ) -> Option<(Body, u64)> {
+        let rests_on = |body: &Body, writes: u64| match body {
+            Body::Found { .. } | Body::Stored => writes,
+            _ => 0,
+        };
         let (key, value) = match env.body {
             Body::Get { key } => {
                 self.stats.gets += 1;
-                return Some(self.get(&key, store));
+                let body = self.get(&key, store);
+                return Some((body, rests_on(&body, *writes)));
             }
             Body::Put { key, value } => (key, value),
             _ => return None,
@@ -105,19 +127,21 @@ impl<B: ReplyStorage> Storer<B> {
         self.stats.puts += 1;
         if !matches(&key, &value) {
             self.stats.bad_hash += 1;
-            return Some(Body::Refused {
+            let body = Body::Refused {
                 reason: Reason::BadHash,
-            });
+            };
+            return Some((body, 0));
         }
         if let Some(reply) = self.cache.lookup(now, from, env.id, &env.body) {
             self.stats.replayed += 1;
-            return Some(reply);
+            return Some((reply, rests_on(&reply, *writes)));
         }
         if self.cache.reserve(now).is_err() {
             self.stats.busy += 1;
-            return Some(Body::Refused {
+            let body = Body::Refused {
                 reason: Reason::Busy,
-            });
+            };
+            return Some((body, 0));
         }
         let reply = self.put(&key, &value, store, epoch);
         let write = match reply {
@@ -130,7 +154,7 @@ impl<B: ReplyStorage> Storer<B> {
         };
         self.cache
             .remember(now, from, env.id, &env.body, reply, write);
-        Some(reply)
+        Some((reply, write))
     }
 
     /// Forget remembered replies that rest on a write after `mark` (a `Stored` of one, a

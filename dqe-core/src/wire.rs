@@ -227,6 +227,32 @@ pub fn decode(datagram: &[u8]) -> Result<Envelope, WireError> {
     Ok(env)
 }
 
+/// Bytes of a LEB128 varint of `v`.
+fn varint_len(v: u64) -> usize {
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+impl Body {
+    /// Bytes of this body's encoding: the variant index and the fields.
+    pub fn encoded_len(&self) -> usize {
+        1 + match self {
+            Body::Test { .. } | Body::Get { .. } | Body::Found { .. } => 20,
+            Body::Set { .. } | Body::Put { .. } => 40,
+            Body::NotFound | Body::Stored => 0,
+            // A reason's variant index is one byte.
+            Body::Refused { .. } => 1,
+        }
+    }
+}
+
+impl Envelope {
+    /// Bytes of this envelope's encoding, computed without encoding it (what [`encode`]
+    /// writes).
+    pub fn encoded_len(&self) -> usize {
+        1 + varint_len(u64::from(self.cluster)) + varint_len(self.id) + self.body.encoded_len()
+    }
+}
+
 /// Encode `env` into `buf`, returning the written prefix.
 pub fn encode<'a>(env: &Envelope, buf: &'a mut [u8]) -> Result<&'a mut [u8], WireError> {
     postcard::to_slice(env, buf).map_err(map_postcard)

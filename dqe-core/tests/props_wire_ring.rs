@@ -61,6 +61,8 @@ proptest! {
         prop_assert!(bytes.len() <= MAX_DATAGRAM);
         prop_assert_eq!(bytes[0], VERSION);
         prop_assert_eq!(wire::decode(bytes), Ok(env));
+        // The length the node checks replies by, computed without encoding.
+        prop_assert_eq!(env.encoded_len(), bytes.len());
     }
 
     /// Rule 2: a reply to a request, whatever it says, is never longer than the request.
