@@ -36,6 +36,7 @@
 //! [`firewall::Firewall`] wraps the board's network driver so that the stack reflects nothing
 //! larger than it received (no ICMP errors) and answers pings within a rate limit.
 #![no_std]
+#![forbid(unsafe_code)]
 
 pub mod firewall;
 pub mod neighbors;

@@ -944,7 +944,8 @@ impl DurableStore {
         let pending = std::mem::take(&mut self.pending);
         for records in failed.chain(pending.values().map(Vec::as_slice)) {
             for r in records.chunks_exact(RECORD_BYTES) {
-                let value: Value = r[..20].try_into().unwrap_or([0; 20]);
+                // A record starts with its 20-byte value (`chunks_exact` gives whole records).
+                let value: Value = core::array::from_fn(|b| r[b]);
                 if self.index.remove(&dqe_core::hash::key_of(&value)) {
                     removed += 1;
                 }

@@ -108,6 +108,12 @@ impl Shard {
         &self.mem[i * SLOT_BYTES..(i + 1) * SLOT_BYTES]
     }
 
+    /// The value held in slot `i`: its first 20 bytes.
+    fn value(&self, i: usize) -> Value {
+        let at = i * SLOT_BYTES;
+        core::array::from_fn(|b| self.mem[at + b])
+    }
+
     fn slot_mut(&mut self, i: usize) -> &mut [u8] {
         &mut self.mem[i * SLOT_BYTES..(i + 1) * SLOT_BYTES]
     }
@@ -164,7 +170,7 @@ impl Shard {
             if s[20] == EMPTY || s[20] == DELETED {
                 continue;
             }
-            let value: Value = s[..20].try_into().unwrap_or([0; 20]);
+            let value = self.value(i);
             let key = key_of(&value);
             let mut j = home_of(&key, fresh.slots);
             while fresh.slot(j)[20] != EMPTY {
@@ -240,9 +246,7 @@ impl Index {
         let shard = &mut self.shards[key[0] as usize];
         let at = match shard.probe(key) {
             Probe::Found(i) => {
-                return Ok(Inserted::Existing(
-                    shard.slot(i)[..20].try_into().unwrap_or([0; 20]),
-                ));
+                return Ok(Inserted::Existing(shard.value(i)));
             }
             Probe::Absent { insert_at } => insert_at,
         };

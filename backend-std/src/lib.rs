@@ -16,6 +16,7 @@
 //! let cli = backend_std::cli::Cli::parse_from(["dqe-enforcer", "--dev"]);
 //! backend_std::run_blocking(cli.resolve().unwrap()).unwrap();
 //! ```
+#![forbid(unsafe_code)]
 pub mod cli;
 pub mod config_file;
 pub mod durable;

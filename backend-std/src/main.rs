@@ -1,4 +1,5 @@
 //! `dqe-enforcer`: one node of a DQE enforcer cluster (see `dqe-enforcer --help`).
+#![forbid(unsafe_code)]
 use std::process::ExitCode;
 
 use backend_std::cli::Cli;

@@ -542,7 +542,7 @@ mod tests {
     #[test]
     fn render_has_every_family_and_cumulative_buckets() {
         let m = Metrics::new();
-        m.request(1, 2);
+        m.request(RequestKind::Set, Outcome::Stored);
         m.dropped(DropReason::WriteFailed);
         let stats = NodeStats {
             drop_trailing: 3,

@@ -8,6 +8,68 @@
 //! by the backend (a const generic, or storage it lends: the store's slots, the reply caches'),
 //! every buffer belongs to the caller.
 //!
+//! Two nodes and a client, with the backend's part (moving datagrams, telling the time) done
+//! by hand: a client's `Set` reaches node `a`'s portal, which stores one copy itself and sends
+//! a `Put` to node `b`'s storer; `b`'s reply comes back to `a`'s source port, and `a` answers
+//! the client `Stored`, saying which request it answered and which write the reply rests on.
+//! ```
+//! use core::net::SocketAddr;
+//! use dqe_core::config::{ClusterSpec, NodeSpec};
+//! use dqe_core::event::{Outcome, RequestKind};
+//! use dqe_core::hash::{key_of, word_value};
+//! use dqe_core::node::{Node, NodeConfig, Port, ReplyCaches};
+//! use dqe_core::replay::ReplyArrays;
+//! use dqe_core::store::{FixedStore, Slot};
+//! use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
+//! use rand::{SeedableRng, rngs::StdRng};
+//!
+//! let addr = |port: u16| -> SocketAddr { ([127, 0, 0, 1], port).into() };
+//! let mut nodes = heapless::Vec::new();
+//! for (i, name) in ["a", "b"].into_iter().enumerate() {
+//!     let base = 7000 + 10 * i as u16;
+//!     let (portal, storer, source) = (addr(base), addr(base + 1), addr(base + 2));
+//!     let node = NodeSpec { name: name.try_into().unwrap(), portal, storer, source };
+//!     nodes.push(node).unwrap();
+//! }
+//! let spec: ClusterSpec<2> = ClusterSpec::with_defaults(nodes, 2);
+//! // Two nodes of 2 cluster members, 32 ring points, 4 requests in flight, 8 reply slots.
+//! type Small = Node<FixedStore<[Slot; 64]>, StdRng, 2, 32, 4, ReplyArrays<8>>;
+//! let node = |me| -> Small {
+//!     let store = FixedStore::new([Slot::EMPTY; 64]);
+//!     let rng = StdRng::seed_from_u64(me as u64);
+//!     let config = NodeConfig::default();
+//!     Node::new(spec.clone(), me, store, rng, config, 0, ReplyCaches::default()).unwrap()
+//! };
+//! let (mut a, mut b) = (node(0), node(1));
+//!
+//! let client = addr(9000);
+//! let value = word_value(b"hello");
+//! let set = Envelope::new(0, 42, Body::Set { key: key_of(&value), value });
+//! let mut buf = [0u8; MAX_DATAGRAM];
+//! let datagram = wire::encode(&set, &mut buf).unwrap().to_vec();
+//! a.handle(0, Port::Portal, client, &datagram);
+//!
+//! // `a` sends a Put from its source port to `b`'s storer; `b` answers at once.
+//! let put = a.poll_transmit(&mut buf).unwrap();
+//! assert_eq!((put.from, put.to), (Port::Source, spec.nodes[1].storer));
+//! b.handle(1, Port::Storer, spec.nodes[0].source, &buf[..put.len]);
+//! let mut reply = [0u8; MAX_DATAGRAM];
+//! let stored = b.poll_transmit(&mut reply).unwrap();
+//! assert_eq!(stored.waits_for, Some(1), "b's reply rests on b's first write");
+//! b.writes_durable(b.write_mark()); // a backend says so once its store synced
+//!
+//! // The reply reaches `a`'s source port; `a` answers the client.
+//! a.handle(2, Port::Source, spec.nodes[1].storer, &reply[..stored.len]);
+//! let answer = a.poll_transmit(&mut buf).unwrap();
+//! assert_eq!((answer.from, answer.to), (Port::Portal, client));
+//! assert_eq!(wire::decode(&buf[..answer.len]).unwrap().body, Body::Stored);
+//! let answered = answer.answered.unwrap();
+//! assert_eq!((answered.kind, answered.outcome), (RequestKind::Set, Outcome::Stored));
+//! assert_eq!(answered.started, 0);
+//! assert!(a.poll_transmit(&mut buf).is_none());
+//! assert_eq!(a.poll_timeout(), None, "every storer answered: nothing left to wait for");
+//! ```
+//!
 //! Modules, one concept each:
 //! - [`hash`]: SHA-1 helpers, keys and values, word mode.
 //! - [`wire`]: the v1 datagram format, strict decoding.

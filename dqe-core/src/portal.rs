@@ -653,7 +653,8 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
                 chain: UNINDEXED,
             };
             // Cannot fail: the read set holds distinct nodes of a preference list.
-            let _ = request.subs.push(sub);
+            let pushed = request.subs.push(sub);
+            debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
         }
         let me = cx.me;
         for sub in request.subs.iter().filter(|s| s.node != me) {
@@ -743,7 +744,8 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
                 break;
             }
             // Cannot fail: at most F requests.
-            let _ = due.push(at);
+            let pushed = due.push(at);
+            debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
             at = request.next;
         }
         for slot in due {
@@ -995,7 +997,8 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
             self.replies.unreserve();
         }
         // Cannot fail: the slot was taken, so it is not on the stack.
-        let _ = self.free.push(slot as u16);
+        let pushed = self.free.push(slot as u16);
+        debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
     }
 
     fn refuse_busy<S: Store, R: RngCore, const P: usize>(
@@ -1082,7 +1085,8 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
             let change = self.detector.record_miss(sub.node, cx.now);
             cx.note(change);
             if change == Change::WentDown {
-                let _ = went_down.push(sub.node);
+                let pushed = went_down.push(sub.node);
+                debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
             }
             if retry && self.detector.is_up(sub.node) {
                 let body = match (sub.op, value) {

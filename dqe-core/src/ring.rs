@@ -128,7 +128,8 @@ impl<const P: usize> Ring<P> {
                     owner: owner as NodeIndex,
                 };
                 // Cannot fail: `needed <= P` was checked above.
-                let _ = points.push(point);
+                let pushed = points.push(point);
+                debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
             }
         }
         sort_points(&mut points);
@@ -147,7 +148,8 @@ impl<const P: usize> Ring<P> {
         self.heads.clear();
         for p in &self.points {
             // Cannot fail: one head per point, same capacity.
-            let _ = self.heads.push(head(&p.at));
+            let pushed = self.heads.push(head(&p.at));
+            debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
         }
     }
 
@@ -228,7 +230,8 @@ impl<const P: usize> Iterator for Preference<'_, P> {
             }
             if !self.seen.contains(&owner) {
                 // Cannot fail: `want <= MAX_PREFERENCE`, the capacity of `seen`.
-                let _ = self.seen.push(owner);
+                let pushed = self.seen.push(owner);
+                debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
                 return Some(owner);
             }
         }

@@ -11,6 +11,7 @@
 //! same TOML file the servers read); the sim reads that file at start instead
 //! ([`config_file`]).
 #![cfg_attr(not(feature = "sim"), no_std)]
+#![forbid(unsafe_code)]
 
 pub mod app;
 pub mod board;

@@ -1,4 +1,5 @@
 //! `dqe-fw-sim`: the DQE enforcer firmware on a Linux TAP device (board `sim`).
+#![forbid(unsafe_code)]
 
 use std::process::ExitCode;
 
