@@ -38,7 +38,7 @@ use crate::replay::{ReplyArrays, ReplyCache, ReplyStorage};
 use crate::ring::{Ring, RingError};
 use crate::store::Store;
 use crate::storer::{Storer, StorerStats};
-use crate::wire::{self, Body, Envelope, Reason};
+use crate::wire::{self, Body, Envelope, Message, PeerRequest, Reason};
 
 pub use crate::stats::NodeStats;
 
@@ -449,13 +449,13 @@ impl<
                 return;
             }
         };
-        if env.body.is_request() {
-            self.handle_request(now, port, from, &env, datagram.len());
-        } else if port == Port::Source {
-            let (portal, mut cx) = self.parts(now);
-            portal.on_reply(&mut cx, from, &env);
-        } else {
-            self.stats.drop_reply_on_wrong_port += 1;
+        match env.body.message() {
+            Message::Reply(reply) if port == Port::Source => {
+                let (portal, mut cx) = self.parts(now);
+                portal.on_reply(&mut cx, from, &env, reply);
+            }
+            Message::Reply(_) => self.stats.drop_reply_on_wrong_port += 1,
+            request => self.handle_request(now, port, from, &env, request, datagram.len()),
         }
         self.stats.nodes_down = self.portal.nodes_down() as u64;
     }
@@ -654,6 +654,7 @@ impl<
         port: Port,
         from: SocketAddr,
         env: &Envelope,
+        request: Message,
         len: usize,
     ) {
         if port == Port::Source {
@@ -665,41 +666,47 @@ impl<
             self.refuse(now, port, from, env, len, Reason::WrongCluster);
             return;
         }
-        match port {
-            Port::Storer if env.body.is_peer_request() => self.serve_peer(now, from, env, len),
-            Port::Portal if env.body.is_client_request() => {
+        match (port, request) {
+            (Port::Storer, Message::Peer(request)) => self.serve_peer(now, from, env, request, len),
+            (Port::Portal, Message::Client(ask)) => {
                 let (portal, mut cx) = self.parts(now);
-                portal.on_request(&mut cx, from, env, len);
+                portal.on_request(&mut cx, from, env, ask, len);
             }
             _ => self.refuse(now, port, from, env, len, Reason::WrongPort),
         }
     }
 
     /// A Get/Put from a peer: the storer answers it at once, from this node's store.
-    fn serve_peer(&mut self, now: Millis, from: SocketAddr, env: &Envelope, len: usize) {
+    fn serve_peer(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        env: &Envelope,
+        request: PeerRequest,
+        len: usize,
+    ) {
         if self.outbox.storer_room() == 0 {
             // Unexecuted, so the peer's retry (same id) is served as if it were the first.
             self.stats.drop_queue_full += 1;
             return;
         }
         let busy = self.storer.stats().busy;
-        let reply = self.storer.serve(
+        let (body, write) = self.storer.serve_peer(
             now,
             from,
-            env,
+            env.id,
+            request,
             &mut self.store,
             self.epoch,
             &mut self.writes,
         );
         self.stats.busy_reply_cache_full += self.storer.stats().busy - busy;
-        if let Some((body, write)) = reply {
-            let tag = ReplyTag {
-                write,
-                client: None,
-            };
-            self.outbox
-                .reply(Port::Storer, from, env, len, body, tag, &mut self.stats);
-        }
+        let tag = ReplyTag {
+            write,
+            client: None,
+        };
+        self.outbox
+            .reply(Port::Storer, from, env, len, body, tag, &mut self.stats);
     }
 
     /// Refuse `env` for `reason`. Counted as answered when a client sent it: a Test/Set on

@@ -74,7 +74,7 @@ use crate::node::{Arrival, NodeConfig, NodeStats, Outbox, Port, ReplyTag};
 use crate::replay::{ReplyCache, ReplyStorage, request_hash, source_of};
 use crate::ring::{MAX_PREFERENCE, Ring};
 use crate::store::{PutOutcome, Store};
-use crate::wire::{Body, Envelope, Reason};
+use crate::wire::{Body, ClientRequest, Envelope, Reason, Reply};
 
 /// A list of nodes drawn from a preference list, in preference order.
 pub type NodeList = heapless::Vec<NodeIndex, MAX_PREFERENCE>;
@@ -192,8 +192,11 @@ enum Phase {
 #[derive(Debug, Clone)]
 struct Request {
     client: SocketAddr,
-    /// The client's envelope, for the echo and to recognise repeats.
-    request: Envelope,
+    /// The client envelope's cluster tag and id, for the echo and to recognise repeats.
+    cluster: u32,
+    id: u64,
+    /// What the client asked.
+    ask: ClientRequest,
     /// Its encoded length: no reply may be longer.
     request_len: usize,
     subs: heapless::Vec<SubRequest, MAX_PREFERENCE>,
@@ -226,14 +229,16 @@ struct Request {
 
 impl Request {
     fn key(&self) -> Key {
-        match self.request.body {
-            Body::Test { key } | Body::Set { key, .. } => key,
-            _ => [0; 20],
-        }
+        self.ask.key()
     }
 
     fn is_set(&self) -> bool {
-        matches!(self.request.body, Body::Set { .. })
+        matches!(self.ask, ClientRequest::Set { .. })
+    }
+
+    /// The client's envelope, as it arrived.
+    fn envelope(&self) -> Envelope {
+        Envelope::new(self.cluster, self.id, self.ask.into())
     }
 
     fn pending(&self) -> usize {
@@ -294,31 +299,32 @@ impl Request {
     }
 
     /// Record storer `reply` to sub-request `i`.
-    fn record(&mut self, i: usize, reply: &Body, stats: &mut NodeStats) {
+    fn record(&mut self, i: usize, reply: &Reply, stats: &mut NodeStats) {
         let key = self.key();
         let op = self.subs[i].op;
         let answer = match (op, reply) {
-            (_, Body::Found { value }) if matches(&key, value) => {
+            (_, Reply::Found { value }) if matches(&key, value) => {
                 self.found.get_or_insert(*value);
                 Answer::Found
             }
-            (_, Body::Found { .. }) => {
+            (_, Reply::Found { .. }) => {
                 stats.invalid_found += 1;
                 Answer::Ignored
             }
-            (Op::Get, Body::NotFound) => Answer::NotFound,
-            (Op::Put, Body::Stored) => Answer::Stored,
+            (Op::Get, Reply::NotFound) => Answer::NotFound,
+            (Op::Put, Reply::Stored) => Answer::Stored,
             (
                 Op::Put,
-                Body::Refused {
+                Reply::Refused {
                     reason: Reason::Full,
                 },
             ) => Answer::Full,
-            (_, Body::Refused { .. }) => {
+            (_, Reply::Refused { .. }) => {
                 stats.storer_refusals += 1;
                 Answer::Ignored
             }
-            _ => {
+            // A reply that does not fit the sub-request: `Stored` to a GET, `NotFound` to a PUT.
+            (Op::Get, Reply::Stored) | (Op::Put, Reply::NotFound) => {
                 stats.mismatched_replies += 1;
                 Answer::Ignored
             }
@@ -424,22 +430,22 @@ impl<S: Store, R: RngCore, const N: usize, const P: usize> Context<'_, S, R, N, 
     }
 
     /// Serve a sub-request for this node's own share from its own store.
-    fn serve_locally(&mut self, op: Op, key: &Key, value: Option<&Value>) -> Body {
+    fn serve_locally(&mut self, op: Op, key: &Key, value: Option<&Value>) -> Reply {
         self.stats.local_ops += 1;
         match (op, value) {
             (Op::Put, Some(value)) => match self.store.put(key, value, self.epoch) {
                 PutOutcome::Stored => {
                     *self.writes += 1;
-                    Body::Stored
+                    Reply::Stored
                 }
-                PutOutcome::Found(value) => Body::Found { value },
-                PutOutcome::Full => Body::Refused {
+                PutOutcome::Found(value) => Reply::Found { value },
+                PutOutcome::Full => Reply::Refused {
                     reason: Reason::Full,
                 },
             },
             _ => match self.store.get(key) {
-                Some(value) => Body::Found { value },
-                None => Body::NotFound,
+                Some(value) => Reply::Found { value },
+                None => Reply::NotFound,
             },
         }
     }
@@ -550,20 +556,17 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         &self.replies
     }
 
-    /// A Test or Set from a client, on the portal port. The caller has checked the port and
-    /// the cluster tag.
+    /// A Test or Set (`ask`, the body of `env`) from a client, on the portal port. The caller
+    /// has checked the port and the cluster tag.
     pub(crate) fn on_request<S: Store, R: RngCore, const P: usize>(
         &mut self,
         cx: &mut Context<'_, S, R, N, P>,
         from: SocketAddr,
         env: &Envelope,
+        ask: ClientRequest,
         len: usize,
     ) {
-        let (key, value) = match env.body {
-            Body::Test { key } => (key, None),
-            Body::Set { key, value } => (key, Some(value)),
-            _ => return,
-        };
+        let (key, value) = (ask.key(), ask.value());
         if let Some(value) = value
             && !matches(&key, &value)
         {
@@ -586,8 +589,8 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
             cx.reply(from, env, len, body, cx.arrival(), write);
             return;
         }
-        let client_bucket = self.client_bucket(&from, env);
-        if self.is_repeat_in_flight(client_bucket, from, env) {
+        let client_bucket = self.client_bucket(&from, env, key);
+        if self.is_repeat_in_flight(client_bucket, from, env, ask) {
             cx.stats.repeats_absorbed += 1;
             return;
         }
@@ -620,7 +623,9 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         };
         let mut request = Request {
             client: from,
-            request: *env,
+            cluster: env.cluster,
+            id: env.id,
+            ask,
             request_len: len,
             subs: heapless::Vec::new(),
             attempt: 1,
@@ -691,6 +696,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         cx: &mut Context<'_, S, R, N, P>,
         from: SocketAddr,
         env: &Envelope,
+        reply: Reply,
     ) {
         if env.cluster != cx.tag {
             cx.stats.drop_unmatched_reply += 1;
@@ -726,7 +732,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         if request.phase != Phase::Collecting {
             cx.stats.late_replies += 1;
         }
-        request.record(i, &env.body, cx.stats);
+        request.record(i, &reply, cx.stats);
         self.settle(cx, slot);
     }
 
@@ -767,14 +773,16 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
 
     /// Whether the same request from the same client (in client index bucket `bucket`) is in
     /// the table and not answered yet.
-    fn is_repeat_in_flight(&self, bucket: usize, from: SocketAddr, env: &Envelope) -> bool {
+    fn is_repeat_in_flight(
+        &self,
+        bucket: usize,
+        from: SocketAddr,
+        env: &Envelope,
+        ask: ClientRequest,
+    ) -> bool {
         let mut at = self.clients[bucket];
         while let Some(r) = self.request(at) {
-            if r.phase != Phase::Lingering
-                && r.client == from
-                && r.request.id == env.id
-                && r.request.body == env.body
-            {
+            if r.phase != Phase::Lingering && r.client == from && r.id == env.id && r.ask == ask {
                 return true;
             }
             at = r.next_client;
@@ -784,11 +792,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
 
     /// The client index's bucket for request `env` from `from` (by id, source and the first
     /// 8 bytes of the key, so that requests differing in any of them spread out).
-    fn client_bucket(&self, from: &SocketAddr, env: &Envelope) -> usize {
-        let key = match env.body {
-            Body::Test { key } | Body::Set { key, .. } => key,
-            _ => [0; 20],
-        };
+    fn client_bucket(&self, from: &SocketAddr, env: &Envelope, key: Key) -> usize {
         let mut body = [0u8; 8];
         body.copy_from_slice(&key[..8]);
         let (ip, port) = source_of(from);
@@ -1068,10 +1072,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
             return;
         }
         let key = request.key();
-        let value = match request.request.body {
-            Body::Set { value, .. } => Some(value),
-            _ => None,
-        };
+        let value = request.ask.value();
         // A retry is safe only while the storer still remembers the first attempt: after a
         // retry window (a node paused that long), a repeated PUT could find our own write.
         let remembered = cx.now < request.started.saturating_add(cx.config.retry_window);
@@ -1170,7 +1171,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
                 self.set_deadline(slot, cx.now);
                 return;
             }
-            let (client, env, len) = (request.client, request.request, request.request_len);
+            let (client, env, len) = (request.client, request.envelope(), request.request_len);
             // The writes the remembered reply rests on: a `Stored` the local write, unless a
             // remote `Stored` (durable already) backs it; a local `Found` every write so far,
             // as its pair may not be durable yet (see `forget_writes_after`).
@@ -1236,7 +1237,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
                 cx.stats.read_repairs += 1;
                 let reply = cx.serve_locally(Op::Put, &key, Some(&value));
                 sub.answer = match reply {
-                    Body::Stored => Answer::Stored,
+                    Reply::Stored => Answer::Stored,
                     _ => Answer::Ignored,
                 };
                 continue;

@@ -19,7 +19,7 @@ use crate::Millis;
 use crate::hash::{Key, Value, matches};
 use crate::replay::{ReplyCache, ReplyStorage};
 use crate::store::{PutOutcome, Store};
-use crate::wire::{Body, Envelope, Reason};
+use crate::wire::{Body, Envelope, Message, PeerRequest, Reason};
 
 /// What a storer has done, as plain counters for the backends to export.
 ///
@@ -111,37 +111,57 @@ impl<B: ReplyStorage> Storer<B> {
         epoch: u32,
         writes: &mut u64,
     ) -> Option<(Body, u64)> {
+        match env.body.message() {
+            Message::Peer(request) => {
+                Some(self.serve_peer(now, from, env.id, request, store, epoch, writes))
+            }
+            Message::Client(_) | Message::Reply(_) => None,
+        }
+    }
+
+    /// Answer peer request `request` with id `id` from `from`, as [`Storer::serve`] does.
+    #[allow(clippy::too_many_arguments)]
+    pub fn serve_peer<S: Store + ?Sized>(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        id: u64,
+        request: PeerRequest,
+        store: &mut S,
+        epoch: u32,
+        writes: &mut u64,
+    ) -> (Body, u64) {
         let rests_on = |body: &Body, writes: u64| match body {
             Body::Found { .. } | Body::Stored => writes,
             _ => 0,
         };
-        let (key, value) = match env.body {
-            Body::Get { key } => {
+        let (key, value) = match request {
+            PeerRequest::Get { key } => {
                 self.stats.gets += 1;
                 let body = self.get(&key, store);
-                return Some((body, rests_on(&body, *writes)));
+                return (body, rests_on(&body, *writes));
             }
-            Body::Put { key, value } => (key, value),
-            _ => return None,
+            PeerRequest::Put { key, value } => (key, value),
         };
+        let body = Body::from(request);
         self.stats.puts += 1;
         if !matches(&key, &value) {
             self.stats.bad_hash += 1;
             let body = Body::Refused {
                 reason: Reason::BadHash,
             };
-            return Some((body, 0));
+            return (body, 0);
         }
-        if let Some(reply) = self.cache.lookup(now, from, env.id, &env.body) {
+        if let Some(reply) = self.cache.lookup(now, from, id, &body) {
             self.stats.replayed += 1;
-            return Some((reply, rests_on(&reply, *writes)));
+            return (reply, rests_on(&reply, *writes));
         }
         if self.cache.reserve(now).is_err() {
             self.stats.busy += 1;
             let body = Body::Refused {
                 reason: Reason::Busy,
             };
-            return Some((body, 0));
+            return (body, 0);
         }
         let reply = self.put(&key, &value, store, epoch);
         let write = match reply {
@@ -152,9 +172,8 @@ impl<B: ReplyStorage> Storer<B> {
             Body::Found { .. } => *writes,
             _ => 0,
         };
-        self.cache
-            .remember(now, from, env.id, &env.body, reply, write);
-        Some((reply, write))
+        self.cache.remember(now, from, id, &body, reply, write);
+        (reply, write)
     }
 
     /// Forget remembered replies that rest on a write after `mark` (a `Stored` of one, a

@@ -51,6 +51,95 @@ pub enum Body {
     Refused { reason: Reason },
 }
 
+/// A client's request, served at the portal port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientRequest {
+    /// Has `key` been set?
+    Test { key: Key },
+    /// Set `key` to `value` unless it is set.
+    Set { key: Key, value: Value },
+}
+
+/// A peer portal's request, served at the storer port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRequest {
+    /// Read `key`.
+    Get { key: Key },
+    /// Atomic test-and-set of `key`.
+    Put { key: Key, value: Value },
+}
+
+/// A reply, to a client or a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// The key is set, with this value.
+    Found { value: Value },
+    /// The key is not set.
+    NotFound,
+    /// The key was absent and is now stored.
+    Stored,
+    /// The request was not carried out.
+    Refused { reason: Reason },
+}
+
+/// A [`Body`] by who sends it: the three kinds of message a node tells apart before it does
+/// anything, so that each role only ever sees the bodies it serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Message {
+    /// Test or Set.
+    Client(ClientRequest),
+    /// Get or Put.
+    Peer(PeerRequest),
+    /// Any reply.
+    Reply(Reply),
+}
+
+impl ClientRequest {
+    /// The key asked about.
+    pub fn key(&self) -> Key {
+        match *self {
+            ClientRequest::Test { key } | ClientRequest::Set { key, .. } => key,
+        }
+    }
+
+    /// The value a Set would store.
+    pub fn value(&self) -> Option<Value> {
+        match *self {
+            ClientRequest::Test { .. } => None,
+            ClientRequest::Set { value, .. } => Some(value),
+        }
+    }
+}
+
+impl From<ClientRequest> for Body {
+    fn from(r: ClientRequest) -> Body {
+        match r {
+            ClientRequest::Test { key } => Body::Test { key },
+            ClientRequest::Set { key, value } => Body::Set { key, value },
+        }
+    }
+}
+
+impl From<PeerRequest> for Body {
+    fn from(r: PeerRequest) -> Body {
+        match r {
+            PeerRequest::Get { key } => Body::Get { key },
+            PeerRequest::Put { key, value } => Body::Put { key, value },
+        }
+    }
+}
+
+impl From<Reply> for Body {
+    fn from(r: Reply) -> Body {
+        match r {
+            Reply::Found { value } => Body::Found { value },
+            Reply::NotFound => Body::NotFound,
+            Reply::Stored => Body::Stored,
+            Reply::Refused { reason } => Body::Refused { reason },
+        }
+    }
+}
+
 /// Why a request was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Reason {
@@ -87,6 +176,20 @@ impl Body {
     /// Whether this body is a peer request, served on the storer port.
     pub fn is_peer_request(&self) -> bool {
         matches!(self, Body::Get { .. } | Body::Put { .. })
+    }
+
+    /// What this body is, by who sends it.
+    pub fn message(&self) -> Message {
+        match *self {
+            Body::Test { key } => Message::Client(ClientRequest::Test { key }),
+            Body::Set { key, value } => Message::Client(ClientRequest::Set { key, value }),
+            Body::Get { key } => Message::Peer(PeerRequest::Get { key }),
+            Body::Put { key, value } => Message::Peer(PeerRequest::Put { key, value }),
+            Body::Found { value } => Message::Reply(Reply::Found { value }),
+            Body::NotFound => Message::Reply(Reply::NotFound),
+            Body::Stored => Message::Reply(Reply::Stored),
+            Body::Refused { reason } => Message::Reply(Reply::Refused { reason }),
+        }
     }
 
     /// A short name for logs and metrics.
