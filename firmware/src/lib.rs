@@ -17,4 +17,5 @@ pub mod board;
 #[cfg(feature = "sim")]
 pub mod config_file;
 pub mod embedded_config;
+pub mod launch;
 pub mod memory;
