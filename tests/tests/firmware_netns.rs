@@ -1360,12 +1360,7 @@ fn mixed_cluster_with_a_qemu_board_serves_survives_and_repairs_it() {
         started.elapsed()
     );
 
-    // SET through every portal in turn; Found through every portal.
-    let pairs: Vec<(Key, Value)> = (0..32).map(|i| pair(test, i)).collect();
-    c.set_round_robin(&pairs, &portals, "");
-    c.all_found(&pairs, &portals, "");
-
-    // The pairs the QEMU board holds (it is one of their two assigned nodes).
+    // Where each key's two copies live.
     let spec = {
         let mut specs = heapless::Vec::<NodeSpec, 8>::new();
         for (name, [portal, storer, source]) in &nodes {
@@ -1380,6 +1375,47 @@ fn mixed_cluster_with_a_qemu_board_serves_survives_and_repairs_it() {
         ClusterSpec::with_defaults(specs, 2)
     };
     let ring = dqe_core::ring::Ring::<256>::new(&spec).expect("ring");
+    // The portals' first requests went out before every node was up, so their failure
+    // detectors may believe some down (until a probe, one a second, is answered), and would
+    // write in their place: wait until a write through each portal reaches both boards.
+    let settled = Instant::now();
+    let mut probe = 0;
+    for &portal in &portals {
+        loop {
+            let (k, v) = loop {
+                probe += 1;
+                let p = pair("qemu-settle", probe);
+                let mut on = ring.assigned(&p.0);
+                on.sort_unstable();
+                if on.as_slice() == [2, 3] {
+                    break p;
+                }
+            };
+            assert_eq!(c.call(portal, Body::Set { key: k, value: v }), Body::Stored);
+            let on_both = [fw[1], qm[1]]
+                .iter()
+                .all(|&s| c.call(s, Body::Get { key: k }) == Body::Found { value: v });
+            if on_both {
+                break;
+            }
+            assert!(
+                settled.elapsed() < Duration::from_secs(30),
+                "writes through {portal} never reached both boards"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    eprintln!(
+        "{test}: writes through every portal reach both boards {:.1?} later",
+        settled.elapsed()
+    );
+
+    // SET through every portal in turn; Found through every portal.
+    let pairs: Vec<(Key, Value)> = (0..32).map(|i| pair(test, i)).collect();
+    c.set_round_robin(&pairs, &portals, "");
+    c.all_found(&pairs, &portals, "");
+
+    // The pairs the QEMU board holds (it is one of their two assigned nodes).
     let on_qemu: Vec<(Key, Value)> = pairs
         .iter()
         .copied()
