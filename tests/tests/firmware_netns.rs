@@ -1,12 +1,13 @@
-//! Firmware nodes (board `sim`: embassy-net and smoltcp on a TAP device) inside private network
-//! namespaces, alone and in a cluster with `dqe-enforcer` servers.
+//! Firmware nodes (board `sim`: embassy-net and smoltcp on a TAP device; board `qemu-virt`: the
+//! same firmware cross-built for riscv32 and run by QEMU) inside private network namespaces,
+//! alone and in clusters with `dqe-enforcer` servers.
 //!
 //! Each test makes its own namespace `dqe-fw<pid>-<n>` with a TAP device `tap0` in it: the
 //! namespace's kernel side of the TAP is 10.77.0.1/24 (where the servers bind), the firmware
 //! is 10.77.0.2. Every process runs inside it (`ip netns exec`), the test's own client sockets
 //! are made from a thread that entered it (`setns`), and a guard deletes it at the end, also
 //! when the test fails. No datagram leaves the namespace. Without root, `ip` or `/dev/net/tun`
-//! the tests print `SKIPPED` and why, and pass.
+//! the tests print `SKIPPED` and why, and pass; with `DQE_CI=1` (set by `.ci/run`) they fail.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -211,6 +212,10 @@ impl Drop for Proc {
 /// Set up a namespace, or say why the test is skipped.
 fn netns_or_skip(test: &str) -> Option<Netns> {
     if let Some(why) = missing_prerequisite() {
+        assert!(
+            !board_tests_required(),
+            "{test}: a prerequisite is missing in CI (DQE_CI=1): {why}"
+        );
         eprintln!("SKIPPED {test}: {why}");
         return None;
     }
@@ -1212,7 +1217,8 @@ fn missing_board_prerequisite() -> Option<String> {
     None
 }
 
-/// Whether the board tests must run (CI) rather than skip.
+/// Whether the namespace and board tests must run (CI: `.ci/run` sets `DQE_CI=1`) rather
+/// than skip.
 fn board_tests_required() -> bool {
     std::env::var("DQE_CI").as_deref() == Ok("1")
 }

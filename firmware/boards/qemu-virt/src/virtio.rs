@@ -19,7 +19,7 @@ const INTERRUPT_STATUS: usize = 0x60;
 const INTERRUPT_ACK: usize = 0x64;
 
 /// Pages for the devices' virtqueues: two net queues and one RNG queue fit with room.
-const DMA_PAGES: usize = 16;
+const DMA_PAGES: usize = 8;
 
 #[repr(C, align(4096))]
 struct DmaPool([u8; DMA_PAGES * PAGE_SIZE]);
