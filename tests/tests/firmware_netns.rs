@@ -1204,10 +1204,9 @@ fn missing_board_prerequisite() -> Option<String> {
         }
     }
     let rustup = std::env::var("DQE_BOARD_TOOLCHAIN").as_deref() == Ok("rustup");
-    if !rustup
-        && !(Path::new("/usr/bin/cargo").exists()
-            && Path::new("/usr/lib/rustlib/src/rust/library/core").exists())
-    {
+    let debian = Path::new("/usr/bin/cargo").exists()
+        && Path::new("/usr/lib/rustlib/src/rust/library/core").exists();
+    if !rustup && !debian {
         return Some(
             "no toolchain for the board (apt-get install rustc-web cargo-web rust-web-src lld-22, \
              or rustup target add riscv32imac-unknown-none-elf and DQE_BOARD_TOOLCHAIN=rustup)"
