@@ -1491,3 +1491,37 @@ fn mixed_cluster_with_a_qemu_board_serves_survives_and_repairs_it() {
         p.assert_running();
     }
 }
+
+#[test]
+fn qemu_board_without_an_rng_device_says_so_and_ends_qemu_with_failure() {
+    let test = "qemu-no-rng";
+    if let Some(why) = missing_board_prerequisite() {
+        assert!(
+            !board_tests_required(),
+            "{test}: a prerequisite is missing in CI (DQE_CI=1): {why}"
+        );
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, cluster_toml(1, &[("qr", addrs(BOARD_IP, 7501))])).unwrap();
+    let elf = build_qemu_image(&config, "qr");
+    // No NIC and no RNG: the firmware must refuse to draw request ids from nothing.
+    let out = dqe_tests::run(
+        Command::new("qemu-system-riscv32")
+            .args([
+                "-M", "virt", "-m", "16M", "-bios", "none", "-display", "none",
+            ])
+            .args(["-monitor", "none", "-serial", "stdio", "-kernel"])
+            .arg(&elf),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, 2, "QEMU's exit status: {out:?}");
+    assert!(
+        out.stdout
+            .contains("dqe-qemu-virt: cannot start: no virtio-rng device"),
+        "{out:?}"
+    );
+}
