@@ -49,6 +49,7 @@ use crate::cli::RunConfig;
 use crate::config_file::{MAX_NODES, MAX_RING_POINTS};
 use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
 use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
+use crate::peers::PeerWatch;
 
 /// Client requests the portal may have in flight; more are refused `Busy`.
 pub const IN_FLIGHT: usize = 1024;
@@ -245,6 +246,8 @@ struct Server {
     /// was abandoned): every write up to it is on disk or was abandoned and forgotten.
     durable_mark: u64,
     timed: TimedTable,
+    /// Peer health transitions and cluster mismatches, for the log and the metrics.
+    peers: PeerWatch,
     next_housekeeping: Instant,
     recv: Box<[u8; RECV_BUF]>,
 }
@@ -289,6 +292,11 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
     metrics
         .replay_skipped_records
         .store(recovery.skipped_records, Relaxed);
+    let peers = PeerWatch::new(&cfg.spec, cfg.me, node.cluster_tag());
+    metrics.set_peers(peers.peer_names());
+    metrics
+        .replication
+        .store(u64::from(cfg.spec.replication), Relaxed);
     if let Some(listener) = metrics_listener {
         tokio::spawn(metrics::serve(listener, metrics.clone()));
     }
@@ -306,6 +314,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         batch_mark: 0,
         durable_mark: 0,
         timed: TimedTable::default(),
+        peers,
         next_housekeeping: now,
         recv: Box::new([0; RECV_BUF]),
     };
@@ -402,6 +411,7 @@ impl Server {
                         "stop signal: refusing new requests, finishing those in flight"
                     );
                     stopping = Some(Instant::now());
+                    self.metrics.draining.store(1, Relaxed);
                 }
                 Wake::Readable | Wake::Deadline => {}
             }
@@ -434,6 +444,7 @@ impl Server {
             }
             self.refresh_epoch();
             let datagram = &self.recv[..len];
+            self.peers.on_datagram(port, from, datagram, &self.metrics);
             self.node.handle(now, port, from, datagram);
             self.collect();
         }
@@ -605,7 +616,11 @@ impl Server {
         self.refresh_epoch();
         self.timed
             .retain(|_, (_, t0)| now.duration_since(*t0) < TIMED_FORGET);
+        let node = &self.node;
+        self.peers
+            .poll_health(|i| node.health_transitions(i), &self.metrics);
         self.export();
+        self.metrics.beat();
     }
 
     fn export(&self) {
