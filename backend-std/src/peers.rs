@@ -166,7 +166,7 @@ impl PeerWatch {
             changed = true;
             let peer = &self.names[i];
             let storer = self.storers[i];
-            let down = now % 2 == 1;
+            let down = !now.is_multiple_of(2);
             match (down, changes) {
                 (true, 1) => warn!(
                     %peer, %storer,
@@ -185,7 +185,7 @@ impl PeerWatch {
             }
         }
         if changed {
-            let up: Vec<bool> = self.peers().map(|i| self.seen[i] % 2 == 0).collect();
+            let up: Vec<bool> = self.peers().map(|i| self.seen[i].is_multiple_of(2)).collect();
             metrics.set_peers_up(&up);
         }
     }
