@@ -185,7 +185,10 @@ impl PeerWatch {
             }
         }
         if changed {
-            let up: Vec<bool> = self.peers().map(|i| self.seen[i].is_multiple_of(2)).collect();
+            let up: Vec<bool> = self
+                .peers()
+                .map(|i| self.seen[i].is_multiple_of(2))
+                .collect();
             metrics.set_peers_up(&up);
         }
     }

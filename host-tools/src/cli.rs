@@ -190,6 +190,9 @@ pub struct PortalList {
     /// Milliseconds to wait for one portal (all retries) before trying the next [default: from the client config, else 2000].
     #[arg(long, value_name = "MS", global = true)]
     pub timeout_ms: Option<u64>,
+    /// The portals' cluster tag as `dqe config check` prints it (0x...), so a portal of another cluster refuses and is named [default: `cluster_tag` from the client config, else 0: any].
+    #[arg(long, value_name = "TAG", value_parser = crate::config_file::parse_cluster_tag, global = true)]
+    pub cluster_tag: Option<u32>,
 }
 
 /// Where the stamp comes from.
@@ -563,8 +566,18 @@ fn client(p: &PortalList, c: &ClientConfig) -> Result<PortalClient, Failure> {
     if timeout.is_zero() {
         return Err(Failure::Usage("--timeout-ms must be at least 1".into()));
     }
-    Ok(PortalClient::new(portals, timeout)?)
+    let mut client =
+        PortalClient::new(portals, timeout)?.with_cluster(p.cluster_tag.unwrap_or(c.cluster_tag));
+    // Silent portals are remembered for a minute beside the stamp state, so that only the
+    // first message after a portal falls silent waits for it.
+    if let Some(dir) = crate::stamp_state::default_state_dir() {
+        client = client.with_silence_note(dir.join(SILENCE_NOTE));
+    }
+    Ok(client)
 }
+
+/// The file, in the state directory, that names portals found silent lately.
+pub const SILENCE_NOTE: &str = "silent-portals";
 
 fn trusted(flags: &[String], c: &ClientConfig) -> Result<Vec<PublicKey>, Failure> {
     let keys: Vec<PublicKey> = if flags.is_empty() {
@@ -1096,6 +1109,7 @@ fn run_u2(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
     };
     let opts = u2::Options {
         portals,
+        cluster_tag: a.portals.cluster_tag.unwrap_or(c.cluster_tag),
         load,
         duration,
         reuse: a.reuse,
@@ -1123,6 +1137,23 @@ fn run_u2(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
         }
     })?;
     print!("{}", report.table(&opts));
+    let foreign: u64 = report
+        .outcomes
+        .iter()
+        .filter(|(k, _)| k.ends_with("refused_wrong_cluster"))
+        .map(|(_, n)| n)
+        .sum();
+    if foreign > 0 {
+        eprintln!(
+            "dqe: {foreign} request(s) were refused WrongCluster: a portal among {} belongs to another cluster than tag {:#010x}; fix --portal or --cluster-tag (`dqe config check CLUSTER.toml` prints the tag)",
+            opts.portals
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            opts.cluster_tag
+        );
+    }
     if let Some((path, mut file)) = json {
         file.write_all((report.to_json() + "\n").as_bytes())
             .and_then(|_| file.sync_all())

@@ -119,6 +119,7 @@ struct RawClient {
     epoch_seconds: Option<Spanned<u32>>,
     grace: Option<Spanned<u32>>,
     timeout_ms: Option<Spanned<u64>>,
+    cluster_tag: Option<Spanned<String>>,
 }
 
 /// The settings of the tools that talk to portals or check stamps.
@@ -129,6 +130,7 @@ struct RawClient {
 /// epoch_seconds = 86400
 /// grace = 1
 /// timeout_ms = 2000                                  # per portal, all retries
+/// cluster_tag = "0x1234abcd"                         # optional: the portals' cluster
 /// ```
 ///
 /// A `trust` entry is a path to a `.pub` file when it contains `/` or ends in `.pub`
@@ -148,6 +150,10 @@ pub struct ClientConfig {
     pub grace: u32,
     /// How long to wait for one portal before trying the next.
     pub timeout: Duration,
+    /// The cluster tag requests carry (0: any cluster). With the tag of the portals' cluster
+    /// (`dqe config check` prints it), a portal of another cluster refuses instead of
+    /// answering, and the tools say so.
+    pub cluster_tag: u32,
 }
 
 impl Default for ClientConfig {
@@ -159,8 +165,23 @@ impl Default for ClientConfig {
             epoch_seconds: DEFAULT_EPOCH_SECONDS,
             grace: DEFAULT_GRACE,
             timeout: DEFAULT_PORTAL_TIMEOUT,
+            cluster_tag: 0,
         }
     }
+}
+
+/// Parse a cluster tag as `dqe config check` prints it: `0x` and 8 hex digits, or decimal.
+pub fn parse_cluster_tag(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => t.parse::<u32>(),
+    };
+    parsed.map_err(|_| {
+        format!(
+            "`{text}` is not a cluster tag: write it as `dqe config check CLUSTER.toml` prints it, e.g. 0x1234abcd (0 means any cluster)"
+        )
+    })
 }
 
 /// Parse `host:port` (an IP literal, or a name resolved once).
@@ -262,6 +283,10 @@ impl ClientConfig {
                 ));
             }
             config.timeout = Duration::from_millis(t.into_inner());
+        }
+        if let Some(t) = raw.cluster_tag {
+            config.cluster_tag =
+                parse_cluster_tag(t.get_ref()).map_err(|e| field(t.span(), "cluster_tag", e))?;
         }
         Ok(config)
     }
@@ -464,13 +489,21 @@ mod tests {
     fn client_config_reads_every_field() {
         let key = keys::encode_line(&[7u8; 32]);
         let text = format!(
-            "portals = [\"127.0.0.1:8101\", \"127.0.0.1:8104\"]\ntrust = [\"{key}\"]\nepoch_seconds = 60\ngrace = 2\ntimeout_ms = 300\n"
+            "portals = [\"127.0.0.1:8101\", \"127.0.0.1:8104\"]\ntrust = [\"{key}\"]\nepoch_seconds = 60\ngrace = 2\ntimeout_ms = 300\ncluster_tag = \"0x0000abcd\"\n"
         );
         let c = ClientConfig::parse(Path::new("/x/client.toml"), &text).unwrap();
         assert_eq!(c.portals.len(), 2);
         assert_eq!(c.trust, vec![[7u8; 32]]);
         assert_eq!((c.epoch_seconds, c.grace), (60, 2));
         assert_eq!(c.timeout, Duration::from_millis(300));
+        assert_eq!(c.cluster_tag, 0xabcd);
+        let bad = "portals = [\"127.0.0.1:8101\"]\ncluster_tag = \"0xzz\"\n";
+        let e = ClientConfig::parse(Path::new("/x/client.toml"), bad).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/x/client.toml:2: field `cluster_tag`: `0xzz` is not a cluster tag"),
+            "{e}"
+        );
     }
 
     #[test]
