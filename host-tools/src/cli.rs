@@ -371,6 +371,9 @@ pub struct UpArgs {
     /// The enforcer binary [default: dqe-enforcer beside dqe, else on PATH].
     #[arg(long, value_name = "PATH")]
     pub enforcer: Option<PathBuf>,
+    /// Serve each node's metrics, /healthz and /readyz on TCP 127.0.0.1:P+i (i = its place in the config, from 0) [default: no metrics].
+    #[arg(long, value_name = "P")]
+    pub metrics_base: Option<u16>,
 }
 
 /// `dqe u2`.
@@ -417,6 +420,21 @@ pub struct DemoArgs {
     /// The enforcer binary [default: dqe-enforcer beside dqe, else on PATH].
     #[arg(long, value_name = "PATH")]
     pub enforcer: Option<PathBuf>,
+    /// Run the demo's nodes on UDP ports P to P+8 (three nodes, three ports each) instead of free ports the system picks, e.g. to fit a firewall rule [default: any free ports].
+    #[arg(long, value_name = "P", value_parser = parse_demo_port_base)]
+    pub port_base: Option<u16>,
+}
+
+/// `dqe demo --port-base P`: the nine ports P..=P+8 must exist and P cannot be 0.
+fn parse_demo_port_base(text: &str) -> Result<u16, String> {
+    let last = u16::MAX - (demo::PORTS as u16 - 1);
+    match text.parse::<u16>() {
+        Ok(p) if (1..=last).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "the demo's nodes use ports P to P+{}, so P must be a number from 1 to {last}",
+            demo::PORTS - 1
+        )),
+    }
 }
 
 /// Why a command failed (exit status 1, or 5 for a spent quota).
@@ -519,7 +537,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
                 Some(p) => p,
                 None => find_enforcer()?,
             };
-            demo::run(&enforcer, &mut std::io::stdout())?;
+            demo::run(&enforcer, a.port_base, &mut std::io::stdout())?;
             Ok(EXIT_OK)
         }
     }
@@ -1025,7 +1043,8 @@ fn cluster_up(a: UpArgs) -> Result<u8, Failure> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(io_err("cannot install the Ctrl-C handler"))?;
     }
-    let mut cluster = LocalCluster::start(&file, &enforcer, &a.data_root)?;
+    let mut cluster =
+        LocalCluster::start_with_metrics(&file, &enforcer, &a.data_root, a.metrics_base)?;
     println!(
         "starting {} nodes of {} (cluster tag {:#010x}) with {}",
         cluster.nodes().len(),
@@ -1034,8 +1053,12 @@ fn cluster_up(a: UpArgs) -> Result<u8, Failure> {
         enforcer.display()
     );
     for n in cluster.nodes() {
+        let metrics = n
+            .metrics
+            .map(|m| format!("  metrics http://{m}/metrics"))
+            .unwrap_or_default();
         println!(
-            "  {:<8} portal {}  storer {}  source {}  log {}",
+            "  {:<8} portal {}  storer {}  source {}  log {}{metrics}",
             n.name,
             n.portal,
             n.storer,
