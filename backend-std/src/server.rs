@@ -230,6 +230,14 @@ fn build_node(
     })
 }
 
+/// Run `f` on a blocking thread; a panic there is a panic here.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// The running loop's state.
 struct Server {
     node: Box<EnforcerNode>,
@@ -264,11 +272,18 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         None => None,
     };
 
+    // Scrapes and /healthz are answered while the store replays (which can take a while):
+    // the replay and the node's construction run on blocking threads meanwhile.
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+    }
     let epoch = cfg.spec.epoch_of(unix_seconds());
     let mut opts = DurableOptions::new(&cfg.data_dir);
     opts.sync_mode = cfg.sync_mode;
-    let (store, recovery) = DurableStore::open(opts, cfg.spec.oldest_retained(epoch))?;
-    let node = build_node(&cfg, store, epoch)?;
+    let oldest = cfg.spec.oldest_retained(epoch);
+    let (store, recovery) = blocking(move || DurableStore::open(opts, oldest)).await?;
+    let build_cfg = cfg.clone();
+    let node = blocking(move || build_node(&build_cfg, store, epoch)).await?;
     info!(
         node = %me.name,
         portal = %me.portal,
@@ -297,9 +312,6 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
     metrics
         .replication
         .store(u64::from(cfg.spec.replication), Relaxed);
-    if let Some(listener) = metrics_listener {
-        tokio::spawn(metrics::serve(listener, metrics.clone()));
-    }
 
     let now = Instant::now();
     let mut server = Server {
