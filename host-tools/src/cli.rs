@@ -14,15 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use dqe_core::hash::{key_of, word_value};
-use dqe_core::ring::Ring;
 use dqe_core::stamp::{CertBody, Certificate, PublicKey};
-use rand::{Rng as _, SeedableRng as _};
 
 use crate::client::{ClientError, PortalClient, Reply, explain_refusal};
 use crate::cluster::{ClusterError, LocalCluster, find_enforcer};
 use crate::config_file::{
-    ClientConfig, ClusterFile, ConfigFileError, FileError, GenError, MAX_RING_POINTS,
-    generate_cluster, generate_cluster_with, parse_addr, parse_trust,
+    ClientConfig, ClusterFile, ConfigFileError, FileError, GenError, generate_cluster,
+    generate_cluster_with, parse_addr, parse_trust,
 };
 use crate::demo::{self, DemoError};
 use crate::keys::{self, KeyFileError};
@@ -347,9 +345,6 @@ pub struct GenArgs {
 pub struct CheckArgs {
     /// The cluster config.
     pub file: PathBuf,
-    /// Random keys sampled to estimate each node's share.
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
-    pub samples: u32,
 }
 
 /// `dqe cluster ...`.
@@ -973,22 +968,13 @@ fn config_gen(a: GenArgs) -> Result<u8, Failure> {
 fn config_check(a: CheckArgs) -> Result<u8, Failure> {
     let file = ClusterFile::read(&a.file)?;
     let spec = &file.spec;
-    let ring = Ring::<MAX_RING_POINTS>::new(spec)
-        .map_err(|e| Failure::Usage(format!("{}: {e}", a.file.display())))?;
     let n = spec.nodes.len();
     let r = spec.replication as usize;
-    let mut primary = vec![0u64; n];
-    let mut copies = vec![0u64; n];
-    let mut rng = rand::rngs::StdRng::seed_from_u64(SAMPLE_SEED);
-    for _ in 0..a.samples {
-        let key: [u8; 20] = rng.random();
-        for (i, node) in ring.preference(&key).take(r).enumerate() {
-            if i == 0 {
-                primary[node as usize] += 1;
-            }
-            copies[node as usize] += 1;
-        }
-    }
+    // Exact shares of the key space, from the ring's arcs (no ring of the enforcer's
+    // capacity on this thread's stack, no sampling error).
+    let names: Vec<String> = spec.nodes.iter().map(|n| n.name.to_string()).collect();
+    let primary = crate::balance::copy_shares(&names, spec.vnodes, 1);
+    let copies = crate::balance::copy_shares(&names, spec.vnodes, r);
     println!("{}: valid", a.file.display());
     println!(
         "nodes {n}, replication {r}, handoff {}, vnodes {}, epoch_seconds {}, grace {}, retain_epochs {}",
@@ -1010,13 +996,7 @@ fn config_check(a: CheckArgs) -> Result<u8, Failure> {
         "{:<width$}  {:<21}  {:<21}  {:<21}  {:>8}  {:>8}",
         "node", "portal", "storer", "source", "primary", "copies"
     );
-    let pct = |x: u64| {
-        if a.samples == 0 {
-            0.0
-        } else {
-            100.0 * x as f64 / a.samples as f64
-        }
-    };
+    let pct = |x: f64| 100.0 * x;
     for (i, node) in spec.nodes.iter().enumerate() {
         println!(
             "{:<width$}  {:<21}  {:<21}  {:<21}  {:>7.2}%  {:>7.2}%",
@@ -1028,16 +1008,26 @@ fn config_check(a: CheckArgs) -> Result<u8, Failure> {
             pct(copies[i])
         );
     }
+    let mean = r as f64 / n as f64;
+    let fullest = copies.iter().copied().fold(0.0, f64::max);
     println!(
-        "share of {} random keys: primary = first node of the preference list; copies = among the {r} assigned nodes (ideal {:.2}%)",
-        a.samples,
-        100.0 * r as f64 / n as f64
+        "share of the key space, exact: primary = first node of the preference list; copies = among the {r} assigned nodes (ideal {:.2}%)",
+        100.0 * mean
+    );
+    println!(
+        "fullest node: {:.3} x its fair share of copies{}",
+        fullest / mean,
+        if fullest / mean > 1.15 {
+            format!(
+                " (more than 1.15: raise vnodes, now {}; docs/BENCHMARKS.md \"Ring balance\")",
+                spec.vnodes
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(EXIT_OK)
 }
-
-/// The fixed seed of `config check`'s key sample, so its figures are reproducible.
-const SAMPLE_SEED: u64 = 0xd9e0_5eed;
 
 fn cluster_up(a: UpArgs) -> Result<u8, Failure> {
     let file = ClusterFile::read(&a.config)?;

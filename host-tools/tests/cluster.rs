@@ -324,12 +324,13 @@ fn cluster_up_keeps_the_other_nodes_running_when_one_exits() {
         host_tools::cluster::loopback_config(&ports, 2, None),
     )
     .unwrap();
-    // A wrapper that records each node's pid (nodes start in config order).
+    // A wrapper that records each node's pid and arguments (the three start at once, so the
+    // file's order is not the config's: the node is found by its `--node NAME`).
     let wrapper = d.join("enforcer.sh");
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\necho $$ >> {}\nexec {} \"$@\"\n",
+            "#!/bin/sh\necho \"$$ $*\" >> {}\nexec {} \"$@\"\n",
             d.join("pids").display(),
             common::enforcer_path().display()
         ),
@@ -371,12 +372,18 @@ fn cluster_up_keeps_the_other_nodes_running_when_one_exits() {
         }
     };
     wait_for("ready", &mut seen);
-    let pids: Vec<String> = std::fs::read_to_string(d.join("pids"))
-        .unwrap()
-        .lines()
-        .map(str::to_string)
+    let started = std::fs::read_to_string(d.join("pids")).unwrap();
+    assert_eq!(started.lines().count(), 3, "{started}");
+    let pids: Vec<String> = ["n1", "n2", "n3"]
+        .iter()
+        .map(|name| {
+            let line = started
+                .lines()
+                .find(|l| l.contains(&format!("--node {name} ")))
+                .unwrap_or_else(|| panic!("no {name} in {started}"));
+            line.split(' ').next().unwrap().to_string()
+        })
         .collect();
-    assert_eq!(pids.len(), 3, "{pids:?}");
     let kill = |sig: &str, pid: &str| {
         std::process::Command::new("kill")
             .args([sig, pid])
