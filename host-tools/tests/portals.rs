@@ -7,7 +7,7 @@ mod common;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use common::{PortRange, TestCluster, dqe};
+use common::{PortRange, TestCluster, allocator_and_sender, dqe, judge, print_stamp};
 
 static PORTS: PortRange = PortRange::new(22000, 22200);
 
@@ -91,6 +91,23 @@ fn a_portal_of_another_cluster_is_named_as_such() {
     );
     wrong.assert_fails(1, &format!("{live}: belongs to another cluster"));
     assert!(wrong.stderr.contains("0x00000001"), "{wrong:?}");
+    // So do the receiver's commands, and they leave the stamp unspent.
+    allocator_and_sender(d, 5, "+30");
+    let stamp = print_stamp(d);
+    for sub in ["verify", "cancel"] {
+        let r = judge(
+            d,
+            sub,
+            &["--portal", &live, "--cluster-tag", "0x00000001", &stamp],
+        );
+        r.assert_fails(1, &format!("{live}: belongs to another cluster"));
+    }
+    judge(
+        d,
+        "cancel",
+        &["--portal", &live, "--cluster-tag", &tag, &stamp],
+    )
+    .assert_says(0, "cancelled");
     // u2 says so too.
     let u2 = dqe(
         d,
