@@ -179,8 +179,6 @@ pub struct Metrics {
     heartbeat: AtomicU64,
     /// 1 once a stop signal arrived and the node drains its work.
     pub draining: AtomicU64,
-    /// The cluster's replication factor `r` (0 until the node is running).
-    pub replication: AtomicU64,
 }
 
 /// A `/healthz` or `/readyz` verdict: whether the answer is 200, and the line that says why.
@@ -304,8 +302,11 @@ impl Metrics {
 
     /// `/readyz`: this node's portal should be given client traffic. 200 when healthy and
     /// running (not starting, not draining after a stop signal), its store accepts writes,
-    /// and fewer than `r` peers are believed down (so every key still has a live assigned
-    /// node); 503 with the first reason otherwise.
+    /// and at least one peer is believed up (a node cut off from every peer would answer from
+    /// its own store alone); 503 with the first reason otherwise. Peers down short of that
+    /// leave it ready: the other nodes take their copies, and making every portal unready
+    /// for a cluster-wide condition would leave clients nowhere to go (`dqe_peer_up` is the
+    /// signal to alert on).
     pub fn readiness(&self) -> Verdict {
         let health = self.health();
         let not = |why: String| Verdict { ok: false, why };
@@ -321,22 +322,14 @@ impl Metrics {
         if self.store_degraded.load(Relaxed) != 0 {
             return not("not ready: the store refuses writes after an I/O error".into());
         }
-        let down: Vec<String> = self
+        let (peers, down) = self
             .peers
             .lock()
-            .map(|p| {
-                p.iter()
-                    .filter(|(_, up)| !up)
-                    .map(|(n, _)| n.clone())
-                    .collect()
-            })
-            .unwrap_or_default();
-        let r = self.replication.load(Relaxed) as usize;
-        if r > 0 && down.len() >= r {
+            .map(|p| (p.len(), p.iter().filter(|(_, up)| !up).count()))
+            .unwrap_or((0, 0));
+        if peers > 0 && down == peers {
             return not(format!(
-                "not ready: {} peers believed down ({}), as many as the replication factor {r}",
-                down.len(),
-                down.join(", ")
+                "not ready: every peer ({peers}) is believed down; this node would answer from its own store alone"
             ));
         }
         Verdict {
@@ -933,17 +926,19 @@ mod tests {
             r.starts_with("HTTP/1.0 503") && r.contains("starting"),
             "{r}"
         );
-        m.replication.store(2, Relaxed);
         m.set_peers(vec!["n2".into(), "n3".into()]);
         m.beat();
         let r = get(addr, "/readyz").await;
         assert!(r.starts_with("HTTP/1.0 200") && r.contains("ready"), "{r}");
-        // One peer down of r = 2: still ready; two: not.
+        // One peer of two down: still ready; both: cut off, not ready.
         m.set_peers_up(&[false, true]);
         assert!(get(addr, "/readyz").await.starts_with("HTTP/1.0 200"));
         m.set_peers_up(&[false, false]);
         let r = get(addr, "/readyz").await;
-        assert!(r.starts_with("HTTP/1.0 503") && r.contains("n2, n3"), "{r}");
+        assert!(
+            r.starts_with("HTTP/1.0 503") && r.contains("every peer (2) is believed down"),
+            "{r}"
+        );
         m.set_peers_up(&[true, true]);
         m.store_degraded.store(1, Relaxed);
         assert!(get(addr, "/readyz").await.contains("refuses writes"));

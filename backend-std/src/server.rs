@@ -309,9 +309,6 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         .store(recovery.skipped_records, Relaxed);
     let peers = PeerWatch::new(&cfg.spec, cfg.me, node.cluster_tag());
     metrics.set_peers(peers.peer_names());
-    metrics
-        .replication
-        .store(u64::from(cfg.spec.replication), Relaxed);
 
     let now = Instant::now();
     let mut server = Server {

@@ -117,7 +117,7 @@ fn a_peer_going_down_and_back_is_logged_once_each_way_and_exported() {
             .contains("dqe_peer_up{peer=\"n2\"} 0")
     });
     assert!(noticed, "n0 never saw n2 down: {}", nodes[0].log_text());
-    // One down peer of r = 2 leaves n0 ready.
+    // One peer of two down leaves n0 ready.
     assert!(http_get(m0, "/readyz").0.contains("200"));
 
     // n2 comes back; n0's probes find it.
