@@ -1157,23 +1157,6 @@ fn run_u2(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
         }
     })?;
     print!("{}", report.table(&opts));
-    let foreign: u64 = report
-        .outcomes
-        .iter()
-        .filter(|(k, _)| k.ends_with("refused_wrong_cluster"))
-        .map(|(_, n)| n)
-        .sum();
-    if foreign > 0 {
-        eprintln!(
-            "dqe: {foreign} request(s) were refused WrongCluster: a portal among {} belongs to another cluster than tag {:#010x}; fix --portal or --cluster-tag (`dqe config check CLUSTER.toml` prints the tag)",
-            opts.portals
-                .iter()
-                .map(|p| p.to_string())
-                .collect::<Vec<_>>()
-                .join(","),
-            opts.cluster_tag
-        );
-    }
     if let Some((path, mut file)) = json {
         file.write_all((report.to_json() + "\n").as_bytes())
             .and_then(|_| file.sync_all())
@@ -1181,6 +1164,23 @@ fn run_u2(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
                 "cannot write the JSON report to {}",
                 path.display()
             )))?;
+    }
+    let foreign: u64 = report
+        .outcomes
+        .iter()
+        .filter(|(k, _)| k.ends_with("refused_wrong_cluster"))
+        .map(|(_, n)| n)
+        .sum();
+    if foreign > 0 {
+        return Err(Failure::Usage(format!(
+            "{foreign} request(s) were refused WrongCluster: a portal among {} belongs to another cluster than tag {:#010x}; fix --portal or --cluster-tag (`dqe config check CLUSTER.toml` prints the tag)",
+            opts.portals
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            opts.cluster_tag
+        )));
     }
     if report.false_reuse > 0 {
         return Err(Failure::FalseReuse(report.false_reuse));
