@@ -227,10 +227,9 @@ impl PortalClient {
     /// a later process tries them last for [`SILENT_FOR`]. The note is only a hint: a
     /// missing, unreadable or unwritable file just means every portal is tried in order.
     pub fn with_silence_note(mut self, path: PathBuf) -> Self {
-        let now = unix_now();
-        let mut silent = read_note(&path, now);
-        silent.retain(|addr, _| self.portals.contains(addr));
-        self.silent = Mutex::new(silent);
+        // Entries for portals this client does not use are kept: another client config may
+        // share the state directory.
+        self.silent = Mutex::new(read_note(&path, unix_now()));
         self.note = Some(path);
         self
     }
