@@ -40,8 +40,10 @@ use toml::Spanned;
 
 /// Nodes a cluster file may list (the `N` of the node `dqe-enforcer` runs).
 pub const MAX_NODES: usize = 256;
-/// Ring points `dqe-enforcer` has room for: `nodes * vnodes` must not exceed it.
-pub const MAX_RING_POINTS: usize = 8192;
+/// Ring points `dqe-enforcer` has room for: `nodes * vnodes` must not exceed it. Room for
+/// the points `dqe config gen` writes (256 per node, 512 when r = 1) up to 128 nodes (64 for
+/// r = 1); about 30 bytes each, so the ring takes under 1 MiB.
+pub const MAX_RING_POINTS: usize = 32_768;
 /// Most epochs a key may be retained: `dqe-enforcer`'s index stores an entry's epoch as a
 /// one-byte offset (`index::MAX_EPOCH_SPAN`, checked equal by a test). Every reader applies
 /// it, boards included, because every node of a mixed cluster must accept the same file.

@@ -8,7 +8,8 @@
 //! - [`index`]: the compact RAM index (about 30 bytes per pair).
 //! - [`durable`]: the durable store: index + append-only, checksummed segment files.
 //! - [`server`]: the tokio loop: three UDP sockets, storer first, group commit.
-//! - [`metrics`]: Prometheus counters and a tiny HTTP responder.
+//! - [`metrics`]: Prometheus counters, `/healthz` and `/readyz` over a small HTTP server.
+//! - [`peers`]: peer health transitions and cluster mismatches, logged once and counted.
 //!
 //! The smallest use, a one-node cluster on 127.0.0.1:8101..8103 with data in `./dqe-data`:
 //! ```no_run
@@ -22,6 +23,7 @@ pub mod config_file;
 pub mod durable;
 pub mod index;
 pub mod metrics;
+pub mod peers;
 pub mod server;
 
 /// Stack of the loop's thread (the node itself is built elsewhere and boxed).

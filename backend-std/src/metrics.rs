@@ -3,7 +3,9 @@
 //! The node loop is the only writer; it bumps relaxed atomics and, after each batch, copies
 //! gauges (stored pairs, bytes on disk) in. The HTTP side only reads, so a scrape never waits
 //! for the loop and the loop never waits for a scrape. The endpoint ([`serve`]) answers
-//! `GET /metrics` (or `/`) with the text exposition format. It has no cap on connections (a
+//! `GET /metrics` (or `/`) with the text exposition format, and `GET /healthz` and
+//! `GET /readyz` with a one-line verdict (see [`Metrics::health`] and [`Metrics::readiness`]
+//! for what they mean; docs/metrics.md for every metric). It has no cap on connections (a
 //! cap lets anyone who holds that many open shut the scrapes out); idle and slow connections
 //! are closed after [`HEADER_TIMEOUT`] instead.
 //!
@@ -14,8 +16,8 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use dqe_core::event::{Outcome, RequestKind};
 use dqe_core::stats::NodeStats;
@@ -41,6 +43,42 @@ pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 /// `dqe_node_requests_total`.
 /// Why the backend dropped a datagram, in label order (the core counts its own drops).
 pub const DROPS: [&str; 3] = ["send_failed", "write_failed", "shutdown"];
+/// The (kind, outcome) pairs of `dqe_requests_total` that can occur: a Test never stores, is
+/// never refused for a bad hash or a full store; a Set is never answered `NotFound`; a Get or
+/// Put reaches the count only as a refusal (`wrong_port` on a portal port, or `wrong_cluster`
+/// before that).
+pub fn request_label_occurs(kind: RequestKind, outcome: Outcome) -> bool {
+    use Outcome::{NotFound, Refused, Stored};
+    match (kind, outcome) {
+        (RequestKind::Test, Stored | Refused(Reason::BadHash | Reason::Full)) => false,
+        (RequestKind::Set, NotFound) => false,
+        (RequestKind::Get | RequestKind::Put, o) => {
+            matches!(o, Refused(Reason::WrongPort | Reason::WrongCluster))
+        }
+        _ => true,
+    }
+}
+
+/// A loop that has not finished a housekeeping round for this long is reported unhealthy.
+pub const STALLED_AFTER: Duration = Duration::from_secs(5);
+
+/// Which side refused as `WrongCluster`, as an index into `dqe_wrong_cluster_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrongClusterSide {
+    /// This node refused a request tagged for another cluster.
+    WeRefused = 0,
+    /// A peer refused this node's request.
+    RefusedUs = 1,
+}
+
+const WRONG_CLUSTER_SIDES: [&str; 2] = ["we_refused", "refused_us"];
+
+/// Milliseconds since the first call, on the monotonic clock (0 stands for "never").
+fn mono_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
 /// Upper bounds of the latency buckets, in seconds.
 pub const BUCKETS: [f64; 16] = [
     0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
@@ -98,6 +136,22 @@ pub struct Metrics {
     pub replay_skipped_records: AtomicU64,
     /// The core's own counters, copied in by the loop.
     node: Mutex<NodeStats>,
+    /// Each peer's name (every node but this one, in config order) and whether it is up.
+    peers: Mutex<Vec<(String, bool)>>,
+    wrong_cluster: [AtomicU64; 2],
+    /// When the loop last finished a housekeeping round ([`mono_ms`]; 0: not started).
+    heartbeat: AtomicU64,
+    /// 1 once a stop signal arrived and the node drains its work.
+    pub draining: AtomicU64,
+}
+
+/// A `/healthz` or `/readyz` verdict: whether the answer is 200, and the line that says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// 200 when true, 503 when false.
+    pub ok: bool,
+    /// One line for the reader.
+    pub why: String,
 }
 
 /// The three sockets, as an index into per-port counters.
@@ -146,6 +200,108 @@ impl Metrics {
         }
     }
 
+    /// The peers (every node but this one, in config order), all up: called once at start.
+    pub fn set_peers(&self, names: Vec<String>) {
+        if let Ok(mut p) = self.peers.lock() {
+            *p = names.into_iter().map(|n| (n, true)).collect();
+        }
+    }
+
+    /// Whether each peer (in the order given to [`Metrics::set_peers`]) is believed up.
+    pub fn set_peers_up(&self, up: &[bool]) {
+        if let Ok(mut p) = self.peers.lock() {
+            for ((_, is_up), &now) in p.iter_mut().zip(up) {
+                *is_up = now;
+            }
+        }
+    }
+
+    /// One `WrongCluster` refusal seen, on `side`.
+    pub fn wrong_cluster(&self, side: WrongClusterSide) {
+        self.wrong_cluster[side as usize].fetch_add(1, Relaxed);
+    }
+
+    /// `WrongCluster` refusals seen on `side` so far.
+    pub fn wrong_clusters(&self, side: WrongClusterSide) -> u64 {
+        self.wrong_cluster[side as usize].load(Relaxed)
+    }
+
+    /// The loop finished a housekeeping round now.
+    pub fn beat(&self) {
+        self.heartbeat.store(mono_ms(), Relaxed);
+    }
+
+    /// `/healthz`: the process is alive and its loop is not stuck. 200 while it starts
+    /// (opening the store, replaying segments) and while its loop finished a housekeeping
+    /// round (every 100 ms) within [`STALLED_AFTER`]; 503 when the loop stalled (a blocked
+    /// disk, a bug): restart it.
+    pub fn health(&self) -> Verdict {
+        self.health_at(mono_ms())
+    }
+
+    /// [`Metrics::health`] at monotonic instant `now` (milliseconds, as [`mono_ms`]).
+    fn health_at(&self, now: u64) -> Verdict {
+        let beat = self.heartbeat.load(Relaxed);
+        if beat == 0 {
+            return Verdict {
+                ok: true,
+                why: "alive: starting (opening the store)".into(),
+            };
+        }
+        let age = Duration::from_millis(now.saturating_sub(beat));
+        if age > STALLED_AFTER {
+            return Verdict {
+                ok: false,
+                why: format!(
+                    "stalled: the node loop has not run for {:.1} s",
+                    age.as_secs_f64()
+                ),
+            };
+        }
+        Verdict {
+            ok: true,
+            why: "alive".into(),
+        }
+    }
+
+    /// `/readyz`: this node's portal should be given client traffic. 200 when healthy and
+    /// running (not starting, not draining after a stop signal), its store accepts writes,
+    /// and at least one peer is believed up (a node cut off from every peer would answer from
+    /// its own store alone); 503 with the first reason otherwise. Peers down short of that
+    /// leave it ready: the other nodes take their copies, and making every portal unready
+    /// for a cluster-wide condition would leave clients nowhere to go (`dqe_peer_up` is the
+    /// signal to alert on).
+    pub fn readiness(&self) -> Verdict {
+        let health = self.health();
+        let not = |why: String| Verdict { ok: false, why };
+        if !health.ok {
+            return not(health.why);
+        }
+        if self.heartbeat.load(Relaxed) == 0 {
+            return not("not ready: starting (opening the store)".into());
+        }
+        if self.draining.load(Relaxed) != 0 {
+            return not("not ready: draining after a stop signal".into());
+        }
+        if self.store_degraded.load(Relaxed) != 0 {
+            return not("not ready: the store refuses writes after an I/O error".into());
+        }
+        let (peers, down) = self
+            .peers
+            .lock()
+            .map(|p| (p.len(), p.iter().filter(|(_, up)| !up).count()))
+            .unwrap_or((0, 0));
+        if peers > 0 && down == peers {
+            return not(format!(
+                "not ready: every peer ({peers}) is believed down; this node would answer from its own store alone"
+            ));
+        }
+        Verdict {
+            ok: true,
+            why: "ready".into(),
+        }
+    }
+
     /// One datagram received on `port`.
     pub fn received(&self, port: PortLabel) {
         self.datagrams_in[port as usize].fetch_add(1, Relaxed);
@@ -178,13 +334,7 @@ impl Metrics {
         let _ = writeln!(o, "# TYPE dqe_requests_total counter");
         for kind in RequestKind::ALL {
             for outcome in Outcome::ALL {
-                // Get/Put reach the count only through these two refusals.
-                let peer_kind = matches!(kind, RequestKind::Get | RequestKind::Put);
-                let misdirected = matches!(
-                    outcome,
-                    Outcome::Refused(Reason::WrongPort | Reason::WrongCluster)
-                );
-                if peer_kind && !misdirected {
+                if !request_label_occurs(kind, outcome) {
                     continue;
                 }
                 let _ = writeln!(
@@ -223,6 +373,11 @@ impl Metrics {
             ("buffer_too_small", n.drop_buffer_too_small),
         ];
         for (reason, v) in core_drops {
+            // Guards against bugs: every valid request's reply fits it and this loop's
+            // buffer, so these two are shown only if a bug ever makes them count.
+            if v == 0 && matches!(reason, "amplification" | "buffer_too_small") {
+                continue;
+            }
             let _ = writeln!(o, "dqe_drops_total{{reason=\"{reason}\"}} {v}");
         }
         let _ = writeln!(
@@ -313,6 +468,44 @@ impl Metrics {
             let _ = writeln!(o, "# HELP dqe_node_{name}_total {help}");
             let _ = writeln!(o, "# TYPE dqe_node_{name}_total counter");
             let _ = writeln!(o, "dqe_node_{name}_total {v}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP dqe_build_info The running build (always 1), labelled with its version."
+        );
+        let _ = writeln!(o, "# TYPE dqe_build_info gauge");
+        let _ = writeln!(
+            o,
+            "dqe_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let peers = self.peers.lock().map(|p| p.clone()).unwrap_or_default();
+        if !peers.is_empty() {
+            let _ = writeln!(
+                o,
+                "# HELP dqe_peer_up 1 while this node's failure detector believes the peer answers."
+            );
+            let _ = writeln!(o, "# TYPE dqe_peer_up gauge");
+            for (name, up) in &peers {
+                let _ = writeln!(
+                    o,
+                    "dqe_peer_up{{peer=\"{}\"}} {}",
+                    label_value(name),
+                    u8::from(*up)
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP dqe_wrong_cluster_total WrongCluster refusals: requests this node refused, and its requests peers refused."
+        );
+        let _ = writeln!(o, "# TYPE dqe_wrong_cluster_total counter");
+        for (i, side) in WRONG_CLUSTER_SIDES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "dqe_wrong_cluster_total{{side=\"{side}\"}} {}",
+                self.wrong_cluster[i].load(Relaxed)
+            );
         }
         let _ = writeln!(o, "# HELP dqe_node_peers_down Peers believed down now.");
         let _ = writeln!(o, "# TYPE dqe_node_peers_down gauge");
@@ -447,6 +640,13 @@ impl Metrics {
     }
 }
 
+/// `text` as a Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot listen for metrics on {addr}: {source}")]
@@ -469,16 +669,56 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsBindError> {
 /// has not sent a whole request head within [`HEADER_TIMEOUT`] (idle keep-alive included)
 /// is closed, and none lives longer than [`CONNECTION_LIFETIME`].
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    serve_text(listener, move || metrics.render()).await
+    serve_site(listener, metrics).await
 }
 
 /// Serve scrapes of whatever `render` writes in the text exposition format, forever, on the
-/// same terms as [`serve`] (other daemons, such as `dqe milter`, share this responder).
+/// same terms as [`serve`] (other daemons, such as `dqe milter`, share this responder); no
+/// `/healthz` or `/readyz`.
 pub async fn serve_text<R>(listener: TcpListener, render: R)
 where
     R: Fn() -> String + Send + Sync + 'static,
 {
-    let render: Render = Arc::new(render);
+    serve_site(listener, Arc::new(TextOnly(render))).await
+}
+
+/// What the HTTP endpoint serves: the metrics text and, for a daemon that has them, its
+/// health and readiness.
+trait Site: Send + Sync + 'static {
+    fn render(&self) -> String;
+    /// `None`: no `/healthz` (nor `/readyz`): they answer 404.
+    fn health(&self) -> Option<Verdict>;
+    fn readiness(&self) -> Option<Verdict>;
+}
+
+impl Site for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+    fn health(&self) -> Option<Verdict> {
+        Some(Metrics::health(self))
+    }
+    fn readiness(&self) -> Option<Verdict> {
+        Some(Metrics::readiness(self))
+    }
+}
+
+/// A site that only renders metrics text.
+struct TextOnly<R>(R);
+
+impl<R: Fn() -> String + Send + Sync + 'static> Site for TextOnly<R> {
+    fn render(&self) -> String {
+        (self.0)()
+    }
+    fn health(&self) -> Option<Verdict> {
+        None
+    }
+    fn readiness(&self) -> Option<Verdict> {
+        None
+    }
+}
+
+async fn serve_site(listener: TcpListener, site: Arc<dyn Site>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -489,9 +729,9 @@ where
                 continue;
             }
         };
-        let render = render.clone();
+        let site = site.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, render.clone()));
+            let service = service_fn(move |req| answer(req, site.clone()));
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -506,23 +746,37 @@ where
     }
 }
 
-/// One scrape: `GET /metrics` (or `/`) gets the text exposition format.
-/// What a scrape renders.
-type Render = Arc<dyn Fn() -> String + Send + Sync>;
-
+/// One request: `GET /metrics` (or `/`) gets the text exposition format; `/healthz` and
+/// `/readyz` the site's verdicts (200 or 503, one line why).
 async fn answer(
     req: Request<Incoming>,
-    render: Render,
+    site: Arc<dyn Site>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics" | "/") => (StatusCode::OK, render()),
+        (&Method::GET | &Method::HEAD, "/metrics" | "/") => (StatusCode::OK, site.render()),
+        (&Method::GET | &Method::HEAD, path @ ("/healthz" | "/readyz"))
+            if site.health().is_some() =>
+        {
+            let v = if path == "/healthz" {
+                site.health()
+            } else {
+                site.readiness()
+            }
+            .expect("a site with health has readiness");
+            let status = if v.ok {
+                StatusCode::OK
+            } else {
+                StatusCode::SERVICE_UNAVAILABLE
+            };
+            (status, format!("{}\n", v.why))
+        }
         (&Method::GET | &Method::HEAD, _) => (
             StatusCode::NOT_FOUND,
-            "not found; try /metrics\n".to_string(),
+            "not found; try /metrics, /healthz or /readyz\n".to_string(),
         ),
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
-            "only GET /metrics\n".to_string(),
+            "only GET /metrics, /healthz, /readyz\n".to_string(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -620,6 +874,114 @@ mod tests {
             .expect("closed in time");
         assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
         assert!(t0.elapsed() >= HEADER_TIMEOUT - Duration::from_millis(100));
+    }
+
+    /// Issue 15: `dqe_requests_total{kind="test",outcome="stored"}` and the like were
+    /// exported although no reply can ever produce them.
+    #[test]
+    fn no_request_label_that_cannot_occur_is_rendered() {
+        let text = Metrics::new().render();
+        for never in [
+            "kind=\"test\",outcome=\"stored\"",
+            "kind=\"test\",outcome=\"bad_hash\"",
+            "kind=\"test\",outcome=\"full\"",
+            "kind=\"set\",outcome=\"not_found\"",
+            "kind=\"get\",outcome=\"found\"",
+            "reason=\"amplification\"",
+            "reason=\"buffer_too_small\"",
+        ] {
+            assert!(!text.contains(never), "{never} rendered");
+        }
+        let m = Metrics::new();
+        m.set_node_stats(&NodeStats {
+            drop_amplification: 1,
+            ..NodeStats::default()
+        });
+        assert!(
+            m.render()
+                .contains("dqe_drops_total{reason=\"amplification\"} 1")
+        );
+        for occurs in [
+            "kind=\"test\",outcome=\"found\"",
+            "kind=\"test\",outcome=\"wrong_port\"",
+            "kind=\"set\",outcome=\"bad_hash\"",
+            "kind=\"put\",outcome=\"wrong_cluster\"",
+        ] {
+            assert!(text.contains(occurs), "{occurs} missing");
+        }
+    }
+
+    #[test]
+    fn build_info_and_peer_up_are_rendered_per_peer() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("dqe_peer_up{"), "no peers, no series");
+        m.set_peers(vec!["n2".into(), "n\"3".into()]);
+        m.set_peers_up(&[true, false]);
+        let text = m.render();
+        assert!(
+            text.contains(&format!(
+                "dqe_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        assert!(text.contains("dqe_peer_up{peer=\"n2\"} 1"), "{text}");
+        assert!(text.contains("dqe_peer_up{peer=\"n\\\"3\"} 0"), "{text}");
+        assert!(text.contains("dqe_wrong_cluster_total{side=\"we_refused\"} 0"));
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn healthz_and_readyz_say_what_they_mean() {
+        let m = Metrics::new();
+        let addr = serving(m.clone()).await;
+        // Starting: alive, not ready.
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.0 200"));
+        let r = get(addr, "/readyz").await;
+        assert!(
+            r.starts_with("HTTP/1.0 503") && r.contains("starting"),
+            "{r}"
+        );
+        m.set_peers(vec!["n2".into(), "n3".into()]);
+        m.beat();
+        let r = get(addr, "/readyz").await;
+        assert!(r.starts_with("HTTP/1.0 200") && r.contains("ready"), "{r}");
+        // One peer of two down: still ready; both: cut off, not ready.
+        m.set_peers_up(&[false, true]);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.0 200"));
+        m.set_peers_up(&[false, false]);
+        let r = get(addr, "/readyz").await;
+        assert!(
+            r.starts_with("HTTP/1.0 503") && r.contains("every peer (2) is believed down"),
+            "{r}"
+        );
+        m.set_peers_up(&[true, true]);
+        m.store_degraded.store(1, Relaxed);
+        assert!(get(addr, "/readyz").await.contains("refuses writes"));
+        m.store_degraded.store(0, Relaxed);
+        m.draining.store(1, Relaxed);
+        assert!(get(addr, "/readyz").await.contains("draining"));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.0 200"));
+        // A loop that stopped beating is unhealthy.
+        let beat = m.heartbeat.load(Relaxed);
+        let later = beat + STALLED_AFTER.as_millis() as u64 + 1000;
+        let h = m.health_at(later);
+        assert!(
+            !h.ok
+                && h.why
+                    .contains("stalled: the node loop has not run for 6.0 s"),
+            "{h:?}"
+        );
+        assert!(m.health_at(beat + 100).ok);
     }
 
     #[test]

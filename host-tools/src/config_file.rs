@@ -133,6 +133,7 @@ struct RawClient {
     epoch_seconds: Option<Spanned<u32>>,
     grace: Option<Spanned<u32>>,
     timeout_ms: Option<Spanned<u64>>,
+    cluster_tag: Option<Spanned<String>>,
 }
 
 /// The settings of the tools that talk to portals or check stamps.
@@ -143,6 +144,7 @@ struct RawClient {
 /// epoch_seconds = 86400
 /// grace = 1
 /// timeout_ms = 2000                                  # per portal, all retries
+/// cluster_tag = "0x1234abcd"                         # optional: the portals' cluster
 /// ```
 ///
 /// A `trust` entry is a path to a `.pub` file when it contains `/` or ends in `.pub`
@@ -162,6 +164,10 @@ pub struct ClientConfig {
     pub grace: u32,
     /// How long to wait for one portal before trying the next.
     pub timeout: Duration,
+    /// The cluster tag requests carry (0: any cluster). With the tag of the portals' cluster
+    /// (`dqe config check` prints it), a portal of another cluster refuses instead of
+    /// answering, and the tools say so.
+    pub cluster_tag: u32,
 }
 
 impl Default for ClientConfig {
@@ -173,8 +179,23 @@ impl Default for ClientConfig {
             epoch_seconds: DEFAULT_EPOCH_SECONDS,
             grace: DEFAULT_GRACE,
             timeout: DEFAULT_PORTAL_TIMEOUT,
+            cluster_tag: 0,
         }
     }
+}
+
+/// Parse a cluster tag as `dqe config check` prints it: `0x` and 8 hex digits, or decimal.
+pub fn parse_cluster_tag(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => t.parse::<u32>(),
+    };
+    parsed.map_err(|_| {
+        format!(
+            "`{text}` is not a cluster tag: write it as `dqe config check CLUSTER.toml` prints it, e.g. 0x1234abcd (0 means any cluster)"
+        )
+    })
 }
 
 /// Parse `host:port` (an IP literal, or a name resolved once).
@@ -272,6 +293,10 @@ impl ClientConfig {
             }
             config.timeout = Duration::from_millis(t.into_inner());
         }
+        if let Some(t) = raw.cluster_tag {
+            config.cluster_tag =
+                parse_cluster_tag(t.get_ref()).map_err(|e| field(t.span(), "cluster_tag", e))?;
+        }
         Ok(config)
     }
 }
@@ -326,16 +351,58 @@ pub enum GenError {
     /// Port 0 means "any" and cannot be written into a config.
     #[error("--base-port 0 is not a port: choose one such as 8101")]
     ZeroPort,
+    /// No ring points, or more than `dqe-enforcer` has room for.
+    #[error(
+        "--vnodes {vnodes} is out of range: with {nodes} nodes it must be between 1 and {}, since the enforcer holds at most {MAX_RING_POINTS} ring points",
+        MAX_RING_POINTS / nodes.max(&1)
+    )]
+    VnodesOutOfRange { vnodes: u16, nodes: usize },
+}
+
+/// Ring points per node `dqe config gen` writes for r >= 2: the fewest of the measured
+/// candidates with which the fullest node holds at most 1.15 times the mean share of copies
+/// in every generated cluster of 3 to 64 nodes (docs/BENCHMARKS.md, "Ring balance"; 16, the
+/// protocol's default when the field is omitted, let a node of 3 hold 80% of the copies
+/// where 67% is fair).
+pub const GENERATED_VNODES: u16 = 256;
+/// Ring points per node `dqe config gen` writes for r = 1, where one node's arcs are not
+/// averaged with its neighbours' and 256 points leave the fullest node 1.18 times the mean.
+pub const GENERATED_VNODES_ONE_COPY: u16 = 512;
+
+/// The ring points per node `dqe config gen` writes for `nodes` nodes and `r` copies:
+/// [`GENERATED_VNODES`] (or [`GENERATED_VNODES_ONE_COPY`]), fewer when the ring would not
+/// fit in [`MAX_RING_POINTS`] (beyond 128 nodes).
+pub fn generated_vnodes(nodes: usize, replication: u8) -> u16 {
+    let wanted = if replication <= 1 {
+        GENERATED_VNODES_ONE_COPY
+    } else {
+        GENERATED_VNODES
+    };
+    let fits = (MAX_RING_POINTS / nodes.max(1)).min(u16::MAX as usize) as u16;
+    wanted.min(fits).max(1)
 }
 
 /// The text of a cluster config for `nodes` nodes named `n1..`, each on three consecutive
-/// ports from `base_port` at `host`. Callers check it by parsing it back with
-/// [`ClusterFile::parse`] before writing it.
+/// ports from `base_port` at `host`, with [`generated_vnodes`] ring points per node. Callers
+/// check it by parsing it back with [`ClusterFile::parse`] before writing it.
 pub fn generate_cluster(
     nodes: usize,
     replication: u8,
     host: IpAddr,
     base_port: u16,
+) -> Result<String, GenError> {
+    let vnodes = generated_vnodes(nodes, replication);
+    generate_cluster_with(nodes, replication, host, base_port, vnodes)
+}
+
+/// [`generate_cluster`] with `vnodes` ring points per node (e.g. 16 for a cluster with
+/// boards, whose ring capacity is fixed at build time).
+pub fn generate_cluster_with(
+    nodes: usize,
+    replication: u8,
+    host: IpAddr,
+    base_port: u16,
+    vnodes: u16,
 ) -> Result<String, GenError> {
     if nodes == 0 || nodes > MAX_NODES {
         return Err(GenError::NodesOutOfRange { nodes });
@@ -345,6 +412,9 @@ pub fn generate_cluster(
     }
     if base_port == 0 {
         return Err(GenError::ZeroPort);
+    }
+    if vnodes == 0 || nodes * vnodes as usize > MAX_RING_POINTS {
+        return Err(GenError::VnodesOutOfRange { vnodes, nodes });
     }
     let last = base_port as u32 + 3 * nodes as u32 - 1;
     if last > u16::MAX as u32 {
@@ -364,7 +434,8 @@ pub fn generate_cluster(
          \n\
          [cluster]\n\
          replication = {replication}\n\
-         # vnodes = {}          # ring points per node\n\
+         vnodes = {vnodes}  # ring points per node; omitted means {}, which spreads copies unevenly;\n\
+         #                a board's ring holds 16 per node (`dqe config gen --vnodes 16`)\n\
          # handoff = {}          # extra preference-list depth read by Test/Set\n\
          # epoch_seconds = {}  # epoch length\n\
          # grace = {}            # epochs a stamp stays acceptable after its own",
@@ -404,6 +475,18 @@ mod tests {
         assert_eq!(f.spec.replication, 2);
         assert_eq!(f.spec.handoff, 1);
         assert_eq!(f.spec.nodes[2].source, "127.0.0.1:8109".parse().unwrap());
+        // Issue 15: the generator wrote no vnodes, so the ring had 16 points per node.
+        assert_eq!(f.spec.vnodes, GENERATED_VNODES);
+        let one_copy = parse(&generate_cluster(3, 1, "127.0.0.1".parse().unwrap(), 8101).unwrap());
+        assert_eq!(one_copy.unwrap().spec.vnodes, GENERATED_VNODES_ONE_COPY);
+        // Every generated size fits the enforcer's ring; the largest get fewer points.
+        assert_eq!(generated_vnodes(128, 2), GENERATED_VNODES);
+        assert_eq!(
+            generated_vnodes(MAX_NODES, 2),
+            (MAX_RING_POINTS / MAX_NODES) as u16
+        );
+        let boards = generate_cluster_with(3, 2, "127.0.0.1".parse().unwrap(), 8101, 16).unwrap();
+        assert_eq!(parse(&boards).unwrap().spec.vnodes, 16);
     }
 
     /// Whatever `config gen` accepts to write, the one parser accepts to read, with the
@@ -424,7 +507,7 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{nodes} nodes, r {r} on {host}: {e}"));
                 assert_eq!((spec.nodes.len(), spec.replication), (nodes, r));
                 assert_eq!(spec.handoff, Cluster::default_handoff(nodes, r));
-                assert_eq!(spec.vnodes, dqe_core::config::DEFAULT_VNODES);
+                assert_eq!(spec.vnodes, generated_vnodes(nodes, r));
                 assert_eq!(spec.nodes[nodes - 1].name.as_str(), format!("n{nodes}"));
                 let last = spec.nodes[nodes - 1].source;
                 assert_eq!(
@@ -454,6 +537,13 @@ mod tests {
             generate_cluster(MAX_NODES + 1, 1, h, 1024),
             Err(GenError::NodesOutOfRange { .. })
         ));
+        for v in [0, 257] {
+            let e = generate_cluster_with(MAX_NODES / 2, 2, h, 1024, v).unwrap_err();
+            assert!(
+                e.to_string().contains("it must be between 1 and 256"),
+                "{e}"
+            );
+        }
     }
 
     #[test]
@@ -473,13 +563,21 @@ mod tests {
     fn client_config_reads_every_field() {
         let key = keys::encode_line(&[7u8; 32]);
         let text = format!(
-            "portals = [\"127.0.0.1:8101\", \"127.0.0.1:8104\"]\ntrust = [\"{key}\"]\nepoch_seconds = 60\ngrace = 2\ntimeout_ms = 300\n"
+            "portals = [\"127.0.0.1:8101\", \"127.0.0.1:8104\"]\ntrust = [\"{key}\"]\nepoch_seconds = 60\ngrace = 2\ntimeout_ms = 300\ncluster_tag = \"0x0000abcd\"\n"
         );
         let c = ClientConfig::parse(Path::new("/x/client.toml"), &text).unwrap();
         assert_eq!(c.portals.len(), 2);
         assert_eq!(c.trust, vec![[7u8; 32]]);
         assert_eq!((c.epoch_seconds, c.grace), (60, 2));
         assert_eq!(c.timeout, Duration::from_millis(300));
+        assert_eq!(c.cluster_tag, 0xabcd);
+        let bad = "portals = [\"127.0.0.1:8101\"]\ncluster_tag = \"0xzz\"\n";
+        let e = ClientConfig::parse(Path::new("/x/client.toml"), bad).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/x/client.toml:2: field `cluster_tag`: `0xzz` is not a cluster tag"),
+            "{e}"
+        );
     }
 
     #[test]
