@@ -49,6 +49,7 @@ use core::task::{Context, Poll, Waker};
 use dqe_core::config::NodeSpec;
 use dqe_core::node::{Node, PORTAL_QUEUE, Port, STORER_QUEUE};
 use dqe_core::replay::ReplyStorage;
+use dqe_core::ring::RingStorage;
 use dqe_core::store::Store;
 use dqe_core::wire::MAX_DATAGRAM;
 use embassy_futures::select::select4;
@@ -328,7 +329,7 @@ pub struct EmbeddedNode<
     R,
     E,
     const N: usize,
-    const P: usize,
+    G: RingStorage,
     const F: usize,
     B: ReplyStorage,
     const QP: usize = PORTAL_QUEUE,
@@ -338,7 +339,7 @@ pub struct EmbeddedNode<
     R: RngCore,
     E: EpochSource,
 {
-    node: &'a mut Node<S, R, N, P, F, B, QP, QS>,
+    node: &'a mut Node<S, R, N, G, F, B, QP, QS>,
     stack: Stack<'a>,
     storer: NodeSocket<'a>,
     portal: NodeSocket<'a>,
@@ -356,12 +357,12 @@ impl<
     R,
     E,
     const N: usize,
-    const P: usize,
+    G: RingStorage,
     const F: usize,
     B: ReplyStorage,
     const QP: usize,
     const QS: usize,
-> core::fmt::Debug for EmbeddedNode<'_, S, R, E, N, P, F, B, QP, QS>
+> core::fmt::Debug for EmbeddedNode<'_, S, R, E, N, G, F, B, QP, QS>
 where
     S: Store,
     R: RngCore,
@@ -381,12 +382,12 @@ impl<
     R,
     E,
     const N: usize,
-    const P: usize,
+    G: RingStorage,
     const F: usize,
     B: ReplyStorage,
     const QP: usize,
     const QS: usize,
-> EmbeddedNode<'a, S, R, E, N, P, F, B, QP, QS>
+> EmbeddedNode<'a, S, R, E, N, G, F, B, QP, QS>
 where
     S: Store,
     R: RngCore,
@@ -398,7 +399,7 @@ where
         stack: Stack<'a>,
         resources: &'a mut Resources<Pt, St, So>,
         me: &NodeSpec,
-        node: &'a mut Node<S, R, N, P, F, B, QP, QS>,
+        node: &'a mut Node<S, R, N, G, F, B, QP, QS>,
         epoch_source: E,
     ) -> Result<Self, BindError> {
         let Resources {
@@ -445,7 +446,7 @@ where
     }
 
     /// The node this backend drives.
-    pub fn node(&self) -> &Node<S, R, N, P, F, B, QP, QS> {
+    pub fn node(&self) -> &Node<S, R, N, G, F, B, QP, QS> {
         self.node
     }
 

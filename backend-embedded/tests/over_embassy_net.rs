@@ -12,8 +12,9 @@ use std::task::Context;
 use backend_embedded::{EmbeddedNode, EpochSource, UniformResources};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
-use dqe_core::node::{Node, NodeConfig, ReplyCaches};
+use dqe_core::node::{Node, NodeConfig, NodeStorage};
 use dqe_core::replay::ReplyArrays;
+use dqe_core::ring::RingArrays;
 use dqe_core::store::{FixedStore, Slot};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
 use embassy_futures::select::{Either, Either3, select, select3};
@@ -220,14 +221,14 @@ fn scenario<T>(
 
     let spec = one_node_cluster();
     let me = spec.nodes[0].clone();
-    let mut node: Node<_, _, 1, 16, 4, ReplyArrays<16>> = Node::new(
+    let mut node: Node<_, _, 1, RingArrays<16>, 4, ReplyArrays<16>> = Node::new(
         spec,
         0,
         FixedStore::new([Slot::EMPTY; 64]),
         XorShift(0x2545_f491_4f6c_dd1d),
         NodeConfig::default(),
         start_epoch,
-        ReplyCaches::default(),
+        NodeStorage::default(),
     )
     .unwrap();
     let mut resources = UniformResources::<16, 1024>::uniform();

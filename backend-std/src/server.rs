@@ -44,8 +44,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dqe_core::event::{Outcome, RequestKind};
-use dqe_core::node::{Node, NodeConfig, NodeError, Port, ReplyCaches};
+use dqe_core::node::{Node, NodeConfig, NodeError, NodeStorage, Port, ReplyCaches};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
+use dqe_core::ring::{Point, RingBuffers};
 use dqe_core::wire::MAX_DATAGRAM;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -54,7 +55,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::cli::RunConfig;
-use crate::config_file::{MAX_NODES, MAX_RING_POINTS};
+use crate::config_file::MAX_NODES;
 use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
 use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
 use crate::peers::PeerWatch;
@@ -73,8 +74,9 @@ const ARRIVALS: usize = 65_536;
 const RECV_BUF: usize = 2048;
 
 /// The node this backend runs; its write-reply caches are sized at start ([`reply_slots`]).
-pub type EnforcerNode =
-    Node<DurableStore, StdRng, MAX_NODES, MAX_RING_POINTS, IN_FLIGHT, ReplyStorage>;
+pub type EnforcerNode = Node<DurableStore, StdRng, MAX_NODES, RingStorage, IN_FLIGHT, ReplyStorage>;
+/// The ring's storage: points and heads, sized from the cluster at start.
+pub type RingStorage = RingBuffers<Box<[Point]>, Box<[u64]>>;
 /// A write-reply cache's storage: slots and bucket heads, sized at start.
 pub type ReplyStorage = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
 
@@ -150,12 +152,13 @@ enum Wake {
 }
 
 /// Stack of the short-lived thread that builds the node.
-const BUILD_STACK: usize = 256 << 20;
+const BUILD_STACK: usize = 16 << 20;
 
-/// Build the node on a short-lived thread with a large stack, outside any async fn.
+/// Build the node on a short-lived thread, outside any async fn.
 ///
-/// The node is large (ring and in-flight table: about 4.5 MB; its reply caches are boxed
-/// slices) and the core builds it by value. Built in an async fn, the temporaries would enlarge the loop's poll frame,
+/// The core builds the node by value: its ring and reply caches are boxed slices sized from
+/// the config, but its in-flight table is still an array (about 0.8 MB with the cluster
+/// description). Built in an async fn, the temporaries would enlarge the loop's poll frame,
 /// whose stack pages are then probed on every poll; built on the loop's own thread, the
 /// stack pages they touched would stay resident. A thread of its own gives those pages back
 /// when it exits.
@@ -176,9 +179,16 @@ fn build_node(
                     slots: vec![ReplySlot::EMPTY; slots].into_boxed_slice(),
                     heads: vec![0; slots].into_boxed_slice(),
                 };
-                let replies = ReplyCaches {
-                    portal: cache(),
-                    storer: cache(),
+                let points = cfg.spec.nodes.len() * usize::from(cfg.spec.vnodes);
+                let storage = NodeStorage {
+                    replies: ReplyCaches {
+                        portal: cache(),
+                        storer: cache(),
+                    },
+                    ring: RingBuffers {
+                        points: vec![Point::EMPTY; points].into_boxed_slice(),
+                        heads: vec![0; points].into_boxed_slice(),
+                    },
                 };
                 EnforcerNode::new(
                     cfg.spec.clone(),
@@ -187,7 +197,7 @@ fn build_node(
                     StdRng::from_os_rng(),
                     config,
                     epoch,
-                    replies,
+                    storage,
                 )
                 .map(Box::new)
                 .map_err(ServerError::Node)

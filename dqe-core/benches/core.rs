@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, sha1_concat};
-use dqe_core::node::{Node, NodeConfig, Port, ReplyCaches};
+use dqe_core::node::{Node, NodeConfig, NodeStorage, Port, ReplyCaches};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
-use dqe_core::ring::Ring;
+use dqe_core::ring::{Point, Ring, RingArrays, RingBuffers};
 use dqe_core::stamp::{self, CertBody, CertCache, Certificate, Stamp};
 use dqe_core::store::{FixedStore, Slot, Store};
 use dqe_core::vrf;
@@ -63,8 +63,13 @@ fn cluster<const N: usize>(n: usize, r: u8) -> ClusterSpec<N> {
 fn assignment(c: &mut Criterion) {
     let keys = keys();
     let mut group = c.benchmark_group("ring/assigned r=3 of");
-    let small: Ring<{ 16 * 16 }> = Ring::new(&cluster::<16>(16, 3)).unwrap();
-    let large: Box<Ring<{ 1024 * 16 }>> = Box::new(Ring::new(&cluster::<1024>(1024, 3)).unwrap());
+    let small = Ring::<RingArrays<{ 16 * 16 }>>::in_arrays(&cluster::<16>(16, 3)).unwrap();
+    let points = 1024 * 16;
+    let boxed = RingBuffers {
+        points: vec![Point::EMPTY; points].into_boxed_slice(),
+        heads: vec![0; points].into_boxed_slice(),
+    };
+    let large = Ring::new(&cluster::<1024>(1024, 3), boxed).unwrap();
     group.bench_function(BenchmarkId::from_parameter("16 nodes"), |b| {
         let mut i = 0;
         b.iter(|| {
@@ -280,7 +285,8 @@ const PORTAL_P: usize = 8192;
 const PORTAL_F: usize = 1024;
 const PORTAL_C: usize = 400_000;
 
-type BenchNode = Node<FixedStore<Vec<Slot>>, StdRng, PORTAL_N, PORTAL_P, PORTAL_F, BenchReplies>;
+type BenchNode =
+    Node<FixedStore<Vec<Slot>>, StdRng, PORTAL_N, RingArrays<PORTAL_P>, PORTAL_F, BenchReplies>;
 type BenchReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
 
 /// One Test whose read set includes the node itself, through the node's code: the request,
@@ -312,13 +318,16 @@ fn portal_round(c: &mut Criterion) {
         slots: vec![ReplySlot::EMPTY; PORTAL_C].into_boxed_slice(),
         heads: vec![0; PORTAL_C].into_boxed_slice(),
     };
-    let replies = ReplyCaches {
-        portal: slots(),
-        storer: slots(),
+    let storage = NodeStorage {
+        replies: ReplyCaches {
+            portal: slots(),
+            storer: slots(),
+        },
+        ring: RingArrays::new(),
     };
     let rng = StdRng::seed_from_u64(7);
     let mut node: Box<BenchNode> =
-        Box::new(Node::new(spec.clone(), 0, store, rng, config, 1, replies).unwrap());
+        Box::new(Node::new(spec.clone(), 0, store, rng, config, 1, storage).unwrap());
     let depth = usize::from(spec.replication + spec.handoff);
     let mut local = Vec::new();
     let mut remote = Vec::new();

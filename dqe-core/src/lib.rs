@@ -17,8 +17,9 @@
 //! use dqe_core::config::{ClusterSpec, NodeSpec};
 //! use dqe_core::event::{Outcome, RequestKind};
 //! use dqe_core::hash::{key_of, word_value};
-//! use dqe_core::node::{Node, NodeConfig, Port, ReplyCaches};
+//! use dqe_core::node::{Node, NodeConfig, NodeStorage, Port};
 //! use dqe_core::replay::ReplyArrays;
+//! use dqe_core::ring::RingArrays;
 //! use dqe_core::store::{FixedStore, Slot};
 //! use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
 //! use rand::{SeedableRng, rngs::StdRng};
@@ -33,12 +34,12 @@
 //! }
 //! let spec: ClusterSpec<2> = ClusterSpec::with_defaults(nodes, 2);
 //! // Two nodes of 2 cluster members, 32 ring points, 4 requests in flight, 8 reply slots.
-//! type Small = Node<FixedStore<[Slot; 64]>, StdRng, 2, 32, 4, ReplyArrays<8>>;
+//! type Small = Node<FixedStore<[Slot; 64]>, StdRng, 2, RingArrays<32>, 4, ReplyArrays<8>>;
 //! let node = |me| -> Small {
 //!     let store = FixedStore::new([Slot::EMPTY; 64]);
 //!     let rng = StdRng::seed_from_u64(me as u64);
 //!     let config = NodeConfig::default();
-//!     Node::new(spec.clone(), me, store, rng, config, 0, ReplyCaches::default()).unwrap()
+//!     Node::new(spec.clone(), me, store, rng, config, 0, NodeStorage::default()).unwrap()
 //! };
 //! let (mut a, mut b) = (node(0), node(1));
 //!

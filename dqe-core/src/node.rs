@@ -35,7 +35,7 @@ use crate::detector::Health;
 use crate::event::{Answered, Outcome, RequestKind};
 use crate::portal::{Context, Portal};
 use crate::replay::{ReplyArrays, ReplyCache, ReplyStorage};
-use crate::ring::{Ring, RingError};
+use crate::ring::{Ring, RingArrays, RingError, RingStorage};
 use crate::store::Store;
 use crate::storer::{Storer, StorerStats};
 use crate::wire::{self, Body, Envelope, Message, PeerRequest, Reason};
@@ -329,7 +329,27 @@ impl<const C: usize> Default for ReplyCaches<ReplyArrays<C>> {
     }
 }
 
-/// A DQE enforcer node for a cluster of up to `N` nodes, with `P` ring points and `F` client
+/// The storage a node works in, lent by the caller (smoltcp's style): arrays on a board (the
+/// [`Default`]), buffers sized from the config on a server.
+#[derive(Debug, Clone)]
+pub struct NodeStorage<B, G> {
+    /// The portal's and the storer's write-reply caches.
+    pub replies: ReplyCaches<B>,
+    /// The ring's points (room for `nodes * vnodes`), see [`RingStorage`].
+    pub ring: G,
+}
+
+impl<const C: usize, const P: usize> Default for NodeStorage<ReplyArrays<C>, RingArrays<P>> {
+    /// Reply caches of `C` slots and a ring of `P` points, in arrays.
+    fn default() -> Self {
+        NodeStorage {
+            replies: ReplyCaches::default(),
+            ring: RingArrays::new(),
+        }
+    }
+}
+
+/// A DQE enforcer node for a cluster of up to `N` nodes, with its ring in storage `G` and `F` client
 /// requests in flight at its portal; its write-reply caches work in storage `B` (arrays,
 /// borrowed or boxed slices: [`ReplyCaches`], [`ReplyBuffers`](crate::replay::ReplyBuffers)). `S` is its store, `R` the source of request
 /// ids. Its outgoing queues hold `QP` portal datagrams and `QS` storer replies (about 100
@@ -340,7 +360,7 @@ pub struct Node<
     S: Store,
     R: RngCore,
     const N: usize,
-    const P: usize,
+    G: RingStorage,
     const F: usize,
     B: ReplyStorage,
     const QP: usize = PORTAL_QUEUE,
@@ -349,7 +369,7 @@ pub struct Node<
     spec: ClusterSpec<N>,
     me: NodeIndex,
     tag: u32,
-    ring: Ring<P>,
+    ring: Ring<G>,
     store: S,
     rng: R,
     config: NodeConfig,
@@ -370,15 +390,15 @@ impl<
     S: Store,
     R: RngCore,
     const N: usize,
-    const P: usize,
+    G: RingStorage,
     const F: usize,
     B: ReplyStorage,
     const QP: usize,
     const QS: usize,
-> Node<S, R, N, P, F, B, QP, QS>
+> Node<S, R, N, G, F, B, QP, QS>
 {
-    /// Node `me` of `spec`, serving `store`, in epoch `epoch`, remembering write replies in
-    /// `replies`.
+    /// Node `me` of `spec`, serving `store`, in epoch `epoch`, working in the caller's
+    /// `storage` (its write-reply caches and its ring).
     pub fn new(
         spec: ClusterSpec<N>,
         me: NodeIndex,
@@ -386,8 +406,9 @@ impl<
         rng: R,
         config: NodeConfig,
         epoch: u32,
-        replies: ReplyCaches<B>,
+        storage: NodeStorage<B, G>,
     ) -> Result<Self, NodeError> {
+        let NodeStorage { replies, ring } = storage;
         spec.validate()?;
         if me as usize >= spec.nodes.len() {
             return Err(NodeError::UnknownSelf {
@@ -401,7 +422,7 @@ impl<
         if config.attempt_timeout == 0 {
             return Err(NodeError::ZeroAttemptTimeout);
         }
-        let ring = Ring::new(&spec)?;
+        let ring = Ring::new(&spec, ring)?;
         let needed = usize::from(ring.replication()) + usize::from(ring.handoff()) + 1;
         if QP < needed || QS == 0 {
             return Err(NodeError::QueueTooSmall {
@@ -555,7 +576,7 @@ impl<
     }
 
     /// The ring the node draws preference lists from.
-    pub fn ring(&self) -> &Ring<P> {
+    pub fn ring(&self) -> &Ring<G> {
         &self.ring
     }
 
@@ -635,7 +656,7 @@ impl<
     }
 
     /// The portal, and the rest of the node it works with.
-    fn parts(&mut self, now: Millis) -> (&mut Portal<N, F, B>, Context<'_, S, R, N, P>) {
+    fn parts(&mut self, now: Millis) -> (&mut Portal<N, F, B>, Context<'_, S, R, N, G>) {
         let cx = Context {
             now,
             spec: &self.spec,

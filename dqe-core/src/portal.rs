@@ -72,7 +72,7 @@ use crate::detector::{Change, FailureDetector, Health};
 use crate::hash::{Key, Value, matches};
 use crate::node::{Arrival, NodeConfig, NodeStats, Outbox, Port, ReplyTag};
 use crate::replay::{ReplyCache, ReplyStorage, request_hash, source_of};
-use crate::ring::{MAX_PREFERENCE, Ring};
+use crate::ring::{MAX_PREFERENCE, Ring, RingStorage};
 use crate::store::{PutOutcome, Store};
 use crate::wire::{Body, ClientRequest, Envelope, Reason, Reply};
 
@@ -358,10 +358,10 @@ impl Request {
 }
 
 /// Everything of the node a portal works with, borrowed for one event.
-pub(crate) struct Context<'a, S, R, const N: usize, const P: usize> {
+pub(crate) struct Context<'a, S, R, const N: usize, G> {
     pub now: Millis,
     pub spec: &'a ClusterSpec<N>,
-    pub ring: &'a Ring<P>,
+    pub ring: &'a Ring<G>,
     pub me: NodeIndex,
     pub tag: u32,
     pub epoch: u32,
@@ -376,7 +376,7 @@ pub(crate) struct Context<'a, S, R, const N: usize, const P: usize> {
     pub datagram: u64,
 }
 
-impl<S: Store, R: RngCore, const N: usize, const P: usize> Context<'_, S, R, N, P> {
+impl<S: Store, R: RngCore, const N: usize, G: RingStorage> Context<'_, S, R, N, G> {
     /// Send `body` with a fresh envelope from the source port to `node`'s storer.
     fn send(&mut self, node: NodeIndex, id: u64, body: Body) -> bool {
         self.send_resting(node, id, body, 0)
@@ -563,9 +563,9 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
 
     /// A Test or Set (`ask`, the body of `env`) from a client, on the portal port. The caller
     /// has checked the port and the cluster tag.
-    pub(crate) fn on_request<S: Store, R: RngCore, const P: usize>(
+    pub(crate) fn on_request<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, P>,
+        cx: &mut Context<'_, S, R, N, G>,
         from: SocketAddr,
         env: &Envelope,
         ask: ClientRequest,
@@ -696,9 +696,9 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     }
 
     /// A reply on the source port: match it to a sub-request or probe by (storer address, id).
-    pub(crate) fn on_reply<S: Store, R: RngCore, const P: usize>(
+    pub(crate) fn on_reply<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, P>,
+        cx: &mut Context<'_, S, R, N, G>,
         from: SocketAddr,
         env: &Envelope,
         reply: Reply,
@@ -742,9 +742,9 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     }
 
     /// Process every deadline that has come: probes first, then expired attempts.
-    pub(crate) fn on_timeout<S: Store, R: RngCore, const P: usize>(
+    pub(crate) fn on_timeout<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, P>,
+        cx: &mut Context<'_, S, R, N, G>,
     ) {
         self.send_due_probes(cx);
         // Take the due requests first: handling one may reschedule or drop others.
@@ -1010,9 +1010,9 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
     }
 
-    fn refuse_busy<S: Store, R: RngCore, const P: usize>(
+    fn refuse_busy<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, P>,
+        cx: &mut Context<'_, S, R, N, G>,
         from: SocketAddr,
         env: &Envelope,
         len: usize,
@@ -1043,9 +1043,9 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         None
     }
 
-    fn send_due_probes<S: Store, R: RngCore, const P: usize>(
+    fn send_due_probes<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, P>,
+        cx: &mut Context<'_, S, R, N, G>,
     ) {
         while let Some(node) = self.detector.due_probe(cx.now) {
             if cx.outbox.room() == 0 {
@@ -1063,9 +1063,9 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
 
     /// The current attempt of a collecting request expired: count the misses, retry what
     /// may be retried, give up on the rest.
-    fn expire_attempt<S: Store, R: RngCore, const P: usize>(
+    fn expire_attempt<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, P>,
+        cx: &mut Context<'_, S, R, N, G>,
         slot: usize,
     ) {
         let Some(request) = self.table[slot].as_mut() else {
@@ -1114,9 +1114,9 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     }
 
     /// `node` was just found down: no request keeps waiting on it.
-    fn stop_waiting_on<S: Store, R: RngCore, const P: usize>(
+    fn stop_waiting_on<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, P>,
+        cx: &mut Context<'_, S, R, N, G>,
         node: NodeIndex,
     ) {
         for slot in 0..F {
@@ -1139,9 +1139,9 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         }
     }
 
-    fn end_lingering<S: Store, R: RngCore, const P: usize>(
+    fn end_lingering<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, P>,
+        cx: &mut Context<'_, S, R, N, G>,
         slot: usize,
     ) {
         if let Some(request) = self.table[slot].as_ref() {
@@ -1155,9 +1155,9 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
 
     /// Move a request on after something happened to it: answer the client once the verdict
     /// is known, repair after a `Found`, and drop the request once nothing is left to wait for.
-    fn settle<S: Store, R: RngCore, const P: usize>(
+    fn settle<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, P>,
+        cx: &mut Context<'_, S, R, N, G>,
         slot: usize,
     ) {
         let Some(request) = self.table[slot].as_mut() else {
@@ -1217,9 +1217,9 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     /// Read repair: PUT `(k, v)` to every write-set node that answered `NotFound`, without
     /// waiting (the request only lingers until its current deadline to count the replies).
     /// Returns the request's deadline, pushed back if a repair went out.
-    fn repair<S: Store, R: RngCore, const P: usize>(
+    fn repair<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, P>,
+        cx: &mut Context<'_, S, R, N, G>,
         slot: usize,
         value: Value,
         mut deadline: Millis,

@@ -12,10 +12,11 @@
 //! Virtual nodes spread each node's share over many small arcs, so load evens out and the
 //! keys of a dead node fall on many different successors rather than on one.
 //!
-//! The ring is built once from the config into a sorted array of `P` points (`P` is the
-//! capacity the backend chooses, at least `nodes * vnodes`), 30 bytes each: the position, the
-//! owner, and a copy of the position's first 8 bytes that the binary search reads, so that
-//! the search stays in cache even for a thousand nodes. A lookup is that search plus a short
+//! The ring is built once from the config into a sorted array of points in storage the caller
+//! lends ([`RingStorage`]: arrays of `P` on a board, [`RingArrays`]; slices sized from the config
+//! on a server), 30 bytes each: the position, the owner, and a copy of the position's first 8
+//! bytes that the binary search reads, so that the search stays in cache even for a thousand
+//! nodes. A lookup is that search plus a short
 //! walk, with no allocation: the [`Preference`] iterator remembers the owners it has already
 //! yielded in a small fixed array, which bounds a preference list to [`MAX_PREFERENCE`] nodes
 //! (and so `r + handoff` to as many).
@@ -37,7 +38,7 @@ const POINT_DOMAIN: &[u8] = b"dqe-ring-v1";
 pub enum RingError {
     /// The cluster description itself is invalid.
     Config(ConfigError),
-    /// `nodes * vnodes` points do not fit in the ring's capacity `P`.
+    /// `nodes * vnodes` points do not fit in the ring's storage.
     TooManyPoints { needed: usize, capacity: usize },
     /// More nodes than a [`NodeIndex`] can number.
     TooManyNodes { nodes: usize },
@@ -66,11 +67,71 @@ impl From<ConfigError> for RingError {
     }
 }
 
-/// One ring point: its position and the node that owns it.
+/// One ring point: its position and the node that owns it (opaque: storage for rings).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Point {
+pub struct Point {
     at: [u8; 20],
     owner: NodeIndex,
+}
+
+impl Point {
+    /// A point before the ring is built; storage is made of these.
+    pub const EMPTY: Point = Point {
+        at: [0; 20],
+        owner: 0,
+    };
+}
+
+/// Where a ring keeps its points and their 8-byte heads, lent by the caller (as smoltcp lends
+/// a socket its buffers): one point and one head per ring point, `nodes * vnodes` of each.
+pub trait RingStorage {
+    /// The points and the heads.
+    fn parts(&self) -> (&[Point], &[u64]);
+    /// The same, to fill.
+    fn parts_mut(&mut self) -> (&mut [Point], &mut [u64]);
+}
+
+/// Ring storage in any two buffers: arrays ([`RingArrays`]), boxed slices sized from the
+/// config, borrowed slices.
+#[derive(Debug, Clone)]
+pub struct RingBuffers<Ps, Hs> {
+    /// One slot per ring point.
+    pub points: Ps,
+    /// One head per ring point.
+    pub heads: Hs,
+}
+
+impl<Ps, Hs> RingStorage for RingBuffers<Ps, Hs>
+where
+    Ps: AsRef<[Point]> + AsMut<[Point]>,
+    Hs: AsRef<[u64]> + AsMut<[u64]>,
+{
+    fn parts(&self) -> (&[Point], &[u64]) {
+        (self.points.as_ref(), self.heads.as_ref())
+    }
+
+    fn parts_mut(&mut self) -> (&mut [Point], &mut [u64]) {
+        (self.points.as_mut(), self.heads.as_mut())
+    }
+}
+
+/// Room for `P` points in arrays (a board's static node holds them by value).
+pub type RingArrays<const P: usize> = RingBuffers<[Point; P], [u64; P]>;
+
+impl<const P: usize> RingArrays<P> {
+    /// Empty arrays of `P` points.
+    pub const fn new() -> Self {
+        RingBuffers {
+            points: [Point::EMPTY; P],
+            heads: [0; P],
+        }
+    }
+}
+
+impl<const P: usize> Default for RingArrays<P> {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 /// Ring order: byte arrays compare lexicographically, which is big-endian numeric order;
@@ -86,56 +147,60 @@ fn head(at: &[u8; 20]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// The ring of a cluster, with room for `P` points.
+/// The ring of a cluster, in storage `B`.
 #[derive(Debug, Clone)]
-pub struct Ring<const P: usize> {
-    /// Sorted by position, then by owner (ties go to the earlier node).
-    points: heapless::Vec<Point, P>,
-    /// The first 8 bytes of each point, big-endian: the binary search reads only these,
-    /// a compact array that stays in cache where the full points would not.
-    heads: heapless::Vec<u64, P>,
+pub struct Ring<B> {
+    /// The first `len` points, sorted by position, then by owner (ties go to the earlier
+    /// node); and their first 8 bytes, big-endian: the binary search reads only these, a
+    /// compact array that stays in cache where the full points would not.
+    storage: B,
+    len: usize,
     nodes: usize,
     replication: u8,
     handoff: u8,
 }
 
-impl<const P: usize> Ring<P> {
-    /// Build the ring of a validated cluster.
-    pub fn new<const N: usize>(spec: &ClusterSpec<N>) -> Result<Self, RingError> {
+impl<const P: usize> Ring<RingArrays<P>> {
+    /// Build the ring of a validated cluster in arrays of `P` points.
+    pub fn in_arrays<const N: usize>(spec: &ClusterSpec<N>) -> Result<Self, RingError> {
+        Ring::new(spec, RingArrays::new())
+    }
+}
+
+impl<B: RingStorage> Ring<B> {
+    /// Build the ring of a validated cluster in `storage` (room for at least
+    /// `nodes * vnodes` points and as many heads).
+    pub fn new<const N: usize>(spec: &ClusterSpec<N>, mut storage: B) -> Result<Self, RingError> {
         spec.validate()?;
         let nodes = spec.nodes.len();
         if nodes > NodeIndex::MAX as usize + 1 {
             return Err(RingError::TooManyNodes { nodes });
         }
         let needed = nodes * spec.vnodes as usize;
-        if needed > P {
-            return Err(RingError::TooManyPoints {
-                needed,
-                capacity: P,
-            });
+        let (points, heads) = storage.parts_mut();
+        let capacity = points.len().min(heads.len());
+        if needed > capacity {
+            return Err(RingError::TooManyPoints { needed, capacity });
         }
-        let mut points = heapless::Vec::new();
+        let mut slots = points.iter_mut();
         for (owner, node) in spec.nodes.iter().enumerate() {
             // The prefix is the same for all of a node's points: hash it once.
             let mut prefix = Sha1::new();
             prefix.update(POINT_DOMAIN);
             prefix.update(node.name.as_bytes());
-            for j in 0..spec.vnodes as u32 {
+            for (j, slot) in (0..spec.vnodes as u32).zip(slots.by_ref()) {
                 let mut h = prefix.clone();
                 h.update(j.to_be_bytes());
-                let point = Point {
+                *slot = Point {
                     at: h.finalize().into(),
                     owner: owner as NodeIndex,
                 };
-                // Cannot fail: `needed <= P` was checked above.
-                let pushed = points.push(point);
-                debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
             }
         }
-        sort_points(&mut points);
+        sort_points(&mut points[..needed]);
         let mut ring = Ring {
-            points,
-            heads: heapless::Vec::new(),
+            storage,
+            len: needed,
             nodes,
             replication: spec.replication,
             handoff: spec.handoff,
@@ -144,31 +209,37 @@ impl<const P: usize> Ring<P> {
         Ok(ring)
     }
 
+    /// The points in ring order.
+    fn sorted(&self) -> &[Point] {
+        &self.storage.parts().0[..self.len]
+    }
+
+    /// The points' heads, in the same order.
+    fn heads(&self) -> &[u64] {
+        &self.storage.parts().1[..self.len]
+    }
+
     fn index_heads(&mut self) {
-        self.heads.clear();
-        for p in &self.points {
-            // Cannot fail: one head per point, same capacity.
-            let pushed = self.heads.push(head(&p.at));
-            debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
+        let (points, heads) = self.storage.parts_mut();
+        for (h, p) in heads.iter_mut().zip(&points[..self.len]) {
+            *h = head(&p.at);
         }
     }
 
     /// The preference list of `key`: distinct nodes in ring order, starting at the first
     /// point at or after `key`. It yields every node, or [`MAX_PREFERENCE`] of them if there
     /// are more; its first [`Ring::replication`] items are the key's assigned nodes.
-    pub fn preference(&self, key: &Key) -> Preference<'_, P> {
+    pub fn preference(&self, key: &Key) -> Preference<'_> {
         let key_head = head(key);
-        let mut start = self.heads.partition_point(|&h| h < key_head);
+        let (points, heads) = (self.sorted(), self.heads());
+        let mut start = heads.partition_point(|&h| h < key_head);
         // Points sharing the key's first 8 bytes are told apart by all 20.
-        while start < self.points.len()
-            && self.heads[start] == key_head
-            && self.points[start].at < *key
-        {
+        while start < points.len() && heads[start] == key_head && points[start].at < *key {
             start += 1;
         }
         Preference {
-            points: &self.points,
-            next: if start == self.points.len() { 0 } else { start },
+            points,
+            next: if start == points.len() { 0 } else { start },
             walked: 0,
             want: self.nodes.min(MAX_PREFERENCE),
             seen: heapless::Vec::new(),
@@ -199,14 +270,14 @@ impl<const P: usize> Ring<P> {
 
     /// How many points the ring holds (`nodes * vnodes`).
     pub fn points(&self) -> usize {
-        self.points.len()
+        self.len
     }
 }
 
 /// A key's preference list, yielded lazily by [`Ring::preference`].
 #[derive(Debug, Clone)]
-pub struct Preference<'a, const P: usize> {
-    points: &'a heapless::Vec<Point, P>,
+pub struct Preference<'a> {
+    points: &'a [Point],
     /// Index of the next point to look at.
     next: usize,
     /// Points looked at so far; one full turn of the ring ends the walk.
@@ -216,7 +287,7 @@ pub struct Preference<'a, const P: usize> {
     seen: heapless::Vec<NodeIndex, MAX_PREFERENCE>,
 }
 
-impl<const P: usize> Iterator for Preference<'_, P> {
+impl Iterator for Preference<'_> {
     type Item = NodeIndex;
 
     fn next(&mut self) -> Option<NodeIndex> {
@@ -283,24 +354,31 @@ mod tests {
         s
     }
 
+    /// Replace a built ring's points by `pts` (sorted).
+    fn set_points<const P: usize>(ring: &mut Ring<RingArrays<P>>, pts: &[Point]) {
+        ring.storage.points[..pts.len()].copy_from_slice(pts);
+        ring.len = pts.len();
+        ring.index_heads();
+    }
+
     #[test]
     fn too_small_capacity_is_refused() {
         let s: ClusterSpec<4> = spec(&["a", "b", "c"], 2, 16);
         assert_eq!(
-            Ring::<47>::new(&s).unwrap_err(),
+            Ring::<RingArrays<47>>::in_arrays(&s).unwrap_err(),
             RingError::TooManyPoints {
                 needed: 48,
                 capacity: 47
             }
         );
-        assert_eq!(Ring::<48>::new(&s).unwrap().points(), 48);
+        assert_eq!(Ring::<RingArrays<48>>::in_arrays(&s).unwrap().points(), 48);
     }
 
     #[test]
     fn invalid_config_is_refused() {
         let s: ClusterSpec<4> = spec(&["a", "b"], 3, 16);
         assert!(matches!(
-            Ring::<64>::new(&s),
+            Ring::<RingArrays<64>>::in_arrays(&s),
             Err(RingError::Config(ConfigError::ReplicationOutOfRange { .. }))
         ));
     }
@@ -313,14 +391,14 @@ mod tests {
         let mut s: ClusterSpec<40> = numbered(40, name, 31, 1);
         assert_eq!(s.handoff, 2);
         assert_eq!(
-            Ring::<40>::new(&s).unwrap_err(),
+            Ring::<RingArrays<40>>::in_arrays(&s).unwrap_err(),
             RingError::Config(ConfigError::PreferenceTooDeep {
                 replication: 31,
                 handoff: 2
             })
         );
         s.handoff = 1;
-        let ring = Ring::<40>::new(&s).unwrap();
+        let ring = Ring::<RingArrays<40>>::in_arrays(&s).unwrap();
         assert_eq!(ring.preference(&[1; 20]).count(), MAX_PREFERENCE);
         assert_eq!(ring.assigned(&[1; 20]).len(), 31);
     }
@@ -328,41 +406,36 @@ mod tests {
     #[test]
     fn points_are_sorted_and_walk_wraps() {
         let s: ClusterSpec<4> = spec(&["a", "b", "c"], 2, 4);
-        let ring = Ring::<12>::new(&s).unwrap();
-        assert!(ring.points.windows(2).all(|w| w[0].at <= w[1].at));
+        let ring = Ring::<RingArrays<12>>::in_arrays(&s).unwrap();
+        assert!(ring.sorted().windows(2).all(|w| w[0].at <= w[1].at));
         // A key above the last point wraps to the first point.
         let top = [0xff; 20];
-        let first = ring.points[0].owner;
+        let first = ring.sorted()[0].owner;
         assert_eq!(ring.preference(&top).next(), Some(first));
         // A key equal to a point starts at that point.
-        let p = ring.points[5];
+        let p = ring.sorted()[5];
         assert_eq!(ring.preference(&p.at).next(), Some(p.owner));
         // Just above it starts at the next point.
         let mut above = p.at;
         above[19] = 0xff;
         above[18] = 0xff;
-        assert!(above > p.at && above < ring.points[6].at);
-        assert_eq!(ring.preference(&above).next(), Some(ring.points[6].owner));
+        assert!(above > p.at && above < ring.sorted()[6].at);
+        assert_eq!(ring.preference(&above).next(), Some(ring.sorted()[6].owner));
     }
 
     #[test]
     fn points_sharing_a_head_are_told_apart_by_all_bytes() {
         let s: ClusterSpec<4> = spec(&["a", "b", "c"], 1, 1);
-        let mut ring = Ring::<3>::new(&s).unwrap();
+        let mut ring = Ring::<RingArrays<3>>::in_arrays(&s).unwrap();
         let mut pts = [[5u8; 20], [5u8; 20], [5u8; 20]];
         pts[0][19] = 1;
         pts[1][19] = 3;
         pts[2][19] = 5;
-        ring.points.clear();
-        for (owner, at) in pts.into_iter().enumerate() {
-            ring.points
-                .push(Point {
-                    at,
-                    owner: owner as NodeIndex,
-                })
-                .unwrap();
-        }
-        ring.index_heads();
+        let pts = pts.into_iter().enumerate().map(|(owner, at)| Point {
+            at,
+            owner: owner as NodeIndex,
+        });
+        set_points(&mut ring, &pts.collect::<heapless::Vec<_, 3>>());
         let mut key = [5u8; 20];
         for (last, first_owner) in [(0, 0), (1, 0), (2, 1), (3, 1), (4, 2), (5, 2), (6, 0)] {
             key[19] = last;
@@ -378,20 +451,18 @@ mod tests {
     fn ties_go_to_the_earlier_node() {
         // Two nodes whose points are forced equal: build the ring by hand.
         let s: ClusterSpec<4> = spec(&["a", "b"], 1, 1);
-        let mut ring = Ring::<2>::new(&s).unwrap();
+        let mut ring = Ring::<RingArrays<2>>::in_arrays(&s).unwrap();
         let at = [7u8; 20];
-        ring.points.clear();
         let mut pts = [Point { at, owner: 1 }, Point { at, owner: 0 }];
         sort_points(&mut pts);
-        ring.points.extend_from_slice(&pts).unwrap();
-        ring.index_heads();
+        set_points(&mut ring, &pts);
         assert_eq!(ring.preference(&[0u8; 20]).next(), Some(0));
     }
 
     #[test]
     fn preference_lists_every_node_once_and_stops() {
         let s: ClusterSpec<8> = spec(&["a", "b", "c", "d", "e"], 3, 16);
-        let ring = Ring::<80>::new(&s).unwrap();
+        let ring = Ring::<RingArrays<80>>::in_arrays(&s).unwrap();
         let list: heapless::Vec<NodeIndex, 8> = ring.preference(&[0x42; 20]).collect();
         assert_eq!(list.len(), 5);
         let mut sorted = list.clone();

@@ -9,7 +9,7 @@ use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use dqe_core::config::{CanonicalAddr, ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, matches, word_value};
-use dqe_core::ring::Ring;
+use dqe_core::ring::{Ring, RingArrays};
 use dqe_core::stamp::{
     self, CertBody, Certificate, MAX_CERT_LEN, MAX_STAMP_LEN, Postmark, Stamp, StampError,
 };
@@ -275,7 +275,7 @@ fn five_nodes() -> ClusterSpec<8> {
 fn preference_lists_of_five_nodes() {
     let spec = five_nodes();
     assert_eq!(spec.vnodes, 16);
-    let ring = Ring::<80>::new(&spec).unwrap();
+    let ring = Ring::<RingArrays<80>>::in_arrays(&spec).unwrap();
     let cases: [(&str, [u16; 5]); 8] = [
         // SHA1(SHA1("zebra"))
         ("29de0ee2f2c33d1539c808dbeb746901904db21d", [4, 0, 2, 3, 1]),

@@ -4,7 +4,7 @@ use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::hash::sha1_concat;
-use dqe_core::ring::{MAX_PREFERENCE, Ring};
+use dqe_core::ring::{MAX_PREFERENCE, Ring, RingArrays};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason, VERSION};
 use proptest::prelude::*;
 
@@ -171,7 +171,7 @@ proptest! {
         let r = (r_pick.index(n.min(MAX_PREFERENCE - 2)) + 1) as u8;
         let names = names(n, salt);
         let spec = cluster(&names, r, vnodes);
-        let ring = Ring::<MAX_POINTS>::new(&spec).unwrap();
+        let ring = Ring::<RingArrays<MAX_POINTS>>::in_arrays(&spec).unwrap();
         prop_assert_eq!(ring.nodes(), n);
         prop_assert_eq!(ring.replication(), r);
         for key in &keys {
@@ -198,13 +198,14 @@ fn adding_a_node_moves_about_r_over_n_plus_one_of_the_keys() {
     const NEWCOMERS: u32 = 4;
     for (n, r) in [(4, 2), (5, 3), (9, 3), (19, 1)] {
         let old_names = names(n, 7);
-        let before = Ring::<MAX_POINTS>::new(&cluster(&old_names, r, 16)).unwrap();
+        let before =
+            Ring::<RingArrays<MAX_POINTS>>::in_arrays(&cluster(&old_names, r, 16)).unwrap();
         let expected = r as f64 / (n + 1) as f64;
         let mut total = 0.0;
         for newcomer_salt in 0..NEWCOMERS {
             let mut all = old_names.clone();
             all.push(format!("newcomer-{newcomer_salt}"));
-            let after = Ring::<MAX_POINTS>::new(&cluster(&all, r, 16)).unwrap();
+            let after = Ring::<RingArrays<MAX_POINTS>>::in_arrays(&cluster(&all, r, 16)).unwrap();
             let newcomer = n as NodeIndex;
             let mut moved = 0u32;
             for i in 0..KEYS {

@@ -8,8 +8,9 @@ mod harness;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use dqe_core::config::{ClusterSpec, NodeSpec};
-use dqe_core::node::{Node, NodeConfig, NodeError, Port, ReplyCaches};
+use dqe_core::node::{Node, NodeConfig, NodeError, NodeStorage, Port};
 use dqe_core::replay::ReplyArrays;
+use dqe_core::ring::RingArrays;
 use dqe_core::store::{FixedStore, Slot};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
 use harness::{Sim, client_addr, node_addr, set_body, test_body, word};
@@ -114,7 +115,7 @@ fn three() -> ClusterSpec<3> {
 }
 
 type Small<const C: usize, const QP: usize> =
-    Node<FixedStore<Vec<Slot>>, StdRng, 3, 48, 4, ReplyArrays<C>, QP, 4>;
+    Node<FixedStore<Vec<Slot>>, StdRng, 3, RingArrays<48>, 4, ReplyArrays<C>, QP, 4>;
 
 fn small<const C: usize, const QP: usize>() -> Result<Small<C, QP>, NodeError> {
     let store = FixedStore::new(vec![Slot::EMPTY; 64]);
@@ -125,7 +126,7 @@ fn small<const C: usize, const QP: usize>() -> Result<Small<C, QP>, NodeError> {
         StdRng::seed_from_u64(5),
         NodeConfig::default(),
         1,
-        ReplyCaches::default(),
+        NodeStorage::default(),
     )
 }
 
@@ -265,7 +266,7 @@ impl Store for Journaled {
     }
 }
 
-type DurNode = Node<Journaled, StdRng, 3, 48, 8, ReplyArrays<64>>;
+type DurNode = Node<Journaled, StdRng, 3, RingArrays<48>, 8, ReplyArrays<64>>;
 
 struct Cluster {
     nodes: Vec<DurNode>,
@@ -295,7 +296,7 @@ impl Cluster {
             .map(|i| {
                 let rng = StdRng::seed_from_u64(seed * 10 + i as u64);
                 let config = NodeConfig::default();
-                let replies = ReplyCaches::default();
+                let replies = NodeStorage::default();
                 Node::new(
                     spec.clone(),
                     i,
@@ -536,14 +537,14 @@ fn test_body_of(key: &Key) -> Body {
     Body::Test { key: *key }
 }
 
-type Tight = Node<Journaled, StdRng, 3, 48, 4, ReplyArrays<8>, 4, 4>;
+type Tight = Node<Journaled, StdRng, 3, RingArrays<48>, 4, ReplyArrays<8>, 4, 4>;
 
 #[test]
 fn a_verdict_waiting_for_queue_room_is_decided_again_after_its_local_write_is_lost() {
     // Node 0 of `three()` (peers answered by hand), a portal queue of 4 datagrams.
     let config = NodeConfig::default();
     let rng = StdRng::seed_from_u64(6);
-    let replies = ReplyCaches::default();
+    let replies = NodeStorage::default();
     let mut node: Tight =
         Node::new(three(), 0, Journaled::default(), rng, config, 1, replies).unwrap();
     let tag = node.cluster_tag();

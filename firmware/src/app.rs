@@ -9,8 +9,9 @@ use core::net::{IpAddr, Ipv4Addr};
 
 use backend_embedded::{BindError, EmbeddedNode, Resources, SocketBuffers};
 use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
-use dqe_core::node::{Node, NodeConfig, NodeError, ReplyCaches};
+use dqe_core::node::{Node, NodeConfig, NodeError, NodeStorage};
 use dqe_core::replay::ReplyArrays;
+use dqe_core::ring::RingArrays;
 use dqe_core::store::{FixedStore, Slot, max_len_for};
 use dqe_core::wire::MAX_DATAGRAM;
 use rand_core::RngCore;
@@ -89,9 +90,11 @@ pub type FwStore = FixedStore<&'static mut [Slot]>;
 /// Each write-reply cache's slots and bucket heads, held by value in the node (so in its
 /// static).
 pub type FwReplies = ReplyArrays<REPLY_CACHE>;
+/// The ring's points, held by value in the node (so in its static).
+pub type FwRing = RingArrays<RING_POINTS>;
 /// The node, with the board's RNG `R`.
 pub type FwNode<R> =
-    Node<FwStore, R, MAX_NODES, RING_POINTS, IN_FLIGHT, FwReplies, PORTAL_QUEUE, STORER_QUEUE>;
+    Node<FwStore, R, MAX_NODES, FwRing, IN_FLIGHT, FwReplies, PORTAL_QUEUE, STORER_QUEUE>;
 /// The node on its embassy-net sockets, with the board's RNG `R` and epoch source `E`: the one
 /// place (with [`FwNode`]) that names the node's type for every board.
 pub type FwBackend<R, E> = EmbeddedNode<
@@ -100,7 +103,7 @@ pub type FwBackend<R, E> = EmbeddedNode<
     R,
     E,
     MAX_NODES,
-    RING_POINTS,
+    FwRing,
     IN_FLIGHT,
     FwReplies,
     PORTAL_QUEUE,
@@ -189,7 +192,7 @@ pub fn build_node<R: RngCore>(
         rng,
         NodeConfig::default(),
         epoch,
-        ReplyCaches::default(),
+        NodeStorage::default(),
     )
     .map_err(AppError::Node)
 }

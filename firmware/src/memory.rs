@@ -17,7 +17,7 @@ use embassy_net::StackResources;
 use rand_core::RngCore;
 
 use crate::app::{
-    FwCluster, FwNode, FwReplies, IN_FLIGHT, MAX_NODES, PORTAL_QUEUE, RING_POINTS, STACK_SOCKETS,
+    FwCluster, FwNode, FwReplies, FwRing, IN_FLIGHT, MAX_NODES, PORTAL_QUEUE, STACK_SOCKETS,
     STORE_PAIRS, STORE_SLOTS, STORER_QUEUE, SocketResources,
 };
 
@@ -73,7 +73,7 @@ pub fn firmware_breakdown<R: RngCore>() -> MemoryBreakdown {
 /// The breakdown for a store of `slots` slots holding `pairs` pairs.
 pub fn breakdown<R: RngCore>(pairs: usize, slots: usize) -> MemoryBreakdown {
     let node = size_of::<FwNode<R>>();
-    let ring = size_of::<Ring<RING_POINTS>>();
+    let ring = size_of::<Ring<FwRing>>();
     let portal = size_of::<Portal<MAX_NODES, IN_FLIGHT, FwReplies>>();
     let storer = size_of::<Storer<FwReplies>>();
     let cluster = size_of::<FwCluster>();

@@ -66,7 +66,7 @@ pub fn max_over_mean(nodes: usize, vnodes: u16, r: usize) -> f64 {
 mod tests {
     use super::*;
     use crate::config_file::{ClusterFile, generate_cluster};
-    use dqe_core::ring::Ring;
+    use dqe_core::ring::{Ring, RingArrays};
     use rand::{Rng, SeedableRng};
 
     /// The exact shares agree with the real ring's preference lists on sampled keys.
@@ -76,7 +76,7 @@ mod tests {
         let file = ClusterFile::parse(std::path::Path::new("gen.toml"), &text).unwrap();
         let mut spec = file.spec;
         spec.vnodes = 8;
-        let ring = Ring::<64>::new(&spec).unwrap();
+        let ring = Ring::<RingArrays<64>>::in_arrays(&spec).unwrap();
         let names: Vec<String> = spec.nodes.iter().map(|n| n.name.to_string()).collect();
         let exact = copy_shares(&names, 8, 2);
         assert!((exact.iter().sum::<f64>() - 2.0).abs() < 1e-9, "{exact:?}");

@@ -1379,7 +1379,8 @@ fn mixed_cluster_with_a_qemu_board_serves_survives_and_repairs_it() {
         }
         ClusterSpec::with_defaults(specs, 2)
     };
-    let ring = dqe_core::ring::Ring::<256>::new(&spec).expect("ring");
+    let ring =
+        dqe_core::ring::Ring::<dqe_core::ring::RingArrays<256>>::in_arrays(&spec).expect("ring");
     // The portals' first requests went out before every node was up, so their failure
     // detectors may believe some down (until a probe, one a second, is answered), and would
     // write in their place: wait until a write through each portal reaches both boards.

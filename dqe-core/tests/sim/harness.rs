@@ -21,8 +21,9 @@ use dqe_core::Millis;
 use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::detector::Health;
 use dqe_core::hash::{Key, Value, key_of, word_value};
-use dqe_core::node::{Node, NodeConfig, Port, ReplyCaches};
+use dqe_core::node::{Node, NodeConfig, NodeStorage, Port, ReplyCaches};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
+use dqe_core::ring::{Point, RingBuffers};
 use dqe_core::store::{FixedStore, Slot, Store};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
 use rand::rngs::StdRng;
@@ -30,8 +31,6 @@ use rand::{Rng, SeedableRng};
 
 /// Node capacity of the simulated builds.
 pub const MAX_NODES: usize = 8;
-/// Ring points: 16 vnodes per node.
-pub const RING_POINTS: usize = MAX_NODES * 16;
 /// Slots of each write-reply cache (portal and storer) per node.
 pub const CACHE: usize = 256;
 /// Slots per node store.
@@ -41,7 +40,17 @@ pub const MAX_STEPS: usize = 200_000;
 
 pub type SimStore = FixedStore<Box<[Slot]>>;
 pub type SimReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
-pub type SimNode<const F: usize> = Node<SimStore, StdRng, MAX_NODES, RING_POINTS, F, SimReplies>;
+/// A ring in boxed slices sized from the cluster, as a server lends it.
+pub type SimRing = RingBuffers<Box<[Point]>, Box<[u64]>>;
+pub type SimNode<const F: usize> = Node<SimStore, StdRng, MAX_NODES, SimRing, F, SimReplies>;
+
+/// Ring storage for `points` points.
+pub fn ring_buffers(points: usize) -> SimRing {
+    RingBuffers {
+        points: vec![Point::EMPTY; points].into_boxed_slice(),
+        heads: vec![0; points].into_boxed_slice(),
+    }
+}
 
 /// Reply caches of `slots` slots each.
 pub fn reply_caches(slots: usize) -> ReplyCaches<SimReplies> {
@@ -204,8 +213,11 @@ impl<const F: usize> Sim<F> {
             .map(|i| {
                 let store = FixedStore::new(vec![Slot::EMPTY; slots].into_boxed_slice());
                 let rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000).wrapping_add(i as u64));
-                let replies = reply_caches(CACHE);
-                Node::new(spec.clone(), i as NodeIndex, store, rng, config, 1, replies).unwrap()
+                let storage = NodeStorage {
+                    replies: reply_caches(CACHE),
+                    ring: ring_buffers(spec.nodes.len() * usize::from(spec.vnodes)),
+                };
+                Node::new(spec.clone(), i as NodeIndex, store, rng, config, 1, storage).unwrap()
             })
             .collect();
         Sim {

@@ -24,8 +24,9 @@ use core::task::{Context, Waker};
 use backend_embedded::{EmbeddedNode, UniformResources};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
-use dqe_core::node::{Node, NodeConfig, Port, ReplyCaches};
+use dqe_core::node::{Node, NodeConfig, NodeStorage, Port};
 use dqe_core::replay::ReplyArrays;
+use dqe_core::ring::RingArrays;
 use dqe_core::stamp::{self, CertBody, CertCache, Certificate, Stamp};
 use dqe_core::store::{FixedStore, PutOutcome, Slot, Store};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
@@ -200,7 +201,7 @@ const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const EPOCH: u32 = 20_000;
 
-type OneNode<S> = Node<S, XorShift, 1, 16, 4, ReplyArrays<8>>;
+type OneNode<S> = Node<S, XorShift, 1, RingArrays<16>, 4, ReplyArrays<8>>;
 
 fn one_node_cluster() -> ClusterSpec<1> {
     let at = |port| SocketAddr::V4(SocketAddrV4::new(NODE_IP, port));
@@ -253,7 +254,7 @@ fn core_checks() -> Result<(), &'static str> {
         XorShift(0x2545_f491_4f6c_dd1d),
         NodeConfig::default(),
         EPOCH,
-        ReplyCaches::default(),
+        NodeStorage::default(),
     )
     .map_err(|_| "node refused a one-node cluster")?;
     let client = SocketAddr::V4(SocketAddrV4::new(CLIENT_IP, 5000));
@@ -311,7 +312,7 @@ fn backend_checks() -> Result<(), &'static str> {
         XorShift(0x9e37_79b9_7f4a_7c15),
         NodeConfig::default(),
         0,
-        ReplyCaches::default(),
+        NodeStorage::default(),
     )
     .map_err(|_| "node refused a one-node cluster")?;
     let mut resources = UniformResources::<4, 256>::uniform();
