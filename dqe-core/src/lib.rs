@@ -5,7 +5,8 @@
 //! state machines in the style of `quinn-proto` and `smoltcp`: a backend hands a [`node::Node`]
 //! datagrams and the current time and carries out what it asks (send these datagrams, wake
 //! me at this instant). The crate is `#![no_std]` and never allocates: every capacity is chosen
-//! by the backend (a const generic, or storage it lends: the store's slots, the reply caches'),
+//! by the backend (a const generic, or storage it lends: the store's slots, the reply caches',
+//! the ring's points: [`node::NodeStorage`]),
 //! every buffer belongs to the caller.
 //!
 //! Two nodes and a client, with the backend's part (moving datagrams, telling the time) done
