@@ -159,6 +159,12 @@ pub fn replacement(
         .find(|&n| is_up(n) && available(n))
 }
 
+/// New PUTs for each write-set node whose PUT timed out: the node that takes its place, and
+/// one more because `d`, the count of nodes down among the write set's, grew by one (the
+/// write set is the first `r + d` live nodes). So a node that died unnoticed costs the
+/// copies no more than one the detector knew down: a copy in its place and one beside it.
+pub const PUTS_PER_TIMEOUT: usize = 2;
+
 /// What a sub-request asks a storer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Op {
@@ -1165,8 +1171,9 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     }
 
     /// A `Set` still collecting whose PUTs timed out: each such write-set node is replaced by
-    /// the next live node of the preference list (PROTOCOL.md, before the portal answers). A
-    /// node the request GETs already has that sub-request turned into the PUT (with a new id:
+    /// the next live node of the preference list, and as `d` grows by one, the write set takes
+    /// one more live node beside it ([`PUTS_PER_TIMEOUT`]; PROTOCOL.md: before the portal
+    /// answers). A node the request GETs already has that sub-request turned into the PUT (with a new id:
     /// to its storer it is a new request); any other gets a new sub-request. No node is asked
     /// twice and every node comes from the first [`MAX_PREFERENCE`] of the preference list, so
     /// `subs` never overflows; once that list is exhausted, a timed-out PUT is not replaced.
@@ -1185,18 +1192,20 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         let Body::Set { key, value } = request.request.body else {
             return;
         };
-        let wanted = request.unreplaced_timeouts();
-        if request.phase != Phase::Collecting || wanted == 0 {
+        let timeouts = request.unreplaced_timeouts();
+        if request.phase != Phase::Collecting || timeouts == 0 {
             return;
+        }
+        if let Some(request) = self.table[slot].as_mut() {
+            request.replaced = request.replaced.saturating_add(timeouts as u8);
         }
         let preference: PreferenceList = cx.ring.preference(&key).collect();
         let mut sent = false;
-        for _ in 0..wanted {
+        for _ in 0..PUTS_PER_TIMEOUT * timeouts {
             let detector = &self.detector;
             let Some(request) = self.table[slot].as_mut() else {
                 return;
             };
-            request.replaced = request.replaced.saturating_add(1);
             let Some(node) = replacement(
                 &preference,
                 |n| detector.is_up(n),
