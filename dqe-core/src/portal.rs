@@ -3,13 +3,29 @@
 //! For a key `k` the portal takes `k`'s preference list from the ring and draws two sets
 //! from it, skipping the nodes its [failure detector](crate::detector) believes down:
 //!
-//! - the [`WriteSet`]: the first `r` live nodes. When an assigned node is down, the next
-//!   live node of the list holds the copy in its place;
+//! - the [`WriteSet`] (PROTOCOL.md as changed 2026-12-01): the first `r + d` live nodes,
+//!   `d` being the number of assigned nodes (the first `r`) believed down. A down assigned
+//!   node costs two live nodes further down the list, one holding the copy in its place and
+//!   one more, so that the copies outlast the next change of which nodes are down;
 //! - the [`ReadSet`]: the write set plus the live nodes among the first `r + handoff`, so a
 //!   copy written in place of a down node is still read after that node returns.
 //!
+//! Both are chosen in one place, [`choose_sets`] (and [`replacement`] for what follows).
+//!
 //! A `Test` sends a GET to every node of the read set; a `Set` sends a PUT to every node of
-//! the write set and a GET to the rest of the read set. All sub-requests go out at once from
+//! the write set and a GET to the rest of the read set. A write-set node whose PUT times out
+//! (its attempts expire, or the detector finds it down meanwhile) died unnoticed: before the
+//! `Set` is answered, the next live node of the preference list gets a PUT in its place and,
+//! as `d` grew by one, so does the live node after it ([`PUTS_PER_TIMEOUT`]). A node the
+//! request only GETs is turned into a PUT; a PUT that answers `Found` makes the verdict
+//! `Found`, so replacements read as well as write.
+//!
+//! Nodes per request: every node a request asks is a distinct node of the first
+//! [`MAX_PREFERENCE`] of the preference list (what [`Ring::preference`] yields) and is asked
+//! once (a GET turned into a PUT keeps its place), so a request asks at most
+//! `min(N, MAX_PREFERENCE)` nodes, replacements included, and its sub-requests fit in an
+//! array of [`MAX_PREFERENCE`]. The write set at the start has at most `min(2r, live)` nodes
+//! (`d <= r`); replacements stop when the preference list has no live node left to ask. All sub-requests go out at once from
 //! the source port, each with its own random id, and each is retried with that same id every
 //! `attempt_timeout` until it is answered or `attempts` datagrams have gone out (so a storer
 //! that already executed a PUT answers the retry from its reply cache: a retried write never
@@ -22,9 +38,11 @@
 //!   one is ignored, as if that node had not answered);
 //! - Test: `NotFound` once every node answered or timed out and at least one said
 //!   `NotFound`; `Refused(Unavailable)` when none did;
-//! - Set: once every node answered or timed out, `Stored` when at least one PUT said
-//!   `Stored` (and none said `Found`), else `Refused(Full)` when some PUT was refused for
-//!   space, else `Refused(Unavailable)`.
+//! - Set: once every node answered or timed out (replacements included), `Stored` when at
+//!   least one PUT said `Stored` (and none said `Found`), else `Refused(Full)` when some PUT
+//!   was refused for space, else `Refused(Unavailable)`. With at most [`MAX_PREFERENCE`]
+//!   nodes the portal itself is on every preference list, so the chain of replacements ends
+//!   at its own share at the latest: a `Set` is `Unavailable` only in larger clusters.
 //!
 //! Any other answer from a storer (a `Refused` for another reason, a body that does not fit
 //! the sub-request) counts as no answer for the verdict, but still proves the node alive.
@@ -60,7 +78,8 @@
 //! latest, so insertion walks from the tail). Per-request state is sized by
 //! [`MAX_PREFERENCE`], not by `N`. Only rare events scan: a node found down (every request),
 //! a full table looking for a lingering request to evict, and the detector's probe schedule
-//! while some node is down (every node).
+//! while some node is down (every node), and a PUT that timed out (its replacement walks the
+//! key's preference list, at most [`MAX_PREFERENCE`] nodes, against the request's own).
 
 use core::net::SocketAddr;
 
