@@ -426,7 +426,8 @@ fn a_down_assigned_node_puts_two_live_nodes_in_the_write_set() {
 #[test]
 fn a_put_to_a_node_that_just_died_is_replaced_before_the_answer() {
     // The portal still believes the dead node up, so it is in the write set; its PUT times
-    // out, and the next live node of the preference list gets the PUT in its place.
+    // out, and the next two live nodes of the preference list get PUTs: one in its place,
+    // one more as d grew by one (as if the node had been known down from the start).
     let mut sim = Sim::<32>::new(6, 3, 31);
     let w = sim.find_word("just died ", |p| p[5] == 5);
     let (key, _) = word(&w);
@@ -435,15 +436,15 @@ fn a_put_to_a_node_that_just_died_is_replaced_before_the_answer() {
     sim.kill(dead);
     assert!(sim.believes_up(portal, dead));
     assert_eq!(sim.request(0, portal, set_body(&w)), Body::Stored);
-    // pref[3] was in the read set (a GET), now it holds a copy in the dead node's place.
-    for &n in &[pref[1], pref[2], pref[3]] {
+    // pref[3] and pref[4] were in the read set (GETs); now they hold copies.
+    for &n in &[pref[1], pref[2], pref[3], pref[4]] {
         assert!(sim.holds(n, &key), "node {n} lacks the pair");
     }
     assert!(
-        !sim.holds(pref[4], &key),
-        "one replacement per timed-out PUT"
+        !sim.holds(portal, &key),
+        "two new PUTs per timed-out PUT, no more"
     );
-    assert_eq!(sim.nodes[portal].stats().write_replacements, 1);
+    assert_eq!(sim.nodes[portal].stats().write_replacements, 2);
     // The copies outlast the next change: the two assigned survivors die, the dead one
     // stays dead, and the replacement still answers through any live portal.
     sim.kill(pref[1]);
