@@ -25,13 +25,15 @@
 //! once (a GET turned into a PUT keeps its place), so a request asks at most
 //! `min(N, MAX_PREFERENCE)` nodes, replacements included, and its sub-requests fit in an
 //! array of [`MAX_PREFERENCE`]. The write set at the start has at most `min(2r, live)` nodes
-//! (`d <= r`); replacements stop when the preference list has no live node left to ask. All sub-requests go out at once from
-//! the source port, each with its own random id, and each is retried with that same id every
-//! `attempt_timeout` until it is answered or `attempts` datagrams have gone out (so a storer
-//! that already executed a PUT answers the retry from its reply cache: a retried write never
-//! turns into `Found`). For the same reason no retry goes out once the retry window has passed
-//! since the first attempt (after a long pause of the node): the storer may have forgotten it.
-//! The node's own share is served from its own store, in place.
+//! (`d <= r`); replacements stop when the preference list has no live node left to ask.
+//!
+//! All sub-requests go out at once from the source port, each with its own random id, and
+//! each is retried with that same id every `attempt_timeout` until it is answered or
+//! `attempts` datagrams have gone out since the request's last replacement (so a storer that
+//! already executed a PUT answers the retry from its reply cache: a retried write never turns
+//! into `Found`). For the same reason no retry goes out once the retry window has passed since
+//! the request began (after a long pause of the node): the storer may have forgotten it. The
+//! node's own share is served from its own store, in place.
 //!
 //! Verdicts, exactly as PROTOCOL.md states them:
 //! - `Found(v)` as soon as one node answers a valid `Found(v)` (`SHA1(v) == k`; an invalid
