@@ -57,6 +57,13 @@ struct Figures {
     storer_datagrams_per_set: f64,
     /// First SETs not answered `Stored`.
     first_set_not_stored: usize,
+    /// Per SET, nodes down that the portal believed up when the SET arrived (a PUT to one is
+    /// a copy that does not exist until replaced).
+    dead_believed_up: f64,
+    /// Per SET, nodes up that the portal believed down (skipped, with any copies they hold).
+    live_believed_down: f64,
+    /// Mean time from a SET to its answer, ms of virtual time.
+    set_ms: f64,
 }
 
 fn run(e: Experiment) -> Figures {
@@ -65,6 +72,7 @@ fn run(e: Experiment) -> Figures {
     let mut nodes: Vec<usize> = (0..NODES).collect();
     let mut f = Figures::default();
     let (mut uses_total, mut copies, mut puts, mut storer_datagrams, mut sets) = (0, 0, 0, 0, 0);
+    let (mut dead_believed_up, mut live_believed_down, mut set_ms) = (0, 0, 0);
     for stamp in 0..e.stamps {
         let w = format!("stamp {} {stamp}", e.seed);
         let (key, _) = word(&w);
@@ -81,7 +89,16 @@ fn run(e: Experiment) -> Figures {
             sim.run_for(e.gap);
             let portal = nodes[e.down + rng.random_range(0..NODES - e.down)];
             let before = sim.sent.len();
+            for n in (0..NODES).filter(|&n| n != portal) {
+                match (sim.is_alive(n), sim.believes_up(portal, n)) {
+                    (false, true) => dead_believed_up += 1,
+                    (true, false) => live_believed_down += 1,
+                    _ => {}
+                }
+            }
+            let start = sim.now;
             let reply = sim.request(0, portal, set_body(&w));
+            set_ms += sim.now - start;
             if matches!(
                 reply,
                 Body::Stored
@@ -119,6 +136,9 @@ fn run(e: Experiment) -> Figures {
     f.copies_per_first_set = copies as f64 / e.stamps as f64;
     f.puts_per_set = puts as f64 / sets as f64;
     f.storer_datagrams_per_set = storer_datagrams as f64 / sets as f64;
+    f.dead_believed_up = dead_believed_up as f64 / sets as f64;
+    f.live_believed_down = live_believed_down as f64 / sets as f64;
+    f.set_ms = set_ms as f64 / sets as f64;
     f
 }
 
@@ -238,7 +258,7 @@ fn print_the_table() {
         for (name, config) in configs {
             println!("gap {gap} ms, {name}");
             println!(
-                "| down | mean uses | worst | copies per first SET | PUTs per SET | storer datagrams per SET |"
+                "| down | mean uses | worst | copies per first SET | PUTs per SET | storer datagrams per SET | dead believed up | live believed down | ms per SET |"
             );
             for down in [0, 2, 4, 6, 8] {
                 let mut total = Figures::default();
@@ -254,15 +274,21 @@ fn print_the_table() {
                     total.copies_per_first_set += f.copies_per_first_set / seeds as f64;
                     total.puts_per_set += f.puts_per_set / seeds as f64;
                     total.storer_datagrams_per_set += f.storer_datagrams_per_set / seeds as f64;
+                    total.dead_believed_up += f.dead_believed_up / seeds as f64;
+                    total.live_believed_down += f.live_believed_down / seeds as f64;
+                    total.set_ms += f.set_ms / seeds as f64;
                 }
                 println!(
-                    "| {}% | {:.3} | {} | {:.2} | {:.2} | {:.2} |",
+                    "| {}% | {:.3} | {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.0} |",
                     down * 100 / NODES,
                     total.mean_uses,
                     total.max_uses,
                     total.copies_per_first_set,
                     total.puts_per_set,
-                    total.storer_datagrams_per_set
+                    total.storer_datagrams_per_set,
+                    total.dead_believed_up,
+                    total.live_believed_down,
+                    total.set_ms
                 );
             }
         }
