@@ -30,7 +30,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Node capacity of the simulated builds.
-pub const MAX_NODES: usize = 8;
+pub const MAX_NODES: usize = 16;
 /// Slots of each write-reply cache (portal and storer) per node.
 pub const CACHE: usize = 256;
 /// Slots per node store.
