@@ -148,7 +148,8 @@ pub fn choose_sets(
         .take(r + down_assigned)
     {
         // Cannot fail: distinct nodes of a preference list, at most `MAX_PREFERENCE`.
-        let _ = write.push(node);
+        let pushed = write.push(node);
+        debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
     }
     if write.is_empty() {
         return Sets {
@@ -160,7 +161,8 @@ pub fn choose_sets(
     for &node in &preference[..depth] {
         if is_up(node) && !read.contains(&node) {
             // Cannot fail: the read set holds distinct nodes of the preference list.
-            let _ = read.push(node);
+            let pushed = read.push(node);
+            debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
         }
     }
     Sets { write, read }
@@ -1298,7 +1300,8 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
                         answer: Answer::Pending,
                     };
                     // Cannot fail: see above.
-                    let _ = request.subs.push(sub);
+                    let pushed = request.subs.push(sub);
+                    debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
                     request.subs.len() - 1
                 }
             };
