@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::task::Context;
 
-use backend_embedded::{EmbeddedNode, EpochSource, UniformResources};
+use backend_embedded::{BackendStats, EmbeddedNode, EpochSource, UniformResources};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
 use dqe_core::node::{Node, NodeConfig, NodeStorage};
@@ -183,12 +183,12 @@ fn encode(env: &Envelope) -> Vec<u8> {
 }
 
 /// Run `script` as the client of a one-node cluster served by `EmbeddedNode`; returns what the
-/// script returned and the node's epoch at the end.
+/// script returned, the node's epoch at the end and the backend's counters.
 fn scenario<T>(
     start_epoch: u32,
     epoch_source: impl EpochSource,
     script: impl for<'s> AsyncFnOnce(Client<'s>) -> T,
-) -> (T, u32) {
+) -> (T, u32, BackendStats) {
     let a_to_b: Lane = RefCell::new(VecDeque::new());
     let b_to_a: Lane = RefCell::new(VecDeque::new());
     let node_paused = Cell::new(false);
@@ -253,13 +253,14 @@ fn scenario<T>(
         select(backend.run(), script(client)),
     ));
     let Either3::Third(Either::Second(result)) = outcome;
+    let stats = *backend.stats();
     drop(backend);
-    (result, node.epoch())
+    (result, node.epoch(), stats)
 }
 
 #[test]
 fn a_node_behind_embassy_net_follows_the_wire_rules() {
-    scenario(
+    let (_, _, stats) = scenario(
         0,
         || None,
         async |c: Client<'_>| {
@@ -331,6 +332,10 @@ fn a_node_behind_embassy_net_follows_the_wire_rules() {
             );
         },
     );
+    // Client requests answered, counted from what the node said (`Transmit::answered`): ids
+    // 1 to 6 and 9, the repeat of 2 included; the storer's Get (7) is a peer's request.
+    assert_eq!(stats.answered, 8, "{stats:?}");
+    assert!(stats.slowest_answer_ms < 2_000, "{stats:?}");
 }
 
 /// Work queued on the storer port is done before work queued earlier on the portal port:
@@ -397,8 +402,8 @@ fn the_node_follows_its_epoch_source() {
         let key = key_of(&word_value(b"epoch"));
         c.ask(c.node.portal, 1, Body::Test { key }).await
     };
-    let (_, epoch) = scenario(7, || Some(20_000), warm_up);
+    let (_, epoch, _) = scenario(7, || Some(20_000), warm_up);
     assert_eq!(epoch, 20_000, "a known time moves the epoch");
-    let (_, epoch) = scenario(7, || None, warm_up);
+    let (_, epoch, _) = scenario(7, || None, warm_up);
     assert_eq!(epoch, 7, "an unknown time keeps the start epoch");
 }
