@@ -319,6 +319,12 @@ mod tests {
     use super::*;
     use dqe_core::hash::word_value;
 
+    /// The cluster rule (`ClusterSpec::validate`) keeps retention within the epoch offset.
+    #[test]
+    fn the_retention_limit_is_the_index_span() {
+        assert_eq!(dqe_core::config::MAX_RETAIN_EPOCHS, MAX_EPOCH_SPAN);
+    }
+
     fn pair(i: u32) -> (Key, Value) {
         let v = word_value(&i.to_be_bytes());
         (key_of(&v), v)

@@ -2,37 +2,24 @@
 //!
 //! The node loop is the only writer; it bumps relaxed atomics and, after each batch, copies
 //! gauges (stored pairs, bytes on disk) in. The HTTP side only reads, so a scrape never waits
-//! for the loop and the loop never waits for a scrape. The endpoint ([`serve`]) answers
-//! `GET /metrics` (or `/`) with the text exposition format. It has no cap on connections (a
-//! cap lets anyone who holds that many open shut the scrapes out); idle and slow connections
-//! are closed after [`HEADER_TIMEOUT`] instead.
+//! for the loop and the loop never waits for a scrape. The endpoint ([`serve`]) is the
+//! responder every DQE daemon shares, `dqe_metrics_http`: `GET /metrics` (or `/`) gets the
+//! text exposition format, with no cap on connections and idle ones closed after
+//! [`HEADER_TIMEOUT`].
 //!
 //! Latency is measured in the backend: the time from a client's Test/Set datagram arriving
 //! at the portal socket to its reply being handed to the socket, matched by (source, id). So it
 //! includes the fan-out to storers and the group commit, and excludes the kernel's queues.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use dqe_core::node::NodeStats;
 use dqe_core::wire::{Body, Reason};
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+pub use dqe_metrics_http::{CONNECTION_LIFETIME, HEADER_TIMEOUT, MetricsBindError, bind};
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
-
-/// A connection must send a whole request head within this long, the first one and each
-/// one after an idle keep-alive pause; otherwise it is closed.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest a metrics connection is kept, however busy.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Request kinds, in label order (the body variant indices of PROTOCOL.md). Get and Put are
 /// counted only where a client sent them to the portal port (answered `WrongPort` or
@@ -479,96 +466,16 @@ impl Metrics {
     }
 }
 
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen for metrics on {addr}: {source}")]
-pub struct MetricsBindError {
-    /// The address asked for.
-    pub addr: SocketAddr,
-    /// What the OS said.
-    pub source: std::io::Error,
-}
-
-/// Bind the metrics endpoint; the returned listener is served by [`serve`].
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsBindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| MetricsBindError { addr, source })
-}
-
-/// Serve scrapes forever: HTTP/1.1 by hyper, one task per connection and no cap on their
-/// number, so connections that others hold open never keep a scrape out. A connection that
-/// has not sent a whole request head within [`HEADER_TIMEOUT`] (idle keep-alive included)
-/// is closed, and none lives longer than [`CONNECTION_LIFETIME`].
+/// Serve scrapes of `metrics` forever, with the shared responder
+/// ([`dqe_metrics_http::serve_text`]).
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    serve_text(listener, move || metrics.render()).await
-}
-
-/// Serve scrapes of whatever `render` writes in the text exposition format, forever, on the
-/// same terms as [`serve`] (other daemons, such as `dqe milter`, share this responder).
-pub async fn serve_text<R>(listener: TcpListener, render: R)
-where
-    R: Fn() -> String + Send + Sync + 'static,
-{
-    let render: Render = Arc::new(render);
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of descriptors, most likely: wait rather than spin.
-                warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let render = render.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, render.clone()));
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(%peer, error = %e, "metrics connection failed"),
-                Err(_) => debug!(%peer, "metrics connection closed at its time limit"),
-            }
-        });
-    }
-}
-
-/// One scrape: `GET /metrics` (or `/`) gets the text exposition format.
-/// What a scrape renders.
-type Render = Arc<dyn Fn() -> String + Send + Sync>;
-
-async fn answer(
-    req: Request<Incoming>,
-    render: Render,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics" | "/") => (StatusCode::OK, render()),
-        (&Method::GET | &Method::HEAD, _) => (
-            StatusCode::NOT_FOUND,
-            "not found; try /metrics\n".to_string(),
-        ),
-        _ => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET /metrics\n".to_string(),
-        ),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    Ok(resp)
+    dqe_metrics_http::serve_text(listener, move || metrics.render()).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
@@ -621,37 +528,6 @@ mod tests {
         let mut text = String::new();
         s.read_to_string(&mut text).await.unwrap();
         assert!(text.starts_with("HTTP/1.0 404"), "{text}");
-    }
-
-    /// Issue 8 item 12: 16 idle connections used to shut every new scrape out for 2 s.
-    #[tokio::test]
-    async fn idle_connections_do_not_keep_a_scrape_out() {
-        let addr = serving(Metrics::new()).await;
-        let mut idle = Vec::new();
-        for _ in 0..64 {
-            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-        }
-        // Half of them have started a request and stalled.
-        for s in idle.iter_mut().step_by(2) {
-            s.write_all(b"GET /metr").await.unwrap();
-        }
-        let text = tokio::time::timeout(Duration::from_millis(500), scrape(addr))
-            .await
-            .expect("a scrape answered promptly");
-        assert!(text.contains("dqe_stored_pairs 0"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn an_idle_connection_is_closed_after_the_header_timeout() {
-        let addr = serving(Metrics::new()).await;
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let t0 = std::time::Instant::now();
-        let mut buf = [0u8; 64];
-        let read = tokio::time::timeout(HEADER_TIMEOUT * 2, s.read(&mut buf))
-            .await
-            .expect("closed in time");
-        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-        assert!(t0.elapsed() >= HEADER_TIMEOUT - Duration::from_millis(100));
     }
 
     #[test]

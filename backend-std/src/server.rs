@@ -47,9 +47,9 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::cli::RunConfig;
-use crate::config_file::{MAX_NODES, MAX_RING_POINTS};
 use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
 use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
+use dqe_config::cluster::{MAX_NODES, MAX_RING_POINTS};
 
 /// Client requests the portal may have in flight; more are refused `Busy`.
 pub const IN_FLIGHT: usize = 1024;

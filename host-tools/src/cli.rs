@@ -505,7 +505,7 @@ where
 
 /// Run a parsed command line.
 pub fn run(cli: Cli) -> Result<u8, Failure> {
-    let config = || ClientConfig::load(cli.client_config.as_deref());
+    let config = || crate::config_file::load_client(cli.client_config.as_deref());
     match cli.command {
         Command::Keygen(a) => keygen(a),
         Command::Qa(QaCommand::Issue(a)) => qa_issue(a, &config()?),
