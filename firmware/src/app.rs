@@ -7,7 +7,7 @@
 
 use core::net::{IpAddr, Ipv4Addr};
 
-use backend_embedded::{Resources, SocketBuffers};
+use backend_embedded::{BindError, EmbeddedNode, Resources, SocketBuffers};
 use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::node::{Node, NodeConfig, NodeError, ReplyCaches};
 use dqe_core::replay::ReplyArrays;
@@ -92,6 +92,20 @@ pub type FwReplies = ReplyArrays<REPLY_CACHE>;
 /// The node, with the board's RNG `R`.
 pub type FwNode<R> =
     Node<FwStore, R, MAX_NODES, RING_POINTS, IN_FLIGHT, FwReplies, PORTAL_QUEUE, STORER_QUEUE>;
+/// The node on its embassy-net sockets, with the board's RNG `R` and epoch source `E`: the one
+/// place (with [`FwNode`]) that names the node's type for every board.
+pub type FwBackend<R, E> = EmbeddedNode<
+    'static,
+    FwStore,
+    R,
+    E,
+    MAX_NODES,
+    RING_POINTS,
+    IN_FLIGHT,
+    FwReplies,
+    PORTAL_QUEUE,
+    STORER_QUEUE,
+>;
 /// The cluster model at this firmware's node capacity.
 pub type FwCluster = ClusterSpec<MAX_NODES>;
 
@@ -115,6 +129,8 @@ pub enum AppError {
     },
     /// The core refused the cluster or the node.
     Node(NodeError),
+    /// A socket cannot be bound.
+    Bind(BindError),
 }
 
 impl core::fmt::Display for AppError {
@@ -129,6 +145,7 @@ impl core::fmt::Display for AppError {
                 "the cluster file gives this node's {port} address {configured}, but the board's address is {board}"
             ),
             AppError::Node(e) => write!(f, "the node cannot start: {e}"),
+            AppError::Bind(e) => write!(f, "the node's sockets cannot be bound: {e}"),
         }
     }
 }

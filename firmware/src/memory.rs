@@ -128,6 +128,22 @@ mod tests {
         );
     }
 
+    /// The one `static` a board places in its 64 KiB `NODE_RAM` linker region holds every
+    /// part above, and fits.
+    #[test]
+    fn the_node_memory_a_board_places_holds_the_breakdown_and_fits() {
+        let m = firmware_breakdown::<Trng>();
+        let placed = size_of::<crate::launch::NodeMemory<Trng>>();
+        println!("NodeMemory: {placed} bytes, breakdown total {}", m.total());
+        assert!(placed >= m.total(), "{placed} < {}", m.total());
+        assert!(
+            placed - m.total() < 64,
+            "padding: {placed} vs {}",
+            m.total()
+        );
+        assert!(placed < 64 * 1024, "{placed}");
+    }
+
     #[test]
     fn the_store_takes_at_most_28_bytes_per_pair() {
         let m = firmware_breakdown::<Trng>();

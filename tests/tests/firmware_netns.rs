@@ -1,12 +1,13 @@
-//! Firmware nodes (board `sim`: embassy-net and smoltcp on a TAP device) inside private network
-//! namespaces, alone and in a cluster with `dqe-enforcer` servers.
+//! Firmware nodes (board `sim`: embassy-net and smoltcp on a TAP device; board `qemu-virt`: the
+//! same firmware cross-built for riscv32 and run by QEMU) inside private network namespaces,
+//! alone and in clusters with `dqe-enforcer` servers.
 //!
 //! Each test makes its own namespace `dqe-fw<pid>-<n>` with a TAP device `tap0` in it: the
 //! namespace's kernel side of the TAP is 10.77.0.1/24 (where the servers bind), the firmware
 //! is 10.77.0.2. Every process runs inside it (`ip netns exec`), the test's own client sockets
 //! are made from a thread that entered it (`setns`), and a guard deletes it at the end, also
 //! when the test fails. No datagram leaves the namespace. Without root, `ip` or `/dev/net/tun`
-//! the tests print `SKIPPED` and why, and pass.
+//! the tests print `SKIPPED` and why, and pass; with `DQE_CI=1` (set by `.ci/run`) they fail.
 
 use std::fs::File;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -211,6 +212,10 @@ impl Drop for Proc {
 /// Set up a namespace, or say why the test is skipped.
 fn netns_or_skip(test: &str) -> Option<Netns> {
     if let Some(why) = missing_prerequisite() {
+        assert!(
+            !board_tests_required(),
+            "{test}: a prerequisite is missing in CI (DQE_CI=1): {why}"
+        );
         eprintln!("SKIPPED {test}: {why}");
         return None;
     }
@@ -369,7 +374,15 @@ fn firmware_node_alone_follows_the_wire_rules() {
     let mut fw = start_firmware(&ns, dir.path(), &config, "fw", 64);
     let c = Client::new(&ns);
     c.wait_ready(portal, &mut [&mut fw]);
+    check_wire_rules(test, &c, &mut fw, &nodes);
+}
 
+/// Every wire rule, on the node `nodes[0]` of a one-node cluster `nodes` (r = 1), run as `fw`:
+/// TEST/SET, idempotent retry, bad hashes, cluster tags, wrong ports, the storer's Get/Put,
+/// garbage. [`Client::exchange`] checks each reply (decodes, echoes cluster and id, no longer
+/// than its request).
+fn check_wire_rules(test: &str, c: &Client, fw: &mut Proc, nodes: &[(&str, [SocketAddr; 3])]) {
+    let [portal, storer, source] = nodes[0].1;
     // TEST and SET, through the portal.
     let (k, v) = pair(test, 1);
     assert_eq!(c.call(portal, Body::Test { key: k }), Body::NotFound);
@@ -411,7 +424,7 @@ fn firmware_node_alone_follows_the_wire_rules() {
     assert_eq!(c.call(portal, Body::Test { key: k3 }), Body::NotFound);
 
     // Cluster tags: 0 and the node's own tag are served, any other tag is refused.
-    let tag = cluster_tag_of(1, &nodes);
+    let tag = cluster_tag_of(1, nodes);
     let (_, own) = c.request(portal, tag, Body::Test { key: k });
     assert_eq!(own, Some(Body::Found { value: v }));
     let (_, other) = c.request(portal, tag ^ 0x5a5a, Body::Test { key: k });
@@ -1161,4 +1174,354 @@ fn a_server_peer_that_leaves_the_network_does_not_stop_the_board() {
     c.all_found(&before, &[fw[0], e1[0]], " long after e2 left");
     fwp.assert_running();
     e1p.assert_running();
+}
+
+// ---------------------------------------------------------------- board qemu-virt (issue 11)
+//
+// The same firmware cross-built for riscv32imac and run by QEMU's `virt` machine, its
+// virtio-net NIC on a TAP device of the test's namespace. The image is built for each test's
+// cluster file by `firmware/boards/build.sh` (the cluster is compiled in); `.ci/run` builds
+// the images once before the tests, so here the build is incremental. Without QEMU or a
+// toolchain that builds `core` for the target, the tests print SKIPPED, unless `DQE_CI=1`
+// (set by `.ci/run`), where a missing prerequisite fails them.
+
+/// The longest a board image build may take here (a first build from nothing, on a slow
+/// machine; `.ci/run` builds first, so in CI it is incremental).
+const BOARD_BUILD_LIMIT: Duration = Duration::from_secs(20 * 60);
+
+/// Why this machine cannot build and run the qemu-virt board, if it cannot.
+fn missing_board_prerequisite() -> Option<String> {
+    match Command::new("qemu-system-riscv32")
+        .arg("--version")
+        .output()
+    {
+        Ok(o) if o.status.success() => {}
+        _ => {
+            return Some(
+                "qemu-system-riscv32 is missing (apt-get install --no-install-recommends qemu-system-misc)"
+                    .into(),
+            );
+        }
+    }
+    let rustup = std::env::var("DQE_BOARD_TOOLCHAIN").as_deref() == Ok("rustup");
+    let debian = Path::new("/usr/bin/cargo").exists()
+        && Path::new("/usr/lib/rustlib/src/rust/library/core").exists();
+    if !rustup && !debian {
+        return Some(
+            "no toolchain for the board (apt-get install rustc-web cargo-web rust-web-src lld-22, \
+             or rustup target add riscv32imac-unknown-none-elf and DQE_BOARD_TOOLCHAIN=rustup)"
+                .into(),
+        );
+    }
+    None
+}
+
+/// Whether the namespace and board tests must run (CI: `.ci/run` sets `DQE_CI=1`) rather
+/// than skip.
+fn board_tests_required() -> bool {
+    std::env::var("DQE_CI").as_deref() == Ok("1")
+}
+
+/// Whether `test` must be skipped: the namespace or the board cannot be had (in CI, where
+/// they must, it fails instead).
+fn skip_board_test(test: &str) -> bool {
+    let Some(why) = missing_prerequisite().or_else(missing_board_prerequisite) else {
+        return false;
+    };
+    assert!(
+        !board_tests_required(),
+        "{test}: a prerequisite is missing in CI (DQE_CI=1): {why}"
+    );
+    eprintln!("SKIPPED {test}: {why}");
+    true
+}
+
+/// Build the qemu-virt image of node `name` of `config` with `firmware/boards/build.sh`;
+/// its last line is the ELF's path.
+fn build_qemu_image(config: &Path, name: &str) -> PathBuf {
+    // One build at a time: cargo would serialise them anyway, and each copies its image out.
+    static BUILDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = BUILDS.lock().unwrap_or_else(|e| e.into_inner());
+    let script = dqe_tests::workspace_root().join("firmware/boards/build.sh");
+    let started = Instant::now();
+    let out = dqe_tests::run(
+        Command::new(&script)
+            .args(["qemu-virt", "--config"])
+            .arg(config)
+            .args(["--node", name]),
+        b"",
+        BOARD_BUILD_LIMIT,
+    );
+    assert_eq!(out.code, 0, "build.sh qemu-virt failed: {out:?}");
+    let elf = PathBuf::from(out.stdout.lines().last().expect("build.sh prints the ELF"));
+    assert!(elf.is_file(), "build.sh printed {elf:?}, which is no file");
+    eprintln!(
+        "built the qemu-virt image of {name} in {:.1?}",
+        started.elapsed()
+    );
+    elf
+}
+
+/// Start the qemu-virt board for node `name` on TAP device `tap`, through `run.sh` as an
+/// operator would (it builds if needed and runs QEMU in the foreground).
+fn start_qemu(ns: &Netns, dir: &Path, config: &Path, name: &str, tap: &str) -> Proc {
+    let script = dqe_tests::workspace_root().join("firmware/boards/qemu-virt/run.sh");
+    let args = [
+        "--tap",
+        tap,
+        "--config",
+        &config.display().to_string(),
+        "--node",
+        name,
+    ]
+    .map(String::from);
+    ns.spawn(name, &script, &args, dir.join(format!("{name}.log")))
+}
+
+impl Netns {
+    /// A fresh namespace with a bridge `br0` at [`HOST_IP`]/24 and the TAP devices `taps` on
+    /// it: boards on different TAP devices reach each other and the servers.
+    fn with_bridged_taps(taps: &[&str]) -> Result<Netns, String> {
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "dqe-br{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        run_ip(&["netns", "add", &name])?;
+        let ns = Netns { name };
+        ns.ip(&["link", "set", "lo", "up"])?;
+        ns.ip(&["link", "add", "br0", "type", "bridge"])?;
+        ns.ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", "br0"])?;
+        ns.ip(&["link", "set", "br0", "up"])?;
+        for tap in taps {
+            ns.ip(&["tuntap", "add", "name", tap, "mode", "tap"])?;
+            ns.ip(&["link", "set", tap, "master", "br0"])?;
+            ns.ip(&["link", "set", tap, "up"])?;
+        }
+        Ok(ns)
+    }
+}
+
+#[test]
+fn qemu_board_alone_follows_the_wire_rules() {
+    let test = "qemu-alone";
+    if skip_board_test(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let qa = addrs(BOARD_IP, 7301);
+    let nodes = [("qa", qa)];
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, cluster_toml(1, &nodes)).unwrap();
+    build_qemu_image(&config, "qa");
+    let ns = Netns::with_tap().unwrap_or_else(|e| panic!("{test}: {e}"));
+    let started = Instant::now();
+    let mut board = start_qemu(&ns, dir.path(), &config, "qa", "tap0");
+    let c = Client::new(&ns);
+    c.wait_ready(qa[0], &mut [&mut board]);
+    eprintln!(
+        "{test}: the board answered {:.1?} after QEMU started",
+        started.elapsed()
+    );
+    check_wire_rules(test, &c, &mut board, &nodes);
+    // The board's console reports what it dropped, like the sim's.
+    board.counters_where(|l| l.starts_with("dqe-qemu-virt: counters:"));
+    eprintln!("{test}: done in {:.1?}", started.elapsed());
+}
+
+#[test]
+fn mixed_cluster_with_a_qemu_board_serves_survives_and_repairs_it() {
+    let test = "qemu-mixed";
+    if skip_board_test(test) {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let e1 = addrs(HOST_IP, 7401);
+    let e2 = addrs(HOST_IP, 7411);
+    let fw = addrs(BOARD_IP, 7421);
+    let qemu_ip = Ipv4Addr::new(10, 77, 0, 3);
+    let qm = addrs(qemu_ip, 7431);
+    let nodes = [("e1", e1), ("e2", e2), ("fw", fw), ("qm", qm)];
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, cluster_toml(2, &nodes)).unwrap();
+    build_qemu_image(&config, "qm");
+    let ns = Netns::with_bridged_taps(&["tap0", "tap1"]).unwrap_or_else(|e| panic!("{test}: {e}"));
+    let started = Instant::now();
+    let mut procs = vec![
+        start_enforcer(&ns, dir.path(), &config, "e1"),
+        start_enforcer(&ns, dir.path(), &config, "e2"),
+        start_firmware(&ns, dir.path(), &config, "fw", 1024),
+        start_qemu(&ns, dir.path(), &config, "qm", "tap1"),
+    ];
+    let c = Client::new(&ns);
+    let portals = [e1[0], e2[0], fw[0], qm[0]];
+    for &p in &portals {
+        let mut refs: Vec<&mut Proc> = procs.iter_mut().collect();
+        c.wait_ready(p, &mut refs);
+    }
+    eprintln!(
+        "{test}: all four portals answered after {:.1?}",
+        started.elapsed()
+    );
+
+    // Where each key's two copies live.
+    let spec = {
+        let mut specs = heapless::Vec::<NodeSpec, 8>::new();
+        for (name, [portal, storer, source]) in &nodes {
+            let n = NodeSpec {
+                name: (*name).try_into().expect("short name"),
+                portal: *portal,
+                storer: *storer,
+                source: *source,
+            };
+            specs.push(n).expect("four nodes");
+        }
+        ClusterSpec::with_defaults(specs, 2)
+    };
+    let ring = dqe_core::ring::Ring::<256>::new(&spec).expect("ring");
+    // The portals' first requests went out before every node was up, so their failure
+    // detectors may believe some down (until a probe, one a second, is answered), and would
+    // write in their place: wait until a write through each portal reaches both boards.
+    let settled = Instant::now();
+    let mut probe = 0;
+    for &portal in &portals {
+        loop {
+            let (k, v) = loop {
+                probe += 1;
+                let p = pair("qemu-settle", probe);
+                let mut on = ring.assigned(&p.0);
+                on.sort_unstable();
+                if on.as_slice() == [2, 3] {
+                    break p;
+                }
+            };
+            assert_eq!(c.call(portal, Body::Set { key: k, value: v }), Body::Stored);
+            let on_both = [fw[1], qm[1]]
+                .iter()
+                .all(|&s| c.call(s, Body::Get { key: k }) == Body::Found { value: v });
+            if on_both {
+                break;
+            }
+            assert!(
+                settled.elapsed() < Duration::from_secs(30),
+                "writes through {portal} never reached both boards"
+            );
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+    eprintln!(
+        "{test}: writes through every portal reach both boards {:.1?} later",
+        settled.elapsed()
+    );
+
+    // SET through every portal in turn; Found through every portal.
+    let pairs: Vec<(Key, Value)> = (0..32).map(|i| pair(test, i)).collect();
+    c.set_round_robin(&pairs, &portals, "");
+    c.all_found(&pairs, &portals, "");
+
+    // The pairs the QEMU board holds (it is one of their two assigned nodes).
+    let on_qemu: Vec<(Key, Value)> = pairs
+        .iter()
+        .copied()
+        .filter(|(k, _)| ring.assigned(k).contains(&3))
+        .collect();
+    assert!(
+        !on_qemu.is_empty(),
+        "some of {} pairs are the QEMU board's",
+        pairs.len()
+    );
+    for &(k, v) in &on_qemu {
+        assert_eq!(
+            c.call(qm[1], Body::Get { key: k }),
+            Body::Found { value: v }
+        );
+    }
+
+    // Kill QEMU: every pair stays Found through the other portals, each answer in budget.
+    procs[3].child.kill9();
+    let killed = Instant::now();
+    c.all_found(&pairs, &portals[..3], " with the QEMU board dead");
+    let (k, _) = pair(test, 999);
+    assert_eq!(c.call(portals[2], Body::Test { key: k }), Body::NotFound);
+    eprintln!(
+        "{test}: every pair Found through 3 portals with the board dead, in {:.1?}",
+        killed.elapsed()
+    );
+
+    // Restart it empty: Tests through the other portals read-repair what it should hold.
+    procs[3] = start_qemu(&ns, dir.path(), &config, "qm", "tap1");
+    {
+        let mut refs: Vec<&mut Proc> = procs.iter_mut().collect();
+        c.wait_ready(qm[0], &mut refs);
+    }
+    let (k0, _) = on_qemu[0];
+    assert_eq!(
+        c.call(qm[1], Body::Get { key: k0 }),
+        Body::NotFound,
+        "the restarted board starts empty"
+    );
+    let repaired = Instant::now();
+    let deadline = repaired + Duration::from_secs(60);
+    loop {
+        // Reads through the servers' and the sim's portals find each pair and repair the
+        // board's copy (once their failure detectors ask the board again).
+        c.all_found(&pairs, &portals[..3], " while the board is repaired");
+        let missing = on_qemu
+            .iter()
+            .filter(|&&(k, v)| c.call(qm[1], Body::Get { key: k }) != (Body::Found { value: v }))
+            .count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} of {} pairs still missing on the restarted board",
+            on_qemu.len()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "{test}: read repair refilled the board's {} pairs in {:.1?}",
+        on_qemu.len(),
+        repaired.elapsed()
+    );
+    c.all_found(&pairs, &portals, " after the repair");
+    for p in &mut procs {
+        p.assert_running();
+    }
+}
+
+#[test]
+fn qemu_board_without_an_rng_device_says_so_and_ends_qemu_with_failure() {
+    let test = "qemu-no-rng";
+    if let Some(why) = missing_board_prerequisite() {
+        assert!(
+            !board_tests_required(),
+            "{test}: a prerequisite is missing in CI (DQE_CI=1): {why}"
+        );
+        eprintln!("SKIPPED {test}: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(&config, cluster_toml(1, &[("qr", addrs(BOARD_IP, 7501))])).unwrap();
+    let elf = build_qemu_image(&config, "qr");
+    // No NIC and no RNG: the firmware must refuse to draw request ids from nothing.
+    let out = dqe_tests::run(
+        Command::new("qemu-system-riscv32")
+            .args([
+                "-M", "virt", "-m", "16M", "-bios", "none", "-display", "none",
+            ])
+            .args(["-monitor", "none", "-serial", "stdio", "-kernel"])
+            .arg(&elf),
+        b"",
+        Duration::from_secs(60),
+    );
+    assert_eq!(out.code, 2, "QEMU's exit status: {out:?}");
+    assert!(
+        out.stdout
+            .contains("dqe-qemu-virt: cannot start: no virtio-rng device"),
+        "{out:?}"
+    );
 }

@@ -17,23 +17,22 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use backend_embedded::EpochSource;
 use backend_embedded::firewall::{Firewall, FirewallState};
-use backend_embedded::{BindError, EmbeddedNode, EpochSource};
 use clap::Parser;
 use dqe_core::store::Slot;
 use embassy_executor::Executor;
-use embassy_net::{Ipv4Cidr, Runner, StackResources, StaticConfigV4};
+use embassy_net::Runner;
 use embassy_net_tuntap::TunTapDevice;
-use embassy_time::{Duration, Instant};
+use rand::SeedableRng;
 use rand::rngs::StdRng;
-use rand::{RngCore, SeedableRng};
 use static_cell::StaticCell;
 
 use crate::app::{
-    AppError, FwNode, FwReplies, FwStore, IN_FLIGHT, MAX_NODES, RING_POINTS, STACK_SOCKETS,
-    STORE_PAIRS, SocketResources, build_node, check_addresses, slots_for, socket_resources,
+    AppError, FwBackend, MAX_NODES, RING_POINTS, STORE_PAIRS, check_addresses, slots_for,
 };
 use crate::config_file::{self, ConfigFileError};
+use crate::launch::{NetConfig, NodeParts, launch, serve_forever};
 
 /// Largest `--capacity` the sim accepts (pairs): 16 Mi pairs, about 430 MB of slots.
 pub const MAX_CAPACITY: usize = 1 << 24;
@@ -92,9 +91,6 @@ pub enum SimError {
         name: String,
         source: std::io::Error,
     },
-    /// A socket cannot be bound.
-    #[error("{0}")]
-    Bind(BindError),
 }
 
 /// The epoch from the system clock (a board would read its RTC or SNTP time).
@@ -111,51 +107,19 @@ impl EpochSource for SystemEpoch {
 }
 
 /// The sim's node behind its sockets.
-type SimBackend = EmbeddedNode<
-    'static,
-    FwStore,
-    StdRng,
-    SystemEpoch,
-    MAX_NODES,
-    RING_POINTS,
-    IN_FLIGHT,
-    FwReplies,
-    { crate::app::PORTAL_QUEUE },
-    { crate::app::STORER_QUEUE },
->;
+type SimBackend = FwBackend<StdRng, SystemEpoch>;
 
 #[embassy_executor::task]
 async fn net_task(mut runner: Runner<'static, Firewall<'static, TunTapDevice>>) -> ! {
     runner.run().await
 }
 
-/// How often the sim writes its counters to stderr (when they changed).
-pub const COUNTERS_EVERY: Duration = Duration::from_secs(5);
-
 #[embassy_executor::task]
 async fn node_task(mut backend: SimBackend, firewall: &'static FirewallState) -> ! {
-    let mut last = None;
-    loop {
-        backend.serve_until(Instant::now() + COUNTERS_EVERY).await;
-        let counters = (
-            *backend.stats(),
-            firewall.stats(),
-            backend.node().stats().clone(),
-        );
-        if last.as_ref() != Some(&counters) {
-            let (b, f, n) = &counters;
-            eprintln!(
-                "dqe-fw-sim: counters: backend {b:?}; firewall {f:?}; node refused_busy={} \
-                 busy_queue_full={} drop_queue_full={} deferred_timeouts={} drop_amplification={}",
-                n.refused_busy,
-                n.busy_queue_full,
-                n.drop_queue_full,
-                n.deferred_timeouts,
-                n.drop_amplification
-            );
-            last = Some(counters);
-        }
-    }
+    serve_forever(&mut backend, firewall, |counters| {
+        eprintln!("dqe-fw-sim: {counters}")
+    })
+    .await
 }
 
 /// Parse `a.b.c.d/prefix`.
@@ -185,47 +149,30 @@ pub fn run(args: Args) -> Result<Infallible, SimError> {
     // from the command line.
     let slot_count = slots_for(args.capacity);
     let slots: &'static mut [Slot] = Box::leak(vec![Slot::EMPTY; slot_count].into_boxed_slice());
-    let mut epoch_source = SystemEpoch {
+    let parts: &'static mut NodeParts<StdRng> = Box::leak(Box::new(NodeParts::uninit()));
+    let epoch_source = SystemEpoch {
         epoch_seconds: spec.epoch_seconds,
     };
-    let epoch = epoch_source.epoch().unwrap_or(0);
     let tag = spec.cluster_tag();
-    let mut rng = StdRng::from_os_rng();
-    let seed = rng.next_u64();
-    static NODE: StaticCell<FwNode<StdRng>> = StaticCell::new();
-    let node = NODE.init(build_node(spec, me, slots, rng, epoch)?);
-
     let device = TunTapDevice::new(&args.tap).map_err(|source| SimError::Tap {
         name: args.tap.clone(),
         source,
     })?;
-    // The stack sees only what the node serves: its three UDP ports, ARP and rate-limited pings.
-    // It also keeps the copy of the stack's neighbour cache that the node's resolve lanes need.
-    static FIREWALL: StaticCell<FirewallState> = StaticCell::new();
-    let firewall: &'static FirewallState = FIREWALL.init(FirewallState::new());
-    let ports = [
-        my_spec.portal.port(),
-        my_spec.storer.port(),
-        my_spec.source.port(),
-    ];
-    let device = Firewall::new(device, ip, prefix, ports, firewall);
-    let config = embassy_net::Config::ipv4_static(StaticConfigV4 {
-        address: Ipv4Cidr::new(ip, prefix),
+    let net = NetConfig {
+        ip,
+        prefix,
         gateway: args.gateway,
-        dns_servers: heapless::Vec::new(),
-    });
-    static STACK: StaticCell<StackResources<STACK_SOCKETS>> = StaticCell::new();
-    let (stack, runner) = embassy_net::new(device, config, STACK.init(StackResources::new()), seed);
-    static SOCKETS: StaticCell<SocketResources> = StaticCell::new();
-    let backend = EmbeddedNode::new(
-        stack,
-        SOCKETS.init(socket_resources()),
-        &my_spec,
-        node,
+    };
+    let launched = launch(
+        spec,
+        me,
+        net,
+        device,
+        StdRng::from_os_rng(),
         epoch_source,
-    )
-    .map_err(SimError::Bind)?
-    .with_neighbors(firewall.neighbors());
+        slots,
+        parts,
+    )?;
 
     eprintln!(
         "dqe-fw-sim: node {} on {} ({ip}/{prefix}): portal {}, storer {}, source {}; cluster tag {tag:#010x}; store {} pairs in {slot_count} slots",
@@ -233,7 +180,9 @@ pub fn run(args: Args) -> Result<Infallible, SimError> {
     );
     static EXECUTOR: StaticCell<Executor> = StaticCell::new();
     EXECUTOR.init(Executor::new()).run(|spawner| {
-        spawner.spawn(net_task(runner).expect("the net task is spawned once"));
-        spawner.spawn(node_task(backend, firewall).expect("the node task is spawned once"));
+        spawner.spawn(net_task(launched.runner).expect("the net task is spawned once"));
+        spawner.spawn(
+            node_task(launched.backend, launched.firewall).expect("the node task is spawned once"),
+        );
     })
 }
