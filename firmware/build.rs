@@ -102,6 +102,20 @@ fn main() {
         .unwrap();
     }
     writeln!(out, "];").unwrap();
+    // The board's ring capacity is a constant of the firmware crate, not of this script, so
+    // the check is a compile-time assertion in the generated code, with the file's numbers.
+    let points = spec.nodes.len() * spec.vnodes as usize;
+    writeln!(
+        out,
+        "const _: () = assert!({points} <= crate::app::RING_POINTS, {:?});",
+        format!(
+            "firmware build: {} needs {points} ring points ({} nodes x vnodes {}), more than this firmware holds (RING_POINTS in firmware/src/app.rs, 16 per node): write `vnodes = 16` in the file, or generate it with `dqe config gen --vnodes 16`",
+            path.display(),
+            spec.nodes.len(),
+            spec.vnodes
+        )
+    )
+    .unwrap();
 
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"));
     std::fs::write(out_dir.join("embedded_config.rs"), out).expect("write embedded_config.rs");

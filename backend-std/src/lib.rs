@@ -7,7 +7,9 @@
 //! - [`index`]: the compact RAM index (about 30 bytes per pair).
 //! - [`durable`]: the durable store: index + append-only, checksummed segment files.
 //! - [`server`]: the tokio loop: three UDP sockets, storer first, group commit.
-//! - [`metrics`]: Prometheus counters, served by the shared `dqe_metrics_http` responder.
+//! - [`metrics`]: Prometheus counters, `/healthz` and `/readyz`, served over the shared
+//!   `dqe_metrics_http` responder.
+//! - [`peers`]: peer health transitions and cluster mismatches, logged once and counted.
 //!
 //! The cluster file is read by `dqe_config::cluster`, the parser every node and tool shares.
 //!
@@ -23,6 +25,7 @@ pub mod cli;
 pub mod durable;
 pub mod index;
 pub mod metrics;
+pub mod peers;
 pub mod server;
 
 /// Stack of the loop's thread (the node itself is built elsewhere and boxed).

@@ -1,11 +1,13 @@
-//! Prometheus metrics: counters the node loop bumps, and their HTTP endpoint (hyper).
+//! Prometheus metrics: counters the node loop bumps, and what their HTTP endpoint says.
 //!
 //! The node loop is the only writer; it bumps relaxed atomics and, after each batch, copies
 //! gauges (stored pairs, bytes on disk) in. The HTTP side only reads, so a scrape never waits
 //! for the loop and the loop never waits for a scrape. The endpoint ([`serve`]) is the
-//! responder every DQE daemon shares, `dqe_metrics_http`: `GET /metrics` (or `/`) gets the
-//! text exposition format, with no cap on connections and idle ones closed after
-//! [`HEADER_TIMEOUT`].
+//! responder every DQE daemon shares, `dqe_metrics_http`: it answers `GET /metrics` (or `/`)
+//! with the text exposition format, and `GET /healthz` and `GET /readyz` with a one-line
+//! verdict (see [`Metrics::health`] and [`Metrics::readiness`] for what they mean;
+//! docs/metrics.md for every metric). It has no cap on connections; idle and slow
+//! connections are closed after [`HEADER_TIMEOUT`] instead.
 //!
 //! Latency is measured in the backend: the time from a client's Test/Set datagram arriving
 //! at the portal socket to its reply being handed to the socket, matched by (source, id). So it
@@ -13,12 +15,13 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use dqe_core::node::NodeStats;
 use dqe_core::wire::{Body, Reason};
-pub use dqe_metrics_http::{CONNECTION_LIFETIME, HEADER_TIMEOUT, MetricsBindError, bind};
+use dqe_metrics_http::Site;
+pub use dqe_metrics_http::{CONNECTION_LIFETIME, HEADER_TIMEOUT, MetricsBindError, Verdict, bind};
 use tokio::net::TcpListener;
 
 /// Request kinds, in label order (the body variant indices of PROTOCOL.md). Get and Put are
@@ -39,6 +42,39 @@ pub const OUTCOMES: [&str; 9] = [
 ];
 /// Why the backend dropped a datagram, in label order (the core counts its own drops).
 pub const DROPS: [&str; 3] = ["send_failed", "write_failed", "shutdown"];
+/// The (kind, outcome) pairs of `dqe_requests_total` that can occur, as indices into
+/// [`KINDS`] and [`OUTCOMES`]: a Test never stores, is never refused for a bad hash or a full
+/// store; a Set is never answered `NotFound`; a Get or Put reaches the count only as a
+/// refusal (`wrong_port` on a portal port, or `wrong_cluster` before that).
+pub fn request_label_occurs(kind: usize, outcome: usize) -> bool {
+    match (KINDS[kind], OUTCOMES[outcome]) {
+        ("test", "stored" | "bad_hash" | "full") => false,
+        ("set", "not_found") => false,
+        ("get" | "put", o) => matches!(o, "wrong_port" | "wrong_cluster"),
+        _ => true,
+    }
+}
+
+/// A loop that has not finished a housekeeping round for this long is reported unhealthy.
+pub const STALLED_AFTER: Duration = Duration::from_secs(5);
+
+/// Which side refused as `WrongCluster`, as an index into `dqe_wrong_cluster_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WrongClusterSide {
+    /// This node refused a request tagged for another cluster.
+    WeRefused = 0,
+    /// A peer refused this node's request.
+    RefusedUs = 1,
+}
+
+const WRONG_CLUSTER_SIDES: [&str; 2] = ["we_refused", "refused_us"];
+
+/// Milliseconds since the first call, on the monotonic clock (0 stands for "never").
+fn mono_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
 /// Upper bounds of the latency buckets, in seconds.
 pub const BUCKETS: [f64; 16] = [
     0.000_05, 0.000_1, 0.000_2, 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0,
@@ -124,6 +160,13 @@ pub struct Metrics {
     pub replay_skipped_records: AtomicU64,
     /// The core's own counters, copied in by the loop.
     node: Mutex<NodeStats>,
+    /// Each peer's name (every node but this one, in config order) and whether it is up.
+    peers: Mutex<Vec<(String, bool)>>,
+    wrong_cluster: [AtomicU64; 2],
+    /// When the loop last finished a housekeeping round ([`mono_ms`]; 0: not started).
+    heartbeat: AtomicU64,
+    /// 1 once a stop signal arrived and the node drains its work.
+    pub draining: AtomicU64,
 }
 
 /// The three sockets, as an index into per-port counters.
@@ -172,6 +215,108 @@ impl Metrics {
         }
     }
 
+    /// The peers (every node but this one, in config order), all up: called once at start.
+    pub fn set_peers(&self, names: Vec<String>) {
+        if let Ok(mut p) = self.peers.lock() {
+            *p = names.into_iter().map(|n| (n, true)).collect();
+        }
+    }
+
+    /// Whether each peer (in the order given to [`Metrics::set_peers`]) is believed up.
+    pub fn set_peers_up(&self, up: &[bool]) {
+        if let Ok(mut p) = self.peers.lock() {
+            for ((_, is_up), &now) in p.iter_mut().zip(up) {
+                *is_up = now;
+            }
+        }
+    }
+
+    /// One `WrongCluster` refusal seen, on `side`.
+    pub fn wrong_cluster(&self, side: WrongClusterSide) {
+        self.wrong_cluster[side as usize].fetch_add(1, Relaxed);
+    }
+
+    /// `WrongCluster` refusals seen on `side` so far.
+    pub fn wrong_clusters(&self, side: WrongClusterSide) -> u64 {
+        self.wrong_cluster[side as usize].load(Relaxed)
+    }
+
+    /// The loop finished a housekeeping round now.
+    pub fn beat(&self) {
+        self.heartbeat.store(mono_ms(), Relaxed);
+    }
+
+    /// `/healthz`: the process is alive and its loop is not stuck. 200 while it starts
+    /// (opening the store, replaying segments) and while its loop finished a housekeeping
+    /// round (every 100 ms) within [`STALLED_AFTER`]; 503 when the loop stalled (a blocked
+    /// disk, a bug): restart it.
+    pub fn health(&self) -> Verdict {
+        self.health_at(mono_ms())
+    }
+
+    /// [`Metrics::health`] at monotonic instant `now` (milliseconds, as [`mono_ms`]).
+    fn health_at(&self, now: u64) -> Verdict {
+        let beat = self.heartbeat.load(Relaxed);
+        if beat == 0 {
+            return Verdict {
+                ok: true,
+                why: "alive: starting (opening the store)".into(),
+            };
+        }
+        let age = Duration::from_millis(now.saturating_sub(beat));
+        if age > STALLED_AFTER {
+            return Verdict {
+                ok: false,
+                why: format!(
+                    "stalled: the node loop has not run for {:.1} s",
+                    age.as_secs_f64()
+                ),
+            };
+        }
+        Verdict {
+            ok: true,
+            why: "alive".into(),
+        }
+    }
+
+    /// `/readyz`: this node's portal should be given client traffic. 200 when healthy and
+    /// running (not starting, not draining after a stop signal), its store accepts writes,
+    /// and at least one peer is believed up (a node cut off from every peer would answer from
+    /// its own store alone); 503 with the first reason otherwise. Peers down short of that
+    /// leave it ready: the other nodes take their copies, and making every portal unready
+    /// for a cluster-wide condition would leave clients nowhere to go (`dqe_peer_up` is the
+    /// signal to alert on).
+    pub fn readiness(&self) -> Verdict {
+        let health = self.health();
+        let not = |why: String| Verdict { ok: false, why };
+        if !health.ok {
+            return not(health.why);
+        }
+        if self.heartbeat.load(Relaxed) == 0 {
+            return not("not ready: starting (opening the store)".into());
+        }
+        if self.draining.load(Relaxed) != 0 {
+            return not("not ready: draining after a stop signal".into());
+        }
+        if self.store_degraded.load(Relaxed) != 0 {
+            return not("not ready: the store refuses writes after an I/O error".into());
+        }
+        let (peers, down) = self
+            .peers
+            .lock()
+            .map(|p| (p.len(), p.iter().filter(|(_, up)| !up).count()))
+            .unwrap_or((0, 0));
+        if peers > 0 && down == peers {
+            return not(format!(
+                "not ready: every peer ({peers}) is believed down; this node would answer from its own store alone"
+            ));
+        }
+        Verdict {
+            ok: true,
+            why: "ready".into(),
+        }
+    }
+
     /// One datagram received on `port`.
     pub fn received(&self, port: PortLabel) {
         self.datagrams_in[port as usize].fetch_add(1, Relaxed);
@@ -204,8 +349,7 @@ impl Metrics {
         let _ = writeln!(o, "# TYPE dqe_requests_total counter");
         for (k, kind) in KINDS.iter().enumerate() {
             for (i, outcome) in OUTCOMES.iter().enumerate() {
-                // Get/Put reach the count only through these two refusals.
-                if k >= 2 && !matches!(*outcome, "wrong_port" | "wrong_cluster") {
+                if !request_label_occurs(k, i) {
                     continue;
                 }
                 let _ = writeln!(
@@ -242,6 +386,11 @@ impl Metrics {
             ("buffer_too_small", n.drop_buffer_too_small),
         ];
         for (reason, v) in core_drops {
+            // Guards against bugs: every valid request's reply fits it and this loop's
+            // buffer, so these two are shown only if a bug ever makes them count.
+            if v == 0 && matches!(reason, "amplification" | "buffer_too_small") {
+                continue;
+            }
             let _ = writeln!(o, "dqe_drops_total{{reason=\"{reason}\"}} {v}");
         }
         let _ = writeln!(
@@ -332,6 +481,44 @@ impl Metrics {
             let _ = writeln!(o, "# HELP dqe_node_{name}_total {help}");
             let _ = writeln!(o, "# TYPE dqe_node_{name}_total counter");
             let _ = writeln!(o, "dqe_node_{name}_total {v}");
+        }
+        let _ = writeln!(
+            o,
+            "# HELP dqe_build_info The running build (always 1), labelled with its version."
+        );
+        let _ = writeln!(o, "# TYPE dqe_build_info gauge");
+        let _ = writeln!(
+            o,
+            "dqe_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        );
+        let peers = self.peers.lock().map(|p| p.clone()).unwrap_or_default();
+        if !peers.is_empty() {
+            let _ = writeln!(
+                o,
+                "# HELP dqe_peer_up 1 while this node's failure detector believes the peer answers."
+            );
+            let _ = writeln!(o, "# TYPE dqe_peer_up gauge");
+            for (name, up) in &peers {
+                let _ = writeln!(
+                    o,
+                    "dqe_peer_up{{peer=\"{}\"}} {}",
+                    label_value(name),
+                    u8::from(*up)
+                );
+            }
+        }
+        let _ = writeln!(
+            o,
+            "# HELP dqe_wrong_cluster_total WrongCluster refusals: requests this node refused, and its requests peers refused."
+        );
+        let _ = writeln!(o, "# TYPE dqe_wrong_cluster_total counter");
+        for (i, side) in WRONG_CLUSTER_SIDES.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "dqe_wrong_cluster_total{{side=\"{side}\"}} {}",
+                self.wrong_cluster[i].load(Relaxed)
+            );
         }
         let _ = writeln!(o, "# HELP dqe_node_peers_down Peers believed down now.");
         let _ = writeln!(o, "# TYPE dqe_node_peers_down gauge");
@@ -466,10 +653,29 @@ impl Metrics {
     }
 }
 
-/// Serve scrapes of `metrics` forever, with the shared responder
-/// ([`dqe_metrics_http::serve_text`]).
+/// `text` as a Prometheus label value: backslash, double quote and newline escaped.
+fn label_value(text: &str) -> String {
+    text.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Serve scrapes and health checks of `metrics` forever, with the responder every DQE daemon
+/// shares ([`dqe_metrics_http::serve`]).
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    dqe_metrics_http::serve_text(listener, move || metrics.render()).await
+    dqe_metrics_http::serve(listener, metrics).await
+}
+
+impl Site for Metrics {
+    fn render(&self) -> String {
+        Metrics::render(self)
+    }
+    fn health(&self) -> Option<Verdict> {
+        Some(Metrics::health(self))
+    }
+    fn readiness(&self) -> Option<Verdict> {
+        Some(Metrics::readiness(self))
+    }
 }
 
 #[cfg(test)]
@@ -528,6 +734,114 @@ mod tests {
         let mut text = String::new();
         s.read_to_string(&mut text).await.unwrap();
         assert!(text.starts_with("HTTP/1.0 404"), "{text}");
+    }
+
+    /// Issue 15: `dqe_requests_total{kind="test",outcome="stored"}` and the like were
+    /// exported although no reply can ever produce them.
+    #[test]
+    fn no_request_label_that_cannot_occur_is_rendered() {
+        let text = Metrics::new().render();
+        for never in [
+            "kind=\"test\",outcome=\"stored\"",
+            "kind=\"test\",outcome=\"bad_hash\"",
+            "kind=\"test\",outcome=\"full\"",
+            "kind=\"set\",outcome=\"not_found\"",
+            "kind=\"get\",outcome=\"found\"",
+            "reason=\"amplification\"",
+            "reason=\"buffer_too_small\"",
+        ] {
+            assert!(!text.contains(never), "{never} rendered");
+        }
+        let m = Metrics::new();
+        m.set_node_stats(&NodeStats {
+            drop_amplification: 1,
+            ..NodeStats::default()
+        });
+        assert!(
+            m.render()
+                .contains("dqe_drops_total{reason=\"amplification\"} 1")
+        );
+        for occurs in [
+            "kind=\"test\",outcome=\"found\"",
+            "kind=\"test\",outcome=\"wrong_port\"",
+            "kind=\"set\",outcome=\"bad_hash\"",
+            "kind=\"put\",outcome=\"wrong_cluster\"",
+        ] {
+            assert!(text.contains(occurs), "{occurs} missing");
+        }
+    }
+
+    #[test]
+    fn build_info_and_peer_up_are_rendered_per_peer() {
+        let m = Metrics::new();
+        assert!(!m.render().contains("dqe_peer_up{"), "no peers, no series");
+        m.set_peers(vec!["n2".into(), "n\"3".into()]);
+        m.set_peers_up(&[true, false]);
+        let text = m.render();
+        assert!(
+            text.contains(&format!(
+                "dqe_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            )),
+            "{text}"
+        );
+        assert!(text.contains("dqe_peer_up{peer=\"n2\"} 1"), "{text}");
+        assert!(text.contains("dqe_peer_up{peer=\"n\\\"3\"} 0"), "{text}");
+        assert!(text.contains("dqe_wrong_cluster_total{side=\"we_refused\"} 0"));
+    }
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).await.unwrap();
+        text
+    }
+
+    #[tokio::test]
+    async fn healthz_and_readyz_say_what_they_mean() {
+        let m = Metrics::new();
+        let addr = serving(m.clone()).await;
+        // Starting: alive, not ready.
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.0 200"));
+        let r = get(addr, "/readyz").await;
+        assert!(
+            r.starts_with("HTTP/1.0 503") && r.contains("starting"),
+            "{r}"
+        );
+        m.set_peers(vec!["n2".into(), "n3".into()]);
+        m.beat();
+        let r = get(addr, "/readyz").await;
+        assert!(r.starts_with("HTTP/1.0 200") && r.contains("ready"), "{r}");
+        // One peer of two down: still ready; both: cut off, not ready.
+        m.set_peers_up(&[false, true]);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.0 200"));
+        m.set_peers_up(&[false, false]);
+        let r = get(addr, "/readyz").await;
+        assert!(
+            r.starts_with("HTTP/1.0 503") && r.contains("every peer (2) is believed down"),
+            "{r}"
+        );
+        m.set_peers_up(&[true, true]);
+        m.store_degraded.store(1, Relaxed);
+        assert!(get(addr, "/readyz").await.contains("refuses writes"));
+        m.store_degraded.store(0, Relaxed);
+        m.draining.store(1, Relaxed);
+        assert!(get(addr, "/readyz").await.contains("draining"));
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.0 200"));
+        // A loop that stopped beating is unhealthy.
+        let beat = m.heartbeat.load(Relaxed);
+        let later = beat + STALLED_AFTER.as_millis() as u64 + 1000;
+        let h = m.health_at(later);
+        assert!(
+            !h.ok
+                && h.why
+                    .contains("stalled: the node loop has not run for 6.0 s"),
+            "{h:?}"
+        );
+        assert!(m.health_at(beat + 100).ok);
     }
 
     #[test]

@@ -49,6 +49,7 @@ use tracing::{debug, error, info, warn};
 use crate::cli::RunConfig;
 use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
 use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
+use crate::peers::PeerWatch;
 use dqe_config::cluster::{MAX_NODES, MAX_RING_POINTS};
 
 /// Client requests the portal may have in flight; more are refused `Busy`.
@@ -247,6 +248,14 @@ fn build_node(
     })
 }
 
+/// Run `f` on a blocking thread; a panic there is a panic here.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
 /// The running loop's state.
 struct Server {
     node: Box<EnforcerNode>,
@@ -263,6 +272,8 @@ struct Server {
     /// was abandoned): every write up to it is on disk or was abandoned and forgotten.
     durable_mark: u64,
     timed: TimedTable,
+    /// Peer health transitions and cluster mismatches, for the log and the metrics.
+    peers: PeerWatch,
     next_housekeeping: Instant,
     recv: Box<[u8; RECV_BUF]>,
 }
@@ -279,11 +290,18 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         None => None,
     };
 
+    // Scrapes and /healthz are answered while the store replays (which can take a while):
+    // the replay and the node's construction run on blocking threads meanwhile.
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+    }
     let epoch = cfg.spec.epoch_of(unix_seconds());
     let mut opts = DurableOptions::new(&cfg.data_dir);
     opts.sync_mode = cfg.sync_mode;
-    let (store, recovery) = DurableStore::open(opts, cfg.spec.oldest_retained(epoch))?;
-    let node = build_node(&cfg, store, epoch)?;
+    let oldest = cfg.spec.oldest_retained(epoch);
+    let (store, recovery) = blocking(move || DurableStore::open(opts, oldest)).await?;
+    let build_cfg = cfg.clone();
+    let node = blocking(move || build_node(&build_cfg, store, epoch)).await?;
     info!(
         node = %me.name,
         portal = %me.portal,
@@ -314,9 +332,8 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         window_ms = caches.portal.window(),
         "write replies are remembered for the retry window at up to write_rate SETs and as many PUTs a second; beyond, writes are refused Busy"
     );
-    if let Some(listener) = metrics_listener {
-        tokio::spawn(metrics::serve(listener, metrics.clone()));
-    }
+    let peers = PeerWatch::new(&cfg.spec, cfg.me, node.cluster_tag());
+    metrics.set_peers(peers.peer_names());
 
     let now = Instant::now();
     let mut server = Server {
@@ -331,6 +348,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         batch_mark: 0,
         durable_mark: 0,
         timed: TimedTable::default(),
+        peers,
         next_housekeeping: now,
         recv: Box::new([0; RECV_BUF]),
     };
@@ -427,6 +445,7 @@ impl Server {
                         "stop signal: refusing new requests, finishing those in flight"
                     );
                     stopping = Some(Instant::now());
+                    self.metrics.draining.store(1, Relaxed);
                 }
                 Wake::Readable | Wake::Deadline => {}
             }
@@ -459,6 +478,7 @@ impl Server {
             }
             self.refresh_epoch();
             let datagram = &self.recv[..len];
+            self.peers.on_datagram(port, from, datagram, &self.metrics);
             self.node.handle(now, port, from, datagram);
             self.collect();
         }
@@ -630,7 +650,11 @@ impl Server {
         self.refresh_epoch();
         self.timed
             .retain(|_, (_, t0)| now.duration_since(*t0) < TIMED_FORGET);
+        let node = &self.node;
+        self.peers
+            .poll_health(|i| node.health_transitions(i), &self.metrics);
         self.export();
+        self.metrics.beat();
     }
 
     fn export(&self) {

@@ -7,6 +7,7 @@
 //! epoch_seconds = 86400
 //! grace = 1
 //! timeout_ms = 2000                                  # per portal, all retries
+//! cluster_tag = "0x1234abcd"                         # optional: the portals' cluster
 //! ```
 //!
 //! A `trust` entry is read by the caller's [`TrustEntry`] (the key file formats belong to the
@@ -106,6 +107,7 @@ struct RawClient {
     epoch_seconds: Option<Spanned<u32>>,
     grace: Option<Spanned<u32>>,
     timeout_ms: Option<Spanned<u64>>,
+    cluster_tag: Option<Spanned<String>>,
 }
 
 /// The settings of the tools that talk to portals or check stamps (see the module docs).
@@ -123,6 +125,10 @@ pub struct ClientConfig {
     pub grace: u32,
     /// How long to wait for one portal before trying the next.
     pub timeout: Duration,
+    /// The cluster tag requests carry (0: any cluster). With the tag of the portals' cluster
+    /// (`dqe config check` prints it), a portal of another cluster refuses instead of
+    /// answering, and the tools say so.
+    pub cluster_tag: u32,
 }
 
 impl Default for ClientConfig {
@@ -134,8 +140,23 @@ impl Default for ClientConfig {
             epoch_seconds: DEFAULT_EPOCH_SECONDS,
             grace: DEFAULT_GRACE,
             timeout: DEFAULT_PORTAL_TIMEOUT,
+            cluster_tag: 0,
         }
     }
+}
+
+/// Parse a cluster tag as `dqe config check` prints it: `0x` and 8 hex digits, or decimal.
+pub fn parse_cluster_tag(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        Some(hex) => u32::from_str_radix(hex, 16),
+        None => t.parse::<u32>(),
+    };
+    parsed.map_err(|_| {
+        format!(
+            "`{text}` is not a cluster tag: write it as `dqe config check CLUSTER.toml` prints it, e.g. 0x1234abcd (0 means any cluster)"
+        )
+    })
 }
 
 /// Parse `host:port` (an IP literal, or a name resolved once).
@@ -220,6 +241,10 @@ impl ClientConfig {
             }
             config.timeout = Duration::from_millis(t.into_inner());
         }
+        if let Some(t) = raw.cluster_tag {
+            config.cluster_tag =
+                parse_cluster_tag(t.get_ref()).map_err(|e| field(t.span(), "cluster_tag", e))?;
+        }
         Ok(config)
     }
 }
@@ -242,13 +267,22 @@ mod tests {
 
     #[test]
     fn client_config_reads_every_field() {
-        let text = "portals = [\"127.0.0.1:8101\", \"127.0.0.1:8104\"]\ntrust = [\"k7\"]\nepoch_seconds = 60\ngrace = 2\ntimeout_ms = 300\n";
+        let text = "portals = [\"127.0.0.1:8101\", \"127.0.0.1:8104\"]\ntrust = [\"k7\"]\nepoch_seconds = 60\ngrace = 2\ntimeout_ms = 300\ncluster_tag = \"0x0000abcd\"\n";
         let c = parse(text).unwrap();
         assert_eq!(c.portals.len(), 2);
         assert_eq!(c.trust, vec![[7u8; 32]]);
         assert_eq!((c.epoch_seconds, c.grace), (60, 2));
         assert_eq!(c.timeout, Duration::from_millis(300));
         assert_eq!(c.source.as_deref(), Some(Path::new("/x/client.toml")));
+        assert_eq!(c.cluster_tag, 0xabcd);
+        let e = parse("portals = [\"127.0.0.1:8101\"]\ncluster_tag = \"0xzz\"\n").unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "/x/client.toml:2:15: field `cluster_tag`: `0xzz` is not a cluster tag"
+            ),
+            "{e}"
+        );
+        assert_eq!(parse_cluster_tag("1234"), Ok(1234));
     }
 
     #[test]

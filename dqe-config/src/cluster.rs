@@ -43,8 +43,10 @@ use crate::locate::Source;
 
 /// Nodes a cluster file may list (the `N` of the node `dqe-enforcer` runs).
 pub const MAX_NODES: usize = 256;
-/// Ring points `dqe-enforcer` has room for: `nodes * vnodes` must not exceed it.
-pub const MAX_RING_POINTS: usize = 8192;
+/// Ring points `dqe-enforcer` has room for: `nodes * vnodes` must not exceed it. Room for
+/// the points `dqe config gen` writes (256 per node, 512 when r = 1) up to 128 nodes (64 for
+/// r = 1); about 30 bytes each, so the ring takes under 1 MiB.
+pub const MAX_RING_POINTS: usize = 32_768;
 
 /// The cluster model `dqe-enforcer` and the tools run.
 pub type Cluster = ClusterSpec<MAX_NODES>;

@@ -54,6 +54,10 @@ pub struct FailureDetector<const N: usize> {
     health: [Health; N],
     /// Nodes believed down, so that the common case (none) costs nothing to ask about.
     down: usize,
+    /// Per node, how many times its belief changed (up to down or back), wrapping: a backend
+    /// that polls [`FailureDetector::transitions`] sees every change, even one undone
+    /// between two polls.
+    transitions: [u32; N],
     threshold: u8,
     probe_interval: Millis,
 }
@@ -64,6 +68,7 @@ impl<const N: usize> FailureDetector<N> {
         FailureDetector {
             health: [Health::Up { misses: 0 }; N],
             down: 0,
+            transitions: [0; N],
             threshold: threshold.max(1),
             probe_interval,
         }
@@ -87,6 +92,13 @@ impl<const N: usize> FailureDetector<N> {
         self.down
     }
 
+    /// How many times the belief about `node` changed so far (wrapping). Even means it is
+    /// believed up, odd that it is believed down; a difference of two or more between two
+    /// polls means it went down and came back (perhaps more than once) in between.
+    pub fn transitions(&self, node: NodeIndex) -> u32 {
+        self.transitions.get(node as usize).copied().unwrap_or(0)
+    }
+
     /// `node` answered something: it is up, with no misses.
     pub fn record_answer(&mut self, node: NodeIndex) -> Change {
         let Some(h) = self.health.get_mut(node as usize) else {
@@ -99,6 +111,7 @@ impl<const N: usize> FailureDetector<N> {
         *h = Health::Up { misses: 0 };
         if change == Change::CameUp {
             self.down -= 1;
+            self.transitions[node as usize] = self.transitions[node as usize].wrapping_add(1);
         }
         change
     }
@@ -120,6 +133,8 @@ impl<const N: usize> FailureDetector<N> {
                         probe: None,
                     };
                     self.down += 1;
+                    self.transitions[node as usize] =
+                        self.transitions[node as usize].wrapping_add(1);
                     Change::WentDown
                 } else {
                     Change::Same
@@ -210,5 +225,21 @@ mod tests {
         assert_eq!(d.record_answer(3), Change::CameUp);
         assert!(d.is_up(3));
         assert_eq!(d.next_probe(), None);
+    }
+
+    #[test]
+    fn transitions_count_every_change_of_belief_once() {
+        let mut d = FailureDetector::<4>::new(1, 500);
+        assert_eq!(d.transitions(2), 0);
+        d.record_miss(2, 0);
+        d.record_miss(2, 10); // already down: no change
+        assert_eq!(d.transitions(2), 1);
+        d.record_answer(2);
+        d.record_answer(2); // already up: no change
+        assert_eq!(d.transitions(2), 2);
+        d.record_miss(2, 20);
+        assert_eq!(d.transitions(2), 3);
+        assert_eq!(d.transitions(1), 0);
+        assert_eq!(d.transitions(9), 0);
     }
 }

@@ -652,6 +652,12 @@ impl<
         self.portal.health(node)
     }
 
+    /// How many times this node's failure detector changed its belief about `node` (up to
+    /// down or back), wrapping: a backend polls it to log every transition once.
+    pub fn health_transitions(&self, node: NodeIndex) -> u32 {
+        self.portal.health_transitions(node)
+    }
+
     /// Datagrams queued and not yet taken by [`Node::poll_transmit`].
     pub fn queued(&self) -> usize {
         self.outbox.len()

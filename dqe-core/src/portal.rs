@@ -479,6 +479,11 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         self.detector.down_count()
     }
 
+    /// How many times the failure detector changed its belief about `node` (wrapping).
+    pub fn health_transitions(&self, node: NodeIndex) -> u32 {
+        self.detector.transitions(node)
+    }
+
     /// The earliest instant the portal has timed work: an attempt expiring, a reply
     /// waiting for queue room, a lingering request to drop, a probe to send.
     pub fn next_deadline(&self) -> Option<Millis> {

@@ -1,9 +1,11 @@
 //! `dqe-metrics-http`: the scrape endpoint every DQE daemon serves its metrics on.
 //!
 //! `dqe-enforcer` and `dqe milter` both answer `GET /metrics` (or `/`) with whatever their
-//! render function writes in the Prometheus text exposition format. The responder lives in
-//! its own crate so a daemon needs neither the other's code nor its dependencies: the
-//! enforcer's crate is a server, and the config crate is a build dependency of the firmware.
+//! [`Site`] renders in the Prometheus text exposition format; a site that knows its health
+//! (the enforcer) also answers `GET /healthz` and `GET /readyz` with a [`Verdict`]. The
+//! responder lives in its own crate so a daemon needs neither the other's code nor its
+//! dependencies: the enforcer's crate is a server, and the config crate is a build
+//! dependency of the firmware.
 //!
 //! It has no cap on connections (a cap lets anyone who holds that many open shut the
 //! scrapes out); idle and slow connections are closed after [`HEADER_TIMEOUT`] instead.
@@ -45,23 +47,61 @@ pub struct MetricsBindError {
     pub source: std::io::Error,
 }
 
-/// Bind the metrics endpoint; the returned listener is served by [`serve_text`].
+/// A `/healthz` or `/readyz` verdict: whether the answer is 200, and the line that says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// 200 when true, 503 when false.
+    pub ok: bool,
+    /// One line for the reader.
+    pub why: String,
+}
+
+/// What the endpoint serves: the metrics text and, for a daemon that has them, its health
+/// and readiness.
+pub trait Site: Send + Sync + 'static {
+    /// The text exposition format of every metric.
+    fn render(&self) -> String;
+    /// `/healthz`: `None` (the default) means the site has no `/healthz` nor `/readyz`;
+    /// they answer 404.
+    fn health(&self) -> Option<Verdict> {
+        None
+    }
+    /// `/readyz`, asked only of a site with [`Site::health`].
+    fn readiness(&self) -> Option<Verdict> {
+        None
+    }
+}
+
+/// A site that only renders metrics text.
+struct TextOnly<R>(R);
+
+impl<R: Fn() -> String + Send + Sync + 'static> Site for TextOnly<R> {
+    fn render(&self) -> String {
+        (self.0)()
+    }
+}
+
+/// Bind the metrics endpoint; the returned listener is served by [`serve`] or [`serve_text`].
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsBindError> {
     TcpListener::bind(addr)
         .await
         .map_err(|source| MetricsBindError { addr, source })
 }
 
-/// Serve scrapes of whatever `render` writes in the text exposition format, forever:
-/// HTTP/1.1 by hyper, one task per connection and no cap on their number, so connections
-/// that others hold open never keep a scrape out. A connection that has not sent a whole
-/// request head within [`HEADER_TIMEOUT`] (idle keep-alive included) is closed, and none
-/// lives longer than [`CONNECTION_LIFETIME`].
+/// Serve scrapes of whatever `render` writes in the text exposition format, forever, on the
+/// terms of [`serve`]; no `/healthz` or `/readyz`.
 pub async fn serve_text<R>(listener: TcpListener, render: R)
 where
     R: Fn() -> String + Send + Sync + 'static,
 {
-    let render: Render = Arc::new(render);
+    serve(listener, Arc::new(TextOnly(render))).await
+}
+
+/// Serve `site` forever: HTTP/1.1 by hyper, one task per connection and no cap on their
+/// number, so connections that others hold open never keep a scrape out. A connection that
+/// has not sent a whole request head within [`HEADER_TIMEOUT`] (idle keep-alive included)
+/// is closed, and none lives longer than [`CONNECTION_LIFETIME`].
+pub async fn serve(listener: TcpListener, site: Arc<dyn Site>) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -72,9 +112,9 @@ where
                 continue;
             }
         };
-        let render = render.clone();
+        let site = site.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, render.clone()));
+            let service = service_fn(move |req| answer(req, site.clone()));
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
@@ -89,23 +129,47 @@ where
     }
 }
 
-/// What a scrape renders.
-type Render = Arc<dyn Fn() -> String + Send + Sync>;
-
-/// One scrape: `GET /metrics` (or `/`) gets the text exposition format.
+/// One request: `GET /metrics` (or `/`) gets the text exposition format; `/healthz` and
+/// `/readyz` the site's verdicts (200 or 503, one line why).
 async fn answer(
     req: Request<Incoming>,
-    render: Render,
+    site: Arc<dyn Site>,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+    let health = site.health();
     let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics" | "/") => (StatusCode::OK, render()),
+        (&Method::GET | &Method::HEAD, "/metrics" | "/") => (StatusCode::OK, site.render()),
+        (&Method::GET | &Method::HEAD, path @ ("/healthz" | "/readyz")) if health.is_some() => {
+            let verdict = if path == "/healthz" {
+                health
+            } else {
+                site.readiness()
+            };
+            match verdict {
+                Some(v) if v.ok => (StatusCode::OK, format!("{}\n", v.why)),
+                Some(v) => (StatusCode::SERVICE_UNAVAILABLE, format!("{}\n", v.why)),
+                None => (
+                    StatusCode::NOT_FOUND,
+                    "this endpoint has no readiness\n".to_string(),
+                ),
+            }
+        }
         (&Method::GET | &Method::HEAD, _) => (
             StatusCode::NOT_FOUND,
-            "not found; try /metrics\n".to_string(),
+            if health.is_some() {
+                "not found; try /metrics, /healthz or /readyz\n"
+            } else {
+                "not found; try /metrics\n"
+            }
+            .to_string(),
         ),
         _ => (
             StatusCode::METHOD_NOT_ALLOWED,
-            "only GET /metrics\n".to_string(),
+            if health.is_some() {
+                "only GET /metrics, /healthz, /readyz\n"
+            } else {
+                "only GET /metrics\n"
+            }
+            .to_string(),
         ),
     };
     let mut resp = Response::new(Full::new(Bytes::from(body)));
@@ -139,6 +203,46 @@ mod tests {
 
     async fn scrape(addr: SocketAddr) -> String {
         request(addr, b"GET /metrics HTTP/1.0\r\n\r\n").await
+    }
+
+    /// A site whose health the test sets.
+    struct Sick(bool);
+
+    impl Site for Sick {
+        fn render(&self) -> String {
+            "up 1\n".to_string()
+        }
+        fn health(&self) -> Option<Verdict> {
+            Some(Verdict {
+                ok: !self.0,
+                why: if self.0 { "sick" } else { "fine" }.to_string(),
+            })
+        }
+        fn readiness(&self) -> Option<Verdict> {
+            Some(Verdict {
+                ok: false,
+                why: "starting".to_string(),
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn health_and_readiness_are_answered_only_by_a_site_that_has_them() {
+        for (sick, status) in [(false, "200"), (true, "503")] {
+            let listener = bind("127.0.0.1:0".parse().unwrap()).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(serve(listener, Arc::new(Sick(sick))));
+            let text = request(addr, b"GET /healthz HTTP/1.0\r\n\r\n").await;
+            assert!(text.starts_with(&format!("HTTP/1.0 {status}")), "{text}");
+            let text = request(addr, b"GET /readyz HTTP/1.0\r\n\r\n").await;
+            assert!(
+                text.starts_with("HTTP/1.0 503") && text.ends_with("starting\n"),
+                "{text}"
+            );
+        }
+        let addr = serving().await;
+        let text = request(addr, b"GET /healthz HTTP/1.0\r\n\r\n").await;
+        assert!(text.starts_with("HTTP/1.0 404"), "{text}");
     }
 
     #[tokio::test]

@@ -14,15 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand};
 use dqe_core::hash::{key_of, word_value};
-use dqe_core::ring::Ring;
 use dqe_core::stamp::{CertBody, Certificate, PublicKey};
-use rand::{Rng as _, SeedableRng as _};
 
 use crate::client::{ClientError, PortalClient, Reply, explain_refusal};
 use crate::cluster::{ClusterError, LocalCluster, find_enforcer};
 use crate::config_file::{
-    ClientConfig, ClusterFile, ConfigFileError, FileError, GenError, MAX_RING_POINTS,
-    generate_cluster, parse_addr, parse_trust,
+    ClientConfig, ClusterFile, ConfigFileError, FileError, GenError, generate_cluster,
+    generate_cluster_with, parse_addr, parse_trust,
 };
 use crate::demo::{self, DemoError};
 use crate::keys::{self, KeyFileError};
@@ -192,6 +190,9 @@ pub struct PortalList {
     /// Milliseconds to wait for one portal (all retries) before trying the next [default: from the client config, else 2000].
     #[arg(long, value_name = "MS", global = true)]
     pub timeout_ms: Option<u64>,
+    /// The portals' cluster tag as `dqe config check` prints it (0x...), so a portal of another cluster refuses and is named [default: `cluster_tag` from the client config, else 0: any].
+    #[arg(long, value_name = "TAG", value_parser = crate::config_file::parse_cluster_tag, global = true)]
+    pub cluster_tag: Option<u32>,
 }
 
 /// Where the stamp comes from.
@@ -333,6 +334,9 @@ pub struct GenArgs {
     /// Where to write the config.
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Ring points per node [default: 256, or 512 when R is 1, fewer beyond 128 nodes: the copies then spread within 15% of even]. A cluster with boards needs what their ring holds (16).
+    #[arg(long, value_name = "V")]
+    pub vnodes: Option<u16>,
     /// Overwrite an existing file.
     #[arg(long)]
     pub force: bool,
@@ -343,9 +347,6 @@ pub struct GenArgs {
 pub struct CheckArgs {
     /// The cluster config.
     pub file: PathBuf,
-    /// Random keys sampled to estimate each node's share.
-    #[arg(long, value_name = "N", default_value_t = 100_000)]
-    pub samples: u32,
 }
 
 /// `dqe cluster ...`.
@@ -370,6 +371,9 @@ pub struct UpArgs {
     /// The enforcer binary [default: dqe-enforcer beside dqe, else on PATH].
     #[arg(long, value_name = "PATH")]
     pub enforcer: Option<PathBuf>,
+    /// Serve each node's metrics, /healthz and /readyz on TCP 127.0.0.1:P+i (i = its place in the config, from 0) [default: no metrics].
+    #[arg(long, value_name = "P")]
+    pub metrics_base: Option<u16>,
 }
 
 /// `dqe u2`.
@@ -416,6 +420,21 @@ pub struct DemoArgs {
     /// The enforcer binary [default: dqe-enforcer beside dqe, else on PATH].
     #[arg(long, value_name = "PATH")]
     pub enforcer: Option<PathBuf>,
+    /// Run the demo's nodes on UDP ports P to P+8 (three nodes, three ports each) instead of free ports the system picks, e.g. to fit a firewall rule [default: any free ports].
+    #[arg(long, value_name = "P", value_parser = parse_demo_port_base)]
+    pub port_base: Option<u16>,
+}
+
+/// `dqe demo --port-base P`: the nine ports P..=P+8 must exist and P cannot be 0.
+fn parse_demo_port_base(text: &str) -> Result<u16, String> {
+    let last = u16::MAX - (demo::PORTS as u16 - 1);
+    match text.parse::<u16>() {
+        Ok(p) if (1..=last).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "the demo's nodes use ports P to P+{}, so P must be a number from 1 to {last}",
+            demo::PORTS - 1
+        )),
+    }
 }
 
 /// Why a command failed (exit status 1, or 5 for a spent quota).
@@ -527,7 +546,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
                 Some(p) => p,
                 None => find_enforcer()?,
             };
-            demo::run(&enforcer, &mut std::io::stdout())?;
+            demo::run(&enforcer, a.port_base, &mut std::io::stdout())?;
             Ok(EXIT_OK)
         }
     }
@@ -574,8 +593,18 @@ fn client(p: &PortalList, c: &ClientConfig) -> Result<PortalClient, Failure> {
     if timeout.is_zero() {
         return Err(Failure::Usage("--timeout-ms must be at least 1".into()));
     }
-    Ok(PortalClient::new(portals, timeout)?)
+    let mut client =
+        PortalClient::new(portals, timeout)?.with_cluster(p.cluster_tag.unwrap_or(c.cluster_tag));
+    // Silent portals are remembered for a minute beside the stamp state, so that only the
+    // first message after a portal falls silent waits for it.
+    if let Some(dir) = crate::stamp_state::default_state_dir() {
+        client = client.with_silence_note(dir.join(SILENCE_NOTE));
+    }
+    Ok(client)
 }
+
+/// The file, in the state directory, that names portals found silent lately.
+pub const SILENCE_NOTE: &str = "silent-portals";
 
 fn trusted(flags: &[String], c: &ClientConfig) -> Result<Vec<PublicKey>, Failure> {
     let keys: Vec<PublicKey> = if flags.is_empty() {
@@ -907,7 +936,10 @@ fn portal(a: PortalArgs, c: &ClientConfig) -> Result<u8, Failure> {
 }
 
 fn config_gen(a: GenArgs) -> Result<u8, Failure> {
-    let text = generate_cluster(a.nodes, a.replication, a.host, a.base_port)?;
+    let text = match a.vnodes {
+        Some(v) => generate_cluster_with(a.nodes, a.replication, a.host, a.base_port, v)?,
+        None => generate_cluster(a.nodes, a.replication, a.host, a.base_port)?,
+    };
     let file = ClusterFile::parse(&a.out, &text)?;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true);
@@ -934,11 +966,12 @@ fn config_gen(a: GenArgs) -> Result<u8, Failure> {
     let first = a.base_port;
     let last = a.base_port as u32 + 3 * a.nodes as u32 - 1;
     println!(
-        "wrote {}: {} nodes on {} ports {first}-{last}, replication {}, cluster tag {:#010x}",
+        "wrote {}: {} nodes on {} ports {first}-{last}, replication {}, {} ring points per node, cluster tag {:#010x}",
         a.out.display(),
         a.nodes,
         a.host,
         a.replication,
+        file.spec.vnodes,
         file.spec.cluster_tag()
     );
     Ok(EXIT_OK)
@@ -947,22 +980,13 @@ fn config_gen(a: GenArgs) -> Result<u8, Failure> {
 fn config_check(a: CheckArgs) -> Result<u8, Failure> {
     let file = ClusterFile::read(&a.file)?;
     let spec = &file.spec;
-    let ring = Ring::<MAX_RING_POINTS>::new(spec)
-        .map_err(|e| Failure::Usage(format!("{}: {e}", a.file.display())))?;
     let n = spec.nodes.len();
     let r = spec.replication as usize;
-    let mut primary = vec![0u64; n];
-    let mut copies = vec![0u64; n];
-    let mut rng = rand::rngs::StdRng::seed_from_u64(SAMPLE_SEED);
-    for _ in 0..a.samples {
-        let key: [u8; 20] = rng.random();
-        for (i, node) in ring.preference(&key).take(r).enumerate() {
-            if i == 0 {
-                primary[node as usize] += 1;
-            }
-            copies[node as usize] += 1;
-        }
-    }
+    // Exact shares of the key space, from the ring's arcs (no ring of the enforcer's
+    // capacity on this thread's stack, no sampling error).
+    let names: Vec<String> = spec.nodes.iter().map(|n| n.name.to_string()).collect();
+    let primary = crate::balance::copy_shares(&names, spec.vnodes, 1);
+    let copies = crate::balance::copy_shares(&names, spec.vnodes, r);
     println!("{}: valid", a.file.display());
     println!(
         "nodes {n}, replication {r}, handoff {}, vnodes {}, epoch_seconds {}, grace {}, retain_epochs {}",
@@ -984,13 +1008,7 @@ fn config_check(a: CheckArgs) -> Result<u8, Failure> {
         "{:<width$}  {:<21}  {:<21}  {:<21}  {:>8}  {:>8}",
         "node", "portal", "storer", "source", "primary", "copies"
     );
-    let pct = |x: u64| {
-        if a.samples == 0 {
-            0.0
-        } else {
-            100.0 * x as f64 / a.samples as f64
-        }
-    };
+    let pct = |x: f64| 100.0 * x;
     for (i, node) in spec.nodes.iter().enumerate() {
         println!(
             "{:<width$}  {:<21}  {:<21}  {:<21}  {:>7.2}%  {:>7.2}%",
@@ -1002,16 +1020,26 @@ fn config_check(a: CheckArgs) -> Result<u8, Failure> {
             pct(copies[i])
         );
     }
+    let mean = r as f64 / n as f64;
+    let fullest = copies.iter().copied().fold(0.0, f64::max);
     println!(
-        "share of {} random keys: primary = first node of the preference list; copies = among the {r} assigned nodes (ideal {:.2}%)",
-        a.samples,
-        100.0 * r as f64 / n as f64
+        "share of the key space, exact: primary = first node of the preference list; copies = among the {r} assigned nodes (ideal {:.2}%)",
+        100.0 * mean
+    );
+    println!(
+        "fullest node: {:.3} x its fair share of copies{}",
+        fullest / mean,
+        if fullest / mean > 1.15 {
+            format!(
+                " (more than 1.15: raise vnodes, now {}; docs/BENCHMARKS.md \"Ring balance\")",
+                spec.vnodes
+            )
+        } else {
+            String::new()
+        }
     );
     Ok(EXIT_OK)
 }
-
-/// The fixed seed of `config check`'s key sample, so its figures are reproducible.
-const SAMPLE_SEED: u64 = 0xd9e0_5eed;
 
 fn cluster_up(a: UpArgs) -> Result<u8, Failure> {
     let file = ClusterFile::read(&a.config)?;
@@ -1024,7 +1052,8 @@ fn cluster_up(a: UpArgs) -> Result<u8, Failure> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(io_err("cannot install the Ctrl-C handler"))?;
     }
-    let mut cluster = LocalCluster::start(&file, &enforcer, &a.data_root)?;
+    let mut cluster =
+        LocalCluster::start_with_metrics(&file, &enforcer, &a.data_root, a.metrics_base)?;
     println!(
         "starting {} nodes of {} (cluster tag {:#010x}) with {}",
         cluster.nodes().len(),
@@ -1033,8 +1062,12 @@ fn cluster_up(a: UpArgs) -> Result<u8, Failure> {
         enforcer.display()
     );
     for n in cluster.nodes() {
+        let metrics = n
+            .metrics
+            .map(|m| format!("  metrics http://{m}/metrics"))
+            .unwrap_or_default();
         println!(
-            "  {:<8} portal {}  storer {}  source {}  log {}",
+            "  {:<8} portal {}  storer {}  source {}  log {}{metrics}",
             n.name,
             n.portal,
             n.storer,
@@ -1108,6 +1141,7 @@ fn run_u2(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
     };
     let opts = u2::Options {
         portals,
+        cluster_tag: a.portals.cluster_tag.unwrap_or(c.cluster_tag),
         load,
         duration,
         reuse: a.reuse,
@@ -1142,6 +1176,23 @@ fn run_u2(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
                 "cannot write the JSON report to {}",
                 path.display()
             )))?;
+    }
+    let foreign: u64 = report
+        .outcomes
+        .iter()
+        .filter(|(k, _)| k.ends_with("refused_wrong_cluster"))
+        .map(|(_, n)| n)
+        .sum();
+    if foreign > 0 {
+        return Err(Failure::Usage(format!(
+            "{foreign} request(s) were refused WrongCluster: a portal among {} belongs to another cluster than tag {:#010x}; fix --portal or --cluster-tag (`dqe config check CLUSTER.toml` prints the tag)",
+            opts.portals
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+            opts.cluster_tag
+        )));
     }
     if report.false_reuse > 0 {
         return Err(Failure::FalseReuse(report.false_reuse));

@@ -7,11 +7,24 @@
 //! up, then moves to the next portal. A connected socket makes a closed port show up at once
 //! (the ICMP "port unreachable" surfaces as `ConnectionRefused`), so a dead local portal is
 //! skipped without waiting.
+//!
+//! A portal that is silent (a dead host, a firewall) costs its whole time budget. So the
+//! client remembers silent portals for [`SILENT_FOR`] and tries them after the others: in
+//! memory for the requests of one process (a mail filter), and, when given a
+//! [`PortalClient::with_silence_note`] file, across `dqe` runs, so that only the first
+//! message after a portal falls silent pays its timeout.
+//!
+//! Requests carry the cluster tag the client expects (0, "any", unless the client config's
+//! `cluster_tag` or `--cluster-tag` names one): a portal of another cluster then answers
+//! `WrongCluster` instead of serving the request, and the client passes it over and says so.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
-use std::time::{Duration, Instant};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use dqe_core::hash::{Key, Value, matches};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
@@ -20,6 +33,8 @@ use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
 pub const FIRST_RESEND: Duration = Duration::from_millis(200);
 /// The longest gap between two sends of one request.
 pub const MAX_RESEND: Duration = Duration::from_millis(800);
+/// How long a portal that gave no answer is tried after the others.
+pub const SILENT_FOR: Duration = Duration::from_secs(60);
 
 /// A portal's answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,7 +68,9 @@ pub fn explain_refusal(reason: Reason) -> &'static str {
             "the portal is overloaded (its table of requests in flight is full); retry later or use another portal"
         }
         Reason::Full => "the enforcer's stores are full; the operator must add capacity",
-        Reason::WrongCluster => "the request named another cluster's tag",
+        Reason::WrongCluster => {
+            "the portal belongs to another cluster than the one named by the request's cluster tag (`cluster_tag` in the client config or --cluster-tag); `dqe config check CLUSTER.toml` prints a cluster's tag"
+        }
         Reason::Unavailable => {
             "the portal reached none of the nodes that hold this key; the cluster may be partly down"
         }
@@ -73,6 +90,9 @@ pub enum PortalSilence {
     /// The only replies were `Found` with a value that does not hash to the key: ignored,
     /// as the protocol says, but the portal misbehaves (or someone forges its replies).
     BadFound { replies: u32, waited: Duration },
+    /// The portal answered `WrongCluster`: it is a node of another cluster than the one
+    /// whose tag the request carried.
+    WrongCluster { tag: u32 },
     /// The socket failed in some other way.
     Io(String),
 }
@@ -93,6 +113,15 @@ impl fmt::Display for PortalSilence {
                 "misbehaving portal: {replies} `found` repl{} whose value does not hash to the key (SHA1(v) != k), ignored as the protocol requires, and no valid answer in {:.1} s; tell its operator, or someone forges its replies",
                 if *replies == 1 { "y" } else { "ies" },
                 waited.as_secs_f64()
+            ),
+            PortalSilence::WrongCluster { tag: 0 } => f.write_str(
+                "answered WrongCluster to a request tagged 0 (any cluster), which breaks the protocol",
+            ),
+            PortalSilence::WrongCluster { tag } => write!(
+                f,
+                "belongs to another cluster: it refused our request for cluster tag {tag:#010x} as WrongCluster; \
+                 fix `portals` or `cluster_tag` in the client config (or --portal, --cluster-tag); \
+                 `dqe config check CLUSTER.toml` prints the tag of a cluster file"
             ),
             PortalSilence::Io(e) => write!(f, "socket error: {e}"),
         }
@@ -116,7 +145,12 @@ fn unreachable_text(tried: &[(SocketAddr, PortalSilence)]) -> String {
     let misbehaved = tried
         .iter()
         .any(|(_, why)| matches!(why, PortalSilence::BadFound { .. }));
-    let mut s = String::from(if misbehaved {
+    let foreign = tried
+        .iter()
+        .any(|(_, why)| matches!(why, PortalSilence::WrongCluster { .. }));
+    let mut s = String::from(if foreign {
+        "no portal of the expected cluster answered:"
+    } else if misbehaved {
         "no portal gave a valid answer:"
     } else {
         "no portal answered:"
@@ -143,11 +177,28 @@ pub struct Answer {
     pub skipped: Vec<(SocketAddr, PortalSilence)>,
 }
 
-/// A client of one or more portals, tried in order.
-#[derive(Debug, Clone)]
+/// A client of one or more portals, tried in order (silent ones last, see the module doc).
+#[derive(Debug)]
 pub struct PortalClient {
     portals: Vec<SocketAddr>,
     per_portal: Duration,
+    cluster: u32,
+    /// When each portal was last found silent (unix seconds), this process's view.
+    silent: Mutex<HashMap<SocketAddr, u64>>,
+    /// The file that carries `silent` across runs, if any.
+    note: Option<PathBuf>,
+}
+
+impl Clone for PortalClient {
+    fn clone(&self) -> Self {
+        PortalClient {
+            portals: self.portals.clone(),
+            per_portal: self.per_portal,
+            cluster: self.cluster,
+            silent: Mutex::new(self.silent.lock().map(|s| s.clone()).unwrap_or_default()),
+            note: self.note.clone(),
+        }
+    }
 }
 
 impl PortalClient {
@@ -159,12 +210,69 @@ impl PortalClient {
         Ok(PortalClient {
             portals,
             per_portal,
+            cluster: 0,
+            silent: Mutex::new(HashMap::new()),
+            note: None,
         })
     }
 
-    /// The portals, in the order they are tried.
+    /// Tag requests with cluster tag `tag` (0: any cluster), so that a portal of another
+    /// cluster refuses them (`WrongCluster`) instead of answering for the wrong cluster.
+    pub fn with_cluster(mut self, tag: u32) -> Self {
+        self.cluster = tag;
+        self
+    }
+
+    /// Remember silent portals in `path` too (read now, rewritten when the set changes):
+    /// a later process tries them last for [`SILENT_FOR`]. The note is only a hint: a
+    /// missing, unreadable or unwritable file just means every portal is tried in order.
+    pub fn with_silence_note(mut self, path: PathBuf) -> Self {
+        // Entries for portals this client does not use are kept: another client config may
+        // share the state directory.
+        self.silent = Mutex::new(read_note(&path, unix_now()));
+        self.note = Some(path);
+        self
+    }
+
+    /// The portals, in the order they are given.
     pub fn portals(&self) -> &[SocketAddr] {
         &self.portals
+    }
+
+    /// The portals in the order the next request tries them: those not silent lately first.
+    pub fn order(&self) -> Vec<SocketAddr> {
+        let now = unix_now();
+        let silent = self.silent.lock().map(|s| s.clone()).unwrap_or_default();
+        let lately = |a: &SocketAddr| silent.get(a).is_some_and(|&t| is_recent(t, now));
+        let (quiet, rest): (Vec<SocketAddr>, Vec<SocketAddr>) =
+            self.portals.iter().partition(|a| lately(a));
+        rest.into_iter().chain(quiet).collect()
+    }
+
+    /// Record what one request learnt: `skipped` portals were silent, `answered` answered.
+    fn remember(&self, skipped: &[(SocketAddr, PortalSilence)], answered: Option<SocketAddr>) {
+        let now = unix_now();
+        let Ok(mut silent) = self.silent.lock() else {
+            return;
+        };
+        let before = silent.clone();
+        for (addr, why) in skipped {
+            if matches!(
+                why,
+                PortalSilence::NoAnswer { .. } | PortalSilence::BadFound { .. }
+            ) {
+                silent.insert(*addr, now);
+            }
+        }
+        if let Some(a) = answered {
+            silent.remove(&a);
+        }
+        silent.retain(|_, t| is_recent(*t, now));
+        if *silent != before
+            && let Some(path) = &self.note
+        {
+            write_note(path, &silent);
+        }
     }
 
     /// Ask whether `key` is set.
@@ -189,10 +297,11 @@ impl PortalClient {
         };
         let mut skipped = Vec::new();
         let mut busy = None;
-        for &portal in &self.portals {
-            match ask(portal, body, &key, self.per_portal) {
+        for portal in self.order() {
+            match ask(portal, self.cluster, body, &key, self.per_portal) {
                 Ok(Reply::Refused(Reason::Busy)) => busy = Some(portal),
                 Ok(reply) => {
+                    self.remember(&skipped, Some(portal));
                     return Ok(Answer {
                         reply,
                         portal,
@@ -202,6 +311,7 @@ impl PortalClient {
                 Err(why) => skipped.push((portal, why)),
             }
         }
+        self.remember(&skipped, busy);
         match busy {
             Some(portal) => Ok(Answer {
                 reply: Reply::Refused(Reason::Busy),
@@ -213,9 +323,51 @@ impl PortalClient {
     }
 }
 
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Whether a portal found silent at `at` (unix seconds) is still to be tried last at `now`.
+fn is_recent(at: u64, now: u64) -> bool {
+    now.saturating_sub(at) < SILENT_FOR.as_secs() && at <= now + 1
+}
+
+/// The silence note: one `ADDRESS UNIX_SECONDS` line per silent portal; stale or
+/// unreadable lines are ignored.
+fn read_note(path: &Path, now: u64) -> HashMap<SocketAddr, u64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (addr, at) = l.split_once(' ')?;
+            Some((addr.parse().ok()?, at.trim().parse().ok()?))
+        })
+        .filter(|(_, at)| is_recent(*at, now))
+        .collect()
+}
+
+/// Replace the silence note (write a temporary file, then rename, so a reader never sees
+/// half of it). Failures are ignored: the note is only a hint.
+fn write_note(path: &Path, silent: &HashMap<SocketAddr, u64>) {
+    let mut text = String::new();
+    for (addr, at) in silent {
+        text.push_str(&format!("{addr} {at}\n"));
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+}
+
 /// One request to one portal, resent with the same id until `budget` is spent.
 fn ask(
     portal: SocketAddr,
+    cluster: u32,
     body: Body,
     key: &Key,
     budget: Duration,
@@ -230,7 +382,7 @@ fn ask(
     socket.connect(portal).map_err(io)?;
     let id = rand::random::<u64>();
     let mut out = [0u8; MAX_DATAGRAM];
-    let request = wire::encode(&Envelope::new(0, id, body), &mut out)
+    let request = wire::encode(&Envelope::new(cluster, id, body), &mut out)
         .map_err(|e| PortalSilence::Io(e.to_string()))?
         .to_vec();
     let start = Instant::now();
@@ -270,6 +422,9 @@ fn ask(
             socket.set_read_timeout(Some(resend_at - now)).map_err(io)?;
             match socket.recv(&mut buf) {
                 Ok(n) => match classify(&buf[..n], id, key) {
+                    Received::Reply(Reply::Refused(Reason::WrongCluster)) => {
+                        return Err(PortalSilence::WrongCluster { tag: cluster });
+                    }
                     Received::Reply(reply) => return Ok(reply),
                     Received::BadFound => bad_found += 1,
                     Received::NotOurs => {}
@@ -439,6 +594,128 @@ mod tests {
             "{e}"
         );
         t.join().unwrap();
+    }
+
+    /// A fake portal answering every request with `body`, until the test ends.
+    fn answering(body: Body) -> SocketAddr {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = s.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                let env = wire::decode(&buf[..n]).unwrap();
+                let mut out = [0u8; 64];
+                let r = wire::encode(&env.reply(body), &mut out).unwrap();
+                s.send_to(r, from).unwrap();
+            }
+        });
+        addr
+    }
+
+    /// Issue 15: a silent first portal cost every request its whole budget.
+    #[test]
+    fn a_silent_portal_is_tried_last_by_later_requests_and_later_processes() {
+        let silent = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = silent.local_addr().unwrap();
+        let live = answering(Body::NotFound);
+        let dir = tempfile::tempdir().unwrap();
+        let note = dir.path().join("state/silent-portals");
+        let budget = Duration::from_millis(600);
+        let c = PortalClient::new(vec![dead, live], budget)
+            .unwrap()
+            .with_silence_note(note.clone());
+        let t0 = Instant::now();
+        let a = c.test(&[1; 20]).unwrap();
+        assert!(
+            t0.elapsed() >= budget,
+            "the first request waits the budget out"
+        );
+        assert_eq!((a.portal, a.skipped.len()), (live, 1));
+        // The same client, and a new one reading the note (another `dqe` run), go to the
+        // live portal first.
+        let again = PortalClient::new(vec![dead, live], budget)
+            .unwrap()
+            .with_silence_note(note.clone());
+        for client in [&c, &again] {
+            assert_eq!(client.order(), vec![live, dead]);
+            let t0 = Instant::now();
+            let a = client.test(&[2; 20]).unwrap();
+            assert!(
+                t0.elapsed() < Duration::from_millis(200),
+                "{:?}",
+                t0.elapsed()
+            );
+            assert!(a.skipped.is_empty());
+        }
+        // Without the note, a new client starts with the dead portal again.
+        let fresh = PortalClient::new(vec![dead, live], budget).unwrap();
+        assert_eq!(fresh.order(), vec![dead, live]);
+        // A stale note entry is ignored; an answer removes a portal from the note.
+        let old = unix_now() - SILENT_FOR.as_secs() - 1;
+        std::fs::write(&note, format!("{dead} {old}\ngarbage\n")).unwrap();
+        let stale = PortalClient::new(vec![dead, live], budget)
+            .unwrap()
+            .with_silence_note(note.clone());
+        assert_eq!(stale.order(), vec![dead, live]);
+        std::fs::write(&note, format!("{live} {}\n", unix_now())).unwrap();
+        let c = PortalClient::new(vec![live], budget)
+            .unwrap()
+            .with_silence_note(note.clone());
+        c.test(&[3; 20]).unwrap();
+        assert!(
+            !std::fs::read_to_string(&note)
+                .unwrap()
+                .contains(&live.to_string())
+        );
+        drop(silent);
+    }
+
+    /// Issue 15: a client whose portal serves another cluster is told so, and the next
+    /// portal is asked.
+    #[test]
+    fn a_portal_of_another_cluster_is_passed_over_and_named() {
+        let foreign = answering(Body::Refused {
+            reason: Reason::WrongCluster,
+        });
+        let c = PortalClient::new(vec![foreign], Duration::from_millis(500))
+            .unwrap()
+            .with_cluster(0x1234_abcd);
+        let e = c.test(&[0; 20]).unwrap_err().to_string();
+        assert!(
+            e.contains("no portal of the expected cluster answered"),
+            "{e}"
+        );
+        assert!(
+            e.contains(&format!("{foreign}: belongs to another cluster")),
+            "{e}"
+        );
+        assert!(e.contains("cluster tag 0x1234abcd"), "{e}");
+        let live = answering(Body::Stored);
+        let c = PortalClient::new(vec![foreign, live], Duration::from_millis(500))
+            .unwrap()
+            .with_cluster(0x1234_abcd);
+        let a = c.set(&key_of(&[1; 20]), &[1; 20]).unwrap();
+        assert_eq!((a.reply, a.portal), (Reply::Stored, live));
+    }
+
+    #[test]
+    fn requests_carry_the_expected_cluster_tag() {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = s.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            let env = wire::decode(&buf[..n]).unwrap();
+            let mut out = [0u8; 64];
+            let r = wire::encode(&env.reply(Body::NotFound), &mut out).unwrap();
+            s.send_to(r, from).unwrap();
+            env.cluster
+        });
+        let c = PortalClient::new(vec![addr], Duration::from_secs(2))
+            .unwrap()
+            .with_cluster(77);
+        c.test(&[0; 20]).unwrap();
+        assert_eq!(t.join().unwrap(), 77);
     }
 
     #[test]

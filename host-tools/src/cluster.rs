@@ -42,6 +42,12 @@ pub enum ClusterError {
         role: &'static str,
         addr: SocketAddr,
     },
+    /// `--metrics-base` leaves no room for one port per node.
+    #[error(
+        "--metrics-base {base}: the {nodes} nodes serve metrics on ports {base} to {base}+{nodes}-1, so it must be a number from 1 to {}",
+        u16::MAX as usize + 1 - nodes
+    )]
+    MetricsBase { base: u16, nodes: usize },
     /// A directory or log file could not be made.
     #[error("cannot create {}: {source}", path.display())]
     Setup {
@@ -117,6 +123,8 @@ pub struct RunningNode {
     pub log: PathBuf,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// Where it serves metrics, `/healthz` and `/readyz`, if anywhere.
+    pub metrics: Option<SocketAddr>,
     child: Option<Child>,
 }
 
@@ -153,6 +161,23 @@ impl LocalCluster {
         enforcer: &Path,
         data_root: &Path,
     ) -> Result<LocalCluster, ClusterError> {
+        LocalCluster::start_with_metrics(file, enforcer, data_root, None)
+    }
+
+    /// [`LocalCluster::start`], and with `metrics_base` P, node `i` (in config order) serves
+    /// its metrics on TCP `127.0.0.1:P+i`.
+    pub fn start_with_metrics(
+        file: &ClusterFile,
+        enforcer: &Path,
+        data_root: &Path,
+        metrics_base: Option<u16>,
+    ) -> Result<LocalCluster, ClusterError> {
+        let nodes = file.spec.nodes.len();
+        if let Some(base) = metrics_base
+            && (base == 0 || base as usize + nodes - 1 > u16::MAX as usize)
+        {
+            return Err(ClusterError::MetricsBase { base, nodes });
+        }
         for n in &file.spec.nodes {
             for (role, addr) in [
                 ("portal", n.portal),
@@ -177,13 +202,18 @@ impl LocalCluster {
         std::fs::create_dir_all(data_root).map_err(setup(data_root))?;
         let config = std::path::absolute(&file.path).unwrap_or_else(|_| file.path.clone());
         let mut cluster = LocalCluster { nodes: Vec::new() };
-        for n in &file.spec.nodes {
+        for (i, n) in file.spec.nodes.iter().enumerate() {
+            let metrics = metrics_base.map(|b| SocketAddr::from(([127, 0, 0, 1], b + i as u16)));
             let data_dir = data_root.join(n.name.as_str());
             std::fs::create_dir_all(&data_dir).map_err(setup(&data_dir))?;
             let log = data_root.join(format!("{}.log", n.name));
             let out = File::create(&log).map_err(setup(&log))?;
             let err = out.try_clone().map_err(setup(&log))?;
-            let child = Command::new(enforcer)
+            let mut cmd = Command::new(enforcer);
+            if let Some(m) = metrics {
+                cmd.arg("--metrics").arg(m.to_string());
+            }
+            let child = cmd
                 .arg("--config")
                 .arg(&config)
                 .arg("--node")
@@ -205,6 +235,7 @@ impl LocalCluster {
                 source: n.source,
                 log,
                 data_dir,
+                metrics,
                 child: Some(child),
             });
         }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 pub use dqe_config::client::{
     CLIENT_CONFIG_ENV, ClientConfig, DEFAULT_CLIENT_CONFIG, DEFAULT_PORTAL_TIMEOUT, FileError,
-    field_error, located, parse_addr, read,
+    field_error, located, parse_addr, parse_cluster_tag, read,
 };
 use dqe_config::cluster;
 pub use dqe_config::cluster::{Cluster, ConfigFileError, MAX_NODES, MAX_RING_POINTS};
@@ -97,16 +97,58 @@ pub enum GenError {
     /// Port 0 means "any" and cannot be written into a config.
     #[error("--base-port 0 is not a port: choose one such as 8101")]
     ZeroPort,
+    /// No ring points, or more than `dqe-enforcer` has room for.
+    #[error(
+        "--vnodes {vnodes} is out of range: with {nodes} nodes it must be between 1 and {}, since the enforcer holds at most {MAX_RING_POINTS} ring points",
+        MAX_RING_POINTS / nodes.max(&1)
+    )]
+    VnodesOutOfRange { vnodes: u16, nodes: usize },
+}
+
+/// Ring points per node `dqe config gen` writes for r >= 2: the fewest of the measured
+/// candidates with which the fullest node holds at most 1.15 times the mean share of copies
+/// in every generated cluster of 3 to 64 nodes (docs/BENCHMARKS.md, "Ring balance"; 16, the
+/// protocol's default when the field is omitted, let a node of 3 hold 80% of the copies
+/// where 67% is fair).
+pub const GENERATED_VNODES: u16 = 256;
+/// Ring points per node `dqe config gen` writes for r = 1, where one node's arcs are not
+/// averaged with its neighbours' and 256 points leave the fullest node 1.18 times the mean.
+pub const GENERATED_VNODES_ONE_COPY: u16 = 512;
+
+/// The ring points per node `dqe config gen` writes for `nodes` nodes and `r` copies:
+/// [`GENERATED_VNODES`] (or [`GENERATED_VNODES_ONE_COPY`]), fewer when the ring would not
+/// fit in [`MAX_RING_POINTS`] (beyond 128 nodes).
+pub fn generated_vnodes(nodes: usize, replication: u8) -> u16 {
+    let wanted = if replication <= 1 {
+        GENERATED_VNODES_ONE_COPY
+    } else {
+        GENERATED_VNODES
+    };
+    let fits = (MAX_RING_POINTS / nodes.max(1)).min(u16::MAX as usize) as u16;
+    wanted.min(fits).max(1)
 }
 
 /// The text of a cluster config for `nodes` nodes named `n1..`, each on three consecutive
-/// ports from `base_port` at `host`. Callers check it by parsing it back with
-/// [`ClusterFile::parse`] before writing it.
+/// ports from `base_port` at `host`, with [`generated_vnodes`] ring points per node. Callers
+/// check it by parsing it back with [`ClusterFile::parse`] before writing it.
 pub fn generate_cluster(
     nodes: usize,
     replication: u8,
     host: IpAddr,
     base_port: u16,
+) -> Result<String, GenError> {
+    let vnodes = generated_vnodes(nodes, replication);
+    generate_cluster_with(nodes, replication, host, base_port, vnodes)
+}
+
+/// [`generate_cluster`] with `vnodes` ring points per node (e.g. 16 for a cluster with
+/// boards, whose ring capacity is fixed at build time).
+pub fn generate_cluster_with(
+    nodes: usize,
+    replication: u8,
+    host: IpAddr,
+    base_port: u16,
+    vnodes: u16,
 ) -> Result<String, GenError> {
     if nodes == 0 || nodes > MAX_NODES {
         return Err(GenError::NodesOutOfRange { nodes });
@@ -116,6 +158,9 @@ pub fn generate_cluster(
     }
     if base_port == 0 {
         return Err(GenError::ZeroPort);
+    }
+    if vnodes == 0 || nodes * vnodes as usize > MAX_RING_POINTS {
+        return Err(GenError::VnodesOutOfRange { vnodes, nodes });
     }
     let last = base_port as u32 + 3 * nodes as u32 - 1;
     if last > u16::MAX as u32 {
@@ -135,7 +180,8 @@ pub fn generate_cluster(
          \n\
          [cluster]\n\
          replication = {replication}\n\
-         # vnodes = {}          # ring points per node\n\
+         vnodes = {vnodes}  # ring points per node; omitted means {}, which spreads copies unevenly;\n\
+         #                a board's ring holds 16 per node (`dqe config gen --vnodes 16`)\n\
          # handoff = {}          # extra preference-list depth read by Test/Set\n\
          # epoch_seconds = {}  # epoch length\n\
          # grace = {}            # epochs a stamp stays acceptable after its own",
@@ -175,6 +221,18 @@ mod tests {
         assert_eq!(f.spec.replication, 2);
         assert_eq!(f.spec.handoff, 1);
         assert_eq!(f.spec.nodes[2].source, "127.0.0.1:8109".parse().unwrap());
+        // Issue 15: the generator wrote no vnodes, so the ring had 16 points per node.
+        assert_eq!(f.spec.vnodes, GENERATED_VNODES);
+        let one_copy = parse(&generate_cluster(3, 1, "127.0.0.1".parse().unwrap(), 8101).unwrap());
+        assert_eq!(one_copy.unwrap().spec.vnodes, GENERATED_VNODES_ONE_COPY);
+        // Every generated size fits the enforcer's ring; the largest get fewer points.
+        assert_eq!(generated_vnodes(128, 2), GENERATED_VNODES);
+        assert_eq!(
+            generated_vnodes(MAX_NODES, 2),
+            (MAX_RING_POINTS / MAX_NODES) as u16
+        );
+        let boards = generate_cluster_with(3, 2, "127.0.0.1".parse().unwrap(), 8101, 16).unwrap();
+        assert_eq!(parse(&boards).unwrap().spec.vnodes, 16);
     }
 
     /// Whatever `config gen` accepts to write, the one parser accepts to read, with the
@@ -195,7 +253,7 @@ mod tests {
                     .unwrap_or_else(|e| panic!("{nodes} nodes, r {r} on {host}: {e}"));
                 assert_eq!((spec.nodes.len(), spec.replication), (nodes, r));
                 assert_eq!(spec.handoff, Cluster::default_handoff(nodes, r));
-                assert_eq!(spec.vnodes, dqe_core::config::DEFAULT_VNODES);
+                assert_eq!(spec.vnodes, generated_vnodes(nodes, r));
                 assert_eq!(spec.nodes[nodes - 1].name.as_str(), format!("n{nodes}"));
                 let last = spec.nodes[nodes - 1].source;
                 assert_eq!(
@@ -225,6 +283,13 @@ mod tests {
             generate_cluster(MAX_NODES + 1, 1, h, 1024),
             Err(GenError::NodesOutOfRange { .. })
         ));
+        for v in [0, 257] {
+            let e = generate_cluster_with(MAX_NODES / 2, 2, h, 1024, v).unwrap_err();
+            assert!(
+                e.to_string().contains("it must be between 1 and 256"),
+                "{e}"
+            );
+        }
     }
 
     #[test]

@@ -60,8 +60,12 @@ macro_rules! say {
     ($out:expr, $($t:tt)*) => { say($out, format_args!($($t)*)) };
 }
 
-/// Run the demo with `enforcer`, narrating to `out`.
-pub fn run(enforcer: &Path, out: &mut dyn Write) -> Result<(), DemoError> {
+/// UDP ports the demo's cluster uses: three nodes, three ports each.
+pub const PORTS: usize = 9;
+
+/// Run the demo with `enforcer`, narrating to `out`; its nodes listen on ports
+/// `port_base..port_base + PORTS` when given, else on free ports the system picks.
+pub fn run(enforcer: &Path, port_base: Option<u16>, out: &mut dyn Write) -> Result<(), DemoError> {
     let dir = tempfile::Builder::new()
         .prefix("dqe-demo-")
         .tempdir()
@@ -69,7 +73,10 @@ pub fn run(enforcer: &Path, out: &mut dyn Write) -> Result<(), DemoError> {
     let d = dir.path();
 
     // 1. The cluster.
-    let ports = free_udp_ports(9).map_err(DemoError::Setup)?;
+    let ports = match port_base {
+        Some(p) => (0..PORTS as u16).map(|i| p + i).collect(),
+        None => free_udp_ports(PORTS).map_err(DemoError::Setup)?,
+    };
     let config_path = d.join("cluster.toml");
     std::fs::write(&config_path, loopback_config(&ports, 2, None)).map_err(DemoError::Setup)?;
     let file = ClusterFile::read(&config_path)?;

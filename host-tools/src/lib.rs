@@ -12,6 +12,7 @@
 //! - [`u2`]: the load generator.
 //! - [`cluster`]: a loopback cluster of `dqe-enforcer` child processes.
 //! - [`demo`]: a stamp's whole life, narrated.
+//! - [`balance`]: how evenly a ring spreads copies, computed exactly.
 //! - [`cli`]: the command line and its exit codes.
 //!
 //! ```no_run
@@ -25,6 +26,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod balance;
 pub mod cli;
 pub mod client;
 pub mod cluster;

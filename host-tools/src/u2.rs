@@ -49,6 +49,9 @@ pub enum Load {
 pub struct Options {
     /// Portals, used round-robin.
     pub portals: Vec<SocketAddr>,
+    /// The cluster tag requests carry (0: any); a portal of another cluster answers
+    /// `refused_wrong_cluster`.
+    pub cluster_tag: u32,
     /// Open or closed loop.
     pub load: Load,
     /// How long to start new requests.
@@ -72,6 +75,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             portals: Vec::new(),
+            cluster_tag: 0,
             load: Load::Window(16),
             duration: Duration::from_secs(10),
             reuse: 0.0,
@@ -431,9 +435,12 @@ impl Run<'_> {
             id = self.rng.random::<u64>();
         }
         let mut datagram = [0u8; MAX_DATAGRAM];
-        let len = wire::encode(&Envelope::new(0, id, body), &mut datagram)
-            .map_err(|e| U2Error::BadOption(format!("cannot encode a request: {e}")))?
-            .len();
+        let len = wire::encode(
+            &Envelope::new(self.opts.cluster_tag, id, body),
+            &mut datagram,
+        )
+        .map_err(|e| U2Error::BadOption(format!("cannot encode a request: {e}")))?
+        .len();
         let portal = self.next_portal;
         self.next_portal = (self.next_portal + 1) % self.opts.portals.len();
         let now = Instant::now();

@@ -299,8 +299,8 @@ fn cluster_up_keeps_the_other_nodes_running_when_one_exits() {
         host_tools::cluster::loopback_config(&ports, 2, None),
     )
     .unwrap();
-    // A wrapper that records each node's pid beside its arguments (nodes start concurrently,
-    // so the order of the lines says nothing about which node is which).
+    // A wrapper that records each node's pid and arguments (the three start at once, so the
+    // file's order is not the config's: the node is found by its `--node NAME`).
     let wrapper = d.join("enforcer.sh");
     std::fs::write(
         &wrapper,
@@ -347,17 +347,16 @@ fn cluster_up_keeps_the_other_nodes_running_when_one_exits() {
         }
     };
     wait_for("ready", &mut seen);
-    let lines = std::fs::read_to_string(d.join("pids")).unwrap();
-    assert_eq!(lines.lines().count(), 3, "{lines}");
-    // The pid of each node, in config order, found by its `--node NAME` argument.
+    let started = std::fs::read_to_string(d.join("pids")).unwrap();
+    assert_eq!(started.lines().count(), 3, "{started}");
     let pids: Vec<String> = ["n1", "n2", "n3"]
         .iter()
         .map(|name| {
-            let line = lines
+            let line = started
                 .lines()
-                .find(|l| l.split_whitespace().any(|w| w == *name))
-                .unwrap_or_else(|| panic!("no pid line for {name}: {lines}"));
-            line.split_whitespace().next().unwrap().to_string()
+                .find(|l| l.contains(&format!("--node {name} ")))
+                .unwrap_or_else(|| panic!("no {name} in {started}"));
+            line.split(' ').next().unwrap().to_string()
         })
         .collect();
     let kill = |sig: &str, pid: &str| {
