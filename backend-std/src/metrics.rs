@@ -427,6 +427,11 @@ impl Metrics {
                 n.read_repairs_skipped,
             ),
             (
+                "write_replacements",
+                "Puts sent in place of a write-set node whose Put timed out.",
+                n.write_replacements,
+            ),
+            (
                 "late_replies",
                 "Peer replies after their request finished.",
                 n.late_replies,

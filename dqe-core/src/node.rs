@@ -243,6 +243,8 @@ pub struct NodeStats {
     pub read_repairs: u64,
     /// Read repairs not sent for lack of queue room.
     pub read_repairs_skipped: u64,
+    /// PUTs sent in place of a write-set node whose PUT timed out (remote or local).
+    pub write_replacements: u64,
     /// Replies that arrived after their request was answered (used for read repair only).
     pub late_replies: u64,
     /// `Found` replies from storers that failed `SHA1(v) == k`.

@@ -3,28 +3,48 @@
 //! For a key `k` the portal takes `k`'s preference list from the ring and draws two sets
 //! from it, skipping the nodes its [failure detector](crate::detector) believes down:
 //!
-//! - the [`WriteSet`]: the first `r` live nodes. When an assigned node is down, the next
-//!   live node of the list holds the copy in its place;
+//! - the [`WriteSet`] (PROTOCOL.md as changed 2026-12-01): the first `r + d` live nodes,
+//!   `d` being the number of assigned nodes (the first `r`) believed down. A down assigned
+//!   node costs two live nodes further down the list, one holding the copy in its place and
+//!   one more, so that the copies outlast the next change of which nodes are down;
 //! - the [`ReadSet`]: the write set plus the live nodes among the first `r + handoff`, so a
 //!   copy written in place of a down node is still read after that node returns.
 //!
+//! Both are chosen in one place, [`choose_sets`] (and [`replacement`] for what follows).
+//!
 //! A `Test` sends a GET to every node of the read set; a `Set` sends a PUT to every node of
-//! the write set and a GET to the rest of the read set. All sub-requests go out at once from
-//! the source port, each with its own random id, and each is retried with that same id every
-//! `attempt_timeout` until it is answered or `attempts` datagrams have gone out (so a storer
-//! that already executed a PUT answers the retry from its reply cache: a retried write never
-//! turns into `Found`). For the same reason no retry goes out once the retry window has passed
-//! since the first attempt (after a long pause of the node): the storer may have forgotten it.
-//! The node's own share is served from its own store, in place.
+//! the write set and a GET to the rest of the read set. A write-set node whose PUT times out
+//! (its attempts expire, or the detector finds it down meanwhile) died unnoticed: before the
+//! `Set` is answered, the next live node of the preference list gets a PUT in its place and,
+//! as `d` grew by one, so does the live node after it ([`PUTS_PER_TIMEOUT`]). A node the
+//! request only GETs is turned into a PUT; a PUT that answers `Found` makes the verdict
+//! `Found`, so replacements read as well as write.
+//!
+//! Nodes per request: every node a request asks is a distinct node of the first
+//! [`MAX_PREFERENCE`] of the preference list (what [`Ring::preference`] yields) and is asked
+//! once (a GET turned into a PUT keeps its place), so a request asks at most
+//! `min(N, MAX_PREFERENCE)` nodes, replacements included, and its sub-requests fit in an
+//! array of [`MAX_PREFERENCE`]. The write set at the start has at most `min(2r, live)` nodes
+//! (`d <= r`); replacements stop when the preference list has no live node left to ask.
+//!
+//! All sub-requests go out at once from the source port, each with its own random id, and
+//! each is retried with that same id every `attempt_timeout` until it is answered or
+//! `attempts` datagrams have gone out since the request's last replacement (so a storer that
+//! already executed a PUT answers the retry from its reply cache: a retried write never turns
+//! into `Found`). For the same reason no retry goes out once the retry window has passed since
+//! the request began (after a long pause of the node): the storer may have forgotten it. The
+//! node's own share is served from its own store, in place.
 //!
 //! Verdicts, exactly as PROTOCOL.md states them:
 //! - `Found(v)` as soon as one node answers a valid `Found(v)` (`SHA1(v) == k`; an invalid
 //!   one is ignored, as if that node had not answered);
 //! - Test: `NotFound` once every node answered or timed out and at least one said
 //!   `NotFound`; `Refused(Unavailable)` when none did;
-//! - Set: once every node answered or timed out, `Stored` when at least one PUT said
-//!   `Stored` (and none said `Found`), else `Refused(Full)` when some PUT was refused for
-//!   space, else `Refused(Unavailable)`.
+//! - Set: once every node answered or timed out (replacements included), `Stored` when at
+//!   least one PUT said `Stored` (and none said `Found`), else `Refused(Full)` when some PUT
+//!   was refused for space, else `Refused(Unavailable)`. With at most [`MAX_PREFERENCE`]
+//!   nodes the portal itself is on every preference list, so the chain of replacements ends
+//!   at its own share at the latest: a `Set` is `Unavailable` only in larger clusters.
 //!
 //! Any other answer from a storer (a `Refused` for another reason, a body that does not fit
 //! the sub-request) counts as no answer for the verdict, but still proves the node alive.
@@ -60,7 +80,8 @@
 //! latest, so insertion walks from the tail). Per-request state is sized by
 //! [`MAX_PREFERENCE`], not by `N`. Only rare events scan: a node found down (every request),
 //! a full table looking for a lingering request to evict, and the detector's probe schedule
-//! while some node is down (every node).
+//! while some node is down (every node), and a PUT that timed out (its replacement walks the
+//! key's preference list, at most [`MAX_PREFERENCE`] nodes, against the request's own).
 
 use core::net::SocketAddr;
 
@@ -80,7 +101,8 @@ use crate::wire::{Body, Envelope, Reason};
 pub type NodeList = heapless::Vec<NodeIndex, MAX_PREFERENCE>;
 /// A key's preference list: distinct owners in ring order, the first `r` assigned.
 pub type PreferenceList = NodeList;
-/// The nodes that get a PUT for a Set: the first `r` live nodes of the preference list.
+/// The nodes that get a PUT for a Set: the first `r + d` live nodes of the preference list,
+/// `d` being the number of assigned nodes (the first `r`) believed down.
 pub type WriteSet = NodeList;
 /// The nodes asked for a key: the write set first, then the other live nodes among the
 /// first `r + handoff` of the preference list.
@@ -95,22 +117,37 @@ pub struct Sets {
     pub read: ReadSet,
 }
 
-/// Draw the write and read sets from `preference`, skipping nodes for which `is_up` is false.
+/// Draw the write and read sets from `preference`, skipping nodes for which `is_up` is false
+/// (PROTOCOL.md, "Semantics", as changed 2026-12-01).
+///
+/// The write set is the first `r + d` live nodes, where `d` counts the assigned nodes (the
+/// first `r` of the list) believed down: one copy in place of each down assigned node, and
+/// one more beside it, so that the copies outlast the next change of which nodes are down.
+/// When fewer live nodes exist it is all of them. The read set is the write set plus the live
+/// nodes among the first `r + handoff`.
 ///
 /// When every node of the list is believed down, the detector is ignored and the first
 /// `r` (write) and `r + handoff` (read) nodes are asked anyway: asking someone beats
 /// answering `Unavailable` without trying, and such a request doubles as a probe.
+///
+/// `preference` is what [`Ring::preference`] yields, at most [`MAX_PREFERENCE`] nodes, so
+/// both sets fit in a [`NodeList`] whatever `r + d` is.
 pub fn choose_sets(
     preference: &[NodeIndex],
     replication: u8,
     handoff: u8,
     is_up: impl Fn(NodeIndex) -> bool,
 ) -> Sets {
-    let r = replication as usize;
-    let depth = (r + handoff as usize).min(preference.len());
+    let r = usize::from(replication).min(preference.len());
+    let depth = (r + usize::from(handoff)).min(preference.len());
+    let down_assigned = preference[..r].iter().filter(|&&n| !is_up(n)).count();
     let mut write = WriteSet::new();
-    for &node in preference.iter().filter(|&&n| is_up(n)).take(r) {
-        // Cannot fail: at most `r <= MAX_PREFERENCE` nodes.
+    for &node in preference
+        .iter()
+        .filter(|&&n| is_up(n))
+        .take(r + down_assigned)
+    {
+        // Cannot fail: distinct nodes of a preference list, at most `MAX_PREFERENCE`.
         let _ = write.push(node);
     }
     if write.is_empty() {
@@ -128,6 +165,26 @@ pub fn choose_sets(
     }
     Sets { write, read }
 }
+
+/// The node that takes the place of a write-set node whose PUT timed out: the next live node
+/// of `preference` that `available` accepts (the request has not yet asked it for a PUT,
+/// nor seen it fail). `None` once the preference list is exhausted.
+pub fn replacement(
+    preference: &[NodeIndex],
+    is_up: impl Fn(NodeIndex) -> bool,
+    available: impl Fn(NodeIndex) -> bool,
+) -> Option<NodeIndex> {
+    preference
+        .iter()
+        .copied()
+        .find(|&n| is_up(n) && available(n))
+}
+
+/// New PUTs for each write-set node whose PUT timed out: the node that takes its place, and
+/// one more because `d`, the count of nodes down among the write set's, grew by one (the
+/// write set is the first `r + d` live nodes). So a node that died unnoticed costs the
+/// copies no more than one the detector knew down: a copy in its place and one beside it.
+pub const PUTS_PER_TIMEOUT: usize = 2;
 
 /// What a sub-request asks a storer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,9 +212,10 @@ enum Answer {
     TimedOut,
 }
 
-/// One GET or PUT of a client request, to one node of its read set (16 bytes: a table
+/// One GET or PUT of a client request, to one node of its preference list (16 bytes: a table
 /// holds `F` times [`MAX_PREFERENCE`] of them). Whether the node is in the write set is its
-/// place: the write set is the read set's prefix.
+/// place (the write set chosen at the start is the read set's prefix) or, for a node that
+/// took the place of a write-set node whose PUT timed out, its PUT.
 #[derive(Debug, Clone, Copy)]
 struct SubRequest {
     /// The sub-request's own random id (unused for the node's own share).
@@ -196,9 +254,14 @@ struct Request {
     request: Envelope,
     /// Its encoded length: no reply may be longer.
     request_len: usize,
+    /// One per node asked, each a distinct node among the first [`MAX_PREFERENCE`] of the
+    /// preference list (replacements included), so the capacity is never exceeded.
     subs: heapless::Vec<SubRequest, MAX_PREFERENCE>,
-    /// The first `writes` of `subs` are the write set (read repair only targets those).
+    /// The first `writes` of `subs` are the write set chosen at the start; replacements are
+    /// the PUTs after them (read repair only targets the write set).
     writes: u8,
+    /// How many of the PUTs that timed out have had their replacement looked for.
+    replaced: u8,
     /// Datagrams sent so far per pending sub-request.
     attempt: u8,
     /// When the sub-requests first went out: retries stop a retry window later.
@@ -239,6 +302,32 @@ impl Request {
             .iter()
             .filter(|s| s.answer == Answer::Pending)
             .count()
+    }
+
+    /// Whether sub-request `i` goes to a node of the write set (as chosen at the start, or a
+    /// replacement).
+    fn in_write_set(&self, i: usize) -> bool {
+        i < usize::from(self.writes) || self.subs[i].op == Op::Put
+    }
+
+    /// Whether the request may ask `node` for a PUT in place of one that timed out: it has
+    /// not asked it for one, and the node has not failed it (a GET not yet answered or
+    /// answered `NotFound` is turned into the PUT).
+    fn may_replace_with(&self, node: NodeIndex) -> bool {
+        self.subs.iter().all(|s| {
+            s.node != node
+                || (s.op == Op::Get && matches!(s.answer, Answer::Pending | Answer::NotFound))
+        })
+    }
+
+    /// Timed-out PUTs whose replacement has not been looked for yet.
+    fn unreplaced_timeouts(&self) -> usize {
+        let timed_out = self
+            .subs
+            .iter()
+            .filter(|s| s.op == Op::Put && s.answer == Answer::TimedOut)
+            .count();
+        timed_out.saturating_sub(usize::from(self.replaced))
     }
 
     fn any(&self, op: Op, answer: Answer) -> bool {
@@ -289,6 +378,24 @@ impl Request {
             self.found = None;
         }
         true
+    }
+
+    /// Serve sub-request `i`, to this node's own share, from its own store.
+    fn serve_locally<S: Store, R: RngCore, const N: usize, const P: usize>(
+        &mut self,
+        cx: &mut Context<'_, S, R, N, P>,
+        i: usize,
+    ) {
+        let (key, value) = match self.request.body {
+            Body::Set { key, value } => (key, Some(value)),
+            _ => (self.key(), None),
+        };
+        let before = *cx.writes;
+        let reply = cx.serve_locally(self.subs[i].op, &key, value.as_ref());
+        if *cx.writes != before {
+            self.local_write = *cx.writes;
+        }
+        self.record(i, &reply, cx.stats);
     }
 
     /// Record storer `reply` to sub-request `i`.
@@ -593,6 +700,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
             phase: Phase::Collecting,
             found: None,
             writes: sets.write.len() as u8,
+            replaced: 0,
             local_write: 0,
             reserved,
             prev: NO_SLOT,
@@ -627,13 +735,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
             cx.send(sub.node, sub.id, body);
         }
         if let Some(i) = request.subs.iter().position(|s| s.node == cx.me) {
-            let op = request.subs[i].op;
-            let before = *cx.writes;
-            let reply = cx.serve_locally(op, &key, value.as_ref());
-            if *cx.writes != before {
-                request.local_write = *cx.writes;
-            }
-            request.record(i, &reply, cx.stats);
+            request.serve_locally(cx, i);
         }
         let remote: heapless::Vec<usize, MAX_PREFERENCE> = (0..request.subs.len())
             .filter(|&i| request.subs[i].node != me)
@@ -1060,6 +1162,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         }
         request.attempt = request.attempt.saturating_add(1);
         self.set_deadline(slot, cx.now.saturating_add(cx.config.attempt_timeout));
+        self.replace_timed_out_puts(cx, slot);
         self.settle(cx, slot);
         for node in went_down {
             self.stop_waiting_on(cx, node);
@@ -1087,8 +1190,97 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
                 }
             }
             if changed {
+                self.replace_timed_out_puts(cx, slot);
                 self.settle(cx, slot);
             }
+        }
+    }
+
+    /// A `Set` still collecting whose PUTs timed out: each such write-set node is replaced by
+    /// the next live node of the preference list, and as `d` grows by one, the write set takes
+    /// one more live node beside it ([`PUTS_PER_TIMEOUT`]; PROTOCOL.md: before the portal
+    /// answers). A node the request GETs already has that sub-request turned into the PUT (with a new id:
+    /// to its storer it is a new request); any other gets a new sub-request. No node is asked
+    /// twice and every node comes from the first [`MAX_PREFERENCE`] of the preference list, so
+    /// `subs` never overflows; once that list is exhausted, a timed-out PUT is not replaced.
+    ///
+    /// A replacement gets a full attempt: the request's deadline moves to an attempt from now
+    /// and its count of attempts starts again, so a replacement is sent up to `attempts`
+    /// times (the retry window, counted from the request's start, still stops every retry).
+    fn replace_timed_out_puts<S: Store, R: RngCore, const P: usize>(
+        &mut self,
+        cx: &mut Context<'_, S, R, N, P>,
+        slot: usize,
+    ) {
+        let Some(request) = self.table[slot].as_ref() else {
+            return;
+        };
+        let Body::Set { key, value } = request.request.body else {
+            return;
+        };
+        let timeouts = request.unreplaced_timeouts();
+        if request.phase != Phase::Collecting || timeouts == 0 {
+            return;
+        }
+        if let Some(request) = self.table[slot].as_mut() {
+            request.replaced = request.replaced.saturating_add(timeouts as u8);
+        }
+        let preference: PreferenceList = cx.ring.preference(&key).collect();
+        let mut sent = false;
+        for _ in 0..PUTS_PER_TIMEOUT * timeouts {
+            let detector = &self.detector;
+            let Some(request) = self.table[slot].as_mut() else {
+                return;
+            };
+            let Some(node) = replacement(
+                &preference,
+                |n| detector.is_up(n),
+                |n| request.may_replace_with(n),
+            ) else {
+                continue;
+            };
+            let i = match request.subs.iter().position(|s| s.node == node) {
+                Some(i) => {
+                    request.subs[i].op = Op::Put;
+                    request.subs[i].answer = Answer::Pending;
+                    i
+                }
+                None => {
+                    let sub = SubRequest {
+                        id: 0,
+                        chain: UNINDEXED,
+                        node,
+                        op: Op::Put,
+                        answer: Answer::Pending,
+                    };
+                    // Cannot fail: see above.
+                    let _ = request.subs.push(sub);
+                    request.subs.len() - 1
+                }
+            };
+            cx.stats.write_replacements += 1;
+            if node == cx.me {
+                request.serve_locally(cx, i);
+                continue;
+            }
+            self.unindex(slot, i);
+            let id = cx.rng.next_u64();
+            if let Some(request) = self.table[slot].as_mut() {
+                request.subs[i].id = id;
+            }
+            self.index(slot, i);
+            cx.send(node, id, Body::Put { key, value });
+            sent = true;
+        }
+        if sent {
+            if let Some(request) = self.table[slot].as_mut() {
+                request.attempt = 1;
+            }
+            let deadline = self.table[slot].as_ref().map_or(cx.now, |r| r.deadline);
+            self.set_deadline(
+                slot,
+                deadline.max(cx.now.saturating_add(cx.config.attempt_timeout)),
+            );
         }
     }
 
@@ -1181,7 +1373,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
                 break;
             };
             let key = request.key();
-            let in_write_set = i < usize::from(request.writes);
+            let in_write_set = request.in_write_set(i);
             let sub = &mut request.subs[i];
             if !(in_write_set && sub.answer == Answer::NotFound) {
                 continue;
@@ -1229,18 +1421,36 @@ mod tests {
     }
 
     #[test]
-    fn a_down_node_is_replaced_by_the_next_live_one() {
-        let sets = choose_sets(&[4, 1, 3, 0, 2], 3, 1, |n| n != 1);
-        assert_eq!(sets.write.as_slice(), &[4, 3, 0]);
-        // Read depth r + handoff = 4: nodes 4, 1, 3, 0 minus the down node 1.
-        assert_eq!(sets.read.as_slice(), &[4, 3, 0]);
+    fn a_down_assigned_node_adds_two_live_nodes_to_the_write_set() {
+        // r = 3, node 1 (assigned) down: d = 1, the first r + d = 4 live nodes.
+        let sets = choose_sets(&[4, 1, 3, 0, 2, 5], 3, 1, |n| n != 1);
+        assert_eq!(sets.write.as_slice(), &[4, 3, 0, 2]);
+        // Read depth r + handoff = 4 (nodes 4, 1, 3, 0) adds nothing the write set lacks.
+        assert_eq!(sets.read.as_slice(), &[4, 3, 0, 2]);
+    }
+
+    #[test]
+    fn a_down_node_past_the_assigned_ones_does_not_grow_the_write_set() {
+        let sets = choose_sets(&[4, 1, 3, 0, 2, 5], 3, 2, |n| n != 0);
+        assert_eq!(sets.write.as_slice(), &[4, 1, 3]);
+        assert_eq!(sets.read.as_slice(), &[4, 1, 3, 2]);
     }
 
     #[test]
     fn the_write_set_may_reach_past_the_read_depth() {
+        // d = 2: five live nodes wanted, three exist.
         let sets = choose_sets(&[4, 1, 3, 0, 2], 3, 0, |n| n != 1 && n != 3);
         assert_eq!(sets.write.as_slice(), &[4, 0, 2]);
         assert_eq!(sets.read.as_slice(), &[4, 0, 2]);
+    }
+
+    #[test]
+    fn a_replacement_is_the_next_live_node_not_yet_written() {
+        let pref = [4, 1, 3, 0, 2, 5];
+        let asked = [4, 1, 3];
+        let next = replacement(&pref, |n| n != 0, |n| !asked.contains(&n));
+        assert_eq!(next, Some(2));
+        assert_eq!(replacement(&pref, |_| true, |_| false), None);
     }
 
     #[test]

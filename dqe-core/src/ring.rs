@@ -25,8 +25,9 @@ use sha1::{Digest, Sha1};
 use crate::config::{ClusterSpec, ConfigError, NodeIndex};
 use crate::hash::Key;
 
-/// The longest preference list [`Ring::preference`] yields: the portal never looks deeper
-/// than `r + handoff`, and 32 bounds the iterator's memory of owners already yielded.
+/// The longest preference list [`Ring::preference`] yields: 32 bounds the iterator's memory
+/// of owners already yielded, and a portal's request (its read set, its write set of
+/// `r + d` live nodes, and the replacements of PUTs that timed out) never looks deeper.
 pub const MAX_PREFERENCE: usize = 32;
 
 /// Domain separation for ring points.

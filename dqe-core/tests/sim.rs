@@ -169,9 +169,22 @@ fn a_portal_paused_past_the_retry_window_does_not_retry_its_puts() {
     sim.run_for(config.retry_window + config.attempt_timeout);
     assert!(sim.assigned(&key).iter().all(|&a| sim.holds(a, &key)));
     sim.revive(0);
-    // A retry now would meet storers that forgot the first attempt and answer Found.
-    let reply = sim.wait(h, budget(&config));
-    assert_eq!(reply, refused(Reason::Unavailable));
+    // A retry now would meet storers that forgot the first attempt and answer Found. So no
+    // retry goes out: the PUTs time out, and each is replaced by the next live node of the
+    // preference list, asked for the first time (here the portal's own share, whose GET said
+    // NotFound), which stores: Stored, never Found for its own write.
+    let before = sim.sent.len();
+    let reply = sim.wait(h, 2 * budget(&config));
+    assert_eq!(reply, Body::Stored);
+    let retried = sim.sent[before..]
+        .iter()
+        .filter(|s| s.node == 0 && matches!(s.env.body, Body::Put { .. }))
+        .any(|s| {
+            sim.assigned(&key)
+                .iter()
+                .any(|&a| s.to == node_addr(a, Port::Storer))
+        });
+    assert!(!retried, "a PUT was retried past the retry window");
 }
 
 #[test]
@@ -381,6 +394,65 @@ fn a_copy_written_in_place_of_a_down_node_survives_its_holder() {
     for p in [portal, down] {
         assert_eq!(sim.request(2, p, test_body(w)), found(value));
     }
+}
+
+// e2) The write set of 2026-12-01: r + d live nodes, and a PUT that times out is replaced.
+#[test]
+fn a_down_assigned_node_puts_two_live_nodes_in_the_write_set() {
+    let mut sim = Sim::<32>::new(6, 3, 30);
+    let w = sim.find_word("two more ", |p| p[5] == 5);
+    let (key, _) = word(&w);
+    let pref = sim.preference(&key);
+    let (portal, down) = (5, pref[1]);
+    sim.kill(down);
+    let mut i = 0;
+    while sim.believes_up(portal, down) {
+        sim.request(0, portal, test_body(&format!("notice {i}")));
+        i += 1;
+        assert!(i < 10, "the portal never noticed");
+    }
+    assert_eq!(sim.request(0, portal, set_body(&w)), Body::Stored);
+    // d = 1: the first r + 1 = 4 live nodes hold copies.
+    for &n in &[pref[0], pref[2], pref[3], pref[4]] {
+        assert!(
+            sim.holds(n, &key),
+            "node {n} of the write set lacks the pair"
+        );
+    }
+    assert!(!sim.holds(down, &key));
+    assert!(!sim.holds(portal, &key), "only r + d nodes are written");
+}
+
+#[test]
+fn a_put_to_a_node_that_just_died_is_replaced_before_the_answer() {
+    // The portal still believes the dead node up, so it is in the write set; its PUT times
+    // out, and the next two live nodes of the preference list get PUTs: one in its place,
+    // one more as d grew by one (as if the node had been known down from the start).
+    let mut sim = Sim::<32>::new(6, 3, 31);
+    let w = sim.find_word("just died ", |p| p[5] == 5);
+    let (key, _) = word(&w);
+    let pref = sim.preference(&key);
+    let (portal, dead) = (5, pref[0]);
+    sim.kill(dead);
+    assert!(sim.believes_up(portal, dead));
+    assert_eq!(sim.request(0, portal, set_body(&w)), Body::Stored);
+    // pref[3] and pref[4] were in the read set (GETs); now they hold copies.
+    for &n in &[pref[1], pref[2], pref[3], pref[4]] {
+        assert!(sim.holds(n, &key), "node {n} lacks the pair");
+    }
+    assert!(
+        !sim.holds(portal, &key),
+        "two new PUTs per timed-out PUT, no more"
+    );
+    assert_eq!(sim.nodes[portal].stats().write_replacements, 2);
+    // The copies outlast the next change: the two assigned survivors die, the dead one
+    // stays dead, and the replacement still answers through any live portal.
+    sim.kill(pref[1]);
+    sim.kill(pref[2]);
+    assert!(matches!(
+        sim.request(1, pref[4], set_body(&w)),
+        Body::Found { .. }
+    ));
 }
 
 // f) Wire rules at the node.
@@ -651,28 +723,60 @@ fn a_full_table_answers_busy_at_once() {
 
 #[test]
 fn no_storer_answering_gives_unavailable_in_bounded_time() {
-    for test in [true, false] {
-        // Six nodes, handoff 1: the read set is 4 deep, so a portal can be outside it.
-        let mut sim = Sim::<32>::build(6, 3, Some(1), NodeConfig::default(), 18);
-        let config = sim.config();
-        let portal = 5;
-        for n in 0..5 {
-            sim.kill(n);
-        }
-        let w = sim.find_word("nobody ", |p| !p[..4].contains(&portal));
-        let body = if test { test_body(&w) } else { set_body(&w) };
-        let start = sim.now;
-        let h = sim.submit(0, portal, body);
-        assert_eq!(sim.wait(h, budget(&config)), refused(Reason::Unavailable));
-        assert!(sim.now - start <= budget(&config));
-        assert_eq!(sim.nodes[portal].in_flight(), 0);
-        assert_eq!(sim.nodes[portal].stats().refused_unavailable, 1);
-        // The four nodes of the read set are now believed down, so the portal, a live node
-        // of the preference list, stands in for them (the first r live nodes).
-        assert_eq!(sim.nodes[portal].stats().nodes_down, 4);
-        assert_eq!(sim.request(0, portal, set_body(&w)), Body::Stored);
-        assert_eq!(sim.request(0, portal, test_body(&w)), found(word(&w).1));
+    // Six nodes, handoff 1: the read set is 4 deep, so a portal can be outside it.
+    let mut sim = Sim::<32>::build(6, 3, Some(1), NodeConfig::default(), 18);
+    let config = sim.config();
+    let portal = 5;
+    for n in 0..5 {
+        sim.kill(n);
     }
+    let w = sim.find_word("nobody ", |p| !p[..4].contains(&portal));
+    let start = sim.now;
+    let h = sim.submit(0, portal, test_body(&w));
+    assert_eq!(sim.wait(h, budget(&config)), refused(Reason::Unavailable));
+    assert!(sim.now - start <= budget(&config));
+    assert_eq!(sim.nodes[portal].in_flight(), 0);
+    assert_eq!(sim.nodes[portal].stats().refused_unavailable, 1);
+    // The four nodes of the read set are now believed down (d = r = 3), so the portal, a
+    // live node of the preference list, is in the write set.
+    assert_eq!(sim.nodes[portal].stats().nodes_down, 4);
+    assert_eq!(sim.request(0, portal, set_body(&w)), Body::Stored);
+    assert_eq!(sim.request(0, portal, test_body(&w)), found(word(&w).1));
+}
+
+#[test]
+fn a_set_whose_write_set_is_silent_is_stored_by_its_replacements_in_bounded_time() {
+    // As above, but a Set: each PUT that times out is replaced by the next live node of the
+    // preference list before the portal answers (PROTOCOL.md, 2026-12-01). With six nodes
+    // the preference list holds every node, the portal included, so the chain of
+    // replacements reaches the portal's own share: the Set is Stored there, not Unavailable.
+    let mut sim = Sim::<32>::build(6, 3, Some(1), NodeConfig::default(), 18);
+    let config = sim.config();
+    let portal = 5;
+    for n in 0..5 {
+        sim.kill(n);
+    }
+    let w = sim.find_word("nobody ", |p| !p[..4].contains(&portal));
+    let (key, _) = word(&w);
+    let start = sim.now;
+    let h = sim.submit(0, portal, set_body(&w));
+    // One round of attempts for the write set, one for a replacement that is dead too.
+    assert_eq!(sim.wait(h, 2 * budget(&config)), Body::Stored);
+    assert!(sim.now - start <= 2 * budget(&config));
+    assert!(sim.holds(portal, &key));
+    assert_eq!(sim.nodes[portal].in_flight(), 0);
+    let stats = sim.nodes[portal].stats();
+    assert_eq!(stats.refused_unavailable, 0);
+    assert!(stats.write_replacements >= 1);
+    // Every node was asked at most once for a PUT (a replacement never repeats a node).
+    let mut put_to = HashSet::new();
+    for s in sim.sent.iter().filter(|s| s.node == portal) {
+        if matches!(s.env.body, Body::Put { .. }) {
+            put_to.insert((s.to, s.env.id));
+        }
+    }
+    let nodes: HashSet<_> = put_to.iter().map(|p| p.0).collect();
+    assert_eq!(nodes.len(), put_to.len(), "a node got two different PUTs");
 }
 
 // h) Read repair restores a copy on an assigned node that lost it.

@@ -29,7 +29,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// Node capacity of the simulated builds.
-pub const MAX_NODES: usize = 8;
+pub const MAX_NODES: usize = 16;
 /// Ring points: 16 vnodes per node.
 pub const RING_POINTS: usize = MAX_NODES * 16;
 /// Slots of each write-reply cache (portal and storer) per node.
