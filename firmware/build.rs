@@ -3,17 +3,10 @@
 //! `DQE_CLUSTER_CONFIG=path` names the TOML file (the same file the servers read; default
 //! `cluster.example.toml` beside this script) and `DQE_NODE=name` the node this build is for
 //! (optional when the file has one node). The file is parsed and validated by the one parser
-//! of the cluster file, `backend_std::config_file`, so a file a server rejects fails the
-//! board's build too, with the same file:line:column and field.
+//! of the cluster file, `dqe_config::cluster`, so a file a server rejects fails the board's
+//! build too, with the same file:line:column and field.
 
-// Included by path rather than taking backend-std as a build-dependency: that module is kept
-// self-contained (std, serde, toml, thiserror, heapless, dqe-core: exactly this script's
-// build-dependencies), while the crate would build tokio, memmap2 and tracing for the host on
-// every board build only to parse one file. The sim board links backend-std anyway (it runs on
-// std) and uses the same module through it.
-#[path = "../backend-std/src/config_file.rs"]
-#[allow(dead_code)]
-mod config_file;
+use dqe_config::cluster as config_file;
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -28,7 +21,6 @@ fn main() {
         None => manifest.join("cluster.example.toml"),
     };
     println!("cargo:rerun-if-changed={}", path.display());
-    println!("cargo:rerun-if-changed=../backend-std/src/config_file.rs");
 
     // The server's capacities: the board's own (smaller) ones are checked again at run time.
     let spec = config_file::load(&path).unwrap_or_else(|e| fail(&e.to_string()));

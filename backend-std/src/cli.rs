@@ -9,8 +9,8 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
-use crate::config_file::{self, Cluster, ConfigFileError};
 use crate::durable::SyncMode;
+use dqe_config::cluster::{self as config_file, Cluster, ConfigFileError};
 
 /// Portal port of `--dev`; storer and source follow it.
 pub const DEV_PORT_BASE: u16 = 8101;

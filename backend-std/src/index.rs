@@ -23,9 +23,10 @@
 use dqe_core::hash::key_of;
 use dqe_core::{Key, Value};
 use memmap2::{MmapMut, MmapOptions};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// Bytes per slot.
-pub const SLOT_BYTES: usize = 22;
+pub const SLOT_BYTES: usize = size_of::<Slot>();
 /// Shards, chosen by the key's first byte.
 const SHARDS: usize = 256;
 /// Tag of an empty slot (fresh anonymous memory is zero).
@@ -53,6 +54,28 @@ pub enum Inserted {
     New,
     /// The key was present with this value; nothing changed.
     Existing(Value),
+}
+
+/// One slot of a table, as it lies in the table's memory (fresh anonymous memory is zero: an
+/// empty slot).
+#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[repr(C)]
+struct Slot {
+    /// The pair's value; the key is `SHA1(value)`.
+    value: Value,
+    /// A byte of the key ([`tag_of`]), or [`EMPTY`] or [`DELETED`].
+    tag: u8,
+    /// The pair's epoch minus the index's base epoch.
+    offset: u8,
+}
+
+const _: () = assert!(SLOT_BYTES == 22, "the layout the module doc counts with");
+
+impl Slot {
+    /// Whether the slot holds a pair.
+    fn is_live(&self) -> bool {
+        self.tag != EMPTY && self.tag != DELETED
+    }
 }
 
 #[derive(Debug)]
@@ -104,27 +127,31 @@ impl Shard {
         })
     }
 
-    fn slot(&self, i: usize) -> &[u8] {
-        &self.mem[i * SLOT_BYTES..(i + 1) * SLOT_BYTES]
+    /// The table: `slots` slots (the map is exactly that long, and a slot's alignment is 1).
+    fn table(&self) -> &[Slot] {
+        <[Slot]>::ref_from_bytes(&self.mem).expect("a table map is whole slots")
     }
 
-    /// The value held in slot `i`: its first 20 bytes.
-    fn value(&self, i: usize) -> Value {
-        let at = i * SLOT_BYTES;
-        core::array::from_fn(|b| self.mem[at + b])
+    fn table_mut(&mut self) -> &mut [Slot] {
+        <[Slot]>::mut_from_bytes(&mut self.mem).expect("a table map is whole slots")
     }
 
-    fn slot_mut(&mut self, i: usize) -> &mut [u8] {
-        &mut self.mem[i * SLOT_BYTES..(i + 1) * SLOT_BYTES]
+    fn slot(&self, i: usize) -> &Slot {
+        &self.table()[i]
+    }
+
+    fn slot_mut(&mut self, i: usize) -> &mut Slot {
+        &mut self.table_mut()[i]
     }
 
     fn probe(&self, key: &Key) -> Probe {
         let tag = tag_of(key);
+        let table = self.table();
         let mut i = home_of(key, self.slots);
         let mut reuse = None;
         for _ in 0..self.slots {
-            let s = self.slot(i);
-            match s[20] {
+            let s = &table[i];
+            match s.tag {
                 EMPTY => {
                     return Probe::Absent {
                         insert_at: reuse.unwrap_or(i),
@@ -133,11 +160,8 @@ impl Shard {
                 DELETED => {
                     reuse.get_or_insert(i);
                 }
-                t if t == tag => {
-                    let v: &Value = s[..20].try_into().unwrap_or(&[0; 20]);
-                    if key_of(v) == *key {
-                        return Probe::Found(i);
-                    }
+                t if t == tag && key_of(&s.value) == *key => {
+                    return Probe::Found(i);
                 }
                 _ => {}
             }
@@ -153,10 +177,11 @@ impl Shard {
     }
 
     fn write(&mut self, i: usize, key: &Key, value: &Value, offset: u8) {
-        let s = self.slot_mut(i);
-        s[..20].copy_from_slice(value);
-        s[20] = tag_of(key);
-        s[21] = offset;
+        *self.slot_mut(i) = Slot {
+            value: *value,
+            tag: tag_of(key),
+            offset,
+        };
     }
 
     /// Rebuild into a table sized for the live pairs plus one, dropping deleted slots.
@@ -165,18 +190,13 @@ impl Shard {
             .div_ceil(REBUILT_LOAD_PCT)
             .max(MIN_SLOTS);
         let mut fresh = Shard::new(want)?;
-        for i in 0..self.slots {
-            let s = self.slot(i);
-            if s[20] == EMPTY || s[20] == DELETED {
-                continue;
-            }
-            let value = self.value(i);
-            let key = key_of(&value);
+        for s in self.table().iter().filter(|s| s.is_live()) {
+            let key = key_of(&s.value);
             let mut j = home_of(&key, fresh.slots);
-            while fresh.slot(j)[20] != EMPTY {
+            while fresh.slot(j).tag != EMPTY {
                 j = if j + 1 == fresh.slots { 0 } else { j + 1 };
             }
-            fresh.write(j, &key, &value, s[21]);
+            fresh.write(j, &key, &s.value, s.offset);
             fresh.live += 1;
         }
         *self = fresh;
@@ -216,7 +236,7 @@ impl Index {
     pub fn get(&self, key: &Key) -> Option<Value> {
         let shard = &self.shards[key[0] as usize];
         match shard.probe(key) {
-            Probe::Found(i) => shard.slot(i)[..20].try_into().ok(),
+            Probe::Found(i) => Some(shard.slot(i).value),
             Probe::Absent { .. } => None,
         }
     }
@@ -225,7 +245,7 @@ impl Index {
     pub fn epoch_of(&self, key: &Key) -> Option<u32> {
         let shard = &self.shards[key[0] as usize];
         match shard.probe(key) {
-            Probe::Found(i) => Some(self.base + shard.slot(i)[21] as u32),
+            Probe::Found(i) => Some(self.base + shard.slot(i).offset as u32),
             Probe::Absent { .. } => None,
         }
     }
@@ -246,11 +266,11 @@ impl Index {
         let shard = &mut self.shards[key[0] as usize];
         let at = match shard.probe(key) {
             Probe::Found(i) => {
-                return Ok(Inserted::Existing(shard.value(i)));
+                return Ok(Inserted::Existing(shard.slot(i).value));
             }
             Probe::Absent { insert_at } => insert_at,
         };
-        let reuses_deleted = shard.slot(at)[20] == DELETED;
+        let reuses_deleted = shard.slot(at).tag == DELETED;
         let at = if !reuses_deleted
             && (shard.live + shard.deleted + 1) * 100 > shard.slots * MAX_LOAD_PCT
         {
@@ -262,7 +282,7 @@ impl Index {
         } else {
             at
         };
-        if shard.slot(at)[20] == DELETED {
+        if shard.slot(at).tag == DELETED {
             shard.deleted -= 1;
         }
         shard.write(at, key, value, offset);
@@ -277,7 +297,7 @@ impl Index {
         let Probe::Found(i) = shard.probe(key) else {
             return false;
         };
-        shard.slot_mut(i)[20] = DELETED;
+        shard.slot_mut(i).tag = DELETED;
         shard.live -= 1;
         shard.deleted += 1;
         self.len -= 1;
@@ -295,20 +315,18 @@ impl Index {
         }
         let shift = (oldest_kept - self.base).min(u8::MAX as u32 + 1);
         for shard in &mut self.shards {
-            for i in 0..shard.slots {
-                let s = shard.slot_mut(i);
-                if s[20] == EMPTY || s[20] == DELETED {
-                    continue;
-                }
-                if (s[21] as u32) < shift {
-                    s[20] = DELETED;
-                    shard.live -= 1;
-                    shard.deleted += 1;
-                    self.len -= 1;
+            let mut dropped = 0;
+            for s in shard.table_mut().iter_mut().filter(|s| s.is_live()) {
+                if (s.offset as u32) < shift {
+                    s.tag = DELETED;
+                    dropped += 1;
                 } else {
-                    s[21] -= shift as u8;
+                    s.offset -= shift as u8;
                 }
             }
+            shard.live -= dropped;
+            shard.deleted += dropped;
+            self.len -= dropped;
             if shard.deleted > shard.live {
                 // Deleted slots only slow probes down; a failed rebuild keeps them.
                 let _ = shard.rebuild();
@@ -322,6 +340,12 @@ impl Index {
 mod tests {
     use super::*;
     use dqe_core::hash::word_value;
+
+    /// The cluster rule (`ClusterSpec::validate`) keeps retention within the epoch offset.
+    #[test]
+    fn the_retention_limit_is_the_index_span() {
+        assert_eq!(dqe_core::config::MAX_RETAIN_EPOCHS, MAX_EPOCH_SPAN);
+    }
 
     fn pair(i: u32) -> (Key, Value) {
         let v = word_value(&i.to_be_bytes());

@@ -4,12 +4,14 @@
 //! The crate only moves bytes, time and randomness: every protocol decision is made by
 //! `dqe-core`. Modules:
 //! - [`cli`]: the command line, resolved into a [`cli::RunConfig`].
-//! - [`config_file`]: the TOML cluster file, with errors naming file, line and field.
 //! - [`index`]: the compact RAM index (about 30 bytes per pair).
 //! - [`durable`]: the durable store: index + append-only, checksummed segment files.
 //! - [`server`]: the tokio loop: three UDP sockets, storer first, group commit.
-//! - [`metrics`]: Prometheus counters, `/healthz` and `/readyz` over a small HTTP server.
+//! - [`metrics`]: Prometheus counters, `/healthz` and `/readyz`, served over the shared
+//!   `dqe_metrics_http` responder.
 //! - [`peers`]: peer health transitions and cluster mismatches, logged once and counted.
+//!
+//! The cluster file is read by `dqe_config::cluster`, the parser every node and tool shares.
 //!
 //! The smallest use, a one-node cluster on 127.0.0.1:8101..8103 with data in `./dqe-data`:
 //! ```no_run
@@ -18,8 +20,8 @@
 //! backend_std::run_blocking(cli.resolve().unwrap()).unwrap();
 //! ```
 #![forbid(unsafe_code)]
+
 pub mod cli;
-pub mod config_file;
 pub mod durable;
 pub mod index;
 pub mod metrics;

@@ -1,5 +1,6 @@
 //! `dqe-enforcer`: one node of a DQE enforcer cluster (see `dqe-enforcer --help`).
 #![forbid(unsafe_code)]
+
 use std::process::ExitCode;
 
 use backend_std::cli::Cli;

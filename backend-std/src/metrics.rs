@@ -1,20 +1,19 @@
-//! Prometheus metrics: counters the node loop bumps, and their HTTP endpoint (hyper).
+//! Prometheus metrics: counters the node loop bumps, and what their HTTP endpoint says.
 //!
 //! The node loop is the only writer; it bumps relaxed atomics and, after each batch, copies
 //! gauges (stored pairs, bytes on disk) in. The HTTP side only reads, so a scrape never waits
-//! for the loop and the loop never waits for a scrape. The endpoint ([`serve`]) answers
-//! `GET /metrics` (or `/`) with the text exposition format, and `GET /healthz` and
-//! `GET /readyz` with a one-line verdict (see [`Metrics::health`] and [`Metrics::readiness`]
-//! for what they mean; docs/metrics.md for every metric). It has no cap on connections (a
-//! cap lets anyone who holds that many open shut the scrapes out); idle and slow connections
-//! are closed after [`HEADER_TIMEOUT`] instead.
+//! for the loop and the loop never waits for a scrape. The endpoint ([`serve`]) is the
+//! responder every DQE daemon shares, `dqe_metrics_http`: it answers `GET /metrics` (or `/`)
+//! with the text exposition format, and `GET /healthz` and `GET /readyz` with a one-line
+//! verdict (see [`Metrics::health`] and [`Metrics::readiness`] for what they mean;
+//! docs/metrics.md for every metric). It has no cap on connections; idle and slow
+//! connections are closed after [`HEADER_TIMEOUT`] instead.
 //!
 //! Latency is measured in the backend: the time from a client's Test/Set datagram arriving
 //! at the portal socket to its reply being handed to the socket, matched by (source, id). So it
 //! includes the fan-out to storers and the group commit, and excludes the kernel's queues.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -22,20 +21,9 @@ use std::time::{Duration, Instant};
 use dqe_core::event::{Outcome, RequestKind};
 use dqe_core::stats::NodeStats;
 use dqe_core::wire::Reason;
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use dqe_metrics_http::Site;
+pub use dqe_metrics_http::{CONNECTION_LIFETIME, HEADER_TIMEOUT, MetricsBindError, Verdict, bind};
 use tokio::net::TcpListener;
-use tracing::{debug, warn};
-
-/// A connection must send a whole request head within this long, the first one and each
-/// one after an idle keep-alive pause; otherwise it is closed.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// The longest a metrics connection is kept, however busy.
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Request kinds are labelled by [`RequestKind::name`] and outcomes by [`Outcome::name`], in
 /// the order of their `ALL`. Get and Put are counted only where a client sent them to the
@@ -143,15 +131,6 @@ pub struct Metrics {
     heartbeat: AtomicU64,
     /// 1 once a stop signal arrived and the node drains its work.
     pub draining: AtomicU64,
-}
-
-/// A `/healthz` or `/readyz` verdict: whether the answer is 200, and the line that says why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verdict {
-    /// 200 when true, 503 when false.
-    pub ok: bool,
-    /// One line for the reader.
-    pub why: String,
 }
 
 /// The three sockets, as an index into per-port counters.
@@ -652,48 +631,10 @@ fn label_value(text: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen for metrics on {addr}: {source}")]
-pub struct MetricsBindError {
-    /// The address asked for.
-    pub addr: SocketAddr,
-    /// What the OS said.
-    pub source: std::io::Error,
-}
-
-/// Bind the metrics endpoint; the returned listener is served by [`serve`].
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, MetricsBindError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| MetricsBindError { addr, source })
-}
-
-/// Serve scrapes forever: HTTP/1.1 by hyper, one task per connection and no cap on their
-/// number, so connections that others hold open never keep a scrape out. A connection that
-/// has not sent a whole request head within [`HEADER_TIMEOUT`] (idle keep-alive included)
-/// is closed, and none lives longer than [`CONNECTION_LIFETIME`].
+/// Serve scrapes and health checks of `metrics` forever, with the responder every DQE daemon
+/// shares ([`dqe_metrics_http::serve`]).
 pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
-    serve_site(listener, metrics).await
-}
-
-/// Serve scrapes of whatever `render` writes in the text exposition format, forever, on the
-/// same terms as [`serve`] (other daemons, such as `dqe milter`, share this responder); no
-/// `/healthz` or `/readyz`.
-pub async fn serve_text<R>(listener: TcpListener, render: R)
-where
-    R: Fn() -> String + Send + Sync + 'static,
-{
-    serve_site(listener, Arc::new(TextOnly(render))).await
-}
-
-/// What the HTTP endpoint serves: the metrics text and, for a daemon that has them, its
-/// health and readiness.
-trait Site: Send + Sync + 'static {
-    fn render(&self) -> String;
-    /// `None`: no `/healthz` (nor `/readyz`): they answer 404.
-    fn health(&self) -> Option<Verdict>;
-    fn readiness(&self) -> Option<Verdict>;
+    dqe_metrics_http::serve(listener, metrics).await
 }
 
 impl Site for Metrics {
@@ -708,94 +649,10 @@ impl Site for Metrics {
     }
 }
 
-/// A site that only renders metrics text.
-struct TextOnly<R>(R);
-
-impl<R: Fn() -> String + Send + Sync + 'static> Site for TextOnly<R> {
-    fn render(&self) -> String {
-        (self.0)()
-    }
-    fn health(&self) -> Option<Verdict> {
-        None
-    }
-    fn readiness(&self) -> Option<Verdict> {
-        None
-    }
-}
-
-async fn serve_site(listener: TcpListener, site: Arc<dyn Site>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                // Out of descriptors, most likely: wait rather than spin.
-                warn!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let site = site.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req| answer(req, site.clone()));
-            let mut builder = http1::Builder::new();
-            builder
-                .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_TIMEOUT);
-            let conn = builder.serve_connection(TokioIo::new(stream), service);
-            match tokio::time::timeout(CONNECTION_LIFETIME, conn).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => debug!(%peer, error = %e, "metrics connection failed"),
-                Err(_) => debug!(%peer, "metrics connection closed at its time limit"),
-            }
-        });
-    }
-}
-
-/// One request: `GET /metrics` (or `/`) gets the text exposition format; `/healthz` and
-/// `/readyz` the site's verdicts (200 or 503, one line why).
-async fn answer(
-    req: Request<Incoming>,
-    site: Arc<dyn Site>,
-) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
-    let (status, body) = match (req.method(), req.uri().path()) {
-        (&Method::GET | &Method::HEAD, "/metrics" | "/") => (StatusCode::OK, site.render()),
-        (&Method::GET | &Method::HEAD, path @ ("/healthz" | "/readyz"))
-            if site.health().is_some() =>
-        {
-            let v = if path == "/healthz" {
-                site.health()
-            } else {
-                site.readiness()
-            }
-            .expect("a site with health has readiness");
-            let status = if v.ok {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            (status, format!("{}\n", v.why))
-        }
-        (&Method::GET | &Method::HEAD, _) => (
-            StatusCode::NOT_FOUND,
-            "not found; try /metrics, /healthz or /readyz\n".to_string(),
-        ),
-        _ => (
-            StatusCode::METHOD_NOT_ALLOWED,
-            "only GET /metrics, /healthz, /readyz\n".to_string(),
-        ),
-    };
-    let mut resp = Response::new(Full::new(Bytes::from(body)));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
-    );
-    Ok(resp)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::SocketAddr;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[test]
@@ -848,37 +705,6 @@ mod tests {
         let mut text = String::new();
         s.read_to_string(&mut text).await.unwrap();
         assert!(text.starts_with("HTTP/1.0 404"), "{text}");
-    }
-
-    /// Issue 8 item 12: 16 idle connections used to shut every new scrape out for 2 s.
-    #[tokio::test]
-    async fn idle_connections_do_not_keep_a_scrape_out() {
-        let addr = serving(Metrics::new()).await;
-        let mut idle = Vec::new();
-        for _ in 0..64 {
-            idle.push(tokio::net::TcpStream::connect(addr).await.unwrap());
-        }
-        // Half of them have started a request and stalled.
-        for s in idle.iter_mut().step_by(2) {
-            s.write_all(b"GET /metr").await.unwrap();
-        }
-        let text = tokio::time::timeout(Duration::from_millis(500), scrape(addr))
-            .await
-            .expect("a scrape answered promptly");
-        assert!(text.contains("dqe_stored_pairs 0"), "{text}");
-    }
-
-    #[tokio::test]
-    async fn an_idle_connection_is_closed_after_the_header_timeout() {
-        let addr = serving(Metrics::new()).await;
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let t0 = std::time::Instant::now();
-        let mut buf = [0u8; 64];
-        let read = tokio::time::timeout(HEADER_TIMEOUT * 2, s.read(&mut buf))
-            .await
-            .expect("closed in time");
-        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
-        assert!(t0.elapsed() >= HEADER_TIMEOUT - Duration::from_millis(100));
     }
 
     /// Issue 15: `dqe_requests_total{kind="test",outcome="stored"}` and the like were

@@ -21,12 +21,12 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use dqe_config::cluster::Cluster;
 use dqe_core::config::NodeIndex;
 use dqe_core::node::Port;
 use dqe_core::wire::{self, Body, Reason};
 use tracing::{info, warn};
 
-use crate::config_file::Cluster;
 use crate::metrics::{Metrics, WrongClusterSide};
 
 /// A WARN about one peer's cluster mismatch, in one direction, is repeated at most this often.
@@ -291,7 +291,7 @@ mod tests {
 
     #[test]
     fn warnings_are_rate_limited_per_peer_but_a_newly_known_tag_is_told_at_once() {
-        let spec = crate::config_file::dev_cluster(9000);
+        let spec = dqe_config::cluster::dev_cluster(9000);
         let mut w = PeerWatch::new(&spec, 0, 1);
         assert_eq!(w.due((false, Some(1)), false), Some(0));
         assert_eq!(w.due((false, Some(1)), false), None);

@@ -55,10 +55,10 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::cli::RunConfig;
-use crate::config_file::MAX_NODES;
 use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
 use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
 use crate::peers::PeerWatch;
+use dqe_config::cluster::MAX_NODES;
 
 /// Client requests the portal may have in flight; more are refused `Busy`.
 pub const IN_FLIGHT: usize = 1024;

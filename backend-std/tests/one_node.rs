@@ -16,7 +16,7 @@ const SILENCE: Duration = Duration::from_millis(300);
 
 /// The cluster tag of `--dev` (one node named "dev", r = 1).
 fn dev_tag(base: u16) -> u32 {
-    let spec: ClusterSpec<256> = backend_std::config_file::dev_cluster(base);
+    let spec: ClusterSpec<256> = dqe_config::cluster::dev_cluster(base);
     spec.cluster_tag()
 }
 

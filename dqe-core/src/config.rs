@@ -25,6 +25,10 @@ pub const DEFAULT_EPOCH_SECONDS: u32 = 86_400;
 pub const DEFAULT_GRACE: u32 = 1;
 /// Largest default handoff depth.
 pub const DEFAULT_HANDOFF_MAX: u8 = 2;
+/// Most epochs a key may be retained (docs/protocol.md): `dqe-enforcer`'s index keeps an
+/// entry's epoch as a one-byte offset, and every node of a mixed cluster, boards included,
+/// must accept the same file, so every reader applies it.
+pub const MAX_RETAIN_EPOCHS: u32 = 254;
 
 /// A node name: up to [`NAME_MAX`] bytes of UTF-8.
 pub type NodeName = heapless::String<NAME_MAX>;
@@ -108,6 +112,8 @@ pub enum ConfigError {
     ZeroEpoch,
     /// `retain_epochs` is not more than `grace` (a key must outlive every stamp that maps to it).
     RetainTooShort { retain_epochs: u32, grace: u32 },
+    /// `retain_epochs` is more than [`MAX_RETAIN_EPOCHS`].
+    RetainTooLong { retain_epochs: u32 },
 }
 
 impl core::fmt::Display for ConfigError {
@@ -168,6 +174,10 @@ impl core::fmt::Display for ConfigError {
             } => write!(
                 f,
                 "retain_epochs {retain_epochs} must be greater than grace {grace}"
+            ),
+            ConfigError::RetainTooLong { retain_epochs } => write!(
+                f,
+                "retain_epochs {retain_epochs} is more than the limit of {MAX_RETAIN_EPOCHS}"
             ),
         }
     }
@@ -261,6 +271,11 @@ impl<const N: usize> ClusterSpec<N> {
             return Err(ConfigError::RetainTooShort {
                 retain_epochs: self.retain_epochs,
                 grace: self.grace,
+            });
+        }
+        if self.retain_epochs > MAX_RETAIN_EPOCHS {
+            return Err(ConfigError::RetainTooLong {
+                retain_epochs: self.retain_epochs,
             });
         }
         Ok(())

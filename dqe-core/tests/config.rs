@@ -2,7 +2,7 @@
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use dqe_core::config::{ClusterSpec, ConfigError, NodeSpec};
+use dqe_core::config::{ClusterSpec, ConfigError, MAX_RETAIN_EPOCHS, NodeSpec};
 
 fn addr(host: u8, port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, host)), port)
@@ -191,6 +191,21 @@ fn retain_must_outlive_grace() {
     assert_eq!(c.validate(), Ok(()));
 }
 
+/// The index span of a retained key is a cluster rule, checked here once for every reader.
+#[test]
+fn retain_is_at_most_the_limit() {
+    let mut c = cluster(3, 2);
+    c.retain_epochs = MAX_RETAIN_EPOCHS;
+    assert_eq!(c.validate(), Ok(()));
+    c.retain_epochs = MAX_RETAIN_EPOCHS + 1;
+    assert_eq!(
+        c.validate(),
+        Err(ConfigError::RetainTooLong {
+            retain_epochs: MAX_RETAIN_EPOCHS + 1
+        })
+    );
+}
+
 #[test]
 fn errors_explain_themselves() {
     let errors = [
@@ -217,6 +232,7 @@ fn errors_explain_themselves() {
             retain_epochs: 1,
             grace: 1,
         },
+        ConfigError::RetainTooLong { retain_epochs: 300 },
     ];
     let mut seen = Vec::new();
     for e in errors {

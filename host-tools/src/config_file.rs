@@ -1,221 +1,29 @@
 //! The two TOML files the tools read: the client config and the cluster config.
 //!
-//! The client config is what a mail system sets up once for the printer, verifier and
-//! canceller (portals, trusted allocators, epoch settings); it is parsed here. The cluster
-//! config is the file `dqe-enforcer` reads; `dqe config check`, `dqe cluster up` and the demo
-//! read it with the enforcer's own parser, `backend_std::config_file` (one parser for servers,
-//! tools and boards, so they cannot disagree), and `dqe config gen` writes it and parses the
-//! result back with that parser.
-//!
-//! Both parsers locate every error by file, line and field, because these files are edited
-//! by hand and a message without a line number sends the reader hunting.
+//! Both are parsed by `dqe_config`, the crate that owns them (one parser for servers, tools
+//! and boards, so they cannot disagree, and one locator of errors by file, line, column and
+//! field). This module adds what belongs to the tools: reading a `trust` entry as a key file
+//! or key text, the [`ClusterFile`] that `cluster up` passes on, and `dqe config gen`, which
+//! writes a cluster file and parses the result back with the one parser.
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
-use std::ops::Range;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-pub use backend_std::config_file::{Cluster, ConfigFileError, MAX_NODES, MAX_RING_POINTS};
+pub use dqe_config::client::{
+    CLIENT_CONFIG_ENV, ClientConfig, DEFAULT_CLIENT_CONFIG, DEFAULT_PORTAL_TIMEOUT, FileError,
+    field_error, located, parse_addr, parse_cluster_tag, read,
+};
+use dqe_config::cluster;
+pub use dqe_config::cluster::{Cluster, ConfigFileError, MAX_NODES, MAX_RING_POINTS};
 use dqe_core::config::{DEFAULT_EPOCH_SECONDS, DEFAULT_GRACE};
-use serde::Deserialize;
-use toml::Spanned;
 
 use crate::keys;
 
-/// Where the client config is looked for when neither `--client-config` nor
-/// `$DQE_CLIENT_CONFIG` names one.
-pub const DEFAULT_CLIENT_CONFIG: &str = "/etc/dqe/client.toml";
-/// The environment variable naming the client config.
-pub const CLIENT_CONFIG_ENV: &str = "DQE_CLIENT_CONFIG";
-/// How long a client waits for one portal (all its retries) before trying the next.
-pub const DEFAULT_PORTAL_TIMEOUT: Duration = Duration::from_millis(2000);
-
-/// What is wrong with a client config file, located to its line and field.
-#[derive(Debug, thiserror::Error)]
-pub enum FileError {
-    /// The file could not be read at all.
-    #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML.
-    #[error("{}:{line}: {problem}", path.display())]
-    Syntax {
-        path: PathBuf,
-        line: usize,
-        problem: String,
-    },
-    /// A field is missing, unknown, of the wrong type or breaks a rule.
-    #[error("{}:{line}: field `{field}`: {problem}", path.display())]
-    Field {
-        path: PathBuf,
-        line: usize,
-        field: String,
-        problem: String,
-    },
-}
-
-/// The 1-based line of byte offset `at` in `text`.
-pub(crate) fn line_of(text: &str, at: usize) -> usize {
-    text.as_bytes()[..at.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-/// Turn a toml/serde error into a located [`FileError`]. toml does not expose the key path
-/// of an error, so the field comes from the message (`missing field `x``) or else from the
-/// `key = ` on the line the error points at.
-pub(crate) fn located(path: &Path, text: &str, e: toml::de::Error) -> FileError {
-    let message = e.message().trim().to_string();
-    let line = e.span().map(|s| line_of(text, s.start)).unwrap_or(1);
-    let from_message = message
-        .split('`')
-        .nth(1)
-        .filter(|_| message.contains("field `"))
-        .map(str::to_string);
-    let from_line = text
-        .lines()
-        .nth(line - 1)
-        .and_then(|l| l.split_once('='))
-        .map(|(k, _)| k.trim().trim_matches('"').to_string())
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
-    match from_message.or(from_line) {
-        Some(field) => FileError::Field {
-            path: path.to_path_buf(),
-            line,
-            field,
-            problem: message,
-        },
-        None => FileError::Syntax {
-            path: path.to_path_buf(),
-            line,
-            problem: message,
-        },
-    }
-}
-
-/// A maker of [`FileError::Field`] for `text` read from `path`: the span of the bad value,
-/// the field's name and what is wrong.
-pub(crate) fn field_error<'a>(
-    path: &'a Path,
-    text: &'a str,
-) -> impl Fn(Range<usize>, &str, String) -> FileError + 'a {
-    move |span, field, problem| FileError::Field {
-        path: path.to_path_buf(),
-        line: line_of(text, span.start),
-        field: field.to_string(),
-        problem,
-    }
-}
-
-pub(crate) fn read(path: &Path) -> Result<String, FileError> {
-    std::fs::read_to_string(path).map_err(|source| FileError::Read {
-        path: path.to_path_buf(),
-        source,
-    })
-}
-
-// ---------------------------------------------------------------------------------------
-// Client config
-
-/// The client config file as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawClient {
-    #[serde(default)]
-    portals: Vec<Spanned<String>>,
-    #[serde(default)]
-    trust: Vec<Spanned<String>>,
-    epoch_seconds: Option<Spanned<u32>>,
-    grace: Option<Spanned<u32>>,
-    timeout_ms: Option<Spanned<u64>>,
-    cluster_tag: Option<Spanned<String>>,
-}
-
-/// The settings of the tools that talk to portals or check stamps.
-///
-/// ```toml
-/// portals = ["127.0.0.1:8101", "127.0.0.1:8104"]   # tried in order
-/// trust = ["/etc/dqe/qa.pub", "Hq3...base64url...Zk"] # allocator public keys
-/// epoch_seconds = 86400
-/// grace = 1
-/// timeout_ms = 2000                                  # per portal, all retries
-/// cluster_tag = "0x1234abcd"                         # optional: the portals' cluster
-/// ```
-///
-/// A `trust` entry is a path to a `.pub` file when it contains `/` or ends in `.pub`
-/// (relative paths are relative to the config file), and otherwise the public key itself
-/// as 43 characters of base64url.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClientConfig {
-    /// The file these settings came from, if any.
-    pub source: Option<PathBuf>,
-    /// Portals to use, in order; one that does not answer is skipped for the next.
-    pub portals: Vec<SocketAddr>,
-    /// Trusted allocator public keys.
-    pub trust: Vec<[u8; 32]>,
-    /// Epoch length in seconds.
-    pub epoch_seconds: u32,
-    /// Epochs of grace for stamps.
-    pub grace: u32,
-    /// How long to wait for one portal before trying the next.
-    pub timeout: Duration,
-    /// The cluster tag requests carry (0: any cluster). With the tag of the portals' cluster
-    /// (`dqe config check` prints it), a portal of another cluster refuses instead of
-    /// answering, and the tools say so.
-    pub cluster_tag: u32,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            source: None,
-            portals: Vec::new(),
-            trust: Vec::new(),
-            epoch_seconds: DEFAULT_EPOCH_SECONDS,
-            grace: DEFAULT_GRACE,
-            timeout: DEFAULT_PORTAL_TIMEOUT,
-            cluster_tag: 0,
-        }
-    }
-}
-
-/// Parse a cluster tag as `dqe config check` prints it: `0x` and 8 hex digits, or decimal.
-pub fn parse_cluster_tag(text: &str) -> Result<u32, String> {
-    let t = text.trim();
-    let parsed = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-        Some(hex) => u32::from_str_radix(hex, 16),
-        None => t.parse::<u32>(),
-    };
-    parsed.map_err(|_| {
-        format!(
-            "`{text}` is not a cluster tag: write it as `dqe config check CLUSTER.toml` prints it, e.g. 0x1234abcd (0 means any cluster)"
-        )
-    })
-}
-
-/// Parse `host:port` (an IP literal, or a name resolved once).
-pub fn parse_addr(text: &str) -> Result<SocketAddr, String> {
-    if let Ok(a) = text.parse::<SocketAddr>() {
-        return Ok(a);
-    }
-    match text.to_socket_addrs() {
-        Ok(mut addrs) => addrs
-            .next()
-            .ok_or_else(|| format!("`{text}` resolves to no address")),
-        Err(_) => Err(format!(
-            "`{text}` is not an address: write HOST:PORT, e.g. 127.0.0.1:8101"
-        )),
-    }
-}
-
-/// Parse one trusted-key entry (see [`ClientConfig`]): a path or the key as text
-/// (`dqe-public-key:...` as in a .pub file, or the base64url alone). `base` is the directory
-/// relative paths are resolved against; `arg` names where the entry was given, for messages.
+/// Parse one trusted-key entry: a path to a `.pub` file when it contains `/` or ends in
+/// `.pub` or `.key` (relative to `base`), and otherwise the key as text
+/// (`dqe-public-key:...` as in a .pub file, or the base64url alone). `arg` names where the
+/// entry was given, for messages.
 pub fn parse_trust(entry: &str, base: &Path, arg: &str) -> Result<[u8; 32], String> {
     if entry.contains('/') || entry.ends_with(".pub") || entry.ends_with(".key") {
         let path = base.join(entry);
@@ -229,76 +37,14 @@ pub fn parse_trust(entry: &str, base: &Path, arg: &str) -> Result<[u8; 32], Stri
     }
 }
 
-impl ClientConfig {
-    /// Find and read the client config: `explicit` (from `--client-config`), else
-    /// `$DQE_CLIENT_CONFIG`, else [`DEFAULT_CLIENT_CONFIG`] when it exists, else defaults.
-    pub fn load(explicit: Option<&Path>) -> Result<ClientConfig, FileError> {
-        if let Some(p) = explicit {
-            return ClientConfig::read(p);
-        }
-        if let Some(p) = std::env::var_os(CLIENT_CONFIG_ENV).filter(|p| !p.is_empty()) {
-            return ClientConfig::read(Path::new(&p));
-        }
-        let default = Path::new(DEFAULT_CLIENT_CONFIG);
-        if default.exists() {
-            return ClientConfig::read(default);
-        }
-        Ok(ClientConfig::default())
-    }
+/// A `trust` entry of the client config (the reader `dqe_config` asks for).
+pub fn trust_entry(entry: &str, base: &Path) -> Result<[u8; 32], String> {
+    parse_trust(entry, base, "entry")
+}
 
-    /// Read one client config file.
-    pub fn read(path: &Path) -> Result<ClientConfig, FileError> {
-        let text = read(path)?;
-        ClientConfig::parse(path, &text)
-    }
-
-    /// Parse client config `text` that came from `path`.
-    pub fn parse(path: &Path, text: &str) -> Result<ClientConfig, FileError> {
-        let raw: RawClient = toml::from_str(text).map_err(|e| located(path, text, e))?;
-        let field = field_error(path, text);
-        let base = path.parent().unwrap_or(Path::new("."));
-        let mut config = ClientConfig {
-            source: Some(path.to_path_buf()),
-            ..ClientConfig::default()
-        };
-        for p in &raw.portals {
-            let addr = parse_addr(p.get_ref()).map_err(|e| field(p.span(), "portals", e))?;
-            config.portals.push(addr);
-        }
-        for t in &raw.trust {
-            let key =
-                parse_trust(t.get_ref(), base, "entry").map_err(|e| field(t.span(), "trust", e))?;
-            config.trust.push(key);
-        }
-        if let Some(e) = raw.epoch_seconds {
-            if *e.get_ref() == 0 {
-                return Err(field(
-                    e.span(),
-                    "epoch_seconds",
-                    "must be at least 1 (86400, a day, is the default)".into(),
-                ));
-            }
-            config.epoch_seconds = e.into_inner();
-        }
-        if let Some(g) = raw.grace {
-            config.grace = g.into_inner();
-        }
-        if let Some(t) = raw.timeout_ms {
-            if *t.get_ref() == 0 {
-                return Err(field(
-                    t.span(),
-                    "timeout_ms",
-                    "must be at least 1 (2000 is the default)".into(),
-                ));
-            }
-            config.timeout = Duration::from_millis(t.into_inner());
-        }
-        if let Some(t) = raw.cluster_tag {
-            config.cluster_tag =
-                parse_cluster_tag(t.get_ref()).map_err(|e| field(t.span(), "cluster_tag", e))?;
-        }
-        Ok(config)
-    }
+/// Find and read the client config ([`ClientConfig::load`] with the tools' key files).
+pub fn load_client(explicit: Option<&Path>) -> Result<ClientConfig, FileError> {
+    ClientConfig::load(explicit, &trust_entry)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -319,7 +65,7 @@ impl ClusterFile {
     pub fn read(path: &Path) -> Result<ClusterFile, ConfigFileError> {
         Ok(ClusterFile {
             path: path.to_path_buf(),
-            spec: backend_std::config_file::load(path)?,
+            spec: cluster::load(path)?,
         })
     }
 
@@ -327,7 +73,7 @@ impl ClusterFile {
     pub fn parse(path: &Path, text: &str) -> Result<ClusterFile, ConfigFileError> {
         Ok(ClusterFile {
             path: path.to_path_buf(),
-            spec: backend_std::config_file::parse(path, text)?,
+            spec: cluster::parse(path, text)?,
         })
     }
 }
@@ -503,7 +249,7 @@ mod tests {
         for host in hosts {
             for &(nodes, r) in &shapes {
                 let text = generate_cluster(nodes, r, host, 1024).unwrap();
-                let spec = backend_std::config_file::parse(Path::new("gen.toml"), &text)
+                let spec = cluster::parse(Path::new("gen.toml"), &text)
                     .unwrap_or_else(|e| panic!("{nodes} nodes, r {r} on {host}: {e}"));
                 assert_eq!((spec.nodes.len(), spec.replication), (nodes, r));
                 assert_eq!(spec.handoff, Cluster::default_handoff(nodes, r));
@@ -560,44 +306,30 @@ mod tests {
     }
 
     #[test]
-    fn client_config_reads_every_field() {
+    fn client_config_reads_trust_as_key_text_and_files() {
+        let dir = tempfile::tempdir().unwrap();
         let key = keys::encode_line(&[7u8; 32]);
-        let text = format!(
-            "portals = [\"127.0.0.1:8101\", \"127.0.0.1:8104\"]\ntrust = [\"{key}\"]\nepoch_seconds = 60\ngrace = 2\ntimeout_ms = 300\ncluster_tag = \"0x0000abcd\"\n"
-        );
-        let c = ClientConfig::parse(Path::new("/x/client.toml"), &text).unwrap();
-        assert_eq!(c.portals.len(), 2);
-        assert_eq!(c.trust, vec![[7u8; 32]]);
-        assert_eq!((c.epoch_seconds, c.grace), (60, 2));
-        assert_eq!(c.timeout, Duration::from_millis(300));
-        assert_eq!(c.cluster_tag, 0xabcd);
-        let bad = "portals = [\"127.0.0.1:8101\"]\ncluster_tag = \"0xzz\"\n";
-        let e = ClientConfig::parse(Path::new("/x/client.toml"), bad).unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("/x/client.toml:2: field `cluster_tag`: `0xzz` is not a cluster tag"),
-            "{e}"
-        );
+        std::fs::write(dir.path().join("qa.pub"), format!("dqe-public-key:{key}\n")).unwrap();
+        let path = dir.path().join("client.toml");
+        std::fs::write(
+            &path,
+            format!("portals = [\"127.0.0.1:8101\"]\ntrust = [\"{key}\", \"qa.pub\"]\n"),
+        )
+        .unwrap();
+        let c = load_client(Some(&path)).unwrap();
+        assert_eq!(c.trust, vec![[7u8; 32], [7u8; 32]]);
     }
 
     #[test]
-    fn client_config_errors_name_line_and_field() {
+    fn a_bad_trust_entry_names_line_column_and_field() {
         let text = "portals = [\"127.0.0.1:8101\"]\n\ntrust = [\"not-a-key\"]\n";
-        match ClientConfig::parse(Path::new("/x/client.toml"), text).unwrap_err() {
-            FileError::Field { line, field, .. } => {
-                assert_eq!((line, field.as_str()), (3, "trust"))
-            }
-            other => panic!("{other}"),
-        }
-        let text = "portals = [\"127.0.0.1:8101\"]\ngrace = -1\n";
-        match ClientConfig::parse(Path::new("/x/client.toml"), text).unwrap_err() {
-            FileError::Field { line, field, .. } => {
-                assert_eq!((line, field.as_str()), (2, "grace"))
-            }
-            other => panic!("{other}"),
-        }
-        let text = "portal = [\"127.0.0.1:8101\"]\n";
-        let e = ClientConfig::parse(Path::new("/x/client.toml"), text).unwrap_err();
-        assert!(e.to_string().contains("client.toml:1"), "{e}");
+        let e = ClientConfig::parse(Path::new("/x/client.toml"), text, &trust_entry).unwrap_err();
+        let at = e.location().unwrap();
+        assert_eq!((at.line, at.field.as_str()), (3, "trust"), "{e}");
+        assert!(
+            e.to_string()
+                .starts_with("/x/client.toml:3:10: field `trust`: entry: `not-a-key` is neither"),
+            "{e}"
+        );
     }
 }

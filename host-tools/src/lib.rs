@@ -8,12 +8,14 @@
 //! - [`stamp_state`]: the durable index state of each certificate.
 //! - [`mail`]: adding and reading headers of an RFC 5322 message.
 //! - [`milter`]: `dqe milter`, stamping and verifying inside Postfix or Sendmail.
-//! - [`config_file`]: the client config and the cluster config, errors by line and field.
+//! - [`config_file`]: the client config and the cluster config (read by `dqe-config`),
+//!   errors by file, line, column and field.
 //! - [`u2`]: the load generator.
 //! - [`cluster`]: a loopback cluster of `dqe-enforcer` child processes.
 //! - [`demo`]: a stamp's whole life, narrated.
 //! - [`balance`]: how evenly a ring spreads copies, computed exactly.
-//! - [`cli`]: the command line and its exit codes.
+//! - [`cli`]: the command line's entry, its errors and exit codes; [`args`]: its flags (clap);
+//!   `cmd::<name>` (private): what each subcommand does.
 //!
 //! ```no_run
 //! # use std::time::Duration;
@@ -26,10 +28,12 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod args;
 pub mod balance;
 pub mod cli;
 pub mod client;
 pub mod cluster;
+mod cmd;
 pub mod config_file;
 pub mod demo;
 pub mod keys;

@@ -488,7 +488,7 @@ fn config_errors_name_file_line_and_field() {
     )
     .unwrap();
     let r = dqe(d, &["milter", "--config", "milter.toml"]);
-    r.assert_fails(1, "milter.toml:5: field `receive.actions.used`");
+    r.assert_fails(1, "milter.toml:5:8: field `receive.actions.used`");
     let r = dqe(d, &["milter", "--listen", "tcp:1", "--receive"]);
     r.assert_fails(1, "inet:HOST:PORT");
     // A key that is not the certificate's sender is refused at start, not at the first message.

@@ -370,10 +370,10 @@ fn client_config_supplies_trust_and_its_errors_name_file_line_and_field() {
     for (text, error) in [
         (
             "grace = 1\ntrust = [\"nope\"]\n",
-            "bad.toml:3: field `trust`",
+            "bad.toml:3:10: field `trust`",
         ),
-        ("grace = \"one\"\n", "bad.toml:2: field `grace`"),
-        ("timeout = 5\n", "bad.toml:2: field `timeout`"),
+        ("grace = \"one\"\n", "bad.toml:2:9: field `grace`"),
+        ("timeout = 5\n", "bad.toml:2:1: field `timeout`"),
     ] {
         std::fs::write(d.join("bad.toml"), format!("{portals}{text}")).unwrap();
         verify_with_config(d, "bad.toml", &[&stamp]).assert_fails(1, error);

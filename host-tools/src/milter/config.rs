@@ -725,7 +725,7 @@ mod tests {
 
     fn field_error(text: &str) -> (usize, String) {
         match from_text(text) {
-            Err(ConfigError::File(FileError::Field { line, field, .. })) => (line, field),
+            Err(ConfigError::File(FileError::Field { at, .. })) => (at.line, at.field),
             other => panic!("expected a field error, got {other:?}"),
         }
     }

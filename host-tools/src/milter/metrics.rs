@@ -1,5 +1,5 @@
 //! The milter's Prometheus counters, served by the enforcer's own responder
-//! ([`backend_std::metrics::serve_text`]).
+//! ([`dqe_metrics_http::serve_text`]).
 //!
 //! `dqe_milter_messages_total{role, outcome, action}` counts messages by verdict (receiver:
 //! fresh, used, invalid, none, unavailable) or by what happened (sender: stamped,

@@ -41,7 +41,7 @@ pub enum RunError {
     },
     /// The metrics endpoint could not be opened.
     #[error(transparent)]
-    Metrics(#[from] backend_std::metrics::MetricsBindError),
+    Metrics(#[from] dqe_metrics_http::MetricsBindError),
     /// The runtime or signal handlers could not start.
     #[error("cannot start: {0}")]
     Start(std::io::Error),
@@ -94,9 +94,9 @@ async fn serve(config: MilterConfig) -> Result<(), RunError> {
     };
     let metrics = Arc::new(Metrics::default());
     if let Some(addr) = config.metrics {
-        let l = backend_std::metrics::bind(addr).await?;
+        let l = dqe_metrics_http::bind(addr).await?;
         let m = metrics.clone();
-        tokio::spawn(backend_std::metrics::serve_text(l, move || m.render()));
+        tokio::spawn(dqe_metrics_http::serve_text(l, move || m.render()));
     }
     let role = match config.role {
         Role::Send(s) => RoleHandle::Send(send::Sender::new(s)),

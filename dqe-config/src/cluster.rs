@@ -7,10 +7,10 @@
 //! [`ClusterSpec::validate`] and are mapped back to the span of the field that breaks them.
 //!
 //! This is the one parser of the file: `dqe-enforcer`, the `dqe` tools, the firmware's sim
-//! board and the firmware's `build.rs` (which includes this file by path, for boards without a
-//! file system) all use it, so they accept and refuse exactly the same files. It therefore
-//! uses nothing of this crate but itself: only `std`, `serde`, `toml`, `thiserror`,
-//! `heapless` and `dqe-core`.
+//! board and the firmware's `build.rs` (for boards without a file system) all use it, so they
+//! accept and refuse exactly the same files. The limits that are protocol rules (`r +
+//! handoff`, `retain_epochs`) are checked once, by [`ClusterSpec::validate`]; this parser
+//! adds only the capacities of the reading build and maps every error to its field.
 //!
 //! ```toml
 //! [cluster]
@@ -27,16 +27,19 @@
 //! source = "127.0.0.1:8103"
 //! ```
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+pub use dqe_core::config::MAX_RETAIN_EPOCHS;
 use dqe_core::config::{
     ClusterSpec, ConfigError, DEFAULT_VNODES, NAME_MAX, NodeIndex, NodeName, NodeSpec,
 };
 use serde::Deserialize;
 use toml::Spanned;
+
+pub use crate::locate::Location;
+use crate::locate::Source;
 
 /// Nodes a cluster file may list (the `N` of the node `dqe-enforcer` runs).
 pub const MAX_NODES: usize = 256;
@@ -44,39 +47,9 @@ pub const MAX_NODES: usize = 256;
 /// the points `dqe config gen` writes (256 per node, 512 when r = 1) up to 128 nodes (64 for
 /// r = 1); about 30 bytes each, so the ring takes under 1 MiB.
 pub const MAX_RING_POINTS: usize = 32_768;
-/// Most epochs a key may be retained: `dqe-enforcer`'s index stores an entry's epoch as a
-/// one-byte offset (`index::MAX_EPOCH_SPAN`, checked equal by a test). Every reader applies
-/// it, boards included, because every node of a mixed cluster must accept the same file.
-pub const MAX_RETAIN_EPOCHS: u32 = 254;
 
 /// The cluster model `dqe-enforcer` and the tools run.
 pub type Cluster = ClusterSpec<MAX_NODES>;
-
-/// Where in the file a problem is.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Location {
-    /// The file.
-    pub path: PathBuf,
-    /// 1-based line.
-    pub line: usize,
-    /// 1-based column (in characters).
-    pub column: usize,
-    /// The field at fault, e.g. `nodes[1].portal`.
-    pub field: String,
-}
-
-impl fmt::Display for Location {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}:{}:{}: field `{}`",
-            self.path.display(),
-            self.line,
-            self.column,
-            self.field
-        )
-    }
-}
 
 /// Why a cluster file was refused. Each variant names the broken rule.
 #[derive(Debug, thiserror::Error)]
@@ -112,9 +85,6 @@ pub enum ConfigFileError {
         points: usize,
         capacity: usize,
     },
-    /// `retain_epochs` is wider than the index can hold (its epoch offset is one byte).
-    #[error("{at}: retain_epochs {retain_epochs} is more than the limit of {MAX_RETAIN_EPOCHS}")]
-    RetainTooLong { at: Location, retain_epochs: u32 },
     /// A rule of a well-formed cluster (PROTOCOL.md "Assignment") is broken; `hint` says how
     /// to mend it, with the other party of a duplicate. (Boxed to keep every `Result` small.)
     #[error("{at}: {rule}{hint}")]
@@ -141,7 +111,6 @@ impl ConfigFileError {
             | ConfigFileError::NameTooLong { at, .. }
             | ConfigFileError::TooManyNodes { at, .. }
             | ConfigFileError::TooManyRingPoints { at, .. }
-            | ConfigFileError::RetainTooLong { at, .. }
             | ConfigFileError::Rule { at, .. } => Some(at),
             ConfigFileError::Unreadable { .. } | ConfigFileError::UnknownNode { .. } => None,
         }
@@ -212,19 +181,11 @@ pub fn parse_with_capacity<const N: usize>(
     text: &str,
     ring_points: usize,
 ) -> Result<ClusterSpec<N>, ConfigFileError> {
-    let at = |span: Range<usize>, field: &str| locate(path, text, span.start, field.to_string());
+    let src = Source::new(path, text);
+    let at = |span: Range<usize>, field: &str| src.at(span, field);
     let repr: FileRepr = toml::from_str(text).map_err(|e| {
-        let start = e.span().map(|s| s.start).unwrap_or(0);
-        let mut field = field_at(text, start);
-        if let Some(missing) = quoted_after(e.message(), "missing field") {
-            field = join_field(&field, &missing);
-        } else if let Some(unknown) = quoted_after(e.message(), "unknown field") {
-            field = join_field(&field, &unknown);
-        }
-        ConfigFileError::Syntax {
-            at: locate(path, text, start, field),
-            message: e.message().trim().to_string(),
-        }
+        let (at, message) = src.syntax(&e);
+        ConfigFileError::Syntax { at, message }
     })?;
 
     let nodes_repr = repr.nodes.get_ref();
@@ -283,7 +244,7 @@ pub fn parse_with_capacity<const N: usize>(
 
     let cluster_span = repr.cluster.span();
     let span_or_cluster = |s: Option<Range<usize>>| s.unwrap_or_else(|| cluster_span.clone());
-    let line_of = |span: Range<usize>| locate(path, text, span.start, String::new()).line;
+    let line_of = |span: Range<usize>| src.line_of(span);
     // The role of node `node` whose address is `addr` (the second such role with `second`,
     // for a node that repeats one of its own addresses).
     let role_of = |node: usize, addr: SocketAddr, second: bool| {
@@ -406,8 +367,13 @@ pub fn parse_with_capacity<const N: usize>(
                 "cluster.epoch_seconds".to_string(),
                 " (86400, a day, is the default)".to_string(),
             ),
-            ConfigError::RetainTooShort { .. } => {
-                let hint = ": a key must outlive every stamp that maps to it".to_string();
+            ConfigError::RetainTooShort { .. } | ConfigError::RetainTooLong { .. } => {
+                let hint = match rule {
+                    ConfigError::RetainTooShort { .. } => {
+                        ": a key must outlive every stamp that maps to it".to_string()
+                    }
+                    _ => String::new(),
+                };
                 match &c.retain_epochs {
                     Some(r) => (r.span(), "cluster.retain_epochs".to_string(), hint),
                     None => (
@@ -422,19 +388,6 @@ pub fn parse_with_capacity<const N: usize>(
             at: at(span, &field),
             rule: Box::new(rule),
             hint: hint.into_boxed_str(),
-        });
-    }
-    if spec.retain_epochs > MAX_RETAIN_EPOCHS {
-        let (span, field) = match &c.retain_epochs {
-            Some(r) => (r.span(), "cluster.retain_epochs"),
-            None => (
-                span_or_cluster(c.grace.as_ref().map(|g| g.span())),
-                "cluster.grace",
-            ),
-        };
-        return Err(ConfigFileError::RetainTooLong {
-            at: at(span, field),
-            retain_epochs: spec.retain_epochs,
         });
     }
     let points = spec.nodes.len() * spec.vnodes as usize;
@@ -481,80 +434,6 @@ pub fn dev_cluster(port_base: u16) -> Cluster {
     let mut spec = Cluster::with_defaults(nodes, 1);
     spec.vnodes = DEFAULT_VNODES;
     spec
-}
-
-fn locate(path: &Path, text: &str, offset: usize, field: String) -> Location {
-    let offset = offset.min(text.len());
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let column = text[line_start..offset].chars().count() + 1;
-    Location {
-        path: path.to_path_buf(),
-        line,
-        column,
-        field,
-    }
-}
-
-/// The dotted field path at byte `offset`: the table header in force there (with the index of
-/// an array-of-tables entry) and the key on that line, if any.
-fn field_at(text: &str, offset: usize) -> String {
-    let offset = offset.min(text.len());
-    let line_start = text[..offset].rfind('\n').map(|i| i + 1).unwrap_or(0);
-    let line_end = text[offset..]
-        .find('\n')
-        .map(|i| offset + i)
-        .unwrap_or(text.len());
-    let line = &text[line_start..line_end];
-    let mut table = String::new();
-    let mut counts: Vec<(String, usize)> = Vec::new();
-    for l in text[..line_start].lines().chain(std::iter::once(line)) {
-        let t = l.trim();
-        if let Some(name) = t.strip_prefix("[[").and_then(|r| r.split("]]").next()) {
-            let name = name.trim().to_string();
-            let idx = match counts.iter_mut().find(|(n, _)| *n == name) {
-                Some((_, c)) => {
-                    *c += 1;
-                    *c - 1
-                }
-                None => {
-                    counts.push((name.clone(), 1));
-                    0
-                }
-            };
-            table = format!("{name}[{idx}]");
-        } else if let Some(name) = t.strip_prefix('[').and_then(|r| r.split(']').next()) {
-            table = name.trim().to_string();
-        }
-    }
-    let key = line
-        .split_once('=')
-        .map(|(k, _)| k.trim().trim_matches('"').to_string())
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
-    match key {
-        Some(k) => join_field(&table, &k),
-        None if table.is_empty() => "(top level)".to_string(),
-        None => table,
-    }
-}
-
-fn join_field(table: &str, key: &str) -> String {
-    if table.is_empty() || table == "(top level)" {
-        key.to_string()
-    } else if table.ends_with(&format!(".{key}")) || table == key {
-        table.to_string()
-    } else {
-        format!("{table}.{key}")
-    }
-}
-
-/// The text between backquotes after `marker` in a serde message (`missing field `portal``).
-fn quoted_after(message: &str, marker: &str) -> Option<String> {
-    let rest = &message[message.find(marker)? + marker.len()..];
-    let start = rest.find('`')? + 1;
-    let len = rest[start..].find('`')?;
-    Some(rest[start..start + len].to_string())
 }
 
 #[cfg(test)]
@@ -716,13 +595,16 @@ source = "127.0.0.1:8203"
     #[test]
     fn retention_beyond_the_index_span_is_refused() {
         let e = err(&GOOD.replace("replication = 2", "replication = 2\nretain_epochs = 300"));
-        assert!(matches!(e, ConfigFileError::RetainTooLong { .. }));
+        assert!(
+            matches!(e.rule(), Some(ConfigError::RetainTooLong { .. })),
+            "{e}"
+        );
+        assert!(
+            e.to_string()
+                .ends_with("retain_epochs 300 is more than the limit of 254"),
+            "{e}"
+        );
         assert_eq!(e.location().unwrap().field, "cluster.retain_epochs");
-    }
-
-    #[test]
-    fn the_retention_limit_is_the_index_span() {
-        assert_eq!(MAX_RETAIN_EPOCHS, crate::index::MAX_EPOCH_SPAN);
     }
 
     #[test]

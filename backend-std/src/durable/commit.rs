@@ -1,0 +1,347 @@
+//! Group commit: the records of many puts are written and fsynced as one batch on a blocking
+//! thread, and the batch's replies go out when [`DurableStore::finish`] has seen it succeed;
+//! a failed batch turns the store degraded (module doc of [`super`]).
+
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dqe_core::Value;
+use tracing::{error, info, warn};
+
+use super::format::{MAGIC, RECORD_BYTES, record_value};
+use super::store::{DurableStore, SyncMode};
+
+/// How long a degraded store waits before it writes again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Zero bytes a degraded store appends to a segment to learn whether the disk takes writes.
+const PROBE_BYTES: u64 = 4096;
+/// Zeros for preallocation and wiping, written this many bytes at a time.
+static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
+
+/// One group commit: records to write into each segment, then fsync.
+#[derive(Debug)]
+pub struct SyncBatch {
+    pub(super) writes: Vec<BatchWrite>,
+    pub(super) fsync: bool,
+    pub(super) dir: PathBuf,
+    pub(super) sync_dir: bool,
+    pub(super) upto: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct BatchWrite {
+    pub(super) epoch: u32,
+    pub(super) file: Arc<File>,
+    pub(super) offset: u64,
+    /// The header (for a segment with nothing written yet), then records.
+    pub(super) bytes: Vec<u8>,
+    /// Bytes of header at the front of `bytes`.
+    pub(super) header: usize,
+    /// Write zeros after `bytes` up to here (stale records of a failed write).
+    pub(super) wipe_to: u64,
+    /// Zero bytes to append after the file's end.
+    pub(super) extend: u64,
+    /// A failed extension fails the batch (the probe of a degraded store).
+    pub(super) must_extend: bool,
+    /// Set by `run`: where the file's zeros end after the extension.
+    pub(super) grown_to: Option<u64>,
+    /// Set by `run`: why an optional extension failed.
+    pub(super) grow_error: Option<io::Error>,
+}
+
+impl BatchWrite {
+    fn end(&self) -> u64 {
+        self.offset + self.bytes.len() as u64
+    }
+
+    fn records(&self) -> &[u8] {
+        &self.bytes[self.header..]
+    }
+
+    fn run(&mut self) -> io::Result<()> {
+        if !self.bytes.is_empty() {
+            self.file.write_all_at(&self.bytes, self.offset)?;
+        }
+        let end = self.end();
+        write_zeros(&self.file, end, self.wipe_to)?;
+        if self.extend > 0 {
+            let from = self.file.metadata()?.len().max(end).max(self.wipe_to);
+            match write_zeros(&self.file, from, from + self.extend) {
+                Ok(()) => self.grown_to = Some(from + self.extend),
+                Err(e) if self.must_extend => return Err(e),
+                Err(e) => {
+                    // Zeros up to the error point may be in the file; none are relied on.
+                    self.grow_error = Some(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn write_zeros(file: &File, from: u64, to: u64) -> io::Result<()> {
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(ZEROS.len() as u64) as usize;
+        file.write_all_at(&ZEROS[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// The result of [`SyncBatch::run`], handed back to [`DurableStore::finish`].
+#[derive(Debug)]
+pub struct SyncDone {
+    pub(super) batch: SyncBatch,
+    pub(super) result: io::Result<()>,
+}
+
+impl SyncDone {
+    /// Whether the batch is durable.
+    pub fn is_ok(&self) -> bool {
+        self.result.is_ok()
+    }
+}
+
+impl SyncBatch {
+    /// Write and fsync; blocking, so the server runs it on a blocking thread.
+    pub fn run(mut self) -> SyncDone {
+        let result = self.write_and_sync();
+        SyncDone {
+            batch: self,
+            result,
+        }
+    }
+
+    fn write_and_sync(&mut self) -> io::Result<()> {
+        for w in &mut self.writes {
+            w.run()?;
+        }
+        if self.fsync {
+            for w in &self.writes {
+                w.file.sync_data()?;
+            }
+            if self.sync_dir {
+                File::open(&self.dir)?.sync_all()?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records in the batch.
+    pub fn records(&self) -> u64 {
+        self.writes
+            .iter()
+            .map(|w| (w.records().len() / RECORD_BYTES) as u64)
+            .sum()
+    }
+}
+
+impl DurableStore {
+    /// The next group commit, if there is work, none is running and a degraded store's wait
+    /// is over.
+    pub fn take_batch(&mut self) -> Option<SyncBatch> {
+        if self.retry_at().is_some_and(|t| Instant::now() < t) {
+            return None;
+        }
+        self.cut()
+    }
+
+    fn cut(&mut self) -> Option<SyncBatch> {
+        if self.in_flight {
+            return None;
+        }
+        let degraded = self.degraded.is_some();
+        let mut epochs: Vec<u32> = self.pending.keys().copied().collect();
+        if degraded {
+            // Wipe what failed writes left, and probe the disk on the newest segment.
+            epochs.extend(
+                self.segments
+                    .iter()
+                    .filter(|(_, s)| s.stale_to > s.len)
+                    .map(|(&e, _)| e),
+            );
+            epochs.extend(self.segments.keys().next_back().copied());
+            epochs.sort_unstable();
+            epochs.dedup();
+            if epochs.is_empty() {
+                // Nothing to write to: the next put opens a segment and tries.
+                info!("no segment to test the disk with; PUTs are tried again");
+                self.degraded = None;
+                return None;
+            }
+        }
+        if epochs.is_empty() {
+            return None;
+        }
+        let mut writes = Vec::new();
+        let mut sync_dir = false;
+        for epoch in epochs {
+            let records = self.pending.remove(&epoch).unwrap_or_default();
+            let Some(seg) = self.segments.get_mut(&epoch) else {
+                // Expired while pending: nothing to write.
+                continue;
+            };
+            sync_dir |= seg.new_file;
+            let mut bytes = Vec::new();
+            if seg.len == 0 {
+                bytes.extend_from_slice(MAGIC);
+            }
+            let header = bytes.len();
+            if bytes.is_empty() {
+                bytes = records;
+            } else {
+                bytes.extend_from_slice(&records);
+            }
+            let end = seg.len + bytes.len() as u64;
+            let want = self.opts.preallocate;
+            let extend = if want > 0 && seg.grow && end + want / 2 > seg.allocated {
+                want
+            } else {
+                0
+            };
+            writes.push(BatchWrite {
+                epoch,
+                file: seg.file.clone(),
+                offset: seg.len,
+                bytes,
+                header,
+                wipe_to: seg.stale_to,
+                extend,
+                must_extend: false,
+                grown_to: None,
+                grow_error: None,
+            });
+        }
+        if degraded && let Some(probe) = writes.last_mut() {
+            probe.extend = PROBE_BYTES;
+            probe.must_extend = true;
+        }
+        self.pending_bytes = 0;
+        self.in_flight = true;
+        Some(SyncBatch {
+            writes,
+            fsync: self.opts.sync_mode == SyncMode::Always,
+            dir: self.opts.dir.clone(),
+            sync_dir,
+            upto: self.written,
+        })
+    }
+
+    /// Take back a finished group commit. On success its puts are durable; on failure the
+    /// store turns degraded and abandons or keeps the failed records (see the module doc).
+    pub fn finish(&mut self, done: SyncDone) {
+        self.in_flight = false;
+        let SyncDone { batch, result } = done;
+        match result {
+            Ok(()) => {
+                self.stats.sync_batches += 1;
+                self.stats.synced_records += batch.records();
+                for w in &batch.writes {
+                    let Some(seg) = self.segments.get_mut(&w.epoch) else {
+                        continue;
+                    };
+                    seg.len = w.end();
+                    seg.stale_to = 0;
+                    seg.allocated = seg
+                        .allocated
+                        .max(seg.len)
+                        .max(w.wipe_to)
+                        .max(w.grown_to.unwrap_or(0));
+                    seg.new_file = false;
+                    if let Some(e) = &w.grow_error {
+                        warn!(segment = %seg.path.display(), error = %e, "cannot preallocate; appending instead");
+                        seg.grow = false;
+                    }
+                }
+                self.durable = self.durable.max(batch.upto);
+                if let Some(why) = self.degraded.take() {
+                    info!(was = %why, "the store writes again");
+                }
+            }
+            Err(e) => {
+                self.stats.sync_failures += 1;
+                if self.degraded.is_none() {
+                    error!(error = %e, "writing a segment failed; PUTs are refused as Full until a write succeeds");
+                }
+                self.degraded = Some(e.to_string());
+                self.retry_at = Some(Instant::now() + RETRY_AFTER);
+                for w in &batch.writes {
+                    if let Some(seg) = self.segments.get_mut(&w.epoch) {
+                        // `allocated` stays: a failed write never shrinks the file.
+                        seg.stale_to = seg.stale_to.max(w.end()).max(w.wipe_to);
+                    }
+                }
+                if self.gates_replies() {
+                    self.abandon(&batch);
+                } else {
+                    self.keep_for_retry(batch);
+                }
+                // Replies waiting on this batch or the pending records are dropped by the
+                // server; nothing else is gated on them.
+                self.durable = self.written;
+            }
+        }
+    }
+
+    /// Mode `Always`: remove the pairs of the failed batch and of every pending record from
+    /// the index, and drop the records.
+    fn abandon(&mut self, batch: &SyncBatch) {
+        let mut removed = 0u64;
+        let failed = batch.writes.iter().map(|w| w.records());
+        let pending = std::mem::take(&mut self.pending);
+        for records in failed.chain(pending.values().map(Vec::as_slice)) {
+            for r in records.chunks_exact(RECORD_BYTES) {
+                let value: Value = record_value(r);
+                if self.index.remove(&dqe_core::hash::key_of(&value)) {
+                    removed += 1;
+                }
+            }
+        }
+        self.pending_bytes = 0;
+        self.stats.abandoned += removed;
+        if removed > 0 {
+            warn!(
+                pairs = removed,
+                "removed the pairs whose records did not reach the disk (never acknowledged)"
+            );
+        }
+    }
+
+    /// Mode `Never`: put the failed records back in front of anything newer, to be written
+    /// at the same offset.
+    fn keep_for_retry(&mut self, batch: SyncBatch) {
+        for w in batch.writes.into_iter().rev() {
+            if !self.segments.contains_key(&w.epoch) || w.records().is_empty() {
+                continue;
+            }
+            self.pending_bytes += w.records().len();
+            let slot = self.pending.entry(w.epoch).or_default();
+            let mut bytes = w.bytes[w.header..].to_vec();
+            bytes.extend_from_slice(slot);
+            *slot = bytes;
+        }
+    }
+
+    /// Write and fsync everything pending, here and now, without waiting for a degraded
+    /// store's retry time (shutdown, tests).
+    pub fn sync(&mut self) -> io::Result<()> {
+        while let Some(batch) = self.cut() {
+            let done = batch.run();
+            let failed = done
+                .result
+                .as_ref()
+                .err()
+                .map(|e| io::Error::new(e.kind(), e.to_string()));
+            self.finish(done);
+            if let Some(e) = failed {
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}

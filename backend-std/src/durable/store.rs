@@ -1,0 +1,406 @@
+//! The store itself: the index, the open segments and the records waiting for a group
+//! commit, behind `dqe_core`'s [`Store`].
+
+use std::collections::BTreeMap;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use dqe_core::store::{PutOutcome, Store};
+use dqe_core::{Key, Value};
+use tracing::{error, info, warn};
+
+use super::commit::RETRY_AFTER;
+use super::format::{RECORD_BYTES, encode_record, parse_segment_name, segment_name};
+use super::replay::Recovery;
+use crate::index::{Index, Inserted};
+
+/// When a write is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum SyncMode {
+    /// fsync every batch before its replies are sent (the default: `Stored` means on disk).
+    Always,
+    /// Write every batch but never fsync; replies are not held back. A crash of the machine
+    /// (not of the process) may lose acknowledged pairs.
+    Never,
+}
+
+/// Settings of a [`DurableStore`].
+#[derive(Debug, Clone)]
+pub struct DurableOptions {
+    /// Directory of the segment files (created if missing).
+    pub dir: PathBuf,
+    /// When writes are made durable.
+    pub sync_mode: SyncMode,
+    /// Bytes of records waiting for a sync beyond which `put` answers `Full` (back-pressure).
+    pub max_pending_bytes: usize,
+    /// Zero bytes written ahead of a segment's records at a time (0: append without them).
+    pub preallocate: u64,
+}
+
+impl DurableOptions {
+    /// Options for `dir` with the defaults (fsync always, 4 MiB of pending records, 1 MiB of
+    /// preallocation).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        DurableOptions {
+            dir: dir.into(),
+            sync_mode: SyncMode::Always,
+            max_pending_bytes: 4 << 20,
+            preallocate: 1 << 20,
+        }
+    }
+}
+
+/// Why the store could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The data directory could not be created, listed or locked.
+    #[error("data directory {}: {source}", dir.display())]
+    Directory { dir: PathBuf, source: io::Error },
+    /// A segment file could not be read or repaired.
+    #[error("segment {}: {source}", path.display())]
+    Segment { path: PathBuf, source: io::Error },
+    /// A file named like a segment does not start with the segment magic.
+    #[error("segment {}: not a dqe segment file (bad magic)", path.display())]
+    NotASegment { path: PathBuf },
+    /// Another process holds the directory's lock: two nodes must never share one store.
+    #[error("data directory {} is in use by another process (it is locked)", dir.display())]
+    InUse { dir: PathBuf },
+    /// The path names something that is not a directory.
+    #[error(
+        "data directory {}: exists but is not a directory; --data-dir must name a directory (created if missing)",
+        dir.display()
+    )]
+    NotADirectory { dir: PathBuf },
+    /// No memory for the index.
+    #[error("no memory for the index")]
+    OutOfMemory,
+}
+
+#[derive(Debug)]
+pub(super) struct Segment {
+    pub(super) file: Arc<File>,
+    pub(super) path: PathBuf,
+    /// Bytes of header and records known written (and synced, in `Always` mode).
+    pub(super) len: u64,
+    /// The file is known to reach here, with zeros from `len` on (from `stale_to` on, when a
+    /// write failed).
+    pub(super) allocated: u64,
+    /// A failed write may have left records from `len` up to here; the next write to the
+    /// segment overwrites them with zeros.
+    pub(super) stale_to: u64,
+    /// Whether to preallocate (false once it failed: the disk is nearly full).
+    pub(super) grow: bool,
+    /// The file was created since the last sync: its directory entry needs an fsync too.
+    pub(super) new_file: bool,
+}
+
+/// Counters the metrics export.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DurableStats {
+    /// Group commits that succeeded.
+    pub sync_batches: u64,
+    /// Group commits that failed.
+    pub sync_failures: u64,
+    /// Records made durable.
+    pub synced_records: u64,
+    /// Puts answered `Full` (degraded store or back-pressure).
+    pub full: u64,
+    /// Pairs removed from the index because their records failed to reach the disk.
+    pub abandoned: u64,
+}
+
+/// The store of `dqe-enforcer`: see the module doc.
+#[derive(Debug)]
+pub struct DurableStore {
+    pub(super) index: Index,
+    pub(super) opts: DurableOptions,
+    pub(super) segments: BTreeMap<u32, Segment>,
+    /// Records not yet handed to a sync, per epoch.
+    pub(super) pending: BTreeMap<u32, Vec<u8>>,
+    pub(super) pending_bytes: usize,
+    /// Records put so far (a sequence number; replies are gated on it).
+    pub(super) written: u64,
+    /// Records known durable.
+    pub(super) durable: u64,
+    /// A sync is running; `pending` holds only what came after it.
+    pub(super) in_flight: bool,
+    pub(super) degraded: Option<String>,
+    /// While degraded: no write before this.
+    pub(super) retry_at: Option<Instant>,
+    pub(super) stats: DurableStats,
+    /// The data directory and its `LOCK` file, locked for the store's life (see
+    /// [`lock_directory`]).
+    pub(super) _locks: [File; 2],
+}
+
+/// Lock `dir` for this process: an exclusive `flock` on the directory itself and on its
+/// `LOCK` file, both held on open descriptors until the store is dropped (the OS drops them
+/// when the process dies, so a crash never leaves a stale lock behind). The directory lock is
+/// the one that counts: unlike the `LOCK` file, the directory is not removed or replaced
+/// without removing the segments with it, so deleting `LOCK` no longer lets a second node in. `LOCK` is still
+/// locked so that an older `dqe-enforcer`, which locks only that file, is kept out too.
+fn lock_directory(dir: &Path) -> Result<[File; 2], std::fs::TryLockError> {
+    let dir_handle = File::open(dir).map_err(std::fs::TryLockError::Error)?;
+    dir_handle.try_lock()?;
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join("LOCK"))
+        .map_err(std::fs::TryLockError::Error)?;
+    lock.try_lock()?;
+    Ok([dir_handle, lock])
+}
+
+impl DurableStore {
+    /// Open `opts.dir`, replay its segments of epochs `>= oldest_kept`, delete older ones.
+    pub fn open(
+        opts: DurableOptions,
+        oldest_kept: u32,
+    ) -> Result<(DurableStore, Recovery), OpenError> {
+        let dir_err = |source| OpenError::Directory {
+            dir: opts.dir.clone(),
+            source,
+        };
+        if let Ok(meta) = std::fs::metadata(&opts.dir)
+            && !meta.is_dir()
+        {
+            return Err(OpenError::NotADirectory {
+                dir: opts.dir.clone(),
+            });
+        }
+        std::fs::create_dir_all(&opts.dir).map_err(dir_err)?;
+        let locks = lock_directory(&opts.dir).map_err(|e| match e {
+            std::fs::TryLockError::WouldBlock => OpenError::InUse {
+                dir: opts.dir.clone(),
+            },
+            std::fs::TryLockError::Error(e) => dir_err(e),
+        })?;
+        let mut epochs = Vec::new();
+        for entry in std::fs::read_dir(&opts.dir).map_err(dir_err)? {
+            let entry = entry.map_err(dir_err)?;
+            if let Some(e) = entry.file_name().to_str().and_then(parse_segment_name) {
+                epochs.push(e);
+            }
+        }
+        epochs.sort_unstable();
+        let index = Index::new(oldest_kept).map_err(|_| OpenError::OutOfMemory)?;
+        let mut store = DurableStore {
+            index,
+            opts,
+            segments: BTreeMap::new(),
+            pending: BTreeMap::new(),
+            pending_bytes: 0,
+            written: 0,
+            durable: 0,
+            in_flight: false,
+            degraded: None,
+            retry_at: None,
+            stats: DurableStats::default(),
+            _locks: locks,
+        };
+        let mut rec = Recovery::default();
+        for epoch in epochs {
+            let path = store.opts.dir.join(segment_name(epoch));
+            if epoch < oldest_kept {
+                std::fs::remove_file(&path).map_err(|source| OpenError::Segment {
+                    path: path.clone(),
+                    source,
+                })?;
+                rec.expired_segments += 1;
+                info!(segment = %path.display(), "deleted a segment past retention");
+                continue;
+            }
+            store.replay(epoch, path, &mut rec)?;
+        }
+        Ok((store, rec))
+    }
+
+    /// Whether some put is not yet durable (replies produced now must wait for a sync).
+    pub fn has_unsynced(&self) -> bool {
+        self.written > self.durable
+    }
+
+    /// Whether replies must wait for durability (sync mode `Always`).
+    pub fn gates_replies(&self) -> bool {
+        self.opts.sync_mode == SyncMode::Always
+    }
+
+    /// Sequence number of the last put; a reply produced now is safe once `durable_seq()`
+    /// reaches it.
+    pub fn written_seq(&self) -> u64 {
+        self.written
+    }
+
+    /// Sequence number of the last durable put.
+    pub fn durable_seq(&self) -> u64 {
+        self.durable
+    }
+
+    /// Whether a sync is running.
+    pub fn sync_in_flight(&self) -> bool {
+        self.in_flight
+    }
+
+    /// The reason the store refuses writes, if it does.
+    pub fn degraded(&self) -> Option<&str> {
+        self.degraded.as_deref()
+    }
+
+    /// While degraded: when [`DurableStore::take_batch`] writes again.
+    pub fn retry_at(&self) -> Option<Instant> {
+        self.degraded.as_ref().and(self.retry_at)
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> DurableStats {
+        self.stats
+    }
+
+    /// Bytes of records in segment files (preallocated zeros not counted).
+    pub fn bytes_on_disk(&self) -> u64 {
+        self.segments.values().map(|s| s.len).sum()
+    }
+
+    /// Bytes of index tables.
+    pub fn index_bytes(&self) -> usize {
+        self.index.table_bytes()
+    }
+
+    /// Cut every segment file to its records (drop the preallocated zeros and what failed
+    /// writes left), for a clean shutdown after [`DurableStore::sync`].
+    pub fn trim(&mut self) {
+        for seg in self.segments.values_mut() {
+            let cut = seg.file.metadata().and_then(|m| {
+                if m.len() > seg.len {
+                    seg.file.set_len(seg.len)?;
+                    seg.file.sync_all()?;
+                }
+                Ok(())
+            });
+            match cut {
+                Ok(()) => {
+                    seg.allocated = seg.len;
+                    seg.stale_to = 0;
+                }
+                Err(e) => {
+                    warn!(segment = %seg.path.display(), error = %e, "cannot cut the preallocated tail")
+                }
+            }
+        }
+    }
+
+    fn refuse(&mut self) -> PutOutcome {
+        self.stats.full += 1;
+        PutOutcome::Full
+    }
+
+    fn degrade(&mut self, why: String) {
+        self.degraded = Some(why);
+        self.retry_at = Some(Instant::now() + RETRY_AFTER);
+    }
+
+    fn segment_for(&mut self, epoch: u32) -> io::Result<()> {
+        if self.segments.contains_key(&epoch) {
+            return Ok(());
+        }
+        let path = self.opts.dir.join(segment_name(epoch));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)?;
+        let len = file.metadata()?.len();
+        if len != 0 {
+            return Err(io::Error::other(format!(
+                "{} appeared while the node runs",
+                path.display()
+            )));
+        }
+        info!(segment = %path.display(), "opened a new segment");
+        self.segments.insert(
+            epoch,
+            Segment {
+                file: Arc::new(file),
+                path,
+                len: 0,
+                allocated: 0,
+                stale_to: 0,
+                grow: true,
+                new_file: true,
+            },
+        );
+        Ok(())
+    }
+}
+
+impl Store for DurableStore {
+    fn get(&mut self, key: &Key) -> Option<Value> {
+        self.index.get(key)
+    }
+
+    fn put(&mut self, key: &Key, value: &Value, epoch: u32) -> PutOutcome {
+        let degraded = self.degraded.is_some();
+        if let Some(v) = self.index.get(key) {
+            if degraded && self.gates_replies() && self.has_unsynced() {
+                // The pair may be one whose record still waits for a sync (module doc).
+                return self.refuse();
+            }
+            return PutOutcome::Found(v);
+        }
+        if degraded || self.pending_bytes + RECORD_BYTES > self.opts.max_pending_bytes {
+            return self.refuse();
+        }
+        if let Err(e) = self.segment_for(epoch) {
+            error!(error = %e, epoch, "cannot open a segment; PUTs are refused as Full");
+            self.degrade(e.to_string());
+            return self.refuse();
+        }
+        match self.index.insert(key, value, epoch) {
+            Ok(Inserted::Existing(v)) => PutOutcome::Found(v),
+            Ok(Inserted::New) => {
+                self.pending
+                    .entry(epoch)
+                    .or_default()
+                    .extend_from_slice(&encode_record(value, epoch));
+                self.pending_bytes += RECORD_BYTES;
+                self.written += 1;
+                PutOutcome::Stored
+            }
+            Err(_) => {
+                warn!("no memory for a larger index table; PUT refused as Full");
+                self.refuse()
+            }
+        }
+    }
+
+    fn expire(&mut self, oldest_kept: u32) {
+        self.index.expire(oldest_kept);
+        let old: Vec<u32> = self
+            .segments
+            .range(..oldest_kept)
+            .map(|(&e, _)| e)
+            .collect();
+        for epoch in old {
+            if let Some(seg) = self.segments.remove(&epoch) {
+                match std::fs::remove_file(&seg.path) {
+                    Ok(()) => info!(segment = %seg.path.display(), "deleted an expired segment"),
+                    Err(e) => {
+                        warn!(segment = %seg.path.display(), error = %e, "cannot delete an expired segment")
+                    }
+                }
+            }
+            if let Some(bytes) = self.pending.remove(&epoch) {
+                self.pending_bytes -= bytes.len();
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.index.len()
+    }
+}

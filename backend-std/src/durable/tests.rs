@@ -1,0 +1,519 @@
+//! The store's tests: replay of damaged segments, group commit and its failures.
+
+use super::*;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use dqe_core::hash::{key_of, word_value};
+use dqe_core::store::{PutOutcome, Store};
+use dqe_core::{Key, Value};
+
+fn pair(i: u32) -> (Key, Value) {
+    let v = word_value(&i.to_be_bytes());
+    (key_of(&v), v)
+}
+
+fn open(dir: &Path, oldest: u32) -> (DurableStore, Recovery) {
+    DurableStore::open(DurableOptions::new(dir), oldest).unwrap()
+}
+
+fn file_len(dir: &Path, epoch: u32) -> u64 {
+    std::fs::metadata(segment_path(dir, epoch)).unwrap().len()
+}
+
+/// Run `batch` with every write going to a read-only handle of its file, so it fails.
+fn fail(s: &mut DurableStore, mut batch: SyncBatch) {
+    for w in &mut batch.writes {
+        let path = segment_path(&s.opts.dir, w.epoch);
+        w.file = Arc::new(File::open(path).unwrap());
+    }
+    let done = batch.run();
+    assert!(!done.is_ok());
+    s.finish(done);
+}
+
+#[test]
+fn a_second_store_on_the_same_directory_is_refused_until_the_first_closes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, _) = open(dir.path(), 0);
+    let err = DurableStore::open(DurableOptions::new(dir.path()), 0).unwrap_err();
+    assert!(matches!(err, OpenError::InUse { .. }), "{err}");
+    assert!(
+        err.to_string().contains("in use by another process"),
+        "{err}"
+    );
+    drop(first);
+    let (_again, _) = open(dir.path(), 0);
+}
+
+#[test]
+fn puts_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, rec) = open(dir.path(), 5);
+    assert_eq!(rec, Recovery::default());
+    for i in 0..1000 {
+        let (k, v) = pair(i);
+        assert_eq!(s.put(&k, &v, 5 + i % 2), PutOutcome::Stored);
+    }
+    assert!(s.has_unsynced());
+    let (k, v) = pair(3);
+    assert_eq!(s.put(&k, &v, 5), PutOutcome::Found(v));
+    s.sync().unwrap();
+    assert!(!s.has_unsynced());
+    assert_eq!(s.stats().sync_batches, 1);
+    drop(s);
+    let (mut s, rec) = open(dir.path(), 5);
+    assert_eq!(
+        (rec.records, rec.segments, rec.discarded_bytes),
+        (1000, 2, 0)
+    );
+    for i in 0..1000 {
+        let (k, v) = pair(i);
+        assert_eq!(s.get(&k), Some(v));
+    }
+}
+
+#[test]
+fn preallocated_zeros_are_a_clean_end_and_trim_cuts_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 3);
+    for i in 0..100 {
+        let (k, v) = pair(i);
+        s.put(&k, &v, 3);
+    }
+    s.sync().unwrap();
+    let records = (MAGIC.len() + 100 * RECORD_BYTES) as u64;
+    let size = file_len(dir.path(), 3);
+    assert!(size >= records + (1 << 20), "{size}");
+    assert_eq!(s.bytes_on_disk(), records);
+    // A node killed now: the zeros are kept as free space, not reported as a torn tail.
+    drop(s);
+    let (mut s, rec) = open(dir.path(), 3);
+    assert_eq!(
+        (rec.records, rec.discarded_bytes, rec.truncated_segments),
+        (100, 0, 0)
+    );
+    assert_eq!(rec.preallocated_bytes, size - records);
+    for i in 100..150 {
+        let (k, v) = pair(i);
+        assert_eq!(s.put(&k, &v, 3), PutOutcome::Stored);
+    }
+    s.sync().unwrap();
+    // Records went into the zeros: the file did not grow.
+    assert_eq!(file_len(dir.path(), 3), size);
+    s.trim();
+    let records = (MAGIC.len() + 150 * RECORD_BYTES) as u64;
+    assert_eq!(file_len(dir.path(), 3), records);
+    drop(s);
+    let (_, rec) = open(dir.path(), 3);
+    assert_eq!((rec.records, rec.preallocated_bytes), (150, 0));
+}
+
+#[test]
+fn a_record_past_a_hole_of_zeros_is_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 2);
+    for i in 0..10 {
+        let (k, v) = pair(i);
+        s.put(&k, &v, 2);
+    }
+    s.sync().unwrap();
+    drop(s);
+    // A valid record past a slot of zeros (a write that reached the disk out of order).
+    let path = segment_path(dir.path(), 2);
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    let hole = (MAGIC.len() + 10 * RECORD_BYTES) as u64;
+    f.write_all_at(&encode_record(&pair(11).1, 2), hole + RECORD_BYTES as u64)
+        .unwrap();
+    drop(f);
+    let size = file_len(dir.path(), 2);
+    let (mut s, rec) = open(dir.path(), 2);
+    assert_eq!(rec.records, 11);
+    assert_eq!((rec.skipped_records, rec.damaged_segments), (1, 1));
+    assert_eq!((rec.truncated_segments, rec.discarded_bytes), (0, 0));
+    assert_eq!(file_len(dir.path(), 2), size);
+    assert_eq!(s.index.get(&pair(11).0), Some(pair(11).1));
+    // New records go after the kept one, never over it.
+    let (k, v) = pair(12);
+    assert_eq!(s.put(&k, &v, 2), PutOutcome::Stored);
+    s.sync().unwrap();
+    drop(s);
+    let (_, rec) = open(dir.path(), 2);
+    assert_eq!((rec.records, rec.skipped_records), (12, 1));
+}
+
+#[test]
+fn a_header_of_zeros_is_an_empty_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(segment_path(dir.path(), 4), [0u8; 4096]).unwrap();
+    std::fs::write(segment_path(dir.path(), 5), b"junk").unwrap();
+    let err = DurableStore::open(DurableOptions::new(dir.path()), 4).unwrap_err();
+    assert!(matches!(err, OpenError::NotASegment { .. }), "{err}");
+    std::fs::remove_file(segment_path(dir.path(), 5)).unwrap();
+    let (mut s, rec) = open(dir.path(), 4);
+    assert_eq!((rec.segments, rec.records, rec.discarded_bytes), (1, 0, 0));
+    let (k, v) = pair(1);
+    assert_eq!(s.put(&k, &v, 4), PutOutcome::Stored);
+    s.sync().unwrap();
+    drop(s);
+    let (_, rec) = open(dir.path(), 4);
+    assert_eq!(rec.records, 1);
+}
+
+#[test]
+fn torn_tail_is_cut_and_complete_records_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 7);
+    for i in 0..100 {
+        let (k, v) = pair(i);
+        s.put(&k, &v, 7);
+    }
+    s.sync().unwrap();
+    s.trim();
+    drop(s);
+    let path = segment_path(dir.path(), 7);
+    let full = std::fs::metadata(&path).unwrap().len();
+    // Cut the last record in half.
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(full - (RECORD_BYTES as u64) / 2).unwrap();
+    drop(f);
+    let (mut s, rec) = open(dir.path(), 7);
+    assert_eq!(rec.records, 99);
+    assert_eq!(rec.discarded_bytes, RECORD_BYTES as u64 / 2);
+    for i in 0..99 {
+        assert!(s.get(&pair(i).0).is_some(), "pair {i}");
+    }
+    // Appends continue after the last good record.
+    let (k, v) = pair(99);
+    assert_eq!(s.put(&k, &v, 7), PutOutcome::Stored);
+    s.sync().unwrap();
+    drop(s);
+    let (_, rec) = open(dir.path(), 7);
+    assert_eq!((rec.records, rec.discarded_bytes), (100, 0));
+}
+
+/// Issue 8 item 1: one bad byte used to cut every record after it.
+#[test]
+fn a_damaged_record_is_skipped_and_every_good_one_after_it_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 1);
+    for i in 0..30 {
+        let (k, v) = pair(i);
+        assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+    }
+    s.sync().unwrap();
+    s.trim();
+    drop(s);
+    let path = segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = MAGIC.len() + 10 * RECORD_BYTES + 3;
+    assert_ne!(bytes[at], 0);
+    bytes[at] = 0;
+    std::fs::write(&path, &bytes).unwrap();
+    let damaged = bytes[at - 3..at - 3 + RECORD_BYTES].to_vec();
+
+    let (mut s, rec) = open(dir.path(), 1);
+    assert_eq!(rec.records, 29);
+    assert_eq!((rec.skipped_records, rec.damaged_segments), (1, 1));
+    assert_eq!((rec.truncated_segments, rec.discarded_bytes), (0, 0));
+    // Nothing cut, nothing rewritten.
+    assert_eq!(std::fs::read(&path).unwrap(), bytes);
+    for i in (0..30).filter(|&i| i != 10) {
+        let (k, v) = pair(i);
+        assert_eq!(s.put(&k, &v, 1), PutOutcome::Found(v), "pair {i}");
+    }
+    // The damaged bytes are in the quarantine file, with their offset.
+    let q = std::fs::read_to_string(quarantine_path(&path)).unwrap();
+    let hex: String = damaged.iter().map(|b| format!("{b:02x}")).collect();
+    let line = format!("offset={} len=28 kind=skipped bytes={hex}", at - 3);
+    assert!(q.contains(&line), "{q}");
+    // A new record goes after the last good one: the file grows, nothing is overwritten.
+    let (k, v) = pair(30);
+    assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+    s.sync().unwrap();
+    s.trim();
+    drop(s);
+    let now = std::fs::read(&path).unwrap();
+    assert_eq!(now[..bytes.len()], bytes[..]);
+    assert_eq!(now.len(), bytes.len() + RECORD_BYTES);
+    let (mut s, rec) = open(dir.path(), 1);
+    assert_eq!((rec.records, rec.skipped_records), (30, 1));
+    assert_eq!(s.put(&k, &v, 1), PutOutcome::Found(v));
+}
+
+#[test]
+fn a_torn_tail_is_copied_to_quarantine_before_it_is_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 1);
+    for i in 0..10 {
+        let (k, v) = pair(i);
+        s.put(&k, &v, 1);
+    }
+    s.sync().unwrap();
+    s.trim();
+    drop(s);
+    let path = segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    // The last record is garbage: nothing valid follows it, so it is the torn tail.
+    let last = MAGIC.len() + 9 * RECORD_BYTES;
+    bytes[last + 3] ^= 0x55;
+    std::fs::write(&path, &bytes).unwrap();
+    let (_, rec) = open(dir.path(), 1);
+    assert_eq!(rec.records, 9);
+    assert_eq!(rec.skipped_records, 0);
+    assert_eq!(rec.discarded_bytes, RECORD_BYTES as u64);
+    assert_eq!(file_len(dir.path(), 1), last as u64);
+    let q = std::fs::read_to_string(quarantine_path(&path)).unwrap();
+    let hex: String = bytes[last..].iter().map(|b| format!("{b:02x}")).collect();
+    assert!(
+        q.contains(&format!("offset={last} len=28 kind=torn_tail bytes={hex}")),
+        "{q}"
+    );
+}
+
+#[test]
+fn adjacent_damaged_records_are_one_stretch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 1);
+    for i in 0..10 {
+        let (k, v) = pair(i);
+        s.put(&k, &v, 1);
+    }
+    s.sync().unwrap();
+    drop(s);
+    let path = segment_path(dir.path(), 1);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = MAGIC.len() + 4 * RECORD_BYTES;
+    bytes[at] ^= 1;
+    bytes[at + RECORD_BYTES] ^= 1;
+    std::fs::write(&path, &bytes).unwrap();
+    let (_, rec) = open(dir.path(), 1);
+    assert_eq!((rec.records, rec.skipped_records), (8, 2));
+    let q = std::fs::read_to_string(quarantine_path(&path)).unwrap();
+    assert!(
+        q.contains(&format!("offset={at} len=56 kind=skipped")),
+        "{q}"
+    );
+}
+
+#[test]
+fn without_a_quarantine_copy_a_torn_tail_is_kept_and_appended_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 1);
+    for i in 0..10 {
+        let (k, v) = pair(i);
+        s.put(&k, &v, 1);
+    }
+    s.sync().unwrap();
+    s.trim();
+    drop(s);
+    let path = segment_path(dir.path(), 1);
+    let f = OpenOptions::new().write(true).open(&path).unwrap();
+    let full = f.metadata().unwrap().len();
+    // Half a record of garbage at the end, and no way to copy it aside.
+    f.write_all_at(&[0xee; RECORD_BYTES / 2], full).unwrap();
+    drop(f);
+    std::fs::create_dir(quarantine_path(&path)).unwrap();
+    let (mut s, rec) = open(dir.path(), 1);
+    assert_eq!((rec.records, rec.discarded_bytes), (10, 0));
+    assert_eq!(file_len(dir.path(), 1), full + RECORD_BYTES as u64 / 2);
+    let (k, v) = pair(10);
+    assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+    s.sync().unwrap();
+    s.trim();
+    drop(s);
+    // The new record went after the garbage, on a record boundary.
+    assert_eq!(file_len(dir.path(), 1), full + 2 * RECORD_BYTES as u64);
+    let (_, rec) = open(dir.path(), 1);
+    assert_eq!((rec.records, rec.skipped_records), (11, 1));
+}
+
+/// Issue 8 item 3: deleting `LOCK` used to let a second node share the directory.
+#[test]
+fn removing_the_lock_file_does_not_let_a_second_store_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_first, _) = open(dir.path(), 0);
+    std::fs::remove_file(dir.path().join("LOCK")).unwrap();
+    let err = DurableStore::open(DurableOptions::new(dir.path()), 0).unwrap_err();
+    assert!(matches!(err, OpenError::InUse { .. }), "{err}");
+}
+
+/// Issue 8 item 15: a file where the directory should be said "File exists (os error 17)".
+#[test]
+fn a_regular_file_as_data_directory_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("plain");
+    std::fs::write(&file, b"x").unwrap();
+    let err = DurableStore::open(DurableOptions::new(&file), 0).unwrap_err();
+    let text = err.to_string();
+    assert!(matches!(err, OpenError::NotADirectory { .. }), "{text}");
+    assert!(text.contains(&file.display().to_string()), "{text}");
+    assert!(text.contains("not a directory"), "{text}");
+    assert!(!text.contains("os error"), "{text}");
+}
+
+#[test]
+fn expiry_deletes_whole_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 1);
+    for i in 0..30 {
+        let (k, v) = pair(i);
+        s.put(&k, &v, 1 + i % 3);
+    }
+    s.sync().unwrap();
+    s.expire(3);
+    assert_eq!(s.len(), 10);
+    assert!(!segment_path(dir.path(), 1).exists());
+    assert!(!segment_path(dir.path(), 2).exists());
+    assert!(segment_path(dir.path(), 3).exists());
+    drop(s);
+    // Reopening with an older retention point deletes nothing more; a newer one does.
+    let (_, rec) = open(dir.path(), 4);
+    assert_eq!((rec.expired_segments, rec.records), (1, 0));
+}
+
+#[test]
+fn a_failed_sync_abandons_its_pairs_and_a_retry_is_full_then_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 1);
+    let (k0, v0) = pair(0);
+    assert_eq!(s.put(&k0, &v0, 1), PutOutcome::Stored);
+    s.sync().unwrap();
+    let (k1, v1) = pair(1);
+    assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Stored);
+    let batch = s.take_batch().unwrap();
+    // Put while the batch is in flight: pending behind it, abandoned with it.
+    let (k2, v2) = pair(2);
+    assert_eq!(s.put(&k2, &v2, 1), PutOutcome::Stored);
+    fail(&mut s, batch);
+    assert!(s.degraded().is_some());
+    assert!(!s.has_unsynced());
+    assert_eq!(s.stats().abandoned, 2);
+    // Never `Found` of a value that is not on disk; the durable pair still is found.
+    assert_eq!(s.get(&k1), None);
+    assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Full);
+    assert_eq!(s.put(&k2, &v2, 1), PutOutcome::Full);
+    assert_eq!(s.put(&k0, &v0, 1), PutOutcome::Found(v0));
+    // No write before the retry time.
+    assert!(s.retry_at().is_some());
+    assert!(s.take_batch().is_none());
+    // The probe (forced by `sync`) clears the state; the retry is now a fresh write.
+    s.sync().unwrap();
+    assert!(s.degraded().is_none());
+    assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Stored);
+    s.sync().unwrap();
+    s.trim();
+    drop(s);
+    let (s, rec) = open(dir.path(), 1);
+    assert_eq!(rec.records, 2);
+    assert_eq!(s.index.get(&k1), Some(v1));
+    assert_eq!(s.index.get(&k2), None);
+}
+
+#[test]
+fn what_a_failed_write_left_is_wiped_before_a_restart_sees_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = DurableOptions::new(dir.path());
+    opts.preallocate = 0;
+    let (mut s, _) = DurableStore::open(opts.clone(), 1).unwrap();
+    let (k0, v0) = pair(0);
+    s.put(&k0, &v0, 1);
+    s.sync().unwrap();
+    let (k1, v1) = pair(1);
+    let (k2, v2) = pair(2);
+    s.put(&k1, &v1, 1);
+    s.put(&k2, &v2, 2);
+    // Epoch 1's records reach the file, epoch 2's write fails: the batch fails.
+    let mut batch = s.take_batch().unwrap();
+    let ro = Arc::new(File::open(segment_path(dir.path(), 2)).unwrap());
+    batch.writes.last_mut().unwrap().file = ro;
+    s.finish(batch.run());
+    assert!(s.degraded().is_some());
+    let end = (MAGIC.len() + 2 * RECORD_BYTES) as u64;
+    assert_eq!(file_len(dir.path(), 1), end);
+    // The probe wipes the abandoned record with zeros and appends zeros.
+    s.sync().unwrap();
+    assert!(s.degraded().is_none());
+    let mut head = vec![0u8; end as usize];
+    File::open(segment_path(dir.path(), 1))
+        .unwrap()
+        .read_exact_at(&mut head, 0)
+        .unwrap();
+    assert!(head[end as usize - RECORD_BYTES..].iter().all(|&b| b == 0));
+    // A kill now: the restart finds only the acknowledged pair.
+    drop(s);
+    let (s, rec) = DurableStore::open(opts, 1).unwrap();
+    assert_eq!((rec.records, rec.discarded_bytes), (1, 0));
+    assert_eq!(s.index.get(&k0), Some(v0));
+    assert_eq!(s.index.get(&k1), None);
+}
+
+#[test]
+fn while_degraded_a_pending_key_is_full_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 1);
+    let (k1, v1) = pair(1);
+    assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Stored);
+    // The next epoch's segment cannot be opened: degraded with epoch 1's record pending.
+    std::fs::create_dir(segment_path(dir.path(), 2)).unwrap();
+    let (k2, v2) = pair(2);
+    assert_eq!(s.put(&k2, &v2, 2), PutOutcome::Full);
+    assert!(s.degraded().is_some());
+    assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Full);
+    std::fs::remove_dir(segment_path(dir.path(), 2)).unwrap();
+    s.sync().unwrap();
+    assert!(s.degraded().is_none());
+    assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Found(v1));
+    assert_eq!(s.put(&k2, &v2, 2), PutOutcome::Stored);
+}
+
+#[test]
+fn without_fsync_failed_records_are_kept_and_written_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = DurableOptions::new(dir.path());
+    opts.sync_mode = SyncMode::Never;
+    let (mut s, _) = DurableStore::open(opts.clone(), 1).unwrap();
+    let (k, v) = pair(1);
+    assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+    let batch = s.take_batch().unwrap();
+    fail(&mut s, batch);
+    assert!(s.degraded().is_some());
+    // Acknowledged already: still found.
+    assert_eq!(s.put(&k, &v, 1), PutOutcome::Found(v));
+    let (k2, v2) = pair(2);
+    assert_eq!(s.put(&k2, &v2, 1), PutOutcome::Full);
+    s.sync().unwrap();
+    assert!(s.degraded().is_none());
+    assert_eq!(s.put(&k2, &v2, 1), PutOutcome::Stored);
+    s.sync().unwrap();
+    drop(s);
+    let (_, rec) = DurableStore::open(opts, 1).unwrap();
+    assert_eq!(rec.records, 2);
+}
+
+#[test]
+fn back_pressure_refuses_beyond_the_pending_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = DurableOptions::new(dir.path());
+    opts.max_pending_bytes = 3 * RECORD_BYTES;
+    let (mut s, _) = DurableStore::open(opts, 1).unwrap();
+    let outcomes: Vec<_> = (0..5)
+        .map(|i| {
+            let (k, v) = pair(i);
+            s.put(&k, &v, 1)
+        })
+        .collect();
+    assert_eq!(
+        outcomes
+            .iter()
+            .filter(|o| **o == PutOutcome::Stored)
+            .count(),
+        3
+    );
+    assert_eq!(outcomes[4], PutOutcome::Full);
+    s.sync().unwrap();
+    let (k, v) = pair(4);
+    assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+}
