@@ -571,7 +571,7 @@ impl Metrics {
         let _ = writeln!(o, "dqe_client_request_duration_seconds_count {count}");
         let pairs = self.stored_pairs.load(Relaxed);
         let index = self.index_bytes.load(Relaxed);
-        let gauges: [(&str, &str, &str, f64); 12] = [
+        let gauges: [(&str, &str, &str, f64); 13] = [
             (
                 "dqe_stored_pairs",
                 "gauge",
@@ -648,6 +648,12 @@ impl Metrics {
                 "Damaged segment records skipped at start-up (their bytes are in *.damaged files).",
                 self.replay_skipped_records.load(Relaxed) as f64,
             ),
+            (
+                "dqe_unix_time_seconds",
+                "gauge",
+                "This node's clock when the scrape was answered (compare with the scrape's own time, or across nodes, for clock skew: epochs follow the clock).",
+                unix_time_seconds(),
+            ),
         ];
         for (name, kind, help, value) in gauges {
             let _ = writeln!(o, "# HELP {name} {help}");
@@ -681,6 +687,14 @@ impl Site for Metrics {
     fn readiness(&self) -> Option<Verdict> {
         Some(Metrics::readiness(self))
     }
+}
+
+/// The system clock in seconds since 1970, to the millisecond (0 before 1970).
+fn unix_time_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.as_millis() as f64) / 1000.0)
+        .unwrap_or(0.0)
 }
 
 #[cfg(test)]
@@ -774,6 +788,18 @@ mod tests {
         ] {
             assert!(text.contains(occurs), "{occurs} missing");
         }
+    }
+
+    #[test]
+    fn the_node_clock_is_rendered_for_skew_alerts() {
+        let before = unix_time_seconds();
+        let text = Metrics::new().render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("dqe_unix_time_seconds "))
+            .unwrap_or_else(|| panic!("{text}"));
+        let t: f64 = line.split_once(' ').unwrap().1.parse().unwrap();
+        assert!(t >= before && t < before + 60.0, "{line} vs {before}");
     }
 
     #[test]
