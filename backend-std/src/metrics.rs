@@ -70,7 +70,8 @@ pub enum WrongClusterSide {
 const WRONG_CLUSTER_SIDES: [&str; 2] = ["we_refused", "refused_us"];
 
 /// Milliseconds since the first call, on the monotonic clock (0 stands for "never").
-fn mono_ms() -> u64 {
+/// Milliseconds on a monotonic clock private to this process, never 0.
+pub fn mono_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
@@ -158,6 +159,13 @@ pub struct Metrics {
     pub replies_waiting_for_sync: AtomicU64,
     /// Damaged record slots the start-up replay skipped (see the quarantine files).
     pub replay_skipped_records: AtomicU64,
+    /// The epoch the node writes in, by its own clock.
+    pub epoch: AtomicU64,
+    /// The node's cluster tag (PROTOCOL.md), so `dqe status` shows what each node runs with.
+    pub cluster_tag: AtomicU64,
+    /// When (on [`mono_ms`]'s clock) the oldest reply still held for a group commit was made;
+    /// 0 when none is held.
+    pub oldest_unsynced_since_ms: AtomicU64,
     /// The core's own counters, copied in by the loop.
     node: Mutex<NodeStats>,
     /// Each peer's name (every node but this one, in config order) and whether it is up.
@@ -571,7 +579,7 @@ impl Metrics {
         let _ = writeln!(o, "dqe_client_request_duration_seconds_count {count}");
         let pairs = self.stored_pairs.load(Relaxed);
         let index = self.index_bytes.load(Relaxed);
-        let gauges: [(&str, &str, &str, f64); 13] = [
+        let gauges: [(&str, &str, &str, f64); 16] = [
             (
                 "dqe_stored_pairs",
                 "gauge",
@@ -641,6 +649,27 @@ impl Metrics {
                 "gauge",
                 "Replies held until a group commit is durable.",
                 self.replies_waiting_for_sync.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_epoch",
+                "gauge",
+                "The epoch the node writes in, by its own clock.",
+                self.epoch.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_cluster_tag",
+                "gauge",
+                "The node's cluster tag (PROTOCOL.md), as a number.",
+                self.cluster_tag.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_oldest_unsynced_write_age_seconds",
+                "gauge",
+                "How long the oldest reply held for a group commit has waited (0: none waits): the age of the oldest write not yet on disk.",
+                match self.oldest_unsynced_since_ms.load(Relaxed) {
+                    0 => 0.0,
+                    since => mono_ms().saturating_sub(since) as f64 / 1000.0,
+                },
             ),
             (
                 "dqe_replay_skipped_records",

@@ -110,6 +110,8 @@ struct Held {
     to: SocketAddr,
     len: u8,
     bytes: [u8; MAX_DATAGRAM],
+    /// When it was made ([`metrics::mono_ms`]), for the age of the oldest unsynced write.
+    at_ms: u64,
 }
 
 fn label(port: Port) -> PortLabel {
@@ -332,6 +334,10 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         window_ms = caches.portal.window(),
         "write replies are remembered for the retry window at up to write_rate SETs and as many PUTs a second; beyond, writes are refused Busy"
     );
+    metrics.epoch.store(u64::from(node.epoch()), Relaxed);
+    metrics
+        .cluster_tag
+        .store(u64::from(node.cluster_tag()), Relaxed);
     let peers = PeerWatch::new(&cfg.spec, cfg.me, node.cluster_tag());
     metrics.set_peers(peers.peer_names());
 
@@ -511,6 +517,7 @@ impl Server {
             0
         };
         let mut bytes = [0u8; MAX_DATAGRAM];
+        let at_ms = metrics::mono_ms();
         while let Some(t) = self.node.poll_transmit(&mut bytes) {
             self.held.push_back(Held {
                 seq,
@@ -518,6 +525,7 @@ impl Server {
                 to: t.to,
                 len: t.len as u8,
                 bytes,
+                at_ms,
             });
         }
     }
@@ -534,6 +542,10 @@ impl Server {
         self.metrics
             .replies_waiting_for_sync
             .store(self.held.len() as u64, Relaxed);
+        let oldest = self.held.front().filter(|h| h.seq > durable);
+        self.metrics
+            .oldest_unsynced_since_ms
+            .store(oldest.map_or(0, |h| h.at_ms), Relaxed);
     }
 
     async fn send(&mut self, h: &Held) {
@@ -640,6 +652,7 @@ impl Server {
         if epoch != self.node.epoch() {
             info!(from = self.node.epoch(), to = epoch, "new epoch");
             self.node.set_epoch(epoch);
+            self.metrics.epoch.store(u64::from(epoch), Relaxed);
         }
     }
 

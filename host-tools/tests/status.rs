@@ -45,12 +45,36 @@ fn status_shows_nodes_up_then_down_and_missing_replicas() {
 
     let all = status(d);
     assert_eq!(all.code, 0, "{all:?}");
+    // Each node reports its own cluster tag and epoch: the file's tag, this clock's epoch.
+    let header = all.stdout.lines().next().unwrap();
+    let tag = header
+        .split("cluster tag ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no tag in {header}"));
+    let epoch = header
+        .split(", epoch ")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no epoch in {header}"));
     for n in ["n1", "n2", "n3", "n4", "n5"] {
         let l = line_of(&all.stdout, n);
         assert!(l.starts_with("UP "), "{l}");
         assert!(l.ends_with("ready"), "{l}");
         assert!(l.contains(env!("CARGO_PKG_VERSION")), "{l}");
+        let words: Vec<&str> = l.split_whitespace().collect();
+        assert!(words.contains(&tag), "{l}");
+        assert!(words.contains(&epoch), "{l}");
+        // The oldest unsynced write's age, in seconds (0 when nothing waits).
+        assert!(
+            words
+                .iter()
+                .any(|w| w.ends_with('s') && w[..w.len() - 1].parse::<f64>().is_ok()),
+            "{l}"
+        );
     }
+    assert!(!all.stdout.contains("different cluster tags"), "{all:?}");
+    assert!(!all.stdout.contains("clocks disagree"), "{all:?}");
     assert!(
         all.stdout.contains("every key range has its 2 replicas up"),
         "{all:?}"

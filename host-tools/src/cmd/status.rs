@@ -211,11 +211,24 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8, Failure> {
     );
     let _ = writeln!(
         out,
-        "{:<4} {:<10} {:<21} {:>7} {:>10} {:>9} {:>9} {:>9} {:<9} ready",
-        "", "node", "metrics", "share", "pairs", "req/s", "refusals", "syncwait", "version",
+        "{:<4} {:<10} {:<21} {:>7} {:>10} {:>9} {:>9} {:>9} {:>8} {:<10} {:<9} ready",
+        "",
+        "node",
+        "metrics",
+        "share",
+        "pairs",
+        "req/s",
+        "refusals",
+        "unsynced",
+        "epoch",
+        "tag",
+        "version",
     );
     let mut warnings = Vec::new();
     let mut versions = BTreeMap::<String, Vec<String>>::new();
+    // The cluster tag and epoch each node reports, for the disagreement warnings.
+    let mut tags = BTreeMap::<u64, Vec<String>>::new();
+    let mut epochs = BTreeMap::<u64, Vec<String>>::new();
     for (v, share) in views.iter().zip(&shares) {
         let share = format!("{:.1}%", share * 100.0);
         match &v.state {
@@ -235,9 +248,22 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8, Failure> {
                         .map(|x| format!("{x}"))
                         .unwrap_or_else(|| "?".into())
                 };
+                let tag = l.last.get("dqe_cluster_tag").map(|t| t as u64);
+                let node_epoch = l.last.get("dqe_epoch").map(|e| e as u64);
+                if let Some(t) = tag {
+                    tags.entry(t).or_default().push(v.name.clone());
+                }
+                if let Some(e) = node_epoch {
+                    epochs.entry(e).or_default().push(v.name.clone());
+                }
+                let unsynced = l
+                    .last
+                    .get("dqe_oldest_unsynced_write_age_seconds")
+                    .map(|a| format!("{a:.3}s"))
+                    .unwrap_or_else(|| "?".into());
                 let _ = writeln!(
                     out,
-                    "{:<4} {:<10} {:<21} {:>7} {:>10} {:>9.1} {:>9} {:>9} {:<9} {}",
+                    "{:<4} {:<10} {:<21} {:>7} {:>10} {:>9.1} {:>9} {:>9} {:>8} {:<10} {:<9} {}",
                     "UP",
                     v.name,
                     v.metrics,
@@ -245,7 +271,9 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8, Failure> {
                     fig("dqe_stored_pairs"),
                     rate,
                     l.last.refusals(),
-                    fig("dqe_replies_waiting_for_sync"),
+                    unsynced,
+                    node_epoch.map_or_else(|| "?".into(), |e| e.to_string()),
+                    tag.map_or_else(|| "?".into(), |t| format!("{t:#010x}")),
                     version,
                     l.ready
                 );
@@ -266,11 +294,38 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8, Failure> {
             Err(why) => {
                 let _ = writeln!(
                     out,
-                    "{:<4} {:<10} {:<21} {:>7} {:>10} {:>9} {:>9} {:>9} {:<9} {}",
-                    "DOWN", v.name, v.metrics, share, "-", "-", "-", "-", "-", why
+                    "{:<4} {:<10} {:<21} {:>7} {:>10} {:>9} {:>9} {:>9} {:>8} {:<10} {:<9} {}",
+                    "DOWN", v.name, v.metrics, share, "-", "-", "-", "-", "-", "-", "-", why
                 );
             }
         }
+    }
+    let file_tag = u64::from(spec.cluster_tag());
+    if tags.len() > 1 || tags.keys().any(|&t| t != file_tag) {
+        let list: Vec<String> = tags
+            .iter()
+            .map(|(t, n)| format!("{t:#010x} on {}", n.join(",")))
+            .collect();
+        warnings.push(format!(
+            "nodes report different cluster tags: {} (this file: {file_tag:#010x}); give every node the same cluster file",
+            list.join("; ")
+        ));
+    }
+    if epochs
+        .keys()
+        .next_back()
+        .zip(epochs.keys().next())
+        .is_some_and(|(hi, lo)| hi - lo > 1)
+        || epochs.keys().any(|&e| e.abs_diff(epoch) > 1)
+    {
+        let list: Vec<String> = epochs
+            .iter()
+            .map(|(e, n)| format!("{e} on {}", n.join(",")))
+            .collect();
+        warnings.push(format!(
+            "node clocks disagree: epochs {} (this machine: {epoch}); check their time sync",
+            list.join("; ")
+        ));
     }
     if versions.len() > 1 {
         let list: Vec<String> = versions
