@@ -62,7 +62,8 @@ pub enum WrongClusterSide {
 const WRONG_CLUSTER_SIDES: [&str; 2] = ["we_refused", "refused_us"];
 
 /// Milliseconds since the first call, on the monotonic clock (0 stands for "never").
-fn mono_ms() -> u64 {
+/// Milliseconds on a monotonic clock private to this process, never 0.
+pub fn mono_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
     EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
@@ -122,6 +123,13 @@ pub struct Metrics {
     pub replies_waiting_for_sync: AtomicU64,
     /// Damaged record slots the start-up replay skipped (see the quarantine files).
     pub replay_skipped_records: AtomicU64,
+    /// The epoch the node writes in, by its own clock.
+    pub epoch: AtomicU64,
+    /// The node's cluster tag (PROTOCOL.md), so `dqe status` shows what each node runs with.
+    pub cluster_tag: AtomicU64,
+    /// When (on [`mono_ms`]'s clock) the oldest reply still held for a group commit was made;
+    /// 0 when none is held.
+    pub oldest_unsynced_since_ms: AtomicU64,
     /// The core's own counters, copied in by the loop.
     node: Mutex<NodeStats>,
     /// Each peer's name (every node but this one, in config order) and whether it is up.
@@ -537,7 +545,7 @@ impl Metrics {
         let _ = writeln!(o, "dqe_client_request_duration_seconds_count {count}");
         let pairs = self.stored_pairs.load(Relaxed);
         let index = self.index_bytes.load(Relaxed);
-        let gauges: [(&str, &str, &str, f64); 12] = [
+        let gauges: [(&str, &str, &str, f64); 16] = [
             (
                 "dqe_stored_pairs",
                 "gauge",
@@ -609,10 +617,37 @@ impl Metrics {
                 self.replies_waiting_for_sync.load(Relaxed) as f64,
             ),
             (
+                "dqe_epoch",
+                "gauge",
+                "The epoch the node writes in, by its own clock.",
+                self.epoch.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_cluster_tag",
+                "gauge",
+                "The node's cluster tag (PROTOCOL.md), as a number.",
+                self.cluster_tag.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_oldest_unsynced_write_age_seconds",
+                "gauge",
+                "How long the oldest reply held for a group commit has waited (0: none waits): the age of the oldest write not yet on disk.",
+                match self.oldest_unsynced_since_ms.load(Relaxed) {
+                    0 => 0.0,
+                    since => mono_ms().saturating_sub(since) as f64 / 1000.0,
+                },
+            ),
+            (
                 "dqe_replay_skipped_records",
                 "gauge",
                 "Damaged segment records skipped at start-up (their bytes are in *.damaged files).",
                 self.replay_skipped_records.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_unix_time_seconds",
+                "gauge",
+                "This node's clock when the scrape was answered (compare with the scrape's own time, or across nodes, for clock skew: epochs follow the clock).",
+                unix_time_seconds(),
             ),
         ];
         for (name, kind, help, value) in gauges {
@@ -647,6 +682,14 @@ impl Site for Metrics {
     fn readiness(&self) -> Option<Verdict> {
         Some(Metrics::readiness(self))
     }
+}
+
+/// The system clock in seconds since 1970, to the millisecond (0 before 1970).
+fn unix_time_seconds() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| (d.as_millis() as f64) / 1000.0)
+        .unwrap_or(0.0)
 }
 
 #[cfg(test)]
@@ -740,6 +783,18 @@ mod tests {
         ] {
             assert!(text.contains(occurs), "{occurs} missing");
         }
+    }
+
+    #[test]
+    fn the_node_clock_is_rendered_for_skew_alerts() {
+        let before = unix_time_seconds();
+        let text = Metrics::new().render();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("dqe_unix_time_seconds "))
+            .unwrap_or_else(|| panic!("{text}"));
+        let t: f64 = line.split_once(' ').unwrap().1.parse().unwrap();
+        assert!(t >= before && t < before + 60.0, "{line} vs {before}");
     }
 
     #[test]

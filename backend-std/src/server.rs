@@ -120,6 +120,8 @@ struct Held {
     bytes: [u8; MAX_DATAGRAM],
     /// The client request it answers, and when that request arrived.
     answers: Option<(RequestKind, Outcome, Instant)>,
+    /// When it was made ([`metrics::mono_ms`]), for the age of the oldest unsynced write.
+    at_ms: u64,
 }
 
 fn label(port: Port) -> PortLabel {
@@ -294,6 +296,10 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         window_ms = caches.portal.window(),
         "write replies are remembered for the retry window at up to write_rate SETs and as many PUTs a second; beyond, writes are refused Busy"
     );
+    metrics.epoch.store(u64::from(node.epoch()), Relaxed);
+    metrics
+        .cluster_tag
+        .store(u64::from(node.cluster_tag()), Relaxed);
     let peers = PeerWatch::new(&cfg.spec, cfg.me, node.cluster_tag());
     metrics.set_peers(peers.peer_names());
 
@@ -452,6 +458,7 @@ impl Server {
     fn collect(&mut self) {
         let gates = self.node.store().gates_replies();
         let mut bytes = [0u8; MAX_DATAGRAM];
+        let at_ms = metrics::mono_ms();
         while let Some(t) = self.node.poll_transmit(&mut bytes) {
             let answers = t.answered.map(|a| {
                 let (number, at) = self.arrivals[a.datagram as usize % ARRIVALS];
@@ -480,6 +487,7 @@ impl Server {
                 len: t.len as u8,
                 bytes,
                 answers,
+                at_ms,
             };
             // Nothing overtakes a held datagram: replies leave in the order the node gave them.
             if seq == 0 && self.held.is_empty() {
@@ -505,6 +513,10 @@ impl Server {
         self.metrics
             .replies_waiting_for_sync
             .store(self.held.len() as u64, Relaxed);
+        let oldest = self.held.front().filter(|h| h.seq > durable);
+        self.metrics
+            .oldest_unsynced_since_ms
+            .store(oldest.map_or(0, |h| h.at_ms), Relaxed);
     }
 
     async fn send(&mut self, h: &Held) {
@@ -605,6 +617,7 @@ impl Server {
         if epoch != self.node.epoch() {
             info!(from = self.node.epoch(), to = epoch, "new epoch");
             self.node.set_epoch(epoch);
+            self.metrics.epoch.store(u64::from(epoch), Relaxed);
         }
     }
 

@@ -25,6 +25,7 @@
 //! portal = "127.0.0.1:8101"
 //! storer = "127.0.0.1:8102"
 //! source = "127.0.0.1:8103"
+//! metrics = "127.0.0.1:9101" # optional: where `dqe status` reads the node's figures
 //! ```
 
 use std::net::SocketAddr;
@@ -150,6 +151,9 @@ struct NodeRepr {
     portal: Spanned<String>,
     storer: Spanned<String>,
     source: Spanned<String>,
+    /// Where the node serves metrics, `/healthz` and `/readyz` (TCP), for `dqe status` and
+    /// scrapers; the nodes themselves do not read it (`dqe-enforcer --metrics` does that).
+    metrics: Option<Spanned<String>>,
 }
 
 /// Read and validate a cluster file for `dqe-enforcer`'s capacities.
@@ -173,6 +177,30 @@ pub fn load_with_capacity<const N: usize>(
         source,
     })?;
     parse_with_capacity(path, &text, ring_points)
+}
+
+/// Each node's optional `metrics` address, in file order, from a file that [`load`] accepts.
+pub fn load_metrics_addresses(path: &Path) -> Result<Vec<Option<SocketAddr>>, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)?;
+    let repr: FileRepr = toml::from_str(&text).map_err(|e| {
+        let (at, message) = Source::new(path, &text).syntax(&e);
+        ConfigFileError::Syntax { at, message }
+    })?;
+    Ok(repr
+        .nodes
+        .get_ref()
+        .iter()
+        .map(|n| {
+            n.get_ref()
+                .metrics
+                .as_ref()
+                .and_then(|m| m.get_ref().parse().ok())
+        })
+        .collect())
 }
 
 /// [`parse`] for a build holding up to `N` nodes and `ring_points` ring points (a board).
@@ -219,6 +247,9 @@ pub fn parse_with_capacity<const N: usize>(
             storer: addr(&n.storer, "storer")?,
             source: addr(&n.source, "source")?,
         };
+        if let Some(m) = &n.metrics {
+            addr(m, "metrics")?;
+        }
         // Capacity was checked above.
         let _ = nodes.push(spec);
     }
@@ -472,6 +503,28 @@ source = "127.0.0.1:8203"
             find_node(Path::new("c"), &spec, "n9"),
             Err(ConfigFileError::UnknownNode { .. })
         ));
+    }
+
+    #[test]
+    fn metrics_addresses_are_optional_and_checked() {
+        let with = GOOD.replace(
+            "source = \"127.0.0.1:8203\"",
+            "source = \"127.0.0.1:8203\"\nmetrics = \"127.0.0.1:9102\"",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, &with).unwrap();
+        assert_eq!(
+            load_metrics_addresses(&path).unwrap(),
+            vec![None, Some("127.0.0.1:9102".parse().unwrap())]
+        );
+        let e = err(&with.replace("127.0.0.1:9102", "nine"));
+        let at = e.location().unwrap();
+        assert_eq!(
+            (at.line, at.field.as_str()),
+            (14, "nodes[1].metrics"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -61,6 +61,8 @@ pub enum Command {
     /// Run a loopback cluster of dqe-enforcer processes.
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// One line per node of a cluster (up or down, ring share, pairs, requests/s, refusals, version, readiness) from each node's metrics endpoint; exit 3 when some key range has fewer than r replicas up.
+    Status(StatusArgs),
     /// Load generator: TEST/SET traffic against portals, with latency and reuse figures.
     U2(U2Args),
     /// Start a three-node loopback cluster and walk through a stamp's life, then stop.
@@ -345,6 +347,26 @@ pub struct UpArgs {
     /// Serve each node's metrics, /healthz and /readyz on TCP 127.0.0.1:P+i (i = its place in the config, from 0) [default: no metrics].
     #[arg(long, value_name = "P")]
     pub metrics_base: Option<u16>,
+}
+
+/// `dqe status`.
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Each node's figures come from its metrics endpoint (dqe-enforcer --metrics): the `metrics = \"IP:PORT\"` of its entry in the cluster file, or 127.0.0.1:P+i with --metrics-base P (as `dqe cluster up --metrics-base P` starts them). A node is UP when /healthz answers 200. The key ranges short of replicas are computed exactly from the ring.\nExit codes: 0 every key range has its r replicas up, 1 error (unreadable cluster file, a node without a metrics address), 3 some key range has fewer than r replicas up (the last line says how much of the key space)."
+)]
+pub struct StatusArgs {
+    /// The cluster config every node runs.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Node i (its place in the file, from 0) serves metrics on 127.0.0.1:P+i, overriding the file's `metrics` addresses.
+    #[arg(long, value_name = "P")]
+    pub metrics_base: Option<u16>,
+    /// Milliseconds between the two scrapes that give requests per second.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub interval_ms: u64,
+    /// Milliseconds to wait for a node's endpoint before counting it down.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    pub timeout_ms: u64,
 }
 
 /// `dqe u2`.

@@ -15,9 +15,9 @@ use dqe_core::hash::sha1_concat;
 /// The ring points' domain prefix (PROTOCOL.md: `SHA1("dqe-ring-v1" || name || u32be(j))`).
 const POINT_DOMAIN: &[u8] = b"dqe-ring-v1";
 
-/// Each node's copy share (fractions of the key space, summing to `r`) for a ring of nodes
-/// named `names`, with `vnodes` points each and `r` copies of each key.
-pub fn copy_shares(names: &[String], vnodes: u16, r: usize) -> Vec<f64> {
+/// The ring's arcs: each arc's length (in units of 2^-64 of the ring) and its first `r`
+/// distinct owners (indices into `names`), the nodes that hold the copies of its keys.
+pub fn arcs(names: &[String], vnodes: u16, r: usize) -> Vec<(u64, Vec<usize>)> {
     let mut points: Vec<([u8; 20], usize)> = Vec::with_capacity(names.len() * vnodes as usize);
     for (owner, name) in names.iter().enumerate() {
         for j in 0..u32::from(vnodes) {
@@ -28,12 +28,11 @@ pub fn copy_shares(names: &[String], vnodes: u16, r: usize) -> Vec<f64> {
     points.sort();
     let head = |p: &([u8; 20], usize)| u64::from_be_bytes(p.0[..8].try_into().expect("8 bytes"));
     let r = r.min(names.len());
-    let mut held = vec![0u128; names.len()];
     let n = points.len();
-    let mut owners = Vec::with_capacity(r);
+    let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let arc = head(&points[i]).wrapping_sub(head(&points[(i + n - 1) % n]));
-        owners.clear();
+        let mut owners = Vec::with_capacity(r);
         let mut j = i;
         while owners.len() < r {
             let o = points[j % n].1;
@@ -42,14 +41,31 @@ pub fn copy_shares(names: &[String], vnodes: u16, r: usize) -> Vec<f64> {
             }
             j += 1;
         }
-        for &o in &owners {
-            held[o] += u128::from(arc);
+        out.push((arc, owners));
+    }
+    out
+}
+
+/// Each node's copy share (fractions of the key space, summing to `r`) for a ring of nodes
+/// named `names`, with `vnodes` points each and `r` copies of each key.
+pub fn copy_shares(names: &[String], vnodes: u16, r: usize) -> Vec<f64> {
+    let arcs = arcs(names, vnodes, r);
+    let mut held = vec![0u128; names.len()];
+    for (arc, owners) in &arcs {
+        for &o in owners {
+            held[o] += u128::from(*arc);
         }
     }
     // One point alone would make every arc 0 (a full turn): that node holds everything.
     let turn = 2f64.powi(64);
     held.iter()
-        .map(|&h| if n == 1 { 1.0 } else { h as f64 / turn })
+        .map(|&h| {
+            if arcs.len() == 1 {
+                1.0
+            } else {
+                h as f64 / turn
+            }
+        })
         .collect()
 }
 

@@ -143,6 +143,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::Config(ConfigCommand::Gen(a)) => cmd::config::generate(a),
         Command::Config(ConfigCommand::Check(a)) => cmd::config::check(a),
         Command::Cluster(ClusterCommand::Up(a)) => cmd::cluster::up(a),
+        Command::Status(a) => cmd::status::run(a),
         Command::U2(a) => cmd::u2::run(a, &config()?),
         Command::Milter(a) => cmd::milter::run(a, &config()?),
         Command::Demo(a) => cmd::demo::run(a),

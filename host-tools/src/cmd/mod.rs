@@ -21,6 +21,7 @@ pub(crate) mod milter;
 pub(crate) mod portal;
 pub(crate) mod qa;
 pub(crate) mod stamp;
+pub(crate) mod status;
 pub(crate) mod u2;
 
 pub(crate) fn unix_now() -> u64 {

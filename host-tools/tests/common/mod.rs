@@ -256,12 +256,18 @@ pub struct ClusterUp {
 impl ClusterUp {
     /// Start it and wait (bounded) for its `ready` line.
     pub fn start(dir: &Path, config: &str) -> ClusterUp {
+        ClusterUp::start_with(dir, config, &[])
+    }
+
+    /// [`ClusterUp::start`] with more arguments to `dqe cluster up` (`--metrics-base P`).
+    pub fn start_with(dir: &Path, config: &str, extra: &[&str]) -> ClusterUp {
         use std::io::BufRead as _;
         // `dqe` finds dqe-enforcer beside itself in the target dir.
         enforcer_path();
         let mut child = dqe_tests::ChildGuard::spawn(
             dqe_command(dir)
                 .args(["cluster", "up", "--config", config, "--data-root", "data"])
+                .args(extra)
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::inherit()),
@@ -289,6 +295,29 @@ impl ClusterUp {
         }
         ClusterUp { child, lines, seen }
     }
+}
+
+/// Kill -9 the `dqe-enforcer` running node `node` of the cluster file `config` (an absolute
+/// path, as `dqe cluster up` passes it), found by its command line; panics if none runs.
+pub fn kill_node(config: &Path, node: &str) {
+    let want = ["--config", config.to_str().unwrap(), "--node", node].join("\0");
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&want) {
+            let status = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success(), "kill -9 {pid}");
+            return;
+        }
+    }
+    panic!("no dqe-enforcer runs node {node} of {}", config.display());
 }
 
 impl Drop for ClusterUp {
