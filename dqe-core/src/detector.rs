@@ -14,6 +14,13 @@
 //!   key from its source port, with a fresh random id. A probe is a normal request to the
 //!   storer, so the node's answer (normally `NotFound`) proves it is back; the node is then
 //!   up again with zero misses. A probe that is not answered simply waits for the next one.
+//! - A down node that sends this node a request (a GET or PUT from its source address) is
+//!   probably back, so it is probed at once rather than at its next interval (at most once
+//!   every quarter interval, see [`FailureDetector::heard_from`]). This matters when a node
+//!   starts before its peers: its first requests find them all down, and until the probe it
+//!   would answer from the few live nodes left (its own store, at worst) keys its peers hold.
+//!   The request itself does not prove the node up: its source address could be forged, and
+//!   only a probe's answer, matched by a random id, does.
 //!
 //! Probes are separate datagrams rather than client requests sent to a down node on
 //! purpose: a client request never waits on a node the detector distrusts, and a probe costs
@@ -52,8 +59,9 @@ pub enum Change {
 #[derive(Debug, Clone)]
 pub struct FailureDetector<const N: usize> {
     health: [Health; N],
-    /// Nodes believed down, so that the common case (none) costs nothing to ask about.
-    down: usize,
+    /// The nodes believed down, in no order, so that the common case (none) costs nothing to
+    /// ask about and [`FailureDetector::down_nodes`] costs only as many as are down.
+    down: heapless::Vec<NodeIndex, N>,
     /// Per node, how many times its belief changed (up to down or back), wrapping: a backend
     /// that polls [`FailureDetector::transitions`] sees every change, even one undone
     /// between two polls.
@@ -67,7 +75,7 @@ impl<const N: usize> FailureDetector<N> {
     pub fn new(threshold: u8, probe_interval: Millis) -> Self {
         FailureDetector {
             health: [Health::Up { misses: 0 }; N],
-            down: 0,
+            down: heapless::Vec::new(),
             transitions: [0; N],
             threshold: threshold.max(1),
             probe_interval,
@@ -89,7 +97,12 @@ impl<const N: usize> FailureDetector<N> {
 
     /// How many nodes are believed down.
     pub fn down_count(&self) -> usize {
-        self.down
+        self.down.len()
+    }
+
+    /// The nodes believed down, in no particular order.
+    pub fn down_nodes(&self) -> &[NodeIndex] {
+        &self.down
     }
 
     /// How many times the belief about `node` changed so far (wrapping). Even means it is
@@ -110,7 +123,9 @@ impl<const N: usize> FailureDetector<N> {
         };
         *h = Health::Up { misses: 0 };
         if change == Change::CameUp {
-            self.down -= 1;
+            if let Some(at) = self.down.iter().position(|&n| n == node) {
+                self.down.swap_remove(at);
+            }
             self.transitions[node as usize] = self.transitions[node as usize].wrapping_add(1);
         }
         change
@@ -132,7 +147,9 @@ impl<const N: usize> FailureDetector<N> {
                         next_probe,
                         probe: None,
                     };
-                    self.down += 1;
+                    // Cannot fail: at most N distinct nodes (`node` indexes `health`).
+                    let pushed = self.down.push(node);
+                    debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
                     self.transitions[node as usize] =
                         self.transitions[node as usize].wrapping_add(1);
                     Change::WentDown
@@ -146,7 +163,7 @@ impl<const N: usize> FailureDetector<N> {
 
     /// The earliest instant a probe is due, if any node is down.
     pub fn next_probe(&self) -> Option<Millis> {
-        if self.down == 0 {
+        if self.down.is_empty() {
             return None;
         }
         self.health
@@ -160,7 +177,7 @@ impl<const N: usize> FailureDetector<N> {
 
     /// A down node whose probe is due at `now`, if any.
     pub fn due_probe(&self, now: Millis) -> Option<NodeIndex> {
-        if self.down == 0 {
+        if self.down.is_empty() {
             return None;
         }
         self.health
@@ -179,6 +196,31 @@ impl<const N: usize> FailureDetector<N> {
             *next_probe = now.saturating_add(interval);
             *probe = Some(id);
         }
+    }
+
+    /// `node`, believed down, sent this node a request at `now`: it is probably back, so its
+    /// next probe is due now, unless one went out less than a quarter interval ago (a node
+    /// whose storer stays silent, or a forged source address, costs at most four probes an
+    /// interval). Returns whether the probe was brought forward.
+    pub fn heard_from(&mut self, node: NodeIndex, now: Millis) -> bool {
+        let interval = self.probe_interval;
+        let Some(Health::Down {
+            next_probe, probe, ..
+        }) = self.health.get_mut(node as usize)
+        else {
+            return false;
+        };
+        // A probe went out at `next_probe - interval` (see `probe_sent`).
+        let recent = probe.is_some()
+            && now
+                < next_probe
+                    .saturating_sub(interval)
+                    .saturating_add(interval / 4);
+        if recent || *next_probe <= now {
+            return false;
+        }
+        *next_probe = now;
+        true
     }
 
     /// Whether `id` is the last probe sent to `node`.
@@ -225,6 +267,26 @@ mod tests {
         assert_eq!(d.record_answer(3), Change::CameUp);
         assert!(d.is_up(3));
         assert_eq!(d.next_probe(), None);
+    }
+
+    #[test]
+    fn a_down_node_heard_from_is_probed_at_once_but_not_more_than_four_times_an_interval() {
+        let mut d = FailureDetector::<4>::new(1, 1000);
+        assert!(!d.heard_from(2, 5), "an up node needs no probe");
+        d.record_miss(2, 0);
+        assert_eq!(d.down_nodes(), &[2]);
+        assert_eq!(d.due_probe(10), None);
+        assert!(d.heard_from(2, 10));
+        assert_eq!(d.due_probe(10), Some(2));
+        d.probe_sent(2, 5, 10);
+        // The probe went out at 10: nothing earlier than 260.
+        assert!(!d.heard_from(2, 259));
+        assert_eq!(d.next_probe(), Some(1010));
+        assert!(d.heard_from(2, 260));
+        assert_eq!(d.due_probe(260), Some(2));
+        assert_eq!(d.record_answer(2), Change::CameUp);
+        assert!(d.down_nodes().is_empty());
+        assert_eq!(d.down_count(), 0);
     }
 
     #[test]

@@ -712,6 +712,10 @@ impl<
         request: PeerRequest,
         len: usize,
     ) {
+        if self.portal.nodes_down() > 0 {
+            // A peer this node believes down may be back: it is probed at once.
+            self.portal.heard_from(&self.spec, from, now);
+        }
         if self.outbox.storer_room() == 0 {
             // Unexecuted, so the peer's retry (same id) is served as if it were the first.
             self.stats.drop_queue_full += 1;

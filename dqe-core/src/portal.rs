@@ -632,6 +632,21 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         self.detector.transitions(node)
     }
 
+    /// A peer request (GET or PUT) came from `from` at `now`: if that is the source address of
+    /// a node believed down, probe it at once (see [`crate::detector`]). Costs nothing while
+    /// every node is believed up, and a look at each down node otherwise.
+    pub(crate) fn heard_from(&mut self, spec: &ClusterSpec<N>, from: SocketAddr, now: Millis) {
+        let sender = self
+            .detector
+            .down_nodes()
+            .iter()
+            .copied()
+            .find(|&n| spec.nodes.get(n as usize).is_some_and(|s| s.source == from));
+        if let Some(node) = sender {
+            self.detector.heard_from(node, now);
+        }
+    }
+
     /// The earliest instant the portal has timed work: an attempt expiring, a reply
     /// waiting for queue room, a lingering request to drop, a probe to send.
     pub fn next_deadline(&self) -> Option<Millis> {

@@ -334,6 +334,50 @@ fn a_silent_node_is_skipped_after_the_threshold_and_used_again_when_back() {
     assert_eq!(stats.nodes_down, 0);
 }
 
+// d2) A node that started before its peers found them all down (its first requests went to
+//     sockets nobody had bound yet). Once they run, a request one of them sends it proves it
+//     back at once: the node does not read a key from its own store alone until its next
+//     regular probe, answering `NotFound` for a pair its peers hold (the std cluster test saw
+//     exactly that now and then, when one enforcer started a few hundred ms before the rest).
+#[test]
+fn a_peer_down_since_the_start_is_back_as_soon_as_it_sends_a_request() {
+    let mut sim = Sim::<32>::new(5, 3, 31);
+    let config = sim.config();
+    let first = 0;
+    // A pair the first node does not hold: it is last on the preference list.
+    let w = sim.find_word("held elsewhere ", |p| p[4] == first);
+    let (key, value) = word(&w);
+    for n in 1..5 {
+        sim.kill(n);
+    }
+    // The first node's readiness check: its GETs to the peers go unanswered.
+    let mut i = 0;
+    while (1..5).any(|n| sim.believes_up(first, n)) {
+        let reply = sim.request(0, first, test_body(&format!("ready? {i}")));
+        assert_eq!(reply, Body::NotFound);
+        i += 1;
+        assert!(i <= 5, "never marked the peers down");
+    }
+    let marked_down = sim.now;
+    // The peers start; each answers its own readiness check, which GETs the first node too.
+    for n in 1..5 {
+        sim.revive(n);
+    }
+    for n in 1..5 {
+        let reply = sim.request(1, n, test_body(&format!("ready {n}?")));
+        assert_eq!(reply, Body::NotFound);
+    }
+    assert_eq!(sim.request(2, 3, set_body(&w)), Body::Stored);
+    assert!(!sim.holds(first, &key));
+    assert!(
+        sim.now < marked_down + config.probe_interval / 2,
+        "the regular probe is not due yet"
+    );
+    assert_eq!(sim.request(3, first, test_body(&w)), found(value));
+    assert!((1..5).all(|n| sim.believes_up(first, n)));
+    assert_eq!(sim.nodes[first].stats().nodes_marked_up, 4);
+}
+
 #[test]
 fn requests_in_flight_stop_waiting_on_a_node_once_it_is_found_down() {
     let mut sim = Sim::<32>::new(5, 3, 22);
