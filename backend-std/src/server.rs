@@ -8,14 +8,16 @@
 //!    bound: work admitted somewhere in the cluster finishes before new work is taken.
 //! 2. Hand each datagram to the node and drain its transmits at once (the core's outgoing
 //!    queues are small and bounded; it answers `Busy` rather than queueing more).
-//! 3. Group commit: a transmit produced while the node has writes not yet durable is tagged
-//!    with the node's write mark and held (the core also says which datagrams really rest on a
-//!    write, `Transmit::waits_for`; this loop does not use that yet, see `collect`). The
+//! 3. Group commit: a transmit that rests on a write not yet durable (the node says which,
+//!    `Transmit::waits_for`, in its own write sequence) is held; every other one (sub-requests,
+//!    `NotFound`, refusals, replies resting on durable writes only) is sent at once. The
 //!    store's pending records go to a blocking thread in one batch (write + fdatasync), cut at
 //!    the node's write mark; the loop keeps reading meanwhile, and when the batch is durable
 //!    the node is told (`Node::writes_durable`) and every held transmit up to that mark is
-//!    sent. So no reply that depends on a write (`Stored`, or a `Found`/`NotFound` read after
-//!    it) leaves before that write is on disk, and one fsync covers many SETs.
+//!    sent, in the order the node gave them. So no reply that depends on a write (`Stored`,
+//!    or a `Found` read after it) leaves before that write is on disk, one fsync covers many
+//!    SETs, and a slow disk delays no GET, probe or `NotFound` (a peer's failure detector
+//!    would otherwise count a slow fsync as misses).
 //! 4. When nothing is readable, wait (biased) for a finished sync, a readable socket, the
 //!    node's next deadline or a stop signal.
 //!
@@ -469,17 +471,11 @@ impl Server {
                 };
                 (a.kind, a.outcome, arrived)
             });
-            // Held while any write is unsynced, tagged with the node's write mark: the core
-            // says which datagrams rest on a write (`t.waits_for`), but holding only those
-            // made TESTs answer `NotFound` now and then in the cluster tests (not understood
-            // yet), so every transmit still waits, as before.
-            let _ = t.waits_for;
-            let mark = self.node.write_mark();
-            let seq = if gates && mark > self.node.durable_mark() {
-                mark
-            } else {
-                0
-            };
+            // Only what rests on a write not yet durable waits for it. (An earlier version held
+            // everything while any write was unsynced, to rule it out as the cause of TESTs
+            // answered `NotFound` in the cluster test; the cause was the failure detector at
+            // start-up, see `dqe_core::detector`.)
+            let seq = t.waits_for.filter(|_| gates).unwrap_or(0);
             let held = Held {
                 seq,
                 from: t.from,
@@ -489,8 +485,8 @@ impl Server {
                 answers,
                 at_ms,
             };
-            // Nothing overtakes a held datagram: replies leave in the order the node gave them.
-            if seq == 0 && self.held.is_empty() {
+            // Held datagrams leave in the order the node gave them; the others overtake them.
+            if seq == 0 {
                 self.ready.push_back(held);
             } else {
                 self.held.push_back(held);
