@@ -320,7 +320,7 @@ struct InFlight {
 }
 
 /// A sans-IO DQE client over portals `P` (addresses) and lent entries `S` (see the module doc).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Client<P, S> {
     config: ClientConfig,
     portals: P,

@@ -67,7 +67,7 @@ impl Queue {
 }
 
 /// The table over lent entries `S`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Table<S> {
     entries: S,
     len: usize,
