@@ -316,9 +316,10 @@ impl<const N: usize> ClusterSpec<N> {
             .map(|i| i as NodeIndex)
     }
 
-    /// The epoch of a unix time in seconds.
+    /// The epoch of a unix time in seconds ([`crate::epoch::epoch_of`] with this cluster's
+    /// `epoch_seconds`).
     pub fn epoch_of(&self, unix_seconds: u64) -> u32 {
-        (unix_seconds / self.epoch_seconds as u64) as u32
+        crate::epoch::epoch_of(unix_seconds, self.epoch_seconds)
     }
 
     /// The oldest epoch whose keys must still be kept when the current epoch is `now`.

@@ -87,11 +87,15 @@
 //! - [`stats`]: the node's counters.
 //! - [`vrf`]: ECVRF-EDWARDS25519-SHA512-TAI (RFC 9381), which makes postmarks.
 //! - [`stamp`]: certificates, stamps, verification and postmarks.
+//! - [`epoch`]: the epoch of a time, the one rule every node and client shares.
+//! - [`client`]: the client side: ids, resends, portal failover, reply acceptance.
 #![no_std]
 #![forbid(unsafe_code)]
 
+pub mod client;
 pub mod config;
 pub mod detector;
+pub mod epoch;
 pub mod event;
 pub mod hash;
 pub mod node;

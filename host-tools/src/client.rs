@@ -1,5 +1,9 @@
 //! A blocking UDP client for portals: one Test or Set, retried with the same id.
 //!
+//! The protocol's side of it (ids, the resend schedule, failover, which replies count) is
+//! [`dqe_core::client`]; this module moves its datagrams over sockets, reads the clock, and
+//! remembers silent portals across requests.
+//!
 //! The protocol makes retries safe only when they reuse the request's id: a portal answers a
 //! repeat of (source address, id) with the reply it already sent, so a Set whose reply was
 //! lost comes back `Stored`, never `Found` for our own write. The client therefore keeps one
@@ -26,8 +30,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use dqe_core::hash::{Key, Value, matches};
-use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
+use dqe_core::client::{Client, ClientConfig, Entry, Event, Outcome, Schedule, Silence};
+use dqe_core::hash::{Key, Value};
+use dqe_core::wire::{self, ClientRequest, MAX_DATAGRAM, Reason};
 
 /// The first resend comes after this long; later ones back off up to [`MAX_RESEND`].
 pub const FIRST_RESEND: Duration = Duration::from_millis(200);
@@ -277,48 +282,187 @@ impl PortalClient {
 
     /// Ask whether `key` is set.
     pub fn test(&self, key: &Key) -> Result<Answer, ClientError> {
-        self.request(Body::Test { key: *key })
+        self.request(ClientRequest::Test { key: *key })
     }
 
     /// Set `key` to `value` unless it is set.
     pub fn set(&self, key: &Key, value: &Value) -> Result<Answer, ClientError> {
-        self.request(Body::Set {
+        self.request(ClientRequest::Set {
             key: *key,
             value: *value,
         })
     }
 
-    /// Send one Test or Set, trying portals in order. A portal that answers `Busy` is also
-    /// passed over for the next one, since another portal may have room.
-    fn request(&self, body: Body) -> Result<Answer, ClientError> {
-        let key = match body {
-            Body::Test { key } | Body::Set { key, .. } => key,
-            _ => unreachable!("clients send only Test and Set"),
+    /// Send one Test or Set, trying portals in [`PortalClient::order`]; the core client
+    /// ([`dqe_core::client`]) decides what to send when and which replies count, this loop
+    /// only moves datagrams and tells the time.
+    fn request(&self, asked: ClientRequest) -> Result<Answer, ClientError> {
+        let order = self.order();
+        let millis = |d: Duration| d.as_millis().min(u128::from(u64::MAX - 1)) as u64;
+        let config = ClientConfig {
+            cluster: self.cluster,
+            schedule: Schedule {
+                first_resend: millis(FIRST_RESEND),
+                max_gap: millis(MAX_RESEND),
+                max_sends: u32::MAX,
+                per_portal: millis(self.per_portal),
+            },
+            portals_per_request: 0,
         };
+        let mut client = Client::new(config, order.as_slice(), [Entry::EMPTY; 1]);
+        let base = Instant::now();
+        let now = || millis(base.elapsed());
+        let request = client
+            .start(now(), rand::random(), asked, 0)
+            .expect("one request in a table of one, to portal 0 of a non-empty list");
+        // One connected socket per portal, so that a closed port shows up at once.
+        let mut socket: Option<(usize, UdpSocket)> = None;
+        let mut io_errors: HashMap<usize, String> = HashMap::new();
         let mut skipped = Vec::new();
-        let mut busy = None;
-        for portal in self.order() {
-            match ask(portal, self.cluster, body, &key, self.per_portal) {
-                Ok(Reply::Refused(Reason::Busy)) => busy = Some(portal),
-                Ok(reply) => {
-                    self.remember(&skipped, Some(portal));
-                    return Ok(Answer {
-                        reply,
-                        portal,
-                        skipped,
-                    });
+        let mut out = [0u8; MAX_DATAGRAM];
+        let mut buf = [0u8; 512];
+        loop {
+            client.handle_timeout(now());
+            while let Some(event) = client.poll_event() {
+                match event {
+                    Event::PassedOver { portal, why, .. } => {
+                        let io = io_errors.remove(&portal);
+                        if let Some(why) = silence(why, io) {
+                            skipped.push((order[portal], why));
+                        }
+                    }
+                    Event::Finished(f) => return self.conclude(f.outcome, &order, skipped),
                 }
-                Err(why) => skipped.push((portal, why)),
+            }
+            if let Some(t) = client.poll_transmit(&mut out) {
+                if socket.as_ref().map(|s| s.0) != Some(t.portal) {
+                    socket = None;
+                    match connect(t.to) {
+                        Ok(s) => socket = Some((t.portal, s)),
+                        Err(e) => {
+                            io_errors.insert(t.portal, e.to_string());
+                            client.unreachable(now(), request);
+                            continue;
+                        }
+                    }
+                }
+                let Some((_, s)) = &socket else { continue };
+                match s.send(&out[..t.len]) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                        client.unreachable(now(), request)
+                    }
+                    Err(e) => {
+                        io_errors.insert(t.portal, e.to_string());
+                        client.unreachable(now(), request);
+                    }
+                }
+                continue;
+            }
+            let deadline = client
+                .poll_timeout()
+                .expect("a request in flight always has a deadline");
+            let wait = Duration::from_millis(deadline.saturating_sub(now()));
+            let Some((portal, s)) = &socket else {
+                std::thread::sleep(wait);
+                continue;
+            };
+            if wait.is_zero() {
+                continue;
+            }
+            if let Err(e) = s.set_read_timeout(Some(wait)) {
+                io_errors.insert(*portal, e.to_string());
+                client.unreachable(now(), request);
+                continue;
+            }
+            match s.recv(&mut buf) {
+                Ok(n) => {
+                    client.handle(now(), order[*portal], &buf[..n]);
+                }
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
+                    client.unreachable(now(), request)
+                }
+                Err(e) => {
+                    io_errors.insert(*portal, e.to_string());
+                    client.unreachable(now(), request);
+                }
             }
         }
-        self.remember(&skipped, busy);
-        match busy {
-            Some(portal) => Ok(Answer {
-                reply: Reply::Refused(Reason::Busy),
-                portal,
-                skipped,
-            }),
-            None => Err(ClientError::Unreachable(skipped)),
+    }
+
+    /// The answer (or error) of a finished request, remembered for the next.
+    fn conclude(
+        &self,
+        outcome: Outcome,
+        order: &[SocketAddr],
+        skipped: Vec<(SocketAddr, PortalSilence)>,
+    ) -> Result<Answer, ClientError> {
+        match outcome {
+            Outcome::Answered {
+                reply:
+                    wire::Reply::Refused {
+                        reason: Reason::WrongCluster,
+                    },
+                ..
+            }
+            | Outcome::Unanswered => {
+                self.remember(&skipped, None);
+                Err(ClientError::Unreachable(skipped))
+            }
+            Outcome::Answered { portal, reply } => {
+                let portal = order[portal];
+                self.remember(&skipped, Some(portal));
+                Ok(Answer {
+                    reply: reply.into(),
+                    portal,
+                    skipped,
+                })
+            }
+        }
+    }
+}
+
+/// How host-tools names a core [`Silence`]; `io` is the socket error that made the portal
+/// unreachable, if that is what happened. A busy portal is not silent (it answered, and its
+/// `Busy` is the answer when no other portal gives a better one): `None`.
+fn silence(why: Silence, io: Option<String>) -> Option<PortalSilence> {
+    let waited = Duration::from_millis;
+    Some(match why {
+        Silence::NoAnswer { sends, waited: w } => PortalSilence::NoAnswer {
+            sends,
+            waited: waited(w),
+        },
+        Silence::BadFound { replies, waited: w } => PortalSilence::BadFound {
+            replies,
+            waited: waited(w),
+        },
+        Silence::WrongCluster { tag } => PortalSilence::WrongCluster { tag },
+        Silence::Unreachable => io.map_or(PortalSilence::Refused, PortalSilence::Io),
+        Silence::Busy => return None,
+    })
+}
+
+/// A UDP socket connected to `portal`.
+fn connect(portal: SocketAddr) -> std::io::Result<UdpSocket> {
+    let local: SocketAddr = if portal.is_ipv4() {
+        "0.0.0.0:0".parse().expect("literal")
+    } else {
+        "[::]:0".parse().expect("literal")
+    };
+    let socket = UdpSocket::bind(local)?;
+    socket.connect(portal)?;
+    Ok(socket)
+}
+
+impl From<wire::Reply> for Reply {
+    fn from(r: wire::Reply) -> Reply {
+        match r {
+            wire::Reply::Found { value } => Reply::Found(value),
+            wire::Reply::NotFound => Reply::NotFound,
+            wire::Reply::Stored => Reply::Stored,
+            wire::Reply::Refused { reason } => Reply::Refused(reason),
         }
     }
 }
@@ -364,153 +508,45 @@ fn write_note(path: &Path, silent: &HashMap<SocketAddr, u64>) {
     }
 }
 
-/// One request to one portal, resent with the same id until `budget` is spent.
-fn ask(
-    portal: SocketAddr,
-    cluster: u32,
-    body: Body,
-    key: &Key,
-    budget: Duration,
-) -> Result<Reply, PortalSilence> {
-    let io = |e: std::io::Error| PortalSilence::Io(e.to_string());
-    let local: SocketAddr = if portal.is_ipv4() {
-        "0.0.0.0:0".parse().expect("literal")
-    } else {
-        "[::]:0".parse().expect("literal")
-    };
-    let socket = UdpSocket::bind(local).map_err(io)?;
-    socket.connect(portal).map_err(io)?;
-    let id = rand::random::<u64>();
-    let mut out = [0u8; MAX_DATAGRAM];
-    let request = wire::encode(&Envelope::new(cluster, id, body), &mut out)
-        .map_err(|e| PortalSilence::Io(e.to_string()))?
-        .to_vec();
-    let start = Instant::now();
-    let give_up = start + budget;
-    let mut gap = FIRST_RESEND;
-    let mut sends = 0u32;
-    let mut bad_found = 0u32;
-    let mut buf = [0u8; 512];
-    loop {
-        let now = Instant::now();
-        if now >= give_up {
-            let waited = now - start;
-            return Err(if bad_found > 0 {
-                PortalSilence::BadFound {
-                    replies: bad_found,
-                    waited,
-                }
-            } else {
-                PortalSilence::NoAnswer { sends, waited }
-            });
-        }
-        match socket.send(&request) {
-            Ok(_) => sends += 1,
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                return Err(PortalSilence::Refused);
-            }
-            Err(e) => return Err(io(e)),
-        }
-        let resend_at = (now + gap).min(give_up);
-        gap = (gap * 2).min(MAX_RESEND);
-        // Wait for a matching reply until the next resend is due.
-        loop {
-            let now = Instant::now();
-            if now >= resend_at {
-                break;
-            }
-            socket.set_read_timeout(Some(resend_at - now)).map_err(io)?;
-            match socket.recv(&mut buf) {
-                Ok(n) => match classify(&buf[..n], id, key) {
-                    Received::Reply(Reply::Refused(Reason::WrongCluster)) => {
-                        return Err(PortalSilence::WrongCluster { tag: cluster });
-                    }
-                    Received::Reply(reply) => return Ok(reply),
-                    Received::BadFound => bad_found += 1,
-                    Received::NotOurs => {}
-                },
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => break,
-                Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
-                    return Err(PortalSilence::Refused);
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(io(e)),
-            }
-        }
-    }
-}
-
-/// What a datagram on a request's socket is to that request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Received {
-    /// A valid reply to it.
-    Reply(Reply),
-    /// A `Found` for it whose value does not hash to the key: to be ignored, and reported
-    /// if nothing valid follows.
-    BadFound,
-    /// Anything else: a stale reply, garbage, a request.
-    NotOurs,
-}
-
-/// Classify `datagram` against request `id` for `key`.
-pub fn classify(datagram: &[u8], id: u64, key: &Key) -> Received {
-    let Ok(env) = wire::decode(datagram) else {
-        return Received::NotOurs;
-    };
-    if env.id != id {
-        return Received::NotOurs;
-    }
-    match env.body {
-        Body::Found { value } if matches(key, &value) => Received::Reply(Reply::Found(value)),
-        Body::Found { .. } => Received::BadFound,
-        Body::NotFound => Received::Reply(Reply::NotFound),
-        Body::Stored => Received::Reply(Reply::Stored),
-        Body::Refused { reason } => Received::Reply(Reply::Refused(reason)),
-        _ => Received::NotOurs,
-    }
-}
-
-/// The reply in `datagram` if it answers request `id` for `key`; anything else (a stale
-/// reply, garbage, a `Found` whose value does not hash to the key) is ignored.
-pub fn accept(datagram: &[u8], id: u64, key: &Key) -> Option<Reply> {
-    match classify(datagram, id, key) {
-        Received::Reply(r) => Some(r),
-        Received::BadFound | Received::NotOurs => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use dqe_core::hash::{key_of, word_value};
+    use dqe_core::wire::{Body, Envelope};
 
-    fn encoded(id: u64, body: Body) -> Vec<u8> {
-        let mut b = [0u8; MAX_DATAGRAM];
-        wire::encode(&Envelope::new(0, id, body), &mut b)
-            .unwrap()
-            .to_vec()
-    }
-
+    /// Only a reply with the request's id, from the portal asked, with a valid `Found`
+    /// value, is the answer; stale ids, garbage, requests and forged values are ignored.
     #[test]
     fn accepts_only_matching_valid_replies() {
         let v = word_value(b"hello");
         let k = key_of(&v);
-        assert_eq!(
-            accept(&encoded(5, Body::Stored), 5, &k),
-            Some(Reply::Stored)
-        );
-        assert_eq!(accept(&encoded(6, Body::Stored), 5, &k), None);
-        assert_eq!(
-            accept(&encoded(5, Body::Found { value: v }), 5, &k),
-            Some(Reply::Found(v))
-        );
-        // A Found whose value does not hash to the key is ignored (PROTOCOL "Keys and values").
-        assert_eq!(
-            accept(&encoded(5, Body::Found { value: [1; 20] }), 5, &k),
-            None
-        );
-        assert_eq!(accept(&encoded(5, Body::Test { key: k }), 5, &k), None);
-        assert_eq!(accept(&[1, 2, 3], 5, &k), None);
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let (n, from) = server.recv_from(&mut buf).unwrap();
+            let env = wire::decode(&buf[..n]).unwrap();
+            let mut out = [0u8; 64];
+            let stale = Envelope {
+                id: env.id ^ 1,
+                ..env
+            };
+            for (e, body) in [
+                (stale, Body::Stored),
+                (env, Body::Found { value: [1; 20] }),
+                (env, Body::Test { key: [0; 20] }),
+                (env, Body::Found { value: v }),
+            ] {
+                let r = wire::encode(&e.reply(body), &mut out).unwrap();
+                server.send_to(r, from).unwrap();
+            }
+            server.send_to(&[1, 2, 3], from).unwrap();
+        });
+        let c = PortalClient::new(vec![addr], Duration::from_secs(2)).unwrap();
+        let a = c.test(&k).unwrap();
+        t.join().unwrap();
+        assert_eq!(a.reply, Reply::Found(v));
+        assert!(a.skipped.is_empty());
     }
 
     #[test]

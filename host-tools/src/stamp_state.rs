@@ -278,7 +278,7 @@ impl Clock {
     /// The clock at `unix_seconds` for stamps of `epoch` (the clock's own epoch unless a
     /// caller chose another): `seconds_left` counts to the end of `epoch`.
     pub fn at(unix_seconds: u64, epoch_seconds: u32, grace: u32, epoch: Option<u32>) -> Clock {
-        let now = (unix_seconds / epoch_seconds.max(1) as u64) as u32;
+        let now = dqe_core::epoch::epoch_of(unix_seconds, epoch_seconds);
         let end = (epoch.unwrap_or(now) as u64 + 1) * epoch_seconds as u64;
         Clock {
             epoch: now,

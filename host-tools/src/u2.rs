@@ -11,6 +11,10 @@
 //! portal's retry window (2 s) ends. `--reuse` re-spends pairs that earlier SETs stored, as a
 //! spammer reusing stamps would, and counts how many of those the enforcer caught.
 //!
+//! The protocol's side (ids, the resend schedule, giving up, which replies count, the SHA1
+//! check of a `Found`) is [`dqe_core::client`]; u2 chooses what to ask, moves datagrams,
+//! and counts.
+//!
 //! Open-loop latency is measured from when a request was due, not from when it was sent,
 //! so a client that falls behind does not hide the delay (no coordinated omission).
 //!
@@ -21,14 +25,16 @@
 //! and the socket. Requests still in flight then get their timeout, so a run lasts at most
 //! `duration` + `timeout` (plus one batch).
 
-use std::cmp::Reverse;
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::BTreeMap;
 use std::io::{ErrorKind, IsTerminal};
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use dqe_core::hash::{Key, Value, key_of, matches};
-use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
+use dqe_core::client::{
+    Client, ClientConfig, Entry, Event, Outcome, Received, Schedule, StartError,
+};
+use dqe_core::hash::{Value, key_of};
+use dqe_core::wire::{ClientRequest, MAX_DATAGRAM, Reply};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use rand::rngs::StdRng;
@@ -158,25 +164,20 @@ enum Op {
     Set,
 }
 
-#[derive(Debug)]
-struct Pending {
-    portal: usize,
+/// What u2 keeps beside the core client's entry for one request (same index).
+#[derive(Debug, Clone, Copy)]
+struct Meta {
     op: Op,
-    key: Key,
     value: Value,
     /// Made up for this request, never sent before.
     fresh: bool,
+    /// When it was due (open loop) or started (closed loop).
     started: Instant,
-    next_send: Instant,
-    give_up: Instant,
-    gap: Duration,
-    datagram: [u8; MAX_DATAGRAM],
-    len: usize,
 }
 
 /// The longest run: beyond it, times overflow and nobody waits anyway.
 pub const MAX_DURATION: Duration = Duration::from_secs(30 * 86_400);
-/// The most requests kept in flight in closed loop (each holds its datagram and timers).
+/// The most requests kept in flight (each holds an entry of the core client's table).
 pub const MAX_WINDOW: usize = 1_000_000;
 /// The longest request timeout.
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(60);
@@ -192,15 +193,40 @@ struct Run<'a> {
     opts: &'a Options,
     socket: UdpSocket,
     rng: StdRng,
-    pending: HashMap<u64, Pending>,
-    timers: BinaryHeap<Reverse<(Instant, u64)>>,
+    /// The protocol's side: ids, resends, giving up, which replies count.
+    client: Client<&'a [SocketAddr], Vec<Entry>>,
+    /// Per request, by the client's handle.
+    meta: Vec<Option<Meta>>,
+    /// The clock the client reads: milliseconds since `base`.
+    base: Instant,
     earlier: Vec<Value>,
     next_portal: usize,
     hist: Histogram<u64>,
     report: Report,
 }
 
+/// `d` in whole milliseconds, for the core client's clock.
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX - 1)) as u64
+}
+
 impl Options {
+    /// The most requests this run keeps in flight: the window in closed loop; in open loop
+    /// what the rate starts within a timeout and a second, plus a batch (a request is never
+    /// held longer than its timeout), at most [`MAX_WINDOW`]. A request due while that many
+    /// are in flight is not started (counted in `not_started`).
+    fn in_flight_bound(&self) -> usize {
+        match self.load {
+            Load::Window(w) => w,
+            Load::Rate(r) => {
+                let span = self.timeout.as_secs_f64() + 1.0;
+                ((r * span).ceil() as usize)
+                    .saturating_add(MAX_BATCH as usize)
+                    .min(MAX_WINDOW)
+            }
+        }
+    }
+
     /// Refuse options out of range, before anything is sent.
     pub fn check(&self) -> Result<(), U2Error> {
         if self.portals.is_empty() {
@@ -272,12 +298,24 @@ pub fn run(opts: &Options) -> Result<Report, U2Error> {
     socket.set_nonblocking(true)?;
     // Bursts of replies must not overflow the default receive buffer.
     let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, 4 << 20);
+    let capacity = opts.in_flight_bound();
+    let config = ClientConfig {
+        cluster: opts.cluster_tag,
+        schedule: Schedule {
+            first_resend: millis(opts.resend),
+            max_gap: millis(opts.resend * 4),
+            max_sends: u32::MAX,
+            per_portal: millis(opts.timeout),
+        },
+        portals_per_request: 1,
+    };
     let mut run = Run {
         opts,
         socket,
         rng: StdRng::seed_from_u64(opts.seed),
-        pending: HashMap::new(),
-        timers: BinaryHeap::new(),
+        client: Client::new(config, &opts.portals, vec![Entry::EMPTY; capacity]),
+        meta: vec![None; capacity],
+        base: Instant::now(),
         earlier: Vec::new(),
         next_portal: 0,
         hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
@@ -306,7 +344,7 @@ impl Run<'_> {
             // Replies first: they free window slots and stop timers.
             loop {
                 match self.socket.recv_from(&mut buf) {
-                    Ok((n, from)) => self.on_datagram(&buf[..n], from, Instant::now()),
+                    Ok((n, from)) => self.on_datagram(&buf[..n], from),
                     Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                     Err(e)
                         if matches!(
@@ -334,14 +372,14 @@ impl Run<'_> {
                 }
                 Load::Window(w) if now < stop => {
                     let mut batch = 0;
-                    while self.pending.len() < w && batch < MAX_BATCH {
+                    while self.client.in_flight() < w && batch < MAX_BATCH {
                         self.issue(now)?;
                         batch += 1;
                     }
                 }
                 _ => {}
             }
-            self.fire_timers(now)?;
+            self.fire_timers()?;
             if now >= next_draw {
                 self.draw(
                     &bar,
@@ -350,7 +388,7 @@ impl Run<'_> {
                 next_draw = now + Duration::from_millis(100);
             }
             let all_started = started >= total;
-            if now >= stop && all_started && self.pending.is_empty() {
+            if now >= stop && all_started && self.client.in_flight() == 0 {
                 break;
             }
             // Sleep until a reply arrives or the next request, resend or redraw is due.
@@ -358,8 +396,8 @@ impl Run<'_> {
             if started < total {
                 wake = wake.min(due(started)).min(stop + LATE_SLACK);
             }
-            if let Some(Reverse((t, _))) = self.timers.peek() {
-                wake = wake.min(*t);
+            if let Some(t) = self.client.poll_timeout() {
+                wake = wake.min(self.base + Duration::from_millis(t));
             }
             let wait = wake.saturating_duration_since(Instant::now());
             if !wait.is_zero() {
@@ -407,8 +445,13 @@ impl Run<'_> {
             r.sent,
             r.answered,
             r.timeouts,
-            self.pending.len()
+            self.client.in_flight()
         ));
+    }
+
+    /// Milliseconds since the run began, the core client's clock.
+    fn now(&self) -> u64 {
+        millis(self.base.elapsed())
     }
 
     /// Start one request that was due at `due`.
@@ -426,144 +469,127 @@ impl Run<'_> {
             (self.rng.random::<[u8; 20]>(), true)
         };
         let key = key_of(&value);
-        let body = match op {
-            Op::Test => Body::Test { key },
-            Op::Set => Body::Set { key, value },
+        let asked = match op {
+            Op::Test => ClientRequest::Test { key },
+            Op::Set => ClientRequest::Set { key, value },
         };
-        let mut id = self.rng.random::<u64>();
-        while self.pending.contains_key(&id) {
-            id = self.rng.random::<u64>();
-        }
-        let mut datagram = [0u8; MAX_DATAGRAM];
-        let len = wire::encode(
-            &Envelope::new(self.opts.cluster_tag, id, body),
-            &mut datagram,
-        )
-        .map_err(|e| U2Error::BadOption(format!("cannot encode a request: {e}")))?
-        .len();
         let portal = self.next_portal;
+        let handle = loop {
+            match self
+                .client
+                .start(self.now(), self.rng.random::<u64>(), asked, portal)
+            {
+                Ok(h) => break h,
+                Err(StartError::IdInUse { .. }) => continue,
+                Err(StartError::Full { .. }) => {
+                    self.report.not_started += 1;
+                    return Ok(());
+                }
+                Err(e @ StartError::NoSuchPortal { .. }) => {
+                    return Err(U2Error::BadOption(e.to_string()));
+                }
+            }
+        };
         self.next_portal = (self.next_portal + 1) % self.opts.portals.len();
-        let now = Instant::now();
-        self.send(&datagram[..len], portal)?;
+        self.meta[handle.0 as usize] = Some(Meta {
+            op,
+            value,
+            fresh,
+            started: due,
+        });
         self.report.sent += 1;
         match (op, fresh) {
             (Op::Set, false) => self.report.reuse_attempted += 1,
             (Op::Test, false) => self.report.earlier_tested.0 += 1,
             _ => {}
         }
-        let next_send = now + self.opts.resend;
-        self.pending.insert(
-            id,
-            Pending {
-                portal,
-                op,
-                key,
-                value,
-                fresh,
-                started: due,
-                next_send,
-                give_up: now + self.opts.timeout,
-                gap: self.opts.resend,
-                datagram,
-                len,
-            },
-        );
-        self.timers.push(Reverse((next_send, id)));
-        Ok(())
+        self.flush()
     }
 
-    fn send(&self, datagram: &[u8], portal: usize) -> Result<(), U2Error> {
-        match self.socket.send_to(datagram, self.opts.portals[portal]) {
-            Ok(_) => Ok(()),
-            // A full socket buffer or an ICMP error from an earlier send: the resend
-            // timer covers it, exactly like a datagram lost on the way.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::ConnectionRefused | ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(())
+    /// Send every datagram the client has ready.
+    fn flush(&mut self) -> Result<(), U2Error> {
+        let mut out = [0u8; MAX_DATAGRAM];
+        while let Some(t) = self.client.poll_transmit(&mut out) {
+            if t.resend {
+                self.report.retransmissions += 1;
             }
-            Err(e) => Err(e.into()),
+            match self.socket.send_to(&out[..t.len], t.to) {
+                Ok(_) => {}
+                // A full socket buffer or an ICMP error from an earlier send: the resend
+                // timer covers it, exactly like a datagram lost on the way.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::WouldBlock
+                            | ErrorKind::ConnectionRefused
+                            | ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
+        Ok(())
     }
 
     /// Resend requests whose timer is due; give up those past their deadline.
-    fn fire_timers(&mut self, now: Instant) -> Result<(), U2Error> {
-        while let Some(&Reverse((t, id))) = self.timers.peek() {
-            if t > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(p) = self.pending.get_mut(&id) else {
-                continue;
-            };
-            if p.next_send != t {
-                continue;
-            }
-            if now >= p.give_up {
-                self.pending.remove(&id);
-                self.report.timeouts += 1;
-                continue;
-            }
-            p.gap = (p.gap * 2).min(self.opts.resend * 4);
-            p.next_send = (now + p.gap).min(p.give_up);
-            let (datagram, len, portal, next) = (p.datagram, p.len, p.portal, p.next_send);
-            self.timers.push(Reverse((next, id)));
-            self.send(&datagram[..len], portal)?;
-            self.report.retransmissions += 1;
-        }
-        Ok(())
+    fn fire_timers(&mut self) -> Result<(), U2Error> {
+        let now = self.now();
+        self.client.handle_timeout(now);
+        self.take_events();
+        self.flush()
     }
 
-    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr, now: Instant) {
-        let Ok(env) = wire::decode(datagram) else {
+    fn on_datagram(&mut self, datagram: &[u8], from: SocketAddr) {
+        let now = self.now();
+        if let Received::Ignored(_) = self.client.handle(now, from, datagram) {
             self.report.stray += 1;
-            return;
-        };
-        let Some(p) = self.pending.get(&env.id) else {
-            self.report.stray += 1;
-            return;
-        };
-        if from != self.opts.portals[p.portal] {
-            self.report.stray += 1;
-            return;
         }
-        let outcome = match env.body {
-            Body::Found { value } if matches(&p.key, &value) => "found".to_string(),
-            Body::NotFound => "not_found".to_string(),
-            Body::Stored => "stored".to_string(),
-            Body::Refused { reason } => format!("refused_{}", reason.name()),
-            // Requests, and a Found whose value does not hash to the key: not an answer.
-            _ => {
-                self.report.stray += 1;
-                return;
-            }
-        };
-        let p = self.pending.remove(&env.id).expect("looked up above");
-        let us = now.saturating_duration_since(p.started).as_micros() as u64;
-        let _ = self.hist.record(us.max(1));
-        let r = &mut self.report;
-        r.answered += 1;
-        let op = match p.op {
-            Op::Test => "test",
-            Op::Set => "set",
-        };
-        *r.outcomes.entry(format!("{op}_{outcome}")).or_default() += 1;
-        match (p.op, p.fresh, env.body) {
-            (_, true, Body::Found { .. }) => r.false_reuse += 1,
-            (Op::Set, false, Body::Found { .. }) => r.reuse_detected += 1,
-            (Op::Test, false, Body::NotFound) => r.earlier_tested.1 += 1,
-            (Op::Set, true, Body::Stored) => {
-                if self.earlier.len() < EARLIER_CAP {
-                    self.earlier.push(p.value);
-                } else {
-                    let i = self.rng.random_range(0..EARLIER_CAP);
-                    self.earlier[i] = p.value;
+        self.take_events();
+    }
+
+    /// Count every finished request.
+    fn take_events(&mut self) {
+        while let Some(event) = self.client.poll_event() {
+            let Event::Finished(f) = event else {
+                continue;
+            };
+            let Some(p) = self.meta[f.request.0 as usize].take() else {
+                continue;
+            };
+            let Outcome::Answered { reply, .. } = f.outcome else {
+                self.report.timeouts += 1;
+                continue;
+            };
+            let outcome = match reply {
+                Reply::Found { .. } => "found".to_string(),
+                Reply::NotFound => "not_found".to_string(),
+                Reply::Stored => "stored".to_string(),
+                Reply::Refused { reason } => format!("refused_{}", reason.name()),
+            };
+            let us = Instant::now()
+                .saturating_duration_since(p.started)
+                .as_micros() as u64;
+            let _ = self.hist.record(us.max(1));
+            let r = &mut self.report;
+            r.answered += 1;
+            let op = match p.op {
+                Op::Test => "test",
+                Op::Set => "set",
+            };
+            *r.outcomes.entry(format!("{op}_{outcome}")).or_default() += 1;
+            match (p.op, p.fresh, reply) {
+                (_, true, Reply::Found { .. }) => r.false_reuse += 1,
+                (Op::Set, false, Reply::Found { .. }) => r.reuse_detected += 1,
+                (Op::Test, false, Reply::NotFound) => r.earlier_tested.1 += 1,
+                (Op::Set, true, Reply::Stored) => {
+                    if self.earlier.len() < EARLIER_CAP {
+                        self.earlier.push(p.value);
+                    } else {
+                        let i = self.rng.random_range(0..EARLIER_CAP);
+                        self.earlier[i] = p.value;
+                    }
                 }
+                _ => {}
             }
-            _ => {}
         }
     }
 
@@ -669,6 +695,8 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dqe_core::hash::Key;
+    use dqe_core::wire::{self, Body};
 
     #[test]
     fn json_has_exactly_the_contract_fields() {

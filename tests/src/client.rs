@@ -1,12 +1,18 @@
 //! A blocking UDP client for the DQE wire: every test that talks to a node (std enforcer or
 //! firmware sim) uses this one, so the reply rules are checked the same way everywhere.
+//!
+//! Test and Set go through the protocol's own client, [`dqe_core::client`] (resends with one
+//! id, which replies count, the SHA1 check of a `Found`); this module moves its datagrams and
+//! keeps the accepted reply's bytes for the wire-rule checks. [`Client::exchange`] is the
+//! raw probe beside it, for bytes no client would send (Get/Put, repeats of exact bytes).
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use dqe_core::client::{self as core_client, ClientConfig, Entry, Event, Received, Schedule};
 use dqe_core::hash::{Key, Value, key_of, word_value};
-use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
+use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Message};
 
 /// The client's default budget per try, and how many tries with the same id.
 pub const TRY_WAIT: Duration = Duration::from_secs(1);
@@ -187,8 +193,7 @@ impl Client {
         body: Body,
         wait: Duration,
     ) -> Option<Reply> {
-        let bytes = encode(&Envelope::new(cluster, id, body));
-        self.exchange(to, &bytes, wait, wait)
+        self.ask_with(to, cluster, id, body, wait, wait)
     }
 
     /// Up to `tries` tries with the same id (cluster 0), `wait` each.
@@ -200,8 +205,71 @@ impl Client {
         tries: u32,
         wait: Duration,
     ) -> Option<Reply> {
-        let bytes = encode(&Envelope::new(0, id, body));
-        self.exchange(to, &bytes, wait, wait * tries)
+        self.ask_with(to, 0, id, body, wait, wait * tries)
+    }
+
+    /// `body` to `to` with id `id`, sent again every `resend` until `budget` runs out: a Test
+    /// or Set through [`dqe_core::client`], anything else through [`Client::exchange`].
+    fn ask_with(
+        &self,
+        to: SocketAddr,
+        cluster: u32,
+        id: u64,
+        body: Body,
+        resend: Duration,
+        budget: Duration,
+    ) -> Option<Reply> {
+        let request = Envelope::new(cluster, id, body);
+        let Message::Client(asked) = body.message() else {
+            return self.exchange(to, &encode(&request), resend, budget);
+        };
+        let millis = |d: Duration| d.as_millis() as u64;
+        let config = ClientConfig {
+            cluster,
+            schedule: Schedule {
+                first_resend: millis(resend),
+                max_gap: millis(resend),
+                max_sends: u32::MAX,
+                per_portal: millis(budget),
+            },
+            portals_per_request: 1,
+        };
+        let mut client = core_client::Client::new(config, [to], [Entry::EMPTY; 1]);
+        let base = Instant::now();
+        let now = || millis(base.elapsed());
+        client
+            .start(now(), id, asked, 0)
+            .expect("one request, one entry");
+        let mut out = [0u8; MAX_DATAGRAM];
+        let mut answer: Option<Vec<u8>> = None;
+        loop {
+            client.handle_timeout(now());
+            while let Some(t) = client.poll_transmit(&mut out) {
+                self.send_raw(t.to, &out[..t.len]);
+            }
+            while let Some(event) = client.poll_event() {
+                let Event::Finished(_) = event else { continue };
+                let bytes = answer.take()?;
+                return Some(Reply {
+                    env: wire::decode(&bytes).expect("accepted, so it decodes"),
+                    len: bytes.len(),
+                    request,
+                    request_len: request.encoded_len(),
+                });
+            }
+            let deadline = client.poll_timeout()?;
+            let wait = Duration::from_millis(deadline.saturating_sub(now()));
+            let Some((bytes, src)) = self.recv_any(wait) else {
+                continue;
+            };
+            if src == to {
+                wire::decode(&bytes)
+                    .unwrap_or_else(|e| panic!("undecodable reply from {to}: {e} ({bytes:?})"));
+            }
+            if let Received::Answer(_) = client.handle(now(), src, &bytes) {
+                answer = Some(bytes);
+            }
+        }
     }
 
     /// `body` under a fresh id with the default retry budget; the reply body.

@@ -6,8 +6,10 @@
 //! reorders, duplicate) into one queue ordered by arrival time. [`Sim::step`] jumps the clock
 //! to the next event (a datagram arriving, a node's deadline, a client's retry), delivers and
 //! fires everything due, and collects what the nodes transmit. A killed node neither receives
-//! nor fires timers (its state and store are kept, like a paused process); clients are plain
-//! addresses whose replies are recorded. Step counts are bounded, so a livelock fails the
+//! nor fires timers (its state and store are kept, like a paused process). Each tracked client
+//! request is a [`dqe_core::client::Client`] at a client address: it sends and resends with one
+//! id and accepts the reply; the simulator also records every reply that reaches it, so tests
+//! can check that a request never gets two different answers. Step counts are bounded, so a livelock fails the
 //! test instead of hanging it.
 //!
 //! Addresses are loopback values only; no socket is ever opened.
@@ -18,6 +20,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use dqe_core::Millis;
+use dqe_core::client::{self, ClientConfig, Entry, Event, NEVER, Schedule};
 use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::detector::Health;
 use dqe_core::hash::{Key, Value, key_of, word_value};
@@ -25,7 +28,7 @@ use dqe_core::node::{Node, NodeConfig, NodeStorage, Port, ReplyCaches};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
 use dqe_core::store::{FixedStore, Slot, Store};
-use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
+use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Message, Reply};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -138,6 +141,9 @@ pub struct Sent {
     pub len: usize,
 }
 
+/// One client request at one portal: the core client that sends it.
+type OneRequest = client::Client<[SocketAddr; 1], [Entry; 1]>;
+
 /// A client request the simulator tracks (and retries, with the same id).
 #[derive(Debug, Clone)]
 pub struct Tracked {
@@ -145,8 +151,10 @@ pub struct Tracked {
     pub portal: usize,
     pub env: Envelope,
     pub sent_at: Millis,
-    next_retry: Option<Millis>,
-    retries_left: u8,
+    /// The core client that sends, resends and accepts.
+    core: OneRequest,
+    /// The reply the core client accepted, once it did.
+    pub accepted: Option<Reply>,
     /// Every reply received, in order, with its arrival time.
     pub replies: Vec<(Millis, Body)>,
 }
@@ -366,24 +374,55 @@ impl<const F: usize> Sim<F> {
 
     /// Like [`Sim::submit`] with a chosen id (a retry of an earlier request, or a clash).
     pub fn submit_with_id(&mut self, client: usize, portal: usize, id: u64, body: Body) -> usize {
-        let env = Envelope::new(0, id, body);
-        self.send_client(client, portal, &env);
+        let Message::Client(asked) = body.message() else {
+            panic!("clients send Test or Set, not {body:?}");
+        };
+        let config = ClientConfig {
+            cluster: 0,
+            schedule: Schedule {
+                first_resend: self.client_retry_interval,
+                max_gap: self.client_retry_interval,
+                max_sends: u32::from(self.client_retries) + 1,
+                per_portal: NEVER,
+            },
+            portals_per_request: 1,
+        };
+        let mut core =
+            client::Client::new(config, [node_addr(portal, Port::Portal)], [Entry::EMPTY; 1]);
+        core.start(self.now, id, asked, 0)
+            .expect("one request, one entry");
         self.tracked.push(Tracked {
             client,
             portal,
-            env,
+            env: Envelope::new(0, id, body),
             sent_at: self.now,
-            next_retry: (self.client_retries > 0).then_some(self.now + self.client_retry_interval),
-            retries_left: self.client_retries,
+            core,
+            accepted: None,
             replies: Vec::new(),
         });
-        self.tracked.len() - 1
+        let h = self.tracked.len() - 1;
+        self.flush_client(h);
+        h
     }
 
-    fn send_client(&mut self, client: usize, portal: usize, env: &Envelope) {
+    /// Send what tracked request `h`'s client has ready; note its answer.
+    fn flush_client(&mut self, h: usize) {
         let mut buf = [0u8; MAX_DATAGRAM];
-        let bytes = wire::encode(env, &mut buf).unwrap().to_vec();
-        self.transmit(client_addr(client), node_addr(portal, Port::Portal), bytes);
+        let mut out = Vec::new();
+        let t = &mut self.tracked[h];
+        while let Some(tx) = t.core.poll_transmit(&mut buf) {
+            out.push((client_addr(t.client), tx.to, buf[..tx.len].to_vec()));
+        }
+        while let Some(event) = t.core.poll_event() {
+            if let Event::Finished(f) = event
+                && let client::Outcome::Answered { reply, .. } = f.outcome
+            {
+                t.accepted = Some(reply);
+            }
+        }
+        for (from, to, bytes) in out {
+            self.transmit(from, to, bytes);
+        }
     }
 
     /// Submit and wait (at most 10 s of virtual time) for the first reply.
@@ -441,11 +480,7 @@ impl<const F: usize> Sim<F> {
         let timers = (0..self.nodes.len())
             .filter(|&i| self.alive[i])
             .filter_map(|i| self.nodes[i].poll_timeout());
-        let retries = self
-            .tracked
-            .iter()
-            .filter(|t| t.replies.is_empty())
-            .filter_map(|t| t.next_retry);
+        let retries = self.tracked.iter().filter_map(|t| t.core.poll_timeout());
         datagram.into_iter().chain(timers).chain(retries).min()
     }
 
@@ -470,14 +505,14 @@ impl<const F: usize> Sim<F> {
             }
         }
         for h in 0..self.tracked.len() {
-            let t = &mut self.tracked[h];
-            if !t.replies.is_empty() || t.next_retry.is_none_or(|at| at > self.now) {
-                continue;
+            if self.tracked[h]
+                .core
+                .poll_timeout()
+                .is_some_and(|at| at <= self.now)
+            {
+                self.tracked[h].core.handle_timeout(self.now);
+                self.flush_client(h);
             }
-            t.retries_left -= 1;
-            t.next_retry = (t.retries_left > 0).then_some(self.now + self.client_retry_interval);
-            let (client, portal, env) = (t.client, t.portal, t.env);
-            self.send_client(client, portal, &env);
         }
         true
     }
@@ -495,12 +530,15 @@ impl<const F: usize> Sim<F> {
         }
         let env = wire::decode(&d.bytes).expect("nodes send only valid datagrams");
         let now = self.now;
-        for t in self.tracked.iter_mut() {
+        for h in 0..self.tracked.len() {
+            let t = &mut self.tracked[h];
             if client_addr(t.client) == d.to
                 && node_addr(t.portal, Port::Portal) == d.from
                 && t.env.id == env.id
             {
                 t.replies.push((now, env.body));
+                t.core.handle(now, d.from, &d.bytes);
+                self.flush_client(h);
             }
         }
     }

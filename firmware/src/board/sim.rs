@@ -102,7 +102,7 @@ pub struct SystemEpoch {
 impl EpochSource for SystemEpoch {
     fn epoch(&mut self) -> Option<u32> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
-        Some((now.as_secs() / u64::from(self.epoch_seconds)) as u32)
+        Some(dqe_core::epoch::epoch_of(now.as_secs(), self.epoch_seconds))
     }
 }
 

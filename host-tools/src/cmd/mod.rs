@@ -46,7 +46,7 @@ pub(crate) fn epochs(a: &EpochArgs, c: &ClientConfig) -> Result<Epochs, Failure>
     if epoch_seconds == 0 {
         return Err(Failure::Usage("--epoch-seconds must be at least 1".into()));
     }
-    let now = (unix_now() / epoch_seconds as u64) as u32;
+    let now = dqe_core::epoch::epoch_of(unix_now(), epoch_seconds);
     Ok(Epochs {
         epoch_seconds,
         grace: a.grace.unwrap_or(c.grace),

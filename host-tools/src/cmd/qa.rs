@@ -34,7 +34,7 @@ pub(crate) fn issue(a: IssueArgs, c: &ClientConfig) -> Result<u8, Failure> {
             "--quota 0 would allow no stamp at all: give at least 1".into(),
         ));
     }
-    let now = (unix_now() / epoch_seconds as u64) as u32;
+    let now = dqe_core::epoch::epoch_of(unix_now(), epoch_seconds);
     let expires = match a.expires {
         Expires::Epoch(e) => e,
         Expires::Days(d) => {

@@ -197,7 +197,7 @@ pub(crate) fn run(a: StatusArgs) -> Result<u8, Failure> {
     let r = usize::from(spec.replication);
     let shares = crate::balance::copy_shares(&names, spec.vnodes, r);
     let now = super::unix_now();
-    let epoch = now / u64::from(spec.epoch_seconds.max(1));
+    let epoch = u64::from(spec.epoch_of(now));
     let mut out = String::new();
     use std::fmt::Write as _;
     let _ = writeln!(

@@ -121,7 +121,7 @@ pub fn epoch() -> &'static str {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_secs();
-        (now / 86_400).to_string()
+        dqe_core::epoch::epoch_of(now, 86_400).to_string()
     })
 }
 

@@ -31,6 +31,6 @@ impl EpochSource for RtcEpoch {
         if seconds < 1_000_000_000 {
             return None;
         }
-        Some((seconds / u64::from(self.epoch_seconds)) as u32)
+        Some(dqe_core::epoch::epoch_of(seconds, self.epoch_seconds))
     }
 }

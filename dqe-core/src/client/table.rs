@@ -1,0 +1,357 @@
+//! The client's table of requests in flight, in storage the caller lends.
+//!
+//! One array of [`Entry`]s carries everything, so a caller sizes one thing (an array on a
+//! board, a `Vec` on a server) and the client never allocates. Each entry plays several
+//! roles at once, each through its own field:
+//! - a *slot* holding at most one request (`request`), free slots on a stack (`link`);
+//! - a *bucket* of the id index (`bucket`: the first slot whose id hashes there, the rest
+//!   chained through `chain`), so a reply finds its request in O(1) expected: ids are random,
+//!   and the index has as many buckets as there are slots;
+//! - a *place* of a binary min-heap of deadlines (`heap`: the slot at that place, `place`:
+//!   where this slot sits), so the earliest deadline is known at once and a change costs
+//!   O(log n), whatever the mix of resend gaps;
+//! - a link of two FIFO queues: slots with a datagram to send (`send_next`) and slots with an
+//!   event to report (`link`, which a free slot uses for the free stack instead).
+
+use crate::Millis;
+
+use super::InFlight;
+
+/// No slot.
+const NONE: u32 = u32::MAX;
+
+/// One entry of a client's table (see the module doc). Lend a client an array of
+/// [`Entry::EMPTY`]; its length is the most requests in flight at once.
+#[derive(Debug, Clone, Copy)]
+pub struct Entry {
+    pub(super) request: Option<InFlight>,
+    deadline: Millis,
+    bucket: u32,
+    chain: u32,
+    heap: u32,
+    place: u32,
+    send_next: u32,
+    link: u32,
+    queued_send: bool,
+    queued_event: bool,
+}
+
+impl Entry {
+    /// An unused entry.
+    pub const EMPTY: Entry = Entry {
+        request: None,
+        deadline: 0,
+        bucket: NONE,
+        chain: NONE,
+        heap: NONE,
+        place: NONE,
+        send_next: NONE,
+        link: NONE,
+        queued_send: false,
+        queued_event: false,
+    };
+}
+
+/// A FIFO queue of slots threaded through one link field.
+#[derive(Debug, Clone, Copy)]
+struct Queue {
+    head: u32,
+    tail: u32,
+}
+
+impl Queue {
+    const EMPTY: Queue = Queue {
+        head: NONE,
+        tail: NONE,
+    };
+}
+
+/// The table over lent entries `S`.
+#[derive(Debug, Clone)]
+pub(super) struct Table<S> {
+    entries: S,
+    len: usize,
+    free: u32,
+    heap_len: u32,
+    sends: Queue,
+    events: Queue,
+}
+
+impl<S: AsRef<[Entry]> + AsMut<[Entry]>> Table<S> {
+    /// A table over `entries` (whatever they held is overwritten); at most `u32::MAX - 1` are
+    /// used.
+    pub(super) fn new(mut entries: S) -> Self {
+        let all = entries.as_mut();
+        let n = all.len().min(NONE as usize - 1);
+        for (i, e) in all.iter_mut().enumerate() {
+            *e = Entry::EMPTY;
+            e.link = if i + 1 < n { i as u32 + 1 } else { NONE };
+        }
+        Table {
+            entries,
+            len: 0,
+            free: if n > 0 { 0 } else { NONE },
+            heap_len: 0,
+            sends: Queue::EMPTY,
+            events: Queue::EMPTY,
+        }
+    }
+
+    fn e(&self, slot: u32) -> &Entry {
+        &self.entries.as_ref()[slot as usize]
+    }
+
+    fn e_mut(&mut self, slot: u32) -> &mut Entry {
+        &mut self.entries.as_mut()[slot as usize]
+    }
+
+    /// How many requests the table holds at most.
+    pub(super) fn capacity(&self) -> usize {
+        self.entries.as_ref().len().min(NONE as usize - 1)
+    }
+
+    /// Requests held now (finished ones until their result is taken).
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn get(&self, slot: u32) -> Option<&InFlight> {
+        self.entries.as_ref().get(slot as usize)?.request.as_ref()
+    }
+
+    pub(super) fn get_mut(&mut self, slot: u32) -> Option<&mut InFlight> {
+        self.entries
+            .as_mut()
+            .get_mut(slot as usize)?
+            .request
+            .as_mut()
+    }
+
+    fn bucket_of(&self, id: u64) -> u32 {
+        // Ids are random, but a caller may choose small ones: mix before reducing.
+        let mixed = id.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        (mixed % self.capacity() as u64) as u32
+    }
+
+    /// Put `request` in a free slot and index it by id; `None` when every slot is taken.
+    pub(super) fn insert(&mut self, request: InFlight) -> Option<u32> {
+        let slot = self.free;
+        if slot == NONE {
+            return None;
+        }
+        self.free = self.e(slot).link;
+        let bucket = self.bucket_of(request.id);
+        let head = self.e(bucket).bucket;
+        let e = self.e_mut(slot);
+        e.request = Some(request);
+        e.link = NONE;
+        e.chain = head;
+        self.e_mut(bucket).bucket = slot;
+        self.len += 1;
+        Some(slot)
+    }
+
+    /// The slot of the indexed request with id `id`.
+    pub(super) fn find(&self, id: u64) -> Option<u32> {
+        if self.capacity() == 0 {
+            return None;
+        }
+        let mut slot = self.e(self.bucket_of(id)).bucket;
+        while slot != NONE {
+            let e = self.e(slot);
+            if e.request.as_ref().is_some_and(|r| r.id == id) {
+                return Some(slot);
+            }
+            slot = e.chain;
+        }
+        None
+    }
+
+    /// Take `slot` out of the id index and the deadline heap: it is finished, and replies
+    /// or timers must no longer reach it.
+    pub(super) fn retire(&mut self, slot: u32) {
+        self.set_deadline(slot, None);
+        let Some(id) = self.get(slot).map(|r| r.id) else {
+            return;
+        };
+        let bucket = self.bucket_of(id);
+        let next = self.e(slot).chain;
+        if self.e(bucket).bucket == slot {
+            self.e_mut(bucket).bucket = next;
+        } else {
+            let mut at = self.e(bucket).bucket;
+            while at != NONE {
+                if self.e(at).chain == slot {
+                    self.e_mut(at).chain = next;
+                    break;
+                }
+                at = self.e(at).chain;
+            }
+        }
+        self.e_mut(slot).chain = NONE;
+    }
+
+    /// Free `slot` (already retired). A stale place in the send queue is harmless: the queue
+    /// skips slots with nothing to send.
+    pub(super) fn release(&mut self, slot: u32) {
+        debug_assert!(!self.e(slot).queued_event, "released with an event pending");
+        let free = self.free;
+        let e = self.e_mut(slot);
+        if e.request.take().is_some() {
+            e.link = free;
+            self.free = slot;
+            self.len -= 1;
+        }
+    }
+
+    // --- deadlines: a binary min-heap of slots by deadline -------------------------------
+
+    /// The earliest deadline and its slot.
+    pub(super) fn first_deadline(&self) -> Option<(Millis, u32)> {
+        (self.heap_len > 0).then(|| {
+            let slot = self.e(0).heap;
+            (self.e(slot).deadline, slot)
+        })
+    }
+
+    /// Give `slot` deadline `at`, or none.
+    pub(super) fn set_deadline(&mut self, slot: u32, at: Option<Millis>) {
+        let place = self.e(slot).place;
+        match (place, at) {
+            (NONE, None) => {}
+            (NONE, Some(t)) => {
+                let p = self.heap_len;
+                self.heap_len += 1;
+                self.e_mut(slot).deadline = t;
+                self.put(p, slot);
+                self.sift_up(p);
+            }
+            (p, Some(t)) => {
+                self.e_mut(slot).deadline = t;
+                self.sift_up(p);
+                let p = self.e(slot).place;
+                self.sift_down(p);
+            }
+            (p, None) => {
+                self.heap_len -= 1;
+                let last = self.e(self.heap_len).heap;
+                self.e_mut(self.heap_len).heap = NONE;
+                self.e_mut(slot).place = NONE;
+                if last != slot {
+                    self.put(p, last);
+                    self.sift_up(p);
+                    let p = self.e(last).place;
+                    self.sift_down(p);
+                }
+            }
+        }
+    }
+
+    fn put(&mut self, place: u32, slot: u32) {
+        self.e_mut(place).heap = slot;
+        self.e_mut(slot).place = place;
+    }
+
+    fn at(&self, place: u32) -> Millis {
+        self.e(self.e(place).heap).deadline
+    }
+
+    fn swap(&mut self, a: u32, b: u32) {
+        let (sa, sb) = (self.e(a).heap, self.e(b).heap);
+        self.put(a, sb);
+        self.put(b, sa);
+    }
+
+    fn sift_up(&mut self, mut p: u32) {
+        while p > 0 {
+            let parent = (p - 1) / 2;
+            if self.at(parent) <= self.at(p) {
+                break;
+            }
+            self.swap(parent, p);
+            p = parent;
+        }
+    }
+
+    fn sift_down(&mut self, mut p: u32) {
+        loop {
+            let (l, r) = (2 * p + 1, 2 * p + 2);
+            let mut least = p;
+            if l < self.heap_len && self.at(l) < self.at(least) {
+                least = l;
+            }
+            if r < self.heap_len && self.at(r) < self.at(least) {
+                least = r;
+            }
+            if least == p {
+                return;
+            }
+            self.swap(p, least);
+            p = least;
+        }
+    }
+
+    // --- queues --------------------------------------------------------------------------
+
+    /// Queue `slot` to send its request (once, however often it is asked).
+    pub(super) fn queue_send(&mut self, slot: u32) {
+        if self.e(slot).queued_send {
+            return;
+        }
+        self.e_mut(slot).queued_send = true;
+        self.e_mut(slot).send_next = NONE;
+        match self.sends.tail {
+            NONE => self.sends.head = slot,
+            tail => self.e_mut(tail).send_next = slot,
+        }
+        self.sends.tail = slot;
+    }
+
+    /// The next slot queued to send.
+    pub(super) fn pop_send(&mut self) -> Option<u32> {
+        let slot = self.sends.head;
+        if slot == NONE {
+            return None;
+        }
+        self.sends.head = self.e(slot).send_next;
+        if self.sends.head == NONE {
+            self.sends.tail = NONE;
+        }
+        self.e_mut(slot).queued_send = false;
+        Some(slot)
+    }
+
+    /// Queue `slot` to report an event (once, however often it is asked).
+    pub(super) fn queue_event(&mut self, slot: u32) {
+        if self.e(slot).queued_event {
+            return;
+        }
+        self.e_mut(slot).queued_event = true;
+        self.e_mut(slot).link = NONE;
+        match self.events.tail {
+            NONE => self.events.head = slot,
+            tail => self.e_mut(tail).link = slot,
+        }
+        self.events.tail = slot;
+    }
+
+    /// The first slot with an event to report.
+    pub(super) fn first_event(&self) -> Option<u32> {
+        (self.events.head != NONE).then_some(self.events.head)
+    }
+
+    /// Take the first slot off the event queue.
+    pub(super) fn pop_event(&mut self) {
+        let slot = self.events.head;
+        if slot == NONE {
+            return;
+        }
+        self.events.head = self.e(slot).link;
+        if self.events.head == NONE {
+            self.events.tail = NONE;
+        }
+        let e = self.e_mut(slot);
+        e.queued_event = false;
+        e.link = NONE;
+    }
+}
