@@ -27,8 +27,8 @@ const UNDECODABLE: [&str; 7] = [
 ];
 
 /// Growth of the node's RSS allowed over the main storm, after a warm-up storm longer than the
-/// retry window (so the reply caches have cycled): a leak of 100
-/// bytes a datagram would be 2 MB.
+/// retry window (so the reply caches have cycled): a leak of 100 bytes a datagram would be
+/// 3 MB over the 30,000 datagrams of the main storm.
 const RSS_SLACK_KIB: u64 = 1024;
 
 /// One scrape of `/metrics`.
