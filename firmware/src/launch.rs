@@ -196,14 +196,24 @@ impl fmt::Display for Counters {
         write!(
             f,
             "counters: backend {:?}; firewall {:?}; node refused_busy={} busy_queue_full={} \
-             drop_queue_full={} deferred_timeouts={} drop_amplification={}",
+             drop_queue_full={} deferred_timeouts={} drop_amplification={} drop_undecodable={} \
+             drop_reply_on_wrong_port={}",
             self.backend,
             self.firewall,
             n.refused_busy,
             n.busy_queue_full,
             n.drop_queue_full,
             n.deferred_timeouts,
-            n.drop_amplification
+            n.drop_amplification,
+            // Datagrams that did not decode (PROTOCOL.md rule 1), whatever the reason.
+            n.drop_short
+                + n.drop_bad_version
+                + n.drop_unknown_variant
+                + n.drop_bad_varint
+                + n.drop_non_canonical
+                + n.drop_trailing
+                + n.drop_malformed,
+            n.drop_reply_on_wrong_port
         )
     }
 }

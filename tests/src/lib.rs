@@ -4,11 +4,15 @@
 //!   binaries of a test's own package);
 //! - [`client`]: a blocking UDP client for the DQE wire;
 //! - [`process`]: child processes killed on drop, bounded waits and runs;
-//! - [`ports`]: free loopback ports from a per-file range, cluster files.
+//! - [`ports`]: free loopback ports from a per-file range, cluster files;
+//! - [`storm`]: a bounded storm of random and mutated datagrams against a live node;
+//! - [`netns`]: network namespaces with a TAP device, for the firmware `sim` node.
 
 pub mod client;
+pub mod netns;
 pub mod ports;
 pub mod process;
+pub mod storm;
 
 pub use client::{Client, Reply, encode, fresh_id, pair};
 pub use ports::{PortRange, cluster_toml, loopback, node_addrs};

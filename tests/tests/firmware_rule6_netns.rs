@@ -3,21 +3,17 @@
 //! board served meanwhile, on the portal port (SET) and the storer port (PUT), and beyond the
 //! board's stated write rate new writes are refused `Busy` rather than a reply forgotten.
 //!
-//! The namespace plumbing is the one of `firmware_netns.rs`, cut to what these tests need: a
-//! namespace `dqe-r6-<pid>-<n>` with `tap0` at 10.78.0.1/24, the board at 10.78.0.2, client
-//! sockets made from a thread inside it, the namespace deleted on drop. Without root, `ip` or
-//! `/dev/net/tun` the tests print `SKIPPED` and why, and pass.
+//! The namespace plumbing is [`dqe_tests::netns`]: a namespace `dqe-r6-<pid>-<n>` with `tap0`
+//! at 10.78.0.1/24, the board at 10.78.0.2, client sockets made from a thread inside it, the
+//! namespace deleted on drop. Without root, `ip` or `/dev/net/tun` the tests print `SKIPPED`
+//! and why, and pass; with `DQE_CI=1` (set by `.ci/run`) they fail.
 
-use std::fs::File;
-use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use dqe_core::wire::{Body, Envelope, Reason};
-use dqe_tests::{ChildGuard, cluster_toml, encode, fresh_id, node_addrs};
+use dqe_tests::netns::{self, Netns, Proc};
+use dqe_tests::{cluster_toml, encode, fresh_id, node_addrs};
 
 /// The kernel's end of the TAP device.
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
@@ -31,121 +27,18 @@ const BOARD_WRITES_PER_WINDOW: usize = 40;
 /// Reads between a write and its retry: more than the 24 replies the board used to remember.
 const READS: usize = 40;
 
-/// A network namespace with a TAP device, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-fn missing_prerequisite() -> Option<String> {
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some("not root (network namespaces and TAP devices need root)".into());
-    }
-    if !Path::new("/dev/net/tun").exists() {
-        return Some("no /dev/net/tun (no TUN/TAP support)".into());
-    }
-    match Command::new("ip").arg("-V").output() {
-        Ok(o) if o.status.success() => None,
-        _ => Some("the `ip` command (iproute2) is missing".into()),
-    }
-}
-
-fn run_ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .map_err(|e| format!("ip {}: {e}", args.join(" ")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
-
-impl Netns {
-    fn with_tap() -> Result<Netns, String> {
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "dqe-r6-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        );
-        run_ip(&["netns", "add", &name])?;
-        let ns = Netns { name };
-        for args in [
-            &["link", "set", "lo", "up"][..],
-            &["tuntap", "add", "name", "tap0", "mode", "tap"],
-            &["addr", "add", &format!("{HOST_IP}/24"), "dev", "tap0"],
-            &["link", "set", "tap0", "up"],
-        ] {
-            let mut all = vec!["-n", ns.name.as_str()];
-            all.extend_from_slice(args);
-            run_ip(&all)?;
-        }
-        Ok(ns)
-    }
-
-    /// A UDP socket inside the namespace (made by a thread that entered it).
-    fn udp_socket(&self) -> UdpSocket {
-        let path = format!("/var/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let ns = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-            // SAFETY: a valid namespace fd; setns affects only this short-lived thread.
-            let rc = unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-            UdpSocket::bind("0.0.0.0:0").expect("bind client socket in the namespace")
-        })
-        .join()
-        .expect("namespace thread")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        if let Err(e) = run_ip(&["netns", "del", &self.name]) {
-            eprintln!("cleanup: {e}");
-        }
-    }
-}
-
-/// The board process, killed on drop; its log is printed if the test failed.
+/// The board process and its ports; the scratch directory lives as long as it.
 struct Board {
-    child: ChildGuard,
-    log: PathBuf,
+    _proc: Proc,
     portal: SocketAddr,
     storer: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
-impl Drop for Board {
-    fn drop(&mut self) {
-        self.child.kill9();
-        if std::thread::panicking() {
-            eprintln!(
-                "---- board log ----\n{}",
-                std::fs::read_to_string(&self.log).unwrap_or_default()
-            );
-        }
-    }
-}
-
-/// A namespace and a one-board cluster (r = 1) answering on its portal, or `None` (skipped).
+/// A namespace and a one-board cluster (r = 1) answering on its portal, or `None` (skipped;
+/// in CI, `DQE_CI=1`, a missing prerequisite fails instead).
 fn board_or_skip(test: &str) -> Option<(Netns, Board)> {
-    if let Some(why) = missing_prerequisite() {
-        eprintln!("SKIPPED {test}: {why}");
-        return None;
-    }
-    let ns = match Netns::with_tap() {
-        Ok(ns) => ns,
-        Err(why) => {
-            eprintln!("SKIPPED {test}: cannot set up a network namespace with a TAP device: {why}");
-            return None;
-        }
-    };
+    let ns = netns::netns_or_skip(test, || Netns::with_tap("dqe-r6-", HOST_IP))?;
     let dir = tempfile::tempdir().expect("tempdir");
     let [portal, storer, source] = node_addrs(BOARD_IP, 7101);
     let config = dir.path().join("cluster.toml");
@@ -154,49 +47,22 @@ fn board_or_skip(test: &str) -> Option<(Netns, Board)> {
         cluster_toml(1, &[("fw", [portal, storer, source])]),
     )
     .unwrap();
-    let log = dir.path().join("fw.log");
-    let out = File::create(&log).expect("log file");
-    let err = out.try_clone().expect("log file");
-    let bin = dqe_tests::bin("dqe-fw-sim");
-    let args = [
-        "--tap".into(),
-        "tap0".into(),
-        "--address".into(),
-        format!("{BOARD_IP}/24"),
-        "--config".into(),
-        config.display().to_string(),
-        "--node".into(),
-        "fw".into(),
-        "--capacity".into(),
-        "1024".into(),
-    ];
-    let child = ChildGuard::spawn(
-        Command::new("ip")
-            .args(["netns", "exec", &ns.name])
-            .arg(bin)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err),
-    );
-    let mut board = Board {
-        child,
-        log,
-        portal,
-        storer,
-        _dir: dir,
-    };
+    let mut proc = netns::start_firmware(&ns, dir.path(), &config, "fw", BOARD_IP, 1024);
     let c = Client::new(&ns);
     let end = Instant::now() + Duration::from_secs(60);
     while c
         .try_once(portal, fresh_id(), Body::Test { key: [0; 20] })
         .is_none()
     {
-        if let Some(status) = board.child.exited() {
-            panic!("dqe-fw-sim exited early with {status}");
-        }
+        proc.assert_running();
         assert!(Instant::now() < end, "the board never answered");
     }
+    let board = Board {
+        _proc: proc,
+        portal,
+        storer,
+        _dir: dir,
+    };
     Some((ns, board))
 }
 
