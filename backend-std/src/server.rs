@@ -262,6 +262,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
     let epoch = cfg.spec.epoch_of(unix_seconds());
     let mut opts = DurableOptions::new(&cfg.data_dir);
     opts.sync_mode = cfg.sync_mode;
+    opts.sync_interval = cfg.sync_interval;
     let oldest = cfg.spec.oldest_retained(epoch);
     let (store, recovery) = blocking(move || DurableStore::open(opts, oldest)).await?;
     let build_cfg = cfg.clone();
@@ -277,6 +278,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         epoch,
         data_dir = %cfg.data_dir.display(),
         fsync = ?cfg.sync_mode,
+        fsync_interval_ms = cfg.sync_interval.as_millis() as u64,
         recovered_records = recovery.records,
         segments = recovery.segments,
         discarded_bytes = recovery.discarded_bytes,
@@ -383,6 +385,12 @@ impl Server {
                 .map(|t| self.start + Duration::from_millis(t))
                 .into_iter()
                 .chain(self.node.store().retry_at().filter(|_| self.sync.is_none()))
+                .chain(
+                    self.node
+                        .store()
+                        .sync_due_at()
+                        .filter(|_| self.sync.is_none()),
+                )
                 .chain(stopping.map(|s| s + drain))
                 .chain(Some(self.next_housekeeping))
                 .min()
@@ -513,10 +521,25 @@ impl Server {
         self.metrics
             .replies_waiting_for_sync
             .store(self.held.len() as u64, Relaxed);
-        let oldest = self.held.front().filter(|h| h.seq > durable);
-        self.metrics
-            .oldest_unsynced_since_ms
-            .store(oldest.map_or(0, |h| h.at_ms), Relaxed);
+        self.export_oldest_unsynced();
+    }
+
+    /// The age of the oldest write not on disk: the oldest reply held for its batch, or (mode
+    /// `interval`) the oldest record written to a file and not yet fsynced, whichever is older.
+    fn export_oldest_unsynced(&self) {
+        let durable = self.node.durable_mark();
+        let held = self
+            .held
+            .front()
+            .filter(|h| h.seq > durable)
+            .map(|h| h.at_ms);
+        let written = self.node.store().unsynced_since().map(|t| {
+            metrics::mono_ms()
+                .saturating_sub(t.elapsed().as_millis() as u64)
+                .max(1)
+        });
+        let oldest = held.into_iter().chain(written).min().unwrap_or(0);
+        self.metrics.oldest_unsynced_since_ms.store(oldest, Relaxed);
     }
 
     async fn send(&mut self, h: &Held) {
