@@ -66,6 +66,8 @@ pub const IN_FLIGHT: usize = 1024;
 pub const BATCH: usize = 64;
 /// Transmits held for a group commit at most; beyond it the loop stops reading.
 pub const MAX_HELD: usize = 8192;
+/// Time a housekeeping round (every 100 ms) may spend freeing expired index slots.
+const SWEEP_BUDGET: Duration = Duration::from_millis(1);
 /// Arrival times remembered, by datagram number: a reply more datagrams later than this is
 /// timed from the node's millisecond clock instead.
 const ARRIVALS: usize = 65_536;
@@ -652,8 +654,16 @@ impl Server {
         let node = &self.node;
         self.peers
             .poll_health(|i| node.health_transitions(i), &self.metrics);
+        self.sweep_expired();
         self.export();
         self.metrics.beat();
+    }
+
+    /// Free index slots of expired epochs for at most [`SWEEP_BUDGET`] a round: an epoch
+    /// change marks them absent at once but never scans the whole index in one go.
+    fn sweep_expired(&mut self) {
+        let until = Instant::now() + SWEEP_BUDGET;
+        while Instant::now() < until && self.node.store_mut().expire_step() {}
     }
 
     fn export(&self) {

@@ -290,6 +290,13 @@ impl DurableStore {
         self.segments.values().map(|s| s.len).sum()
     }
 
+    /// Free the slots of one more index shard of epochs an `expire` dropped; false once
+    /// none is left (the server calls this a bounded number of times per round, see
+    /// [`Index::expire`]).
+    pub fn expire_step(&mut self) -> bool {
+        self.index.expire_step()
+    }
+
     /// Bytes of index tables.
     pub fn index_bytes(&self) -> usize {
         self.index.table_bytes()
