@@ -17,8 +17,12 @@
 //! - Each table lives in its own anonymous memory map, so a table given up when its shard grows
 //!   goes straight back to the kernel: RSS tracks the live tables, not allocator fragments.
 //!
-//! Expiry keeps the slot, marks it deleted, and rebases every offset, so the epoch offset of a
-//! live pair is at most `retain_epochs` (<= [`MAX_EPOCH_SPAN`]).
+//! Expiry is lazy, so an epoch change does not scan the whole index on the event loop: it
+//! moves the index's base, and a pair whose epoch (its shard's base plus its offset) lies
+//! before that base reads as absent at once. Each shard keeps its own base and is swept (slots
+//! marked deleted, offsets rebased) one at a time, by [`Index::expire_step`] or by the next
+//! write to it, so the epoch offset of a live pair stays at most `retain_epochs`
+//! (<= [`MAX_EPOCH_SPAN`]) and `len` counts expired pairs only until their shard is swept.
 
 use dqe_core::hash::key_of;
 use dqe_core::{Key, Value};
