@@ -6,7 +6,9 @@
 //! loopback_bench --target 127.0.0.1:8101 --mode set  --seconds 10 --window 32
 //! loopback_bench --target 127.0.0.1:8101 --mode test --seconds 10 --window 32
 //! loopback_bench --target 127.0.0.1:9301 --mode echo --seconds 10 --window 32
+//! loopback_bench --target 127.0.0.1:8101 --mode mix  --seconds 10 --window 32
 //! ```
+//! `mix` alternates SETs and TESTs of fresh words (against `null_node` too, the floor);
 //! `set` sends fresh words (each SET answers `Stored`); `test` asks for words a `set` run
 //! with the same `--prefix` stored (`--keys N` of them, cycled), or fresh words without
 //! `--keys`; `echo` sends TEST datagrams to an echo server, which returns them unchanged.
@@ -27,6 +29,8 @@ enum Mode {
     Test,
     Set,
     Echo,
+    /// Half SETs of fresh words, half TESTs of fresh words (`NotFound`), alternating.
+    Mix,
 }
 
 #[derive(Debug, Parser)]
@@ -87,7 +91,8 @@ fn main() -> anyhow::Result<()> {
         let k = key_of(&v);
         let body = match args.mode {
             Mode::Set => Body::Set { key: k, value: v },
-            Mode::Test | Mode::Echo => Body::Test { key: k },
+            Mode::Mix if next_word.is_multiple_of(2) => Body::Set { key: k, value: v },
+            Mode::Test | Mode::Echo | Mode::Mix => Body::Test { key: k },
         };
         let id: u64 = rng.random();
         let mut out = [0u8; MAX_DATAGRAM];

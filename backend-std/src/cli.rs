@@ -6,11 +6,13 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 
 use crate::durable::SyncMode;
 use dqe_config::cluster::{self as config_file, Cluster, ConfigFileError};
+use dqe_config::storage::{Fsync, MAX_INTERVAL_MS, Storage};
 
 /// Portal port of `--dev`; storer and source follow it.
 pub const DEV_PORT_BASE: u16 = 8101;
@@ -55,10 +57,19 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub metrics: Option<SocketAddr>,
 
-    /// When a write is made durable: `always` fsyncs before a reply that depends on it is sent
-    /// (group commit); `never` skips fsync (a machine crash may lose acknowledged pairs).
-    #[arg(long, value_name = "MODE", value_enum, default_value_t = SyncMode::Always)]
-    pub fsync: SyncMode,
+    /// When a write is made durable, over the cluster file's `[storage] fsync` [default:
+    /// always]: `always` fsyncs before a reply that depends on it is sent (group commit);
+    /// `interval` writes the record to the file before the reply and fsyncs at most
+    /// --fsync-interval-ms later (a machine crash loses at most that window); `never` writes
+    /// but never fsyncs (a machine crash may lose whatever the OS had not written back).
+    #[arg(long, value_name = "MODE", value_enum)]
+    pub fsync: Option<SyncMode>,
+
+    /// With `interval`: the longest a written record waits for its fsync, over the cluster
+    /// file's `[storage] interval_ms` [default: 10].
+    #[arg(long, value_name = "MS",
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_INTERVAL_MS)))]
+    pub fsync_interval_ms: Option<u32>,
 
     /// Milliseconds the node keeps serving work in flight after SIGINT/SIGTERM.
     #[arg(long, value_name = "MS", default_value_t = 500)]
@@ -97,33 +108,82 @@ pub struct RunConfig {
     pub metrics: Option<SocketAddr>,
     /// When writes are made durable.
     pub sync_mode: SyncMode,
+    /// With [`SyncMode::Interval`]: the longest a written record waits for its fsync.
+    pub sync_interval: Duration,
     /// How long to keep serving in-flight work after a stop signal, in ms.
     pub drain_ms: u64,
     /// Writes a second whose replies are remembered for the retry window (`--write-rate`).
     pub write_rate: u32,
 }
 
+/// Why the command line cannot run a node.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The cluster file is unreadable or refused.
+    #[error(transparent)]
+    File(#[from] ConfigFileError),
+    /// `--fsync-interval-ms` for a node whose policy is not `interval`.
+    #[error(
+        "--fsync-interval-ms applies only to --fsync interval (this node's fsync is `{0}`, from {1}); add --fsync interval or drop --fsync-interval-ms"
+    )]
+    IntervalWithoutInterval(&'static str, &'static str),
+}
+
+impl SyncMode {
+    fn of(fsync: Fsync) -> SyncMode {
+        match fsync {
+            Fsync::Always => SyncMode::Always,
+            Fsync::Interval => SyncMode::Interval,
+            Fsync::Never => SyncMode::Never,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            SyncMode::Always => "always",
+            SyncMode::Interval => "interval",
+            SyncMode::Never => "never",
+        }
+    }
+}
+
 impl Cli {
     /// Load the cluster file (if any) and find this node.
-    pub fn resolve(&self) -> Result<RunConfig, ConfigFileError> {
-        let (spec, me, default_dir) = match (&self.config, &self.node) {
+    pub fn resolve(&self) -> Result<RunConfig, ResolveError> {
+        let (spec, me, default_dir, storage) = match (&self.config, &self.node) {
             (Some(path), Some(name)) => {
                 let spec = config_file::load(path)?;
                 let me = config_file::find_node(path, &spec, name)?;
-                (spec, me, PathBuf::from("dqe-data").join(name))
+                let storage = config_file::load_storage(path, usize::from(me))?;
+                (spec, me, PathBuf::from("dqe-data").join(name), storage)
             }
+            // A one-node cluster has no copy elsewhere: every write is synced.
             _ => (
                 config_file::dev_cluster(self.port_base),
                 0,
                 PathBuf::from("dqe-data"),
+                Storage::default(),
             ),
         };
+        let (sync_mode, from) = match self.fsync {
+            Some(mode) => (mode, "the command line"),
+            None if self.config.is_some() => (SyncMode::of(storage.fsync), "the cluster file"),
+            None => (SyncMode::of(storage.fsync), "--dev's default"),
+        };
+        if self.fsync_interval_ms.is_some() && sync_mode != SyncMode::Interval {
+            return Err(ResolveError::IntervalWithoutInterval(
+                sync_mode.name(),
+                from,
+            ));
+        }
+        let interval_ms = self.fsync_interval_ms.unwrap_or(storage.interval_ms);
         Ok(RunConfig {
             spec,
             me,
             data_dir: self.data_dir.clone().unwrap_or(default_dir),
             metrics: self.metrics,
-            sync_mode: self.fsync,
+            sync_mode,
+            sync_interval: Duration::from_millis(u64::from(interval_ms)),
             drain_ms: self.drain_ms,
             write_rate: self.write_rate,
         })
@@ -175,6 +235,52 @@ mod tests {
             (9000, 9001, 9002)
         );
         assert_eq!(run.sync_mode, SyncMode::Never);
+    }
+
+    /// Issue 10: the policy comes from the node's `[storage]` table, the command line wins.
+    #[test]
+    fn the_fsync_policy_comes_from_the_file_and_the_command_line_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[storage]\nfsync = \"interval\"\ninterval_ms = 20\n[cluster]\nreplication = 2\n\
+             [[nodes]]\nname = \"a\"\nportal = \"127.0.0.1:1\"\nstorer = \"127.0.0.1:2\"\nsource = \"127.0.0.1:3\"\n\
+             [[nodes]]\nname = \"b\"\nportal = \"127.0.0.1:4\"\nstorer = \"127.0.0.1:5\"\nsource = \"127.0.0.1:6\"\n\
+             [nodes.storage]\nfsync = \"never\"\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let run = |extra: &[&str]| {
+            let mut args = vec!["dqe-enforcer", "--config", file];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).unwrap().resolve()
+        };
+        let a = run(&["--node", "a"]).unwrap();
+        assert_eq!(
+            (a.sync_mode, a.sync_interval),
+            (SyncMode::Interval, Duration::from_millis(20))
+        );
+        assert_eq!(run(&["--node", "b"]).unwrap().sync_mode, SyncMode::Never);
+        let over = run(&["--node", "a", "--fsync-interval-ms", "5"]).unwrap();
+        assert_eq!(over.sync_interval, Duration::from_millis(5));
+        let always = run(&["--node", "a", "--fsync", "always"]).unwrap();
+        assert_eq!(always.sync_mode, SyncMode::Always);
+        let e = run(&["--node", "b", "--fsync-interval-ms", "5"]).unwrap_err();
+        assert!(
+            e.to_string().contains("`never`, from the cluster file"),
+            "{e}"
+        );
+        let dev = Cli::try_parse_from(["dqe-enforcer", "--dev", "--fsync", "interval"]).unwrap();
+        let dev = dev.resolve().unwrap();
+        assert_eq!(
+            (dev.sync_mode, dev.sync_interval),
+            (SyncMode::Interval, Duration::from_millis(10))
+        );
+        for bad in ["0", "60001", "x"] {
+            let e = Cli::try_parse_from(["dqe-enforcer", "--dev", "--fsync-interval-ms", bad]);
+            assert!(e.unwrap_err().to_string().contains("--fsync-interval-ms"));
+        }
     }
 
     /// Issue 8 item 13: `--port-base 65535` wrapped to ports 0 and 1.

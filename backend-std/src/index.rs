@@ -17,8 +17,12 @@
 //! - Each table lives in its own anonymous memory map, so a table given up when its shard grows
 //!   goes straight back to the kernel: RSS tracks the live tables, not allocator fragments.
 //!
-//! Expiry keeps the slot, marks it deleted, and rebases every offset, so the epoch offset of a
-//! live pair is at most `retain_epochs` (<= [`MAX_EPOCH_SPAN`]).
+//! Expiry is lazy, so an epoch change does not scan the whole index on the event loop: it
+//! moves the index's base, and a pair whose epoch (its shard's base plus its offset) lies
+//! before that base reads as absent at once. Each shard keeps its own base and is swept (slots
+//! marked deleted, offsets rebased) one at a time, by [`Index::expire_step`] or by the next
+//! write to it, so the epoch offset of a live pair stays at most `retain_epochs`
+//! (<= [`MAX_EPOCH_SPAN`]) and `len` counts expired pairs only until their shard is swept.
 
 use dqe_core::hash::key_of;
 use dqe_core::{Key, Value};
@@ -65,7 +69,7 @@ struct Slot {
     value: Value,
     /// A byte of the key ([`tag_of`]), or [`EMPTY`] or [`DELETED`].
     tag: u8,
-    /// The pair's epoch minus the index's base epoch.
+    /// The pair's epoch minus its shard's base epoch.
     offset: u8,
 }
 
@@ -84,6 +88,8 @@ struct Shard {
     slots: usize,
     live: usize,
     deleted: usize,
+    /// The epoch slot offsets count from; below the index's base until the shard is swept.
+    base: u32,
 }
 
 /// The compact, exact, growable map from key to (value, epoch).
@@ -92,6 +98,8 @@ pub struct Index {
     shards: Vec<Shard>,
     base: u32,
     len: usize,
+    /// The next shard [`Index::expire_step`] looks at ([`SHARDS`]: none behind).
+    sweep_next: usize,
 }
 
 fn tag_of(key: &Key) -> u8 {
@@ -124,6 +132,7 @@ impl Shard {
             slots,
             live: 0,
             deleted: 0,
+            base: 0,
         })
     }
 
@@ -190,6 +199,7 @@ impl Shard {
             .div_ceil(REBUILT_LOAD_PCT)
             .max(MIN_SLOTS);
         let mut fresh = Shard::new(want)?;
+        fresh.base = self.base;
         for s in self.table().iter().filter(|s| s.is_live()) {
             let key = key_of(&s.value);
             let mut j = home_of(&key, fresh.slots);
@@ -202,22 +212,58 @@ impl Shard {
         *self = fresh;
         Ok(())
     }
+
+    /// Drop the pairs stored before `oldest_kept` and count offsets from it; the pairs
+    /// dropped.
+    fn expire_to(&mut self, oldest_kept: u32) -> usize {
+        if oldest_kept <= self.base {
+            return 0;
+        }
+        let shift = (oldest_kept - self.base).min(u8::MAX as u32 + 1);
+        let mut dropped = 0;
+        for s in self.table_mut().iter_mut().filter(|s| s.is_live()) {
+            if (s.offset as u32) < shift {
+                s.tag = DELETED;
+                dropped += 1;
+            } else {
+                s.offset -= shift as u8;
+            }
+        }
+        self.live -= dropped;
+        self.deleted += dropped;
+        self.base = oldest_kept;
+        if self.deleted > self.live {
+            // Deleted slots only slow probes down; a failed rebuild keeps them.
+            let _ = self.rebuild();
+        }
+        dropped
+    }
+
+    /// Whether slot `i` holds a pair of an epoch before `oldest_kept` not yet swept.
+    fn expired(&self, i: usize, oldest_kept: u32) -> bool {
+        self.base + u32::from(self.slot(i).offset) < oldest_kept
+    }
 }
 
 impl Index {
     /// An empty index whose oldest epoch is `base`.
     pub fn new(base: u32) -> Result<Index, OutOfMemory> {
         let shards = (0..SHARDS)
-            .map(|_| Shard::new(MIN_SLOTS))
+            .map(|_| {
+                let mut shard = Shard::new(MIN_SLOTS)?;
+                shard.base = base;
+                Ok(shard)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Index {
             shards,
             base,
             len: 0,
+            sweep_next: SHARDS,
         })
     }
 
-    /// Pairs stored.
+    /// Pairs stored (pairs of expired epochs count until their shard is swept).
     pub fn len(&self) -> usize {
         self.len
     }
@@ -236,8 +282,8 @@ impl Index {
     pub fn get(&self, key: &Key) -> Option<Value> {
         let shard = &self.shards[key[0] as usize];
         match shard.probe(key) {
-            Probe::Found(i) => Some(shard.slot(i).value),
-            Probe::Absent { .. } => None,
+            Probe::Found(i) if !shard.expired(i, self.base) => Some(shard.slot(i).value),
+            _ => None,
         }
     }
 
@@ -245,8 +291,10 @@ impl Index {
     pub fn epoch_of(&self, key: &Key) -> Option<u32> {
         let shard = &self.shards[key[0] as usize];
         match shard.probe(key) {
-            Probe::Found(i) => Some(self.base + shard.slot(i).offset as u32),
-            Probe::Absent { .. } => None,
+            Probe::Found(i) if !shard.expired(i, self.base) => {
+                Some(shard.base + shard.slot(i).offset as u32)
+            }
+            _ => None,
         }
     }
 
@@ -262,6 +310,7 @@ impl Index {
             // Pairs older than the widest span are past any retention the config allows.
             self.expire(epoch - MAX_EPOCH_SPAN);
         }
+        self.catch_up(key[0] as usize);
         let offset = epoch.saturating_sub(self.base) as u8;
         let shard = &mut self.shards[key[0] as usize];
         let at = match shard.probe(key) {
@@ -293,6 +342,7 @@ impl Index {
 
     /// Remove `key` (a pair whose record never reached the disk); whether it was present.
     pub fn remove(&mut self, key: &Key) -> bool {
+        self.catch_up(key[0] as usize);
         let shard = &mut self.shards[key[0] as usize];
         let Probe::Found(i) = shard.probe(key) else {
             return false;
@@ -309,30 +359,39 @@ impl Index {
     }
 
     /// Drop every pair stored before `oldest_kept`; the base moves to `oldest_kept`.
+    ///
+    /// Cheap: lookups treat those pairs as absent at once, and their slots are freed shard by
+    /// shard, by [`Index::expire_step`] and by the next write to each shard, so an epoch
+    /// change never scans the whole index on the event loop.
     pub fn expire(&mut self, oldest_kept: u32) {
         if oldest_kept <= self.base {
             return;
         }
-        let shift = (oldest_kept - self.base).min(u8::MAX as u32 + 1);
-        for shard in &mut self.shards {
-            let mut dropped = 0;
-            for s in shard.table_mut().iter_mut().filter(|s| s.is_live()) {
-                if (s.offset as u32) < shift {
-                    s.tag = DELETED;
-                    dropped += 1;
-                } else {
-                    s.offset -= shift as u8;
-                }
-            }
-            shard.live -= dropped;
-            shard.deleted += dropped;
-            self.len -= dropped;
-            if shard.deleted > shard.live {
-                // Deleted slots only slow probes down; a failed rebuild keeps them.
-                let _ = shard.rebuild();
+        self.base = oldest_kept;
+        self.sweep_next = 0;
+    }
+
+    /// Sweep the next shard still behind the base; false once none is.
+    pub fn expire_step(&mut self) -> bool {
+        while self.sweep_next < SHARDS {
+            let i = self.sweep_next;
+            self.sweep_next += 1;
+            if self.shards[i].base < self.base {
+                self.catch_up(i);
+                return true;
             }
         }
-        self.base = oldest_kept;
+        false
+    }
+
+    /// Whether shards are still to be swept after an [`Index::expire`].
+    pub fn expiry_pending(&self) -> bool {
+        self.sweep_next < SHARDS
+    }
+
+    fn catch_up(&mut self, shard: usize) {
+        let dropped = self.shards[shard].expire_to(self.base);
+        self.len -= dropped;
     }
 }
 
@@ -381,6 +440,14 @@ mod tests {
             ix.insert(&k, &v, 100 + i % 3).unwrap();
         }
         ix.expire(102);
+        assert_eq!(ix.len(), 3000, "nothing is swept yet");
+        let (k0, _) = pair(0);
+        assert_eq!(ix.get(&k0), None, "but expired pairs are absent at once");
+        let mut steps = 0;
+        while ix.expire_step() {
+            steps += 1;
+        }
+        assert!(steps <= SHARDS && !ix.expiry_pending(), "{steps}");
         assert_eq!(ix.len(), 1000);
         for i in 0..3000 {
             let (k, v) = pair(i);
@@ -397,6 +464,43 @@ mod tests {
         }
         assert_eq!(ix.len(), 3000);
         assert_eq!(ix.epoch_of(&pair(0).0), Some(103));
+    }
+
+    /// Issue 10: an expiry marks pairs absent at once; a write to a shard not yet swept
+    /// sweeps that shard only, and the sweep finishes shard by shard.
+    #[test]
+    fn expiry_is_lazy_and_exact_before_the_sweep() {
+        let mut ix = Index::new(10).unwrap();
+        for i in 0..20_000 {
+            let (k, v) = pair(i);
+            ix.insert(&k, &v, 10 + i % 2).unwrap();
+        }
+        ix.expire(11);
+        assert!(ix.expiry_pending());
+        let (old_k, old_v) = pair(0);
+        assert_eq!((ix.get(&old_k), ix.epoch_of(&old_k)), (None, None));
+        let (kept_k, kept_v) = pair(1);
+        assert_eq!(ix.get(&kept_k), Some(kept_v));
+        assert_eq!(ix.epoch_of(&kept_k), Some(11));
+        // A write sweeps its own shard first: the expired pair is gone, the new one stored.
+        let before = ix.len();
+        assert_eq!(ix.insert(&old_k, &old_v, 12).unwrap(), Inserted::New);
+        let swept = ix.shards[old_k[0] as usize].base;
+        assert_eq!(swept, 11);
+        assert!(ix.len() < before, "the write swept its shard");
+        assert_eq!(ix.epoch_of(&old_k), Some(12));
+        let unswept = ix.shards.iter().filter(|s| s.base < 11).count();
+        assert_eq!(unswept, SHARDS - 1);
+        while ix.expire_step() {}
+        assert_eq!(ix.len(), 10_001);
+        assert!(ix.shards.iter().all(|s| s.base == 11));
+        assert_eq!(ix.epoch_of(&kept_k), Some(11));
+        // A second expiry before the first sweep finished still counts from each shard's base.
+        ix.expire(12);
+        ix.expire(13);
+        assert_eq!(ix.get(&old_k), None);
+        while ix.expire_step() {}
+        assert_eq!(ix.len(), 0);
     }
 
     #[test]

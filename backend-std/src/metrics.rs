@@ -127,8 +127,9 @@ pub struct Metrics {
     pub epoch: AtomicU64,
     /// The node's cluster tag (PROTOCOL.md), so `dqe status` shows what each node runs with.
     pub cluster_tag: AtomicU64,
-    /// When (on [`mono_ms`]'s clock) the oldest reply still held for a group commit was made;
-    /// 0 when none is held.
+    /// When (on [`mono_ms`]'s clock) the oldest write not on disk was made: the oldest reply
+    /// held for a group commit, or (fsync `interval`) the oldest record written, not synced;
+    /// 0 when none.
     pub oldest_unsynced_since_ms: AtomicU64,
     /// The core's own counters, copied in by the loop.
     node: Mutex<NodeStats>,
@@ -631,7 +632,7 @@ impl Metrics {
             (
                 "dqe_oldest_unsynced_write_age_seconds",
                 "gauge",
-                "How long the oldest reply held for a group commit has waited (0: none waits): the age of the oldest write not yet on disk.",
+                "The age of the oldest write not yet on disk: the oldest reply held for its group commit, or (fsync interval) the oldest record written and not yet fdatasynced; 0: none.",
                 match self.oldest_unsynced_since_ms.load(Relaxed) {
                     0 => 0.0,
                     since => mono_ms().saturating_sub(since) as f64 / 1000.0,

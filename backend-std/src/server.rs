@@ -68,6 +68,8 @@ pub const IN_FLIGHT: usize = 1024;
 pub const BATCH: usize = 64;
 /// Transmits held for a group commit at most; beyond it the loop stops reading.
 pub const MAX_HELD: usize = 8192;
+/// Time a housekeeping round (every 100 ms) may spend freeing expired index slots.
+const SWEEP_BUDGET: Duration = Duration::from_millis(1);
 /// Arrival times remembered, by datagram number: a reply more datagrams later than this is
 /// timed from the node's millisecond clock instead.
 const ARRIVALS: usize = 65_536;
@@ -264,6 +266,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
     let epoch = cfg.spec.epoch_of(unix_seconds());
     let mut opts = DurableOptions::new(&cfg.data_dir);
     opts.sync_mode = cfg.sync_mode;
+    opts.sync_interval = cfg.sync_interval;
     let oldest = cfg.spec.oldest_retained(epoch);
     let (store, recovery) = blocking(move || DurableStore::open(opts, oldest)).await?;
     let build_cfg = cfg.clone();
@@ -279,6 +282,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         epoch,
         data_dir = %cfg.data_dir.display(),
         fsync = ?cfg.sync_mode,
+        fsync_interval_ms = cfg.sync_interval.as_millis() as u64,
         recovered_records = recovery.records,
         segments = recovery.segments,
         discarded_bytes = recovery.discarded_bytes,
@@ -385,6 +389,12 @@ impl Server {
                 .map(|t| self.start + Duration::from_millis(t))
                 .into_iter()
                 .chain(self.node.store().retry_at().filter(|_| self.sync.is_none()))
+                .chain(
+                    self.node
+                        .store()
+                        .sync_due_at()
+                        .filter(|_| self.sync.is_none()),
+                )
                 .chain(stopping.map(|s| s + drain))
                 .chain(Some(self.next_housekeeping))
                 .min()
@@ -509,10 +519,25 @@ impl Server {
         self.metrics
             .replies_waiting_for_sync
             .store(self.held.len() as u64, Relaxed);
-        let oldest = self.held.front().filter(|h| h.seq > durable);
-        self.metrics
-            .oldest_unsynced_since_ms
-            .store(oldest.map_or(0, |h| h.at_ms), Relaxed);
+        self.export_oldest_unsynced();
+    }
+
+    /// The age of the oldest write not on disk: the oldest reply held for its batch, or (mode
+    /// `interval`) the oldest record written to a file and not yet fsynced, whichever is older.
+    fn export_oldest_unsynced(&self) {
+        let durable = self.node.durable_mark();
+        let held = self
+            .held
+            .front()
+            .filter(|h| h.seq > durable)
+            .map(|h| h.at_ms);
+        let written = self.node.store().unsynced_since().map(|t| {
+            metrics::mono_ms()
+                .saturating_sub(t.elapsed().as_millis() as u64)
+                .max(1)
+        });
+        let oldest = held.into_iter().chain(written).min().unwrap_or(0);
+        self.metrics.oldest_unsynced_since_ms.store(oldest, Relaxed);
     }
 
     async fn send(&mut self, h: &Held) {
@@ -625,8 +650,16 @@ impl Server {
         let node = &self.node;
         self.peers
             .poll_health(|i| node.health_transitions(i), &self.metrics);
+        self.sweep_expired();
         self.export();
         self.metrics.beat();
+    }
+
+    /// Free index slots of expired epochs for at most [`SWEEP_BUDGET`] a round: an epoch
+    /// change marks them absent at once but never scans the whole index in one go.
+    fn sweep_expired(&mut self) {
+        let until = Instant::now() + SWEEP_BUDGET;
+        while Instant::now() < until && self.node.store_mut().expire_step() {}
     }
 
     fn export(&self) {

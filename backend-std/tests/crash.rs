@@ -41,7 +41,19 @@ fn missing(
 
 #[test]
 fn kill_9_during_sets_loses_no_acknowledged_pair() {
-    let (mut node, site) = dev_node(&PORTS);
+    kill_9_during_sets(&[]);
+}
+
+/// Issue 10: under `--fsync interval` a `Stored` leaves once its record is in the file, so
+/// killing the process (not the machine) loses nothing either.
+#[test]
+fn kill_9_under_fsync_interval_loses_no_acknowledged_pair() {
+    kill_9_during_sets(&["--fsync", "interval", "--fsync-interval-ms", "50"]);
+}
+
+fn kill_9_during_sets(args: &[&str]) {
+    let site = DevSite::new(&PORTS, 3);
+    let mut node = site.start_with(args);
     let portal = node.portal;
 
     let values = values("crash", 10_000);

@@ -26,6 +26,9 @@
 //! storer = "127.0.0.1:8102"
 //! source = "127.0.0.1:8103"
 //! metrics = "127.0.0.1:9101" # optional: where `dqe status` reads the node's figures
+//! [nodes.storage]            # optional, over a top-level [storage] (see `storage`)
+//! fsync = "interval"
+//! interval_ms = 10
 //! ```
 
 use std::net::SocketAddr;
@@ -41,6 +44,7 @@ use toml::Spanned;
 
 pub use crate::locate::Location;
 use crate::locate::Source;
+use crate::storage::{self, Storage, StorageRepr};
 
 /// Nodes a cluster file may list (the `N` of the node `dqe-enforcer` runs).
 pub const MAX_NODES: usize = 256;
@@ -94,6 +98,9 @@ pub enum ConfigFileError {
         rule: Box<ConfigError>,
         hint: Box<str>,
     },
+    /// A `[storage]` table that does not say a usable policy.
+    #[error("{at}: {problem}")]
+    Storage { at: Location, problem: String },
     /// `--node NAME` names no node of the file.
     #[error("{}: no node is named `{name}` (the file names: {})", path.display(), known.join(", "))]
     UnknownNode {
@@ -112,7 +119,8 @@ impl ConfigFileError {
             | ConfigFileError::NameTooLong { at, .. }
             | ConfigFileError::TooManyNodes { at, .. }
             | ConfigFileError::TooManyRingPoints { at, .. }
-            | ConfigFileError::Rule { at, .. } => Some(at),
+            | ConfigFileError::Rule { at, .. }
+            | ConfigFileError::Storage { at, .. } => Some(at),
             ConfigFileError::Unreadable { .. } | ConfigFileError::UnknownNode { .. } => None,
         }
     }
@@ -131,6 +139,8 @@ impl ConfigFileError {
 struct FileRepr {
     cluster: Spanned<ClusterRepr>,
     nodes: Spanned<Vec<Spanned<NodeRepr>>>,
+    /// Every node's storage policy, unless its own table says otherwise.
+    storage: Option<StorageRepr>,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +164,8 @@ struct NodeRepr {
     /// Where the node serves metrics, `/healthz` and `/readyz` (TCP), for `dqe status` and
     /// scrapers; the nodes themselves do not read it (`dqe-enforcer --metrics` does that).
     metrics: Option<Spanned<String>>,
+    /// This node's storage policy, over the file's `[storage]` table.
+    storage: Option<StorageRepr>,
 }
 
 /// Read and validate a cluster file for `dqe-enforcer`'s capacities.
@@ -203,6 +215,32 @@ pub fn load_metrics_addresses(path: &Path) -> Result<Vec<Option<SocketAddr>>, Co
         .collect())
 }
 
+/// The storage policy of node `node` (its index in the file) from a file that [`load`]
+/// accepts: its `[nodes.storage]` table over the file's `[storage]` table.
+pub fn load_storage(path: &Path, node: usize) -> Result<Storage, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_storage(path, &text, node)
+}
+
+/// [`load_storage`] on the text of the file.
+pub fn parse_storage(path: &Path, text: &str, node: usize) -> Result<Storage, ConfigFileError> {
+    parse(path, text)?;
+    let src = Source::new(path, text);
+    let repr: FileRepr = toml::from_str(text).map_err(|e| {
+        let (at, message) = src.syntax(&e);
+        ConfigFileError::Syntax { at, message }
+    })?;
+    let own = repr
+        .nodes
+        .get_ref()
+        .get(node)
+        .and_then(|n| n.get_ref().storage.as_ref());
+    storage::resolve(&src, repr.storage.as_ref(), own, node)
+}
+
 /// [`parse`] for a build holding up to `N` nodes and `ring_points` ring points (a board).
 pub fn parse_with_capacity<const N: usize>(
     path: &Path,
@@ -250,6 +288,8 @@ pub fn parse_with_capacity<const N: usize>(
         if let Some(m) = &n.metrics {
             addr(m, "metrics")?;
         }
+        // Every reader refuses a bad storage policy, not only the node it belongs to.
+        storage::resolve(&src, repr.storage.as_ref(), n.storage.as_ref(), i)?;
         // Capacity was checked above.
         let _ = nodes.push(spec);
     }

@@ -4,6 +4,7 @@
 //!   tools, the firmware's sim board and its build script for boards without a file system),
 //!   so they accept and refuse exactly the same files.
 //! - [`client`]: the client file of the tools that talk to portals and check stamps.
+//! - [`storage`]: the `[storage]` tables of the cluster file (when writes reach the disk).
 //! - [`locate`]: file, line, column and dotted field of every error of both.
 //!
 //! A std crate without tokio or sockets: the firmware's build script depends on it.
@@ -18,3 +19,4 @@
 pub mod client;
 pub mod cluster;
 pub mod locate;
+pub mod storage;

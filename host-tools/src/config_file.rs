@@ -16,6 +16,7 @@ pub use dqe_config::client::{
 };
 use dqe_config::cluster;
 pub use dqe_config::cluster::{Cluster, ConfigFileError, MAX_NODES, MAX_RING_POINTS};
+use dqe_config::storage::DEFAULT_INTERVAL_MS;
 use dqe_core::config::{DEFAULT_EPOCH_SECONDS, DEFAULT_GRACE};
 
 use crate::keys;
@@ -190,6 +191,7 @@ pub fn generate_cluster_with(
         DEFAULT_EPOCH_SECONDS,
         DEFAULT_GRACE,
     );
+    out.push_str(&storage_section(replication));
     for i in 0..nodes {
         let port = base_port as u32 + 3 * i as u32;
         let addr = |p: u32| SocketAddr::new(host, p as u16);
@@ -205,12 +207,57 @@ pub fn generate_cluster_with(
     Ok(out)
 }
 
+/// The `[storage]` table `config gen` writes: `interval` when other nodes hold copies of
+/// every key (r >= 2), `always` for a single copy.
+fn storage_section(replication: u8) -> String {
+    if replication >= 2 {
+        format!(
+            "\n[storage]  # when writes reach the disk; a node's own [nodes.storage] table overrides\n\
+             fsync = \"interval\"  # a Stored leaves once its record is in the file (killing the node loses\n\
+             #                     nothing), and the file is fsynced at most interval_ms later: a machine\n\
+             #                     crash loses at most the last {ms} ms of that node's writes, of which the\n\
+             #                     other {others} cop{ies} still hold every key. \"always\" fsyncs before each Stored.\n\
+             interval_ms = {ms}\n",
+            ms = DEFAULT_INTERVAL_MS,
+            others = replication - 1,
+            ies = if replication == 2 { "y" } else { "ies" },
+        )
+    } else {
+        "\n[storage]  # when writes reach the disk\n\
+         fsync = \"always\"  # one copy of each key: fsync before each Stored, so even a machine\n\
+         #                   crash loses nothing acknowledged (\"interval\" would risk interval_ms)\n"
+            .to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<ClusterFile, ConfigFileError> {
         ClusterFile::parse(Path::new("c.toml"), text)
+    }
+
+    /// Issue 10: r >= 2 gets `interval` 10 ms with its loss bound spelled out, r = 1 `always`.
+    #[test]
+    fn generated_storage_policy_follows_replication() {
+        use dqe_config::storage::{Fsync, Storage};
+        let host = "127.0.0.1".parse().unwrap();
+        let two = generate_cluster(3, 2, host, 8101).unwrap();
+        assert!(two.contains("at most the last 10 ms"), "{two}");
+        for node in 0..3 {
+            let got = cluster::parse_storage(Path::new("c.toml"), &two, node).unwrap();
+            assert_eq!(
+                got,
+                Storage {
+                    fsync: Fsync::Interval,
+                    interval_ms: 10
+                }
+            );
+        }
+        let one = generate_cluster(3, 1, host, 8101).unwrap();
+        let got = cluster::parse_storage(Path::new("c.toml"), &one, 0).unwrap();
+        assert_eq!(got.fsync, Fsync::Always);
     }
 
     #[test]

@@ -30,6 +30,9 @@ pub struct SyncBatch {
     pub(super) dir: PathBuf,
     pub(super) sync_dir: bool,
     pub(super) upto: u64,
+    /// When the batch was cut: in mode `Interval`, its records are synced at most
+    /// `sync_interval` after this.
+    pub(super) cut_at: Instant,
 }
 
 #[derive(Debug)]
@@ -144,19 +147,37 @@ impl SyncBatch {
 impl DurableStore {
     /// The next group commit, if there is work, none is running and a degraded store's wait
     /// is over.
+    /// In mode `Interval` the batch also fsyncs every segment written since the last sync
+    /// once the oldest of those writes is `sync_interval` old ([`DurableStore::sync_due_at`]).
     pub fn take_batch(&mut self) -> Option<SyncBatch> {
-        if self.retry_at().is_some_and(|t| Instant::now() < t) {
+        let now = Instant::now();
+        if self.retry_at().is_some_and(|t| now < t) {
             return None;
         }
-        self.cut()
+        let due = self.sync_due_at().is_some_and(|t| t <= now);
+        self.cut(due)
     }
 
-    fn cut(&mut self) -> Option<SyncBatch> {
+    /// The next batch; `sync_now`: in mode `Interval`, fsync what was written before too.
+    fn cut(&mut self, sync_now: bool) -> Option<SyncBatch> {
         if self.in_flight {
             return None;
         }
         let degraded = self.degraded.is_some();
+        let fsync = match self.opts.sync_mode {
+            SyncMode::Always => true,
+            SyncMode::Interval => {
+                sync_now && (self.unsynced_since.is_some() || !self.pending.is_empty())
+            }
+            SyncMode::Never => false,
+        };
         let mut epochs: Vec<u32> = self.pending.keys().copied().collect();
+        if fsync {
+            // Written since the last sync: synced by this batch too.
+            epochs.extend(self.unsynced_segments.iter().copied());
+            epochs.sort_unstable();
+            epochs.dedup();
+        }
         if degraded {
             // Wipe what failed writes left, and probe the disk on the newest segment.
             epochs.extend(
@@ -225,10 +246,11 @@ impl DurableStore {
         self.in_flight = true;
         Some(SyncBatch {
             writes,
-            fsync: self.opts.sync_mode == SyncMode::Always,
+            fsync,
             dir: self.opts.dir.clone(),
             sync_dir,
             upto: self.written,
+            cut_at: Instant::now(),
         })
     }
 
@@ -252,13 +274,23 @@ impl DurableStore {
                         .max(seg.len)
                         .max(w.wipe_to)
                         .max(w.grown_to.unwrap_or(0));
-                    seg.new_file = false;
+                    if batch.fsync {
+                        seg.new_file = false;
+                    }
                     if let Some(e) = &w.grow_error {
                         warn!(segment = %seg.path.display(), error = %e, "cannot preallocate; appending instead");
                         seg.grow = false;
                     }
                 }
                 self.durable = self.durable.max(batch.upto);
+                if batch.fsync {
+                    self.unsynced_since = None;
+                    self.unsynced_segments.clear();
+                } else if self.opts.sync_mode == SyncMode::Interval && !batch.writes.is_empty() {
+                    self.unsynced_since.get_or_insert(batch.cut_at);
+                    self.unsynced_segments
+                        .extend(batch.writes.iter().map(|w| w.epoch));
+                }
                 if let Some(why) = self.degraded.take() {
                     info!(was = %why, "the store writes again");
                 }
@@ -330,7 +362,7 @@ impl DurableStore {
     /// Write and fsync everything pending, here and now, without waiting for a degraded
     /// store's retry time (shutdown, tests).
     pub fn sync(&mut self) -> io::Result<()> {
-        while let Some(batch) = self.cut() {
+        while let Some(batch) = self.cut(true) {
             let done = batch.run();
             let failed = done
                 .result

@@ -52,12 +52,20 @@
 //!   file past the last durable record is overwritten with zeros by the next write to that
 //!   segment and cut at shutdown; only a crash before either can bring such a pair back (as a
 //!   crash between a sync and its replies can).
+//! - Sync mode `Interval`: a batch's replies wait for its write (not its fsync), so a failed
+//!   batch is abandoned as under `Always`. Records of earlier batches written but not yet
+//!   synced stay: their replies are out; the store stays degraded until a write and sync works.
 //! - Sync mode `Never`: the `Stored` replies are already out, so the records are kept and
 //!   written again at the same offset.
 //!
 //! While degraded, a put of a present key answers `Found` only when no put is waiting for a
 //! sync (in mode `Always` every pair in the index is then durable); otherwise `Full`, since the
 //! key may be one whose record is still waiting, and that write may fail too.
+//!
+//! Sync modes: `Always` fsyncs every batch before its replies leave; `Interval` writes every
+//! batch before its replies leave and fsyncs the segments written since the last sync once
+//! the oldest of those writes is `sync_interval` old (with the next batch, or alone);
+//! `Never` writes batches without holding replies and never fsyncs.
 //!
 //! Files: `format.rs` (the segment file and its records), `replay.rs` (reading segments back
 //! at start, quarantine), `commit.rs` (group commit and what a failed one does), `store.rs`

@@ -1,12 +1,12 @@
 //! The store itself: the index, the open segments and the records waiting for a group
 //! commit, behind `dqe_core`'s [`Store`].
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dqe_core::store::{PutOutcome, Store};
 use dqe_core::{Key, Value};
@@ -22,8 +22,12 @@ use crate::index::{Index, Inserted};
 pub enum SyncMode {
     /// fsync every batch before its replies are sent (the default: `Stored` means on disk).
     Always,
-    /// Write every batch but never fsync; replies are not held back. A crash of the machine
-    /// (not of the process) may lose acknowledged pairs.
+    /// Write every batch to the file before its replies are sent (so killing the process
+    /// loses nothing), and fsync at most `sync_interval` after a record was written: a
+    /// crash of the machine loses at most that window of acknowledged pairs.
+    Interval,
+    /// Write every batch before its replies are sent but never fsync. A crash of the machine
+    /// (not of the process) may lose acknowledged pairs the OS had not written back.
     Never,
 }
 
@@ -38,6 +42,8 @@ pub struct DurableOptions {
     pub max_pending_bytes: usize,
     /// Zero bytes written ahead of a segment's records at a time (0: append without them).
     pub preallocate: u64,
+    /// Mode `Interval`: the longest a written record waits for its fsync.
+    pub sync_interval: Duration,
 }
 
 impl DurableOptions {
@@ -49,6 +55,7 @@ impl DurableOptions {
             sync_mode: SyncMode::Always,
             max_pending_bytes: 4 << 20,
             preallocate: 1 << 20,
+            sync_interval: Duration::from_millis(10),
         }
     }
 }
@@ -127,6 +134,10 @@ pub struct DurableStore {
     pub(super) durable: u64,
     /// A sync is running; `pending` holds only what came after it.
     pub(super) in_flight: bool,
+    /// Mode `Interval`: when the oldest record written but not yet fsynced was cut.
+    pub(super) unsynced_since: Option<Instant>,
+    /// Mode `Interval`: segments written since their last fsync.
+    pub(super) unsynced_segments: BTreeSet<u32>,
     pub(super) degraded: Option<String>,
     /// While degraded: no write before this.
     pub(super) retry_at: Option<Instant>,
@@ -197,6 +208,8 @@ impl DurableStore {
             written: 0,
             durable: 0,
             in_flight: false,
+            unsynced_since: None,
+            unsynced_segments: BTreeSet::new(),
             degraded: None,
             retry_at: None,
             stats: DurableStats::default(),
@@ -224,9 +237,21 @@ impl DurableStore {
         self.written > self.durable
     }
 
-    /// Whether replies must wait for durability (sync mode `Always`).
+    /// Whether replies must wait for their batch: its fsync in mode `Always`, its write to
+    /// the file in mode `Interval`.
     pub fn gates_replies(&self) -> bool {
-        self.opts.sync_mode == SyncMode::Always
+        self.opts.sync_mode != SyncMode::Never
+    }
+
+    /// Mode `Interval`: when the records written but not yet fsynced must be synced.
+    pub fn sync_due_at(&self) -> Option<Instant> {
+        self.unsynced_since.map(|t| t + self.opts.sync_interval)
+    }
+
+    /// Mode `Interval`: since when records in the files wait for an fsync (the machine may
+    /// lose them; the process may die without losing them).
+    pub fn unsynced_since(&self) -> Option<Instant> {
+        self.unsynced_since
     }
 
     /// Sequence number of the last put; a reply produced now is safe once `durable_seq()`
@@ -263,6 +288,13 @@ impl DurableStore {
     /// Bytes of records in segment files (preallocated zeros not counted).
     pub fn bytes_on_disk(&self) -> u64 {
         self.segments.values().map(|s| s.len).sum()
+    }
+
+    /// Free the slots of one more index shard of epochs an `expire` dropped; false once
+    /// none is left (the server calls this a bounded number of times per round, see
+    /// [`Index::expire`]).
+    pub fn expire_step(&mut self) -> bool {
+        self.index.expire_step()
     }
 
     /// Bytes of index tables.

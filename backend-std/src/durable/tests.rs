@@ -364,6 +364,7 @@ fn expiry_deletes_whole_segments() {
     }
     s.sync().unwrap();
     s.expire(3);
+    while s.expire_step() {}
     assert_eq!(s.len(), 10);
     assert!(!segment_path(dir.path(), 1).exists());
     assert!(!segment_path(dir.path(), 2).exists());
@@ -516,4 +517,67 @@ fn back_pressure_refuses_beyond_the_pending_bound() {
     s.sync().unwrap();
     let (k, v) = pair(4);
     assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+}
+
+/// Issue 10: `interval` writes a batch without fsync (its replies wait only for the write),
+/// and the next batch after `sync_interval` fsyncs every segment written meanwhile.
+#[test]
+fn interval_writes_at_once_and_syncs_once_the_interval_passed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = DurableOptions::new(dir.path());
+    opts.sync_mode = SyncMode::Interval;
+    opts.sync_interval = std::time::Duration::from_millis(30);
+    let (mut s, _) = DurableStore::open(opts, 1).unwrap();
+    assert!(s.gates_replies());
+    let run = |s: &mut DurableStore, batch: SyncBatch| {
+        let done = batch.run();
+        assert!(done.is_ok());
+        s.finish(done);
+    };
+    let (k1, v1) = pair(1);
+    assert_eq!(s.put(&k1, &v1, 1), PutOutcome::Stored);
+    let first = s.take_batch().unwrap();
+    assert!(!first.fsync, "the first write waits for no fsync");
+    run(&mut s, first);
+    assert!(
+        !s.has_unsynced(),
+        "its reply may leave: the record is in the file"
+    );
+    let due = s.sync_due_at().expect("a sync is due later");
+    assert!(s.unsynced_since().is_some());
+    assert!(file_len(dir.path(), 1) >= (MAGIC.len() + RECORD_BYTES) as u64);
+
+    // A second epoch's write before the interval passed: written, not synced either.
+    let (k2, v2) = pair(2);
+    assert_eq!(s.put(&k2, &v2, 2), PutOutcome::Stored);
+    let second = s.take_batch().unwrap();
+    assert!(!second.fsync);
+    run(&mut s, second);
+    assert_eq!(
+        s.sync_due_at(),
+        Some(due),
+        "the oldest unsynced write sets the deadline"
+    );
+    assert!(
+        s.take_batch().is_none(),
+        "nothing to do before the deadline"
+    );
+
+    std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+    let sync = s
+        .take_batch()
+        .expect("the deadline passed: a sync-only batch");
+    assert!(sync.fsync);
+    let mut synced: Vec<u32> = sync.writes.iter().map(|w| w.epoch).collect();
+    synced.sort_unstable();
+    assert_eq!(
+        synced,
+        vec![1, 2],
+        "every segment written since the last sync"
+    );
+    assert_eq!(sync.records(), 0);
+    run(&mut s, sync);
+    assert_eq!(s.sync_due_at(), None);
+    assert_eq!(s.unsynced_since(), None);
+    assert!(s.take_batch().is_none());
 }

@@ -122,7 +122,16 @@ impl DevSite {
 
     /// Start a `--dev` node on the site (again: the same data and log) and wait until ready.
     pub fn start(&self) -> Enforcer {
-        let mut node = Enforcer::dev(self.base, &self.data, &self.log);
+        self.start_with(&[])
+    }
+
+    /// [`DevSite::start`] with more arguments (e.g. `--fsync interval`).
+    pub fn start_with(&self, extra: &[&str]) -> Enforcer {
+        let mut args: Vec<String> = ["--dev", "--port-base", &self.base.to_string()]
+            .map(String::from)
+            .into();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut node = Enforcer::spawn(&args, &self.data, &self.log, addr(self.base));
         node.wait_ready(READY);
         node
     }
