@@ -195,12 +195,11 @@ pub(crate) fn run(a: CapacityArgs) -> Result<u8, Failure> {
             lat(&r.at_half, |s| s.latency_us.p99),
             lat(&r.at_90, |s| s.latency_us.p50),
             lat(&r.at_90, |s| s.latency_us.p99),
-            if r.ramp.client_bound {
-                "client-bound"
-            } else if r.ramp.saturated {
-                "saturated"
-            } else {
-                "time ran out"
+            match (r.ramp.saturated, r.ramp.client_bound) {
+                (true, false) => "saturated",
+                (true, true) => "saturated, client behind",
+                (false, false) => "time ran out",
+                (false, true) => "time ran out, client behind",
             }
             .into(),
         ]);

@@ -84,13 +84,14 @@ pub(crate) struct Ramp {
     pub peak_ops_per_sec: f64,
     /// Whether goodput stopped growing before the time ran out (else the peak is a floor).
     pub saturated: bool,
-    /// Whether the client could not send what was offered (the peak is the client's).
+    /// Whether the client could not send what was offered at some step (the peak may be the
+    /// client's rather than the node's).
     pub client_bound: bool,
     pub steps: Vec<Step>,
 }
 
 /// Raise the offered load from `start_rate` until goodput stops growing (two steps in a row
-/// below [`GROWTH`] times the best), the client cannot keep up, or `until` would pass.
+/// below [`GROWTH`] times the best) or `until` would pass.
 /// `on_step` sees each step (for progress).
 pub(crate) fn rise(
     portals: &[SocketAddr],
@@ -119,12 +120,10 @@ pub(crate) fn rise(
         on_step(&s);
         let grew = s.goodput_ops_per_sec > ramp.peak_ops_per_sec * GROWTH;
         ramp.peak_ops_per_sec = ramp.peak_ops_per_sec.max(s.goodput_ops_per_sec);
-        let behind = s.sent_ops_per_sec < 0.9 * s.offered_ops_per_sec;
+        // A client that cannot send what was offered still sends as fast as it can: go on,
+        // but say that the peak may be the client's.
+        ramp.client_bound |= s.sent_ops_per_sec < 0.9 * s.offered_ops_per_sec;
         ramp.steps.push(s);
-        if behind {
-            ramp.client_bound = true;
-            break;
-        }
         flat = if grew { 0 } else { flat + 1 };
         if flat >= 2 {
             ramp.saturated = true;
