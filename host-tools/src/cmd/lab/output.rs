@@ -10,21 +10,26 @@ use plotters::prelude::*;
 
 use crate::cli::{Failure, io_err};
 
-/// Columns padded to their widest cell; the first left-aligned, the rest right-aligned.
+/// Columns padded to their widest cell: numbers right-aligned, text (and the first column)
+/// left-aligned.
 pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    let mut numeric = vec![true; headers.len()];
+    numeric[0] = false;
     for r in rows {
-        for (w, c) in widths.iter_mut().zip(r) {
-            *w = (*w).max(c.chars().count());
+        for (i, c) in r.iter().enumerate().take(widths.len()) {
+            widths[i] = widths[i].max(c.chars().count());
+            numeric[i] &= c.starts_with(|ch: char| ch.is_ascii_digit() || ch == '-');
         }
     }
     let line = |cells: Vec<&str>| {
         let mut out = String::new();
         for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
-            if i == 0 {
-                out.push_str(&format!("{c:<w$}"));
+            let gap = if i == 0 { "" } else { "  " };
+            if numeric[i] {
+                out.push_str(&format!("{gap}{c:>w$}"));
             } else {
-                out.push_str(&format!("  {c:>w$}"));
+                out.push_str(&format!("{gap}{c:<w$}"));
             }
         }
         out.trim_end().to_string() + "\n"
@@ -170,13 +175,17 @@ mod tests {
     #[test]
     fn table_aligns_columns() {
         let t = table(
-            &["system", "ops/s"],
+            &["system", "ops/s", "from"],
             &[
-                vec!["dqe".into(), "12".into()],
-                vec!["redis".into(), "1234".into()],
+                vec!["dqe".into(), "12".into(), "a".into()],
+                vec!["redis".into(), "1234".into(), "bcd".into()],
             ],
         );
-        assert_eq!(t, "system  ops/s\ndqe        12\nredis    1234\n");
+        // Numbers right-aligned, text left-aligned.
+        assert_eq!(
+            t,
+            "system  ops/s  from\ndqe        12  a\nredis    1234  bcd\n"
+        );
     }
 
     #[test]
