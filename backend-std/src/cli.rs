@@ -81,6 +81,11 @@ pub struct Cli {
     #[arg(long, value_name = "PER_SECOND", default_value_t = DEFAULT_WRITE_RATE,
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WRITE_RATE)))]
     pub write_rate: u32,
+
+    /// Test only (`dqe lab overload`): read the portal socket before the storer socket, so
+    /// new client work competes with work already admitted; shows what the priority buys.
+    #[arg(long, hide = true)]
+    pub no_priority: bool,
 }
 
 /// `--port-base P`: the dev node takes P, P+1 and P+2, so P must leave room for both and
@@ -114,6 +119,9 @@ pub struct RunConfig {
     pub drain_ms: u64,
     /// Writes a second whose replies are remembered for the retry window (`--write-rate`).
     pub write_rate: u32,
+    /// Serve the storer socket before the portal socket (off only with the hidden
+    /// `--no-priority`, for experiments).
+    pub storer_first: bool,
 }
 
 /// Why the command line cannot run a node.
@@ -186,6 +194,7 @@ impl Cli {
             sync_interval: Duration::from_millis(u64::from(interval_ms)),
             drain_ms: self.drain_ms,
             write_rate: self.write_rate,
+            storer_first: !self.no_priority,
         })
     }
 }
@@ -202,6 +211,18 @@ mod tests {
         assert_eq!(run.data_dir, PathBuf::from("dqe-data"));
         assert_eq!(run.sync_mode, SyncMode::Always);
         assert_eq!(run.write_rate, DEFAULT_WRITE_RATE);
+        assert!(run.storer_first);
+    }
+
+    #[test]
+    fn no_priority_is_accepted_but_hidden_from_help() {
+        let cli = Cli::try_parse_from(["dqe-enforcer", "--dev", "--no-priority"]).unwrap();
+        assert!(!cli.resolve().unwrap().storer_first);
+        let mut help = Vec::new();
+        <Cli as clap::CommandFactory>::command()
+            .write_long_help(&mut help)
+            .unwrap();
+        assert!(!String::from_utf8(help).unwrap().contains("no-priority"));
     }
 
     #[test]

@@ -244,6 +244,8 @@ struct Server {
     peers: PeerWatch,
     next_housekeeping: Instant,
     recv: Box<[u8; RECV_BUF]>,
+    /// Read the storer socket before the portal socket (false only for experiments).
+    storer_first: bool,
 }
 
 /// Start the node described by `cfg`, serve until `stop` resolves, then shut down cleanly.
@@ -325,6 +327,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         peers,
         next_housekeeping: now,
         recv: Box::new([0; RECV_BUF]),
+        storer_first: cfg.storer_first,
     };
     server
         .serve(stop, Duration::from_millis(cfg.drain_ms))
@@ -350,9 +353,13 @@ impl Server {
             let room = self.held.len() < MAX_HELD;
             let mut got = 0;
             if room {
+                let portal = stopping.is_none();
+                if portal && !self.storer_first {
+                    got += self.read_batch(Port::Portal).await;
+                }
                 got += self.read_batch(Port::Storer).await;
                 got += self.read_batch(Port::Source).await;
-                if stopping.is_none() {
+                if portal && self.storer_first {
                     got += self.read_batch(Port::Portal).await;
                 }
             }

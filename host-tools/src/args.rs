@@ -11,6 +11,8 @@ use clap::{Args, Parser, Subcommand};
 use crate::config_file::parse_addr;
 use crate::demo;
 
+pub mod lab;
+
 pub(crate) const EXIT_CODES: &str = "\
 Exit codes:
   0  success; `stamp verify`: the stamp is valid (and fresh, when a portal was asked);
@@ -69,6 +71,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Milter for Postfix or Sendmail: stamp outgoing mail (--send) or verify and cancel incoming stamps (--receive).
     Milter(crate::milter::MilterArgs),
+    /// Experiments on this machine (capacity, overload, peers, memory, plan): a table, --json, --plot.
+    #[command(subcommand)]
+    Lab(lab::LabCommand),
 }
 
 /// `dqe keygen`.

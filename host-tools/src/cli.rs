@@ -74,6 +74,9 @@ pub enum Failure {
     MilterConfig(#[from] crate::milter::config::ConfigError),
     #[error(transparent)]
     Milter(#[from] crate::milter::RunError),
+    /// An experiment of `dqe lab` could not be run.
+    #[error("{0}")]
+    Lab(String),
     /// An argument that parsed but makes no sense.
     #[error("{0}")]
     Usage(String),
@@ -147,6 +150,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::U2(a) => cmd::u2::run(a, &config()?),
         Command::Milter(a) => cmd::milter::run(a, &config()?),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Lab(c) => cmd::lab::run(c),
     }
 }
 

@@ -128,6 +128,13 @@ pub struct RunningNode {
     child: Option<Child>,
 }
 
+impl RunningNode {
+    /// Its process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
 /// Every node of a config, running here; stopped on drop.
 #[derive(Debug)]
 pub struct LocalCluster {
@@ -171,6 +178,18 @@ impl LocalCluster {
         enforcer: &Path,
         data_root: &Path,
         metrics_base: Option<u16>,
+    ) -> Result<LocalCluster, ClusterError> {
+        LocalCluster::start_with_args(file, enforcer, data_root, metrics_base, &[])
+    }
+
+    /// [`LocalCluster::start_with_metrics`], with `extra` flags given to every node (such as
+    /// `--fsync never` for experiments).
+    pub fn start_with_args(
+        file: &ClusterFile,
+        enforcer: &Path,
+        data_root: &Path,
+        metrics_base: Option<u16>,
+        extra: &[String],
     ) -> Result<LocalCluster, ClusterError> {
         let nodes = file.spec.nodes.len();
         if let Some(base) = metrics_base
@@ -220,6 +239,7 @@ impl LocalCluster {
                 .arg(n.name.as_str())
                 .arg("--data-dir")
                 .arg(&data_dir)
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(out)
                 .stderr(err)

@@ -1,0 +1,172 @@
+//! `dqe lab ...`: the flags of the experiments (what each one does is in `crate::cmd::lab`).
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+/// The experiments.
+#[derive(Debug, Subcommand)]
+pub enum LabCommand {
+    /// One node's peak goodput at rising open-loop load, beside a decode-and-answer null node driven by the same client; TEST, SET and mixed loads, each durability policy.
+    Capacity(CapacityArgs),
+    /// Offered load at 2x and 4x a three-node cluster's measured peak: goodput, memory and queues, with and without the storer-before-portal priority.
+    Overload(OverloadArgs),
+    /// The same client loop against memcached (UDP), Redis (TCP, plain and pipelined) and dqe-enforcer, each started here on loopback.
+    Peers(PeersArgs),
+    /// One node's RSS before and after storing --pairs pairs: bytes per pair.
+    Memory(MemoryArgs),
+    /// Nodes a cluster needs for a daily mail volume, with every assumption printed.
+    Plan(PlanArgs),
+}
+
+/// What every experiment writes besides its table.
+#[derive(Debug, Args, Clone, Default)]
+pub struct LabOutput {
+    /// Write the results as one JSON object to FILE.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Draw the chart to FILE (SVG).
+    #[arg(long, value_name = "FILE")]
+    pub plot: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// The node under test: a dev node started here, or one node of a cluster file.
+#[derive(Debug, Args, Clone, Default)]
+pub struct NodeChoice {
+    /// Start a one-node cluster on free loopback ports (the default).
+    #[arg(long, conflicts_with = "config")]
+    pub dev: bool,
+    /// Start node --node of this cluster file (its addresses must be on this machine).
+    #[arg(long, value_name = "FILE", requires = "node")]
+    pub config: Option<PathBuf>,
+    /// The node's name in --config.
+    #[arg(long, value_name = "NAME", requires = "config")]
+    pub node: Option<String>,
+}
+
+/// `dqe lab capacity`.
+#[derive(Debug, Args)]
+pub struct CapacityArgs {
+    #[command(flatten)]
+    pub node: NodeChoice,
+    /// Stop within this many seconds (the ramps share it).
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    pub duration: f64,
+    /// Durability policies to measure (values of dqe-enforcer --fsync; one the binary rejects is reported and skipped).
+    #[arg(long, value_name = "MODE,...", value_delimiter = ',', default_values_t = ["always".to_string(), "interval".to_string(), "never".to_string()])]
+    pub fsync: Vec<String>,
+    /// Loads to measure: test (TEST only), set (SET only), mixed (half each).
+    #[arg(long, value_name = "LOAD,...", value_delimiter = ',', default_values_t = ["test".to_string(), "set".to_string(), "mixed".to_string()])]
+    pub loads: Vec<String>,
+    /// First offered load of each ramp, requests per second.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 5000.0)]
+    pub start_rate: f64,
+    #[command(flatten)]
+    pub out: LabOutput,
+}
+
+/// `dqe lab overload`.
+#[derive(Debug, Args)]
+pub struct OverloadArgs {
+    /// Stop within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub duration: f64,
+    /// Nodes of the loopback cluster.
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Copies of each pair.
+    #[arg(long, default_value_t = 2)]
+    pub replication: u8,
+    /// The nodes' durability policy (dqe-enforcer --fsync).
+    #[arg(long, value_name = "MODE", default_value = "always")]
+    pub fsync: String,
+    /// Skip the ramp and take this as the peak goodput (requests per second).
+    #[arg(long, value_name = "PER_SECOND")]
+    pub peak: Option<f64>,
+    /// First offered load of the ramp, requests per second.
+    #[arg(long, value_name = "PER_SECOND", default_value_t = 5000.0)]
+    pub start_rate: f64,
+    #[command(flatten)]
+    pub out: LabOutput,
+}
+
+/// `dqe lab peers`.
+#[derive(Debug, Args)]
+pub struct PeersArgs {
+    /// Stop within this many seconds (the systems share it).
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    pub duration: f64,
+    /// Requests sent to each system (fewer when its share of --duration runs out first).
+    #[arg(long, value_name = "N", default_value_t = 200_000)]
+    pub requests: u64,
+    /// Requests in flight: one client thread each.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub concurrency: usize,
+    /// Commands per round trip in Redis's pipelined run.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub pipeline: usize,
+    /// Systems to run: memcached, redis, redis-pipelined, dqe.
+    #[arg(long, value_name = "NAME,...", value_delimiter = ',', default_values_t = ["memcached".to_string(), "redis".to_string(), "redis-pipelined".to_string(), "dqe".to_string()])]
+    pub systems: Vec<String>,
+    /// dqe-enforcer's durability policy (--fsync).
+    #[arg(long, value_name = "MODE", default_value = "never")]
+    pub fsync: String,
+    #[command(flatten)]
+    pub out: LabOutput,
+}
+
+/// `dqe lab memory`.
+#[derive(Debug, Args)]
+pub struct MemoryArgs {
+    /// Pairs to store.
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    pub pairs: u64,
+    /// Stop within this many seconds (fewer pairs are stored if time runs out; the count is reported).
+    #[arg(long, value_name = "SECS", default_value_t = 120.0)]
+    pub duration: f64,
+    /// Requests in flight while storing.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    pub concurrency: usize,
+    /// dqe-enforcer's durability policy (--fsync).
+    #[arg(long, value_name = "MODE", default_value = "never")]
+    pub fsync: String,
+    #[command(flatten)]
+    pub out: LabOutput,
+}
+
+/// `dqe lab plan`.
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// Mail messages a day, world-wide or for your system.
+    #[arg(long, value_name = "N", default_value_t = 3e11)]
+    pub mails_per_day: f64,
+    /// A node's capacity from `dqe lab capacity --json` [default: a built-in figure, printed].
+    #[arg(long, value_name = "FILE")]
+    pub capacity_json: Option<PathBuf>,
+    /// Datagrams per TEST and SET from `dqe lab simulate --json` [default: r + 1 per request with r = 3, printed].
+    #[arg(long, value_name = "FILE")]
+    pub simulate_json: Option<PathBuf>,
+    /// Copies of each pair.
+    #[arg(long, default_value_t = 3)]
+    pub replication: u8,
+    /// Busiest hour over the day's mean hour.
+    #[arg(long, value_name = "X", default_value_t = 2.0)]
+    pub peak_factor: f64,
+    /// Fraction of nodes down at once that the survivors must cover.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.2)]
+    pub down: f64,
+    /// Highest utilisation a node is planned for.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
+    pub utilisation: f64,
+    /// Stamp checks per message (receivers that TEST and then SET make 2).
+    #[arg(long, value_name = "N", default_value_t = 1.0)]
+    pub requests_per_mail: f64,
+    /// Not used: plan computes at once (kept so every lab command takes it).
+    #[arg(long, value_name = "SECS", default_value_t = 1.0, hide = true)]
+    pub duration: f64,
+    #[command(flatten)]
+    pub out: LabOutput,
+}

@@ -1,0 +1,193 @@
+//! `dqe lab`: each experiment run briefly (short `--duration`, few pairs) against real
+//! processes on loopback; each must stop within its duration, write the JSON fields outside
+//! checks read, and draw its chart. `lab peers` skips a server that is not installed, with the
+//! reason printed, except under CI (`DQE_CI=1`, set by `.ci/run`, which installs memcached and
+//! redis-server), where a missing one fails the test.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{dqe_in, enforcer_path};
+
+use serde_json::Value;
+
+/// Run `dqe lab args` in `dir`, expect success within `duration` plus `slack`, and return
+/// the JSON it wrote to `out.json` (its chart must be in `out.svg`).
+fn lab(dir: &Path, args: &[&str], duration: f64, slack: u64) -> Value {
+    // dqe finds dqe-enforcer beside itself: build it into the same directory. Both are
+    // built before the clock starts.
+    enforcer_path();
+    common::dqe_path();
+    let _ = std::fs::remove_file(dir.join("out.json"));
+    let _ = std::fs::remove_file(dir.join("out.svg"));
+    let mut all = vec!["lab"];
+    all.extend_from_slice(args);
+    let d = duration.to_string();
+    all.extend_from_slice(&["--duration", &d, "--json", "out.json", "--plot", "out.svg"]);
+    let limit = Duration::from_secs_f64(duration) + Duration::from_secs(slack);
+    let start = Instant::now();
+    let run = dqe_in(dir, &all, b"", limit + Duration::from_secs(30));
+    let took = start.elapsed();
+    assert_eq!(run.code, 0, "dqe {all:?}: {run:?}");
+    assert!(
+        took <= limit,
+        "dqe {all:?} took {took:?}, more than {limit:?}"
+    );
+    let svg = std::fs::read_to_string(dir.join("out.svg")).expect("the chart was written");
+    assert!(
+        svg.starts_with("<svg"),
+        "not an SVG: {}",
+        &svg[..svg.len().min(200)]
+    );
+    let text = std::fs::read_to_string(dir.join("out.json")).expect("the JSON was written");
+    serde_json::from_str(&text).expect("one JSON object")
+}
+
+fn positive(v: &Value, field: &str) -> f64 {
+    let x = v[field]
+        .as_f64()
+        .unwrap_or_else(|| panic!("`{field}` is not a number in {v:#}"));
+    assert!(x > 0.0, "`{field}` is {x} in {v:#}");
+    x
+}
+
+#[test]
+fn capacity_compares_the_node_with_the_null_node_and_skips_a_rejected_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = lab(
+        dir.path(),
+        &[
+            "capacity",
+            "--loads",
+            "mixed",
+            "--fsync",
+            "never,no-such-policy",
+            "--start-rate",
+            "2000",
+        ],
+        14.0,
+        8,
+    );
+    let enforcer = positive(&v, "enforcer_ops_per_sec");
+    let null = positive(&v, "null_ops_per_sec");
+    assert!(
+        (positive(&v, "ratio") - enforcer / null).abs() < 1e-9,
+        "{v:#}"
+    );
+    positive(&v, "p99_us_at_half_load");
+    let skipped = v["skipped"].to_string();
+    assert!(skipped.contains("no-such-policy"), "{v:#}");
+}
+
+#[test]
+fn overload_runs_with_and_without_the_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = lab(
+        dir.path(),
+        &["overload", "--fsync", "never", "--start-rate", "2000"],
+        20.0,
+        8,
+    );
+    let peak = positive(&v, "peak_ops_per_sec");
+    let goodput = positive(&v, "overload_goodput_ops_per_sec");
+    assert!(
+        (positive(&v, "ratio") - goodput / peak).abs() < 1e-9,
+        "{v:#}"
+    );
+    positive(&v["no_priority"], "overload_goodput_ops_per_sec");
+    let steps = v["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 4, "{v:#}");
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["max"]["rss_bytes"].as_f64() > Some(0.0)),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn memory_stores_the_pairs_and_reports_bytes_per_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = lab(dir.path(), &["memory", "--pairs", "3000"], 20.0, 8);
+    assert_eq!(v["pairs_stored"], 3000, "{v:#}");
+    assert!(
+        v["bytes_per_pair"].as_f64().is_some_and(|b| b >= 0.0),
+        "{v:#}"
+    );
+    assert!(
+        v["rss_after_bytes"].as_u64() >= v["rss_before_bytes"].as_u64(),
+        "{v:#}"
+    );
+}
+
+#[test]
+fn plan_prints_its_assumptions_and_reads_a_capacity_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = lab(dir.path(), &["plan", "--mails-per-day", "3e11"], 1.0, 5);
+    let default_nodes = positive(&v, "nodes_needed");
+    assert!(
+        v["node_ops_per_sec_from"]
+            .as_str()
+            .unwrap()
+            .starts_with("default"),
+        "{v:#}"
+    );
+    // Half the capacity: about twice the nodes.
+    let cap = dir.path().join("cap.json");
+    let half = v["node_ops_per_sec"].as_f64().unwrap() / 2.0;
+    std::fs::write(&cap, format!("{{\"enforcer_ops_per_sec\": {half}}}")).unwrap();
+    let w = lab(
+        dir.path(),
+        &[
+            "plan",
+            "--mails-per-day",
+            "3e11",
+            "--capacity-json",
+            cap.to_str().unwrap(),
+        ],
+        1.0,
+        5,
+    );
+    let nodes = positive(&w, "nodes_needed");
+    assert!(
+        (nodes - 2.0 * default_nodes).abs() <= 2.0,
+        "{nodes} vs {default_nodes}"
+    );
+    // Every assumption is printed.
+    let run = dqe_in(dir.path(), &["lab", "plan"], b"", Duration::from_secs(30));
+    for figure in [
+        "peak factor",
+        "datagrams per request",
+        "fraction down",
+        "utilisation",
+        "nodes needed",
+    ] {
+        assert!(
+            run.stdout.contains(figure),
+            "{figure} missing: {}",
+            run.stdout
+        );
+    }
+}
+
+#[test]
+fn peers_measures_every_installed_system_with_one_client() {
+    let dir = tempfile::tempdir().unwrap();
+    let v = lab(dir.path(), &["peers", "--requests", "3000"], 30.0, 8);
+    let systems = v["systems"].as_object().unwrap();
+    for (name, s) in systems {
+        positive(s, "ops_per_sec");
+        positive(s, "p99_us");
+        assert_eq!(s["requests"], 3000, "{name}: {s:#}");
+    }
+    assert!(systems.contains_key("dqe"), "{v:#}");
+    for skipped in v["skipped"].as_array().unwrap() {
+        let why = format!("{}: {}", skipped["system"], skipped["reason"]);
+        if std::env::var_os("DQE_CI").is_some_and(|v| v == "1") {
+            panic!("DQE_CI=1 and {why}: .ci/run installs memcached and redis-server");
+        }
+        eprintln!("skipped {why}");
+    }
+}
