@@ -92,24 +92,26 @@ fn print_rows() {
     assert_eq!((r.code, r.stdout.as_str()), (1, ""), "{r:?}");
 }
 
+/// A receiver's flags: trust qa, ask `portal`, then `rest`.
+fn rx<'a>(portal: &'a str, rest: &[&'a str]) -> Vec<&'a str> {
+    let mut a = vec![
+        "--trust",
+        "qa.pub",
+        "--portal",
+        portal,
+        "--timeout-ms",
+        "500",
+    ];
+    a.extend_from_slice(rest);
+    a
+}
+
 #[test]
 fn verify_and_cancel_rows() {
     let c = TestCluster::start(&PORTS, 3, 2);
     let d = c.dir.path();
     allocator_and_sender(d, 10, "+30");
     let portal = c.portal(0);
-    let rx = |rest: &[&str]| {
-        let mut a = vec![
-            "--trust",
-            "qa.pub",
-            "--portal",
-            portal.as_str(),
-            "--timeout-ms",
-            "500",
-        ];
-        a.extend_from_slice(rest);
-        a
-    };
     let check = |sub: &str, args: &[&str], message: &str, verdict: &str, code: i32| {
         let r = stamp_message(d, sub, args, forged(message).as_bytes());
         assert_eq!(r.code, code, "{sub} {args:?}: {r:?}");
@@ -124,14 +126,14 @@ fn verify_and_cancel_rows() {
     // fresh (verify), then fresh; cancelled (cancel) for bob.
     check(
         "verify",
-        &rx(&["--recipient", "bob@b.example"]),
+        &rx(&portal, &["--recipient", "bob@b.example"]),
         &two,
         "fresh",
         0,
     );
     check(
         "cancel",
-        &rx(&["--recipient", "bob@b.example"]),
+        &rx(&portal, &["--recipient", "bob@b.example"]),
         &two,
         "fresh; cancelled",
         0,
@@ -139,7 +141,7 @@ fn verify_and_cancel_rows() {
     // Carol's stamp is her own: still fresh at her domain.
     check(
         "cancel",
-        &rx(&["--recipient", "carol@c.example"]),
+        &rx(&portal, &["--recipient", "carol@c.example"]),
         &two,
         "fresh; cancelled",
         0,
@@ -147,7 +149,7 @@ fn verify_and_cancel_rows() {
     // own redelivery (same Message-ID, same recipient): fresh, exit 0.
     check(
         "cancel",
-        &rx(&["--recipient", "bob@b.example"]),
+        &rx(&portal, &["--recipient", "bob@b.example"]),
         &two,
         "fresh; cancelled before by this receiver (redelivery)",
         0,
@@ -156,14 +158,14 @@ fn verify_and_cancel_rows() {
     let other = two.replace("<m1@example.org>", "<m2@example.org>");
     check(
         "cancel",
-        &rx(&["--recipient", "bob@b.example"]),
+        &rx(&portal, &["--recipient", "bob@b.example"]),
         &other,
         "used",
         3,
     );
     check(
         "verify",
-        &rx(&["--recipient", "bob@b.example"]),
+        &rx(&portal, &["--recipient", "bob@b.example"]),
         &other,
         "used",
         3,
@@ -171,7 +173,7 @@ fn verify_and_cancel_rows() {
     // stamps for others only: invalid, exit 4.
     check(
         "cancel",
-        &rx(&["--recipient", "eve@e.example"]),
+        &rx(&portal, &["--recipient", "eve@e.example"]),
         &two,
         "invalid; rule=for-other-recipients",
         4,
@@ -197,8 +199,8 @@ fn verify_and_cancel_rows() {
         "{r:?}"
     );
     // none: no stamp, exit 6.
-    check("cancel", &rx(&[]), BODY, "none", 6);
-    check("verify", &rx(&[]), BODY, "none", 6);
+    check("cancel", &rx(&portal, &[]), BODY, "none", 6);
+    check("verify", &rx(&portal, &[]), BODY, "none", 6);
     // unavailable: nobody answers, exit 1, the message comes through.
     let fresh = stamped(d, "dan@d.example");
     let closed = format!("127.0.0.1:{}", PORTS.block(1));
@@ -238,11 +240,11 @@ fn verify_and_cancel_rows() {
     );
     // bad input: nothing on stdout, exit 1.
     for sub in ["verify", "cancel"] {
-        let r = stamp_message(d, sub, &rx(&[]), b" x: y\n\nbody\n");
+        let r = stamp_message(d, sub, &rx(&portal, &[]), b" x: y\n\nbody\n");
         assert_eq!((r.code, r.stdout.as_str()), (1, ""), "{r:?}");
         assert!(r.stderr.contains("white space"), "{r:?}");
     }
     // Without --recipient and several labelled stamps: the first is judged (here Bob's,
     // spent above).
-    check("verify", &rx(&[]), &other, "used", 3);
+    check("verify", &rx(&portal, &[]), &other, "used", 3);
 }
