@@ -175,6 +175,6 @@ mod tests {
         let mut log = PeerLog::<2>::new();
         let mut out = Vec::new();
         log.poll(0, 2, 0, |_| u32::MAX, |c| out.push(c));
-        assert_eq!(out[0].down, true);
+        assert!(out[0].down);
     }
 }
