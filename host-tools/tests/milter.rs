@@ -628,4 +628,26 @@ fn one_stamp_per_recipient_each_receiver_cancels_its_own_and_redelivery_is_fresh
         second.added("X-DQE-Verdict"),
         Some("used; cancelled before")
     );
+
+    // A relay configured to keep incoming stamps adds its own and removes nothing.
+    drop(sender);
+    let relay = MilterProcess::start(
+        d,
+        PORTS.block(1),
+        &[
+            "--send",
+            "--cert",
+            "sender.cert",
+            "--key",
+            "sender.key",
+            "--keep-incoming-stamps",
+        ],
+    );
+    let kept = block_on(send_message(
+        relay.addr,
+        "<alice@example.org>",
+        &[("X-DQE-Stamp", "a client's")],
+    ));
+    assert!(kept.changed.is_empty(), "{kept:?}");
+    assert_eq!(added_all(&kept, "X-DQE-Stamp").len(), 1, "{kept:?}");
 }

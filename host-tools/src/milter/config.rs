@@ -823,6 +823,46 @@ mod tests {
     }
 
     #[test]
+    fn a_receiver_takes_a_state_dir_for_its_record_of_cancelled_stamps() {
+        // The packaged unit passes --state-dir to every milter, receivers included.
+        let args = MilterArgs {
+            listen: Some("inet:127.0.0.1:9".into()),
+            receive: true,
+            trust: vec!["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()],
+            portals: vec!["127.0.0.1:1".parse().unwrap()],
+            state_dir: Some(PathBuf::from("/var/lib/dqe/milter")),
+            ..MilterArgs::default()
+        };
+        let Role::Receive(r) = MilterConfig::resolve(&args, &ClientConfig::default())
+            .unwrap()
+            .role
+        else {
+            panic!("receive role expected")
+        };
+        assert_eq!(r.state_dir, Some(PathBuf::from("/var/lib/dqe/milter")));
+        // The file's state_dir is relative to the file.
+        let c = from_text(
+            "listen = \"inet:127.0.0.1:9\"\n[receive]\ntrust = [\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"]\nportals = [\"127.0.0.1:1\"]\nstate_dir = \"rec\"\n",
+        )
+        .unwrap();
+        let Role::Receive(r) = c.role else {
+            panic!("receive role expected")
+        };
+        assert!(r.state_dir.unwrap().ends_with("rec"));
+        // --keep-incoming-stamps is the sender's.
+        let mixed = MilterArgs {
+            keep_incoming_stamps: true,
+            ..args
+        };
+        let err = MilterConfig::resolve(&mixed, &ClientConfig::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--keep-incoming-stamps belongs to the --send role"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn a_role_and_its_essentials_are_required() {
         let no_role = MilterArgs {
             listen: Some("inet:127.0.0.1:9".into()),
