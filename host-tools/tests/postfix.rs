@@ -639,7 +639,16 @@ fn postfix_delivers_a_thousand_fresh_messages_over_sixteen_sessions() {
         let n: usize = subject[0].strip_prefix("bench ").unwrap().parse().unwrap();
         seen[n] += 1;
         let v = headers(m, "X-DQE-Verdict");
-        assert_eq!(v, ["fresh; cancelled now"], "message {n}: {m}");
+        assert_eq!(
+            v,
+            ["fresh; cancelled now"],
+            "message {n}: {m}\nreceiver's other verdicts: {:?}",
+            p.receiver
+                .log()
+                .iter()
+                .filter(|l| l.contains("latency_ms=") && !l.contains("outcome=fresh"))
+                .collect::<Vec<_>>()
+        );
     }
     assert!(
         seen.iter().all(|&c| c == 1),
