@@ -33,6 +33,9 @@
 //! deadline the node handles, so a write always carries the epoch of the moment it is made, and
 //! a board that learns the time of day late (SNTP, an RTC set later) follows it when it does.
 //!
+//! A peer going down and coming back is logged once per change through the `log` facade
+//! ([`peer_log`]), checked with the epoch once a second, as `dqe-enforcer` logs it.
+//!
 //! [`firewall::Firewall`] wraps the board's network driver so that the stack reflects nothing
 //! larger than it received (no ICMP errors) and answers pings within a rate limit.
 #![no_std]
@@ -40,6 +43,7 @@
 
 pub mod firewall;
 pub mod neighbors;
+pub mod peer_log;
 
 use core::future::Future;
 use core::net::{SocketAddr, SocketAddrV4};
@@ -350,6 +354,8 @@ pub struct EmbeddedNode<
     epoch_source: E,
     epoch: Option<u32>,
     stats: BackendStats,
+    /// What has been logged of the peers' health.
+    peers: peer_log::PeerLog<N>,
 }
 
 impl<
@@ -429,6 +435,7 @@ where
             epoch_source,
             epoch: None,
             stats: BackendStats::default(),
+            peers: peer_log::PeerLog::new(),
         })
     }
 
@@ -470,6 +477,7 @@ where
             }
             if now >= next_epoch_check {
                 self.refresh_epoch();
+                self.log_peer_health(now);
                 next_epoch_check = now + EPOCH_CHECK_MS;
             }
             if self.node.poll_timeout().is_some_and(|t| t <= now) {
@@ -512,6 +520,18 @@ where
             )
             .await;
         }
+    }
+
+    /// Log each change of a peer's health once (rate-limited per peer, see [`peer_log`]).
+    fn log_peer_health(&mut self, now: u64) {
+        let node = &*self.node;
+        self.peers.poll(
+            node.me(),
+            N,
+            now,
+            |i| node.health_transitions(i),
+            |change| change.log(),
+        );
     }
 
     /// Ask the epoch source and tell the node when the epoch moved.

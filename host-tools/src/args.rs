@@ -23,6 +23,7 @@ Exit codes:
      `portal test|set`: found (the word was set already)
   4  `stamp verify` / `stamp cancel`: the stamp is invalid (the failed rule is on stderr)
   5  `stamp print`: every stamp of this epoch has been printed (quota spent)
+  6  `stamp verify|cancel --message`: the message carries no stamp (verdict `none`)
 
 Client config: --client-config FILE, else $DQE_CLIENT_CONFIG, else /etc/dqe/client.toml
 when present. It sets `portals`, `trust`, `epoch_seconds`, `grace` and `timeout_ms`;
@@ -31,6 +32,52 @@ flags override it. Example:
   trust = [\"/etc/dqe/qa.pub\"]   # paths to .pub files, or keys as base64url text
 
 Start with `dqe demo`.";
+
+/// The filter contract of `dqe stamp print --message` (docs/protocol.md has the same table).
+pub(crate) const PRINT_CONTRACT: &str = "\
+FILTER CONTRACT (--message): stdout always gets the whole message once stdin was read.
+  outcome                      stdout                                  exit
+  printed                      message + one X-DQE-Stamp per recipient  0
+  quota spent                  message unchanged (unstamped)            5
+  no trusted allocator / other message unchanged (unstamped)            1
+  bad input (not a message)    nothing                                  1
+Incoming X-DQE-Stamp headers are removed unless --keep-stamps.";
+
+/// The filter contract of `dqe stamp verify --message`.
+pub(crate) const VERIFY_CONTRACT: &str = "\
+FILTER CONTRACT (--message): stdout always gets the whole message once stdin was read, with
+incoming X-DQE-Verdict headers removed and this one added first.
+  outcome                      X-DQE-Verdict                           exit
+  fresh (not used yet)         fresh                                   0
+  valid, no portal asked       valid; untested                         0
+  used                         used                                    3
+  invalid (rule on stderr)     invalid; rule=NAME                      4
+  stamps for others only       invalid; rule=for-other-recipients      4
+  none (no X-DQE-Stamp)        none                                    6
+  unavailable (no portal)      unavailable; ...                        1
+  no trusted allocator, bad    error; REASON                           1
+    config or arguments
+  bad input (not a message)    nothing on stdout                       1
+Several stamps (--recipient): the worst verdict, with a count. Without --message: the
+verdict's first word on stdout, same exit codes.";
+
+/// The filter contract of `dqe stamp cancel --message`.
+pub(crate) const CANCEL_CONTRACT: &str = "\
+FILTER CONTRACT (--message): stdout always gets the whole message once stdin was read, with
+incoming X-DQE-Verdict headers removed and this one added first.
+  outcome                      X-DQE-Verdict                           exit
+  fresh, cancelled now         fresh; cancelled                        0
+  own redelivery               fresh; cancelled before by this receiver (redelivery)  0
+  used                         used                                    3
+  invalid (rule on stderr)     invalid; rule=NAME                      4
+  stamps for others only       invalid; rule=for-other-recipients      4
+  none (no X-DQE-Stamp)        none                                    6
+  unavailable (no portal)      unavailable; ...                        1
+  no trusted allocator, bad    error; REASON                           1
+    config or arguments
+  bad input (not a message)    nothing on stdout                       1
+Several stamps (--recipient): the worst verdict, with a count. Without --message: `cancelled`,
+`used` or `invalid` on stdout, same exit codes.";
 
 /// `dqe`: clients, allocator and experiments for DQE (Distributed Quota Enforcement).
 #[derive(Debug, Parser)]
@@ -179,7 +226,7 @@ pub struct PortalList {
 pub struct StampSource {
     /// The stamp's text form.
     pub stamp: Option<String>,
-    /// Read an RFC 5322 message on stdin, take its X-DQE-Stamp header, and write the message back with an X-DQE-Verdict header.
+    /// Read an RFC 5322 message on stdin, take its X-DQE-Stamp headers, and write the whole message back with an X-DQE-Verdict header (see FILTER CONTRACT below).
     #[arg(long)]
     pub message: bool,
 }
@@ -188,17 +235,13 @@ pub struct StampSource {
 #[derive(Debug, Subcommand)]
 pub enum StampCommand {
     /// Print one stamp (the next unused index of the epoch, taken durably from a state file).
-    #[command(after_help = "Exit codes: 0 printed, 5 quota spent for this epoch, 1 other error.")]
+    #[command(after_help = PRINT_CONTRACT)]
     Print(PrintArgs),
     /// Check every acceptance rule; with a portal, also TEST whether the stamp was used.
-    #[command(
-        after_help = "Exit codes: 0 valid (and fresh when tested), 3 valid but used already, 4 invalid (rule on stderr), 1 other error (unreachable portal, bad arguments).\nVerdict header values: fresh, used, valid; untested, invalid; rule=NAME, none (no stamp), error."
-    )]
+    #[command(after_help = VERIFY_CONTRACT)]
     Verify(VerifyArgs),
     /// Verify, then SET the stamp's postmark: spend it.
-    #[command(
-        after_help = "Exit codes: 0 cancelled now (it was fresh), 3 it had been used already, 4 invalid (rule on stderr), 1 other error."
-    )]
+    #[command(after_help = CANCEL_CONTRACT)]
     Cancel(CancelArgs),
 }
 
@@ -220,9 +263,15 @@ pub struct PrintArgs {
     /// Directory of state files, one per certificate, named by the certificate's SHA-1 [default: $DQE_STATE_DIR, else $XDG_STATE_HOME/dqe, else ~/.local/state/dqe].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Read an RFC 5322 message on stdin and write it back with an X-DQE-Stamp header.
+    /// Read an RFC 5322 message on stdin and write it back with one X-DQE-Stamp header per recipient (on failure: unchanged, with exit 5 or 1).
     #[arg(long)]
     pub message: bool,
+    /// An envelope recipient: one stamp each, labelled `for=` it; repeat or separate with commas [default: one unlabelled stamp, for any single recipient].
+    #[arg(long = "recipient", value_name = "ADDR", value_delimiter = ',')]
+    pub recipients: Vec<String>,
+    /// --message: keep the X-DQE-Stamp headers the message came with (a relay passing its clients' stamps on) [default: remove them].
+    #[arg(long, requires = "message")]
+    pub keep_stamps: bool,
     #[command(flatten)]
     pub epoch: EpochArgs,
 }
@@ -238,6 +287,9 @@ pub struct VerifyArgs {
     /// Check the rules only; ask no portal even if the client config lists some.
     #[arg(long, conflicts_with = "portals")]
     pub offline: bool,
+    /// This receiver's envelope recipient: judge the stamp labelled for it; repeat or separate with commas [default: the unlabelled stamp, else the first].
+    #[arg(long = "recipient", value_name = "ADDR", value_delimiter = ',')]
+    pub recipients: Vec<String>,
     #[command(flatten)]
     pub epoch: EpochArgs,
     #[command(flatten)]
@@ -252,6 +304,12 @@ pub struct CancelArgs {
     pub trust: Vec<String>,
     #[command(flatten)]
     pub portals: PortalList,
+    /// This receiver's envelope recipient: cancel the stamp labelled for it; repeat or separate with commas [default: the unlabelled stamp, else the first].
+    #[arg(long = "recipient", value_name = "ADDR", value_delimiter = ',')]
+    pub recipients: Vec<String>,
+    /// Where the record of cancelled stamps is kept, so this receiver's own redelivery of a message is not `used` [default: $DQE_STATE_DIR, else $XDG_STATE_HOME/dqe, else ~/.local/state/dqe].
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub epoch: EpochArgs,
     #[command(flatten)]

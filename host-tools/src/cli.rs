@@ -45,6 +45,9 @@ pub const EXIT_INVALID: u8 = 4;
 /// Exit status: the epoch's quota is spent.
 pub const EXIT_QUOTA_SPENT: u8 = 5;
 
+/// Exit status: the message carries no stamp (`none`).
+pub const EXIT_NONE: u8 = 6;
+
 /// Why a command failed (exit status 1, or 5 for a spent quota).
 #[derive(Debug, thiserror::Error)]
 pub enum Failure {
@@ -139,9 +142,16 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
     match cli.command {
         Command::Keygen(a) => cmd::keygen::run(a),
         Command::Qa(QaCommand::Issue(a)) => cmd::qa::issue(a, &config()?),
-        Command::Stamp(StampCommand::Print(a)) => cmd::stamp::print(a, &config()?),
-        Command::Stamp(StampCommand::Verify(a)) => cmd::stamp::verify(a, &config()?),
-        Command::Stamp(StampCommand::Cancel(a)) => cmd::stamp::cancel(a, &config()?),
+        // Filters read the message before the config, so a bad config still passes it on.
+        Command::Stamp(StampCommand::Print(a)) => {
+            cmd::stamp::print(a, config().map_err(Into::into))
+        }
+        Command::Stamp(StampCommand::Verify(a)) => {
+            cmd::stamp::verify(a, config().map_err(Into::into))
+        }
+        Command::Stamp(StampCommand::Cancel(a)) => {
+            cmd::stamp::cancel(a, config().map_err(Into::into))
+        }
         Command::Portal(a) => cmd::portal::run(a, &config()?),
         Command::Config(ConfigCommand::Gen(a)) => cmd::config::generate(a),
         Command::Config(ConfigCommand::Check(a)) => cmd::config::check(a),

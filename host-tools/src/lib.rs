@@ -7,6 +7,8 @@
 //! - [`stamp_cmd`]: printing, verifying and cancelling stamps.
 //! - [`stamp_state`]: the durable index state of each certificate.
 //! - [`mail`]: adding and reading headers of an RFC 5322 message.
+//! - [`labels`]: one stamp per recipient (`for=` labels); [`judge`]: a receiver's verdict on a
+//!   message; [`cancel_record`]: the stamps a receiver cancelled, so its redelivery is fresh.
 //! - [`milter`]: `dqe milter`, stamping and verifying inside Postfix or Sendmail.
 //! - [`config_file`]: the client config and the cluster config (read by `dqe-config`),
 //!   errors by file, line, column and field.
@@ -30,13 +32,16 @@
 
 pub mod args;
 pub mod balance;
+pub mod cancel_record;
 pub mod cli;
 pub mod client;
 pub mod cluster;
 mod cmd;
 pub mod config_file;
 pub mod demo;
+pub mod judge;
 pub mod keys;
+pub mod labels;
 pub mod mail;
 pub mod milter;
 pub mod stamp_cmd;

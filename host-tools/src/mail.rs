@@ -205,23 +205,39 @@ impl Message {
             .map(|f| f.1)
     }
 
+    /// The unfolded values of every header called `name` (case-insensitive), in order.
+    pub fn headers(&self, name: &str) -> Vec<String> {
+        self.fields()
+            .into_iter()
+            .filter(|f| f.0.eq_ignore_ascii_case(name))
+            .map(|f| f.1)
+            .collect()
+    }
+
     /// The message with header `name: value` added first and every existing header called
     /// `drop` (case-insensitive) removed, e.g. a forged verdict.
     pub fn with_header(&self, name: &str, value: &str, drop: Option<&str>) -> Vec<u8> {
+        self.edited(&[(name, value.to_string())], drop.as_slice())
+    }
+
+    /// The message with the headers `add` first, in order, and every existing header whose
+    /// name is in `drop` (case-insensitive) removed.
+    pub fn edited(&self, add: &[(&str, String)], drop: &[&str]) -> Vec<u8> {
         let nl: &[u8] = if self.crlf { b"\r\n" } else { b"\n" };
-        let mut out = Vec::with_capacity(self.bytes.len() + value.len() + 64);
+        let added: usize = add.iter().map(|(n, v)| n.len() + v.len() + 16).sum();
+        let mut out = Vec::with_capacity(self.bytes.len() + added);
         out.extend_from_slice(&self.bytes[..self.headers_start]);
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b":");
-        out.extend_from_slice(&folded_value(name, value, nl));
-        out.extend_from_slice(nl);
+        for (name, value) in add {
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(b":");
+            out.extend_from_slice(&folded_value(name, value, nl));
+            out.extend_from_slice(nl);
+        }
         let mut kept = self.headers_start;
-        if let Some(drop) = drop {
-            for (fname, _, s, e) in self.fields() {
-                if fname.eq_ignore_ascii_case(drop) {
-                    out.extend_from_slice(&self.bytes[kept..s]);
-                    kept = e;
-                }
+        for (fname, _, s, e) in self.fields() {
+            if drop.iter().any(|d| fname.eq_ignore_ascii_case(d)) {
+                out.extend_from_slice(&self.bytes[kept..s]);
+                kept = e;
             }
         }
         out.extend_from_slice(&self.bytes[kept..]);
@@ -287,6 +303,20 @@ mod tests {
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "X-DQE-Verdict: invalid\nSubject: x\n\nX-DQE-Verdict: in body\n"
+        );
+    }
+
+    #[test]
+    fn adds_several_headers_in_order_and_reads_every_namesake() {
+        let m = Message::parse(b"X-S: old1\nSubject: x\nx-s: old2\n\nbody\n".to_vec()).unwrap();
+        assert_eq!(
+            m.headers("X-S"),
+            vec!["old1".to_string(), "old2".to_string()]
+        );
+        let out = m.edited(&[("X-S", "a".into()), ("X-S", "b".into())], &["x-s"]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "X-S: a\nX-S: b\nSubject: x\n\nbody\n"
         );
     }
 

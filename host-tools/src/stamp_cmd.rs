@@ -116,6 +116,8 @@ pub fn print(
 pub enum Invalid {
     /// The message carries no `X-DQE-Stamp` header.
     NoStamp,
+    /// Every stamp of the message is labelled `for=` other recipients.
+    ForOthers,
     /// The text is not a stamp.
     Text(StampTextError),
     /// A rule of PROTOCOL.md "Stamps" failed.
@@ -127,6 +129,7 @@ impl Invalid {
     pub fn rule(&self) -> &'static str {
         match self {
             Invalid::NoStamp => "no-stamp",
+            Invalid::ForOthers => "for-other-recipients",
             Invalid::Text(_) => "malformed",
             Invalid::Rule(e) => match e {
                 StampError::UntrustedAllocator => "untrusted-allocator",
@@ -146,6 +149,7 @@ impl Invalid {
     pub fn explain(&self, stamp: Option<&Stamp>) -> String {
         match self {
             Invalid::NoStamp => "the message has no X-DQE-Stamp header".into(),
+            Invalid::ForOthers => "the message's stamps are all labelled for other recipients (X-DQE-Stamp: for=...): none was paid for this one".into(),
             Invalid::Text(e) => e.to_string(),
             Invalid::Rule(StampError::UntrustedAllocator) => format!(
                 "untrusted allocator: the certificate was issued by {}, which is not among the trusted keys (--trust, or `trust` in the client config)",

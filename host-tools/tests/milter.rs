@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::{MilterProcess, PortRange, TestCluster, allocator_and_sender, dqe, print_stamp};
+use host_tools::labels::{Offered, label_for};
 use miltr_client::Client;
 use miltr_common::actions::Action;
 use miltr_common::commands::Header;
@@ -81,13 +82,26 @@ impl Answer {
     }
 }
 
-/// One message through the milter at `addr`, as Postfix sends it (without macros).
+/// One message to bob@example.net through the milter at `addr`, as Postfix sends it
+/// (without macros).
 async fn send_message(addr: SocketAddr, sender: &str, headers: &[(&str, &str)]) -> Answer {
+    send_message_to(addr, sender, &["<bob@example.net>"], headers).await
+}
+
+/// One message to `recipients` through the milter at `addr`.
+async fn send_message_to(
+    addr: SocketAddr,
+    sender: &str,
+    recipients: &[&str],
+    headers: &[(&str, &str)],
+) -> Answer {
     let stream = TcpStream::connect(addr).await.unwrap().compat();
     let client = Client::new(OptNeg::default());
     let mut c = client.connect_via(stream).await.unwrap();
     c.mail(sender.as_bytes()).await.unwrap();
-    c.recipient(&b"<bob@example.net>"[..]).await.unwrap();
+    for r in recipients {
+        c.recipient(r.as_bytes()).await.unwrap();
+    }
     c.data().await.unwrap();
     for (n, v) in headers {
         c.header(Header::new(n.as_bytes(), v.as_bytes()))
@@ -297,9 +311,11 @@ fn send_stamps_concurrent_messages_with_distinct_indices_then_follows_quota_spen
         assert_eq!(a.changed, vec![(1, "X-DQE-Stamp".into(), String::new())]);
         let text = a.added("X-DQE-Stamp").expect("a stamp");
         assert!(text.lines().all(|l| l.len() <= 78), "folded: {text:?}");
-        let r = common::judge(d, "verify", &[&text.replace('\n', "")]);
+        let offered = Offered::parse(text);
+        assert_eq!(offered.label, Some(label_for("bob@example.net")));
+        let r = common::judge(d, "verify", &[&offered.text.replace(' ', "")]);
         assert_eq!(r.code, 0, "{r:?}");
-        let stamp = host_tools::keys::parse_stamp(text).unwrap();
+        let stamp = host_tools::keys::parse_stamp(&offered.text).unwrap();
         indices.push(stamp.index);
     }
     indices.sort();
@@ -314,7 +330,9 @@ fn send_stamps_concurrent_messages_with_distinct_indices_then_follows_quota_spen
     );
     for i in 16..20 {
         let a = block_on(send_message(m.addr, "<alice@example.org>", &[]));
-        let s = host_tools::keys::parse_stamp(a.added("X-DQE-Stamp").unwrap()).unwrap();
+        let s =
+            host_tools::keys::parse_stamp(&Offered::parse(a.added("X-DQE-Stamp").unwrap()).text)
+                .unwrap();
         assert_eq!(s.index, i);
     }
     let spent = block_on(send_message(m.addr, "<alice@example.org>", &[]));
@@ -499,4 +517,137 @@ fn config_errors_name_file_line_and_field() {
         &[&listen[..], &["--cert", "sender.cert", "--key", "qa.key"]].concat(),
     );
     r.assert_fails(1, "is not the sender of certificate");
+}
+
+/// The values of every inserted header `name`, in the order they end up at the top.
+fn added_all(a: &Answer, name: &str) -> Vec<String> {
+    // Each insert at index 0 goes on top of the ones before it.
+    a.inserted
+        .iter()
+        .rev()
+        .filter(|h| h.1 == name)
+        .map(|h| h.2.clone())
+        .collect()
+}
+
+#[test]
+fn one_stamp_per_recipient_each_receiver_cancels_its_own_and_redelivery_is_fresh() {
+    let c = TestCluster::start(&PORTS, 3, 2);
+    let d = c.dir.path();
+    allocator_and_sender(d, 10, "+30");
+    let sender = MilterProcess::start(
+        d,
+        PORTS.block(1),
+        &["--send", "--cert", "sender.cert", "--key", "sender.key"],
+    );
+    // Three recipients (one named twice, in another case) in two domains: three stamps,
+    // each labelled for its recipient, and the incoming stamp removed.
+    let sent = block_on(send_message_to(
+        sender.addr,
+        "<alice@example.org>",
+        &[
+            "<bob@b.example>",
+            "<carol@c.example>",
+            "<BOB@b.example>",
+            "<dan@c.example>",
+        ],
+        &[
+            ("X-DQE-Stamp", "someone else's"),
+            ("Message-ID", "<m1@example.org>"),
+        ],
+    ));
+    assert_eq!(sent.changed, vec![(1, "X-DQE-Stamp".into(), String::new())]);
+    let stamps = added_all(&sent, "X-DQE-Stamp");
+    let labels: Vec<_> = stamps
+        .iter()
+        .map(|s| Offered::parse(s).label.unwrap())
+        .collect();
+    assert_eq!(
+        labels,
+        ["bob@b.example", "carol@c.example", "dan@c.example"].map(label_for)
+    );
+    let mut headers: Vec<(&str, &str)> =
+        stamps.iter().map(|s| ("X-DQE-Stamp", s.as_str())).collect();
+    headers.push(("Message-ID", "<m1@example.org>"));
+
+    // Each receiving domain cancels the stamps of its own recipients: fresh at both.
+    let rx = receiver(&c, &[]);
+    let at_b = block_on(send_message_to(
+        rx.addr,
+        "<alice@example.org>",
+        &["<bob@b.example>"],
+        &headers,
+    ));
+    assert_eq!(at_b.added("X-DQE-Verdict"), Some("fresh; cancelled now"));
+    let at_c = block_on(send_message_to(
+        rx.addr,
+        "<alice@example.org>",
+        &["<carol@c.example>", "<dan@c.example>"],
+        &headers,
+    ));
+    assert_eq!(
+        at_c.added("X-DQE-Verdict"),
+        Some("fresh; cancelled now (2 of 2 stamps for 2 recipients)")
+    );
+    // A recipient no stamp is for: invalid for it.
+    let other = block_on(send_message_to(
+        rx.addr,
+        "<alice@example.org>",
+        &["<eve@e.example>"],
+        &headers,
+    ));
+    assert_eq!(
+        other.added("X-DQE-Verdict"),
+        Some("invalid; rule=for-other-recipients")
+    );
+    // The receiver deferred the message and it comes back, even after a restart: its own
+    // earlier cancel, so fresh.
+    drop(rx);
+    let rx = receiver(&c, &[]);
+    let again = block_on(send_message_to(
+        rx.addr,
+        "<alice@example.org>",
+        &["<bob@b.example>"],
+        &headers,
+    ));
+    assert_eq!(
+        again.added("X-DQE-Verdict"),
+        Some("fresh; cancelled by this server before (redelivery)")
+    );
+    // The same stamp on another message is used.
+    let mut reused = headers.clone();
+    reused.pop();
+    reused.push(("Message-ID", "<m2@example.org>"));
+    let second = block_on(send_message_to(
+        rx.addr,
+        "<alice@example.org>",
+        &["<bob@b.example>"],
+        &reused,
+    ));
+    assert_eq!(
+        second.added("X-DQE-Verdict"),
+        Some("used; cancelled before")
+    );
+
+    // A relay configured to keep incoming stamps adds its own and removes nothing.
+    drop(sender);
+    let relay = MilterProcess::start(
+        d,
+        PORTS.block(1),
+        &[
+            "--send",
+            "--cert",
+            "sender.cert",
+            "--key",
+            "sender.key",
+            "--keep-incoming-stamps",
+        ],
+    );
+    let kept = block_on(send_message(
+        relay.addr,
+        "<alice@example.org>",
+        &[("X-DQE-Stamp", "a client's")],
+    ));
+    assert!(kept.changed.is_empty(), "{kept:?}");
+    assert_eq!(added_all(&kept, "X-DQE-Stamp").len(), 1, "{kept:?}");
 }

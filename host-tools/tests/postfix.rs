@@ -141,7 +141,7 @@ notify_classes =
 transport_maps = inline:{{ relay.test=smtp:[127.0.0.1]:{in_port} }}
 virtual_mailbox_domains = inbound.test
 virtual_mailbox_base = {r}/mail
-virtual_mailbox_maps = inline:{{ bob@inbound.test=bob/, bench@inbound.test=bench/ }}
+virtual_mailbox_maps = inline:{{ bob@inbound.test=bob/, carol@inbound.test=carol/, bench@inbound.test=bench/ }}
 virtual_uid_maps = static:{uid}
 virtual_gid_maps = static:{gid}
 virtual_minimum_uid = 1
@@ -429,6 +429,31 @@ fn postfix_stamps_relays_verifies_catches_reuse_and_survives_a_dead_enforcer() {
     assert_eq!(stamps.len(), 1, "{first}");
     let stamp = stamps[0].replace(' ', "");
 
+    // Two recipients: one stamp each, labelled for its recipient; the receiving server
+    // cancels both, and each copy is fresh.
+    swaks(
+        p.postfix.outbound,
+        "two",
+        &["--to", "bob@relay.test,carol@relay.test"],
+    );
+    for user in ["bob", "carol"] {
+        let m = p.postfix.wait_for(user, "two");
+        assert_eq!(
+            headers(&m, "X-DQE-Verdict"),
+            ["fresh; cancelled now (2 of 2 stamps for 2 recipients)"],
+            "{m}"
+        );
+        let labels: Vec<_> = headers(&m, "X-DQE-Stamp")
+            .iter()
+            .map(|v| host_tools::labels::Offered::parse(v).label.unwrap())
+            .collect();
+        assert_eq!(
+            labels,
+            ["bob@relay.test", "carol@relay.test"].map(host_tools::labels::label_for),
+            "{m}"
+        );
+    }
+
     // The same stamp again, straight to the receiving server: used.
     let again = format!("X-DQE-Stamp: {stamp}");
     swaks(p.postfix.inbound, "again", &["--add-header", &again]);
@@ -472,7 +497,7 @@ fn postfix_stamps_relays_verifies_catches_reuse_and_survives_a_dead_enforcer() {
         .iter()
         .filter(|l| l.contains("outcome=stamped"))
         .collect();
-    assert_eq!(stamped.len(), 2, "{send_log:?}");
+    assert_eq!(stamped.len(), 3, "{send_log:?}");
     assert!(!stamped[0].contains("queue=-"), "{send_log:?}");
     let receive_log = p.receiver.log();
     for verdict in ["fresh", "used", "unavailable"] {
@@ -614,7 +639,16 @@ fn postfix_delivers_a_thousand_fresh_messages_over_sixteen_sessions() {
         let n: usize = subject[0].strip_prefix("bench ").unwrap().parse().unwrap();
         seen[n] += 1;
         let v = headers(m, "X-DQE-Verdict");
-        assert_eq!(v, ["fresh; cancelled now"], "message {n}: {m}");
+        assert_eq!(
+            v,
+            ["fresh; cancelled now"],
+            "message {n}: {m}\nreceiver's other verdicts: {:?}",
+            p.receiver
+                .log()
+                .iter()
+                .filter(|l| l.contains("latency_ms=") && !l.contains("outcome=fresh"))
+                .collect::<Vec<_>>()
+        );
     }
     assert!(
         seen.iter().all(|&c| c == 1),

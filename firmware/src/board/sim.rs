@@ -134,8 +134,31 @@ pub fn parse_cidr(text: &str) -> Result<(Ipv4Addr, u8), SimError> {
     Ok((ip, prefix))
 }
 
+/// The sim's logger: `log` lines (peer health from the backend) on stderr, as a board would
+/// send them to its console.
+struct StderrLog;
+
+impl log::Log for StderrLog {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Info
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            eprintln!("dqe-fw-sim: {} {}", r.level(), r.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: StderrLog = StderrLog;
+
 /// Run the sim board until the process is killed; returns only on a start-up error.
 pub fn run(args: Args) -> Result<Infallible, SimError> {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Info);
+    }
     let spec = config_file::load_with_capacity::<MAX_NODES>(&args.config, RING_POINTS)?;
     let me = config_file::find_node(&args.config, &spec, &args.node)?;
     let (ip, prefix) = parse_cidr(&args.address)?;

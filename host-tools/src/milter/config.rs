@@ -13,6 +13,7 @@
 //! trust = ["/etc/dqe/qa.pub"]         # default: the client config's
 //! portals = ["127.0.0.1:8101"]        # default: the client config's
 //! timeout_ms = 2000
+//! state_dir = "/var/lib/dqe"          # the record of cancelled stamps (redeliveries)
 //! [receive.actions]                   # accept | tag (default) | reject | tempfail
 //! used = "reject"
 //!
@@ -20,6 +21,7 @@
 //! [send]
 //! quota_spent = "tempfail"            # or "accept" (sent unstamped)
 //! state_dir = "/var/lib/dqe"          # default: the stamp tools' state directory
+//! keep_incoming_stamps = false        # true: a relay passing its clients' stamps on
 //! [[send.identity]]
 //! sender = "example.org"              # an address, a domain, or "*"
 //! cert = "/etc/dqe/sender.cert"
@@ -210,6 +212,8 @@ pub struct ReceiveRole {
     pub grace: u32,
     /// What to do with each verdict.
     pub actions: Actions,
+    /// Where the record of cancelled stamps is kept (none: redeliveries read `used`).
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Which senders an identity stamps for.
@@ -264,6 +268,8 @@ pub struct SendRole {
     pub identities: Vec<Identity>,
     /// What to do when a quota is spent.
     pub quota_spent: QuotaSpent,
+    /// Keep `X-DQE-Stamp` headers that came with the message (a relay) instead of removing them.
+    pub keep_incoming_stamps: bool,
     /// Epoch length in seconds.
     pub epoch_seconds: u32,
     /// Epochs of grace (for the state file's retention).
@@ -319,12 +325,15 @@ pub struct MilterArgs {
     /// --send: the state file of --cert [default: one per certificate in the state directory].
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
-    /// --send: the state directory [default: $DQE_STATE_DIR, $XDG_STATE_HOME/dqe or ~/.local/state/dqe].
+    /// The state directory: --send's index state, --receive's record of cancelled stamps [default: $DQE_STATE_DIR, $XDG_STATE_HOME/dqe or ~/.local/state/dqe].
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// --send: what to do when the epoch's quota is spent [default: tempfail].
     #[arg(long, value_name = "ACTION")]
     pub quota_spent: Option<QuotaSpent>,
+    /// --send: keep X-DQE-Stamp headers that came with the message (a relay passing its clients' stamps on) [default: remove them].
+    #[arg(long)]
+    pub keep_incoming_stamps: bool,
     /// --receive: a trusted allocator (.pub file or key text); repeat for several [default: the client config's].
     #[arg(long, value_name = "QA.pub")]
     pub trust: Vec<String>,
@@ -363,6 +372,7 @@ struct RawFile {
 struct RawSend {
     quota_spent: Option<Spanned<String>>,
     state_dir: Option<String>,
+    keep_incoming_stamps: Option<bool>,
     #[serde(default)]
     identity: Vec<RawIdentity>,
 }
@@ -382,6 +392,7 @@ struct RawReceive {
     trust: Option<Vec<Spanned<String>>>,
     portals: Option<Vec<Spanned<String>>>,
     timeout_ms: Option<Spanned<u64>>,
+    state_dir: Option<String>,
     #[serde(default)]
     actions: std::collections::BTreeMap<String, Spanned<String>>,
 }
@@ -405,12 +416,21 @@ struct FromFile {
     drain: Option<Duration>,
     epoch_seconds: Option<u32>,
     grace: Option<u32>,
-    send: Option<(Option<QuotaSpent>, Option<PathBuf>, Vec<Identity>)>,
+    send: Option<FileSend>,
     receive: Option<FileReceive>,
 }
 
 #[derive(Default)]
+struct FileSend {
+    quota_spent: Option<QuotaSpent>,
+    state_dir: Option<PathBuf>,
+    keep_incoming_stamps: bool,
+    identities: Vec<Identity>,
+}
+
+#[derive(Default)]
 struct FileReceive {
+    state_dir: Option<PathBuf>,
     trust: Option<Vec<PublicKey>>,
     portals: Option<Vec<SocketAddr>>,
     timeout: Option<Duration>,
@@ -502,10 +522,18 @@ fn parse_file(path: &Path, text: &str) -> Result<FromFile, FileError> {
             .map_err(|e| field(i.cert.span(), "send.identity", e))?;
             identities.push(id);
         }
-        out.send = Some((quota_spent, state_dir, identities));
+        out.send = Some(FileSend {
+            quota_spent,
+            state_dir,
+            keep_incoming_stamps: s.keep_incoming_stamps.unwrap_or(false),
+            identities,
+        });
     }
     if let Some(r) = raw.receive {
-        let mut rec = FileReceive::default();
+        let mut rec = FileReceive {
+            state_dir: r.state_dir.as_ref().map(|d| base.join(d)),
+            ..FileReceive::default()
+        };
         if let Some(list) = &r.trust {
             let mut keys = Vec::new();
             for t in list {
@@ -611,16 +639,17 @@ impl MilterConfig {
                 &[
                     ("--cert", args.cert.is_some()),
                     ("--state", args.state.is_some()),
-                    ("--state-dir", args.state_dir.is_some()),
                     ("--quota-spent", args.quota_spent.is_some()),
+                    ("--keep-incoming-stamps", args.keep_incoming_stamps),
                 ],
                 "--send",
             )?;
         }
         let role = if send {
-            let (file_quota, state_dir, mut identities) = file.send.unwrap_or_default();
+            let f = file.send.unwrap_or_default();
+            let mut identities = f.identities;
             if let (Some(cert), Some(key)) = (&args.cert, &args.key) {
-                let state_dir = args.state_dir.clone().or(state_dir);
+                let state_dir = args.state_dir.clone().or(f.state_dir);
                 let id = identity(
                     SenderMatch::Anyone,
                     cert,
@@ -646,8 +675,9 @@ impl MilterConfig {
                 identities,
                 quota_spent: args
                     .quota_spent
-                    .or(file_quota)
+                    .or(f.quota_spent)
                     .unwrap_or(QuotaSpent::Tempfail),
+                keep_incoming_stamps: args.keep_incoming_stamps || f.keep_incoming_stamps,
                 epoch_seconds,
                 grace,
             })
@@ -686,6 +716,11 @@ impl MilterConfig {
             for (v, a) in &args.actions {
                 actions.set(*v, *a);
             }
+            let state_dir = args
+                .state_dir
+                .clone()
+                .or(f.state_dir)
+                .or_else(crate::stamp_state::default_state_dir);
             Role::Receive(ReceiveRole {
                 trust,
                 portals,
@@ -693,6 +728,7 @@ impl MilterConfig {
                 epoch_seconds,
                 grace,
                 actions,
+                state_dir,
             })
         } else {
             return Err(usage(
@@ -784,6 +820,46 @@ mod tests {
         assert_eq!(r.actions.of(VerdictKind::Used), MessageAction::Reject);
         assert_eq!(r.actions.of(VerdictKind::Invalid), MessageAction::Tempfail);
         assert_eq!(r.actions.of(VerdictKind::Fresh), MessageAction::Tag);
+    }
+
+    #[test]
+    fn a_receiver_takes_a_state_dir_for_its_record_of_cancelled_stamps() {
+        // The packaged unit passes --state-dir to every milter, receivers included.
+        let args = MilterArgs {
+            listen: Some("inet:127.0.0.1:9".into()),
+            receive: true,
+            trust: vec!["AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA".into()],
+            portals: vec!["127.0.0.1:1".parse().unwrap()],
+            state_dir: Some(PathBuf::from("/var/lib/dqe/milter")),
+            ..MilterArgs::default()
+        };
+        let Role::Receive(r) = MilterConfig::resolve(&args, &ClientConfig::default())
+            .unwrap()
+            .role
+        else {
+            panic!("receive role expected")
+        };
+        assert_eq!(r.state_dir, Some(PathBuf::from("/var/lib/dqe/milter")));
+        // The file's state_dir is relative to the file.
+        let c = from_text(
+            "listen = \"inet:127.0.0.1:9\"\n[receive]\ntrust = [\"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\"]\nportals = [\"127.0.0.1:1\"]\nstate_dir = \"rec\"\n",
+        )
+        .unwrap();
+        let Role::Receive(r) = c.role else {
+            panic!("receive role expected")
+        };
+        assert!(r.state_dir.unwrap().ends_with("rec"));
+        // --keep-incoming-stamps is the sender's.
+        let mixed = MilterArgs {
+            keep_incoming_stamps: true,
+            ..args
+        };
+        let err = MilterConfig::resolve(&mixed, &ClientConfig::default()).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("--keep-incoming-stamps belongs to the --send role"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //! Postfix (`smtpd_milters`, `non_smtpd_milters`) and Sendmail (`INPUT_MAIL_FILTER`) hand
 //! each message to a milter and apply the header changes and the verdict it answers. One
 //! `dqe milter` process plays one role:
-//! - [`send`]: on a submission server, print a stamp per message and add `X-DQE-Stamp`;
+//! - [`send`]: on a submission server, print a stamp per recipient, each in its own
+//!   `X-DQE-Stamp` header labelled for its recipient;
 //! - [`receive`]: on a receiving server, verify and cancel the stamp and add
 //!   `X-DQE-Verdict` (fresh, used, invalid, none or unavailable), or act on the verdict.
 //!
@@ -42,6 +43,9 @@ pub enum RunError {
     /// The metrics endpoint could not be opened.
     #[error(transparent)]
     Metrics(#[from] dqe_metrics_http::MetricsBindError),
+    /// The portal client could not be made.
+    #[error(transparent)]
+    Portals(crate::client::ClientError),
     /// The runtime or signal handlers could not start.
     #[error("cannot start: {0}")]
     Start(std::io::Error),
@@ -100,7 +104,20 @@ async fn serve(config: MilterConfig) -> Result<(), RunError> {
     }
     let role = match config.role {
         Role::Send(s) => RoleHandle::Send(send::Sender::new(s)),
-        Role::Receive(r) => RoleHandle::Receive(receive::Receiver::new(r)),
+        Role::Receive(r) => {
+            let receiver = receive::Receiver::new(r).map_err(RunError::Portals)?;
+            if let Some(record) = receiver.record() {
+                eprintln!(
+                    "dqe milter: cancelled stamps are recorded in {} (a redelivery is not `used`)",
+                    record.path().display()
+                );
+            } else {
+                eprintln!(
+                    "dqe milter: warning: no state directory: a message this server deferred after cancelling its stamp will read `used` when it comes back; pass --state-dir"
+                );
+            }
+            RoleHandle::Receive(receiver)
+        }
     };
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Start)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Start)?;

@@ -1,6 +1,7 @@
 //! One milter conversation with the mail server, message by message.
 //!
-//! A session gathers what a message's decision needs (queue id, envelope sender, headers),
+//! A session gathers what a message's decision needs (queue id, envelope sender and
+//! recipients, headers),
 //! and at the end of the message asks the role for a [`Decision`] on a blocking thread
 //! (state files, locks and portal round trips block), then answers with header changes and
 //! a final action. The body is never asked for: option negotiation turns it off.
@@ -15,7 +16,7 @@ use std::time::Instant;
 
 use async_trait::async_trait;
 use miltr_common::actions::{Action, Continue, Replycode};
-use miltr_common::commands::{Header, Macro, Mail};
+use miltr_common::commands::{Header, Macro, Mail, Recipient};
 use miltr_common::modifications::ModificationResponse;
 use miltr_common::modifications::headers::{ChangeHeader, InsertHeader};
 use miltr_common::optneg::{OptNeg, Protocol};
@@ -34,6 +35,8 @@ pub struct Envelope {
     pub queue_id: String,
     /// The envelope sender as given (`<a@b>`).
     pub sender: String,
+    /// The envelope recipients as given (`<b@c>`), in order.
+    pub recipients: Vec<String>,
     /// The headers in order, names and values as the mail server passed them.
     pub headers: Vec<(String, String)>,
 }
@@ -45,6 +48,15 @@ impl Envelope {
             .iter()
             .find(|(n, _)| is_named(n, name))
             .map(|(_, v)| v.as_str())
+    }
+
+    /// The values of every header called `name`, in order.
+    pub fn all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| is_named(n, name))
+            .map(|(_, v)| v.as_str())
+            .collect()
     }
 
     /// Every header called `name`, as (name, 1-based index among its namesakes), for removal.
@@ -76,8 +88,8 @@ pub struct Decision {
     pub outcome: &'static str,
     /// The action taken, for the log and metrics.
     pub action: &'static str,
-    /// A header to add at the top: (name, value, folded with `\n`).
-    pub add: Option<(String, String)>,
+    /// Headers to add at the top, in this order: (name, value, folded with `\n`).
+    pub add: Vec<(String, String)>,
     /// Headers to remove: (name, 1-based index among that name's headers).
     pub remove: Vec<(String, u32)>,
     /// The final answer.
@@ -92,7 +104,7 @@ impl Decision {
         Decision {
             outcome,
             action: "accept",
-            add: None,
+            add: Vec::new(),
             remove: Vec::new(),
             reply: Reply::Continue,
             detail: String::new(),
@@ -108,7 +120,8 @@ impl Decision {
             for (name, index) in remove {
                 b.push(ChangeHeader::new(index, name.as_bytes(), b""));
             }
-            if let Some((name, value)) = &self.add {
+            // Each insert goes to the top: the last first keeps their order.
+            for (name, value) in self.add.iter().rev() {
                 b.push(InsertHeader::new(0, name.as_bytes(), value.as_bytes()));
             }
         }
@@ -201,8 +214,16 @@ impl Milter for Session {
         self.envelope = Envelope {
             queue_id,
             sender: mail.sender().into_owned(),
+            recipients: Vec::new(),
             headers: Vec::new(),
         };
+        Ok(Continue.into())
+    }
+
+    async fn rcpt(&mut self, recipient: Recipient) -> Result<Action, String> {
+        self.envelope
+            .recipients
+            .push(recipient.recipient().into_owned());
         Ok(Continue.into())
     }
 
@@ -227,7 +248,7 @@ impl Milter for Session {
         self.metrics
             .count(self.role.name(), decision.outcome, decision.action, took);
         eprintln!(
-            "dqe milter: queue={} role={} from={} outcome={} action={} latency_ms={:.2}{}",
+            "dqe milter: queue={} role={} from={} rcpts={} outcome={} action={} latency_ms={:.2}{}",
             if envelope.queue_id.is_empty() {
                 "-"
             } else {
@@ -239,6 +260,7 @@ impl Milter for Session {
             } else {
                 &envelope.sender
             },
+            envelope.recipients.len(),
             decision.outcome,
             decision.action,
             took.as_secs_f64() * 1000.0,
