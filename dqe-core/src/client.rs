@@ -34,7 +34,7 @@
 //! these drain [`Client::poll_transmit`] (datagrams to send) and [`Client::poll_event`]
 //! (portals passed over, finished requests). Time is [`Millis`] on the caller's clock.
 //!
-//! Storage is lent ([`Entry`] array, see [`table`]): its length bounds the requests in flight,
+//! Storage is lent ([`Entry`] array, see its doc): its length bounds the requests in flight,
 //! and a request beyond it is refused with [`StartError::Full`], never queued or dropped
 //! silently. A finished request holds its entry until its [`Finished`] event is taken.
 //!
