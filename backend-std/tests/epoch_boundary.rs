@@ -46,8 +46,9 @@ fn a_pair_set_just_after_an_epoch_boundary_is_kept_for_retain_epochs_full_epochs
     // Several boundaries: a stale epoch would be caught at nearly every one (the old refresh
     // every 100 ms left writes in the first 100 ms of an epoch under the previous one).
     for round in 0..3 {
-        let boundary =
-            Duration::from_secs((unix_now().as_secs() / EPOCH_SECONDS + 1) * EPOCH_SECONDS);
+        let seconds = EPOCH_SECONDS as u32;
+        let epoch = dqe_core::epoch::epoch_of(unix_now().as_secs(), seconds);
+        let boundary = Duration::from_secs(dqe_core::epoch::end_of(epoch, seconds));
         sleep_until_unix(boundary + Duration::from_millis(10));
         let (k, v) = pair(&format!("epoch boundary {round}"));
         assert_eq!(c.set(node.portal, v), Some(Body::Stored));

@@ -34,7 +34,7 @@
 //! these drain [`Client::poll_transmit`] (datagrams to send) and [`Client::poll_event`]
 //! (portals passed over, finished requests). Time is [`Millis`] on the caller's clock.
 //!
-//! Storage is lent ([`Entry`] array, see [`table`]): its length bounds the requests in flight,
+//! Storage is lent ([`Entry`] array, see its doc): its length bounds the requests in flight,
 //! and a request beyond it is refused with [`StartError::Full`], never queued or dropped
 //! silently. A finished request holds its entry until its [`Finished`] event is taken.
 //!
@@ -106,8 +106,8 @@ impl Default for Schedule {
     }
 }
 
-/// How a client behaves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a client behaves. The default: cluster 0 (any), [`Schedule::default`], every portal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ClientConfig {
     /// The cluster tag requests carry (0: any cluster).
     pub cluster: u32,
@@ -116,16 +116,6 @@ pub struct ClientConfig {
     /// How many portals one request asks at most, one after the other (0 or more than the
     /// client has: all of them).
     pub portals_per_request: usize,
-}
-
-impl Default for ClientConfig {
-    fn default() -> Self {
-        ClientConfig {
-            cluster: 0,
-            schedule: Schedule::default(),
-            portals_per_request: 0,
-        }
-    }
 }
 
 /// Which request, as the slot of the lent table it occupies (stable while it is in flight:

@@ -279,7 +279,7 @@ impl Clock {
     /// caller chose another): `seconds_left` counts to the end of `epoch`.
     pub fn at(unix_seconds: u64, epoch_seconds: u32, grace: u32, epoch: Option<u32>) -> Clock {
         let now = dqe_core::epoch::epoch_of(unix_seconds, epoch_seconds);
-        let end = (epoch.unwrap_or(now) as u64 + 1) * epoch_seconds as u64;
+        let end = dqe_core::epoch::end_of(epoch.unwrap_or(now), epoch_seconds);
         Clock {
             epoch: now,
             grace,

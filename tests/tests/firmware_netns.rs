@@ -803,7 +803,9 @@ fn next_boundary(epoch_seconds: u64) -> Duration {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap();
-    Duration::from_secs((now.as_secs() / epoch_seconds + 1) * epoch_seconds)
+    let seconds = u32::try_from(epoch_seconds).expect("a test epoch fits u32");
+    let epoch = dqe_core::epoch::epoch_of(now.as_secs(), seconds);
+    Duration::from_secs(dqe_core::epoch::end_of(epoch, seconds))
 }
 
 fn sleep_until_unix(t: Duration) {

@@ -20,8 +20,11 @@ use super::InFlight;
 /// No slot.
 const NONE: u32 = u32::MAX;
 
-/// One entry of a client's table (see the module doc). Lend a client an array of
-/// [`Entry::EMPTY`]; its length is the most requests in flight at once.
+/// One entry of a client's table. Lend a client an array of [`Entry::EMPTY`]: its length is
+/// the most requests in flight at once. Each entry is at once a request's slot, a bucket of
+/// the id index, a place in the deadline heap and a link of the send and event queues, so one
+/// array is all the client needs; a reply finds its request in O(1) expected time and a
+/// deadline moves in O(log n).
 #[derive(Debug, Clone, Copy)]
 pub struct Entry {
     pub(super) request: Option<InFlight>,

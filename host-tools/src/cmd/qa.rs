@@ -56,7 +56,8 @@ pub(crate) fn issue(a: IssueArgs, c: &ClientConfig) -> Result<u8, Failure> {
     if let Some(w) = expiry_warning(expires, now, a.grace.unwrap_or(c.grace)) {
         eprintln!("dqe: warning: {w}");
     }
-    let (y, m, d) = civil_date((expires as u64 + 1) * epoch_seconds as u64 - 1);
+    let last_second = dqe_core::epoch::end_of(expires, epoch_seconds) - 1;
+    let (y, m, d) = civil_date(last_second);
     println!(
         "wrote {}: sender {}, {} stamps per epoch, valid through epoch {expires} (until {y:04}-{m:02}-{d:02} UTC)",
         a.out.display(),

@@ -22,6 +22,7 @@ use core::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use core::task::{Context, Waker};
 
 use backend_embedded::{EmbeddedNode, UniformResources};
+use dqe_core::client::{Client, ClientConfig, Entry, Event, Outcome};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
 use dqe_core::node::{Node, NodeConfig, NodeStorage, Port};
@@ -29,7 +30,7 @@ use dqe_core::replay::ReplyArrays;
 use dqe_core::ring::RingArrays;
 use dqe_core::stamp::{self, CertBody, CertCache, Certificate, Stamp};
 use dqe_core::store::{FixedStore, PutOutcome, Slot, Store};
-use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
+use dqe_core::wire::{self, Body, ClientRequest, Envelope, MAX_DATAGRAM, Reason, Reply};
 use embassy_futures::select::{Either, Either3, select, select3};
 use embassy_net::udp::{PacketMetadata, UdpSocket};
 use embassy_net::{Ipv4Cidr, Stack, StackResources, StaticConfigV4};
@@ -257,21 +258,32 @@ fn core_checks() -> Result<(), &'static str> {
         NodeStorage::default(),
     )
     .map_err(|_| "node refused a one-node cluster")?;
+    // The core's client asks the node, in lent storage.
     let client = SocketAddr::V4(SocketAddrV4::new(CLIENT_IP, 5000));
-    for (body, expected) in [
-        (Body::Set { key, value }, Body::Stored),
-        (Body::Test { key }, Body::Found { value }),
+    let portal = one_node_cluster().nodes[0].portal;
+    let mut asker = Client::new(ClientConfig::default(), [portal], [Entry::EMPTY; 2]);
+    for (id, asked, expected) in [
+        (9, ClientRequest::Set { key, value }, Reply::Stored),
+        (10, ClientRequest::Test { key }, Reply::Found { value }),
     ] {
-        let len = wire::encode(&Envelope::new(0, 9, body), &mut buf)
-            .map_err(|_| "encode")?
-            .len();
-        node.handle(1, Port::Portal, client, &buf[..len]);
+        asker.start(1, id, asked, 0).map_err(|_| "client start")?;
+        let t = asker.poll_transmit(&mut buf).ok_or("client sent nothing")?;
+        check(t.to == portal, "client asks the portal")?;
+        node.handle(1, Port::Portal, client, &buf[..t.len]);
         let mut out = [0u8; MAX_DATAGRAM];
         let t = node.poll_transmit(&mut out).ok_or("node did not reply")?;
         check(t.from == Port::Portal && t.to == client, "reply goes back")?;
-        let reply = wire::decode(&out[..t.len]).map_err(|_| "reply decodes")?;
-        check(reply.id == 9 && reply.body == expected, "node reply")?;
+        asker.handle(2, portal, &out[..t.len]);
+        let Some(Event::Finished(done)) = asker.poll_event() else {
+            return Err("client did not finish");
+        };
+        let answered = Outcome::Answered {
+            portal: 0,
+            reply: expected,
+        };
+        check(done.id == id && done.outcome == answered, "node reply")?;
     }
+    check(dqe_core::epoch::epoch_of(86_400, 86_400) == 1, "epoch rule")?;
     Ok(())
 }
 
@@ -470,7 +482,7 @@ pub extern "C" fn main(_argc: i32, _argv: *const *const u8) -> i32 {
     {
         Ok(()) => {
             print(
-                "dqe-nostd-link: ok (core; stamps v2 with the VRF; a node served by backend-embedded over embassy-net; firmware app)\n",
+                "dqe-nostd-link: ok (core and its client; stamps v2 with the VRF; a node served by backend-embedded over embassy-net; firmware app)\n",
             );
             0
         }
