@@ -69,6 +69,9 @@ pub enum Command {
     Demo(DemoArgs),
     /// Milter for Postfix or Sendmail: stamp outgoing mail (--send) or verify and cancel incoming stamps (--receive).
     Milter(crate::milter::MilterArgs),
+    /// The paper's experiments on this machine: a table, `--json FILE`, `--plot FILE`.
+    #[command(subcommand)]
+    Lab(crate::cmd::lab::LabCommand),
 }
 
 /// `dqe keygen`.

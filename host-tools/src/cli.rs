@@ -147,6 +147,7 @@ pub fn run(cli: Cli) -> Result<u8, Failure> {
         Command::U2(a) => cmd::u2::run(a, &config()?),
         Command::Milter(a) => cmd::milter::run(a, &config()?),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Lab(c) => cmd::lab::run(c),
     }
 }
 

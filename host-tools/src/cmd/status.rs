@@ -24,10 +24,10 @@ const ANSWERS: [&str; 3] = ["found", "not_found", "stored"];
 /// One scrape of a node's `/metrics`: each series (name with its labels, as written) and
 /// its value.
 #[derive(Debug, Default)]
-struct Scrape(BTreeMap<String, f64>);
+pub(crate) struct Scrape(BTreeMap<String, f64>);
 
 impl Scrape {
-    fn parse(text: &str) -> Scrape {
+    pub(crate) fn parse(text: &str) -> Scrape {
         let series = text
             .lines()
             .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
@@ -39,12 +39,12 @@ impl Scrape {
         Scrape(series)
     }
 
-    fn get(&self, series: &str) -> Option<f64> {
+    pub(crate) fn get(&self, series: &str) -> Option<f64> {
         self.0.get(series).copied()
     }
 
     /// The sum of every series of metric `name` whose labels satisfy `keep`.
-    fn sum(&self, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
+    pub(crate) fn sum(&self, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
         self.0
             .iter()
             .filter(|(s, _)| {
@@ -81,7 +81,11 @@ impl Scrape {
 }
 
 /// `GET path` over HTTP/1.0; the status code and the body.
-fn http_get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
+pub(crate) fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    timeout: Duration,
+) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout))?;
     s.set_write_timeout(Some(timeout))?;

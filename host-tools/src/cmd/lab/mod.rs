@@ -1,0 +1,75 @@
+//! `dqe lab`: the paper's experiments as commands that run on one machine, print a table,
+//! write one JSON object (`--json FILE`) and draw a chart (`--plot FILE`, SVG).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+use serde::Serialize;
+
+use crate::cli::{Failure, io_err};
+
+pub(crate) mod reuse;
+
+/// The `dqe lab` experiments.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum LabCommand {
+    /// Stamps re-spent through random portals of real dqe-enforcer processes on loopback
+    /// while a changing random set of nodes is down: mean and worst uses per stamp, and the
+    /// write set's cost.
+    Reuse(reuse::ReuseArgs),
+}
+
+/// Run a `dqe lab` command.
+pub fn run(c: LabCommand) -> Result<u8, Failure> {
+    match c {
+        LabCommand::Reuse(a) => reuse::run(a),
+    }
+}
+
+/// The 1-minute load average (0 where `/proc/loadavg` cannot be read).
+pub(crate) fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Write the figures of one run, or of several (`runs`), as one JSON object: the first run's
+/// fields at the top level (what outside checks read), and every run under `runs`.
+pub(crate) fn write_json<T: Serialize>(path: &Path, runs: &[T]) -> Result<(), Failure> {
+    let mut top = serde_json::to_value(runs.first()).expect("figures serialise");
+    if let Some(obj) = top.as_object_mut() {
+        obj.insert(
+            "runs".into(),
+            serde_json::to_value(runs).expect("figures serialise"),
+        );
+    }
+    let text = serde_json::to_string_pretty(&top).expect("figures serialise");
+    std::fs::write(path, text + "\n").map_err(io_err(format!("cannot write {}", path.display())))
+}
+
+/// Draw mean uses per stamp against the fraction of nodes down, as an SVG file.
+pub(crate) fn uses_chart(path: &Path, title: &str, points: &[(f64, f64)]) -> Result<(), Failure> {
+    let draw = || -> Result<(), Box<dyn std::error::Error>> {
+        let root = SVGBackend::new(path, (640, 400)).into_drawing_area();
+        root.fill(&WHITE)?;
+        let top = points.iter().map(|p| p.1).fold(1.2f64, f64::max) * 1.05;
+        let right = points.iter().map(|p| p.0).fold(0.4f64, f64::max);
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 18))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..right, 0.9..top)?;
+        chart
+            .configure_mesh()
+            .x_desc("fraction of nodes down")
+            .y_desc("mean uses per stamp")
+            .draw()?;
+        chart.draw_series(LineSeries::new(points.iter().copied(), &BLUE))?;
+        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))?;
+        root.present()?;
+        Ok(())
+    };
+    draw().map_err(|e| Failure::Usage(format!("cannot draw {}: {e}", path.display())))
+}
