@@ -9,6 +9,7 @@ use serde::Serialize;
 use crate::cli::{Failure, io_err};
 
 pub(crate) mod reuse;
+pub(crate) mod simulate;
 
 /// The `dqe lab` experiments.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -17,12 +18,17 @@ pub enum LabCommand {
     /// while a changing random set of nodes is down: mean and worst uses per stamp, and the
     /// write set's cost.
     Reuse(reuse::ReuseArgs),
+    /// The reuse experiment with thousands of core nodes in one process on a simulated
+    /// network (virtual clock, seeded), with load balance and datagrams per TEST and SET
+    /// against cluster size.
+    Simulate(simulate::SimulateArgs),
 }
 
 /// Run a `dqe lab` command.
 pub fn run(c: LabCommand) -> Result<u8, Failure> {
     match c {
         LabCommand::Reuse(a) => reuse::run(a),
+        LabCommand::Simulate(a) => simulate::run(a),
     }
 }
 
