@@ -144,6 +144,10 @@ pub struct Cluster<const N: usize> {
     last_used: Vec<u64>,
     /// Builds of each node so far, to seed each build's RNG afresh.
     builds: Vec<u32>,
+    /// Each built node's next deadline, as `poll_timeout` said after its last event (a
+    /// node's deadline changes only when it handles something), so that finding the next
+    /// event does not ask every built node, whose detector scans the whole cluster.
+    deadlines: Vec<Option<Millis>>,
     stores: Vec<SharedStore>,
     alive: Vec<bool>,
     resident: usize,
@@ -210,6 +214,7 @@ impl<const N: usize> Cluster<N> {
             built: Vec::new(),
             last_used: vec![0; len],
             builds: vec![0; len],
+            deadlines: vec![None; len],
             stores: (0..len).map(|_| SharedStore::default()).collect(),
             alive: vec![true; len],
             resident: resident.max(1),
@@ -271,6 +276,7 @@ impl<const N: usize> Cluster<N> {
         if self.nodes[i].take().is_some() {
             self.built.retain(|&b| b != i);
         }
+        self.deadlines[i] = None;
     }
 
     /// Build node `i` if it is not built, dropping the least recently used beyond
@@ -287,6 +293,7 @@ impl<const N: usize> Cluster<N> {
                     .expect("resident >= 1");
                 let old = self.built.swap_remove(pos);
                 self.nodes[old] = None;
+                self.deadlines[old] = None;
             }
             let points = self.spec.nodes.len() * usize::from(self.spec.vnodes);
             let storage = NodeStorage {
@@ -363,10 +370,7 @@ impl<const N: usize> Cluster<N> {
 
     fn next_event(&self) -> Option<Millis> {
         let datagram = self.queue.keys().next().map(|k| k.0);
-        let timers = self
-            .built
-            .iter()
-            .filter_map(|&i| self.nodes[i].as_ref().and_then(|n| n.poll_timeout()));
+        let timers = self.built.iter().filter_map(|&i| self.deadlines[i]);
         datagram.into_iter().chain(timers).min()
     }
 
@@ -387,17 +391,13 @@ impl<const N: usize> Cluster<N> {
             .built
             .iter()
             .copied()
-            .filter(|&i| {
-                self.nodes[i]
-                    .as_ref()
-                    .and_then(|n| n.poll_timeout())
-                    .is_some_and(|t| t <= self.now)
-            })
+            .filter(|&i| self.deadlines[i].is_some_and(|t| t <= self.now))
             .collect();
         for i in due {
             let now = self.now;
             self.node(i).handle_timeout(now);
             self.flush(i);
+            self.deadlines[i] = self.nodes[i].as_ref().and_then(|n| n.poll_timeout());
         }
     }
 
@@ -422,6 +422,7 @@ impl<const N: usize> Cluster<N> {
         let now = self.now;
         self.node(i).handle(now, port, d.from, &d.bytes);
         self.flush(i);
+        self.deadlines[i] = self.nodes[i].as_ref().and_then(|n| n.poll_timeout());
     }
 
     fn flush(&mut self, i: usize) {
