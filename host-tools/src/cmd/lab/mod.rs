@@ -1,7 +1,7 @@
 //! `dqe lab`: the paper's experiments as commands that run on one machine, print a table,
 //! write one JSON object (`--json FILE`) and draw a chart (`--plot FILE`, SVG).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use plotters::prelude::*;
 use serde::Serialize;
@@ -54,13 +54,53 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, runs: &[T]) -> Result<(), Fa
     std::fs::write(path, text + "\n").map_err(io_err(format!("cannot write {}", path.display())))
 }
 
-/// Draw mean uses per stamp against the fraction of nodes down, as an SVG file.
-pub(crate) fn uses_chart(path: &Path, title: &str, points: &[(f64, f64)]) -> Result<(), Failure> {
+/// One line of a chart: its legend and its points.
+pub(crate) type Series = (String, Vec<(f64, f64)>);
+
+/// The `(down_fraction, mean_uses)` points of every run in JSON files that `dqe lab reuse`
+/// or `dqe lab simulate` wrote, one series per file (named by the file's stem).
+pub(crate) fn series_from_json(paths: &[PathBuf]) -> Result<Vec<Series>, Failure> {
+    paths
+        .iter()
+        .map(|p| {
+            let text = std::fs::read_to_string(p)
+                .map_err(io_err(format!("cannot read {}", p.display())))?;
+            let bad = || {
+                Failure::Usage(format!(
+                    "{}: expected the JSON of `dqe lab reuse` or `dqe lab simulate` (an object with `runs`, each with `down_fraction` and `mean_uses`)",
+                    p.display()
+                ))
+            };
+            let v: serde_json::Value = serde_json::from_str(&text).map_err(|_| bad())?;
+            let runs = v.get("runs").and_then(|r| r.as_array()).ok_or_else(bad)?;
+            let points = runs
+                .iter()
+                .map(|r| {
+                    let x = r.get("down_fraction")?.as_f64()?;
+                    let y = r.get("mean_uses")?.as_f64()?;
+                    Some((x, y))
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(bad)?;
+            let name = p
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Ok((name, points))
+        })
+        .collect()
+}
+
+/// Draw mean uses per stamp against the fraction of nodes down, one line per series, as an
+/// SVG file.
+pub(crate) fn uses_chart(path: &Path, title: &str, series: &[Series]) -> Result<(), Failure> {
+    const COLOURS: [RGBColor; 4] = [BLUE, RED, GREEN, MAGENTA];
     let draw = || -> Result<(), Box<dyn std::error::Error>> {
         let root = SVGBackend::new(path, (640, 400)).into_drawing_area();
         root.fill(&WHITE)?;
-        let top = points.iter().map(|p| p.1).fold(1.2f64, f64::max) * 1.05;
-        let right = points.iter().map(|p| p.0).fold(0.4f64, f64::max);
+        let all = || series.iter().flat_map(|s| s.1.iter());
+        let top = all().map(|p| p.1).fold(1.2f64, f64::max) * 1.05;
+        let right = all().map(|p| p.0).fold(0.4f64, f64::max);
         let mut chart = ChartBuilder::on(&root)
             .caption(title, ("sans-serif", 18))
             .margin(12)
@@ -72,8 +112,22 @@ pub(crate) fn uses_chart(path: &Path, title: &str, points: &[(f64, f64)]) -> Res
             .x_desc("fraction of nodes down")
             .y_desc("mean uses per stamp")
             .draw()?;
-        chart.draw_series(LineSeries::new(points.iter().copied(), &BLUE))?;
-        chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, BLUE.filled())))?;
+        for (k, (name, points)) in series.iter().enumerate() {
+            let colour = COLOURS[k % COLOURS.len()];
+            let mut points = points.clone();
+            points.sort_by(|a, b| a.0.total_cmp(&b.0));
+            chart
+                .draw_series(LineSeries::new(points.iter().copied(), colour))?
+                .label(name.as_str())
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour));
+            chart.draw_series(points.iter().map(|&p| Circle::new(p, 4, colour.filled())))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE)
+            .border_style(BLACK)
+            .draw()?;
         root.present()?;
         Ok(())
     };

@@ -33,7 +33,10 @@ use crate::cluster::{LocalCluster, find_enforcer, free_udp_ports, loopback_confi
 use crate::cmd::status::{Scrape, http_get};
 use crate::config_file::ClusterFile;
 
-use super::{load_average, uses_chart, write_json};
+use super::{load_average, series_from_json, uses_chart, write_json};
+
+/// The chart's legend for this command's line.
+const LEGEND: &str = "real processes";
 
 /// Flags of `dqe lab reuse`.
 #[derive(Debug, Clone, clap::Args)]
@@ -71,6 +74,10 @@ pub struct ReuseArgs {
     /// Draw mean uses against the fraction down to this SVG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Run nothing: draw `--plot` from these JSON files of earlier `dqe lab reuse` or `dqe
+    /// lab simulate` runs (comma-separated), one line per file.
+    #[arg(long, value_delimiter = ',', requires = "plot")]
+    pub replot: Vec<PathBuf>,
 }
 
 /// What one fraction measured.
@@ -111,6 +118,15 @@ pub struct ReuseFigures {
 /// Run `dqe lab reuse`.
 pub fn run(a: ReuseArgs) -> Result<u8, Failure> {
     check(&a)?;
+    if let (false, Some(plot)) = (a.replot.is_empty(), &a.plot) {
+        let series = series_from_json(&a.replot)?;
+        uses_chart(
+            plot,
+            "mean uses per stamp against the fraction of nodes down",
+            &series,
+        )?;
+        return Ok(EXIT_OK);
+    }
     let enforcer = find_enforcer()?;
     let started = Instant::now();
     let budget = a.duration.map(Duration::from_secs);
@@ -133,13 +149,14 @@ pub fn run(a: ReuseArgs) -> Result<u8, Failure> {
             .iter()
             .map(|f| (f.down_fraction, f.mean_uses))
             .collect();
+        let series = [(LEGEND.to_string(), points)];
         uses_chart(
             path,
             &format!(
                 "dqe lab reuse: {} nodes, r = {}, {} re-spends",
                 a.nodes, a.replication, a.attempts
             ),
-            &points,
+            &series,
         )?;
     }
     Ok(EXIT_OK)

@@ -17,7 +17,10 @@ use serde::Serialize;
 
 use crate::cli::{EXIT_OK, Failure, io_err};
 
-use super::{load_average, uses_chart};
+use super::{load_average, series_from_json, uses_chart};
+
+/// The chart's legend for this command's line.
+const LEGEND: &str = "simulation";
 
 /// Flags of `dqe lab simulate`.
 #[derive(Debug, Clone, clap::Args)]
@@ -65,6 +68,10 @@ pub struct SimulateArgs {
     /// Draw mean uses against the fraction down to this SVG file.
     #[arg(long)]
     pub plot: Option<PathBuf>,
+    /// Run nothing: draw `--plot` from these JSON files of earlier `dqe lab reuse` or `dqe
+    /// lab simulate` runs (comma-separated), one line per file.
+    #[arg(long, value_delimiter = ',', requires = "plot")]
+    pub replot: Vec<PathBuf>,
 }
 
 /// What one simulated run measured.
@@ -98,6 +105,15 @@ pub struct SimFigures {
 /// Run `dqe lab simulate`.
 pub fn run(a: SimulateArgs) -> Result<u8, Failure> {
     check(&a)?;
+    if let (false, Some(plot)) = (a.replot.is_empty(), &a.plot) {
+        let series = series_from_json(&a.replot)?;
+        uses_chart(
+            plot,
+            "mean uses per stamp against the fraction of nodes down",
+            &series,
+        )?;
+        return Ok(EXIT_OK);
+    }
     let started = Instant::now();
     let out_of_time = || {
         a.duration
@@ -146,13 +162,14 @@ pub fn run(a: SimulateArgs) -> Result<u8, Failure> {
             .iter()
             .map(|f| (f.down_fraction, f.mean_uses))
             .collect();
+        let series = [(LEGEND.to_string(), points)];
         uses_chart(
             path,
             &format!(
                 "dqe lab simulate: {} nodes, r = {}, {} re-spends",
                 a.nodes, a.replication, a.attempts
             ),
-            &points,
+            &series,
         )?;
     }
     Ok(EXIT_OK)
