@@ -214,6 +214,8 @@ impl<const N: usize> ClusterSpec<N> {
         if n == 0 {
             return Err(ConfigError::Empty);
         }
+        // Every pair is compared only when a cheap look cannot rule out a clash.
+        let pairs_may_clash = !self.all_distinct();
         for (i, a) in self.nodes.iter().enumerate() {
             if a.name.is_empty() {
                 return Err(ConfigError::EmptyName { node: i });
@@ -227,6 +229,9 @@ impl<const N: usize> ClusterSpec<N> {
             }
             for (x, y) in [(0, 1), (0, 2), (1, 2)] {
                 address_clash(i, own[x], i, own[y])?;
+            }
+            if !pairs_may_clash {
+                continue;
             }
             for (j, b) in self.nodes.iter().enumerate().skip(i + 1) {
                 if a.name == b.name {
@@ -279,6 +284,52 @@ impl<const N: usize> ClusterSpec<N> {
             });
         }
         Ok(())
+    }
+
+    /// Whether no two nodes can share a name or clash on an address, decided without
+    /// comparing every pair: names are hashed into a bitmap of `64 N` bits, and a name whose
+    /// bit is taken is compared with every other name; addresses clash only on equal ports,
+    /// and a port met twice (clusters spread over hosts reuse their ports) means every pair
+    /// must be compared. A large simulated cluster (thousands of nodes on distinct
+    /// ports, each node validating the description) stays linear instead of quadratic.
+    fn all_distinct(&self) -> bool {
+        let mut names = [0u64; N];
+        let mut ports = [0u64; N];
+        let bits = 64 * N as u64;
+        let mark = |map: &mut [u64; N], h: u64| {
+            let bit = h % bits;
+            let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
+            let seen = map[word] & mask != 0;
+            map[word] |= mask;
+            seen
+        };
+        for (i, a) in self.nodes.iter().enumerate() {
+            // FNV-1a of the name.
+            let h = a.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            if mark(&mut names, h)
+                && self
+                    .nodes
+                    .iter()
+                    .enumerate()
+                    .any(|(j, b)| j != i && b.name == a.name)
+            {
+                return false;
+            }
+        }
+        // Ports are at most 65,535: with 64 N bits or more every port has its own bit.
+        for a in self.nodes.iter() {
+            for x in [a.portal, a.storer, a.source] {
+                if bits <= u64::from(u16::MAX) {
+                    return false;
+                }
+                if mark(&mut ports, u64::from(x.port())) {
+                    return false;
+                }
+            }
+        }
+        true
     }
 
     /// The cluster tag of PROTOCOL.md (version 2): the first 4 bytes, big-endian, of

@@ -118,7 +118,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Milter for Postfix or Sendmail: stamp outgoing mail (--send) or verify and cancel incoming stamps (--receive).
     Milter(crate::milter::MilterArgs),
-    /// Experiments on this machine (capacity, overload, peers, memory, plan): a table, --json, --plot.
+    /// Experiments on this machine (capacity, overload, peers, memory, plan, reuse, simulate): a table, --json, --plot.
     #[command(subcommand)]
     Lab(lab::LabCommand),
 }

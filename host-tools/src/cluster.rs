@@ -139,6 +139,11 @@ impl RunningNode {
 #[derive(Debug)]
 pub struct LocalCluster {
     nodes: Vec<RunningNode>,
+    /// The executable and the config path every node was started with, for restarts.
+    enforcer: PathBuf,
+    config: PathBuf,
+    /// Flags given to every node (such as `--fsync never` for experiments).
+    extra: Vec<String>,
 }
 
 /// The last lines of a log, for error messages.
@@ -183,7 +188,7 @@ impl LocalCluster {
     }
 
     /// [`LocalCluster::start_with_metrics`], with `extra` flags given to every node (such as
-    /// `--fsync never` for experiments).
+    /// `--fsync never` for experiments), on restarts too.
     pub fn start_with_args(
         file: &ClusterFile,
         enforcer: &Path,
@@ -220,34 +225,18 @@ impl LocalCluster {
         }
         std::fs::create_dir_all(data_root).map_err(setup(data_root))?;
         let config = std::path::absolute(&file.path).unwrap_or_else(|_| file.path.clone());
-        let mut cluster = LocalCluster { nodes: Vec::new() };
+        let mut cluster = LocalCluster {
+            nodes: Vec::new(),
+            enforcer: enforcer.to_path_buf(),
+            config,
+            extra: extra.to_vec(),
+        };
         for (i, n) in file.spec.nodes.iter().enumerate() {
             let metrics = metrics_base.map(|b| SocketAddr::from(([127, 0, 0, 1], b + i as u16)));
             let data_dir = data_root.join(n.name.as_str());
             std::fs::create_dir_all(&data_dir).map_err(setup(&data_dir))?;
             let log = data_root.join(format!("{}.log", n.name));
-            let out = File::create(&log).map_err(setup(&log))?;
-            let err = out.try_clone().map_err(setup(&log))?;
-            let mut cmd = Command::new(enforcer);
-            if let Some(m) = metrics {
-                cmd.arg("--metrics").arg(m.to_string());
-            }
-            let child = cmd
-                .arg("--config")
-                .arg(&config)
-                .arg("--node")
-                .arg(n.name.as_str())
-                .arg("--data-dir")
-                .arg(&data_dir)
-                .args(extra)
-                .stdin(Stdio::null())
-                .stdout(out)
-                .stderr(err)
-                .spawn()
-                .map_err(|source| ClusterError::Spawn {
-                    program: enforcer.to_path_buf(),
-                    source,
-                })?;
+            File::create(&log).map_err(setup(&log))?;
             cluster.nodes.push(RunningNode {
                 name: n.name.to_string(),
                 portal: n.portal,
@@ -256,10 +245,70 @@ impl LocalCluster {
                 log,
                 data_dir,
                 metrics,
-                child: Some(child),
+                child: None,
             });
+            cluster.spawn(i)?;
         }
         Ok(cluster)
+    }
+
+    /// Start node `i` (config order), its output appended to its log.
+    fn spawn(&mut self, i: usize) -> Result<(), ClusterError> {
+        let n = &self.nodes[i];
+        let setup = |source| ClusterError::Setup {
+            path: n.log.clone(),
+            source,
+        };
+        let out = File::options()
+            .append(true)
+            .create(true)
+            .open(&n.log)
+            .map_err(setup)?;
+        let err = out.try_clone().map_err(setup)?;
+        let mut cmd = Command::new(&self.enforcer);
+        if let Some(m) = n.metrics {
+            cmd.arg("--metrics").arg(m.to_string());
+        }
+        let child = cmd
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--node")
+            .arg(n.name.as_str())
+            .arg("--data-dir")
+            .arg(&n.data_dir)
+            .args(&self.extra)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|source| ClusterError::Spawn {
+                program: self.enforcer.clone(),
+                source,
+            })?;
+        self.nodes[i].child = Some(child);
+        Ok(())
+    }
+
+    /// Kill node `i` (config order) at once with `SIGKILL`, as a crash would, and wait for
+    /// it; its data directory stays for [`LocalCluster::restart_node`].
+    pub fn kill_node(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start node `i` (config order) again on its data directory, unless it runs.
+    pub fn restart_node(&mut self, i: usize) -> Result<(), ClusterError> {
+        if self.nodes[i].child.is_some() {
+            return Ok(());
+        }
+        self.spawn(i)
+    }
+
+    /// Whether node `i` (config order) runs (as far as this cluster knows).
+    pub fn is_running(&self, i: usize) -> bool {
+        self.nodes[i].child.is_some()
     }
 
     /// The nodes, in config order.

@@ -17,6 +17,10 @@ pub enum LabCommand {
     Memory(MemoryArgs),
     /// Nodes a cluster needs for a daily mail volume, with every assumption printed.
     Plan(PlanArgs),
+    /// Stamps re-spent through random portals of real dqe-enforcer processes on loopback while a changing random set of nodes is down: mean and worst uses per stamp, and the write set's cost.
+    Reuse(crate::cmd::lab::reuse::ReuseArgs),
+    /// The reuse experiment with thousands of core nodes in one process on a simulated network (virtual clock, seeded), with load balance and datagrams per TEST and SET against cluster size.
+    Simulate(crate::cmd::lab::simulate::SimulateArgs),
 }
 
 /// What every experiment writes besides its table.

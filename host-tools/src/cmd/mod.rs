@@ -17,7 +17,7 @@ pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod demo;
 pub(crate) mod keygen;
-pub(crate) mod lab;
+pub mod lab;
 pub(crate) mod milter;
 pub(crate) mod portal;
 pub(crate) mod qa;

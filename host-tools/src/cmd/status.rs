@@ -44,7 +44,7 @@ impl Scrape {
     }
 
     /// The sum of every series of metric `name` whose labels satisfy `keep`.
-    fn sum(&self, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
+    pub(crate) fn sum(&self, name: &str, keep: impl Fn(&str) -> bool) -> f64 {
         self.0
             .iter()
             .filter(|(s, _)| {

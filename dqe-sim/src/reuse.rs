@@ -1,0 +1,192 @@
+//! The stamp re-spend experiment of issue 16 on a simulated [`Cluster`]: the same steps as
+//! `dqe lab reuse` on real processes.
+//!
+//! Each stamp is SET once and re-spent `respends` times through a random live portal, after a
+//! fresh random set of `round(down × nodes)` nodes has become the down set (killed nodes are
+//! dropped, revived ones rebuilt on their stores when first needed: a restart), `gap` ms of
+//! virtual time between the change and the try. A use is a SET answered `Stored` or
+//! `Refused(Unavailable)`.
+
+use dqe_core::Millis;
+use dqe_core::hash::{Key, Value, key_of};
+use dqe_core::node::NodeConfig;
+use dqe_core::wire::{Body, Reason};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+
+use crate::cluster::Cluster;
+
+/// One run of the experiment.
+#[derive(Debug, Clone, Copy)]
+pub struct Experiment {
+    pub nodes: usize,
+    pub replication: u8,
+    /// Fraction of the nodes down during each try.
+    pub down: f64,
+    pub stamps: usize,
+    /// Re-spends after the first SET.
+    pub respends: usize,
+    /// Virtual ms between a change of the down set and the try.
+    pub gap: Millis,
+    /// Ring points per node.
+    pub vnodes: u16,
+    /// Nodes kept built at a time (see [`Cluster`]).
+    pub resident: usize,
+    /// TESTs of stored keys after the re-spends, for the datagrams a TEST costs.
+    pub tests: usize,
+    /// Keys placed on the ring for the load balance of stored pairs.
+    pub balance_keys: usize,
+    pub config: NodeConfig,
+    pub seed: u64,
+}
+
+/// What a run measured.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Figures {
+    pub nodes: usize,
+    /// Nodes down during each try.
+    pub down_nodes: usize,
+    pub stamps: usize,
+    pub mean_uses: f64,
+    pub max_uses: usize,
+    /// Nodes holding the pair right after its first SET.
+    pub copies_per_first_set: f64,
+    /// `Put` datagrams the nodes sent per SET (replacements and read repairs included).
+    pub puts_per_set: f64,
+    /// Request datagrams that reached live storers per SET (Gets, Puts, probes).
+    pub storer_datagrams_per_set: f64,
+    /// Every datagram on the network per SET, from the client's request until the next
+    /// change of the down set (lingering repairs and probes included).
+    pub datagrams_per_set: f64,
+    /// Every datagram on the network per TEST of a stored key.
+    pub datagrams_per_test: f64,
+    pub first_sets_not_stored: usize,
+    /// SETs with no answer within 10 s of virtual time (not uses).
+    pub unanswered_sets: usize,
+    /// Max over mean stored pairs per node: the first `r` nodes of `balance_keys` random
+    /// keys' preference lists (the ring's placement).
+    pub max_over_mean_pairs: f64,
+    /// Max over mean requests received per node during the experiment.
+    pub max_over_mean_requests: f64,
+    /// Node builds (starts and restarts) during the run.
+    pub node_builds: u64,
+    /// Virtual time the run covered, seconds.
+    pub virtual_seconds: f64,
+}
+
+fn max_over_mean(v: impl Iterator<Item = f64> + Clone) -> f64 {
+    let (n, sum) = v.clone().fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
+    let max = v.fold(0.0f64, f64::max);
+    if sum == 0.0 {
+        0.0
+    } else {
+        max / (sum / n as f64)
+    }
+}
+
+/// Run `e` on a cluster built for at most `N` nodes.
+pub fn run<const N: usize>(e: &Experiment) -> Result<Figures, String> {
+    let n = e.nodes;
+    if n < 2 {
+        return Err(format!("{n} nodes: the experiment needs at least 2"));
+    }
+    let k = ((e.down * n as f64).round() as usize).min(n - 1);
+    let mut c = Cluster::<N>::new(n, e.replication, e.vnodes, e.config, e.resident, e.seed)?;
+    let mut rng = StdRng::seed_from_u64(e.seed ^ 0xc4_0a2e);
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut f = Figures {
+        nodes: n,
+        down_nodes: k,
+        ..Figures::default()
+    };
+    let (mut uses_total, mut copies, mut sets) = (0usize, 0usize, 0usize);
+    let mut keys: Vec<Key> = Vec::new();
+    let before = c.traffic;
+    let mut set_datagrams = 0u64;
+    for _ in 0..e.stamps {
+        let value: Value = rng.random();
+        let key = key_of(&value);
+        keys.push(key);
+        let mut uses = 0;
+        for attempt in 0..=e.respends {
+            order.shuffle(&mut rng);
+            for (i, &node) in order.iter().enumerate() {
+                if i < k {
+                    if c.is_alive(node) {
+                        c.kill(node);
+                    }
+                } else {
+                    c.revive(node);
+                }
+            }
+            c.run_for(e.gap);
+            let portal = order[k + rng.random_range(0..n - k)];
+            let d0 = c.traffic.datagrams;
+            let reply = c.request(portal, Body::Set { key, value }, 10_000);
+            sets += 1;
+            match reply {
+                Some(
+                    Body::Stored
+                    | Body::Refused {
+                        reason: Reason::Unavailable,
+                    },
+                ) => uses += 1,
+                Some(_) => {}
+                None => f.unanswered_sets += 1,
+            }
+            if attempt == 0 {
+                if reply != Some(Body::Stored) {
+                    f.first_sets_not_stored += 1;
+                }
+                // Lingering Puts land within a few ms; the copies are counted once they have.
+                c.run_for(5);
+                copies += (0..n).filter(|&i| c.store(i).holds(&key)).count();
+            }
+            // The rest of the SET's traffic (repairs, replacements) before the next change.
+            c.run_for(e.gap);
+            set_datagrams += c.traffic.datagrams - d0;
+        }
+        uses_total += uses;
+        f.max_uses = f.max_uses.max(uses);
+        f.stamps += 1;
+    }
+    let sets_f = sets.max(1) as f64;
+    f.mean_uses = uses_total as f64 / f.stamps.max(1) as f64;
+    f.copies_per_first_set = copies as f64 / f.stamps.max(1) as f64;
+    f.puts_per_set = (c.traffic.puts - before.puts) as f64 / sets_f;
+    f.storer_datagrams_per_set =
+        (c.traffic.storer_requests - before.storer_requests) as f64 / sets_f;
+    f.datagrams_per_set = set_datagrams as f64 / sets_f;
+    f.max_over_mean_requests = max_over_mean(c.requests_per_node.iter().map(|&r| r as f64));
+
+    // TESTs of stored keys, with the last down set still down.
+    let mut test_datagrams = 0u64;
+    let mut tests = 0u64;
+    for key in keys.iter().cycle().take(e.tests.min(keys.len() * 4)) {
+        let portal = order[k + rng.random_range(0..n - k)];
+        let d0 = c.traffic.datagrams;
+        c.request(portal, Body::Test { key: *key }, 10_000);
+        c.run_for(e.gap);
+        test_datagrams += c.traffic.datagrams - d0;
+        tests += 1;
+    }
+    f.datagrams_per_test = test_datagrams as f64 / tests.max(1) as f64;
+
+    // Placement: where `balance_keys` keys' r copies go on this ring.
+    let r = usize::from(e.replication);
+    let mut pairs = vec![0u64; n];
+    let ring = dqe_core::ring::Ring::new(c.spec(), crate::ring_storage(c.spec()))
+        .map_err(|e| format!("{e:?}"))?;
+    let mut krng = StdRng::seed_from_u64(e.seed ^ 0xba1a);
+    for _ in 0..e.balance_keys {
+        let key: Key = krng.random();
+        for node in ring.preference(&key).take(r) {
+            pairs[node as usize] += 1;
+        }
+    }
+    f.max_over_mean_pairs = max_over_mean(pairs.iter().map(|&p| p as f64));
+    f.node_builds = c.materialized;
+    f.virtual_seconds = c.now as f64 / 1000.0;
+    Ok(f)
+}

@@ -1,0 +1,509 @@
+//! `dqe lab reuse`: how often a spent stamp is accepted again while nodes come and go, on
+//! real `dqe-enforcer` processes on loopback (issue 16).
+//!
+//! Each stamp is SET once and then re-spent `--attempts` times, each time through a random
+//! running portal, after a fresh random set of `round(down × nodes)` nodes has been made the
+//! down set: nodes of the set that run are killed (`SIGKILL`, like a crash), the others that
+//! do not run are restarted on their data directories. A *use* is a SET answered `Stored` or
+//! `Refused(Unavailable)`: the receiver takes the stamp as fresh. A perfect enforcer gives one
+//! use per stamp.
+//!
+//! The cost of the write set comes from the nodes' own counters (docs/metrics.md), scraped
+//! before a node is killed and at the end, so no process lifetime is lost: Puts that reached a
+//! storer, Get/Put datagrams the portals sent (retries included, to dead nodes too), and all
+//! datagrams that reached storer ports, minus the Gets this command sent itself (to see that
+//! a restarted node answers, and to count the copies of a first SET).
+
+use std::collections::HashSet;
+use std::io::Write as _;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dqe_core::hash::{Key, Value, key_of};
+use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
+use indicatif::{ProgressBar, ProgressStyle};
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::cli::{EXIT_OK, Failure, io_err};
+use crate::cluster::{LocalCluster, find_enforcer, free_udp_ports, loopback_config};
+use crate::cmd::status::{Scrape, http_get};
+use crate::config_file::ClusterFile;
+
+use super::{load_average, series_from_json, uses_chart, write_json};
+
+/// The chart's legend for this command's line.
+const LEGEND: &str = "real processes";
+
+/// Flags of `dqe lab reuse`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ReuseArgs {
+    /// Nodes in the cluster.
+    #[arg(long, default_value_t = 10)]
+    pub nodes: usize,
+    /// Copies of each stamp (r).
+    #[arg(long, default_value_t = 3)]
+    pub replication: u8,
+    /// Fraction of the nodes down during each try, 0 to 1; a comma-separated list runs each
+    /// in turn (a fresh cluster each).
+    #[arg(long, value_delimiter = ',', default_value = "0.2")]
+    pub down: Vec<f64>,
+    /// Stamps per fraction.
+    #[arg(long, default_value_t = 100)]
+    pub stamps: usize,
+    /// Re-spends of each stamp after its first SET.
+    #[arg(long, default_value_t = 5)]
+    pub attempts: usize,
+    /// Stop starting new stamps after this many seconds in all (the figures cover the stamps
+    /// done by then).
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Milliseconds between a change of the down set and the try (restarted nodes answer by
+    /// then; the portals' failure detectors get this long to notice).
+    #[arg(long, default_value_t = 100)]
+    pub gap_ms: u64,
+    /// Seed of the down sets, portals and stamps.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Write the figures as one JSON object to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw mean uses against the fraction down to this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Run nothing: draw `--plot` from these JSON files of earlier `dqe lab reuse` or `dqe
+    /// lab simulate` runs (comma-separated), one line per file.
+    #[arg(long, value_delimiter = ',', requires = "plot")]
+    pub replot: Vec<PathBuf>,
+}
+
+/// What one fraction measured.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ReuseFigures {
+    pub nodes: usize,
+    pub down_fraction: f64,
+    /// Nodes down during each try: `round(down_fraction × nodes)`.
+    pub down_nodes: usize,
+    pub replication: u8,
+    /// Stamps done (fewer than asked when `--duration` ran out).
+    pub stamps: usize,
+    pub attempts: usize,
+    pub mean_uses: f64,
+    pub max_uses: usize,
+    /// Nodes holding the pair right after its first SET.
+    pub copies_per_first_set: f64,
+    /// Puts that reached a storer (a live node), per SET.
+    pub puts_delivered_per_set: f64,
+    /// Get and Put datagrams the portals sent per SET, retries and those to dead nodes
+    /// included.
+    pub sub_requests_per_set: f64,
+    /// Datagrams that reached storer ports per SET (Gets, Puts, probes): the live nodes' load.
+    pub storer_datagrams_per_set: f64,
+    /// The same per running node per SET.
+    pub storer_datagrams_per_live_node_per_set: f64,
+    /// First SETs not answered `Stored`.
+    pub first_sets_not_stored: usize,
+    /// SETs with no answer within 3 s (not counted as uses).
+    pub unanswered_sets: usize,
+    /// Mean time from a SET to its answer, ms.
+    pub set_ms: f64,
+    pub seconds: f64,
+    /// The machine's 1-minute load average at the end (the machine may be shared).
+    pub load_average: f64,
+}
+
+/// Run `dqe lab reuse`.
+pub fn run(a: ReuseArgs) -> Result<u8, Failure> {
+    check(&a)?;
+    if let (false, Some(plot)) = (a.replot.is_empty(), &a.plot) {
+        let series = series_from_json(&a.replot)?;
+        uses_chart(
+            plot,
+            "mean uses per stamp against the fraction of nodes down",
+            &series,
+        )?;
+        return Ok(EXIT_OK);
+    }
+    let enforcer = find_enforcer()?;
+    let started = Instant::now();
+    let budget = a.duration.map(Duration::from_secs);
+    let mut runs = Vec::new();
+    for (i, &down) in a.down.iter().enumerate() {
+        // Each fraction gets an equal share of what is left of the budget.
+        let deadline = budget.map(|b| {
+            let left = b.saturating_sub(started.elapsed());
+            Instant::now() + left / (a.down.len() - i) as u32
+        });
+        let f = run_one(&a, &enforcer, down, deadline)?;
+        runs.push(f);
+    }
+    print_table(&runs);
+    if let Some(path) = &a.json {
+        write_json(path, &runs)?;
+    }
+    if let Some(path) = &a.plot {
+        let points: Vec<(f64, f64)> = runs
+            .iter()
+            .map(|f| (f.down_fraction, f.mean_uses))
+            .collect();
+        let series = [(LEGEND.to_string(), points)];
+        uses_chart(
+            path,
+            &format!(
+                "dqe lab reuse: {} nodes, r = {}, {} re-spends",
+                a.nodes, a.replication, a.attempts
+            ),
+            &series,
+        )?;
+    }
+    Ok(EXIT_OK)
+}
+
+fn check(a: &ReuseArgs) -> Result<(), Failure> {
+    let usage = |m: String| Err(Failure::Usage(m));
+    if a.nodes < 1 || a.nodes > 100 {
+        return usage(format!("--nodes {}: expected 1 to 100", a.nodes));
+    }
+    if a.replication < 1 || a.replication as usize > a.nodes {
+        return usage(format!(
+            "--replication {}: expected 1 to --nodes ({})",
+            a.replication, a.nodes
+        ));
+    }
+    if let Some(d) = a.down.iter().find(|d| !(0.0..1.0).contains(*d)) {
+        return usage(format!(
+            "--down {d}: expected fractions from 0 up to (not including) 1, e.g. 0,0.2,0.4"
+        ));
+    }
+    if a.stamps == 0 {
+        return usage("--stamps 0: expected at least 1".into());
+    }
+    if let Some(p) = &a.plot
+        && p.extension().is_none_or(|e| e != "svg")
+    {
+        return usage(format!("--plot {}: expected an .svg file", p.display()));
+    }
+    Ok(())
+}
+
+/// The nodes' counters this command adds up (see the module doc).
+#[derive(Debug, Clone, Copy, Default)]
+struct Counters {
+    puts_in: f64,
+    sub_requests: f64,
+    storer_in: f64,
+}
+
+impl Counters {
+    fn of(s: &Scrape) -> Counters {
+        Counters {
+            puts_in: s.sum("dqe_node_requests_total", |l| l.contains("kind=\"put\"")),
+            sub_requests: s.get("dqe_node_sub_requests_total").unwrap_or(0.0)
+                + s.get("dqe_node_retries_total").unwrap_or(0.0),
+            storer_in: s.sum("dqe_datagrams_total", |l| {
+                l.contains("socket=\"storer\"") && l.contains("direction=\"in\"")
+            }),
+        }
+    }
+
+    fn add(&mut self, o: Counters) {
+        self.puts_in += o.puts_in;
+        self.sub_requests += o.sub_requests;
+        self.storer_in += o.storer_in;
+    }
+}
+
+fn scrape(metrics: Option<SocketAddr>) -> Counters {
+    metrics
+        .and_then(|m| http_get(m, "/metrics", Duration::from_secs(2)).ok())
+        .filter(|(code, _)| *code == 200)
+        .map(|(_, body)| Counters::of(&Scrape::parse(&body)))
+        .unwrap_or_default()
+}
+
+/// `count` consecutive free TCP ports on loopback, for the nodes' metrics endpoints.
+fn free_tcp_base(count: usize, rng: &mut StdRng) -> Result<u16, Failure> {
+    for _ in 0..200 {
+        let base: u16 = rng.random_range(20_000..60_000);
+        let ok = (0..count)
+            .map(|i| TcpListener::bind(("127.0.0.1", base + i as u16)))
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok();
+        if ok {
+            return Ok(base);
+        }
+    }
+    Err(Failure::Usage(format!(
+        "no {count} consecutive free TCP ports on 127.0.0.1 for the nodes' metrics"
+    )))
+}
+
+/// A client socket that sends requests and counts what it sends to storers.
+struct Asker {
+    socket: UdpSocket,
+    rng: StdRng,
+    storer_datagrams: u64,
+}
+
+impl Asker {
+    /// Send `body` to `to` (resent every 500 ms with the same id) until a reply to it arrives
+    /// or `within` passes.
+    fn ask(&mut self, to: SocketAddr, body: Body, within: Duration, storer: bool) -> Option<Body> {
+        let id = self.rng.random::<u64>();
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let out = wire::encode(&Envelope::new(0, id, body), &mut buf)
+            .expect("a request fits a datagram")
+            .to_vec();
+        let end = Instant::now() + within;
+        let mut next_send = Instant::now();
+        loop {
+            let now = Instant::now();
+            if now >= end {
+                return None;
+            }
+            if now >= next_send {
+                let _ = self.socket.send_to(&out, to);
+                if storer {
+                    self.storer_datagrams += 1;
+                }
+                next_send = now + Duration::from_millis(500);
+            }
+            let wait = next_send.min(end).saturating_duration_since(Instant::now());
+            let _ = self
+                .socket
+                .set_read_timeout(Some(wait.max(Duration::from_millis(1))));
+            let mut rx = [0u8; MAX_DATAGRAM];
+            if let Ok((len, from)) = self.socket.recv_from(&mut rx)
+                && from == to
+                && let Ok(env) = wire::decode(&rx[..len])
+                && env.id == id
+            {
+                return Some(env.body);
+            }
+        }
+    }
+}
+
+fn run_one(
+    a: &ReuseArgs,
+    enforcer: &Path,
+    down: f64,
+    deadline: Option<Instant>,
+) -> Result<ReuseFigures, Failure> {
+    let started = Instant::now();
+    let n = a.nodes;
+    let k = ((down * n as f64).round() as usize).min(n - 1);
+    let mut rng = StdRng::seed_from_u64(a.seed ^ (down * 1000.0) as u64);
+    let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
+    let ports = free_udp_ports(3 * n).map_err(io_err("cannot reserve UDP ports"))?;
+    let text = loopback_config(&ports, a.replication, None);
+    let path = dir.path().join("cluster.toml");
+    std::fs::write(&path, &text).map_err(io_err(format!("cannot write {}", path.display())))?;
+    let file = ClusterFile::parse(&path, &text)?;
+    let base = free_tcp_base(n, &mut rng)?;
+    let mut cluster = LocalCluster::start_with_metrics(&file, enforcer, dir.path(), Some(base))?;
+    cluster.wait_ready(Duration::from_secs(30))?;
+    let socket = UdpSocket::bind("127.0.0.1:0").map_err(io_err("cannot bind a UDP socket"))?;
+    let mut asker = Asker {
+        socket,
+        rng: StdRng::seed_from_u64(a.seed.wrapping_add(7)),
+        storer_datagrams: 0,
+    };
+    let bar = ProgressBar::new(a.stamps as u64);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} stamps, {elapsed}")
+            .expect("a valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("{:.0}% down", down * 100.0));
+    let mut f = ReuseFigures {
+        nodes: n,
+        down_fraction: down,
+        down_nodes: k,
+        replication: a.replication,
+        attempts: a.attempts,
+        ..ReuseFigures::default()
+    };
+    let mut counters = Counters::default();
+    let mut order: Vec<usize> = (0..n).collect();
+    let (mut uses_total, mut copies, mut sets, mut set_ms) = (0usize, 0usize, 0usize, 0u128);
+    let mut live_node_sets = 0usize;
+    for _ in 0..a.stamps {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let value: Value = rng.random();
+        let key: Key = key_of(&value);
+        let mut uses = 0;
+        for attempt in 0..=a.attempts {
+            order.shuffle(&mut rng);
+            let down_set: HashSet<usize> = order[..k].iter().copied().collect();
+            for &i in &down_set {
+                if cluster.is_running(i) {
+                    counters.add(scrape(cluster.nodes()[i].metrics));
+                    cluster.kill_node(i);
+                }
+            }
+            let mut restarted = Vec::new();
+            for i in (0..n).filter(|i| !down_set.contains(i)) {
+                if !cluster.is_running(i) {
+                    cluster.restart_node(i)?;
+                    restarted.push(i);
+                }
+            }
+            for i in restarted {
+                wait_answers(&mut asker, &mut cluster, i)?;
+            }
+            std::thread::sleep(Duration::from_millis(a.gap_ms));
+            let portal = order[k + rng.random_range(0..n - k)];
+            let t0 = Instant::now();
+            let reply = asker.ask(
+                cluster.nodes()[portal].portal,
+                Body::Set { key, value },
+                Duration::from_secs(3),
+                false,
+            );
+            set_ms += t0.elapsed().as_millis();
+            sets += 1;
+            live_node_sets += n - k;
+            match reply {
+                Some(
+                    Body::Stored
+                    | Body::Refused {
+                        reason: Reason::Unavailable,
+                    },
+                ) => uses += 1,
+                Some(_) => {}
+                None => f.unanswered_sets += 1,
+            }
+            if attempt == 0 {
+                if reply != Some(Body::Stored) {
+                    f.first_sets_not_stored += 1;
+                }
+                copies += count_copies(&mut asker, &cluster, &key);
+            }
+        }
+        uses_total += uses;
+        f.max_uses = f.max_uses.max(uses);
+        f.stamps += 1;
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    for i in 0..n {
+        if cluster.is_running(i) {
+            counters.add(scrape(cluster.nodes()[i].metrics));
+        }
+    }
+    cluster.stop();
+    let stamps = f.stamps.max(1) as f64;
+    let sets_f = sets.max(1) as f64;
+    let storer_in = (counters.storer_in - asker.storer_datagrams as f64).max(0.0);
+    f.mean_uses = uses_total as f64 / stamps;
+    f.copies_per_first_set = copies as f64 / stamps;
+    f.puts_delivered_per_set = counters.puts_in / sets_f;
+    f.sub_requests_per_set = counters.sub_requests / sets_f;
+    f.storer_datagrams_per_set = storer_in / sets_f;
+    f.storer_datagrams_per_live_node_per_set = storer_in / live_node_sets.max(1) as f64;
+    f.set_ms = set_ms as f64 / sets_f;
+    f.seconds = started.elapsed().as_secs_f64();
+    f.load_average = load_average();
+    Ok(f)
+}
+
+/// Wait until restarted node `i`'s storer answers a Get (so its sockets are bound and its
+/// store replayed).
+fn wait_answers(asker: &mut Asker, cluster: &mut LocalCluster, i: usize) -> Result<(), Failure> {
+    let start = Instant::now();
+    let storer = cluster.nodes()[i].storer;
+    while start.elapsed() < Duration::from_secs(30) {
+        cluster.check_alive()?;
+        let key = key_of(&[0x5a; 20]);
+        if asker
+            .ask(storer, Body::Get { key }, Duration::from_millis(200), true)
+            .is_some()
+        {
+            return Ok(());
+        }
+    }
+    Err(Failure::Usage(format!(
+        "node {} did not answer within 30 s of its restart; see {}",
+        cluster.nodes()[i].name,
+        cluster.nodes()[i].log.display()
+    )))
+}
+
+/// How many running nodes hold `key` (their storers answer a Get with `Found`).
+fn count_copies(asker: &mut Asker, cluster: &LocalCluster, key: &Key) -> usize {
+    let storers: Vec<SocketAddr> = (0..cluster.nodes().len())
+        .filter(|&i| cluster.is_running(i))
+        .map(|i| cluster.nodes()[i].storer)
+        .collect();
+    storers
+        .into_iter()
+        .filter(|&s| {
+            matches!(
+                asker.ask(s, Body::Get { key: *key }, Duration::from_secs(1), true),
+                Some(Body::Found { .. })
+            )
+        })
+        .count()
+}
+
+fn print_table(runs: &[ReuseFigures]) {
+    let mut out = std::io::stdout().lock();
+    let base = runs
+        .iter()
+        .find(|f| f.down_nodes == 0)
+        .map(|f| f.storer_datagrams_per_live_node_per_set);
+    let _ = writeln!(
+        out,
+        "{:>6} {:>7} {:>9} {:>5} {:>13} {:>15} {:>13} {:>14} {:>11} {:>8} {:>7}",
+        "down",
+        "stamps",
+        "mean uses",
+        "worst",
+        "copies/first",
+        "Puts recv/SET",
+        "sub-req/SET",
+        "storer dg/SET",
+        "per live",
+        "ms/SET",
+        "extra"
+    );
+    for f in runs {
+        let extra = base
+            .filter(|b| *b > 0.0)
+            .map(|b| {
+                format!(
+                    "{:+.0}%",
+                    100.0 * (f.storer_datagrams_per_live_node_per_set / b - 1.0)
+                )
+            })
+            .unwrap_or_else(|| "-".into());
+        let _ = writeln!(
+            out,
+            "{:>5.0}% {:>7} {:>9.3} {:>5} {:>13.2} {:>15.2} {:>13.2} {:>14.2} {:>11.2} {:>8.0} {:>7}",
+            f.down_fraction * 100.0,
+            f.stamps,
+            f.mean_uses,
+            f.max_uses,
+            f.copies_per_first_set,
+            f.puts_delivered_per_set,
+            f.sub_requests_per_set,
+            f.storer_datagrams_per_set,
+            f.storer_datagrams_per_live_node_per_set,
+            f.set_ms,
+            extra
+        );
+    }
+    if runs.iter().any(|f| f.unanswered_sets > 0) {
+        let _ = writeln!(
+            out,
+            "unanswered SETs (not uses): {:?}",
+            runs.iter().map(|f| f.unanswered_sets).collect::<Vec<_>>()
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! `dqe lab simulate`: the experiment of `dqe lab reuse` with thousands of core nodes in one
+//! process, on the simulated network of `dqe-sim` (virtual clock, seeded, deterministic),
+//! plus the load balance and the datagrams a TEST and a SET cost, and how these move with the
+//! cluster's size (`--sizes`).
+//!
+//! Each node's view of the cluster (its description, ring and failure detector) grows with
+//! the cluster, so only `--resident` nodes are built at a time; a node dropped beyond that is
+//! rebuilt on its store when next needed, as a restarted process would be (`dqe_sim::cluster`).
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use dqe_core::node::NodeConfig;
+use dqe_sim::reuse::{Experiment, Figures};
+use serde::Serialize;
+
+use crate::cli::{EXIT_OK, Failure, io_err};
+
+use super::{load_average, series_from_json, uses_chart};
+
+/// The chart's legend for this command's line.
+const LEGEND: &str = "simulation";
+
+/// Flags of `dqe lab simulate`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct SimulateArgs {
+    /// Nodes in the simulated cluster (at most 8192).
+    #[arg(long, default_value_t = 4096)]
+    pub nodes: usize,
+    /// Copies of each stamp (r).
+    #[arg(long, default_value_t = 3)]
+    pub replication: u8,
+    /// Fraction of the nodes down during each try, 0 to 1; a comma-separated list runs each.
+    #[arg(long, value_delimiter = ',', default_value = "0.2")]
+    pub down: Vec<f64>,
+    /// Stamps per fraction.
+    #[arg(long, default_value_t = 300)]
+    pub stamps: usize,
+    /// Re-spends of each stamp after its first SET.
+    #[arg(long, default_value_t = 5)]
+    pub attempts: usize,
+    /// Also run at these cluster sizes (comma-separated, e.g. 16,64,256,1024,4096,8192), at
+    /// the first `--down`, with `--size-stamps` stamps each.
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<usize>,
+    /// Stamps per size of `--sizes`.
+    #[arg(long, default_value_t = 100)]
+    pub size_stamps: usize,
+    /// Virtual ms between a change of the down set and the try.
+    #[arg(long, default_value_t = 100)]
+    pub gap_ms: u64,
+    /// Ring points per node (the core's default is 16).
+    #[arg(long, default_value_t = dqe_core::config::DEFAULT_VNODES)]
+    pub vnodes: u16,
+    /// Nodes kept built at a time.
+    #[arg(long, default_value_t = 256)]
+    pub resident: usize,
+    /// Seed of the network, the down sets, the portals and the stamps.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Skip the runs not started after this many seconds.
+    #[arg(long)]
+    pub duration: Option<u64>,
+    /// Write the figures as one JSON object to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Draw mean uses against the fraction down to this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Run nothing: draw `--plot` from these JSON files of earlier `dqe lab reuse` or `dqe
+    /// lab simulate` runs (comma-separated), one line per file.
+    #[arg(long, value_delimiter = ',', requires = "plot")]
+    pub replot: Vec<PathBuf>,
+}
+
+/// What one simulated run measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct SimFigures {
+    pub nodes: usize,
+    pub down_fraction: f64,
+    pub down_nodes: usize,
+    pub replication: u8,
+    pub stamps: usize,
+    pub attempts: usize,
+    pub mean_uses: f64,
+    pub max_uses: usize,
+    pub copies_per_first_set: f64,
+    pub puts_per_set: f64,
+    pub storer_datagrams_per_set: f64,
+    pub datagrams_per_test: f64,
+    pub datagrams_per_set: f64,
+    pub max_over_mean_pairs: f64,
+    pub max_over_mean_requests: f64,
+    pub first_sets_not_stored: usize,
+    pub unanswered_sets: usize,
+    pub node_builds: u64,
+    pub virtual_seconds: f64,
+    pub wall_seconds: f64,
+    /// The process's peak resident memory so far (VmHWM), MiB.
+    pub peak_rss_mib: f64,
+    pub load_average: f64,
+}
+
+/// Run `dqe lab simulate`.
+pub fn run(a: SimulateArgs) -> Result<u8, Failure> {
+    check(&a)?;
+    if let (false, Some(plot)) = (a.replot.is_empty(), &a.plot) {
+        let series = series_from_json(&a.replot)?;
+        uses_chart(
+            plot,
+            "mean uses per stamp against the fraction of nodes down",
+            &series,
+        )?;
+        return Ok(EXIT_OK);
+    }
+    let started = Instant::now();
+    let out_of_time = || {
+        a.duration
+            .is_some_and(|d| started.elapsed() >= Duration::from_secs(d))
+    };
+    let mut runs = Vec::new();
+    for &down in &a.down {
+        if out_of_time() {
+            break;
+        }
+        runs.push(simulate(&a, a.nodes, down, a.stamps)?);
+        eprintln!("{}", line(runs.last().expect("just pushed")));
+    }
+    let mut sizes = Vec::new();
+    for &n in &a.sizes {
+        if out_of_time() {
+            break;
+        }
+        sizes.push(simulate(&a, n, a.down[0], a.size_stamps)?);
+        eprintln!("{}", line(sizes.last().expect("just pushed")));
+    }
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}", header());
+    for f in runs.iter().chain(&sizes) {
+        let _ = writeln!(out, "{}", line(f));
+    }
+    if let Some(path) = &a.json {
+        let first = runs.first().or(sizes.first());
+        let mut top = serde_json::to_value(first).expect("figures serialise");
+        if let Some(obj) = top.as_object_mut() {
+            obj.insert(
+                "runs".into(),
+                serde_json::to_value(&runs).expect("serialise"),
+            );
+            obj.insert(
+                "sizes".into(),
+                serde_json::to_value(&sizes).expect("serialise"),
+            );
+        }
+        let text = serde_json::to_string_pretty(&top).expect("figures serialise");
+        std::fs::write(path, text + "\n")
+            .map_err(io_err(format!("cannot write {}", path.display())))?;
+    }
+    if let Some(path) = &a.plot {
+        let points: Vec<(f64, f64)> = runs
+            .iter()
+            .map(|f| (f.down_fraction, f.mean_uses))
+            .collect();
+        let series = [(LEGEND.to_string(), points)];
+        uses_chart(
+            path,
+            &format!(
+                "dqe lab simulate: {} nodes, r = {}, {} re-spends",
+                a.nodes, a.replication, a.attempts
+            ),
+            &series,
+        )?;
+    }
+    Ok(EXIT_OK)
+}
+
+fn check(a: &SimulateArgs) -> Result<(), Failure> {
+    let usage = |m: String| Err(Failure::Usage(m));
+    for &n in std::iter::once(&a.nodes).chain(&a.sizes) {
+        if !(2..=8192).contains(&n) {
+            return usage(format!("{n} nodes: expected 2 to 8192"));
+        }
+        if a.replication < 1 || a.replication as usize > n {
+            return usage(format!(
+                "--replication {}: expected 1 to the number of nodes ({n})",
+                a.replication
+            ));
+        }
+        if n * usize::from(a.vnodes) > u32::MAX as usize {
+            return usage(format!("--vnodes {}: too many ring points", a.vnodes));
+        }
+    }
+    if a.vnodes == 0 {
+        return usage("--vnodes 0: expected at least 1".into());
+    }
+    if let Some(d) = a.down.iter().find(|d| !(0.0..1.0).contains(*d)) {
+        return usage(format!(
+            "--down {d}: expected fractions from 0 up to (not including) 1, e.g. 0,0.2,0.4"
+        ));
+    }
+    if let Some(p) = &a.plot
+        && p.extension().is_none_or(|e| e != "svg")
+    {
+        return usage(format!("--plot {}: expected an .svg file", p.display()));
+    }
+    Ok(())
+}
+
+/// One run, in a thread with a large stack: a node of an 8,192-node build is megabytes and
+/// the core builds it by value.
+fn simulate(
+    a: &SimulateArgs,
+    nodes: usize,
+    down: f64,
+    stamps: usize,
+) -> Result<SimFigures, Failure> {
+    let e = Experiment {
+        nodes,
+        replication: a.replication,
+        down,
+        stamps,
+        respends: a.attempts,
+        gap: a.gap_ms,
+        vnodes: a.vnodes,
+        resident: a.resident,
+        tests: 200,
+        balance_keys: (nodes * 100).min(1_000_000),
+        config: NodeConfig::default(),
+        seed: a.seed,
+    };
+    let t0 = Instant::now();
+    let f: Figures = std::thread::Builder::new()
+        .stack_size(256 << 20)
+        .spawn(move || match nodes {
+            0..=64 => dqe_sim::reuse::run::<64>(&e),
+            65..=512 => dqe_sim::reuse::run::<512>(&e),
+            513..=4096 => dqe_sim::reuse::run::<4096>(&e),
+            _ => dqe_sim::reuse::run::<8192>(&e),
+        })
+        .map_err(io_err("cannot start the simulation thread"))?
+        .join()
+        .map_err(|_| Failure::Usage("the simulation panicked".into()))?
+        .map_err(Failure::Usage)?;
+    Ok(SimFigures {
+        nodes,
+        down_fraction: down,
+        down_nodes: f.down_nodes,
+        replication: a.replication,
+        stamps: f.stamps,
+        attempts: a.attempts,
+        mean_uses: f.mean_uses,
+        max_uses: f.max_uses,
+        copies_per_first_set: f.copies_per_first_set,
+        puts_per_set: f.puts_per_set,
+        storer_datagrams_per_set: f.storer_datagrams_per_set,
+        datagrams_per_test: f.datagrams_per_test,
+        datagrams_per_set: f.datagrams_per_set,
+        max_over_mean_pairs: f.max_over_mean_pairs,
+        max_over_mean_requests: f.max_over_mean_requests,
+        first_sets_not_stored: f.first_sets_not_stored,
+        unanswered_sets: f.unanswered_sets,
+        node_builds: f.node_builds,
+        virtual_seconds: f.virtual_seconds,
+        wall_seconds: t0.elapsed().as_secs_f64(),
+        peak_rss_mib: peak_rss_mib(),
+        load_average: load_average(),
+    })
+}
+
+/// VmHWM of this process, MiB (0 where `/proc/self/status` cannot be read).
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+            line.split_whitespace().nth(1)?.parse::<f64>().ok()
+        })
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(0.0)
+}
+
+fn header() -> String {
+    format!(
+        "{:>6} {:>5} {:>6} {:>9} {:>5} {:>12} {:>8} {:>12} {:>9} {:>9} {:>10} {:>10} {:>7} {:>8}",
+        "nodes",
+        "down",
+        "stamps",
+        "mean uses",
+        "worst",
+        "copies/first",
+        "Puts/SET",
+        "storer dg/SET",
+        "dg/TEST",
+        "dg/SET",
+        "max/mean pairs",
+        "max/mean req",
+        "wall s",
+        "peak MiB"
+    )
+}
+
+fn line(f: &SimFigures) -> String {
+    format!(
+        "{:>6} {:>4.0}% {:>6} {:>9.3} {:>5} {:>12.2} {:>8.2} {:>13.2} {:>9.2} {:>9.2} {:>14.2} {:>12.2} {:>7.1} {:>8.0}",
+        f.nodes,
+        f.down_fraction * 100.0,
+        f.stamps,
+        f.mean_uses,
+        f.max_uses,
+        f.copies_per_first_set,
+        f.puts_per_set,
+        f.storer_datagrams_per_set,
+        f.datagrams_per_test,
+        f.datagrams_per_set,
+        f.max_over_mean_pairs,
+        f.max_over_mean_requests,
+        f.wall_seconds,
+        f.peak_rss_mib
+    )
+}
