@@ -3,9 +3,10 @@
 //! All protocol behaviour is in the core; this loop only moves bytes. One iteration:
 //!
 //! 1. Read a bounded batch, storer socket first, then the source socket (replies to our own
-//!    fan-out), then the portal socket (new client work), with `try_recv_from` so nothing
-//!    waits. Under load the portal is read only after the storer socket was drained up to its
-//!    bound: work admitted somewhere in the cluster finishes before new work is taken.
+//!    fan-out), with `try_recv_from` so nothing waits; then, only if both were emptied, send
+//!    what the node queued and read a batch from the portal socket (new client work). So work
+//!    admitted somewhere in the cluster finishes before new work is taken; a flooded storer
+//!    port delays the portal by a bounded number of rounds (see [`crate::read_order`]).
 //! 2. Hand each datagram to the node and drain its transmits at once (the core's outgoing
 //!    queues are small and bounded; it answers `Busy` rather than queueing more).
 //! 3. Group commit: a transmit that rests on a write not yet durable (the node says which,
@@ -60,6 +61,7 @@ use crate::cli::RunConfig;
 use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
 use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
 use crate::peers::PeerWatch;
+use crate::read_order::{ReadOrder, ReadPolicy, Step};
 use dqe_config::cluster::MAX_NODES;
 
 /// Client requests the portal may have in flight; more are refused `Busy`.
@@ -244,8 +246,8 @@ struct Server {
     peers: PeerWatch,
     next_housekeeping: Instant,
     recv: Box<[u8; RECV_BUF]>,
-    /// Read the storer socket before the portal socket (false only for experiments).
-    storer_first: bool,
+    /// The order the sockets are read in (see [`crate::read_order`]).
+    read_policy: ReadPolicy,
 }
 
 /// Start the node described by `cfg`, serve until `stop` resolves, then shut down cleanly.
@@ -327,7 +329,11 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         peers,
         next_housekeeping: now,
         recv: Box::new([0; RECV_BUF]),
-        storer_first: cfg.storer_first,
+        read_policy: if cfg.storer_first {
+            ReadPolicy::StorerFirst
+        } else {
+            ReadPolicy::PortalFirst
+        },
     };
     server
         .serve(stop, Duration::from_millis(cfg.drain_ms))
@@ -344,6 +350,7 @@ impl Server {
         tokio::pin!(stop);
         let mut stopping: Option<Instant> = None;
         let mut busy_rounds = 0u32;
+        let mut order = ReadOrder::new(self.read_policy);
         loop {
             if let Some(since) = stopping
                 && (self.node.in_flight() == 0 || since.elapsed() >= drain)
@@ -353,14 +360,18 @@ impl Server {
             let room = self.held.len() < MAX_HELD;
             let mut got = 0;
             if room {
-                let portal = stopping.is_none();
-                if portal && !self.storer_first {
-                    got += self.read_batch(Port::Portal).await;
-                }
-                got += self.read_batch(Port::Storer).await;
-                got += self.read_batch(Port::Source).await;
-                if portal && self.storer_first {
-                    got += self.read_batch(Port::Portal).await;
+                let mut round = order.round(stopping.is_none());
+                let mut full = false;
+                while let Some(step) = round.next(full) {
+                    full = false;
+                    match step {
+                        Step::Read(port) => {
+                            let n = self.read_batch(port);
+                            full = n >= BATCH;
+                            got += n;
+                        }
+                        Step::SendAdmitted => self.send_ready().await,
+                    }
                 }
             }
             let now = self.now_ms();
@@ -441,7 +452,7 @@ impl Server {
     }
 
     /// Read up to [`BATCH`] datagrams from one socket and hand them to the node.
-    async fn read_batch(&mut self, port: Port) -> usize {
+    fn read_batch(&mut self, port: Port) -> usize {
         let mut n = 0;
         while n < BATCH && self.held.len() < MAX_HELD {
             let socket = match port {
@@ -512,7 +523,7 @@ impl Server {
     }
 
     /// Send every ready datagram, then every held one whose writes are durable, in order.
-    async fn flush(&mut self) {
+    async fn send_ready(&mut self) {
         while let Some(h) = self.ready.pop_front() {
             self.send(&h).await;
         }
@@ -523,6 +534,11 @@ impl Server {
             };
             self.send(&h).await;
         }
+    }
+
+    /// [`Self::send_ready`], then export the queues' gauges.
+    async fn flush(&mut self) {
+        self.send_ready().await;
         self.metrics
             .replies_waiting_for_sync
             .store(self.held.len() as u64, Relaxed);
