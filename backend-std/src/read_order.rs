@@ -246,8 +246,10 @@ mod tests {
     fn a_stopping_node_reads_no_portal() {
         for policy in [ReadPolicy::StorerFirst, ReadPolicy::PortalFirst] {
             let mut order = ReadOrder::new(policy);
-            let mut q = Queues::default();
-            q.portal = BATCH;
+            let mut q = Queues {
+                portal: BATCH,
+                ..Queues::default()
+            };
             for _ in 0..(2 * MAX_PORTAL_DEFERRALS) {
                 assert!(!reads_portal(&run_round(&mut order, &mut q, false)));
             }
