@@ -82,8 +82,9 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WRITE_RATE)))]
     pub write_rate: u32,
 
-    /// Test only (`dqe lab overload`): read the portal socket before the storer socket, so
-    /// new client work competes with work already admitted; shows what the priority buys.
+    /// Test only (`dqe lab overload`): read the portal, storer and source sockets a batch each
+    /// every round, portal first, so new client work competes with work already admitted;
+    /// shows what the priority buys.
     #[arg(long, hide = true)]
     pub no_priority: bool,
 }

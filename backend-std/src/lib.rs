@@ -10,6 +10,7 @@
 //! - [`metrics`]: Prometheus counters, `/healthz` and `/readyz`, served over the shared
 //!   `dqe_metrics_http` responder.
 //! - [`peers`]: peer health transitions and cluster mismatches, logged once and counted.
+//! - [`read_order`]: which socket the loop reads next (storer before portal, bounded).
 //!
 //! The cluster file is read by `dqe_config::cluster`, the parser every node and tool shares.
 //!
@@ -26,6 +27,7 @@ pub mod durable;
 pub mod index;
 pub mod metrics;
 pub mod peers;
+pub mod read_order;
 pub mod server;
 
 /// Stack of the loop's thread (the node itself is built elsewhere and boxed).

@@ -61,11 +61,19 @@ pub enum WrongClusterSide {
 
 const WRONG_CLUSTER_SIDES: [&str; 2] = ["we_refused", "refused_us"];
 
+/// The origin of [`mono_ms`].
+static MONO_EPOCH: OnceLock<Instant> = OnceLock::new();
+
 /// Milliseconds since the first call, on the monotonic clock (0 stands for "never").
 /// Milliseconds on a monotonic clock private to this process, never 0.
 pub fn mono_ms() -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    mono_ms_at(Instant::now())
+}
+
+/// [`mono_ms`] of an instant the caller already read (one clock read serves many uses).
+pub fn mono_ms_at(t: Instant) -> u64 {
+    let epoch = *MONO_EPOCH.get_or_init(|| t);
+    t.saturating_duration_since(epoch).as_millis() as u64 + 1
 }
 
 /// Upper bounds of the latency buckets, in seconds.
