@@ -43,8 +43,9 @@ fn text(text: &str) {
         assert_eq!(keys::stamp_text(&s), compact);
     }
     if let Ok(key) = keys::parse_public_text(text) {
+        // The reader allows white space around the body, after the type prefix too.
         let body = text.trim();
-        let body = body.strip_prefix("dqe-public-key:").unwrap_or(body);
+        let body = body.strip_prefix("dqe-public-key:").unwrap_or(body).trim();
         assert_eq!(keys::encode_line(&key), body);
     }
 }
