@@ -75,6 +75,60 @@ pub struct Figures {
     pub virtual_seconds: f64,
 }
 
+/// The re-spend tally both the simulation and `dqe lab reuse` keep: one rule for what counts as
+/// a use, so the simulated and the real figures mean the same thing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UseTally {
+    /// Stamps finished.
+    pub stamps: usize,
+    /// Uses over all stamps.
+    pub uses: usize,
+    /// The most uses of one stamp.
+    pub max_uses: usize,
+    /// SETs with no answer (not uses).
+    pub unanswered_sets: usize,
+    /// First SETs not answered `Stored`.
+    pub first_sets_not_stored: usize,
+    /// SETs sent.
+    pub sets: usize,
+    /// Uses of the stamp under way.
+    current: usize,
+}
+
+impl UseTally {
+    /// Count one SET's `reply` (`None`: no answer); `first` for the stamp's first SET. A use is a
+    /// SET answered `Stored` or `Refused(Unavailable)`: the receiver would deliver the mail.
+    pub fn set(&mut self, first: bool, reply: Option<&Body>) {
+        self.sets += 1;
+        match reply {
+            Some(
+                Body::Stored
+                | Body::Refused {
+                    reason: Reason::Unavailable,
+                },
+            ) => self.current += 1,
+            Some(_) => {}
+            None => self.unanswered_sets += 1,
+        }
+        if first && reply != Some(&Body::Stored) {
+            self.first_sets_not_stored += 1;
+        }
+    }
+
+    /// The stamp under way is done.
+    pub fn end_stamp(&mut self) {
+        self.uses += self.current;
+        self.max_uses = self.max_uses.max(self.current);
+        self.current = 0;
+        self.stamps += 1;
+    }
+
+    /// Mean uses per finished stamp.
+    pub fn mean_uses(&self) -> f64 {
+        self.uses as f64 / self.stamps.max(1) as f64
+    }
+}
+
 fn max_over_mean(v: impl Iterator<Item = f64> + Clone) -> f64 {
     let (n, sum) = v.clone().fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
     let max = v.fold(0.0f64, f64::max);
@@ -100,7 +154,8 @@ pub fn run<const N: usize>(e: &Experiment) -> Result<Figures, String> {
         down_nodes: k,
         ..Figures::default()
     };
-    let (mut uses_total, mut copies, mut sets) = (0usize, 0usize, 0usize);
+    let mut tally = UseTally::default();
+    let mut copies = 0usize;
     let mut keys: Vec<Key> = Vec::new();
     let before = c.traffic;
     let mut set_datagrams = 0u64;
@@ -108,7 +163,6 @@ pub fn run<const N: usize>(e: &Experiment) -> Result<Figures, String> {
         let value: Value = rng.random();
         let key = key_of(&value);
         keys.push(key);
-        let mut uses = 0;
         for attempt in 0..=e.respends {
             order.shuffle(&mut rng);
             for (i, &node) in order.iter().enumerate() {
@@ -124,21 +178,8 @@ pub fn run<const N: usize>(e: &Experiment) -> Result<Figures, String> {
             let portal = order[k + rng.random_range(0..n - k)];
             let d0 = c.traffic.datagrams;
             let reply = c.request(portal, Body::Set { key, value }, 10_000);
-            sets += 1;
-            match reply {
-                Some(
-                    Body::Stored
-                    | Body::Refused {
-                        reason: Reason::Unavailable,
-                    },
-                ) => uses += 1,
-                Some(_) => {}
-                None => f.unanswered_sets += 1,
-            }
+            tally.set(attempt == 0, reply.as_ref());
             if attempt == 0 {
-                if reply != Some(Body::Stored) {
-                    f.first_sets_not_stored += 1;
-                }
                 // Lingering Puts land within a few ms; the copies are counted once they have.
                 c.run_for(5);
                 copies += (0..n).filter(|&i| c.store(i).holds(&key)).count();
@@ -147,12 +188,14 @@ pub fn run<const N: usize>(e: &Experiment) -> Result<Figures, String> {
             c.run_for(e.gap);
             set_datagrams += c.traffic.datagrams - d0;
         }
-        uses_total += uses;
-        f.max_uses = f.max_uses.max(uses);
-        f.stamps += 1;
+        tally.end_stamp();
     }
-    let sets_f = sets.max(1) as f64;
-    f.mean_uses = uses_total as f64 / f.stamps.max(1) as f64;
+    let sets_f = tally.sets.max(1) as f64;
+    f.stamps = tally.stamps;
+    f.mean_uses = tally.mean_uses();
+    f.max_uses = tally.max_uses;
+    f.unanswered_sets = tally.unanswered_sets;
+    f.first_sets_not_stored = tally.first_sets_not_stored;
     f.copies_per_first_set = copies as f64 / f.stamps.max(1) as f64;
     f.puts_per_set = (c.traffic.puts - before.puts) as f64 / sets_f;
     f.storer_datagrams_per_set =
@@ -189,4 +232,29 @@ pub fn run<const N: usize>(e: &Experiment) -> Result<Figures, String> {
     f.node_builds = c.materialized;
     f.virtual_seconds = c.now as f64 / 1000.0;
     Ok(f)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_use_is_a_stored_or_unavailable_set() {
+        let mut t = UseTally::default();
+        // Stamp 1: stored, then found used, then no answer.
+        t.set(true, Some(&Body::Stored));
+        t.set(false, Some(&Body::Found { value: [7; 20] }));
+        t.set(false, None);
+        t.end_stamp();
+        // Stamp 2: first SET refused Unavailable (a use, but not stored), then stored again.
+        let unavailable = Body::Refused {
+            reason: Reason::Unavailable,
+        };
+        t.set(true, Some(&unavailable));
+        t.set(false, Some(&Body::Stored));
+        t.end_stamp();
+        assert_eq!((t.stamps, t.uses, t.max_uses, t.sets), (2, 3, 2, 5));
+        assert_eq!((t.unanswered_sets, t.first_sets_not_stored), (1, 1));
+        assert_eq!(t.mean_uses(), 1.5);
+    }
 }

@@ -101,6 +101,26 @@ pub(crate) fn series_from_json(paths: &[PathBuf]) -> Result<Vec<Series>, Failure
         .collect()
 }
 
+/// Draw one run's `(down_fraction, mean_uses)` points as a chart with one line named `legend`.
+pub(crate) fn uses_chart_of(
+    path: &Path,
+    title: &str,
+    legend: &str,
+    points: impl Iterator<Item = (f64, f64)>,
+) -> Result<(), Failure> {
+    uses_chart(path, title, &[(legend.to_string(), points.collect())])
+}
+
+/// `--down` fractions must lie in [0, 1): at least one node stays up.
+pub(crate) fn check_down_fractions(down: &[f64]) -> Result<(), Failure> {
+    match down.iter().find(|d| !(0.0..1.0).contains(*d)) {
+        Some(d) => Err(Failure::Usage(format!(
+            "--down {d}: expected fractions from 0 up to (not including) 1, e.g. 0,0.2,0.4"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// Draw mean uses per stamp against the fraction of nodes down, one line per series, as an
 /// SVG file.
 pub(crate) fn uses_chart(path: &Path, title: &str, series: &[Series]) -> Result<(), Failure> {

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use dqe_core::hash::{Key, Value, key_of};
-use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
+use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -33,7 +33,11 @@ use crate::cluster::{LocalCluster, find_enforcer, free_udp_ports, loopback_confi
 use crate::cmd::status::{Scrape, http_get};
 use crate::config_file::ClusterFile;
 
-use super::{load_average, series_from_json, uses_chart, write_json};
+use dqe_sim::reuse::UseTally;
+
+use super::{
+    check_down_fractions, load_average, series_from_json, uses_chart, uses_chart_of, write_json,
+};
 
 /// The chart's legend for this command's line.
 const LEGEND: &str = "real processes";
@@ -145,18 +149,14 @@ pub fn run(a: ReuseArgs) -> Result<u8, Failure> {
         write_json(path, &runs)?;
     }
     if let Some(path) = &a.plot {
-        let points: Vec<(f64, f64)> = runs
-            .iter()
-            .map(|f| (f.down_fraction, f.mean_uses))
-            .collect();
-        let series = [(LEGEND.to_string(), points)];
-        uses_chart(
+        uses_chart_of(
             path,
             &format!(
                 "dqe lab reuse: {} nodes, r = {}, {} re-spends",
                 a.nodes, a.replication, a.attempts
             ),
-            &series,
+            LEGEND,
+            runs.iter().map(|f| (f.down_fraction, f.mean_uses)),
         )?;
     }
     Ok(EXIT_OK)
@@ -173,11 +173,7 @@ fn check(a: &ReuseArgs) -> Result<(), Failure> {
             a.replication, a.nodes
         ));
     }
-    if let Some(d) = a.down.iter().find(|d| !(0.0..1.0).contains(*d)) {
-        return usage(format!(
-            "--down {d}: expected fractions from 0 up to (not including) 1, e.g. 0,0.2,0.4"
-        ));
-    }
+    check_down_fractions(&a.down)?;
     if a.stamps == 0 {
         return usage("--stamps 0: expected at least 1".into());
     }
@@ -329,7 +325,8 @@ fn run_one(
     };
     let mut counters = Counters::default();
     let mut order: Vec<usize> = (0..n).collect();
-    let (mut uses_total, mut copies, mut sets, mut set_ms) = (0usize, 0usize, 0usize, 0u128);
+    let mut tally = UseTally::default();
+    let (mut copies, mut set_ms) = (0usize, 0u128);
     let mut live_node_sets = 0usize;
     for _ in 0..a.stamps {
         if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -337,7 +334,6 @@ fn run_one(
         }
         let value: Value = rng.random();
         let key: Key = key_of(&value);
-        let mut uses = 0;
         for attempt in 0..=a.attempts {
             order.shuffle(&mut rng);
             let down_set: HashSet<usize> = order[..k].iter().copied().collect();
@@ -367,28 +363,13 @@ fn run_one(
                 false,
             );
             set_ms += t0.elapsed().as_millis();
-            sets += 1;
             live_node_sets += n - k;
-            match reply {
-                Some(
-                    Body::Stored
-                    | Body::Refused {
-                        reason: Reason::Unavailable,
-                    },
-                ) => uses += 1,
-                Some(_) => {}
-                None => f.unanswered_sets += 1,
-            }
+            tally.set(attempt == 0, reply.as_ref());
             if attempt == 0 {
-                if reply != Some(Body::Stored) {
-                    f.first_sets_not_stored += 1;
-                }
                 copies += count_copies(&mut asker, &cluster, &key);
             }
         }
-        uses_total += uses;
-        f.max_uses = f.max_uses.max(uses);
-        f.stamps += 1;
+        tally.end_stamp();
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -398,10 +379,14 @@ fn run_one(
         }
     }
     cluster.stop();
+    f.stamps = tally.stamps;
+    f.max_uses = tally.max_uses;
+    f.unanswered_sets = tally.unanswered_sets;
+    f.first_sets_not_stored = tally.first_sets_not_stored;
     let stamps = f.stamps.max(1) as f64;
-    let sets_f = sets.max(1) as f64;
+    let sets_f = tally.sets.max(1) as f64;
     let storer_in = (counters.storer_in - asker.storer_datagrams as f64).max(0.0);
-    f.mean_uses = uses_total as f64 / stamps;
+    f.mean_uses = tally.mean_uses();
     f.copies_per_first_set = copies as f64 / stamps;
     f.puts_delivered_per_set = counters.puts_in / sets_f;
     f.sub_requests_per_set = counters.sub_requests / sets_f;

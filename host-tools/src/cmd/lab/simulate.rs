@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::cli::{EXIT_OK, Failure, io_err};
 
-use super::{load_average, series_from_json, uses_chart};
+use super::{check_down_fractions, load_average, series_from_json, uses_chart, uses_chart_of};
 
 /// The chart's legend for this command's line.
 const LEGEND: &str = "simulation";
@@ -158,18 +158,14 @@ pub fn run(a: SimulateArgs) -> Result<u8, Failure> {
             .map_err(io_err(format!("cannot write {}", path.display())))?;
     }
     if let Some(path) = &a.plot {
-        let points: Vec<(f64, f64)> = runs
-            .iter()
-            .map(|f| (f.down_fraction, f.mean_uses))
-            .collect();
-        let series = [(LEGEND.to_string(), points)];
-        uses_chart(
+        uses_chart_of(
             path,
             &format!(
                 "dqe lab simulate: {} nodes, r = {}, {} re-spends",
                 a.nodes, a.replication, a.attempts
             ),
-            &series,
+            LEGEND,
+            runs.iter().map(|f| (f.down_fraction, f.mean_uses)),
         )?;
     }
     Ok(EXIT_OK)
@@ -194,11 +190,7 @@ fn check(a: &SimulateArgs) -> Result<(), Failure> {
     if a.vnodes == 0 {
         return usage("--vnodes 0: expected at least 1".into());
     }
-    if let Some(d) = a.down.iter().find(|d| !(0.0..1.0).contains(*d)) {
-        return usage(format!(
-            "--down {d}: expected fractions from 0 up to (not including) 1, e.g. 0,0.2,0.4"
-        ));
-    }
+    check_down_fractions(&a.down)?;
     if let Some(p) = &a.plot
         && p.extension().is_none_or(|e| e != "svg")
     {
