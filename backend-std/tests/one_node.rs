@@ -214,17 +214,7 @@ where
 fn startup_line_and_metrics_endpoint() {
     let site = DevSite::new(&PORTS, 4);
     let base = site.base;
-    let metrics = addr(base + 3);
-    let args = [
-        "--dev",
-        "--port-base",
-        &base.to_string(),
-        "--metrics",
-        &metrics.to_string(),
-    ]
-    .map(String::from);
-    let mut node = Enforcer::spawn(&args, &site.data, &site.log, addr(base));
-    node.wait_ready(READY);
+    let (node, metrics) = site.start_with_metrics(&[]);
     let log = node.log_text();
     for needle in [
         "dqe-enforcer started".to_string(),
@@ -350,17 +340,7 @@ fn scrape(metrics: std::net::SocketAddr, within: Duration) -> Option<String> {
 fn metrics_count_wrong_port_and_outlast_idle_connections() {
     let site = DevSite::new(&PORTS, 4);
     let base = site.base;
-    let metrics = addr(base + 3);
-    let args = [
-        "--dev",
-        "--port-base",
-        &base.to_string(),
-        "--metrics",
-        &metrics.to_string(),
-    ]
-    .map(String::from);
-    let mut node = Enforcer::spawn(&args, &site.data, &site.log, addr(base));
-    node.wait_ready(READY);
+    let (node, metrics) = site.start_with_metrics(&[]);
     let c = Client::new();
     let (k, v) = pair("counted wrong port");
     let storer = addr(base + 1);
@@ -392,16 +372,8 @@ fn metrics_count_wrong_port_and_outlast_idle_connections() {
 #[test]
 fn the_oldest_unsynced_write_gauge_covers_fsync_interval() {
     let site = DevSite::new(&PORTS, 4);
-    let base = site.base;
-    let metrics = addr(base + 3);
-    let mut node = site.start_with(&[
-        "--metrics",
-        &metrics.to_string(),
-        "--fsync",
-        "interval",
-        "--fsync-interval-ms",
-        "1500",
-    ]);
+    let (mut node, metrics) =
+        site.start_with_metrics(&["--fsync", "interval", "--fsync-interval-ms", "1500"]);
     let age = || -> f64 {
         let text = scrape(metrics, Duration::from_secs(5)).expect("scrape");
         metric(&text, "dqe_oldest_unsynced_write_age_seconds")

@@ -84,17 +84,7 @@ fn seed() -> u64 {
 fn a_storm_of_random_and_mutated_datagrams_leaves_the_node_right() {
     let site = DevSite::new(&PORTS, 4);
     let base = site.base;
-    let metrics = addr(base + 3);
-    let args = [
-        "--dev",
-        "--port-base",
-        &base.to_string(),
-        "--metrics",
-        &metrics.to_string(),
-    ]
-    .map(String::from);
-    let mut node = Enforcer::spawn(&args, &site.data, &site.log, addr(base));
-    node.wait_ready(READY);
+    let (mut node, metrics) = site.start_with_metrics(&[]);
     let spec: ClusterSpec<256> = dqe_config::cluster::dev_cluster(base);
     let seed = seed();
     eprintln!("storm seed {seed} (DQE_STORM_SEED={seed} replays it)");

@@ -103,22 +103,7 @@ impl Client {
 
     /// The next datagram from anyone within `wait`, and its sender.
     pub fn recv_any(&self, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
-        self.sock
-            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
-            .expect("timeout");
-        let mut buf = [0u8; 2048];
-        match self.sock.recv_from(&mut buf) {
-            Ok((n, src)) => Some((buf[..n].to_vec(), src)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                None
-            }
-            Err(e) => panic!("recv: {e}"),
-        }
+        recv_within(&self.sock, wait)
     }
 
     /// The next datagram from `from` within `wait` (others are discarded).
@@ -327,6 +312,26 @@ pub fn undecodable_variants(good: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
         ("unknown variant 9", unknown_variant(9)),
         ("non-canonical varint", long_varint),
     ]
+}
+
+/// The next datagram on `sock` within `wait` (at least 1 ms) and its sender; `None` when the
+/// time ran out. Any other socket error is a broken test set-up: it panics.
+pub fn recv_within(sock: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
+    sock.set_read_timeout(Some(wait.max(Duration::from_millis(1))))
+        .expect("set a read timeout");
+    let mut buf = [0u8; 2048];
+    match sock.recv_from(&mut buf) {
+        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        Err(e) => panic!("recv: {e}"),
+    }
 }
 
 #[cfg(test)]

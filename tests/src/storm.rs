@@ -178,22 +178,7 @@ impl Storm<'_> {
     }
 
     fn recv(&self, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
-        self.sock
-            .set_read_timeout(Some(wait.max(Duration::from_millis(1))))
-            .expect("set a read timeout");
-        let mut buf = [0u8; 2048];
-        match self.sock.recv_from(&mut buf) {
-            Ok((n, from)) => Some((buf[..n].to_vec(), from)),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
-            {
-                None
-            }
-            Err(e) => panic!("recv: {e}"),
-        }
+        crate::client::recv_within(self.sock, wait)
     }
 
     /// Check one received datagram against the rules; the id it answers.

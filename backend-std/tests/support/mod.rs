@@ -135,6 +135,16 @@ impl DevSite {
         node.wait_ready(READY);
         node
     }
+
+    /// [`DevSite::start_with`] plus `--metrics` on the site's fourth port (make the site with 4
+    /// ports); the metrics address beside the node.
+    pub fn start_with_metrics(&self, extra: &[&str]) -> (Enforcer, SocketAddr) {
+        let metrics = addr(self.base + 3);
+        let metrics_arg = metrics.to_string();
+        let mut args = vec!["--metrics", metrics_arg.as_str()];
+        args.extend_from_slice(extra);
+        (self.start_with(&args), metrics)
+    }
 }
 
 impl DevSite {
