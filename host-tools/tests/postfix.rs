@@ -601,7 +601,7 @@ fn stamp_labels(message: &str) -> Vec<String> {
 }
 
 #[test]
-fn postfix_delivers_one_message_to_three_domains_fresh_at_each() {
+fn postfix_one_message_to_three_domains_is_fresh_at_each() {
     if !postfix_ready() {
         return;
     }
