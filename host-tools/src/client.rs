@@ -18,6 +18,13 @@
 //! [`PortalClient::with_silence_note`] file, across `dqe` runs, so that only the first
 //! message after a portal falls silent pays its timeout.
 //!
+//! A Set that a portal answers too late for the client (under load) may still be carried
+//! out: the next portal then finds our own write and answers `Found`. Before believing that
+//! `Found`, the client asks the late portal again with the same id from the same socket; its
+//! reply cache answers `Stored` if our Set was the one that stored the key (then that is the
+//! answer), `Found` if the key was set before our Set reached it (another receiver: `Found`
+//! stands).
+//!
 //! Requests carry the cluster tag the client expects (0, "any", unless the client config's
 //! `cluster_tag` or `--cluster-tag` names one): a portal of another cluster then answers
 //! `WrongCluster` instead of serving the request, and the client passes it over and says so.
@@ -178,7 +185,9 @@ pub struct Answer {
     /// The portal that gave it.
     pub portal: SocketAddr,
     /// Portals tried before it that gave no answer. After a Set, a `Found` that follows a
-    /// silent portal may be our own write arriving through that portal.
+    /// silent portal is checked with that portal (`confirm_own_write`): if it stored our
+    /// write, the answer is its `Stored`; the portals left here did not answer even then, and
+    /// our own write may still have arrived through one of them.
     pub skipped: Vec<(SocketAddr, PortalSilence)>,
 }
 
@@ -312,11 +321,17 @@ impl PortalClient {
         let mut client = Client::new(config, order.as_slice(), [Entry::EMPTY; 1]);
         let base = Instant::now();
         let now = || millis(base.elapsed());
+        let id: u64 = rand::random();
+        let is_set = matches!(asked, ClientRequest::Set { .. });
         let request = client
-            .start(now(), rand::random(), asked, 0)
+            .start(now(), id, asked, 0)
             .expect("one request in a table of one, to portal 0 of a non-empty list");
         // One connected socket per portal, so that a closed port shows up at once.
         let mut socket: Option<(usize, UdpSocket)> = None;
+        // The sockets of portals left behind, kept open: after a Set answered `Found` by a
+        // later portal, an earlier one may still say that our own write was first.
+        let mut left: Vec<(SocketAddr, UdpSocket)> = Vec::new();
+        let mut datagram: Vec<u8> = Vec::new();
         let mut io_errors: HashMap<usize, String> = HashMap::new();
         let mut skipped = Vec::new();
         let mut out = [0u8; MAX_DATAGRAM];
@@ -331,12 +346,44 @@ impl PortalClient {
                             skipped.push((order[portal], why));
                         }
                     }
-                    Event::Finished(f) => return self.conclude(f.outcome, &order, skipped),
+                    Event::Finished(f) => {
+                        let found = matches!(
+                            f.outcome,
+                            Outcome::Answered {
+                                reply: wire::Reply::Found { .. },
+                                ..
+                            }
+                        );
+                        if is_set && found {
+                            let silent: Vec<&(SocketAddr, UdpSocket)> = left
+                                .iter()
+                                .filter(|(a, _)| {
+                                    skipped.iter().any(|(s, why)| {
+                                        s == a && matches!(why, PortalSilence::NoAnswer { .. })
+                                    })
+                                })
+                                .collect();
+                            if let Some(first) =
+                                confirm_own_write(&silent, &datagram, id, self.per_portal)
+                            {
+                                skipped.retain(|(a, _)| *a != first);
+                                self.remember(&skipped, Some(first));
+                                return Ok(Answer {
+                                    reply: Reply::Stored,
+                                    portal: first,
+                                    skipped,
+                                });
+                            }
+                        }
+                        return self.conclude(f.outcome, &order, skipped);
+                    }
                 }
             }
             if let Some(t) = client.poll_transmit(&mut out) {
                 if socket.as_ref().map(|s| s.0) != Some(t.portal) {
-                    socket = None;
+                    if let Some((p, s)) = socket.take() {
+                        left.push((order[p], s));
+                    }
                     match connect(t.to) {
                         Ok(s) => socket = Some((t.portal, s)),
                         Err(e) => {
@@ -347,6 +394,8 @@ impl PortalClient {
                     }
                 }
                 let Some((_, s)) = &socket else { continue };
+                datagram.clear();
+                datagram.extend_from_slice(&out[..t.len]);
                 match s.send(&out[..t.len]) {
                     Ok(_) => {}
                     Err(e) if e.kind() == ErrorKind::ConnectionRefused => {
@@ -422,6 +471,61 @@ impl PortalClient {
             }
         }
     }
+}
+
+/// After a Set that a later portal answered `Found`: was that `Found` our own write, which
+/// reached the store first through a portal we gave up on (a portal that answers late under
+/// load)? Each such `silent` portal is asked again with the same `datagram` (same id) from
+/// the same socket, so a portal that carried out our Set answers from its reply cache
+/// (PROTOCOL.md rule 6); a reply already waiting is read first. Its `Stored` means our Set
+/// was first: that portal is returned. A `Found` from it (the key was set before our Set
+/// reached it, by another receiver), another answer or silence for `budget` leaves the
+/// `Found` standing, so reuse by anyone else is still `used`. Costs nothing unless a Set
+/// met `Found` after a silent portal.
+fn confirm_own_write(
+    silent: &[&(SocketAddr, UdpSocket)],
+    datagram: &[u8],
+    id: u64,
+    budget: Duration,
+) -> Option<SocketAddr> {
+    let end = Instant::now() + budget;
+    let mut open: Vec<&(SocketAddr, UdpSocket)> = silent.to_vec();
+    let mut buf = [0u8; 512];
+    let mut next_send = Instant::now();
+    let mut gap = FIRST_RESEND;
+    // Each socket is read in turn for a short while: this path is rare and short.
+    let slice = Duration::from_millis(10);
+    while !open.is_empty() && Instant::now() < end {
+        if Instant::now() >= next_send {
+            for (_, s) in &open {
+                let _ = s.send(datagram);
+            }
+            next_send = Instant::now() + gap;
+            gap = (gap * 2).min(MAX_RESEND);
+        }
+        let mut answered: Vec<SocketAddr> = Vec::new();
+        for (addr, s) in &open {
+            if s.set_read_timeout(Some(slice)).is_err() {
+                answered.push(*addr);
+                continue;
+            }
+            match s.recv(&mut buf) {
+                Ok(n) => match wire::decode(&buf[..n]) {
+                    Ok(env) if env.id == id => match env.body.message() {
+                        wire::Message::Reply(wire::Reply::Stored) => return Some(*addr),
+                        wire::Message::Reply(_) => answered.push(*addr),
+                        _ => {}
+                    },
+                    _ => {}
+                },
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(_) => answered.push(*addr),
+            }
+        }
+        open.retain(|(a, _)| !answered.contains(a));
+    }
+    None
 }
 
 /// How host-tools names a core [`Silence`]; `io` is the socket error that made the portal
@@ -646,6 +750,65 @@ mod tests {
             }
         });
         addr
+    }
+
+    /// A fake portal that answers the first request after `delay` and every later one at
+    /// once, always with `body` (a repeat of a request it carried out gets the cached reply).
+    fn late(body: Body, delay: Duration) -> SocketAddr {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = s.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut first = true;
+            while let Ok((n, from)) = s.recv_from(&mut buf) {
+                if std::mem::take(&mut first) {
+                    std::thread::sleep(delay);
+                }
+                let env = wire::decode(&buf[..n]).unwrap();
+                let mut out = [0u8; 64];
+                let r = wire::encode(&env.reply(body), &mut out).unwrap();
+                s.send_to(r, from).unwrap();
+            }
+        });
+        addr
+    }
+
+    /// Issue 15: under load a portal answered a Set after the client's time for it; the
+    /// next portal found the client's own write and the stamp read `used`. The late portal's
+    /// `Stored` tells it was ours; its `Found` (another receiver was first) or silence does not.
+    #[test]
+    fn a_found_after_a_late_portal_is_ours_only_when_that_portal_stored_it() {
+        let v = word_value(b"late");
+        let k = key_of(&v);
+        let budget = Duration::from_millis(150);
+        let next = answering(Body::Found { value: v });
+        let slow = late(Body::Stored, Duration::from_millis(300));
+        let c = PortalClient::new(vec![slow, next], budget).unwrap();
+        let t0 = Instant::now();
+        let a = c.set(&k, &v).unwrap();
+        assert_eq!((a.reply, a.portal), (Reply::Stored, slow), "{a:?}");
+        assert!(a.skipped.is_empty(), "{a:?}");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+
+        // The late portal found it set before our Set reached it: used, as before.
+        let other = late(Body::Found { value: v }, Duration::from_millis(300));
+        let c = PortalClient::new(vec![other, next], budget).unwrap();
+        let a = c.set(&k, &v).unwrap();
+        assert_eq!((a.reply, a.portal), (Reply::Found(v), next), "{a:?}");
+        assert_eq!(a.skipped.len(), 1);
+
+        // A portal that never answers tells nothing: used, after at most one more budget.
+        let mute = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let c = PortalClient::new(vec![mute.local_addr().unwrap(), next], budget).unwrap();
+        let t0 = Instant::now();
+        let a = c.set(&k, &v).unwrap();
+        assert_eq!(a.reply, Reply::Found(v));
+        assert!(t0.elapsed() < 3 * budget + Duration::from_millis(100));
+        // A Test is never confirmed: its `Found` is the answer.
+        let slow = late(Body::Stored, Duration::from_millis(300));
+        let c = PortalClient::new(vec![slow, next], budget).unwrap();
+        assert_eq!(c.test(&k).unwrap().reply, Reply::Found(v));
     }
 
     /// Issue 15: a silent first portal cost every request its whole budget.

@@ -21,7 +21,7 @@ pub enum Outcome {
         redelivery: bool,
     },
     /// Valid, but spent before. `after_silence` names portals tried first that did not
-    /// answer: our own SET may have arrived through one of them.
+    /// answer, not even when asked again: our own SET may still have arrived through one.
     Used { after_silence: Vec<SocketAddr> },
     /// Valid; no portal was asked.
     Valid,

@@ -299,7 +299,8 @@ pub enum Cancelled {
     /// The postmark was not set; it is now: this receiver was first.
     Now,
     /// The postmark was set already. `after_silence` names portals that were tried first
-    /// and did not answer: our own SET may have arrived through one of them.
+    /// and did not answer, not even when asked again after the `Found` (one that answered
+    /// `Stored` then made this `Now`): our own SET may still have arrived through one.
     Already { after_silence: Vec<SocketAddr> },
 }
 

@@ -8,6 +8,13 @@
 //! Postfix's `virtual` agent. Mail is sent with `swaks` and, for the load test, with a small
 //! SMTP client here (16 sessions at once).
 //!
+//! Other receiving domains are modelled as each receiving domain is in the world: mail for
+//! `@NAME.test` leaves the outbound side through `transport_maps` for an SMTP listener of its
+//! own (the domain's MX), whose receiving milter and record of cancelled stamps (its state
+//! directory) are its own. Postfix's SMTP client makes one delivery per destination, so each
+//! domain's server sees only its own recipients, as separate mail servers would; only the
+//! queue and the maildirs behind the listeners are shared, which the milters never see.
+//!
 //! Postfix needs root and the `postfix` package. Without them the tests say so and pass,
 //! except under CI (`DQE_CI=1`, set by `.ci/run`, which installs Postfix), where a missing
 //! Postfix is a failure.
@@ -70,24 +77,36 @@ fn postfix_ids() -> (u32, u32) {
     (out("-u"), out("-g"))
 }
 
+/// A receiving domain's listener as Postfix is told about it: mail for `@{name}` goes to
+/// an SMTP listener of its own running `milters` in order, and is delivered to
+/// `mail/USER.{first label of name}/` (users bob, carol and dave).
+struct DomainListener {
+    name: &'static str,
+    milters: Vec<SocketAddr>,
+}
+
 /// A private Postfix: `outbound` relays to `inbound`, which delivers to `mail/USER/`;
-/// `strict` is a second receiving listener with its own milter.
+/// `strict` is a second receiving listener with its own milter; `domains` are the listeners
+/// of the other receiving domains, in the order they were given.
 struct Postfix {
     root: PathBuf,
     master: ChildGuard,
     outbound: SocketAddr,
     inbound: SocketAddr,
     strict: SocketAddr,
+    domains: Vec<SocketAddr>,
 }
 
 impl Postfix {
     /// Set up and start Postfix under `root`, with `send_milter` on the outbound listener,
-    /// `receive_milter` on the inbound one and `strict_milter` on the strict one.
+    /// `receive_milter` on the inbound one, `strict_milter` on the strict one, and a listener
+    /// for each of `domains`.
     fn start(
         root: &Path,
         send_milter: SocketAddr,
         receive_milter: SocketAddr,
         strict_milter: SocketAddr,
+        domains: &[DomainListener],
     ) -> Postfix {
         use std::os::unix::fs::PermissionsExt as _;
         let root = root.join("postfix");
@@ -107,10 +126,35 @@ impl Postfix {
         for d in ["data", "mail"] {
             std::os::unix::fs::chown(root.join(d), Some(uid), Some(gid)).unwrap();
         }
-        let ports = PORTS.ports(3);
+        let ports = PORTS.ports(3 + domains.len() as u16);
         let (outbound, inbound, strict) =
             (loopback(ports[0]), loopback(ports[1]), loopback(ports[2]));
+        let listeners: Vec<SocketAddr> = ports[3..].iter().map(|p| loopback(*p)).collect();
         let r = root.display();
+        let mut transports = vec![format!("relay.test=smtp:[127.0.0.1]:{}", inbound.port())];
+        let mut aliases = vec!["/^(.+)@relay\\.test$/ ${1}@inbound.test".to_string()];
+        let mut domain_services = String::new();
+        // The virtual agent takes no regexp for mailboxes: each is named.
+        let mut mailboxes: Vec<String> = ["bob", "carol", "bench"]
+            .map(|u| format!("{u}@inbound.test={u}/"))
+            .to_vec();
+        for (d, addr) in domains.iter().zip(&listeners) {
+            transports.push(format!("{}=smtp:[127.0.0.1]:{}", d.name, addr.port()));
+            let short = d.name.split('.').next().unwrap();
+            for u in ["bob", "carol", "dave"] {
+                mailboxes.push(format!("{u}.{short}@inbound.test={u}.{short}/"));
+            }
+            aliases.push(format!(
+                "/^(.+)@{}$/ ${{1}}.{short}@inbound.test",
+                d.name.replace('.', "\\.")
+            ));
+            let milters: Vec<String> = d.milters.iter().map(|m| format!("inet:{m}")).collect();
+            domain_services.push_str(&format!(
+                "{addr} inet n - n - - smtpd -o smtpd_milters={} -o myhostname=mx.{} -o cleanup_service_name=cleanup_in\n",
+                milters.join(","),
+                d.name
+            ));
+        }
         std::fs::write(
             etc.join("main.cf"),
             format!(
@@ -138,25 +182,27 @@ biff = no
 smtputf8_enable = no
 bounce_notice_recipient = postmaster
 notify_classes =
-transport_maps = inline:{{ relay.test=smtp:[127.0.0.1]:{in_port} }}
+transport_maps = inline:{{ {transports} }}
 virtual_mailbox_domains = inbound.test
 virtual_mailbox_base = {r}/mail
-virtual_mailbox_maps = inline:{{ bob@inbound.test=bob/, carol@inbound.test=carol/, bench@inbound.test=bench/ }}
+virtual_mailbox_maps = inline:{{ {mailboxes} }}
 virtual_uid_maps = static:{uid}
 virtual_gid_maps = static:{gid}
 virtual_minimum_uid = 1
 milter_protocol = 6
 milter_default_action = tempfail
+# A message the next server deferred is tried again within seconds, not minutes.
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 2s
 ",
-                in_port = inbound.port()
+                transports = transports.join(", "),
+                mailboxes = mailboxes.join(", ")
             ),
         )
         .unwrap();
-        std::fs::write(
-            etc.join("in_alias"),
-            "/^(.+)@relay\\.test$/ ${1}@inbound.test\n",
-        )
-        .unwrap();
+        std::fs::write(etc.join("in_alias"), aliases.join("\n") + "\n").unwrap();
+
         let services = "pickup unix n - n 60 1 pickup
 cleanup unix n - n - 0 cleanup
 qmgr unix n - n 300 1 qmgr
@@ -185,7 +231,7 @@ postlog unix-dgram n - n - 1 postlogd
                 "{outbound} inet n - n - - smtpd -o smtpd_milters=inet:{send_milter}
 {inbound} inet n - n - - smtpd -o smtpd_milters=inet:{receive_milter} -o myhostname=in.test -o cleanup_service_name=cleanup_in
 {strict} inet n - n - - smtpd -o smtpd_milters=inet:{strict_milter} -o myhostname=in.test -o cleanup_service_name=cleanup_in
-cleanup_in unix n - n - 0 cleanup -o virtual_alias_maps=regexp:{r}/etc/in_alias
+{domain_services}cleanup_in unix n - n - 0 cleanup -o virtual_alias_maps=regexp:{r}/etc/in_alias
 {services}"
             ),
         )
@@ -211,9 +257,14 @@ cleanup_in unix n - n - 0 cleanup -o virtual_alias_maps=regexp:{r}/etc/in_alias
             outbound,
             inbound,
             strict,
+            domains: listeners,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(outbound).is_err() || TcpStream::connect(inbound).is_err() {
+        while [outbound, inbound]
+            .iter()
+            .chain(&p.domains)
+            .any(|a| TcpStream::connect(a).is_err())
+        {
             if let Some(s) = p.master.exited() {
                 panic!("postfix master exited {s}: {}", p.log());
             }
@@ -244,7 +295,12 @@ cleanup_in unix n - n - 0 cleanup -o virtual_alias_maps=regexp:{r}/etc/in_alias
 
     /// Wait (bounded) for the message to `user` whose subject is `subject`.
     fn wait_for(&self, user: &str, subject: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(60);
+        self.wait_for_within(user, subject, Duration::from_secs(60))
+    }
+
+    /// [`Postfix::wait_for`], waiting at most `limit`.
+    fn wait_for_within(&self, user: &str, subject: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
         let line = format!("Subject: {subject}\n");
         loop {
             if let Some(m) = self.delivered(user).into_iter().find(|m| m.contains(&line)) {
@@ -303,10 +359,19 @@ struct MailPath {
     receiver: MilterProcess,
     /// A receiver from a config file that rejects used stamps.
     strict: MilterProcess,
+    /// The receiving milter of each other receiving domain, in the order asked for.
+    domains: Vec<MilterProcess>,
     postfix: Postfix,
 }
 
 fn mail_path(quota: u32) -> MailPath {
+    mail_path_with(quota, &[])
+}
+
+/// [`mail_path`] with more receiving domains: for each `(name, after)`, a receiving milter
+/// with its own state directory `NAME-state` (its record of cancelled stamps), followed on
+/// the domain's listener by the milter at `after`, if any.
+fn mail_path_with(quota: u32, domains: &[(&'static str, Option<SocketAddr>)]) -> MailPath {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     allocator_and_sender(d, quota, "+30");
@@ -317,10 +382,8 @@ fn mail_path(quota: u32) -> MailPath {
         &["--send", "--cert", "sender.cert", "--key", "sender.key"],
     );
     let portals = cluster.portals.join(",");
-    let receiver = MilterProcess::start(
-        d,
-        PORTS.block(1),
-        &[
+    let receiving = |extra: &[&str]| {
+        let mut args = vec![
             "--receive",
             "--trust",
             "qa.pub",
@@ -328,8 +391,11 @@ fn mail_path(quota: u32) -> MailPath {
             &portals,
             "--timeout-ms",
             "300",
-        ],
-    );
+        ];
+        args.extend_from_slice(extra);
+        MilterProcess::start(d, PORTS.block(1), &args)
+    };
+    let receiver = receiving(&[]);
     let quoted: Vec<String> = cluster.portals.iter().map(|p| format!("\"{p}\"")).collect();
     std::fs::write(
         d.join("strict.toml"),
@@ -340,13 +406,29 @@ fn mail_path(quota: u32) -> MailPath {
     )
     .unwrap();
     let strict = MilterProcess::start(d, PORTS.block(1), &["--config", "strict.toml"]);
-    let postfix = Postfix::start(d, sender.addr, receiver.addr, strict.addr);
+    let domain_milters: Vec<MilterProcess> = domains
+        .iter()
+        .map(|(name, _)| {
+            let state = d.join(format!("{name}-state"));
+            receiving(&["--state-dir", state.to_str().unwrap()])
+        })
+        .collect();
+    let listeners: Vec<DomainListener> = domains
+        .iter()
+        .zip(&domain_milters)
+        .map(|((name, after), m)| DomainListener {
+            name,
+            milters: [m.addr].into_iter().chain(*after).collect(),
+        })
+        .collect();
+    let postfix = Postfix::start(d, sender.addr, receiver.addr, strict.addr, &listeners);
     MailPath {
         dir,
         cluster,
         sender,
         receiver,
         strict,
+        domains: domain_milters,
         postfix,
     }
 }
@@ -509,6 +591,239 @@ fn postfix_stamps_relays_verifies_catches_reuse_and_survives_a_dead_enforcer() {
         );
     }
     eprintln!("Postfix round trip test took {:?}", started.elapsed());
+}
+
+/// The labels of a message's `X-DQE-Stamp` headers, in order.
+fn stamp_labels(message: &str) -> Vec<String> {
+    headers(message, "X-DQE-Stamp")
+        .iter()
+        .map(|v| {
+            host_tools::labels::Offered::parse(v)
+                .label
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn postfix_one_message_to_three_domains_is_fresh_at_each() {
+    if !postfix_ready() {
+        return;
+    }
+    let started = Instant::now();
+    let domains = ["one.test", "two.test", "three.test"];
+    let p = mail_path_with(5, &domains.map(|d| (d, None)));
+    let recipients = ["bob@one.test", "carol@two.test", "dave@three.test"];
+    swaks(
+        p.postfix.outbound,
+        "three domains",
+        &["--to", &recipients.join(",")],
+    );
+    let mut stamps = Vec::new();
+    for (i, rcpt) in recipients.iter().enumerate() {
+        // `bob@one.test` is delivered to the maildir `bob.one`.
+        let (user, domain) = rcpt.split_once('@').unwrap();
+        let mailbox = format!("{user}.{}", domain.split('.').next().unwrap());
+        let m = p.postfix.wait_for(&mailbox, "three domains");
+        // Each domain's server judged the stamp of its own recipient only, and was first.
+        assert_eq!(
+            headers(&m, "X-DQE-Verdict"),
+            ["fresh; cancelled now"],
+            "{domain}: {m}"
+        );
+        assert_eq!(
+            stamp_labels(&m),
+            recipients.map(host_tools::labels::label_for),
+            "{domain}: one labelled stamp per recipient: {m}"
+        );
+        stamps.push(headers(&m, "X-DQE-Stamp"));
+        let log = p.domains[i].log_with("outcome=", 1);
+        let judged: Vec<_> = log.iter().filter(|l| l.contains("outcome=")).collect();
+        assert_eq!(judged.len(), 1, "{domain}: {log:?}");
+        assert!(
+            judged[0].contains("rcpts=1 outcome=fresh action=tag"),
+            "{domain}: {log:?}"
+        );
+        // It recorded one cancel of its own (one recipient), in its own state directory.
+        let record = p
+            .dir
+            .path()
+            .join(format!("{domain}-state"))
+            .join(host_tools::cancel_record::FILE_NAME);
+        assert_eq!(
+            std::fs::metadata(&record).map(|m| m.len()).unwrap_or(0),
+            host_tools::cancel_record::ENTRY_BYTES as u64,
+            "{domain}: {}",
+            record.display()
+        );
+    }
+    // Every copy carries the same three stamps, and they are three different stamps.
+    assert!(stamps.iter().all(|s| *s == stamps[0]), "{stamps:?}");
+    let mut distinct = stamps[0].clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "{stamps:?}");
+    // The sender spent one stamp per recipient.
+    let send_log = p.sender.log_with("outcome=stamped", 1);
+    assert!(
+        send_log
+            .iter()
+            .any(|l| l.contains("rcpts=3 outcome=stamped")),
+        "{send_log:?}"
+    );
+    eprintln!("three-domain test took {:?}", started.elapsed());
+}
+
+/// A content filter that runs after DQE's milter on a receiving server: it answers `451` to
+/// the first `failures` messages with subject `subject` (a scanner briefly down), so the
+/// sending server defers the message and tries it again later, and counts the messages
+/// with that subject it saw.
+struct FlakyFilter {
+    addr: SocketAddr,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// One milter session of a [`FlakyFilter`].
+struct FlakySession {
+    subject: &'static str,
+    failures: usize,
+    seen: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ours: bool,
+}
+
+#[async_trait::async_trait]
+impl miltr_server::Milter for FlakySession {
+    type Error = String;
+
+    async fn header(
+        &mut self,
+        header: miltr_common::commands::Header,
+    ) -> Result<miltr_common::actions::Action, String> {
+        if header.name().eq_ignore_ascii_case("Subject") && header.value().trim() == self.subject {
+            self.ours = true;
+        }
+        Ok(miltr_common::actions::Continue.into())
+    }
+
+    async fn end_of_body(
+        &mut self,
+    ) -> Result<miltr_common::modifications::ModificationResponse, String> {
+        use std::sync::atomic::Ordering;
+        let b = miltr_common::modifications::ModificationResponse::builder();
+        let ours = std::mem::take(&mut self.ours);
+        if ours && self.seen.fetch_add(1, Ordering::SeqCst) < self.failures {
+            return Ok(b.build(miltr_common::actions::Replycode::new(
+                [4, 5, 1],
+                [4, 7, 1],
+                "scanner unavailable, try again later",
+            )));
+        }
+        Ok(b.build(miltr_common::actions::Continue))
+    }
+
+    async fn abort(&mut self) -> Result<(), String> {
+        self.ours = false;
+        Ok(())
+    }
+}
+
+impl FlakyFilter {
+    fn start(subject: &'static str, failures: usize) -> FlakyFilter {
+        use tokio_util::compat::TokioAsyncReadCompatExt as _;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(loopback(PORTS.block(1))))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = seen.clone();
+        runtime.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let seen = counter.clone();
+                tokio::spawn(async move {
+                    let mut session = FlakySession {
+                        subject,
+                        failures,
+                        seen,
+                        ours: false,
+                    };
+                    let mut server = miltr_server::Server::default_postfix(&mut session);
+                    let _ = server.handle_connection(stream.compat()).await;
+                });
+            }
+        });
+        FlakyFilter {
+            addr,
+            seen,
+            _runtime: runtime,
+        }
+    }
+
+    fn seen(&self) -> usize {
+        self.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[test]
+fn postfix_deferred_after_the_cancel_and_redelivered_is_fresh_not_used() {
+    if !postfix_ready() {
+        return;
+    }
+    let started = Instant::now();
+    let scanner = FlakyFilter::start("deferred", 1);
+    let p = mail_path_with(5, &[("defer.test", Some(scanner.addr))]);
+    let milter = &p.domains[0];
+    swaks(p.postfix.outbound, "deferred", &["--to", "dave@defer.test"]);
+    // The first attempt: DQE's milter cancelled the stamp, then the scanner said 451 and
+    // the sending server deferred the message; the retry comes within seconds here.
+    // Two SMTP transactions and a retry: allow for a machine under heavy load.
+    let m = p
+        .postfix
+        .wait_for_within("dave.defer", "deferred", Duration::from_secs(150));
+    assert_eq!(scanner.seen(), 2, "one deferred attempt, one delivered");
+    assert_eq!(
+        headers(&m, "X-DQE-Verdict"),
+        ["fresh; cancelled by this server before (redelivery)"],
+        "{m}"
+    );
+    let log = milter.log_with("outcome=", 2);
+    let judged: Vec<_> = log.iter().filter(|l| l.contains("outcome=")).collect();
+    assert_eq!(judged.len(), 2, "{log:?}");
+    assert!(
+        judged[0].contains("outcome=fresh action=tag") && !judged[0].contains("redelivery"),
+        "{log:?}"
+    );
+    assert!(
+        judged[1].contains("outcome=fresh action=tag") && judged[1].contains("earlier cancel"),
+        "{log:?}"
+    );
+    assert!(
+        p.postfix.log().contains("451 4.7.1"),
+        "the first attempt was deferred: {}",
+        p.postfix.log()
+    );
+
+    // The record is of this message: the same stamp in another message is still `used`.
+    let stamp = headers(&m, "X-DQE-Stamp");
+    assert_eq!(stamp.len(), 1, "{m}");
+    let again = format!("X-DQE-Stamp: {}", stamp[0]);
+    swaks(
+        p.postfix.domains[0],
+        "copied",
+        &["--to", "dave@defer.test", "--add-header", &again],
+    );
+    let copied = p.postfix.wait_for("dave.defer", "copied");
+    assert_eq!(
+        headers(&copied, "X-DQE-Verdict"),
+        ["used; cancelled before"],
+        "{copied}"
+    );
+    eprintln!("deferred-redelivery test took {:?}", started.elapsed());
 }
 
 /// A minimal SMTP client session: one connection, many messages.

@@ -1016,6 +1016,115 @@ fn a_server_peer_that_leaves_the_network_does_not_stop_the_board() {
     e1p.assert_running();
 }
 
+// ---------------------------------------------------------------- peer health in the log (issue 15)
+
+/// The lines of `log` that the board wrote about peer `index`'s health.
+fn peer_lines(log: &Path, index: usize) -> Vec<String> {
+    let prefix = format!("peer {index} (node index): ");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(&prefix))
+        .map(String::from)
+        .collect()
+}
+
+/// Wait (up to `limit`, the board kept running) until the board's log has a line about peer
+/// `index` containing `what`; the peer's lines then.
+fn wait_peer_line(fw: &mut Proc, index: usize, what: &str, limit: Duration) -> Vec<String> {
+    let end = Instant::now() + limit;
+    loop {
+        fw.assert_running();
+        let lines = peer_lines(&fw.log, index);
+        if lines.iter().any(|l| l.contains(what)) {
+            return lines;
+        }
+        assert!(
+            Instant::now() < end,
+            "no `{what}` line for peer {index} within {limit:?}; the board's peer lines: {lines:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn the_board_logs_a_peer_going_down_and_coming_back_once_each() {
+    let test = "fw-peer-log";
+    let Some(ns) = netns_or_skip(test) else {
+        return;
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Node indices follow the file: fw 0, e1 1, e2 2.
+    let fw = addrs(BOARD_IP, 7641);
+    let e1 = addrs(HOST_IP, 7651);
+    let e2 = addrs(HOST_IP, 7661);
+    let (e1_index, e2_index) = (1, 2);
+    let config = dir.path().join("cluster.toml");
+    std::fs::write(
+        &config,
+        cluster_toml(2, &[("fw", fw), ("e1", e1), ("e2", e2)]),
+    )
+    .unwrap();
+    let mut e1p = start_enforcer(&ns, dir.path(), &config, "e1");
+    let mut e2p = start_enforcer(&ns, dir.path(), &config, "e2");
+    let mut fwp = start_firmware(&ns, dir.path(), &config, "fw", 1024);
+    let c = Client::new(&ns);
+    for portal in [fw[0], e1[0], e2[0]] {
+        c.wait_ready(portal, &mut [&mut fwp, &mut e1p, &mut e2p]);
+    }
+    let started = Instant::now();
+    assert_eq!(peer_lines(&fwp.log, e1_index), Vec::<String>::new());
+
+    // e1 stops. Requests through the board whose keys e1 holds time out on it, and the
+    // board's failure detector finds it down: one WARN line.
+    e1p.child.kill9();
+    let mut i = 0;
+    let end = Instant::now() + Duration::from_secs(30);
+    while !peer_lines(&fwp.log, e1_index)
+        .iter()
+        .any(|l| l.contains("peer down"))
+    {
+        assert!(
+            Instant::now() < end,
+            "the board never logged e1 down: {:?}",
+            peer_lines(&fwp.log, e1_index)
+        );
+        let (k, v) = pair(test, i);
+        let r = c.call(fw[0], Body::Set { key: k, value: v });
+        assert_eq!(r, Body::Stored, "SET {i} through the board with e1 dead");
+        i += 1;
+        // Paced: a request stays in the portal's table for the retry window after its answer.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let down = peer_lines(&fwp.log, e1_index);
+    assert_eq!(down.len(), 1, "{down:?}");
+    assert!(
+        down[0].contains("WARN") && down[0].contains("[transitions=1]"),
+        "{down:?}"
+    );
+
+    // e1 comes back (same data); the board's probes find it, and it says so once, at INFO
+    // (at most one line per peer per 10 s: the line may wait for that).
+    let mut e1p = start_enforcer(&ns, dir.path(), &config, "e1");
+    let lines = wait_peer_line(&mut fwp, e1_index, "back up", Duration::from_secs(30));
+    e1p.assert_running();
+    assert_eq!(lines.len(), 2, "one line per transition: {lines:?}");
+    assert!(
+        lines[1].contains("INFO")
+            && lines[1].contains("peer back up: it answers again [transitions=1]"),
+        "{lines:?}"
+    );
+    // Nothing more about e1 while it stays up, and nothing ever about e2, which never left.
+    for j in 0..6 {
+        let (k, v) = pair(test, 1000 + j);
+        assert_eq!(c.call(fw[0], Body::Set { key: k, value: v }), Body::Stored);
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(peer_lines(&fwp.log, e1_index), lines);
+    assert_eq!(peer_lines(&fwp.log, e2_index), Vec::<String>::new());
+    eprintln!("{test}: down and up logged in {:?}", started.elapsed());
+}
+
 // ---------------------------------------------------------------- board qemu-virt (issue 11)
 //
 // The same firmware cross-built for riscv32imac and run by QEMU's `virt` machine, its

@@ -210,7 +210,7 @@ fn explain(j: &Judgement) {
             Outcome::Invalid(r) => eprintln!("dqe: invalid stamp{who}: {}", r.explain()),
             Outcome::Unavailable(f) => eprintln!("dqe: {f}"),
             Outcome::Used { after_silence } if !after_silence.is_empty() => eprintln!(
-                "dqe: note{who}: portal(s) {} did not answer first; if one of them did carry out our SET, this `used` is our own cancellation",
+                "dqe: note{who}: portal(s) {} did not answer, not even when asked again after the `Found`; if one of them did carry out our SET, this `used` is our own cancellation",
                 after_silence
                     .iter()
                     .map(|a| a.to_string())

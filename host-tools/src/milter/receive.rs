@@ -73,7 +73,7 @@ fn describe(outcome: &Outcome) -> (VerdictKind, String, String) {
                 String::new()
             } else {
                 format!(
-                    "{} portal(s) did not answer first; our own SET may have arrived through one",
+                    "{} portal(s) did not answer, not even when asked again after the `Found`; our own SET may still have arrived through one",
                     after_silence.len()
                 )
             },
