@@ -7,6 +7,7 @@
 //! the server collects the records of a batch of requests, hands them to
 //! [`SyncBatch::run`] on a blocking thread (one `write` and one `fdatasync` per segment
 //! touched), and sends the batch's replies when [`DurableStore::finish`] has seen it succeed.
+//! In mode `Always` a second batch may run while the first syncs (`commit.rs`).
 //!
 //! Segment format: an 8-byte magic `DQESEG01`, then records of 28 bytes: the value (20), the
 //! epoch (u32 little-endian) and a CRC-32 of those 24 bytes (u32 little-endian), then perhaps

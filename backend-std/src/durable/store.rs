@@ -1,7 +1,7 @@
 //! The store itself: the index, the open segments and the records waiting for a group
 //! commit, behind `dqe_core`'s [`Store`].
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,7 +12,7 @@ use dqe_core::store::{PutOutcome, Store};
 use dqe_core::{Key, Value};
 use tracing::{error, info, warn};
 
-use super::commit::RETRY_AFTER;
+use super::commit::{InFlight, RETRY_AFTER};
 use super::format::{RECORD_BYTES, encode_record, parse_segment_name, segment_name};
 use super::replay::Recovery;
 use crate::index::{Index, Inserted};
@@ -44,6 +44,10 @@ pub struct DurableOptions {
     pub preallocate: u64,
     /// Mode `Interval`: the longest a written record waits for its fsync.
     pub sync_interval: Duration,
+    /// Mode `Always`: group commits that may be running at once. With 2, the records that
+    /// arrive while a batch syncs are written and synced at once instead of waiting for that
+    /// sync to end and then for their own (see `commit.rs`). Other modes run one at a time.
+    pub max_syncs_in_flight: usize,
 }
 
 impl DurableOptions {
@@ -56,6 +60,7 @@ impl DurableOptions {
             max_pending_bytes: 4 << 20,
             preallocate: 1 << 20,
             sync_interval: Duration::from_millis(10),
+            max_syncs_in_flight: 2,
         }
     }
 }
@@ -92,6 +97,9 @@ pub(super) struct Segment {
     pub(super) path: PathBuf,
     /// Bytes of header and records known written (and synced, in `Always` mode).
     pub(super) len: u64,
+    /// Bytes of header and records handed to group commits (`len` plus what the running
+    /// ones write): where the next batch writes.
+    pub(super) cut_to: u64,
     /// The file is known to reach here, with zeros from `len` on (from `stale_to` on, when a
     /// write failed).
     pub(super) allocated: u64,
@@ -132,8 +140,13 @@ pub struct DurableStore {
     pub(super) written: u64,
     /// Records known durable.
     pub(super) durable: u64,
-    /// A sync is running; `pending` holds only what came after it.
-    pub(super) in_flight: bool,
+    /// The group commits running, oldest first (`pending` holds only what came after them).
+    pub(super) in_flight: VecDeque<InFlight>,
+    /// Group commits cut so far: each batch's number, so that they finish in order.
+    pub(super) batches_cut: u64,
+    /// Running group commits cut before one that failed: whatever their own result, their
+    /// pairs were abandoned with it, so they finish as failed.
+    pub(super) doomed: usize,
     /// Mode `Interval`: when the oldest record written but not yet fsynced was cut.
     pub(super) unsynced_since: Option<Instant>,
     /// Mode `Interval`: segments written since their last fsync.
@@ -207,7 +220,9 @@ impl DurableStore {
             pending_bytes: 0,
             written: 0,
             durable: 0,
-            in_flight: false,
+            in_flight: VecDeque::new(),
+            batches_cut: 0,
+            doomed: 0,
             unsynced_since: None,
             unsynced_segments: BTreeSet::new(),
             degraded: None,
@@ -267,7 +282,7 @@ impl DurableStore {
 
     /// Whether a sync is running.
     pub fn sync_in_flight(&self) -> bool {
-        self.in_flight
+        !self.in_flight.is_empty()
     }
 
     /// The reason the store refuses writes, if it does.
@@ -360,6 +375,7 @@ impl DurableStore {
                 file: Arc::new(file),
                 path,
                 len: 0,
+                cut_to: 0,
                 allocated: 0,
                 stale_to: 0,
                 grow: true,
