@@ -155,6 +155,8 @@ pub struct DurableStore {
     /// While degraded: no write before this.
     pub(super) retry_at: Option<Instant>,
     pub(super) stats: DurableStats,
+    /// Threads closing the files of expired segments ([`Store::expire`]).
+    pub(super) closers: Vec<std::thread::JoinHandle<()>>,
     /// The data directory and its `LOCK` file, locked for the store's life (see
     /// [`lock_directory`]).
     pub(super) _locks: [File; 2],
@@ -228,6 +230,7 @@ impl DurableStore {
             degraded: None,
             retry_at: None,
             stats: DurableStats::default(),
+            closers: Vec::new(),
             _locks: locks,
         };
         let mut rec = Recovery::default();
@@ -310,6 +313,13 @@ impl DurableStore {
     /// [`Index::expire`]).
     pub fn expire_step(&mut self) -> bool {
         self.index.expire_step()
+    }
+
+    /// Wait until the expired segments' files are closed (tests, shutdown).
+    pub fn wait_for_closes(&mut self) {
+        for closer in self.closers.drain(..) {
+            let _ = closer.join();
+        }
     }
 
     /// Bytes of index tables.
@@ -426,6 +436,10 @@ impl Store for DurableStore {
         }
     }
 
+    /// Unlinks the expired segments here (the directory entry: microseconds) and closes
+    /// their files on a thread of its own: ext4 frees a file's blocks when its last handle
+    /// closes, 8.5 ms for the 28 MB of 10^6 pairs and 79 ms for 140 MB on the development VM,
+    /// which would stall the event loop that calls this.
     fn expire(&mut self, oldest_kept: u32) {
         self.index.expire(oldest_kept);
         let old: Vec<u32> = self
@@ -433,6 +447,7 @@ impl Store for DurableStore {
             .range(..oldest_kept)
             .map(|(&e, _)| e)
             .collect();
+        let mut expired = Vec::new();
         for epoch in old {
             if let Some(seg) = self.segments.remove(&epoch) {
                 match std::fs::remove_file(&seg.path) {
@@ -441,10 +456,23 @@ impl Store for DurableStore {
                         warn!(segment = %seg.path.display(), error = %e, "cannot delete an expired segment")
                     }
                 }
+                expired.push(seg);
             }
             if let Some(bytes) = self.pending.remove(&epoch) {
                 self.pending_bytes -= bytes.len();
             }
+        }
+        if expired.is_empty() {
+            return;
+        }
+        self.closers.retain(|c| !c.is_finished());
+        let closer = std::thread::Builder::new()
+            .name("dqe-close".into())
+            .spawn(move || drop(expired));
+        match closer {
+            Ok(handle) => self.closers.push(handle),
+            // The segments were moved into the closure and dropped with it: closed here.
+            Err(e) => warn!(error = %e, "cannot start a thread to close expired segments"),
         }
     }
 

@@ -728,3 +728,36 @@ fn the_batch_behind_a_failed_one_fails_with_it_and_its_records_are_wiped() {
     assert_eq!(s.index.get(&k1), None);
     assert_eq!(s.index.get(&k2), Some(v2));
 }
+
+/// Freeing a large expired segment's blocks (ext4 frees them when the last handle closes,
+/// 8.5 ms for the 28 MB of 10^6 pairs and 79 ms for 140 MB on the development VM) must not
+/// stall the caller, the event loop: `expire` unlinks the file and leaves the close to a
+/// thread of its own.
+#[test]
+fn expiry_leaves_freeing_a_large_segment_to_another_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 1);
+    let (k, v) = pair(1);
+    s.put(&k, &v, 1);
+    s.sync().unwrap();
+    // 128 MiB of written data in epoch 1's segment, on disk.
+    let file = OpenOptions::new()
+        .write(true)
+        .open(segment_path(dir.path(), 1))
+        .unwrap();
+    let chunk = vec![1u8; 1 << 20];
+    for i in 0..128u64 {
+        file.write_all_at(&chunk, (1 << 20) * (i + 1)).unwrap();
+    }
+    file.sync_all().unwrap();
+    drop(file);
+    let t = std::time::Instant::now();
+    s.expire(2);
+    let took = t.elapsed();
+    assert!(!segment_path(dir.path(), 1).exists(), "unlinked at once");
+    s.wait_for_closes();
+    assert!(
+        took < std::time::Duration::from_millis(20),
+        "expire took {took:?} on the caller's thread"
+    );
+}
