@@ -26,8 +26,9 @@
 //!   ever cut.
 //!
 //! New records are appended after the last valid record, so a damaged slot in the middle is
-//! never overwritten. Expiring an epoch deletes its segment file whole; its quarantine file
-//! stays for the operator.
+//! never overwritten. Expiring an epoch deletes its segment file whole (unlinked at once,
+//! closed on a thread of its own: freeing a large file's blocks takes milliseconds); its
+//! quarantine file stays for the operator.
 //!
 //! The directory is locked for the life of the process (`store::lock_directory`): two nodes on one
 //! store would write at the same offsets.
