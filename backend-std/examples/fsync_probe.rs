@@ -3,42 +3,127 @@
 //! The yardstick of issue 10's `always` latency criterion (a quiet SET should cost one of
 //! these, not two), run beside `loopback_bench --window 1` in the same suite.
 //!
-//! `cargo run --release -p backend-std --example fsync_probe -- DIR [COUNT]`
+//! `cargo run --release -p backend-std --example fsync_probe -- DIR [COUNT] [MODE] [awake]`
+//!
+//! Modes (the group-commit options of issue 10, measured on the same disk):
+//! - `sync` (default): `pwrite` then `fdatasync`, one after the other.
+//! - `dsync`: the file opened with `O_DSYNC`, so the `pwrite` itself waits for the disk.
+//! - `two-same`: two threads doing `sync` at once on one file (a second sync in flight).
+//! - `two-files`: the same on two files (each thread its own).
+//!
+//! `awake`: a thread spins meanwhile. On the development VM a vCPU that halts while it waits
+//! for the disk sees the completion only at its next timer tick (4 ms, CONFIG_HZ=250), so a
+//! lone sync loop measures the tick; run as `taskset -c 0 fsync_probe DIR 2000 sync awake`,
+//! the spinner shares the syncing thread's CPU, which then never halts, and the probe
+//! measures the disk (see docs/BENCHMARKS.md, issue 10).
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
 
-fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
-    let dir = args.next().unwrap_or_else(|| ".".to_string());
-    let count: u64 = args.next().map(|c| c.parse()).transpose()?.unwrap_or(2000);
-    let path = std::path::Path::new(&dir).join("fsync-probe.tmp");
+/// Linux's `O_DSYNC` (the same value on x86_64 and aarch64).
+const O_DSYNC: i32 = 0o10000;
+const RECORD: usize = 28;
+
+fn open(path: &Path, count: u64, dsync: bool) -> anyhow::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create(true)
         .truncate(true)
-        .open(&path)?;
+        .custom_flags(if dsync { O_DSYNC } else { 0 })
+        .open(path)?;
     // Preallocate with written zeros, as the store does, so a sync commits no metadata.
-    file.write_all_at(&vec![0u8; (count as usize + 1) * 28 + 8], 0)?;
+    file.write_all_at(&vec![0u8; (count as usize + 1) * RECORD + 8], 0)?;
     file.sync_all()?;
+    Ok(file)
+}
+
+/// Write `count` records at slots `first, first + step, ...`, syncing each; the time of each.
+fn probe(
+    file: &File,
+    count: u64,
+    first: u64,
+    step: u64,
+    dsync: bool,
+) -> anyhow::Result<Histogram<u64>> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let record = [0x5au8; 28];
+    let record = [0x5au8; RECORD];
     for i in 0..count {
-        file.write_all_at(&record, 8 + i * 28)?;
+        let at = 8 + (first + i * step) * RECORD as u64;
         let t = Instant::now();
-        file.sync_data()?;
+        file.write_all_at(&record, at)?;
+        if !dsync {
+            file.sync_data()?;
+        }
         hist.record((t.elapsed().as_micros() as u64).max(1))?;
     }
-    std::fs::remove_file(&path)?;
+    Ok(hist)
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let dir = args.next().unwrap_or_else(|| ".".to_string());
+    let count: u64 = args.next().map(|c| c.parse()).transpose()?.unwrap_or(2000);
+    let mode = args.next().unwrap_or_else(|| "sync".to_string());
+    let awake = args.next().as_deref() == Some("awake");
+    let spinning = Arc::new(AtomicBool::new(awake));
+    let spinner = awake.then(|| {
+        let spinning = spinning.clone();
+        std::thread::spawn(move || {
+            while spinning.load(Ordering::Relaxed) {
+                std::hint::spin_loop();
+            }
+        })
+    });
+    let dir = Path::new(&dir);
+    let a = dir.join("fsync-probe-a.tmp");
+    let b = dir.join("fsync-probe-b.tmp");
+    let started = Instant::now();
+    let hist = match mode.as_str() {
+        "sync" | "dsync" => {
+            let dsync = mode == "dsync";
+            probe(&open(&a, count, dsync)?, count, 0, 1, dsync)?
+        }
+        "two-same" | "two-files" => {
+            let fa = Arc::new(open(&a, 2 * count, false)?);
+            let fb = if mode == "two-same" {
+                fa.clone()
+            } else {
+                Arc::new(open(&b, 2 * count, false)?)
+            };
+            // Interleaved slots in one file (records of two batches side by side).
+            let other = std::thread::spawn(move || probe(&fb, count, 1, 2, false));
+            let mut hist = probe(&fa, count, 0, 2, false)?;
+            let theirs = other
+                .join()
+                .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
+            hist.add(&theirs)?;
+            hist
+        }
+        other => anyhow::bail!("unknown mode {other}: sync, dsync, two-same or two-files"),
+    };
+    let secs = started.elapsed().as_secs_f64();
+    spinning.store(false, Ordering::Relaxed);
+    if let Some(s) = spinner {
+        let _ = s.join();
+    }
+    let _ = std::fs::remove_file(&a);
+    let _ = std::fs::remove_file(&b);
     println!(
-        "fdatasync dir={dir} count={count} p50={}us p99={}us mean={:.0}us",
+        "fdatasync dir={} mode={mode}{} count={} p50={}us p99={}us mean={:.0}us syncs/s={:.0}",
+        dir.display(),
+        if awake { " awake" } else { "" },
+        hist.len(),
         hist.value_at_quantile(0.5),
         hist.value_at_quantile(0.99),
-        hist.mean()
+        hist.mean(),
+        hist.len() as f64 / secs
     );
     Ok(())
 }

@@ -13,7 +13,9 @@
 //!    `Transmit::waits_for`, in its own write sequence) is held; every other one (sub-requests,
 //!    `NotFound`, refusals, replies resting on durable writes only) is sent at once. The
 //!    store's pending records go to a blocking thread in one batch (write + fdatasync), cut at
-//!    the node's write mark; the loop keeps reading meanwhile, and when the batch is durable
+//!    the node's write mark; the loop keeps reading meanwhile (in mode `always` the records that
+//!    arrive during that sync go to a second batch at once, see `durable/commit.rs`; batches
+//!    are taken back in the order they were cut), and when the batch is durable
 //!    the node is told (`Node::writes_durable`) and every held transmit up to that mark is
 //!    sent, in the order the node gave them. So no reply that depends on a write (`Stored`,
 //!    or a `Found` read after it) leaves before that write is on disk, one fsync covers many
@@ -237,9 +239,10 @@ struct Server {
     ready: VecDeque<Held>,
     /// Transmits waiting for a group commit, in the order the node gave them.
     held: VecDeque<Held>,
-    sync: Option<JoinHandle<SyncDone>>,
-    /// The node's write mark when the running group commit was cut.
-    batch_mark: u64,
+    /// The running group commits, oldest first, each with the node's write mark when it was
+    /// cut; they are taken back in this order (the store may run a second one while the first
+    /// syncs, see `durable/commit.rs`).
+    syncs: VecDeque<(JoinHandle<SyncDone>, u64)>,
     /// When each recent datagram reached the node, by its number modulo [`ARRIVALS`].
     arrivals: Box<[(u64, Instant)]>,
     /// Peer health transitions and cluster mismatches, for the log and the metrics.
@@ -323,8 +326,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         start: now,
         ready: VecDeque::new(),
         held: VecDeque::new(),
-        sync: None,
-        batch_mark: 0,
+        syncs: VecDeque::new(),
         arrivals: vec![(0, now); ARRIVALS].into_boxed_slice(),
         peers,
         next_housekeeping: now,
@@ -385,7 +387,7 @@ impl Server {
             if clock >= self.next_housekeeping {
                 self.housekeeping();
             }
-            if self.sync.as_ref().is_some_and(|h| h.is_finished()) {
+            while self.syncs.front().is_some_and(|(h, _)| h.is_finished()) {
                 self.finish_sync().await;
             }
             self.start_sync();
@@ -408,12 +410,17 @@ impl Server {
                 .poll_timeout()
                 .map(|t| self.start + Duration::from_millis(t))
                 .into_iter()
-                .chain(self.node.store().retry_at().filter(|_| self.sync.is_none()))
+                .chain(
+                    self.node
+                        .store()
+                        .retry_at()
+                        .filter(|_| self.syncs.is_empty()),
+                )
                 .chain(
                     self.node
                         .store()
                         .sync_due_at()
-                        .filter(|_| self.sync.is_none()),
+                        .filter(|_| self.syncs.is_empty()),
                 )
                 .chain(stopping.map(|s| s + drain))
                 .chain(Some(self.next_housekeeping))
@@ -421,12 +428,13 @@ impl Server {
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
             let read_portal = room && stopping.is_none();
             let woke = {
-                let sync = &mut self.sync;
+                // The oldest group commit: the replies wait on it first.
+                let sync = self.syncs.front_mut();
                 let syncing = sync.is_some();
                 let (storer, source, portal) = (&self.storer, &self.source, &self.portal);
                 tokio::select! {
                     biased;
-                    done = async { sync.as_mut().expect("guarded by syncing").await }, if syncing => Wake::Synced(done),
+                    done = async { (&mut sync.expect("guarded by syncing").0).await }, if syncing => Wake::Synced(done),
                     _ = storer.readable(), if room => Wake::Readable,
                     _ = source.readable(), if room => Wake::Readable,
                     _ = portal.readable(), if read_portal => Wake::Readable,
@@ -436,8 +444,9 @@ impl Server {
             };
             match woke {
                 Wake::Synced(done) => {
-                    self.sync = None;
-                    self.take_sync_result(done);
+                    if let Some((_, mark)) = self.syncs.pop_front() {
+                        self.take_sync_result(done, mark);
+                    }
                 }
                 Wake::Stop => {
                     info!(
@@ -608,26 +617,27 @@ impl Server {
         }
     }
 
+    /// Hand the pending records to a group commit, if the store cuts one now (none runs, or
+    /// the running ones leave room for a batch behind them).
     fn start_sync(&mut self) {
-        if self.sync.is_some() {
-            return;
-        }
         // A batch takes every pending record: all writes up to this mark are in it.
         let mark = self.node.write_mark();
         if let Some(batch) = self.node.store_mut().take_batch() {
-            self.batch_mark = mark;
-            self.sync = Some(tokio::task::spawn_blocking(move || batch.run()));
+            let handle = tokio::task::spawn_blocking(move || batch.run());
+            self.syncs.push_back((handle, mark));
         }
     }
 
+    /// Take back the oldest group commit, waiting for it if need be.
     async fn finish_sync(&mut self) {
-        if let Some(handle) = self.sync.take() {
+        if let Some((handle, mark)) = self.syncs.pop_front() {
             let done = handle.await;
-            self.take_sync_result(done);
+            self.take_sync_result(done, mark);
         }
     }
 
-    fn take_sync_result(&mut self, done: Result<SyncDone, tokio::task::JoinError>) {
+    /// `mark`: the node's write mark when the batch was cut.
+    fn take_sync_result(&mut self, done: Result<SyncDone, tokio::task::JoinError>, mark: u64) {
         let done = match done {
             Ok(d) => d,
             Err(e) => {
@@ -636,10 +646,8 @@ impl Server {
                 std::process::abort();
             }
         };
-        let ok = done.is_ok();
-        self.node.store_mut().finish(done);
-        if ok {
-            self.node.writes_durable(self.batch_mark);
+        if self.node.store_mut().finish(done) {
+            self.node.writes_durable(mark);
         } else {
             self.abandon();
         }
@@ -725,9 +733,8 @@ impl Server {
     }
 
     async fn shutdown(&mut self) {
-        if let Some(handle) = self.sync.take() {
-            let done = handle.await;
-            self.take_sync_result(done);
+        while !self.syncs.is_empty() {
+            self.finish_sync().await;
         }
         let mark = self.node.write_mark();
         match self.node.store_mut().sync() {

@@ -1,6 +1,18 @@
 //! Group commit: the records of many puts are written and fsynced as one batch on a blocking
 //! thread, and the batch's replies go out when [`DurableStore::finish`] has seen it succeed;
 //! a failed batch turns the store degraded (module doc of [`super`]).
+//!
+//! Pipelining (mode `Always`): while one batch syncs, the records that arrive meanwhile are
+//! cut into a second batch at once ([`DurableOptions::max_syncs_in_flight`](super::DurableOptions)),
+//! written after the first one's bytes and fsynced by a second thread; with one batch at a
+//! time they waited for the running sync to end and then for their own, up to two syncs. The
+//! batches finish in the order they were cut ([`DurableStore::finish`] checks it), so the
+//! durable mark only moves over batches that are all on disk. Only a plain batch runs behind
+//! another: records landing in zeros already preallocated, no segment header, new file,
+//! preallocation or wipe, and a store that is not degraded; anything else waits until no
+//! batch runs, as before. When a batch fails, the batches running behind it fail with it
+//! (their pairs are abandoned at once, whatever their own result), so no reply that waited on
+//! a later batch leaves and a retried SET never finds its own unacknowledged value.
 
 use std::fs::File;
 use std::io;
@@ -22,9 +34,20 @@ const PROBE_BYTES: u64 = 4096;
 /// Zeros for preallocation and wiping, written this many bytes at a time.
 static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 
+/// A group commit that runs: what a failure of an earlier one must abandon.
+#[derive(Debug)]
+pub(super) struct InFlight {
+    /// The batch's number ([`SyncBatch::number`]).
+    number: u64,
+    /// Its records, every segment's one after the other.
+    records: Vec<u8>,
+}
+
 /// One group commit: records to write into each segment, then fsync.
 #[derive(Debug)]
 pub struct SyncBatch {
+    /// Cut order: batches finish in this order.
+    pub(super) number: u64,
     pub(super) writes: Vec<BatchWrite>,
     pub(super) fsync: bool,
     pub(super) dir: PathBuf,
@@ -57,7 +80,7 @@ pub(super) struct BatchWrite {
 }
 
 impl BatchWrite {
-    fn end(&self) -> u64 {
+    pub(super) fn end(&self) -> u64 {
         self.offset + self.bytes.len() as u64
     }
 
@@ -158,9 +181,37 @@ impl DurableStore {
         self.cut(due)
     }
 
+    /// How many group commits may run at once.
+    fn max_in_flight(&self) -> usize {
+        match self.opts.sync_mode {
+            SyncMode::Always => self.opts.max_syncs_in_flight.max(1),
+            SyncMode::Interval | SyncMode::Never => 1,
+        }
+    }
+
+    /// Whether the pending records can be cut into a batch that runs behind the running ones:
+    /// they all land in preallocated zeros after the bytes already handed out, and the batch
+    /// needs no header, new file, preallocation or wipe (module doc).
+    fn pending_is_plain(&self) -> bool {
+        let want = self.opts.preallocate;
+        self.degraded.is_none()
+            && self.pending.iter().all(|(epoch, records)| {
+                self.segments.get(epoch).is_none_or(|seg| {
+                    let end = seg.cut_to + records.len() as u64;
+                    seg.cut_to > 0
+                        && !seg.new_file
+                        && seg.stale_to <= seg.cut_to
+                        && end <= seg.allocated
+                        && !(seg.grow && want > 0 && end + want / 2 > seg.allocated)
+                })
+            })
+    }
+
     /// The next batch; `sync_now`: in mode `Interval`, fsync what was written before too.
     fn cut(&mut self, sync_now: bool) -> Option<SyncBatch> {
-        if self.in_flight {
+        if self.in_flight.len() >= self.max_in_flight()
+            || (!self.in_flight.is_empty() && (self.pending.is_empty() || !self.pending_is_plain()))
+        {
             return None;
         }
         let degraded = self.degraded.is_some();
@@ -201,6 +252,7 @@ impl DurableStore {
         }
         let mut writes = Vec::new();
         let mut sync_dir = false;
+        let mut copy = Vec::new();
         for epoch in epochs {
             let records = self.pending.remove(&epoch).unwrap_or_default();
             let Some(seg) = self.segments.get_mut(&epoch) else {
@@ -208,8 +260,9 @@ impl DurableStore {
                 continue;
             };
             sync_dir |= seg.new_file;
+            copy.extend_from_slice(&records);
             let mut bytes = Vec::new();
-            if seg.len == 0 {
+            if seg.cut_to == 0 {
                 bytes.extend_from_slice(MAGIC);
             }
             let header = bytes.len();
@@ -218,7 +271,9 @@ impl DurableStore {
             } else {
                 bytes.extend_from_slice(&records);
             }
-            let end = seg.len + bytes.len() as u64;
+            let offset = seg.cut_to;
+            let end = offset + bytes.len() as u64;
+            seg.cut_to = end;
             let want = self.opts.preallocate;
             let extend = if want > 0 && seg.grow && end + want / 2 > seg.allocated {
                 want
@@ -228,7 +283,7 @@ impl DurableStore {
             writes.push(BatchWrite {
                 epoch,
                 file: seg.file.clone(),
-                offset: seg.len,
+                offset,
                 bytes,
                 header,
                 wipe_to: seg.stale_to,
@@ -243,8 +298,14 @@ impl DurableStore {
             probe.must_extend = true;
         }
         self.pending_bytes = 0;
-        self.in_flight = true;
+        let number = self.batches_cut;
+        self.batches_cut += 1;
+        self.in_flight.push_back(InFlight {
+            number,
+            records: copy,
+        });
         Some(SyncBatch {
+            number,
             writes,
             fsync,
             dir: self.opts.dir.clone(),
@@ -254,11 +315,29 @@ impl DurableStore {
         })
     }
 
-    /// Take back a finished group commit. On success its puts are durable; on failure the
-    /// store turns degraded and abandons or keeps the failed records (see the module doc).
-    pub fn finish(&mut self, done: SyncDone) {
-        self.in_flight = false;
+    /// Take back a finished group commit, in the order they were cut (a batch finished
+    /// before an earlier one is a bug of the caller: it panics). Returns whether its puts are
+    /// durable; on failure the store turns degraded and abandons or keeps the failed records
+    /// (see the module doc), and so do the batches still running behind it.
+    pub fn finish(&mut self, done: SyncDone) -> bool {
         let SyncDone { batch, result } = done;
+        let oldest = self.in_flight.pop_front().map(|f| f.number);
+        assert_eq!(
+            oldest,
+            Some(batch.number),
+            "group commits finish in the order they were cut"
+        );
+        if self.doomed > 0 {
+            self.doomed -= 1;
+            if let Err(e) = &result {
+                self.stats.sync_failures += 1;
+                warn!(error = %e, "a group commit behind a failed one failed too");
+            }
+            // Its pairs left the index with the failed batch; what it wrote is wiped by the
+            // next write to its segments.
+            self.mark_stale(&batch);
+            return false;
+        }
         match result {
             Ok(()) => {
                 self.stats.sync_batches += 1;
@@ -267,7 +346,7 @@ impl DurableStore {
                     let Some(seg) = self.segments.get_mut(&w.epoch) else {
                         continue;
                     };
-                    seg.len = w.end();
+                    seg.len = seg.len.max(w.end());
                     seg.stale_to = 0;
                     seg.allocated = seg
                         .allocated
@@ -294,6 +373,7 @@ impl DurableStore {
                 if let Some(why) = self.degraded.take() {
                     info!(was = %why, "the store writes again");
                 }
+                true
             }
             Err(e) => {
                 self.stats.sync_failures += 1;
@@ -302,31 +382,48 @@ impl DurableStore {
                 }
                 self.degraded = Some(e.to_string());
                 self.retry_at = Some(Instant::now() + RETRY_AFTER);
-                for w in &batch.writes {
-                    if let Some(seg) = self.segments.get_mut(&w.epoch) {
-                        // `allocated` stays: a failed write never shrinks the file.
-                        seg.stale_to = seg.stale_to.max(w.end()).max(w.wipe_to);
-                    }
-                }
+                self.mark_stale(&batch);
                 if self.gates_replies() {
                     self.abandon(&batch);
                 } else {
                     self.keep_for_retry(batch);
                 }
-                // Replies waiting on this batch or the pending records are dropped by the
-                // server; nothing else is gated on them.
+                // The next write goes where the last durable record ends.
+                for seg in self.segments.values_mut() {
+                    seg.cut_to = seg.len;
+                }
+                // Replies waiting on this batch, the ones behind it or the pending records
+                // are dropped by the server; nothing else is gated on them.
                 self.durable = self.written;
+                false
             }
         }
     }
 
-    /// Mode `Always`: remove the pairs of the failed batch and of every pending record from
-    /// the index, and drop the records.
+    /// A failed write may have left the batch's records in its segments: the next write to
+    /// each wipes them.
+    fn mark_stale(&mut self, batch: &SyncBatch) {
+        for w in &batch.writes {
+            if let Some(seg) = self.segments.get_mut(&w.epoch) {
+                // `allocated` stays: a failed write never shrinks the file.
+                seg.stale_to = seg.stale_to.max(w.end()).max(w.wipe_to);
+            }
+        }
+    }
+
+    /// Mode `Always`: remove the pairs of the failed batch, of the batches running behind it
+    /// (they finish as failed) and of every pending record from the index, and drop the
+    /// records.
     fn abandon(&mut self, batch: &SyncBatch) {
         let mut removed = 0u64;
         let failed = batch.writes.iter().map(|w| w.records());
         let pending = std::mem::take(&mut self.pending);
-        for records in failed.chain(pending.values().map(Vec::as_slice)) {
+        self.doomed = self.in_flight.len();
+        let behind = self.in_flight.iter().map(|f| f.records.as_slice());
+        for records in failed
+            .chain(behind)
+            .chain(pending.values().map(Vec::as_slice))
+        {
             for r in records.chunks_exact(RECORD_BYTES) {
                 let value: Value = record_value(r);
                 if self.index.remove(&dqe_core::hash::key_of(&value)) {

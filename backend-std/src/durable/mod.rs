@@ -7,6 +7,7 @@
 //! the server collects the records of a batch of requests, hands them to
 //! [`SyncBatch::run`] on a blocking thread (one `write` and one `fdatasync` per segment
 //! touched), and sends the batch's replies when [`DurableStore::finish`] has seen it succeed.
+//! In mode `Always` a second batch may run while the first syncs (`commit.rs`).
 //!
 //! Segment format: an 8-byte magic `DQESEG01`, then records of 28 bytes: the value (20), the
 //! epoch (u32 little-endian) and a CRC-32 of those 24 bytes (u32 little-endian), then perhaps
@@ -25,8 +26,9 @@
 //!   ever cut.
 //!
 //! New records are appended after the last valid record, so a damaged slot in the middle is
-//! never overwritten. Expiring an epoch deletes its segment file whole; its quarantine file
-//! stays for the operator.
+//! never overwritten. Expiring an epoch deletes its segment file whole (unlinked at once,
+//! closed on a thread of its own: freeing a large file's blocks takes milliseconds); its
+//! quarantine file stays for the operator.
 //!
 //! The directory is locked for the life of the process (`store::lock_directory`): two nodes on one
 //! store would write at the same offsets.

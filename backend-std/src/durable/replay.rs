@@ -229,6 +229,7 @@ impl DurableStore {
                 file: Arc::new(file),
                 path,
                 len: append_at,
+                cut_to: append_at,
                 allocated,
                 stale_to: 0,
                 grow: true,
