@@ -746,7 +746,7 @@ impl Server {
 }
 
 /// The socket of `port`, from the portal, storer and source sockets.
-fn socket_of<'a>(sockets: [&'a UdpSocket; 3], port: Port) -> &'a UdpSocket {
+fn socket_of(sockets: [&UdpSocket; 3], port: Port) -> &UdpSocket {
     match port {
         Port::Portal => sockets[0],
         Port::Storer => sockets[1],
