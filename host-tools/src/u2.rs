@@ -315,14 +315,15 @@ pub fn run(opts: &Options) -> Result<Report, U2Error> {
     opts.check()?;
     let shares = opts.shares();
     if shares.len() == 1 {
-        let (report, hist) = run_one(&shares[0], 0)?;
+        let (report, hist) = run_one(&shares[0], 0, 1)?;
         return Ok(summarize(report, &hist));
     }
+    let n = shares.len();
     let results: Vec<Result<(Report, Histogram<u64>), U2Error>> = std::thread::scope(|s| {
         let handles: Vec<_> = shares
             .iter()
             .enumerate()
-            .map(|(i, share)| s.spawn(move || run_one(share, i)))
+            .map(|(i, share)| s.spawn(move || run_one(share, i, n)))
             .collect();
         handles
             .into_iter()
@@ -367,8 +368,13 @@ impl Options {
     }
 }
 
-/// One client thread's run (thread `index` starts its round-robin at portal `index`).
-fn run_one(opts: &Options, index: usize) -> Result<(Report, Histogram<u64>), U2Error> {
+/// One client thread's run (thread `index` of `threads` starts its round-robin at portal
+/// `index`); the threads share [`MAX_WINDOW`] between them, so memory does not grow with them.
+fn run_one(
+    opts: &Options,
+    index: usize,
+    threads: usize,
+) -> Result<(Report, Histogram<u64>), U2Error> {
     let bind: SocketAddr = if opts.portals[0].is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
@@ -378,7 +384,10 @@ fn run_one(opts: &Options, index: usize) -> Result<(Report, Histogram<u64>), U2E
     socket.set_nonblocking(true)?;
     // Bursts of replies must not overflow the default receive buffer.
     let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, 4 << 20);
-    let capacity = opts.in_flight_bound();
+    let capacity = opts
+        .in_flight_bound()
+        .min(MAX_WINDOW / threads.max(1))
+        .max(1);
     let config = ClientConfig {
         cluster: opts.cluster_tag,
         schedule: Schedule {

@@ -100,7 +100,10 @@ fn overload_runs_with_and_without_the_priority() {
         "{v:#}"
     );
     positive(&v["no_priority"], "overload_goodput_ops_per_sec");
-    assert!(v["client_threads"].as_u64().is_some_and(|n| n >= 1), "{v:#}");
+    assert!(
+        v["client_threads"].as_u64().is_some_and(|n| n >= 1),
+        "{v:#}"
+    );
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 4, "{v:#}");
     assert!(
