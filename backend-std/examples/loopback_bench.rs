@@ -13,6 +13,9 @@
 //! with the same `--prefix` stored (`--keys N` of them, cycled), or fresh words without
 //! `--keys`; `echo` sends TEST datagrams to an echo server, which returns them unchanged.
 //! A request unanswered after `--timeout-ms` is sent again with the same id and counted.
+//! `--threads N` splits the window over N client threads, each with its own socket (thread
+//! `t` takes words `t`, `t + N`, ...), so one client thread does not cap the figure; their
+//! histograms and counts are added up.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -58,6 +61,17 @@ struct Args {
     /// Retransmit (same id) after this long without a reply.
     #[arg(long, default_value_t = 500)]
     timeout_ms: u64,
+    /// Client threads sharing the window, each with its own socket.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+/// What one client thread measured.
+struct Part {
+    hist: Histogram<u64>,
+    outcomes: HashMap<&'static str, u64>,
+    done: u64,
+    retransmits: u64,
 }
 
 struct Outstanding {
@@ -68,30 +82,84 @@ struct Outstanding {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let threads = args.threads.clamp(1, args.window.max(1));
+    let start = Instant::now();
+    let parts: Vec<anyhow::Result<Part>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let args = &args;
+                let window = args.window / threads + usize::from(t < args.window % threads);
+                s.spawn(move || drive(args, t as u64, threads as u64, window, start))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut outcomes: HashMap<&'static str, u64> = HashMap::new();
+    let (mut done, mut retransmits) = (0u64, 0u64);
+    for p in parts {
+        let p = p?;
+        hist.add(&p.hist)?;
+        for (k, v) in p.outcomes {
+            *outcomes.entry(k).or_default() += v;
+        }
+        done += p.done;
+        retransmits += p.retransmits;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let mut outcomes: Vec<_> = outcomes.into_iter().collect();
+    outcomes.sort();
+    println!(
+        "mode={:?} target={} window={} threads={threads} seconds={:.1} answered={} rate={:.0}/s p50={}us p99={}us p999={}us max={}us retransmits={} outcomes={:?}",
+        args.mode,
+        args.target,
+        args.window,
+        secs,
+        done,
+        done as f64 / secs,
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.value_at_quantile(0.999),
+        hist.max(),
+        retransmits,
+        outcomes
+    );
+    Ok(())
+}
+
+fn drive(
+    args: &Args,
+    thread: u64,
+    threads: u64,
+    window: usize,
+    start: Instant,
+) -> anyhow::Result<Part> {
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_millis(5)))?;
     let mut rng = rand::rng();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
     let mut outcomes: HashMap<&'static str, u64> = HashMap::new();
     let mut outstanding: HashMap<u64, Outstanding> = HashMap::new();
-    let mut next_word: u64 = 0;
+    let mut next_word: u64 = thread;
     let mut retransmits = 0u64;
     let mut done = 0u64;
     let timeout = Duration::from_millis(args.timeout_ms);
     let run_for = Duration::from_secs_f64(args.seconds);
     let mut buf = [0u8; 2048];
-    let start = Instant::now();
     let mut make = |rng: &mut rand::rngs::ThreadRng| -> (u64, Vec<u8>) {
         let i = match (args.mode, args.keys) {
             (Mode::Test, Some(n)) if n > 0 => next_word % n,
             _ => next_word,
         };
-        next_word += 1;
+        next_word += threads;
         let v = word_value(format!("{}{i}", args.prefix).as_bytes());
         let k = key_of(&v);
         let body = match args.mode {
             Mode::Set => Body::Set { key: k, value: v },
-            Mode::Mix if next_word.is_multiple_of(2) => Body::Set { key: k, value: v },
+            Mode::Mix if (next_word / threads).is_multiple_of(2) => Body::Set { key: k, value: v },
             Mode::Test | Mode::Echo | Mode::Mix => Body::Test { key: k },
         };
         let id: u64 = rng.random();
@@ -102,10 +170,10 @@ fn main() -> anyhow::Result<()> {
         (id, bytes)
     };
     let finished = |done: u64, start: Instant| {
-        start.elapsed() >= run_for || (args.count > 0 && done >= args.count)
+        start.elapsed() >= run_for || (args.count > 0 && done * threads >= args.count)
     };
     while !finished(done, start) {
-        while outstanding.len() < args.window {
+        while outstanding.len() < window {
             let (id, bytes) = make(&mut rng);
             sock.send_to(&bytes, args.target)?;
             let now = Instant::now();
@@ -138,7 +206,7 @@ fn main() -> anyhow::Result<()> {
                     || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(e) => return Err(e.into()),
         }
-        if outstanding.len() >= args.window || done.is_multiple_of(256) {
+        if outstanding.len() >= window || done.is_multiple_of(256) {
             let now = Instant::now();
             for o in outstanding.values_mut() {
                 if now.duration_since(o.last) >= timeout {
@@ -149,23 +217,10 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let secs = start.elapsed().as_secs_f64();
-    let mut outcomes: Vec<_> = outcomes.into_iter().collect();
-    outcomes.sort();
-    println!(
-        "mode={:?} target={} window={} seconds={:.1} answered={} rate={:.0}/s p50={}us p99={}us p999={}us max={}us retransmits={} outcomes={:?}",
-        args.mode,
-        args.target,
-        args.window,
-        secs,
+    Ok(Part {
+        hist,
+        outcomes,
         done,
-        done as f64 / secs,
-        hist.value_at_quantile(0.5),
-        hist.value_at_quantile(0.99),
-        hist.value_at_quantile(0.999),
-        hist.max(),
         retransmits,
-        outcomes
-    );
-    Ok(())
+    })
 }

@@ -22,6 +22,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod batch_io;
 pub mod cli;
 pub mod durable;
 pub mod index;

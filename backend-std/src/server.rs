@@ -3,7 +3,7 @@
 //! All protocol behaviour is in the core; this loop only moves bytes. One iteration:
 //!
 //! 1. Read a bounded batch, storer socket first, then the source socket (replies to our own
-//!    fan-out), with `try_recv_from` so nothing waits; then, only if both were emptied, send
+//!    fan-out), with one `recvmmsg` per batch that does not wait ([`crate::batch_io`]); then, only if both were emptied, send
 //!    what the node queued and read a batch from the portal socket (new client work). So work
 //!    admitted somewhere in the cluster finishes before new work is taken; a flooded storer
 //!    port delays the portal by a bounded number of rounds (see [`crate::read_order`]).
@@ -21,11 +21,15 @@
 //!    or a `Found` read after it) leaves before that write is on disk, one fsync covers many
 //!    SETs, and a slow disk delays no GET, probe or `NotFound` (a peer's failure detector
 //!    would otherwise count a slow fsync as misses).
-//! 4. When nothing is readable, wait (biased) for a finished sync, a readable socket, the
+//! 4. Datagrams leave in the order they were queued, a run for one socket at a time with one
+//!    `sendmmsg` ([`crate::batch_io`]).
+//! 5. When nothing is readable, wait (biased) for a finished sync, a readable socket, the
 //!    node's next deadline or a stop signal.
 //!
 //! The held queue is bounded ([`MAX_HELD`]): while it is full no socket is read, the kernel
-//! buffers fill and drop, and clients retry. Memory never grows with load.
+//! buffers fill and drop, and clients retry. Memory never grows with load. (A batch reads at
+//! most as many datagrams as the queue has room for; a datagram may queue more than one
+//! transmit, so the queue can pass the bound by a batch's fan-out, never more.)
 //!
 //! When a group commit fails, the store abandons the writes it did not make durable (see
 //! `durable`), the held transmits that waited on them are dropped, and the node forgets the
@@ -59,6 +63,7 @@ use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
+use crate::batch_io::{self, RecvBatch};
 use crate::cli::RunConfig;
 use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
 use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
@@ -68,8 +73,8 @@ use dqe_config::cluster::MAX_NODES;
 
 /// Client requests the portal may have in flight; more are refused `Busy`.
 pub const IN_FLIGHT: usize = 1024;
-/// Datagrams read from one socket per iteration.
-pub const BATCH: usize = 64;
+/// Datagrams read from one socket per iteration (one `recvmmsg`).
+pub const BATCH: usize = batch_io::MAX_BATCH;
 /// Transmits held for a group commit at most; beyond it the loop stops reading.
 pub const MAX_HELD: usize = 8192;
 /// Time a housekeeping round (every 100 ms) may spend freeing expired index slots.
@@ -77,9 +82,6 @@ const SWEEP_BUDGET: Duration = Duration::from_millis(1);
 /// Arrival times remembered, by datagram number: a reply more datagrams later than this is
 /// timed from the node's millisecond clock instead.
 const ARRIVALS: usize = 65_536;
-/// Bytes read per datagram: more than any valid one, so an oversized datagram is seen whole
-/// (and refused as trailing bytes) rather than cut to a valid prefix.
-const RECV_BUF: usize = 2048;
 
 /// The node this backend runs; its write-reply caches are sized at start ([`reply_slots`]).
 pub type EnforcerNode = Node<DurableStore, StdRng, MAX_NODES, RingStorage, IN_FLIGHT, ReplyStorage>;
@@ -248,7 +250,8 @@ struct Server {
     /// Peer health transitions and cluster mismatches, for the log and the metrics.
     peers: PeerWatch,
     next_housekeeping: Instant,
-    recv: Box<[u8; RECV_BUF]>,
+    /// The buffers of one batched read.
+    rx: RecvBatch,
     /// The order the sockets are read in (see [`crate::read_order`]).
     read_policy: ReadPolicy,
 }
@@ -330,7 +333,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         arrivals: vec![(0, now); ARRIVALS].into_boxed_slice(),
         peers,
         next_housekeeping: now,
-        recv: Box::new([0; RECV_BUF]),
+        rx: RecvBatch::default(),
         read_policy: if cfg.storer_first {
             ReadPolicy::StorerFirst
         } else {
@@ -462,49 +465,46 @@ impl Server {
         self.shutdown().await;
     }
 
-    /// Read up to [`BATCH`] datagrams from one socket and hand them to the node.
+    /// Read up to [`BATCH`] datagrams from one socket (one system call) and hand them to the
+    /// node. Returns how many were read.
     ///
     /// The clocks are read once per batch, at its first datagram, not per datagram (they were
     /// 3.3% of the loop's profile): every datagram of a batch is timed from, handled at and
     /// given the epoch of that moment. A batch takes well under a millisecond, so a reply's
     /// latency is over-counted and an epoch change seen late by at most that.
     fn read_batch(&mut self, port: Port) -> usize {
-        let mut n = 0;
-        let mut clock: Option<(Instant, u64, u64)> = None;
-        while n < BATCH && self.held.len() < MAX_HELD {
-            let socket = match port {
-                Port::Portal => &self.portal,
-                Port::Storer => &self.storer,
-                Port::Source => &self.source,
-            };
-            let (len, from) = match socket.try_recv_from(&mut self.recv[..]) {
-                Ok(r) => r,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => {
-                    debug!(?port, error = %e, "receive failed");
-                    break;
-                }
-            };
-            n += 1;
+        let room = MAX_HELD.saturating_sub(self.held.len());
+        let socket = match port {
+            Port::Portal => &self.portal,
+            Port::Storer => &self.storer,
+            Port::Source => &self.source,
+        };
+        let got = match self.rx.recv(socket, BATCH.min(room)) {
+            Ok(n) => n,
+            Err(e) => {
+                debug!(?port, error = %e, "receive failed");
+                0
+            }
+        };
+        if got == 0 {
+            return 0;
+        }
+        self.refresh_epoch();
+        let arrived = Instant::now();
+        let now = self.ms_at(arrived);
+        let at_ms = metrics::mono_ms_at(arrived);
+        for i in 0..got {
             self.metrics.received(label(port));
-            let (arrived, now, at_ms) = match clock {
-                Some(c) => c,
-                None => {
-                    self.refresh_epoch();
-                    let t = Instant::now();
-                    let c = (t, self.ms_at(t), metrics::mono_ms_at(t));
-                    clock = Some(c);
-                    c
-                }
+            let Some((datagram, from)) = self.rx.datagram(i) else {
+                continue;
             };
-            let datagram = &self.recv[..len];
             self.peers.on_datagram(port, from, datagram, &self.metrics);
             self.node.handle(now, port, from, datagram);
             let number = self.node.datagrams_handled();
             self.arrivals[number as usize % ARRIVALS] = (number, arrived);
             self.collect(at_ms);
         }
-        n
+        got
     }
 
     /// Move the node's transmits into the ready queue, or the held queue when they rest on a
@@ -553,15 +553,11 @@ impl Server {
             return;
         }
         let now = Instant::now();
-        while let Some(h) = self.ready.pop_front() {
-            self.send(&h, now).await;
-        }
-        while self.held.front().is_some_and(|h| h.seq <= durable) {
-            let Some(h) = self.held.pop_front() else {
-                break;
-            };
-            self.send(&h, now).await;
-        }
+        let sockets = [&self.portal, &self.storer, &self.source];
+        let ready = self.ready.len();
+        send_front(sockets, &self.metrics, &mut self.ready, ready, now).await;
+        let durable_held = self.held.iter().take_while(|h| h.seq <= durable).count();
+        send_front(sockets, &self.metrics, &mut self.held, durable_held, now).await;
     }
 
     /// [`Self::send_ready`], then export the queues' gauges.
@@ -593,27 +589,18 @@ impl Server {
 
     /// Send one datagram; `now` ends the latency of the request it answers.
     async fn send(&mut self, h: &Held, now: Instant) {
-        let socket = match h.from {
-            Port::Portal => &self.portal,
-            Port::Storer => &self.storer,
-            Port::Source => &self.source,
-        };
+        let socket = socket_of([&self.portal, &self.storer, &self.source], h.from);
         let bytes = &h.bytes[..h.len as usize];
         let sent = match socket.try_send_to(bytes, h.to) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.send_to(bytes, h.to).await,
             other => other,
         };
         match sent {
-            Ok(_) => self.metrics.sent(label(h.from)),
+            Ok(_) => sent_one(&self.metrics, h, now),
             Err(e) => {
                 debug!(to = %h.to, error = %e, "send failed");
                 self.metrics.dropped(DropReason::SendFailed);
-                return;
             }
-        }
-        if let Some((kind, outcome, arrived)) = h.answers {
-            self.metrics.request(kind, outcome);
-            self.metrics.latency(now.saturating_duration_since(arrived));
         }
     }
 
@@ -762,5 +749,70 @@ impl Server {
             in_flight = self.node.in_flight(),
             "dqe-enforcer stopped"
         );
+    }
+}
+
+/// The socket of `port`, from the portal, storer and source sockets.
+fn socket_of(sockets: [&UdpSocket; 3], port: Port) -> &UdpSocket {
+    match port {
+        Port::Portal => sockets[0],
+        Port::Storer => sockets[1],
+        Port::Source => sockets[2],
+    }
+}
+
+/// Count a datagram handed to the kernel; `now` ends the latency of the request it answers.
+fn sent_one(metrics: &Metrics, h: &Held, now: Instant) {
+    metrics.sent(label(h.from));
+    if let Some((kind, outcome, arrived)) = h.answers {
+        metrics.request(kind, outcome);
+        metrics.latency(now.saturating_duration_since(arrived));
+    }
+}
+
+/// Send the first `count` datagrams of `queue` in order and remove them: each run of
+/// datagrams from one socket (up to a batch) with one `sendmmsg`. A full socket buffer is
+/// waited out; a datagram the kernel refuses is dropped and counted, like a lost one.
+async fn send_front(
+    sockets: [&UdpSocket; 3],
+    metrics: &Metrics,
+    queue: &mut VecDeque<Held>,
+    count: usize,
+    now: Instant,
+) {
+    let mut left = count.min(queue.len());
+    while left > 0 {
+        let port = queue[0].from;
+        let socket = socket_of(sockets, port);
+        let result = {
+            let msgs: heapless::Vec<(&[u8], SocketAddr), BATCH> = queue
+                .iter()
+                .take(left.min(BATCH))
+                .take_while(|h| h.from == port)
+                .map(|h| (&h.bytes[..usize::from(h.len)], h.to))
+                .collect();
+            batch_io::send(socket, &msgs)
+        };
+        match result {
+            Ok(k) if k > 0 => {
+                for h in queue.drain(..k) {
+                    sent_one(metrics, &h, now);
+                }
+                left -= k;
+            }
+            Ok(_) => {
+                let _ = socket.writable().await;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let _ = socket.writable().await;
+            }
+            Err(e) => {
+                if let Some(h) = queue.pop_front() {
+                    debug!(to = %h.to, error = %e, "send failed");
+                }
+                metrics.dropped(DropReason::SendFailed);
+                left -= 1;
+            }
+        }
     }
 }

@@ -458,6 +458,10 @@ pub struct U2Args {
     /// Seed of every random choice [default: random, printed].
     #[arg(long, value_name = "S")]
     pub seed: Option<u64>,
+    /// Client threads, each with its own socket and an equal share of --rate or --window
+    /// (at most the window), 1 to 64 [default: one per core, at most 4].
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
     /// Write the figures as one JSON object to FILE.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,

@@ -18,6 +18,11 @@
 //! Open-loop latency is measured from when a request was due, not from when it was sent,
 //! so a client that falls behind does not hide the delay (no coordinated omission).
 //!
+//! The load is spread over [`Options::threads`] client threads, each with its own socket, its
+//! own core client and its own share of the rate or window (so one client thread is not what
+//! caps the figure); their counts and latency histograms are added up at the end. A thread's
+//! `--reuse` pairs are those its own SETs stored.
+//!
 //! The run stops starting requests at the end of `duration`, whatever the load asks: an
 //! open loop faster than this client can send starts what it can and counts the rest as
 //! "not started" (a request more than [`LATE_SLACK`] behind schedule at the end is not sent),
@@ -75,6 +80,15 @@ pub struct Options {
     pub resend: Duration,
     /// Show the progress bar (only drawn when stderr is a terminal).
     pub progress: bool,
+    /// Client threads, each with its own socket and share of the load (at most the window).
+    pub threads: usize,
+}
+
+/// Client threads by default: one per core, at most 4 (the node under test needs cores too).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 4)
 }
 
 impl Default for Options {
@@ -90,6 +104,7 @@ impl Default for Options {
             timeout: Duration::from_millis(1500),
             resend: Duration::from_millis(200),
             progress: true,
+            threads: default_threads(),
         }
     }
 }
@@ -186,6 +201,9 @@ pub const MAX_BATCH: u32 = 1024;
 /// How late, at the end of the run, a due request may still be started.
 pub const LATE_SLACK: Duration = Duration::from_millis(100);
 
+/// The most client threads.
+pub const MAX_THREADS: usize = 64;
+
 /// Most earlier pairs remembered for reuse (random replacement beyond that).
 const EARLIER_CAP: usize = 1_000_000;
 
@@ -276,6 +294,12 @@ impl Options {
                 MAX_DURATION.as_secs()
             )));
         }
+        if self.threads == 0 || self.threads > MAX_THREADS {
+            return Err(U2Error::BadOption(format!(
+                "--threads {}: give 1 to {MAX_THREADS} client threads",
+                self.threads
+            )));
+        }
         if self.timeout.is_zero() || self.timeout > MAX_TIMEOUT {
             return Err(U2Error::BadOption(format!(
                 "--request-timeout-ms must be 1 to {}",
@@ -289,6 +313,68 @@ impl Options {
 /// Run u2 and return what it measured.
 pub fn run(opts: &Options) -> Result<Report, U2Error> {
     opts.check()?;
+    let shares = opts.shares();
+    if shares.len() == 1 {
+        let (report, hist) = run_one(&shares[0], 0, 1)?;
+        return Ok(summarize(report, &hist));
+    }
+    let n = shares.len();
+    let results: Vec<Result<(Report, Histogram<u64>), U2Error>> = std::thread::scope(|s| {
+        let handles: Vec<_> = shares
+            .iter()
+            .enumerate()
+            .map(|(i, share)| s.spawn(move || run_one(share, i, n)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut total = Report::default();
+    let mut hist = new_hist();
+    for r in results {
+        let (report, h) = r?;
+        total.add(&report);
+        hist.add(&h)
+            .map_err(|e| U2Error::BadOption(format!("latency histograms differ: {e}")))?;
+    }
+    Ok(summarize(total, &hist))
+}
+
+fn new_hist() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+impl Options {
+    /// Each client thread's options: its share of the rate or window (the window's
+    /// remainder to the first threads), its own seed; only the first draws progress.
+    fn shares(&self) -> Vec<Options> {
+        let n = match self.load {
+            Load::Window(w) => self.threads.min(w).max(1),
+            Load::Rate(_) => self.threads.max(1),
+        };
+        (0..n)
+            .map(|i| Options {
+                load: match self.load {
+                    Load::Window(w) => Load::Window(w / n + usize::from(i < w % n)),
+                    Load::Rate(r) => Load::Rate(r / n as f64),
+                },
+                seed: self.seed ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15),
+                progress: self.progress && i == 0,
+                threads: 1,
+                ..self.clone()
+            })
+            .collect()
+    }
+}
+
+/// One client thread's run (thread `index` of `threads` starts its round-robin at portal
+/// `index`); the threads share [`MAX_WINDOW`] between them, so memory does not grow with them.
+fn run_one(
+    opts: &Options,
+    index: usize,
+    threads: usize,
+) -> Result<(Report, Histogram<u64>), U2Error> {
     let bind: SocketAddr = if opts.portals[0].is_ipv4() {
         "0.0.0.0:0".parse().expect("literal")
     } else {
@@ -298,7 +384,10 @@ pub fn run(opts: &Options) -> Result<Report, U2Error> {
     socket.set_nonblocking(true)?;
     // Bursts of replies must not overflow the default receive buffer.
     let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, 4 << 20);
-    let capacity = opts.in_flight_bound();
+    let capacity = opts
+        .in_flight_bound()
+        .min(MAX_WINDOW / threads.max(1))
+        .max(1);
     let config = ClientConfig {
         cluster: opts.cluster_tag,
         schedule: Schedule {
@@ -317,12 +406,32 @@ pub fn run(opts: &Options) -> Result<Report, U2Error> {
         meta: vec![None; capacity],
         base: Instant::now(),
         earlier: Vec::new(),
-        next_portal: 0,
-        hist: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds"),
+        next_portal: index % opts.portals.len(),
+        hist: new_hist(),
         report: Report::default(),
     };
     run.drive()?;
-    Ok(run.finish())
+    Ok((run.report, run.hist))
+}
+
+/// The figures computed from the counts and the latency histogram.
+fn summarize(mut r: Report, hist: &Histogram<u64>) -> Report {
+    let secs = r.elapsed.as_secs_f64();
+    r.ops_per_sec = if secs > 0.0 {
+        r.answered as f64 / secs
+    } else {
+        0.0
+    };
+    if !hist.is_empty() {
+        r.latency_us = Latency {
+            p50: hist.value_at_quantile(0.50),
+            p90: hist.value_at_quantile(0.90),
+            p99: hist.value_at_quantile(0.99),
+            p999: hist.value_at_quantile(0.999),
+            max: hist.max(),
+        };
+    }
+    r
 }
 
 impl Run<'_> {
@@ -592,29 +701,28 @@ impl Run<'_> {
             }
         }
     }
-
-    fn finish(self) -> Report {
-        let mut r = self.report;
-        let secs = r.elapsed.as_secs_f64();
-        r.ops_per_sec = if secs > 0.0 {
-            r.answered as f64 / secs
-        } else {
-            0.0
-        };
-        if !self.hist.is_empty() {
-            r.latency_us = Latency {
-                p50: self.hist.value_at_quantile(0.50),
-                p90: self.hist.value_at_quantile(0.90),
-                p99: self.hist.value_at_quantile(0.99),
-                p999: self.hist.value_at_quantile(0.999),
-                max: self.hist.max(),
-            };
-        }
-        r
-    }
 }
 
 impl Report {
+    /// Add another client thread's counts (the run lasted as long as its longest thread).
+    fn add(&mut self, o: &Report) {
+        self.sent += o.sent;
+        self.answered += o.answered;
+        self.timeouts += o.timeouts;
+        for (k, v) in &o.outcomes {
+            *self.outcomes.entry(k.clone()).or_default() += v;
+        }
+        self.reuse_attempted += o.reuse_attempted;
+        self.reuse_detected += o.reuse_detected;
+        self.false_reuse += o.false_reuse;
+        self.retransmissions += o.retransmissions;
+        self.stray += o.stray;
+        self.earlier_tested.0 += o.earlier_tested.0;
+        self.earlier_tested.1 += o.earlier_tested.1;
+        self.elapsed = self.elapsed.max(o.elapsed);
+        self.not_started += o.not_started;
+    }
+
     /// The human-readable table printed at the end of a run.
     pub fn table(&self, opts: &Options) -> String {
         let load = match opts.load {
@@ -622,8 +730,9 @@ impl Report {
             Load::Window(w) => format!("closed loop, {w} in flight"),
         };
         let mut s = format!(
-            "u2: {} portal(s), {load}, {:.1} s, set ratio {}, reuse {}, seed {}\n",
+            "u2: {} portal(s), {load}, {} client thread(s), {:.1} s, set ratio {}, reuse {}, seed {}\n",
             opts.portals.len(),
+            opts.shares().len(),
             opts.duration.as_secs_f64(),
             opts.set_ratio,
             opts.reuse,
@@ -777,10 +886,62 @@ mod tests {
         assert!(base.check().is_ok());
     }
 
+    #[test]
+    fn the_load_is_shared_out_whole_between_threads() {
+        let base = Options {
+            portals: vec!["127.0.0.1:9".parse().unwrap()],
+            threads: 3,
+            ..Options::default()
+        };
+        let windows = |w| -> Vec<Load> {
+            Options {
+                load: Load::Window(w),
+                ..base.clone()
+            }
+            .shares()
+            .iter()
+            .map(|o| o.load)
+            .collect()
+        };
+        assert_eq!(
+            windows(32),
+            [Load::Window(11), Load::Window(11), Load::Window(10)]
+        );
+        // Never a thread with an empty window.
+        assert_eq!(windows(2), [Load::Window(1), Load::Window(1)]);
+        let rates = Options {
+            load: Load::Rate(3000.0),
+            ..base.clone()
+        }
+        .shares();
+        assert!(rates.iter().all(|o| o.load == Load::Rate(1000.0)));
+        let seeds: std::collections::BTreeSet<u64> = rates.iter().map(|o| o.seed).collect();
+        assert_eq!(seeds.len(), 3, "each thread draws its own values");
+        assert_eq!(rates[0].seed, base.seed, "one thread keeps the run's seed");
+        assert!(
+            Options {
+                threads: 0,
+                ..base.clone()
+            }
+            .check()
+            .is_err()
+        );
+    }
+
     /// An in-process fake portal with a correct test-and-set answers every request; u2
     /// must see no false reuse and catch every re-spend.
     #[test]
     fn counts_against_a_fake_portal() {
+        counts_against_a_fake_portal_with(1);
+    }
+
+    /// The same from three client threads: their counts add up and their histograms merge.
+    #[test]
+    fn counts_from_several_threads_add_up() {
+        counts_against_a_fake_portal_with(3);
+    }
+
+    fn counts_against_a_fake_portal_with(threads: usize) {
         let server = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = server.local_addr().unwrap();
         server
@@ -823,6 +984,7 @@ mod tests {
             set_ratio: 0.7,
             seed: 7,
             progress: false,
+            threads,
             ..Options::default()
         };
         let r = run(&opts).unwrap();
@@ -834,5 +996,7 @@ mod tests {
         assert!(r.reuse_attempted > 0);
         assert_eq!(r.reuse_detected, r.reuse_attempted);
         assert_eq!(r.outcomes.values().sum::<u64>(), r.answered);
+        assert!(r.latency_us.p50 > 0 && r.latency_us.p50 <= r.latency_us.max);
+        assert!(r.ops_per_sec > 0.0);
     }
 }

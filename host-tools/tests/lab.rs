@@ -66,10 +66,13 @@ fn capacity_compares_the_node_with_the_null_node_and_skips_a_rejected_policy() {
             "never,no-such-policy",
             "--start-rate",
             "2000",
+            "--client-threads",
+            "3",
         ],
         14.0,
         8,
     );
+    assert_eq!(v["client_threads"], 3, "{v:#}");
     let enforcer = positive(&v, "enforcer_ops_per_sec");
     let null = positive(&v, "null_ops_per_sec");
     assert!(
@@ -97,6 +100,10 @@ fn overload_runs_with_and_without_the_priority() {
         "{v:#}"
     );
     positive(&v["no_priority"], "overload_goodput_ops_per_sec");
+    assert!(
+        v["client_threads"].as_u64().is_some_and(|n| n >= 1),
+        "{v:#}"
+    );
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 4, "{v:#}");
     assert!(

@@ -68,6 +68,10 @@ pub struct CapacityArgs {
     /// First offered load of each ramp, requests per second.
     #[arg(long, value_name = "PER_SECOND", default_value_t = 5000.0)]
     pub start_rate: f64,
+    /// Client threads of the load generator, each with its own socket and share of the rate
+    /// [default: one per core, at most 4].
+    #[arg(long, value_name = "N")]
+    pub client_threads: Option<usize>,
     #[command(flatten)]
     pub out: LabOutput,
 }
@@ -93,6 +97,10 @@ pub struct OverloadArgs {
     /// First offered load of the ramp, requests per second.
     #[arg(long, value_name = "PER_SECOND", default_value_t = 5000.0)]
     pub start_rate: f64,
+    /// Client threads of the load generator, each with its own socket and share of the rate
+    /// [default: one per core, at most 4].
+    #[arg(long, value_name = "N")]
+    pub client_threads: Option<usize>,
     #[command(flatten)]
     pub out: LabOutput,
 }

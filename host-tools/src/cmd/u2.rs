@@ -40,6 +40,7 @@ pub(crate) fn run(a: U2Args, c: &ClientConfig) -> Result<u8, Failure> {
         seed: a.seed.unwrap_or_else(rand::random),
         timeout: Duration::from_millis(a.request_timeout_ms),
         progress: !a.quiet && std::io::stderr().is_terminal(),
+        threads: a.threads.unwrap_or_else(u2::default_threads),
         ..u2::Options::default()
     };
     // Everything is checked, and the report file opened, before the first request.

@@ -16,6 +16,7 @@ use super::procs;
 use super::ramp::{self, Ramp, Step};
 use crate::args::lab::CapacityArgs;
 use crate::cli::{EXIT_OK, Failure, io_err};
+use crate::u2;
 
 /// Seconds set aside for starting and stopping nodes.
 const SETUP: Duration = Duration::from_secs(3);
@@ -44,8 +45,10 @@ fn set_ratio(load: &str) -> Result<f64, Failure> {
 }
 
 /// Ramp, then measure at half and 90% of the peak; all before `until`.
+#[allow(clippy::too_many_arguments)]
 fn measure(
     portal: SocketAddr,
+    threads: usize,
     load: &str,
     start_rate: f64,
     length: Duration,
@@ -57,6 +60,7 @@ fn measure(
     let reserve = ramp::step_cost(length) * 2;
     let ramp = ramp::rise(
         &[portal],
+        threads,
         ratio,
         start_rate,
         length,
@@ -73,11 +77,23 @@ fn measure(
         if rate < 1.0 || Instant::now() + ramp::step_cost(length) > until {
             return Ok(None);
         }
-        ramp::step(&[portal], ratio, rate, length, 99).map(Some)
+        ramp::step(&[portal], threads, ratio, rate, length, 99).map(Some)
     };
     let half = at(0.5)?;
     let ninety = at(0.9)?;
     Ok((ramp, half, ninety))
+}
+
+/// `--client-threads`, or the load generator's default; 1 to [`u2::MAX_THREADS`].
+pub(crate) fn client_threads(given: Option<usize>) -> Result<usize, Failure> {
+    match given {
+        None => Ok(u2::default_threads()),
+        Some(n) if (1..=u2::MAX_THREADS).contains(&n) => Ok(n),
+        Some(n) => Err(Failure::Usage(format!(
+            "--client-threads {n}: expected 1 to {}",
+            u2::MAX_THREADS
+        ))),
+    }
 }
 
 /// Run `dqe lab capacity`.
@@ -94,6 +110,7 @@ pub(crate) fn run(a: CapacityArgs) -> Result<u8, Failure> {
             a.start_rate
         )));
     }
+    let threads = client_threads(a.client_threads)?;
     let enforcer = procs::enforcer()?;
     let mut skipped = Vec::new();
     let mut policies = Vec::new();
@@ -123,6 +140,7 @@ pub(crate) fn run(a: CapacityArgs) -> Result<u8, Failure> {
             let until = next_until(i).min(deadline);
             let (ramp, at_half, at_90) = measure(
                 null.addr(),
+                threads,
                 load,
                 a.start_rate,
                 length,
@@ -148,6 +166,7 @@ pub(crate) fn run(a: CapacityArgs) -> Result<u8, Failure> {
             let until = next_until(i).min(deadline);
             let (ramp, at_half, at_90) = measure(
                 portal,
+                threads,
                 load,
                 a.start_rate,
                 length,
@@ -226,7 +245,9 @@ pub(crate) fn run(a: CapacityArgs) -> Result<u8, Failure> {
         println!("skipped --fsync {}: {}", s["fsync"], s["reason"]);
     }
     let load_avg = ramp::load_average();
-    println!("load average at the end: {load_avg:?} (the machine is shared)");
+    println!(
+        "load average at the end: {load_avg:?} (the machine is shared); {threads} client thread(s)"
+    );
 
     // The headline: the mixed load (else the first) under the first policy measured.
     let head_load = if a.loads.iter().any(|l| l == "mixed") {
@@ -250,6 +271,7 @@ pub(crate) fn run(a: CapacityArgs) -> Result<u8, Failure> {
             "runs": runs,
             "skipped": skipped,
             "step_seconds": length.as_secs_f64(),
+            "client_threads": threads,
             "load_average": load_avg,
             "elapsed_seconds": started.elapsed().as_secs_f64(),
         });

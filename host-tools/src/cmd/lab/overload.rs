@@ -101,6 +101,7 @@ fn rss_sum(cluster: &LocalCluster) -> u64 {
 /// Offer `rate` for `length` while a thread samples memory and queues.
 fn overload_step(
     run: &Running,
+    threads: usize,
     rate: f64,
     length: Duration,
     priority: bool,
@@ -127,7 +128,14 @@ fn overload_step(
             }
             max
         });
-        let step = ramp::step(&run.portals, 0.5, rate, length, multiple as u64 + 7);
+        let step = ramp::step(
+            &run.portals,
+            threads,
+            0.5,
+            rate,
+            length,
+            multiple as u64 + 7,
+        );
         stop.store(true, Ordering::Relaxed);
         (step, sampler.join().unwrap_or_default())
     });
@@ -155,6 +163,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
             "--peak {p}: expected a positive number of requests a second"
         )));
     }
+    let threads = super::capacity::client_threads(a.client_threads)?;
     let enforcer = procs::enforcer()?;
     if let Err(why) = procs::enforcer_accepts_fsync(&enforcer, &a.fsync) {
         return Err(Failure::Usage(format!("--fsync {}: {why}", a.fsync)));
@@ -184,6 +193,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
             bar.set_message("finding the peak");
             let r = ramp::rise(
                 &run.portals,
+                threads,
                 0.5,
                 a.start_rate,
                 ramp_len,
@@ -210,7 +220,14 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 if priority { "priority" } else { "no priority" },
                 m * peak
             ));
-            steps.push(overload_step(&run, m * peak, step_len, priority, m)?);
+            steps.push(overload_step(
+                &run,
+                threads,
+                m * peak,
+                step_len,
+                priority,
+                m,
+            )?);
             bar.inc(1);
         }
         let mut cluster = run.cluster;
@@ -282,7 +299,9 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
         )
     );
     let load_avg = ramp::load_average();
-    println!("load average at the end: {load_avg:?} (the machine is shared)");
+    println!(
+        "load average at the end: {load_avg:?} (the machine is shared); {threads} client thread(s)"
+    );
     if let Some(path) = &a.out.json {
         output::write_json(
             path,
@@ -297,6 +316,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 "nodes": a.nodes,
                 "replication": a.replication,
                 "fsync": a.fsync,
+                "client_threads": threads,
                 "steps": steps,
                 "ramp": ramp_steps,
                 "load_average": load_avg,

@@ -36,9 +36,10 @@ pub(crate) struct Step {
 }
 
 /// Offer `rate` requests a second for `length` to `portals` (round-robin), `set_ratio` of
-/// them SETs of fresh pairs, the rest TESTs of fresh keys.
+/// them SETs of fresh pairs, the rest TESTs of fresh keys, from `threads` client threads.
 pub(crate) fn step(
     portals: &[SocketAddr],
+    threads: usize,
     set_ratio: f64,
     rate: f64,
     length: Duration,
@@ -52,6 +53,7 @@ pub(crate) fn step(
         seed,
         timeout: REQUEST_TIMEOUT,
         progress: false,
+        threads,
         ..u2::Options::default()
     };
     let r = u2::run(&opts)?;
@@ -95,6 +97,7 @@ pub(crate) struct Ramp {
 /// `on_step` sees each step (for progress).
 pub(crate) fn rise(
     portals: &[SocketAddr],
+    threads: usize,
     set_ratio: f64,
     start_rate: f64,
     length: Duration,
@@ -112,6 +115,7 @@ pub(crate) fn rise(
     while Instant::now() + step_cost(length) <= until {
         let s = step(
             portals,
+            threads,
             set_ratio,
             rate,
             length,
@@ -152,7 +156,15 @@ mod tests {
     #[test]
     fn a_step_against_the_null_node_is_answered() {
         let node = NullNode::start().unwrap();
-        let s = step(&[node.addr()], 0.5, 2000.0, Duration::from_millis(300), 1).unwrap();
+        let s = step(
+            &[node.addr()],
+            2,
+            0.5,
+            2000.0,
+            Duration::from_millis(300),
+            1,
+        )
+        .unwrap();
         assert!(s.goodput_ops_per_sec > 1500.0, "{s:?}");
         assert_eq!(s.refused, 0);
     }
