@@ -9,10 +9,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dqe_core::Value;
 use tracing::{error, info, warn};
 
-use super::format::{MAGIC, RECORD_BYTES, record_value};
+use super::format::{MAGIC, RECORD_BYTES};
 use super::store::{DurableStore, SyncMode};
 
 /// How long a degraded store waits before it writes again.
@@ -323,18 +322,14 @@ impl DurableStore {
     /// Mode `Always`: remove the pairs of the failed batch and of every pending record from
     /// the index, and drop the records.
     fn abandon(&mut self, batch: &SyncBatch) {
-        let mut removed = 0u64;
-        let failed = batch.writes.iter().map(|w| w.records());
-        let pending = std::mem::take(&mut self.pending);
-        for records in failed.chain(pending.values().map(Vec::as_slice)) {
-            for r in records.chunks_exact(RECORD_BYTES) {
-                let value: Value = record_value(r);
-                if self.index.remove(&dqe_core::hash::key_of(&value)) {
-                    removed += 1;
-                }
-            }
-        }
-        self.pending_bytes = 0;
+        // The failed batch's records and the pending ones are every record past its
+        // segment's written length (`finish` did not move it for the failed writes).
+        debug_assert!(batch.writes.iter().all(|w| {
+            self.segments
+                .get(&w.epoch)
+                .is_none_or(|s| s.len == w.offset)
+        }));
+        let removed = self.forget_unwritten();
         self.stats.abandoned += removed;
         if removed > 0 {
             warn!(

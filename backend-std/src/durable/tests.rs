@@ -134,7 +134,7 @@ fn a_record_past_a_hole_of_zeros_is_kept() {
     assert_eq!((rec.skipped_records, rec.damaged_segments), (1, 1));
     assert_eq!((rec.truncated_segments, rec.discarded_bytes), (0, 0));
     assert_eq!(file_len(dir.path(), 2), size);
-    assert_eq!(s.index.get(&pair(11).0), Some(pair(11).1));
+    assert_eq!(s.lookup(&pair(11).0).unwrap(), Some(pair(11).1));
     // New records go after the kept one, never over it.
     let (k, v) = pair(12);
     assert_eq!(s.put(&k, &v, 2), PutOutcome::Stored);
@@ -407,10 +407,10 @@ fn a_failed_sync_abandons_its_pairs_and_a_retry_is_full_then_stored() {
     s.sync().unwrap();
     s.trim();
     drop(s);
-    let (s, rec) = open(dir.path(), 1);
+    let (mut s, rec) = open(dir.path(), 1);
     assert_eq!(rec.records, 2);
-    assert_eq!(s.index.get(&k1), Some(v1));
-    assert_eq!(s.index.get(&k2), None);
+    assert_eq!(s.lookup(&k1).unwrap(), Some(v1));
+    assert_eq!(s.lookup(&k2).unwrap(), None);
 }
 
 #[test]
@@ -445,10 +445,10 @@ fn what_a_failed_write_left_is_wiped_before_a_restart_sees_it() {
     assert!(head[end as usize - RECORD_BYTES..].iter().all(|&b| b == 0));
     // A kill now: the restart finds only the acknowledged pair.
     drop(s);
-    let (s, rec) = DurableStore::open(opts, 1).unwrap();
+    let (mut s, rec) = DurableStore::open(opts, 1).unwrap();
     assert_eq!((rec.records, rec.discarded_bytes), (1, 0));
-    assert_eq!(s.index.get(&k0), Some(v0));
-    assert_eq!(s.index.get(&k1), None);
+    assert_eq!(s.lookup(&k0).unwrap(), Some(v0));
+    assert_eq!(s.lookup(&k1).unwrap(), None);
 }
 
 #[test]
