@@ -267,6 +267,7 @@ impl DurableStore {
                         continue;
                     };
                     seg.len = w.end();
+                    seg.trim_written();
                     seg.stale_to = 0;
                     seg.allocated = seg
                         .allocated

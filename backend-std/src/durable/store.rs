@@ -148,7 +148,7 @@ impl Segment {
     }
 
     /// Drop the unwritten records that were written since.
-    fn trim_written(&mut self) {
+    pub(super) fn trim_written(&mut self) {
         while self.unwritten_from < self.len && self.unwritten.pop_front().is_some() {
             self.unwritten_from += RECORD_BYTES as u64;
         }
@@ -510,6 +510,15 @@ impl Store for DurableStore {
             return PutOutcome::Found(v);
         }
         if degraded || self.pending_bytes + RECORD_BYTES > self.opts.max_pending_bytes {
+            return self.refuse();
+        }
+        if epoch < self.index.base() {
+            // Its segment is deleted: the index must never name it (its number may come back).
+            warn!(
+                epoch,
+                oldest_kept = self.index.base(),
+                "PUT for an expired epoch refused as Full"
+            );
             return self.refuse();
         }
         if let Err(e) = self.segment_for(epoch) {
