@@ -137,6 +137,14 @@ pub struct MemoryArgs {
     /// dqe-enforcer's durability policy (--fsync).
     #[arg(long, value_name = "MODE", default_value = "never")]
     pub fsync: String,
+    /// Also measure the throughput of TESTs of absent keys and SETs of fresh keys when this
+    /// many pairs are stored (comma-separated), and at the end: how the rate changes as
+    /// the store grows, side by side in one run.
+    #[arg(long, value_name = "N,..", value_delimiter = ',')]
+    pub probe_at: Vec<u64>,
+    /// Requests of each kind per throughput probe (--probe-at).
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub probe_requests: u64,
     #[command(flatten)]
     pub out: LabOutput,
 }
