@@ -142,9 +142,17 @@ pub struct MemoryArgs {
     /// the store grows, side by side in one run.
     #[arg(long, value_name = "N,..", value_delimiter = ',')]
     pub probe_at: Vec<u64>,
-    /// Requests of each kind per throughput probe (--probe-at).
+    /// Requests of each kind per throughput probe (--probe-at, --baseline-pairs).
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub probe_requests: u64,
+    /// After the fill, start a second node holding this many pairs and alternate TESTs of
+    /// absent keys and SETs of fresh keys between it and the full node (--rounds times): the
+    /// rates at a small and a large store under the same load [default: 0, off].
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub baseline_pairs: u64,
+    /// Rounds of the side-by-side comparison (--baseline-pairs).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub rounds: u32,
     #[command(flatten)]
     pub out: LabOutput,
 }

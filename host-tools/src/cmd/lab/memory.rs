@@ -5,6 +5,7 @@
 //! slack). With `--probe-at`, the fill pauses at those sizes to time TESTs of absent keys and
 //! SETs of fresh keys, so the rates at a small and a large store come from one run.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,85 @@ struct Probe {
     set_fresh: Measured,
 }
 
+/// `requests` fresh requests (SETs with `set_ratio`, else TESTs) to the portal at `portal`.
+fn drive_at(
+    portal: SocketAddr,
+    requests: u64,
+    set_ratio: f64,
+    threads: usize,
+    deadline: Instant,
+    done: &Done,
+) -> Result<Measured, Failure> {
+    workers::run(
+        Drive {
+            requests,
+            threads,
+            batch: 1,
+            set_ratio,
+            deadline,
+            seed: rand::random(),
+        },
+        &|| DqeConn::connect(portal),
+        done,
+    )
+    .map_err(io_err("the client failed"))
+}
+
+/// One round of the side-by-side comparison (`--baseline-pairs`): each kind of request on
+/// the small node, then on the large one.
+struct Round {
+    small_pairs: u64,
+    large_pairs: u64,
+    small_test: f64,
+    large_test: f64,
+    small_set: f64,
+    large_set: f64,
+}
+
+/// `--baseline-pairs`: a second node holding `small` pairs; TESTs of absent keys and SETs of
+/// fresh keys alternate between it and the large node (holding `large` pairs at `portal`),
+/// `rounds` times, so both see the same load on a shared machine.
+fn side_by_side(
+    a: &MemoryArgs,
+    enforcer: &std::path::Path,
+    portal: SocketAddr,
+    mut large: u64,
+    deadline: Instant,
+) -> Result<Vec<Round>, Failure> {
+    let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
+    let (mut node, small_portal) =
+        procs::start_node(enforcer, &NodeChoice::default(), dir.path(), &a.fsync, &[])?;
+    let done = Done::default();
+    let drive =
+        |at, requests, set_ratio| drive_at(at, requests, set_ratio, a.concurrency, deadline, &done);
+    let mut small = drive(small_portal, a.baseline_pairs, 1.0)?.stored;
+    let mut rounds = Vec::new();
+    for _ in 0..a.rounds {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let (small_pairs, large_pairs) = (small, large);
+        let small_test = drive(small_portal, a.probe_requests, 0.0)?.ops_per_sec();
+        let large_test = drive(portal, a.probe_requests, 0.0)?.ops_per_sec();
+        let m = drive(small_portal, a.probe_requests, 1.0)?;
+        small += m.stored;
+        let small_set = m.ops_per_sec();
+        let m = drive(portal, a.probe_requests, 1.0)?;
+        large += m.stored;
+        let large_set = m.ops_per_sec();
+        rounds.push(Round {
+            small_pairs,
+            large_pairs,
+            small_test,
+            large_test,
+            small_set,
+            large_set,
+        });
+    }
+    node.check_alive()?;
+    Ok(rounds)
+}
+
 /// Run `dqe lab memory`.
 pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
     let total = output::duration(a.duration)?;
@@ -32,9 +112,9 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
             "--pairs and --concurrency: expected at least 1".into(),
         ));
     }
-    if !a.probe_at.is_empty() && a.probe_requests == 0 {
+    if (!a.probe_at.is_empty() || a.baseline_pairs > 0) && a.probe_requests == 0 {
         return Err(Failure::Usage(
-            "--probe-requests: expected at least 1 with --probe-at".into(),
+            "--probe-requests: expected at least 1 with --probe-at or --baseline-pairs".into(),
         ));
     }
     let enforcer = procs::enforcer()?;
@@ -64,19 +144,14 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
     let stop = AtomicBool::new(false);
     let fill_deadline = deadline - Duration::from_secs(2).min(total / 4);
     let drive = |requests: u64, set_ratio: f64| {
-        workers::run(
-            Drive {
-                requests,
-                threads: a.concurrency,
-                batch: 1,
-                set_ratio,
-                deadline: fill_deadline,
-                seed: rand::random(),
-            },
-            &|| DqeConn::connect(portal),
+        drive_at(
+            portal,
+            requests,
+            set_ratio,
+            a.concurrency,
+            fill_deadline,
             &done,
         )
-        .map_err(io_err("the client failed"))
     };
     // The node's anonymous RSS against requests made so far, for the chart.
     let (filled, samples) = std::thread::scope(|s| {
@@ -131,6 +206,12 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
     node.check_alive()?;
     let after = node.rss().ok_or_else(no_rss)?;
     let anon_after = procs::rss_anon_bytes(pid).ok_or_else(no_rss)?;
+    let rounds = if a.baseline_pairs > 0 {
+        side_by_side(&a, &enforcer, portal, stored, deadline)?
+    } else {
+        Vec::new()
+    };
+    node.check_alive()?;
     let per_pair = |from: u64, to: u64| {
         if stored > 0 {
             to.saturating_sub(from) as f64 / stored as f64
@@ -196,6 +277,34 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
             a.pairs
         );
     }
+    if !rounds.is_empty() {
+        let rows: Vec<Vec<String>> = rounds
+            .iter()
+            .map(|r| {
+                vec![
+                    format!("{} / {}", r.small_pairs, r.large_pairs),
+                    format!("{:.0} / {:.0}", r.small_test, r.large_test),
+                    format!("{:.2}", r.large_test / r.small_test),
+                    format!("{:.0} / {:.0}", r.small_set, r.large_set),
+                    format!("{:.2}", r.large_set / r.small_set),
+                ]
+            })
+            .collect();
+        println!("side by side, small node / large node, alternating:");
+        print!(
+            "{}",
+            output::table(
+                &[
+                    "pairs",
+                    "TEST absent/s",
+                    "large/small",
+                    "SET fresh/s",
+                    "large/small"
+                ],
+                &rows
+            )
+        );
+    }
     let load_avg = super::ramp::load_average();
     println!("load average at the end: {load_avg:?} (the machine is shared)");
     if let Some(path) = &a.out.json {
@@ -218,6 +327,14 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     "test_absent_p99_us": p.test_absent.percentile_us(0.99),
                     "set_fresh_per_sec": p.set_fresh.ops_per_sec(),
                     "set_fresh_p99_us": p.set_fresh.percentile_us(0.99),
+                })).collect::<Vec<_>>(),
+                "side_by_side": rounds.iter().map(|r| json!({
+                    "small_pairs": r.small_pairs,
+                    "large_pairs": r.large_pairs,
+                    "small_test_absent_per_sec": r.small_test,
+                    "large_test_absent_per_sec": r.large_test,
+                    "small_set_fresh_per_sec": r.small_set,
+                    "large_set_fresh_per_sec": r.large_set,
                 })).collect::<Vec<_>>(),
                 "fsync": a.fsync,
                 "load_average": load_avg,
