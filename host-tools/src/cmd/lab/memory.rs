@@ -305,6 +305,19 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
             )
         );
     }
+    if !rounds.is_empty() {
+        let median = |f: &dyn Fn(&Round) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "median large/small over {} rounds: TEST absent {:.2}, SET fresh {:.2}",
+            rounds.len(),
+            median(&|r| r.large_test / r.small_test),
+            median(&|r| r.large_set / r.small_set)
+        );
+    }
     let load_avg = super::ramp::load_average();
     println!("load average at the end: {load_avg:?} (the machine is shared)");
     if let Some(path) = &a.out.json {
