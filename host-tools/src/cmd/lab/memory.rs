@@ -61,7 +61,8 @@ struct Round {
 
 /// `--baseline-pairs`: a second node holding `small` pairs; TESTs of absent keys and SETs of
 /// fresh keys alternate between it and the large node (holding `large` pairs at `portal`),
-/// `rounds` times, so both see the same load on a shared machine.
+/// `rounds` times, so both see the same load on a shared machine; which node goes first
+/// alternates too.
 fn side_by_side(
     a: &MemoryArgs,
     enforcer: &std::path::Path,
@@ -77,19 +78,26 @@ fn side_by_side(
         |at, requests, set_ratio| drive_at(at, requests, set_ratio, a.concurrency, deadline, &done);
     let mut small = drive(small_portal, a.baseline_pairs, 1.0)?.stored;
     let mut rounds = Vec::new();
-    for _ in 0..a.rounds {
+    for round in 0..a.rounds {
         if Instant::now() >= deadline {
             break;
         }
         let (small_pairs, large_pairs) = (small, large);
-        let small_test = drive(small_portal, a.probe_requests, 0.0)?.ops_per_sec();
-        let large_test = drive(portal, a.probe_requests, 0.0)?.ops_per_sec();
-        let m = drive(small_portal, a.probe_requests, 1.0)?;
-        small += m.stored;
-        let small_set = m.ops_per_sec();
-        let m = drive(portal, a.probe_requests, 1.0)?;
-        large += m.stored;
-        let large_set = m.ops_per_sec();
+        // Each node goes first in every other round: no order bias.
+        let pair = |set_ratio| -> Result<(Measured, Measured), Failure> {
+            if round % 2 == 0 {
+                let s = drive(small_portal, a.probe_requests, set_ratio)?;
+                Ok((s, drive(portal, a.probe_requests, set_ratio)?))
+            } else {
+                let l = drive(portal, a.probe_requests, set_ratio)?;
+                Ok((drive(small_portal, a.probe_requests, set_ratio)?, l))
+            }
+        };
+        let (s, l) = pair(0.0)?;
+        let (small_test, large_test) = (s.ops_per_sec(), l.ops_per_sec());
+        let (s, l) = pair(1.0)?;
+        (small, large) = (small + s.stored, large + l.stored);
+        let (small_set, large_set) = (s.ops_per_sec(), l.ops_per_sec());
         rounds.push(Round {
             small_pairs,
             large_pairs,
