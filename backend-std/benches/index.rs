@@ -1,15 +1,20 @@
-//! The std index on its own (issue 10): get, put and expiry at 10^6 and 10^7 pairs.
+//! The std index (issues 10 and 19) at 10^5, 10^6 and 10^7 pairs: lookups of absent and
+//! present keys, inserts and expiry; then the durable store on its own (no network) at 10^5
+//! and 10^7 pairs, where a present key's record is read from its segment.
 //!
-//! `cargo bench -p backend-std --bench index` (10^7 pairs take about 300 MB and a few
-//! seconds to fill, once per size). Criterion times `get_present` and `put_new`; the expiry
-//! lines are timed by hand (see [`expiry`]): `expire` is the cost on the event loop at an
-//! epoch change (it only moves the base), a sweep step is one shard (1/256 of the index),
-//! and all steps together cost what the old whole-index scan cost in one go.
+//! `cargo bench -p backend-std --bench index` (10^7 pairs take about 120 MB of index and
+//! 280 MB of segment in a temporary directory, and some seconds to fill, once per size).
+//! Criterion times `get_absent`, `get_present` (its record read from memory: the index's own
+//! cost) and `put_new`; the store lines and the expiry lines are timed by hand (see
+//! [`store`] and [`expiry`]).
 
-use backend_std::index::Index;
+use backend_std::durable::{DurableOptions, DurableStore, SyncMode};
+use backend_std::index::{Index, Place};
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dqe_core::hash::{key_of, word_value};
+use dqe_core::store::Store;
 use dqe_core::{Key, Value};
+use std::convert::Infallible;
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -18,12 +23,24 @@ fn pair(i: u64) -> (Key, Value) {
     (key_of(&v), v)
 }
 
+/// Values in record order: pair `i` is record `i` of epoch 10 or 11 (by parity), so a
+/// record's value is found from its place.
+fn value_at(p: Place) -> Result<Value, Infallible> {
+    Ok(pair(u64::from(p.record) * 2 + u64::from(p.epoch - 10)).1)
+}
+
+fn place_of(i: u64) -> Place {
+    Place {
+        epoch: 10 + (i % 2) as u32,
+        record: (i / 2) as u32,
+    }
+}
+
 /// `n` pairs, half in epoch 10 and half in 11.
 fn filled(n: u64) -> Index {
     let mut ix = Index::new(10).expect("memory");
     for i in 0..n {
-        let (k, v) = pair(i);
-        ix.insert(&k, &v, 10 + (i % 2) as u32).expect("memory");
+        ix.insert_absent(&pair(i).0, place_of(i)).expect("memory");
     }
     ix
 }
@@ -31,26 +48,99 @@ fn filled(n: u64) -> Index {
 fn index(c: &mut Criterion) {
     let mut g = c.benchmark_group("index");
     g.sample_size(10);
-    for n in [1_000_000u64, 10_000_000] {
+    for n in [100_000u64, 1_000_000, 10_000_000] {
         let mut ix = filled(n);
         let keys: Vec<Key> = (0..4096).map(|i| pair(i * 7919 % n).0).collect();
+        let absent: Vec<Key> = (0..4096).map(|i| pair(u64::MAX - i).0).collect();
         let mut at = 0;
+        g.bench_function(BenchmarkId::new("get_absent", n), |b| {
+            b.iter(|| {
+                at = (at + 1) % absent.len();
+                black_box(ix.get(&absent[at], value_at).unwrap())
+            })
+        });
         g.bench_function(BenchmarkId::new("get_present", n), |b| {
             b.iter(|| {
                 at = (at + 1) % keys.len();
-                black_box(ix.get(&keys[at]))
+                black_box(ix.get(&keys[at], value_at).unwrap())
             })
         });
         let mut fresh = n;
         g.bench_function(BenchmarkId::new("put_new", n), |b| {
             b.iter(|| {
                 fresh += 1;
-                let (k, v) = pair(fresh);
-                black_box(ix.insert(&k, &v, 11).expect("memory"))
+                ix.insert_absent(&pair(fresh).0, place_of(fresh))
+                    .expect("memory");
+                black_box(&ix);
             })
         });
+        println!(
+            "index/{n}: {:.1} table bytes per pair",
+            ix.table_bytes() as f64 / ix.len() as f64
+        );
     }
     g.finish();
+}
+
+/// Mean time of `f` over `reps` calls.
+fn time(reps: u64, mut f: impl FnMut(u64)) -> Duration {
+    let t = Instant::now();
+    for i in 0..reps {
+        f(i);
+    }
+    t.elapsed() / reps as u32
+}
+
+/// The durable store (`--fsync never`) at 10^5 and 10^7 pairs, side by side: a lookup of an
+/// absent key (index only), of a present key (index and one `pread` from the page cache),
+/// and a put of a fresh key (index, record buffered for the group commit).
+fn store(_: &mut Criterion) {
+    const REPS: u64 = 200_000;
+    for n in [100_000u64, 10_000_000] {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut opts = DurableOptions::new(dir.path());
+        opts.sync_mode = SyncMode::Never;
+        let (mut s, _) = DurableStore::open(opts.clone(), 10).expect("open");
+        let t = Instant::now();
+        for i in 0..n {
+            let (k, v) = pair(i);
+            s.put(&k, &v, 10);
+            if i % 50_000 == 0 {
+                s.sync().expect("write");
+            }
+        }
+        s.sync().expect("write");
+        let fill = t.elapsed();
+        // Keys hashed ahead, so the times are the store's.
+        let absent_keys: Vec<Key> = (0..REPS).map(|i| pair(u64::MAX - i).0).collect();
+        let present_keys: Vec<Key> = (0..REPS).map(|i| pair(i * 7919 % n).0).collect();
+        let fresh: Vec<(Key, Value)> = (0..REPS).map(|i| pair(n + i)).collect();
+        let absent = time(REPS, |i| {
+            black_box(s.get(&absent_keys[i as usize]));
+        });
+        let reads = s.stats().record_reads;
+        let present = time(REPS, |i| {
+            black_box(s.get(&present_keys[i as usize]));
+        });
+        let reads_per_hit = (s.stats().record_reads - reads) as f64 / REPS as f64;
+        let put = time(REPS, |i| {
+            let (k, v) = &fresh[i as usize];
+            black_box(s.put(k, v, 10));
+            if i % 50_000 == 0 {
+                s.sync().expect("write");
+            }
+        });
+        s.sync().expect("write");
+        drop(s);
+        let t = Instant::now();
+        let (s, rec) = DurableStore::open(opts, 10).expect("reopen");
+        let replay = t.elapsed();
+        assert_eq!(rec.records, n + REPS);
+        println!(
+            "store/{n}: get absent {absent:?}, get present {present:?} ({reads_per_hit:.3} record reads each), put new {put:?}; filled in {fill:?}, replayed {} pairs in {replay:?}",
+            s.len()
+        );
+    }
 }
 
 /// An expiry's cost can't be repeated on one index (the pairs are gone after the first), and
@@ -81,5 +171,5 @@ fn expiry(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, index, expiry);
+criterion_group!(benches, index, store, expiry);
 criterion_main!(benches);

@@ -1,55 +1,88 @@
-//! The RAM index of the durable store: which keys are set, with their values, in about
-//! 30 bytes per pair (22-byte slots at 70-85 % load; 29.5 measured at 1,000,000 pairs).
+//! The RAM index of the durable store: where each stored pair's record lies, in 9-byte slots
+//! (about 11.6 bytes per pair at 70-85 % load). The values themselves stay in the segment
+//! files.
 //!
-//! Every lookup of the enforcer (a Test, a Set's test-and-set, a peer's Get or Put) is answered
-//! from this index; the segment files are only read at start. It must therefore be compact
-//! (the goal is at most 32 bytes of RSS per stored pair at 1,000,000 pairs, against about 130
-//! for Redis or memcached) and fast. The layout:
+//! At world scale memory, not speed, sets what a cluster costs (issue 19), and almost every
+//! request is for a fresh stamp, whose key is absent: a miss needs only the index. So a slot
+//! keeps what a miss and a hit need, not the pair:
 //!
-//! - A slot is 22 bytes: the value (20 bytes; the key is `SHA1(value)` and is not stored), a
-//!   one-byte tag taken from the key (0 = empty, 255 = deleted), and the pair's epoch as a
-//!   one-byte offset from the index's base epoch. A tag hit is confirmed with `SHA1(v) == k`, so
-//!   the index is exact.
-//! - 256 shards chosen by the key's first byte, each an open-addressing table with linear
-//!   probing. A shard is rebuilt into a table about 1.2x larger when it reaches 85 % load, so
-//!   the load stays between about 70 % and 85 % and the cost of growing is paid one small shard
-//!   at a time (no stall of the whole index).
-//! - Each table lives in its own anonymous memory map, so a table given up when its shard grows
-//!   goes straight back to the kernel: RSS tracks the live tables, not allocator fragments.
+//! - a 32-bit *fingerprint* of the key (its bytes 1-4; byte 0 picks the shard, so 40 bits of
+//!   the key are known), which also places the slot in its table, so a table is rebuilt from
+//!   its slots alone;
+//! - the pair's epoch, as a one-byte offset from its shard's base epoch: the segment the
+//!   record is in (one segment per epoch);
+//! - the record's number in that segment (32 bits; its offset is fixed by the format).
+//!
+//! A lookup whose fingerprint matches reads the record through the caller's `read` (a
+//! `pread`, usually from the page cache, or the store's buffer of records not yet written)
+//! and compares `SHA1(value)` with the key before answering: a fingerprint collision costs
+//! one read, never a wrong answer. A miss reads a record only when a stored key of its shard
+//! shares its fingerprint: with `n` pairs in a shard, a chance of `n / 2^32` (one miss in
+//! 110,000 at 10^7 pairs), so misses practically never read. (With 24 bits in an 8-byte
+//! slot it was one miss in 430 at 10^7 pairs: the bits that place a slot are the same bits
+//! that tell keys apart, so only the fingerprint's width counts.)
+//!
+//! Tables: 256 shards chosen by the key's first byte, each an open-addressing table with
+//! linear probing. A shard is rebuilt into a table about 1.2x larger when it reaches 85 %
+//! load, so the load stays between about 70 % and 85 % and the cost of growing is paid one
+//! small shard at a time. Each table lives in its own anonymous memory map, so a table given
+//! up when its shard grows goes straight back to the kernel.
 //!
 //! Expiry is lazy, so an epoch change does not scan the whole index on the event loop: it
 //! moves the index's base, and a pair whose epoch (its shard's base plus its offset) lies
-//! before that base reads as absent at once. Each shard keeps its own base and is swept (slots
-//! marked deleted, offsets rebased) one at a time, by [`Index::expire_step`] or by the next
-//! write to it, so the epoch offset of a live pair stays at most `retain_epochs`
-//! (<= [`MAX_EPOCH_SPAN`]) and `len` counts expired pairs only until their shard is swept.
+//! before that base reads as absent at once, without reading its record (its segment may be
+//! gone). Each shard keeps its own base and is swept (slots marked deleted, offsets rebased)
+//! one at a time, by [`Index::expire_step`] or by the next write to it. The store never puts
+//! a record in an epoch before the base, so a live slot always names a live segment.
 
 use dqe_core::hash::key_of;
 use dqe_core::{Key, Value};
 use memmap2::{MmapMut, MmapOptions};
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::FromBytes;
 
 /// Bytes per slot.
-pub const SLOT_BYTES: usize = size_of::<Slot>();
+pub const SLOT_BYTES: usize = 9;
 /// Shards, chosen by the key's first byte.
 const SHARDS: usize = 256;
-/// Tag of an empty slot (fresh anonymous memory is zero).
-const EMPTY: u8 = 0;
-/// Tag of a deleted slot: lookups probe past it, inserts may reuse it.
-const DELETED: u8 = 255;
+/// Record code of an empty slot (fresh anonymous memory is zero).
+const EMPTY: u32 = 0;
+/// Record code of a deleted slot: lookups probe past it, inserts may reuse it.
+const DELETED: u32 = u32::MAX;
+/// The most records one segment may hold (record codes are the record's number plus one).
+pub const MAX_RECORDS: u32 = u32::MAX - 1;
 /// Load (live + deleted) at which a shard is rebuilt, in percent.
 const MAX_LOAD_PCT: usize = 85;
 /// Load of a shard just after a rebuild, in percent.
 const REBUILT_LOAD_PCT: usize = 70;
-/// Smallest table: one page.
+/// Smallest table: about one page.
 const MIN_SLOTS: usize = 4096 / SLOT_BYTES;
+/// Bits of the fingerprint.
+const FINGERPRINT_BITS: u32 = 32;
 /// The widest range of epochs the index holds at once: a one-byte offset.
 pub const MAX_EPOCH_SPAN: u32 = 254;
 
-/// The index could not get memory for a larger table.
+/// Why [`Index::insert`] did not store a pair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("no memory for a larger index table")]
-pub struct OutOfMemory;
+pub enum InsertError {
+    /// No memory for a larger table.
+    #[error("no memory for a larger index table")]
+    OutOfMemory,
+    /// The epoch lies before the index's base: its segment is (being) deleted.
+    #[error("epoch {0} is before the oldest epoch kept")]
+    Expired(u32),
+    /// The segment holds [`MAX_RECORDS`] records already.
+    #[error("the segment holds the most records an index slot can name")]
+    SegmentFull,
+}
+
+/// Where a pair's record lies: the segment of `epoch`, record number `record`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Place {
+    /// The segment's epoch.
+    pub epoch: u32,
+    /// The record's number in the segment (0 is the first after the header).
+    pub record: u32,
+}
 
 /// What [`Index::insert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,25 +93,61 @@ pub enum Inserted {
     Existing(Value),
 }
 
-/// One slot of a table, as it lies in the table's memory (fresh anonymous memory is zero: an
-/// empty slot).
-#[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
-#[repr(C)]
+/// One slot, as it lies in its table: fingerprint (u32 LE), epoch offset (u8), record code
+/// (u32 LE: 0 empty, `u32::MAX` deleted, else the record's number plus one).
+type SlotBytes = [u8; SLOT_BYTES];
+
+/// A slot, unpacked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Slot {
-    /// The pair's value; the key is `SHA1(value)`.
-    value: Value,
-    /// A byte of the key ([`tag_of`]), or [`EMPTY`] or [`DELETED`].
-    tag: u8,
-    /// The pair's epoch minus its shard's base epoch.
+    fingerprint: u32,
     offset: u8,
+    code: u32,
 }
 
-const _: () = assert!(SLOT_BYTES == 22, "the layout the module doc counts with");
-
 impl Slot {
-    /// Whether the slot holds a pair.
-    fn is_live(&self) -> bool {
-        self.tag != EMPTY && self.tag != DELETED
+    fn new(fingerprint: u32, offset: u8, record: u32) -> Slot {
+        Slot {
+            fingerprint,
+            offset,
+            code: record + 1,
+        }
+    }
+    fn from_bytes(b: &SlotBytes) -> Slot {
+        Slot {
+            fingerprint: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+            offset: b[4],
+            code: u32::from_le_bytes([b[5], b[6], b[7], b[8]]),
+        }
+    }
+    fn to_bytes(self) -> SlotBytes {
+        let [a, b, c, d] = self.fingerprint.to_le_bytes();
+        let [e, f, g, h] = self.code.to_le_bytes();
+        [a, b, c, d, self.offset, e, f, g, h]
+    }
+    fn fingerprint(self) -> u32 {
+        self.fingerprint
+    }
+    fn offset(self) -> u8 {
+        self.offset
+    }
+    fn code(self) -> u32 {
+        self.code
+    }
+    fn record(self) -> u32 {
+        self.code - 1
+    }
+    fn is_live(self) -> bool {
+        self.code != EMPTY && self.code != DELETED
+    }
+    fn deleted(self) -> Slot {
+        Slot {
+            code: DELETED,
+            ..self
+        }
+    }
+    fn with_offset(self, offset: u8) -> Slot {
+        Slot { offset, ..self }
     }
 }
 
@@ -92,7 +161,7 @@ struct Shard {
     base: u32,
 }
 
-/// The compact, exact, growable map from key to (value, epoch).
+/// The compact, exact, growable map from key to the place of its record.
 #[derive(Debug)]
 pub struct Index {
     shards: Vec<Shard>,
@@ -102,31 +171,23 @@ pub struct Index {
     sweep_next: usize,
 }
 
-fn tag_of(key: &Key) -> u8 {
-    key[9].clamp(1, 254)
+fn fingerprint_of(key: &Key) -> u32 {
+    u32::from_be_bytes([key[1], key[2], key[3], key[4]])
 }
 
-fn home_of(key: &Key, slots: usize) -> usize {
-    let h = u64::from_le_bytes([
-        key[1], key[2], key[3], key[4], key[5], key[6], key[7], key[8],
-    ]);
-    ((h as u128 * slots as u128) >> 64) as usize
+fn home_of(fingerprint: u32, slots: usize) -> usize {
+    ((u64::from(fingerprint) * slots as u64) >> FINGERPRINT_BITS) as usize
 }
 
-fn map(slots: usize) -> Result<MmapMut, OutOfMemory> {
+fn map(slots: usize) -> Result<MmapMut, InsertError> {
     MmapOptions::new()
         .len(slots * SLOT_BYTES)
         .map_anon()
-        .map_err(|_| OutOfMemory)
-}
-
-enum Probe {
-    Found(usize),
-    Absent { insert_at: usize },
+        .map_err(|_| InsertError::OutOfMemory)
 }
 
 impl Shard {
-    fn new(slots: usize) -> Result<Shard, OutOfMemory> {
+    fn new(slots: usize) -> Result<Shard, InsertError> {
         Ok(Shard {
             mem: map(slots)?,
             slots,
@@ -137,76 +198,92 @@ impl Shard {
     }
 
     /// The table: `slots` slots (the map is exactly that long, and a slot's alignment is 1).
-    fn table(&self) -> &[Slot] {
-        <[Slot]>::ref_from_bytes(&self.mem).expect("a table map is whole slots")
+    fn table(&self) -> &[SlotBytes] {
+        <[SlotBytes]>::ref_from_bytes(&self.mem).expect("a table map is whole slots")
     }
 
-    fn table_mut(&mut self) -> &mut [Slot] {
-        <[Slot]>::mut_from_bytes(&mut self.mem).expect("a table map is whole slots")
+    fn table_mut(&mut self) -> &mut [SlotBytes] {
+        <[SlotBytes]>::mut_from_bytes(&mut self.mem).expect("a table map is whole slots")
     }
 
-    fn slot(&self, i: usize) -> &Slot {
-        &self.table()[i]
+    fn slot(&self, i: usize) -> Slot {
+        Slot::from_bytes(&self.table()[i])
     }
 
-    fn slot_mut(&mut self, i: usize) -> &mut Slot {
-        &mut self.table_mut()[i]
+    fn set(&mut self, i: usize, s: Slot) {
+        self.table_mut()[i] = s.to_bytes();
     }
 
-    fn probe(&self, key: &Key) -> Probe {
-        let tag = tag_of(key);
-        let table = self.table();
-        let mut i = home_of(key, self.slots);
-        let mut reuse = None;
+    fn next(&self, i: usize) -> usize {
+        if i + 1 == self.slots { 0 } else { i + 1 }
+    }
+
+    fn place(&self, s: Slot) -> Place {
+        Place {
+            epoch: self.base + u32::from(s.offset()),
+            record: s.record(),
+        }
+    }
+
+    /// The live slot holding `key`, whose epoch is `oldest_kept` or later: each slot whose
+    /// fingerprint matches is confirmed by reading its record.
+    fn find<E>(
+        &self,
+        key: &Key,
+        oldest_kept: u32,
+        read: &mut impl FnMut(Place) -> Result<Value, E>,
+    ) -> Result<Option<(usize, Value)>, E> {
+        let fp = fingerprint_of(key);
+        let mut i = home_of(fp, self.slots);
         for _ in 0..self.slots {
-            let s = &table[i];
-            match s.tag {
-                EMPTY => {
-                    return Probe::Absent {
-                        insert_at: reuse.unwrap_or(i),
-                    };
-                }
-                DELETED => {
-                    reuse.get_or_insert(i);
-                }
-                t if t == tag && key_of(&s.value) == *key => {
-                    return Probe::Found(i);
-                }
-                _ => {}
+            let s = self.slot(i);
+            if s.code() == EMPTY {
+                return Ok(None);
             }
-            i += 1;
-            if i == self.slots {
-                i = 0;
+            if s.is_live() && s.fingerprint() == fp {
+                let place = self.place(s);
+                if place.epoch >= oldest_kept {
+                    let value = read(place)?;
+                    if key_of(&value) == *key {
+                        return Ok(Some((i, value)));
+                    }
+                }
             }
+            i = self.next(i);
         }
-        // Never reached while the load stays below 100 %; a deleted slot is still usable.
-        Probe::Absent {
-            insert_at: reuse.unwrap_or(0),
-        }
+        Ok(None)
     }
 
-    fn write(&mut self, i: usize, key: &Key, value: &Value, offset: u8) {
-        *self.slot_mut(i) = Slot {
-            value: *value,
-            tag: tag_of(key),
-            offset,
-        };
+    /// Where a new slot for `fingerprint` goes: the first empty or deleted slot of its probe.
+    fn free_slot(&self, fingerprint: u32) -> usize {
+        let mut i = home_of(fingerprint, self.slots);
+        for _ in 0..self.slots {
+            if !self.slot(i).is_live() {
+                return i;
+            }
+            i = self.next(i);
+        }
+        unreachable!("the load stays below 100 %")
     }
 
     /// Rebuild into a table sized for the live pairs plus one, dropping deleted slots.
-    fn rebuild(&mut self) -> Result<(), OutOfMemory> {
+    fn rebuild(&mut self) -> Result<(), InsertError> {
         let want = ((self.live + 1) * 100)
             .div_ceil(REBUILT_LOAD_PCT)
             .max(MIN_SLOTS);
         let mut fresh = Shard::new(want)?;
         fresh.base = self.base;
-        for s in self.table().iter().filter(|s| s.is_live()) {
-            let key = key_of(&s.value);
-            let mut j = home_of(&key, fresh.slots);
-            while fresh.slot(j).tag != EMPTY {
-                j = if j + 1 == fresh.slots { 0 } else { j + 1 };
+        for s in self
+            .table()
+            .iter()
+            .map(Slot::from_bytes)
+            .filter(|s| s.is_live())
+        {
+            let mut j = home_of(s.fingerprint(), fresh.slots);
+            while fresh.slot(j).code() != EMPTY {
+                j = fresh.next(j);
             }
-            fresh.write(j, &key, &s.value, s.offset);
+            fresh.set(j, s);
             fresh.live += 1;
         }
         *self = fresh;
@@ -221,12 +298,16 @@ impl Shard {
         }
         let shift = (oldest_kept - self.base).min(u8::MAX as u32 + 1);
         let mut dropped = 0;
-        for s in self.table_mut().iter_mut().filter(|s| s.is_live()) {
-            if (s.offset as u32) < shift {
-                s.tag = DELETED;
+        for w in self.table_mut().iter_mut() {
+            let s = Slot::from_bytes(w);
+            if !s.is_live() {
+                continue;
+            }
+            if u32::from(s.offset()) < shift {
+                *w = s.deleted().to_bytes();
                 dropped += 1;
             } else {
-                s.offset -= shift as u8;
+                *w = s.with_offset(s.offset() - shift as u8).to_bytes();
             }
         }
         self.live -= dropped;
@@ -239,15 +320,21 @@ impl Shard {
         dropped
     }
 
-    /// Whether slot `i` holds a pair of an epoch before `oldest_kept` not yet swept.
-    fn expired(&self, i: usize, oldest_kept: u32) -> bool {
-        self.base + u32::from(self.slot(i).offset) < oldest_kept
+    fn delete(&mut self, i: usize) {
+        let s = self.slot(i);
+        self.set(i, s.deleted());
+        self.live -= 1;
+        self.deleted += 1;
+        if self.deleted > self.live {
+            // As in `expire_to`: deleted slots only slow probes down.
+            let _ = self.rebuild();
+        }
     }
 }
 
 impl Index {
     /// An empty index whose oldest epoch is `base`.
-    pub fn new(base: u32) -> Result<Index, OutOfMemory> {
+    pub fn new(base: u32) -> Result<Index, InsertError> {
         let shards = (0..SHARDS)
             .map(|_| {
                 let mut shard = Shard::new(MIN_SLOTS)?;
@@ -273,96 +360,104 @@ impl Index {
         self.len == 0
     }
 
+    /// The oldest epoch kept: pairs of earlier epochs read as absent.
+    pub fn base(&self) -> u32 {
+        self.base
+    }
+
     /// Bytes of table memory (mapped; RSS is at most this plus page rounding).
     pub fn table_bytes(&self) -> usize {
         self.shards.iter().map(|s| s.slots * SLOT_BYTES).sum()
     }
 
-    /// The value stored under `key`.
-    pub fn get(&self, key: &Key) -> Option<Value> {
+    /// The value stored under `key`, read with `read` (called only for slots whose
+    /// fingerprint matches; see the module doc), and where its record lies.
+    pub fn get<E>(
+        &self,
+        key: &Key,
+        mut read: impl FnMut(Place) -> Result<Value, E>,
+    ) -> Result<Option<(Value, Place)>, E> {
         let shard = &self.shards[key[0] as usize];
-        match shard.probe(key) {
-            Probe::Found(i) if !shard.expired(i, self.base) => Some(shard.slot(i).value),
-            _ => None,
-        }
+        Ok(shard
+            .find(key, self.base, &mut read)?
+            .map(|(i, v)| (v, shard.place(shard.slot(i)))))
     }
 
-    /// The epoch in which `key` was stored.
-    pub fn epoch_of(&self, key: &Key) -> Option<u32> {
-        let shard = &self.shards[key[0] as usize];
-        match shard.probe(key) {
-            Probe::Found(i) if !shard.expired(i, self.base) => {
-                Some(shard.base + shard.slot(i).offset as u32)
-            }
-            _ => None,
-        }
-    }
-
-    /// Test-and-set: insert `(key, value)` stored in `epoch` unless `key` is present.
-    /// The caller has checked `SHA1(value) == key`.
-    pub fn insert(
+    /// Test-and-set: record that `key` lies at `place` unless `key` is present (read as in
+    /// [`Index::get`]). `place.epoch` must not lie before the base.
+    pub fn insert<E: From<InsertError>>(
         &mut self,
         key: &Key,
-        value: &Value,
-        epoch: u32,
-    ) -> Result<Inserted, OutOfMemory> {
-        if epoch.saturating_sub(self.base) > MAX_EPOCH_SPAN {
-            // Pairs older than the widest span are past any retention the config allows.
-            self.expire(epoch - MAX_EPOCH_SPAN);
+        place: Place,
+        mut read: impl FnMut(Place) -> Result<Value, E>,
+    ) -> Result<Inserted, E> {
+        if let Some((v, _)) = self.get(key, &mut read)? {
+            return Ok(Inserted::Existing(v));
         }
-        self.catch_up(key[0] as usize);
-        let offset = epoch.saturating_sub(self.base) as u8;
-        let shard = &mut self.shards[key[0] as usize];
-        let at = match shard.probe(key) {
-            Probe::Found(i) => {
-                return Ok(Inserted::Existing(shard.slot(i).value));
-            }
-            Probe::Absent { insert_at } => insert_at,
-        };
-        let reuses_deleted = shard.slot(at).tag == DELETED;
-        let at = if !reuses_deleted
-            && (shard.live + shard.deleted + 1) * 100 > shard.slots * MAX_LOAD_PCT
-        {
-            shard.rebuild()?;
-            match shard.probe(key) {
-                Probe::Absent { insert_at } => insert_at,
-                Probe::Found(_) => unreachable!("key was absent before the rebuild"),
-            }
-        } else {
-            at
-        };
-        if shard.slot(at).tag == DELETED {
-            shard.deleted -= 1;
-        }
-        shard.write(at, key, value, offset);
-        shard.live += 1;
-        self.len += 1;
+        self.insert_absent(key, place)?;
         Ok(Inserted::New)
     }
 
-    /// Remove `key` (a pair whose record never reached the disk); whether it was present.
-    pub fn remove(&mut self, key: &Key) -> bool {
-        self.catch_up(key[0] as usize);
-        let shard = &mut self.shards[key[0] as usize];
-        let Probe::Found(i) = shard.probe(key) else {
-            return false;
-        };
-        shard.slot_mut(i).tag = DELETED;
-        shard.live -= 1;
-        shard.deleted += 1;
-        self.len -= 1;
-        if shard.deleted > shard.live {
-            // As in `expire`: deleted slots only slow probes down; a failed rebuild keeps them.
-            let _ = shard.rebuild();
+    /// Record that `key`, just looked up and absent, lies at `place` (no read: the caller
+    /// knows the key is absent). `place.epoch` must not lie before the base.
+    pub fn insert_absent(&mut self, key: &Key, place: Place) -> Result<(), InsertError> {
+        if place.epoch < self.base {
+            return Err(InsertError::Expired(place.epoch));
         }
-        true
+        if place.record >= MAX_RECORDS {
+            return Err(InsertError::SegmentFull);
+        }
+        if place.epoch - self.base > MAX_EPOCH_SPAN {
+            // Pairs older than the widest span are past any retention the config allows.
+            self.expire(place.epoch - MAX_EPOCH_SPAN);
+        }
+        self.catch_up(key[0] as usize);
+        let fp = fingerprint_of(key);
+        let shard = &mut self.shards[key[0] as usize];
+        let mut at = shard.free_slot(fp);
+        if shard.slot(at).code() != DELETED
+            && (shard.live + shard.deleted + 1) * 100 > shard.slots * MAX_LOAD_PCT
+        {
+            shard.rebuild()?;
+            at = shard.free_slot(fp);
+        }
+        if shard.slot(at).code() == DELETED {
+            shard.deleted -= 1;
+        }
+        let offset = (place.epoch - shard.base) as u8;
+        shard.set(at, Slot::new(fp, offset, place.record));
+        shard.live += 1;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// Remove the pair of `key` whose record lies at `place` (a record that never reached
+    /// the disk; no read is needed, a place holds one record); whether it was present.
+    pub fn remove(&mut self, key: &Key, place: Place) -> bool {
+        self.catch_up(key[0] as usize);
+        let fp = fingerprint_of(key);
+        let shard = &mut self.shards[key[0] as usize];
+        let mut i = home_of(fp, shard.slots);
+        for _ in 0..shard.slots {
+            let s = shard.slot(i);
+            if s.code() == EMPTY {
+                return false;
+            }
+            if s.is_live() && s.fingerprint() == fp && shard.place(s) == place {
+                shard.delete(i);
+                self.len -= 1;
+                return true;
+            }
+            i = shard.next(i);
+        }
+        false
     }
 
     /// Drop every pair stored before `oldest_kept`; the base moves to `oldest_kept`.
     ///
-    /// Cheap: lookups treat those pairs as absent at once, and their slots are freed shard by
-    /// shard, by [`Index::expire_step`] and by the next write to each shard, so an epoch
-    /// change never scans the whole index on the event loop.
+    /// Cheap: lookups treat those pairs as absent at once (their records are never read),
+    /// and their slots are freed shard by shard, by [`Index::expire_step`] and by the next
+    /// write to each shard, so an epoch change never scans the whole index on the event loop.
     pub fn expire(&mut self, oldest_kept: u32) {
         if oldest_kept <= self.base {
             return;
@@ -399,6 +494,8 @@ impl Index {
 mod tests {
     use super::*;
     use dqe_core::hash::word_value;
+    use std::collections::HashMap;
+    use std::convert::Infallible;
 
     /// The cluster rule (`ClusterSpec::validate`) keeps retention within the epoch offset.
     #[test]
@@ -411,38 +508,151 @@ mod tests {
         (key_of(&v), v)
     }
 
+    /// Segments in memory: the values of each epoch in record order, and the reads made.
+    #[derive(Default)]
+    struct Segments {
+        records: HashMap<u32, Vec<Value>>,
+        reads: u64,
+    }
+
+    impl Segments {
+        fn append(&mut self, epoch: u32, value: Value) -> Place {
+            let seg = self.records.entry(epoch).or_default();
+            seg.push(value);
+            Place {
+                epoch,
+                record: seg.len() as u32 - 1,
+            }
+        }
+        fn read(&mut self, p: Place) -> Result<Value, InsertError> {
+            self.reads += 1;
+            Ok(self.records[&p.epoch][p.record as usize])
+        }
+    }
+
+    fn get(ix: &Index, segs: &mut Segments, k: &Key) -> Option<Value> {
+        ix.get(k, |p| segs.read(p)).unwrap().map(|(v, _)| v)
+    }
+
+    fn epoch_of(ix: &Index, segs: &mut Segments, k: &Key) -> Option<u32> {
+        ix.get(k, |p| segs.read(p)).unwrap().map(|(_, p)| p.epoch)
+    }
+
+    /// Test-and-set as the store does it: look up, append the record if absent.
+    fn set(ix: &mut Index, segs: &mut Segments, k: &Key, v: &Value, epoch: u32) -> Inserted {
+        if let Some(v) = get(ix, segs, k) {
+            return Inserted::Existing(v);
+        }
+        let place = segs.append(epoch, *v);
+        ix.insert_absent(k, place).unwrap();
+        Inserted::New
+    }
+
     #[test]
     fn insert_get_and_test_and_set() {
         let mut ix = Index::new(10).unwrap();
+        let mut segs = Segments::default();
         for i in 0..100_000 {
             let (k, v) = pair(i);
-            assert_eq!(ix.insert(&k, &v, 10).unwrap(), Inserted::New);
+            assert_eq!(set(&mut ix, &mut segs, &k, &v, 10), Inserted::New);
         }
         assert_eq!(ix.len(), 100_000);
         for i in (0..100_000).step_by(7) {
             let (k, v) = pair(i);
-            assert_eq!(ix.get(&k), Some(v));
-            assert_eq!(ix.insert(&k, &v, 11).unwrap(), Inserted::Existing(v));
+            assert_eq!(get(&ix, &mut segs, &k), Some(v));
+            let place = segs.append(11, v);
+            let r = ix.insert(&k, place, |p| segs.read(p)).unwrap();
+            assert_eq!(r, Inserted::Existing(v));
         }
         for i in 100_000..101_000 {
-            assert_eq!(ix.get(&pair(i).0), None);
+            assert_eq!(get(&ix, &mut segs, &pair(i).0), None);
         }
-        // The load stays high enough for the memory goal (32 bytes per pair).
+        // The load stays high enough for the memory goal (14 bytes per pair, issue 19).
         let per_pair = ix.table_bytes() as f64 / ix.len() as f64;
-        assert!(per_pair < 32.0, "{per_pair} bytes per pair");
+        assert!(per_pair < 12.0, "{per_pair} bytes per pair");
+    }
+
+    /// Issue 19: a miss reads no record, a hit reads exactly one.
+    #[test]
+    fn a_miss_reads_nothing_and_a_hit_reads_one_record() {
+        let mut ix = Index::new(1).unwrap();
+        let mut segs = Segments::default();
+        for i in 0..200_000 {
+            let (k, v) = pair(i);
+            set(&mut ix, &mut segs, &k, &v, 1);
+        }
+        segs.reads = 0;
+        for i in 200_000..210_000 {
+            assert_eq!(get(&ix, &mut segs, &pair(i).0), None);
+        }
+        assert_eq!(segs.reads, 0, "misses read records");
+        for i in 0..10_000 {
+            let (k, v) = pair(i);
+            assert_eq!(get(&ix, &mut segs, &k), Some(v));
+        }
+        assert_eq!(segs.reads, 10_000, "a hit reads more than its own record");
+    }
+
+    /// Two keys that share shard and fingerprint (40 bits): each is found only with its own
+    /// value; looking one up while only the other is stored costs a read and answers absent.
+    #[test]
+    fn a_fingerprint_collision_costs_a_read_never_a_wrong_answer() {
+        // A birthday search: 2^21 keys hold a few shared 40-bit prefixes.
+        let mut prefixes: Vec<(u64, u32)> = (0..1u32 << 21)
+            .map(|i| {
+                let k = pair(i).0;
+                (
+                    u64::from_be_bytes([0, 0, 0, k[0], k[1], k[2], k[3], k[4]]),
+                    i,
+                )
+            })
+            .collect();
+        prefixes.sort_unstable();
+        let (a, b) = prefixes
+            .windows(2)
+            .find(|w| w[0].0 == w[1].0)
+            .map(|w| (w[0].1, w[1].1))
+            .expect("a shared prefix");
+        let ((ka, va), (kb, vb)) = (pair(a), pair(b));
+        assert_ne!(ka, kb);
+        let mut ix = Index::new(5).unwrap();
+        let mut segs = Segments::default();
+        assert_eq!(set(&mut ix, &mut segs, &ka, &va, 5), Inserted::New);
+        segs.reads = 0;
+        assert_eq!(get(&ix, &mut segs, &kb), None);
+        assert_eq!(segs.reads, 1);
+        assert_eq!(set(&mut ix, &mut segs, &kb, &vb, 5), Inserted::New);
+        assert_eq!(get(&ix, &mut segs, &ka), Some(va));
+        assert_eq!(get(&ix, &mut segs, &kb), Some(vb));
+        assert!(ix.remove(
+            &kb,
+            Place {
+                epoch: 5,
+                record: 1
+            }
+        ));
+        assert_eq!(get(&ix, &mut segs, &kb), None);
+        assert_eq!(get(&ix, &mut segs, &ka), Some(va));
     }
 
     #[test]
     fn expire_drops_old_epochs_only() {
         let mut ix = Index::new(100).unwrap();
+        let mut segs = Segments::default();
         for i in 0..3000 {
             let (k, v) = pair(i);
-            ix.insert(&k, &v, 100 + i % 3).unwrap();
+            set(&mut ix, &mut segs, &k, &v, 100 + i % 3);
         }
         ix.expire(102);
         assert_eq!(ix.len(), 3000, "nothing is swept yet");
         let (k0, _) = pair(0);
-        assert_eq!(ix.get(&k0), None, "but expired pairs are absent at once");
+        segs.reads = 0;
+        assert_eq!(
+            get(&ix, &mut segs, &k0),
+            None,
+            "expired pairs are absent at once"
+        );
+        assert_eq!(segs.reads, 0, "an expired pair's record is never read");
         let mut steps = 0;
         while ix.expire_step() {
             steps += 1;
@@ -452,18 +662,18 @@ mod tests {
         for i in 0..3000 {
             let (k, v) = pair(i);
             let kept = i % 3 == 2;
-            assert_eq!(ix.get(&k), kept.then_some(v), "pair {i}");
+            assert_eq!(get(&ix, &mut segs, &k), kept.then_some(v), "pair {i}");
             if kept {
-                assert_eq!(ix.epoch_of(&k), Some(102));
+                assert_eq!(epoch_of(&ix, &mut segs, &k), Some(102));
             }
         }
         // Deleted slots are reused and the pairs can be stored again.
         for i in 0..3000 {
             let (k, v) = pair(i);
-            ix.insert(&k, &v, 103).unwrap();
+            set(&mut ix, &mut segs, &k, &v, 103);
         }
         assert_eq!(ix.len(), 3000);
-        assert_eq!(ix.epoch_of(&pair(0).0), Some(103));
+        assert_eq!(epoch_of(&ix, &mut segs, &pair(0).0), Some(103));
     }
 
     /// Issue 10: an expiry marks pairs absent at once; a write to a shard not yet swept
@@ -471,34 +681,34 @@ mod tests {
     #[test]
     fn expiry_is_lazy_and_exact_before_the_sweep() {
         let mut ix = Index::new(10).unwrap();
+        let mut segs = Segments::default();
         for i in 0..20_000 {
             let (k, v) = pair(i);
-            ix.insert(&k, &v, 10 + i % 2).unwrap();
+            set(&mut ix, &mut segs, &k, &v, 10 + i % 2);
         }
         ix.expire(11);
         assert!(ix.expiry_pending());
         let (old_k, old_v) = pair(0);
-        assert_eq!((ix.get(&old_k), ix.epoch_of(&old_k)), (None, None));
+        assert_eq!(get(&ix, &mut segs, &old_k), None);
         let (kept_k, kept_v) = pair(1);
-        assert_eq!(ix.get(&kept_k), Some(kept_v));
-        assert_eq!(ix.epoch_of(&kept_k), Some(11));
+        assert_eq!(get(&ix, &mut segs, &kept_k), Some(kept_v));
+        assert_eq!(epoch_of(&ix, &mut segs, &kept_k), Some(11));
         // A write sweeps its own shard first: the expired pair is gone, the new one stored.
         let before = ix.len();
-        assert_eq!(ix.insert(&old_k, &old_v, 12).unwrap(), Inserted::New);
-        let swept = ix.shards[old_k[0] as usize].base;
-        assert_eq!(swept, 11);
+        assert_eq!(set(&mut ix, &mut segs, &old_k, &old_v, 12), Inserted::New);
+        assert_eq!(ix.shards[old_k[0] as usize].base, 11);
         assert!(ix.len() < before, "the write swept its shard");
-        assert_eq!(ix.epoch_of(&old_k), Some(12));
+        assert_eq!(epoch_of(&ix, &mut segs, &old_k), Some(12));
         let unswept = ix.shards.iter().filter(|s| s.base < 11).count();
         assert_eq!(unswept, SHARDS - 1);
         while ix.expire_step() {}
         assert_eq!(ix.len(), 10_001);
         assert!(ix.shards.iter().all(|s| s.base == 11));
-        assert_eq!(ix.epoch_of(&kept_k), Some(11));
+        assert_eq!(epoch_of(&ix, &mut segs, &kept_k), Some(11));
         // A second expiry before the first sweep finished still counts from each shard's base.
         ix.expire(12);
         ix.expire(13);
-        assert_eq!(ix.get(&old_k), None);
+        assert_eq!(get(&ix, &mut segs, &old_k), None);
         while ix.expire_step() {}
         assert_eq!(ix.len(), 0);
     }
@@ -506,19 +716,29 @@ mod tests {
     #[test]
     fn removed_pairs_are_absent_and_can_be_inserted_again() {
         let mut ix = Index::new(1).unwrap();
+        let mut segs = Segments::default();
         for i in 0..5000 {
             let (k, v) = pair(i);
-            ix.insert(&k, &v, 1).unwrap();
+            set(&mut ix, &mut segs, &k, &v, 1);
         }
+        let at = |i: u32| Place {
+            epoch: 1,
+            record: i,
+        };
         for i in (0..5000).filter(|i| i % 2 == 0) {
-            assert!(ix.remove(&pair(i).0), "pair {i}");
+            assert!(ix.remove(&pair(i).0, at(i)), "pair {i}");
         }
-        assert!(!ix.remove(&pair(0).0));
-        assert!(!ix.remove(&pair(9999).0));
+        assert!(!ix.remove(&pair(0).0, at(0)));
+        assert!(!ix.remove(&pair(1).0, at(3)), "a place holds one record");
+        assert!(!ix.remove(&pair(9999).0, at(9999)));
         assert_eq!(ix.len(), 2500);
         for i in 0..5000 {
             let (k, v) = pair(i);
-            assert_eq!(ix.get(&k), (i % 2 == 1).then_some(v), "pair {i}");
+            assert_eq!(
+                get(&ix, &mut segs, &k),
+                (i % 2 == 1).then_some(v),
+                "pair {i}"
+            );
         }
         for i in 0..5000 {
             let (k, v) = pair(i);
@@ -527,7 +747,7 @@ mod tests {
             } else {
                 Inserted::Existing(v)
             };
-            assert_eq!(ix.insert(&k, &v, 2).unwrap(), want, "pair {i}");
+            assert_eq!(set(&mut ix, &mut segs, &k, &v, 2), want, "pair {i}");
         }
         assert_eq!(ix.len(), 5000);
     }
@@ -535,11 +755,32 @@ mod tests {
     #[test]
     fn a_far_epoch_expires_what_is_beyond_the_span() {
         let mut ix = Index::new(0).unwrap();
+        let mut segs = Segments::default();
         let (k, v) = pair(1);
-        ix.insert(&k, &v, 0).unwrap();
+        set(&mut ix, &mut segs, &k, &v, 0);
         let (k2, v2) = pair(2);
-        ix.insert(&k2, &v2, 1000).unwrap();
-        assert_eq!(ix.get(&k), None);
-        assert_eq!(ix.epoch_of(&k2), Some(1000));
+        set(&mut ix, &mut segs, &k2, &v2, 1000);
+        assert_eq!(get(&ix, &mut segs, &k), None);
+        assert_eq!(epoch_of(&ix, &mut segs, &k2), Some(1000));
+    }
+
+    /// A slot never names a segment before the base: it may be deleted, its number reused.
+    #[test]
+    fn an_epoch_before_the_base_is_refused() {
+        let mut ix = Index::new(7).unwrap();
+        let (k, _) = pair(1);
+        let old = Place {
+            epoch: 6,
+            record: 0,
+        };
+        assert_eq!(ix.insert_absent(&k, old), Err(InsertError::Expired(6)));
+        let full = Place {
+            epoch: 7,
+            record: MAX_RECORDS,
+        };
+        assert_eq!(ix.insert_absent(&k, full), Err(InsertError::SegmentFull));
+        assert!(ix.is_empty());
+        let r: Result<_, Infallible> = ix.get(&k, |_| unreachable!("nothing to read"));
+        assert_eq!(r.unwrap(), None);
     }
 }

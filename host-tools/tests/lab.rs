@@ -129,6 +129,52 @@ fn memory_stores_the_pairs_and_reports_bytes_per_pair() {
     );
 }
 
+/// Issue 19: RssAnon per pair, throughput probes during the fill, and the side-by-side
+/// rounds against a second, small node.
+#[test]
+fn memory_probes_and_compares_a_small_and_a_large_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "memory",
+        "--pairs",
+        "4000",
+        "--probe-at",
+        "1000",
+        "--probe-requests",
+        "500",
+        "--baseline-pairs",
+        "200",
+        "--rounds",
+        "2",
+    ];
+    let v = lab(dir.path(), &args, 30.0, 10);
+    // The fill counts the probes' SETs (500 at 1000 pairs); the last probe's come on top.
+    assert_eq!(v["pairs_stored"], 4500, "{v:#}");
+    assert!(
+        v["rss_anon_after_bytes"].as_u64() <= v["rss_after_bytes"].as_u64(),
+        "{v:#}"
+    );
+    let probes = v["probes"].as_array().unwrap();
+    assert_eq!(probes.len(), 2, "{v:#}");
+    assert_eq!(probes[0]["pairs"], 1000, "{v:#}");
+    assert_eq!(probes[1]["pairs"], 4000, "{v:#}");
+    assert!(
+        probes
+            .iter()
+            .all(|p| p["test_absent_per_sec"].as_f64() > Some(0.0))
+    );
+    let rounds = v["side_by_side"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{v:#}");
+    assert_eq!(rounds[0]["small_pairs"], 200, "{v:#}");
+    assert_eq!(rounds[1]["small_pairs"], 700, "{v:#}");
+    assert_eq!(rounds[0]["large_pairs"], 4500, "{v:#}");
+    assert!(
+        rounds
+            .iter()
+            .all(|r| r["large_set_fresh_per_sec"].as_f64() > Some(0.0))
+    );
+}
+
 #[test]
 fn plan_prints_its_assumptions_and_reads_a_capacity_file() {
     let dir = tempfile::tempdir().unwrap();

@@ -21,10 +21,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dqe_core::Value;
 use tracing::{error, info, warn};
 
-use super::format::{MAGIC, RECORD_BYTES, record_value};
+use super::format::{MAGIC, RECORD_BYTES};
 use super::store::{DurableStore, SyncMode};
 
 /// How long a degraded store waits before it writes again.
@@ -34,13 +33,11 @@ const PROBE_BYTES: u64 = 4096;
 /// Zeros for preallocation and wiping, written this many bytes at a time.
 static ZEROS: [u8; 1 << 16] = [0; 1 << 16];
 
-/// A group commit that runs: what a failure of an earlier one must abandon.
+/// A group commit that runs (a failure of an earlier one dooms it: see [`DurableStore::finish`]).
 #[derive(Debug)]
 pub(super) struct InFlight {
     /// The batch's number ([`SyncBatch::number`]).
     number: u64,
-    /// Its records, every segment's one after the other.
-    records: Vec<u8>,
 }
 
 /// One group commit: records to write into each segment, then fsync.
@@ -252,7 +249,6 @@ impl DurableStore {
         }
         let mut writes = Vec::new();
         let mut sync_dir = false;
-        let mut copy = Vec::new();
         for epoch in epochs {
             let records = self.pending.remove(&epoch).unwrap_or_default();
             let Some(seg) = self.segments.get_mut(&epoch) else {
@@ -260,7 +256,6 @@ impl DurableStore {
                 continue;
             };
             sync_dir |= seg.new_file;
-            copy.extend_from_slice(&records);
             let mut bytes = Vec::new();
             if seg.cut_to == 0 {
                 bytes.extend_from_slice(MAGIC);
@@ -300,10 +295,7 @@ impl DurableStore {
         self.pending_bytes = 0;
         let number = self.batches_cut;
         self.batches_cut += 1;
-        self.in_flight.push_back(InFlight {
-            number,
-            records: copy,
-        });
+        self.in_flight.push_back(InFlight { number });
         Some(SyncBatch {
             number,
             writes,
@@ -347,6 +339,7 @@ impl DurableStore {
                         continue;
                     };
                     seg.len = seg.len.max(w.end());
+                    seg.trim_written();
                     seg.stale_to = 0;
                     seg.allocated = seg
                         .allocated
@@ -415,23 +408,16 @@ impl DurableStore {
     /// (they finish as failed) and of every pending record from the index, and drop the
     /// records.
     fn abandon(&mut self, batch: &SyncBatch) {
-        let mut removed = 0u64;
-        let failed = batch.writes.iter().map(|w| w.records());
-        let pending = std::mem::take(&mut self.pending);
+        // The failed batch's records, those of the batches running behind it (they finish
+        // as failed) and the pending ones are every record past its segment's written length
+        // (`finish` moved it only over the batches that succeeded before this one).
+        debug_assert!(batch.writes.iter().all(|w| {
+            self.segments
+                .get(&w.epoch)
+                .is_none_or(|s| s.len == w.offset)
+        }));
         self.doomed = self.in_flight.len();
-        let behind = self.in_flight.iter().map(|f| f.records.as_slice());
-        for records in failed
-            .chain(behind)
-            .chain(pending.values().map(Vec::as_slice))
-        {
-            for r in records.chunks_exact(RECORD_BYTES) {
-                let value: Value = record_value(r);
-                if self.index.remove(&dqe_core::hash::key_of(&value)) {
-                    removed += 1;
-                }
-            }
-        }
-        self.pending_bytes = 0;
+        let removed = self.forget_unwritten();
         self.stats.abandoned += removed;
         if removed > 0 {
             warn!(

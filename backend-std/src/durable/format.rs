@@ -69,11 +69,6 @@ pub(super) fn data_end(file: &File, from: u64, size: u64) -> io::Result<u64> {
     Ok(end)
 }
 
-/// The value at the front of one whole record (`r` is [`RECORD_BYTES`] long).
-pub(super) fn record_value(r: &[u8]) -> Value {
-    std::array::from_fn(|i| r[i])
-}
-
 /// Read until `buf` is full or the input ends; the bytes read.
 pub(super) fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;

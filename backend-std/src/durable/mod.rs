@@ -64,6 +64,15 @@
 //! sync (in mode `Always` every pair in the index is then durable); otherwise `Full`, since the
 //! key may be one whose record is still waiting, and that write may fail too.
 //!
+//! Lookups (issue 19): the index holds a fingerprint of each key and the place of its record,
+//! not the value. A fingerprint match is confirmed by reading the record: from the segment
+//! file (`pread`; written records are in the page cache) once [`DurableStore::finish`] has
+//! seen its write succeed, else from the segment's buffer of records not yet written (pending
+//! or in a running group commit). A place is never named by two live index entries: the
+//! pairs of abandoned records are removed before their places are reused, and a put for an
+//! epoch before the oldest kept is refused (its segment is deleted; its number must not come
+//! back).
+//!
 //! Sync modes: `Always` fsyncs every batch before its replies leave; `Interval` writes every
 //! batch before its replies leave and fsyncs the segments written since the last sync once
 //! the oldest of those writes is `sync_interval` old (with the next batch, or alone);

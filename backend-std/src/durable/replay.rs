@@ -2,16 +2,16 @@
 //! cannot be read is skipped or cut and copied to the segment's quarantine file (module doc
 //! of [`super`]).
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{self, Read};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use tracing::{error, warn};
 
 use super::format::{MAGIC, RECORD_BYTES, data_end, decode_record, read_full};
-use super::store::{DurableStore, OpenError, Segment};
+use super::store::{DurableStore, OpenError, Segment, read_record, record_number};
+use crate::index::{InsertError, Place};
 
 /// What replay found, for the startup log and tests.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -59,6 +59,15 @@ struct Damaged {
 enum ReplayError {
     Io(io::Error),
     OutOfMemory,
+}
+
+impl From<InsertError> for ReplayError {
+    fn from(e: InsertError) -> Self {
+        match e {
+            InsertError::OutOfMemory => ReplayError::OutOfMemory,
+            e => ReplayError::Io(io::Error::other(e)),
+        }
+    }
 }
 
 /// Where replay copies the damaged bytes of `segment`: `seg-<epoch>.log.damaged` beside it.
@@ -127,7 +136,7 @@ impl DurableStore {
         let mut head = [0u8; MAGIC.len()];
         let got = read_full(&mut reader, &mut head).map_err(seg_err)?;
         let scan = if head[..got] == MAGIC[..] {
-            self.replay_records(epoch, &mut reader, rec)
+            self.replay_records(epoch, &file, &mut reader, rec)
                 .map_err(|e| match e {
                     ReplayError::Io(source) => OpenError::Segment {
                         path: path.clone(),
@@ -223,27 +232,18 @@ impl DurableStore {
             rec.preallocated_bytes += size - scan.good_end;
         }
         rec.segments += 1;
-        self.segments.insert(
-            epoch,
-            Segment {
-                file: Arc::new(file),
-                path,
-                len: append_at,
-                cut_to: append_at,
-                allocated,
-                stale_to: 0,
-                grow: true,
-                new_file: false,
-            },
-        );
+        self.segments
+            .insert(epoch, Segment::new(file, path, append_at, allocated, false));
         Ok(())
     }
 
     /// Read the records after a segment's header into the index, slot by slot. Every valid
     /// record counts, wherever it lies; an unreadable slot is noted, never a reason to stop.
+    /// `file` is the segment `reader` reads, for the index to confirm a key it already has.
     fn replay_records(
         &mut self,
         epoch: u32,
+        file: &File,
         reader: &mut impl Read,
         rec: &mut Recovery,
     ) -> Result<Scan, ReplayError> {
@@ -275,9 +275,24 @@ impl DurableStore {
                 match record.flatten() {
                     Some(value) => {
                         let key = dqe_core::hash::key_of(&value);
-                        self.index
-                            .insert(&key, &value, epoch)
-                            .map_err(|_| ReplayError::OutOfMemory)?;
+                        let place = Place {
+                            epoch,
+                            record: record_number(at)
+                                .try_into()
+                                .map_err(|_| InsertError::SegmentFull)?,
+                        };
+                        let segments = &self.segments;
+                        // Only a key already in the index (or a fingerprint collision) reads.
+                        self.index.insert(&key, place, |p: Place| {
+                            if p.epoch == epoch {
+                                let mut v = [0u8; 20];
+                                file.read_exact_at(&mut v, super::store::record_offset(p.record))
+                                    .map_err(ReplayError::Io)?;
+                                Ok(v)
+                            } else {
+                                read_record(segments, p).map_err(ReplayError::Io)
+                            }
+                        })?;
                         rec.records += 1;
                         scan.good_end = at + RECORD_BYTES as u64;
                     }

@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,9 +14,9 @@ use dqe_core::{Key, Value};
 use tracing::{error, info, warn};
 
 use super::commit::{InFlight, RETRY_AFTER};
-use super::format::{RECORD_BYTES, encode_record, parse_segment_name, segment_name};
+use super::format::{MAGIC, RECORD_BYTES, encode_record, parse_segment_name, segment_name};
 use super::replay::Recovery;
-use crate::index::{Index, Inserted};
+use crate::index::{Index, InsertError, Place};
 
 /// When a write is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -110,6 +111,92 @@ pub(super) struct Segment {
     pub(super) grow: bool,
     /// The file was created since the last sync: its directory entry needs an fsync too.
     pub(super) new_file: bool,
+    /// Where the next record put goes.
+    pub(super) next_at: u64,
+    /// The values of the records put but not known written (pending or in a running group
+    /// commit), in file order from `unwritten_from`: a lookup reads them here, not from the
+    /// file. Those before `len` were written since and are dropped by the next put.
+    pub(super) unwritten: VecDeque<Value>,
+    /// The offset of `unwritten`'s first record.
+    pub(super) unwritten_from: u64,
+}
+
+/// The offset of record number `record` in a segment.
+pub(super) fn record_offset(record: u32) -> u64 {
+    MAGIC.len() as u64 + u64::from(record) * RECORD_BYTES as u64
+}
+
+/// The number of the record at `offset` in a segment.
+pub(super) fn record_number(offset: u64) -> u64 {
+    (offset - MAGIC.len() as u64) / RECORD_BYTES as u64
+}
+
+impl Segment {
+    /// A segment whose records (and header) end at `len`, where new records go.
+    pub(super) fn new(
+        file: File,
+        path: PathBuf,
+        len: u64,
+        allocated: u64,
+        new_file: bool,
+    ) -> Segment {
+        let next_at = len.max(MAGIC.len() as u64);
+        Segment {
+            file: Arc::new(file),
+            path,
+            len,
+            cut_to: len,
+            allocated,
+            stale_to: 0,
+            grow: true,
+            new_file,
+            next_at,
+            unwritten: VecDeque::new(),
+            unwritten_from: next_at,
+        }
+    }
+
+    /// Drop the unwritten records that were written since.
+    pub(super) fn trim_written(&mut self) {
+        while self.unwritten_from < self.len && self.unwritten.pop_front().is_some() {
+            self.unwritten_from += RECORD_BYTES as u64;
+        }
+        if self.unwritten.is_empty() {
+            self.unwritten_from = self.next_at;
+        }
+    }
+
+    /// The value of record number `record`: from the unwritten records, or read from the
+    /// file (the page cache, usually) when it was written.
+    pub(super) fn read(&self, record: u32) -> io::Result<Value> {
+        let at = record_offset(record);
+        if at >= self.unwritten_from {
+            let i = ((at - self.unwritten_from) / RECORD_BYTES as u64) as usize;
+            if let Some(v) = self.unwritten.get(i) {
+                return Ok(*v);
+            }
+        }
+        if at + RECORD_BYTES as u64 > self.len {
+            return Err(io::Error::other(format!(
+                "record {record} of {} is past its end",
+                self.path.display()
+            )));
+        }
+        let mut v = [0u8; 20];
+        self.file.read_exact_at(&mut v, at)?;
+        Ok(v)
+    }
+}
+
+/// The value of the record at `place`, for the index's lookups.
+pub(super) fn read_record(segments: &BTreeMap<u32, Segment>, place: Place) -> io::Result<Value> {
+    match segments.get(&place.epoch) {
+        Some(seg) => seg.read(place.record),
+        None => Err(io::Error::other(format!(
+            "the index names record {} of epoch {}, which has no segment",
+            place.record, place.epoch
+        ))),
+    }
 }
 
 /// Counters the metrics export.
@@ -125,6 +212,10 @@ pub struct DurableStats {
     pub full: u64,
     /// Pairs removed from the index because their records failed to reach the disk.
     pub abandoned: u64,
+    /// Records read to confirm a lookup (a hit, or a fingerprint collision).
+    pub record_reads: u64,
+    /// Lookups that failed because a record could not be read.
+    pub read_failures: u64,
 }
 
 /// The store of `dqe-enforcer`: see the module doc.
@@ -379,31 +470,65 @@ impl DurableStore {
             )));
         }
         info!(segment = %path.display(), "opened a new segment");
-        self.segments.insert(
-            epoch,
-            Segment {
-                file: Arc::new(file),
-                path,
-                len: 0,
-                cut_to: 0,
-                allocated: 0,
-                stale_to: 0,
-                grow: true,
-                new_file: true,
-            },
-        );
+        self.segments
+            .insert(epoch, Segment::new(file, path, 0, 0, true));
         Ok(())
+    }
+
+    /// The value stored under `key`: the index finds its record, which is read to confirm
+    /// the key (a hit reads one record, a miss none).
+    pub(super) fn lookup(&mut self, key: &Key) -> io::Result<Option<Value>> {
+        let mut reads = 0;
+        let segments = &self.segments;
+        let found = self.index.get(key, |place| {
+            reads += 1;
+            read_record(segments, place)
+        });
+        self.stats.record_reads += reads;
+        if let Err(e) = &found {
+            self.stats.read_failures += 1;
+            warn!(error = %e, "cannot read a record the index names");
+        }
+        Ok(found?.map(|(v, _)| v))
+    }
+
+    /// Remove from the index the pairs of every record not written (all of them are
+    /// dropped), and drop those records; the pairs removed. After a failed group commit.
+    pub(super) fn forget_unwritten(&mut self) -> u64 {
+        let mut removed = 0;
+        for (&epoch, seg) in &mut self.segments {
+            seg.trim_written();
+            while let Some(v) = seg.unwritten.pop_front() {
+                let place = Place {
+                    epoch,
+                    record: record_number(seg.unwritten_from) as u32,
+                };
+                if self.index.remove(&dqe_core::hash::key_of(&v), place) {
+                    removed += 1;
+                }
+                seg.unwritten_from += RECORD_BYTES as u64;
+            }
+            seg.next_at = seg.len.max(MAGIC.len() as u64);
+            seg.unwritten_from = seg.next_at;
+        }
+        self.pending.clear();
+        self.pending_bytes = 0;
+        removed
     }
 }
 
 impl Store for DurableStore {
     fn get(&mut self, key: &Key) -> Option<Value> {
-        self.index.get(key)
+        self.lookup(key).ok().flatten()
     }
 
     fn put(&mut self, key: &Key, value: &Value, epoch: u32) -> PutOutcome {
         let degraded = self.degraded.is_some();
-        if let Some(v) = self.index.get(key) {
+        let Ok(found) = self.lookup(key) else {
+            // The key may be present: storing it again could accept a reused stamp.
+            return self.refuse();
+        };
+        if let Some(v) = found {
             if degraded && self.gates_replies() && self.has_unsynced() {
                 // The pair may be one whose record still waits for a sync (module doc).
                 return self.refuse();
@@ -413,14 +538,33 @@ impl Store for DurableStore {
         if degraded || self.pending_bytes + RECORD_BYTES > self.opts.max_pending_bytes {
             return self.refuse();
         }
+        if epoch < self.index.base() {
+            // Its segment is deleted: the index must never name it (its number may come back).
+            warn!(
+                epoch,
+                oldest_kept = self.index.base(),
+                "PUT for an expired epoch refused as Full"
+            );
+            return self.refuse();
+        }
         if let Err(e) = self.segment_for(epoch) {
             error!(error = %e, epoch, "cannot open a segment; PUTs are refused as Full");
             self.degrade(e.to_string());
             return self.refuse();
         }
-        match self.index.insert(key, value, epoch) {
-            Ok(Inserted::Existing(v)) => PutOutcome::Found(v),
-            Ok(Inserted::New) => {
+        let seg = self
+            .segments
+            .get_mut(&epoch)
+            .expect("segment_for opened it");
+        seg.trim_written();
+        let place = Place {
+            epoch,
+            record: record_number(seg.next_at).try_into().unwrap_or(u32::MAX),
+        };
+        match self.index.insert_absent(key, place) {
+            Ok(()) => {
+                seg.unwritten.push_back(*value);
+                seg.next_at += RECORD_BYTES as u64;
                 self.pending
                     .entry(epoch)
                     .or_default()
@@ -429,8 +573,12 @@ impl Store for DurableStore {
                 self.written += 1;
                 PutOutcome::Stored
             }
-            Err(_) => {
-                warn!("no memory for a larger index table; PUT refused as Full");
+            Err(e @ InsertError::OutOfMemory) => {
+                warn!(error = %e, "PUT refused as Full");
+                self.refuse()
+            }
+            Err(e) => {
+                warn!(error = %e, epoch, "PUT refused as Full");
                 self.refuse()
             }
         }

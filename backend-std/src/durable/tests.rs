@@ -134,7 +134,7 @@ fn a_record_past_a_hole_of_zeros_is_kept() {
     assert_eq!((rec.skipped_records, rec.damaged_segments), (1, 1));
     assert_eq!((rec.truncated_segments, rec.discarded_bytes), (0, 0));
     assert_eq!(file_len(dir.path(), 2), size);
-    assert_eq!(s.index.get(&pair(11).0), Some(pair(11).1));
+    assert_eq!(s.lookup(&pair(11).0).unwrap(), Some(pair(11).1));
     // New records go after the kept one, never over it.
     let (k, v) = pair(12);
     assert_eq!(s.put(&k, &v, 2), PutOutcome::Stored);
@@ -407,10 +407,10 @@ fn a_failed_sync_abandons_its_pairs_and_a_retry_is_full_then_stored() {
     s.sync().unwrap();
     s.trim();
     drop(s);
-    let (s, rec) = open(dir.path(), 1);
+    let (mut s, rec) = open(dir.path(), 1);
     assert_eq!(rec.records, 2);
-    assert_eq!(s.index.get(&k1), Some(v1));
-    assert_eq!(s.index.get(&k2), None);
+    assert_eq!(s.lookup(&k1).unwrap(), Some(v1));
+    assert_eq!(s.lookup(&k2).unwrap(), None);
 }
 
 #[test]
@@ -445,10 +445,10 @@ fn what_a_failed_write_left_is_wiped_before_a_restart_sees_it() {
     assert!(head[end as usize - RECORD_BYTES..].iter().all(|&b| b == 0));
     // A kill now: the restart finds only the acknowledged pair.
     drop(s);
-    let (s, rec) = DurableStore::open(opts, 1).unwrap();
+    let (mut s, rec) = DurableStore::open(opts, 1).unwrap();
     assert_eq!((rec.records, rec.discarded_bytes), (1, 0));
-    assert_eq!(s.index.get(&k0), Some(v0));
-    assert_eq!(s.index.get(&k1), None);
+    assert_eq!(s.lookup(&k0).unwrap(), Some(v0));
+    assert_eq!(s.lookup(&k1).unwrap(), None);
 }
 
 #[test]
@@ -628,10 +628,10 @@ fn a_second_batch_runs_behind_the_first_and_durability_follows_the_cut_order() {
     assert_eq!(s.durable_seq(), base + 3);
     s.trim();
     drop(s);
-    let (s, rec) = open(dir.path(), 1);
+    let (mut s, rec) = open(dir.path(), 1);
     assert_eq!((rec.records, rec.skipped_records), (4, 0));
     for (k, v) in [(k1, v1), (k2, v2), (k3, v3)] {
-        assert_eq!(s.index.get(&k), Some(v));
+        assert_eq!(s.get(&k), Some(v));
     }
 }
 
@@ -722,11 +722,11 @@ fn the_batch_behind_a_failed_one_fails_with_it_and_its_records_are_wiped() {
     assert_eq!(s.put(&k2, &v2, 1), PutOutcome::Stored);
     s.sync().unwrap();
     drop(s);
-    let (s, rec) = open(dir.path(), 1);
+    let (mut s, rec) = open(dir.path(), 1);
     assert_eq!((rec.records, rec.skipped_records), (2, 0));
-    assert_eq!(s.index.get(&k0), Some(v0));
-    assert_eq!(s.index.get(&k1), None);
-    assert_eq!(s.index.get(&k2), Some(v2));
+    assert_eq!(s.get(&k0), Some(v0));
+    assert_eq!(s.get(&k1), None);
+    assert_eq!(s.get(&k2), Some(v2));
 }
 
 /// Freeing a large expired segment's blocks (ext4 frees them when the last handle closes,
@@ -775,4 +775,105 @@ fn expiry_leaves_freeing_a_large_segment_to_another_thread() {
     );
     s.wait_for_closes();
     assert_eq!(open_fds_on(&path), 0, "the closer closed the segment");
+}
+
+/// Issue 19: values live in the segments. A pair is found while its record waits for a group
+/// commit, while the commit runs, once written but not synced, and after a reopen; a hit
+/// reads its record once, a miss reads nothing.
+#[test]
+fn a_pair_is_found_from_put_through_write_and_reopen_with_one_read_per_hit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = DurableOptions::new(dir.path());
+    opts.sync_mode = SyncMode::Never;
+    let (mut s, _) = DurableStore::open(opts.clone(), 3).unwrap();
+    let (k0, v0) = pair(0);
+    assert_eq!(s.put(&k0, &v0, 3), PutOutcome::Stored);
+    assert_eq!(s.get(&k0), Some(v0), "pending");
+    let batch = s.take_batch().unwrap();
+    let (k1, v1) = pair(1);
+    assert_eq!(s.put(&k1, &v1, 3), PutOutcome::Stored);
+    assert_eq!(s.get(&k0), Some(v0), "in a running commit");
+    assert_eq!(s.get(&k1), Some(v1), "pending behind it");
+    s.finish(batch.run());
+    // The written record left the buffer: the file answers.
+    assert_eq!(s.segments[&3].unwritten, [v1]);
+    assert_eq!(s.get(&k0), Some(v0), "written, not synced: from the file");
+    let (k2, v2) = pair(2);
+    assert_eq!(s.put(&k2, &v2, 4), PutOutcome::Stored);
+    assert_eq!(s.put(&k0, &v0, 4), PutOutcome::Found(v0));
+    let reads = s.stats().record_reads;
+    for i in 0..3 {
+        assert_eq!(s.get(&pair(i).0), Some(pair(i).1));
+    }
+    for i in 3..1000 {
+        assert_eq!(s.get(&pair(i).0), None);
+    }
+    assert_eq!(
+        s.stats().record_reads - reads,
+        3,
+        "one read per hit, none per miss"
+    );
+    s.sync().unwrap();
+    drop(s);
+    let (mut s, rec) = DurableStore::open(opts, 3).unwrap();
+    assert_eq!(rec.records, 3);
+    for i in 0..3 {
+        assert_eq!(s.get(&pair(i).0), Some(pair(i).1));
+    }
+    assert_eq!(s.stats().record_reads, 3);
+}
+
+/// Issue 19: after a failed commit the abandoned records' places are reused by new records;
+/// no index entry of an abandoned pair is left to point at them, so the abandoned key reads
+/// absent (never `Found` with another pair's value) and the new pairs read right.
+#[test]
+fn the_places_of_abandoned_records_are_reused_without_stale_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 1);
+    for i in 0..10 {
+        let (k, v) = pair(i);
+        assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+    }
+    let batch = s.take_batch().unwrap();
+    fail(&mut s, batch);
+    assert_eq!(s.stats().abandoned, 10);
+    s.sync().unwrap();
+    assert!(s.degraded().is_none());
+    for i in 100..110 {
+        let (k, v) = pair(i);
+        assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+    }
+    s.sync().unwrap();
+    assert_eq!(s.len(), 10);
+    for i in 0..10 {
+        assert_eq!(s.get(&pair(i).0), None, "abandoned pair {i}");
+        assert_eq!(s.get(&pair(100 + i).0), Some(pair(100 + i).1));
+    }
+    assert_eq!(s.stats().read_failures, 0);
+}
+
+/// Issue 19: an expired epoch's segment is deleted at once; its pairs read as absent without
+/// a read (their index slots go lazily), and a put for an epoch before the oldest kept is
+/// refused rather than pointing the index at a deleted segment.
+#[test]
+fn expired_pairs_are_not_read_and_puts_before_the_oldest_epoch_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut s, _) = open(dir.path(), 1);
+    for i in 0..100 {
+        let (k, v) = pair(i);
+        assert_eq!(s.put(&k, &v, 1 + i % 2), PutOutcome::Stored);
+    }
+    s.sync().unwrap();
+    s.expire(2);
+    assert!(!segment_path(dir.path(), 1).exists());
+    let reads = s.stats().record_reads;
+    for i in (0..100).step_by(2) {
+        assert_eq!(s.get(&pair(i).0), None);
+    }
+    assert_eq!(s.stats().record_reads, reads);
+    assert_eq!(s.stats().read_failures, 0);
+    let (k, v) = pair(1000);
+    assert_eq!(s.put(&k, &v, 1), PutOutcome::Full);
+    assert!(!segment_path(dir.path(), 1).exists());
+    assert_eq!(s.put(&k, &v, 2), PutOutcome::Stored);
 }

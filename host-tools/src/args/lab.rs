@@ -145,6 +145,22 @@ pub struct MemoryArgs {
     /// dqe-enforcer's durability policy (--fsync).
     #[arg(long, value_name = "MODE", default_value = "never")]
     pub fsync: String,
+    /// Also measure the throughput of TESTs of absent keys and SETs of fresh keys when this
+    /// many pairs are stored (comma-separated), and at the end: how the rate changes as
+    /// the store grows, side by side in one run.
+    #[arg(long, value_name = "N,..", value_delimiter = ',')]
+    pub probe_at: Vec<u64>,
+    /// Requests of each kind per throughput probe (--probe-at, --baseline-pairs).
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub probe_requests: u64,
+    /// After the fill, start a second node holding this many pairs and alternate TESTs of
+    /// absent keys and SETs of fresh keys between it and the full node (--rounds times): the
+    /// rates at a small and a large store under the same load [default: 0, off].
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub baseline_pairs: u64,
+    /// Rounds of the side-by-side comparison (--baseline-pairs).
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    pub rounds: u32,
     #[command(flatten)]
     pub out: LabOutput,
 }

@@ -1,8 +1,11 @@
 //! `dqe lab memory`: what one stored pair costs a node in memory. A dev node is started,
-//! its resident set read, `--pairs` fresh pairs SET through its portal, and its resident set
-//! read again; the difference over the pairs stored is the cost per pair (index, replay
-//! caches as they fill, allocator slack).
+//! its anonymous resident memory (RssAnon: not the page cache's copy of the segments) read,
+//! `--pairs` fresh pairs SET through its portal, and RssAnon read again; the difference over
+//! the pairs stored is the cost per pair (index, replay caches as they fill, allocator
+//! slack). With `--probe-at`, the fill pauses at those sizes to time TESTs of absent keys and
+//! SETs of fresh keys, so the rates at a small and a large store come from one run.
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -10,9 +13,103 @@ use serde_json::json;
 
 use super::output::{self, Chart, Series};
 use super::procs;
-use super::workers::{self, Done, DqeConn, Drive};
+use super::workers::{self, Done, DqeConn, Drive, Measured};
 use crate::args::lab::{MemoryArgs, NodeChoice};
 use crate::cli::{EXIT_OK, Failure, io_err};
+
+/// Throughput of one probe (`--probe-at`), at a number of pairs stored.
+struct Probe {
+    pairs: u64,
+    test_absent: Measured,
+    set_fresh: Measured,
+}
+
+/// `requests` fresh requests (SETs with `set_ratio`, else TESTs) to the portal at `portal`.
+fn drive_at(
+    portal: SocketAddr,
+    requests: u64,
+    set_ratio: f64,
+    threads: usize,
+    deadline: Instant,
+    done: &Done,
+) -> Result<Measured, Failure> {
+    workers::run(
+        Drive {
+            requests,
+            threads,
+            batch: 1,
+            set_ratio,
+            deadline,
+            seed: rand::random(),
+        },
+        &|| DqeConn::connect(portal),
+        done,
+    )
+    .map_err(io_err("the client failed"))
+}
+
+/// One round of the side-by-side comparison (`--baseline-pairs`): each kind of request on
+/// the small node, then on the large one.
+struct Round {
+    small_pairs: u64,
+    large_pairs: u64,
+    small_test: f64,
+    large_test: f64,
+    small_set: f64,
+    large_set: f64,
+}
+
+/// `--baseline-pairs`: a second node holding `small` pairs; TESTs of absent keys and SETs of
+/// fresh keys alternate between it and the large node (holding `large` pairs at `portal`),
+/// `rounds` times, so both see the same load on a shared machine; which node goes first
+/// alternates too.
+fn side_by_side(
+    a: &MemoryArgs,
+    enforcer: &std::path::Path,
+    portal: SocketAddr,
+    mut large: u64,
+    deadline: Instant,
+) -> Result<Vec<Round>, Failure> {
+    let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
+    let (mut node, small_portal) =
+        procs::start_node(enforcer, &NodeChoice::default(), dir.path(), &a.fsync, &[])?;
+    let done = Done::default();
+    let drive =
+        |at, requests, set_ratio| drive_at(at, requests, set_ratio, a.concurrency, deadline, &done);
+    let mut small = drive(small_portal, a.baseline_pairs, 1.0)?.stored;
+    let mut rounds = Vec::new();
+    for round in 0..a.rounds {
+        if Instant::now() >= deadline {
+            break;
+        }
+        let (small_pairs, large_pairs) = (small, large);
+        // Each node goes first in every other round: no order bias.
+        let pair = |set_ratio| -> Result<(Measured, Measured), Failure> {
+            if round % 2 == 0 {
+                let s = drive(small_portal, a.probe_requests, set_ratio)?;
+                Ok((s, drive(portal, a.probe_requests, set_ratio)?))
+            } else {
+                let l = drive(portal, a.probe_requests, set_ratio)?;
+                Ok((drive(small_portal, a.probe_requests, set_ratio)?, l))
+            }
+        };
+        let (s, l) = pair(0.0)?;
+        let (small_test, large_test) = (s.ops_per_sec(), l.ops_per_sec());
+        let (s, l) = pair(1.0)?;
+        (small, large) = (small + s.stored, large + l.stored);
+        let (small_set, large_set) = (s.ops_per_sec(), l.ops_per_sec());
+        rounds.push(Round {
+            small_pairs,
+            large_pairs,
+            small_test,
+            large_test,
+            small_set,
+            large_set,
+        });
+    }
+    node.check_alive()?;
+    Ok(rounds)
+}
 
 /// Run `dqe lab memory`.
 pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
@@ -23,6 +120,11 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
             "--pairs and --concurrency: expected at least 1".into(),
         ));
     }
+    if (!a.probe_at.is_empty() || a.baseline_pairs > 0) && a.probe_requests == 0 {
+        return Err(Failure::Usage(
+            "--probe-requests: expected at least 1 with --probe-at or --baseline-pairs".into(),
+        ));
+    }
     let enforcer = procs::enforcer()?;
     if let Err(why) = procs::enforcer_accepts_fsync(&enforcer, &a.fsync) {
         return Err(Failure::Usage(format!("--fsync {}: {why}", a.fsync)));
@@ -30,64 +132,110 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
     let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
     let (mut node, portal) =
         procs::start_node(&enforcer, &NodeChoice::default(), dir.path(), &a.fsync, &[])?;
-    let before = node
-        .rss()
-        .ok_or_else(|| Failure::Lab("cannot read the node's RSS from /proc".into()))?;
+    let pid = node.pid();
+    let no_rss = || Failure::Lab("cannot read the node's RSS from /proc".into());
+    let before = node.rss().ok_or_else(no_rss)?;
+    let anon_before = procs::rss_anon_bytes(pid).ok_or_else(no_rss)?;
+    // The fill stops at each probe size, probes, and goes on.
+    let mut stages: Vec<u64> = a
+        .probe_at
+        .iter()
+        .copied()
+        .filter(|&n| n > 0 && n < a.pairs)
+        .chain([a.pairs])
+        .collect();
+    stages.sort_unstable();
+    stages.dedup();
     let bar = output::progress(a.pairs, a.out.quiet);
     bar.set_message("storing pairs");
     let done = Done::default();
     let stop = AtomicBool::new(false);
-    let pid = node.pid();
-    // The node's RSS against pairs stored so far, for the chart.
-    let (measured, samples) = std::thread::scope(|s| {
+    let fill_deadline = deadline - Duration::from_secs(2).min(total / 4);
+    let drive = |requests: u64, set_ratio: f64| {
+        drive_at(
+            portal,
+            requests,
+            set_ratio,
+            a.concurrency,
+            fill_deadline,
+            &done,
+        )
+    };
+    // The node's anonymous RSS against requests made so far, for the chart.
+    let (filled, samples) = std::thread::scope(|s| {
         let sampler = s.spawn(|| {
-            let mut samples = vec![(0.0, before as f64 / 1e6)];
+            let mut samples = vec![(0.0, anon_before as f64 / 1e6)];
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(250));
                 let n = done.load(Ordering::Relaxed);
                 bar.set_position(n);
-                if let Some(rss) = procs::rss_bytes(pid) {
+                if let Some(rss) = procs::rss_anon_bytes(pid) {
                     samples.push((n as f64, rss as f64 / 1e6));
                 }
             }
             samples
         });
-        let m = workers::run(
-            Drive {
-                requests: a.pairs,
-                threads: a.concurrency,
-                batch: 1,
-                set_ratio: 1.0,
-                deadline: deadline - Duration::from_secs(2).min(total / 4),
-                seed: rand::random(),
-            },
-            &|| DqeConn::connect(portal),
-            &done,
-        );
+        let filled = (|| {
+            let (mut stored, mut failed, mut sets, mut busy) = (0, 0, 0, Duration::ZERO);
+            let mut probes = Vec::new();
+            for &stage in &stages {
+                if stored < stage {
+                    let m = drive(stage - stored, 1.0)?;
+                    (stored, failed) = (stored + m.stored, failed + m.failed);
+                    (sets, busy) = (sets + m.ok, busy + m.elapsed);
+                }
+                if a.probe_at.is_empty() || Instant::now() >= fill_deadline {
+                    continue;
+                }
+                let pairs = stored;
+                let test_absent = drive(a.probe_requests, 0.0)?;
+                let set_fresh = drive(a.probe_requests, 1.0)?;
+                (stored, failed) = (stored + set_fresh.stored, failed + set_fresh.failed);
+                probes.push(Probe {
+                    pairs,
+                    test_absent,
+                    set_fresh,
+                });
+            }
+            Ok::<_, Failure>((
+                stored,
+                failed,
+                sets as f64 / busy.as_secs_f64().max(1e-9),
+                probes,
+            ))
+        })();
         stop.store(true, Ordering::Relaxed);
-        (m, sampler.join().unwrap_or_default())
+        (filled, sampler.join().unwrap_or_default())
     });
-    let measured = measured.map_err(io_err("the client failed"))?;
+    let (stored, failed, sets_per_sec, probes) = filled?;
     bar.finish_and_clear();
     // Let the node finish what it was doing before the second look.
     std::thread::sleep(Duration::from_millis(300));
     node.check_alive()?;
-    let after = node
-        .rss()
-        .ok_or_else(|| Failure::Lab("cannot read the node's RSS from /proc".into()))?;
-    let stored = measured.stored;
-    let per_pair = if stored > 0 {
-        after.saturating_sub(before) as f64 / stored as f64
+    let after = node.rss().ok_or_else(no_rss)?;
+    let anon_after = procs::rss_anon_bytes(pid).ok_or_else(no_rss)?;
+    let rounds = if a.baseline_pairs > 0 {
+        side_by_side(&a, &enforcer, portal, stored, deadline)?
     } else {
-        0.0
+        Vec::new()
     };
+    node.check_alive()?;
+    let per_pair = |from: u64, to: u64| {
+        if stored > 0 {
+            to.saturating_sub(from) as f64 / stored as f64
+        } else {
+            0.0
+        }
+    };
+    let anon_per_pair = per_pair(anon_before, anon_after);
     let rows = vec![vec![
         format!("dqe-enforcer --fsync {}", a.fsync),
         stored.to_string(),
-        format!("{:.1}", before as f64 / 1e6),
-        format!("{:.1}", after as f64 / 1e6),
-        format!("{per_pair:.1}"),
-        format!("{:.0}", measured.ops_per_sec()),
+        format!("{:.1}", anon_before as f64 / 1e6),
+        format!("{:.1}", anon_after as f64 / 1e6),
+        format!("{anon_per_pair:.1}"),
+        format!("{:.1}", per_pair(before, after)),
+        format!("{sets_per_sec:.0}"),
     ]];
     print!(
         "{}",
@@ -95,18 +243,87 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
             &[
                 "node",
                 "pairs stored",
-                "RSS before MB",
-                "RSS after MB",
-                "bytes/pair",
+                "RssAnon before MB",
+                "RssAnon after MB",
+                "RssAnon bytes/pair",
+                "RSS bytes/pair",
                 "SETs/s"
             ],
             &rows
         )
     );
+    if !probes.is_empty() {
+        let rows: Vec<Vec<String>> = probes
+            .iter()
+            .map(|p| {
+                vec![
+                    p.pairs.to_string(),
+                    format!("{:.0}", p.test_absent.ops_per_sec()),
+                    p.test_absent.percentile_us(0.99).to_string(),
+                    format!("{:.0}", p.set_fresh.ops_per_sec()),
+                    p.set_fresh.percentile_us(0.99).to_string(),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            output::table(
+                &[
+                    "pairs stored",
+                    "TEST absent/s",
+                    "TEST p99 us",
+                    "SET fresh/s",
+                    "SET p99 us"
+                ],
+                &rows
+            )
+        );
+    }
     if stored < a.pairs {
         println!(
-            "stored {stored} of {} pairs before --duration ran out ({} failed)",
-            a.pairs, measured.failed
+            "stored {stored} of {} pairs before --duration ran out ({failed} failed)",
+            a.pairs
+        );
+    }
+    if !rounds.is_empty() {
+        let rows: Vec<Vec<String>> = rounds
+            .iter()
+            .map(|r| {
+                vec![
+                    format!("{} / {}", r.small_pairs, r.large_pairs),
+                    format!("{:.0} / {:.0}", r.small_test, r.large_test),
+                    format!("{:.2}", r.large_test / r.small_test),
+                    format!("{:.0} / {:.0}", r.small_set, r.large_set),
+                    format!("{:.2}", r.large_set / r.small_set),
+                ]
+            })
+            .collect();
+        println!("side by side, small node / large node, alternating:");
+        print!(
+            "{}",
+            output::table(
+                &[
+                    "pairs",
+                    "TEST absent/s",
+                    "large/small",
+                    "SET fresh/s",
+                    "large/small"
+                ],
+                &rows
+            )
+        );
+    }
+    if !rounds.is_empty() {
+        let median = |f: &dyn Fn(&Round) -> f64| {
+            let mut v: Vec<f64> = rounds.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "median large/small over {} rounds: TEST absent {:.2}, SET fresh {:.2}",
+            rounds.len(),
+            median(&|r| r.large_test / r.small_test),
+            median(&|r| r.large_set / r.small_set)
         );
     }
     let load_avg = super::ramp::load_average();
@@ -115,13 +332,31 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
         output::write_json(
             path,
             &json!({
-                "bytes_per_pair": per_pair,
+                "bytes_per_pair": anon_per_pair,
+                "rss_bytes_per_pair": per_pair(before, after),
                 "pairs_requested": a.pairs,
                 "pairs_stored": stored,
-                "failed": measured.failed,
+                "failed": failed,
+                "rss_anon_before_bytes": anon_before,
+                "rss_anon_after_bytes": anon_after,
                 "rss_before_bytes": before,
                 "rss_after_bytes": after,
-                "sets_per_sec": measured.ops_per_sec(),
+                "sets_per_sec": sets_per_sec,
+                "probes": probes.iter().map(|p| json!({
+                    "pairs": p.pairs,
+                    "test_absent_per_sec": p.test_absent.ops_per_sec(),
+                    "test_absent_p99_us": p.test_absent.percentile_us(0.99),
+                    "set_fresh_per_sec": p.set_fresh.ops_per_sec(),
+                    "set_fresh_p99_us": p.set_fresh.percentile_us(0.99),
+                })).collect::<Vec<_>>(),
+                "side_by_side": rounds.iter().map(|r| json!({
+                    "small_pairs": r.small_pairs,
+                    "large_pairs": r.large_pairs,
+                    "small_test_absent_per_sec": r.small_test,
+                    "large_test_absent_per_sec": r.large_test,
+                    "small_set_fresh_per_sec": r.small_set,
+                    "large_set_fresh_per_sec": r.large_set,
+                })).collect::<Vec<_>>(),
                 "fsync": a.fsync,
                 "load_average": load_avg,
             }),
@@ -131,9 +366,11 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
         output::plot(
             path,
             &Chart {
-                title: format!("dqe-enforcer RSS while storing pairs ({per_pair:.1} B/pair)"),
-                x_label: "pairs stored".into(),
-                y_label: "RSS, MB".into(),
+                title: format!(
+                    "dqe-enforcer RssAnon while storing pairs ({anon_per_pair:.1} B/pair)"
+                ),
+                x_label: "requests made".into(),
+                y_label: "RssAnon, MB".into(),
                 series: vec![Series {
                     name: format!("dqe-enforcer --fsync {}", a.fsync),
                     points: samples,

@@ -97,8 +97,18 @@ impl Drop for Started {
 
 /// Resident set size of process `pid` (VmRSS in `/proc/PID/status`), in bytes.
 pub(crate) fn rss_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "VmRSS:")
+}
+
+/// Anonymous resident memory of process `pid` (RssAnon in `/proc/PID/status`: heap, stacks,
+/// anonymous maps; not file pages such as mapped binaries), in bytes.
+pub(crate) fn rss_anon_bytes(pid: u32) -> Option<u64> {
+    status_bytes(pid, "RssAnon:")
+}
+
+fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = text.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
@@ -286,5 +296,7 @@ mod tests {
         let rss = rss_bytes(std::process::id()).unwrap();
         assert!(rss > 100_000, "{rss}");
         assert_eq!(rss_bytes(u32::MAX), None);
+        let anon = rss_anon_bytes(std::process::id()).unwrap();
+        assert!(anon > 0 && anon <= rss, "{anon} of {rss}");
     }
 }
