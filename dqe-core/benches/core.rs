@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dqe_core::config::{ClusterSpec, NodeSpec};
+use dqe_core::detector::PeerArrays;
 use dqe_core::hash::{key_of, sha1_concat};
-use dqe_core::node::{Node, NodeConfig, NodeStorage, Port, ReplyCaches};
+use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage, Port, ReplyCaches};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, Ring, RingArrays, RingBuffers};
 use dqe_core::stamp::{self, CertBody, CertCache, Certificate, Stamp};
@@ -285,8 +286,14 @@ const PORTAL_P: usize = 8192;
 const PORTAL_F: usize = 1024;
 const PORTAL_C: usize = 400_000;
 
-type BenchNode =
-    Node<FixedStore<Vec<Slot>>, StdRng, PORTAL_N, RingArrays<PORTAL_P>, PORTAL_F, BenchReplies>;
+type BenchNode = Node<
+    FixedStore<Vec<Slot>>,
+    StdRng,
+    ClusterArrays<PORTAL_N>,
+    RingArrays<PORTAL_P>,
+    PORTAL_F,
+    BenchReplies,
+>;
 type BenchReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
 
 /// One Test whose read set includes the node itself, through the node's code: the request,
@@ -324,6 +331,7 @@ fn portal_round(c: &mut Criterion) {
             storer: slots(),
         },
         ring: RingArrays::new(),
+        peers: PeerArrays::new(),
     };
     let rng = StdRng::seed_from_u64(7);
     let mut node: Box<BenchNode> =
