@@ -33,7 +33,8 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 /// Small queues, caches and store, so that Busy, Full and full queues are reached.
-type FuzzNode = Node<FixedStore<Vec<Slot>>, StdRng, ClusterArrays<3>, RingArrays<48>, 4, ReplyArrays<4>, 8, 4>;
+type FuzzNode =
+    Node<FixedStore<Vec<Slot>>, StdRng, ClusterArrays<3>, RingArrays<48>, 4, ReplyArrays<4>, 8, 4>;
 
 const NODES: usize = 3;
 const CLIENTS: u16 = 3;
