@@ -1,15 +1,15 @@
-//! The cluster file: TOML in, a validated [`ClusterSpec`] out, or an error that says where.
+//! The cluster file: TOML in, a validated [`Cluster`] out, or an error that says where.
 //!
 //! Every node of a cluster reads the same file, so a mistake in it stops every node; the
 //! error therefore names the file, the line, the column and the field (`cluster.replication`,
 //! `nodes[2].portal`), not just what serde disliked. Syntax and type errors come from `toml`
 //! with a byte span; the rules of a well-formed cluster come from
-//! [`ClusterSpec::validate`] and are mapped back to the span of the field that breaks them.
+//! [`ClusterModel::validate`] and are mapped back to the span of the field that breaks them.
 //!
 //! This is the one parser of the file: `dqe-enforcer`, the `dqe` tools, the firmware's sim
 //! board and the firmware's `build.rs` (for boards without a file system) all use it, so they
 //! accept and refuse exactly the same files. The limits that are protocol rules (`r +
-//! handoff`, `retain_epochs`) are checked once, by [`ClusterSpec::validate`]; this parser
+//! handoff`, `retain_epochs`) are checked once, by [`ClusterModel::validate`]; this parser
 //! adds only the capacities of the reading build and maps every error to its field.
 //!
 //! ```toml

@@ -3,7 +3,7 @@
 //! Membership is static: every node knows every node from one ordered list, and the order
 //! matters (ring ties go to the earlier node, the cluster tag hashes the nodes in order).
 //! The model lives here without any file format; backends parse TOML into it, boards get it
-//! from a build script. [`ClusterSpec::validate`] is the one place that decides what a
+//! from a build script. [`ClusterModel::validate`] is the one place that decides what a
 //! well-formed cluster is.
 
 use core::fmt::{self, Write as _};
