@@ -202,7 +202,10 @@ impl<const N: usize> Cluster<N> {
             .collect();
         let mut spec = Box::new(ClusterSpec::<N>::with_defaults(specs, r));
         spec.vnodes = vnodes;
-        spec.validate().map_err(|e| format!("{e:?}"))?;
+        // Linear for thousands of nodes with scratch (pairwise without).
+        let mut scratch = vec![0; dqe_core::config::validation_scratch_words(len)];
+        spec.validate_in(&mut scratch)
+            .map_err(|e| format!("{e:?}"))?;
         let index = (0..len)
             .flat_map(|i| {
                 [Port::Portal, Port::Storer, Port::Source].map(|p| (node_addr(i, p), (i, p)))
