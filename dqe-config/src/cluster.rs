@@ -52,8 +52,8 @@ use crate::storage::{self, Storage, StorageRepr};
 /// sized from the file, so this is the only limit (a board's build has its own, smaller).
 pub const MAX_NODES: usize = NodeIndex::MAX as usize + 1;
 /// Ring points `dqe-enforcer` builds at most: `nodes * vnodes` must not exceed it. The ring is
-/// sized from the file, 38 bytes a point (the point and its 8-byte search head), so this
-/// bounds it to 40 MiB: 16 points for each of 65,536 nodes, or the 256 per node that
+/// sized from the file, 30 bytes a point (22 for the point, 8 for its search head), so this
+/// bounds it to 30 MiB: 16 points for each of 65,536 nodes, or the 256 per node that
 /// `dqe config gen` writes (512 when r = 1) up to 4,096 nodes (2,048 for r = 1).
 pub const MAX_RING_POINTS: usize = 1 << 20;
 
