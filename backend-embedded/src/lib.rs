@@ -51,7 +51,7 @@ use core::pin::pin;
 use core::task::{Context, Poll, Waker};
 
 use dqe_core::config::NodeSpec;
-use dqe_core::node::{Node, PORTAL_QUEUE, Port, STORER_QUEUE};
+use dqe_core::node::{ClusterArrays, Node, PORTAL_QUEUE, Port, STORER_QUEUE};
 use dqe_core::replay::ReplyStorage;
 use dqe_core::ring::RingStorage;
 use dqe_core::store::Store;
@@ -343,7 +343,7 @@ pub struct EmbeddedNode<
     R: RngCore,
     E: EpochSource,
 {
-    node: &'a mut Node<S, R, N, G, F, B, QP, QS>,
+    node: &'a mut Node<S, R, ClusterArrays<N>, G, F, B, QP, QS>,
     stack: Stack<'a>,
     storer: NodeSocket<'a>,
     portal: NodeSocket<'a>,
@@ -405,7 +405,7 @@ where
         stack: Stack<'a>,
         resources: &'a mut Resources<Pt, St, So>,
         me: &NodeSpec,
-        node: &'a mut Node<S, R, N, G, F, B, QP, QS>,
+        node: &'a mut Node<S, R, ClusterArrays<N>, G, F, B, QP, QS>,
         epoch_source: E,
     ) -> Result<Self, BindError> {
         let Resources {
@@ -453,7 +453,7 @@ where
     }
 
     /// The node this backend drives.
-    pub fn node(&self) -> &Node<S, R, N, G, F, B, QP, QS> {
+    pub fn node(&self) -> &Node<S, R, ClusterArrays<N>, G, F, B, QP, QS> {
         self.node
     }
 

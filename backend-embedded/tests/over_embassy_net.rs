@@ -12,7 +12,7 @@ use std::task::Context;
 use backend_embedded::{BackendStats, EmbeddedNode, EpochSource, UniformResources};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
-use dqe_core::node::{Node, NodeConfig, NodeStorage};
+use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage};
 use dqe_core::replay::ReplyArrays;
 use dqe_core::ring::RingArrays;
 use dqe_core::store::{FixedStore, Slot};
@@ -221,7 +221,7 @@ fn scenario<T>(
 
     let spec = one_node_cluster();
     let me = spec.nodes[0].clone();
-    let mut node: Node<_, _, 1, RingArrays<16>, 4, ReplyArrays<16>> = Node::new(
+    let mut node: Node<_, _, ClusterArrays<1>, RingArrays<16>, 4, ReplyArrays<16>> = Node::new(
         spec,
         0,
         FixedStore::new([Slot::EMPTY; 64]),

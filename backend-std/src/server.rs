@@ -52,8 +52,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dqe_core::config::{NodeIndex, NodeSpec};
+use dqe_core::detector::{Health, PeerBuffers};
 use dqe_core::event::{Outcome, RequestKind};
-use dqe_core::node::{Node, NodeConfig, NodeError, NodeStorage, Port, ReplyCaches};
+use dqe_core::node::{ClusterStorage, Node, NodeConfig, NodeError, NodeStorage, Port, ReplyCaches};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
 use dqe_core::wire::MAX_DATAGRAM;
@@ -69,7 +71,6 @@ use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
 use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
 use crate::peers::PeerWatch;
 use crate::read_order::{ReadOrder, ReadPolicy, Step};
-use dqe_config::cluster::MAX_NODES;
 
 /// Client requests the portal may have in flight; more are refused `Busy`.
 pub const IN_FLIGHT: usize = 1024;
@@ -83,8 +84,32 @@ const SWEEP_BUDGET: Duration = Duration::from_millis(1);
 /// timed from the node's millisecond clock instead.
 const ARRIVALS: usize = 65_536;
 
-/// The node this backend runs; its write-reply caches are sized at start ([`reply_slots`]).
-pub type EnforcerNode = Node<DurableStore, StdRng, MAX_NODES, RingStorage, IN_FLIGHT, ReplyStorage>;
+/// The node this backend runs; its node list, per-node tables and ring are sized from the
+/// cluster file, its write-reply caches at start ([`reply_slots`]).
+pub type EnforcerNode =
+    Node<DurableStore, StdRng, ClusterVecs, RingStorage, IN_FLIGHT, ReplyStorage>;
+/// What grows with the number of nodes, sized from the cluster file (up to
+/// [`dqe_config::cluster::MAX_NODES`]): the node list in a `Vec`, the failure detector's
+/// tables in boxed slices.
+#[derive(Debug)]
+pub enum ClusterVecs {}
+
+impl ClusterStorage for ClusterVecs {
+    type Nodes = Vec<NodeSpec>;
+    type Peers = PeerTables;
+}
+
+/// The failure detector's per-node tables: one entry per node of the cluster.
+pub type PeerTables = PeerBuffers<Box<[Health]>, Box<[NodeIndex]>, Box<[u32]>>;
+
+/// Detector tables for `nodes` nodes.
+pub fn peer_tables(nodes: usize) -> PeerTables {
+    PeerBuffers {
+        health: vec![Health::UP; nodes].into_boxed_slice(),
+        down: vec![0; nodes].into_boxed_slice(),
+        transitions: vec![0; nodes].into_boxed_slice(),
+    }
+}
 /// The ring's storage: points and heads, sized from the cluster at start.
 pub type RingStorage = RingBuffers<Box<[Point]>, Box<[u64]>>;
 /// A write-reply cache's storage: slots and bucket heads, sized at start.
@@ -168,9 +193,9 @@ const BUILD_STACK: usize = 16 << 20;
 
 /// Build the node on a short-lived thread, outside any async fn.
 ///
-/// The core builds the node by value: its ring and reply caches are boxed slices sized from
-/// the config, but its in-flight table is still an array (about 0.8 MB with the cluster
-/// description). Built in an async fn, the temporaries would enlarge the loop's poll frame,
+/// The core builds the node by value: its node list, per-node tables, ring and reply caches
+/// are sized from the config on the heap, but its in-flight table is still an array of
+/// [`IN_FLIGHT`] requests (about 0.8 MB, whatever the cluster's size). Built in an async fn, the temporaries would enlarge the loop's poll frame,
 /// whose stack pages are then probed on every poll; built on the loop's own thread, the
 /// stack pages they touched would stay resident. A thread of its own gives those pages back
 /// when it exits.
@@ -201,6 +226,7 @@ fn build_node(
                         points: vec![Point::EMPTY; points].into_boxed_slice(),
                         heads: vec![0; points].into_boxed_slice(),
                     },
+                    peers: peer_tables(cfg.spec.nodes.len()),
                 };
                 EnforcerNode::new(
                     cfg.spec.clone(),

@@ -6,7 +6,6 @@ mod support;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use dqe_core::config::ClusterSpec;
 use dqe_core::wire::{Body, Envelope, Reason};
 use support::*;
 
@@ -16,7 +15,7 @@ const SILENCE: Duration = Duration::from_millis(300);
 
 /// The cluster tag of `--dev` (one node named "dev", r = 1).
 fn dev_tag(base: u16) -> u32 {
-    let spec: ClusterSpec<256> = dqe_config::cluster::dev_cluster(base);
+    let spec: dqe_config::cluster::Cluster = dqe_config::cluster::dev_cluster(base);
     spec.cluster_tag()
 }
 

@@ -8,7 +8,6 @@ mod support;
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use dqe_core::config::ClusterSpec;
 use dqe_core::wire::Body;
 use dqe_tests::storm::{StormConfig, StormReport, rss_kib, storm};
 use support::*;
@@ -85,7 +84,7 @@ fn a_storm_of_random_and_mutated_datagrams_leaves_the_node_right() {
     let site = DevSite::new(&PORTS, 4);
     let base = site.base;
     let (mut node, metrics) = site.start_with_metrics(&[]);
-    let spec: ClusterSpec<256> = dqe_config::cluster::dev_cluster(base);
+    let spec: dqe_config::cluster::Cluster = dqe_config::cluster::dev_cluster(base);
     let seed = seed();
     eprintln!("storm seed {seed} (DQE_STORM_SEED={seed} replays it)");
     let cfg = |datagrams, seed| StormConfig {

@@ -1,15 +1,15 @@
-//! The cluster file: TOML in, a validated [`ClusterSpec`] out, or an error that says where.
+//! The cluster file: TOML in, a validated [`Cluster`] out, or an error that says where.
 //!
 //! Every node of a cluster reads the same file, so a mistake in it stops every node; the
 //! error therefore names the file, the line, the column and the field (`cluster.replication`,
 //! `nodes[2].portal`), not just what serde disliked. Syntax and type errors come from `toml`
 //! with a byte span; the rules of a well-formed cluster come from
-//! [`ClusterSpec::validate`] and are mapped back to the span of the field that breaks them.
+//! [`ClusterModel::validate`] and are mapped back to the span of the field that breaks them.
 //!
 //! This is the one parser of the file: `dqe-enforcer`, the `dqe` tools, the firmware's sim
 //! board and the firmware's `build.rs` (for boards without a file system) all use it, so they
 //! accept and refuse exactly the same files. The limits that are protocol rules (`r +
-//! handoff`, `retain_epochs`) are checked once, by [`ClusterSpec::validate`]; this parser
+//! handoff`, `retain_epochs`) are checked once, by [`ClusterModel::validate`]; this parser
 //! adds only the capacities of the reading build and maps every error to its field.
 //!
 //! ```toml
@@ -37,7 +37,8 @@ use std::path::{Path, PathBuf};
 
 pub use dqe_core::config::MAX_RETAIN_EPOCHS;
 use dqe_core::config::{
-    ClusterSpec, ConfigError, DEFAULT_VNODES, NAME_MAX, NodeIndex, NodeName, NodeSpec,
+    ClusterModel, ClusterSpec, ConfigError, DEFAULT_VNODES, NAME_MAX, NodeIndex, NodeName,
+    NodeSpec, validation_scratch_words,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -46,15 +47,19 @@ pub use crate::locate::Location;
 use crate::locate::Source;
 use crate::storage::{self, Storage, StorageRepr};
 
-/// Nodes a cluster file may list (the `N` of the node `dqe-enforcer` runs).
-pub const MAX_NODES: usize = 256;
-/// Ring points `dqe-enforcer` has room for: `nodes * vnodes` must not exceed it. Room for
-/// the points `dqe config gen` writes (256 per node, 512 when r = 1) up to 128 nodes (64 for
-/// r = 1); about 30 bytes each, so the ring takes under 1 MiB.
-pub const MAX_RING_POINTS: usize = 32_768;
+/// Nodes a cluster file may list for `dqe-enforcer` and the tools: every index a
+/// [`NodeIndex`] (`u16`) can number. The node list and the failure detector's tables are
+/// sized from the file, so this is the only limit (a board's build has its own, smaller).
+pub const MAX_NODES: usize = NodeIndex::MAX as usize + 1;
+/// Ring points `dqe-enforcer` builds at most: `nodes * vnodes` must not exceed it. The ring is
+/// sized from the file, 30 bytes a point (22 for the point, 8 for its search head), so this
+/// bounds it to 30 MiB: 16 points for each of 65,536 nodes, or the 256 per node that
+/// `dqe config gen` writes (512 when r = 1) up to 4,096 nodes (2,048 for r = 1).
+pub const MAX_RING_POINTS: usize = 1 << 20;
 
-/// The cluster model `dqe-enforcer` and the tools run.
-pub type Cluster = ClusterSpec<MAX_NODES>;
+/// The cluster model `dqe-enforcer` and the tools run: its node list in a `Vec` sized from
+/// the file.
+pub type Cluster = ClusterModel<Vec<NodeSpec>>;
 
 /// Why a cluster file was refused. Each variant names the broken rule.
 #[derive(Debug, thiserror::Error)]
@@ -170,13 +175,17 @@ struct NodeRepr {
 
 /// Read and validate a cluster file for `dqe-enforcer`'s capacities.
 pub fn load(path: &Path) -> Result<Cluster, ConfigFileError> {
-    load_with_capacity::<MAX_NODES>(path, MAX_RING_POINTS)
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse(path, &text)
 }
 
 /// Parse and validate the text of a cluster file for `dqe-enforcer`'s capacities; `path` is
 /// only used in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Cluster, ConfigFileError> {
-    parse_with_capacity::<MAX_NODES>(path, text, MAX_RING_POINTS)
+    parse_for(path, text, MAX_NODES, MAX_RING_POINTS)
 }
 
 /// [`load`] for a build holding up to `N` nodes and `ring_points` ring points (a board).
@@ -247,6 +256,26 @@ pub fn parse_with_capacity<const N: usize>(
     text: &str,
     ring_points: usize,
 ) -> Result<ClusterSpec<N>, ConfigFileError> {
+    let c = parse_for(path, text, N, ring_points)?;
+    Ok(ClusterModel {
+        // Cannot overflow: `parse_for` refused more than `N` nodes.
+        nodes: c.nodes.into_iter().collect(),
+        replication: c.replication,
+        vnodes: c.vnodes,
+        handoff: c.handoff,
+        epoch_seconds: c.epoch_seconds,
+        grace: c.grace,
+        retain_epochs: c.retain_epochs,
+    })
+}
+
+/// [`parse`] for a build holding up to `max_nodes` nodes and `ring_points` ring points.
+fn parse_for(
+    path: &Path,
+    text: &str,
+    max_nodes: usize,
+    ring_points: usize,
+) -> Result<Cluster, ConfigFileError> {
     let src = Source::new(path, text);
     let at = |span: Range<usize>, field: &str| src.at(span, field);
     let repr: FileRepr = toml::from_str(text).map_err(|e| {
@@ -255,14 +284,14 @@ pub fn parse_with_capacity<const N: usize>(
     })?;
 
     let nodes_repr = repr.nodes.get_ref();
-    if nodes_repr.len() > N {
+    if nodes_repr.len() > max_nodes {
         return Err(ConfigFileError::TooManyNodes {
             at: at(repr.nodes.span(), "nodes"),
             count: nodes_repr.len(),
-            capacity: N,
+            capacity: max_nodes,
         });
     }
-    let mut nodes = heapless::Vec::<NodeSpec, N>::new();
+    let mut nodes = Vec::with_capacity(nodes_repr.len());
     for (i, n) in nodes_repr.iter().enumerate() {
         let n = n.get_ref();
         let name = NodeName::try_from(n.name.get_ref().as_str()).map_err(|_| {
@@ -290,12 +319,11 @@ pub fn parse_with_capacity<const N: usize>(
         }
         // Every reader refuses a bad storage policy, not only the node it belongs to.
         storage::resolve(&src, repr.storage.as_ref(), n.storage.as_ref(), i)?;
-        // Capacity was checked above.
-        let _ = nodes.push(spec);
+        nodes.push(spec);
     }
 
     let c = repr.cluster.get_ref();
-    let mut spec = ClusterSpec::<N>::with_defaults(nodes, *c.replication.get_ref());
+    let mut spec = Cluster::with_defaults(nodes, *c.replication.get_ref());
     if let Some(v) = &c.vnodes {
         spec.vnodes = *v.get_ref();
     }
@@ -331,7 +359,9 @@ pub fn parse_with_capacity<const N: usize>(
         let hit = if second { hits.nth(1) } else { hits.next() };
         hit.unwrap_or(roles[0])
     };
-    if let Err(rule) = spec.validate() {
+    // Scratch for a linear check of duplicate names and addresses, however many nodes.
+    let mut scratch = vec![0; validation_scratch_words(spec.nodes.len())];
+    if let Err(rule) = spec.validate_in(&mut scratch) {
         let (span, field, hint) = match &rule {
             ConfigError::Empty | ConfigError::TooManyNodes { .. } => (
                 repr.nodes.span(),
@@ -479,29 +509,28 @@ pub fn parse_with_capacity<const N: usize>(
 }
 
 /// The index of `name` in `spec`, or the error that lists the names the file has.
-pub fn find_node<const N: usize>(
+pub fn find_node<L: AsRef<[NodeSpec]>>(
     path: &Path,
-    spec: &ClusterSpec<N>,
+    spec: &ClusterModel<L>,
     name: &str,
 ) -> Result<NodeIndex, ConfigFileError> {
     spec.index_of(name)
         .ok_or_else(|| ConfigFileError::UnknownNode {
             path: path.to_path_buf(),
             name: name.to_string(),
-            known: spec.nodes.iter().map(|n| n.name.to_string()).collect(),
+            known: spec.nodes().iter().map(|n| n.name.to_string()).collect(),
         })
 }
 
 /// The one-node cluster of `--dev`: portal, storer and source on `127.0.0.1:base..base+2`.
 pub fn dev_cluster(port_base: u16) -> Cluster {
     let addr = |off: u16| SocketAddr::from(([127, 0, 0, 1], port_base.wrapping_add(off)));
-    let mut nodes = heapless::Vec::new();
-    let _ = nodes.push(NodeSpec {
+    let nodes = vec![NodeSpec {
         name: NodeName::try_from("dev").unwrap_or_default(),
         portal: addr(0),
         storer: addr(1),
         source: addr(2),
-    });
+    }];
     let mut spec = Cluster::with_defaults(nodes, 1);
     spec.vnodes = DEFAULT_VNODES;
     spec
@@ -793,5 +822,86 @@ source = "127.0.0.1:8203"
         spec.validate().unwrap();
         assert_eq!(spec.nodes[0].portal.port(), 8101);
         assert_eq!(spec.nodes[0].source.port(), 8103);
+    }
+
+    /// A file of `n` nodes on loopback, three ports each from 10000 (0: its `[cluster]`).
+    fn many_nodes(n: usize, vnodes: u16) -> String {
+        let mut text = format!("[cluster]\nreplication = 1\nvnodes = {vnodes}\n");
+        for i in 0..n {
+            let p = 10_000 + 3 * i;
+            text.push_str(&format!(
+                "[[nodes]]\nname = \"n{i}\"\nportal = \"127.0.0.1:{}\"\nstorer = \"127.0.0.1:{}\"\nsource = \"127.0.0.1:{}\"\n",
+                p,
+                p + 1,
+                p + 2
+            ));
+        }
+        text
+    }
+
+    #[test]
+    fn eight_thousand_nodes_of_sixteen_points_are_read_in_a_vec() {
+        let text = many_nodes(8192, 16);
+        let start = std::time::Instant::now();
+        let spec = parse(Path::new("big.toml"), &text).unwrap();
+        assert_eq!(spec.nodes.len(), 8192);
+        assert_eq!(spec.vnodes, 16);
+        assert_eq!(
+            find_node(Path::new("big.toml"), &spec, "n8191").unwrap(),
+            8191
+        );
+        // Linear validation: a pairwise one would compare 33 million pairs.
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
+        // A duplicate among them is still found, and located.
+        let dup = text.replace("name = \"n8000\"", "name = \"n3\"");
+        let e = err(&dup);
+        assert!(
+            matches!(
+                e.rule(),
+                Some(ConfigError::DuplicateName {
+                    first: 3,
+                    second: 8000
+                })
+            ),
+            "{e}"
+        );
+        assert!(e.to_string().contains("nodes[8000].name"), "{e}");
+    }
+
+    #[test]
+    fn a_board_still_refuses_more_nodes_than_its_capacity() {
+        let text = many_nodes(17, 16);
+        let e = parse_with_capacity::<16>(Path::new("b.toml"), &text, 16 * 16).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ConfigFileError::TooManyNodes {
+                    count: 17,
+                    capacity: 16,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        let board = parse_with_capacity::<16>(Path::new("b.toml"), &many_nodes(16, 16), 256);
+        assert_eq!(board.unwrap().nodes.len(), 16);
+    }
+
+    #[test]
+    fn the_ring_limit_is_stated_in_points() {
+        // 17 nodes of 65,535 points: just over 2^20.
+        let e = err(&many_nodes(17, u16::MAX));
+        assert!(
+            matches!(
+                e,
+                ConfigFileError::TooManyRingPoints {
+                    points: 1_114_095,
+                    capacity: MAX_RING_POINTS,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(MAX_NODES, 65_536);
     }
 }

@@ -8,9 +8,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use dqe_core::config::{ClusterSpec, NodeSpec};
+use dqe_core::config::{ClusterModel, ClusterSpec, NodeIndex, NodeSpec};
+use dqe_core::detector::{Health, PeerBuffers};
 use dqe_core::hash::{key_of, sha1_concat};
-use dqe_core::node::{Node, NodeConfig, NodeStorage, Port, ReplyCaches};
+use dqe_core::node::{ClusterStorage, Node, NodeConfig, NodeStorage, Port, ReplyCaches};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, Ring, RingArrays, RingBuffers};
 use dqe_core::stamp::{self, CertBody, CertCache, Certificate, Stamp};
@@ -286,8 +287,17 @@ const PORTAL_F: usize = 1024;
 const PORTAL_C: usize = 400_000;
 
 type BenchNode =
-    Node<FixedStore<Vec<Slot>>, StdRng, PORTAL_N, RingArrays<PORTAL_P>, PORTAL_F, BenchReplies>;
+    Node<FixedStore<Vec<Slot>>, StdRng, BenchCluster, RingArrays<PORTAL_P>, PORTAL_F, BenchReplies>;
 type BenchReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
+
+/// The node list and per-node tables as backend-std holds them: sized from the cluster.
+#[derive(Debug)]
+enum BenchCluster {}
+
+impl ClusterStorage for BenchCluster {
+    type Nodes = Vec<NodeSpec>;
+    type Peers = PeerBuffers<Box<[Health]>, Box<[NodeIndex]>, Box<[u32]>>;
+}
 
 /// One Test whose read set includes the node itself, through the node's code: the request,
 /// its local share, the replies of its remote sub-requests, and the verdict. The table holds
@@ -308,7 +318,7 @@ fn portal(_: &mut Criterion) {
 }
 
 fn portal_round(c: &mut Criterion) {
-    let spec = cluster::<PORTAL_N>(PORTAL_N, 3);
+    let spec = ClusterModel::with_defaults(cluster::<PORTAL_N>(PORTAL_N, 3).nodes.to_vec(), 3);
     let config = NodeConfig {
         attempt_timeout: 1_000_000,
         ..NodeConfig::default()
@@ -324,6 +334,11 @@ fn portal_round(c: &mut Criterion) {
             storer: slots(),
         },
         ring: RingArrays::new(),
+        peers: PeerBuffers {
+            health: vec![Health::UP; PORTAL_N].into_boxed_slice(),
+            down: vec![0; PORTAL_N].into_boxed_slice(),
+            transitions: vec![0; PORTAL_N].into_boxed_slice(),
+        },
     };
     let rng = StdRng::seed_from_u64(7);
     let mut node: Box<BenchNode> =

@@ -23,6 +23,10 @@
 //!   sends such replies is named as misbehaving ([`Silence::BadFound`]) rather than silent.
 //! - **Cluster tags.** Requests carry [`ClientConfig::cluster`] (0: any). A portal of another
 //!   cluster answers `WrongCluster`; that is reported as [`Silence::WrongCluster`] with the tag.
+//!   A reply must echo the request's tag (PROTOCOL.md rule 2): one that carries another tag is
+//!   not an answer to the request (a node of another cluster that did not refuse, or a forger)
+//!   and is ignored and counted, so a portal that only sends such replies is named with the
+//!   tag it sent ([`Silence::ForeignCluster`]) rather than silent.
 //! - **Epochs.** The epoch of a time is [`crate::epoch::epoch_of`], re-exported here.
 //!
 //! A finished request ends with one [`Finished`] event: the first answer other than `Busy`
@@ -185,6 +189,19 @@ pub enum Silence {
         /// Time spent on it.
         waited: Millis,
     },
+    /// Its only replies carried cluster tag `theirs`, not the request's `ours` (rule 2: a
+    /// reply echoes the request's tag): ignored, since they answer no request of ours; the
+    /// portal runs with another cluster file (or someone forges its replies).
+    ForeignCluster {
+        /// The tag the requests carried (0: any).
+        ours: u32,
+        /// The tag of the last such reply.
+        theirs: u32,
+        /// Such replies.
+        replies: u32,
+        /// Time spent on it.
+        waited: Millis,
+    },
     /// It answered `WrongCluster`: a node of another cluster than `tag` names.
     WrongCluster {
         /// The tag the request carried.
@@ -281,6 +298,11 @@ pub enum Ignored {
     WrongSource,
     /// A `Found` whose value does not hash to the key.
     BadFound,
+    /// A reply that does not echo the request's cluster tag (rule 2): it carries `tag`.
+    ForeignCluster {
+        /// The reply's tag.
+        tag: u32,
+    },
 }
 
 /// What the client keeps per request.
@@ -301,6 +323,9 @@ struct InFlight {
     planned: u32,
     sends: u32,
     bad_found: u32,
+    /// Replies with another cluster tag than the request's, and the last such tag.
+    foreign: u32,
+    foreign_tag: u32,
     /// Fallback verdicts, kept until every portal was asked.
     busy: Option<usize>,
     wrong_cluster: Option<usize>,
@@ -379,6 +404,8 @@ impl<P: AsRef<[SocketAddr]>, S: AsRef<[Entry]> + AsMut<[Entry]>> Client<P, S> {
             planned: 0,
             sends: 0,
             bad_found: 0,
+            foreign: 0,
+            foreign_tag: 0,
             busy: None,
             wrong_cluster: None,
             passed: None,
@@ -446,6 +473,13 @@ impl<P: AsRef<[SocketAddr]>, S: AsRef<[Entry]> + AsMut<[Entry]>> Client<P, S> {
                         replies: r.bad_found,
                         waited,
                     }
+                } else if r.foreign > 0 {
+                    Silence::ForeignCluster {
+                        ours: self.config.cluster,
+                        theirs: r.foreign_tag,
+                        replies: r.foreign,
+                        waited,
+                    }
                 } else {
                     Silence::NoAnswer {
                         sends: r.sends,
@@ -475,6 +509,11 @@ impl<P: AsRef<[SocketAddr]>, S: AsRef<[Entry]> + AsMut<[Entry]>> Client<P, S> {
         };
         if self.portals.as_ref()[r.portal] != from {
             return Received::Ignored(Ignored::WrongSource);
+        }
+        if env.cluster != self.config.cluster {
+            r.foreign = r.foreign.saturating_add(1);
+            r.foreign_tag = env.cluster;
+            return Received::Ignored(Ignored::ForeignCluster { tag: env.cluster });
         }
         let portal = r.portal;
         match reply {
@@ -569,6 +608,7 @@ impl<P: AsRef<[SocketAddr]>, S: AsRef<[Entry]> + AsMut<[Entry]>> Client<P, S> {
             r.planned = 0;
             r.sends = 0;
             r.bad_found = 0;
+            r.foreign = 0;
             self.send_now(now, slot);
             return;
         }

@@ -3,7 +3,7 @@
 //! Membership is static: every node knows every node from one ordered list, and the order
 //! matters (ring ties go to the earlier node, the cluster tag hashes the nodes in order).
 //! The model lives here without any file format; backends parse TOML into it, boards get it
-//! from a build script. [`ClusterSpec::validate`] is the one place that decides what a
+//! from a build script. [`ClusterModel::validate`] is the one place that decides what a
 //! well-formed cluster is.
 
 use core::fmt::{self, Write as _};
@@ -49,11 +49,13 @@ pub struct NodeSpec {
     pub source: SocketAddr,
 }
 
-/// The whole cluster, for up to `N` nodes.
+/// The whole cluster, its node list in storage `L` the caller chooses (smoltcp's style): a
+/// [`heapless::Vec`] on a board ([`ClusterSpec`]), a `Vec` sized from the config file on a
+/// server.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClusterSpec<const N: usize> {
+pub struct ClusterModel<L> {
     /// The nodes, in config order.
-    pub nodes: heapless::Vec<NodeSpec, N>,
+    pub nodes: L,
     /// `r`: copies of each key (1 <= r <= nodes).
     pub replication: u8,
     /// Ring points per node.
@@ -66,6 +68,18 @@ pub struct ClusterSpec<const N: usize> {
     pub grace: u32,
     /// Epochs a stored key is kept at least.
     pub retain_epochs: u32,
+}
+
+/// A cluster of up to `N` nodes held by value (a board's compile-time capacity).
+pub type ClusterSpec<const N: usize> = ClusterModel<heapless::Vec<NodeSpec, N>>;
+
+/// Words of scratch [`ClusterModel::validate_in`] needs beyond one per node to find
+/// duplicates in linear time: one bit for every port number.
+pub const PORT_BITMAP_WORDS: usize = 65_536 / 64;
+
+/// Scratch words [`ClusterModel::validate_in`] needs for `nodes` nodes to stay linear.
+pub const fn validation_scratch_words(nodes: usize) -> usize {
+    PORT_BITMAP_WORDS + nodes
 }
 
 /// Why a cluster description is not usable. Each variant names the broken rule.
@@ -185,12 +199,12 @@ impl core::fmt::Display for ConfigError {
 
 impl core::error::Error for ConfigError {}
 
-impl<const N: usize> ClusterSpec<N> {
+impl<L: AsRef<[NodeSpec]>> ClusterModel<L> {
     /// A cluster with the given nodes and `r`, every other setting at its default
     /// (`handoff = min(2, nodes - r)`, `retain_epochs = grace + 2`).
-    pub fn with_defaults(nodes: heapless::Vec<NodeSpec, N>, replication: u8) -> Self {
-        let spare = nodes.len().saturating_sub(replication as usize);
-        ClusterSpec {
+    pub fn with_defaults(nodes: L, replication: u8) -> Self {
+        let spare = nodes.as_ref().len().saturating_sub(replication as usize);
+        ClusterModel {
             handoff: spare.min(DEFAULT_HANDOFF_MAX as usize) as u8,
             nodes,
             replication,
@@ -208,15 +222,30 @@ impl<const N: usize> ClusterSpec<N> {
             .min(DEFAULT_HANDOFF_MAX as usize) as u8
     }
 
-    /// Check every rule of a well-formed cluster.
+    /// The nodes, in config order.
+    pub fn nodes(&self) -> &[NodeSpec] {
+        self.nodes.as_ref()
+    }
+
+    /// Check every rule of a well-formed cluster. Without scratch memory, names and
+    /// addresses are compared pair by pair: fine for a board's few nodes; a large cluster
+    /// lends scratch to [`ClusterModel::validate_in`].
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let n = self.nodes.len();
+        self.validate_in(&mut [])
+    }
+
+    /// [`ClusterModel::validate`] with `scratch` words to spare (their contents are
+    /// overwritten): with [`validation_scratch_words`]`(nodes)` or more, duplicate names and
+    /// addresses are found in linear time instead of by comparing every pair.
+    pub fn validate_in(&self, scratch: &mut [u64]) -> Result<(), ConfigError> {
+        let nodes = self.nodes();
+        let n = nodes.len();
         if n == 0 {
             return Err(ConfigError::Empty);
         }
         // Every pair is compared only when a cheap look cannot rule out a clash.
-        let pairs_may_clash = !self.all_distinct();
-        for (i, a) in self.nodes.iter().enumerate() {
+        let pairs_may_clash = !self.all_distinct(scratch);
+        for (i, a) in nodes.iter().enumerate() {
             if a.name.is_empty() {
                 return Err(ConfigError::EmptyName { node: i });
             }
@@ -233,7 +262,7 @@ impl<const N: usize> ClusterSpec<N> {
             if !pairs_may_clash {
                 continue;
             }
-            for (j, b) in self.nodes.iter().enumerate().skip(i + 1) {
+            for (j, b) in nodes.iter().enumerate().skip(i + 1) {
                 if a.name == b.name {
                     return Err(ConfigError::DuplicateName {
                         first: i,
@@ -287,30 +316,34 @@ impl<const N: usize> ClusterSpec<N> {
     }
 
     /// Whether no two nodes can share a name or clash on an address, decided without
-    /// comparing every pair: names are hashed into a bitmap of `64 N` bits, and a name whose
-    /// bit is taken is compared with every other name; addresses clash only on equal ports,
-    /// and a port met twice (clusters spread over hosts reuse their ports) means every pair
-    /// must be compared. A large simulated cluster (thousands of nodes on distinct
-    /// ports, each node validating the description) stays linear instead of quadratic.
-    fn all_distinct(&self) -> bool {
-        let mut names = [0u64; N];
-        let mut ports = [0u64; N];
-        let bits = 64 * N as u64;
-        let mark = |map: &mut [u64; N], h: u64| {
-            let bit = h % bits;
+    /// comparing every pair, in the caller's `scratch`: ports get one bit each (addresses
+    /// clash only on equal ports, and a port met twice, as in clusters spread over hosts that
+    /// reuse their ports, means every pair must be compared); names are hashed into a bitmap
+    /// of the remaining words (at least 64 bits a node), and a name whose bit is taken is
+    /// compared with every other name. A large cluster (thousands of nodes on distinct ports)
+    /// stays linear instead of quadratic; without enough scratch the answer is "maybe not".
+    fn all_distinct(&self, scratch: &mut [u64]) -> bool {
+        let nodes = self.nodes();
+        if scratch.len() < validation_scratch_words(nodes.len()) {
+            return false;
+        }
+        let (ports, names) = scratch.split_at_mut(PORT_BITMAP_WORDS);
+        ports.fill(0);
+        names.fill(0);
+        let mark = |map: &mut [u64], h: u64| {
+            let bit = h % (64 * map.len() as u64);
             let (word, mask) = ((bit / 64) as usize, 1u64 << (bit % 64));
             let seen = map[word] & mask != 0;
             map[word] |= mask;
             seen
         };
-        for (i, a) in self.nodes.iter().enumerate() {
+        for (i, a) in nodes.iter().enumerate() {
             // FNV-1a of the name.
             let h = a.name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
                 (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
             });
-            if mark(&mut names, h)
-                && self
-                    .nodes
+            if mark(names, h)
+                && nodes
                     .iter()
                     .enumerate()
                     .any(|(j, b)| j != i && b.name == a.name)
@@ -318,13 +351,9 @@ impl<const N: usize> ClusterSpec<N> {
                 return false;
             }
         }
-        // Ports are at most 65,535: with 64 N bits or more every port has its own bit.
-        for a in self.nodes.iter() {
+        for a in nodes {
             for x in [a.portal, a.storer, a.source] {
-                if bits <= u64::from(u16::MAX) {
-                    return false;
-                }
-                if mark(&mut ports, u64::from(x.port())) {
+                if mark(ports, u64::from(x.port())) {
                     return false;
                 }
             }
@@ -343,7 +372,7 @@ impl<const N: usize> ClusterSpec<N> {
         h.bytes(&(self.replication as u32).to_be_bytes());
         h.bytes(&(self.vnodes as u32).to_be_bytes());
         h.bytes(&(self.handoff as u32).to_be_bytes());
-        for node in &self.nodes {
+        for node in self.nodes() {
             h.bytes(node.name.as_bytes());
             h.bytes(&[0]);
             for addr in [node.portal, node.storer, node.source] {
@@ -361,7 +390,7 @@ impl<const N: usize> ClusterSpec<N> {
 
     /// The index of the node named `name`.
     pub fn index_of(&self, name: &str) -> Option<NodeIndex> {
-        self.nodes
+        self.nodes()
             .iter()
             .position(|n| n.name.as_str() == name)
             .map(|i| i as NodeIndex)

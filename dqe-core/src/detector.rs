@@ -55,39 +55,126 @@ pub enum Change {
     CameUp,
 }
 
-/// Per-peer health for a cluster of at most `N` nodes.
+/// Where the detector keeps its per-node tables, lent by the caller (smoltcp's style): one
+/// entry per node of the cluster in each (more is fine). Arrays on a board
+/// ([`PeerArrays`]), boxed slices sized from the config on a server ([`PeerBuffers`]).
+pub trait PeerStorage {
+    /// Each node's health, the nodes believed down (the first `len` used), and each node's
+    /// transition count.
+    fn parts(&self) -> (&[Health], &[NodeIndex], &[u32]);
+    /// The same, to change.
+    fn parts_mut(&mut self) -> (&mut [Health], &mut [NodeIndex], &mut [u32]);
+}
+
+/// Detector storage in any three buffers: arrays ([`PeerArrays`]), boxed or borrowed slices.
 #[derive(Debug, Clone)]
-pub struct FailureDetector<const N: usize> {
-    health: [Health; N],
-    /// The nodes believed down, in no order, so that the common case (none) costs nothing to
-    /// ask about and [`FailureDetector::down_nodes`] costs only as many as are down.
-    down: heapless::Vec<NodeIndex, N>,
-    /// Per node, how many times its belief changed (up to down or back), wrapping: a backend
-    /// that polls [`FailureDetector::transitions`] sees every change, even one undone
-    /// between two polls.
-    transitions: [u32; N],
+pub struct PeerBuffers<H, D, T> {
+    /// One health per node.
+    pub health: H,
+    /// Room for every node in the list of nodes believed down.
+    pub down: D,
+    /// One transition count per node.
+    pub transitions: T,
+}
+
+impl<H, D, T> PeerStorage for PeerBuffers<H, D, T>
+where
+    H: AsRef<[Health]> + AsMut<[Health]>,
+    D: AsRef<[NodeIndex]> + AsMut<[NodeIndex]>,
+    T: AsRef<[u32]> + AsMut<[u32]>,
+{
+    fn parts(&self) -> (&[Health], &[NodeIndex], &[u32]) {
+        (
+            self.health.as_ref(),
+            self.down.as_ref(),
+            self.transitions.as_ref(),
+        )
+    }
+
+    fn parts_mut(&mut self) -> (&mut [Health], &mut [NodeIndex], &mut [u32]) {
+        (
+            self.health.as_mut(),
+            self.down.as_mut(),
+            self.transitions.as_mut(),
+        )
+    }
+}
+
+/// Room for `N` nodes in arrays (a board's static node holds them by value).
+pub type PeerArrays<const N: usize> = PeerBuffers<[Health; N], [NodeIndex; N], [u32; N]>;
+
+impl<const N: usize> PeerArrays<N> {
+    /// Tables for `N` nodes.
+    pub const fn new() -> Self {
+        PeerBuffers {
+            health: [Health::UP; N],
+            down: [0; N],
+            transitions: [0; N],
+        }
+    }
+}
+
+impl<const N: usize> Default for PeerArrays<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Health {
+    /// Up, with no misses: every node's health at the start.
+    pub const UP: Health = Health::Up { misses: 0 };
+}
+
+/// Per-peer health for the nodes of a cluster, in the caller's storage `P`.
+#[derive(Debug, Clone)]
+pub struct FailureDetector<P> {
+    /// Health and transition counts, per node; and the nodes believed down (the first
+    /// `down` of that table), in no order, so that the common case (none) costs nothing to
+    /// ask about and [`FailureDetector::down_nodes`] costs only as many as are down. A
+    /// transition count says how many times a node's belief changed (up to down or back),
+    /// wrapping: a backend that polls [`FailureDetector::transitions`] sees every change,
+    /// even one undone between two polls.
+    storage: P,
+    down: usize,
     threshold: u8,
     probe_interval: Millis,
 }
 
-impl<const N: usize> FailureDetector<N> {
-    /// Every node up. `threshold` is clamped to at least 1.
-    pub fn new(threshold: u8, probe_interval: Millis) -> Self {
+impl<const N: usize> FailureDetector<PeerArrays<N>> {
+    /// Every node of `N` up, in arrays. `threshold` is clamped to at least 1.
+    pub fn in_arrays(threshold: u8, probe_interval: Millis) -> Self {
+        FailureDetector::new(PeerArrays::new(), threshold, probe_interval)
+    }
+}
+
+impl<P: PeerStorage> FailureDetector<P> {
+    /// Every node up, in `storage` (whatever it held). `threshold` is clamped to at least 1.
+    pub fn new(mut storage: P, threshold: u8, probe_interval: Millis) -> Self {
+        let (health, _, transitions) = storage.parts_mut();
+        health.fill(Health::UP);
+        transitions.fill(0);
         FailureDetector {
-            health: [Health::Up { misses: 0 }; N],
-            down: heapless::Vec::new(),
-            transitions: [0; N],
+            storage,
+            down: 0,
             threshold: threshold.max(1),
             probe_interval,
         }
     }
 
+    /// How many nodes the storage has room for (the least of its three tables).
+    pub fn capacity(&self) -> usize {
+        let (health, down, transitions) = self.storage.parts();
+        health.len().min(down.len()).min(transitions.len())
+    }
+
     /// What the detector believes about `node`.
     pub fn health(&self, node: NodeIndex) -> Health {
-        self.health
+        self.storage
+            .parts()
+            .0
             .get(node as usize)
             .copied()
-            .unwrap_or(Health::Up { misses: 0 })
+            .unwrap_or(Health::UP)
     }
 
     /// Whether `node` is believed to answer.
@@ -97,24 +184,30 @@ impl<const N: usize> FailureDetector<N> {
 
     /// How many nodes are believed down.
     pub fn down_count(&self) -> usize {
-        self.down.len()
+        self.down
     }
 
     /// The nodes believed down, in no particular order.
     pub fn down_nodes(&self) -> &[NodeIndex] {
-        &self.down
+        &self.storage.parts().1[..self.down]
     }
 
     /// How many times the belief about `node` changed so far (wrapping). Even means it is
     /// believed up, odd that it is believed down; a difference of two or more between two
     /// polls means it went down and came back (perhaps more than once) in between.
     pub fn transitions(&self, node: NodeIndex) -> u32 {
-        self.transitions.get(node as usize).copied().unwrap_or(0)
+        self.storage
+            .parts()
+            .2
+            .get(node as usize)
+            .copied()
+            .unwrap_or(0)
     }
 
     /// `node` answered something: it is up, with no misses.
     pub fn record_answer(&mut self, node: NodeIndex) -> Change {
-        let Some(h) = self.health.get_mut(node as usize) else {
+        let (health, down, transitions) = self.storage.parts_mut();
+        let Some(h) = health.get_mut(node as usize) else {
             return Change::Same;
         };
         let change = match h {
@@ -123,10 +216,11 @@ impl<const N: usize> FailureDetector<N> {
         };
         *h = Health::Up { misses: 0 };
         if change == Change::CameUp {
-            if let Some(at) = self.down.iter().position(|&n| n == node) {
-                self.down.swap_remove(at);
+            if let Some(at) = down[..self.down].iter().position(|&n| n == node) {
+                self.down -= 1;
+                down.swap(at, self.down);
             }
-            self.transitions[node as usize] = self.transitions[node as usize].wrapping_add(1);
+            transitions[node as usize] = transitions[node as usize].wrapping_add(1);
         }
         change
     }
@@ -135,7 +229,8 @@ impl<const N: usize> FailureDetector<N> {
     pub fn record_miss(&mut self, node: NodeIndex, now: Millis) -> Change {
         let threshold = self.threshold;
         let next_probe = now.saturating_add(self.probe_interval);
-        let Some(h) = self.health.get_mut(node as usize) else {
+        let (health, down, transitions) = self.storage.parts_mut();
+        let Some(h) = health.get_mut(node as usize) else {
             return Change::Same;
         };
         match h {
@@ -147,11 +242,18 @@ impl<const N: usize> FailureDetector<N> {
                         next_probe,
                         probe: None,
                     };
-                    // Cannot fail: at most N distinct nodes (`node` indexes `health`).
-                    let pushed = self.down.push(node);
-                    debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
-                    self.transitions[node as usize] =
-                        self.transitions[node as usize].wrapping_add(1);
+                    // Room for every node (`Node::new` checked the tables' sizes); a node
+                    // is listed once, when it goes down.
+                    match down.get_mut(self.down) {
+                        Some(slot) => {
+                            *slot = node;
+                            self.down += 1;
+                        }
+                        None => debug_assert!(false, "the down list has room for every node"),
+                    }
+                    if let Some(t) = transitions.get_mut(node as usize) {
+                        *t = t.wrapping_add(1);
+                    }
                     Change::WentDown
                 } else {
                     Change::Same
@@ -162,28 +264,29 @@ impl<const N: usize> FailureDetector<N> {
     }
 
     /// The earliest instant a probe is due, if any node is down.
+    /// Costs a look at each down node, not at every node.
     pub fn next_probe(&self) -> Option<Millis> {
-        if self.down.is_empty() {
-            return None;
-        }
-        self.health
+        let health = self.storage.parts().0;
+        self.down_nodes()
             .iter()
-            .filter_map(|h| match h {
-                Health::Down { next_probe, .. } => Some(*next_probe),
-                Health::Up { .. } => None,
+            .filter_map(|&n| match health.get(n as usize) {
+                Some(Health::Down { next_probe, .. }) => Some(*next_probe),
+                _ => None,
             })
             .min()
     }
 
-    /// A down node whose probe is due at `now`, if any.
+    /// The down node of lowest index whose probe is due at `now`, if any.
     pub fn due_probe(&self, now: Millis) -> Option<NodeIndex> {
-        if self.down.is_empty() {
-            return None;
-        }
-        self.health
+        let health = self.storage.parts().0;
+        self.down_nodes()
             .iter()
-            .position(|h| matches!(h, Health::Down { next_probe, .. } if *next_probe <= now))
-            .map(|i| i as NodeIndex)
+            .copied()
+            .filter(|&n| {
+                matches!(health.get(n as usize),
+                    Some(Health::Down { next_probe, .. }) if *next_probe <= now)
+            })
+            .min()
     }
 
     /// A probe with id `id` went out to `node` at `now`; the next one is due an interval later.
@@ -191,7 +294,7 @@ impl<const N: usize> FailureDetector<N> {
         let interval = self.probe_interval;
         if let Some(Health::Down {
             next_probe, probe, ..
-        }) = self.health.get_mut(node as usize)
+        }) = self.storage.parts_mut().0.get_mut(node as usize)
         {
             *next_probe = now.saturating_add(interval);
             *probe = Some(id);
@@ -206,7 +309,7 @@ impl<const N: usize> FailureDetector<N> {
         let interval = self.probe_interval;
         let Some(Health::Down {
             next_probe, probe, ..
-        }) = self.health.get_mut(node as usize)
+        }) = self.storage.parts_mut().0.get_mut(node as usize)
         else {
             return false;
         };
@@ -235,7 +338,7 @@ mod tests {
 
     #[test]
     fn threshold_misses_in_a_row_mark_a_node_down() {
-        let mut d = FailureDetector::<4>::new(3, 1000);
+        let mut d = FailureDetector::<PeerArrays<4>>::in_arrays(3, 1000);
         assert_eq!(d.record_miss(1, 10), Change::Same);
         assert_eq!(d.record_miss(1, 20), Change::Same);
         assert!(d.is_up(1));
@@ -247,7 +350,7 @@ mod tests {
 
     #[test]
     fn an_answer_resets_the_misses() {
-        let mut d = FailureDetector::<4>::new(2, 1000);
+        let mut d = FailureDetector::<PeerArrays<4>>::in_arrays(2, 1000);
         d.record_miss(2, 10);
         assert_eq!(d.record_answer(2), Change::Same);
         assert_eq!(d.record_miss(2, 20), Change::Same);
@@ -256,7 +359,7 @@ mod tests {
 
     #[test]
     fn a_probe_answer_brings_the_node_back() {
-        let mut d = FailureDetector::<4>::new(1, 500);
+        let mut d = FailureDetector::<PeerArrays<4>>::in_arrays(1, 500);
         d.record_miss(3, 0);
         assert_eq!(d.due_probe(499), None);
         assert_eq!(d.due_probe(500), Some(3));
@@ -271,7 +374,7 @@ mod tests {
 
     #[test]
     fn a_down_node_heard_from_is_probed_at_once_but_not_more_than_four_times_an_interval() {
-        let mut d = FailureDetector::<4>::new(1, 1000);
+        let mut d = FailureDetector::<PeerArrays<4>>::in_arrays(1, 1000);
         assert!(!d.heard_from(2, 5), "an up node needs no probe");
         d.record_miss(2, 0);
         assert_eq!(d.down_nodes(), &[2]);
@@ -291,7 +394,7 @@ mod tests {
 
     #[test]
     fn transitions_count_every_change_of_belief_once() {
-        let mut d = FailureDetector::<4>::new(1, 500);
+        let mut d = FailureDetector::<PeerArrays<4>>::in_arrays(1, 500);
         assert_eq!(d.transitions(2), 0);
         d.record_miss(2, 0);
         d.record_miss(2, 10); // already down: no change

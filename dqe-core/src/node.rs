@@ -30,8 +30,8 @@ use heapless::Deque;
 use rand_core::RngCore;
 
 use crate::Millis;
-use crate::config::{ClusterSpec, ConfigError, NodeIndex};
-use crate::detector::Health;
+use crate::config::{ClusterModel, ConfigError, NodeIndex, NodeSpec};
+use crate::detector::{Health, PeerArrays, PeerStorage};
 use crate::event::{Answered, Outcome, RequestKind};
 use crate::portal::{Context, Portal};
 use crate::replay::{ReplyArrays, ReplyCache, ReplyStorage};
@@ -119,6 +119,9 @@ pub enum NodeError {
     Ring(RingError),
     /// `me` is not a node of the cluster.
     UnknownSelf { me: NodeIndex, nodes: usize },
+    /// The failure detector's per-node tables ([`NodeStorage::peers`]) have room for fewer
+    /// nodes than the cluster has.
+    PeerTablesTooSmall { nodes: usize, capacity: usize },
     /// `attempts` is 0: no sub-request would ever be sent.
     NoAttempts,
     /// `attempt_timeout` is 0: retries would go out in a busy loop.
@@ -142,6 +145,10 @@ impl core::fmt::Display for NodeError {
             NodeError::UnknownSelf { me, nodes } => {
                 write!(f, "node index {me} is not in a cluster of {nodes} nodes")
             }
+            NodeError::PeerTablesTooSmall { nodes, capacity } => write!(
+                f,
+                "the failure detector's tables have room for {capacity} nodes, the cluster has {nodes}"
+            ),
             NodeError::NoAttempts => f.write_str("attempts must be at least 1"),
             NodeError::ZeroAttemptTimeout => f.write_str("attempt_timeout must be at least 1 ms"),
             NodeError::NoReplySlots { portal, storer } => write!(
@@ -329,27 +336,53 @@ impl<const C: usize> Default for ReplyCaches<ReplyArrays<C>> {
     }
 }
 
+/// What a node keeps per node of its cluster, as a family of storage types (smoltcp's style:
+/// the caller chooses): the node list of its [`ClusterModel`] and the failure detector's
+/// tables. A board uses [`ClusterArrays`] (compile-time capacity); a server a family of
+/// `Vec`s and boxed slices sized from the config file (`dqe_config::cluster::ClusterVecs`).
+pub trait ClusterStorage {
+    /// The node list.
+    type Nodes: AsRef<[NodeSpec]> + core::fmt::Debug;
+    /// The failure detector's per-node tables.
+    type Peers: PeerStorage + core::fmt::Debug;
+}
+
+/// Room for `N` nodes in arrays: a [`heapless::Vec`] node list and [`PeerArrays`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClusterArrays<const N: usize> {}
+
+impl<const N: usize> ClusterStorage for ClusterArrays<N> {
+    type Nodes = heapless::Vec<NodeSpec, N>;
+    type Peers = PeerArrays<N>;
+}
+
 /// The storage a node works in, lent by the caller (smoltcp's style): arrays on a board (the
 /// [`Default`]), buffers sized from the config on a server.
 #[derive(Debug, Clone)]
-pub struct NodeStorage<B, G> {
+pub struct NodeStorage<B, G, P> {
     /// The portal's and the storer's write-reply caches.
     pub replies: ReplyCaches<B>,
     /// The ring's points (room for `nodes * vnodes`), see [`RingStorage`].
     pub ring: G,
+    /// The failure detector's per-node tables (room for every node), see [`PeerStorage`].
+    pub peers: P,
 }
 
-impl<const C: usize, const P: usize> Default for NodeStorage<ReplyArrays<C>, RingArrays<P>> {
-    /// Reply caches of `C` slots and a ring of `P` points, in arrays.
+impl<const C: usize, const P: usize, const N: usize> Default
+    for NodeStorage<ReplyArrays<C>, RingArrays<P>, PeerArrays<N>>
+{
+    /// Reply caches of `C` slots, a ring of `P` points and tables for `N` nodes, in arrays.
     fn default() -> Self {
         NodeStorage {
             replies: ReplyCaches::default(),
             ring: RingArrays::new(),
+            peers: PeerArrays::new(),
         }
     }
 }
 
-/// A DQE enforcer node for a cluster of up to `N` nodes, with its ring in storage `G` and `F` client
+/// A DQE enforcer node whose node list and per-node tables are of the storage family `C`
+/// ([`ClusterArrays`] on a board), with its ring in storage `G` and `F` client
 /// requests in flight at its portal; its write-reply caches work in storage `B` (arrays,
 /// borrowed or boxed slices: [`ReplyCaches`], [`ReplyBuffers`](crate::replay::ReplyBuffers)). `S` is its store, `R` the source of request
 /// ids. Its outgoing queues hold `QP` portal datagrams and `QS` storer replies (about 100
@@ -359,14 +392,14 @@ impl<const C: usize, const P: usize> Default for NodeStorage<ReplyArrays<C>, Rin
 pub struct Node<
     S: Store,
     R: RngCore,
-    const N: usize,
+    C: ClusterStorage,
     G: RingStorage,
     const F: usize,
     B: ReplyStorage,
     const QP: usize = PORTAL_QUEUE,
     const QS: usize = STORER_QUEUE,
 > {
-    spec: ClusterSpec<N>,
+    spec: ClusterModel<C::Nodes>,
     me: NodeIndex,
     tag: u32,
     ring: Ring<G>,
@@ -375,7 +408,7 @@ pub struct Node<
     config: NodeConfig,
     epoch: u32,
     storer: Storer<B>,
-    portal: Portal<N, F, B>,
+    portal: Portal<C::Peers, F, B>,
     outbox: Queues<QP, QS>,
     stats: NodeStats,
     /// Stores that said `Stored` so far (local shares and peers' PUTs): the write mark.
@@ -389,32 +422,35 @@ pub struct Node<
 impl<
     S: Store,
     R: RngCore,
-    const N: usize,
+    C: ClusterStorage,
     G: RingStorage,
     const F: usize,
     B: ReplyStorage,
     const QP: usize,
     const QS: usize,
-> Node<S, R, N, G, F, B, QP, QS>
+> Node<S, R, C, G, F, B, QP, QS>
 {
     /// Node `me` of `spec`, serving `store`, in epoch `epoch`, working in the caller's
-    /// `storage` (its write-reply caches and its ring).
+    /// `storage` (its write-reply caches, its ring and its per-node tables). The cluster is
+    /// validated with the ring's storage as scratch (see [`Ring::new`]).
     pub fn new(
-        spec: ClusterSpec<N>,
+        spec: ClusterModel<C::Nodes>,
         me: NodeIndex,
         store: S,
         rng: R,
         config: NodeConfig,
         epoch: u32,
-        storage: NodeStorage<B, G>,
+        storage: NodeStorage<B, G, C::Peers>,
     ) -> Result<Self, NodeError> {
-        let NodeStorage { replies, ring } = storage;
-        spec.validate()?;
-        if me as usize >= spec.nodes.len() {
-            return Err(NodeError::UnknownSelf {
-                me,
-                nodes: spec.nodes.len(),
-            });
+        let NodeStorage {
+            replies,
+            mut ring,
+            peers,
+        } = storage;
+        spec.validate_in(ring.parts_mut().1)?;
+        let nodes = spec.nodes().len();
+        if me as usize >= nodes {
+            return Err(NodeError::UnknownSelf { me, nodes });
         }
         if config.attempts == 0 {
             return Err(NodeError::NoAttempts);
@@ -422,7 +458,7 @@ impl<
         if config.attempt_timeout == 0 {
             return Err(NodeError::ZeroAttemptTimeout);
         }
-        let ring = Ring::new(&spec, ring)?;
+        let ring = Ring::new_validated(&spec, ring)?;
         let needed = usize::from(ring.replication()) + usize::from(ring.handoff()) + 1;
         if QP < needed || QS == 0 {
             return Err(NodeError::QueueTooSmall {
@@ -433,7 +469,11 @@ impl<
         }
         let mut rng = rng;
         let storer = Storer::new(replies.storer, config.retry_window, rng.next_u64());
-        let portal = Portal::new(&config, replies.portal, rng.next_u64());
+        let portal = Portal::new(&config, replies.portal, peers, rng.next_u64());
+        let capacity = portal.peer_capacity();
+        if capacity < nodes {
+            return Err(NodeError::PeerTablesTooSmall { nodes, capacity });
+        }
         let slots = (portal.replies().capacity(), storer.cache().capacity());
         if slots.0 == 0 || slots.1 == 0 {
             return Err(NodeError::NoReplySlots {
@@ -571,7 +611,7 @@ impl<
     }
 
     /// The cluster this node belongs to.
-    pub fn spec(&self) -> &ClusterSpec<N> {
+    pub fn spec(&self) -> &ClusterModel<C::Nodes> {
         &self.spec
     }
 
@@ -656,10 +696,10 @@ impl<
     }
 
     /// The portal, and the rest of the node it works with.
-    fn parts(&mut self, now: Millis) -> (&mut Portal<N, F, B>, Context<'_, S, R, N, G>) {
+    fn parts(&mut self, now: Millis) -> (&mut Portal<C::Peers, F, B>, Context<'_, S, R, G>) {
         let cx = Context {
             now,
-            spec: &self.spec,
+            nodes: self.spec.nodes(),
             ring: &self.ring,
             me: self.me,
             tag: self.tag,
@@ -714,7 +754,7 @@ impl<
     ) {
         if self.portal.nodes_down() > 0 {
             // A peer this node believes down may be back: it is probed at once.
-            self.portal.heard_from(&self.spec, from, now);
+            self.portal.heard_from(self.spec.nodes(), from, now);
         }
         if self.outbox.storer_room() == 0 {
             // Unexecuted, so the peer's retry (same id) is served as if it were the first.

@@ -23,7 +23,7 @@
 
 use sha1::{Digest, Sha1};
 
-use crate::config::{ClusterSpec, ConfigError, NodeIndex};
+use crate::config::{ClusterModel, ConfigError, NodeIndex, NodeSpec};
 use crate::hash::Key;
 
 /// The longest preference list [`Ring::preference`] yields: 32 bounds the iterator's memory
@@ -163,17 +163,30 @@ pub struct Ring<B> {
 
 impl<const P: usize> Ring<RingArrays<P>> {
     /// Build the ring of a validated cluster in arrays of `P` points.
-    pub fn in_arrays<const N: usize>(spec: &ClusterSpec<N>) -> Result<Self, RingError> {
+    pub fn in_arrays<L: AsRef<[NodeSpec]>>(spec: &ClusterModel<L>) -> Result<Self, RingError> {
         Ring::new(spec, RingArrays::new())
     }
 }
 
 impl<B: RingStorage> Ring<B> {
-    /// Build the ring of a validated cluster in `storage` (room for at least
-    /// `nodes * vnodes` points and as many heads).
-    pub fn new<const N: usize>(spec: &ClusterSpec<N>, mut storage: B) -> Result<Self, RingError> {
-        spec.validate()?;
-        let nodes = spec.nodes.len();
+    /// Build the ring of a cluster in `storage` (room for at least `nodes * vnodes` points
+    /// and as many heads). The cluster is validated first, with the heads, not yet filled, as
+    /// the validation's scratch (linear in the nodes when there are at least
+    /// [`validation_scratch_words`](crate::config::validation_scratch_words) of them).
+    pub fn new<L: AsRef<[NodeSpec]>>(
+        spec: &ClusterModel<L>,
+        mut storage: B,
+    ) -> Result<Self, RingError> {
+        spec.validate_in(storage.parts_mut().1)?;
+        Ring::new_validated(spec, storage)
+    }
+
+    /// [`Ring::new`] for a cluster the caller has just validated.
+    pub(crate) fn new_validated<L: AsRef<[NodeSpec]>>(
+        spec: &ClusterModel<L>,
+        mut storage: B,
+    ) -> Result<Self, RingError> {
+        let nodes = spec.nodes().len();
         if nodes > NodeIndex::MAX as usize + 1 {
             return Err(RingError::TooManyNodes { nodes });
         }
@@ -184,7 +197,7 @@ impl<B: RingStorage> Ring<B> {
             return Err(RingError::TooManyPoints { needed, capacity });
         }
         let mut slots = points.iter_mut();
-        for (owner, node) in spec.nodes.iter().enumerate() {
+        for (owner, node) in spec.nodes().iter().enumerate() {
             // The prefix is the same for all of a node's points: hash it once.
             let mut prefix = Sha1::new();
             prefix.update(POINT_DOMAIN);
@@ -318,7 +331,7 @@ impl Iterator for Preference<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::NodeSpec;
+    use crate::config::ClusterSpec;
     use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 
     fn spec<const N: usize>(names: &[&str], r: u8, vnodes: u16) -> ClusterSpec<N> {

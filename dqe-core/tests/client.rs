@@ -253,6 +253,67 @@ fn a_portal_that_only_forges_found_is_named_as_misbehaving() {
     ));
 }
 
+/// Issue 15: a reply that does not echo the request's cluster tag (rule 2) comes from a node
+/// of another cluster (or a forger), not from our request's portal: it is no answer, and a
+/// portal that sends only such replies is named, with the tag it sent.
+#[test]
+fn a_reply_that_does_not_echo_our_cluster_tag_is_ignored_and_named() {
+    let config = ClientConfig {
+        cluster: 0x1111_2222,
+        ..ClientConfig::default()
+    };
+    let mut c = client(config, 2, 1);
+    let h = c.start(0, 31, test_of("tag"), 0).unwrap();
+    let (_, env) = transmits(&mut c).remove(0);
+    assert_eq!(env.cluster, 0x1111_2222);
+    let foreign = reply(
+        &Envelope {
+            cluster: 0x3333_4444,
+            ..env
+        },
+        Body::NotFound,
+    );
+    for t in [1, 2] {
+        assert_eq!(
+            c.handle(t, portal(0), &foreign),
+            Received::Ignored(Ignored::ForeignCluster { tag: 0x3333_4444 })
+        );
+    }
+    c.handle_timeout(2_000);
+    let evs = events(&mut c);
+    assert_eq!(
+        evs[..],
+        [Event::PassedOver {
+            request: h,
+            portal: 0,
+            why: Silence::ForeignCluster {
+                ours: 0x1111_2222,
+                theirs: 0x3333_4444,
+                replies: 2,
+                waited: 2_000
+            }
+        }]
+    );
+    // The next portal is asked, and its echoing reply is the answer.
+    let (_, next) = transmits(&mut c)
+        .into_iter()
+        .find(|(t, _)| t.portal == 1)
+        .unwrap();
+    assert_eq!(
+        c.handle(2_001, portal(1), &reply(&next, Body::NotFound)),
+        Received::Answer(h)
+    );
+    // A client of any cluster (tag 0) accepts any echo of 0 only.
+    let mut any = client(ClientConfig::default(), 1, 1);
+    any.start(0, 32, test_of("any"), 0).unwrap();
+    let (_, env) = transmits(&mut any).remove(0);
+    let tagged = reply(&Envelope { cluster: 7, ..env }, Body::NotFound);
+    assert_eq!(
+        any.handle(1, portal(0), &tagged),
+        Received::Ignored(Ignored::ForeignCluster { tag: 7 })
+    );
+}
+
 #[test]
 fn replies_from_another_address_or_for_another_id_are_ignored() {
     let mut c = client(ClientConfig::default(), 2, 2);

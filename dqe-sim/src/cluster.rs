@@ -23,8 +23,9 @@ use std::rc::Rc;
 use dqe_core::Millis;
 use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::detector::Health;
+use dqe_core::detector::PeerArrays;
 use dqe_core::hash::{Key, Value};
-use dqe_core::node::{Node, NodeConfig, NodeStorage, Port, ReplyCaches};
+use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage, Port, ReplyCaches};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
 use dqe_core::store::{PutOutcome, Store};
@@ -91,7 +92,8 @@ pub type SimReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
 /// A ring in boxed slices sized from the cluster, as a server lends it.
 pub type SimRing = RingBuffers<Box<[Point]>, Box<[u64]>>;
 /// A simulated node of a cluster of at most `N` nodes.
-pub type SimNode<const N: usize> = Node<SharedStore, StdRng, N, SimRing, 32, SimReplies>;
+pub type SimNode<const N: usize> =
+    Node<SharedStore, StdRng, ClusterArrays<N>, SimRing, 32, SimReplies>;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
@@ -200,7 +202,10 @@ impl<const N: usize> Cluster<N> {
             .collect();
         let mut spec = Box::new(ClusterSpec::<N>::with_defaults(specs, r));
         spec.vnodes = vnodes;
-        spec.validate().map_err(|e| format!("{e:?}"))?;
+        // Linear for thousands of nodes with scratch (pairwise without).
+        let mut scratch = vec![0; dqe_core::config::validation_scratch_words(len)];
+        spec.validate_in(&mut scratch)
+            .map_err(|e| format!("{e:?}"))?;
         let index = (0..len)
             .flat_map(|i| {
                 [Port::Portal, Port::Storer, Port::Source].map(|p| (node_addr(i, p), (i, p)))
@@ -302,6 +307,7 @@ impl<const N: usize> Cluster<N> {
                     points: vec![Point::EMPTY; points].into_boxed_slice(),
                     heads: vec![0; points].into_boxed_slice(),
                 },
+                peers: PeerArrays::new(),
             };
             self.builds[i] += 1;
             let rng = StdRng::seed_from_u64(

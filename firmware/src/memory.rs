@@ -9,6 +9,7 @@
 
 use core::mem::size_of;
 
+use dqe_core::detector::PeerArrays;
 use dqe_core::portal::Portal;
 use dqe_core::ring::Ring;
 use dqe_core::store::Slot;
@@ -74,7 +75,7 @@ pub fn firmware_breakdown<R: RngCore>() -> MemoryBreakdown {
 pub fn breakdown<R: RngCore>(pairs: usize, slots: usize) -> MemoryBreakdown {
     let node = size_of::<FwNode<R>>();
     let ring = size_of::<Ring<FwRing>>();
-    let portal = size_of::<Portal<MAX_NODES, IN_FLIGHT, FwReplies>>();
+    let portal = size_of::<Portal<PeerArrays<MAX_NODES>, IN_FLIGHT, FwReplies>>();
     let storer = size_of::<Storer<FwReplies>>();
     let cluster = size_of::<FwCluster>();
     let queues = (PORTAL_QUEUE + STORER_QUEUE) * dqe_core::node::QUEUED_DATAGRAM_BYTES;

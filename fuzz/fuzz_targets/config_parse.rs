@@ -37,7 +37,9 @@ fuzz_target!(|data: &[u8]| {
     let path = Path::new(PATH);
     match cluster::parse(path, text) {
         Ok(spec) => {
-            spec.validate().expect("a parsed cluster validates");
+            let mut scratch = vec![0; dqe_core::config::validation_scratch_words(spec.nodes.len())];
+            spec.validate_in(&mut scratch)
+                .expect("a parsed cluster validates");
             for (i, n) in spec.nodes.iter().enumerate() {
                 assert_eq!(
                     cluster::find_node(path, &spec, &n.name).ok(),

@@ -105,6 +105,14 @@ pub enum PortalSilence {
     /// The portal answered `WrongCluster`: it is a node of another cluster than the one
     /// whose tag the request carried.
     WrongCluster { tag: u32 },
+    /// The only replies carried cluster tag `theirs`, not the request's `ours`: a reply
+    /// echoes the request's tag, so they answer no request of ours (ignored).
+    ForeignCluster {
+        ours: u32,
+        theirs: u32,
+        replies: u32,
+        waited: Duration,
+    },
     /// The socket failed in some other way.
     Io(String),
 }
@@ -135,6 +143,19 @@ impl fmt::Display for PortalSilence {
                  fix `portals` or `cluster_tag` in the client config (or --portal, --cluster-tag); \
                  `dqe config check CLUSTER.toml` prints the tag of a cluster file"
             ),
+            PortalSilence::ForeignCluster {
+                ours,
+                theirs,
+                replies,
+                waited,
+            } => write!(
+                f,
+                "answers from another cluster: {replies} repl{} tagged {theirs:#010x} to our request tagged {ours:#010x} \
+                 (a reply echoes the request's tag), ignored, and no valid answer in {:.1} s; \
+                 it runs another cluster file than ours, or someone forges its replies",
+                if *replies == 1 { "y" } else { "ies" },
+                waited.as_secs_f64()
+            ),
             PortalSilence::Io(e) => write!(f, "socket error: {e}"),
         }
     }
@@ -157,9 +178,12 @@ fn unreachable_text(tried: &[(SocketAddr, PortalSilence)]) -> String {
     let misbehaved = tried
         .iter()
         .any(|(_, why)| matches!(why, PortalSilence::BadFound { .. }));
-    let foreign = tried
-        .iter()
-        .any(|(_, why)| matches!(why, PortalSilence::WrongCluster { .. }));
+    let foreign = tried.iter().any(|(_, why)| {
+        matches!(
+            why,
+            PortalSilence::WrongCluster { .. } | PortalSilence::ForeignCluster { .. }
+        )
+    });
     let mut s = String::from(if foreign {
         "no portal of the expected cluster answered:"
     } else if misbehaved {
@@ -273,7 +297,9 @@ impl PortalClient {
         for (addr, why) in skipped {
             if matches!(
                 why,
-                PortalSilence::NoAnswer { .. } | PortalSilence::BadFound { .. }
+                PortalSilence::NoAnswer { .. }
+                    | PortalSilence::BadFound { .. }
+                    | PortalSilence::ForeignCluster { .. }
             ) {
                 silent.insert(*addr, now);
             }
@@ -543,6 +569,17 @@ fn silence(why: Silence, io: Option<String>) -> Option<PortalSilence> {
             waited: waited(w),
         },
         Silence::WrongCluster { tag } => PortalSilence::WrongCluster { tag },
+        Silence::ForeignCluster {
+            ours,
+            theirs,
+            replies,
+            waited: w,
+        } => PortalSilence::ForeignCluster {
+            ours,
+            theirs,
+            replies,
+            waited: waited(w),
+        },
         Silence::Unreachable => io.map_or(PortalSilence::Refused, PortalSilence::Io),
         Silence::Busy => return None,
     })

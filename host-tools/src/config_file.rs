@@ -118,7 +118,7 @@ pub const GENERATED_VNODES_ONE_COPY: u16 = 512;
 
 /// The ring points per node `dqe config gen` writes for `nodes` nodes and `r` copies:
 /// [`GENERATED_VNODES`] (or [`GENERATED_VNODES_ONE_COPY`]), fewer when the ring would not
-/// fit in [`MAX_RING_POINTS`] (beyond 128 nodes).
+/// fit in [`MAX_RING_POINTS`] (beyond 4,096 nodes, 2,048 for r = 1).
 pub fn generated_vnodes(nodes: usize, replication: u8) -> u16 {
     let wanted = if replication <= 1 {
         GENERATED_VNODES_ONE_COPY
@@ -273,7 +273,8 @@ mod tests {
         let one_copy = parse(&generate_cluster(3, 1, "127.0.0.1".parse().unwrap(), 8101).unwrap());
         assert_eq!(one_copy.unwrap().spec.vnodes, GENERATED_VNODES_ONE_COPY);
         // Every generated size fits the enforcer's ring; the largest get fewer points.
-        assert_eq!(generated_vnodes(128, 2), GENERATED_VNODES);
+        assert_eq!(generated_vnodes(4096, 2), GENERATED_VNODES);
+        assert_eq!(generated_vnodes(8192, 2), 128);
         assert_eq!(
             generated_vnodes(MAX_NODES, 2),
             (MAX_RING_POINTS / MAX_NODES) as u16
@@ -287,7 +288,8 @@ mod tests {
     #[test]
     fn every_generated_shape_is_accepted_by_the_enforcers_parser() {
         let hosts: [IpAddr; 2] = ["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
-        let mut shapes = vec![(1, 1), (2, 1), (2, 2), (MAX_NODES, 1), (MAX_NODES, 3)];
+        // The largest: 8,192 nodes (three ports each on one host).
+        let mut shapes = vec![(1, 1), (2, 1), (2, 2), (8192, 1), (8192, 3)];
         for n in 3..=12 {
             for r in 1..=n.min(5) {
                 shapes.push((n, r as u8));
@@ -331,7 +333,7 @@ mod tests {
             Err(GenError::NodesOutOfRange { .. })
         ));
         for v in [0, 257] {
-            let e = generate_cluster_with(MAX_NODES / 2, 2, h, 1024, v).unwrap_err();
+            let e = generate_cluster_with(4096, 2, h, 1024, v).unwrap_err();
             assert!(
                 e.to_string().contains("it must be between 1 and 256"),
                 "{e}"

@@ -381,6 +381,40 @@ fn client_config_supplies_trust_and_its_errors_name_file_line_and_field() {
     verify_with_config(d, "missing.toml", &[&stamp]).assert_fails(1, "cannot read missing.toml");
 }
 
+/// Issue 9: a cluster of 8,192 nodes of 16 ring points each, as a server runs it.
+#[test]
+fn config_gen_and_check_handle_eight_thousand_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let r = config_gen(
+        d,
+        "8192",
+        "1",
+        &[
+            "--vnodes",
+            "16",
+            "--base-port",
+            "20000",
+            "--out",
+            "big.toml",
+        ],
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let file = host_tools::config_file::ClusterFile::read(&d.join("big.toml")).unwrap();
+    assert_eq!(file.spec.nodes.len(), 8192);
+    assert_eq!(file.spec.vnodes, 16);
+    assert_eq!(file.spec.nodes[8191].source.port(), 20000 + 3 * 8192 - 1);
+    let r = dqe(d, &["config", "check", "big.toml"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let tag = format!("cluster tag {:#010x}", file.spec.cluster_tag());
+    for needle in ["big.toml: valid", &tag, "nodes 8192, replication 1"] {
+        assert!(r.stdout.contains(needle), "missing {needle}: {}", r.stdout);
+    }
+    // The limit is stated: one more than a node index numbers is refused.
+    config_gen(d, "65537", "1", &["--out", "x.toml"])
+        .assert_fails(1, "it must be between 1 and 65536");
+}
+
 #[test]
 fn config_gen_and_check_agree() {
     let dir = tempfile::tempdir().unwrap();

@@ -102,8 +102,8 @@ use core::net::SocketAddr;
 use rand_core::RngCore;
 
 use crate::Millis;
-use crate::config::{ClusterSpec, NodeIndex};
-use crate::detector::{Change, FailureDetector, Health};
+use crate::config::{NodeIndex, NodeSpec};
+use crate::detector::{Change, FailureDetector, Health, PeerStorage};
 use crate::hash::{Key, Value, matches};
 use crate::node::{Arrival, NodeConfig, NodeStats, Outbox, Port, ReplyTag};
 use crate::replay::{ReplyCache, ReplyStorage};
@@ -118,9 +118,10 @@ pub use sets::{
 use table::{NIL, NO_SLOT, UNINDEXED};
 
 /// Everything of the node a portal works with, borrowed for one event.
-pub(crate) struct Context<'a, S, R, const N: usize, G> {
+pub(crate) struct Context<'a, S, R, G> {
     pub now: Millis,
-    pub spec: &'a ClusterSpec<N>,
+    /// The cluster's nodes, in config order.
+    pub nodes: &'a [NodeSpec],
     pub ring: &'a Ring<G>,
     pub me: NodeIndex,
     pub tag: u32,
@@ -136,7 +137,7 @@ pub(crate) struct Context<'a, S, R, const N: usize, G> {
     pub datagram: u64,
 }
 
-impl<S: Store, R: RngCore, const N: usize, G: RingStorage> Context<'_, S, R, N, G> {
+impl<S: Store, R: RngCore, G: RingStorage> Context<'_, S, R, G> {
     /// Send `body` with a fresh envelope from the source port to `node`'s storer.
     fn send(&mut self, node: NodeIndex, id: u64, body: Body) -> bool {
         self.send_resting(node, id, body, 0)
@@ -144,7 +145,7 @@ impl<S: Store, R: RngCore, const N: usize, G: RingStorage> Context<'_, S, R, N, 
 
     /// [`Context::send`] of a datagram that must not leave before write `write` is durable.
     fn send_resting(&mut self, node: NodeIndex, id: u64, body: Body, write: u64) -> bool {
-        let to = self.spec.nodes[node as usize].storer;
+        let to = self.nodes[node as usize].storer;
         let sent = self
             .outbox
             .send(Port::Source, to, Envelope::new(self.tag, id, body), write);
@@ -220,9 +221,10 @@ impl<S: Store, R: RngCore, const N: usize, G: RingStorage> Context<'_, S, R, N, 
 }
 
 /// The portal of one node: its table of requests in flight (`F` of them), the cache of `Set`
-/// verdicts (over the caller's slots `B`) and the failure detector over `N` nodes.
+/// verdicts (over the caller's slots `B`) and the failure detector (over the caller's
+/// per-node tables `P`).
 #[derive(Debug)]
-pub struct Portal<const N: usize, const F: usize, B> {
+pub struct Portal<P, const F: usize, B> {
     table: [Option<Request>; F],
     /// Empty slots.
     free: heapless::Vec<u16, F>,
@@ -238,13 +240,13 @@ pub struct Portal<const N: usize, const F: usize, B> {
     /// Keys the client index's hash.
     seed: u64,
     replies: ReplyCache<B>,
-    detector: FailureDetector<N>,
+    detector: FailureDetector<P>,
 }
 
-impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
-    /// An empty portal remembering `Set` verdicts in `slots`; `seed` keys its hashes (draw
-    /// it from the node's RNG).
-    pub fn new(config: &NodeConfig, slots: B, seed: u64) -> Self {
+impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
+    /// An empty portal remembering `Set` verdicts in `slots`, its failure detector working in
+    /// `peers`; `seed` keys its hashes (draw it from the node's RNG).
+    pub fn new(config: &NodeConfig, slots: B, peers: P, seed: u64) -> Self {
         const {
             assert!(
                 F >= 1 && F < NO_SLOT as usize,
@@ -262,13 +264,18 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
             clients: [NO_SLOT; F],
             seed,
             replies: ReplyCache::new(slots, config.retry_window, seed.rotate_left(32)),
-            detector: FailureDetector::new(config.detector_threshold, config.probe_interval),
+            detector: FailureDetector::new(peers, config.detector_threshold, config.probe_interval),
         }
     }
 
     /// Client requests not yet answered.
     pub fn in_flight(&self) -> usize {
         F - self.free.len() - self.lingering
+    }
+
+    /// How many nodes the failure detector's tables have room for.
+    pub fn peer_capacity(&self) -> usize {
+        self.detector.capacity()
     }
 
     /// What the failure detector believes about `node`.
@@ -289,13 +296,13 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     /// A peer request (GET or PUT) came from `from` at `now`: if that is the source address of
     /// a node believed down, probe it at once (see [`crate::detector`]). Costs nothing while
     /// every node is believed up, and a look at each down node otherwise.
-    pub(crate) fn heard_from(&mut self, spec: &ClusterSpec<N>, from: SocketAddr, now: Millis) {
+    pub(crate) fn heard_from(&mut self, nodes: &[NodeSpec], from: SocketAddr, now: Millis) {
         let sender = self
             .detector
             .down_nodes()
             .iter()
             .copied()
-            .find(|&n| spec.nodes.get(n as usize).is_some_and(|s| s.source == from));
+            .find(|&n| nodes.get(n as usize).is_some_and(|s| s.source == from));
         if let Some(node) = sender {
             self.detector.heard_from(node, now);
         }
@@ -340,7 +347,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     /// has checked the port and the cluster tag.
     pub(crate) fn on_request<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, G>,
+        cx: &mut Context<'_, S, R, G>,
         from: SocketAddr,
         env: &Envelope,
         ask: ClientRequest,
@@ -468,7 +475,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     /// A reply on the source port: match it to a sub-request or probe by (storer address, id).
     pub(crate) fn on_reply<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, G>,
+        cx: &mut Context<'_, S, R, G>,
         from: SocketAddr,
         env: &Envelope,
         reply: Reply,
@@ -477,11 +484,16 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
             cx.stats.drop_unmatched_reply += 1;
             return;
         }
-        let Some((slot, i, node)) = self.find_sub(cx.spec, from, env.id) else {
-            // Probes go only to nodes believed down: look the sender up only then.
+        let Some((slot, i, node)) = self.find_sub(cx.nodes, from, env.id) else {
+            // Probes go only to nodes believed down: look the sender up among them only.
             if self.detector.down_count() > 0 {
-                let node = cx.spec.nodes.iter().position(|n| n.storer == from);
-                if let Some(node) = node.map(|i| i as NodeIndex).filter(|&n| n != cx.me)
+                let node = self
+                    .detector
+                    .down_nodes()
+                    .iter()
+                    .copied()
+                    .find(|&n| cx.nodes.get(n as usize).is_some_and(|s| s.storer == from));
+                if let Some(node) = node.filter(|&n| n != cx.me)
                     && self.detector.is_probe(node, env.id)
                 {
                     let change = self.detector.record_answer(node);
@@ -514,7 +526,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     /// Process every deadline that has come: probes first, then expired attempts.
     pub(crate) fn on_timeout<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, G>,
+        cx: &mut Context<'_, S, R, G>,
     ) {
         self.send_due_probes(cx);
         // Take the due requests first: handling one may reschedule or drop others.
@@ -567,7 +579,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
 
     fn refuse_busy<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, G>,
+        cx: &mut Context<'_, S, R, G>,
         from: SocketAddr,
         env: &Envelope,
         len: usize,
@@ -581,7 +593,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
 
     fn send_due_probes<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, G>,
+        cx: &mut Context<'_, S, R, G>,
     ) {
         while let Some(node) = self.detector.due_probe(cx.now) {
             if cx.outbox.room() == 0 {
@@ -601,7 +613,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     /// may be retried, give up on the rest.
     fn expire_attempt<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, G>,
+        cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
         let Some(request) = self.table[slot].as_mut() else {
@@ -653,7 +665,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     /// `node` was just found down: no request keeps waiting on it.
     fn stop_waiting_on<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, G>,
+        cx: &mut Context<'_, S, R, G>,
         node: NodeIndex,
     ) {
         for slot in 0..F {
@@ -690,7 +702,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     /// times (the retry window, counted from the request's start, still stops every retry).
     fn replace_timed_out_puts<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, G>,
+        cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
         let Some(request) = self.table[slot].as_ref() else {
@@ -768,7 +780,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
 
     fn end_lingering<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, G>,
+        cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
         if let Some(request) = self.table[slot].as_ref() {
@@ -784,7 +796,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     /// is known, repair after a `Found`, and drop the request once nothing is left to wait for.
     fn settle<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, G>,
+        cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
         let Some(request) = self.table[slot].as_mut() else {

@@ -5,19 +5,20 @@ use rand_core::RngCore;
 
 use super::{Answer, Context, Op, Portal};
 use crate::Millis;
+use crate::detector::PeerStorage;
 use crate::hash::Value;
 use crate::replay::ReplyStorage;
 use crate::ring::RingStorage;
 use crate::store::Store;
 use crate::wire::{Body, Reply};
 
-impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
+impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
     /// Read repair: PUT `(k, v)` to every write-set node that answered `NotFound`, without
     /// waiting (the request only lingers until its current deadline to count the replies).
     /// Returns the request's deadline, pushed back if a repair went out.
     pub(super) fn repair<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, G>,
+        cx: &mut Context<'_, S, R, G>,
         slot: usize,
         value: Value,
         mut deadline: Millis,

@@ -215,9 +215,9 @@ impl Request {
     }
 
     /// Serve sub-request `i`, to this node's own share, from its own store.
-    pub(super) fn serve_locally<S: Store, R: RngCore, const N: usize, G: RingStorage>(
+    pub(super) fn serve_locally<S: Store, R: RngCore, G: RingStorage>(
         &mut self,
-        cx: &mut Context<'_, S, R, N, G>,
+        cx: &mut Context<'_, S, R, G>,
         i: usize,
     ) {
         let (key, value) = (self.key(), self.ask.value());

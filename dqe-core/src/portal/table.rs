@@ -7,7 +7,8 @@ use core::net::SocketAddr;
 
 use super::{Phase, Portal, Request};
 use crate::Millis;
-use crate::config::{ClusterSpec, NodeIndex};
+use crate::config::{NodeIndex, NodeSpec};
+use crate::detector::PeerStorage;
 use crate::hash::Key;
 use crate::replay::{ReplyStorage, request_hash, source_of};
 use crate::ring::MAX_PREFERENCE;
@@ -20,7 +21,7 @@ pub(super) const UNINDEXED: u32 = u32::MAX - 1;
 /// End of the deadline list.
 pub(super) const NO_SLOT: u16 = u16::MAX;
 
-impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
+impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
     /// The client index's bucket for request `env` from `from` (by id, source and the first
     /// 8 bytes of the key, so that requests differing in any of them spread out).
     pub(super) fn client_bucket(&self, from: &SocketAddr, env: &Envelope, key: Key) -> usize {
@@ -239,7 +240,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
     /// The sub-request with id `id` sent to the storer at `from`: `(slot, index, node)`.
     pub(super) fn find_sub(
         &self,
-        spec: &ClusterSpec<N>,
+        nodes: &[NodeSpec],
         from: SocketAddr,
         id: u64,
     ) -> Option<(usize, usize, NodeIndex)> {
@@ -247,7 +248,7 @@ impl<const N: usize, const F: usize, B: ReplyStorage> Portal<N, F, B> {
         while at != NIL {
             let (slot, i) = (at as usize / MAX_PREFERENCE, at as usize % MAX_PREFERENCE);
             let sub = self.table[slot].as_ref()?.subs[i];
-            if sub.id == id && spec.nodes.get(sub.node as usize)?.storer == from {
+            if sub.id == id && nodes.get(sub.node as usize)?.storer == from {
                 return Some((slot, i, sub.node));
             }
             at = sub.chain;
