@@ -3,6 +3,8 @@
 //! `WrongPort`), with no store, no fan-out and no durability. Driven by the same client as the
 //! enforcer, it measures what the client, the kernel's UDP path and the codec cost on their
 //! own, so the enforcer's capacity reads as a fraction of the most any node could do here.
+//! It moves datagrams as `dqe-enforcer` does, a batch per system call (`dqe_udp`'s
+//! `recvmmsg`/`sendmmsg`), so the floor is not slower than the node measured against it.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -12,6 +14,8 @@ use std::time::Duration;
 
 use dqe_core::hash::matches;
 use dqe_core::wire::{self, Body, MAX_DATAGRAM, Reason};
+use dqe_udp::{MAX_BATCH, RecvBatch};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 /// A running null node; stopped on drop.
 pub(crate) struct NullNode {
@@ -24,7 +28,6 @@ impl NullNode {
     /// Bind a free loopback port and start answering.
     pub(crate) fn start() -> std::io::Result<NullNode> {
         let socket = UdpSocket::bind("127.0.0.1:0")?;
-        socket.set_read_timeout(Some(Duration::from_millis(50)))?;
         let _ = rustix::net::sockopt::set_socket_recv_buffer_size(&socket, 4 << 20);
         let addr = socket.local_addr()?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -72,21 +75,59 @@ pub(crate) fn answer(body: &Body) -> Option<Body> {
     }
 }
 
+/// How long the node waits for its socket before it looks at `stop` again.
+const STOP_CHECK: Duration = Duration::from_millis(50);
+
+/// Wait until `socket` has `flags` (or [`STOP_CHECK`] passed).
+fn wait(socket: &UdpSocket, flags: PollFlags) {
+    let ts = Timespec::try_from(STOP_CHECK).expect("50 ms is a timespec");
+    let mut fds = [PollFd::new(socket, flags)];
+    let _ = poll(&mut fds, Some(&ts));
+}
+
 fn serve(socket: &UdpSocket, stop: &AtomicBool) {
-    let mut buf = [0u8; 512];
-    let mut out = [0u8; MAX_DATAGRAM];
+    let mut rx = RecvBatch::default();
+    let mut out = vec![[0u8; MAX_DATAGRAM]; MAX_BATCH];
+    let mut replies: Vec<(usize, SocketAddr)> = Vec::with_capacity(MAX_BATCH);
     while !stop.load(Ordering::Relaxed) {
-        let Ok((len, from)) = socket.recv_from(&mut buf) else {
-            continue;
+        let n = match rx.recv(socket, MAX_BATCH) {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                wait(socket, PollFlags::IN);
+                continue;
+            }
+            Err(_) => continue,
         };
-        let Ok(env) = wire::decode(&buf[..len]) else {
-            continue;
-        };
-        let Some(body) = answer(&env.body) else {
-            continue;
-        };
-        if let Ok(bytes) = wire::encode(&env.reply(body), &mut out) {
-            let _ = socket.send_to(bytes, from);
+        replies.clear();
+        for i in 0..n {
+            let Some((bytes, from)) = rx.datagram(i) else {
+                continue;
+            };
+            let Ok(env) = wire::decode(bytes) else {
+                continue;
+            };
+            let Some(body) = answer(&env.body) else {
+                continue;
+            };
+            if let Ok(reply) = wire::encode(&env.reply(body), &mut out[replies.len()]) {
+                replies.push((reply.len(), from));
+            }
+        }
+        let msgs: Vec<(&[u8], SocketAddr)> = replies
+            .iter()
+            .zip(&out)
+            .map(|(&(len, to), buf)| (&buf[..len], to))
+            .collect();
+        let mut sent = 0;
+        while sent < msgs.len() && !stop.load(Ordering::Relaxed) {
+            match dqe_udp::send(socket, &msgs[sent..]) {
+                Ok(k) => sent += k.max(1),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    wait(socket, PollFlags::OUT)
+                }
+                // This datagram cannot be sent (as a failed send_to): the next one may.
+                Err(_) => sent += 1,
+            }
         }
     }
 }
