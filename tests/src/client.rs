@@ -317,20 +317,28 @@ pub fn undecodable_variants(good: &[u8]) -> Vec<(&'static str, Vec<u8>)> {
 /// The next datagram on `sock` within `wait` (at least 1 ms) and its sender; `None` when the
 /// time ran out. Any other socket error is a broken test set-up: it panics.
 pub fn recv_within(sock: &UdpSocket, wait: Duration) -> Option<(Vec<u8>, SocketAddr)> {
-    sock.set_read_timeout(Some(wait.max(Duration::from_millis(1))))
-        .expect("set a read timeout");
+    let end = std::time::Instant::now() + wait;
     let mut buf = [0u8; 2048];
-    match sock.recv_from(&mut buf) {
-        Ok((n, from)) => Some((buf[..n].to_vec(), from)),
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) =>
-        {
-            None
+    loop {
+        let left = end.saturating_duration_since(std::time::Instant::now());
+        sock.set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .expect("set a read timeout");
+        match sock.recv_from(&mut buf) {
+            Ok((n, from)) => return Some((buf[..n].to_vec(), from)),
+            // A signal (a child process ending) cut the wait short: wait for the rest.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted && !left.is_zero() => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                return None;
+            }
+            Err(e) => panic!("recv: {e}"),
         }
-        Err(e) => panic!("recv: {e}"),
     }
 }
 

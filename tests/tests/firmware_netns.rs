@@ -798,8 +798,11 @@ fn a_pair_set_just_after_an_epoch_boundary_carries_the_new_epoch() {
         sleep_until_unix(boundary + Duration::from_millis(30));
         let (k, v) = pair(test, round);
         assert_eq!(c.call(portal, Body::Set { key: k, value: v }), Body::Stored);
-        // 3.7 s after the boundary: still epoch E + 1, so the pair must be kept.
-        sleep_until_unix(boundary + Duration::from_millis(3_700));
+        // 3 s after the boundary: the middle of epoch E + 1, so the pair must be kept (a
+        // pair stamped E - 1 by a late clock would be gone since E + 1 began). A second on
+        // either side leaves room for the client's resends (every 500 ms) on a loaded machine;
+        // at 3.7 s a lost first datagram was answered in E + 2, after the pair expired.
+        sleep_until_unix(boundary + Duration::from_millis(3_000));
         assert_eq!(
             c.call(portal, Body::Test { key: k }),
             Body::Found { value: v },
