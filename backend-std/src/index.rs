@@ -6,8 +6,8 @@
 //! request is for a fresh stamp, whose key is absent: a miss needs only the index. So a slot
 //! keeps what a miss and a hit need, not the pair:
 //!
-//! - a 32-bit *fingerprint* of the key (its bytes 1-4; the high 4 bits of byte 0 pick the
-//!   shard, so 36 bits of the key are known), which also places the slot in its table, so a table is rebuilt from
+//! - a 32-bit *fingerprint* of the key (its bytes 1-4; byte 0 picks the shard, so 40 bits of
+//!   the key are known), which also places the slot in its table, so a table is rebuilt from
 //!   its slots alone;
 //! - the pair's epoch, as a one-byte offset from its shard's base epoch: the segment the
 //!   record is in (one segment per epoch);
@@ -18,23 +18,15 @@
 //! and compares `SHA1(value)` with the key before answering: a fingerprint collision costs
 //! one read, never a wrong answer. A miss reads a record only when a stored key of its shard
 //! shares its fingerprint: with `n` pairs in a shard, a chance of `n / 2^32` (one miss in
-//! 6,900 at 10^7 pairs), so misses practically never read. (With 24 bits in an 8-byte
+//! 110,000 at 10^7 pairs), so misses practically never read. (With 24 bits in an 8-byte
 //! slot it was one miss in 430 at 10^7 pairs: the bits that place a slot are the same bits
 //! that tell keys apart, so only the fingerprint's width counts.)
 //!
-//! Tables: 16 shards chosen by the high 4 bits of the key's first byte, each an
-//! open-addressing table with linear probing. A shard is rebuilt into a table about 1.2x
-//! larger when it reaches 85 % load, so the load stays between about 70 % and 85 % and the
-//! cost of growing is paid one shard at a time. Each table lives in its own anonymous memory
-//! map, so a table given up when its shard grows goes straight back to the kernel.
-//!
-//! Why 16 and not more: at 10^7 pairs the tables hold 110 MB, and a lookup lands on a random
-//! slot, so with 4 KiB pages nearly every lookup also misses the TLB (a two-level page walk
-//! in a VM); that made fresh SETs at 10^7 pairs about 5 % slower than at 10^5 (issue 19,
-//! docs/BENCHMARKS.md). A table of 2 MiB or more starts on a 2 MiB boundary and its whole
-//! 2 MiB pieces are advised to be transparent huge pages, which needs tables of several MiB:
-//! 7 MB each at 10^7 pairs with 16 shards (450 KB with 256). The price: a shard's rebuild
-//! and expiry sweep handle 1/16 of the index at once (a few ms at 10^7 pairs).
+//! Tables: 256 shards chosen by the key's first byte, each an open-addressing table with
+//! linear probing. A shard is rebuilt into a table about 1.2x larger when it reaches 85 %
+//! load, so the load stays between about 70 % and 85 % and the cost of growing is paid one
+//! small shard at a time. Each table lives in its own anonymous memory map, so a table given
+//! up when its shard grows goes straight back to the kernel.
 //!
 //! Expiry is lazy, so an epoch change does not scan the whole index on the event loop: it
 //! moves the index's base, and a pair whose epoch (its shard's base plus its offset) lies
@@ -50,13 +42,8 @@ use zerocopy::FromBytes;
 
 /// Bytes per slot.
 pub const SLOT_BYTES: usize = 9;
-/// Shards, chosen by the high bits of the key's first byte.
-const SHARDS: usize = 16;
-/// How far the key's first byte is shifted to pick its shard.
-const SHARD_SHIFT: u32 = 8 - SHARDS.trailing_zeros();
-/// A transparent huge page: whole 2 MiB pieces of a table are backed by huge pages, so a
-/// lookup in a table far larger than the cache costs a cache miss but no TLB miss.
-const HUGE_PAGE: usize = 2 << 20;
+/// Shards, chosen by the key's first byte.
+const SHARDS: usize = 256;
 /// Record code of an empty slot (fresh anonymous memory is zero).
 const EMPTY: u32 = 0;
 /// Record code of a deleted slot: lookups probe past it, inserts may reuse it.
@@ -167,8 +154,6 @@ impl Slot {
 #[derive(Debug)]
 struct Shard {
     mem: MmapMut,
-    /// Where the table starts in `mem` (2 MiB-aligned for a table of a huge page or more).
-    start: usize,
     slots: usize,
     live: usize,
     deleted: usize,
@@ -215,40 +200,17 @@ fn home_of(fingerprint: u32, slots: usize) -> usize {
     ((u64::from(fingerprint) * slots as u64) >> FINGERPRINT_BITS) as usize
 }
 
-fn shard_of(key: &Key) -> usize {
-    usize::from(key[0] >> SHARD_SHIFT)
-}
-
-/// A zeroed table of `slots` slots, and where it starts in the map. A table of a huge page or
-/// more is mapped 2 MiB longer so that it starts on a 2 MiB boundary (the unused head and tail
-/// are never touched, so they take no memory), and its whole 2 MiB pieces are advised to be
-/// huge pages (`MADV_HUGEPAGE`; the kernel's `madvise` mode of transparent huge pages).
-fn map(slots: usize) -> Result<(MmapMut, usize), InsertError> {
-    let bytes = slots * SLOT_BYTES;
-    if bytes < HUGE_PAGE {
-        let mem = MmapOptions::new()
-            .len(bytes)
-            .map_anon()
-            .map_err(|_| InsertError::OutOfMemory)?;
-        return Ok((mem, 0));
-    }
-    let mem = MmapOptions::new()
-        .len(bytes + HUGE_PAGE)
+fn map(slots: usize) -> Result<MmapMut, InsertError> {
+    MmapOptions::new()
+        .len(slots * SLOT_BYTES)
         .map_anon()
-        .map_err(|_| InsertError::OutOfMemory)?;
-    let start = (mem.as_ptr() as usize).next_multiple_of(HUGE_PAGE) - mem.as_ptr() as usize;
-    let huge = bytes / HUGE_PAGE * HUGE_PAGE;
-    // Only a hint: without huge pages the table works the same, with more TLB misses.
-    let _ = mem.advise_range(memmap2::Advice::HugePage, start, huge);
-    Ok((mem, start))
+        .map_err(|_| InsertError::OutOfMemory)
 }
 
 impl Shard {
     fn new(slots: usize) -> Result<Shard, InsertError> {
-        let (mem, start) = map(slots)?;
         Ok(Shard {
-            mem,
-            start,
+            mem: map(slots)?,
             slots,
             live: 0,
             deleted: 0,
@@ -258,13 +220,11 @@ impl Shard {
 
     /// The table: `slots` slots (the map is exactly that long, and a slot's alignment is 1).
     fn table(&self) -> &[SlotBytes] {
-        <[SlotBytes]>::ref_from_bytes(&self.mem[self.start..][..self.slots * SLOT_BYTES])
-            .expect("a table map is whole slots")
+        <[SlotBytes]>::ref_from_bytes(&self.mem).expect("a table map is whole slots")
     }
 
     fn table_mut(&mut self) -> &mut [SlotBytes] {
-        <[SlotBytes]>::mut_from_bytes(&mut self.mem[self.start..][..self.slots * SLOT_BYTES])
-            .expect("a table map is whole slots")
+        <[SlotBytes]>::mut_from_bytes(&mut self.mem).expect("a table map is whole slots")
     }
 
     fn slot(&self, i: usize) -> Slot {
@@ -471,7 +431,7 @@ impl Index {
         key: &Key,
         mut read: impl FnMut(Place) -> Result<Value, E>,
     ) -> Result<Option<(Value, Place)>, E> {
-        let shard = &self.shards[shard_of(key)];
+        let shard = &self.shards[key[0] as usize];
         Ok(shard
             .find(key, self.base, &mut read)?
             .map(|(i, v)| (v, shard.place(shard.slot(i)))))
@@ -500,7 +460,7 @@ impl Index {
         key: &Key,
         mut read: impl FnMut(Place) -> Result<Value, E>,
     ) -> Result<Found, E> {
-        let shard = shard_of(key);
+        let shard = key[0] as usize;
         if self.shards[shard].base < self.base {
             self.catch_up(shard);
         }
@@ -525,7 +485,7 @@ impl Index {
         vacancy: Vacancy,
     ) -> Result<(), InsertError> {
         self.check_place(place)?;
-        if vacancy.changes != self.changes || vacancy.shard != shard_of(key) {
+        if vacancy.changes != self.changes || vacancy.shard != key[0] as usize {
             return self.insert_absent(key, place);
         }
         self.fill(key, place, Some(vacancy.at))
@@ -535,7 +495,7 @@ impl Index {
     /// knows the key is absent). `place.epoch` must not lie before the base.
     pub fn insert_absent(&mut self, key: &Key, place: Place) -> Result<(), InsertError> {
         self.check_place(place)?;
-        self.catch_up(shard_of(key));
+        self.catch_up(key[0] as usize);
         self.fill(key, place, None)
     }
 
@@ -558,7 +518,7 @@ impl Index {
     /// first free slot of the key's probe), else the first free slot found now.
     fn fill(&mut self, key: &Key, place: Place, at: Option<usize>) -> Result<(), InsertError> {
         let fp = fingerprint_of(key);
-        let shard = &mut self.shards[shard_of(key)];
+        let shard = &mut self.shards[key[0] as usize];
         let mut at = at.unwrap_or_else(|| shard.free_slot(fp));
         if shard.slot(at).code() != DELETED
             && (shard.live + shard.deleted + 1) * 100 > shard.slots * MAX_LOAD_PCT
@@ -580,9 +540,9 @@ impl Index {
     /// Remove the pair of `key` whose record lies at `place` (a record that never reached
     /// the disk; no read is needed, a place holds one record); whether it was present.
     pub fn remove(&mut self, key: &Key, place: Place) -> bool {
-        self.catch_up(shard_of(key));
+        self.catch_up(key[0] as usize);
         let fp = fingerprint_of(key);
-        let shard = &mut self.shards[shard_of(key)];
+        let shard = &mut self.shards[key[0] as usize];
         let mut i = home_of(fp, shard.slots);
         for _ in 0..shard.slots {
             let s = shard.slot(i);
@@ -718,8 +678,7 @@ mod tests {
         }
         // The load stays high enough for the memory goal (14 bytes per pair, issue 19).
         let per_pair = ix.table_bytes() as f64 / ix.len() as f64;
-        // A rebuild leaves a table 70 % full: at most 9 / 0.7 = 12.9 bytes per pair.
-        assert!(per_pair < 13.0, "{per_pair} bytes per pair");
+        assert!(per_pair < 12.0, "{per_pair} bytes per pair");
     }
 
     /// Issue 19: a miss reads no record, a hit reads exactly one.
@@ -846,7 +805,7 @@ mod tests {
         // A write sweeps its own shard first: the expired pair is gone, the new one stored.
         let before = ix.len();
         assert_eq!(set(&mut ix, &mut segs, &old_k, &old_v, 12), Inserted::New);
-        assert_eq!(ix.shards[shard_of(&old_k)].base, 11);
+        assert_eq!(ix.shards[old_k[0] as usize].base, 11);
         assert!(ix.len() < before, "the write swept its shard");
         assert_eq!(epoch_of(&ix, &mut segs, &old_k), Some(12));
         let unswept = ix.shards.iter().filter(|s| s.base < 11).count();
