@@ -169,6 +169,27 @@ pub struct Index {
     len: usize,
     /// The next shard [`Index::expire_step`] looks at ([`SHARDS`]: none behind).
     sweep_next: usize,
+    /// Changes made to the tables, so a [`Vacancy`] knows whether it still holds.
+    changes: u64,
+}
+
+/// Where a lookup by [`Index::find_or_vacancy`] stopped for an absent key: the slot a pair
+/// for it goes to, so [`Index::insert_at`] does not probe again (issue 19: a fresh SET's
+/// lookup and insert touch the same slot). It holds while the index does not change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Vacancy {
+    shard: usize,
+    at: usize,
+    changes: u64,
+}
+
+/// What [`Index::find_or_vacancy`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// The key is present: its value and where its record lies.
+    Present(Value, Place),
+    /// The key is absent; a pair for it goes here.
+    Absent(Vacancy),
 }
 
 fn fingerprint_of(key: &Key) -> u32 {
@@ -252,6 +273,38 @@ impl Shard {
             i = self.next(i);
         }
         Ok(None)
+    }
+
+    /// As [`Shard::find`], but an absent key also gets the first empty or deleted slot of its
+    /// probe (the one [`Shard::free_slot`] would pick).
+    fn find_or_free<E>(
+        &self,
+        key: &Key,
+        oldest_kept: u32,
+        read: &mut impl FnMut(Place) -> Result<Value, E>,
+    ) -> Result<Result<(usize, Value), usize>, E> {
+        let fp = fingerprint_of(key);
+        let mut i = home_of(fp, self.slots);
+        let mut free = None;
+        for _ in 0..self.slots {
+            let s = self.slot(i);
+            if s.code() == EMPTY {
+                return Ok(Err(free.unwrap_or(i)));
+            }
+            if !s.is_live() {
+                free.get_or_insert(i);
+            } else if s.fingerprint() == fp {
+                let place = self.place(s);
+                if place.epoch >= oldest_kept {
+                    let value = read(place)?;
+                    if key_of(&value) == *key {
+                        return Ok(Ok((i, value)));
+                    }
+                }
+            }
+            i = self.next(i);
+        }
+        Ok(Err(free.expect("the load stays below 100 %")))
     }
 
     /// Where a new slot for `fingerprint` goes: the first empty or deleted slot of its probe.
@@ -347,6 +400,7 @@ impl Index {
             base,
             len: 0,
             sweep_next: SHARDS,
+            changes: 0,
         })
     }
 
@@ -398,9 +452,55 @@ impl Index {
         Ok(Inserted::New)
     }
 
+    /// Look `key` up as [`Index::get`] does, for a write: present, or absent with the slot a
+    /// pair for it goes to (for [`Index::insert_at`]). Sweeps the key's shard first if an
+    /// expiry left it behind, as a write does.
+    pub fn find_or_vacancy<E>(
+        &mut self,
+        key: &Key,
+        mut read: impl FnMut(Place) -> Result<Value, E>,
+    ) -> Result<Found, E> {
+        let shard = key[0] as usize;
+        if self.shards[shard].base < self.base {
+            self.catch_up(shard);
+        }
+        let s = &self.shards[shard];
+        Ok(match s.find_or_free(key, self.base, &mut read)? {
+            Ok((i, v)) => Found::Present(v, s.place(s.slot(i))),
+            Err(at) => Found::Absent(Vacancy {
+                shard,
+                at,
+                changes: self.changes,
+            }),
+        })
+    }
+
+    /// Record that `key`, found absent by [`Index::find_or_vacancy`], lies at `place`, in the
+    /// slot that lookup found (probed again only if the index changed since, or the shard
+    /// must grow). `place.epoch` must not lie before the base.
+    pub fn insert_at(
+        &mut self,
+        key: &Key,
+        place: Place,
+        vacancy: Vacancy,
+    ) -> Result<(), InsertError> {
+        self.check_place(place)?;
+        if vacancy.changes != self.changes || vacancy.shard != key[0] as usize {
+            return self.insert_absent(key, place);
+        }
+        self.fill(key, place, Some(vacancy.at))
+    }
+
     /// Record that `key`, just looked up and absent, lies at `place` (no read: the caller
     /// knows the key is absent). `place.epoch` must not lie before the base.
     pub fn insert_absent(&mut self, key: &Key, place: Place) -> Result<(), InsertError> {
+        self.check_place(place)?;
+        self.catch_up(key[0] as usize);
+        self.fill(key, place, None)
+    }
+
+    /// Refuse a place the index cannot name; make room for a far epoch.
+    fn check_place(&mut self, place: Place) -> Result<(), InsertError> {
         if place.epoch < self.base {
             return Err(InsertError::Expired(place.epoch));
         }
@@ -411,10 +511,15 @@ impl Index {
             // Pairs older than the widest span are past any retention the config allows.
             self.expire(place.epoch - MAX_EPOCH_SPAN);
         }
-        self.catch_up(key[0] as usize);
+        Ok(())
+    }
+
+    /// Store the pair of `key` at `place` in its (swept) shard: in slot `at` when given (the
+    /// first free slot of the key's probe), else the first free slot found now.
+    fn fill(&mut self, key: &Key, place: Place, at: Option<usize>) -> Result<(), InsertError> {
         let fp = fingerprint_of(key);
         let shard = &mut self.shards[key[0] as usize];
-        let mut at = shard.free_slot(fp);
+        let mut at = at.unwrap_or_else(|| shard.free_slot(fp));
         if shard.slot(at).code() != DELETED
             && (shard.live + shard.deleted + 1) * 100 > shard.slots * MAX_LOAD_PCT
         {
@@ -428,6 +533,7 @@ impl Index {
         shard.set(at, Slot::new(fp, offset, place.record));
         shard.live += 1;
         self.len += 1;
+        self.changes += 1;
         Ok(())
     }
 
@@ -446,6 +552,7 @@ impl Index {
             if s.is_live() && s.fingerprint() == fp && shard.place(s) == place {
                 shard.delete(i);
                 self.len -= 1;
+                self.changes += 1;
                 return true;
             }
             i = shard.next(i);
@@ -464,6 +571,7 @@ impl Index {
         }
         self.base = oldest_kept;
         self.sweep_next = 0;
+        self.changes += 1;
     }
 
     /// Sweep the next shard still behind the base; false once none is.
@@ -487,6 +595,7 @@ impl Index {
     fn catch_up(&mut self, shard: usize) {
         let dropped = self.shards[shard].expire_to(self.base);
         self.len -= dropped;
+        self.changes += 1;
     }
 }
 
@@ -762,6 +871,53 @@ mod tests {
         set(&mut ix, &mut segs, &k2, &v2, 1000);
         assert_eq!(get(&ix, &mut segs, &k), None);
         assert_eq!(epoch_of(&ix, &mut segs, &k2), Some(1000));
+    }
+
+    /// A fresh SET probes once: the slot its lookup stopped at takes the pair. A vacancy
+    /// taken before the index changed is not trusted (both pairs stay findable).
+    #[test]
+    fn a_vacancy_from_the_lookup_takes_the_pair_and_a_stale_one_is_not_trusted() {
+        let mut ix = Index::new(3).unwrap();
+        let mut segs = Segments::default();
+        let reads = |segs: &mut Segments, ix: &mut Index, k: &Key| match ix
+            .find_or_vacancy(k, |p| segs.read(p))
+            .unwrap()
+        {
+            Found::Present(v, _) => Err(v),
+            Found::Absent(vacancy) => Ok(vacancy),
+        };
+        for i in 0..50_000 {
+            let (k, v) = pair(i);
+            let vacancy = reads(&mut segs, &mut ix, &k).expect("absent");
+            let place = segs.append(3, v);
+            ix.insert_at(&k, place, vacancy).unwrap();
+        }
+        for i in (0..50_000).step_by(3) {
+            let (k, v) = pair(i);
+            assert_eq!(reads(&mut segs, &mut ix, &k), Err(v), "pair {i}");
+        }
+        // Two vacancies taken before either insert: the second is stale.
+        let (ka, va) = pair(60_000);
+        let (kb, vb) = pair(60_001);
+        let a = reads(&mut segs, &mut ix, &ka).unwrap();
+        let b = reads(&mut segs, &mut ix, &kb).unwrap();
+        let pa = segs.append(3, va);
+        ix.insert_at(&ka, pa, a).unwrap();
+        let pb = segs.append(3, vb);
+        ix.insert_at(&kb, pb, b).unwrap();
+        assert_eq!(get(&ix, &mut segs, &ka), Some(va));
+        assert_eq!(get(&ix, &mut segs, &kb), Some(vb));
+        assert_eq!(ix.len(), 50_002);
+        // After an expiry the lookup sweeps the shard first; the vacancy may be a freed slot.
+        ix.expire(4);
+        let (kc, vc) = pair(60_002);
+        let c = reads(&mut segs, &mut ix, &kc).unwrap();
+        let pc = segs.append(4, vc);
+        ix.insert_at(&kc, pc, c).unwrap();
+        assert_eq!(get(&ix, &mut segs, &kc), Some(vc));
+        assert_eq!(get(&ix, &mut segs, &ka), None);
+        while ix.expire_step() {}
+        assert_eq!(ix.len(), 1);
     }
 
     /// A slot never names a segment before the base: it may be deleted, its number reused.

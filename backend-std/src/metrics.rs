@@ -123,6 +123,10 @@ pub struct Metrics {
     pub synced_records: AtomicU64,
     /// Pairs dropped because the group commit that was to make them durable failed.
     pub abandoned_pairs: AtomicU64,
+    /// Records read to confirm a lookup whose fingerprint matched (a hit, or a collision).
+    pub record_reads: AtomicU64,
+    /// Lookups that failed because a record the index names could not be read.
+    pub read_failures: AtomicU64,
     /// 1 while the store refuses writes after an I/O error.
     pub store_degraded: AtomicU64,
     /// Client requests the backend is timing (a bound on the portal's work in flight).
@@ -554,7 +558,7 @@ impl Metrics {
         let _ = writeln!(o, "dqe_client_request_duration_seconds_count {count}");
         let pairs = self.stored_pairs.load(Relaxed);
         let index = self.index_bytes.load(Relaxed);
-        let gauges: [(&str, &str, &str, f64); 16] = [
+        let gauges: [(&str, &str, &str, f64); 18] = [
             (
                 "dqe_stored_pairs",
                 "gauge",
@@ -606,6 +610,18 @@ impl Metrics {
                 "counter",
                 "Pairs dropped unacknowledged because their group commit failed.",
                 self.abandoned_pairs.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_record_reads_total",
+                "counter",
+                "Records read from the segments to confirm a lookup (a hit, or a fingerprint collision).",
+                self.record_reads.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_record_read_failures_total",
+                "counter",
+                "Lookups that failed because a record the index names could not be read.",
+                self.read_failures.load(Relaxed) as f64,
             ),
             (
                 "dqe_store_degraded",

@@ -738,6 +738,8 @@ impl Server {
         m.fsync_failures.store(stats.sync_failures, Relaxed);
         m.abandoned_pairs.store(stats.abandoned, Relaxed);
         m.synced_records.store(stats.synced_records, Relaxed);
+        m.record_reads.store(stats.record_reads, Relaxed);
+        m.read_failures.store(stats.read_failures, Relaxed);
         m.store_degraded
             .store(store.degraded().is_some() as u64, Relaxed);
         m.client_requests_in_flight

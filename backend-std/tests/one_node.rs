@@ -389,3 +389,34 @@ fn the_oldest_unsynced_write_gauge_covers_fsync_interval() {
     assert_eq!(age(), 0.0, "synced once the interval passed");
     assert!(node.term(EXIT).success());
 }
+
+/// Issue 19: the index keeps no values, so a hit reads its record from the segment. The
+/// reads and the reads that fail (here: the segment cut under the node) are exported.
+#[test]
+fn record_reads_and_read_failures_are_exported() {
+    let site = DevSite::new(&PORTS, 4);
+    let (node, metrics) = site.start_with_metrics(&[]);
+    let c = Client::new();
+    let (k, v) = pair("record reads");
+    assert_eq!(c.set(node.portal, v), Some(Body::Stored));
+    assert_eq!(c.set(node.portal, v), Some(Body::Found { value: v }));
+    std::thread::sleep(Duration::from_millis(300));
+    let text = scrape(metrics, Duration::from_secs(5)).expect("scrape");
+    let reads: u64 = metric(&text, "dqe_record_reads_total");
+    assert!(reads >= 1, "the second SET read its record:\n{text}");
+    assert_eq!(metric::<u64>(&text, "dqe_record_read_failures_total"), 0);
+    // Cut every segment to its header: the record the index names is gone.
+    for entry in std::fs::read_dir(&site.data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+            f.set_len(8).unwrap();
+        }
+    }
+    assert_eq!(c.test(node.portal, k), Some(Body::NotFound));
+    std::thread::sleep(Duration::from_millis(300));
+    let text = scrape(metrics, Duration::from_secs(5)).expect("scrape");
+    let failures: u64 = metric(&text, "dqe_record_read_failures_total");
+    assert!(failures >= 1, "{text}");
+    assert!(metric::<u64>(&text, "dqe_record_reads_total") > reads);
+}

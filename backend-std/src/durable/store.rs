@@ -16,7 +16,7 @@ use tracing::{error, info, warn};
 use super::commit::{InFlight, RETRY_AFTER};
 use super::format::{MAGIC, RECORD_BYTES, encode_record, parse_segment_name, segment_name};
 use super::replay::Recovery;
-use crate::index::{Index, InsertError, Place};
+use crate::index::{Found, Index, InsertError, Place};
 
 /// When a write is made durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -484,12 +484,29 @@ impl DurableStore {
             reads += 1;
             read_record(segments, place)
         });
+        self.count_reads(reads, found.as_ref().err());
+        Ok(found?.map(|(v, _)| v))
+    }
+
+    /// As [`DurableStore::lookup`], for a put: an absent key also gets the index slot its
+    /// pair goes to, so the put does not probe the index twice.
+    fn lookup_for_put(&mut self, key: &Key) -> io::Result<Found> {
+        let mut reads = 0;
+        let segments = &self.segments;
+        let found = self.index.find_or_vacancy(key, |place| {
+            reads += 1;
+            read_record(segments, place)
+        });
+        self.count_reads(reads, found.as_ref().err());
+        found
+    }
+
+    fn count_reads(&mut self, reads: u64, failed: Option<&io::Error>) {
         self.stats.record_reads += reads;
-        if let Err(e) = &found {
+        if let Some(e) = failed {
             self.stats.read_failures += 1;
             warn!(error = %e, "cannot read a record the index names");
         }
-        Ok(found?.map(|(v, _)| v))
     }
 
     /// Remove from the index the pairs of every record not written (all of them are
@@ -524,17 +541,18 @@ impl Store for DurableStore {
 
     fn put(&mut self, key: &Key, value: &Value, epoch: u32) -> PutOutcome {
         let degraded = self.degraded.is_some();
-        let Ok(found) = self.lookup(key) else {
-            // The key may be present: storing it again could accept a reused stamp.
-            return self.refuse();
-        };
-        if let Some(v) = found {
-            if degraded && self.gates_replies() && self.has_unsynced() {
-                // The pair may be one whose record still waits for a sync (module doc).
-                return self.refuse();
+        let vacancy = match self.lookup_for_put(key) {
+            Ok(Found::Absent(vacancy)) => vacancy,
+            Ok(Found::Present(v, _)) => {
+                if degraded && self.gates_replies() && self.has_unsynced() {
+                    // The pair may be one whose record still waits for a sync (module doc).
+                    return self.refuse();
+                }
+                return PutOutcome::Found(v);
             }
-            return PutOutcome::Found(v);
-        }
+            // The key may be present: storing it again could accept a reused stamp.
+            Err(_) => return self.refuse(),
+        };
         if degraded || self.pending_bytes + RECORD_BYTES > self.opts.max_pending_bytes {
             return self.refuse();
         }
@@ -561,7 +579,7 @@ impl Store for DurableStore {
             epoch,
             record: record_number(seg.next_at).try_into().unwrap_or(u32::MAX),
         };
-        match self.index.insert_absent(key, place) {
+        match self.index.insert_at(key, place, vacancy) {
             Ok(()) => {
                 seg.unwritten.push_back(*value);
                 seg.next_at += RECORD_BYTES as u64;
