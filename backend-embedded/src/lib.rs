@@ -52,6 +52,7 @@ use core::task::{Context, Poll, Waker};
 
 use dqe_core::config::NodeSpec;
 use dqe_core::node::{ClusterArrays, Node, PORTAL_QUEUE, Port, STORER_QUEUE};
+use dqe_core::portal::InFlightStorage;
 use dqe_core::replay::ReplyStorage;
 use dqe_core::ring::RingStorage;
 use dqe_core::store::Store;
@@ -334,7 +335,7 @@ pub struct EmbeddedNode<
     E,
     const N: usize,
     G: RingStorage,
-    const F: usize,
+    T: InFlightStorage,
     B: ReplyStorage,
     const QP: usize = PORTAL_QUEUE,
     const QS: usize = STORER_QUEUE,
@@ -343,7 +344,7 @@ pub struct EmbeddedNode<
     R: RngCore,
     E: EpochSource,
 {
-    node: &'a mut Node<S, R, ClusterArrays<N>, G, F, B, QP, QS>,
+    node: &'a mut Node<S, R, ClusterArrays<N>, G, T, B, QP, QS>,
     stack: Stack<'a>,
     storer: NodeSocket<'a>,
     portal: NodeSocket<'a>,
@@ -364,11 +365,11 @@ impl<
     E,
     const N: usize,
     G: RingStorage,
-    const F: usize,
+    T: InFlightStorage,
     B: ReplyStorage,
     const QP: usize,
     const QS: usize,
-> core::fmt::Debug for EmbeddedNode<'_, S, R, E, N, G, F, B, QP, QS>
+> core::fmt::Debug for EmbeddedNode<'_, S, R, E, N, G, T, B, QP, QS>
 where
     S: Store,
     R: RngCore,
@@ -389,11 +390,11 @@ impl<
     E,
     const N: usize,
     G: RingStorage,
-    const F: usize,
+    T: InFlightStorage,
     B: ReplyStorage,
     const QP: usize,
     const QS: usize,
-> EmbeddedNode<'a, S, R, E, N, G, F, B, QP, QS>
+> EmbeddedNode<'a, S, R, E, N, G, T, B, QP, QS>
 where
     S: Store,
     R: RngCore,
@@ -405,7 +406,7 @@ where
         stack: Stack<'a>,
         resources: &'a mut Resources<Pt, St, So>,
         me: &NodeSpec,
-        node: &'a mut Node<S, R, ClusterArrays<N>, G, F, B, QP, QS>,
+        node: &'a mut Node<S, R, ClusterArrays<N>, G, T, B, QP, QS>,
         epoch_source: E,
     ) -> Result<Self, BindError> {
         let Resources {
@@ -453,7 +454,7 @@ where
     }
 
     /// The node this backend drives.
-    pub fn node(&self) -> &Node<S, R, ClusterArrays<N>, G, F, B, QP, QS> {
+    pub fn node(&self) -> &Node<S, R, ClusterArrays<N>, G, T, B, QP, QS> {
         self.node
     }
 

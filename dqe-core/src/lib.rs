@@ -18,6 +18,7 @@
 //! use dqe_core::config::{ClusterSpec, NodeSpec};
 //! use dqe_core::event::{Outcome, RequestKind};
 //! use dqe_core::hash::{key_of, word_value};
+//! use dqe_core::portal::InFlightArrays;
 //! use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage, Port};
 //! use dqe_core::replay::ReplyArrays;
 //! use dqe_core::ring::RingArrays;
@@ -37,7 +38,7 @@
 //! // Two nodes of 2 cluster members (their list and per-node tables in arrays), 32 ring
 //! // points, 4 requests in flight, 8 reply slots.
 //! type Small =
-//!     Node<FixedStore<[Slot; 64]>, StdRng, ClusterArrays<2>, RingArrays<32>, 4, ReplyArrays<8>>;
+//!     Node<FixedStore<[Slot; 64]>, StdRng, ClusterArrays<2>, RingArrays<32>, InFlightArrays<4>, ReplyArrays<8>>;
 //! let node = |me| -> Small {
 //!     let store = FixedStore::new([Slot::EMPTY; 64]);
 //!     let rng = StdRng::seed_from_u64(me as u64);

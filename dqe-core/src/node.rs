@@ -33,7 +33,9 @@ use crate::Millis;
 use crate::config::{ClusterModel, ConfigError, NodeIndex, NodeSpec};
 use crate::detector::{Health, PeerArrays, PeerStorage};
 use crate::event::{Answered, Outcome, RequestKind};
-use crate::portal::{Context, Portal};
+use crate::portal::{
+    Context, InFlightArrays, InFlightSlot, InFlightStorage, MAX_IN_FLIGHT, Portal,
+};
 use crate::replay::{ReplyArrays, ReplyCache, ReplyStorage};
 use crate::ring::{Ring, RingArrays, RingError, RingStorage};
 use crate::store::Store;
@@ -122,6 +124,9 @@ pub enum NodeError {
     /// The failure detector's per-node tables ([`NodeStorage::peers`]) have room for fewer
     /// nodes than the cluster has.
     PeerTablesTooSmall { nodes: usize, capacity: usize },
+    /// The in-flight table ([`NodeStorage::in_flight`]) has no slot, or more than
+    /// [`MAX_IN_FLIGHT`].
+    InFlightTableSize { slots: usize },
     /// `attempts` is 0: no sub-request would ever be sent.
     NoAttempts,
     /// `attempt_timeout` is 0: retries would go out in a busy loop.
@@ -148,6 +153,10 @@ impl core::fmt::Display for NodeError {
             NodeError::PeerTablesTooSmall { nodes, capacity } => write!(
                 f,
                 "the failure detector's tables have room for {capacity} nodes, the cluster has {nodes}"
+            ),
+            NodeError::InFlightTableSize { slots } => write!(
+                f,
+                "an in-flight table of {slots} slots: it needs 1 to {MAX_IN_FLIGHT}"
             ),
             NodeError::NoAttempts => f.write_str("attempts must be at least 1"),
             NodeError::ZeroAttemptTimeout => f.write_str("attempt_timeout must be at least 1 ms"),
@@ -359,33 +368,39 @@ impl<const N: usize> ClusterStorage for ClusterArrays<N> {
 /// The storage a node works in, lent by the caller (smoltcp's style): arrays on a board (the
 /// [`Default`]), buffers sized from the config on a server.
 #[derive(Debug, Clone)]
-pub struct NodeStorage<B, G, P> {
+pub struct NodeStorage<B, G, P, T> {
     /// The portal's and the storer's write-reply caches.
     pub replies: ReplyCaches<B>,
     /// The ring's points (room for `nodes * vnodes`), see [`RingStorage`].
     pub ring: G,
     /// The failure detector's per-node tables (room for every node), see [`PeerStorage`].
     pub peers: P,
+    /// The portal's table of client requests in flight: one slot per request it holds at
+    /// once (1 to [`MAX_IN_FLIGHT`]), see [`InFlightStorage`].
+    pub in_flight: T,
 }
 
-impl<const C: usize, const P: usize, const N: usize> Default
-    for NodeStorage<ReplyArrays<C>, RingArrays<P>, PeerArrays<N>>
+impl<const C: usize, const P: usize, const N: usize, const F: usize> Default
+    for NodeStorage<ReplyArrays<C>, RingArrays<P>, PeerArrays<N>, InFlightArrays<F>>
 {
-    /// Reply caches of `C` slots, a ring of `P` points and tables for `N` nodes, in arrays.
+    /// Reply caches of `C` slots, a ring of `P` points, tables for `N` nodes and `F`
+    /// requests in flight, in arrays.
     fn default() -> Self {
         NodeStorage {
             replies: ReplyCaches::default(),
             ring: RingArrays::new(),
             peers: PeerArrays::new(),
+            in_flight: [InFlightSlot::EMPTY; F],
         }
     }
 }
 
 /// A DQE enforcer node whose node list and per-node tables are of the storage family `C`
-/// ([`ClusterArrays`] on a board), with its ring in storage `G` and `F` client
-/// requests in flight at its portal; its write-reply caches work in storage `B` (arrays,
-/// borrowed or boxed slices: [`ReplyCaches`], [`ReplyBuffers`](crate::replay::ReplyBuffers)). `S` is its store, `R` the source of request
-/// ids. Its outgoing queues hold `QP` portal datagrams and `QS` storer replies (about 100
+/// ([`ClusterArrays`] on a board), with its ring in storage `G` and its portal's table of
+/// client requests in flight in storage `T` ([`InFlightArrays`] on a board, a boxed slice of
+/// [`InFlightSlot`]s on a server); its write-reply caches work in storage `B` (arrays,
+/// borrowed or boxed slices: [`ReplyCaches`], [`ReplyBuffers`](crate::replay::ReplyBuffers)).
+/// `S` is its store, `R` the source of request ids. Its outgoing queues hold `QP` portal datagrams and `QS` storer replies (about 100
 /// bytes each); `QP` must hold a longest read set plus the reply, or every request would be
 /// refused `Busy`.
 #[derive(Debug)]
@@ -394,7 +409,7 @@ pub struct Node<
     R: RngCore,
     C: ClusterStorage,
     G: RingStorage,
-    const F: usize,
+    T: InFlightStorage,
     B: ReplyStorage,
     const QP: usize = PORTAL_QUEUE,
     const QS: usize = STORER_QUEUE,
@@ -408,7 +423,7 @@ pub struct Node<
     config: NodeConfig,
     epoch: u32,
     storer: Storer<B>,
-    portal: Portal<C::Peers, F, B>,
+    portal: Portal<C::Peers, T, B>,
     outbox: Queues<QP, QS>,
     stats: NodeStats,
     /// Stores that said `Stored` so far (local shares and peers' PUTs): the write mark.
@@ -424,14 +439,15 @@ impl<
     R: RngCore,
     C: ClusterStorage,
     G: RingStorage,
-    const F: usize,
+    T: InFlightStorage,
     B: ReplyStorage,
     const QP: usize,
     const QS: usize,
-> Node<S, R, C, G, F, B, QP, QS>
+> Node<S, R, C, G, T, B, QP, QS>
 {
     /// Node `me` of `spec`, serving `store`, in epoch `epoch`, working in the caller's
-    /// `storage` (its write-reply caches, its ring and its per-node tables). The cluster is
+    /// `storage` (its write-reply caches, its ring, its per-node tables and its in-flight
+    /// table). The cluster is
     /// validated with the ring's storage as scratch (see [`Ring::new`]).
     pub fn new(
         spec: ClusterModel<C::Nodes>,
@@ -440,13 +456,18 @@ impl<
         rng: R,
         config: NodeConfig,
         epoch: u32,
-        storage: NodeStorage<B, G, C::Peers>,
+        storage: NodeStorage<B, G, C::Peers, T>,
     ) -> Result<Self, NodeError> {
         let NodeStorage {
             replies,
             mut ring,
             peers,
+            in_flight,
         } = storage;
+        let slots = in_flight.slots().len();
+        if !(1..=MAX_IN_FLIGHT).contains(&slots) {
+            return Err(NodeError::InFlightTableSize { slots });
+        }
         spec.validate_in(ring.parts_mut().1)?;
         let nodes = spec.nodes().len();
         if me as usize >= nodes {
@@ -469,7 +490,7 @@ impl<
         }
         let mut rng = rng;
         let storer = Storer::new(replies.storer, config.retry_window, rng.next_u64());
-        let portal = Portal::new(&config, replies.portal, peers, rng.next_u64());
+        let portal = Portal::new(&config, in_flight, replies.portal, peers, rng.next_u64());
         let capacity = portal.peer_capacity();
         if capacity < nodes {
             return Err(NodeError::PeerTablesTooSmall { nodes, capacity });
@@ -605,6 +626,11 @@ impl<
         self.portal.in_flight()
     }
 
+    /// How many client requests the portal's table holds at most (its slots).
+    pub fn in_flight_capacity(&self) -> usize {
+        self.portal.in_flight_capacity()
+    }
+
     /// This node's index in the cluster.
     pub fn me(&self) -> NodeIndex {
         self.me
@@ -696,7 +722,7 @@ impl<
     }
 
     /// The portal, and the rest of the node it works with.
-    fn parts(&mut self, now: Millis) -> (&mut Portal<C::Peers, F, B>, Context<'_, S, R, G>) {
+    fn parts(&mut self, now: Millis) -> (&mut Portal<C::Peers, T, B>, Context<'_, S, R, G>) {
         let cx = Context {
             now,
             nodes: self.spec.nodes(),

@@ -26,6 +26,7 @@ use dqe_core::detector::Health;
 use dqe_core::detector::PeerArrays;
 use dqe_core::hash::{Key, Value};
 use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage, Port, ReplyCaches};
+use dqe_core::portal::InFlightSlot;
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
 use dqe_core::store::{PutOutcome, Store};
@@ -88,12 +89,17 @@ impl Store for SharedStore {
     }
 }
 
+/// A portal table of [`IN_FLIGHT`] requests in a boxed slice, as a server lends it.
+pub type SimInFlight = Box<[InFlightSlot]>;
+/// Requests in flight at each simulated portal.
+pub const IN_FLIGHT: usize = 32;
+
 pub type SimReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
 /// A ring in boxed slices sized from the cluster, as a server lends it.
 pub type SimRing = RingBuffers<Box<[Point]>, Box<[u64]>>;
 /// A simulated node of a cluster of at most `N` nodes.
 pub type SimNode<const N: usize> =
-    Node<SharedStore, StdRng, ClusterArrays<N>, SimRing, 32, SimReplies>;
+    Node<SharedStore, StdRng, ClusterArrays<N>, SimRing, SimInFlight, SimReplies>;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
@@ -308,6 +314,7 @@ impl<const N: usize> Cluster<N> {
                     heads: vec![0; points].into_boxed_slice(),
                 },
                 peers: PeerArrays::new(),
+                in_flight: vec![InFlightSlot::EMPTY; IN_FLIGHT].into_boxed_slice(),
             };
             self.builds[i] += 1;
             let rng = StdRng::seed_from_u64(

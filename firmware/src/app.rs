@@ -10,6 +10,7 @@ use core::net::{IpAddr, Ipv4Addr};
 use backend_embedded::{BindError, EmbeddedNode, Resources, SocketBuffers};
 use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeError, NodeStorage};
+use dqe_core::portal::InFlightArrays;
 use dqe_core::replay::ReplyArrays;
 use dqe_core::ring::RingArrays;
 use dqe_core::store::{FixedStore, Slot, max_len_for};
@@ -92,13 +93,15 @@ pub type FwStore = FixedStore<&'static mut [Slot]>;
 pub type FwReplies = ReplyArrays<REPLY_CACHE>;
 /// The ring's points, held by value in the node (so in its static).
 pub type FwRing = RingArrays<RING_POINTS>;
+/// The portal's table of [`IN_FLIGHT`] requests, held by value in the node (so in its static).
+pub type FwInFlight = InFlightArrays<IN_FLIGHT>;
 /// The node, with the board's RNG `R`.
 pub type FwNode<R> = Node<
     FwStore,
     R,
     ClusterArrays<MAX_NODES>,
     FwRing,
-    IN_FLIGHT,
+    FwInFlight,
     FwReplies,
     PORTAL_QUEUE,
     STORER_QUEUE,
@@ -112,7 +115,7 @@ pub type FwBackend<R, E> = EmbeddedNode<
     E,
     MAX_NODES,
     FwRing,
-    IN_FLIGHT,
+    FwInFlight,
     FwReplies,
     PORTAL_QUEUE,
     STORER_QUEUE,
