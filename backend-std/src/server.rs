@@ -55,7 +55,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dqe_core::config::{NodeIndex, NodeSpec};
 use dqe_core::detector::{Health, PeerBuffers};
 use dqe_core::event::{Outcome, RequestKind};
-use dqe_core::node::{ClusterStorage, Node, NodeConfig, NodeError, NodeStorage, Port, ReplyCaches};
+use dqe_core::node::{
+    ClusterStorage, Node, NodeConfig, NodeError, NodeStorage, PORTAL_QUEUE, Port, QueueBuffers,
+    QueueSlot, ReplyCaches, STORER_QUEUE,
+};
 use dqe_core::portal::InFlightSlot;
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
@@ -86,8 +89,17 @@ const ARRIVALS: usize = 65_536;
 /// The node this backend runs; its node list, per-node tables and ring are sized from the
 /// cluster file, its write-reply caches and in-flight table at start ([`reply_slots`],
 /// `--in-flight`).
-pub type EnforcerNode =
-    Node<DurableStore, StdRng, ClusterVecs, RingStorage, InFlightTable, ReplyStorage>;
+pub type EnforcerNode = Node<
+    DurableStore,
+    StdRng,
+    ClusterVecs,
+    RingStorage,
+    InFlightTable,
+    ReplyStorage,
+    OutgoingQueues,
+>;
+/// The outgoing queues ([`PORTAL_QUEUE`] and [`STORER_QUEUE`] datagrams), on the heap.
+pub type OutgoingQueues = QueueBuffers<Box<[QueueSlot]>, Box<[QueueSlot]>>;
 /// The portal's in-flight table, sized from `--in-flight`.
 pub type InFlightTable = Box<[InFlightSlot]>;
 /// What grows with the number of nodes, sized from the cluster file (up to
@@ -214,6 +226,10 @@ fn build_node(
         },
         peers: peer_tables(cfg.spec.nodes.len()),
         in_flight: vec![InFlightSlot::EMPTY; cfg.in_flight].into_boxed_slice(),
+        queues: QueueBuffers {
+            portal: vec![QueueSlot::EMPTY; PORTAL_QUEUE].into_boxed_slice(),
+            storer: vec![QueueSlot::EMPTY; STORER_QUEUE].into_boxed_slice(),
+        },
     };
     EnforcerNode::new(
         cfg.spec.clone(),
@@ -833,6 +849,6 @@ mod tests {
     #[test]
     fn the_node_is_built_on_an_ordinary_stack() {
         let size = std::mem::size_of::<EnforcerNode>();
-        assert!(size <= 16 << 10, "the node takes {size} bytes");
+        assert!(size <= 4 << 10, "the node takes {size} bytes");
     }
 }

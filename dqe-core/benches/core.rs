@@ -11,7 +11,10 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dqe_core::config::{ClusterModel, ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::detector::{Health, PeerBuffers};
 use dqe_core::hash::{key_of, sha1_concat};
-use dqe_core::node::{ClusterStorage, Node, NodeConfig, NodeStorage, Port, ReplyCaches};
+use dqe_core::node::{
+    ClusterStorage, Node, NodeConfig, NodeStorage, PORTAL_QUEUE, Port, QueueBuffers, QueueSlot,
+    ReplyCaches, STORER_QUEUE,
+};
 use dqe_core::portal::InFlightSlot;
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, Ring, RingArrays, RingBuffers};
@@ -294,6 +297,7 @@ type BenchNode = Node<
     RingArrays<PORTAL_P>,
     Box<[InFlightSlot]>,
     BenchReplies,
+    QueueBuffers<Box<[QueueSlot]>, Box<[QueueSlot]>>,
 >;
 type BenchReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
 
@@ -347,6 +351,10 @@ fn portal_round(c: &mut Criterion) {
             transitions: vec![0; PORTAL_N].into_boxed_slice(),
         },
         in_flight: vec![InFlightSlot::EMPTY; PORTAL_F].into_boxed_slice(),
+        queues: QueueBuffers {
+            portal: vec![QueueSlot::EMPTY; PORTAL_QUEUE].into_boxed_slice(),
+            storer: vec![QueueSlot::EMPTY; STORER_QUEUE].into_boxed_slice(),
+        },
     };
     let rng = StdRng::seed_from_u64(7);
     let mut node: Box<BenchNode> =

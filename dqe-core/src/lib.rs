@@ -5,9 +5,10 @@
 //! state machines in the style of `quinn-proto` and `smoltcp`: a backend hands a [`node::Node`]
 //! datagrams and the current time and carries out what it asks (send these datagrams, wake
 //! me at this instant). The crate is `#![no_std]` and never allocates: every capacity is chosen
-//! by the backend (a const generic, or storage it lends: the store's slots, the reply caches',
-//! the ring's points: [`node::NodeStorage`]),
-//! every buffer belongs to the caller.
+//! by the backend as storage it lends (smoltcp's style: arrays on a board, boxed slices sized
+//! from the config on a server): the store's slots, and in [`node::NodeStorage`] the reply
+//! caches', the ring's points, the per-node tables, the portal's in-flight table and the
+//! outgoing queues. Every buffer belongs to the caller.
 //!
 //! Two nodes and a client, with the backend's part (moving datagrams, telling the time) done
 //! by hand: a client's `Set` reaches node `a`'s portal, which stores one copy itself and sends
@@ -102,6 +103,7 @@ pub mod epoch;
 pub mod event;
 pub mod hash;
 pub mod node;
+mod outbox;
 pub mod portal;
 pub mod replay;
 pub mod ring;

@@ -40,12 +40,13 @@ fn node(slots: usize) -> Result<Boxed, NodeError> {
         nodes.push(spec).unwrap();
     }
     let spec: ClusterSpec<3> = ClusterSpec::with_defaults(nodes, 3);
-    let defaults: NodeStorage<_, _, _, [InFlightSlot; 0]> = NodeStorage::default();
+    let defaults: NodeStorage<_, _, _, [InFlightSlot; 0], _> = NodeStorage::default();
     let storage = NodeStorage {
         replies: defaults.replies,
         ring: defaults.ring,
         peers: defaults.peers,
         in_flight: vec![InFlightSlot::EMPTY; slots].into_boxed_slice(),
+        queues: defaults.queues,
     };
     let store = FixedStore::new(vec![Slot::EMPTY; 64]);
     let rng = StdRng::seed_from_u64(3);

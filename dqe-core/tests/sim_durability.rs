@@ -8,7 +8,7 @@ mod harness;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use dqe_core::config::{ClusterSpec, NodeSpec};
-use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeError, NodeStorage, Port};
+use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeError, NodeStorage, Port, QueueArrays};
 use dqe_core::portal::InFlightArrays;
 use dqe_core::replay::ReplyArrays;
 use dqe_core::ring::RingArrays;
@@ -122,8 +122,7 @@ type Small<const C: usize, const QP: usize> = Node<
     RingArrays<48>,
     InFlightArrays<4>,
     ReplyArrays<C>,
-    QP,
-    4,
+    QueueArrays<QP, 4>,
 >;
 
 fn small<const C: usize, const QP: usize>() -> Result<Small<C, QP>, NodeError> {
@@ -554,8 +553,7 @@ type Tight = Node<
     RingArrays<48>,
     InFlightArrays<4>,
     ReplyArrays<8>,
-    4,
-    4,
+    QueueArrays<4, 4>,
 >;
 
 #[test]

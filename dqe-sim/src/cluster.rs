@@ -25,7 +25,9 @@ use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::detector::Health;
 use dqe_core::detector::PeerArrays;
 use dqe_core::hash::{Key, Value};
-use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage, Port, ReplyCaches};
+use dqe_core::node::{
+    ClusterArrays, Node, NodeConfig, NodeStorage, Port, QueueArrays, ReplyCaches,
+};
 use dqe_core::portal::InFlightSlot;
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
@@ -315,6 +317,7 @@ impl<const N: usize> Cluster<N> {
                 },
                 peers: PeerArrays::new(),
                 in_flight: vec![InFlightSlot::EMPTY; IN_FLIGHT].into_boxed_slice(),
+                queues: QueueArrays::new(),
             };
             self.builds[i] += 1;
             let rng = StdRng::seed_from_u64(

@@ -25,7 +25,9 @@ use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::detector::Health;
 use dqe_core::detector::PeerArrays;
 use dqe_core::hash::{Key, Value, key_of, word_value};
-use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage, Port, ReplyCaches};
+use dqe_core::node::{
+    ClusterArrays, Node, NodeConfig, NodeStorage, Port, QueueArrays, ReplyCaches,
+};
 use dqe_core::portal::{InFlightArrays, InFlightSlot};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
@@ -229,6 +231,7 @@ impl<const F: usize> Sim<F> {
                     ring: ring_buffers(spec.nodes.len() * usize::from(spec.vnodes)),
                     peers: PeerArrays::new(),
                     in_flight: [InFlightSlot::EMPTY; F],
+                    queues: QueueArrays::new(),
                 };
                 Node::new(spec.clone(), i as NodeIndex, store, rng, config, 1, storage).unwrap()
             })
