@@ -20,14 +20,35 @@ pub(crate) struct Outgoing {
     pub(crate) answered: Option<Answered>,
 }
 
-/// One place of an outgoing queue: a datagram waiting to be sent, or none. Whatever a queue's
-/// places hold is dropped when the node is made.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QueueSlot(Option<Outgoing>);
+/// One place of an outgoing queue: a datagram waiting to be sent, or a stale one (which
+/// datagrams a place holds is the queue's business). Whatever the places hold when the
+/// node is made is ignored.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSlot(Outgoing);
 
 impl QueueSlot {
     /// An empty place.
-    pub const EMPTY: QueueSlot = QueueSlot(None);
+    pub const EMPTY: QueueSlot = QueueSlot(Outgoing {
+        from: Port::Source,
+        to: SocketAddr::V4(core::net::SocketAddrV4::new(
+            core::net::Ipv4Addr::UNSPECIFIED,
+            0,
+        )),
+        env: Envelope {
+            version: crate::wire::VERSION,
+            cluster: 0,
+            id: 0,
+            body: Body::NotFound,
+        },
+        write: 0,
+        answered: None,
+    });
+}
+
+impl Default for QueueSlot {
+    fn default() -> Self {
+        QueueSlot::EMPTY
+    }
 }
 
 /// Storage for a node's two outgoing queues, lent by the caller: one [`QueueSlot`] per
@@ -108,7 +129,7 @@ impl Fifo {
         if at >= capacity {
             at -= capacity;
         }
-        places[at] = QueueSlot(Some(out));
+        places[at] = QueueSlot(out);
         self.len += 1;
         true
     }
@@ -119,13 +140,14 @@ impl Fifo {
         if self.len == 0 {
             return None;
         }
-        let out = places[self.head].0.take();
+        // Read, not taken: the place is free once `head` moves past it (nothing to drop).
+        let out = places[self.head].0;
         self.head += 1;
         if self.head == places.len() {
             self.head = 0;
         }
         self.len -= 1;
-        out
+        Some(out)
     }
 }
 
@@ -224,10 +246,7 @@ impl<Q: QueueStorage> Outbox for Queues<Q> {
 
 impl<Q: QueueStorage> Queues<Q> {
     /// Empty queues in `places` (whatever they held is dropped).
-    pub(crate) fn new(mut places: Q) -> Self {
-        let (portal, storer) = places.parts_mut();
-        portal.fill(QueueSlot::EMPTY);
-        storer.fill(QueueSlot::EMPTY);
+    pub(crate) fn new(places: Q) -> Self {
         Queues {
             places,
             portal: Fifo::default(),

@@ -87,6 +87,13 @@ impl<T: AsRef<[InFlightSlot]> + AsMut<[InFlightSlot]>> InFlightStorage for T {
 /// A table of `F` requests held by value (a board's static node).
 pub type InFlightArrays<const F: usize> = [InFlightSlot; F];
 
+/// The bucket of `hash` among `buckets` (a multiply-shift: the hash's high bits pick it; ids
+/// are random, so an id is its own hash in the id index).
+#[inline]
+fn spread(hash: u64, buckets: usize) -> usize {
+    ((u128::from(hash) * buckets as u128) >> 64) as usize
+}
+
 /// Bytes one slot of the in-flight table takes (for memory budgets).
 pub const IN_FLIGHT_SLOT_BYTES: usize = core::mem::size_of::<InFlightSlot>();
 
@@ -128,7 +135,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
     /// The bucket of `hash` among the table's (as many as slots).
     #[inline]
     fn spread(&self, hash: u64) -> usize {
-        ((u128::from(hash) * self.capacity() as u128) >> 64) as usize
+        spread(hash, self.capacity())
     }
 
     /// The client index's bucket for request `env` from `from` (by id, source and the first
@@ -218,19 +225,13 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         self.table().get(usize::from(slot))?.request.as_ref()
     }
 
-    /// The id index's bucket for `id` (ids are random: their high bits spread well).
-    #[inline]
-    pub(super) fn bucket(&self, id: u64) -> usize {
-        self.spread(id)
-    }
-
     /// Put sub-request `i` of `slot` into the id index.
     pub(super) fn index(&mut self, slot: usize, i: usize) {
-        let Some(id) = self.request(slot as u16).map(|r| r.subs[i].id) else {
+        let table = self.table_mut();
+        let Some(id) = table[slot].request.as_ref().map(|r| r.subs[i].id) else {
             return;
         };
-        let b = self.bucket(id);
-        let table = self.table_mut();
+        let b = spread(id, table.len());
         let head = core::mem::replace(&mut table[b].bucket, (slot * MAX_PREFERENCE + i) as u32);
         if let Some(request) = table[slot].request.as_mut() {
             debug_assert_eq!(request.subs[i].chain, UNINDEXED, "indexed twice");
@@ -240,7 +241,8 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
 
     /// Take sub-request `i` of `slot` out of the id index.
     pub(super) fn unindex(&mut self, slot: usize, i: usize) {
-        let Some(request) = self.table_mut()[slot].request.as_mut() else {
+        let table = self.table_mut();
+        let Some(request) = table[slot].request.as_mut() else {
             return;
         };
         let after = core::mem::replace(&mut request.subs[i].chain, UNINDEXED);
@@ -249,8 +251,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         }
         let code = (slot * MAX_PREFERENCE + i) as u32;
         let id = request.subs[i].id;
-        let b = self.bucket(id);
-        let table = self.table_mut();
+        let b = spread(id, table.len());
         if table[b].bucket == code {
             table[b].bucket = after;
             return;
@@ -377,7 +378,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         id: u64,
     ) -> Option<(usize, usize, NodeIndex)> {
         let table = self.table();
-        let mut at = table[self.bucket(id)].bucket;
+        let mut at = table[spread(id, table.len())].bucket;
         while at != NIL {
             let (slot, i) = (at as usize / MAX_PREFERENCE, at as usize % MAX_PREFERENCE);
             let sub = table[slot].request.as_ref()?.subs[i];
