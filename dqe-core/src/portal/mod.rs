@@ -414,7 +414,8 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             self.refuse_busy(cx, from, env, len);
             return;
         };
-        let mut request = Request {
+        // Built in its slot: a request is large, so it is not built aside and then moved.
+        let request = self.table.slots_mut()[slot].request.insert(Request {
             client: from,
             cluster: env.cluster,
             id: env.id,
@@ -435,7 +436,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             next: NO_SLOT,
             client_bucket: client_bucket as u16,
             next_client: NO_SLOT,
-        };
+        });
         for &node in &sets.read {
             let in_write_set = sets.write.contains(&node);
             let op = if value.is_some() && in_write_set {
@@ -469,7 +470,6 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         let remote: heapless::Vec<usize, MAX_PREFERENCE> = (0..request.subs.len())
             .filter(|&i| request.subs[i].node != me)
             .collect();
-        self.table.slots_mut()[slot].request = Some(request);
         for i in remote {
             self.index(slot, i);
         }
