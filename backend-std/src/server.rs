@@ -59,7 +59,7 @@ use dqe_core::node::{
     ClusterStorage, Node, NodeConfig, NodeError, NodeStorage, PORTAL_QUEUE, Port, QueueBuffers,
     QueueSlot, ReplyCaches, STORER_QUEUE,
 };
-use dqe_core::portal::InFlightSlot;
+use dqe_core::portal::{InFlightBuffers, InFlightIndex, InFlightSlot};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
 use dqe_core::wire::MAX_DATAGRAM;
@@ -101,7 +101,7 @@ pub type EnforcerNode = Node<
 /// The outgoing queues ([`PORTAL_QUEUE`] and [`STORER_QUEUE`] datagrams), on the heap.
 pub type OutgoingQueues = QueueBuffers<Box<[QueueSlot]>, Box<[QueueSlot]>>;
 /// The portal's in-flight table, sized from `--in-flight`.
-pub type InFlightTable = Box<[InFlightSlot]>;
+pub type InFlightTable = InFlightBuffers<Box<[InFlightSlot]>, Box<[InFlightIndex]>>;
 /// What grows with the number of nodes, sized from the cluster file (up to
 /// [`dqe_config::cluster::MAX_NODES`]): the node list in a `Vec`, the failure detector's
 /// tables in boxed slices.
@@ -225,7 +225,10 @@ fn build_node(
             heads: vec![0; points].into_boxed_slice(),
         },
         peers: peer_tables(cfg.spec.nodes.len()),
-        in_flight: vec![InFlightSlot::EMPTY; cfg.in_flight].into_boxed_slice(),
+        in_flight: InFlightBuffers {
+            slots: vec![InFlightSlot::EMPTY; cfg.in_flight].into_boxed_slice(),
+            index: vec![InFlightIndex::EMPTY; cfg.in_flight].into_boxed_slice(),
+        },
         queues: QueueBuffers {
             portal: vec![QueueSlot::EMPTY; PORTAL_QUEUE].into_boxed_slice(),
             storer: vec![QueueSlot::EMPTY; STORER_QUEUE].into_boxed_slice(),

@@ -15,7 +15,7 @@ use dqe_core::node::{
     ClusterStorage, Node, NodeConfig, NodeStorage, PORTAL_QUEUE, Port, QueueBuffers, QueueSlot,
     ReplyCaches, STORER_QUEUE,
 };
-use dqe_core::portal::InFlightSlot;
+use dqe_core::portal::{InFlightBuffers, InFlightIndex, InFlightSlot};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, Ring, RingArrays, RingBuffers};
 use dqe_core::stamp::{self, CertBody, CertCache, Certificate, Stamp};
@@ -295,7 +295,7 @@ type BenchNode = Node<
     StdRng,
     BenchCluster,
     RingArrays<PORTAL_P>,
-    Box<[InFlightSlot]>,
+    InFlightBuffers<Box<[InFlightSlot]>, Box<[InFlightIndex]>>,
     BenchReplies,
     QueueBuffers<Box<[QueueSlot]>, Box<[QueueSlot]>>,
 >;
@@ -350,7 +350,10 @@ fn portal_round(c: &mut Criterion) {
             down: vec![0; PORTAL_N].into_boxed_slice(),
             transitions: vec![0; PORTAL_N].into_boxed_slice(),
         },
-        in_flight: vec![InFlightSlot::EMPTY; PORTAL_F].into_boxed_slice(),
+        in_flight: InFlightBuffers {
+            slots: vec![InFlightSlot::EMPTY; PORTAL_F].into_boxed_slice(),
+            index: vec![InFlightIndex::EMPTY; PORTAL_F].into_boxed_slice(),
+        },
         queues: QueueBuffers {
             portal: vec![QueueSlot::EMPTY; PORTAL_QUEUE].into_boxed_slice(),
             storer: vec![QueueSlot::EMPTY; STORER_QUEUE].into_boxed_slice(),

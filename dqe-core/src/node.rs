@@ -35,9 +35,7 @@ use crate::event::Answered;
 pub(crate) use crate::outbox::Outbox;
 use crate::outbox::Queues;
 pub use crate::outbox::{QueueArrays, QueueBuffers, QueueSlot, QueueStorage};
-use crate::portal::{
-    Context, InFlightArrays, InFlightSlot, InFlightStorage, MAX_IN_FLIGHT, Portal,
-};
+use crate::portal::{Context, InFlightArrays, InFlightStorage, MAX_IN_FLIGHT, Portal};
 use crate::replay::{ReplyArrays, ReplyCache, ReplyStorage};
 use crate::ring::{Ring, RingArrays, RingError, RingStorage};
 use crate::store::Store;
@@ -126,9 +124,9 @@ pub enum NodeError {
     /// The failure detector's per-node tables ([`NodeStorage::peers`]) have room for fewer
     /// nodes than the cluster has.
     PeerTablesTooSmall { nodes: usize, capacity: usize },
-    /// The in-flight table ([`NodeStorage::in_flight`]) has no slot, or more than
-    /// [`MAX_IN_FLIGHT`].
-    InFlightTableSize { slots: usize },
+    /// The in-flight table ([`NodeStorage::in_flight`]) has no slot, more than
+    /// [`MAX_IN_FLIGHT`], or not one index entry per slot.
+    InFlightTableSize { slots: usize, index: usize },
     /// `attempts` is 0: no sub-request would ever be sent.
     NoAttempts,
     /// `attempt_timeout` is 0: retries would go out in a busy loop.
@@ -156,9 +154,10 @@ impl core::fmt::Display for NodeError {
                 f,
                 "the failure detector's tables have room for {capacity} nodes, the cluster has {nodes}"
             ),
-            NodeError::InFlightTableSize { slots } => write!(
+            NodeError::InFlightTableSize { slots, index } => write!(
                 f,
-                "an in-flight table of {slots} slots: it needs 1 to {MAX_IN_FLIGHT}"
+                "an in-flight table of {slots} slots and {index} index entries: it needs 1 to \
+                 {MAX_IN_FLIGHT} slots and as many entries"
             ),
             NodeError::NoAttempts => f.write_str("attempts must be at least 1"),
             NodeError::ZeroAttemptTimeout => f.write_str("attempt_timeout must be at least 1 ms"),
@@ -292,7 +291,7 @@ impl<
             replies: ReplyCaches::default(),
             ring: RingArrays::new(),
             peers: PeerArrays::new(),
-            in_flight: [InFlightSlot::EMPTY; F],
+            in_flight: InFlightArrays::new(),
             queues: QueueArrays::new(),
         }
     }
@@ -300,8 +299,8 @@ impl<
 
 /// A DQE enforcer node whose node list and per-node tables are of the storage family `C`
 /// ([`ClusterArrays`] on a board), with its ring in storage `G` and its portal's table of
-/// client requests in flight in storage `T` ([`InFlightArrays`] on a board, a boxed slice of
-/// [`InFlightSlot`]s on a server); its write-reply caches work in storage `B` (arrays,
+/// client requests in flight in storage `T` ([`InFlightArrays`] on a board, boxed slices on a
+/// server); its write-reply caches work in storage `B` (arrays,
 /// borrowed or boxed slices: [`ReplyCaches`], [`ReplyBuffers`](crate::replay::ReplyBuffers)).
 /// `S` is its store, `R` the source of request ids. Its outgoing queues work in storage `Q`
 /// ([`QueueArrays`] of [`PORTAL_QUEUE`] and [`STORER_QUEUE`] datagrams by default, about 100
@@ -367,9 +366,9 @@ impl<
             in_flight,
             queues,
         } = storage;
-        let slots = in_flight.slots().len();
-        if !(1..=MAX_IN_FLIGHT).contains(&slots) {
-            return Err(NodeError::InFlightTableSize { slots });
+        let (slots, index) = (in_flight.parts().0.len(), in_flight.parts().1.len());
+        if !(1..=MAX_IN_FLIGHT).contains(&slots) || index != slots {
+            return Err(NodeError::InFlightTableSize { slots, index });
         }
         spec.validate_in(ring.parts_mut().1)?;
         let nodes = spec.nodes().len();

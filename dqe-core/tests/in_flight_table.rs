@@ -7,7 +7,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::sha1_concat;
 use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeError, NodeStorage, Port};
-use dqe_core::portal::{InFlightSlot, MAX_IN_FLIGHT};
+use dqe_core::portal::{
+    InFlightArrays, InFlightBuffers, InFlightIndex, InFlightSlot, MAX_IN_FLIGHT,
+};
 use dqe_core::replay::ReplyArrays;
 use dqe_core::ring::RingArrays;
 use dqe_core::store::{FixedStore, Slot};
@@ -20,7 +22,7 @@ type Boxed = Node<
     StdRng,
     ClusterArrays<3>,
     RingArrays<48>,
-    Box<[InFlightSlot]>,
+    InFlightBuffers<Box<[InFlightSlot]>, Box<[InFlightIndex]>>,
     ReplyArrays<8>,
 >;
 
@@ -28,6 +30,11 @@ type Boxed = Node<
 /// answer), its table
 /// `slots` slots long.
 fn node(slots: usize) -> Result<Boxed, NodeError> {
+    node_indexed(slots, slots)
+}
+
+/// [`node`] with `index` entries in the table's index.
+fn node_indexed(slots: usize, index: usize) -> Result<Boxed, NodeError> {
     let mut nodes = heapless::Vec::new();
     for i in 0..3u8 {
         let ip = IpAddr::V4(Ipv4Addr::new(127, 0, 11, i + 1));
@@ -40,12 +47,15 @@ fn node(slots: usize) -> Result<Boxed, NodeError> {
         nodes.push(spec).unwrap();
     }
     let spec: ClusterSpec<3> = ClusterSpec::with_defaults(nodes, 3);
-    let defaults: NodeStorage<_, _, _, [InFlightSlot; 0], _> = NodeStorage::default();
+    let defaults: NodeStorage<_, _, _, InFlightArrays<0>, _> = NodeStorage::default();
     let storage = NodeStorage {
         replies: defaults.replies,
         ring: defaults.ring,
         peers: defaults.peers,
-        in_flight: vec![InFlightSlot::EMPTY; slots].into_boxed_slice(),
+        in_flight: InFlightBuffers {
+            slots: vec![InFlightSlot::EMPTY; slots].into_boxed_slice(),
+            index: vec![InFlightIndex::EMPTY; index].into_boxed_slice(),
+        },
         queues: defaults.queues,
     };
     let store = FixedStore::new(vec![Slot::EMPTY; 64]);
@@ -119,10 +129,15 @@ fn a_lent_table_holds_as_many_requests_as_it_has_slots() {
 
 #[test]
 fn a_table_the_node_cannot_number_is_refused() {
-    for slots in [0, MAX_IN_FLIGHT + 1] {
+    for (slots, index) in [
+        (0, 0),
+        (MAX_IN_FLIGHT + 1, MAX_IN_FLIGHT + 1),
+        (8, 7),
+        (8, 9),
+    ] {
         assert_eq!(
-            node(slots).unwrap_err(),
-            NodeError::InFlightTableSize { slots }
+            node_indexed(slots, index).unwrap_err(),
+            NodeError::InFlightTableSize { slots, index }
         );
     }
     assert_eq!(

@@ -28,7 +28,7 @@ use dqe_core::hash::{Key, Value};
 use dqe_core::node::{
     ClusterArrays, Node, NodeConfig, NodeStorage, Port, QueueArrays, ReplyCaches,
 };
-use dqe_core::portal::InFlightSlot;
+use dqe_core::portal::{InFlightBuffers, InFlightIndex, InFlightSlot};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
 use dqe_core::store::{PutOutcome, Store};
@@ -91,8 +91,8 @@ impl Store for SharedStore {
     }
 }
 
-/// A portal table of [`IN_FLIGHT`] requests in a boxed slice, as a server lends it.
-pub type SimInFlight = Box<[InFlightSlot]>;
+/// A portal table of [`IN_FLIGHT`] requests in boxed slices, as a server lends it.
+pub type SimInFlight = InFlightBuffers<Box<[InFlightSlot]>, Box<[InFlightIndex]>>;
 /// Requests in flight at each simulated portal.
 pub const IN_FLIGHT: usize = 32;
 
@@ -316,7 +316,10 @@ impl<const N: usize> Cluster<N> {
                     heads: vec![0; points].into_boxed_slice(),
                 },
                 peers: PeerArrays::new(),
-                in_flight: vec![InFlightSlot::EMPTY; IN_FLIGHT].into_boxed_slice(),
+                in_flight: InFlightBuffers {
+                    slots: vec![InFlightSlot::EMPTY; IN_FLIGHT].into_boxed_slice(),
+                    index: vec![InFlightIndex::EMPTY; IN_FLIGHT].into_boxed_slice(),
+                },
                 queues: QueueArrays::new(),
             };
             self.builds[i] += 1;

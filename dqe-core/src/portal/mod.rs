@@ -116,7 +116,8 @@ pub use sets::{
     NodeList, PUTS_PER_TIMEOUT, PreferenceList, ReadSet, Sets, WriteSet, choose_sets, replacement,
 };
 pub use table::{
-    IN_FLIGHT_SLOT_BYTES, InFlightArrays, InFlightSlot, InFlightStorage, MAX_IN_FLIGHT,
+    IN_FLIGHT_SLOT_BYTES, InFlightArrays, InFlightBuffers, InFlightIndex, InFlightSlot,
+    InFlightStorage, MAX_IN_FLIGHT,
 };
 use table::{NO_SLOT, UNINDEXED};
 
@@ -228,7 +229,8 @@ impl<S: Store, R: RngCore, G: RingStorage> Context<'_, S, R, G> {
 /// the caller's per-node tables `P`).
 #[derive(Debug)]
 pub struct Portal<P, T, B> {
-    /// The requests, the free stack and both indexes' bucket heads (see [`InFlightSlot`]).
+    /// The requests, and the free stack and both indexes' bucket heads (see
+    /// [`InFlightStorage`]).
     table: T,
     /// Free slots: the first `free` places of the free stack.
     free: usize,
@@ -249,7 +251,8 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
     /// its failure detector working in `peers`; `seed` keys its hashes (draw it from the
     /// node's RNG).
     pub(crate) fn new(config: &NodeConfig, table: T, slots: B, peers: P, seed: u64) -> Self {
-        debug_assert!((1..=MAX_IN_FLIGHT).contains(&table.slots().len()));
+        debug_assert!((1..=MAX_IN_FLIGHT).contains(&table.parts().0.len()));
+        debug_assert_eq!(table.parts().0.len(), table.parts().1.len());
         let mut portal = Portal {
             table,
             free: 0,
@@ -330,7 +333,8 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
     ) -> usize {
         for request in self
             .table
-            .slots_mut()
+            .parts_mut()
+            .0
             .iter_mut()
             .filter_map(|s| s.request.as_mut())
         {
@@ -415,7 +419,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             return;
         };
         // Built in its slot: a request is large, so it is not built aside and then moved.
-        let request = self.table.slots_mut()[slot].request.insert(Request {
+        let request = self.table.parts_mut().0[slot].request.insert(Request {
             client: from,
             cluster: env.cluster,
             id: env.id,
@@ -512,7 +516,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         };
         let change = self.detector.record_answer(node);
         cx.note(change);
-        let Some(request) = self.table.slots_mut()[slot].request.as_mut() else {
+        let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
             return;
         };
         match request.subs[i].answer {
@@ -546,7 +550,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
                 break;
             }
             let next = request.next;
-            let table = self.table.slots_mut();
+            let table = self.table.parts_mut().0;
             table[usize::from(at)].due = NO_SLOT;
             match table.get_mut(usize::from(tail)) {
                 Some(last) => last.due = at,
@@ -555,10 +559,10 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             tail = at;
             at = next;
         }
-        while let Some(entry) = self.table.slots().get(usize::from(due)) {
+        while let Some(entry) = self.table.parts().0.get(usize::from(due)) {
             let slot = usize::from(due);
             due = entry.due;
-            let Some(request) = self.table.slots()[slot].request.as_ref() else {
+            let Some(request) = self.table.parts().0[slot].request.as_ref() else {
                 continue;
             };
             if request.deadline > cx.now {
@@ -631,7 +635,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
-        let Some(request) = self.table.slots_mut()[slot].request.as_mut() else {
+        let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
             return;
         };
         if cx.outbox.room() < request.pending() + 1 {
@@ -684,7 +688,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         node: NodeIndex,
     ) {
         for slot in 0..self.capacity() {
-            let Some(request) = self.table.slots_mut()[slot].request.as_mut() else {
+            let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
                 continue;
             };
             if request.phase != Phase::Collecting {
@@ -720,7 +724,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
-        let Some(request) = self.table.slots()[slot].request.as_ref() else {
+        let Some(request) = self.table.parts().0[slot].request.as_ref() else {
             return;
         };
         let ClientRequest::Set { key, value } = request.ask else {
@@ -730,14 +734,14 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         if request.phase != Phase::Collecting || timeouts == 0 {
             return;
         }
-        if let Some(request) = self.table.slots_mut()[slot].request.as_mut() {
+        if let Some(request) = self.table.parts_mut().0[slot].request.as_mut() {
             request.replaced = request.replaced.saturating_add(timeouts as u8);
         }
         let preference: PreferenceList = cx.ring.preference(&key).collect();
         let mut sent = false;
         for _ in 0..PUTS_PER_TIMEOUT * timeouts {
             let detector = &self.detector;
-            let Some(request) = self.table.slots_mut()[slot].request.as_mut() else {
+            let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
                 return;
             };
             let Some(node) = replacement(
@@ -774,7 +778,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             }
             self.unindex(slot, i);
             let id = cx.rng.next_u64();
-            if let Some(request) = self.table.slots_mut()[slot].request.as_mut() {
+            if let Some(request) = self.table.parts_mut().0[slot].request.as_mut() {
                 request.subs[i].id = id;
             }
             self.index(slot, i);
@@ -782,10 +786,10 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             sent = true;
         }
         if sent {
-            if let Some(request) = self.table.slots_mut()[slot].request.as_mut() {
+            if let Some(request) = self.table.parts_mut().0[slot].request.as_mut() {
                 request.attempt = 1;
             }
-            let deadline = self.table.slots()[slot]
+            let deadline = self.table.parts().0[slot]
                 .request
                 .as_ref()
                 .map_or(cx.now, |r| r.deadline);
@@ -801,7 +805,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
-        if let Some(request) = self.table.slots()[slot].request.as_ref() {
+        if let Some(request) = self.table.parts().0[slot].request.as_ref() {
             for sub in request.subs.iter().filter(|s| s.answer == Answer::Pending) {
                 let change = self.detector.record_miss(sub.node, cx.now);
                 cx.note(change);
@@ -817,7 +821,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
-        let Some(request) = self.table.slots_mut()[slot].request.as_mut() else {
+        let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
             return;
         };
         let verdict = match request.phase {
@@ -863,7 +867,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         if let Some(value) = request.found {
             deadline = self.repair(cx, slot, value, deadline);
         }
-        let done = self.table.slots()[slot]
+        let done = self.table.parts().0[slot]
             .request
             .as_ref()
             .is_none_or(|r| r.pending() == 0);

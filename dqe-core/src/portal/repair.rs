@@ -23,7 +23,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         value: Value,
         mut deadline: Millis,
     ) -> Millis {
-        let Some(count) = self.table.slots()[slot]
+        let Some(count) = self.table.parts().0[slot]
             .request
             .as_ref()
             .map(|r| r.subs.len())
@@ -31,7 +31,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             return deadline;
         };
         for i in 0..count {
-            let Some(request) = self.table.slots_mut()[slot].request.as_mut() else {
+            let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
                 break;
             };
             let key = request.key();
@@ -59,13 +59,13 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             let node = sub.node;
             self.unindex(slot, i);
             let id = cx.rng.next_u64();
-            if let Some(request) = self.table.slots_mut()[slot].request.as_mut() {
+            if let Some(request) = self.table.parts_mut().0[slot].request.as_mut() {
                 request.subs[i].id = id;
             }
             self.index(slot, i);
             // A value read from this node's store may rest on a write not yet durable: it
             // must not spread before that write is (see `forget_writes_after`).
-            let write = match self.table.slots()[slot].request.as_ref() {
+            let write = match self.table.parts().0[slot].request.as_ref() {
                 Some(r) if r.local_found(cx.me) => *cx.writes,
                 _ => 0,
             };

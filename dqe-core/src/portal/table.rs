@@ -26,20 +26,12 @@ pub(super) const NO_SLOT: u16 = u16::MAX;
 /// The most requests a table holds (slots are numbered by `u16`, [`NO_SLOT`] excluded).
 pub const MAX_IN_FLIGHT: usize = NO_SLOT as usize - 1;
 
-/// One place of the portal's in-flight table: a request, and the entries of the table's
-/// indexes numbered like it (a bucket head of each hash index, a place of the free stack).
-/// Whatever a slot holds is reset when the portal is made.
+/// One place of the portal's in-flight table: a request, or none. Whatever a slot holds is
+/// reset when the portal is made.
 #[derive(Debug, Clone)]
 pub struct InFlightSlot {
     /// The request in this slot.
     pub(super) request: Option<Request>,
-    /// Head of the id index's bucket of this number: sub-request `(slot, i)` is
-    /// `slot * MAX_PREFERENCE + i`.
-    pub(super) bucket: u32,
-    /// Head of the client index's bucket of this number (through `Request::next_client`).
-    pub(super) client: u16,
-    /// This place of the stack of free slots.
-    pub(super) free: u16,
     /// The next request due in the timeout being handled (a list built, then walked).
     pub(super) due: u16,
 }
@@ -48,9 +40,6 @@ impl InFlightSlot {
     /// An empty slot.
     pub const EMPTY: InFlightSlot = InFlightSlot {
         request: None,
-        bucket: NIL,
-        client: NO_SLOT,
-        free: NO_SLOT,
         due: NO_SLOT,
     };
 }
@@ -61,31 +50,89 @@ impl Default for InFlightSlot {
     }
 }
 
-/// Storage for the portal's in-flight table, lent by the caller (smoltcp's style): one
-/// [`InFlightSlot`] per client request it can hold at once (1 to [`MAX_IN_FLIGHT`]). Any
-/// `AsRef + AsMut` slice of slots: an array ([`InFlightArrays`]) on a board, a boxed slice
-/// sized from the config on a server, a borrowed slice.
-pub trait InFlightStorage {
-    /// The slots.
-    fn slots(&self) -> &[InFlightSlot];
-    /// The same, to change.
-    fn slots_mut(&mut self) -> &mut [InFlightSlot];
+/// One entry of the table's indexes, numbered like the slots but kept apart from them (8
+/// bytes, so the indexes of a large table stay dense in the cache): a bucket head of each
+/// hash index and a place of the stack of free slots.
+#[derive(Debug, Clone, Copy)]
+pub struct InFlightIndex {
+    /// Head of the id index's bucket: sub-request `(slot, i)` is `slot * MAX_PREFERENCE + i`.
+    pub(super) bucket: u32,
+    /// Head of the client index's bucket (through `Request::next_client`).
+    pub(super) client: u16,
+    /// This place of the stack of free slots.
+    pub(super) free: u16,
 }
 
-impl<T: AsRef<[InFlightSlot]> + AsMut<[InFlightSlot]>> InFlightStorage for T {
+impl InFlightIndex {
+    /// An empty entry.
+    pub const EMPTY: InFlightIndex = InFlightIndex {
+        bucket: NIL,
+        client: NO_SLOT,
+        free: NO_SLOT,
+    };
+}
+
+impl Default for InFlightIndex {
+    fn default() -> Self {
+        InFlightIndex::EMPTY
+    }
+}
+
+/// Storage for the portal's in-flight table, lent by the caller (smoltcp's style): one
+/// [`InFlightSlot`] per client request it can hold at once (1 to [`MAX_IN_FLIGHT`]) and as
+/// many [`InFlightIndex`] entries (see [`InFlightBuffers`]).
+pub trait InFlightStorage {
+    /// The slots and the index entries.
+    fn parts(&self) -> (&[InFlightSlot], &[InFlightIndex]);
+    /// The same, to change.
+    fn parts_mut(&mut self) -> (&mut [InFlightSlot], &mut [InFlightIndex]);
+}
+
+/// The table's storage in any two buffers: arrays ([`InFlightArrays`]) on a board, boxed
+/// slices sized from the config on a server, borrowed slices. Give as many index entries as
+/// slots.
+#[derive(Debug, Clone)]
+pub struct InFlightBuffers<S, I> {
+    /// One slot per request the table holds.
+    pub slots: S,
+    /// One index entry per slot.
+    pub index: I,
+}
+
+impl<S, I> InFlightStorage for InFlightBuffers<S, I>
+where
+    S: AsRef<[InFlightSlot]> + AsMut<[InFlightSlot]>,
+    I: AsRef<[InFlightIndex]> + AsMut<[InFlightIndex]>,
+{
     #[inline]
-    fn slots(&self) -> &[InFlightSlot] {
-        self.as_ref()
+    fn parts(&self) -> (&[InFlightSlot], &[InFlightIndex]) {
+        (self.slots.as_ref(), self.index.as_ref())
     }
 
     #[inline]
-    fn slots_mut(&mut self) -> &mut [InFlightSlot] {
-        self.as_mut()
+    fn parts_mut(&mut self) -> (&mut [InFlightSlot], &mut [InFlightIndex]) {
+        (self.slots.as_mut(), self.index.as_mut())
     }
 }
 
 /// A table of `F` requests held by value (a board's static node).
-pub type InFlightArrays<const F: usize> = [InFlightSlot; F];
+pub type InFlightArrays<const F: usize> = InFlightBuffers<[InFlightSlot; F], [InFlightIndex; F]>;
+
+impl<const F: usize> InFlightArrays<F> {
+    /// `F` empty slots and their index entries.
+    pub const fn new() -> Self {
+        InFlightBuffers {
+            slots: [InFlightSlot::EMPTY; F],
+            index: [InFlightIndex::EMPTY; F],
+        }
+    }
+}
+
+impl<const F: usize> Default for InFlightArrays<F> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// The bucket of `hash` among `buckets` (a multiply-shift: the hash's high bits pick it; ids
 /// are random, so an id is its own hash in the id index).
@@ -94,20 +141,28 @@ fn spread(hash: u64, buckets: usize) -> usize {
     ((u128::from(hash) * buckets as u128) >> 64) as usize
 }
 
-/// Bytes one slot of the in-flight table takes (for memory budgets).
-pub const IN_FLIGHT_SLOT_BYTES: usize = core::mem::size_of::<InFlightSlot>();
+/// Bytes one request of the in-flight table takes, its index entry included (for memory
+/// budgets).
+pub const IN_FLIGHT_SLOT_BYTES: usize =
+    core::mem::size_of::<InFlightSlot>() + core::mem::size_of::<InFlightIndex>();
 
 impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
     /// The table's slots.
     #[inline]
     pub(super) fn table(&self) -> &[InFlightSlot] {
-        self.table.slots()
+        self.table.parts().0
     }
 
     /// The table's slots, to change.
     #[inline]
     pub(super) fn table_mut(&mut self) -> &mut [InFlightSlot] {
-        self.table.slots_mut()
+        self.table.parts_mut().0
+    }
+
+    /// The index entries, to change.
+    #[inline]
+    fn heads_mut(&mut self) -> &mut [InFlightIndex] {
+        self.table.parts_mut().1
     }
 
     /// How many requests the table holds at most.
@@ -118,12 +173,13 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
 
     /// Empty the table: every slot free (slot 0 on top of the stack), both indexes empty.
     pub(super) fn reset_table(&mut self) {
-        let slots = self.table_mut();
+        let (slots, heads) = self.table.parts_mut();
+        slots.fill(InFlightSlot::EMPTY);
         let count = slots.len();
-        for (i, slot) in slots.iter_mut().enumerate() {
-            *slot = InFlightSlot {
-                free: (count - 1 - i) as u16,
-                ..InFlightSlot::EMPTY
+        for (i, head) in heads.iter_mut().enumerate() {
+            *head = InFlightIndex {
+                free: count.saturating_sub(1 + i) as u16,
+                ..InFlightIndex::EMPTY
             };
         }
         self.free = count;
@@ -150,12 +206,12 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
 
     /// The head of the client index's bucket `bucket`.
     pub(super) fn client_head(&self, bucket: usize) -> u16 {
-        self.table()[bucket].client
+        self.table.parts().1[bucket].client
     }
 
     /// Put the request in `slot` into the client index.
     pub(super) fn index_client(&mut self, slot: usize) {
-        let table = self.table_mut();
+        let (table, heads) = self.table.parts_mut();
         let Some(b) = table[slot]
             .request
             .as_ref()
@@ -163,7 +219,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         else {
             return;
         };
-        let head = core::mem::replace(&mut table[b].client, slot as u16);
+        let head = core::mem::replace(&mut heads[b].client, slot as u16);
         if let Some(r) = table[slot].request.as_mut() {
             r.next_client = head;
         }
@@ -171,7 +227,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
 
     /// Take the request in `slot` out of the client index.
     pub(super) fn unindex_client(&mut self, slot: usize) {
-        let table = self.table_mut();
+        let (table, heads) = self.table.parts_mut();
         let Some((b, after)) = table[slot]
             .request
             .as_ref()
@@ -179,11 +235,11 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         else {
             return;
         };
-        if usize::from(table[b].client) == slot {
-            table[b].client = after;
+        if usize::from(heads[b].client) == slot {
+            heads[b].client = after;
             return;
         }
-        let mut at = table[b].client;
+        let mut at = heads[b].client;
         while let Some(r) = table
             .get_mut(usize::from(at))
             .and_then(|s| s.request.as_mut())
@@ -200,7 +256,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
     fn pop_free(&mut self) -> Option<usize> {
         self.free = self.free.checked_sub(1)?;
         let top = self.free;
-        Some(usize::from(self.table()[top].free))
+        Some(usize::from(self.table.parts().1[top].free))
     }
 
     /// An empty slot, or else the slot of a lingering request (which is dropped; finding one
@@ -227,12 +283,12 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
 
     /// Put sub-request `i` of `slot` into the id index.
     pub(super) fn index(&mut self, slot: usize, i: usize) {
-        let table = self.table_mut();
+        let (table, heads) = self.table.parts_mut();
         let Some(id) = table[slot].request.as_ref().map(|r| r.subs[i].id) else {
             return;
         };
-        let b = spread(id, table.len());
-        let head = core::mem::replace(&mut table[b].bucket, (slot * MAX_PREFERENCE + i) as u32);
+        let b = spread(id, heads.len());
+        let head = core::mem::replace(&mut heads[b].bucket, (slot * MAX_PREFERENCE + i) as u32);
         if let Some(request) = table[slot].request.as_mut() {
             debug_assert_eq!(request.subs[i].chain, UNINDEXED, "indexed twice");
             request.subs[i].chain = head;
@@ -241,7 +297,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
 
     /// Take sub-request `i` of `slot` out of the id index.
     pub(super) fn unindex(&mut self, slot: usize, i: usize) {
-        let table = self.table_mut();
+        let (table, heads) = self.table.parts_mut();
         let Some(request) = table[slot].request.as_mut() else {
             return;
         };
@@ -251,12 +307,12 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         }
         let code = (slot * MAX_PREFERENCE + i) as u32;
         let id = request.subs[i].id;
-        let b = spread(id, table.len());
-        if table[b].bucket == code {
-            table[b].bucket = after;
+        let b = spread(id, heads.len());
+        if heads[b].bucket == code {
+            heads[b].bucket = after;
             return;
         }
-        let mut at = table[b].bucket;
+        let mut at = heads[b].bucket;
         while at != NIL {
             let (s, j) = (at as usize / MAX_PREFERENCE, at as usize % MAX_PREFERENCE);
             let Some(r) = table[s].request.as_mut() else {
@@ -366,7 +422,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             "a push that cannot fail failed"
         );
         let top = self.free;
-        self.table_mut()[top].free = slot as u16;
+        self.heads_mut()[top].free = slot as u16;
         self.free += 1;
     }
 
@@ -377,8 +433,8 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         from: SocketAddr,
         id: u64,
     ) -> Option<(usize, usize, NodeIndex)> {
-        let table = self.table();
-        let mut at = table[spread(id, table.len())].bucket;
+        let (table, heads) = self.table.parts();
+        let mut at = heads[spread(id, heads.len())].bucket;
         while at != NIL {
             let (slot, i) = (at as usize / MAX_PREFERENCE, at as usize % MAX_PREFERENCE);
             let sub = table[slot].request.as_ref()?.subs[i];

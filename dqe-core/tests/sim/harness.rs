@@ -28,7 +28,7 @@ use dqe_core::hash::{Key, Value, key_of, word_value};
 use dqe_core::node::{
     ClusterArrays, Node, NodeConfig, NodeStorage, Port, QueueArrays, ReplyCaches,
 };
-use dqe_core::portal::{InFlightArrays, InFlightSlot};
+use dqe_core::portal::InFlightArrays;
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
 use dqe_core::store::{FixedStore, Slot, Store};
@@ -230,7 +230,7 @@ impl<const F: usize> Sim<F> {
                     replies: reply_caches(CACHE),
                     ring: ring_buffers(spec.nodes.len() * usize::from(spec.vnodes)),
                     peers: PeerArrays::new(),
-                    in_flight: [InFlightSlot::EMPTY; F],
+                    in_flight: InFlightArrays::new(),
                     queues: QueueArrays::new(),
                 };
                 Node::new(spec.clone(), i as NodeIndex, store, rng, config, 1, storage).unwrap()
