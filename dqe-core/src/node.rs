@@ -297,6 +297,9 @@ impl<
     }
 }
 
+/// The portal of a node whose per-node tables are of the family `C`.
+type NodePortal<C, T, B> = Portal<<C as ClusterStorage>::Peers, T, B>;
+
 /// A DQE enforcer node whose node list and per-node tables are of the storage family `C`
 /// ([`ClusterArrays`] on a board), with its ring in storage `G` and its portal's table of
 /// client requests in flight in storage `T` ([`InFlightArrays`] on a board, boxed slices on a
@@ -325,7 +328,7 @@ pub struct Node<
     config: NodeConfig,
     epoch: u32,
     storer: Storer<B>,
-    portal: Portal<C::Peers, T, B>,
+    portal: NodePortal<C, T, B>,
     outbox: Queues<Q>,
     stats: NodeStats,
     /// Stores that said `Stored` so far (local shares and peers' PUTs): the write mark.
@@ -626,7 +629,7 @@ impl<
     }
 
     /// The portal, and the rest of the node it works with.
-    fn parts(&mut self, now: Millis) -> (&mut Portal<C::Peers, T, B>, Context<'_, S, R, G>) {
+    fn parts(&mut self, now: Millis) -> (&mut NodePortal<C, T, B>, Context<'_, S, R, G>) {
         let cx = Context {
             now,
             nodes: self.spec.nodes(),
