@@ -51,7 +51,10 @@ use core::pin::pin;
 use core::task::{Context, Poll, Waker};
 
 use dqe_core::config::NodeSpec;
-use dqe_core::node::{ClusterArrays, Node, PORTAL_QUEUE, Port, STORER_QUEUE};
+use dqe_core::node::{
+    ClusterArrays, Node, PORTAL_QUEUE, Port, QueueArrays, QueueStorage, STORER_QUEUE,
+};
+use dqe_core::portal::InFlightStorage;
 use dqe_core::replay::ReplyStorage;
 use dqe_core::ring::RingStorage;
 use dqe_core::store::Store;
@@ -325,8 +328,8 @@ pub struct BackendStats {
     pub slowest_answer_ms: u64,
 }
 
-/// A core node bound to three embassy-net UDP sockets. `QP` and `QS` are the node's
-/// outgoing queue capacities (see [`Node`]).
+/// A core node bound to three embassy-net UDP sockets. `Q` is the storage of the node's
+/// outgoing queues (see [`Node`]).
 pub struct EmbeddedNode<
     'a,
     S,
@@ -334,16 +337,15 @@ pub struct EmbeddedNode<
     E,
     const N: usize,
     G: RingStorage,
-    const F: usize,
+    T: InFlightStorage,
     B: ReplyStorage,
-    const QP: usize = PORTAL_QUEUE,
-    const QS: usize = STORER_QUEUE,
+    Q: QueueStorage = QueueArrays<PORTAL_QUEUE, STORER_QUEUE>,
 > where
     S: Store,
     R: RngCore,
     E: EpochSource,
 {
-    node: &'a mut Node<S, R, ClusterArrays<N>, G, F, B, QP, QS>,
+    node: &'a mut Node<S, R, ClusterArrays<N>, G, T, B, Q>,
     stack: Stack<'a>,
     storer: NodeSocket<'a>,
     portal: NodeSocket<'a>,
@@ -358,17 +360,8 @@ pub struct EmbeddedNode<
     peers: peer_log::PeerLog<N>,
 }
 
-impl<
-    S,
-    R,
-    E,
-    const N: usize,
-    G: RingStorage,
-    const F: usize,
-    B: ReplyStorage,
-    const QP: usize,
-    const QS: usize,
-> core::fmt::Debug for EmbeddedNode<'_, S, R, E, N, G, F, B, QP, QS>
+impl<S, R, E, const N: usize, G: RingStorage, T: InFlightStorage, B: ReplyStorage, Q: QueueStorage>
+    core::fmt::Debug for EmbeddedNode<'_, S, R, E, N, G, T, B, Q>
 where
     S: Store,
     R: RngCore,
@@ -389,11 +382,10 @@ impl<
     E,
     const N: usize,
     G: RingStorage,
-    const F: usize,
+    T: InFlightStorage,
     B: ReplyStorage,
-    const QP: usize,
-    const QS: usize,
-> EmbeddedNode<'a, S, R, E, N, G, F, B, QP, QS>
+    Q: QueueStorage,
+> EmbeddedNode<'a, S, R, E, N, G, T, B, Q>
 where
     S: Store,
     R: RngCore,
@@ -405,7 +397,7 @@ where
         stack: Stack<'a>,
         resources: &'a mut Resources<Pt, St, So>,
         me: &NodeSpec,
-        node: &'a mut Node<S, R, ClusterArrays<N>, G, F, B, QP, QS>,
+        node: &'a mut Node<S, R, ClusterArrays<N>, G, T, B, Q>,
         epoch_source: E,
     ) -> Result<Self, BindError> {
         let Resources {
@@ -453,7 +445,7 @@ where
     }
 
     /// The node this backend drives.
-    pub fn node(&self) -> &Node<S, R, ClusterArrays<N>, G, F, B, QP, QS> {
+    pub fn node(&self) -> &Node<S, R, ClusterArrays<N>, G, T, B, Q> {
         self.node
     }
 

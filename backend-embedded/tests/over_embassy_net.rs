@@ -13,6 +13,7 @@ use backend_embedded::{BackendStats, EmbeddedNode, EpochSource, UniformResources
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
 use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage};
+use dqe_core::portal::InFlightArrays;
 use dqe_core::replay::ReplyArrays;
 use dqe_core::ring::RingArrays;
 use dqe_core::store::{FixedStore, Slot};
@@ -221,16 +222,17 @@ fn scenario<T>(
 
     let spec = one_node_cluster();
     let me = spec.nodes[0].clone();
-    let mut node: Node<_, _, ClusterArrays<1>, RingArrays<16>, 4, ReplyArrays<16>> = Node::new(
-        spec,
-        0,
-        FixedStore::new([Slot::EMPTY; 64]),
-        XorShift(0x2545_f491_4f6c_dd1d),
-        NodeConfig::default(),
-        start_epoch,
-        NodeStorage::default(),
-    )
-    .unwrap();
+    let mut node: Node<_, _, ClusterArrays<1>, RingArrays<16>, InFlightArrays<4>, ReplyArrays<16>> =
+        Node::new(
+            spec,
+            0,
+            FixedStore::new([Slot::EMPTY; 64]),
+            XorShift(0x2545_f491_4f6c_dd1d),
+            NodeConfig::default(),
+            start_epoch,
+            NodeStorage::default(),
+        )
+        .unwrap();
     let mut resources = UniformResources::<16, 1024>::uniform();
     let mut backend =
         EmbeddedNode::new(node_stack, &mut resources, &me, &mut node, epoch_source).unwrap();

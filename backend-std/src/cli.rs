@@ -22,6 +22,8 @@ pub const DEV_PORT_BASE: u16 = 8101;
 pub const DEFAULT_WRITE_RATE: u32 = 200_000;
 /// Largest `--write-rate`: 2 x 4 M places of 60 bytes (480 MB).
 pub const MAX_WRITE_RATE: u32 = 2_000_000;
+/// Default of `--in-flight`: client requests the portal may have in flight at once.
+pub const DEFAULT_IN_FLIGHT: u16 = 1024;
 
 /// The DQE enforcer node: answers TEST/SET from mail servers and GET/PUT from its peers.
 #[derive(Debug, Parser)]
@@ -82,6 +84,13 @@ pub struct Cli {
           value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_WRITE_RATE)))]
     pub write_rate: u32,
 
+    /// Client requests the portal works on at once (its in-flight table, about 800 bytes a
+    /// request); more are refused Busy.
+    #[arg(long, value_name = "REQUESTS", default_value_t = DEFAULT_IN_FLIGHT,
+          value_parser = clap::value_parser!(u16)
+              .range(1..=dqe_core::portal::MAX_IN_FLIGHT as i64))]
+    pub in_flight: u16,
+
     /// Test only (`dqe lab overload`): read the portal, storer and source sockets a batch each
     /// every round, portal first, so new client work competes with work already admitted;
     /// shows what the priority buys.
@@ -120,6 +129,8 @@ pub struct RunConfig {
     pub drain_ms: u64,
     /// Writes a second whose replies are remembered for the retry window (`--write-rate`).
     pub write_rate: u32,
+    /// Client requests the portal works on at once (`--in-flight`).
+    pub in_flight: usize,
     /// Serve the storer socket before the portal socket (off only with the hidden
     /// `--no-priority`, for experiments).
     pub storer_first: bool,
@@ -195,6 +206,7 @@ impl Cli {
             sync_interval: Duration::from_millis(u64::from(interval_ms)),
             drain_ms: self.drain_ms,
             write_rate: self.write_rate,
+            in_flight: usize::from(self.in_flight),
             storer_first: !self.no_priority,
         })
     }
@@ -212,6 +224,7 @@ mod tests {
         assert_eq!(run.data_dir, PathBuf::from("dqe-data"));
         assert_eq!(run.sync_mode, SyncMode::Always);
         assert_eq!(run.write_rate, DEFAULT_WRITE_RATE);
+        assert_eq!(run.in_flight, usize::from(DEFAULT_IN_FLIGHT));
         assert!(run.storer_first);
     }
 
@@ -224,6 +237,18 @@ mod tests {
             .write_long_help(&mut help)
             .unwrap();
         assert!(!String::from_utf8(help).unwrap().contains("no-priority"));
+    }
+
+    #[test]
+    fn in_flight_is_a_table_size_the_core_accepts() {
+        let parse =
+            |n: &str| Cli::try_parse_from(["dqe-enforcer", "--dev", &format!("--in-flight={n}")]);
+        assert_eq!(parse("8").unwrap().resolve().unwrap().in_flight, 8);
+        let most = dqe_core::portal::MAX_IN_FLIGHT;
+        assert_eq!(parse(&most.to_string()).unwrap().in_flight, most as u16);
+        for bad in ["0", "65535", "-1", "many"] {
+            assert!(parse(bad).is_err(), "--in-flight={bad} accepted");
+        }
     }
 
     #[test]

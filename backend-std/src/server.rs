@@ -55,7 +55,11 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use dqe_core::config::{NodeIndex, NodeSpec};
 use dqe_core::detector::{Health, PeerBuffers};
 use dqe_core::event::{Outcome, RequestKind};
-use dqe_core::node::{ClusterStorage, Node, NodeConfig, NodeError, NodeStorage, Port, ReplyCaches};
+use dqe_core::node::{
+    ClusterStorage, Node, NodeConfig, NodeError, NodeStorage, PORTAL_QUEUE, Port, QueueBuffers,
+    QueueSlot, ReplyCaches, STORER_QUEUE,
+};
+use dqe_core::portal::{InFlightBuffers, InFlightIndex, InFlightSlot};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
 use dqe_core::wire::MAX_DATAGRAM;
@@ -72,8 +76,6 @@ use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
 use crate::peers::PeerWatch;
 use crate::read_order::{ReadOrder, ReadPolicy, Step};
 
-/// Client requests the portal may have in flight; more are refused `Busy`.
-pub const IN_FLIGHT: usize = 1024;
 /// Datagrams read from one socket per iteration (one `recvmmsg`).
 pub const BATCH: usize = batch_io::MAX_BATCH;
 /// Transmits held for a group commit at most; beyond it the loop stops reading.
@@ -85,9 +87,21 @@ const SWEEP_BUDGET: Duration = Duration::from_millis(1);
 const ARRIVALS: usize = 65_536;
 
 /// The node this backend runs; its node list, per-node tables and ring are sized from the
-/// cluster file, its write-reply caches at start ([`reply_slots`]).
-pub type EnforcerNode =
-    Node<DurableStore, StdRng, ClusterVecs, RingStorage, IN_FLIGHT, ReplyStorage>;
+/// cluster file, its write-reply caches and in-flight table at start ([`reply_slots`],
+/// `--in-flight`).
+pub type EnforcerNode = Node<
+    DurableStore,
+    StdRng,
+    ClusterVecs,
+    RingStorage,
+    InFlightTable,
+    ReplyStorage,
+    OutgoingQueues,
+>;
+/// The outgoing queues ([`PORTAL_QUEUE`] and [`STORER_QUEUE`] datagrams), on the heap.
+pub type OutgoingQueues = QueueBuffers<Box<[QueueSlot]>, Box<[QueueSlot]>>;
+/// The portal's in-flight table, sized from `--in-flight`.
+pub type InFlightTable = InFlightBuffers<Box<[InFlightSlot]>, Box<[InFlightIndex]>>;
 /// What grows with the number of nodes, sized from the cluster file (up to
 /// [`dqe_config::cluster::MAX_NODES`]): the node list in a `Vec`, the failure detector's
 /// tables in boxed slices.
@@ -140,9 +154,6 @@ pub enum ServerError {
     /// The metrics endpoint could not be bound.
     #[error(transparent)]
     Metrics(#[from] MetricsBindError),
-    /// A thread could not be started.
-    #[error("cannot start a thread: {0}")]
-    Thread(io::Error),
 }
 
 /// A datagram waiting to be sent.
@@ -188,63 +199,52 @@ enum Wake {
     Stop,
 }
 
-/// Stack of the short-lived thread that builds the node.
-const BUILD_STACK: usize = 16 << 20;
-
-/// Build the node on a short-lived thread, outside any async fn.
-///
-/// The core builds the node by value: its node list, per-node tables, ring and reply caches
-/// are sized from the config on the heap, but its in-flight table is still an array of
-/// [`IN_FLIGHT`] requests (about 0.8 MB, whatever the cluster's size). Built in an async fn, the temporaries would enlarge the loop's poll frame,
-/// whose stack pages are then probed on every poll; built on the loop's own thread, the
-/// stack pages they touched would stay resident. A thread of its own gives those pages back
-/// when it exits.
+/// Build the node: every table it works in is lent from the heap, sized from the cluster
+/// file and the command line (reply caches from `--write-rate`, the in-flight table from
+/// `--in-flight`), so the node itself is a few kilobytes and is built on any thread's stack
+/// (the caller runs this on a blocking thread: zeroing the caches takes a while).
 fn build_node(
     cfg: &RunConfig,
     store: DurableStore,
     epoch: u32,
 ) -> Result<Box<EnforcerNode>, ServerError> {
-    std::thread::scope(|scope| {
-        let builder = std::thread::Builder::new()
-            .name("dqe-build".into())
-            .stack_size(BUILD_STACK);
-        let handle = builder
-            .spawn_scoped(scope, move || {
-                let config = NodeConfig::default();
-                let slots = reply_slots(cfg.write_rate, config.retry_window);
-                let cache = || ReplyBuffers {
-                    slots: vec![ReplySlot::EMPTY; slots].into_boxed_slice(),
-                    heads: vec![0; slots].into_boxed_slice(),
-                };
-                let points = cfg.spec.nodes.len() * usize::from(cfg.spec.vnodes);
-                let storage = NodeStorage {
-                    replies: ReplyCaches {
-                        portal: cache(),
-                        storer: cache(),
-                    },
-                    ring: RingBuffers {
-                        points: vec![Point::EMPTY; points].into_boxed_slice(),
-                        heads: vec![0; points].into_boxed_slice(),
-                    },
-                    peers: peer_tables(cfg.spec.nodes.len()),
-                };
-                EnforcerNode::new(
-                    cfg.spec.clone(),
-                    cfg.me,
-                    store,
-                    StdRng::from_os_rng(),
-                    config,
-                    epoch,
-                    storage,
-                )
-                .map(Box::new)
-                .map_err(ServerError::Node)
-            })
-            .map_err(ServerError::Thread)?;
-        handle
-            .join()
-            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
+    let config = NodeConfig::default();
+    let slots = reply_slots(cfg.write_rate, config.retry_window);
+    let cache = || ReplyBuffers {
+        slots: vec![ReplySlot::EMPTY; slots].into_boxed_slice(),
+        heads: vec![0; slots].into_boxed_slice(),
+    };
+    let points = cfg.spec.nodes.len() * usize::from(cfg.spec.vnodes);
+    let storage = NodeStorage {
+        replies: ReplyCaches {
+            portal: cache(),
+            storer: cache(),
+        },
+        ring: RingBuffers {
+            points: vec![Point::EMPTY; points].into_boxed_slice(),
+            heads: vec![0; points].into_boxed_slice(),
+        },
+        peers: peer_tables(cfg.spec.nodes.len()),
+        in_flight: InFlightBuffers {
+            slots: vec![InFlightSlot::EMPTY; cfg.in_flight].into_boxed_slice(),
+            index: vec![InFlightIndex::EMPTY; cfg.in_flight].into_boxed_slice(),
+        },
+        queues: QueueBuffers {
+            portal: vec![QueueSlot::EMPTY; PORTAL_QUEUE].into_boxed_slice(),
+            storer: vec![QueueSlot::EMPTY; STORER_QUEUE].into_boxed_slice(),
+        },
+    };
+    EnforcerNode::new(
+        cfg.spec.clone(),
+        cfg.me,
+        store,
+        StdRng::from_os_rng(),
+        config,
+        epoch,
+        storage,
+    )
+    .map(Box::new)
+    .map_err(ServerError::Node)
 }
 
 /// Run `f` on a blocking thread; a panic there is a panic here.
@@ -842,5 +842,18 @@ async fn send_front(
                 left -= 1;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every table the node works in is lent from the heap: the node itself fits on any
+    /// thread's stack and in an async fn's frame, so no large build thread is needed.
+    #[test]
+    fn the_node_is_built_on_an_ordinary_stack() {
+        let size = std::mem::size_of::<EnforcerNode>();
+        assert!(size <= 4 << 10, "the node takes {size} bytes");
     }
 }

@@ -11,7 +11,11 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use dqe_core::config::{ClusterModel, ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::detector::{Health, PeerBuffers};
 use dqe_core::hash::{key_of, sha1_concat};
-use dqe_core::node::{ClusterStorage, Node, NodeConfig, NodeStorage, Port, ReplyCaches};
+use dqe_core::node::{
+    ClusterStorage, Node, NodeConfig, NodeStorage, PORTAL_QUEUE, Port, QueueBuffers, QueueSlot,
+    ReplyCaches, STORER_QUEUE,
+};
+use dqe_core::portal::{InFlightBuffers, InFlightIndex, InFlightSlot};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, Ring, RingArrays, RingBuffers};
 use dqe_core::stamp::{self, CertBody, CertCache, Certificate, Stamp};
@@ -286,8 +290,15 @@ const PORTAL_P: usize = 8192;
 const PORTAL_F: usize = 1024;
 const PORTAL_C: usize = 400_000;
 
-type BenchNode =
-    Node<FixedStore<Vec<Slot>>, StdRng, BenchCluster, RingArrays<PORTAL_P>, PORTAL_F, BenchReplies>;
+type BenchNode = Node<
+    FixedStore<Vec<Slot>>,
+    StdRng,
+    BenchCluster,
+    RingArrays<PORTAL_P>,
+    InFlightBuffers<Box<[InFlightSlot]>, Box<[InFlightIndex]>>,
+    BenchReplies,
+    QueueBuffers<Box<[QueueSlot]>, Box<[QueueSlot]>>,
+>;
 type BenchReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
 
 /// The node list and per-node tables as backend-std holds them: sized from the cluster.
@@ -339,6 +350,14 @@ fn portal_round(c: &mut Criterion) {
             down: vec![0; PORTAL_N].into_boxed_slice(),
             transitions: vec![0; PORTAL_N].into_boxed_slice(),
         },
+        in_flight: InFlightBuffers {
+            slots: vec![InFlightSlot::EMPTY; PORTAL_F].into_boxed_slice(),
+            index: vec![InFlightIndex::EMPTY; PORTAL_F].into_boxed_slice(),
+        },
+        queues: QueueBuffers {
+            portal: vec![QueueSlot::EMPTY; PORTAL_QUEUE].into_boxed_slice(),
+            storer: vec![QueueSlot::EMPTY; STORER_QUEUE].into_boxed_slice(),
+        },
     };
     let rng = StdRng::seed_from_u64(7);
     let mut node: Box<BenchNode> =
@@ -375,33 +394,45 @@ fn portal_round(c: &mut Criterion) {
     }
     let mut id = 1u64 << 40;
     let mut replies: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+    let mut test_round = || {
+        id += 1;
+        let key = local[(id % local.len() as u64) as usize];
+        let env = Envelope::new(tag, id, Body::Test { key });
+        let bytes = wire::encode(&env, &mut buf).unwrap();
+        node.handle(0, Port::Portal, client(id % 4096), bytes);
+        replies.clear();
+        while let Some(t) = node.poll_transmit(&mut out) {
+            if t.from == Port::Source {
+                let sub = wire::decode(&out[..t.len]).unwrap();
+                let reply = wire::encode(&sub.reply(Body::NotFound), &mut buf).unwrap();
+                replies.push((t.to, reply.to_vec()));
+            }
+        }
+        for (from, reply) in &replies {
+            node.handle(0, Port::Source, *from, reply);
+        }
+        let mut verdict = None;
+        while let Some(t) = node.poll_transmit(&mut out) {
+            if t.from == Port::Portal {
+                verdict = Some(wire::decode(&out[..t.len]).unwrap().body);
+            }
+        }
+        assert_eq!(verdict, Some(Body::NotFound));
+        black_box(node.poll_timeout())
+    };
+    // `PORTAL_ROUNDS=n`: run the Test round `n` times without criterion and exit, for an
+    // instruction count under cachegrind (once with `n = 0` for the setup alone).
+    if let Some(rounds) = std::env::var("PORTAL_ROUNDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        for _ in 0..rounds {
+            test_round();
+        }
+        std::process::exit(0);
+    }
     c.bench_function("portal/Test with local share, N=256 F=1024", |b| {
-        b.iter(|| {
-            id += 1;
-            let key = local[(id % local.len() as u64) as usize];
-            let env = Envelope::new(tag, id, Body::Test { key });
-            let bytes = wire::encode(&env, &mut buf).unwrap();
-            node.handle(0, Port::Portal, client(id % 4096), bytes);
-            replies.clear();
-            while let Some(t) = node.poll_transmit(&mut out) {
-                if t.from == Port::Source {
-                    let sub = wire::decode(&out[..t.len]).unwrap();
-                    let reply = wire::encode(&sub.reply(Body::NotFound), &mut buf).unwrap();
-                    replies.push((t.to, reply.to_vec()));
-                }
-            }
-            for (from, reply) in &replies {
-                node.handle(0, Port::Source, *from, reply);
-            }
-            let mut verdict = None;
-            while let Some(t) = node.poll_transmit(&mut out) {
-                if t.from == Port::Portal {
-                    verdict = Some(wire::decode(&out[..t.len]).unwrap().body);
-                }
-            }
-            assert_eq!(verdict, Some(Body::NotFound));
-            black_box(node.poll_timeout())
-        })
+        b.iter(&mut test_round)
     });
     // The same round for a Set of a fresh pair (PUTs answered `Stored`): the verdict is
     // remembered for the window. The clock moves 1 ms a Set (2,001 verdicts stay remembered);

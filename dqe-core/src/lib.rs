@@ -5,9 +5,10 @@
 //! state machines in the style of `quinn-proto` and `smoltcp`: a backend hands a [`node::Node`]
 //! datagrams and the current time and carries out what it asks (send these datagrams, wake
 //! me at this instant). The crate is `#![no_std]` and never allocates: every capacity is chosen
-//! by the backend (a const generic, or storage it lends: the store's slots, the reply caches',
-//! the ring's points: [`node::NodeStorage`]),
-//! every buffer belongs to the caller.
+//! by the backend as storage it lends (smoltcp's style: arrays on a board, boxed slices sized
+//! from the config on a server): the store's slots, and in [`node::NodeStorage`] the reply
+//! caches', the ring's points, the per-node tables, the portal's in-flight table and the
+//! outgoing queues. Every buffer belongs to the caller.
 //!
 //! Two nodes and a client, with the backend's part (moving datagrams, telling the time) done
 //! by hand: a client's `Set` reaches node `a`'s portal, which stores one copy itself and sends
@@ -18,6 +19,7 @@
 //! use dqe_core::config::{ClusterSpec, NodeSpec};
 //! use dqe_core::event::{Outcome, RequestKind};
 //! use dqe_core::hash::{key_of, word_value};
+//! use dqe_core::portal::InFlightArrays;
 //! use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage, Port};
 //! use dqe_core::replay::ReplyArrays;
 //! use dqe_core::ring::RingArrays;
@@ -37,7 +39,7 @@
 //! // Two nodes of 2 cluster members (their list and per-node tables in arrays), 32 ring
 //! // points, 4 requests in flight, 8 reply slots.
 //! type Small =
-//!     Node<FixedStore<[Slot; 64]>, StdRng, ClusterArrays<2>, RingArrays<32>, 4, ReplyArrays<8>>;
+//!     Node<FixedStore<[Slot; 64]>, StdRng, ClusterArrays<2>, RingArrays<32>, InFlightArrays<4>, ReplyArrays<8>>;
 //! let node = |me| -> Small {
 //!     let store = FixedStore::new([Slot::EMPTY; 64]);
 //!     let rng = StdRng::seed_from_u64(me as u64);
@@ -101,6 +103,7 @@ pub mod epoch;
 pub mod event;
 pub mod hash;
 pub mod node;
+mod outbox;
 pub mod portal;
 pub mod replay;
 pub mod ring;

@@ -26,14 +26,16 @@
 
 use core::net::SocketAddr;
 
-use heapless::Deque;
 use rand_core::RngCore;
 
 use crate::Millis;
 use crate::config::{ClusterModel, ConfigError, NodeIndex, NodeSpec};
 use crate::detector::{Health, PeerArrays, PeerStorage};
-use crate::event::{Answered, Outcome, RequestKind};
-use crate::portal::{Context, Portal};
+use crate::event::Answered;
+pub(crate) use crate::outbox::Outbox;
+use crate::outbox::Queues;
+pub use crate::outbox::{QueueArrays, QueueBuffers, QueueSlot, QueueStorage};
+use crate::portal::{Context, InFlightArrays, InFlightStorage, MAX_IN_FLIGHT, Portal};
 use crate::replay::{ReplyArrays, ReplyCache, ReplyStorage};
 use crate::ring::{Ring, RingArrays, RingError, RingStorage};
 use crate::store::Store;
@@ -43,13 +45,13 @@ use crate::wire::{self, Body, Envelope, Message, PeerRequest, Reason};
 pub use crate::stats::NodeStats;
 
 /// Datagrams the portal may have queued (sub-requests, retries, probes, client replies), by
-/// default (the `QP` of [`Node`]). At least twice the longest read set, so one request always
-/// fits after another.
+/// default (the portal queue of [`QueueStorage`]). At least twice the longest read set, so
+/// one request always fits after another.
 pub const PORTAL_QUEUE: usize = 64;
-/// Storer replies that may be queued, by default (the `QS` of [`Node`]).
+/// Storer replies that may be queued, by default (the storer queue of [`QueueStorage`]).
 pub const STORER_QUEUE: usize = 32;
-/// Bytes one queued datagram takes in a node (for memory budgets of `QP` and `QS`).
-pub const QUEUED_DATAGRAM_BYTES: usize = core::mem::size_of::<Outgoing>();
+/// Bytes one queued datagram takes (for memory budgets of the queues).
+pub const QUEUED_DATAGRAM_BYTES: usize = core::mem::size_of::<QueueSlot>();
 
 /// The three UDP ports of a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,6 +124,9 @@ pub enum NodeError {
     /// The failure detector's per-node tables ([`NodeStorage::peers`]) have room for fewer
     /// nodes than the cluster has.
     PeerTablesTooSmall { nodes: usize, capacity: usize },
+    /// The in-flight table ([`NodeStorage::in_flight`]) has no slot, more than
+    /// [`MAX_IN_FLIGHT`], or not one index entry per slot.
+    InFlightTableSize { slots: usize, index: usize },
     /// `attempts` is 0: no sub-request would ever be sent.
     NoAttempts,
     /// `attempt_timeout` is 0: retries would go out in a busy loop.
@@ -148,6 +153,11 @@ impl core::fmt::Display for NodeError {
             NodeError::PeerTablesTooSmall { nodes, capacity } => write!(
                 f,
                 "the failure detector's tables have room for {capacity} nodes, the cluster has {nodes}"
+            ),
+            NodeError::InFlightTableSize { slots, index } => write!(
+                f,
+                "an in-flight table of {slots} slots and {index} index entries: it needs 1 to \
+                 {MAX_IN_FLIGHT} slots and as many entries"
             ),
             NodeError::NoAttempts => f.write_str("attempts must be at least 1"),
             NodeError::ZeroAttemptTimeout => f.write_str("attempt_timeout must be at least 1 ms"),
@@ -183,17 +193,6 @@ impl From<RingError> for NodeError {
     }
 }
 
-/// One datagram waiting to be sent.
-#[derive(Debug, Clone, Copy)]
-struct Outgoing {
-    from: Port,
-    to: SocketAddr,
-    env: Envelope,
-    /// The write it rests on (0: none), see [`Transmit::waits_for`].
-    write: u64,
-    answered: Option<Answered>,
-}
-
 /// What a queued reply rests on and whom it answers.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ReplyTag {
@@ -208,110 +207,6 @@ pub(crate) struct ReplyTag {
 pub(crate) struct Arrival {
     pub now: Millis,
     pub datagram: u64,
-}
-
-/// Where the portal queues datagrams (the node's [`Queues`], whatever their capacities).
-pub(crate) trait Outbox {
-    /// Free places in the portal queue (sub-requests and client replies).
-    fn room(&self) -> usize;
-    /// Queue a request from `from`, resting on write `write` (0: none); false when the
-    /// queue is full.
-    fn send(&mut self, from: Port, to: SocketAddr, env: Envelope, write: u64) -> bool;
-    /// Queue the reply `body` to `request` (rule 2: echo, back to the source, never longer).
-    #[allow(clippy::too_many_arguments)]
-    fn reply(
-        &mut self,
-        from: Port,
-        to: SocketAddr,
-        request: &Envelope,
-        request_len: usize,
-        body: Body,
-        tag: ReplyTag,
-        stats: &mut NodeStats,
-    );
-}
-
-/// The node's bounded outgoing queues: `QS` storer replies, then `QP` of everything else.
-#[derive(Debug, Default)]
-pub(crate) struct Queues<const QP: usize, const QS: usize> {
-    storer: Deque<Outgoing, QS>,
-    portal: Deque<Outgoing, QP>,
-}
-
-impl<const QP: usize, const QS: usize> Outbox for Queues<QP, QS> {
-    fn room(&self) -> usize {
-        QP - self.portal.len()
-    }
-
-    fn send(&mut self, from: Port, to: SocketAddr, env: Envelope, write: u64) -> bool {
-        let out = Outgoing {
-            from,
-            to,
-            env,
-            write,
-            answered: None,
-        };
-        self.portal.push_back(out).is_ok()
-    }
-
-    fn reply(
-        &mut self,
-        from: Port,
-        to: SocketAddr,
-        request: &Envelope,
-        request_len: usize,
-        body: Body,
-        tag: ReplyTag,
-        stats: &mut NodeStats,
-    ) {
-        let env = request.reply(body);
-        // Measured, not encoded: the datagram is encoded once, by `poll_transmit`.
-        if env.encoded_len() > request_len {
-            stats.drop_amplification += 1;
-            return;
-        }
-        let answered = match (
-            tag.client,
-            RequestKind::of(&request.body),
-            Outcome::of(&body),
-        ) {
-            (Some(arrival), Some(kind), Some(outcome)) => Some(Answered {
-                kind,
-                outcome,
-                started: arrival.now,
-                datagram: arrival.datagram,
-            }),
-            _ => None,
-        };
-        let out = Outgoing {
-            from,
-            to,
-            env,
-            write: tag.write,
-            answered,
-        };
-        let queued = match from {
-            Port::Storer => self.storer.push_back(out).is_ok(),
-            Port::Portal | Port::Source => self.portal.push_back(out).is_ok(),
-        };
-        if !queued {
-            stats.drop_queue_full += 1;
-        }
-    }
-}
-
-impl<const QP: usize, const QS: usize> Queues<QP, QS> {
-    fn storer_room(&self) -> usize {
-        QS - self.storer.len()
-    }
-
-    fn pop(&mut self) -> Option<Outgoing> {
-        self.storer.pop_front().or_else(|| self.portal.pop_front())
-    }
-
-    fn len(&self) -> usize {
-        self.storer.len() + self.portal.len()
-    }
 }
 
 /// The storage of a node's two write-reply caches, lent by the caller (see
@@ -359,45 +254,70 @@ impl<const N: usize> ClusterStorage for ClusterArrays<N> {
 /// The storage a node works in, lent by the caller (smoltcp's style): arrays on a board (the
 /// [`Default`]), buffers sized from the config on a server.
 #[derive(Debug, Clone)]
-pub struct NodeStorage<B, G, P> {
+pub struct NodeStorage<B, G, P, T, Q> {
     /// The portal's and the storer's write-reply caches.
     pub replies: ReplyCaches<B>,
     /// The ring's points (room for `nodes * vnodes`), see [`RingStorage`].
     pub ring: G,
     /// The failure detector's per-node tables (room for every node), see [`PeerStorage`].
     pub peers: P,
+    /// The portal's table of client requests in flight: one slot per request it holds at
+    /// once (1 to [`MAX_IN_FLIGHT`]), see [`InFlightStorage`].
+    pub in_flight: T,
+    /// The outgoing queues' places, see [`QueueStorage`].
+    pub queues: Q,
 }
 
-impl<const C: usize, const P: usize, const N: usize> Default
-    for NodeStorage<ReplyArrays<C>, RingArrays<P>, PeerArrays<N>>
+impl<
+    const C: usize,
+    const P: usize,
+    const N: usize,
+    const F: usize,
+    const QP: usize,
+    const QS: usize,
+> Default
+    for NodeStorage<
+        ReplyArrays<C>,
+        RingArrays<P>,
+        PeerArrays<N>,
+        InFlightArrays<F>,
+        QueueArrays<QP, QS>,
+    >
 {
-    /// Reply caches of `C` slots, a ring of `P` points and tables for `N` nodes, in arrays.
+    /// Reply caches of `C` slots, a ring of `P` points, tables for `N` nodes, `F` requests
+    /// in flight and queues of `QP` and `QS` datagrams, in arrays.
     fn default() -> Self {
         NodeStorage {
             replies: ReplyCaches::default(),
             ring: RingArrays::new(),
             peers: PeerArrays::new(),
+            in_flight: InFlightArrays::new(),
+            queues: QueueArrays::new(),
         }
     }
 }
 
+/// The portal of a node whose per-node tables are of the family `C`.
+type NodePortal<C, T, B> = Portal<<C as ClusterStorage>::Peers, T, B>;
+
 /// A DQE enforcer node whose node list and per-node tables are of the storage family `C`
-/// ([`ClusterArrays`] on a board), with its ring in storage `G` and `F` client
-/// requests in flight at its portal; its write-reply caches work in storage `B` (arrays,
-/// borrowed or boxed slices: [`ReplyCaches`], [`ReplyBuffers`](crate::replay::ReplyBuffers)). `S` is its store, `R` the source of request
-/// ids. Its outgoing queues hold `QP` portal datagrams and `QS` storer replies (about 100
-/// bytes each); `QP` must hold a longest read set plus the reply, or every request would be
-/// refused `Busy`.
+/// ([`ClusterArrays`] on a board), with its ring in storage `G` and its portal's table of
+/// client requests in flight in storage `T` ([`InFlightArrays`] on a board, boxed slices on a
+/// server); its write-reply caches work in storage `B` (arrays,
+/// borrowed or boxed slices: [`ReplyCaches`], [`ReplyBuffers`](crate::replay::ReplyBuffers)).
+/// `S` is its store, `R` the source of request ids. Its outgoing queues work in storage `Q`
+/// ([`QueueArrays`] of [`PORTAL_QUEUE`] and [`STORER_QUEUE`] datagrams by default, about 100
+/// bytes each); the portal queue must hold a longest read set plus the reply, or every
+/// request would be refused `Busy`.
 #[derive(Debug)]
 pub struct Node<
     S: Store,
     R: RngCore,
     C: ClusterStorage,
     G: RingStorage,
-    const F: usize,
+    T: InFlightStorage,
     B: ReplyStorage,
-    const QP: usize = PORTAL_QUEUE,
-    const QS: usize = STORER_QUEUE,
+    Q: QueueStorage = QueueArrays<PORTAL_QUEUE, STORER_QUEUE>,
 > {
     spec: ClusterModel<C::Nodes>,
     me: NodeIndex,
@@ -408,8 +328,8 @@ pub struct Node<
     config: NodeConfig,
     epoch: u32,
     storer: Storer<B>,
-    portal: Portal<C::Peers, F, B>,
-    outbox: Queues<QP, QS>,
+    portal: NodePortal<C, T, B>,
+    outbox: Queues<Q>,
     stats: NodeStats,
     /// Stores that said `Stored` so far (local shares and peers' PUTs): the write mark.
     writes: u64,
@@ -424,14 +344,14 @@ impl<
     R: RngCore,
     C: ClusterStorage,
     G: RingStorage,
-    const F: usize,
+    T: InFlightStorage,
     B: ReplyStorage,
-    const QP: usize,
-    const QS: usize,
-> Node<S, R, C, G, F, B, QP, QS>
+    Q: QueueStorage,
+> Node<S, R, C, G, T, B, Q>
 {
     /// Node `me` of `spec`, serving `store`, in epoch `epoch`, working in the caller's
-    /// `storage` (its write-reply caches, its ring and its per-node tables). The cluster is
+    /// `storage` (its write-reply caches, its ring, its per-node tables and its in-flight
+    /// table). The cluster is
     /// validated with the ring's storage as scratch (see [`Ring::new`]).
     pub fn new(
         spec: ClusterModel<C::Nodes>,
@@ -440,13 +360,19 @@ impl<
         rng: R,
         config: NodeConfig,
         epoch: u32,
-        storage: NodeStorage<B, G, C::Peers>,
+        storage: NodeStorage<B, G, C::Peers, T, Q>,
     ) -> Result<Self, NodeError> {
         let NodeStorage {
             replies,
             mut ring,
             peers,
+            in_flight,
+            queues,
         } = storage;
+        let (slots, index) = (in_flight.parts().0.len(), in_flight.parts().1.len());
+        if !(1..=MAX_IN_FLIGHT).contains(&slots) || index != slots {
+            return Err(NodeError::InFlightTableSize { slots, index });
+        }
         spec.validate_in(ring.parts_mut().1)?;
         let nodes = spec.nodes().len();
         if me as usize >= nodes {
@@ -460,16 +386,18 @@ impl<
         }
         let ring = Ring::new_validated(&spec, ring)?;
         let needed = usize::from(ring.replication()) + usize::from(ring.handoff()) + 1;
-        if QP < needed || QS == 0 {
+        let outbox = Queues::new(queues);
+        let (portal, storer) = (outbox.portal_capacity(), outbox.storer_capacity());
+        if portal < needed || storer == 0 {
             return Err(NodeError::QueueTooSmall {
-                portal: QP,
-                storer: QS,
+                portal,
+                storer,
                 needed,
             });
         }
         let mut rng = rng;
         let storer = Storer::new(replies.storer, config.retry_window, rng.next_u64());
-        let portal = Portal::new(&config, replies.portal, peers, rng.next_u64());
+        let portal = Portal::new(&config, in_flight, replies.portal, peers, rng.next_u64());
         let capacity = portal.peer_capacity();
         if capacity < nodes {
             return Err(NodeError::PeerTablesTooSmall { nodes, capacity });
@@ -492,7 +420,7 @@ impl<
             epoch,
             storer,
             portal,
-            outbox: Queues::default(),
+            outbox,
             stats: NodeStats::default(),
             writes: 0,
             durable: 0,
@@ -605,6 +533,11 @@ impl<
         self.portal.in_flight()
     }
 
+    /// How many client requests the portal's table holds at most (its slots).
+    pub fn in_flight_capacity(&self) -> usize {
+        self.portal.in_flight_capacity()
+    }
+
     /// This node's index in the cluster.
     pub fn me(&self) -> NodeIndex {
         self.me
@@ -696,7 +629,7 @@ impl<
     }
 
     /// The portal, and the rest of the node it works with.
-    fn parts(&mut self, now: Millis) -> (&mut Portal<C::Peers, F, B>, Context<'_, S, R, G>) {
+    fn parts(&mut self, now: Millis) -> (&mut NodePortal<C, T, B>, Context<'_, S, R, G>) {
         let cx = Context {
             now,
             nodes: self.spec.nodes(),

@@ -7,6 +7,7 @@ use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::event::{Answered, Outcome, RequestKind};
 use dqe_core::hash::{key_of, word_value};
 use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage, Port, Transmit};
+use dqe_core::portal::InFlightArrays;
 use dqe_core::replay::ReplyArrays;
 use dqe_core::ring::RingArrays;
 use dqe_core::store::{FixedStore, Slot};
@@ -14,7 +15,14 @@ use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM, Reason};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-type One = Node<FixedStore<Vec<Slot>>, StdRng, ClusterArrays<1>, RingArrays<16>, 4, ReplyArrays<8>>;
+type One = Node<
+    FixedStore<Vec<Slot>>,
+    StdRng,
+    ClusterArrays<1>,
+    RingArrays<16>,
+    InFlightArrays<4>,
+    ReplyArrays<8>,
+>;
 
 fn one() -> One {
     let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);

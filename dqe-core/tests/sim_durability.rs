@@ -8,7 +8,8 @@ mod harness;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use dqe_core::config::{ClusterSpec, NodeSpec};
-use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeError, NodeStorage, Port};
+use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeError, NodeStorage, Port, QueueArrays};
+use dqe_core::portal::InFlightArrays;
 use dqe_core::replay::ReplyArrays;
 use dqe_core::ring::RingArrays;
 use dqe_core::store::{FixedStore, Slot};
@@ -114,8 +115,15 @@ fn three() -> ClusterSpec<3> {
     ClusterSpec::with_defaults(nodes, 3)
 }
 
-type Small<const C: usize, const QP: usize> =
-    Node<FixedStore<Vec<Slot>>, StdRng, ClusterArrays<3>, RingArrays<48>, 4, ReplyArrays<C>, QP, 4>;
+type Small<const C: usize, const QP: usize> = Node<
+    FixedStore<Vec<Slot>>,
+    StdRng,
+    ClusterArrays<3>,
+    RingArrays<48>,
+    InFlightArrays<4>,
+    ReplyArrays<C>,
+    QueueArrays<QP, 4>,
+>;
 
 fn small<const C: usize, const QP: usize>() -> Result<Small<C, QP>, NodeError> {
     let store = FixedStore::new(vec![Slot::EMPTY; 64]);
@@ -266,7 +274,8 @@ impl Store for Journaled {
     }
 }
 
-type DurNode = Node<Journaled, StdRng, ClusterArrays<3>, RingArrays<48>, 8, ReplyArrays<64>>;
+type DurNode =
+    Node<Journaled, StdRng, ClusterArrays<3>, RingArrays<48>, InFlightArrays<8>, ReplyArrays<64>>;
 
 struct Cluster {
     nodes: Vec<DurNode>,
@@ -537,7 +546,15 @@ fn test_body_of(key: &Key) -> Body {
     Body::Test { key: *key }
 }
 
-type Tight = Node<Journaled, StdRng, ClusterArrays<3>, RingArrays<48>, 4, ReplyArrays<8>, 4, 4>;
+type Tight = Node<
+    Journaled,
+    StdRng,
+    ClusterArrays<3>,
+    RingArrays<48>,
+    InFlightArrays<4>,
+    ReplyArrays<8>,
+    QueueArrays<4, 4>,
+>;
 
 #[test]
 fn a_verdict_waiting_for_queue_room_is_decided_again_after_its_local_write_is_lost() {

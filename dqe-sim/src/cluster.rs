@@ -25,7 +25,10 @@ use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::detector::Health;
 use dqe_core::detector::PeerArrays;
 use dqe_core::hash::{Key, Value};
-use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage, Port, ReplyCaches};
+use dqe_core::node::{
+    ClusterArrays, Node, NodeConfig, NodeStorage, Port, QueueArrays, ReplyCaches,
+};
+use dqe_core::portal::{InFlightBuffers, InFlightIndex, InFlightSlot};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
 use dqe_core::store::{PutOutcome, Store};
@@ -88,12 +91,17 @@ impl Store for SharedStore {
     }
 }
 
+/// A portal table of [`IN_FLIGHT`] requests in boxed slices, as a server lends it.
+pub type SimInFlight = InFlightBuffers<Box<[InFlightSlot]>, Box<[InFlightIndex]>>;
+/// Requests in flight at each simulated portal.
+pub const IN_FLIGHT: usize = 32;
+
 pub type SimReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
 /// A ring in boxed slices sized from the cluster, as a server lends it.
 pub type SimRing = RingBuffers<Box<[Point]>, Box<[u64]>>;
 /// A simulated node of a cluster of at most `N` nodes.
 pub type SimNode<const N: usize> =
-    Node<SharedStore, StdRng, ClusterArrays<N>, SimRing, 32, SimReplies>;
+    Node<SharedStore, StdRng, ClusterArrays<N>, SimRing, SimInFlight, SimReplies>;
 
 fn addr(port: u16) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port)
@@ -308,6 +316,11 @@ impl<const N: usize> Cluster<N> {
                     heads: vec![0; points].into_boxed_slice(),
                 },
                 peers: PeerArrays::new(),
+                in_flight: InFlightBuffers {
+                    slots: vec![InFlightSlot::EMPTY; IN_FLIGHT].into_boxed_slice(),
+                    index: vec![InFlightIndex::EMPTY; IN_FLIGHT].into_boxed_slice(),
+                },
+                queues: QueueArrays::new(),
             };
             self.builds[i] += 1;
             let rng = StdRng::seed_from_u64(

@@ -9,7 +9,8 @@ use core::net::{IpAddr, Ipv4Addr};
 
 use backend_embedded::{BindError, EmbeddedNode, Resources, SocketBuffers};
 use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
-use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeError, NodeStorage};
+use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeError, NodeStorage, QueueArrays};
+use dqe_core::portal::InFlightArrays;
 use dqe_core::replay::ReplyArrays;
 use dqe_core::ring::RingArrays;
 use dqe_core::store::{FixedStore, Slot, max_len_for};
@@ -92,31 +93,18 @@ pub type FwStore = FixedStore<&'static mut [Slot]>;
 pub type FwReplies = ReplyArrays<REPLY_CACHE>;
 /// The ring's points, held by value in the node (so in its static).
 pub type FwRing = RingArrays<RING_POINTS>;
+/// The portal's table of [`IN_FLIGHT`] requests, held by value in the node (so in its static).
+pub type FwInFlight = InFlightArrays<IN_FLIGHT>;
+/// The outgoing queues ([`PORTAL_QUEUE`] and [`STORER_QUEUE`] datagrams), held by value in
+/// the node (so in its static).
+pub type FwQueues = QueueArrays<PORTAL_QUEUE, STORER_QUEUE>;
 /// The node, with the board's RNG `R`.
-pub type FwNode<R> = Node<
-    FwStore,
-    R,
-    ClusterArrays<MAX_NODES>,
-    FwRing,
-    IN_FLIGHT,
-    FwReplies,
-    PORTAL_QUEUE,
-    STORER_QUEUE,
->;
+pub type FwNode<R> =
+    Node<FwStore, R, ClusterArrays<MAX_NODES>, FwRing, FwInFlight, FwReplies, FwQueues>;
 /// The node on its embassy-net sockets, with the board's RNG `R` and epoch source `E`: the one
 /// place (with [`FwNode`]) that names the node's type for every board.
-pub type FwBackend<R, E> = EmbeddedNode<
-    'static,
-    FwStore,
-    R,
-    E,
-    MAX_NODES,
-    FwRing,
-    IN_FLIGHT,
-    FwReplies,
-    PORTAL_QUEUE,
-    STORER_QUEUE,
->;
+pub type FwBackend<R, E> =
+    EmbeddedNode<'static, FwStore, R, E, MAX_NODES, FwRing, FwInFlight, FwReplies, FwQueues>;
 /// The cluster model at this firmware's node capacity.
 pub type FwCluster = ClusterSpec<MAX_NODES>;
 

@@ -18,7 +18,7 @@ use embassy_net::StackResources;
 use rand_core::RngCore;
 
 use crate::app::{
-    FwCluster, FwNode, FwReplies, FwRing, IN_FLIGHT, MAX_NODES, PORTAL_QUEUE, STACK_SOCKETS,
+    FwCluster, FwInFlight, FwNode, FwReplies, FwRing, MAX_NODES, PORTAL_QUEUE, STACK_SOCKETS,
     STORE_PAIRS, STORE_SLOTS, STORER_QUEUE, SocketResources,
 };
 
@@ -75,7 +75,7 @@ pub fn firmware_breakdown<R: RngCore>() -> MemoryBreakdown {
 pub fn breakdown<R: RngCore>(pairs: usize, slots: usize) -> MemoryBreakdown {
     let node = size_of::<FwNode<R>>();
     let ring = size_of::<Ring<FwRing>>();
-    let portal = size_of::<Portal<PeerArrays<MAX_NODES>, IN_FLIGHT, FwReplies>>();
+    let portal = size_of::<Portal<PeerArrays<MAX_NODES>, FwInFlight, FwReplies>>();
     let storer = size_of::<Storer<FwReplies>>();
     let cluster = size_of::<FwCluster>();
     let queues = (PORTAL_QUEUE + STORER_QUEUE) * dqe_core::node::QUEUED_DATAGRAM_BYTES;

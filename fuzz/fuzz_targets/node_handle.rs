@@ -23,7 +23,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use arbitrary::Arbitrary;
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{Key, Value, key_of, word_value};
-use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStats, NodeStorage, Port};
+use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStats, NodeStorage, Port, QueueArrays};
+use dqe_core::portal::InFlightArrays;
 use dqe_core::replay::ReplyArrays;
 use dqe_core::ring::RingArrays;
 use dqe_core::store::{FixedStore, Slot};
@@ -33,8 +34,15 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 /// Small queues, caches and store, so that Busy, Full and full queues are reached.
-type FuzzNode =
-    Node<FixedStore<Vec<Slot>>, StdRng, ClusterArrays<3>, RingArrays<48>, 4, ReplyArrays<4>, 8, 4>;
+type FuzzNode = Node<
+    FixedStore<Vec<Slot>>,
+    StdRng,
+    ClusterArrays<3>,
+    RingArrays<48>,
+    InFlightArrays<4>,
+    ReplyArrays<4>,
+    QueueArrays<8, 4>,
+>;
 
 const NODES: usize = 3;
 const CLIENTS: u16 = 3;

@@ -73,7 +73,7 @@
 //! the verdict follows the other nodes.
 //!
 //! # Costs
-//! Every event costs O(1) expected, whatever `F` and `N`: a reply finds its sub-request through
+//! Every event costs O(1) expected, whatever the table's size and `N`: a reply finds its sub-request through
 //! a hash index of sub-request ids (chained through the sub-requests), a client repeat is
 //! found in the reply cache or a hash index of the table by client and id, free slots sit on a
 //! stack, and requests sit on a list sorted by deadline (a new deadline is almost always the
@@ -115,7 +115,11 @@ use request::{Answer, Op, Phase, Request, SubRequest};
 pub use sets::{
     NodeList, PUTS_PER_TIMEOUT, PreferenceList, ReadSet, Sets, WriteSet, choose_sets, replacement,
 };
-use table::{NIL, NO_SLOT, UNINDEXED};
+pub use table::{
+    IN_FLIGHT_SLOT_BYTES, InFlightArrays, InFlightBuffers, InFlightIndex, InFlightSlot,
+    InFlightStorage, MAX_IN_FLIGHT,
+};
+use table::{NO_SLOT, UNINDEXED};
 
 /// Everything of the node a portal works with, borrowed for one event.
 pub(crate) struct Context<'a, S, R, G> {
@@ -220,57 +224,57 @@ impl<S: Store, R: RngCore, G: RingStorage> Context<'_, S, R, G> {
     }
 }
 
-/// The portal of one node: its table of requests in flight (`F` of them), the cache of `Set`
-/// verdicts (over the caller's slots `B`) and the failure detector (over the caller's
-/// per-node tables `P`).
+/// The portal of one node: its table of requests in flight (over the caller's slots `T`),
+/// the cache of `Set` verdicts (over the caller's slots `B`) and the failure detector (over
+/// the caller's per-node tables `P`).
 #[derive(Debug)]
-pub struct Portal<P, const F: usize, B> {
-    table: [Option<Request>; F],
-    /// Empty slots.
-    free: heapless::Vec<u16, F>,
-    /// Heads of the id index's chains: sub-request `(slot, i)` is `slot * MAX_PREFERENCE + i`.
-    buckets: [u32; F],
+pub struct Portal<P, T, B> {
+    /// The requests, and the free stack and both indexes' bucket heads (see
+    /// [`InFlightStorage`]).
+    table: T,
+    /// Free slots: the first `free` places of the free stack.
+    free: usize,
     /// The requests in the table, by deadline.
     first: u16,
     last: u16,
     /// Requests answered and lingering.
     lingering: usize,
-    /// Heads of the client index's chains (through `Request::next_client`), by client and id.
-    clients: [u16; F],
     /// Keys the client index's hash.
     seed: u64,
     replies: ReplyCache<B>,
     detector: FailureDetector<P>,
 }
 
-impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
-    /// An empty portal remembering `Set` verdicts in `slots`, its failure detector working in
-    /// `peers`; `seed` keys its hashes (draw it from the node's RNG).
-    pub fn new(config: &NodeConfig, slots: B, peers: P, seed: u64) -> Self {
-        const {
-            assert!(
-                F >= 1 && F < NO_SLOT as usize,
-                "a portal needs 1 <= F < 65535 slots"
-            )
-        };
-        Portal {
-            table: core::array::from_fn(|_| None),
-            // Cannot fail: exactly F slots; slot 0 on top.
-            free: (0..F as u16).rev().collect(),
-            buckets: [NIL; F],
+impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
+    /// An empty portal keeping its requests in `table` (1 to [`MAX_IN_FLIGHT`] slots, which
+    /// [`Node::new`](crate::node::Node::new) checks), remembering `Set` verdicts in `slots`,
+    /// its failure detector working in `peers`; `seed` keys its hashes (draw it from the
+    /// node's RNG).
+    pub(crate) fn new(config: &NodeConfig, table: T, slots: B, peers: P, seed: u64) -> Self {
+        debug_assert!((1..=MAX_IN_FLIGHT).contains(&table.parts().0.len()));
+        debug_assert_eq!(table.parts().0.len(), table.parts().1.len());
+        let mut portal = Portal {
+            table,
+            free: 0,
             first: NO_SLOT,
             last: NO_SLOT,
             lingering: 0,
-            clients: [NO_SLOT; F],
             seed,
             replies: ReplyCache::new(slots, config.retry_window, seed.rotate_left(32)),
             detector: FailureDetector::new(peers, config.detector_threshold, config.probe_interval),
-        }
+        };
+        portal.reset_table();
+        portal
+    }
+
+    /// How many client requests the table holds at most.
+    pub fn in_flight_capacity(&self) -> usize {
+        self.capacity()
     }
 
     /// Client requests not yet answered.
     pub fn in_flight(&self) -> usize {
-        F - self.free.len() - self.lingering
+        self.capacity() - self.free - self.lingering
     }
 
     /// How many nodes the failure detector's tables have room for.
@@ -327,7 +331,13 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         mark: u64,
         store: &mut S,
     ) -> usize {
-        for request in self.table.iter_mut().flatten() {
+        for request in self
+            .table
+            .parts_mut()
+            .0
+            .iter_mut()
+            .filter_map(|s| s.request.as_mut())
+        {
             if request.abandon_local(me, mark, store) && matches!(request.phase, Phase::Replying(_))
             {
                 // The verdict waiting for queue room may rest on the lost share: decide
@@ -408,7 +418,8 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
             self.refuse_busy(cx, from, env, len);
             return;
         };
-        let mut request = Request {
+        // Built in its slot: a request is large, so it is not built aside and then moved.
+        let request = self.table.parts_mut().0[slot].request.insert(Request {
             client: from,
             cluster: env.cluster,
             id: env.id,
@@ -429,7 +440,7 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
             next: NO_SLOT,
             client_bucket: client_bucket as u16,
             next_client: NO_SLOT,
-        };
+        });
         for &node in &sets.read {
             let in_write_set = sets.write.contains(&node);
             let op = if value.is_some() && in_write_set {
@@ -463,7 +474,6 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         let remote: heapless::Vec<usize, MAX_PREFERENCE> = (0..request.subs.len())
             .filter(|&i| request.subs[i].node != me)
             .collect();
-        self.table[slot] = Some(request);
         for i in remote {
             self.index(slot, i);
         }
@@ -506,7 +516,7 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         };
         let change = self.detector.record_answer(node);
         cx.note(change);
-        let Some(request) = self.table[slot].as_mut() else {
+        let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
             return;
         };
         match request.subs[i].answer {
@@ -529,21 +539,30 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         cx: &mut Context<'_, S, R, G>,
     ) {
         self.send_due_probes(cx);
-        // Take the due requests first: handling one may reschedule or drop others.
-        let mut due: heapless::Vec<u16, F> = heapless::Vec::new();
+        // Take the due requests first (a list through their slots' `due`, in deadline
+        // order): handling one may reschedule or drop others. No request enters the table
+        // meanwhile, so a slot on the list holds the request put on it or none.
         let mut at = self.first;
+        let mut due = NO_SLOT;
+        let mut tail = NO_SLOT;
         while let Some(request) = self.request(at) {
             if request.deadline > cx.now {
                 break;
             }
-            // Cannot fail: at most F requests.
-            let pushed = due.push(at);
-            debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
-            at = request.next;
+            let next = request.next;
+            let table = self.table.parts_mut().0;
+            table[usize::from(at)].due = NO_SLOT;
+            match table.get_mut(usize::from(tail)) {
+                Some(last) => last.due = at,
+                None => due = at,
+            }
+            tail = at;
+            at = next;
         }
-        for slot in due {
-            let slot = usize::from(slot);
-            let Some(request) = self.table[slot].as_ref() else {
+        while let Some(entry) = self.table.parts().0.get(usize::from(due)) {
+            let slot = usize::from(due);
+            due = entry.due;
+            let Some(request) = self.table.parts().0[slot].request.as_ref() else {
                 continue;
             };
             if request.deadline > cx.now {
@@ -567,7 +586,7 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         env: &Envelope,
         ask: ClientRequest,
     ) -> bool {
-        let mut at = self.clients[bucket];
+        let mut at = self.client_head(bucket);
         while let Some(r) = self.request(at) {
             if r.phase != Phase::Lingering && r.client == from && r.id == env.id && r.ask == ask {
                 return true;
@@ -616,7 +635,7 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
-        let Some(request) = self.table[slot].as_mut() else {
+        let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
             return;
         };
         if cx.outbox.room() < request.pending() + 1 {
@@ -668,8 +687,8 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         cx: &mut Context<'_, S, R, G>,
         node: NodeIndex,
     ) {
-        for slot in 0..F {
-            let Some(request) = self.table[slot].as_mut() else {
+        for slot in 0..self.capacity() {
+            let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
                 continue;
             };
             if request.phase != Phase::Collecting {
@@ -705,7 +724,7 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
-        let Some(request) = self.table[slot].as_ref() else {
+        let Some(request) = self.table.parts().0[slot].request.as_ref() else {
             return;
         };
         let ClientRequest::Set { key, value } = request.ask else {
@@ -715,14 +734,14 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         if request.phase != Phase::Collecting || timeouts == 0 {
             return;
         }
-        if let Some(request) = self.table[slot].as_mut() {
+        if let Some(request) = self.table.parts_mut().0[slot].request.as_mut() {
             request.replaced = request.replaced.saturating_add(timeouts as u8);
         }
         let preference: PreferenceList = cx.ring.preference(&key).collect();
         let mut sent = false;
         for _ in 0..PUTS_PER_TIMEOUT * timeouts {
             let detector = &self.detector;
-            let Some(request) = self.table[slot].as_mut() else {
+            let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
                 return;
             };
             let Some(node) = replacement(
@@ -759,7 +778,7 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
             }
             self.unindex(slot, i);
             let id = cx.rng.next_u64();
-            if let Some(request) = self.table[slot].as_mut() {
+            if let Some(request) = self.table.parts_mut().0[slot].request.as_mut() {
                 request.subs[i].id = id;
             }
             self.index(slot, i);
@@ -767,10 +786,13 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
             sent = true;
         }
         if sent {
-            if let Some(request) = self.table[slot].as_mut() {
+            if let Some(request) = self.table.parts_mut().0[slot].request.as_mut() {
                 request.attempt = 1;
             }
-            let deadline = self.table[slot].as_ref().map_or(cx.now, |r| r.deadline);
+            let deadline = self.table.parts().0[slot]
+                .request
+                .as_ref()
+                .map_or(cx.now, |r| r.deadline);
             self.set_deadline(
                 slot,
                 deadline.max(cx.now.saturating_add(cx.config.attempt_timeout)),
@@ -783,7 +805,7 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
-        if let Some(request) = self.table[slot].as_ref() {
+        if let Some(request) = self.table.parts().0[slot].request.as_ref() {
             for sub in request.subs.iter().filter(|s| s.answer == Answer::Pending) {
                 let change = self.detector.record_miss(sub.node, cx.now);
                 cx.note(change);
@@ -799,7 +821,7 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
-        let Some(request) = self.table[slot].as_mut() else {
+        let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
             return;
         };
         let verdict = match request.phase {
@@ -845,7 +867,10 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         if let Some(value) = request.found {
             deadline = self.repair(cx, slot, value, deadline);
         }
-        let done = self.table[slot].as_ref().is_none_or(|r| r.pending() == 0);
+        let done = self.table.parts().0[slot]
+            .request
+            .as_ref()
+            .is_none_or(|r| r.pending() == 0);
         if done {
             self.release(slot);
         } else {

@@ -3,7 +3,7 @@
 
 use rand_core::RngCore;
 
-use super::{Answer, Context, Op, Portal};
+use super::{Answer, Context, InFlightStorage, Op, Portal};
 use crate::Millis;
 use crate::detector::PeerStorage;
 use crate::hash::Value;
@@ -12,7 +12,7 @@ use crate::ring::RingStorage;
 use crate::store::Store;
 use crate::wire::{Body, Reply};
 
-impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
+impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
     /// Read repair: PUT `(k, v)` to every write-set node that answered `NotFound`, without
     /// waiting (the request only lingers until its current deadline to count the replies).
     /// Returns the request's deadline, pushed back if a repair went out.
@@ -23,11 +23,15 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
         value: Value,
         mut deadline: Millis,
     ) -> Millis {
-        let Some(count) = self.table[slot].as_ref().map(|r| r.subs.len()) else {
+        let Some(count) = self.table.parts().0[slot]
+            .request
+            .as_ref()
+            .map(|r| r.subs.len())
+        else {
             return deadline;
         };
         for i in 0..count {
-            let Some(request) = self.table[slot].as_mut() else {
+            let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
                 break;
             };
             let key = request.key();
@@ -55,13 +59,13 @@ impl<P: PeerStorage, const F: usize, B: ReplyStorage> Portal<P, F, B> {
             let node = sub.node;
             self.unindex(slot, i);
             let id = cx.rng.next_u64();
-            if let Some(request) = self.table[slot].as_mut() {
+            if let Some(request) = self.table.parts_mut().0[slot].request.as_mut() {
                 request.subs[i].id = id;
             }
             self.index(slot, i);
             // A value read from this node's store may rest on a write not yet durable: it
             // must not spread before that write is (see `forget_writes_after`).
-            let write = match self.table[slot].as_ref() {
+            let write = match self.table.parts().0[slot].request.as_ref() {
                 Some(r) if r.local_found(cx.me) => *cx.writes,
                 _ => 0,
             };

@@ -42,7 +42,7 @@ pub(super) enum Answer {
 }
 
 /// One GET or PUT of a client request, to one node of its preference list (16 bytes: a table
-/// holds `F` times [`MAX_PREFERENCE`] of them). Whether the node is in the write set is its
+/// slot holds [`MAX_PREFERENCE`] of them). Whether the node is in the write set is its
 /// place (the write set chosen at the start is the read set's prefix) or, for a node that
 /// took the place of a write-set node whose PUT timed out, its PUT.
 #[derive(Debug, Clone, Copy)]

@@ -25,7 +25,10 @@ use dqe_core::config::{ClusterSpec, NodeIndex, NodeSpec};
 use dqe_core::detector::Health;
 use dqe_core::detector::PeerArrays;
 use dqe_core::hash::{Key, Value, key_of, word_value};
-use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage, Port, ReplyCaches};
+use dqe_core::node::{
+    ClusterArrays, Node, NodeConfig, NodeStorage, Port, QueueArrays, ReplyCaches,
+};
+use dqe_core::portal::InFlightArrays;
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
 use dqe_core::store::{FixedStore, Slot, Store};
@@ -47,7 +50,7 @@ pub type SimReplies = ReplyBuffers<Box<[ReplySlot]>, Box<[u32]>>;
 /// A ring in boxed slices sized from the cluster, as a server lends it.
 pub type SimRing = RingBuffers<Box<[Point]>, Box<[u64]>>;
 pub type SimNode<const F: usize> =
-    Node<SimStore, StdRng, ClusterArrays<MAX_NODES>, SimRing, F, SimReplies>;
+    Node<SimStore, StdRng, ClusterArrays<MAX_NODES>, SimRing, InFlightArrays<F>, SimReplies>;
 
 /// Ring storage for `points` points.
 pub fn ring_buffers(points: usize) -> SimRing {
@@ -227,6 +230,8 @@ impl<const F: usize> Sim<F> {
                     replies: reply_caches(CACHE),
                     ring: ring_buffers(spec.nodes.len() * usize::from(spec.vnodes)),
                     peers: PeerArrays::new(),
+                    in_flight: InFlightArrays::new(),
+                    queues: QueueArrays::new(),
                 };
                 Node::new(spec.clone(), i as NodeIndex, store, rng, config, 1, storage).unwrap()
             })

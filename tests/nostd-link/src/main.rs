@@ -25,6 +25,7 @@ use backend_embedded::{EmbeddedNode, UniformResources};
 use dqe_core::client::{Client, ClientConfig, Entry, Event, Outcome};
 use dqe_core::config::{ClusterSpec, NodeSpec};
 use dqe_core::hash::{key_of, word_value};
+use dqe_core::portal::InFlightArrays;
 use dqe_core::node::{ClusterArrays, Node, NodeConfig, NodeStorage, Port};
 use dqe_core::replay::ReplyArrays;
 use dqe_core::ring::RingArrays;
@@ -202,7 +203,7 @@ const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 const CLIENT_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 const EPOCH: u32 = 20_000;
 
-type OneNode<S> = Node<S, XorShift, ClusterArrays<1>, RingArrays<16>, 4, ReplyArrays<8>>;
+type OneNode<S> = Node<S, XorShift, ClusterArrays<1>, RingArrays<16>, InFlightArrays<4>, ReplyArrays<8>>;
 
 fn one_node_cluster() -> ClusterSpec<1> {
     let at = |port| SocketAddr::V4(SocketAddrV4::new(NODE_IP, port));
