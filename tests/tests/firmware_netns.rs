@@ -45,6 +45,32 @@ fn start_firmware(ns: &Netns, dir: &Path, config: &Path, name: &str, capacity: u
     netns::start_firmware(ns, dir, config, name, BOARD_IP, capacity)
 }
 
+/// A cluster of the board `fw` and enforcers `e1`, `e2` (r = 2, in that order in the file),
+/// started in `dir` and answering on every portal: the board's, e1's and e2's processes and a
+/// client in the namespace.
+fn board_and_two_enforcers(
+    ns: &Netns,
+    dir: &Path,
+    fw: [SocketAddr; 3],
+    e1: [SocketAddr; 3],
+    e2: [SocketAddr; 3],
+) -> (Proc, Proc, Proc, Client) {
+    let config = dir.join("cluster.toml");
+    std::fs::write(
+        &config,
+        cluster_toml(2, &[("fw", fw), ("e1", e1), ("e2", e2)]),
+    )
+    .unwrap();
+    let mut e1p = start_enforcer(ns, dir, &config, "e1");
+    let mut e2p = start_enforcer(ns, dir, &config, "e2");
+    let mut fwp = start_firmware(ns, dir, &config, "fw", 1024);
+    let c = Client::new(ns);
+    for portal in [fw[0], e1[0], e2[0]] {
+        c.wait_ready(portal, &mut [&mut fwp, &mut e1p, &mut e2p]);
+    }
+    (fwp, e1p, e2p, c)
+}
+
 /// The pair of word `i` of a test: `v = SHA1(word)`, `k = SHA1(v)`.
 fn pair(test: &str, i: usize) -> (Key, Value) {
     dqe_tests::pair(&format!("{test}-{i}"))
@@ -996,19 +1022,7 @@ fn a_server_peer_that_leaves_the_network_does_not_stop_the_board() {
     let fw = addrs(BOARD_IP, 7541);
     let e1 = addrs(HOST_IP, 7551);
     let e2 = addrs(e2_ip, 7561);
-    let config = dir.path().join("cluster.toml");
-    std::fs::write(
-        &config,
-        cluster_toml(2, &[("fw", fw), ("e1", e1), ("e2", e2)]),
-    )
-    .unwrap();
-    let mut e1p = start_enforcer(&ns, dir.path(), &config, "e1");
-    let mut e2p = start_enforcer(&ns, dir.path(), &config, "e2");
-    let mut fwp = start_firmware(&ns, dir.path(), &config, "fw", 1024);
-    let c = Client::new(&ns);
-    for portal in [fw[0], e1[0], e2[0]] {
-        c.wait_ready(portal, &mut [&mut fwp, &mut e1p, &mut e2p]);
-    }
+    let (mut fwp, mut e1p, mut e2p, c) = board_and_two_enforcers(&ns, dir.path(), fw, e1, e2);
     let before: Vec<(Key, Value)> = (0..8).map(|i| pair(test, i)).collect();
     c.set_round_robin(&before, &[fw[0], e1[0], e2[0]], "");
     // e2 leaves: killed, its address removed. The board's ARP entry for it lapses after 60 s,
@@ -1081,19 +1095,7 @@ fn the_board_logs_a_peer_going_down_and_coming_back_once_each() {
     let e1 = addrs(HOST_IP, 7651);
     let e2 = addrs(HOST_IP, 7661);
     let (e1_index, e2_index) = (1, 2);
-    let config = dir.path().join("cluster.toml");
-    std::fs::write(
-        &config,
-        cluster_toml(2, &[("fw", fw), ("e1", e1), ("e2", e2)]),
-    )
-    .unwrap();
-    let mut e1p = start_enforcer(&ns, dir.path(), &config, "e1");
-    let mut e2p = start_enforcer(&ns, dir.path(), &config, "e2");
-    let mut fwp = start_firmware(&ns, dir.path(), &config, "fw", 1024);
-    let c = Client::new(&ns);
-    for portal in [fw[0], e1[0], e2[0]] {
-        c.wait_ready(portal, &mut [&mut fwp, &mut e1p, &mut e2p]);
-    }
+    let (mut fwp, mut e1p, _e2p, c) = board_and_two_enforcers(&ns, dir.path(), fw, e1, e2);
     let started = Instant::now();
     assert_eq!(peer_lines(&fwp.log, e1_index), Vec::<String>::new());
 
@@ -1127,7 +1129,7 @@ fn the_board_logs_a_peer_going_down_and_coming_back_once_each() {
 
     // e1 comes back (same data); the board's probes find it, and it says so once, at INFO
     // (at most one line per peer per 10 s: the line may wait for that).
-    let mut e1p = start_enforcer(&ns, dir.path(), &config, "e1");
+    let mut e1p = start_enforcer(&ns, dir.path(), &dir.path().join("cluster.toml"), "e1");
     let lines = wait_peer_line(&mut fwp, e1_index, "back up", Duration::from_secs(30));
     e1p.assert_running();
     assert_eq!(lines.len(), 2, "one line per transition: {lines:?}");
