@@ -15,7 +15,9 @@
 //!    store's pending records go to a blocking thread in one batch (write + fdatasync), cut at
 //!    the node's write mark; the loop keeps reading meanwhile (in mode `always` the records that
 //!    arrive during that sync go to a second batch at once, see `durable/commit.rs`; batches
-//!    are taken back in the order they were cut), and when the batch is durable
+//!    are taken back in the order they were cut; in modes `interval` and `never` a batch that
+//!    needs no fsync is written by the loop itself, see `Server::write_in_place`), and when
+//!    the batch is durable
 //!    the node is told (`Node::writes_durable`) and every held transmit up to that mark is
 //!    sent, in the order the node gave them. So no reply that depends on a write (`Stored`,
 //!    or a `Found` read after it) leaves before that write is on disk, one fsync covers many
@@ -419,6 +421,7 @@ impl Server {
             while self.syncs.front().is_some_and(|(h, _)| h.is_finished()) {
                 self.finish_sync().await;
             }
+            self.write_in_place();
             self.start_sync();
             self.flush().await;
             if got > 0 {
@@ -627,6 +630,24 @@ impl Server {
                 debug!(to = %h.to, error = %e, "send failed");
                 self.metrics.dropped(DropReason::SendFailed);
             }
+        }
+    }
+
+    /// Modes `interval` and `never`: write the pending records to their segments here, on
+    /// the loop's thread, when that is all they need (no fsync due, no preallocation, no
+    /// batch running: `durable/in_place.rs`); a `pwrite` to the page cache costs less than
+    /// the hand-off to a group-commit thread and back. Their replies can leave in this
+    /// iteration's flush.
+    fn write_in_place(&mut self) {
+        let mark = self.node.write_mark();
+        let Some(batch) = self.node.store_mut().take_write_in_place() else {
+            return;
+        };
+        if self.node.store_mut().finish(batch.run()) {
+            self.node.writes_durable(mark);
+        } else {
+            self.abandon();
+            self.export();
         }
     }
 

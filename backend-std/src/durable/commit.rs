@@ -205,7 +205,7 @@ impl DurableStore {
     }
 
     /// The next batch; `sync_now`: in mode `Interval`, fsync what was written before too.
-    fn cut(&mut self, sync_now: bool) -> Option<SyncBatch> {
+    pub(super) fn cut(&mut self, sync_now: bool) -> Option<SyncBatch> {
         if self.in_flight.len() >= self.max_in_flight()
             || (!self.in_flight.is_empty() && (self.pending.is_empty() || !self.pending_is_plain()))
         {

@@ -877,3 +877,69 @@ fn expired_pairs_are_not_read_and_puts_before_the_oldest_epoch_are_refused() {
     assert!(!segment_path(dir.path(), 1).exists());
     assert_eq!(s.put(&k, &v, 2), PutOutcome::Stored);
 }
+
+/// Issue 10: in modes `interval` and `never`, a batch that needs only its write is handed
+/// back to run on the caller's thread (the event loop); anything that could block longer (an
+/// fsync, preallocation, a batch still running on a thread, mode `always`) is not.
+#[test]
+fn a_batch_that_needs_only_its_write_runs_in_place_and_nothing_else_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = DurableOptions::new(dir.path());
+    opts.sync_mode = SyncMode::Interval;
+    opts.sync_interval = std::time::Duration::from_secs(3600);
+    let (mut s, _) = DurableStore::open(opts, 1).unwrap();
+    let put = |s: &mut DurableStore, i: u32| {
+        let (k, v) = pair(i);
+        assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+    };
+    let run = |s: &mut DurableStore, batch: SyncBatch| {
+        let done = batch.run();
+        assert!(done.is_ok());
+        assert!(s.finish(done));
+    };
+    assert!(s.take_write_in_place().is_none(), "nothing pending");
+    put(&mut s, 1);
+    assert!(
+        s.take_write_in_place().is_none(),
+        "a new segment's first batch preallocates: a thread's work"
+    );
+    let first = s.take_batch().unwrap();
+    assert!(first.writes[0].extend > 0);
+    put(&mut s, 2);
+    assert!(
+        s.take_write_in_place().is_none(),
+        "batches finish in cut order: none in place while one runs"
+    );
+    run(&mut s, first);
+    let in_place = s.take_write_in_place().expect("a plain write");
+    assert!(!in_place.fsync);
+    assert!(in_place.writes.iter().all(|w| w.extend == 0));
+    run(&mut s, in_place);
+    assert!(!s.has_unsynced(), "written: its reply may leave");
+    assert!(s.unsynced_since().is_some(), "still waiting for its fsync");
+    let mut record = [0u8; RECORD_BYTES];
+    File::open(segment_path(dir.path(), 1))
+        .unwrap()
+        .read_exact_at(&mut record, (MAGIC.len() + RECORD_BYTES) as u64)
+        .unwrap();
+    assert_eq!(
+        record,
+        encode_record(&pair(2).1, 1),
+        "the record is in the file"
+    );
+
+    // Once the interval is up, the batch fsyncs: on a thread.
+    s.opts.sync_interval = std::time::Duration::ZERO;
+    put(&mut s, 3);
+    assert!(s.take_write_in_place().is_none(), "an fsync is due");
+    let synced = s.take_batch().unwrap();
+    assert!(synced.fsync);
+    run(&mut s, synced);
+
+    s.opts.sync_mode = SyncMode::Always;
+    put(&mut s, 4);
+    assert!(
+        s.take_write_in_place().is_none(),
+        "`always` fsyncs every batch"
+    );
+}
