@@ -6,7 +6,7 @@
 #   - system calls, context switches and task-clock per request (perf stat on the node);
 #   - thread wake-ups of the node's group-commit threads (context switches of threads other
 #     than the loop's);
-#   - with CALLGRIND=1, user-space instructions per request under callgrind (slow: about
+#   - with CALLGRIND=1 (NATIVE=0: only this), user-space instructions per request under callgrind (slow: about
 #     a minute a line), counters zeroed after a warm-up and dumped after the counted run.
 # Build first: cargo build --release -p backend-std --bins --examples
 # ENFORCER=path overrides the enforcer binary (before/after); COUNT=N requests a line.
@@ -61,6 +61,7 @@ measure() {
     }' "$D/perf"
 }
 date -u; uptime
+if [ "${NATIVE:-1}" = 1 ]; then
 $N 127.0.0.1:$PORT --batch 2>/dev/null & NP=$!
 sleep 0.5
 for mode in test set mix; do measure "null $mode" $NP null_node --target 127.0.0.1:$PORT --mode $mode; done
@@ -74,6 +75,7 @@ for policy in never interval always; do
   done
   kill -INT $NP; wait $NP
 done
+fi
 if [ "${CALLGRIND:-0}" = 1 ]; then
   # User-space instructions per request: one client thread, a small window (the node runs
   # ~50x slower under valgrind), counters zeroed after a warm-up.

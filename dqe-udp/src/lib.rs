@@ -97,20 +97,23 @@ pub fn send(socket: &impl AsFd, msgs: &[(&[u8], SocketAddr)]) -> io::Result<usiz
     if msgs.is_empty() {
         return Ok(0);
     }
-    let addrs: heapless::Vec<SocketAddrAny, MAX_BATCH> = msgs
-        .iter()
-        .map(|(_, to)| SocketAddrAny::from(*to))
-        .collect();
-    let iovs: heapless::Vec<[IoSlice<'_>; 1], MAX_BATCH> =
-        msgs.iter().map(|(b, _)| [IoSlice::new(b)]).collect();
-    let mut controls: [SendAncillaryBuffer<'_, '_, '_>; MAX_BATCH] =
-        std::array::from_fn(|_| SendAncillaryBuffer::default());
-    let mut headers: heapless::Vec<MMsgHdr<'_>, MAX_BATCH> = addrs
-        .iter()
-        .zip(&iovs)
-        .zip(controls.iter_mut())
-        .map(|((addr, iov), control)| MMsgHdr::new_with_addr(addr, iov, control))
-        .collect();
+    // Filled in place, only as far as `msgs` goes: collecting into these arrays (14 KB for a
+    // full batch) built each aside and moved it, and the control buffers were made for all
+    // MAX_BATCH slots; that copying was ~1,100 instructions per request in dqe-enforcer
+    // (callgrind, docs/BENCHMARKS.md "Issue 10: where a SET's time goes").
+    let mut addrs = heapless::Vec::<SocketAddrAny, MAX_BATCH>::new();
+    let mut iovs = heapless::Vec::<[IoSlice<'_>; 1], MAX_BATCH>::new();
+    let mut controls = heapless::Vec::<SendAncillaryBuffer<'_, '_, '_>, MAX_BATCH>::new();
+    for (bytes, to) in msgs {
+        // `msgs` holds at most MAX_BATCH: no push fails.
+        let _ = addrs.push(SocketAddrAny::from(*to));
+        let _ = iovs.push([IoSlice::new(bytes)]);
+        let _ = controls.push(SendAncillaryBuffer::default());
+    }
+    let mut headers = heapless::Vec::<MMsgHdr<'_>, MAX_BATCH>::new();
+    for ((addr, iov), control) in addrs.iter().zip(&iovs).zip(controls.iter_mut()) {
+        let _ = headers.push(MMsgHdr::new_with_addr(addr, iov, control));
+    }
     sendmmsg(socket, &mut headers, SendFlags::DONTWAIT).map_err(io::Error::from)
 }
 
