@@ -5,7 +5,9 @@
 # system calls per answered request of the enforcer (perf stat on raw_syscalls:sys_enter)
 # and the load average next to every figure. Build first:
 #   cargo build --release -p backend-std --bins --examples
-# ENFORCER=path overrides the enforcer binary (e.g. an older build, for before/after).
+# ENFORCER=path overrides the enforcer binary; BEFORE=path runs a second one beside it (A/B).
+# Ends with the ratios of issue 10's targets: each enforcer rate over the mean of the null
+# node's rates (batched, and plain) for the same load, measured before and after it.
 set -u
 cd "$(dirname "$0")/../.."
 S=${SECONDS_EACH:-5}
@@ -13,10 +15,14 @@ T=${THREADS:-2}
 B=target/release/examples/loopback_bench
 E=${ENFORCER:-target/release/dqe-enforcer}
 load() { cut -d' ' -f1-3 /proc/loadavg; }
+declare -A RATE
 run() {
   local label=$1; shift
   echo "### $label [load $(load)]"
-  $B --threads "$T" "$@" 2>&1 | tail -1
+  local out
+  out=$($B --threads "$T" "$@" 2>&1 | tail -1)
+  echo "$out"
+  RATE[$label]="${RATE[$label]:-} $(echo "$out" | sed -n 's/.*rate=\([0-9]*\).*/\1/p')"
 }
 date -u; uptime
 D=$(mktemp -d -p "${DATA_PARENT:-/work}")
@@ -32,23 +38,54 @@ nulls() {
 }
 # The null nodes before and after the enforcer runs: the load of other work drifts.
 nulls
-for policy in interval always; do
-  rm -rf "$D/data"
-  RUST_LOG=warn $E --dev --port-base 9101 --data-dir "$D/data" --fsync $policy & NP=$!
-  sleep 1
-  for mode in mix test; do
-    if command -v perf >/dev/null; then
-      perf stat -e raw_syscalls:sys_enter -p $NP -o "$D/perf" -- sleep "$S" 2>/dev/null & PS=$!
-    fi
-    run "enforcer --fsync $policy $mode" --target 127.0.0.1:9101 --mode $mode --window 32 --seconds "$S" --prefix $policy-$mode-
-    if [ -n "${PS:-}" ]; then
-      wait $PS
-      echo "enforcer system calls in ${S}s: $(awk '/raw_syscalls/ {print $1}' "$D/perf")"
-      PS=
-    fi
+# BEFORE=path: also run that enforcer binary, alternating with the other one, and print
+# its ratios too (A/B in one run).
+enforcers() {
+  for policy in interval always; do
+    for who in ${BEFORE:+before} enforcer; do
+      local bin=$E
+      [ "$who" = before ] && bin=$BEFORE
+      rm -rf "$D/data"
+      RUST_LOG=warn $bin --dev --port-base 9101 --data-dir "$D/data" --fsync $policy & NP=$!
+      sleep 1
+      for mode in mix test; do
+        if command -v perf >/dev/null; then
+          perf stat -e raw_syscalls:sys_enter -p $NP -o "$D/perf" -- sleep "$S" 2>/dev/null & PS=$!
+        fi
+        run "$who --fsync $policy $mode" --target 127.0.0.1:9101 --mode $mode --window 32 --seconds "$S" --prefix $policy-$mode-
+        if [ -n "${PS:-}" ]; then
+          wait $PS
+          echo "$who system calls in ${S}s: $(awk '/raw_syscalls/ {print $1}' "$D/perf")"
+          PS=
+        fi
+      done
+      kill -INT $NP; wait $NP
+    done
   done
-  kill -INT $NP; wait $NP
-done
+}
+enforcers
 nulls
 rm -rf "$D"
+mean() { echo "$1" | awk '{s = 0; for (i = 1; i <= NF; i++) s += $i; if (NF) printf "%.0f", s / NF}'; }
+echo "### ratios (enforcer rate / mean null rate, same load)"
+printf "%-24s %12s %16s %14s  %s\n" load enforcer/s "vs batched null" "vs plain null" target
+for who in ${BEFORE:+before} enforcer; do
+  for policy in interval always; do
+    for mode in mix test; do
+      e=$(mean "${RATE[$who --fsync $policy $mode]:-}")
+      nb=$(mean "${RATE[null-batch $mode]:-}")
+      np=$(mean "${RATE[null-plain $mode]:-}")
+      target=""
+      case $policy-$mode in
+        interval-mix) target="0.8" ;;
+        always-mix) target="0.6" ;;
+        *-test) target="0.9" ;;
+      esac
+      awk -v l="$who $policy $mode" -v e="${e:-0}" -v nb="${nb:-0}" -v np="${np:-0}" -v t="$target" 'BEGIN {
+        rb = nb > 0 ? e / nb : 0; rp = np > 0 ? e / np : 0
+        printf "%-24s %12d %16.2f %14.2f  %s%s\n", l, e, rb, rp, t, (t == "" ? "" : (rb >= t ? ": met" : ": not met"))
+      }'
+    done
+  done
+done
 uptime

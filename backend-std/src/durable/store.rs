@@ -121,6 +121,11 @@ pub(super) struct Segment {
     pub(super) unwritten_from: u64,
 }
 
+/// Bytes a segment's pending records start with room for (64 records): each group commit
+/// takes the buffer, and growing a new one from empty by a record at a time cost about 300
+/// instructions per SET in reallocations (callgrind, issue 10).
+const PENDING_CAPACITY: usize = 64 * RECORD_BYTES;
+
 /// The offset of record number `record` in a segment.
 pub(super) fn record_offset(record: u32) -> u64 {
     MAGIC.len() as u64 + u64::from(record) * RECORD_BYTES as u64
@@ -585,7 +590,7 @@ impl Store for DurableStore {
                 seg.next_at += RECORD_BYTES as u64;
                 self.pending
                     .entry(epoch)
-                    .or_default()
+                    .or_insert_with(|| Vec::with_capacity(PENDING_CAPACITY))
                     .extend_from_slice(&encode_record(value, epoch));
                 self.pending_bytes += RECORD_BYTES;
                 self.written += 1;
