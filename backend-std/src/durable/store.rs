@@ -122,7 +122,7 @@ pub(super) struct Segment {
 }
 
 /// Bytes a segment's pending records start with room for (64 records): each group commit
-/// takes the buffer, and growing a new one from empty by a record at a time cost about 300
+/// takes the buffer, and growing a new one from empty by a record at a time cost about 100
 /// instructions per SET in reallocations (callgrind, issue 10).
 const PENDING_CAPACITY: usize = 64 * RECORD_BYTES;
 
