@@ -60,6 +60,10 @@ struct NodeWork {
     answered: f64,
     /// Get/Put the portal sent again after a timeout.
     retries: f64,
+    /// Client replies the node timed (verdicts and refusals), and their summed time from the
+    /// request's arrival to the reply's send, seconds: the time a request spends in the node.
+    replies_timed: f64,
+    reply_seconds_sum: f64,
     /// Datagrams the kernel dropped on the portal socket (its buffer was full).
     kernel_drops_portal: u64,
     /// ... on the storer and source sockets.
@@ -100,6 +104,12 @@ impl NodeWork {
                         .any(|o| l.contains(&format!("outcome=\"{o}\"")))
             });
             w.retries = s.get("dqe_node_retries_total").unwrap_or(0.0);
+            w.replies_timed = s
+                .get("dqe_client_request_duration_seconds_count")
+                .unwrap_or(0.0);
+            w.reply_seconds_sum = s
+                .get("dqe_client_request_duration_seconds_sum")
+                .unwrap_or(0.0);
         }
         w
     }
@@ -115,6 +125,8 @@ impl NodeWork {
             refused_busy: self.refused_busy - before.refused_busy,
             answered: self.answered - before.answered,
             retries: self.retries - before.retries,
+            replies_timed: self.replies_timed - before.replies_timed,
+            reply_seconds_sum: self.reply_seconds_sum - before.reply_seconds_sum,
             kernel_drops_portal: self
                 .kernel_drops_portal
                 .saturating_sub(before.kernel_drops_portal),
@@ -142,12 +154,14 @@ struct WorkJson<'a> {
     #[serde(flatten)]
     work: &'a Work,
     answered_per_node_cpu_second: Option<f64>,
+    mean_reply_ms: Option<f64>,
 }
 
 fn work_json(w: &Work) -> WorkJson<'_> {
     WorkJson {
         work: w,
         answered_per_node_cpu_second: w.answered_per_node_cpu_second(),
+        mean_reply_ms: w.mean_reply_ms(),
     }
 }
 
@@ -157,6 +171,11 @@ impl Work {
     fn answered_per_node_cpu_second(&self) -> Option<f64> {
         let cpu = self.nodes_cpu_seconds();
         (cpu > 0.0).then(|| self.total(|n| n.answered) / cpu)
+    }
+    /// Mean time a client request spent in a node, arrival to reply, ms.
+    fn mean_reply_ms(&self) -> Option<f64> {
+        let n = self.total(|n| n.replies_timed);
+        (n > 0.0).then(|| 1e3 * self.total(|n| n.reply_seconds_sum) / n)
     }
     fn nodes_cpu_seconds(&self) -> f64 {
         self.nodes.iter().map(|n| n.cpu_seconds).sum()
@@ -504,6 +523,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                     fmt_opt(s.work.answered_per_node_cpu_second(), 0),
                     fmt_opt(s.cpu_normalized_ratio, 2)
                 ),
+                fmt_opt(s.work.mean_reply_ms(), 1),
                 format!("{:.0}", s.work.total(|n| n.refused_busy)),
                 format!(
                     "{:.0} / {:.0}",
@@ -538,6 +558,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 "held",
                 "CPU s nodes / client",
                 "answered per node CPU s (/peak's)",
+                "ms in node",
                 "Busy sent",
                 "kernel drops portal / peer",
             ],
@@ -546,11 +567,12 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
     );
     if let Some(w) = &peak_work {
         println!(
-            "at the peak: nodes {:.1} CPU s / client {:.1} CPU s in {:.1} s, {} answered per node CPU s",
+            "at the peak: nodes {:.1} CPU s / client {:.1} CPU s in {:.1} s, {} answered per node CPU s, {} ms in node",
             w.nodes_cpu_seconds(),
             w.client_cpu_seconds,
             w.wall_seconds,
-            fmt_opt(w.answered_per_node_cpu_second(), 0)
+            fmt_opt(w.answered_per_node_cpu_second(), 0),
+            fmt_opt(w.mean_reply_ms(), 1)
         );
     }
     let load_avg = ramp::load_average();
