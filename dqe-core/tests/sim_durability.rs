@@ -557,6 +557,76 @@ type Tight = Node<
 >;
 
 #[test]
+fn a_verdict_deferred_again_for_queue_room_stays_due_from_when_it_was_first_due() {
+    // Node 0 of `three()` (peers answered by hand), a portal queue of 4 datagrams.
+    let config = NodeConfig::default();
+    let rng = StdRng::seed_from_u64(7);
+    let mut node: Tight = Node::new(
+        three(),
+        0,
+        Journaled::default(),
+        rng,
+        config,
+        1,
+        NodeStorage::default(),
+    )
+    .unwrap();
+    let tag = node.cluster_tag();
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let client = |id: u64, body: Body| encode(&Envelope::new(tag, id, body));
+    node.handle(
+        0,
+        Port::Portal,
+        client_addr(0),
+        &client(1, set_body("due a")),
+    );
+    let mut puts = Vec::new();
+    while let Some(t) = node.poll_transmit(&mut buf) {
+        puts.push((t.to, wire::decode(&buf[..t.len]).unwrap().id));
+    }
+    // Fill the queue (a second Set's two PUTs, two Busy refusals) and never drain it.
+    node.handle(
+        0,
+        Port::Portal,
+        client_addr(1),
+        &client(2, set_body("due b")),
+    );
+    for id in [3, 4] {
+        node.handle(
+            0,
+            Port::Portal,
+            client_addr(2),
+            &client(id, set_body("due c")),
+        );
+    }
+    let stored = Envelope::new(tag, 0, Body::Stored);
+    for (to, id) in puts {
+        let reply = encode(&Envelope { id, ..stored });
+        node.handle(1, Port::Source, to, &reply);
+    }
+    // The first Set's verdict waits for room, due at once (1 ms).
+    assert_eq!(node.stats().deferred_timeouts, 1);
+    assert_eq!(node.poll_timeout(), Some(1));
+    // Still no room at 500: it is deferred again and stays due from 1 ms, ahead of the second
+    // Set's expired attempt (due at 250), instead of being moved behind every request due
+    // until 500 (a walk of the deadline list per deferral).
+    node.handle_timeout(500);
+    assert!(node.stats().deferred_timeouts >= 2);
+    assert_eq!(node.poll_timeout(), Some(1));
+    // Drained, it is answered `Stored`.
+    let mut verdicts = Vec::new();
+    for now in [501, 750, 1_000] {
+        while let Some(t) = node.poll_transmit(&mut buf) {
+            if t.to == client_addr(0) {
+                verdicts.push(wire::decode(&buf[..t.len]).unwrap().body);
+            }
+        }
+        node.handle_timeout(now);
+    }
+    assert_eq!(verdicts, [Body::Stored]);
+}
+
+#[test]
 fn a_verdict_waiting_for_queue_room_is_decided_again_after_its_local_write_is_lost() {
     // Node 0 of `three()` (peers answered by hand), a portal queue of 4 datagrams.
     let config = NodeConfig::default();
