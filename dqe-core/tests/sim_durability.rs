@@ -627,6 +627,49 @@ fn a_verdict_deferred_again_for_queue_room_stays_due_from_when_it_was_first_due(
 }
 
 #[test]
+fn a_verdict_for_an_overdue_request_lingers_due_from_its_attempts_end() {
+    // Node 0 of `three()`: a Test reads from both peers; one answers `Found` after the
+    // attempt's end (250 ms) but before the node handled that timeout.
+    let config = NodeConfig::default();
+    let mut node: Tight = Node::new(
+        three(),
+        0,
+        Journaled::default(),
+        StdRng::seed_from_u64(8),
+        config,
+        1,
+        NodeStorage::default(),
+    )
+    .unwrap();
+    let tag = node.cluster_tag();
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let (key, value) = word("overdue");
+    let ask = encode(&Envelope::new(tag, 1, Body::Test { key }));
+    node.handle(0, Port::Portal, client_addr(0), &ask);
+    let mut gets = Vec::new();
+    while let Some(t) = node.poll_transmit(&mut buf) {
+        gets.push((t.to, wire::decode(&buf[..t.len]).unwrap().id));
+    }
+    assert_eq!(gets.len(), 2, "a GET to each peer");
+    assert_eq!(node.poll_timeout(), Some(config.attempt_timeout));
+    let (to, id) = gets[0];
+    let found = encode(&Envelope::new(tag, id, Body::Found { value }));
+    node.handle(300, Port::Source, to, &found);
+    let mut answers = Vec::new();
+    while let Some(t) = node.poll_transmit(&mut buf) {
+        answers.push(wire::decode(&buf[..t.len]).unwrap().body);
+    }
+    assert_eq!(answers, [Body::Found { value }]);
+    // Answered, it lingers for the other peer until its attempt's end, which has passed: it
+    // stays due from then (not moved to 300, behind everything due until 300).
+    assert_eq!(node.in_flight(), 0);
+    assert_eq!(node.poll_timeout(), Some(config.attempt_timeout));
+    node.handle_timeout(300);
+    while node.poll_transmit(&mut buf).is_some() {}
+    assert_eq!(node.poll_timeout(), None, "the lingering request ended");
+}
+
+#[test]
 fn a_verdict_waiting_for_queue_room_is_decided_again_after_its_local_write_is_lost() {
     // Node 0 of `three()` (peers answered by hand), a portal queue of 4 datagrams.
     let config = NodeConfig::default();

@@ -863,7 +863,9 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             }
             request.phase = Phase::Lingering;
             self.lingering += 1;
-            deadline = deadline.max(cx.now);
+            // It lingers until its current attempt ends; an attempt already over leaves it
+            // due at once where it is (moving it to `now` walked the deadline list past every
+            // request due later: a verdict for an overdue request is common under overload).
         }
         if request.phase != Phase::Lingering {
             return;
