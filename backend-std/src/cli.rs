@@ -85,7 +85,7 @@ pub struct Cli {
     pub write_rate: u32,
 
     /// Client requests the portal works on at once (its in-flight table, about 800 bytes a
-    /// request); more are refused Busy.
+    /// request); while it is full, new requests wait unread in the portal socket's buffer.
     #[arg(long, value_name = "REQUESTS", default_value_t = DEFAULT_IN_FLIGHT,
           value_parser = clap::value_parser!(u16)
               .range(1..=dqe_core::portal::MAX_IN_FLIGHT as i64))]

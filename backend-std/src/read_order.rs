@@ -11,9 +11,16 @@
 //! anyway, so a peer flooding the storer port delays new client work by at most that many
 //! rounds (`MAX_PORTAL_DEFERRALS` × 2 batches of admitted datagrams) and never starves it.
 //!
+//! How much of the portal socket a round reads is the loop's (`server.rs`, `portal_room`):
+//! with the priority, no more datagrams than the in-flight table has free slots, none while
+//! it is full. A node that read every excess request only to refuse it `Busy` spent its CPU on
+//! refusals while admitted work waited (receive livelock); left unread, the excess waits in
+//! the kernel's socket buffer or is dropped there, and the clients resend.
+//!
 //! [`ReadPolicy::PortalFirst`] (the hidden `--no-priority`, for `dqe lab overload` only) is
 //! the same order reversed and without the condition: every round reads the portal, then the
-//! storer, then the source socket, each up to a batch.
+//! storer, then the source socket, each up to a batch (the portal's whole batch even when the
+//! table is full: what does not fit is refused `Busy`).
 //!
 //! The order is a small state machine ([`Round`]) so that it can be tested without sockets.
 

@@ -4,8 +4,10 @@
 //!
 //! 1. Read a bounded batch, storer socket first, then the source socket (replies to our own
 //!    fan-out), with one `recvmmsg` per batch that does not wait ([`crate::batch_io`]); then, only if both were emptied, send
-//!    what the node queued and read a batch from the portal socket (new client work). So work
-//!    admitted somewhere in the cluster finishes before new work is taken; a flooded storer
+//!    what the node queued and read a batch from the portal socket (new client work), no
+//!    larger than the free slots of the node's in-flight table. So work admitted somewhere in
+//!    the cluster finishes before new work is taken, and a full table leaves new requests in
+//!    the kernel's buffer rather than spending the loop on refusing them; a flooded storer
 //!    port delays the portal by a bounded number of rounds (see [`crate::read_order`]).
 //! 2. Hand each datagram to the node and drain its transmits at once (the core's outgoing
 //!    queues are small and bounded; it answers `Busy` rather than queueing more).
@@ -458,7 +460,7 @@ impl Server {
                 .chain(Some(self.next_housekeeping))
                 .min()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-            let read_portal = room && stopping.is_none();
+            let read_portal = room && stopping.is_none() && self.portal_room() > 0;
             let woke = {
                 // The oldest group commit: the replies wait on it first.
                 let sync = self.syncs.front_mut();
@@ -502,7 +504,13 @@ impl Server {
     /// given the epoch of that moment. A batch takes well under a millisecond, so a reply's
     /// latency is over-counted and an epoch change seen late by at most that.
     fn read_batch(&mut self, port: Port) -> usize {
-        let room = MAX_HELD.saturating_sub(self.held.len());
+        let mut room = MAX_HELD.saturating_sub(self.held.len());
+        if port == Port::Portal {
+            room = room.min(self.portal_room());
+        }
+        if room == 0 {
+            return 0;
+        }
         let socket = match port {
             Port::Portal => &self.portal,
             Port::Storer => &self.storer,
@@ -534,6 +542,22 @@ impl Server {
             self.collect(at_ms);
         }
         got
+    }
+
+    /// Client datagrams the portal socket may be read for now. With the priority
+    /// ([`ReadPolicy::StorerFirst`]), no more than the in-flight table has free slots for: a
+    /// full table leaves new requests in the kernel's socket buffer (which drops what does not
+    /// fit, and the clients resend) rather than spending the loop on refusing them while
+    /// admitted work waits (receive livelock). A request read is still refused `Busy` when it
+    /// cannot start. `--no-priority` reads a whole batch, refusing what does not fit.
+    fn portal_room(&self) -> usize {
+        match self.read_policy {
+            ReadPolicy::StorerFirst => self
+                .node
+                .in_flight_capacity()
+                .saturating_sub(self.node.in_flight()),
+            ReadPolicy::PortalFirst => BATCH,
+        }
     }
 
     /// Move the node's transmits into the ready queue, or the held queue when they rest on a

@@ -557,6 +557,119 @@ type Tight = Node<
 >;
 
 #[test]
+fn a_verdict_deferred_again_for_queue_room_stays_due_from_when_it_was_first_due() {
+    // Node 0 of `three()` (peers answered by hand), a portal queue of 4 datagrams.
+    let config = NodeConfig::default();
+    let rng = StdRng::seed_from_u64(7);
+    let mut node: Tight = Node::new(
+        three(),
+        0,
+        Journaled::default(),
+        rng,
+        config,
+        1,
+        NodeStorage::default(),
+    )
+    .unwrap();
+    let tag = node.cluster_tag();
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let client = |id: u64, body: Body| encode(&Envelope::new(tag, id, body));
+    node.handle(
+        0,
+        Port::Portal,
+        client_addr(0),
+        &client(1, set_body("due a")),
+    );
+    let mut puts = Vec::new();
+    while let Some(t) = node.poll_transmit(&mut buf) {
+        puts.push((t.to, wire::decode(&buf[..t.len]).unwrap().id));
+    }
+    // Fill the queue (a second Set's two PUTs, two Busy refusals) and never drain it.
+    node.handle(
+        0,
+        Port::Portal,
+        client_addr(1),
+        &client(2, set_body("due b")),
+    );
+    for id in [3, 4] {
+        node.handle(
+            0,
+            Port::Portal,
+            client_addr(2),
+            &client(id, set_body("due c")),
+        );
+    }
+    let stored = Envelope::new(tag, 0, Body::Stored);
+    for (to, id) in puts {
+        let reply = encode(&Envelope { id, ..stored });
+        node.handle(1, Port::Source, to, &reply);
+    }
+    // The first Set's verdict waits for room, due at once (1 ms).
+    assert_eq!(node.stats().deferred_timeouts, 1);
+    assert_eq!(node.poll_timeout(), Some(1));
+    // Still no room at 500: it is deferred again and stays due from 1 ms, ahead of the second
+    // Set's expired attempt (due at 250), instead of being moved behind every request due
+    // until 500 (a walk of the deadline list per deferral).
+    node.handle_timeout(500);
+    assert!(node.stats().deferred_timeouts >= 2);
+    assert_eq!(node.poll_timeout(), Some(1));
+    // Drained, it is answered `Stored`.
+    let mut verdicts = Vec::new();
+    for now in [501, 750, 1_000] {
+        while let Some(t) = node.poll_transmit(&mut buf) {
+            if t.to == client_addr(0) {
+                verdicts.push(wire::decode(&buf[..t.len]).unwrap().body);
+            }
+        }
+        node.handle_timeout(now);
+    }
+    assert_eq!(verdicts, [Body::Stored]);
+}
+
+#[test]
+fn a_verdict_for_an_overdue_request_lingers_due_from_its_attempts_end() {
+    // Node 0 of `three()`: a Test reads from both peers; one answers `Found` after the
+    // attempt's end (250 ms) but before the node handled that timeout.
+    let config = NodeConfig::default();
+    let mut node: Tight = Node::new(
+        three(),
+        0,
+        Journaled::default(),
+        StdRng::seed_from_u64(8),
+        config,
+        1,
+        NodeStorage::default(),
+    )
+    .unwrap();
+    let tag = node.cluster_tag();
+    let mut buf = [0u8; MAX_DATAGRAM];
+    let (key, value) = word("overdue");
+    let ask = encode(&Envelope::new(tag, 1, Body::Test { key }));
+    node.handle(0, Port::Portal, client_addr(0), &ask);
+    let mut gets = Vec::new();
+    while let Some(t) = node.poll_transmit(&mut buf) {
+        gets.push((t.to, wire::decode(&buf[..t.len]).unwrap().id));
+    }
+    assert_eq!(gets.len(), 2, "a GET to each peer");
+    assert_eq!(node.poll_timeout(), Some(config.attempt_timeout));
+    let (to, id) = gets[0];
+    let found = encode(&Envelope::new(tag, id, Body::Found { value }));
+    node.handle(300, Port::Source, to, &found);
+    let mut answers = Vec::new();
+    while let Some(t) = node.poll_transmit(&mut buf) {
+        answers.push(wire::decode(&buf[..t.len]).unwrap().body);
+    }
+    assert_eq!(answers, [Body::Found { value }]);
+    // Answered, it lingers for the other peer until its attempt's end, which has passed: it
+    // stays due from then (not moved to 300, behind everything due until 300).
+    assert_eq!(node.in_flight(), 0);
+    assert_eq!(node.poll_timeout(), Some(config.attempt_timeout));
+    node.handle_timeout(300);
+    while node.poll_transmit(&mut buf).is_some() {}
+    assert_eq!(node.poll_timeout(), None, "the lingering request ended");
+}
+
+#[test]
 fn a_verdict_waiting_for_queue_room_is_decided_again_after_its_local_write_is_lost() {
     // Node 0 of `three()` (peers answered by hand), a portal queue of 4 datagrams.
     let config = NodeConfig::default();

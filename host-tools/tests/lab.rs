@@ -87,12 +87,25 @@ fn capacity_compares_the_node_with_the_null_node_and_skips_a_rejected_policy() {
 #[test]
 fn overload_runs_with_and_without_the_priority() {
     let dir = tempfile::tempdir().unwrap();
+    // CPU 0 exists everywhere: client and nodes share it, which only makes the run slower.
     let v = lab(
         dir.path(),
-        &["overload", "--fsync", "never", "--start-rate", "2000"],
+        &[
+            "overload",
+            "--fsync",
+            "never",
+            "--start-rate",
+            "2000",
+            "--client-cpus",
+            "0",
+            "--node-cpus",
+            "0",
+        ],
         20.0,
         8,
     );
+    assert_eq!(v["client_cpus"], serde_json::json!([0]), "{v:#}");
+    assert_eq!(v["node_cpus"], serde_json::json!([0]), "{v:#}");
     let peak = positive(&v, "peak_ops_per_sec");
     let goodput = positive(&v, "overload_goodput_ops_per_sec");
     assert!(
@@ -112,6 +125,39 @@ fn overload_runs_with_and_without_the_priority() {
             .all(|s| s["max"]["rss_bytes"].as_f64() > Some(0.0)),
         "{v:#}"
     );
+    // Where the time went, per step: each node's CPU time and counters, the client's CPU.
+    for s in steps {
+        let work = &s["work"];
+        let nodes = work["nodes"].as_array().unwrap();
+        assert_eq!(nodes.len(), 3, "{s:#}");
+        let sum = |f: &str| nodes.iter().map(|n| n[f].as_f64().unwrap()).sum::<f64>();
+        assert!(sum("cpu_seconds") > 0.0, "{s:#}");
+        assert!(sum("answered") > 0.0, "{s:#}");
+        assert!(sum("portal_datagrams_in") >= sum("answered"), "{s:#}");
+        assert!(work["client_cpu_seconds"].as_f64() > Some(0.0), "{s:#}");
+        positive(work, "answered_per_node_cpu_second");
+    }
+}
+
+#[test]
+fn overload_refuses_a_cpu_list_it_cannot_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dqe_in(
+        dir.path(),
+        &[
+            "lab",
+            "overload",
+            "--client-cpus",
+            "1-0",
+            "--node-cpus",
+            "0",
+        ],
+        b"",
+        Duration::from_secs(30),
+    );
+    // An error the command found itself (clap's own are 2).
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("--client-cpus 1-0"), "{run:?}");
 }
 
 #[test]

@@ -834,7 +834,11 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             if cx.outbox.room() == 0 {
                 cx.stats.deferred_timeouts += 1;
                 request.phase = Phase::Replying(body);
-                self.set_deadline(slot, cx.now);
+                // Due at once. One already due keeps its place: moving it to `now` walked the
+                // deadline list past every request due later, for each verdict deferred again
+                // while the queue stayed full (a tenth of an overloaded node's CPU, issue 13).
+                let due = request.deadline.min(cx.now);
+                self.set_deadline(slot, due);
                 return;
             }
             let (client, env, len) = (request.client, request.envelope(), request.request_len);
@@ -859,7 +863,9 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             }
             request.phase = Phase::Lingering;
             self.lingering += 1;
-            deadline = deadline.max(cx.now);
+            // It lingers until its current attempt ends; an attempt already over leaves it
+            // due at once where it is (moving it to `now` walked the deadline list past every
+            // request due later: a verdict for an overdue request is common under overload).
         }
         if request.phase != Phase::Lingering {
             return;

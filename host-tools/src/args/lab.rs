@@ -101,6 +101,13 @@ pub struct OverloadArgs {
     /// [default: one per core, at most 4].
     #[arg(long, value_name = "N")]
     pub client_threads: Option<usize>,
+    /// Run the load generator only on these CPUs (like `taskset -c`: `1`, `0-1,3`), so that
+    /// it does not take the nodes' CPU time; give --node-cpus too.
+    #[arg(long, value_name = "LIST", requires = "node_cpus")]
+    pub client_cpus: Option<String>,
+    /// Run the nodes only on these CPUs (all their threads).
+    #[arg(long, value_name = "LIST", requires = "client_cpus")]
+    pub node_cpus: Option<String>,
     #[command(flatten)]
     pub out: LabOutput,
 }

@@ -19,6 +19,7 @@ use crate::cli::{Failure, io_err};
 mod capacity;
 mod memory;
 pub(crate) mod null_node;
+pub(crate) mod observe;
 pub(crate) mod output;
 mod overload;
 mod peers;

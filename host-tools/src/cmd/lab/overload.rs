@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
+use super::observe;
 use super::output::{self, Chart, Series};
 use super::procs;
 use super::ramp::{self, Step};
@@ -38,6 +39,195 @@ struct Peaks {
     replies_waiting_for_sync: f64,
 }
 
+/// What one node did during a step (and the step's last requests' timeout after it): load-
+/// independent figures, read before and after from its metrics, `/proc/PID/stat` and
+/// `/proc/net/udp`.
+#[derive(Debug, Clone, Default, Serialize)]
+struct NodeWork {
+    /// CPU time the process used (all its threads), seconds.
+    cpu_seconds: f64,
+    /// Datagrams the node read from its portal socket (client requests).
+    portal_datagrams_in: f64,
+    /// Datagrams sent from its portal socket (answers and refusals).
+    portal_datagrams_out: f64,
+    /// Datagrams read from its storer socket (peers' Get/Put).
+    storer_datagrams_in: f64,
+    /// Datagrams read from its source socket (peers' replies to its own Get/Put).
+    source_datagrams_in: f64,
+    /// Client requests answered `Refused(Busy)`.
+    refused_busy: f64,
+    /// Client requests answered with a verdict (found, not found, stored).
+    answered: f64,
+    /// Get/Put the portal sent again after a timeout.
+    retries: f64,
+    /// Client replies the node timed (verdicts and refusals), and their summed time from the
+    /// request's arrival to the reply's send, seconds: the time a request spends in the node.
+    replies_timed: f64,
+    reply_seconds_sum: f64,
+    /// Datagrams the kernel dropped on the portal socket (its buffer was full).
+    kernel_drops_portal: u64,
+    /// ... on the storer and source sockets.
+    kernel_drops_peer: u64,
+}
+
+impl NodeWork {
+    /// The counters of `node` now (CPU time, metrics, kernel drops).
+    fn read(node: &crate::cluster::RunningNode, metrics: SocketAddr) -> NodeWork {
+        let drops = observe::udp_drops();
+        let drop_at = |a: SocketAddr| drops.get(&a.port()).copied().unwrap_or(0);
+        let mut w = NodeWork {
+            cpu_seconds: node.pid().and_then(observe::cpu_seconds).unwrap_or(0.0),
+            kernel_drops_portal: drop_at(node.portal),
+            kernel_drops_peer: drop_at(node.storer) + drop_at(node.source),
+            ..NodeWork::default()
+        };
+        if let Ok((200, body)) = http_get(metrics, "/metrics", Duration::from_secs(2)) {
+            let s = Scrape::parse(&body);
+            let datagrams = |socket: &str, dir: &str| {
+                s.get(&format!(
+                    "dqe_datagrams_total{{socket=\"{socket}\",direction=\"{dir}\"}}"
+                ))
+                .unwrap_or(0.0)
+            };
+            w.portal_datagrams_in = datagrams("portal", "in");
+            w.portal_datagrams_out = datagrams("portal", "out");
+            w.storer_datagrams_in = datagrams("storer", "in");
+            w.source_datagrams_in = datagrams("source", "in");
+            let client = |l: &str| l.contains("kind=\"test\"") || l.contains("kind=\"set\"");
+            w.refused_busy = s.sum("dqe_requests_total", |l| {
+                client(l) && l.contains("outcome=\"busy\"")
+            });
+            w.answered = s.sum("dqe_requests_total", |l| {
+                client(l)
+                    && ["found", "not_found", "stored"]
+                        .iter()
+                        .any(|o| l.contains(&format!("outcome=\"{o}\"")))
+            });
+            w.retries = s.get("dqe_node_retries_total").unwrap_or(0.0);
+            w.replies_timed = s
+                .get("dqe_client_request_duration_seconds_count")
+                .unwrap_or(0.0);
+            w.reply_seconds_sum = s
+                .get("dqe_client_request_duration_seconds_sum")
+                .unwrap_or(0.0);
+        }
+        w
+    }
+
+    /// What happened between `before` and `self`.
+    fn since(&self, before: &NodeWork) -> NodeWork {
+        NodeWork {
+            cpu_seconds: self.cpu_seconds - before.cpu_seconds,
+            portal_datagrams_in: self.portal_datagrams_in - before.portal_datagrams_in,
+            portal_datagrams_out: self.portal_datagrams_out - before.portal_datagrams_out,
+            storer_datagrams_in: self.storer_datagrams_in - before.storer_datagrams_in,
+            source_datagrams_in: self.source_datagrams_in - before.source_datagrams_in,
+            refused_busy: self.refused_busy - before.refused_busy,
+            answered: self.answered - before.answered,
+            retries: self.retries - before.retries,
+            replies_timed: self.replies_timed - before.replies_timed,
+            reply_seconds_sum: self.reply_seconds_sum - before.reply_seconds_sum,
+            kernel_drops_portal: self
+                .kernel_drops_portal
+                .saturating_sub(before.kernel_drops_portal),
+            kernel_drops_peer: self
+                .kernel_drops_peer
+                .saturating_sub(before.kernel_drops_peer),
+        }
+    }
+}
+
+/// Where the CPU went during a step, and what the nodes did with it.
+#[derive(Debug, Clone, Default, Serialize)]
+struct Work {
+    /// From just before the step to the end of its last requests' timeout, seconds.
+    wall_seconds: f64,
+    /// CPU time of this process (the load generator's threads, and the sampler's scrapes).
+    client_cpu_seconds: f64,
+    /// Each node's share, in cluster order.
+    nodes: Vec<NodeWork>,
+}
+
+/// [`Work`] with its efficiency, as the JSON shows it.
+#[derive(Serialize)]
+struct WorkJson<'a> {
+    #[serde(flatten)]
+    work: &'a Work,
+    answered_per_node_cpu_second: Option<f64>,
+    mean_reply_ms: Option<f64>,
+}
+
+fn work_json(w: &Work) -> WorkJson<'_> {
+    WorkJson {
+        work: w,
+        answered_per_node_cpu_second: w.answered_per_node_cpu_second(),
+        mean_reply_ms: w.mean_reply_ms(),
+    }
+}
+
+impl Work {
+    /// Client requests the nodes answered with a verdict per second of their CPU time: what
+    /// the nodes make of the CPU they got, whatever else ran on the machine.
+    fn answered_per_node_cpu_second(&self) -> Option<f64> {
+        let cpu = self.nodes_cpu_seconds();
+        (cpu > 0.0).then(|| self.total(|n| n.answered) / cpu)
+    }
+    /// Mean time a client request spent in a node, arrival to reply, ms.
+    fn mean_reply_ms(&self) -> Option<f64> {
+        let n = self.total(|n| n.replies_timed);
+        (n > 0.0).then(|| 1e3 * self.total(|n| n.reply_seconds_sum) / n)
+    }
+    fn nodes_cpu_seconds(&self) -> f64 {
+        self.nodes.iter().map(|n| n.cpu_seconds).sum()
+    }
+    fn total(&self, f: impl Fn(&NodeWork) -> f64) -> f64 {
+        self.nodes.iter().map(f).sum()
+    }
+}
+
+/// Readings taken at the start of a step, to measure its [`Work`] at the end.
+struct Meter {
+    nodes: Vec<NodeWork>,
+    client_cpu_seconds: f64,
+    at: Instant,
+}
+
+impl Meter {
+    fn start(run: &Running) -> Meter {
+        Meter {
+            nodes: read_nodes(run),
+            client_cpu_seconds: client_cpu_seconds(),
+            at: Instant::now(),
+        }
+    }
+
+    /// The work since [`Meter::start`].
+    fn work(&self, run: &Running) -> Work {
+        Work {
+            wall_seconds: self.at.elapsed().as_secs_f64(),
+            client_cpu_seconds: client_cpu_seconds() - self.client_cpu_seconds,
+            nodes: read_nodes(run)
+                .iter()
+                .zip(&self.nodes)
+                .map(|(after, before)| after.since(before))
+                .collect(),
+        }
+    }
+}
+
+fn read_nodes(run: &Running) -> Vec<NodeWork> {
+    run.cluster
+        .nodes()
+        .iter()
+        .zip(&run.metrics)
+        .map(|(n, m)| NodeWork::read(n, *m))
+        .collect()
+}
+
+fn client_cpu_seconds() -> f64 {
+    observe::cpu_seconds(std::process::id()).unwrap_or(0.0)
+}
+
 #[derive(Debug, Clone, Serialize)]
 struct OverloadStep {
     priority: bool,
@@ -46,6 +236,15 @@ struct OverloadStep {
     step: Step,
     max: Peaks,
     rss_before_bytes: u64,
+    #[serde(serialize_with = "serialize_work")]
+    work: Work,
+    /// Answered per node CPU second here, over the same at the peak (the ramp's best step):
+    /// 1 when overload costs the nodes nothing per useful request.
+    cpu_normalized_ratio: Option<f64>,
+}
+
+fn serialize_work<S: serde::Serializer>(w: &Work, s: S) -> Result<S::Ok, S::Error> {
+    work_json(w).serialize(s)
 }
 
 struct Running {
@@ -59,6 +258,7 @@ fn start(
     enforcer: &std::path::Path,
     dir: &std::path::Path,
     priority: bool,
+    node_cpus: Option<&[usize]>,
 ) -> Result<Running, Failure> {
     let name = if priority { "priority" } else { "no-priority" };
     let ports = free_udp_ports(3 * a.nodes).map_err(io_err("cannot find free ports"))?;
@@ -78,6 +278,11 @@ fn start(
         Some(metrics_base),
         &extra,
     )?;
+    if let Some(cpus) = node_cpus {
+        for pid in cluster.nodes().iter().filter_map(|n| n.pid()) {
+            observe::pin_process(pid, cpus)?;
+        }
+    }
     cluster.wait_ready(Duration::from_secs(20))?;
     let portals = cluster.portals();
     let metrics = (0..a.nodes)
@@ -109,6 +314,7 @@ fn overload_step(
 ) -> Result<OverloadStep, Failure> {
     let stop = AtomicBool::new(false);
     let rss_before_bytes = rss_sum(&run.cluster);
+    let meter = Meter::start(run);
     let (step, max) = std::thread::scope(|s| {
         let sampler = s.spawn(|| {
             let mut max = Peaks::default();
@@ -139,13 +345,21 @@ fn overload_step(
         stop.store(true, Ordering::Relaxed);
         (step, sampler.join().unwrap_or_default())
     });
+    let work = meter.work(run);
     Ok(OverloadStep {
         priority,
         multiple,
         step: step?,
         max,
         rss_before_bytes,
+        work,
+        cpu_normalized_ratio: None,
     })
+}
+
+/// `x` with `digits` decimals, or `-`.
+fn fmt_opt(x: Option<f64>, digits: usize) -> String {
+    x.map_or("-".into(), |x| format!("{x:.digits$}"))
 }
 
 /// Run `dqe lab overload`.
@@ -164,6 +378,19 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
         )));
     }
     let threads = super::capacity::client_threads(a.client_threads)?;
+    let cpus = |flag: &str, list: &Option<String>| {
+        list.as_deref()
+            .map(|l| {
+                observe::parse_cpu_list(l).map_err(|e| Failure::Usage(format!("{flag} {l}: {e}")))
+            })
+            .transpose()
+    };
+    let client_cpus = cpus("--client-cpus", &a.client_cpus)?;
+    let node_cpus = cpus("--node-cpus", &a.node_cpus)?;
+    if let Some(c) = &client_cpus {
+        // The client's threads are started from this one and inherit its CPUs.
+        observe::pin_this_thread(c)?;
+    }
     let enforcer = procs::enforcer()?;
     if let Err(why) = procs::enforcer_accepts_fsync(&enforcer, &a.fsync) {
         return Err(Failure::Usage(format!("--fsync {}: {why}", a.fsync)));
@@ -187,10 +414,13 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
     let mut steps = Vec::new();
     let mut ramp_steps = Vec::new();
     let mut peak = a.peak.unwrap_or(0.0);
+    let mut peak_work: Option<Work> = None;
     for priority in [true, false] {
-        let run = start(&a, &enforcer, dir.path(), priority)?;
+        let run = start(&a, &enforcer, dir.path(), priority, node_cpus.as_deref())?;
         if priority && a.peak.is_none() {
             bar.set_message("finding the peak");
+            let mut meter = Meter::start(&run);
+            let mut ramp_work = Vec::new();
             let r = ramp::rise(
                 &run.portals,
                 threads,
@@ -199,6 +429,8 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 ramp_len,
                 started + SETUP / 2 + work / 2,
                 |s| {
+                    ramp_work.push(meter.work(&run));
+                    meter = Meter::start(&run);
                     bar.set_message(format!(
                         "finding the peak: offered {:.0}/s goodput {:.0}/s",
                         s.offered_ops_per_sec, s.goodput_ops_per_sec
@@ -206,6 +438,13 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 },
             )?;
             peak = r.peak_ops_per_sec;
+            // The work of the step that reached the peak.
+            peak_work = r
+                .steps
+                .iter()
+                .zip(&ramp_work)
+                .find(|(s, _)| s.goodput_ops_per_sec == peak)
+                .map(|(_, w)| w.clone());
             ramp_steps = r.steps;
             if peak <= 0.0 {
                 return Err(Failure::Lab(
@@ -220,14 +459,13 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 if priority { "priority" } else { "no priority" },
                 m * peak
             ));
-            steps.push(overload_step(
-                &run,
-                threads,
-                m * peak,
-                step_len,
-                priority,
-                m,
-            )?);
+            let mut step = overload_step(&run, threads, m * peak, step_len, priority, m)?;
+            step.cpu_normalized_ratio = peak_work
+                .as_ref()
+                .and_then(Work::answered_per_node_cpu_second)
+                .zip(step.work.answered_per_node_cpu_second())
+                .map(|(at_peak, here)| here / at_peak);
+            steps.push(step);
             bar.inc(1);
         }
         let mut cluster = run.cluster;
@@ -243,6 +481,13 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
             .fold(f64::INFINITY, f64::min)
     };
     let (with, without) = (goodput(true), goodput(false));
+    let normalized = |priority: bool| {
+        steps
+            .iter()
+            .filter(|s| s.priority == priority)
+            .filter_map(|s| s.cpu_normalized_ratio)
+            .reduce(f64::min)
+    };
     let rows: Vec<Vec<String>> = steps
         .iter()
         .map(|s| {
@@ -268,6 +513,23 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 ),
                 format!("{:.0}", s.max.requests_in_flight),
                 format!("{:.0}", s.max.replies_waiting_for_sync),
+                format!(
+                    "{:.1} / {:.1}",
+                    s.work.nodes_cpu_seconds(),
+                    s.work.client_cpu_seconds
+                ),
+                format!(
+                    "{} ({})",
+                    fmt_opt(s.work.answered_per_node_cpu_second(), 0),
+                    fmt_opt(s.cpu_normalized_ratio, 2)
+                ),
+                fmt_opt(s.work.mean_reply_ms(), 1),
+                format!("{:.0}", s.work.total(|n| n.refused_busy)),
+                format!(
+                    "{:.0} / {:.0}",
+                    s.work.total(|n| n.kernel_drops_portal as f64),
+                    s.work.total(|n| n.kernel_drops_peer as f64)
+                ),
             ]
         })
         .collect();
@@ -294,13 +556,36 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 "RSS MB (max)",
                 "in flight",
                 "held",
+                "CPU s nodes / client",
+                "answered per node CPU s (/peak's)",
+                "ms in node",
+                "Busy sent",
+                "kernel drops portal / peer",
             ],
             &rows
         )
     );
+    if let Some(w) = &peak_work {
+        println!(
+            "at the peak: nodes {:.1} CPU s / client {:.1} CPU s in {:.1} s, {} answered per node CPU s, {} ms in node",
+            w.nodes_cpu_seconds(),
+            w.client_cpu_seconds,
+            w.wall_seconds,
+            fmt_opt(w.answered_per_node_cpu_second(), 0),
+            fmt_opt(w.mean_reply_ms(), 1)
+        );
+    }
     let load_avg = ramp::load_average();
+    let pinned = match (&client_cpus, &node_cpus) {
+        (Some(c), Some(n)) => format!(
+            "client on CPUs {}, nodes on CPUs {}",
+            observe::cpu_list(c),
+            observe::cpu_list(n)
+        ),
+        _ => "client and nodes on any CPU".into(),
+    };
     println!(
-        "load average at the end: {load_avg:?} (the machine is shared); {threads} client thread(s)"
+        "load average at the end: {load_avg:?} (the machine is shared); {threads} client thread(s); {pinned}"
     );
     if let Some(path) = &a.out.json {
         output::write_json(
@@ -309,14 +594,19 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 "peak_ops_per_sec": peak,
                 "overload_goodput_ops_per_sec": with,
                 "ratio": with / peak,
+                "cpu_normalized_ratio": normalized(true),
                 "no_priority": {
                     "overload_goodput_ops_per_sec": without,
                     "ratio": without / peak,
+                    "cpu_normalized_ratio": normalized(false),
                 },
+                "peak_work": peak_work.as_ref().map(work_json),
                 "nodes": a.nodes,
                 "replication": a.replication,
                 "fsync": a.fsync,
                 "client_threads": threads,
+                "client_cpus": client_cpus,
+                "node_cpus": node_cpus,
                 "steps": steps,
                 "ramp": ramp_steps,
                 "load_average": load_avg,
