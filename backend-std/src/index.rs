@@ -437,6 +437,22 @@ impl Index {
             .map(|(i, v)| (v, shard.place(shard.slot(i)))))
     }
 
+    /// Start loading the slot a lookup of `key` begins at, so that its cache and TLB miss
+    /// (the table is ~120 MB at 10^7 pairs, far beyond the caches) is under way before the
+    /// lookup needs it. The event loop calls this for every key of a received batch before
+    /// it handles any of them (issue 19), so the batch's misses overlap instead of each
+    /// request waiting for its own. A plain load, not a prefetch instruction (which needs
+    /// `unsafe`, forbidden in this crate): the loads of a batch do not depend on each other,
+    /// so the CPU runs them at once all the same. Two cache lines: a lookup of an absent key
+    /// probes on to the first empty slot, about 12 slots (108 bytes) at the tables' load
+    /// (cachegrind counted 2.2 missed lines per absent TEST at 10^7 pairs).
+    pub fn prefetch(&self, key: &Key) {
+        let shard = &self.shards[key[0] as usize];
+        let at = home_of(fingerprint_of(key), shard.slots) * SLOT_BYTES;
+        let next_line = (at + 64).min(shard.mem.len() - 1);
+        std::hint::black_box((shard.mem[at], shard.mem[next_line]));
+    }
+
     /// Test-and-set: record that `key` lies at `place` unless `key` is present (read as in
     /// [`Index::get`]). `place.epoch` must not lie before the base.
     pub fn insert<E: From<InsertError>>(
@@ -679,6 +695,31 @@ mod tests {
         // The load stays high enough for the memory goal (14 bytes per pair, issue 19).
         let per_pair = ix.table_bytes() as f64 / ix.len() as f64;
         assert!(per_pair < 12.0, "{per_pair} bytes per pair");
+    }
+
+    /// The batch prefetch (issue 19) takes any key, whatever slot its lookup starts at (the
+    /// first or the last of a table), and changes nothing a lookup finds.
+    #[test]
+    fn prefetching_any_key_changes_nothing() {
+        let mut ix = Index::new(1).unwrap();
+        let mut segs = Segments::default();
+        for i in 0..20_000 {
+            let (k, v) = pair(i);
+            set(&mut ix, &mut segs, &k, &v, 1);
+        }
+        for shard in 0..=255u8 {
+            for fp in [[0u8; 4], [0xff; 4], [0x80, 0, 0, 1]] {
+                let mut k = [shard; 20];
+                k[1..5].copy_from_slice(&fp);
+                ix.prefetch(&k);
+                assert_eq!(get(&ix, &mut segs, &k), None);
+            }
+        }
+        for i in 0..20_000 {
+            let (k, v) = pair(i);
+            ix.prefetch(&k);
+            assert_eq!(get(&ix, &mut segs, &k), Some(v));
+        }
     }
 
     /// Issue 19: a miss reads no record, a hit reads exactly one.
