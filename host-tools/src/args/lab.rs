@@ -156,7 +156,8 @@ pub struct MemoryArgs {
     /// Start a second node together with the first and store this many pairs in it; after
     /// the fill, alternate TESTs of absent keys and SETs of fresh keys between it and the
     /// full node (--rounds times): the rates at a small and a large store under the same
-    /// load, from nodes that have run as long [default: 0, off].
+    /// load, from nodes that have run as long; the rounds get the last third of --duration
+    /// [default: 0, off].
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub baseline_pairs: u64,
     /// Rounds of the side-by-side comparison (--baseline-pairs).

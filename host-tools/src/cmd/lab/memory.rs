@@ -228,7 +228,12 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
     bar.set_message("storing pairs");
     let done = Done::default();
     let stop = AtomicBool::new(false);
-    let fill_deadline = deadline - Duration::from_secs(2).min(total / 4);
+    // The side-by-side rounds get the last third of the time, whatever the fill managed.
+    let fill_deadline = if a.baseline_pairs > 0 {
+        deadline - total / 3
+    } else {
+        deadline - Duration::from_secs(2).min(total / 4)
+    };
     let drive = |requests: u64, set_ratio: f64| {
         drive_at(
             portal,
