@@ -52,8 +52,10 @@ const DELETED: u32 = u32::MAX;
 pub const MAX_RECORDS: u32 = u32::MAX - 1;
 /// Load (live + deleted) at which a shard is rebuilt, in percent.
 const MAX_LOAD_PCT: usize = 85;
-/// Load of a shard just after a rebuild, in percent.
+/// Load of a shard just after a rebuild, in percent, on average.
 const REBUILT_LOAD_PCT: usize = 70;
+/// How far one rebuild's load may lie from [`REBUILT_LOAD_PCT`], in percent.
+const REBUILT_LOAD_JITTER_PCT: usize = 4;
 /// Smallest table: about one page.
 const MIN_SLOTS: usize = 4096 / SLOT_BYTES;
 /// Bits of the fingerprint.
@@ -171,6 +173,8 @@ pub struct Index {
     sweep_next: usize,
     /// Changes made to the tables, so a [`Vacancy`] knows whether it still holds.
     changes: u64,
+    /// Shards rebuilt to grow so far.
+    growths: u64,
 }
 
 /// Where a lookup by [`Index::find_or_vacancy`] stopped for an absent key: the slot a pair
@@ -320,10 +324,17 @@ impl Shard {
     }
 
     /// Rebuild into a table sized for the live pairs plus one, dropping deleted slots.
+    ///
+    /// The new table's load is [`REBUILT_LOAD_PCT`] give or take [`REBUILT_LOAD_JITTER_PCT`],
+    /// picked by the fingerprint in the table's middle slot (random, and different in each
+    /// shard): keys are uniform, so shards that all grew by the same factor would stay the
+    /// same size and all rebuild at once, a burst of 256 pauses of the event loop (issue
+    /// 19); growth factors of 1.15 to 1.29 drift them apart.
     fn rebuild(&mut self) -> Result<(), InsertError> {
-        let want = ((self.live + 1) * 100)
-            .div_ceil(REBUILT_LOAD_PCT)
-            .max(MIN_SLOTS);
+        let pick = self.slot(self.slots / 2).fingerprint() as usize;
+        let jitter = pick % (2 * REBUILT_LOAD_JITTER_PCT + 1);
+        let load = REBUILT_LOAD_PCT - REBUILT_LOAD_JITTER_PCT + jitter;
+        let want = ((self.live + 1) * 100).div_ceil(load).max(MIN_SLOTS);
         let mut fresh = Shard::new(want)?;
         fresh.base = self.base;
         for s in self
@@ -401,6 +412,7 @@ impl Index {
             len: 0,
             sweep_next: SHARDS,
             changes: 0,
+            growths: 0,
         })
     }
 
@@ -417,6 +429,12 @@ impl Index {
     /// The oldest epoch kept: pairs of earlier epochs read as absent.
     pub fn base(&self) -> u32 {
         self.base
+    }
+
+    /// Shards rebuilt so far because they were full (each pauses the event loop for a
+    /// moment: about 1 ms at 10^7 pairs).
+    pub fn growths(&self) -> u64 {
+        self.growths
     }
 
     /// Bytes of table memory (mapped; RSS is at most this plus page rounding).
@@ -540,6 +558,7 @@ impl Index {
             && (shard.live + shard.deleted + 1) * 100 > shard.slots * MAX_LOAD_PCT
         {
             shard.rebuild()?;
+            self.growths += 1;
             at = shard.free_slot(fp);
         }
         if shard.slot(at).code() == DELETED {
@@ -695,6 +714,40 @@ mod tests {
         // The load stays high enough for the memory goal (14 bytes per pair, issue 19).
         let per_pair = ix.table_bytes() as f64 / ix.len() as f64;
         assert!(per_pair < 12.0, "{per_pair} bytes per pair");
+    }
+
+    /// Issue 19: keys are uniform, so with one growth factor for all the 256 shards grow in
+    /// step and all rebuild within a few thousand inserts of each other, pausing the event
+    /// loop ~256 times in a row (a quarter of a second at 10^7 pairs) once per growth. The
+    /// rebuilds must spread out over the inserts instead.
+    #[test]
+    fn shards_do_not_grow_all_at_once() {
+        let mut ix = Index::new(1).unwrap();
+        let mut segs = Segments::default();
+        let (from, to, window) = (300_000u32, 900_000u32, 10_000u32);
+        for i in 0..from {
+            ix.insert_absent(&pair(i).0, segs.append(1, pair(i).1))
+                .unwrap();
+        }
+        let (mut busiest, start) = (0, ix.growths());
+        for w in (from..to).step_by(window as usize) {
+            let before = ix.growths();
+            for i in w..w + window {
+                ix.insert_absent(&pair(i).0, segs.append(1, pair(i).1))
+                    .unwrap();
+            }
+            busiest = busiest.max(ix.growths() - before);
+        }
+        let all = ix.growths() - start;
+        let windows = u64::from((to - from) / window);
+        // 256 shards, each growing by about 1.2x: ~5 growths per shard from 3x10^5 to 9x10^5
+        // pairs, ~21 per window of 10^4 inserts on average.
+        assert!(all > 256 * 4, "{all} growths");
+        assert!(
+            busiest < 3 * all / windows,
+            "{busiest} growths in one window of {window} inserts, {} on average",
+            all / windows
+        );
     }
 
     /// The batch prefetch (issue 19) takes any key, whatever slot its lookup starts at (the
