@@ -59,6 +59,25 @@ fn index(c: &mut Criterion) {
                 black_box(ix.get(&absent[at], value_at).unwrap())
             })
         });
+        // 16 absent keys looked up one after the other, with and without first touching
+        // each one's slot as the event loop does for a received batch (issue 19); from 2^20
+        // keys, so that at 10^7 pairs their slots are not in the caches from the last pass.
+        let cold: Vec<Key> = (0..1u64 << 20).map(|i| pair(u64::MAX / 2 - i).0).collect();
+        for (name, prefetch) in [("get_absent_16", false), ("get_absent_16_prefetched", true)] {
+            let mut at = 0;
+            g.bench_function(BenchmarkId::new(name, n), |b| {
+                b.iter(|| {
+                    at = (at + 16) % cold.len();
+                    let batch = &cold[at..at + 16];
+                    if prefetch {
+                        batch.iter().for_each(|k| ix.prefetch(k));
+                    }
+                    for k in batch {
+                        black_box(ix.get(k, value_at).unwrap());
+                    }
+                })
+            });
+        }
         g.bench_function(BenchmarkId::new("get_present", n), |b| {
             b.iter(|| {
                 at = (at + 1) % keys.len();

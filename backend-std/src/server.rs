@@ -66,7 +66,7 @@ use dqe_core::node::{
 use dqe_core::portal::{InFlightBuffers, InFlightIndex, InFlightSlot};
 use dqe_core::replay::{ReplyBuffers, ReplySlot};
 use dqe_core::ring::{Point, RingBuffers};
-use dqe_core::wire::MAX_DATAGRAM;
+use dqe_core::wire::{self, MAX_DATAGRAM};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
@@ -527,6 +527,13 @@ impl Server {
             return 0;
         }
         self.refresh_epoch();
+        // Start the index misses of the whole batch before handling its first request, so
+        // they overlap (issue 19: at 10^7 pairs each lookup misses the caches).
+        for i in 0..got {
+            if let Some(key) = self.rx.datagram(i).and_then(|(d, _)| wire::peek_key(d)) {
+                self.node.store().prefetch(&key);
+            }
+        }
         let arrived = Instant::now();
         let now = self.ms_at(arrived);
         let at_ms = metrics::mono_ms_at(arrived);

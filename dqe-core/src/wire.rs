@@ -330,6 +330,29 @@ pub fn decode(datagram: &[u8]) -> Result<Envelope, WireError> {
     Ok(env)
 }
 
+/// The key a Test, Set, Get or Put datagram names, read where the encoding puts it without
+/// decoding the datagram: a hint, for a node that looks up the keys of a whole batch of
+/// datagrams ahead of handling them (the std node's index prefetch, issue 19). It checks only
+/// the version and the variant; [`decode`] still decides whether the datagram is valid, so a
+/// malformed datagram may give a key here that nothing ever looks up. `None` for a reply, a
+/// wrong version or a datagram too short to hold a key.
+pub fn peek_key(datagram: &[u8]) -> Option<Key> {
+    if *datagram.first()? != VERSION {
+        return None;
+    }
+    // Skip the cluster (u32) and id (u64) varints: each ends at its first byte below 0x80.
+    let mut at = 1;
+    for _ in 0..2 {
+        let len = datagram.get(at..)?.iter().position(|b| b & 0x80 == 0)? + 1;
+        at += len;
+    }
+    // Variants 0-3 (Test, Set, Get, Put) start with the key; their index is one byte.
+    if *datagram.get(at)? > 3 {
+        return None;
+    }
+    datagram.get(at + 1..at + 21)?.try_into().ok()
+}
+
 /// Bytes of a LEB128 varint of `v`.
 fn varint_len(v: u64) -> usize {
     (64 - (v | 1).leading_zeros() as usize).div_ceil(7)

@@ -77,6 +77,23 @@ proptest! {
     }
 
     #[test]
+    fn peek_key_names_the_key_of_every_request_and_none_of_a_reply(env in envelope()) {
+        let mut buf = [0u8; MAX_DATAGRAM];
+        let bytes = wire::encode(&env, &mut buf).unwrap();
+        let want = match env.body {
+            Body::Test { key } | Body::Set { key, .. } | Body::Get { key } | Body::Put { key, .. } => Some(key),
+            _ => None,
+        };
+        prop_assert_eq!(wire::peek_key(bytes), want);
+        // A datagram cut short never names a key from past its end.
+        for cut in 0..bytes.len() {
+            if let Some(key) = wire::peek_key(&bytes[..cut]) {
+                prop_assert_eq!(Some(key), want);
+            }
+        }
+    }
+
+    #[test]
     fn decoding_arbitrary_bytes_never_panics(bytes in prop::collection::vec(any::<u8>(), 0..80)) {
         if let Ok(env) = wire::decode(&bytes) {
             // Whatever decodes is canonical: it encodes back to exactly the input.

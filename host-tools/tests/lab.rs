@@ -219,6 +219,28 @@ fn memory_probes_and_compares_a_small_and_a_large_store() {
             .iter()
             .all(|r| r["large_set_fresh_per_sec"].as_f64() > Some(0.0))
     );
+    // Both nodes were started together, so both have run about as long (the small one
+    // starts a moment later, once the large one answers).
+    let ages = &v["side_by_side_ages_secs"];
+    let (large, small) = (
+        ages["large"].as_f64().unwrap(),
+        ages["small"].as_f64().unwrap(),
+    );
+    assert!(
+        small > 0.0 && small <= large && small >= large - 2.0,
+        "{v:#}"
+    );
+    // The nodes' CPU time per request is measured beside their throughput.
+    for r in rounds {
+        for field in [
+            "small_test_absent_cpu_us",
+            "large_test_absent_cpu_us",
+            "small_set_fresh_cpu_us",
+            "large_set_fresh_cpu_us",
+        ] {
+            assert!(r[field].as_f64() > Some(0.0), "{field}: {v:#}");
+        }
+    }
 }
 
 #[test]

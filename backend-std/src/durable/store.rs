@@ -418,6 +418,12 @@ impl DurableStore {
         }
     }
 
+    /// Start loading the index slot a lookup of `key` begins at ([`Index::prefetch`]): the
+    /// event loop calls it for each key of a batch before handling the batch.
+    pub fn prefetch(&self, key: &Key) {
+        self.index.prefetch(key);
+    }
+
     /// Bytes of index tables.
     pub fn index_bytes(&self) -> usize {
         self.index.table_bytes()

@@ -160,9 +160,11 @@ pub struct MemoryArgs {
     /// Requests of each kind per throughput probe (--probe-at, --baseline-pairs).
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub probe_requests: u64,
-    /// After the fill, start a second node holding this many pairs and alternate TESTs of
-    /// absent keys and SETs of fresh keys between it and the full node (--rounds times): the
-    /// rates at a small and a large store under the same load [default: 0, off].
+    /// Start a second node together with the first and store this many pairs in it; after
+    /// the fill, alternate TESTs of absent keys and SETs of fresh keys between it and the
+    /// full node (--rounds times): the rates at a small and a large store under the same
+    /// load, from nodes that have run as long; the rounds get the last third of --duration
+    /// [default: 0, off].
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub baseline_pairs: u64,
     /// Rounds of the side-by-side comparison (--baseline-pairs).

@@ -3,7 +3,9 @@
 //! `--pairs` fresh pairs SET through its portal, and RssAnon read again; the difference over
 //! the pairs stored is the cost per pair (index, replay caches as they fill, allocator
 //! slack). With `--probe-at`, the fill pauses at those sizes to time TESTs of absent keys and
-//! SETs of fresh keys, so the rates at a small and a large store come from one run.
+//! SETs of fresh keys, so the rates at a small and a large store come from one run. With
+//! `--baseline-pairs`, a second node started with the first holds that many pairs, and the
+//! two are measured side by side, in alternation, once the first is full.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,30 +55,98 @@ fn drive_at(
 struct Round {
     small_pairs: u64,
     large_pairs: u64,
-    small_test: f64,
-    large_test: f64,
-    small_set: f64,
-    large_set: f64,
+    small_test: Rate,
+    large_test: Rate,
+    small_set: Rate,
+    large_set: Rate,
 }
 
-/// `--baseline-pairs`: a second node holding `small` pairs; TESTs of absent keys and SETs of
-/// fresh keys alternate between it and the large node (holding `large` pairs at `portal`),
-/// `rounds` times, so both see the same load on a shared machine; which node goes first
-/// alternates too.
-fn side_by_side(
+/// One node's figures for one kind of request in one round.
+#[derive(Clone, Copy)]
+struct Rate {
+    /// Requests answered per second.
+    per_sec: f64,
+    /// The node's CPU time (all threads) per request, in microseconds.
+    cpu_us: f64,
+}
+
+/// Drive `requests` at the node `pid` serving `at`, timing its CPU too.
+fn drive_timed(
+    drive: &dyn Fn(SocketAddr, u64, f64) -> Result<Measured, Failure>,
+    pid: u32,
+    at: SocketAddr,
+    requests: u64,
+    set_ratio: f64,
+) -> Result<(Measured, Rate), Failure> {
+    let no_cpu = || {
+        Failure::Lab(format!(
+            "cannot read the CPU time of process {pid} from /proc"
+        ))
+    };
+    let before = procs::cpu_ns(pid).ok_or_else(no_cpu)?;
+    let m = drive(at, requests, set_ratio)?;
+    let used = procs::cpu_ns(pid)
+        .ok_or_else(no_cpu)?
+        .saturating_sub(before);
+    let rate = Rate {
+        per_sec: m.ops_per_sec(),
+        cpu_us: used as f64 / 1e3 / m.ok.max(1) as f64,
+    };
+    Ok((m, rate))
+}
+
+/// `--baseline-pairs`: the second node, started with the large one so that both have run
+/// as long when the rounds begin (issue 19: a node started after the large one's fill
+/// compared a fresh process with one that had served 10^7 requests), and filled to its
+/// pairs at once.
+struct Baseline {
+    node: procs::Started,
+    portal: SocketAddr,
+    pairs: u64,
+    started: Instant,
+}
+
+fn start_baseline(
     a: &MemoryArgs,
     enforcer: &std::path::Path,
-    portal: SocketAddr,
+    dir: &std::path::Path,
+    deadline: Instant,
+) -> Result<Baseline, Failure> {
+    let started = Instant::now();
+    let (node, portal) = procs::start_node(enforcer, &NodeChoice::default(), dir, &a.fsync, &[])?;
+    let pairs = drive_at(
+        portal,
+        a.baseline_pairs,
+        1.0,
+        a.concurrency,
+        deadline,
+        &Done::default(),
+    )?
+    .stored;
+    Ok(Baseline {
+        node,
+        portal,
+        pairs,
+        started,
+    })
+}
+
+/// The side-by-side rounds: TESTs of absent keys and SETs of fresh keys alternate between
+/// the small node (`base`) and the large one (holding `large` pairs at `portal`), `rounds`
+/// times, so both see the same load on a shared machine; which node goes first alternates
+/// too.
+fn side_by_side(
+    a: &MemoryArgs,
+    base: &mut Baseline,
+    (portal, large_pid): (SocketAddr, u32),
     mut large: u64,
     deadline: Instant,
 ) -> Result<Vec<Round>, Failure> {
-    let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
-    let (mut node, small_portal) =
-        procs::start_node(enforcer, &NodeChoice::default(), dir.path(), &a.fsync, &[])?;
     let done = Done::default();
     let drive =
         |at, requests, set_ratio| drive_at(at, requests, set_ratio, a.concurrency, deadline, &done);
-    let mut small = drive(small_portal, a.baseline_pairs, 1.0)?.stored;
+    let (small_portal, small_pid) = (base.portal, base.node.pid());
+    let mut small = base.pairs;
     let mut rounds = Vec::new();
     for round in 0..a.rounds {
         if Instant::now() >= deadline {
@@ -84,20 +154,21 @@ fn side_by_side(
         }
         let (small_pairs, large_pairs) = (small, large);
         // Each node goes first in every other round: no order bias.
-        let pair = |set_ratio| -> Result<(Measured, Measured), Failure> {
+        type Timed = (Measured, Rate);
+        let pair = |set_ratio| -> Result<(Timed, Timed), Failure> {
+            let s = || drive_timed(&drive, small_pid, small_portal, a.probe_requests, set_ratio);
+            let l = || drive_timed(&drive, large_pid, portal, a.probe_requests, set_ratio);
             if round % 2 == 0 {
-                let s = drive(small_portal, a.probe_requests, set_ratio)?;
-                Ok((s, drive(portal, a.probe_requests, set_ratio)?))
+                let s = s()?;
+                Ok((s, l()?))
             } else {
-                let l = drive(portal, a.probe_requests, set_ratio)?;
-                Ok((drive(small_portal, a.probe_requests, set_ratio)?, l))
+                let l = l()?;
+                Ok((s()?, l))
             }
         };
-        let (s, l) = pair(0.0)?;
-        let (small_test, large_test) = (s.ops_per_sec(), l.ops_per_sec());
-        let (s, l) = pair(1.0)?;
+        let ((_, small_test), (_, large_test)) = pair(0.0)?;
+        let ((s, small_set), (l, large_set)) = pair(1.0)?;
         (small, large) = (small + s.stored, large + l.stored);
-        let (small_set, large_set) = (s.ops_per_sec(), l.ops_per_sec());
         rounds.push(Round {
             small_pairs,
             large_pairs,
@@ -107,7 +178,7 @@ fn side_by_side(
             large_set,
         });
     }
-    node.check_alive()?;
+    base.node.check_alive()?;
     Ok(rounds)
 }
 
@@ -130,9 +201,16 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
         return Err(Failure::Usage(format!("--fsync {}: {why}", a.fsync)));
     }
     let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
+    let large_started = Instant::now();
     let (mut node, portal) =
         procs::start_node(&enforcer, &NodeChoice::default(), dir.path(), &a.fsync, &[])?;
     let pid = node.pid();
+    let small_dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
+    let mut baseline = if a.baseline_pairs > 0 {
+        Some(start_baseline(&a, &enforcer, small_dir.path(), deadline)?)
+    } else {
+        None
+    };
     let no_rss = || Failure::Lab("cannot read the node's RSS from /proc".into());
     let before = node.rss().ok_or_else(no_rss)?;
     let anon_before = procs::rss_anon_bytes(pid).ok_or_else(no_rss)?;
@@ -150,7 +228,12 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
     bar.set_message("storing pairs");
     let done = Done::default();
     let stop = AtomicBool::new(false);
-    let fill_deadline = deadline - Duration::from_secs(2).min(total / 4);
+    // The side-by-side rounds get the last third of the time, whatever the fill managed.
+    let fill_deadline = if a.baseline_pairs > 0 {
+        deadline - total / 3
+    } else {
+        deadline - Duration::from_secs(2).min(total / 4)
+    };
     let drive = |requests: u64, set_ratio: f64| {
         drive_at(
             portal,
@@ -214,10 +297,13 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
     node.check_alive()?;
     let after = node.rss().ok_or_else(no_rss)?;
     let anon_after = procs::rss_anon_bytes(pid).ok_or_else(no_rss)?;
-    let rounds = if a.baseline_pairs > 0 {
-        side_by_side(&a, &enforcer, portal, stored, deadline)?
-    } else {
-        Vec::new()
+    // How long each node had run when the rounds began.
+    let ages = baseline
+        .as_ref()
+        .map(|b| (large_started.elapsed(), b.started.elapsed()));
+    let rounds = match baseline.as_mut() {
+        Some(base) => side_by_side(&a, base, (portal, pid), stored, deadline)?,
+        None => Vec::new(),
     };
     node.check_alive()?;
     let per_pair = |from: u64, to: u64| {
@@ -291,14 +377,23 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
             .map(|r| {
                 vec![
                     format!("{} / {}", r.small_pairs, r.large_pairs),
-                    format!("{:.0} / {:.0}", r.small_test, r.large_test),
-                    format!("{:.2}", r.large_test / r.small_test),
-                    format!("{:.0} / {:.0}", r.small_set, r.large_set),
-                    format!("{:.2}", r.large_set / r.small_set),
+                    format!("{:.0} / {:.0}", r.small_test.per_sec, r.large_test.per_sec),
+                    format!("{:.2}", r.large_test.per_sec / r.small_test.per_sec),
+                    format!("{:.2} / {:.2}", r.small_test.cpu_us, r.large_test.cpu_us),
+                    format!("{:.0} / {:.0}", r.small_set.per_sec, r.large_set.per_sec),
+                    format!("{:.2}", r.large_set.per_sec / r.small_set.per_sec),
+                    format!("{:.2} / {:.2}", r.small_set.cpu_us, r.large_set.cpu_us),
                 ]
             })
             .collect();
-        println!("side by side, small node / large node, alternating:");
+        if let Some((large_age, small_age)) = ages {
+            println!(
+                "side by side, small node / large node, alternating (both started together: \
+                 they had run {:.0} s / {:.0} s when the rounds began):",
+                small_age.as_secs_f64(),
+                large_age.as_secs_f64()
+            );
+        }
         print!(
             "{}",
             output::table(
@@ -306,24 +401,28 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     "pairs",
                     "TEST absent/s",
                     "large/small",
+                    "TEST CPU us/req",
                     "SET fresh/s",
-                    "large/small"
+                    "large/small",
+                    "SET CPU us/req",
                 ],
                 &rows
             )
         );
-    }
-    if !rounds.is_empty() {
         let median = |f: &dyn Fn(&Round) -> f64| {
             let mut v: Vec<f64> = rounds.iter().map(f).collect();
             v.sort_by(f64::total_cmp);
             v[v.len() / 2]
         };
         println!(
-            "median large/small over {} rounds: TEST absent {:.2}, SET fresh {:.2}",
+            "median large/small speed over {} rounds: by throughput TEST absent {:.3}, SET fresh \
+             {:.3}; by the node's CPU time per request (small/large) TEST absent {:.3}, SET \
+             fresh {:.3}",
             rounds.len(),
-            median(&|r| r.large_test / r.small_test),
-            median(&|r| r.large_set / r.small_set)
+            median(&|r| r.large_test.per_sec / r.small_test.per_sec),
+            median(&|r| r.large_set.per_sec / r.small_set.per_sec),
+            median(&|r| r.small_test.cpu_us / r.large_test.cpu_us),
+            median(&|r| r.small_set.cpu_us / r.large_set.cpu_us),
         );
     }
     let load_avg = super::ramp::load_average();
@@ -349,13 +448,21 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     "set_fresh_per_sec": p.set_fresh.ops_per_sec(),
                     "set_fresh_p99_us": p.set_fresh.percentile_us(0.99),
                 })).collect::<Vec<_>>(),
+                "side_by_side_ages_secs": ages.map(|(l, s)| json!({
+                    "large": l.as_secs_f64(),
+                    "small": s.as_secs_f64(),
+                })),
                 "side_by_side": rounds.iter().map(|r| json!({
                     "small_pairs": r.small_pairs,
                     "large_pairs": r.large_pairs,
-                    "small_test_absent_per_sec": r.small_test,
-                    "large_test_absent_per_sec": r.large_test,
-                    "small_set_fresh_per_sec": r.small_set,
-                    "large_set_fresh_per_sec": r.large_set,
+                    "small_test_absent_per_sec": r.small_test.per_sec,
+                    "large_test_absent_per_sec": r.large_test.per_sec,
+                    "small_set_fresh_per_sec": r.small_set.per_sec,
+                    "large_set_fresh_per_sec": r.large_set.per_sec,
+                    "small_test_absent_cpu_us": r.small_test.cpu_us,
+                    "large_test_absent_cpu_us": r.large_test.cpu_us,
+                    "small_set_fresh_cpu_us": r.small_set.cpu_us,
+                    "large_set_fresh_cpu_us": r.large_set.cpu_us,
                 })).collect::<Vec<_>>(),
                 "fsync": a.fsync,
                 "load_average": load_avg,
