@@ -66,7 +66,7 @@ use dqe_core::wire::MAX_DATAGRAM;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::batch_io::{self, RecvBatch};
@@ -75,6 +75,7 @@ use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
 use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
 use crate::peers::PeerWatch;
 use crate::read_order::{ReadOrder, ReadPolicy, Step};
+use crate::sync_threads::{SMALL_BATCH, SyncThreads};
 
 /// Datagrams read from one socket per iteration (one `recvmmsg`).
 pub const BATCH: usize = batch_io::MAX_BATCH;
@@ -154,6 +155,9 @@ pub enum ServerError {
     /// The metrics endpoint could not be bound.
     #[error(transparent)]
     Metrics(#[from] MetricsBindError),
+    /// The group commit's threads could not be started.
+    #[error("cannot start the group-commit threads: {0}")]
+    SyncThreads(io::Error),
 }
 
 /// A datagram waiting to be sent.
@@ -193,7 +197,8 @@ async fn bind(role: &'static str, addr: SocketAddr) -> Result<UdpSocket, ServerE
 
 /// What ended an idle wait.
 enum Wake {
-    Synced(Result<SyncDone, tokio::task::JoinError>),
+    /// `None`: the sync thread panicked.
+    Synced(Option<SyncDone>),
     Readable,
     Deadline,
     Stop,
@@ -270,7 +275,12 @@ struct Server {
     /// The running group commits, oldest first, each with the node's write mark when it was
     /// cut; they are taken back in this order (the store may run a second one while the first
     /// syncs, see `durable/commit.rs`).
-    syncs: VecDeque<(JoinHandle<SyncDone>, u64)>,
+    syncs: VecDeque<RunningSync>,
+    /// The threads that run them.
+    sync_threads: SyncThreads,
+    /// How long the loop, with nothing else to do, keeps polling (instead of sleeping) for
+    /// the oldest group commit to end, counted from its start (see [`Server::spin_for_sync`]).
+    sync_spin: Duration,
     /// When each recent datagram reached the node, by its number modulo [`ARRIVALS`].
     arrivals: Box<[(u64, Instant)]>,
     /// Peer health transitions and cluster mismatches, for the log and the metrics.
@@ -280,6 +290,14 @@ struct Server {
     rx: RecvBatch,
     /// The order the sockets are read in (see [`crate::read_order`]).
     read_policy: ReadPolicy,
+}
+
+/// A group commit handed to a sync thread.
+struct RunningSync {
+    done: oneshot::Receiver<SyncDone>,
+    /// The node's write mark when the batch was cut.
+    mark: u64,
+    started: Instant,
 }
 
 /// Start the node described by `cfg`, serve until `stop` resolves, then shut down cleanly.
@@ -345,6 +363,8 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
     let peers = PeerWatch::new(&cfg.spec, cfg.me, node.cluster_tag());
     metrics.set_peers(peers.peer_names());
 
+    let sync_threads = SyncThreads::new(node.store().max_in_flight(), cfg.sync_spin)
+        .map_err(ServerError::SyncThreads)?;
     let now = Instant::now();
     let mut server = Server {
         node,
@@ -356,6 +376,8 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         ready: VecDeque::new(),
         held: VecDeque::new(),
         syncs: VecDeque::new(),
+        sync_threads,
+        sync_spin: cfg.sync_spin,
         arrivals: vec![(0, now); ARRIVALS].into_boxed_slice(),
         peers,
         next_housekeeping: now,
@@ -416,8 +438,8 @@ impl Server {
             if clock >= self.next_housekeeping {
                 self.housekeeping();
             }
-            while self.syncs.front().is_some_and(|(h, _)| h.is_finished()) {
-                self.finish_sync().await;
+            while let Some((done, mark)) = self.take_finished_sync() {
+                self.take_sync_result(done, mark);
             }
             self.start_sync();
             self.flush().await;
@@ -432,6 +454,12 @@ impl Server {
                 continue;
             }
             busy_rounds = 0;
+            if self.spin_for_sync() {
+                // Poll the sockets (epoll without waiting) and look at the sync again.
+                tokio::task::yield_now().await;
+                std::thread::yield_now();
+                continue;
+            }
 
             // Idle: wait for something to do.
             let deadline = self
@@ -463,7 +491,7 @@ impl Server {
                 let (storer, source, portal) = (&self.storer, &self.source, &self.portal);
                 tokio::select! {
                     biased;
-                    done = async { (&mut sync.expect("guarded by syncing").0).await }, if syncing => Wake::Synced(done),
+                    done = async { (&mut sync.expect("guarded by syncing").done).await }, if syncing => Wake::Synced(done.ok()),
                     _ = storer.readable(), if room => Wake::Readable,
                     _ = source.readable(), if room => Wake::Readable,
                     _ = portal.readable(), if read_portal => Wake::Readable,
@@ -473,8 +501,8 @@ impl Server {
             };
             match woke {
                 Wake::Synced(done) => {
-                    if let Some((_, mark)) = self.syncs.pop_front() {
-                        self.take_sync_result(done, mark);
+                    if let Some(sync) = self.syncs.pop_front() {
+                        self.take_sync_result(done, sync.mark);
                     }
                 }
                 Wake::Stop => {
@@ -636,28 +664,53 @@ impl Server {
         // A batch takes every pending record: all writes up to this mark are in it.
         let mark = self.node.write_mark();
         if let Some(batch) = self.node.store_mut().take_batch() {
-            let handle = tokio::task::spawn_blocking(move || batch.run());
-            self.syncs.push_back((handle, mark));
+            self.syncs.push_back(RunningSync {
+                done: self.sync_threads.submit(batch),
+                mark,
+                started: Instant::now(),
+            });
         }
+    }
+
+    /// The oldest group commit's result and write mark, if it has ended (without waiting).
+    fn take_finished_sync(&mut self) -> Option<(Option<SyncDone>, u64)> {
+        let done = match self.syncs.front_mut()?.done.try_recv() {
+            Ok(done) => Some(done),
+            Err(oneshot::error::TryRecvError::Empty) => return None,
+            Err(oneshot::error::TryRecvError::Closed) => None,
+        };
+        self.syncs.pop_front().map(|s| (done, s.mark))
+    }
+
+    /// Whether the loop, idle, should poll again rather than sleep: a group commit runs, the
+    /// oldest one started less than `sync_spin` ago and few replies wait for it (under load
+    /// the loop is rarely idle for long, and polling would take CPU from the rest). A sleeping loop is woken by the sync
+    /// thread, and on a VM whose idle vCPU halts that wake-up costs tens of microseconds on
+    /// top of the sync (docs/BENCHMARKS.md, issue 10); the bound keeps a slow disk from
+    /// costing a core.
+    fn spin_for_sync(&self) -> bool {
+        self.held.len() <= SMALL_BATCH as usize
+            && self
+                .syncs
+                .front()
+                .is_some_and(|s| s.started.elapsed() < self.sync_spin)
     }
 
     /// Take back the oldest group commit, waiting for it if need be.
     async fn finish_sync(&mut self) {
-        if let Some((handle, mark)) = self.syncs.pop_front() {
-            let done = handle.await;
-            self.take_sync_result(done, mark);
+        if let Some(sync) = self.syncs.pop_front() {
+            let done = sync.done.await.ok();
+            self.take_sync_result(done, sync.mark);
         }
     }
 
     /// `mark`: the node's write mark when the batch was cut.
-    fn take_sync_result(&mut self, done: Result<SyncDone, tokio::task::JoinError>, mark: u64) {
-        let done = match done {
-            Ok(d) => d,
-            Err(e) => {
-                // The blocking task panicked: nothing is known to be written.
-                error!(error = %e, "the group-commit task failed");
-                std::process::abort();
-            }
+    /// `done`: `None` when the sync thread panicked.
+    fn take_sync_result(&mut self, done: Option<SyncDone>, mark: u64) {
+        let Some(done) = done else {
+            // Nothing is known to be written.
+            error!("the group-commit thread failed");
+            std::process::abort();
         };
         if self.node.store_mut().finish(done) {
             self.node.writes_durable(mark);

@@ -1,0 +1,153 @@
+//! The group commit's threads: long-lived threads that run [`SyncBatch`]es (write + fdatasync)
+//! for the event loop and hand each result back on a oneshot channel.
+//!
+//! Why not tokio's blocking pool: on the development VM a vCPU with nothing to run halts, and
+//! waking a thread parked on a halted vCPU costs tens of microseconds (a quiet `always` SET
+//! took about 70 µs more than its one fdatasync, docs/BENCHMARKS.md, issue 10). So a thread
+//! that has just finished a batch keeps looking for the next one for a short, bounded time
+//! ([`SyncThreads::new`]'s `spin`) before it parks: a quiet client's next SET arrives within
+//! that time and is picked up with no wake-up at all. While no batch comes the threads are
+//! parked and cost nothing; at most one thread spins at a time.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use crate::durable::{SyncBatch, SyncDone};
+
+/// Records in a batch that counts as small: only after one does a thread spin. Under load
+/// the batches are large and the next one is usually queued already; there a spinning thread
+/// would only take CPU from the rest of the machine.
+pub const SMALL_BATCH: u64 = 4;
+
+/// A batch and where its result goes.
+type Job = (SyncBatch, oneshot::Sender<SyncDone>);
+
+#[derive(Debug)]
+struct Shared {
+    jobs: Mutex<VecDeque<Job>>,
+    /// Signalled when a job is queued and no thread is spinning, or at stop.
+    queued: Condvar,
+    /// Threads looking for a job without parking.
+    spinning: AtomicUsize,
+    stop: AtomicBool,
+    spin: Duration,
+}
+
+impl Shared {
+    fn pop(&self) -> Option<Job> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front()
+    }
+
+    /// The next job: after a small batch (`spin`), looked for without parking for up to
+    /// `self.spin` (and only while no other thread does), then waited for; `None` at stop.
+    fn next(&self, spin: bool) -> Option<Job> {
+        let spin = spin && !self.spin.is_zero();
+        if spin && self.spinning.fetch_add(1, SeqCst) == 0 {
+            let until = Instant::now() + self.spin;
+            loop {
+                if let Some(job) = self.pop() {
+                    self.spinning.fetch_sub(1, SeqCst);
+                    return Some(job);
+                }
+                if self.stop.load(SeqCst) || Instant::now() >= until {
+                    break;
+                }
+                // Another thread runnable on this CPU (the client, the loop) goes first.
+                std::thread::yield_now();
+            }
+            self.spinning.fetch_sub(1, SeqCst);
+        } else if spin {
+            self.spinning.fetch_sub(1, SeqCst);
+        }
+        let mut jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(job) = jobs.pop_front() {
+                return Some(job);
+            }
+            if self.stop.load(SeqCst) {
+                return None;
+            }
+            jobs = self
+                .queued
+                .wait(jobs)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+}
+
+/// Threads that run group commits; dropping it stops and joins them (a batch already taken
+/// finishes first).
+#[derive(Debug)]
+pub struct SyncThreads {
+    shared: Arc<Shared>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl SyncThreads {
+    /// `count` threads (as many as batches may run at once); each spins for up to `spin`
+    /// after a batch before it parks (zero: parks at once).
+    pub fn new(count: usize, spin: Duration) -> std::io::Result<Self> {
+        let shared = Arc::new(Shared {
+            jobs: Mutex::new(VecDeque::new()),
+            queued: Condvar::new(),
+            spinning: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            spin,
+        });
+        let mut threads = Vec::with_capacity(count);
+        for i in 0..count.max(1) {
+            let shared = shared.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("dqe-sync-{i}"))
+                    .spawn(move || {
+                        let mut small = false;
+                        while let Some((batch, reply)) = shared.next(small) {
+                            small = batch.records() <= SMALL_BATCH;
+                            // The loop may be gone (shutdown); the batch ran all the same.
+                            let _ = reply.send(batch.run());
+                        }
+                    })?,
+            );
+        }
+        Ok(Self { shared, threads })
+    }
+
+    /// Run `batch` on a sync thread; its result arrives on the returned receiver (closed
+    /// without a value only if the thread panicked).
+    pub fn submit(&self, batch: SyncBatch) -> oneshot::Receiver<SyncDone> {
+        let (tx, rx) = oneshot::channel();
+        self.shared
+            .jobs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back((batch, tx));
+        // A spinning thread takes it without a wake-up (it re-checks the queue under the lock
+        // before it parks, so a job queued as it stops spinning is not missed).
+        if self.shared.spinning.load(SeqCst) == 0 {
+            self.shared.queued.notify_one();
+        }
+        rx
+    }
+}
+
+impl Drop for SyncThreads {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, SeqCst);
+        {
+            let _jobs = self.shared.jobs.lock();
+            self.shared.queued.notify_all();
+        }
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
