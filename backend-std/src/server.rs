@@ -363,7 +363,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
     let peers = PeerWatch::new(&cfg.spec, cfg.me, node.cluster_tag());
     metrics.set_peers(peers.peer_names());
 
-    let sync_threads = SyncThreads::new(node.store().max_in_flight(), cfg.sync_spin)
+    let sync_threads = SyncThreads::new("dqe-sync", node.store().max_in_flight(), cfg.sync_spin)
         .map_err(ServerError::SyncThreads)?;
     let now = Instant::now();
     let mut server = Server {

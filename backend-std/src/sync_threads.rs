@@ -92,9 +92,10 @@ pub struct SyncThreads {
 }
 
 impl SyncThreads {
-    /// `count` threads (as many as batches may run at once); each spins for up to `spin`
-    /// after a batch before it parks (zero: parks at once).
-    pub fn new(count: usize, spin: Duration) -> std::io::Result<Self> {
+    /// `count` threads named `name-0`, `name-1`... (as many as batches may run at once);
+    /// after a small batch one of them spins for up to `spin` before it parks (zero: parks at
+    /// once).
+    pub fn new(name: &str, count: usize, spin: Duration) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             jobs: Mutex::new(VecDeque::new()),
             queued: Condvar::new(),
@@ -107,7 +108,7 @@ impl SyncThreads {
             let shared = shared.clone();
             threads.push(
                 std::thread::Builder::new()
-                    .name(format!("dqe-sync-{i}"))
+                    .name(format!("{name}-{i}"))
                     .spawn(move || {
                         let mut small = false;
                         while let Some((batch, reply)) = shared.next(small) {
@@ -149,5 +150,100 @@ impl Drop for SyncThreads {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::durable::{DurableOptions, DurableStore};
+    use dqe_core::hash::{key_of, word_value};
+    use dqe_core::store::{PutOutcome, Store};
+
+    /// The result of `rx`, waited for at most 10 s (a lost job fails instead of hanging).
+    fn wait(mut rx: oneshot::Receiver<SyncDone>) -> SyncDone {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            match rx.try_recv() {
+                Ok(done) => return done,
+                Err(oneshot::error::TryRecvError::Empty) if Instant::now() < until => {
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+                Err(e) => panic!("no result for a submitted batch: {e:?}"),
+            }
+        }
+    }
+
+    /// CPU time, in clock ticks, of this process's threads whose name starts with `prefix`.
+    fn cpu_ticks(prefix: &str) -> u64 {
+        let mut ticks = 0;
+        for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if !comm.starts_with(prefix) {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            // Fields after the `(comm)`: state is field 3, utime 14, stime 15.
+            let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+            let fields: Vec<&str> = rest.split_whitespace().collect();
+            ticks += fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        }
+        ticks
+    }
+
+    /// Batches submitted back to back, within a thread's spin and after it parked, all come
+    /// back, are finished in the order they were cut, and their pairs are on disk.
+    #[test]
+    fn every_batch_comes_back_whether_a_thread_spins_or_sleeps() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = DurableStore::open(DurableOptions::new(dir.path()), 5).unwrap();
+        let threads =
+            SyncThreads::new("t-every", store.max_in_flight(), Duration::from_micros(200)).unwrap();
+        let gaps = [0, 0, 20, 100, 500, 3000];
+        let mut running = VecDeque::new();
+        for i in 0..120u32 {
+            let v = word_value(&i.to_be_bytes());
+            assert_eq!(store.put(&key_of(&v), &v, 5), PutOutcome::Stored);
+            if let Some(batch) = store.take_batch() {
+                running.push_back(threads.submit(batch));
+            }
+            while running.len() >= store.max_in_flight() || (i % 7 == 0 && !running.is_empty()) {
+                assert!(store.finish(wait(running.pop_front().unwrap())));
+            }
+            std::thread::sleep(Duration::from_micros(gaps[i as usize % gaps.len()]));
+        }
+        while let Some(rx) = running.pop_front() {
+            assert!(store.finish(wait(rx)));
+        }
+        if let Some(batch) = store.take_batch() {
+            assert!(store.finish(wait(threads.submit(batch))));
+        }
+        drop(threads);
+        drop(store);
+        let (mut store, rec) = DurableStore::open(DurableOptions::new(dir.path()), 5).unwrap();
+        assert_eq!(rec.records, 120);
+        for i in 0..120u32 {
+            let v = word_value(&i.to_be_bytes());
+            assert_eq!(store.get(&key_of(&v)), Some(v));
+        }
+    }
+
+    /// After a batch a thread spins for its bounded time and then sleeps: an idle node takes
+    /// no CPU.
+    #[test]
+    fn idle_threads_sleep_after_their_spin() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = DurableStore::open(DurableOptions::new(dir.path()), 5).unwrap();
+        let threads = SyncThreads::new("t-idle", 2, Duration::from_millis(5)).unwrap();
+        let v = word_value(b"idle");
+        store.put(&key_of(&v), &v, 5);
+        let batch = store.take_batch().unwrap();
+        assert!(store.finish(wait(threads.submit(batch))));
+        std::thread::sleep(Duration::from_millis(50));
+        let before = cpu_ticks("t-idle");
+        std::thread::sleep(Duration::from_millis(500));
+        let used = cpu_ticks("t-idle") - before;
+        // A thread that kept spinning would take about 50 ticks (10 ms each) here.
+        assert!(used <= 3, "idle sync threads took {used} ticks in 500 ms");
     }
 }
