@@ -457,7 +457,7 @@ impl Server {
             if self.spin_for_sync() {
                 // Poll the sockets (epoll without waiting) and look at the sync again.
                 tokio::task::yield_now().await;
-                std::thread::yield_now();
+                self.sync_threads.spin_yield();
                 continue;
             }
 
@@ -683,13 +683,15 @@ impl Server {
     }
 
     /// Whether the loop, idle, should poll again rather than sleep: a group commit runs, the
-    /// oldest one started less than `sync_spin` ago and few replies wait for it (under load
-    /// the loop is rarely idle for long, and polling would take CPU from the rest). A sleeping loop is woken by the sync
+    /// oldest one started less than `sync_spin` ago, few replies wait for it (under load
+    /// the loop is rarely idle for long, and polling would take CPU from the rest) and no
+    /// spinner lately found its CPU wanted by another thread ([`SyncThreads::may_spin`]). A sleeping loop is woken by the sync
     /// thread, and on a VM whose idle vCPU halts that wake-up costs tens of microseconds on
     /// top of the sync (docs/BENCHMARKS.md, issue 10); the bound keeps a slow disk from
     /// costing a core.
     fn spin_for_sync(&self) -> bool {
         self.held.len() <= SMALL_BATCH as usize
+            && self.sync_threads.may_spin()
             && self
                 .syncs
                 .front()

@@ -10,7 +10,7 @@
 //! parked and cost nothing; at most one thread spins at a time.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -24,6 +24,44 @@ use crate::durable::{SyncBatch, SyncDone};
 /// would only take CPU from the rest of the machine.
 pub const SMALL_BATCH: u64 = 4;
 
+/// A yield that gave the CPU away for longer than this means another thread wanted it.
+const CONTENDED_YIELD: Duration = Duration::from_micros(50);
+/// After such a yield nobody spins for this long: on a busy CPU a spinner gets the CPU back
+/// only after someone else's time slice (milliseconds), where a sleeper woken by the sync
+/// runs at once, and it takes CPU the others need.
+pub const SPIN_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Whether spinning pays now: shared by the event loop and the sync threads.
+#[derive(Debug)]
+struct SpinGate {
+    start: Instant,
+    /// Microseconds after `start` before which nobody spins.
+    closed_until_us: AtomicU64,
+}
+
+impl SpinGate {
+    fn micros(&self) -> u64 {
+        self.start.elapsed().as_micros() as u64
+    }
+
+    fn open(&self) -> bool {
+        self.micros() >= self.closed_until_us.load(SeqCst)
+    }
+
+    /// Give the CPU to any other runnable thread once; if one took it, close the gate for
+    /// [`SPIN_BACKOFF`] and return false.
+    fn yield_now(&self) -> bool {
+        let t = Instant::now();
+        std::thread::yield_now();
+        if t.elapsed() <= CONTENDED_YIELD {
+            return true;
+        }
+        let until = self.micros() + SPIN_BACKOFF.as_micros() as u64;
+        self.closed_until_us.store(until, SeqCst);
+        false
+    }
+}
+
 /// A batch and where its result goes.
 type Job = (SyncBatch, oneshot::Sender<SyncDone>);
 
@@ -36,6 +74,7 @@ struct Shared {
     spinning: AtomicUsize,
     stop: AtomicBool,
     spin: Duration,
+    gate: SpinGate,
 }
 
 impl Shared {
@@ -49,7 +88,7 @@ impl Shared {
     /// The next job: after a small batch (`spin`), looked for without parking for up to
     /// `self.spin` (and only while no other thread does), then waited for; `None` at stop.
     fn next(&self, spin: bool) -> Option<Job> {
-        let spin = spin && !self.spin.is_zero();
+        let spin = spin && !self.spin.is_zero() && self.gate.open();
         if spin && self.spinning.fetch_add(1, SeqCst) == 0 {
             let until = Instant::now() + self.spin;
             loop {
@@ -57,11 +96,11 @@ impl Shared {
                     self.spinning.fetch_sub(1, SeqCst);
                     return Some(job);
                 }
-                if self.stop.load(SeqCst) || Instant::now() >= until {
+                // Another thread runnable on this CPU (the client, the loop) goes first; if
+                // there was one, spinning does not pay.
+                if self.stop.load(SeqCst) || Instant::now() >= until || !self.gate.yield_now() {
                     break;
                 }
-                // Another thread runnable on this CPU (the client, the loop) goes first.
-                std::thread::yield_now();
             }
             self.spinning.fetch_sub(1, SeqCst);
         } else if spin {
@@ -102,6 +141,10 @@ impl SyncThreads {
             spinning: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             spin,
+            gate: SpinGate {
+                start: Instant::now(),
+                closed_until_us: AtomicU64::new(0),
+            },
         });
         let mut threads = Vec::with_capacity(count);
         for i in 0..count.max(1) {
@@ -137,6 +180,21 @@ impl SyncThreads {
             self.shared.queued.notify_one();
         }
         rx
+    }
+}
+
+impl SyncThreads {
+    /// Whether the event loop may spin (instead of sleeping) for a running sync: spinning is
+    /// on (`spin` > 0) and no spinner found its CPU wanted by another thread in the last
+    /// [`SPIN_BACKOFF`].
+    pub fn may_spin(&self) -> bool {
+        !self.shared.spin.is_zero() && self.shared.gate.open()
+    }
+
+    /// One round of the event loop's spin: give the CPU to any other runnable thread; false
+    /// (and no spinning for [`SPIN_BACKOFF`]) if one took it.
+    pub fn spin_yield(&self) -> bool {
+        self.shared.gate.yield_now()
     }
 }
 
