@@ -75,7 +75,7 @@ use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
 use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
 use crate::peers::PeerWatch;
 use crate::read_order::{ReadOrder, ReadPolicy, Step};
-use crate::sync_threads::{SMALL_BATCH, SyncThreads};
+use crate::sync_threads::{PressureWatch, SMALL_BATCH, SyncThreads};
 
 /// Datagrams read from one socket per iteration (one `recvmmsg`).
 pub const BATCH: usize = batch_io::MAX_BATCH;
@@ -281,6 +281,8 @@ struct Server {
     /// How long the loop, with nothing else to do, keeps polling (instead of sleeping) for
     /// the oldest group commit to end, counted from its start (see [`Server::spin_for_sync`]).
     sync_spin: Duration,
+    /// The CPU pressure, for when spinning pays ([`SyncThreads::watch_pressure`]).
+    pressure: PressureWatch,
     /// When each recent datagram reached the node, by its number modulo [`ARRIVALS`].
     arrivals: Box<[(u64, Instant)]>,
     /// Peer health transitions and cluster mismatches, for the log and the metrics.
@@ -378,6 +380,7 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         syncs: VecDeque::new(),
         sync_threads,
         sync_spin: cfg.sync_spin,
+        pressure: PressureWatch::default(),
         arrivals: vec![(0, now); ARRIVALS].into_boxed_slice(),
         peers,
         next_housekeeping: now,
@@ -683,14 +686,14 @@ impl Server {
     }
 
     /// Whether the loop, idle, should poll again rather than sleep: a group commit runs, the
-    /// oldest one started less than `sync_spin` ago, few replies wait for it (under load
-    /// the loop is rarely idle for long, and polling would take CPU from the rest) and no
-    /// spinner lately found its CPU wanted by another thread ([`SyncThreads::may_spin`]). A sleeping loop is woken by the sync
-    /// thread, and on a VM whose idle vCPU halts that wake-up costs tens of microseconds on
-    /// top of the sync (docs/BENCHMARKS.md, issue 10); the bound keeps a slow disk from
-    /// costing a core.
+    /// oldest one started less than `sync_spin` ago, one to [`SMALL_BATCH`] replies wait for
+    /// it (under load the loop is rarely idle for long and polling would take CPU from the
+    /// rest; with none, nobody waits) and the CPUs are not contended
+    /// ([`SyncThreads::may_spin`]). A sleeping loop is woken by the sync thread, and on a VM
+    /// whose idle vCPU halts that wake-up costs tens of microseconds on top of the sync
+    /// (docs/BENCHMARKS.md, issue 10); the bound keeps a slow disk from costing a core.
     fn spin_for_sync(&self) -> bool {
-        self.held.len() <= SMALL_BATCH as usize
+        (1..=SMALL_BATCH as usize).contains(&self.held.len())
             && self.sync_threads.may_spin()
             && self
                 .syncs
@@ -766,6 +769,8 @@ impl Server {
         let now = Instant::now();
         self.next_housekeeping = now + Duration::from_millis(100);
         self.refresh_epoch();
+        self.sync_threads
+            .watch_pressure(&mut self.pressure, Duration::from_millis(150));
         let node = &self.node;
         self.peers
             .poll_health(|i| node.health_transitions(i), &self.metrics);

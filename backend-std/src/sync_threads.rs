@@ -4,10 +4,17 @@
 //! Why not tokio's blocking pool: on the development VM a vCPU with nothing to run halts, and
 //! waking a thread parked on a halted vCPU costs tens of microseconds (a quiet `always` SET
 //! took about 70 µs more than its one fdatasync, docs/BENCHMARKS.md, issue 10). So a thread
-//! that has just finished a batch keeps looking for the next one for a short, bounded time
-//! ([`SyncThreads::new`]'s `spin`) before it parks: a quiet client's next SET arrives within
-//! that time and is picked up with no wake-up at all. While no batch comes the threads are
-//! parked and cost nothing; at most one thread spins at a time.
+//! that has just finished a small batch keeps looking for the next one for a short, bounded
+//! time (`--fsync-spin-us`) before it parks: a quiet client's next SET arrives within that
+//! time and is picked up with no wake-up at all. The event loop does the same while a small
+//! sync runs (`server.rs`, `spin_for_sync`). While no batch comes the threads are parked and
+//! cost nothing; at most one thread spins at a time.
+//!
+//! Spinning pays only on CPUs nobody else wants: a spinner on a contended CPU gets it back
+//! only after another thread's time slice (milliseconds) where a sleeper woken by the sync
+//! would run at once, and it takes CPU from the rest. So nobody spins while the machine's CPU
+//! pressure (`/proc/pressure/cpu`) is above 2% ([`SyncThreads::watch_pressure`]) or for a
+//! second after a spinner's `sched_yield` gave its CPU to another thread.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -48,6 +55,11 @@ impl SpinGate {
         self.micros() >= self.closed_until_us.load(SeqCst)
     }
 
+    fn close_for(&self, d: Duration) {
+        let until = self.micros() + d.as_micros() as u64;
+        self.closed_until_us.fetch_max(until, SeqCst);
+    }
+
     /// Give the CPU to any other runnable thread once; if one took it, close the gate for
     /// [`SPIN_BACKOFF`] and return false.
     fn yield_now(&self) -> bool {
@@ -56,8 +68,7 @@ impl SpinGate {
         if t.elapsed() <= CONTENDED_YIELD {
             return true;
         }
-        let until = self.micros() + SPIN_BACKOFF.as_micros() as u64;
-        self.closed_until_us.store(until, SeqCst);
+        self.close_for(SPIN_BACKOFF);
         false
     }
 }
@@ -183,7 +194,44 @@ impl SyncThreads {
     }
 }
 
+/// The machine's CPU pressure (Linux PSI, `/proc/pressure/cpu`): the time, in µs, some task
+/// waited for a CPU since boot; `None` where the kernel does not keep it.
+fn cpu_stall_us() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/pressure/cpu").ok()?;
+    let some = text.lines().find(|l| l.starts_with("some "))?;
+    some.split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// A share of a period that tasks waited for a CPU above which nobody spins in the next one.
+const STALLED_SHARE: f64 = 0.02;
+
+/// Watches the CPU pressure for [`SyncThreads::watch_pressure`].
+#[derive(Debug, Default)]
+pub struct PressureWatch {
+    last: Option<(Instant, u64)>,
+}
+
 impl SyncThreads {
+    /// Call now and then (the loop's housekeeping, every 100 ms): when tasks waited for a CPU
+    /// for more than 2% of the time since the last call, nobody spins for the next
+    /// `period`: a spinner would take the CPU they wait for (or keep them from moving to it).
+    pub fn watch_pressure(&self, watch: &mut PressureWatch, period: Duration) {
+        let Some(stall) = cpu_stall_us() else {
+            return;
+        };
+        let now = Instant::now();
+        if let Some((then, before)) = watch.last {
+            let span = now.saturating_duration_since(then).as_micros() as f64;
+            if span > 0.0 && stall.saturating_sub(before) as f64 > STALLED_SHARE * span {
+                self.shared.gate.close_for(period);
+            }
+        }
+        watch.last = Some((now, stall));
+    }
+
     /// Whether the event loop may spin (instead of sleeping) for a running sync: spinning is
     /// on (`spin` > 0) and no spinner found its CPU wanted by another thread in the last
     /// [`SPIN_BACKOFF`].
