@@ -12,7 +12,8 @@
 //! 3. Group commit: a transmit that rests on a write not yet durable (the node says which,
 //!    `Transmit::waits_for`, in its own write sequence) is held; every other one (sub-requests,
 //!    `NotFound`, refusals, replies resting on durable writes only) is sent at once. The
-//!    store's pending records go to a blocking thread in one batch (write + fdatasync), cut at
+//!    store's pending records go to a group-commit thread ([`crate::sync_threads`]) in one
+//!    batch (write + fdatasync), cut at
 //!    the node's write mark; the loop keeps reading meanwhile (in mode `always` the records that
 //!    arrive during that sync go to a second batch at once, see `durable/commit.rs`; batches
 //!    are taken back in the order they were cut), and when the batch is durable
@@ -24,7 +25,9 @@
 //! 4. Datagrams leave in the order they were queued, a run for one socket at a time with one
 //!    `sendmmsg` ([`crate::batch_io`]).
 //! 5. When nothing is readable, wait (biased) for a finished sync, a readable socket, the
-//!    node's next deadline or a stop signal.
+//!    node's next deadline or a stop signal; but while a small sync runs and the CPUs are not
+//!    contended, poll for a bounded time instead of sleeping (`Server::spin_for_sync`), so
+//!    that the sync's end needs no wake-up of the loop.
 //!
 //! The held queue is bounded ([`MAX_HELD`]): while it is full no socket is read, the kernel
 //! buffers fill and drop, and clients retry. Memory never grows with load. (A batch reads at
