@@ -26,7 +26,7 @@ trap 'rm -rf "$D"' EXIT
 variants=("spin=$E|" "nospin=$E|--fsync-spin-us 0")
 [ -n "${BASELINE:-}" ] && variants+=("baseline=$BASELINE|")
 date -u
-echo "round line                load  p50_us p99_us  p50/sync p99/sync (sync = lower probe p50 of the round)"
+echo "round line                load  p50_us p99_us  p50/sync p99/sync  (sync: the lower probe p50 of the round; node_cpu: cores busy)"
 for r in $(seq "$R"); do
   idle=$($X/fsync_probe "$D" "$N" sync)
   li=$(load)
@@ -46,11 +46,14 @@ for r in $(seq "$R"); do
     out=$($X/loopback_bench --target "127.0.0.1:$P" --mode set --window 1 --seconds "$S" \
       --prefix "lat-$r-$label-" 2>&1 | tail -1)
     l=$(load)
+    # The node's CPU time (user + system) over its run, in clock ticks (100 a second).
+    cpu=$(awk '{print $14 + $15}' /proc/$NP/stat)
     kill -INT $NP; wait $NP
     p50=$(field p50 "$out"); p99=$(field p99 "$out")
-    printf '%-5s %-19s %-5s %6s %6s  %8s %8s\n' "$r" "always-w1-$label" "$l" "$p50" "$p99" \
+    printf '%-5s %-19s %-5s %6s %6s  %8s %8s  %s\n' "$r" "always-w1-$label" "$l" "$p50" "$p99" \
       "$(awk -v a="$p50" -v b="$sync" 'BEGIN { printf "%.2f", a / b }')" \
-      "$(awk -v a="$p99" -v b="$sync" 'BEGIN { printf "%.2f", a / b }')"
+      "$(awk -v a="$p99" -v b="$sync" 'BEGIN { printf "%.2f", a / b }')" \
+      "rate=$(field rate "$out")/s node_cpu=$(awk -v t="$cpu" -v s="$S" 'BEGIN { printf "%.2f", t / 100 / (s + 1) }')"
   done
 done | tee "$D/lines"
 echo "medians over the rounds (target: p50/sync <= 1.3, p99/sync <= 3):"

@@ -13,7 +13,7 @@
 //! Spinning pays only on CPUs nobody else wants: a spinner on a contended CPU gets it back
 //! only after another thread's time slice (milliseconds) where a sleeper woken by the sync
 //! would run at once, and it takes CPU from the rest. So nobody spins while the machine's CPU
-//! pressure (`/proc/pressure/cpu`) is above 2% ([`SyncThreads::watch_pressure`]) or for a
+//! pressure (`/proc/pressure/cpu`) is above 10% ([`SyncThreads::watch_pressure`]) or for a
 //! second after a spinner's `sched_yield` gave its CPU to another thread.
 
 use std::collections::VecDeque;
@@ -206,7 +206,7 @@ fn cpu_stall_us() -> Option<u64> {
 }
 
 /// A share of a period that tasks waited for a CPU above which nobody spins in the next one.
-const STALLED_SHARE: f64 = 0.02;
+const STALLED_SHARE: f64 = 0.1;
 
 /// Watches the CPU pressure for [`SyncThreads::watch_pressure`].
 #[derive(Debug, Default)]
@@ -216,7 +216,7 @@ pub struct PressureWatch {
 
 impl SyncThreads {
     /// Call now and then (the loop's housekeeping, every 100 ms): when tasks waited for a CPU
-    /// for more than 2% of the time since the last call, nobody spins for the next
+    /// for more than 10% of the time since the last call, nobody spins for the next
     /// `period`: a spinner would take the CPU they wait for (or keep them from moving to it).
     pub fn watch_pressure(&self, watch: &mut PressureWatch, period: Duration) {
         let Some(stall) = cpu_stall_us() else {
