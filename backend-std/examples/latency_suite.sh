@@ -37,7 +37,10 @@ for r in $(seq "$R"); do
   sync=$(( ip50 < ap50 ? ip50 : ap50 ))
   printf '%-5s %-19s %-5s %6s %6s\n' "$r" probe-idle "$li" "$ip50" "$(field p99 "$idle")"
   printf '%-5s %-19s %-5s %6s %6s\n' "$r" probe-awake "$la" "$ap50" "$(field p99 "$awake")"
-  for v in "${variants[@]}"; do
+  # Each round starts with the next variant, so none is always the first after the probes.
+  n=${#variants[@]}
+  for k in $(seq 0 $((n - 1))); do
+    v=${variants[$(((r - 1 + k) % n))]}
     label=${v%%=*}; rest=${v#*=}; bin=${rest%%|*}; args=${rest#*|}
     rm -rf "$D/data"
     # shellcheck disable=SC2086
