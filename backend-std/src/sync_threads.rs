@@ -1,5 +1,6 @@
 //! The group commit's threads: long-lived threads that run [`SyncBatch`]es (write + fdatasync)
-//! for the event loop and hand each result back on a oneshot channel.
+//! for the event loop and hand each result back on a oneshot channel (while nobody may spin,
+//! tokio's blocking pool runs them instead: [`SyncThreads::submit`]).
 //!
 //! Why not tokio's blocking pool: on the development VM a vCPU with nothing to run halts, and
 //! waking a thread parked on a halted vCPU costs tens of microseconds (a quiet `always` SET
@@ -178,8 +179,23 @@ impl SyncThreads {
 
     /// Run `batch` on a sync thread; its result arrives on the returned receiver (closed
     /// without a value only if the thread panicked).
+    ///
+    /// While nobody may spin (spinning off, or the CPUs contended) and a tokio runtime is at
+    /// hand, the batch goes to tokio's blocking pool instead, as it did before these threads:
+    /// the own threads only pay by spinning, and under load the window-32 throughput could not
+    /// tell them from the pool (docs/BENCHMARKS.md, issue 10), so a loaded node keeps the
+    /// path its throughput was measured with.
     pub fn submit(&self, batch: SyncBatch) -> oneshot::Receiver<SyncDone> {
         let (tx, rx) = oneshot::channel();
+        if !self.may_spin()
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn_blocking(move || {
+                // The loop may be gone (shutdown); the batch ran all the same.
+                let _ = tx.send(batch.run());
+            });
+            return rx;
+        }
         self.shared
             .jobs
             .lock()
