@@ -463,7 +463,8 @@ impl Server {
             if self.spin_for_sync() {
                 // Poll the sockets (epoll without waiting) and look at the sync again.
                 tokio::task::yield_now().await;
-                self.sync_threads.spin_yield();
+                // Another thread runnable on this CPU (the client, a sync thread) goes first.
+                std::thread::yield_now();
                 continue;
             }
 

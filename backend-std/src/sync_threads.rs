@@ -11,11 +11,11 @@
 //! sync runs (`server.rs`, `spin_for_sync`). While no batch comes the threads are parked and
 //! cost nothing; at most one thread spins at a time.
 //!
-//! Spinning pays only on CPUs nobody else wants: a spinner on a contended CPU gets it back
-//! only after another thread's time slice (milliseconds) where a sleeper woken by the sync
-//! would run at once, and it takes CPU from the rest. So nobody spins while the machine's CPU
-//! pressure (`/proc/pressure/cpu`) is above 10% ([`SyncThreads::watch_pressure`]) or for a
-//! second after a spinner's `sched_yield` gave its CPU to another thread.
+//! A spinner yields (`sched_yield`) between its looks, so a thread runnable on its CPU goes
+//! first. On a saturated machine (tasks waiting for a CPU more than 90% of the time,
+//! `/proc/pressure/cpu`, [`SyncThreads::watch_pressure`]) nobody spins and the batches go to
+//! tokio's blocking pool as before: there a spinner gets its CPU back only after another
+//! thread's time slice, and it takes CPU from the rest.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::SeqCst};
@@ -31,13 +31,6 @@ use crate::durable::{SyncBatch, SyncDone};
 /// the batches are large and the next one is usually queued already; there a spinning thread
 /// would only take CPU from the rest of the machine.
 pub const SMALL_BATCH: u64 = 4;
-
-/// A yield that gave the CPU away for longer than this means another thread wanted it.
-const CONTENDED_YIELD: Duration = Duration::from_micros(50);
-/// After such a yield nobody spins for this long: on a busy CPU a spinner gets the CPU back
-/// only after someone else's time slice (milliseconds), where a sleeper woken by the sync
-/// runs at once, and it takes CPU the others need.
-pub const SPIN_BACKOFF: Duration = Duration::from_secs(1);
 
 /// Whether spinning pays now: shared by the event loop and the sync threads.
 #[derive(Debug)]
@@ -59,18 +52,6 @@ impl SpinGate {
     fn close_for(&self, d: Duration) {
         let until = self.micros() + d.as_micros() as u64;
         self.closed_until_us.fetch_max(until, SeqCst);
-    }
-
-    /// Give the CPU to any other runnable thread once; if one took it, close the gate for
-    /// [`SPIN_BACKOFF`] and return false.
-    fn yield_now(&self) -> bool {
-        let t = Instant::now();
-        std::thread::yield_now();
-        if t.elapsed() <= CONTENDED_YIELD {
-            return true;
-        }
-        self.close_for(SPIN_BACKOFF);
-        false
     }
 }
 
@@ -108,11 +89,11 @@ impl Shared {
                     self.spinning.fetch_sub(1, SeqCst);
                     return Some(job);
                 }
-                // Another thread runnable on this CPU (the client, the loop) goes first; if
-                // there was one, spinning does not pay.
-                if self.stop.load(SeqCst) || Instant::now() >= until || !self.gate.yield_now() {
+                if self.stop.load(SeqCst) || Instant::now() >= until {
                     break;
                 }
+                // Another thread runnable on this CPU (the client, the loop) goes first.
+                std::thread::yield_now();
             }
             self.spinning.fetch_sub(1, SeqCst);
         } else if spin {
@@ -222,7 +203,7 @@ fn cpu_stall_us() -> Option<u64> {
 }
 
 /// A share of a period that tasks waited for a CPU above which nobody spins in the next one.
-const STALLED_SHARE: f64 = 0.1;
+const STALLED_SHARE: f64 = 0.9;
 
 /// Watches the CPU pressure for [`SyncThreads::watch_pressure`].
 #[derive(Debug, Default)]
@@ -232,7 +213,7 @@ pub struct PressureWatch {
 
 impl SyncThreads {
     /// Call now and then (the loop's housekeeping, every 100 ms): when tasks waited for a CPU
-    /// for more than 10% of the time since the last call, nobody spins for the next
+    /// for more than 90% of the time since the last call, nobody spins for the next
     /// `period`: a spinner would take the CPU they wait for (or keep them from moving to it).
     pub fn watch_pressure(&self, watch: &mut PressureWatch, period: Duration) {
         let Some(stall) = cpu_stall_us() else {
@@ -249,16 +230,10 @@ impl SyncThreads {
     }
 
     /// Whether the event loop may spin (instead of sleeping) for a running sync: spinning is
-    /// on (`spin` > 0) and no spinner found its CPU wanted by another thread in the last
-    /// [`SPIN_BACKOFF`].
+    /// on (`spin` > 0) and the CPUs were not saturated at the last look
+    /// ([`SyncThreads::watch_pressure`]).
     pub fn may_spin(&self) -> bool {
         !self.shared.spin.is_zero() && self.shared.gate.open()
-    }
-
-    /// One round of the event loop's spin: give the CPU to any other runnable thread; false
-    /// (and no spinning for [`SPIN_BACKOFF`]) if one took it.
-    pub fn spin_yield(&self) -> bool {
-        self.shared.gate.yield_now()
     }
 }
 
