@@ -6,8 +6,8 @@
 # ("one fdatasync" = the probe's p50; the strict yardstick is the lower of idle and awake).
 # Also runs the enforcer with `--fsync-spin-us 0` (sync threads and loop sleep at once), and
 # BASELINE=path (an older dqe-enforcer, e.g. before the sync threads) if given, for an A/B.
-# The node polls only while the CPUs are not contended (/proc/pressure/cpu "some" under 10%):
-# on a loaded machine `spin` runs the same code as `nospin`, and their spread is the noise.
+# The node polls only while the machine is not saturated (/proc/pressure/cpu "some" under
+# 90%): on a saturated machine `spin` runs the same code as `nospin`.
 # Every line carries the 1-minute load average. About 1 minute on a quiet machine (at most
 # 3 with the defaults). Build first:
 #   cargo build --release -p backend-std --bins --examples

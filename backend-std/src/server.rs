@@ -25,8 +25,8 @@
 //! 4. Datagrams leave in the order they were queued, a run for one socket at a time with one
 //!    `sendmmsg` ([`crate::batch_io`]).
 //! 5. When nothing is readable, wait (biased) for a finished sync, a readable socket, the
-//!    node's next deadline or a stop signal; but while a small sync runs and the CPUs are not
-//!    contended, poll for a bounded time instead of sleeping (`Server::spin_for_sync`), so
+//!    node's next deadline or a stop signal; but while a small sync runs and the machine is not
+//!    saturated, poll for a bounded time instead of sleeping (`Server::spin_for_sync`), so
 //!    that the sync's end needs no wake-up of the loop.
 //!
 //! The held queue is bounded ([`MAX_HELD`]): while it is full no socket is read, the kernel
@@ -692,7 +692,7 @@ impl Server {
     /// Whether the loop, idle, should poll again rather than sleep: a group commit runs, the
     /// oldest one started less than `sync_spin` ago, one to [`SMALL_BATCH`] replies wait for
     /// it (under load the loop is rarely idle for long and polling would take CPU from the
-    /// rest; with none, nobody waits) and the CPUs are not contended
+    /// rest; with none, nobody waits) and the machine is not saturated
     /// ([`SyncThreads::may_spin`]). A sleeping loop is woken by the sync thread, and on a VM
     /// whose idle vCPU halts that wake-up costs tens of microseconds on top of the sync
     /// (docs/BENCHMARKS.md, issue 10); the bound keeps a slow disk from costing a core.

@@ -161,11 +161,11 @@ impl SyncThreads {
     /// Run `batch` on a sync thread; its result arrives on the returned receiver (closed
     /// without a value only if the thread panicked).
     ///
-    /// While nobody may spin (spinning off, or the CPUs contended) and a tokio runtime is at
-    /// hand, the batch goes to tokio's blocking pool instead, as it did before these threads:
-    /// the own threads only pay by spinning, and under load the window-32 throughput could not
-    /// tell them from the pool (docs/BENCHMARKS.md, issue 10), so a loaded node keeps the
-    /// path its throughput was measured with.
+    /// While nobody may spin (`--fsync-spin-us 0`, or the machine saturated) and a tokio
+    /// runtime is at hand, the batch goes to tokio's blocking pool instead, as it did before
+    /// these threads: the own threads only pay by spinning, and loaded runs at window 32 could
+    /// not tell them from the pool (docs/BENCHMARKS.md, issue 10), so such a node keeps the
+    /// path it was measured with.
     pub fn submit(&self, batch: SyncBatch) -> oneshot::Receiver<SyncDone> {
         let (tx, rx) = oneshot::channel();
         if !self.may_spin()
