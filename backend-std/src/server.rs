@@ -14,7 +14,8 @@
 //! 3. Group commit: a transmit that rests on a write not yet durable (the node says which,
 //!    `Transmit::waits_for`, in its own write sequence) is held; every other one (sub-requests,
 //!    `NotFound`, refusals, replies resting on durable writes only) is sent at once. The
-//!    store's pending records go to a blocking thread in one batch (write + fdatasync), cut at
+//!    store's pending records go to a group-commit thread ([`crate::sync_threads`]) in one
+//!    batch (write + fdatasync), cut at
 //!    the node's write mark; the loop keeps reading meanwhile (in mode `always` the records that
 //!    arrive during that sync go to a second batch at once, see `durable/commit.rs`; batches
 //!    are taken back in the order they were cut; in modes `interval` and `never` a batch that
@@ -28,7 +29,9 @@
 //! 4. Datagrams leave in the order they were queued, a run for one socket at a time with one
 //!    `sendmmsg` ([`crate::batch_io`]).
 //! 5. When nothing is readable, wait (biased) for a finished sync, a readable socket, the
-//!    node's next deadline or a stop signal.
+//!    node's next deadline or a stop signal; but while a small sync runs and the machine is not
+//!    saturated, poll for a bounded time instead of sleeping (`Server::spin_for_sync`), so
+//!    that the sync's end needs no wake-up of the loop.
 //!
 //! The held queue is bounded ([`MAX_HELD`]): while it is full no socket is read, the kernel
 //! buffers fill and drop, and clients retry. Memory never grows with load. (A batch reads at
@@ -70,7 +73,7 @@ use dqe_core::wire::{self, MAX_DATAGRAM};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
+use tokio::sync::oneshot;
 use tracing::{debug, error, info, warn};
 
 use crate::batch_io::{self, RecvBatch};
@@ -79,6 +82,7 @@ use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
 use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
 use crate::peers::PeerWatch;
 use crate::read_order::{ReadOrder, ReadPolicy, Step};
+use crate::sync_threads::{PressureWatch, SMALL_BATCH, SyncThreads};
 
 /// Datagrams read from one socket per iteration (one `recvmmsg`).
 pub const BATCH: usize = batch_io::MAX_BATCH;
@@ -158,6 +162,9 @@ pub enum ServerError {
     /// The metrics endpoint could not be bound.
     #[error(transparent)]
     Metrics(#[from] MetricsBindError),
+    /// The group commit's threads could not be started.
+    #[error("cannot start the group-commit threads: {0}")]
+    SyncThreads(io::Error),
 }
 
 /// A datagram waiting to be sent.
@@ -197,7 +204,8 @@ async fn bind(role: &'static str, addr: SocketAddr) -> Result<UdpSocket, ServerE
 
 /// What ended an idle wait.
 enum Wake {
-    Synced(Result<SyncDone, tokio::task::JoinError>),
+    /// `None`: the sync thread panicked.
+    Synced(Option<SyncDone>),
     Readable,
     Deadline,
     Stop,
@@ -274,7 +282,14 @@ struct Server {
     /// The running group commits, oldest first, each with the node's write mark when it was
     /// cut; they are taken back in this order (the store may run a second one while the first
     /// syncs, see `durable/commit.rs`).
-    syncs: VecDeque<(JoinHandle<SyncDone>, u64)>,
+    syncs: VecDeque<RunningSync>,
+    /// The threads that run them.
+    sync_threads: SyncThreads,
+    /// How long the loop, with nothing else to do, keeps polling (instead of sleeping) for
+    /// the oldest group commit to end, counted from its start (see [`Server::spin_for_sync`]).
+    sync_spin: Duration,
+    /// The CPU pressure, for when spinning pays ([`SyncThreads::watch_pressure`]).
+    pressure: PressureWatch,
     /// When each recent datagram reached the node, by its number modulo [`ARRIVALS`].
     arrivals: Box<[(u64, Instant)]>,
     /// Peer health transitions and cluster mismatches, for the log and the metrics.
@@ -284,6 +299,14 @@ struct Server {
     rx: RecvBatch,
     /// The order the sockets are read in (see [`crate::read_order`]).
     read_policy: ReadPolicy,
+}
+
+/// A group commit handed to a sync thread.
+struct RunningSync {
+    done: oneshot::Receiver<SyncDone>,
+    /// The node's write mark when the batch was cut.
+    mark: u64,
+    started: Instant,
 }
 
 /// Start the node described by `cfg`, serve until `stop` resolves, then shut down cleanly.
@@ -349,6 +372,8 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
     let peers = PeerWatch::new(&cfg.spec, cfg.me, node.cluster_tag());
     metrics.set_peers(peers.peer_names());
 
+    let sync_threads = SyncThreads::new("dqe-sync", node.store().max_in_flight(), cfg.sync_spin)
+        .map_err(ServerError::SyncThreads)?;
     let now = Instant::now();
     let mut server = Server {
         node,
@@ -360,6 +385,9 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
         ready: VecDeque::new(),
         held: VecDeque::new(),
         syncs: VecDeque::new(),
+        sync_threads,
+        sync_spin: cfg.sync_spin,
+        pressure: PressureWatch::default(),
         arrivals: vec![(0, now); ARRIVALS].into_boxed_slice(),
         peers,
         next_housekeeping: now,
@@ -420,8 +448,8 @@ impl Server {
             if clock >= self.next_housekeeping {
                 self.housekeeping();
             }
-            while self.syncs.front().is_some_and(|(h, _)| h.is_finished()) {
-                self.finish_sync().await;
+            while let Some((done, mark)) = self.take_finished_sync() {
+                self.take_sync_result(done, mark);
             }
             self.write_in_place();
             self.start_sync();
@@ -437,6 +465,13 @@ impl Server {
                 continue;
             }
             busy_rounds = 0;
+            if self.spin_for_sync() {
+                // Poll the sockets (epoll without waiting) and look at the sync again.
+                tokio::task::yield_now().await;
+                // Another thread runnable on this CPU (the client, a sync thread) goes first.
+                std::thread::yield_now();
+                continue;
+            }
 
             // Idle: wait for something to do.
             let deadline = self
@@ -468,7 +503,7 @@ impl Server {
                 let (storer, source, portal) = (&self.storer, &self.source, &self.portal);
                 tokio::select! {
                     biased;
-                    done = async { (&mut sync.expect("guarded by syncing").0).await }, if syncing => Wake::Synced(done),
+                    done = async { (&mut sync.expect("guarded by syncing").done).await }, if syncing => Wake::Synced(done.ok()),
                     _ = storer.readable(), if room => Wake::Readable,
                     _ = source.readable(), if room => Wake::Readable,
                     _ = portal.readable(), if read_portal => Wake::Readable,
@@ -478,8 +513,8 @@ impl Server {
             };
             match woke {
                 Wake::Synced(done) => {
-                    if let Some((_, mark)) = self.syncs.pop_front() {
-                        self.take_sync_result(done, mark);
+                    if let Some(sync) = self.syncs.pop_front() {
+                        self.take_sync_result(done, sync.mark);
                     }
                 }
                 Wake::Stop => {
@@ -691,28 +726,55 @@ impl Server {
         // A batch takes every pending record: all writes up to this mark are in it.
         let mark = self.node.write_mark();
         if let Some(batch) = self.node.store_mut().take_batch() {
-            let handle = tokio::task::spawn_blocking(move || batch.run());
-            self.syncs.push_back((handle, mark));
+            self.syncs.push_back(RunningSync {
+                done: self.sync_threads.submit(batch),
+                mark,
+                started: Instant::now(),
+            });
         }
+    }
+
+    /// The oldest group commit's result and write mark, if it has ended (without waiting).
+    fn take_finished_sync(&mut self) -> Option<(Option<SyncDone>, u64)> {
+        let done = match self.syncs.front_mut()?.done.try_recv() {
+            Ok(done) => Some(done),
+            Err(oneshot::error::TryRecvError::Empty) => return None,
+            Err(oneshot::error::TryRecvError::Closed) => None,
+        };
+        self.syncs.pop_front().map(|s| (done, s.mark))
+    }
+
+    /// Whether the loop, idle, should poll again rather than sleep: a group commit runs, the
+    /// oldest one started less than `sync_spin` ago, one to [`SMALL_BATCH`] replies wait for
+    /// it (under load the loop is rarely idle for long and polling would take CPU from the
+    /// rest; with none, nobody waits) and the machine is not saturated
+    /// ([`SyncThreads::may_spin`]). A sleeping loop is woken by the sync thread, and on a VM
+    /// whose idle vCPU halts that wake-up costs tens of microseconds on top of the sync
+    /// (docs/BENCHMARKS.md, issue 10); the bound keeps a slow disk from costing a core.
+    fn spin_for_sync(&self) -> bool {
+        (1..=SMALL_BATCH as usize).contains(&self.held.len())
+            && self.sync_threads.may_spin()
+            && self
+                .syncs
+                .front()
+                .is_some_and(|s| s.started.elapsed() < self.sync_spin)
     }
 
     /// Take back the oldest group commit, waiting for it if need be.
     async fn finish_sync(&mut self) {
-        if let Some((handle, mark)) = self.syncs.pop_front() {
-            let done = handle.await;
-            self.take_sync_result(done, mark);
+        if let Some(sync) = self.syncs.pop_front() {
+            let done = sync.done.await.ok();
+            self.take_sync_result(done, sync.mark);
         }
     }
 
     /// `mark`: the node's write mark when the batch was cut.
-    fn take_sync_result(&mut self, done: Result<SyncDone, tokio::task::JoinError>, mark: u64) {
-        let done = match done {
-            Ok(d) => d,
-            Err(e) => {
-                // The blocking task panicked: nothing is known to be written.
-                error!(error = %e, "the group-commit task failed");
-                std::process::abort();
-            }
+    /// `done`: `None` when the sync thread panicked.
+    fn take_sync_result(&mut self, done: Option<SyncDone>, mark: u64) {
+        let Some(done) = done else {
+            // Nothing is known to be written.
+            error!("the group-commit thread failed");
+            std::process::abort();
         };
         if self.node.store_mut().finish(done) {
             self.node.writes_durable(mark);
@@ -766,6 +828,8 @@ impl Server {
         let now = Instant::now();
         self.next_housekeeping = now + Duration::from_millis(100);
         self.refresh_epoch();
+        self.sync_threads
+            .watch_pressure(&mut self.pressure, Duration::from_millis(150));
         let node = &self.node;
         self.peers
             .poll_health(|i| node.health_transitions(i), &self.metrics);

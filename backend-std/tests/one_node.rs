@@ -420,3 +420,31 @@ fn record_reads_and_read_failures_are_exported() {
     assert!(failures >= 1, "{text}");
     assert!(metric::<u64>(&text, "dqe_record_reads_total") > reads);
 }
+
+/// CPU time (user + system, in clock ticks) process `pid` has used so far.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Issue 10: the loop and the group-commit threads poll for a running fsync or the next batch
+/// only for a bounded time (`--fsync-spin-us`); once the SETs stop, the node sleeps.
+#[test]
+fn an_idle_node_takes_no_cpu_after_its_sets() {
+    let site = DevSite::new(&PORTS, 4);
+    let node = site.start_with(&["--fsync", "always", "--fsync-spin-us", "20000"]);
+    let c = Client::new();
+    for i in 0..20 {
+        let (_, v) = pair(&format!("idle after sets {i}"));
+        assert_eq!(c.set(node.portal, v), Some(Body::Stored));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let pid = node.child.id();
+    let before = cpu_ticks(pid);
+    std::thread::sleep(Duration::from_secs(1));
+    let used = cpu_ticks(pid) - before;
+    // One thread polling all along would take up to 100 ticks (10 ms each) in this second.
+    assert!(used <= 5, "the idle node took {used} ticks in a second");
+}

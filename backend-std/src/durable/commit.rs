@@ -179,7 +179,7 @@ impl DurableStore {
     }
 
     /// How many group commits may run at once.
-    fn max_in_flight(&self) -> usize {
+    pub fn max_in_flight(&self) -> usize {
         match self.opts.sync_mode {
             SyncMode::Always => self.opts.max_syncs_in_flight.max(1),
             SyncMode::Interval | SyncMode::Never => 1,
