@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::cli::{EXIT_OK, Failure, io_err};
-use crate::cluster::{LocalCluster, find_enforcer, free_udp_ports, loopback_config};
+use crate::cluster::{LocalCluster, find_enforcer, loopback_config};
 use crate::cmd::status::{Scrape, http_get};
 use crate::config_file::ClusterFile;
 
@@ -241,10 +241,15 @@ fn scrape(metrics: Option<SocketAddr>) -> Counters {
         .unwrap_or_default()
 }
 
+/// Where this command's nodes listen: below Linux's ephemeral range (32768 and up), so that
+/// a port a killed node leaves free is not handed to some other socket bound to port 0 (a
+/// scrape's connection, another run's client) before the node restarts on it.
+const PORTS: std::ops::Range<u16> = 10_000..32_000;
+
 /// `count` consecutive free TCP ports on loopback, for the nodes' metrics endpoints.
 fn free_tcp_base(count: usize, rng: &mut StdRng) -> Result<u16, Failure> {
     for _ in 0..200 {
-        let base: u16 = rng.random_range(20_000..60_000);
+        let base: u16 = rng.random_range(PORTS.start..PORTS.end - count as u16);
         let ok = (0..count)
             .map(|i| TcpListener::bind(("127.0.0.1", base + i as u16)))
             .collect::<Result<Vec<_>, _>>()
@@ -255,6 +260,27 @@ fn free_tcp_base(count: usize, rng: &mut StdRng) -> Result<u16, Failure> {
     }
     Err(Failure::Usage(format!(
         "no {count} consecutive free TCP ports on 127.0.0.1 for the nodes' metrics"
+    )))
+}
+
+/// `count` free UDP ports on loopback outside the ephemeral range ([`PORTS`]), for the
+/// nodes' portal, storer and source sockets (three a node, consecutive).
+fn free_udp_ports_fixed(count: usize, rng: &mut StdRng) -> Result<Vec<u16>, Failure> {
+    for _ in 0..200 {
+        let base: u16 = rng.random_range(PORTS.start..PORTS.end - count as u16);
+        let ports: Vec<u16> = (0..count).map(|i| base + i as u16).collect();
+        let free = ports
+            .iter()
+            .map(|&p| UdpSocket::bind(("127.0.0.1", p)))
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok();
+        if free {
+            return Ok(ports);
+        }
+    }
+    Err(Failure::Usage(format!(
+        "no {count} consecutive free UDP ports on 127.0.0.1 between {} and {}",
+        PORTS.start, PORTS.end
     )))
 }
 
@@ -315,7 +341,15 @@ fn run_one(
     let k = ((down * n as f64).round() as usize).min(n - 1);
     let mut rng = StdRng::seed_from_u64(a.seed ^ (down * 1000.0) as u64);
     let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
-    let ports = free_udp_ports(3 * n).map_err(io_err("cannot reserve UDP ports"))?;
+    // Ports from their own generator: the experiment's draws must not depend on which
+    // ports happened to be free.
+    let mut port_rng = StdRng::seed_from_u64(
+        u64::from(std::process::id())
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+    );
+    let ports = free_udp_ports_fixed(3 * n, &mut port_rng)?;
     let mut text = loopback_config(&ports, a.replication, None);
     if let Some(h) = a.handoff {
         text = text.replacen("[cluster]\n", &format!("[cluster]\nhandoff = {h}\n"), 1);
@@ -323,7 +357,7 @@ fn run_one(
     let path = dir.path().join("cluster.toml");
     std::fs::write(&path, &text).map_err(io_err(format!("cannot write {}", path.display())))?;
     let file = ClusterFile::parse(&path, &text)?;
-    let base = free_tcp_base(n, &mut rng)?;
+    let base = free_tcp_base(n, &mut port_rng)?;
     let mut cluster = LocalCluster::start_with_metrics(&file, enforcer, dir.path(), Some(base))?;
     cluster.wait_ready(Duration::from_secs(30))?;
     let socket = UdpSocket::bind("127.0.0.1:0").map_err(io_err("cannot bind a UDP socket"))?;
