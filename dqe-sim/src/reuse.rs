@@ -122,7 +122,7 @@ pub fn perfect<const N: usize>(e: &Experiment) -> Result<Perfect, String> {
     let spec = c.spec();
     let ring =
         dqe_core::ring::Ring::new(spec, crate::ring_storage(spec)).map_err(|e| format!("{e:?}"))?;
-    let mut rng = StdRng::seed_from_u64(e.seed ^ 0x9e4f_ec7);
+    let mut rng = StdRng::seed_from_u64(e.seed ^ 0x09e4_fec7);
     let mut down = vec![false; n];
     let mut order: Vec<usize> = (0..n).collect();
     let mut tally = UseTally::default();
