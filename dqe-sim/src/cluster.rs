@@ -188,11 +188,12 @@ impl<const N: usize> std::fmt::Debug for Cluster<N> {
 
 impl<const N: usize> Cluster<N> {
     /// `len` nodes with replication `r` and `vnodes` ring points each, at most `resident`
-    /// of them built at a time.
+    /// of them built at a time; `handoff` as the cluster file's (`None`: its default).
     pub fn new(
         len: usize,
         r: u8,
         vnodes: u16,
+        handoff: Option<u8>,
         config: NodeConfig,
         resident: usize,
         seed: u64,
@@ -210,6 +211,9 @@ impl<const N: usize> Cluster<N> {
             .collect();
         let mut spec = Box::new(ClusterSpec::<N>::with_defaults(specs, r));
         spec.vnodes = vnodes;
+        if let Some(h) = handoff {
+            spec.handoff = h;
+        }
         // Linear for thousands of nodes with scratch (pairwise without).
         let mut scratch = vec![0; dqe_core::config::validation_scratch_words(len)];
         spec.validate_in(&mut scratch)

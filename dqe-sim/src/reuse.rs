@@ -8,8 +8,11 @@
 //! `Refused(Unavailable)`.
 
 use dqe_core::Millis;
+use dqe_core::config::NodeIndex;
 use dqe_core::hash::{Key, Value, key_of};
 use dqe_core::node::NodeConfig;
+use dqe_core::portal::choose_sets;
+use dqe_core::ring::MAX_PREFERENCE;
 use dqe_core::wire::{Body, Reason};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -31,6 +34,13 @@ pub struct Experiment {
     pub gap: Millis,
     /// Ring points per node.
     pub vnodes: u16,
+    /// The cluster's `handoff` (`None`: the cluster file's default, `min(2, nodes - r)`).
+    pub handoff: Option<u8>,
+    /// Draw the down set as a small cluster sees it: exactly `round(down × w)` of each
+    /// key's first `w` preference-list nodes down, and the rest of the down set among the
+    /// other nodes (`None`: every node down with the same chance, nearly independently in a
+    /// large cluster). See [`down_order`].
+    pub window: Option<usize>,
     /// Nodes kept built at a time (see [`Cluster`]).
     pub resident: usize,
     /// TESTs of stored keys after the re-spends, for the datagrams a TEST costs.
@@ -73,6 +83,91 @@ pub struct Figures {
     pub node_builds: u64,
     /// Virtual time the run covered, seconds.
     pub virtual_seconds: f64,
+    /// The cluster's `handoff` in force.
+    pub handoff: u8,
+    /// Mean virtual ms from a SET to its answer.
+    pub set_ms: f64,
+    /// What the portal of each SET believed when the SET arrived, over the key's preference
+    /// list: nodes down that it believed up, and nodes up that it believed down, per SET.
+    pub dead_believed_up: f64,
+    pub live_believed_down: f64,
+    /// How long those wrong beliefs had lasted when the SET arrived: mean ms since the node
+    /// died (still believed up) and since it came back (still believed down).
+    pub dead_believed_up_ms: f64,
+    pub live_believed_down_ms: f64,
+}
+
+/// The same experiment with a perfect failure detector and no network: each try's sets are
+/// [`choose_sets`] over the nodes truly up, on the cluster's own ring (the rule's floor).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Perfect {
+    pub stamps: usize,
+    pub mean_uses: f64,
+    pub max_uses: usize,
+    pub copies_per_first_set: f64,
+    /// Mean nodes in the write set (PUTs per SET) and the read set (GETs per TEST).
+    pub write_set: f64,
+    pub read_set: f64,
+}
+
+/// Run the perfect-detector model of `e` (`e.stamps` stamps) on a cluster built for at most
+/// `N` nodes. No node is built: only the ring.
+pub fn perfect<const N: usize>(e: &Experiment) -> Result<Perfect, String> {
+    let n = e.nodes;
+    if n < 2 {
+        return Err(format!("{n} nodes: the experiment needs at least 2"));
+    }
+    let k = ((e.down * n as f64).round() as usize).min(n - 1);
+    let c = Cluster::<N>::new(n, e.replication, e.vnodes, e.handoff, e.config, 1, e.seed)?;
+    let spec = c.spec();
+    let ring =
+        dqe_core::ring::Ring::new(spec, crate::ring_storage(spec)).map_err(|e| format!("{e:?}"))?;
+    let mut rng = StdRng::seed_from_u64(e.seed ^ 0x09e4_fec7);
+    let mut down = vec![false; n];
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut tally = UseTally::default();
+    let (mut copies, mut writes, mut reads, mut tries) = (0usize, 0usize, 0usize, 0usize);
+    for _ in 0..e.stamps {
+        let key: Key = rng.random();
+        let preference: heapless::Vec<NodeIndex, MAX_PREFERENCE> = ring.preference(&key).collect();
+        let wide: Vec<usize> = preference.iter().map(|&x| usize::from(x)).collect();
+        let mut holders: Vec<NodeIndex> = Vec::new();
+        for attempt in 0..=e.respends {
+            down_order(&mut order, &wide, e.window, e.down, k, &mut rng);
+            let dead = &order[..k];
+            for &d in dead {
+                down[d] = true;
+            }
+            let is_up = |x: NodeIndex| !down[x as usize];
+            let sets = choose_sets(&preference, e.replication, spec.handoff, is_up);
+            let found = sets.read.iter().any(|&x| is_up(x) && holders.contains(&x));
+            let reply = if found {
+                Body::Found { value: [0; 20] }
+            } else {
+                Body::Stored
+            };
+            tally.set(attempt == 0, Some(&reply));
+            if attempt == 0 {
+                copies += sets.write.iter().filter(|&&x| is_up(x)).count();
+            }
+            writes += sets.write.len();
+            reads += sets.read.len();
+            tries += 1;
+            holders.extend(sets.write.iter().copied().filter(|&x| is_up(x)));
+            for &d in dead {
+                down[d] = false;
+            }
+        }
+        tally.end_stamp();
+    }
+    Ok(Perfect {
+        stamps: tally.stamps,
+        mean_uses: tally.mean_uses(),
+        max_uses: tally.max_uses,
+        copies_per_first_set: copies as f64 / tally.stamps.max(1) as f64,
+        write_set: writes as f64 / tries.max(1) as f64,
+        read_set: reads as f64 / tries.max(1) as f64,
+    })
 }
 
 /// The re-spend tally both the simulation and `dqe lab reuse` keep: one rule for what counts as
@@ -129,6 +224,69 @@ impl UseTally {
     }
 }
 
+/// Put a fresh down set of `k` nodes first in `order` (a permutation of the nodes), the
+/// live nodes after it. With `window` = `Some(w)`, exactly `round(down × w)` of them are
+/// among `preference[..w]` (as in a `w`-node cluster, where a key's list is the whole
+/// cluster and the number down in it is fixed); otherwise the `k` are drawn uniformly.
+pub fn down_order(
+    order: &mut [usize],
+    preference: &[usize],
+    window: Option<usize>,
+    down: f64,
+    k: usize,
+    rng: &mut StdRng,
+) {
+    order.shuffle(rng);
+    let Some(w) = window else {
+        return;
+    };
+    let w = w.min(preference.len());
+    let kw = ((down * w as f64).round() as usize).min(k).min(w);
+    let mut near: Vec<usize> = preference[..w].to_vec();
+    near.shuffle(rng);
+    let far: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|x| !near.contains(x))
+        .collect();
+    let k_far = (k - kw).min(far.len());
+    let mut at = 0;
+    for &x in near[..kw].iter().chain(&far[..k_far]) {
+        order[at] = x;
+        at += 1;
+    }
+    for &x in near[kw..].iter().chain(&far[k_far..]) {
+        order[at] = x;
+        at += 1;
+    }
+}
+
+/// Wrong beliefs of the portals, counted when each SET arrives.
+#[derive(Debug, Default)]
+struct Beliefs {
+    dead_up: u64,
+    dead_up_ms: u64,
+    live_down: u64,
+    live_down_ms: u64,
+}
+
+impl Beliefs {
+    /// One node: truly `alive`, believed `up`, its state `since` ms old.
+    fn count(&mut self, alive: bool, up: bool, since: Millis) {
+        match (alive, up) {
+            (false, true) => {
+                self.dead_up += 1;
+                self.dead_up_ms += since;
+            }
+            (true, false) => {
+                self.live_down += 1;
+                self.live_down_ms += since;
+            }
+            _ => {}
+        }
+    }
+}
+
 fn max_over_mean(v: impl Iterator<Item = f64> + Clone) -> f64 {
     let (n, sum) = v.clone().fold((0usize, 0.0), |(n, s), x| (n + 1, s + x));
     let max = v.fold(0.0f64, f64::max);
@@ -146,12 +304,28 @@ pub fn run<const N: usize>(e: &Experiment) -> Result<Figures, String> {
         return Err(format!("{n} nodes: the experiment needs at least 2"));
     }
     let k = ((e.down * n as f64).round() as usize).min(n - 1);
-    let mut c = Cluster::<N>::new(n, e.replication, e.vnodes, e.config, e.resident, e.seed)?;
+    let mut c = Cluster::<N>::new(
+        n,
+        e.replication,
+        e.vnodes,
+        e.handoff,
+        e.config,
+        e.resident,
+        e.seed,
+    )?;
+    let handoff = c.spec().handoff;
+    let ring = dqe_core::ring::Ring::new(c.spec(), crate::ring_storage(c.spec()))
+        .map_err(|e| format!("{e:?}"))?;
+    // When each node last died or came back (virtual ms).
+    let mut changed_at: Vec<Millis> = vec![0; n];
+    let mut beliefs = Beliefs::default();
+    let mut set_ms: Millis = 0;
     let mut rng = StdRng::seed_from_u64(e.seed ^ 0xc4_0a2e);
     let mut order: Vec<usize> = (0..n).collect();
     let mut f = Figures {
         nodes: n,
         down_nodes: k,
+        handoff,
         ..Figures::default()
     };
     let mut tally = UseTally::default();
@@ -163,21 +337,32 @@ pub fn run<const N: usize>(e: &Experiment) -> Result<Figures, String> {
         let value: Value = rng.random();
         let key = key_of(&value);
         keys.push(key);
+        let preference: Vec<usize> = ring.preference(&key).map(usize::from).collect();
         for attempt in 0..=e.respends {
-            order.shuffle(&mut rng);
+            down_order(&mut order, &preference, e.window, e.down, k, &mut rng);
             for (i, &node) in order.iter().enumerate() {
                 if i < k {
                     if c.is_alive(node) {
                         c.kill(node);
+                        changed_at[node] = c.now;
                     }
-                } else {
+                } else if !c.is_alive(node) {
                     c.revive(node);
+                    changed_at[node] = c.now;
                 }
             }
             c.run_for(e.gap);
             let portal = order[k + rng.random_range(0..n - k)];
+            for &node in &preference {
+                if node != portal {
+                    let (alive, up) = (c.is_alive(node), c.believes_up(portal, node));
+                    beliefs.count(alive, up, c.now - changed_at[node]);
+                }
+            }
             let d0 = c.traffic.datagrams;
+            let t0 = c.now;
             let reply = c.request(portal, Body::Set { key, value }, 10_000);
+            set_ms += c.now - t0;
             tally.set(attempt == 0, reply.as_ref());
             if attempt == 0 {
                 // Lingering Puts land within a few ms; the copies are counted once they have.
@@ -201,6 +386,11 @@ pub fn run<const N: usize>(e: &Experiment) -> Result<Figures, String> {
     f.storer_datagrams_per_set =
         (c.traffic.storer_requests - before.storer_requests) as f64 / sets_f;
     f.datagrams_per_set = set_datagrams as f64 / sets_f;
+    f.set_ms = set_ms as f64 / sets_f;
+    f.dead_believed_up = beliefs.dead_up as f64 / sets_f;
+    f.live_believed_down = beliefs.live_down as f64 / sets_f;
+    f.dead_believed_up_ms = beliefs.dead_up_ms as f64 / beliefs.dead_up.max(1) as f64;
+    f.live_believed_down_ms = beliefs.live_down_ms as f64 / beliefs.live_down.max(1) as f64;
     f.max_over_mean_requests = max_over_mean(c.requests_per_node.iter().map(|&r| r as f64));
 
     // TESTs of stored keys, with the last down set still down.
@@ -256,5 +446,32 @@ mod tests {
         assert_eq!((t.stamps, t.uses, t.max_uses, t.sets), (2, 3, 2, 5));
         assert_eq!((t.unanswered_sets, t.first_sets_not_stored), (1, 1));
         assert_eq!(t.mean_uses(), 1.5);
+    }
+
+    #[test]
+    fn a_window_fixes_how_many_of_a_keys_first_nodes_are_down() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let preference = [7, 2, 9, 4, 0, 5, 11, 30, 31, 12];
+        let mut order: Vec<usize> = (0..40).collect();
+        let mut near_counts = std::collections::HashSet::new();
+        for _ in 0..200 {
+            down_order(&mut order, &preference, Some(10), 0.4, 16, &mut rng);
+            let near = order[..16]
+                .iter()
+                .filter(|x| preference.contains(x))
+                .count();
+            assert_eq!(near, 4, "{order:?}");
+            let mut sorted = order.clone();
+            sorted.sort_unstable();
+            assert_eq!(sorted, (0..40).collect::<Vec<_>>(), "a permutation");
+            down_order(&mut order, &preference, None, 0.4, 16, &mut rng);
+            near_counts.insert(
+                order[..16]
+                    .iter()
+                    .filter(|x| preference.contains(x))
+                    .count(),
+            );
+        }
+        assert!(near_counts.len() > 2, "uniform draws vary: {near_counts:?}");
     }
 }

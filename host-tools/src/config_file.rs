@@ -183,7 +183,9 @@ pub fn generate_cluster_with(
          replication = {replication}\n\
          vnodes = {vnodes}  # ring points per node; omitted means {}, which spreads copies unevenly;\n\
          #                a board's ring holds 16 per node (`dqe config gen --vnodes 16`)\n\
-         # handoff = {}          # extra preference-list depth read by Test/Set\n\
+         # handoff = {}          # extra preference-list depth read by Test/Set: each one more\n\
+         #                costs every Test and Set a Get and its reply; a deeper read did not\n\
+         #                lower stamp re-use while nodes churn (docs/BENCHMARKS.md, issue 16)\n\
          # epoch_seconds = {}  # epoch length\n\
          # grace = {}            # epochs a stamp stays acceptable after its own",
         dqe_core::config::DEFAULT_VNODES,

@@ -14,11 +14,17 @@
 //!
 //! A `Test` sends a GET to every node of the read set; a `Set` sends a PUT to every node of
 //! the write set and a GET to the rest of the read set. A write-set node whose PUT times out
-//! (its attempts expire, or the detector finds it down meanwhile) died unnoticed: before the
-//! `Set` is answered, the next live node of the preference list gets a PUT in its place and,
-//! as `d` grew by one, so does the live node after it ([`PUTS_PER_TIMEOUT`]). A node the
-//! request only GETs is turned into a PUT; a PUT that answers `Found` makes the verdict
-//! `Found`, so replacements read as well as write.
+//! (an attempt of it expires unanswered, or the detector finds it down meanwhile) probably
+//! died unnoticed: before the `Set` is answered, the next live node of the preference list
+//! gets a PUT in its place and, as `d` grew by one, so does the live node after it
+//! ([`PUTS_PER_TIMEOUT`]). A node the request only GETs is turned into a PUT; a PUT that
+//! answers `Found` makes the verdict `Found`, so replacements read as well as write. The
+//! replacements go out when the PUT's *first* attempt expires (issue 16: a `Set` at 60% of
+//! the nodes down took three attempts, 750 ms, per node that had just died); the replaced PUT
+//! is still retried and its answer still counts, but the verdict waits for its replacements
+//! instead of its remaining attempts. This suspicion is the request's own: the failure
+//! detector still needs `detector_threshold` misses in a row to believe the node down, so a
+//! lost datagram costs two extra PUTs, not a node skipped by every request.
 //!
 //! Nodes per request: every node a request asks is a distinct node of the first
 //! [`MAX_PREFERENCE`] of the preference list (what [`Ring::preference`] yields) and is asked
@@ -674,7 +680,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         }
         request.attempt = request.attempt.saturating_add(1);
         self.set_deadline(slot, cx.now.saturating_add(cx.config.attempt_timeout));
-        self.replace_timed_out_puts(cx, slot);
+        self.replace_timed_out_puts(cx, slot, true);
         self.settle(cx, slot);
         for node in went_down {
             self.stop_waiting_on(cx, node);
@@ -702,7 +708,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
                 }
             }
             if changed {
-                self.replace_timed_out_puts(cx, slot);
+                self.replace_timed_out_puts(cx, slot, false);
                 self.settle(cx, slot);
             }
         }
@@ -723,6 +729,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         &mut self,
         cx: &mut Context<'_, S, R, G>,
         slot: usize,
+        missed: bool,
     ) {
         let Some(request) = self.table.parts().0[slot].request.as_ref() else {
             return;
@@ -730,12 +737,15 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         let ClientRequest::Set { key, value } = request.ask else {
             return;
         };
-        let timeouts = request.unreplaced_timeouts();
-        if request.phase != Phase::Collecting || timeouts == 0 {
+        if request.phase != Phase::Collecting {
             return;
         }
-        if let Some(request) = self.table.parts_mut().0[slot].request.as_mut() {
-            request.replaced = request.replaced.saturating_add(timeouts as u8);
+        let Some(request) = self.table.parts_mut().0[slot].request.as_mut() else {
+            return;
+        };
+        let timeouts = request.take_unreplaced(missed);
+        if timeouts == 0 {
+            return;
         }
         let preference: PreferenceList = cx.ring.preference(&key).collect();
         let mut sent = false;

@@ -85,8 +85,9 @@ pub(super) struct Request {
     /// The first `writes` of `subs` are the write set chosen at the start; replacements are
     /// the PUTs after them (read repair only targets the write set).
     pub(super) writes: u8,
-    /// How many of the PUTs that timed out have had their replacement looked for.
-    pub(super) replaced: u8,
+    /// Bit `i` set: sub-request `i` is a PUT whose replacements have been sent (it timed
+    /// out, or an attempt of it expired unanswered; see [`Request::take_unreplaced`]).
+    pub(super) replaced: u32,
     /// Datagrams sent so far per pending sub-request.
     pub(super) attempt: u8,
     /// When the sub-requests first went out: retries stop a retry window later.
@@ -126,11 +127,28 @@ impl Request {
         Envelope::new(self.cluster, self.id, self.ask.into())
     }
 
+    /// Sub-requests still awaited: sent and not answered, including PUTs already replaced
+    /// (still retried, their answer still counts).
     pub(super) fn pending(&self) -> usize {
         self.subs
             .iter()
             .filter(|s| s.answer == Answer::Pending)
             .count()
+    }
+
+    /// Sub-requests the verdict still waits for: pending ones that have not been replaced.
+    /// A PUT whose attempt expired unanswered has timed out for the verdict once its
+    /// replacements are out: the `Set` waits for them instead.
+    fn awaited_by_verdict(&self) -> usize {
+        self.subs
+            .iter()
+            .enumerate()
+            .filter(|(i, s)| s.answer == Answer::Pending && !self.is_replaced(*i))
+            .count()
+    }
+
+    fn is_replaced(&self, i: usize) -> bool {
+        self.replaced & (1 << i) != 0
     }
 
     /// Whether sub-request `i` goes to a node of the write set (as chosen at the start, or a
@@ -149,14 +167,19 @@ impl Request {
         })
     }
 
-    /// Timed-out PUTs whose replacement has not been looked for yet.
-    pub(super) fn unreplaced_timeouts(&self) -> usize {
-        let timed_out = self
-            .subs
-            .iter()
-            .filter(|s| s.op == Op::Put && s.answer == Answer::TimedOut)
-            .count();
-        timed_out.saturating_sub(usize::from(self.replaced))
+    /// PUTs that timed out (and, with `missed`, PUTs still pending after an attempt of
+    /// theirs expired unanswered) whose replacements have not been sent yet: marks them
+    /// replaced and returns how many there were.
+    pub(super) fn take_unreplaced(&mut self, missed: bool) -> usize {
+        let mut count = 0;
+        for (i, s) in self.subs.iter().enumerate() {
+            let late = s.answer == Answer::TimedOut || (missed && s.answer == Answer::Pending);
+            if s.op == Op::Put && late && self.replaced & (1 << i) == 0 {
+                self.replaced |= 1 << i;
+                count += 1;
+            }
+        }
+        count
     }
 
     pub(super) fn any(&self, op: Op, answer: Answer) -> bool {
@@ -268,7 +291,7 @@ impl Request {
         if let Some(value) = self.found {
             return Some(Body::Found { value });
         }
-        if self.pending() > 0 {
+        if self.awaited_by_verdict() > 0 {
             return None;
         }
         let refused = |reason| Body::Refused { reason };

@@ -29,7 +29,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::cli::{EXIT_OK, Failure, io_err};
-use crate::cluster::{LocalCluster, find_enforcer, free_udp_ports, loopback_config};
+use crate::cluster::{LocalCluster, find_enforcer, loopback_config};
 use crate::cmd::status::{Scrape, http_get};
 use crate::config_file::ClusterFile;
 
@@ -72,6 +72,10 @@ pub struct ReuseArgs {
     /// Seed of the down sets, portals and stamps.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// The cluster's `handoff` (read depth `r + handoff`, 0 to nodes - r) [default: the
+    /// cluster file's, min(2, nodes - r)].
+    #[arg(long)]
+    pub handoff: Option<u8>,
     /// Write the figures as one JSON object to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -114,6 +118,15 @@ pub struct ReuseFigures {
     pub unanswered_sets: usize,
     /// Mean time from a SET to its answer, ms.
     pub set_ms: f64,
+    /// The cluster's `handoff` in force.
+    pub handoff: u8,
+    /// What the portal of each SET believed just before it (its `dqe_peer_up`, exported
+    /// every 100 ms), per SET: peers down it believed up, peers up it believed down, and how
+    /// long (ms) each wrong belief had lasted by then (since the kill or the restart).
+    pub dead_believed_up: f64,
+    pub live_believed_down: f64,
+    pub dead_believed_up_ms: f64,
+    pub live_believed_down_ms: f64,
     pub seconds: f64,
     /// The machine's 1-minute load average at the end (the machine may be shared).
     pub load_average: f64,
@@ -174,6 +187,14 @@ fn check(a: &ReuseArgs) -> Result<(), Failure> {
         ));
     }
     check_down_fractions(&a.down)?;
+    if let Some(h) = a.handoff
+        && usize::from(h) > a.nodes - usize::from(a.replication)
+    {
+        return usage(format!(
+            "--handoff {h}: expected 0 to nodes - replication ({})",
+            a.nodes - usize::from(a.replication)
+        ));
+    }
     if a.stamps == 0 {
         return usage("--stamps 0: expected at least 1".into());
     }
@@ -220,10 +241,15 @@ fn scrape(metrics: Option<SocketAddr>) -> Counters {
         .unwrap_or_default()
 }
 
+/// Where this command's nodes listen: below Linux's ephemeral range (32768 and up), so that
+/// a port a killed node leaves free is not handed to some other socket bound to port 0 (a
+/// scrape's connection, another run's client) before the node restarts on it.
+const PORTS: std::ops::Range<u16> = 10_000..32_000;
+
 /// `count` consecutive free TCP ports on loopback, for the nodes' metrics endpoints.
 fn free_tcp_base(count: usize, rng: &mut StdRng) -> Result<u16, Failure> {
     for _ in 0..200 {
-        let base: u16 = rng.random_range(20_000..60_000);
+        let base: u16 = rng.random_range(PORTS.start..PORTS.end - count as u16);
         let ok = (0..count)
             .map(|i| TcpListener::bind(("127.0.0.1", base + i as u16)))
             .collect::<Result<Vec<_>, _>>()
@@ -234,6 +260,27 @@ fn free_tcp_base(count: usize, rng: &mut StdRng) -> Result<u16, Failure> {
     }
     Err(Failure::Usage(format!(
         "no {count} consecutive free TCP ports on 127.0.0.1 for the nodes' metrics"
+    )))
+}
+
+/// `count` free UDP ports on loopback outside the ephemeral range ([`PORTS`]), for the
+/// nodes' portal, storer and source sockets (three a node, consecutive).
+fn free_udp_ports_fixed(count: usize, rng: &mut StdRng) -> Result<Vec<u16>, Failure> {
+    for _ in 0..200 {
+        let base: u16 = rng.random_range(PORTS.start..PORTS.end - count as u16);
+        let ports: Vec<u16> = (0..count).map(|i| base + i as u16).collect();
+        let free = ports
+            .iter()
+            .map(|&p| UdpSocket::bind(("127.0.0.1", p)))
+            .collect::<Result<Vec<_>, _>>()
+            .is_ok();
+        if free {
+            return Ok(ports);
+        }
+    }
+    Err(Failure::Usage(format!(
+        "no {count} consecutive free UDP ports on 127.0.0.1 between {} and {}",
+        PORTS.start, PORTS.end
     )))
 }
 
@@ -294,12 +341,23 @@ fn run_one(
     let k = ((down * n as f64).round() as usize).min(n - 1);
     let mut rng = StdRng::seed_from_u64(a.seed ^ (down * 1000.0) as u64);
     let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
-    let ports = free_udp_ports(3 * n).map_err(io_err("cannot reserve UDP ports"))?;
-    let text = loopback_config(&ports, a.replication, None);
+    // Ports from their own generator: the experiment's draws must not depend on which
+    // ports happened to be free.
+    let mut port_rng = StdRng::seed_from_u64(
+        u64::from(std::process::id())
+            ^ std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+    );
+    let ports = free_udp_ports_fixed(3 * n, &mut port_rng)?;
+    let mut text = loopback_config(&ports, a.replication, None);
+    if let Some(h) = a.handoff {
+        text = text.replacen("[cluster]\n", &format!("[cluster]\nhandoff = {h}\n"), 1);
+    }
     let path = dir.path().join("cluster.toml");
     std::fs::write(&path, &text).map_err(io_err(format!("cannot write {}", path.display())))?;
     let file = ClusterFile::parse(&path, &text)?;
-    let base = free_tcp_base(n, &mut rng)?;
+    let base = free_tcp_base(n, &mut port_rng)?;
     let mut cluster = LocalCluster::start_with_metrics(&file, enforcer, dir.path(), Some(base))?;
     cluster.wait_ready(Duration::from_secs(30))?;
     let socket = UdpSocket::bind("127.0.0.1:0").map_err(io_err("cannot bind a UDP socket"))?;
@@ -321,8 +379,12 @@ fn run_one(
         down_nodes: k,
         replication: a.replication,
         attempts: a.attempts,
+        handoff: file.spec.handoff,
         ..ReuseFigures::default()
     };
+    // When each node was last killed or restarted, and the portals' wrong beliefs.
+    let mut changed_at = vec![Instant::now(); n];
+    let mut beliefs = Beliefs::default();
     let mut counters = Counters::default();
     let mut order: Vec<usize> = (0..n).collect();
     let mut tally = UseTally::default();
@@ -341,12 +403,14 @@ fn run_one(
                 if cluster.is_running(i) {
                     counters.add(scrape(cluster.nodes()[i].metrics));
                     cluster.kill_node(i);
+                    changed_at[i] = Instant::now();
                 }
             }
             let mut restarted = Vec::new();
             for i in (0..n).filter(|i| !down_set.contains(i)) {
                 if !cluster.is_running(i) {
                     cluster.restart_node(i)?;
+                    changed_at[i] = Instant::now();
                     restarted.push(i);
                 }
             }
@@ -355,6 +419,7 @@ fn run_one(
             }
             std::thread::sleep(Duration::from_millis(a.gap_ms));
             let portal = order[k + rng.random_range(0..n - k)];
+            beliefs.look(&cluster, portal, &changed_at);
             let t0 = Instant::now();
             let reply = asker.ask(
                 cluster.nodes()[portal].portal,
@@ -393,9 +458,53 @@ fn run_one(
     f.storer_datagrams_per_set = storer_in / sets_f;
     f.storer_datagrams_per_live_node_per_set = storer_in / live_node_sets.max(1) as f64;
     f.set_ms = set_ms as f64 / sets_f;
+    f.dead_believed_up = beliefs.dead_up as f64 / sets_f;
+    f.live_believed_down = beliefs.live_down as f64 / sets_f;
+    f.dead_believed_up_ms = beliefs.dead_up_ms / beliefs.dead_up.max(1) as f64;
+    f.live_believed_down_ms = beliefs.live_down_ms / beliefs.live_down.max(1) as f64;
     f.seconds = started.elapsed().as_secs_f64();
     f.load_average = load_average();
     Ok(f)
+}
+
+/// The portals' wrong beliefs, read from their `dqe_peer_up` before each SET.
+#[derive(Debug, Default)]
+struct Beliefs {
+    dead_up: u64,
+    dead_up_ms: f64,
+    live_down: u64,
+    live_down_ms: f64,
+}
+
+impl Beliefs {
+    /// Compare what `portal` believes about each peer with what runs.
+    fn look(&mut self, cluster: &LocalCluster, portal: usize, changed_at: &[Instant]) {
+        let Some((200, body)) = cluster.nodes()[portal]
+            .metrics
+            .and_then(|m| http_get(m, "/metrics", Duration::from_secs(2)).ok())
+        else {
+            return;
+        };
+        let scrape = Scrape::parse(&body);
+        for (i, node) in cluster.nodes().iter().enumerate() {
+            let series = format!("dqe_peer_up{{peer=\"{}\"}}", node.name);
+            let Some(up) = scrape.get(&series) else {
+                continue;
+            };
+            let age = changed_at[i].elapsed().as_secs_f64() * 1000.0;
+            match (cluster.is_running(i), up > 0.5) {
+                (false, true) => {
+                    self.dead_up += 1;
+                    self.dead_up_ms += age;
+                }
+                (true, false) => {
+                    self.live_down += 1;
+                    self.live_down_ms += age;
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// Wait until restarted node `i`'s storer answers a Get (so its sockets are bound and its
@@ -445,8 +554,9 @@ fn print_table(runs: &[ReuseFigures]) {
         .map(|f| f.storer_datagrams_per_live_node_per_set);
     let _ = writeln!(
         out,
-        "{:>6} {:>7} {:>9} {:>5} {:>13} {:>15} {:>13} {:>14} {:>11} {:>8} {:>7}",
+        "{:>6} {:>3} {:>7} {:>9} {:>5} {:>13} {:>15} {:>13} {:>14} {:>11} {:>8} {:>7} {:>12} {:>12}",
         "down",
+        "h",
         "stamps",
         "mean uses",
         "worst",
@@ -456,7 +566,9 @@ fn print_table(runs: &[ReuseFigures]) {
         "storer dg/SET",
         "per live",
         "ms/SET",
-        "extra"
+        "extra",
+        "dead up (ms)",
+        "live dn (ms)"
     );
     for f in runs {
         let extra = base
@@ -470,8 +582,9 @@ fn print_table(runs: &[ReuseFigures]) {
             .unwrap_or_else(|| "-".into());
         let _ = writeln!(
             out,
-            "{:>5.0}% {:>7} {:>9.3} {:>5} {:>13.2} {:>15.2} {:>13.2} {:>14.2} {:>11.2} {:>8.0} {:>7}",
+            "{:>5.0}% {:>3} {:>7} {:>9.3} {:>5} {:>13.2} {:>15.2} {:>13.2} {:>14.2} {:>11.2} {:>8.0} {:>7} {:>12} {:>12}",
             f.down_fraction * 100.0,
+            f.handoff,
             f.stamps,
             f.mean_uses,
             f.max_uses,
@@ -481,7 +594,12 @@ fn print_table(runs: &[ReuseFigures]) {
             f.storer_datagrams_per_set,
             f.storer_datagrams_per_live_node_per_set,
             f.set_ms,
-            extra
+            extra,
+            format!("{:.2} ({:.0})", f.dead_believed_up, f.dead_believed_up_ms),
+            format!(
+                "{:.2} ({:.0})",
+                f.live_believed_down, f.live_believed_down_ms
+            )
         );
     }
     if runs.iter().any(|f| f.unanswered_sets > 0) {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use dqe_core::node::NodeConfig;
-use dqe_sim::reuse::{Experiment, Figures};
+use dqe_sim::reuse::{Experiment, Figures, Perfect};
 use serde::Serialize;
 
 use crate::cli::{EXIT_OK, Failure, io_err};
@@ -53,6 +53,25 @@ pub struct SimulateArgs {
     /// Ring points per node (the core's default is 16).
     #[arg(long, default_value_t = dqe_core::config::DEFAULT_VNODES)]
     pub vnodes: u16,
+    /// The cluster's `handoff` (read depth `r + handoff`; 0 to nodes - r) [default: the
+    /// cluster file's, min(2, nodes - r)].
+    #[arg(long)]
+    pub handoff: Option<u8>,
+    /// Draw each try's down set as a W-node cluster sees it: exactly round(down x W) of the
+    /// key's first W preference-list nodes down, the rest of the down set among the other
+    /// nodes [default: every node down with the same chance].
+    #[arg(long, value_name = "W")]
+    pub window: Option<usize>,
+    /// Also run the perfect-detector model (sets over the nodes truly up, no network) with
+    /// this many stamps per fraction; 0 skips it.
+    #[arg(long, default_value_t = 20_000)]
+    pub perfect_stamps: usize,
+    /// Unanswered attempts in a row after which a portal believes a peer down.
+    #[arg(long, default_value_t = NodeConfig::default().detector_threshold)]
+    pub detector_threshold: u8,
+    /// Milliseconds between probes of a peer believed down.
+    #[arg(long, default_value_t = NodeConfig::default().probe_interval)]
+    pub probe_ms: u64,
     /// Nodes kept built at a time.
     #[arg(long, default_value_t = 256)]
     pub resident: usize,
@@ -96,10 +115,36 @@ pub struct SimFigures {
     pub unanswered_sets: usize,
     pub node_builds: u64,
     pub virtual_seconds: f64,
+    pub handoff: u8,
+    pub window: Option<usize>,
+    pub detector_threshold: u8,
+    pub probe_ms: u64,
+    /// Mean virtual ms from a SET to its answer.
+    pub set_ms: f64,
+    /// Per SET, over the key's preference list: nodes down the portal believed up, nodes up
+    /// it believed down, and how long (ms) each wrong belief had lasted by then.
+    pub dead_believed_up: f64,
+    pub live_believed_down: f64,
+    pub dead_believed_up_ms: f64,
+    pub live_believed_down_ms: f64,
+    /// The perfect-detector model on the same ring (absent with `--perfect-stamps 0`).
+    pub perfect: Option<PerfectFigures>,
     pub wall_seconds: f64,
     /// The process's peak resident memory so far (VmHWM), MiB.
     pub peak_rss_mib: f64,
     pub load_average: f64,
+}
+
+/// The perfect-detector model's figures ([`dqe_sim::reuse::perfect`]).
+#[derive(Debug, Clone, Serialize)]
+pub struct PerfectFigures {
+    pub stamps: usize,
+    pub mean_uses: f64,
+    pub max_uses: usize,
+    pub copies_per_first_set: f64,
+    /// Mean nodes PUT per SET (write set) and asked per TEST (read set).
+    pub write_set: f64,
+    pub read_set: f64,
 }
 
 /// Run `dqe lab simulate`.
@@ -187,6 +232,22 @@ fn check(a: &SimulateArgs) -> Result<(), Failure> {
             return usage(format!("--vnodes {}: too many ring points", a.vnodes));
         }
     }
+    for &n in std::iter::once(&a.nodes).chain(&a.sizes) {
+        if let Some(h) = a.handoff
+            && usize::from(h) > n - usize::from(a.replication)
+        {
+            return usage(format!(
+                "--handoff {h}: expected 0 to nodes - replication ({})",
+                n - usize::from(a.replication)
+            ));
+        }
+    }
+    if a.window == Some(0) {
+        return usage("--window 0: expected at least 1 node".into());
+    }
+    if a.detector_threshold == 0 || a.probe_ms == 0 {
+        return usage("--detector-threshold and --probe-ms: expected at least 1".into());
+    }
     if a.vnodes == 0 {
         return usage("--vnodes 0: expected at least 1".into());
     }
@@ -215,20 +276,46 @@ fn simulate(
         respends: a.attempts,
         gap: a.gap_ms,
         vnodes: a.vnodes,
+        handoff: a.handoff,
+        window: a.window,
         resident: a.resident,
         tests: 200,
         balance_keys: (nodes * 100).min(1_000_000),
-        config: NodeConfig::default(),
+        config: NodeConfig {
+            detector_threshold: a.detector_threshold,
+            probe_interval: a.probe_ms,
+            ..NodeConfig::default()
+        },
         seed: a.seed,
     };
     let t0 = Instant::now();
-    let f: Figures = std::thread::Builder::new()
+    let perfect_stamps = a.perfect_stamps;
+    let (f, p): (Figures, Option<Perfect>) = std::thread::Builder::new()
         .stack_size(256 << 20)
-        .spawn(move || match nodes {
-            0..=64 => dqe_sim::reuse::run::<64>(&e),
-            65..=512 => dqe_sim::reuse::run::<512>(&e),
-            513..=4096 => dqe_sim::reuse::run::<4096>(&e),
-            _ => dqe_sim::reuse::run::<8192>(&e),
+        .spawn(move || {
+            let model = |e: &Experiment| -> Result<Option<Perfect>, String> {
+                if perfect_stamps == 0 {
+                    return Ok(None);
+                }
+                let e = Experiment {
+                    stamps: perfect_stamps,
+                    ..*e
+                };
+                Ok(Some(match nodes {
+                    0..=64 => dqe_sim::reuse::perfect::<64>(&e),
+                    65..=512 => dqe_sim::reuse::perfect::<512>(&e),
+                    513..=4096 => dqe_sim::reuse::perfect::<4096>(&e),
+                    _ => dqe_sim::reuse::perfect::<8192>(&e),
+                }?))
+            };
+            let p = model(&e)?;
+            let f = match nodes {
+                0..=64 => dqe_sim::reuse::run::<64>(&e),
+                65..=512 => dqe_sim::reuse::run::<512>(&e),
+                513..=4096 => dqe_sim::reuse::run::<4096>(&e),
+                _ => dqe_sim::reuse::run::<8192>(&e),
+            }?;
+            Ok::<_, String>((f, p))
         })
         .map_err(io_err("cannot start the simulation thread"))?
         .join()
@@ -254,6 +341,23 @@ fn simulate(
         unanswered_sets: f.unanswered_sets,
         node_builds: f.node_builds,
         virtual_seconds: f.virtual_seconds,
+        handoff: f.handoff,
+        window: a.window,
+        detector_threshold: a.detector_threshold,
+        probe_ms: a.probe_ms,
+        set_ms: f.set_ms,
+        dead_believed_up: f.dead_believed_up,
+        live_believed_down: f.live_believed_down,
+        dead_believed_up_ms: f.dead_believed_up_ms,
+        live_believed_down_ms: f.live_believed_down_ms,
+        perfect: p.map(|p| PerfectFigures {
+            stamps: p.stamps,
+            mean_uses: p.mean_uses,
+            max_uses: p.max_uses,
+            copies_per_first_set: p.copies_per_first_set,
+            write_set: p.write_set,
+            read_set: p.read_set,
+        }),
         wall_seconds: t0.elapsed().as_secs_f64(),
         peak_rss_mib: peak_rss_mib(),
         load_average: load_average(),
@@ -274,17 +378,22 @@ fn peak_rss_mib() -> f64 {
 
 fn header() -> String {
     format!(
-        "{:>6} {:>5} {:>6} {:>9} {:>5} {:>12} {:>8} {:>12} {:>9} {:>9} {:>10} {:>10} {:>7} {:>8}",
+        "{:>6} {:>3} {:>5} {:>6} {:>9} {:>5} {:>9} {:>12} {:>8} {:>12} {:>9} {:>9} {:>6} {:>11} {:>11} {:>10} {:>10} {:>7} {:>8}",
         "nodes",
+        "h",
         "down",
         "stamps",
         "mean uses",
         "worst",
+        "perfect",
         "copies/first",
         "Puts/SET",
         "storer dg/SET",
         "dg/TEST",
         "dg/SET",
+        "ms/SET",
+        "dead up (ms)",
+        "live dn (ms)",
         "max/mean pairs",
         "max/mean req",
         "wall s",
@@ -294,17 +403,27 @@ fn header() -> String {
 
 fn line(f: &SimFigures) -> String {
     format!(
-        "{:>6} {:>4.0}% {:>6} {:>9.3} {:>5} {:>12.2} {:>8.2} {:>13.2} {:>9.2} {:>9.2} {:>14.2} {:>12.2} {:>7.1} {:>8.0}",
+        "{:>6} {:>3} {:>4.0}% {:>6} {:>9.3} {:>5} {:>9} {:>12.2} {:>8.2} {:>13.2} {:>9.2} {:>9.2} {:>6.0} {:>11} {:>11} {:>14.2} {:>12.2} {:>7.1} {:>8.0}",
         f.nodes,
+        f.handoff,
         f.down_fraction * 100.0,
         f.stamps,
         f.mean_uses,
         f.max_uses,
+        f.perfect
+            .as_ref()
+            .map_or("-".into(), |p| format!("{:.4}", p.mean_uses)),
         f.copies_per_first_set,
         f.puts_per_set,
         f.storer_datagrams_per_set,
         f.datagrams_per_test,
         f.datagrams_per_set,
+        f.set_ms,
+        format!("{:.2} ({:.0})", f.dead_believed_up, f.dead_believed_up_ms),
+        format!(
+            "{:.2} ({:.0})",
+            f.live_believed_down, f.live_believed_down_ms
+        ),
         f.max_over_mean_pairs,
         f.max_over_mean_requests,
         f.wall_seconds,
