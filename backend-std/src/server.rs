@@ -309,12 +309,26 @@ struct RunningSync {
     started: Instant,
 }
 
+/// Receive buffer asked for on the storer and source sockets (Linux caps it at
+/// `net.core.rmem_max`, 208 KiB unless raised; the portal socket keeps the default, so that
+/// excess client requests wait less before the kernel drops them).
+const PEER_RECV_BUFFER: usize = 4 << 20;
+
 /// Start the node described by `cfg`, serve until `stop` resolves, then shut down cleanly.
 pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), ServerError> {
     let me = &cfg.spec.nodes[cfg.me as usize];
     let portal = bind("portal", me.portal).await?;
     let storer = bind("storer", me.storer).await?;
     let source = bind("source", me.source).await?;
+    // Peers' GETs, PUTs and replies are work already admitted by some portal: a larger buffer
+    // keeps a burst of them from being dropped by the kernel while the loop is busy (each
+    // dropped sub-request costs a retry or a replacement PUT under overload).
+    for (role, socket) in [("storer", &storer), ("source", &source)] {
+        match dqe_udp::set_recv_buffer(socket, PEER_RECV_BUFFER) {
+            Ok(granted) => debug!(role, granted, "receive buffer"),
+            Err(e) => warn!(role, error = %e, "cannot enlarge the receive buffer"),
+        }
+    }
     let metrics = Metrics::new();
     let metrics_listener = match cfg.metrics {
         Some(addr) => Some(metrics::bind(addr).await?),

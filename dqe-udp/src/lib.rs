@@ -88,6 +88,14 @@ impl RecvBatch {
     }
 }
 
+/// Ask the kernel for a receive buffer of `bytes` on `socket` (`SO_RCVBUF`); Linux caps it at
+/// `net.core.rmem_max`. Returns the size the kernel granted (doubled for its bookkeeping, as
+/// Linux reports it).
+pub fn set_recv_buffer(socket: &impl AsFd, bytes: usize) -> io::Result<usize> {
+    rustix::net::sockopt::set_socket_recv_buffer_size(socket, bytes)?;
+    Ok(rustix::net::sockopt::socket_recv_buffer_size(socket)?)
+}
+
 /// Send `msgs` in order from `socket` with one `sendmmsg` (at most [`MAX_BATCH`] of them),
 /// without waiting. `Ok(k)`: the first `k` were handed to the kernel (`k` ≥ 1 when `msgs` is
 /// not empty); an error is the first datagram's (`WouldBlock`: the socket buffer is full;
@@ -203,5 +211,59 @@ mod tests {
         let mut rx = RecvBatch::default();
         let seen = drain(&mut rx, &b, 1);
         assert_eq!(seen[0].0.len(), RECV_BUF);
+    }
+
+    /// `net.core.rmem_max`: the most `SO_RCVBUF` may grant without privileges.
+    fn rmem_max() -> usize {
+        std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// Datagrams of a burst sent to `b` before anything reads it that `b` still holds.
+    fn held_of_burst(a: &UdpSocket, b: &UdpSocket, burst: usize) -> usize {
+        let to = b.local_addr().unwrap();
+        for _ in 0..burst {
+            a.send_to(&[9u8; 100], to).unwrap();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let mut rx = RecvBatch::default();
+        drain_all(&mut rx, b)
+    }
+
+    fn drain_all(rx: &mut RecvBatch, b: &UdpSocket) -> usize {
+        let mut n = 0;
+        loop {
+            match rx.recv(b, MAX_BATCH) {
+                Ok(got) => n += got,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return n,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_larger_receive_buffer_holds_a_burst_the_default_one_drops() {
+        let want = 4 << 20;
+        let (a, small) = pair();
+        let (_, large) = pair();
+        let default = rustix::net::sockopt::socket_recv_buffer_size(&small).unwrap();
+        let granted = set_recv_buffer(&large, want).unwrap();
+        // Linux grants min(want, rmem_max) and reports it doubled.
+        assert!(granted >= 2 * want.min(rmem_max()), "granted {granted}");
+        if granted <= 2 * default {
+            println!(
+                "net.core.rmem_max ({}) allows no more than the default buffer: burst not compared",
+                rmem_max()
+            );
+            return;
+        }
+        let burst = 3_000;
+        let kept_small = held_of_burst(&a, &small, burst);
+        let kept_large = held_of_burst(&a, &large, burst);
+        assert!(kept_small < burst, "the default buffer kept all {burst}");
+        assert!(kept_large > kept_small, "{kept_large} <= {kept_small}");
     }
 }
