@@ -30,6 +30,7 @@ pub mod metrics;
 pub mod peers;
 pub mod read_order;
 pub mod server;
+pub mod steering;
 pub mod sync_threads;
 
 /// Stack of the loop's thread (the node itself is built elsewhere and boxed).
