@@ -104,6 +104,14 @@ pub struct Cli {
               .range(1..=dqe_core::portal::MAX_IN_FLIGHT as i64))]
     pub in_flight: u16,
 
+    /// Event loops (threads) this node runs, each with its own sockets on the node's ports
+    /// (SO_REUSEPORT, steered by key), its own share of the keys and its own segment files
+    /// (DIR/worker-<i>/ when N > 1). --write-rate and --in-flight are split between them.
+    /// A data directory written with another N is resharded at start.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = parse_workers)]
+    pub workers: usize,
+
     /// Test only (`dqe lab overload`): read the portal, storer and source sockets a batch each
     /// every round, portal first, so new client work competes with work already admitted;
     /// shows what the priority buys.
@@ -119,6 +127,17 @@ fn parse_port_base(text: &str) -> Result<u16, String> {
         Ok(p @ 1..=LAST) => Ok(p),
         _ => Err(format!(
             "the dev node listens on P, P+1 and P+2, so P must be a number from 1 to {LAST}"
+        )),
+    }
+}
+
+/// `--workers N`: 1 to [`MAX_WORKERS`](crate::steering::MAX_WORKERS).
+fn parse_workers(text: &str) -> Result<usize, String> {
+    let most = crate::steering::MAX_WORKERS;
+    match text.parse::<usize>() {
+        Ok(n @ 1..) if n <= most => Ok(n),
+        _ => Err(format!(
+            "expected a number of event-loop threads from 1 to {most} (about one per core)"
         )),
     }
 }
@@ -150,6 +169,8 @@ pub struct RunConfig {
     /// Serve the storer socket before the portal socket (off only with the hidden
     /// `--no-priority`, for experiments).
     pub storer_first: bool,
+    /// Event loops (`--workers`); `write_rate` and `in_flight` are the node's totals.
+    pub workers: usize,
 }
 
 /// Why the command line cannot run a node.
@@ -225,6 +246,7 @@ impl Cli {
             write_rate: self.write_rate,
             in_flight: usize::from(self.in_flight),
             storer_first: !self.no_priority,
+            workers: self.workers,
         })
     }
 }
@@ -265,6 +287,26 @@ mod tests {
         assert_eq!(parse(&most.to_string()).unwrap().in_flight, most as u16);
         for bad in ["0", "65535", "-1", "many"] {
             assert!(parse(bad).is_err(), "--in-flight={bad} accepted");
+        }
+    }
+
+    #[test]
+    fn workers_is_a_small_positive_number() {
+        let parse =
+            |n: &str| Cli::try_parse_from(["dqe-enforcer", "--dev", &format!("--workers={n}")]);
+        assert_eq!(
+            Cli::try_parse_from(["dqe-enforcer", "--dev"])
+                .unwrap()
+                .resolve()
+                .unwrap()
+                .workers,
+            1
+        );
+        assert_eq!(parse("2").unwrap().resolve().unwrap().workers, 2);
+        assert_eq!(parse("64").unwrap().workers, 64);
+        for bad in ["0", "65", "-1", "two", ""] {
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains("from 1 to 64"), "{bad}: {err}");
         }
     }
 

@@ -11,6 +11,8 @@
 //!   `dqe_metrics_http` responder.
 //! - [`peers`]: peer health transitions and cluster mismatches, logged once and counted.
 //! - [`read_order`]: which socket the loop reads next (storer before portal, bounded).
+//! - [`workers`]: `--workers N`, one node as N event loops, and [`steering`]: which worker a
+//!   datagram belongs to (the kernel's `SO_REUSEPORT` programs and the same in user space).
 //!
 //! The cluster file is read by `dqe_config::cluster`, the parser every node and tool shares.
 //!
@@ -32,9 +34,10 @@ pub mod read_order;
 pub mod server;
 pub mod steering;
 pub mod sync_threads;
+pub mod workers;
 
 /// Stack of the loop's thread (the node itself is built elsewhere and boxed).
-const NODE_STACK: usize = 16 << 20;
+pub(crate) const NODE_STACK: usize = 16 << 20;
 
 /// Log to stderr with `tracing`, filtered by `RUST_LOG` (default `info`).
 pub fn init_logging() {

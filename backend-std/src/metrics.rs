@@ -709,6 +709,158 @@ impl Site for Metrics {
     }
 }
 
+/// The metrics of a node run as several workers (`--workers`): each worker counts in its
+/// own [`Metrics`] (no counter is shared between threads), and the endpoint shows their sum,
+/// plus each worker's count of client requests answered (`dqe_worker_client_requests_total`,
+/// to see how evenly keys spread). Gauges that are not amounts take the largest value (epoch,
+/// degraded, the oldest unsynced write's age, peers down) or, for `dqe_peer_up`, the smallest
+/// (a peer is shown up while every worker believes it up).
+#[derive(Debug)]
+pub struct WorkerMetrics {
+    parts: Vec<Arc<Metrics>>,
+}
+
+/// Series whose merged value is the largest of the workers'.
+const MERGED_BY_MAX: [&str; 7] = [
+    "dqe_epoch",
+    "dqe_cluster_tag",
+    "dqe_unix_time_seconds",
+    "dqe_oldest_unsynced_write_age_seconds",
+    "dqe_store_degraded",
+    "dqe_build_info",
+    "dqe_node_peers_down",
+];
+
+impl WorkerMetrics {
+    /// The workers' metrics, in worker order.
+    pub fn new(parts: Vec<Arc<Metrics>>) -> WorkerMetrics {
+        WorkerMetrics { parts }
+    }
+
+    /// The sum of the workers' expositions, then the per-worker figures.
+    pub fn render(&self) -> String {
+        let texts: Vec<String> = self.parts.iter().map(|m| m.render()).collect();
+        let mut out = merge_expositions(&texts);
+        let o = &mut out;
+        let _ = writeln!(
+            o,
+            "# HELP dqe_workers Event loops this node runs (--workers)."
+        );
+        let _ = writeln!(o, "# TYPE dqe_workers gauge");
+        let _ = writeln!(o, "dqe_workers {}", self.parts.len());
+        let _ = writeln!(
+            o,
+            "# HELP dqe_worker_client_requests_total Client requests answered, by worker."
+        );
+        let _ = writeln!(o, "# TYPE dqe_worker_client_requests_total counter");
+        for (i, m) in self.parts.iter().enumerate() {
+            let _ = writeln!(
+                o,
+                "dqe_worker_client_requests_total{{worker=\"{i}\"}} {}",
+                m.latency_count.load(Relaxed)
+            );
+        }
+        out
+    }
+
+    /// The first worker's verdict that is not ok, else the first worker's.
+    fn verdict(&self, of: impl Fn(&Metrics) -> Verdict) -> Verdict {
+        let mut first = None;
+        for (i, m) in self.parts.iter().enumerate() {
+            let v = of(m);
+            if !v.ok {
+                return Verdict {
+                    ok: false,
+                    why: format!("worker {i}: {}", v.why),
+                };
+            }
+            first.get_or_insert(v);
+        }
+        first.unwrap_or(Verdict {
+            ok: false,
+            why: "no workers".into(),
+        })
+    }
+}
+
+impl Site for WorkerMetrics {
+    fn render(&self) -> String {
+        WorkerMetrics::render(self)
+    }
+    fn health(&self) -> Option<Verdict> {
+        Some(self.verdict(Metrics::health))
+    }
+    fn readiness(&self) -> Option<Verdict> {
+        Some(self.verdict(Metrics::readiness))
+    }
+}
+
+/// Merge expositions rendered by the same code: each series' values summed (or see
+/// [`WorkerMetrics`]), in the first exposition's order; a series only some have (a drop
+/// reason shown only once it counts) goes after the last series of its family.
+fn merge_expositions(texts: &[String]) -> String {
+    // (line: a comment, or a series' name and labels; its values)
+    let mut lines: Vec<(String, Vec<f64>)> = Vec::new();
+    for text in texts {
+        for line in text.lines() {
+            if line.starts_with('#') {
+                if !lines.iter().any(|(l, _)| l == line) {
+                    lines.push((line.to_string(), Vec::new()));
+                }
+                continue;
+            }
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let value = value.parse::<f64>().unwrap_or(0.0);
+            if let Some((_, values)) = lines.iter_mut().find(|(l, _)| l == series) {
+                values.push(value);
+                continue;
+            }
+            let name = family(series);
+            let at = lines
+                .iter()
+                .rposition(|(l, _)| !l.starts_with('#') && family(l) == name)
+                .map_or(lines.len(), |i| i + 1);
+            lines.insert(at, (series.to_string(), vec![value]));
+        }
+    }
+    let merged = |series: &str, values: &[f64]| -> f64 {
+        let name = family(series);
+        if MERGED_BY_MAX.contains(&name) {
+            values.iter().copied().fold(0.0, f64::max)
+        } else if name == "dqe_peer_up" {
+            values.iter().copied().fold(1.0, f64::min)
+        } else {
+            values.iter().sum()
+        }
+    };
+    let total = |name: &str| {
+        lines
+            .iter()
+            .find(|(l, _)| l == name)
+            .map_or(0.0, |(l, v)| merged(l, v))
+    };
+    let (pairs, index) = (total("dqe_stored_pairs"), total("dqe_index_bytes"));
+    let mut out = String::with_capacity(texts.first().map_or(0, String::len) + 512);
+    for (line, values) in &lines {
+        if line.starts_with('#') {
+            let _ = writeln!(out, "{line}");
+        } else if line == "dqe_index_bytes_per_pair" {
+            let per_pair = if pairs == 0.0 { 0.0 } else { index / pairs };
+            let _ = writeln!(out, "{line} {per_pair}");
+        } else {
+            let _ = writeln!(out, "{line} {}", merged(line, values));
+        }
+    }
+    out
+}
+
+/// The metric family (name) of a series: its text before the labels.
+fn family(series: &str) -> &str {
+    series.split('{').next().unwrap_or(series)
+}
+
 /// The system clock in seconds since 1970, to the millisecond (0 before 1970).
 fn unix_time_seconds() -> f64 {
     std::time::SystemTime::now()
@@ -743,6 +895,61 @@ mod tests {
         assert!(text.contains("dqe_client_request_duration_seconds_bucket{le=\"0.005\"} 2"));
         assert!(text.contains("dqe_client_request_duration_seconds_count 2"));
         assert!(text.contains("dqe_fsync_batches_total 0"));
+    }
+
+    /// `--workers`: counters add up, gauges that are not amounts do not, and a series only
+    /// one worker shows stays in its family.
+    #[test]
+    fn the_workers_metrics_are_summed() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.request(RequestKind::Set, Outcome::Stored);
+        b.request(RequestKind::Set, Outcome::Stored);
+        b.request(RequestKind::Test, Outcome::NotFound);
+        a.latency(Duration::from_micros(80));
+        b.latency(Duration::from_millis(3));
+        a.stored_pairs.store(10, Relaxed);
+        b.stored_pairs.store(30, Relaxed);
+        a.index_bytes.store(400, Relaxed);
+        b.index_bytes.store(400, Relaxed);
+        a.epoch.store(7, Relaxed);
+        b.epoch.store(7, Relaxed);
+        b.store_degraded.store(1, Relaxed);
+        a.set_peers(vec!["p".into()]);
+        b.set_peers(vec!["p".into()]);
+        b.set_peers_up(&[false]);
+        b.set_node_stats(&NodeStats {
+            drop_amplification: 2,
+            ..NodeStats::default()
+        });
+        let text = WorkerMetrics::new(vec![a, b]).render();
+        for want in [
+            "dqe_requests_total{kind=\"set\",outcome=\"stored\"} 2",
+            "dqe_requests_total{kind=\"test\",outcome=\"not_found\"} 1",
+            "dqe_client_request_duration_seconds_count 2",
+            "dqe_client_request_duration_seconds_bucket{le=\"0.005\"} 2",
+            "dqe_stored_pairs 40",
+            "dqe_index_bytes_per_pair 20",
+            "dqe_epoch 7",
+            "dqe_store_degraded 1",
+            "dqe_peer_up{peer=\"p\"} 0",
+            "dqe_workers 2",
+            "dqe_worker_client_requests_total{worker=\"1\"} 1",
+        ] {
+            assert!(
+                text.contains(&format!("{want}\n")),
+                "{want} missing from\n{text}"
+            );
+        }
+        // The drop reason only worker 1 shows is among the other drop reasons.
+        let drops: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("dqe_drops_total"))
+            .collect();
+        assert!(drops.contains(&"dqe_drops_total{reason=\"amplification\"} 2"));
+        let first = text.find("dqe_drops_total{").unwrap();
+        let amp = text.find("reason=\"amplification\"").unwrap();
+        let next_family = text.find("# HELP dqe_node_requests_total").unwrap();
+        assert!(first < amp && amp < next_family);
     }
 
     async fn serving(m: Arc<Metrics>) -> SocketAddr {

@@ -82,6 +82,7 @@ use crate::durable::{DurableOptions, DurableStore, OpenError, SyncDone};
 use crate::metrics::{self, DropReason, Metrics, MetricsBindError, PortLabel};
 use crate::peers::PeerWatch;
 use crate::read_order::{ReadOrder, ReadPolicy, Step};
+use crate::steering::LaneRng;
 use crate::sync_threads::{PressureWatch, SMALL_BATCH, SyncThreads};
 
 /// Datagrams read from one socket per iteration (one `recvmmsg`).
@@ -99,7 +100,7 @@ const ARRIVALS: usize = 65_536;
 /// `--in-flight`).
 pub type EnforcerNode = Node<
     DurableStore,
-    StdRng,
+    LaneRng,
     ClusterVecs,
     RingStorage,
     InFlightTable,
@@ -165,6 +166,16 @@ pub enum ServerError {
     /// The group commit's threads could not be started.
     #[error("cannot start the group-commit threads: {0}")]
     SyncThreads(io::Error),
+    /// A worker thread (`--workers`) or its runtime could not be started.
+    #[error("cannot start worker {worker}: {source}")]
+    Worker { worker: usize, source: io::Error },
+    /// The data directory's layout could not be changed to the number of workers.
+    #[error("cannot reshard {dir} to {workers} worker(s): {source}")]
+    Reshard {
+        dir: std::path::PathBuf,
+        workers: usize,
+        source: io::Error,
+    },
 }
 
 /// A datagram waiting to be sent.
@@ -219,6 +230,7 @@ fn build_node(
     cfg: &RunConfig,
     store: DurableStore,
     epoch: u32,
+    worker: usize,
 ) -> Result<Box<EnforcerNode>, ServerError> {
     let config = NodeConfig::default();
     let slots = reply_slots(cfg.write_rate, config.retry_window);
@@ -250,7 +262,7 @@ fn build_node(
         cfg.spec.clone(),
         cfg.me,
         store,
-        StdRng::from_os_rng(),
+        LaneRng::new(StdRng::from_os_rng(), worker, cfg.workers),
         config,
         epoch,
         storage,
@@ -315,11 +327,65 @@ struct RunningSync {
 const PEER_RECV_BUFFER: usize = 4 << 20;
 
 /// Start the node described by `cfg`, serve until `stop` resolves, then shut down cleanly.
+/// With `--workers N` > 1 the node runs as N event loops ([`crate::workers`]).
 pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), ServerError> {
+    if cfg.workers > 1 {
+        return crate::workers::run(cfg, stop).await;
+    }
+    // A data directory last used with more workers is brought back to one first.
+    let dir = cfg.data_dir.clone();
+    blocking(move || crate::durable::reshard(&dir, 1))
+        .await
+        .map_err(|source| ServerError::Reshard {
+            dir: cfg.data_dir.clone(),
+            workers: 1,
+            source,
+        })?;
     let me = &cfg.spec.nodes[cfg.me as usize];
     let portal = bind("portal", me.portal).await?;
     let storer = bind("storer", me.storer).await?;
     let source = bind("source", me.source).await?;
+    let metrics = Metrics::new();
+    let metrics_listener = match cfg.metrics {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    // Scrapes and /healthz are answered while the store replays (which can take a while):
+    // the replay and the node's construction run on blocking threads meanwhile.
+    if let Some(listener) = metrics_listener {
+        tokio::spawn(metrics::serve(listener, metrics.clone()));
+    }
+    let sockets = WorkerSockets {
+        portal,
+        storer,
+        source,
+    };
+    serve_worker(cfg, 0, sockets, metrics, stop).await
+}
+
+/// The three sockets one event loop reads and sends from.
+pub(crate) struct WorkerSockets {
+    pub portal: UdpSocket,
+    pub storer: UdpSocket,
+    pub source: UdpSocket,
+}
+
+/// Open worker `worker`'s store (in `cfg.data_dir`, already the worker's own directory),
+/// build its node and run its loop on `sockets` until `stop` resolves. `metrics` are the
+/// worker's own.
+pub(crate) async fn serve_worker(
+    cfg: RunConfig,
+    worker: usize,
+    sockets: WorkerSockets,
+    metrics: Arc<Metrics>,
+    stop: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    let me = &cfg.spec.nodes[cfg.me as usize];
+    let WorkerSockets {
+        portal,
+        storer,
+        source,
+    } = sockets;
     // Peers' GETs, PUTs and replies are work already admitted by some portal: a larger buffer
     // keeps a burst of them from being dropped by the kernel while the loop is busy (each
     // dropped sub-request costs a retry or a replacement PUT under overload).
@@ -329,17 +395,6 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
             Err(e) => warn!(role, error = %e, "cannot enlarge the receive buffer"),
         }
     }
-    let metrics = Metrics::new();
-    let metrics_listener = match cfg.metrics {
-        Some(addr) => Some(metrics::bind(addr).await?),
-        None => None,
-    };
-
-    // Scrapes and /healthz are answered while the store replays (which can take a while):
-    // the replay and the node's construction run on blocking threads meanwhile.
-    if let Some(listener) = metrics_listener {
-        tokio::spawn(metrics::serve(listener, metrics.clone()));
-    }
     let epoch = cfg.spec.epoch_of(unix_seconds());
     let mut opts = DurableOptions::new(&cfg.data_dir);
     opts.sync_mode = cfg.sync_mode;
@@ -347,9 +402,11 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
     let oldest = cfg.spec.oldest_retained(epoch);
     let (store, recovery) = blocking(move || DurableStore::open(opts, oldest)).await?;
     let build_cfg = cfg.clone();
-    let node = blocking(move || build_node(&build_cfg, store, epoch)).await?;
+    let node = blocking(move || build_node(&build_cfg, store, epoch, worker)).await?;
     info!(
         node = %me.name,
+        worker,
+        workers = cfg.workers,
         portal = %me.portal,
         storer = %me.storer,
         source = %me.source,
@@ -386,7 +443,12 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
     let peers = PeerWatch::new(&cfg.spec, cfg.me, node.cluster_tag());
     metrics.set_peers(peers.peer_names());
 
-    let sync_threads = SyncThreads::new("dqe-sync", node.store().max_in_flight(), cfg.sync_spin)
+    let sync_name = if cfg.workers == 1 {
+        "dqe-sync".to_string()
+    } else {
+        format!("dqe-sync-{worker}")
+    };
+    let sync_threads = SyncThreads::new(&sync_name, node.store().max_in_flight(), cfg.sync_spin)
         .map_err(ServerError::SyncThreads)?;
     let now = Instant::now();
     let mut server = Server {

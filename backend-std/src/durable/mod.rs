@@ -90,6 +90,7 @@ mod commit;
 mod format;
 mod in_place;
 mod replay;
+mod reshard;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -97,4 +98,5 @@ mod tests;
 pub use commit::{RETRY_AFTER, SyncBatch, SyncDone};
 pub use format::{MAGIC, RECORD_BYTES, encode_record, segment_path};
 pub use replay::{Recovery, quarantine_path};
+pub use reshard::{Resharded, WORKERS_FILE, layout_workers, reshard, worker_dir};
 pub use store::{DurableOptions, DurableStats, DurableStore, OpenError, SyncMode};
