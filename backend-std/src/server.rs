@@ -332,15 +332,20 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
     if cfg.workers > 1 {
         return crate::workers::run(cfg, stop).await;
     }
-    // A data directory last used with more workers is brought back to one first.
-    let dir = cfg.data_dir.clone();
-    blocking(move || crate::durable::reshard(&dir, 1))
-        .await
-        .map_err(|source| ServerError::Reshard {
-            dir: cfg.data_dir.clone(),
-            workers: 1,
-            source,
-        })?;
+    // A data directory last used with more workers is brought back to one first (under the
+    // directory's lock, released before the store takes it).
+    if crate::durable::reshard_needed_for_one(&cfg.data_dir) {
+        let lock = crate::workers::lock(&cfg.data_dir)?;
+        let dir = cfg.data_dir.clone();
+        blocking(move || crate::durable::reshard(&dir, 1))
+            .await
+            .map_err(|source| ServerError::Reshard {
+                dir: cfg.data_dir.clone(),
+                workers: 1,
+                source,
+            })?;
+        drop(lock);
+    }
     let me = &cfg.spec.nodes[cfg.me as usize];
     let portal = bind("portal", me.portal).await?;
     let storer = bind("storer", me.storer).await?;

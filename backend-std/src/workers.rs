@@ -56,7 +56,7 @@ fn bind_group(
 }
 
 /// Lock the data directory for the life of the node (each worker's store locks its own).
-fn lock(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
+pub(crate) fn lock(dir: &std::path::Path) -> Result<std::fs::File, ServerError> {
     let err = |source| {
         ServerError::Store(OpenError::Directory {
             dir: dir.to_path_buf(),

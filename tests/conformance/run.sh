@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Run the black-box conformance checker against a one-node `--dev` enforcer and a three-node
+# Run the black-box conformance checker against a one-node `--dev` enforcer (one event loop,
+# then two: --workers 2) and a three-node
 # loopback cluster started with `dqe cluster up`, using the binaries of PROFILE (debug by default).
 # Loopback only; every process it starts is stopped on exit.
 set -euo pipefail
@@ -36,6 +37,19 @@ for _ in $(seq 100); do
   sleep 0.1
 done
 python3 "$here/check.py" dev 9501 dev $dev_tag
+
+# The same checks against a node run as two event loops (--workers 2): the kernel steers
+# each key to one of them, which must not show on the wire.
+"$bin/dqe-enforcer" --dev --port-base 9511 --workers 2 --data-dir "$work/dev2" >"$work/dev2.log" 2>&1 &
+pids+=($!)
+wait_port 9511
+dev2_tag=""
+for _ in $(seq 100); do
+  dev2_tag="$(grep -o 'cluster_tag=0x[0-9a-f]*' "$work/dev2.log" | head -1 | cut -d= -f2)" || true
+  [ -n "$dev2_tag" ] && break
+  sleep 0.1
+done
+python3 "$here/check.py" dev 9511 dev $dev2_tag
 
 gen="$("$bin/dqe" config gen --nodes 3 --replication 2 --base-port 9601 --out "$work/c3.toml")"
 c3_tag="$(grep -o 'cluster tag 0x[0-9a-f]*' <<<"$gen" | cut -d' ' -f3)"

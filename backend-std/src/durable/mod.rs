@@ -98,5 +98,7 @@ mod tests;
 pub use commit::{RETRY_AFTER, SyncBatch, SyncDone};
 pub use format::{MAGIC, RECORD_BYTES, encode_record, segment_path};
 pub use replay::{Recovery, quarantine_path};
-pub use reshard::{Resharded, WORKERS_FILE, layout_workers, reshard, worker_dir};
+pub use reshard::{
+    Resharded, WORKERS_FILE, layout_workers, reshard, reshard_needed_for_one, worker_dir,
+};
 pub use store::{DurableOptions, DurableStats, DurableStore, OpenError, SyncMode};

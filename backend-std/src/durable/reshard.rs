@@ -70,6 +70,12 @@ pub fn layout_workers(dir: &Path) -> io::Result<usize> {
     }
 }
 
+/// Whether `dir` holds another layout than one worker's, or an unfinished reshard: a
+/// one-worker start must reshard (and lock the directory for it) before opening its store.
+pub fn reshard_needed_for_one(dir: &Path) -> bool {
+    dir.join(WORKERS_FILE).exists() || dir.join(STAGING).exists()
+}
+
 /// What a reshard did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resharded {
