@@ -1,0 +1,55 @@
+#!/bin/bash
+# Issue 10's "1 vs 2 workers" in one process: dqe-enforcer --workers 1 against --workers 2
+# (N event loops on one set of ports, SO_REUSEPORT steered by key; backend-std/src/workers.rs),
+# alternating, driven by the same client (loopback_bench, 2 threads, window 32 in all), TEST
+# only and half TEST / half SET, then the null node (decode and answer, batched) as the
+# client's ceiling. Load average next to every figure; ends with the 2-over-1 ratios.
+# About 2.5 minutes with the defaults. Build first:
+#   cargo build --release -p backend-std --bins --examples
+# FSYNC=interval|always|never (default interval), SECONDS_EACH (5), ROUNDS (2).
+set -u
+cd "$(dirname "$0")/../.."
+S=${SECONDS_EACH:-5}
+R=${ROUNDS:-2}
+B=target/release/examples/loopback_bench
+E=${ENFORCER:-target/release/dqe-enforcer}
+P=${FSYNC:-interval}
+D=$(mktemp -d -p "${DATA_PARENT:-/work}")
+load() { cut -d' ' -f1-3 /proc/loadavg; }
+declare -A RATE
+run() {
+  local label=$1; shift
+  local out
+  out=$($B --threads 2 --window 32 --seconds "$S" "$@" 2>&1 | tail -1)
+  echo "### $label [load $(load)]"
+  echo "$out"
+  RATE[$label]="${RATE[$label]:-} $(echo "$out" | sed -n 's/.*rate=\([0-9]*\).*/\1/p')"
+}
+date -u; uptime; nproc
+for round in $(seq "$R"); do
+  for mode in test mix; do
+    for w in 1 2; do
+      rm -rf "$D/data"
+      RUST_LOG=warn $E --dev --port-base 9101 --data-dir "$D/data" --fsync "$P" --workers $w & N=$!
+      sleep 1
+      run "workers=$w $mode" --target 127.0.0.1:9101 --mode $mode --prefix r$round$w$mode-
+      kill -INT $N; wait $N
+    done
+  done
+done
+target/release/examples/null_node 127.0.0.1:9391 --batch 2>/dev/null & NN=$!
+sleep 0.5
+for mode in test mix; do
+  run "null-batch $mode" --target 127.0.0.1:9391 --mode $mode --prefix n$mode-
+done
+kill $NN; wait $NN 2>/dev/null
+rm -rf "$D"
+mean() { awk '{s=0; for (i=1;i<=NF;i++) s+=$i; if (NF) printf "%.0f", s/NF}' <<<"$1"; }
+echo "### summary (fsync $P, mean of $R rounds; rates in requests/s)"
+for mode in test mix; do
+  one=$(mean "${RATE[workers=1 $mode]}"); two=$(mean "${RATE[workers=2 $mode]}")
+  null=$(mean "${RATE[null-batch $mode]}")
+  awk -v m=$mode -v a="$one" -v b="$two" -v n="$null" \
+    'BEGIN { printf "%-5s 1 worker %7d  2 workers %7d  (%.2fx)  null node %7d\n", m, a, b, b/a, n }'
+done
+uptime
