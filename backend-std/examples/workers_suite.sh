@@ -3,7 +3,9 @@
 # (N event loops on one set of ports, SO_REUSEPORT steered by key; backend-std/src/workers.rs),
 # alternating, driven by the same client (loopback_bench, 2 threads, window 32 in all), TEST
 # only and half TEST / half SET, then the null node (decode and answer, batched) as the
-# client's ceiling. Load average next to every figure; ends with the 2-over-1 ratios.
+# client's ceiling. Load average next to every figure, and the enforcer's CPU time per
+# answered request (user + system, all its threads: what the split costs, which other load on
+# the machine moves far less than the rates); ends with the 2-over-1 ratios.
 # About 2.5 minutes with the defaults. Build first:
 #   cargo build --release -p backend-std --bins --examples
 # FSYNC=interval|always|never (default interval), SECONDS_EACH (5), ROUNDS (2).
@@ -16,10 +18,11 @@ E=${ENFORCER:-target/release/dqe-enforcer}
 P=${FSYNC:-interval}
 D=$(mktemp -d -p "${DATA_PARENT:-/work}")
 load() { cut -d' ' -f1-3 /proc/loadavg; }
-declare -A RATE
+declare -A RATE CPU
+HZ=$(getconf CLK_TCK)
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 run() {
   local label=$1; shift
-  local out
   out=$($B --threads 2 --window 32 --seconds "$S" "$@" 2>&1 | tail -1)
   echo "### $label [load $(load)]"
   echo "$out"
@@ -32,7 +35,13 @@ for round in $(seq "$R"); do
       rm -rf "$D/data"
       RUST_LOG=warn $E --dev --port-base 9101 --data-dir "$D/data" --fsync "$P" --workers $w & N=$!
       sleep 1
+      t0=$(ticks $N)
       run "workers=$w $mode" --target 127.0.0.1:9101 --mode $mode --prefix r$round$w$mode-
+      t1=$(ticks $N)
+      answered=$(sed -n 's/.*answered=\([0-9]*\).*/\1/p' <<<"$out")
+      cpu=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="${answered:-0}" 'BEGIN { if (n) printf "%.1f", t * 1e6 / hz / n; else print 0 }')
+      echo "enforcer CPU per answered request: ${cpu} us"
+      CPU[workers=$w $mode]="${CPU[workers=$w $mode]:-} $cpu"
       kill -INT $N; wait $N
     done
   done
@@ -51,5 +60,6 @@ for mode in test mix; do
   null=$(mean "${RATE[null-batch $mode]}")
   awk -v m=$mode -v a="$one" -v b="$two" -v n="$null" \
     'BEGIN { printf "%-5s 1 worker %7d  2 workers %7d  (%.2fx)  null node %7d\n", m, a, b, b/a, n }'
+  echo "      enforcer CPU us/request: 1 worker${CPU[workers=1 $mode]}; 2 workers${CPU[workers=2 $mode]}"
 done
 uptime
