@@ -101,6 +101,7 @@ fn every_key_is_stored_and_answered_by_the_worker_that_owns_it() {
             )
         })
         .collect();
+    eprintln!("client requests answered by worker: {per_worker:?}");
     // Every SET and TEST answered (a SET retried after 300 ms may be answered twice).
     assert!(per_worker.iter().sum::<f64>() >= 4_000.0, "{per_worker:?}");
     assert!(per_worker.iter().all(|&n| n > 1_500.0), "{per_worker:?}");
