@@ -23,12 +23,14 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use tracing::{info, warn};
 
-use super::format::{MAGIC, RECORD_BYTES, decode_record, parse_segment_name, segment_name};
+use super::format::{
+    MAGIC, RECORD_BYTES, decode_record, parse_segment_name, read_full, segment_name,
+};
 use crate::steering::worker_of_key;
 
 /// The file that names the number of workers of an N > 1 layout.
@@ -147,29 +149,38 @@ fn copy(dir: &Path, from: usize, to: usize) -> io::Result<u64> {
             let Some(epoch) = parse_segment_name(&name) else {
                 continue;
             };
-            let bytes = fs::read(entry.path())?;
-            if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            // Read in chunks of whole records: a segment can be larger than RAM allows.
+            let mut input = BufReader::new(File::open(entry.path())?);
+            let mut magic = [0u8; MAGIC.len()];
+            if read_full(&mut input, &mut magic)? < MAGIC.len() || &magic != MAGIC {
                 warn!(file = %entry.path().display(), "not a segment: left out of the reshard");
                 continue;
             }
-            for r in bytes[MAGIC.len()..].chunks_exact(RECORD_BYTES) {
-                let Some(value) = decode_record(r, epoch) else {
-                    continue;
-                };
-                let w = worker_of_key(&dqe_core::hash::key_of(&value), to);
-                let file = match out.entry((w, epoch)) {
-                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-                    std::collections::hash_map::Entry::Vacant(e) => {
-                        let path = worker_dir(&staging, w, to).join(segment_name(epoch));
-                        let mut f = BufWriter::new(
-                            OpenOptions::new().write(true).create_new(true).open(path)?,
-                        );
-                        f.write_all(MAGIC)?;
-                        e.insert(f)
-                    }
-                };
-                file.write_all(r)?;
-                records += 1;
+            let mut chunk = vec![0u8; RECORD_BYTES * 4096];
+            loop {
+                let n = read_full(&mut input, &mut chunk)?;
+                for r in chunk[..n].chunks_exact(RECORD_BYTES) {
+                    let Some(value) = decode_record(r, epoch) else {
+                        continue;
+                    };
+                    let w = worker_of_key(&dqe_core::hash::key_of(&value), to);
+                    let file = match out.entry((w, epoch)) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            let path = worker_dir(&staging, w, to).join(segment_name(epoch));
+                            let mut f = BufWriter::new(
+                                OpenOptions::new().write(true).create_new(true).open(path)?,
+                            );
+                            f.write_all(MAGIC)?;
+                            e.insert(f)
+                        }
+                    };
+                    file.write_all(r)?;
+                    records += 1;
+                }
+                if n < chunk.len() {
+                    break;
+                }
             }
         }
     }
@@ -294,7 +305,8 @@ mod tests {
 
     #[test]
     fn a_reshard_keeps_every_record_and_puts_it_with_its_worker() {
-        let (dir, want) = one_worker_dir(500);
+        // More records than one read chunk (4,096) per segment.
+        let (dir, want) = one_worker_dir(5_000);
         let d = dir.path();
         assert_eq!(reshard(d, 1).unwrap(), None);
         let done = reshard(d, 3).unwrap().unwrap();
@@ -313,7 +325,7 @@ mod tests {
         assert_eq!(reshard(d, 2).unwrap().unwrap().from, 3);
         assert_eq!(records(d, 2), want);
         assert!(!d.join("worker-2").exists());
-        assert_eq!(reshard(d, 1).unwrap().unwrap().records, 1000);
+        assert_eq!(reshard(d, 1).unwrap().unwrap().records, 10_000);
         assert_eq!(layout_workers(d).unwrap(), 1);
         assert!(!d.join(WORKERS_FILE).exists() && !d.join("worker-0").exists());
         assert!(!d.join(STAGING).exists());
