@@ -314,7 +314,7 @@ mod tests {
             done,
             Resharded {
                 from: 1,
-                records: 1000
+                records: 10_000
             }
         );
         assert_eq!(layout_workers(d).unwrap(), 3);
