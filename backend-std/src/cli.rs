@@ -12,6 +12,7 @@ use clap::Parser;
 
 use crate::durable::SyncMode;
 use dqe_config::cluster::{self as config_file, Cluster, ConfigFileError};
+use dqe_config::server::Server;
 use dqe_config::storage::{Fsync, MAX_INTERVAL_MS, Storage};
 
 /// Portal port of `--dev`; storer and source follow it.
@@ -104,13 +105,13 @@ pub struct Cli {
               .range(1..=dqe_core::portal::MAX_IN_FLIGHT as i64))]
     pub in_flight: u16,
 
-    /// Event loops (threads) this node runs, each with its own sockets on the node's ports
-    /// (SO_REUSEPORT, steered by key), its own share of the keys and its own segment files
-    /// (DIR/worker-<i>/ when N > 1). --write-rate and --in-flight are split between them.
-    /// A data directory written with another N is resharded at start.
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = parse_workers)]
-    pub workers: usize,
+    /// Event loops (threads) this node runs, over the cluster file's `[server] workers`
+    /// [default: 1]: each with its own sockets on the node's ports (SO_REUSEPORT, steered by
+    /// key), its own share of the keys and its own segment files (DIR/worker-<i>/ when N > 1).
+    /// --write-rate and --in-flight are split between them. A data directory written with
+    /// another N is resharded at start.
+    #[arg(long, value_name = "N", value_parser = parse_workers)]
+    pub workers: Option<usize>,
 
     /// Test only (`dqe lab overload`): read the portal, storer and source sockets a batch each
     /// every round, portal first, so new client work competes with work already admitted;
@@ -131,9 +132,9 @@ fn parse_port_base(text: &str) -> Result<u16, String> {
     }
 }
 
-/// `--workers N`: 1 to [`MAX_WORKERS`](crate::steering::MAX_WORKERS).
+/// `--workers N`: 1 to [`MAX_WORKERS`](dqe_config::server::MAX_WORKERS).
 fn parse_workers(text: &str) -> Result<usize, String> {
-    let most = crate::steering::MAX_WORKERS;
+    let most = dqe_config::server::MAX_WORKERS;
     match text.parse::<usize>() {
         Ok(n @ 1..) if n <= most => Ok(n),
         _ => Err(format!(
@@ -207,12 +208,19 @@ impl SyncMode {
 impl Cli {
     /// Load the cluster file (if any) and find this node.
     pub fn resolve(&self) -> Result<RunConfig, ResolveError> {
-        let (spec, me, default_dir, storage) = match (&self.config, &self.node) {
+        let (spec, me, default_dir, storage, server) = match (&self.config, &self.node) {
             (Some(path), Some(name)) => {
                 let spec = config_file::load(path)?;
                 let me = config_file::find_node(path, &spec, name)?;
                 let storage = config_file::load_storage(path, usize::from(me))?;
-                (spec, me, PathBuf::from("dqe-data").join(name), storage)
+                let server = config_file::load_server(path, usize::from(me))?;
+                (
+                    spec,
+                    me,
+                    PathBuf::from("dqe-data").join(name),
+                    storage,
+                    server,
+                )
             }
             // A one-node cluster has no copy elsewhere: every write is synced.
             _ => (
@@ -220,6 +228,7 @@ impl Cli {
                 0,
                 PathBuf::from("dqe-data"),
                 Storage::default(),
+                Server::default(),
             ),
         };
         let (sync_mode, from) = match self.fsync {
@@ -246,7 +255,7 @@ impl Cli {
             write_rate: self.write_rate,
             in_flight: usize::from(self.in_flight),
             storer_first: !self.no_priority,
-            workers: self.workers,
+            workers: self.workers.unwrap_or(server.workers),
         })
     }
 }
@@ -303,7 +312,7 @@ mod tests {
             1
         );
         assert_eq!(parse("2").unwrap().resolve().unwrap().workers, 2);
-        assert_eq!(parse("64").unwrap().workers, 64);
+        assert_eq!(parse("64").unwrap().workers, Some(64));
         for bad in ["0", "65", "-1", "two", ""] {
             let err = parse(bad).unwrap_err().to_string();
             assert!(err.contains("from 1 to 64"), "{bad}: {err}");
@@ -387,6 +396,31 @@ mod tests {
             let e = Cli::try_parse_from(["dqe-enforcer", "--dev", "--fsync-interval-ms", bad]);
             assert!(e.unwrap_err().to_string().contains("--fsync-interval-ms"));
         }
+    }
+
+    /// `[server] workers` in the cluster file, a node's own table over it, the command line
+    /// over both.
+    #[test]
+    fn workers_come_from_the_file_and_the_command_line_overrides_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[server]\nworkers = 2\n[cluster]\nreplication = 2\n\
+             [[nodes]]\nname = \"a\"\nportal = \"127.0.0.1:1\"\nstorer = \"127.0.0.1:2\"\nsource = \"127.0.0.1:3\"\n\
+             [[nodes]]\nname = \"b\"\nportal = \"127.0.0.1:4\"\nstorer = \"127.0.0.1:5\"\nsource = \"127.0.0.1:6\"\n\
+             [nodes.server]\nworkers = 3\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let run = |extra: &[&str]| {
+            let mut args = vec!["dqe-enforcer", "--config", file];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).unwrap().resolve().unwrap()
+        };
+        assert_eq!(run(&["--node", "a"]).workers, 2);
+        assert_eq!(run(&["--node", "b"]).workers, 3);
+        assert_eq!(run(&["--node", "b", "--workers", "1"]).workers, 1);
     }
 
     /// Issue 8 item 13: `--port-base 65535` wrapped to ports 0 and 1.

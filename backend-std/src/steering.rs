@@ -23,8 +23,10 @@ use dqe_udp::reuseport::{Insn, Program, Target, op};
 use rand::RngCore;
 use rand::rngs::StdRng;
 
-/// The most workers a node runs (`--workers`): the id lane has 7 bits.
-pub const MAX_WORKERS: usize = 64;
+/// The most workers a node runs (`--workers`, `[server] workers`).
+pub use dqe_config::server::MAX_WORKERS;
+// A worker's lane is the id's low 7 bits modulo the number of workers.
+const _: () = assert!(MAX_WORKERS <= 128);
 
 /// The worker of `workers` that owns `key`.
 pub fn worker_of_key(key: &Key, workers: usize) -> usize {

@@ -29,6 +29,8 @@
 //! [nodes.storage]            # optional, over a top-level [storage] (see `storage`)
 //! fsync = "interval"
 //! interval_ms = 10
+//! [nodes.server]             # optional, over a top-level [server] (see `server`)
+//! workers = 2
 //! ```
 
 use std::net::SocketAddr;
@@ -45,6 +47,7 @@ use toml::Spanned;
 
 pub use crate::locate::Location;
 use crate::locate::Source;
+use crate::server::{self, Server, ServerRepr};
 use crate::storage::{self, Storage, StorageRepr};
 
 /// Nodes a cluster file may list for `dqe-enforcer` and the tools: every index a
@@ -106,6 +109,9 @@ pub enum ConfigFileError {
     /// A `[storage]` table that does not say a usable policy.
     #[error("{at}: {problem}")]
     Storage { at: Location, problem: String },
+    /// A `[server]` table with a setting out of range.
+    #[error("{at}: {problem}")]
+    Server { at: Location, problem: String },
     /// `--node NAME` names no node of the file.
     #[error("{}: no node is named `{name}` (the file names: {})", path.display(), known.join(", "))]
     UnknownNode {
@@ -125,7 +131,8 @@ impl ConfigFileError {
             | ConfigFileError::TooManyNodes { at, .. }
             | ConfigFileError::TooManyRingPoints { at, .. }
             | ConfigFileError::Rule { at, .. }
-            | ConfigFileError::Storage { at, .. } => Some(at),
+            | ConfigFileError::Storage { at, .. }
+            | ConfigFileError::Server { at, .. } => Some(at),
             ConfigFileError::Unreadable { .. } | ConfigFileError::UnknownNode { .. } => None,
         }
     }
@@ -146,6 +153,8 @@ struct FileRepr {
     nodes: Spanned<Vec<Spanned<NodeRepr>>>,
     /// Every node's storage policy, unless its own table says otherwise.
     storage: Option<StorageRepr>,
+    /// Every node's process settings, unless its own table says otherwise.
+    server: Option<ServerRepr>,
 }
 
 #[derive(Deserialize)]
@@ -171,6 +180,8 @@ struct NodeRepr {
     metrics: Option<Spanned<String>>,
     /// This node's storage policy, over the file's `[storage]` table.
     storage: Option<StorageRepr>,
+    /// This node's process settings, over the file's `[server]` table.
+    server: Option<ServerRepr>,
 }
 
 /// Read and validate a cluster file for `dqe-enforcer`'s capacities.
@@ -250,6 +261,32 @@ pub fn parse_storage(path: &Path, text: &str, node: usize) -> Result<Storage, Co
     storage::resolve(&src, repr.storage.as_ref(), own, node)
 }
 
+/// The process settings of node `node` (its index in the file) from a file that [`load`]
+/// accepts: its `[nodes.server]` table over the file's `[server]` table.
+pub fn load_server(path: &Path, node: usize) -> Result<Server, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    parse_server(path, &text, node)
+}
+
+/// [`load_server`] on the text of the file.
+pub fn parse_server(path: &Path, text: &str, node: usize) -> Result<Server, ConfigFileError> {
+    parse(path, text)?;
+    let src = Source::new(path, text);
+    let repr: FileRepr = toml::from_str(text).map_err(|e| {
+        let (at, message) = src.syntax(&e);
+        ConfigFileError::Syntax { at, message }
+    })?;
+    let own = repr
+        .nodes
+        .get_ref()
+        .get(node)
+        .and_then(|n| n.get_ref().server.as_ref());
+    server::resolve(&src, repr.server.as_ref(), own, node)
+}
+
 /// [`parse`] for a build holding up to `N` nodes and `ring_points` ring points (a board).
 pub fn parse_with_capacity<const N: usize>(
     path: &Path,
@@ -319,6 +356,7 @@ fn parse_for(
         }
         // Every reader refuses a bad storage policy, not only the node it belongs to.
         storage::resolve(&src, repr.storage.as_ref(), n.storage.as_ref(), i)?;
+        server::resolve(&src, repr.server.as_ref(), n.server.as_ref(), i)?;
         nodes.push(spec);
     }
 

@@ -5,6 +5,7 @@
 //!   so they accept and refuse exactly the same files.
 //! - [`client`]: the client file of the tools that talk to portals and check stamps.
 //! - [`storage`]: the `[storage]` tables of the cluster file (when writes reach the disk).
+//! - [`server`]: the `[server]` tables of the cluster file (how many event loops a node runs).
 //! - [`locate`]: file, line, column and dotted field of every error of both.
 //!
 //! A std crate without tokio or sockets: the firmware's build script depends on it.
@@ -19,4 +20,5 @@
 pub mod client;
 pub mod cluster;
 pub mod locate;
+pub mod server;
 pub mod storage;
