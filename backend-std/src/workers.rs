@@ -122,7 +122,9 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
             .name(format!("dqe-worker-{i}"))
             .stack_size(crate::NODE_STACK)
             .spawn(move || {
-                let result = (|| {
+                // A panic ends this worker only: report it, so that the others stop too
+                // rather than serve on without this worker's keys.
+                let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                     let rt = tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -142,7 +144,13 @@ pub async fn run(cfg: RunConfig, stop: impl Future<Output = ()>) -> Result<(), S
                         };
                         serve_worker(wcfg, i, sockets, metrics, stop).await
                     })
-                })();
+                }))
+                .unwrap_or_else(|_| {
+                    Err(ServerError::Worker {
+                        worker: i,
+                        source: std::io::Error::other("the worker's thread panicked"),
+                    })
+                });
                 let _ = done.send((i, result));
             })
             .map_err(|source| ServerError::Worker { worker: i, source })?;

@@ -312,3 +312,30 @@ fn a_restart_with_another_number_of_workers_keeps_every_pair() {
     assert!(!site.data.join("worker-0").exists());
     assert_eq!(stored_values(&site.data).len(), all.len());
 }
+
+/// A second node on the same data directory is refused with a message that says so, and the
+/// first one keeps serving.
+#[test]
+fn a_second_node_on_the_same_data_directory_is_refused() {
+    let site = DevSite::new(&PORTS, 6);
+    let node = site.start_with(&["--workers", "2"]);
+    let other = (site.base + 3).to_string();
+    let data = site.data.display().to_string();
+    let r = run_to_exit(&[
+        "--dev",
+        "--port-base",
+        &other,
+        "--workers",
+        "2",
+        "--data-dir",
+        &data,
+    ]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("in use by another process"),
+        "{}",
+        r.stderr
+    );
+    let (_, v) = pair("still served");
+    assert_eq!(Client::new().set(node.portal, v), Some(Body::Stored));
+}
