@@ -111,12 +111,35 @@ pub fn reshard(dir: &Path, workers: usize) -> io::Result<Option<Resharded>> {
     if from == workers {
         return Ok(None);
     }
-    info!(dir = %dir.display(), from, to = workers, "resharding the data directory");
+    // A new directory (or one without segments) is only laid out: nothing to say about it.
+    let fresh = !has_segments(dir, from)?;
+    if !fresh {
+        info!(dir = %dir.display(), from, to = workers, "resharding the data directory");
+    }
     let records = copy(dir, from, workers)?;
     remove_old(dir)?;
     move_in(dir)?;
+    if fresh {
+        return Ok(None);
+    }
     info!(dir = %dir.display(), from, to = workers, records, "resharded");
     Ok(Some(Resharded { from, records }))
+}
+
+/// Whether the layout of `workers` workers in `dir` holds any segment file.
+fn has_segments(dir: &Path, workers: usize) -> io::Result<bool> {
+    for w in 0..workers {
+        let d = worker_dir(dir, w, workers);
+        if !d.is_dir() {
+            continue;
+        }
+        for entry in fs::read_dir(&d)? {
+            if parse_segment_name(&entry?.file_name().to_string_lossy()).is_some() {
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 /// Step 1: copy every valid record of the `from` layout into `reshard/`, as the `to`
@@ -330,6 +353,18 @@ mod tests {
         assert!(!d.join(WORKERS_FILE).exists() && !d.join("worker-0").exists());
         assert!(!d.join(STAGING).exists());
         assert_eq!(records(d, 1), want);
+    }
+
+    #[test]
+    fn a_directory_without_segments_is_only_laid_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert_eq!(reshard(d, 2).unwrap(), None);
+        assert_eq!(layout_workers(d).unwrap(), 2);
+        assert!(d.join("worker-1").is_dir() && !d.join(STAGING).exists());
+        assert_eq!(reshard(d, 1).unwrap(), None);
+        assert_eq!(layout_workers(d).unwrap(), 1);
+        assert!(!d.join("worker-0").exists());
     }
 
     /// A kill after each step of a reshard (simulated by running the steps one by one)
