@@ -1088,4 +1088,90 @@ mod tests {
         assert!(r.latency_us.p50 > 0 && r.latency_us.p50 <= r.latency_us.max);
         assert!(r.ops_per_sec > 0.0);
     }
+
+    /// A portal that holds every request until `answer_at` after its first one, then answers
+    /// them all `NotFound` / `Stored` (a backlog worked off after the load stopped), or at
+    /// once when `answer_at` is zero. Stops after `life`.
+    fn holding_portal(
+        answer_at: Duration,
+        life: Duration,
+    ) -> (SocketAddr, std::thread::JoinHandle<()>) {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        server
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let t = std::thread::spawn(move || {
+            let born = Instant::now();
+            let mut first: Option<Instant> = None;
+            let mut held = Vec::new();
+            let mut buf = [0u8; 64];
+            while born.elapsed() < life {
+                if let Ok((n, from)) = server.recv_from(&mut buf) {
+                    first.get_or_insert_with(Instant::now);
+                    let env = wire::decode(&buf[..n]).unwrap();
+                    let reply = match env.body {
+                        Body::Test { .. } => Body::NotFound,
+                        Body::Set { .. } => Body::Stored,
+                        _ => continue,
+                    };
+                    held.push((env.reply(reply), from));
+                }
+                if first.is_some_and(|f| f.elapsed() >= answer_at) {
+                    for (env, from) in held.drain(..) {
+                        let mut out = [0u8; 64];
+                        let r = wire::encode(&env, &mut out).unwrap();
+                        let _ = server.send_to(r, from);
+                    }
+                }
+            }
+        });
+        (addr, t)
+    }
+
+    fn open_loop(portal: SocketAddr) -> Options {
+        Options {
+            portals: vec![portal],
+            load: Load::Rate(1000.0),
+            duration: Duration::from_millis(300),
+            steady_from: Duration::from_millis(60),
+            timeout: Duration::from_millis(1000),
+            progress: false,
+            threads: 1,
+            seed: 3,
+            ..Options::default()
+        }
+    }
+
+    /// Goodput in the window counts what the portal answered while the load was on: a
+    /// backlog answered only after the run stopped starting requests is answered (it used to
+    /// count as goodput) but not in the window.
+    #[test]
+    fn verdicts_after_the_load_stopped_are_not_in_the_window() {
+        let (late, t) = holding_portal(Duration::from_millis(500), Duration::from_millis(1200));
+        let r = run(&open_loop(late)).unwrap();
+        t.join().unwrap();
+        assert!(r.sent >= 250, "{r:?}");
+        assert_eq!(r.answered, r.sent, "{r:?}");
+        assert_eq!(r.verdicts_in_window, 0, "{r:?}");
+
+        let (prompt, t) = holding_portal(Duration::ZERO, Duration::from_millis(800));
+        let r = run(&open_loop(prompt)).unwrap();
+        t.join().unwrap();
+        assert_eq!(r.answered, r.sent, "{r:?}");
+        // The warm-up (the first fifth) is left out, and the rest counted.
+        let share = r.verdicts_in_window as f64 / r.answered as f64;
+        assert!((0.6..=0.9).contains(&share), "{share} {r:?}");
+    }
+
+    #[test]
+    fn a_window_that_starts_after_the_run_is_refused() {
+        let opts = Options {
+            portals: vec!["127.0.0.1:9".parse().unwrap()],
+            duration: Duration::from_millis(100),
+            steady_from: Duration::from_millis(100),
+            ..Options::default()
+        };
+        assert!(matches!(opts.check(), Err(U2Error::BadOption(_))));
+    }
 }
