@@ -106,6 +106,9 @@ fn overload_runs_with_and_without_the_priority() {
     );
     assert_eq!(v["client_cpus"], serde_json::json!([0]), "{v:#}");
     assert_eq!(v["node_cpus"], serde_json::json!([0]), "{v:#}");
+    assert_eq!(v["pinning"], "given", "{v:#}");
+    // The old count (answers during each step's tail included), kept for comparison.
+    positive(&v["with_tail"], "peak_ops_per_sec");
     let peak = positive(&v, "peak_ops_per_sec");
     let goodput = positive(&v, "overload_goodput_ops_per_sec");
     assert!(
@@ -137,6 +140,27 @@ fn overload_runs_with_and_without_the_priority() {
         assert!(work["client_cpu_seconds"].as_f64() > Some(0.0), "{s:#}");
         positive(work, "answered_per_node_cpu_second");
     }
+}
+
+#[test]
+fn overload_refuses_cpu_lists_with_no_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dqe_in(
+        dir.path(),
+        &[
+            "lab",
+            "overload",
+            "--no-pin",
+            "--client-cpus",
+            "1",
+            "--node-cpus",
+            "0",
+        ],
+        b"",
+        Duration::from_secs(30),
+    );
+    assert_ne!(run.code, 0, "{run:?}");
+    assert!(run.stderr.contains("--no-pin"), "{run:?}");
 }
 
 #[test]

@@ -102,12 +102,27 @@ pub struct OverloadArgs {
     #[arg(long, value_name = "N")]
     pub client_threads: Option<usize>,
     /// Run the load generator only on these CPUs (like `taskset -c`: `1`, `0-1,3`), so that
-    /// it does not take the nodes' CPU time; give --node-cpus too.
-    #[arg(long, value_name = "LIST", requires = "node_cpus")]
+    /// it does not take the nodes' CPU time; give --node-cpus too [default: with two CPUs or
+    /// more, the last third of them (at least one) for the client, the rest for the nodes].
+    #[arg(
+        long,
+        value_name = "LIST",
+        requires = "node_cpus",
+        conflicts_with = "no_pin"
+    )]
     pub client_cpus: Option<String>,
     /// Run the nodes only on these CPUs (all their threads).
-    #[arg(long, value_name = "LIST", requires = "client_cpus")]
+    #[arg(
+        long,
+        value_name = "LIST",
+        requires = "client_cpus",
+        conflicts_with = "no_pin"
+    )]
     pub node_cpus: Option<String>,
+    /// Let the client and the nodes run on any CPU (then at 4x the load generator takes CPU
+    /// time the nodes had at the peak, and the ratio measures the scheduler's split).
+    #[arg(long)]
+    pub no_pin: bool,
     #[command(flatten)]
     pub out: LabOutput,
 }

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use rustix::process::Pid;
-use rustix::thread::{CpuSet, sched_setaffinity};
+use rustix::thread::{CpuSet, sched_getaffinity, sched_setaffinity};
 
 use crate::cli::Failure;
 
@@ -111,6 +111,26 @@ fn cpu_set(cpus: &[usize]) -> CpuSet {
     set
 }
 
+/// The CPUs the calling thread may run on, in order (empty when that cannot be read).
+pub(crate) fn allowed_cpus() -> Vec<usize> {
+    sched_getaffinity(None).map_or_else(
+        |_| Vec::new(),
+        |set| (0..CpuSet::MAX_CPU).filter(|&c| set.is_set(c)).collect(),
+    )
+}
+
+/// The default split of `cpus` between a load generator and the nodes it drives: the last
+/// third (at least one CPU) for the client, the rest for the nodes; `None` with fewer than
+/// two CPUs, where there is nothing to split.
+pub(crate) fn split_cpus(cpus: &[usize]) -> Option<(Vec<usize>, Vec<usize>)> {
+    if cpus.len() < 2 {
+        return None;
+    }
+    let client = cpus.len().div_ceil(3);
+    let (nodes, client) = cpus.split_at(cpus.len() - client);
+    Some((client.to_vec(), nodes.to_vec()))
+}
+
 /// Keep the calling thread (and every thread it starts from now on) on `cpus`.
 pub(crate) fn pin_this_thread(cpus: &[usize]) -> Result<(), Failure> {
     sched_setaffinity(None, &cpu_set(cpus)).map_err(|e| {
@@ -179,6 +199,14 @@ mod tests {
         for bad in ["", "a", "2-1", "0-", "99999"] {
             assert!(parse_cpu_list(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_default_split_gives_the_nodes_most_cpus_and_the_client_at_least_one() {
+        assert_eq!(split_cpus(&[0]), None);
+        assert_eq!(split_cpus(&[0, 1]), Some((vec![1], vec![0])));
+        assert_eq!(split_cpus(&[0, 1, 2, 3]), Some((vec![2, 3], vec![0, 1])));
+        assert_eq!(split_cpus(&[2, 5, 7]), Some((vec![7], vec![2, 5])));
     }
 
     #[test]

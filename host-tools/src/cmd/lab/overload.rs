@@ -385,8 +385,23 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
             })
             .transpose()
     };
-    let client_cpus = cpus("--client-cpus", &a.client_cpus)?;
-    let node_cpus = cpus("--node-cpus", &a.node_cpus)?;
+    let mut client_cpus = cpus("--client-cpus", &a.client_cpus)?;
+    let mut node_cpus = cpus("--node-cpus", &a.node_cpus)?;
+    // By default the load generator and the nodes run on CPUs of their own: on a small
+    // machine a client offering 4x takes the CPU the nodes had at the peak (issue 13: on 2
+    // cores it took ~1 CPU at 4x against ~0.5 at the peak), and the ratio then measures how
+    // the scheduler splits the machine, not how the nodes cope with overload.
+    let pinning = if a.no_pin {
+        "off (--no-pin)"
+    } else if client_cpus.is_some() {
+        "given"
+    } else if let Some((c, n)) = observe::split_cpus(&observe::allowed_cpus()) {
+        client_cpus = Some(c);
+        node_cpus = Some(n);
+        "default"
+    } else {
+        "off (one CPU)"
+    };
     if let Some(c) = &client_cpus {
         // The client's threads are started from this one and inherit its CPUs.
         observe::pin_this_thread(c)?;
@@ -501,6 +516,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 format!("{}x", s.multiple),
                 format!("{:.0}", s.step.offered_ops_per_sec),
                 format!("{:.0}", s.step.sent_ops_per_sec),
+                format!("{:.1}x", s.step.sent_ops_per_sec / peak),
                 format!("{:.0}", s.step.goodput_ops_per_sec),
                 format!("{:.2}", s.step.goodput_ops_per_sec / peak),
                 s.step.timeouts.to_string(),
@@ -548,6 +564,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 "load",
                 "offered/s",
                 "sent/s",
+                "sent/peak",
                 "goodput/s",
                 "/peak",
                 "timeouts",
@@ -575,6 +592,45 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
             fmt_opt(w.mean_reply_ms(), 1)
         );
     }
+    for s in steps
+        .iter()
+        .filter(|s| s.step.sent_ops_per_sec < 0.9 * s.step.offered_ops_per_sec)
+    {
+        println!(
+            "note: at {}x ({}) the client sent {:.0}/s of {:.0}/s offered ({:.1}x the peak): its CPUs could not start more",
+            s.multiple,
+            if s.priority {
+                "storer first"
+            } else {
+                "portal first"
+            },
+            s.step.sent_ops_per_sec,
+            s.step.offered_ops_per_sec,
+            s.step.sent_ops_per_sec / peak
+        );
+    }
+    // Goodput as it was counted before (answers that came during the last requests'
+    // timeout after a step included), for comparison.
+    let peak_with_tail = if a.peak.is_some() {
+        peak
+    } else {
+        ramp_steps
+            .iter()
+            .map(|s| s.goodput_with_tail_ops_per_sec)
+            .fold(0.0, f64::max)
+    };
+    let ratio_with_tail = |priority: bool| {
+        steps
+            .iter()
+            .filter(|s| s.priority == priority)
+            .map(|s| s.step.goodput_with_tail_ops_per_sec / peak_with_tail)
+            .fold(f64::INFINITY, f64::min)
+    };
+    println!(
+        "counted with each step's tail (answers during the last requests' timeout, as before): peak {peak_with_tail:.0}/s, worst ratio storer first {:.2}, portal first {:.2}",
+        ratio_with_tail(true),
+        ratio_with_tail(false)
+    );
     let load_avg = ramp::load_average();
     let pinned = match (&client_cpus, &node_cpus) {
         (Some(c), Some(n)) => format!(
@@ -584,6 +640,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
         ),
         _ => "client and nodes on any CPU".into(),
     };
+    let pinned = format!("{pinned} (pinning {pinning})");
     println!(
         "load average at the end: {load_avg:?} (the machine is shared); {threads} client thread(s); {pinned}"
     );
@@ -600,11 +657,17 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                     "ratio": without / peak,
                     "cpu_normalized_ratio": normalized(false),
                 },
+                "with_tail": {
+                    "peak_ops_per_sec": peak_with_tail,
+                    "ratio": ratio_with_tail(true),
+                    "no_priority_ratio": ratio_with_tail(false),
+                },
                 "peak_work": peak_work.as_ref().map(work_json),
                 "nodes": a.nodes,
                 "replication": a.replication,
                 "fsync": a.fsync,
                 "client_threads": threads,
+                "pinning": pinning,
                 "client_cpus": client_cpus,
                 "node_cpus": node_cpus,
                 "steps": steps,

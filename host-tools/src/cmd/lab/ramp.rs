@@ -17,6 +17,9 @@ const RISE: f64 = 1.4;
 const GROWTH: f64 = 1.05;
 /// How long an unanswered request is waited for (below the portal's 2 s retry window).
 pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The first fifth of a step is its warm-up: goodput counts the verdicts that arrive in the
+/// rest of it (the same share of every step, whatever its length).
+const WARM_UP: f64 = 0.2;
 
 /// One step: a rate offered for a while, and what came back.
 #[derive(Debug, Clone, Serialize)]
@@ -25,8 +28,15 @@ pub(crate) struct Step {
     pub offered_ops_per_sec: f64,
     /// Requests a second the client really started (below `offered` when it could not keep up).
     pub sent_ops_per_sec: f64,
-    /// Answered and not refused, a second.
+    /// Verdicts (answers, not refusals) a second that arrived while the load was on, after
+    /// the step's warm-up: what the enforcer sustained at this load.
     pub goodput_ops_per_sec: f64,
+    /// Requests of the step answered and not refused, whenever the answer came (also during
+    /// the last requests' timeout after the step), over the step's length: how goodput was
+    /// counted before. It credits a short step above capacity with the backlog worked off
+    /// after it (up to a timeout's worth of node time), so it favoured the ramp's short
+    /// steps over the longer overload steps; kept for comparison.
+    pub goodput_with_tail_ops_per_sec: f64,
     /// Refused (`Busy`, `Unavailable`...) replies.
     pub refused: u64,
     /// Requests given up unanswered.
@@ -54,6 +64,7 @@ pub(crate) fn step(
         timeout: REQUEST_TIMEOUT,
         progress: false,
         threads,
+        steady_from: length.mul_f64(WARM_UP),
         ..u2::Options::default()
     };
     let r = u2::run(&opts)?;
@@ -64,10 +75,12 @@ pub(crate) fn step(
         .map(|(_, n)| n)
         .sum();
     let secs = length.as_secs_f64();
+    let steady_secs = secs - opts.steady_from.as_secs_f64();
     Ok(Step {
         offered_ops_per_sec: rate,
         sent_ops_per_sec: r.sent as f64 / secs,
-        goodput_ops_per_sec: (r.answered - refused) as f64 / secs,
+        goodput_ops_per_sec: r.verdicts_in_window as f64 / steady_secs,
+        goodput_with_tail_ops_per_sec: (r.answered - refused) as f64 / secs,
         refused,
         timeouts: r.timeouts,
         latency_us: r.latency_us,
