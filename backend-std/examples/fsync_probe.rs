@@ -10,6 +10,10 @@
 //! - `dsync`: the file opened with `O_DSYNC`, so the `pwrite` itself waits for the disk.
 //! - `two-same`: two threads doing `sync` at once on one file (a second sync in flight).
 //! - `two-files`: the same on two files (each thread its own).
+//! - `two-pages`: two threads on one file, each write starting a 4 KiB page of its own
+//!   (no page is written by both threads).
+//!
+//! `RECORDS=n` in the environment writes n records per sync instead of one (a batch).
 //!
 //! `awake`: a thread spins meanwhile. On the development VM a vCPU that halts while it waits
 //! for the disk sees the completion only at its next timer tick (4 ms, CONFIG_HZ=250), so a
@@ -29,6 +33,16 @@ use hdrhistogram::Histogram;
 /// Linux's `O_DSYNC` (the same value on x86_64 and aarch64).
 const O_DSYNC: i32 = 0o10000;
 const RECORD: usize = 28;
+const PAGE: u64 = 4096;
+
+/// Records written per sync (`RECORDS`, default 1).
+fn records() -> u64 {
+    std::env::var("RECORDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(1)
+        .max(1)
+}
 
 fn open(path: &Path, count: u64, dsync: bool) -> anyhow::Result<File> {
     let file = OpenOptions::new()
@@ -39,23 +53,27 @@ fn open(path: &Path, count: u64, dsync: bool) -> anyhow::Result<File> {
         .custom_flags(if dsync { O_DSYNC } else { 0 })
         .open(path)?;
     // Preallocate with written zeros, as the store does, so a sync commits no metadata.
-    file.write_all_at(&vec![0u8; (count as usize + 1) * RECORD + 8], 0)?;
+    let bytes = (count + 1) * (records() * RECORD as u64).max(PAGE) + 8;
+    file.write_all_at(&vec![0u8; bytes as usize], 0)?;
     file.sync_all()?;
     Ok(file)
 }
 
-/// Write `count` records at slots `first, first + step, ...`, syncing each; the time of each.
+/// Write `count` batches of [`records`] records at batch slots `first, first + step, ...`
+/// (of a batch's size, or of a page with `paged`), syncing each; the time of each.
 fn probe(
     file: &File,
     count: u64,
     first: u64,
     step: u64,
     dsync: bool,
+    paged: bool,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let record = [0x5au8; RECORD];
+    let record = vec![0x5au8; RECORD * records() as usize];
+    let slot = if paged { PAGE } else { record.len() as u64 };
     for i in 0..count {
-        let at = 8 + (first + i * step) * RECORD as u64;
+        let at = if paged { 0 } else { 8 } + (first + i * step) * slot;
         let t = Instant::now();
         file.write_all_at(&record, at)?;
         if !dsync {
@@ -88,25 +106,26 @@ fn main() -> anyhow::Result<()> {
     let hist = match mode.as_str() {
         "sync" | "dsync" => {
             let dsync = mode == "dsync";
-            probe(&open(&a, count, dsync)?, count, 0, 1, dsync)?
+            probe(&open(&a, count, dsync)?, count, 0, 1, dsync, false)?
         }
-        "two-same" | "two-files" => {
+        "two-same" | "two-files" | "two-pages" => {
+            let paged = mode == "two-pages";
             let fa = Arc::new(open(&a, 2 * count, false)?);
-            let fb = if mode == "two-same" {
+            let fb = if mode != "two-files" {
                 fa.clone()
             } else {
                 Arc::new(open(&b, 2 * count, false)?)
             };
             // Interleaved slots in one file (records of two batches side by side).
-            let other = std::thread::spawn(move || probe(&fb, count, 1, 2, false));
-            let mut hist = probe(&fa, count, 0, 2, false)?;
+            let other = std::thread::spawn(move || probe(&fb, count, 1, 2, false, paged));
+            let mut hist = probe(&fa, count, 0, 2, false, paged)?;
             let theirs = other
                 .join()
                 .map_err(|_| anyhow::anyhow!("probe thread panicked"))??;
             hist.add(&theirs)?;
             hist
         }
-        other => anyhow::bail!("unknown mode {other}: sync, dsync, two-same or two-files"),
+        other => anyhow::bail!("unknown mode {other}: sync, dsync, two-same, two-files or two-pages"),
     };
     let secs = started.elapsed().as_secs_f64();
     spinning.store(false, Ordering::Relaxed);
