@@ -125,7 +125,9 @@ fn main() -> anyhow::Result<()> {
             hist.add(&theirs)?;
             hist
         }
-        other => anyhow::bail!("unknown mode {other}: sync, dsync, two-same, two-files or two-pages"),
+        other => {
+            anyhow::bail!("unknown mode {other}: sync, dsync, two-same, two-files or two-pages")
+        }
     };
     let secs = started.elapsed().as_secs_f64();
     spinning.store(false, Ordering::Relaxed);

@@ -15,7 +15,9 @@
 //! A request unanswered after `--timeout-ms` is sent again with the same id and counted.
 //! `--threads N` splits the window over N client threads, each with its own socket (thread
 //! `t` takes words `t`, `t + N`, ...), so one client thread does not cap the figure; their
-//! histograms and counts are added up.
+//! histograms and counts are added up. With `--mode mix` the SETs' and the TESTs' latencies
+//! are printed on a second line as well (`set_p50=...`, `test_p50=...`), so that a SET's
+//! wait for its sync is not averaged with the TESTs' answers.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -69,6 +71,9 @@ struct Args {
 /// What one client thread measured.
 struct Part {
     hist: Histogram<u64>,
+    /// The SETs' and the TESTs' round trips alone.
+    sets: Histogram<u64>,
+    tests: Histogram<u64>,
     outcomes: HashMap<&'static str, u64>,
     done: u64,
     retransmits: u64,
@@ -76,6 +81,7 @@ struct Part {
 
 struct Outstanding {
     bytes: Vec<u8>,
+    set: bool,
     first: Instant,
     last: Instant,
 }
@@ -98,11 +104,15 @@ fn main() -> anyhow::Result<()> {
             .collect()
     });
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut sets = hist.clone();
+    let mut tests = hist.clone();
     let mut outcomes: HashMap<&'static str, u64> = HashMap::new();
     let (mut done, mut retransmits) = (0u64, 0u64);
     for p in parts {
         let p = p?;
         hist.add(&p.hist)?;
+        sets.add(&p.sets)?;
+        tests.add(&p.tests)?;
         for (k, v) in p.outcomes {
             *outcomes.entry(k).or_default() += v;
         }
@@ -127,6 +137,19 @@ fn main() -> anyhow::Result<()> {
         retransmits,
         outcomes
     );
+    if args.mode == Mode::Mix {
+        let q = |h: &Histogram<u64>| {
+            format!(
+                "n={} p50={}us p90={}us p99={}us mean={:.0}us",
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.9),
+                h.value_at_quantile(0.99),
+                h.mean()
+            )
+        };
+        println!("set: {} / test: {}", q(&sets), q(&tests));
+    }
     Ok(())
 }
 
@@ -141,6 +164,8 @@ fn drive(
     sock.set_read_timeout(Some(Duration::from_millis(5)))?;
     let mut rng = rand::rng();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut sets = hist.clone();
+    let mut tests = hist.clone();
     let mut outcomes: HashMap<&'static str, u64> = HashMap::new();
     let mut outstanding: HashMap<u64, Outstanding> = HashMap::new();
     let mut next_word: u64 = thread;
@@ -149,7 +174,7 @@ fn drive(
     let timeout = Duration::from_millis(args.timeout_ms);
     let run_for = Duration::from_secs_f64(args.seconds);
     let mut buf = [0u8; 2048];
-    let mut make = |rng: &mut rand::rngs::ThreadRng| -> (u64, Vec<u8>) {
+    let mut make = |rng: &mut rand::rngs::ThreadRng| -> (u64, Vec<u8>, bool) {
         let i = match (args.mode, args.keys) {
             (Mode::Test, Some(n)) if n > 0 => next_word % n,
             _ => next_word,
@@ -162,25 +187,27 @@ fn drive(
             Mode::Mix if (next_word / threads).is_multiple_of(2) => Body::Set { key: k, value: v },
             Mode::Test | Mode::Echo | Mode::Mix => Body::Test { key: k },
         };
+        let set = matches!(body, Body::Set { .. });
         let id: u64 = rng.random();
         let mut out = [0u8; MAX_DATAGRAM];
         let bytes = wire::encode(&Envelope::new(0, id, body), &mut out)
             .map(|b| b.to_vec())
             .unwrap_or_default();
-        (id, bytes)
+        (id, bytes, set)
     };
     let finished = |done: u64, start: Instant| {
         start.elapsed() >= run_for || (args.count > 0 && done * threads >= args.count)
     };
     while !finished(done, start) {
         while outstanding.len() < window {
-            let (id, bytes) = make(&mut rng);
+            let (id, bytes, set) = make(&mut rng);
             sock.send_to(&bytes, args.target)?;
             let now = Instant::now();
             outstanding.insert(
                 id,
                 Outstanding {
                     bytes,
+                    set,
                     first: now,
                     last: now,
                 },
@@ -193,6 +220,7 @@ fn drive(
                 {
                     let us = o.first.elapsed().as_micros() as u64;
                     hist.record(us.max(1))?;
+                    if o.set { &mut sets } else { &mut tests }.record(us.max(1))?;
                     done += 1;
                     let name = match env.body {
                         Body::Refused { reason } => reason.name(),
@@ -219,6 +247,8 @@ fn drive(
     }
     Ok(Part {
         hist,
+        sets,
+        tests,
         outcomes,
         done,
         retransmits,
