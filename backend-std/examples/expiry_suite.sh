@@ -44,7 +44,7 @@ end=$(( boundary + 4 * W + 8 ))
 i=0
 while [ "$(date +%s)" -lt $end ]; do
   t=$(python3 -c "import time; print('%+.1f' % (time.time() - $boundary))")
-  line=$($X/loopback_bench --target 127.0.0.1:$P --mode mix --window 32 --seconds "$W" --prefix "w$i-" | sed 's/ target=[^ ]*//; s/seconds=[^ ]* //; s/ outcomes=.*//')
+  line=$($X/loopback_bench --target 127.0.0.1:$P --mode mix --window 32 --seconds "$W" --prefix "w$i-" | tail -1 | sed 's/ target=[^ ]*//; s/seconds=[^ ]* //; s/ outcomes=.*//')
   echo "t=$t s load=$(cut -d' ' -f1 /proc/loadavg) $line"
   i=$((i + 1))
 done

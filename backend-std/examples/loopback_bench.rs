@@ -16,8 +16,8 @@
 //! `--threads N` splits the window over N client threads, each with its own socket (thread
 //! `t` takes words `t`, `t + N`, ...), so one client thread does not cap the figure; their
 //! histograms and counts are added up. With `--mode mix` the SETs' and the TESTs' latencies
-//! are printed on a second line as well (`set_p50=...`, `test_p50=...`), so that a SET's
-//! wait for its sync is not averaged with the TESTs' answers.
+//! are printed apart as well, on a line before the summary (which stays the last line), so
+//! that a SET's wait for its sync is not averaged with the TESTs' answers.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
@@ -122,6 +122,19 @@ fn main() -> anyhow::Result<()> {
     let secs = start.elapsed().as_secs_f64();
     let mut outcomes: Vec<_> = outcomes.into_iter().collect();
     outcomes.sort();
+    if args.mode == Mode::Mix {
+        let q = |h: &Histogram<u64>| {
+            format!(
+                "n={} p50={}us p90={}us p99={}us mean={:.0}us",
+                h.len(),
+                h.value_at_quantile(0.5),
+                h.value_at_quantile(0.9),
+                h.value_at_quantile(0.99),
+                h.mean()
+            )
+        };
+        println!("set: {} / test: {}", q(&sets), q(&tests));
+    }
     println!(
         "mode={:?} target={} window={} threads={threads} seconds={:.1} answered={} rate={:.0}/s p50={}us p99={}us p999={}us max={}us retransmits={} outcomes={:?}",
         args.mode,
@@ -137,19 +150,6 @@ fn main() -> anyhow::Result<()> {
         retransmits,
         outcomes
     );
-    if args.mode == Mode::Mix {
-        let q = |h: &Histogram<u64>| {
-            format!(
-                "n={} p50={}us p90={}us p99={}us mean={:.0}us",
-                h.len(),
-                h.value_at_quantile(0.5),
-                h.value_at_quantile(0.9),
-                h.value_at_quantile(0.99),
-                h.mean()
-            )
-        };
-        println!("set: {} / test: {}", q(&sets), q(&tests));
-    }
     Ok(())
 }
 

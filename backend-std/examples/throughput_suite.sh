@@ -20,7 +20,7 @@ run() {
   local label=$1; shift
   echo "### $label [load $(load)]"
   local out
-  out=$($B --threads "$T" "$@" 2>&1 | tail -1)
+  out=$($B --threads "$T" "$@" 2>&1 | tail -2)
   echo "$out"
   RATE[$label]="${RATE[$label]:-} $(echo "$out" | sed -n 's/.*rate=\([0-9]*\).*/\1/p')"
 }
