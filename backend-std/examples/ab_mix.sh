@@ -5,6 +5,7 @@
 # threads) against a fresh `--dev` node per round; prints each round's rates and the median
 # ratio after/before. Build first: cargo build --release -p backend-std --bins --examples
 #   BEFORE=path/to/old/dqe-enforcer bash backend-std/examples/ab_mix.sh [interval|always] [mix|test|set]
+# PORT_BASE (9121): another port base when another run uses this one.
 set -u
 cd "$(dirname "$0")/../.."
 POLICY=${1:-interval}
@@ -17,10 +18,10 @@ D=$(mktemp -d -p "${DATA_PARENT:-/work}")
 trap 'rm -rf "$D"' EXIT
 rate() {
   rm -rf "$D/data"
-  RUST_LOG=warn $1 --dev --port-base 9121 --data-dir "$D/data" --fsync "$POLICY" & local p=$!
+  RUST_LOG=warn $1 --dev --port-base ${PORT_BASE:-9121} --data-dir "$D/data" --fsync "$POLICY" & local p=$!
   sleep 0.7
   target/release/examples/loopback_bench --threads 2 --window 32 --seconds "$S" --mode "$MODE" \
-    --target 127.0.0.1:9121 --prefix "r$RANDOM-" | sed -n 's/.*rate=\([0-9]*\).*/\1/p'
+    --target 127.0.0.1:${PORT_BASE:-9121} --prefix "r$RANDOM-" | sed -n 's/.*rate=\([0-9]*\).*/\1/p'
   kill -INT $p; wait $p
 }
 echo "A/B $POLICY $MODE: before=$A after=$B, $(date -u +%H:%M:%S), load $(cut -d' ' -f1-3 /proc/loadavg)"

@@ -6,6 +6,7 @@
 # and the load average next to every figure. Build first:
 #   cargo build --release -p backend-std --bins --examples
 # ENFORCER=path overrides the enforcer binary; BEFORE=path runs a second one beside it (A/B).
+# PORT_BASE (9101, the enforcer's) and NULL_PORT (9391): other ports when another run uses these.
 # Ends with the ratios of issue 10's targets: each enforcer rate over the mean of the null
 # node's rates (batched, and plain) for the same load, measured before and after it.
 set -u
@@ -14,6 +15,8 @@ S=${SECONDS_EACH:-5}
 T=${THREADS:-2}
 B=target/release/examples/loopback_bench
 E=${ENFORCER:-target/release/dqe-enforcer}
+PB=${PORT_BASE:-9101}
+NP0=${NULL_PORT:-9391}
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 declare -A RATE
 run() {
@@ -29,10 +32,10 @@ D=$(mktemp -d -p "${DATA_PARENT:-/work}")
 nulls() {
   for kind in plain batch; do
     flag=""; [ $kind = batch ] && flag=--batch
-    target/release/examples/null_node 127.0.0.1:9391 $flag 2>/dev/null & NN=$!
+    target/release/examples/null_node 127.0.0.1:$NP0 $flag 2>/dev/null & NN=$!
     sleep 0.5
-    run "null-$kind mix" --target 127.0.0.1:9391 --mode mix --window 32 --seconds "$S" --prefix nm-
-    run "null-$kind test" --target 127.0.0.1:9391 --mode test --window 32 --seconds "$S" --prefix nt-
+    run "null-$kind mix" --target 127.0.0.1:$NP0 --mode mix --window 32 --seconds "$S" --prefix nm-
+    run "null-$kind test" --target 127.0.0.1:$NP0 --mode test --window 32 --seconds "$S" --prefix nt-
     kill $NN; wait $NN 2>/dev/null
   done
 }
@@ -46,13 +49,13 @@ enforcers() {
       local bin=$E
       [ "$who" = before ] && bin=$BEFORE
       rm -rf "$D/data"
-      RUST_LOG=warn $bin --dev --port-base 9101 --data-dir "$D/data" --fsync $policy & NP=$!
+      RUST_LOG=warn $bin --dev --port-base $PB --data-dir "$D/data" --fsync $policy & NP=$!
       sleep 1
       for mode in mix test; do
         if command -v perf >/dev/null; then
           perf stat -e raw_syscalls:sys_enter -p $NP -o "$D/perf" -- sleep "$S" 2>/dev/null & PS=$!
         fi
-        run "$who --fsync $policy $mode" --target 127.0.0.1:9101 --mode $mode --window 32 --seconds "$S" --prefix $policy-$mode-
+        run "$who --fsync $policy $mode" --target 127.0.0.1:$PB --mode $mode --window 32 --seconds "$S" --prefix $policy-$mode-
         if [ -n "${PS:-}" ]; then
           wait $PS
           echo "$who system calls in ${S}s: $(awk '/raw_syscalls/ {print $1}' "$D/perf")"
