@@ -324,9 +324,24 @@ impl<B: ReplyStorage> ReplyCache<B> {
         id: u64,
         request: &Body,
     ) -> Option<Body> {
+        self.lookup_printed(now, from, id, fingerprint(request), request)
+    }
+
+    /// [`lookup`](Self::lookup) with the request's [`fingerprint`] computed by the caller,
+    /// who keeps it for [`remember_printed`](Self::remember_printed): one fingerprint per
+    /// write instead of two.
+    pub fn lookup_printed(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        id: u64,
+        print: u32,
+        request: &Body,
+    ) -> Option<Body> {
+        debug_assert_eq!(print, fingerprint(request));
         self.sweep(now);
         let (ip, port) = source_of(&from);
-        let i = self.find(&ip, port, id, fingerprint(request))?;
+        let i = self.find(&ip, port, id, print)?;
         let slot = &self.storage.parts().0[i as usize];
         // Behind a fresher head if `now` ever went backwards: check its own age too.
         if now.saturating_sub(slot.at) > self.window {
@@ -374,6 +389,23 @@ impl<B: ReplyStorage> ReplyCache<B> {
         reply: Body,
         write: u64,
     ) -> bool {
+        self.remember_printed(now, from, id, fingerprint(request), request, reply, write)
+    }
+
+    /// [`remember`](Self::remember) with the request's [`fingerprint`] computed by the caller
+    /// (the one it gave [`lookup_printed`](Self::lookup_printed)).
+    #[allow(clippy::too_many_arguments)]
+    pub fn remember_printed(
+        &mut self,
+        now: Millis,
+        from: SocketAddr,
+        id: u64,
+        print: u32,
+        request: &Body,
+        reply: Body,
+        write: u64,
+    ) -> bool {
+        debug_assert_eq!(print, fingerprint(request));
         self.unreserve();
         let kept = match reply {
             Body::Stored => Kept::Stored,
@@ -383,7 +415,6 @@ impl<B: ReplyStorage> ReplyCache<B> {
         };
         self.sweep(now);
         let (ip, port) = source_of(&from);
-        let print = fingerprint(request);
         let i = match self.find(&ip, port, id, print) {
             // Only after `now` went backwards: keep its place on the FIFO (it is not dropped
             // before its own window ends, as `sweep` stops at the first fresh reply).

@@ -152,7 +152,9 @@ impl<B: ReplyStorage> Storer<B> {
             };
             return (body, 0);
         }
-        if let Some(reply) = self.cache.lookup(now, from, id, &body) {
+        // Once per Put: the lookup and the remember below share it.
+        let print = crate::replay::fingerprint(&body);
+        if let Some(reply) = self.cache.lookup_printed(now, from, id, print, &body) {
             self.stats.replayed += 1;
             return (reply, rests_on(&reply, *writes));
         }
@@ -172,7 +174,8 @@ impl<B: ReplyStorage> Storer<B> {
             Body::Found { .. } => *writes,
             _ => 0,
         };
-        self.cache.remember(now, from, id, &body, reply, write);
+        self.cache
+            .remember_printed(now, from, id, print, &body, reply, write);
         (reply, write)
     }
 

@@ -380,8 +380,13 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             cx.reply(from, env, len, body, cx.arrival(), 0);
             return;
         }
+        // A Set's fingerprint, once: the reply cache's lookup now and its remember at the
+        // verdict share it.
+        let print = value.map_or(0, |_| crate::replay::fingerprint(&env.body));
         if value.is_some()
-            && let Some(body) = self.replies.lookup(cx.now, from, env.id, &env.body)
+            && let Some(body) = self
+                .replies
+                .lookup_printed(cx.now, from, env.id, print, &env.body)
         {
             cx.stats.repeats_answered += 1;
             // The remembered reply may rest on any write so far (its own is not kept).
@@ -442,6 +447,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             replaced: 0,
             local_write: 0,
             reserved,
+            print,
             prev: NO_SLOT,
             next: NO_SLOT,
             client_bucket: client_bucket as u16,
@@ -868,8 +874,15 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             cx.reply(client, &env, len, body, arrival, write);
             if request.reserved {
                 request.reserved = false;
-                self.replies
-                    .remember(cx.now, client, env.id, &env.body, body, write);
+                self.replies.remember_printed(
+                    cx.now,
+                    client,
+                    env.id,
+                    request.print,
+                    &env.body,
+                    body,
+                    write,
+                );
             }
             request.phase = Phase::Lingering;
             self.lingering += 1;

@@ -105,6 +105,9 @@ pub(super) struct Request {
     /// Whether the request holds a place in the reply cache for its verdict (a `Set` not
     /// yet answered).
     pub(super) reserved: bool,
+    /// A `Set`'s [`fingerprint`](crate::replay::fingerprint), computed once for the reply
+    /// cache's lookup at arrival and its remember at the verdict (0 for a `Test`).
+    pub(super) print: u32,
     /// Neighbours on the deadline list.
     pub(super) prev: u16,
     pub(super) next: u16,
