@@ -368,23 +368,13 @@ impl Shard {
         let jitter = pick % (2 * REBUILT_LOAD_JITTER_PCT + 1);
         let load = REBUILT_LOAD_PCT - REBUILT_LOAD_JITTER_PCT + jitter;
         let want = ((self.live + 1) * 100).div_ceil(load).max(MIN_SLOTS);
-        self.rebuild_into(want, Some)
-    }
-
-    /// Move the pairs `keep` keeps (as it returns them) into a fresh table of `slots` slots.
-    fn rebuild_into(
-        &mut self,
-        slots: usize,
-        keep: impl Fn(Slot) -> Option<Slot>,
-    ) -> Result<(), InsertError> {
-        let mut fresh = Shard::new(slots)?;
+        let mut fresh = Shard::new(want)?;
         fresh.base = self.base;
         for s in self
             .table()
             .iter()
             .map(Slot::from_bytes)
             .filter(|s| s.code() != EMPTY)
-            .filter_map(keep)
         {
             let at = fresh.insertion_point(s.fingerprint());
             fresh.insert(at, s);
@@ -394,59 +384,54 @@ impl Shard {
     }
 
     /// Drop the pairs stored before `oldest_kept` and count offsets from it; the pairs
-    /// dropped.
-    ///
-    /// Offsets are rebased in place (the order of the slots depends on fingerprints only);
-    /// if pairs are dropped the table is rebuilt without them, at the same size unless
-    /// that leaves it less than half as full as a rebuild makes it.
+    /// dropped. In place, in one pass ([`Shard::compact`]); a table left less than half as
+    /// full as a rebuild makes it is rebuilt smaller.
     fn expire_to(&mut self, oldest_kept: u32) -> usize {
         if oldest_kept <= self.base {
             return 0;
         }
         let shift = (oldest_kept - self.base).min(u8::MAX as u32 + 1);
-        let expired = |s: &Slot| u32::from(s.offset()) < shift;
-        let dropped = self
-            .table()
-            .iter()
-            .map(Slot::from_bytes)
-            .filter(|s| s.code() != EMPTY && expired(s))
-            .count();
-        if dropped == 0 {
-            for w in self.table_mut().iter_mut() {
-                let s = Slot::from_bytes(w);
-                if s.code() != EMPTY {
-                    *w = s.with_offset(s.offset() - shift as u8).to_bytes();
-                }
-            }
-            self.base = oldest_kept;
-            return 0;
-        }
-        let kept = self.live - dropped;
-        let slots = if kept * 100 * 2 < self.slots * REBUILT_LOAD_PCT {
-            ((kept + 1) * 100).div_ceil(REBUILT_LOAD_PCT).max(MIN_SLOTS)
-        } else {
-            self.slots
-        };
-        let rebased = |s: Slot| (!expired(&s)).then(|| s.with_offset(s.offset() - shift as u8));
-        if self.rebuild_into(slots, rebased).is_err() {
-            // No memory for a second table: empty the expired slots one by one instead.
-            let mut i = 0;
-            while i < self.slots {
-                let s = self.slot(i);
-                if s.code() != EMPTY && expired(&s) {
-                    self.remove(i);
-                } else {
-                    i += 1;
-                }
-            }
-            for w in self.table_mut().iter_mut() {
-                let s = Slot::from_bytes(w);
-                if s.code() != EMPTY {
-                    *w = s.with_offset(s.offset() - shift as u8).to_bytes();
-                }
-            }
-        }
+        let dropped = self.compact(|s| {
+            (u32::from(s.offset()) >= shift).then(|| s.with_offset(s.offset() - shift as u8))
+        });
         self.base = oldest_kept;
+        if self.slots > MIN_SLOTS && self.live * 100 * 2 < self.slots * REBUILT_LOAD_PCT {
+            // Only memory is lost if there is none for the smaller table.
+            let _ = self.rebuild();
+        }
+        dropped
+    }
+
+    /// Keep the slots `keep` keeps, as it returns them (same fingerprint), and move each kept
+    /// slot back to its home or to just after the kept slot before it, whichever is later:
+    /// the order holds and no hole is left before a slot. One pass from an empty slot (a
+    /// slot never lies past an empty one from its home, so every run starts after one); the
+    /// slots dropped.
+    fn compact(&mut self, keep: impl Fn(Slot) -> Option<Slot>) -> usize {
+        let n = self.slots;
+        let empty = Slot::from_bytes(&[0; SLOT_BYTES]);
+        let start = (0..n)
+            .find(|&i| self.slot(i).code() == EMPTY)
+            .expect("the load stays below 100 %");
+        // Positions count from `start`; `to` is the first position a kept slot may take.
+        let (mut to, mut dropped) = (1, 0);
+        for at in 1..n {
+            let i = (start + at) % n;
+            let s = self.slot(i);
+            if s.code() == EMPTY {
+                continue;
+            }
+            self.set(i, empty);
+            let Some(s) = keep(s) else {
+                dropped += 1;
+                continue;
+            };
+            let home = (home_of(s.fingerprint(), n) + n - start) % n;
+            let goes = home.max(to);
+            self.set((start + goes) % n, s);
+            to = goes + 1;
+        }
+        self.live -= dropped;
         dropped
     }
 }
