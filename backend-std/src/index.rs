@@ -257,6 +257,23 @@ impl Shard {
         }
     }
 
+    /// Slots `from` to `to` (wrapping at the end), and the cache lines they lie in.
+    fn span(&self, from: usize, to: usize) -> ProbeSpan {
+        let line = |i: usize| i * SLOT_BYTES / 64;
+        let last_line = |i: usize| ((i + 1) * SLOT_BYTES - 1) / 64;
+        if to >= from {
+            ProbeSpan {
+                slots: to - from + 1,
+                lines: last_line(to) - line(from) + 1,
+            }
+        } else {
+            ProbeSpan {
+                slots: to + self.slots - from + 1,
+                lines: (last_line(self.slots - 1) - line(from) + 1) + (last_line(to) + 1),
+            }
+        }
+    }
+
     fn place(&self, s: Slot) -> Place {
         Place {
             epoch: self.base + u32::from(s.offset()),
@@ -519,25 +536,24 @@ impl Index {
     pub fn probe_span(&self, key: &Key) -> ProbeSpan {
         let shard = &self.shards[key[0] as usize];
         let fp = fingerprint_of(key);
-        let home = home_of(fp, shard.slots);
         let walked: Result<_, Infallible> = shard.walk(fp, |_, _| Ok(None::<()>));
-        let stop = match walked {
-            Ok(Err(at)) => at,
+        match walked {
+            Ok(Err(stop)) => shard.span(home_of(fp, shard.slots), stop),
             Ok(Ok(())) => unreachable!("the visit never stops the walk"),
-        };
-        let (first, last) = (home * SLOT_BYTES, (stop + 1) * SLOT_BYTES - 1);
-        if stop >= home {
-            ProbeSpan {
-                slots: stop - home + 1,
-                lines: last / 64 - first / 64 + 1,
-            }
-        } else {
-            let end = shard.slots * SLOT_BYTES - 1;
-            ProbeSpan {
-                slots: stop + shard.slots - home + 1,
-                lines: (end / 64 - first / 64 + 1) + (last / 64 + 1),
-            }
         }
+    }
+
+    /// The slots from `key`'s home to the next empty one: what a lookup of an absent key
+    /// examined with plain linear probing, the order before issue 19's (the same slots are in
+    /// use whatever the order, so this is the old probe on the same table), for the bench.
+    pub fn unordered_probe_span(&self, key: &Key) -> ProbeSpan {
+        let shard = &self.shards[key[0] as usize];
+        let home = home_of(fingerprint_of(key), shard.slots);
+        let mut stop = home;
+        while shard.slot(stop).code() != EMPTY {
+            stop = shard.next(stop);
+        }
+        shard.span(home, stop)
     }
 
     /// Test-and-set: record that `key` lies at `place` unless `key` is present (read as in
@@ -870,6 +886,11 @@ mod tests {
             .map(|i| ix.probe_span(&pair(i).0))
             .fold((0, 0), |(s, l), p| (s + p.slots, l + p.lines));
         let (slots, lines) = (slots as f64 / n, lines as f64 / n);
+        let unordered = (1_000_000..1_020_000)
+            .map(|i| ix.unordered_probe_span(&pair(i).0).slots)
+            .sum::<usize>() as f64
+            / n;
+        assert!(unordered > 8.0, "{unordered} slots to the next empty one");
         assert!(slots < 4.0, "{slots} slots per miss at load {load:.2}");
         assert!(
             lines < 1.5,
