@@ -38,9 +38,10 @@
 //! Expiry is lazy, so an epoch change does not scan the whole index on the event loop: it
 //! moves the index's base, and a pair whose epoch (its shard's base plus its offset) lies
 //! before that base reads as absent at once, without reading its record (its segment may be
-//! gone). Each shard keeps its own base and is swept (rebuilt without the expired slots, offsets
-//! rebased) one at a time, by [`Index::expire_step`] or by the next write to it. The store never puts
-//! a record in an epoch before the base, so a live slot always names a live segment.
+//! gone). Each shard keeps its own base and is swept (compacted in place without the expired
+//! slots, offsets rebased) one at a time, by [`Index::expire_step`] or by the next write to
+//! it. The store never puts a record in an epoch before the base, so a live slot always names
+//! a live segment.
 
 use dqe_core::hash::key_of;
 use dqe_core::{Key, Value};
