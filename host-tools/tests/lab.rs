@@ -254,6 +254,21 @@ fn memory_probes_and_compares_a_small_and_a_large_store() {
         small > 0.0 && small <= large && small >= large - 2.0,
         "{v:#}"
     );
+    // Each ratio's median over the rounds; two rounds are too few for its 95 % interval.
+    let summary = &v["side_by_side_summary"];
+    for name in [
+        "test_absent_throughput",
+        "set_fresh_throughput",
+        "test_absent_cpu",
+        "set_fresh_cpu",
+    ] {
+        assert_eq!(summary[name]["rounds"], 2, "{name}: {v:#}");
+        assert!(
+            summary[name]["median"].as_f64() > Some(0.0),
+            "{name}: {v:#}"
+        );
+        assert!(summary[name]["ci95_low"].is_null(), "{name}: {v:#}");
+    }
     // The nodes' CPU time per request is measured beside their throughput.
     for r in rounds {
         for field in [

@@ -70,6 +70,110 @@ struct Rate {
     cpu_us: f64,
 }
 
+/// What the rounds say about one ratio (large against small, above 1 when the large node is
+/// faster): its median and a distribution-free 95 % interval for it, so that "no slower" is
+/// a statement with its uncertainty (issue 19; one round's ratio moves by ±20 % on a shared
+/// machine).
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Summary {
+    rounds: usize,
+    median: f64,
+    /// The interval from order statistics: rounds `k` and `n + 1 - k` of the sorted ratios,
+    /// with `k` the largest for which a Binomial(n, 1/2) falls below `k` with a chance of at
+    /// most 2.5 % (a sign test's interval, no assumption about the ratios' distribution).
+    /// None with fewer than 6 rounds, too few for 95 %.
+    ci95: Option<(f64, f64)>,
+    /// Rounds in which the large node was at least as fast.
+    at_least_1: usize,
+}
+
+impl Summary {
+    fn of(mut ratios: Vec<f64>) -> Option<Summary> {
+        let n = ratios.len();
+        if n == 0 {
+            return None;
+        }
+        ratios.sort_by(f64::total_cmp);
+        let median = (ratios[(n - 1) / 2] + ratios[n / 2]) / 2.0;
+        // P(B <= j) for B ~ Binomial(n, 1/2), j = 0, 1, ...: the largest k with
+        // P(B <= k - 1) <= 0.025.
+        let mut k = 0;
+        let (mut term, mut below) = (0.5f64.powi(n as i32), 0.0);
+        for j in 0..n {
+            below += term;
+            if below > 0.025 {
+                break;
+            }
+            k = j + 1;
+            term *= (n - j) as f64 / (j + 1) as f64;
+        }
+        Some(Summary {
+            rounds: n,
+            median,
+            ci95: (k >= 1).then(|| (ratios[k - 1], ratios[n - k])),
+            at_least_1: ratios.iter().filter(|&&r| r >= 1.0).count(),
+        })
+    }
+
+    /// The median, its interval and what they allow one to say.
+    fn describe(&self) -> String {
+        let Some((lo, hi)) = self.ci95 else {
+            return format!(
+                "{:.3} ({} of {} rounds >= 1; too few rounds for a 95 % interval)",
+                self.median, self.at_least_1, self.rounds
+            );
+        };
+        let verdict = if hi < 1.0 {
+            "slower".to_string()
+        } else if lo > 1.0 {
+            "faster".to_string()
+        } else {
+            format!(
+                "no difference shown, at most {:.1} % slower",
+                (1.0 - lo) * 100.0
+            )
+        };
+        format!(
+            "{:.3}, 95 % [{lo:.3}, {hi:.3}], {} of {} rounds >= 1: {verdict}",
+            self.median, self.at_least_1, self.rounds
+        )
+    }
+
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "rounds": self.rounds,
+            "median": self.median,
+            "ci95_low": self.ci95.map(|c| c.0),
+            "ci95_high": self.ci95.map(|c| c.1),
+            "rounds_at_least_1": self.at_least_1,
+        })
+    }
+}
+
+/// The four summaries of the side-by-side rounds: TEST absent and SET fresh, by throughput
+/// (large/small) and by the nodes' CPU time per request (small/large).
+fn summaries(rounds: &[Round]) -> Option<[(&'static str, Summary); 4]> {
+    let of = |f: &dyn Fn(&Round) -> f64| Summary::of(rounds.iter().map(f).collect());
+    Some([
+        (
+            "test_absent_throughput",
+            of(&|r| r.large_test.per_sec / r.small_test.per_sec)?,
+        ),
+        (
+            "set_fresh_throughput",
+            of(&|r| r.large_set.per_sec / r.small_set.per_sec)?,
+        ),
+        (
+            "test_absent_cpu",
+            of(&|r| r.small_test.cpu_us / r.large_test.cpu_us)?,
+        ),
+        (
+            "set_fresh_cpu",
+            of(&|r| r.small_set.cpu_us / r.large_set.cpu_us)?,
+        ),
+    ])
+}
+
 /// Drive `requests` at the node `pid` serving `at`, timing its CPU too.
 fn drive_timed(
     drive: &dyn Fn(SocketAddr, u64, f64) -> Result<Measured, Failure>,
@@ -409,21 +513,20 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                 &rows
             )
         );
-        let median = |f: &dyn Fn(&Round) -> f64| {
-            let mut v: Vec<f64> = rounds.iter().map(f).collect();
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        };
         println!(
-            "median large/small speed over {} rounds: by throughput TEST absent {:.3}, SET fresh \
-             {:.3}; by the node's CPU time per request (small/large) TEST absent {:.3}, SET \
-             fresh {:.3}",
-            rounds.len(),
-            median(&|r| r.large_test.per_sec / r.small_test.per_sec),
-            median(&|r| r.large_set.per_sec / r.small_set.per_sec),
-            median(&|r| r.small_test.cpu_us / r.large_test.cpu_us),
-            median(&|r| r.small_set.cpu_us / r.large_set.cpu_us),
+            "large against small over {} rounds (above 1: the large store is faster), the \
+             median with its 95 % interval (sign test):",
+            rounds.len()
         );
+        for (name, s) in summaries(&rounds).into_iter().flatten() {
+            let what = match name {
+                "test_absent_throughput" => "TEST absent, throughput large/small",
+                "set_fresh_throughput" => "SET fresh, throughput large/small",
+                "test_absent_cpu" => "TEST absent, CPU per request small/large",
+                _ => "SET fresh, CPU per request small/large",
+            };
+            println!("  {what}: {}", s.describe());
+        }
     }
     let load_avg = super::ramp::load_average();
     println!("load average at the end: {load_avg:?} (the machine is shared)");
@@ -464,6 +567,11 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     "small_set_fresh_cpu_us": r.small_set.cpu_us,
                     "large_set_fresh_cpu_us": r.large_set.cpu_us,
                 })).collect::<Vec<_>>(),
+                "side_by_side_summary": summaries(&rounds).map(|all| {
+                    all.iter()
+                        .map(|(name, s)| ((*name).to_string(), s.json()))
+                        .collect::<serde_json::Map<_, _>>()
+                }),
                 "fsync": a.fsync,
                 "load_average": load_avg,
             }),
@@ -492,4 +600,38 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
         ));
     }
     Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Summary;
+
+    /// The interval is the sign test's: with 10 rounds the 2nd and 9th smallest ratios
+    /// (P(B <= 1) = 11/1024 <= 2.5 % < P(B <= 2)), with 20 the 6th and 15th, with 6 the
+    /// extremes; 5 rounds are too few.
+    #[test]
+    fn the_median_interval_is_the_sign_tests() {
+        let ratios = |n: usize| (1..=n).map(|i| i as f64 / 10.0).rev().collect::<Vec<_>>();
+        let s = Summary::of(ratios(10)).unwrap();
+        assert_eq!((s.rounds, s.ci95), (10, Some((0.2, 0.9))));
+        assert!((s.median - 0.55).abs() < 1e-9);
+        assert_eq!(s.at_least_1, 1);
+        assert!(s.describe().ends_with(": slower"), "{}", s.describe());
+        let around_1 = Summary::of(ratios(10).iter().map(|r| r + 0.5).collect()).unwrap();
+        assert_eq!(around_1.ci95, Some((0.7, 1.4)));
+        assert!(
+            around_1
+                .describe()
+                .ends_with("no difference shown, at most 30.0 % slower"),
+            "{}",
+            around_1.describe()
+        );
+        let s = Summary::of(ratios(20)).unwrap();
+        assert_eq!(s.ci95, Some((0.6, 1.5)));
+        assert_eq!(Summary::of(ratios(6)).unwrap().ci95, Some((0.1, 0.6)));
+        assert_eq!(Summary::of(ratios(5)).unwrap().ci95, None);
+        assert_eq!(Summary::of(Vec::new()), None);
+        let faster = Summary::of((0..12).map(|i| 1.01 + f64::from(i) / 100.0).collect());
+        assert!(faster.unwrap().describe().ends_with("faster"));
+    }
 }
