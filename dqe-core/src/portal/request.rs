@@ -95,6 +95,10 @@ pub(super) struct Request {
     /// The number of the client's datagram that started it (for the backend's timing).
     pub(super) datagram: u64,
     pub(super) deadline: Millis,
+    /// While answered `Found` with write-set nodes silent: when the lingering ends (the
+    /// request's deadline is then the earlier look at those nodes, see
+    /// [`Portal::check_silence`](super::Portal)).
+    pub(super) linger_end: Option<Millis>,
     pub(super) phase: Phase,
     /// The first valid value a storer reported.
     pub(super) found: Option<Value>,
@@ -180,6 +184,27 @@ impl Request {
             }
         }
         count
+    }
+
+    /// Write-set nodes silent to an answered request (still pending, or timed out) whose
+    /// place has not been taken yet: marks them replaced and returns how many there were.
+    pub(super) fn take_silent_writes(&mut self) -> usize {
+        let mut count = 0;
+        for i in 0..self.subs.len() {
+            let silent = matches!(self.subs[i].answer, Answer::Pending | Answer::TimedOut);
+            if silent && self.in_write_set(i) && !self.is_replaced(i) {
+                self.replaced |= 1 << i;
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Whether a write-set node is still silent and not replaced.
+    pub(super) fn has_silent_writes(&self) -> bool {
+        (0..self.subs.len()).any(|i| {
+            self.subs[i].answer == Answer::Pending && self.in_write_set(i) && !self.is_replaced(i)
+        })
     }
 
     pub(super) fn any(&self, op: Op, answer: Answer) -> bool {
