@@ -531,6 +531,37 @@ fn a_put_to_a_node_that_just_died_is_replaced_after_its_first_unanswered_attempt
 }
 
 #[test]
+fn a_replacement_skips_a_node_silent_in_the_same_attempt() {
+    // Issue 16: a PUT whose first attempt expired unanswered is replaced by the next live
+    // nodes; a node the Set GETs whose GET went unanswered in that same attempt is not one
+    // (before, its GET was turned into a PUT to a node that had just died, costing another
+    // attempt and two more PUTs).
+    let mut sim = Sim::<32>::new(6, 3, 31);
+    let w = sim.find_word("just died ", |p| p[5] == 5);
+    let (key, _) = word(&w);
+    let pref = sim.preference(&key);
+    let portal = 5;
+    sim.kill(pref[0]);
+    sim.kill(pref[3]);
+    assert_eq!(sim.request(0, portal, set_body(&w)), Body::Stored);
+    let to_silent = harness::node_addr(pref[3], Port::Storer);
+    let puts_to_silent = sim
+        .sent
+        .iter()
+        .filter(|s| s.to == to_silent && matches!(s.env.body, Body::Put { .. }))
+        .count();
+    assert_eq!(
+        puts_to_silent, 0,
+        "a PUT went to the node silent in the same attempt"
+    );
+    // In place of pref[0]: pref[4] (its GET said NotFound) and the portal's own share.
+    for &n in &[pref[1], pref[2], pref[4], portal] {
+        assert!(sim.holds(n, &key), "node {n} lacks the pair");
+    }
+    assert_eq!(sim.nodes[portal].stats().write_replacements, 2);
+}
+
+#[test]
 fn a_respend_found_at_once_repairs_the_live_nodes_in_place_of_a_silent_write_set_node() {
     // Issue 16: a re-spent stamp is answered `Found` by the first copy, before a PUT to a
     // write-set node that died unnoticed can time out, so no replacement goes out and the

@@ -760,7 +760,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             let Some(node) = replacement(
                 &preference,
                 |n| detector.is_up(n),
-                |n| request.may_replace_with(n),
+                |n| request.may_replace_with(n, missed),
             ) else {
                 continue;
             };

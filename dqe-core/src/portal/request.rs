@@ -162,12 +162,15 @@ impl Request {
     }
 
     /// Whether the request may ask `node` for a PUT in place of one that timed out: it has
-    /// not asked it for one, and the node has not failed it (a GET not yet answered or
-    /// answered `NotFound` is turned into the PUT).
-    pub(super) fn may_replace_with(&self, node: NodeIndex) -> bool {
+    /// not asked it for one, and the node has not failed it (a GET answered `NotFound`, or
+    /// not answered yet, is turned into the PUT). With `missed` (an attempt of the request
+    /// has just expired) a GET still unanswered has failed it too: that node was as silent
+    /// as the PUT being replaced, and probably died with it (issue 16).
+    pub(super) fn may_replace_with(&self, node: NodeIndex, missed: bool) -> bool {
         self.subs.iter().all(|s| {
             s.node != node
-                || (s.op == Op::Get && matches!(s.answer, Answer::Pending | Answer::NotFound))
+                || (s.op == Op::Get
+                    && (s.answer == Answer::NotFound || (!missed && s.answer == Answer::Pending)))
         })
     }
 
