@@ -11,7 +11,7 @@ use dqe_core::Millis;
 use dqe_core::config::NodeIndex;
 use dqe_core::hash::{Key, Value, key_of};
 use dqe_core::node::NodeConfig;
-use dqe_core::portal::choose_sets;
+use dqe_core::portal::{NodeList, choose_sets};
 use dqe_core::ring::MAX_PREFERENCE;
 use dqe_core::wire::{Body, Reason};
 use rand::rngs::StdRng;
@@ -44,6 +44,11 @@ pub struct Experiment {
     /// other nodes (`None`: every node down with the same chance, nearly independently in a
     /// large cluster). See [`down_order`].
     pub window: Option<usize>,
+    /// In [`perfect`] only: write to and read from every live node among the key's first
+    /// `W` preference-list nodes instead of the sets of [`choose_sets`] (not a rule of
+    /// PROTOCOL.md: what it would take for a large cluster to keep copies as a `W`-node
+    /// cluster does, where the list is the whole cluster).
+    pub perfect_window: Option<usize>,
     /// Nodes kept built at a time (see [`Cluster`]).
     pub resident: usize,
     /// TESTs of stored keys after the re-spends, for the datagrams a TEST costs.
@@ -174,7 +179,17 @@ pub fn perfect<const N: usize>(e: &Experiment) -> Result<Perfect, String> {
                 down[d] = true;
             }
             let is_up = |x: NodeIndex| !down[x as usize];
-            let sets = choose_sets(&preference, e.replication, spec.handoff, is_up);
+            let mut sets = choose_sets(&preference, e.replication, spec.handoff, is_up);
+            if let Some(w) = e.perfect_window {
+                let live: NodeList = preference
+                    .iter()
+                    .copied()
+                    .take(w)
+                    .filter(|&x| is_up(x))
+                    .collect();
+                sets.write = live.clone();
+                sets.read = live;
+            }
             let found = sets.read.iter().any(|&x| is_up(x) && holders.contains(&x));
             let reply = if found {
                 Body::Found { value: [0; 20] }

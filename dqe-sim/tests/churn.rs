@@ -30,6 +30,7 @@ fn ten_nodes(down: f64) -> Figures {
         vnodes: 16,
         handoff: Some(2),
         window: None,
+        perfect_window: None,
         resident: 10,
         tests: 0,
         balance_keys: 0,

@@ -70,6 +70,11 @@ pub struct SimulateArgs {
     /// this many stamps per fraction; 0 skips it.
     #[arg(long, default_value_t = 20_000)]
     pub perfect_stamps: usize,
+    /// The perfect-detector model writes to and reads from every live node among a key's
+    /// first W nodes instead of PROTOCOL.md's sets (what a large cluster would need to keep
+    /// copies as a W-node cluster does).
+    #[arg(long, value_name = "W")]
+    pub perfect_window: Option<usize>,
     /// Unanswered attempts in a row after which a portal believes a peer down.
     #[arg(long, default_value_t = NodeConfig::default().detector_threshold)]
     pub detector_threshold: u8,
@@ -365,6 +370,7 @@ fn simulate(
         vnodes: a.vnodes,
         handoff: a.handoff,
         window: a.window,
+        perfect_window: a.perfect_window,
         resident: a.resident,
         tests: 200,
         balance_keys: (nodes * 100).min(1_000_000),
