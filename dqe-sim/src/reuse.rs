@@ -49,6 +49,10 @@ pub struct Experiment {
     /// PROTOCOL.md: what it would take for a large cluster to keep copies as a `W`-node
     /// cluster does, where the list is the whole cluster).
     pub perfect_window: Option<usize>,
+    /// In [`perfect`] only: count `d` over the nodes the walk has passed, not only the first
+    /// `r` (the write set is the shortest prefix of the list with `r` + its own down nodes
+    /// live; not a rule of PROTOCOL.md).
+    pub perfect_deep_d: bool,
     /// Nodes kept built at a time (see [`Cluster`]).
     pub resident: usize,
     /// TESTs of stored keys after the re-spends, for the datagrams a TEST costs.
@@ -180,6 +184,27 @@ pub fn perfect<const N: usize>(e: &Experiment) -> Result<Perfect, String> {
             }
             let is_up = |x: NodeIndex| !down[x as usize];
             let mut sets = choose_sets(&preference, e.replication, spec.handoff, is_up);
+            if e.perfect_deep_d {
+                let mut write = NodeList::new();
+                let mut down_seen = 0;
+                for &x in &preference {
+                    if write.len() >= usize::from(e.replication) + down_seen {
+                        break;
+                    }
+                    if is_up(x) {
+                        let _ = write.push(x);
+                    } else {
+                        down_seen += 1;
+                    }
+                }
+                for &x in sets.read.iter() {
+                    if !write.contains(&x) && write.len() < MAX_PREFERENCE {
+                        let _ = write.push(x);
+                    }
+                }
+                sets.read = write.clone();
+                sets.write = write;
+            }
             if let Some(w) = e.perfect_window {
                 let live: NodeList = preference
                     .iter()

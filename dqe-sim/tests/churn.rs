@@ -31,6 +31,7 @@ fn ten_nodes(down: f64) -> Figures {
         handoff: Some(2),
         window: None,
         perfect_window: None,
+        perfect_deep_d: false,
         resident: 10,
         tests: 0,
         balance_keys: 0,

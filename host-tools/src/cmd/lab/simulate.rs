@@ -75,6 +75,10 @@ pub struct SimulateArgs {
     /// copies as a W-node cluster does).
     #[arg(long, value_name = "W")]
     pub perfect_window: Option<usize>,
+    /// The perfect-detector model counts `d` over every node its walk passes, not only the
+    /// first r (not a rule of PROTOCOL.md).
+    #[arg(long)]
+    pub perfect_deep_d: bool,
     /// Unanswered attempts in a row after which a portal believes a peer down.
     #[arg(long, default_value_t = NodeConfig::default().detector_threshold)]
     pub detector_threshold: u8,
@@ -371,6 +375,7 @@ fn simulate(
         handoff: a.handoff,
         window: a.window,
         perfect_window: a.perfect_window,
+        perfect_deep_d: a.perfect_deep_d,
         resident: a.resident,
         tests: 200,
         balance_keys: (nodes * 100).min(1_000_000),
