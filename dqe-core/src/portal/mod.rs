@@ -58,6 +58,11 @@
 //! After a `Found`, the client has its answer at once, but the request *lingers* in the table
 //! until its current attempt expires: write-set nodes that answer `NotFound` meanwhile get a
 //! PUT of `(k, v)` (read repair, fire and forget: the repair's own reply is only counted).
+//! A request answered `Found` while write-set nodes are still silent (a re-spent stamp is
+//! answered by the first copy, before a PUT to a node that died unnoticed can time out) looks
+//! again a few of the answer's delays later: each silent write-set node has then timed out for
+//! the write set, which grows by two live nodes past it, and those the request GETs that
+//! answered `NotFound` get the read repair too (`repair.rs`; issue 16).
 //! A lingering request is the first thing evicted when the table is full.
 //!
 //! Client idempotence (rule 6): a repeat of a request still in the table is absorbed (found
