@@ -2,13 +2,14 @@
 //! 2026-12-01): for random preference lists, replication factors, handoff depths and sets of
 //! nodes believed down, the write set is the first `r + d` live nodes (`d` the assigned nodes
 //! believed down) or every live node when fewer exist, the read set adds the live nodes among
-//! the first `r + handoff`, no node appears twice, and a replacement is the next live node not
-//! yet written.
+//! the first `r + handoff`, no node appears twice, a replacement is the next live node not
+//! yet written, and the write set of a request answered `Found` with write-set nodes silent
+//! grows by two live nodes per silent one, in order, past silent and written nodes.
 
 use std::collections::HashSet;
 
 use dqe_core::config::NodeIndex;
-use dqe_core::portal::{choose_sets, replacement};
+use dqe_core::portal::{Asked, PUTS_PER_TIMEOUT, choose_sets, grown_write_set, replacement};
 use dqe_core::ring::MAX_PREFERENCE;
 use proptest::prelude::*;
 
@@ -113,6 +114,58 @@ proptest! {
         }
         for n in live {
             prop_assert!(written.contains(&n), "node {} never reached", n);
+        }
+    }
+
+    #[test]
+    fn silent_writes_grow_the_write_set_in_order(
+        c in case(),
+        answers in proptest::collection::vec(0u8..4, MAX_PREFERENCE),
+        silent in 0usize..4,
+    ) {
+        // A Set was answered `Found` while `silent` of its write-set nodes had not answered.
+        // Each other node of the list was GET (NotFound, Found or silent) or not asked. The
+        // write set then takes the next 2 x silent live nodes in preference order, skipping
+        // its own nodes, nodes believed down and nodes silent to the request; the repair goes
+        // to those of them that answered NotFound, and to no node that was not asked.
+        let is_up = |n: NodeIndex| !c.down.contains(&n);
+        let sets = choose_sets(&c.preference, c.r, c.handoff, is_up);
+        let asked = |n: NodeIndex| {
+            if sets.write.contains(&n) {
+                return Asked::WriteSet;
+            }
+            let at = c.preference.iter().position(|&p| p == n).unwrap_or(0);
+            match (sets.read.contains(&n), answers[at]) {
+                (true, 0 | 1) => Asked::NotFound,
+                (true, 2) => Asked::Found,
+                (true, _) => Asked::Silent,
+                (false, 0) => Asked::Silent,
+                (false, _) => Asked::NotAsked,
+            }
+        };
+        let grown = grown_write_set(&c.preference, is_up, asked, silent);
+        let eligible: Vec<NodeIndex> = c
+            .preference
+            .iter()
+            .copied()
+            .filter(|&n| {
+                is_up(n) && matches!(asked(n), Asked::NotFound | Asked::Found | Asked::NotAsked)
+            })
+            .collect();
+        let want = (PUTS_PER_TIMEOUT * silent).min(eligible.len());
+        prop_assert_eq!(grown.as_slice(), &eligible[..want]);
+        for &n in &grown {
+            prop_assert!(is_up(n));
+            prop_assert!(!sets.write.contains(&n), "node {} was written already", n);
+            prop_assert!(asked(n) != Asked::Silent, "node {} was silent", n);
+        }
+        let positions: Vec<usize> = grown
+            .iter()
+            .map(|n| c.preference.iter().position(|p| p == n).unwrap_or(usize::MAX))
+            .collect();
+        prop_assert!(positions.windows(2).all(|w| w[0] < w[1]), "not in preference order");
+        if silent == 0 {
+            prop_assert!(grown.is_empty());
         }
     }
 }

@@ -530,6 +530,103 @@ fn a_put_to_a_node_that_just_died_is_replaced_after_its_first_unanswered_attempt
     );
 }
 
+#[test]
+fn a_replacement_skips_a_node_silent_in_the_same_attempt() {
+    // Issue 16: a PUT whose first attempt expired unanswered is replaced by the next live
+    // nodes; a node the Set GETs whose GET went unanswered in that same attempt is not one
+    // (before, its GET was turned into a PUT to a node that had just died, costing another
+    // attempt and two more PUTs).
+    let mut sim = Sim::<32>::new(6, 3, 31);
+    let w = sim.find_word("just died ", |p| p[5] == 5);
+    let (key, _) = word(&w);
+    let pref = sim.preference(&key);
+    let portal = 5;
+    sim.kill(pref[0]);
+    sim.kill(pref[3]);
+    assert_eq!(sim.request(0, portal, set_body(&w)), Body::Stored);
+    let to_silent = harness::node_addr(pref[3], Port::Storer);
+    let puts_to_silent = sim
+        .sent
+        .iter()
+        .filter(|s| s.to == to_silent && matches!(s.env.body, Body::Put { .. }))
+        .count();
+    assert_eq!(
+        puts_to_silent, 0,
+        "a PUT went to the node silent in the same attempt"
+    );
+    // In place of pref[0]: pref[4] (its GET said NotFound) and the portal's own share.
+    for &n in &[pref[1], pref[2], pref[4], portal] {
+        assert!(sim.holds(n, &key), "node {n} lacks the pair");
+    }
+    assert_eq!(sim.nodes[portal].stats().write_replacements, 2);
+}
+
+#[test]
+fn a_respend_found_at_once_repairs_the_live_nodes_in_place_of_a_silent_write_set_node() {
+    // Issue 16: a re-spent stamp is answered `Found` by the first copy, before a PUT to a
+    // write-set node that died unnoticed can time out, so no replacement goes out and the
+    // copies stay where the portal wrongly believed nodes live. Once the silent node has had
+    // a few times the others' delay to answer, it has timed out for the write set, which
+    // grows by two live nodes past it (d + 1): the ones the Set GETs and that answered
+    // `NotFound` get the read repair, while this node still runs (a portal may die right
+    // after its answer).
+    let mut sim = Sim::<32>::new(6, 3, 31);
+    let config = sim.config();
+    let w = sim.find_word("respent ", |p| p[5] == 5);
+    let (key, value) = word(&w);
+    let pref = sim.preference(&key);
+    let portal = 5;
+    assert_eq!(sim.request(0, portal, set_body(&w)), Body::Stored);
+    assert!(!sim.holds(pref[3], &key) && !sim.holds(pref[4], &key));
+    sim.kill(pref[0]);
+    assert!(sim.believes_up(portal, pref[0]));
+    assert_eq!(sim.request(1, portal, set_body(&w)), found(value));
+    let answered = sim.now;
+    sim.run_for(config.attempt_timeout / 50 + 4);
+    for &n in &[pref[3], pref[4]] {
+        assert!(
+            sim.holds(n, &key),
+            "node {n} (GET, NotFound) lacks the pair {} ms after the answer",
+            sim.now - answered
+        );
+    }
+    sim.run_for(budget(&config));
+    assert!(!sim.holds(portal, &key), "a node not asked gets nothing");
+    assert_eq!(sim.nodes[portal].stats().read_repairs, 2);
+    assert_eq!(sim.nodes[portal].stats().write_replacements, 0);
+    assert!(
+        sim.believes_up(portal, pref[0]),
+        "one unanswered attempt must not mark a node down"
+    );
+}
+
+#[test]
+fn a_silent_write_set_node_grows_the_write_set_past_silent_and_unasked_nodes_without_writing_them()
+{
+    // The same re-spend with pref[3] (a GET) dead too: the write set grows past pref[0] by
+    // pref[4] (NotFound: repaired) and the portal (pref[5], not asked: nothing sent, nothing
+    // written), skipping pref[3], silent to the request.
+    let mut sim = Sim::<32>::new(6, 3, 31);
+    let config = sim.config();
+    let w = sim.find_word("respent ", |p| p[5] == 5);
+    let (key, value) = word(&w);
+    let pref = sim.preference(&key);
+    let portal = 5;
+    assert_eq!(sim.request(0, portal, set_body(&w)), Body::Stored);
+    sim.kill(pref[0]);
+    sim.kill(pref[3]);
+    assert_eq!(sim.request(1, portal, set_body(&w)), found(value));
+    sim.run_for(budget(&config));
+    assert!(
+        sim.holds(pref[4], &key),
+        "the NotFound node was not repaired"
+    );
+    assert!(!sim.holds(portal, &key), "a node not asked gets nothing");
+    assert_eq!(sim.nodes[portal].stats().read_repairs, 1);
+    sim.revive(pref[3]);
+    assert!(!sim.holds(pref[3], &key), "a silent node gets nothing");
+}
+
 /// SETs and TESTs through every portal of a 6-node cluster whose nodes all run, on a network
 /// that loses 5% of the datagrams and delays each by up to 122 ms (a round trip of up to
 /// 244 ms, just inside an attempt's 250: a loaded network): how many times any portal changed its belief about any node.

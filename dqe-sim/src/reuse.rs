@@ -11,7 +11,7 @@ use dqe_core::Millis;
 use dqe_core::config::NodeIndex;
 use dqe_core::hash::{Key, Value, key_of};
 use dqe_core::node::NodeConfig;
-use dqe_core::portal::choose_sets;
+use dqe_core::portal::{NodeList, choose_sets};
 use dqe_core::ring::MAX_PREFERENCE;
 use dqe_core::wire::{Body, Reason};
 use rand::rngs::StdRng;
@@ -32,6 +32,9 @@ pub struct Experiment {
     pub respends: usize,
     /// Virtual ms between a change of the down set and the try.
     pub gap: Millis,
+    /// Virtual ms between a SET's answer and the next change of the down set (`dqe lab
+    /// reuse` changes it at once: 0; earlier runs of this simulation waited `gap`).
+    pub after: Millis,
     /// Ring points per node.
     pub vnodes: u16,
     /// The cluster's `handoff` (`None`: the cluster file's default, `min(2, nodes - r)`).
@@ -41,6 +44,15 @@ pub struct Experiment {
     /// other nodes (`None`: every node down with the same chance, nearly independently in a
     /// large cluster). See [`down_order`].
     pub window: Option<usize>,
+    /// In [`perfect`] only: write to and read from every live node among the key's first
+    /// `W` preference-list nodes instead of the sets of [`choose_sets`] (not a rule of
+    /// PROTOCOL.md: what it would take for a large cluster to keep copies as a `W`-node
+    /// cluster does, where the list is the whole cluster).
+    pub perfect_window: Option<usize>,
+    /// In [`perfect`] only: count `d` over the nodes the walk has passed, not only the first
+    /// `r` (the write set is the shortest prefix of the list with `r` + its own down nodes
+    /// live; not a rule of PROTOCOL.md).
+    pub perfect_deep_d: bool,
     /// Nodes kept built at a time (see [`Cluster`]).
     pub resident: usize,
     /// TESTs of stored keys after the re-spends, for the datagrams a TEST costs.
@@ -95,6 +107,38 @@ pub struct Figures {
     /// died (still believed up) and since it came back (still believed down).
     pub dead_believed_up_ms: f64,
     pub live_believed_down_ms: f64,
+    /// Where the extra uses came from, against the perfect detector on the same draws.
+    pub causes: Causes,
+}
+
+/// The re-spends answered as a use (`Stored` or `Unavailable`), each put in one class by
+/// comparing the simulated portal with the perfect-detector rule run alongside on the same
+/// down sets (its copies kept apart, as [`perfect`] keeps them), per stamp. All counts are
+/// re-spends; divide by stamps for their share of the mean uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Causes {
+    /// Used again under the perfect rule too: the rule's own floor on these draws.
+    pub also_perfect: usize,
+    /// Used only here, and no live node held a copy: the copies were not where the perfect
+    /// rule would have put them (written to nodes that were dead, or not moved on).
+    pub no_live_copy: usize,
+    /// Used only here while a live node among the key's first `r + handoff` held a copy and
+    /// the portal believed it down (a node that came back, skipped).
+    pub live_copy_believed_down: usize,
+    /// Used only here while a live node held a copy that the portal did not reach (deeper in
+    /// the list than its read set and its replacements went).
+    pub live_copy_not_reached: usize,
+    /// Used under the perfect rule but not here (the portal did better: more copies).
+    pub perfect_only: usize,
+    /// Re-spends answered `Found` while nodes of the portal's write set were dead and
+    /// believed up: their `Put`s are never replaced (PROTOCOL.md replaces before the answer).
+    pub found_with_dead_writes: usize,
+    /// The dead write-set nodes of those re-spends, in all.
+    pub dead_writes_unreplaced: usize,
+    /// Re-spends through a portal that came back since the last try (a fresh detector:
+    /// every node believed up), and the uses among them counted only here.
+    pub fresh_portal_sets: usize,
+    pub fresh_portal_uses: usize,
 }
 
 /// The same experiment with a perfect failure detector and no network: each try's sets are
@@ -139,7 +183,38 @@ pub fn perfect<const N: usize>(e: &Experiment) -> Result<Perfect, String> {
                 down[d] = true;
             }
             let is_up = |x: NodeIndex| !down[x as usize];
-            let sets = choose_sets(&preference, e.replication, spec.handoff, is_up);
+            let mut sets = choose_sets(&preference, e.replication, spec.handoff, is_up);
+            if e.perfect_deep_d {
+                let mut write = NodeList::new();
+                let mut down_seen = 0;
+                for &x in &preference {
+                    if write.len() >= usize::from(e.replication) + down_seen {
+                        break;
+                    }
+                    if is_up(x) {
+                        let _ = write.push(x);
+                    } else {
+                        down_seen += 1;
+                    }
+                }
+                for &x in sets.read.iter() {
+                    if !write.contains(&x) && write.len() < MAX_PREFERENCE {
+                        let _ = write.push(x);
+                    }
+                }
+                sets.read = write.clone();
+                sets.write = write;
+            }
+            if let Some(w) = e.perfect_window {
+                let live: NodeList = preference
+                    .iter()
+                    .copied()
+                    .take(w)
+                    .filter(|&x| is_up(x))
+                    .collect();
+                sets.write = live.clone();
+                sets.read = live;
+            }
             let found = sets.read.iter().any(|&x| is_up(x) && holders.contains(&x));
             let reply = if found {
                 Body::Found { value: [0; 20] }
@@ -333,13 +408,18 @@ pub fn run<const N: usize>(e: &Experiment) -> Result<Figures, String> {
     let mut keys: Vec<Key> = Vec::new();
     let before = c.traffic;
     let mut set_datagrams = 0u64;
+    let mut causes = Causes::default();
     for _ in 0..e.stamps {
         let value: Value = rng.random();
         let key = key_of(&value);
         keys.push(key);
         let preference: Vec<usize> = ring.preference(&key).map(usize::from).collect();
+        let list: heapless::Vec<NodeIndex, MAX_PREFERENCE> = ring.preference(&key).collect();
+        // The perfect rule's copies of this stamp, on the same draws.
+        let mut ideal: Vec<NodeIndex> = Vec::new();
         for attempt in 0..=e.respends {
             down_order(&mut order, &preference, e.window, e.down, k, &mut rng);
+            let change = c.now;
             for (i, &node) in order.iter().enumerate() {
                 if i < k {
                     if c.is_alive(node) {
@@ -359,18 +439,66 @@ pub fn run<const N: usize>(e: &Experiment) -> Result<Figures, String> {
                     beliefs.count(alive, up, c.now - changed_at[node]);
                 }
             }
+            let truth = |x: NodeIndex| c.is_alive(usize::from(x));
+            let perfect_sets = choose_sets(&list, e.replication, handoff, truth);
+            let ideal_use = !perfect_sets
+                .read
+                .iter()
+                .any(|&x| truth(x) && ideal.contains(&x));
+            ideal.extend(perfect_sets.write.iter().copied().filter(|&x| truth(x)));
+            let believed =
+                |x: NodeIndex| usize::from(x) == portal || c.believes_up(portal, usize::from(x));
+            let believed_sets = choose_sets(&list, e.replication, handoff, believed);
+            let live_holders: Vec<usize> = preference
+                .iter()
+                .copied()
+                .filter(|&x| c.is_alive(x) && c.store(x).holds(&key))
+                .collect();
+            let depth = (usize::from(e.replication) + usize::from(handoff)).min(list.len());
+            let skipped = live_holders
+                .iter()
+                .any(|&x| preference[..depth].contains(&x) && !believed(x as NodeIndex));
+            let dead_writes = believed_sets.write.iter().filter(|&&x| !truth(x)).count();
+            let fresh = changed_at[portal] == change && change > 0;
             let d0 = c.traffic.datagrams;
             let t0 = c.now;
             let reply = c.request(portal, Body::Set { key, value }, 10_000);
             set_ms += c.now - t0;
             tally.set(attempt == 0, reply.as_ref());
+            if attempt > 0 {
+                let used = matches!(
+                    reply,
+                    Some(
+                        Body::Stored
+                            | Body::Refused {
+                                reason: Reason::Unavailable
+                            }
+                    )
+                );
+                causes.fresh_portal_sets += usize::from(fresh);
+                match (used, ideal_use) {
+                    (true, true) => causes.also_perfect += 1,
+                    (true, false) if live_holders.is_empty() => causes.no_live_copy += 1,
+                    (true, false) if skipped => causes.live_copy_believed_down += 1,
+                    (true, false) => causes.live_copy_not_reached += 1,
+                    (false, true) => causes.perfect_only += 1,
+                    (false, false) => {}
+                }
+                if used && !ideal_use && fresh {
+                    causes.fresh_portal_uses += 1;
+                }
+                if matches!(reply, Some(Body::Found { .. })) && dead_writes > 0 {
+                    causes.found_with_dead_writes += 1;
+                    causes.dead_writes_unreplaced += dead_writes;
+                }
+            }
             if attempt == 0 {
                 // Lingering Puts land within a few ms; the copies are counted once they have.
                 c.run_for(5);
                 copies += (0..n).filter(|&i| c.store(i).holds(&key)).count();
             }
             // The rest of the SET's traffic (repairs, replacements) before the next change.
-            c.run_for(e.gap);
+            c.run_for(e.after);
             set_datagrams += c.traffic.datagrams - d0;
         }
         tally.end_stamp();
@@ -391,6 +519,7 @@ pub fn run<const N: usize>(e: &Experiment) -> Result<Figures, String> {
     f.live_believed_down = beliefs.live_down as f64 / sets_f;
     f.dead_believed_up_ms = beliefs.dead_up_ms as f64 / beliefs.dead_up.max(1) as f64;
     f.live_believed_down_ms = beliefs.live_down_ms as f64 / beliefs.live_down.max(1) as f64;
+    f.causes = causes;
     f.max_over_mean_requests = max_over_mean(c.requests_per_node.iter().map(|&r| r as f64));
 
     // TESTs of stored keys, with the last down set still down.

@@ -58,6 +58,11 @@
 //! After a `Found`, the client has its answer at once, but the request *lingers* in the table
 //! until its current attempt expires: write-set nodes that answer `NotFound` meanwhile get a
 //! PUT of `(k, v)` (read repair, fire and forget: the repair's own reply is only counted).
+//! A request answered `Found` while write-set nodes are still silent (a re-spent stamp is
+//! answered by the first copy, before a PUT to a node that died unnoticed can time out) looks
+//! again a few of the answer's delays later: each silent write-set node has then timed out for
+//! the write set, which grows by two live nodes past it, and those the request GETs that
+//! answered `NotFound` get the read repair too (`repair.rs`; issue 16).
 //! A lingering request is the first thing evicted when the table is full.
 //!
 //! Client idempotence (rule 6): a repeat of a request still in the table is absorbed (found
@@ -119,7 +124,8 @@ use crate::wire::{Body, ClientRequest, Envelope, Reason, Reply};
 
 use request::{Answer, Op, Phase, Request, SubRequest};
 pub use sets::{
-    NodeList, PUTS_PER_TIMEOUT, PreferenceList, ReadSet, Sets, WriteSet, choose_sets, replacement,
+    Asked, NodeList, PUTS_PER_TIMEOUT, PreferenceList, ReadSet, Sets, WriteSet, choose_sets,
+    grown_write_set, replacement,
 };
 pub use table::{
     IN_FLIGHT_SLOT_BYTES, InFlightArrays, InFlightBuffers, InFlightIndex, InFlightSlot,
@@ -441,6 +447,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             started: cx.now,
             datagram: cx.datagram,
             deadline: cx.now.saturating_add(cx.config.attempt_timeout),
+            linger_end: None,
             phase: Phase::Collecting,
             found: None,
             writes: sets.write.len() as u8,
@@ -582,6 +589,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             }
             let phase = request.phase;
             match phase {
+                Phase::Lingering if request.linger_end.is_some() => self.check_silence(cx, slot),
                 Phase::Lingering => self.end_lingering(cx, slot),
                 Phase::Replying(_) => self.settle(cx, slot),
                 Phase::Collecting => self.expire_attempt(cx, slot),
@@ -763,7 +771,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             let Some(node) = replacement(
                 &preference,
                 |n| detector.is_up(n),
-                |n| request.may_replace_with(n),
+                |n| request.may_replace_with(n, missed),
             ) else {
                 continue;
             };
@@ -821,13 +829,49 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         cx: &mut Context<'_, S, R, G>,
         slot: usize,
     ) {
-        if let Some(request) = self.table.parts().0[slot].request.as_ref() {
-            for sub in request.subs.iter().filter(|s| s.answer == Answer::Pending) {
+        if let Some(request) = self.table.parts_mut().0[slot].request.as_mut() {
+            for sub in request
+                .subs
+                .iter_mut()
+                .filter(|s| s.answer == Answer::Pending)
+            {
                 let change = self.detector.record_miss(sub.node, cx.now);
                 cx.note(change);
+                sub.answer = Answer::TimedOut;
             }
         }
+        if self.repair_past_timeouts(cx, slot) {
+            return;
+        }
         self.release(slot);
+    }
+
+    /// An answered request's early look at its write-set nodes still silent (see `settle`):
+    /// they timed out for the write set, whose growth past them gets the read repair
+    /// ([`Portal::repair_past_timeouts`]); the request lingers on until its attempt ends,
+    /// still counting their answers (the detector's misses wait for that end).
+    fn check_silence<S: Store, R: RngCore, G: RingStorage>(
+        &mut self,
+        cx: &mut Context<'_, S, R, G>,
+        slot: usize,
+    ) {
+        let Some(end) = self.table.parts_mut().0[slot]
+            .request
+            .as_mut()
+            .and_then(|r| r.linger_end.take())
+        else {
+            return;
+        };
+        self.repair_past_timeouts(cx, slot);
+        let Some(request) = self.table.parts().0[slot].request.as_ref() else {
+            return;
+        };
+        if request.pending() == 0 {
+            self.release(slot);
+        } else {
+            let deadline = request.deadline.max(end);
+            self.set_deadline(slot, deadline);
+        }
     }
 
     /// Move a request on after something happened to it: answer the client once the verdict
@@ -886,6 +930,19 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             }
             request.phase = Phase::Lingering;
             self.lingering += 1;
+            // Answered `Found` before every write-set node did: look again once the nodes
+            // that answer have had time to (four times this answer's delay, at least a 25th
+            // of an attempt), so that the copies in place of silent ones go out while this
+            // node still runs (issue 16: a re-spent stamp's portal often dies right after).
+            if request.found.is_some() && request.has_silent_writes() {
+                let delay = cx.now.saturating_sub(request.started);
+                let quiet = (cx.config.attempt_timeout / 50).max(delay.saturating_mul(2));
+                let check = cx.now.saturating_add(quiet);
+                if check < deadline {
+                    request.linger_end = Some(deadline);
+                    deadline = check;
+                }
+            }
             // It lingers until its current attempt ends; an attempt already over leaves it
             // due at once where it is (moving it to `now` walked the deadline list past every
             // request due later: a verdict for an overdue request is common under overload).

@@ -95,6 +95,10 @@ pub(super) struct Request {
     /// The number of the client's datagram that started it (for the backend's timing).
     pub(super) datagram: u64,
     pub(super) deadline: Millis,
+    /// While answered `Found` with write-set nodes silent: when the lingering ends (the
+    /// request's deadline is then the earlier look at those nodes, see
+    /// [`Portal::check_silence`](super::Portal)).
+    pub(super) linger_end: Option<Millis>,
     pub(super) phase: Phase,
     /// The first valid value a storer reported.
     pub(super) found: Option<Value>,
@@ -161,12 +165,15 @@ impl Request {
     }
 
     /// Whether the request may ask `node` for a PUT in place of one that timed out: it has
-    /// not asked it for one, and the node has not failed it (a GET not yet answered or
-    /// answered `NotFound` is turned into the PUT).
-    pub(super) fn may_replace_with(&self, node: NodeIndex) -> bool {
+    /// not asked it for one, and the node has not failed it (a GET answered `NotFound`, or
+    /// not answered yet, is turned into the PUT). With `missed` (an attempt of the request
+    /// has just expired) a GET still unanswered has failed it too: that node was as silent
+    /// as the PUT being replaced, and probably died with it (issue 16).
+    pub(super) fn may_replace_with(&self, node: NodeIndex, missed: bool) -> bool {
         self.subs.iter().all(|s| {
             s.node != node
-                || (s.op == Op::Get && matches!(s.answer, Answer::Pending | Answer::NotFound))
+                || (s.op == Op::Get
+                    && (s.answer == Answer::NotFound || (!missed && s.answer == Answer::Pending)))
         })
     }
 
@@ -183,6 +190,27 @@ impl Request {
             }
         }
         count
+    }
+
+    /// Write-set nodes silent to an answered request (still pending, or timed out) whose
+    /// place has not been taken yet: marks them replaced and returns how many there were.
+    pub(super) fn take_silent_writes(&mut self) -> usize {
+        let mut count = 0;
+        for i in 0..self.subs.len() {
+            let silent = matches!(self.subs[i].answer, Answer::Pending | Answer::TimedOut);
+            if silent && self.in_write_set(i) && !self.is_replaced(i) {
+                self.replaced |= 1 << i;
+                count += 1;
+            }
+        }
+        count
+    }
+
+    /// Whether a write-set node is still silent and not replaced.
+    pub(super) fn has_silent_writes(&self) -> bool {
+        (0..self.subs.len()).any(|i| {
+            self.subs[i].answer == Answer::Pending && self.in_write_set(i) && !self.is_replaced(i)
+        })
     }
 
     pub(super) fn any(&self, op: Op, answer: Answer) -> bool {

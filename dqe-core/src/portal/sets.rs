@@ -90,6 +90,45 @@ pub fn replacement(
         .find(|&n| is_up(n) && available(n))
 }
 
+/// What a request that was answered knows of one node, when write-set nodes stayed silent
+/// (see [`grown_write_set`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Asked {
+    /// In the request's write set already (at the start, or a replacement).
+    WriteSet,
+    /// Asked for a GET, answered `NotFound`.
+    NotFound,
+    /// Asked for a GET, answered a valid `Found`: it holds the pair.
+    Found,
+    /// Asked and silent (no answer yet, or one that counts as none): not live to the request.
+    Silent,
+    /// Not asked.
+    NotAsked,
+}
+
+/// The nodes that join the write set of a request answered `Found` after `timeouts` of
+/// its write-set nodes stayed silent: as for a timeout before the answer, `d` grows by one
+/// for each, so the write set takes the next [`PUTS_PER_TIMEOUT`] × `timeouts` live nodes of
+/// `preference`, in order, past the nodes already in it. A node is live when `is_up` says so
+/// and the request has not seen it silent. Those that answered `NotFound` get the read repair
+/// (PROTOCOL.md: "the portal PUTs (k, v) to the nodes of the write set that answered
+/// NotFound"); the others hold the pair already or were not asked, and get nothing.
+pub fn grown_write_set(
+    preference: &[NodeIndex],
+    is_up: impl Fn(NodeIndex) -> bool,
+    asked: impl Fn(NodeIndex) -> Asked,
+    timeouts: usize,
+) -> NodeList {
+    preference
+        .iter()
+        .copied()
+        .filter(|&n| {
+            is_up(n) && matches!(asked(n), Asked::NotFound | Asked::Found | Asked::NotAsked)
+        })
+        .take(PUTS_PER_TIMEOUT * timeouts)
+        .collect()
+}
+
 /// New PUTs for each write-set node whose PUT timed out: the node that takes its place, and
 /// one more because `d`, the count of nodes down among the write set's, grew by one (the
 /// write set is the first `r + d` live nodes). So a node that died unnoticed costs the
@@ -138,6 +177,30 @@ mod tests {
         let next = replacement(&pref, |n| n != 0, |n| !asked.contains(&n));
         assert_eq!(next, Some(2));
         assert_eq!(replacement(&pref, |_| true, |_| false), None);
+    }
+
+    #[test]
+    fn silent_writes_grow_the_write_set_past_silent_and_written_nodes() {
+        use Asked::*;
+        let pref = [4, 1, 3, 0, 2, 5, 6];
+        let asked = |n| match n {
+            4 | 1 | 3 => WriteSet,
+            0 => Silent,
+            2 => NotFound,
+            5 => NotAsked,
+            _ => NotFound,
+        };
+        // One silent write-set node: two more live nodes, 0 skipped (silent to the request).
+        assert_eq!(
+            grown_write_set(&pref, |_| true, asked, 1).as_slice(),
+            &[2, 5]
+        );
+        // Believed down: skipped too.
+        assert_eq!(
+            grown_write_set(&pref, |n| n != 5, asked, 1).as_slice(),
+            &[2, 6]
+        );
+        assert!(grown_write_set(&pref, |_| true, asked, 0).is_empty());
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub struct SimulateArgs {
     /// Virtual ms between a change of the down set and the try.
     #[arg(long, default_value_t = 100)]
     pub gap_ms: u64,
+    /// Virtual ms between a SET's answer and the next change of the down set [default:
+    /// --gap-ms; `dqe lab reuse` changes it at once, which is 0].
+    #[arg(long)]
+    pub after_ms: Option<u64>,
     /// Ring points per node (the core's default is 16).
     #[arg(long, default_value_t = dqe_core::config::DEFAULT_VNODES)]
     pub vnodes: u16,
@@ -66,6 +70,15 @@ pub struct SimulateArgs {
     /// this many stamps per fraction; 0 skips it.
     #[arg(long, default_value_t = 20_000)]
     pub perfect_stamps: usize,
+    /// The perfect-detector model writes to and reads from every live node among a key's
+    /// first W nodes instead of PROTOCOL.md's sets (what a large cluster would need to keep
+    /// copies as a W-node cluster does).
+    #[arg(long, value_name = "W")]
+    pub perfect_window: Option<usize>,
+    /// The perfect-detector model counts `d` over every node its walk passes, not only the
+    /// first r (not a rule of PROTOCOL.md).
+    #[arg(long)]
+    pub perfect_deep_d: bool,
     /// Unanswered attempts in a row after which a portal believes a peer down.
     #[arg(long, default_value_t = NodeConfig::default().detector_threshold)]
     pub detector_threshold: u8,
@@ -129,10 +142,55 @@ pub struct SimFigures {
     pub live_believed_down_ms: f64,
     /// The perfect-detector model on the same ring (absent with `--perfect-stamps 0`).
     pub perfect: Option<PerfectFigures>,
+    /// Where the re-spends answered as uses came from ([`dqe_sim::reuse::Causes`]), per
+    /// stamp: their sum with 1 is the mean uses.
+    pub causes: CauseFigures,
     pub wall_seconds: f64,
     /// The process's peak resident memory so far (VmHWM), MiB.
     pub peak_rss_mib: f64,
     pub load_average: f64,
+}
+
+/// [`dqe_sim::reuse::Causes`] per stamp (uses) or per re-spend (the rest).
+#[derive(Debug, Clone, Serialize)]
+pub struct CauseFigures {
+    /// Uses the perfect detector also had on the same draws (per stamp).
+    pub also_perfect: f64,
+    /// Uses only here with no live copy anywhere (per stamp).
+    pub no_live_copy: f64,
+    /// Uses only here with a live copy among the first r + handoff believed down (per stamp).
+    pub live_copy_believed_down: f64,
+    /// Uses only here with a live copy the SET did not reach (per stamp).
+    pub live_copy_not_reached: f64,
+    /// Uses of the perfect detector avoided here (per stamp).
+    pub perfect_only: f64,
+    /// Re-spends answered `Found` with dead write-set nodes believed up (per re-spend), and
+    /// those nodes (per such re-spend).
+    pub found_with_dead_writes: f64,
+    pub dead_writes_per_such_set: f64,
+    /// Re-spends through a portal restarted since the last try (per re-spend), and the uses
+    /// only here among them (per stamp).
+    pub fresh_portal_sets: f64,
+    pub fresh_portal_uses: f64,
+}
+
+impl CauseFigures {
+    fn of(c: &dqe_sim::reuse::Causes, stamps: usize, respends: usize) -> Self {
+        let per_stamp = |x: usize| x as f64 / stamps.max(1) as f64;
+        let per_respend = |x: usize| x as f64 / (stamps * respends).max(1) as f64;
+        CauseFigures {
+            also_perfect: per_stamp(c.also_perfect),
+            no_live_copy: per_stamp(c.no_live_copy),
+            live_copy_believed_down: per_stamp(c.live_copy_believed_down),
+            live_copy_not_reached: per_stamp(c.live_copy_not_reached),
+            perfect_only: per_stamp(c.perfect_only),
+            found_with_dead_writes: per_respend(c.found_with_dead_writes),
+            dead_writes_per_such_set: c.dead_writes_unreplaced as f64
+                / c.found_with_dead_writes.max(1) as f64,
+            fresh_portal_sets: per_respend(c.fresh_portal_sets),
+            fresh_portal_uses: per_stamp(c.fresh_portal_uses),
+        }
+    }
 }
 
 /// The perfect-detector model's figures ([`dqe_sim::reuse::perfect`]).
@@ -184,6 +242,43 @@ pub fn run(a: SimulateArgs) -> Result<u8, Failure> {
     let _ = writeln!(out, "{}", header());
     for f in runs.iter().chain(&sizes) {
         let _ = writeln!(out, "{}", line(f));
+    }
+    let _ = writeln!(
+        out,
+        "\nwhere the uses came from (per stamp; see `dqe_sim::reuse::Causes`):"
+    );
+    let _ = writeln!(
+        out,
+        "{:>6} {:>5} {:>9} {:>12} {:>12} {:>12} {:>13} {:>12} {:>13} {:>11}",
+        "nodes",
+        "down",
+        "mean uses",
+        "also perfect",
+        "no live copy",
+        "copy skipped",
+        "copy unreached",
+        "perfect only",
+        "Found, dead W",
+        "fresh portal"
+    );
+    for f in runs.iter().chain(&sizes) {
+        let c = &f.causes;
+        let _ = writeln!(
+            out,
+            "{:>6} {:>4.0}% {:>9.3} {:>12.3} {:>12.3} {:>12.3} {:>13.3} {:>12.3} {:>8.3} x{:>4.2} {:>5.3}/{:>5.3}",
+            f.nodes,
+            f.down_fraction * 100.0,
+            f.mean_uses,
+            c.also_perfect,
+            c.no_live_copy,
+            c.live_copy_believed_down,
+            c.live_copy_not_reached,
+            c.perfect_only,
+            c.found_with_dead_writes,
+            c.dead_writes_per_such_set,
+            c.fresh_portal_sets,
+            c.fresh_portal_uses
+        );
     }
     if let Some(path) = &a.json {
         let first = runs.first().or(sizes.first());
@@ -275,9 +370,12 @@ fn simulate(
         stamps,
         respends: a.attempts,
         gap: a.gap_ms,
+        after: a.after_ms.unwrap_or(a.gap_ms),
         vnodes: a.vnodes,
         handoff: a.handoff,
         window: a.window,
+        perfect_window: a.perfect_window,
+        perfect_deep_d: a.perfect_deep_d,
         resident: a.resident,
         tests: 200,
         balance_keys: (nodes * 100).min(1_000_000),
@@ -358,6 +456,7 @@ fn simulate(
             write_set: p.write_set,
             read_set: p.read_set,
         }),
+        causes: CauseFigures::of(&f.causes, f.stamps, a.attempts),
         wall_seconds: t0.elapsed().as_secs_f64(),
         peak_rss_mib: peak_rss_mib(),
         load_average: load_average(),
