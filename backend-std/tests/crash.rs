@@ -3,9 +3,7 @@
 
 mod support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use dqe_core::hash::key_of;
 use dqe_core::wire::{Body, Reason};
@@ -23,86 +21,19 @@ fn segments(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     v
 }
 
-/// The values of `values` that `portal` does not report `Found` with that value, as the
-/// answers it gave for them.
-fn missing(
-    client: &Client,
-    portal: std::net::SocketAddr,
-    values: &[[u8; 20]],
-) -> Vec<Option<Body>> {
-    values
-        .iter()
-        .map(|v| client.test(portal, key_of(v)))
-        .zip(values)
-        .filter(|(got, v)| *got != Some(Body::Found { value: **v }))
-        .map(|(got, _)| got)
-        .collect()
-}
-
 #[test]
 fn kill_9_during_sets_loses_no_acknowledged_pair() {
-    kill_9_during_sets(&[]);
+    kill_9_during_sets(&PORTS, "crash", &[]);
 }
 
 /// Issue 10: under `--fsync interval` a `Stored` leaves once its record is in the file, so
 /// killing the process (not the machine) loses nothing either.
 #[test]
 fn kill_9_under_fsync_interval_loses_no_acknowledged_pair() {
-    kill_9_during_sets(&["--fsync", "interval", "--fsync-interval-ms", "50"]);
-}
-
-fn kill_9_during_sets(args: &[&str]) {
-    let site = DevSite::new(&PORTS, 3);
-    let mut node = site.start_with(args);
-    let portal = node.portal;
-
-    let values = values("crash", 10_000);
-    let acked = Arc::new(AtomicUsize::new(0));
-    let killed = Arc::new(AtomicBool::new(false));
-    let setter = {
-        let (values, acked, killed) = (values.clone(), acked.clone(), killed.clone());
-        std::thread::spawn(move || {
-            let t_kill = std::cell::Cell::new(None);
-            pipelined_sets(
-                portal,
-                &values,
-                32,
-                Duration::from_secs(2),
-                |_| {
-                    acked.fetch_add(1, Ordering::SeqCst);
-                },
-                || {
-                    // Keep sending for a moment after the kill, then stop.
-                    if killed.load(Ordering::SeqCst) {
-                        let t = t_kill.get().unwrap_or_else(Instant::now);
-                        t_kill.set(Some(t));
-                        t.elapsed() > Duration::from_millis(500)
-                    } else {
-                        false
-                    }
-                },
-            )
-        })
-    };
-    // Kill once a good part of the SETs were answered, while the rest still arrive.
-    let t0 = Instant::now();
-    while acked.load(Ordering::SeqCst) < 3_000 && t0.elapsed() < Duration::from_secs(60) {
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    node.kill9();
-    killed.store(true, Ordering::SeqCst);
-    let stored = setter.join().unwrap();
-    assert!(stored.len() >= 3_000, "only {} acknowledged", stored.len());
-    assert!(stored.len() < values.len(), "the kill came after every SET");
-
-    let again = site.start();
-    let lost = missing(&Client::new(), again.portal, &stored);
-    assert!(
-        lost.is_empty(),
-        "{} of {} acknowledged pairs lost: {:?}",
-        lost.len(),
-        stored.len(),
-        &lost[..lost.len().min(5)]
+    kill_9_during_sets(
+        &PORTS,
+        "crash",
+        &["--fsync", "interval", "--fsync-interval-ms", "50"],
     );
 }
 
@@ -207,7 +138,7 @@ fn a_full_disk_refuses_sets_as_full_and_the_node_stays_up() {
     assert!(node.term(EXIT).success());
     // With room again, the node starts from what reached the disk (a torn tail is cut).
     let again = site.start();
-    let lost = missing(&client, again.portal, &stored);
+    let lost = missing(again.portal, &stored);
     eprintln!(
         "{} SETs acknowledged Stored before Full, {} found after restart",
         stored.len(),

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dqe_core::Value;
@@ -257,4 +259,70 @@ pub fn cluster_file(dir: &Path, base: u16, nodes: u16, replication: u8) -> PathB
 /// The values of `n` word-mode pairs named `prefix i`.
 pub fn values(prefix: &str, n: usize) -> Vec<Value> {
     (0..n).map(|i| pair(&format!("{prefix} {i}")).1).collect()
+}
+/// Every value of `values` that `portal` does not report `Found`, with the answer it gave.
+pub fn missing(portal: SocketAddr, values: &[Value]) -> Vec<(Value, Option<Body>)> {
+    let client = Client::new();
+    values
+        .iter()
+        .map(|v| (*v, client.test(portal, key_of(v))))
+        .filter(|(v, got)| *got != Some(Body::Found { value: *v }))
+        .collect()
+}
+
+/// Kill -9 a `--dev` node started with `args` while pipelined SETs arrive, restart it with the
+/// same `args`: every acknowledged pair must be Found.
+pub fn kill_9_during_sets(ports: &PortRange, label: &str, args: &[&str]) {
+    let site = DevSite::new(ports, 3);
+    let mut node = site.start_with(args);
+    let portal = node.portal;
+
+    let values = values(label, 10_000);
+    let acked = Arc::new(AtomicUsize::new(0));
+    let killed = Arc::new(AtomicBool::new(false));
+    let setter = {
+        let (values, acked, killed) = (values.clone(), acked.clone(), killed.clone());
+        std::thread::spawn(move || {
+            let t_kill = std::cell::Cell::new(None);
+            pipelined_sets(
+                portal,
+                &values,
+                32,
+                Duration::from_secs(2),
+                |_| {
+                    acked.fetch_add(1, Ordering::SeqCst);
+                },
+                || {
+                    // Keep sending for a moment after the kill, then stop.
+                    if killed.load(Ordering::SeqCst) {
+                        let t = t_kill.get().unwrap_or_else(Instant::now);
+                        t_kill.set(Some(t));
+                        t.elapsed() > Duration::from_millis(500)
+                    } else {
+                        false
+                    }
+                },
+            )
+        })
+    };
+    // Kill once a good part of the SETs were answered, while the rest still arrive.
+    let t0 = Instant::now();
+    while acked.load(Ordering::SeqCst) < 3_000 && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    node.kill9();
+    killed.store(true, Ordering::SeqCst);
+    let stored = setter.join().unwrap();
+    assert!(stored.len() >= 3_000, "only {} acknowledged", stored.len());
+    assert!(stored.len() < values.len(), "the kill came after every SET");
+
+    let again = site.start_with(args);
+    let lost = missing(again.portal, &stored);
+    assert!(
+        lost.is_empty(),
+        "{} of {} acknowledged pairs lost: {:?}",
+        lost.len(),
+        stored.len(),
+        &lost[..lost.len().min(3)]
+    );
 }
