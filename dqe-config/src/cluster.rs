@@ -186,10 +186,7 @@ struct NodeRepr {
 
 /// Read and validate a cluster file for `dqe-enforcer`'s capacities.
 pub fn load(path: &Path) -> Result<Cluster, ConfigFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = read(path)?;
     parse(path, &text)
 }
 
@@ -204,19 +201,13 @@ pub fn load_with_capacity<const N: usize>(
     path: &Path,
     ring_points: usize,
 ) -> Result<ClusterSpec<N>, ConfigFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = read(path)?;
     parse_with_capacity(path, &text, ring_points)
 }
 
 /// Each node's optional `metrics` address, in file order, from a file that [`load`] accepts.
 pub fn load_metrics_addresses(path: &Path) -> Result<Vec<Option<SocketAddr>>, ConfigFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let text = read(path)?;
     parse(path, &text)?;
     let repr: FileRepr = toml::from_str(&text).map_err(|e| {
         let (at, message) = Source::new(path, &text).syntax(&e);
@@ -238,53 +229,62 @@ pub fn load_metrics_addresses(path: &Path) -> Result<Vec<Option<SocketAddr>>, Co
 /// The storage policy of node `node` (its index in the file) from a file that [`load`]
 /// accepts: its `[nodes.storage]` table over the file's `[storage]` table.
 pub fn load_storage(path: &Path, node: usize) -> Result<Storage, ConfigFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_storage(path, &text, node)
+    parse_storage(path, &read(path)?, node)
 }
 
 /// [`load_storage`] on the text of the file.
 pub fn parse_storage(path: &Path, text: &str, node: usize) -> Result<Storage, ConfigFileError> {
-    parse(path, text)?;
-    let src = Source::new(path, text);
-    let repr: FileRepr = toml::from_str(text).map_err(|e| {
-        let (at, message) = src.syntax(&e);
-        ConfigFileError::Syntax { at, message }
-    })?;
-    let own = repr
-        .nodes
-        .get_ref()
-        .get(node)
-        .and_then(|n| n.get_ref().storage.as_ref());
-    storage::resolve(&src, repr.storage.as_ref(), own, node)
+    node_table(path, text, node, |src, file, own| {
+        storage::resolve(
+            src,
+            file.storage.as_ref(),
+            own.and_then(|n| n.storage.as_ref()),
+            node,
+        )
+    })
 }
 
 /// The process settings of node `node` (its index in the file) from a file that [`load`]
 /// accepts: its `[nodes.server]` table over the file's `[server]` table.
 pub fn load_server(path: &Path, node: usize) -> Result<Server, ConfigFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    parse_server(path, &text, node)
+    parse_server(path, &read(path)?, node)
 }
 
 /// [`load_server`] on the text of the file.
 pub fn parse_server(path: &Path, text: &str, node: usize) -> Result<Server, ConfigFileError> {
+    node_table(path, text, node, |src, file, own| {
+        server::resolve(
+            src,
+            file.server.as_ref(),
+            own.and_then(|n| n.server.as_ref()),
+            node,
+        )
+    })
+}
+
+fn read(path: &Path) -> Result<String, ConfigFileError> {
+    std::fs::read_to_string(path).map_err(|source| ConfigFileError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// One of node `node`'s tables with the file's default beside it: `resolve` gets the whole
+/// file and the node's entry, once the file is known to be one that [`parse`] accepts.
+fn node_table<T>(
+    path: &Path,
+    text: &str,
+    node: usize,
+    resolve: impl FnOnce(&Source, &FileRepr, Option<&NodeRepr>) -> Result<T, ConfigFileError>,
+) -> Result<T, ConfigFileError> {
     parse(path, text)?;
     let src = Source::new(path, text);
     let repr: FileRepr = toml::from_str(text).map_err(|e| {
         let (at, message) = src.syntax(&e);
         ConfigFileError::Syntax { at, message }
     })?;
-    let own = repr
-        .nodes
-        .get_ref()
-        .get(node)
-        .and_then(|n| n.get_ref().server.as_ref());
-    server::resolve(&src, repr.server.as_ref(), own, node)
+    let own = repr.nodes.get_ref().get(node).map(|n| n.get_ref());
+    resolve(&src, &repr, own)
 }
 
 /// [`parse`] for a build holding up to `N` nodes and `ring_points` ring points (a board).
