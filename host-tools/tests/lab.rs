@@ -122,6 +122,19 @@ fn overload_runs_with_and_without_the_priority() {
     );
     let steps = v["steps"].as_array().unwrap();
     assert_eq!(steps.len(), 4, "{v:#}");
+    // What the client really offered, beside the multiple asked for.
+    assert_eq!(v["node_cpu"], Value::Null, "{v:#}");
+    for s in steps {
+        let sent = positive(s, "sent_over_peak");
+        assert!(
+            (sent - positive(s, "sent_ops_per_sec") / peak).abs() < 1e-9,
+            "{s:#}"
+        );
+        assert_eq!(s["work"]["nodes_throttled_seconds"], Value::Null, "{s:#}");
+    }
+    for m in ["2x", "4x"] {
+        positive(&v["sent_over_peak"], m);
+    }
     assert!(
         steps
             .iter()
@@ -139,6 +152,90 @@ fn overload_runs_with_and_without_the_priority() {
         assert!(sum("portal_datagrams_in") >= sum("answered"), "{s:#}");
         assert!(work["client_cpu_seconds"].as_f64() > Some(0.0), "{s:#}");
         positive(work, "answered_per_node_cpu_second");
+    }
+}
+
+#[test]
+fn overload_holds_the_nodes_to_their_cpu_budget_for_the_whole_run() {
+    let dir = tempfile::tempdir().unwrap();
+    enforcer_path();
+    common::dqe_path();
+    let args = [
+        "lab",
+        "overload",
+        "--fsync",
+        "never",
+        "--start-rate",
+        "2000",
+        "--node-cpu",
+        "0.5",
+        "--duration",
+        "20",
+        "--json",
+        "out.json",
+    ];
+    let start = Instant::now();
+    let run = dqe_in(dir.path(), &args, b"", Duration::from_secs(60));
+    if run.code != 0 && run.stderr.contains("--node-cpu 0.5:") {
+        // No cgroup cpu controller, or not root: the command says so and stops.
+        if std::env::var_os("DQE_CI").is_some_and(|v| v == "1") {
+            panic!("DQE_CI=1 and --node-cpu failed: {run:?}");
+        }
+        eprintln!("skipped: {}", run.stderr);
+        return;
+    }
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(start.elapsed() <= Duration::from_secs(28), "{run:?}");
+    assert!(run.stdout.contains("held together to 0.5 CPU"), "{run:?}");
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("out.json")).unwrap())
+            .unwrap();
+    let budget = &v["node_cpu"];
+    assert_eq!(budget["cpus"], 0.5, "{v:#}");
+    assert_eq!(budget["quota_us"], 5000, "{v:#}");
+    assert_eq!(budget["period_us"], 10000, "{v:#}");
+    // The group is gone afterwards.
+    let cgroup = budget["cgroup"].as_str().unwrap();
+    assert!(!Path::new(cgroup).exists(), "{cgroup} left behind");
+    // Each step's nodes stayed within the budget: CPU time at most half the step's wall
+    // time (and a tick of slack per node), and the quota's throttling was counted.
+    for s in v["steps"].as_array().unwrap() {
+        let work = &s["work"];
+        let cpu: f64 = work["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["cpu_seconds"].as_f64().unwrap())
+            .sum();
+        let wall = positive(work, "wall_seconds");
+        assert!(cpu <= 0.5 * wall + 0.1, "{cpu} CPU s in {wall} s: {s:#}");
+        assert!(work["nodes_throttled_seconds"].as_f64().is_some(), "{s:#}");
+    }
+}
+
+#[test]
+fn overload_refuses_a_node_cpu_budget_it_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    for (args, said) in [
+        (&["--node-cpu", "0.05"][..], "at least 0.1"),
+        (&["--node-cpu", "half"][..], "at least 0.1"),
+        (
+            &[
+                "--node-cpu",
+                "1.5",
+                "--client-cpus",
+                "1",
+                "--node-cpus",
+                "0",
+            ][..],
+            "--node-cpu 1.5: expected at most 1",
+        ),
+    ] {
+        let mut all = vec!["lab", "overload"];
+        all.extend_from_slice(args);
+        let run = dqe_in(dir.path(), &all, b"", Duration::from_secs(30));
+        assert_ne!(run.code, 0, "{all:?}: {run:?}");
+        assert!(run.stderr.contains(said), "{all:?}: {run:?}");
     }
 }
 

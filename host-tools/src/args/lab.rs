@@ -123,6 +123,14 @@ pub struct OverloadArgs {
     /// time the nodes had at the peak, and the ratio measures the scheduler's split).
     #[arg(long)]
     pub no_pin: bool,
+    /// Hold the nodes together to this many CPUs for the whole run, the ramp that finds the
+    /// peak and the overload steps alike (a cgroup's CPU quota, 10 ms period; v2 `cpu.max`,
+    /// else v1 `cpu.cfs_quota_us`; needs root). On loopback one client CPU cannot offer 4x
+    /// what a whole node CPU answers; with the nodes held to e.g. 0.4 CPU it can, and the
+    /// ratio is still the nodes' own. Without a cgroup cpu controller the command fails
+    /// [default: no limit].
+    #[arg(long, value_name = "CPUS", value_parser = crate::cmd::lab::cpu_budget::parse_fraction)]
+    pub node_cpu: Option<f64>,
     #[command(flatten)]
     pub out: LabOutput,
 }

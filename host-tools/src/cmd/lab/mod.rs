@@ -17,6 +17,7 @@ use crate::args::lab::LabCommand;
 use crate::cli::{Failure, io_err};
 
 mod capacity;
+pub(crate) mod cpu_budget;
 mod memory;
 pub(crate) mod null_node;
 pub(crate) mod observe;

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use serde_json::json;
 
+use super::cpu_budget::{self, NodeCpuBudget};
 use super::observe;
 use super::output::{self, Chart, Series};
 use super::procs;
@@ -146,6 +147,8 @@ struct Work {
     client_cpu_seconds: f64,
     /// Each node's share, in cluster order.
     nodes: Vec<NodeWork>,
+    /// Time the nodes' CPU budget (`--node-cpu`) held them back, seconds (none without one).
+    nodes_throttled_seconds: Option<f64>,
 }
 
 /// [`Work`] with its efficiency, as the JSON shows it.
@@ -189,6 +192,7 @@ impl Work {
 struct Meter {
     nodes: Vec<NodeWork>,
     client_cpu_seconds: f64,
+    throttled_seconds: Option<f64>,
     at: Instant,
 }
 
@@ -197,6 +201,7 @@ impl Meter {
         Meter {
             nodes: read_nodes(run),
             client_cpu_seconds: client_cpu_seconds(),
+            throttled_seconds: run.budget.and_then(NodeCpuBudget::throttled_seconds),
             at: Instant::now(),
         }
     }
@@ -211,6 +216,11 @@ impl Meter {
                 .zip(&self.nodes)
                 .map(|(after, before)| after.since(before))
                 .collect(),
+            nodes_throttled_seconds: run
+                .budget
+                .and_then(NodeCpuBudget::throttled_seconds)
+                .zip(self.throttled_seconds)
+                .map(|(now, before)| now - before),
         }
     }
 }
@@ -232,6 +242,9 @@ fn client_cpu_seconds() -> f64 {
 struct OverloadStep {
     priority: bool,
     multiple: f64,
+    /// Requests the client really started a second over the peak: the multiple of the peak
+    /// actually offered (below `multiple` when the client could not keep up).
+    sent_over_peak: f64,
     #[serde(flatten)]
     step: Step,
     max: Peaks,
@@ -247,19 +260,22 @@ fn serialize_work<S: serde::Serializer>(w: &Work, s: S) -> Result<S::Ok, S::Erro
     work_json(w).serialize(s)
 }
 
-struct Running {
+struct Running<'a> {
     cluster: LocalCluster,
     portals: Vec<SocketAddr>,
     metrics: Vec<SocketAddr>,
+    /// The nodes' CPU budget (`--node-cpu`), if any.
+    budget: Option<&'a NodeCpuBudget>,
 }
 
-fn start(
+fn start<'a>(
     a: &OverloadArgs,
     enforcer: &std::path::Path,
     dir: &std::path::Path,
     priority: bool,
     node_cpus: Option<&[usize]>,
-) -> Result<Running, Failure> {
+    budget: Option<&'a NodeCpuBudget>,
+) -> Result<Running<'a>, Failure> {
     let name = if priority { "priority" } else { "no-priority" };
     let ports = free_udp_ports(3 * a.nodes).map_err(io_err("cannot find free ports"))?;
     let path = dir.join(format!("{name}.toml"));
@@ -283,6 +299,14 @@ fn start(
             observe::pin_process(pid, cpus)?;
         }
     }
+    if let Some(budget) = budget {
+        for node in cluster.nodes() {
+            let pid = node.pid().ok_or_else(|| {
+                Failure::Lab("a node has no process id to put under --node-cpu".into())
+            })?;
+            budget.add(pid)?;
+        }
+    }
     cluster.wait_ready(Duration::from_secs(20))?;
     let portals = cluster.portals();
     let metrics = (0..a.nodes)
@@ -292,6 +316,7 @@ fn start(
         cluster,
         portals,
         metrics,
+        budget,
     })
 }
 
@@ -346,10 +371,12 @@ fn overload_step(
         (step, sampler.join().unwrap_or_default())
     });
     let work = meter.work(run);
+    let step = step?;
     Ok(OverloadStep {
         priority,
         multiple,
-        step: step?,
+        sent_over_peak: 0.0,
+        step,
         max,
         rss_before_bytes,
         work,
@@ -406,6 +433,22 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
         // The client's threads are started from this one and inherit its CPUs.
         observe::pin_this_thread(c)?;
     }
+    // The nodes' CPU budget: at most the CPUs they may run on.
+    let budget = match a.node_cpu {
+        None => None,
+        Some(x) => {
+            let available = node_cpus
+                .as_ref()
+                .map_or_else(|| observe::allowed_cpus().len(), Vec::len)
+                .max(1);
+            if x > available as f64 {
+                return Err(Failure::Usage(format!(
+                    "--node-cpu {x}: expected at most {available}, the CPUs the nodes may run on"
+                )));
+            }
+            Some(NodeCpuBudget::create(x)?)
+        }
+    };
     let enforcer = procs::enforcer()?;
     if let Err(why) = procs::enforcer_accepts_fsync(&enforcer, &a.fsync) {
         return Err(Failure::Usage(format!("--fsync {}: {why}", a.fsync)));
@@ -431,7 +474,14 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
     let mut peak = a.peak.unwrap_or(0.0);
     let mut peak_work: Option<Work> = None;
     for priority in [true, false] {
-        let run = start(&a, &enforcer, dir.path(), priority, node_cpus.as_deref())?;
+        let run = start(
+            &a,
+            &enforcer,
+            dir.path(),
+            priority,
+            node_cpus.as_deref(),
+            budget.as_ref(),
+        )?;
         if priority && a.peak.is_none() {
             bar.set_message("finding the peak");
             let mut meter = Meter::start(&run);
@@ -475,6 +525,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 m * peak
             ));
             let mut step = overload_step(&run, threads, m * peak, step_len, priority, m)?;
+            step.sent_over_peak = step.step.sent_ops_per_sec / peak;
             step.cpu_normalized_ratio = peak_work
                 .as_ref()
                 .and_then(Work::answered_per_node_cpu_second)
@@ -516,7 +567,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 format!("{}x", s.multiple),
                 format!("{:.0}", s.step.offered_ops_per_sec),
                 format!("{:.0}", s.step.sent_ops_per_sec),
-                format!("{:.1}x", s.step.sent_ops_per_sec / peak),
+                format!("{:.1}x", s.sent_over_peak),
                 format!("{:.0}", s.step.goodput_ops_per_sec),
                 format!("{:.2}", s.step.goodput_ops_per_sec / peak),
                 s.step.timeouts.to_string(),
@@ -530,9 +581,12 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 format!("{:.0}", s.max.requests_in_flight),
                 format!("{:.0}", s.max.replies_waiting_for_sync),
                 format!(
-                    "{:.1} / {:.1}",
+                    "{:.1} / {:.1}{}",
                     s.work.nodes_cpu_seconds(),
-                    s.work.client_cpu_seconds
+                    s.work.client_cpu_seconds,
+                    s.work
+                        .nodes_throttled_seconds
+                        .map_or(String::new(), |t| format!(" ({t:.1} held)"))
                 ),
                 format!(
                     "{} ({})",
@@ -556,6 +610,26 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
         a.fsync,
         if a.peak.is_some() { " (--peak)" } else { "" }
     );
+    let node_cpu = budget.as_ref().map(|b| {
+        json!({
+            "cpus": b.fraction,
+            "quota_us": b.quota_us(),
+            "period_us": cpu_budget::PERIOD_US,
+            "mechanism": b.mechanism(),
+            "cgroup": b.path(),
+        })
+    });
+    match &budget {
+        Some(b) => println!(
+            "nodes held together to {} CPU for the whole run, peak and overload alike (--node-cpu: {}, {} of every {} us, {})",
+            b.fraction,
+            b.mechanism(),
+            b.quota_us(),
+            cpu_budget::PERIOD_US,
+            b.path().display()
+        ),
+        None => println!("nodes' CPU not limited (no --node-cpu)"),
+    }
     print!(
         "{}",
         output::table(
@@ -573,7 +647,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                 "RSS MB (max)",
                 "in flight",
                 "held",
-                "CPU s nodes / client",
+                "CPU s nodes / client (held by quota)",
                 "answered per node CPU s (/peak's)",
                 "ms in node",
                 "Busy sent",
@@ -606,7 +680,20 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
             },
             s.step.sent_ops_per_sec,
             s.step.offered_ops_per_sec,
-            s.step.sent_ops_per_sec / peak
+            s.sent_over_peak
+        );
+    }
+    let highest = MULTIPLES.iter().copied().fold(0.0, f64::max);
+    let least_sent = |m: f64| {
+        steps
+            .iter()
+            .filter(|s| s.multiple == m)
+            .map(|s| s.sent_over_peak)
+            .reduce(f64::min)
+    };
+    if least_sent(highest).is_some_and(|x| x < 0.97 * highest) && budget.is_none() {
+        println!(
+            "note: one client cannot offer {highest}x a whole node CPU's peak here; --node-cpu (e.g. 0.4) holds the nodes to part of a CPU for the whole run, so that it can"
         );
     }
     // Goodput as it was counted before (answers that came during the last requests'
@@ -663,6 +750,11 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                     "no_priority_ratio": ratio_with_tail(false),
                 },
                 "peak_work": peak_work.as_ref().map(work_json),
+                "sent_over_peak": MULTIPLES
+                    .iter()
+                    .map(|&m| (format!("{m}x"), least_sent(m)))
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+                "node_cpu": node_cpu,
                 "nodes": a.nodes,
                 "replication": a.replication,
                 "fsync": a.fsync,
