@@ -76,43 +76,68 @@ impl NodeWork {
     fn read(node: &crate::cluster::RunningNode, metrics: SocketAddr) -> NodeWork {
         let drops = observe::udp_drops();
         let drop_at = |a: SocketAddr| drops.get(&a.port()).copied().unwrap_or(0);
-        let mut w = NodeWork {
+        let w = NodeWork {
             cpu_seconds: node.pid().and_then(observe::cpu_seconds).unwrap_or(0.0),
             kernel_drops_portal: drop_at(node.portal),
             kernel_drops_peer: drop_at(node.storer) + drop_at(node.source),
             ..NodeWork::default()
         };
-        if let Ok((200, body)) = http_get(metrics, "/metrics", Duration::from_secs(2)) {
-            let s = Scrape::parse(&body);
-            let datagrams = |socket: &str, dir: &str| {
-                s.get(&format!(
-                    "dqe_datagrams_total{{socket=\"{socket}\",direction=\"{dir}\"}}"
-                ))
-                .unwrap_or(0.0)
+        // A busy machine can miss a scrape: try again once.
+        let scrape = || match http_get(metrics, "/metrics", Duration::from_secs(2)) {
+            Ok((200, body)) => Some(body),
+            _ => None,
+        };
+        w.with_metrics(scrape().or_else(scrape).as_deref())
+    }
+
+    /// `self` with the figures of a metrics scrape; where there was none they are unknown
+    /// (NaN, null in the JSON) rather than 0, which would make a step's difference negative
+    /// or too large.
+    fn with_metrics(mut self, body: Option<&str>) -> NodeWork {
+        let w = &mut self;
+        let Some(body) = body else {
+            return NodeWork {
+                portal_datagrams_in: f64::NAN,
+                portal_datagrams_out: f64::NAN,
+                storer_datagrams_in: f64::NAN,
+                source_datagrams_in: f64::NAN,
+                refused_busy: f64::NAN,
+                answered: f64::NAN,
+                retries: f64::NAN,
+                replies_timed: f64::NAN,
+                reply_seconds_sum: f64::NAN,
+                ..self
             };
-            w.portal_datagrams_in = datagrams("portal", "in");
-            w.portal_datagrams_out = datagrams("portal", "out");
-            w.storer_datagrams_in = datagrams("storer", "in");
-            w.source_datagrams_in = datagrams("source", "in");
-            let client = |l: &str| l.contains("kind=\"test\"") || l.contains("kind=\"set\"");
-            w.refused_busy = s.sum("dqe_requests_total", |l| {
-                client(l) && l.contains("outcome=\"busy\"")
-            });
-            w.answered = s.sum("dqe_requests_total", |l| {
-                client(l)
-                    && ["found", "not_found", "stored"]
-                        .iter()
-                        .any(|o| l.contains(&format!("outcome=\"{o}\"")))
-            });
-            w.retries = s.get("dqe_node_retries_total").unwrap_or(0.0);
-            w.replies_timed = s
-                .get("dqe_client_request_duration_seconds_count")
-                .unwrap_or(0.0);
-            w.reply_seconds_sum = s
-                .get("dqe_client_request_duration_seconds_sum")
-                .unwrap_or(0.0);
-        }
-        w
+        };
+        let s = Scrape::parse(body);
+        let datagrams = |socket: &str, dir: &str| {
+            s.get(&format!(
+                "dqe_datagrams_total{{socket=\"{socket}\",direction=\"{dir}\"}}"
+            ))
+            .unwrap_or(0.0)
+        };
+        w.portal_datagrams_in = datagrams("portal", "in");
+        w.portal_datagrams_out = datagrams("portal", "out");
+        w.storer_datagrams_in = datagrams("storer", "in");
+        w.source_datagrams_in = datagrams("source", "in");
+        let client = |l: &str| l.contains("kind=\"test\"") || l.contains("kind=\"set\"");
+        w.refused_busy = s.sum("dqe_requests_total", |l| {
+            client(l) && l.contains("outcome=\"busy\"")
+        });
+        w.answered = s.sum("dqe_requests_total", |l| {
+            client(l)
+                && ["found", "not_found", "stored"]
+                    .iter()
+                    .any(|o| l.contains(&format!("outcome=\"{o}\"")))
+        });
+        w.retries = s.get("dqe_node_retries_total").unwrap_or(0.0);
+        w.replies_timed = s
+            .get("dqe_client_request_duration_seconds_count")
+            .unwrap_or(0.0);
+        w.reply_seconds_sum = s
+            .get("dqe_client_request_duration_seconds_sum")
+            .unwrap_or(0.0);
+        self
     }
 
     /// What happened between `before` and `self`.
@@ -802,4 +827,36 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
         )?;
     }
     Ok(EXIT_OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missed_scrape_leaves_the_step_unknown_not_negative() {
+        let before = NodeWork::default().with_metrics(Some(
+            "dqe_requests_total{kind=\"test\",outcome=\"found\"} 700\n\
+             dqe_requests_total{kind=\"set\",outcome=\"stored\"} 300\n",
+        ));
+        assert_eq!(before.answered, 1000.0);
+        let missed = NodeWork {
+            cpu_seconds: 2.0,
+            ..NodeWork::default()
+        }
+        .with_metrics(None);
+        let step = missed.since(&before);
+        assert!(step.answered.is_nan(), "{step:?}");
+        assert_eq!(step.cpu_seconds, 2.0);
+        let work = Work {
+            nodes: vec![step],
+            ..Work::default()
+        };
+        let per_cpu = work.answered_per_node_cpu_second().unwrap();
+        assert!(per_cpu.is_nan(), "{per_cpu}");
+        assert_eq!(
+            serde_json::to_value(&work).unwrap()["nodes"][0]["answered"],
+            serde_json::Value::Null
+        );
+    }
 }
