@@ -816,8 +816,13 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
             path,
             &Chart {
                 title: format!(
-                    "goodput against offered load, {} nodes, r = {}",
-                    a.nodes, a.replication
+                    "goodput against offered load, {} nodes, r = {}{}",
+                    a.nodes,
+                    a.replication,
+                    budget.as_ref().map_or(String::new(), |b| format!(
+                        ", nodes held to {} CPU",
+                        b.fraction
+                    ))
                 ),
                 x_label: "offered load, requests/s".into(),
                 y_label: "goodput, requests/s".into(),
