@@ -800,14 +800,14 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
             points: steps
                 .iter()
                 .filter(|s| s.priority == priority)
-                .map(|s| (s.step.offered_ops_per_sec, s.step.goodput_ops_per_sec))
+                .map(|s| (s.step.sent_ops_per_sec, s.step.goodput_ops_per_sec))
                 .collect(),
         };
         let mut series = vec![Series {
             name: "rising load (storer first)".into(),
             points: ramp_steps
                 .iter()
-                .map(|s| (s.offered_ops_per_sec, s.goodput_ops_per_sec))
+                .map(|s| (s.sent_ops_per_sec, s.goodput_ops_per_sec))
                 .collect(),
         }];
         series.push(line("overload, storer first", true));
@@ -824,7 +824,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
                         b.fraction
                     ))
                 ),
-                x_label: "offered load, requests/s".into(),
+                x_label: "offered load (requests the client started), requests/s".into(),
                 y_label: "goodput, requests/s".into(),
                 series,
                 log_x: true,
