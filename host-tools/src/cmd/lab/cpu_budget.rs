@@ -79,6 +79,30 @@ fn find_controller(
     })
 }
 
+/// The group's name before the creating process's id.
+const GROUP_PREFIX: &str = "dqe-lab-nodes-";
+
+/// Remove the empty groups left under `root` by runs that were killed before they could
+/// remove their own (their process is gone). A group still holding tasks is left alone (the
+/// kernel refuses to remove it).
+fn remove_stale_groups(root: &Path) {
+    let Ok(entries) = std::fs::read_dir(root) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(GROUP_PREFIX))
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
 /// Write `text` to a file that must exist already (a cgroup's control file: creating one
 /// in a directory that is not a cgroup would hide the mistake).
 fn write_existing(path: &Path, text: &str) -> std::io::Result<()> {
@@ -140,7 +164,8 @@ impl NodeCpuBudget {
             // Children get the cpu files only once the parent hands the controller down.
             write(&root.join("cgroup.subtree_control"), "+cpu")?;
         }
-        let dir = root.join(format!("dqe-lab-nodes-{}", std::process::id()));
+        remove_stale_groups(&root);
+        let dir = root.join(format!("{GROUP_PREFIX}{}", std::process::id()));
         std::fs::create_dir(&dir)
             .map_err(|e| fail(format!("cannot create cgroup {}: {e}", dir.display())))?;
         let budget = NodeCpuBudget {
@@ -297,6 +322,24 @@ mod tests {
             .to_string();
         assert!(e.contains("cpu.cfs_period_us"), "{e}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn groups_left_by_killed_runs_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // No process has an id this high (the kernel's limit is 2^22).
+        let stale = dir.path().join("dqe-lab-nodes-4294967295");
+        let live = dir
+            .path()
+            .join(format!("dqe-lab-nodes-{}", std::process::id()));
+        let other = dir.path().join("someone-else-4294967295");
+        for d in [&stale, &live, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        remove_stale_groups(dir.path());
+        assert!(!stale.exists());
+        assert!(live.exists());
+        assert!(other.exists());
     }
 
     #[test]
