@@ -27,6 +27,8 @@ pub const MAX_WRITE_RATE: u32 = 2_000_000;
 pub const DEFAULT_FSYNC_SPIN_US: u32 = 300;
 /// Largest `--fsync-spin-us`.
 pub const MAX_FSYNC_SPIN_US: i64 = 100_000;
+/// Largest `--fsync-group-wait-us`.
+pub const MAX_FSYNC_GROUP_WAIT_US: i64 = 10_000;
 /// Default of `--in-flight`: client requests the portal may have in flight at once.
 pub const DEFAULT_IN_FLIGHT: u16 = 1024;
 
@@ -86,6 +88,14 @@ pub struct Cli {
     #[arg(long, value_name = "US", default_value_t = DEFAULT_FSYNC_SPIN_US,
           value_parser = clap::value_parser!(u32).range(0..=MAX_FSYNC_SPIN_US))]
     pub fsync_spin_us: u32,
+
+    /// With `always`: microseconds a group commit may wait for more records before it is
+    /// cut, only while there is evidence of concurrent writers (the last batch, cut within
+    /// the last millisecond, took more records than are waiting now); a lone SET is never
+    /// delayed. 0: cut at once.
+    #[arg(long, value_name = "US", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=MAX_FSYNC_GROUP_WAIT_US))]
+    pub fsync_group_wait_us: u32,
 
     /// Milliseconds the node keeps serving work in flight after SIGINT/SIGTERM.
     #[arg(long, value_name = "MS", default_value_t = 500)]
@@ -161,6 +171,9 @@ pub struct RunConfig {
     /// How long the loop and the sync threads poll for a running fsync or the next batch
     /// before they sleep (`--fsync-spin-us`).
     pub sync_spin: Duration,
+    /// With [`SyncMode::Always`]: how long a cut may wait for more records under concurrent
+    /// writers (`--fsync-group-wait-us`).
+    pub group_wait: Duration,
     /// How long to keep serving in-flight work after a stop signal, in ms.
     pub drain_ms: u64,
     /// Writes a second whose replies are remembered for the retry window (`--write-rate`).
@@ -251,6 +264,7 @@ impl Cli {
             sync_mode,
             sync_interval: Duration::from_millis(u64::from(interval_ms)),
             sync_spin: Duration::from_micros(u64::from(self.fsync_spin_us)),
+            group_wait: Duration::from_micros(u64::from(self.fsync_group_wait_us)),
             drain_ms: self.drain_ms,
             write_rate: self.write_rate,
             in_flight: usize::from(self.in_flight),
