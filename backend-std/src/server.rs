@@ -31,7 +31,8 @@
 //! 5. When nothing is readable, wait (biased) for a finished sync, a readable socket, the
 //!    node's next deadline or a stop signal; but while a small sync runs and the machine is not
 //!    saturated, poll for a bounded time instead of sleeping (`Server::spin_for_sync`), so
-//!    that the sync's end needs no wake-up of the loop.
+//!    that the sync's end needs no wake-up of the loop; likewise while the store holds a cut
+//!    for more records (`--fsync-group-wait-us`, `DurableStore::take_batch_or_hold`).
 //!
 //! The held queue is bounded ([`MAX_HELD`]): while it is full no socket is read, the kernel
 //! buffers fill and drop, and clients retry. Memory never grows with load. (A batch reads at

@@ -13,6 +13,12 @@
 //! batch runs, as before. When a batch fails, the batches running behind it fail with it
 //! (their pairs are abandoned at once, whatever their own result), so no reply that waited on
 //! a later batch leaves and a retried SET never finds its own unacknowledged value.
+//!
+//! Group wait (mode `Always`, [`DurableOptions::group_wait`](super::DurableOptions)): a cut
+//! may be held for a few microseconds for more records, only while the last batch, cut
+//! moments ago, took more records than are pending now (concurrent writers whose next records
+//! are on their way); a lone writer is never held. Fewer, fuller syncs, like PostgreSQL's
+//! `commit_delay` with `commit_siblings` (docs/BENCHMARKS.md, issue 10, "a group wait").
 
 use std::fs::File;
 use std::io;
