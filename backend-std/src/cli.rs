@@ -13,7 +13,7 @@ use clap::Parser;
 use crate::durable::SyncMode;
 use dqe_config::cluster::{self as config_file, Cluster, ConfigFileError};
 use dqe_config::server::Server;
-use dqe_config::storage::{Fsync, MAX_INTERVAL_MS, Storage};
+use dqe_config::storage::{Fsync, MAX_GROUP_WAIT_US, MAX_INTERVAL_MS, Storage};
 
 /// Portal port of `--dev`; storer and source follow it.
 pub const DEV_PORT_BASE: u16 = 8101;
@@ -86,6 +86,14 @@ pub struct Cli {
     #[arg(long, value_name = "US", default_value_t = DEFAULT_FSYNC_SPIN_US,
           value_parser = clap::value_parser!(u32).range(0..=MAX_FSYNC_SPIN_US))]
     pub fsync_spin_us: u32,
+
+    /// With `always`: microseconds a group commit may wait for more records before it is
+    /// cut, only while there is evidence of concurrent writers (the last batch, cut within
+    /// about a millisecond, took more records than are waiting now); a lone SET is never
+    /// delayed. Over the cluster file's `[storage] group_wait_us` [default: 20]; 0: cut at once.
+    #[arg(long, value_name = "US",
+          value_parser = clap::value_parser!(u32).range(0..=i64::from(MAX_GROUP_WAIT_US)))]
+    pub fsync_group_wait_us: Option<u32>,
 
     /// Milliseconds the node keeps serving work in flight after SIGINT/SIGTERM.
     #[arg(long, value_name = "MS", default_value_t = 500)]
@@ -161,6 +169,9 @@ pub struct RunConfig {
     /// How long the loop and the sync threads poll for a running fsync or the next batch
     /// before they sleep (`--fsync-spin-us`).
     pub sync_spin: Duration,
+    /// With [`SyncMode::Always`]: how long a cut may wait for more records under concurrent
+    /// writers (`--fsync-group-wait-us`).
+    pub group_wait: Duration,
     /// How long to keep serving in-flight work after a stop signal, in ms.
     pub drain_ms: u64,
     /// Writes a second whose replies are remembered for the retry window (`--write-rate`).
@@ -185,6 +196,11 @@ pub enum ResolveError {
         "--fsync-interval-ms applies only to --fsync interval (this node's fsync is `{0}`, from {1}); add --fsync interval or drop --fsync-interval-ms"
     )]
     IntervalWithoutInterval(&'static str, &'static str),
+    /// `--fsync-group-wait-us` for a node whose policy is not `always`.
+    #[error(
+        "--fsync-group-wait-us applies only to --fsync always (this node's fsync is `{0}`, from {1}); add --fsync always or drop --fsync-group-wait-us"
+    )]
+    GroupWaitWithoutAlways(&'static str, &'static str),
 }
 
 impl SyncMode {
@@ -242,7 +258,11 @@ impl Cli {
                 from,
             ));
         }
+        if self.fsync_group_wait_us.is_some() && sync_mode != SyncMode::Always {
+            return Err(ResolveError::GroupWaitWithoutAlways(sync_mode.name(), from));
+        }
         let interval_ms = self.fsync_interval_ms.unwrap_or(storage.interval_ms);
+        let group_wait_us = self.fsync_group_wait_us.unwrap_or(storage.group_wait_us);
         Ok(RunConfig {
             spec,
             me,
@@ -251,6 +271,7 @@ impl Cli {
             sync_mode,
             sync_interval: Duration::from_millis(u64::from(interval_ms)),
             sync_spin: Duration::from_micros(u64::from(self.fsync_spin_us)),
+            group_wait: Duration::from_micros(u64::from(group_wait_us)),
             drain_ms: self.drain_ms,
             write_rate: self.write_rate,
             in_flight: usize::from(self.in_flight),
@@ -395,6 +416,46 @@ mod tests {
         for bad in ["0", "60001", "x"] {
             let e = Cli::try_parse_from(["dqe-enforcer", "--dev", "--fsync-interval-ms", bad]);
             assert!(e.unwrap_err().to_string().contains("--fsync-interval-ms"));
+        }
+    }
+
+    /// Issue 10: `[storage] group_wait_us` from the file, `--fsync-group-wait-us` over it,
+    /// both only with `always`; `--dev` waits the default.
+    #[test]
+    fn the_group_wait_comes_from_the_file_and_the_command_line_overrides_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[storage]\ngroup_wait_us = 50\n[cluster]\nreplication = 2\n\
+             [[nodes]]\nname = \"a\"\nportal = \"127.0.0.1:1\"\nstorer = \"127.0.0.1:2\"\nsource = \"127.0.0.1:3\"\n\
+             [[nodes]]\nname = \"b\"\nportal = \"127.0.0.1:4\"\nstorer = \"127.0.0.1:5\"\nsource = \"127.0.0.1:6\"\n\
+             [nodes.storage]\nfsync = \"interval\"\n",
+        )
+        .unwrap();
+        let file = path.to_str().unwrap();
+        let run = |extra: &[&str]| {
+            let mut args = vec!["dqe-enforcer", "--config", file];
+            args.extend_from_slice(extra);
+            Cli::try_parse_from(args).unwrap().resolve()
+        };
+        let a = run(&["--node", "a"]).unwrap();
+        assert_eq!(a.group_wait, Duration::from_micros(50));
+        let over = run(&["--node", "a", "--fsync-group-wait-us", "0"]).unwrap();
+        assert_eq!(over.group_wait, Duration::ZERO);
+        let e = run(&["--node", "b", "--fsync-group-wait-us", "5"]).unwrap_err();
+        assert!(
+            e.to_string().contains("`interval`, from the cluster file"),
+            "{e}"
+        );
+        let dev = Cli::try_parse_from(["dqe-enforcer", "--dev"]).unwrap();
+        assert_eq!(
+            dev.resolve().unwrap().group_wait,
+            Duration::from_micros(u64::from(dqe_config::storage::DEFAULT_GROUP_WAIT_US))
+        );
+        for bad in ["10001", "1.5", "x"] {
+            let e = Cli::try_parse_from(["dqe-enforcer", "--dev", "--fsync-group-wait-us", bad]);
+            assert!(e.unwrap_err().to_string().contains("--fsync-group-wait-us"));
         }
     }
 

@@ -31,7 +31,8 @@
 //! 5. When nothing is readable, wait (biased) for a finished sync, a readable socket, the
 //!    node's next deadline or a stop signal; but while a small sync runs and the machine is not
 //!    saturated, poll for a bounded time instead of sleeping (`Server::spin_for_sync`), so
-//!    that the sync's end needs no wake-up of the loop.
+//!    that the sync's end needs no wake-up of the loop; likewise while the store holds a cut
+//!    for more records (`--fsync-group-wait-us`, `DurableStore::take_batch_or_hold`).
 //!
 //! The held queue is bounded ([`MAX_HELD`]): while it is full no socket is read, the kernel
 //! buffers fill and drop, and clients retry. Memory never grows with load. (A batch reads at
@@ -404,6 +405,7 @@ pub(crate) async fn serve_worker(
     let mut opts = DurableOptions::new(&cfg.data_dir);
     opts.sync_mode = cfg.sync_mode;
     opts.sync_interval = cfg.sync_interval;
+    opts.group_wait = cfg.group_wait;
     let oldest = cfg.spec.oldest_retained(epoch);
     let (store, recovery) = blocking(move || DurableStore::open(opts, oldest)).await?;
     let build_cfg = cfg.clone();
@@ -546,7 +548,7 @@ impl Server {
                 continue;
             }
             busy_rounds = 0;
-            if self.spin_for_sync() {
+            if self.spin_for_sync() || self.node.store().cut_held_until().is_some() {
                 // Poll the sockets (epoll without waiting) and look at the sync again.
                 tokio::task::yield_now().await;
                 // Another thread runnable on this CPU (the client, a sync thread) goes first.
@@ -806,7 +808,10 @@ impl Server {
     fn start_sync(&mut self) {
         // A batch takes every pending record: all writes up to this mark are in it.
         let mark = self.node.write_mark();
-        if let Some(batch) = self.node.store_mut().take_batch() {
+        // A cut held for more records is waited out by polling, never by sleeping (a
+        // timer's millisecond is far longer than the wait): only while polling is allowed.
+        let may_hold = self.sync_threads.may_spin();
+        if let Some(batch) = self.node.store_mut().take_batch_or_hold(may_hold) {
             self.syncs.push_back(RunningSync {
                 done: self.sync_threads.submit(batch),
                 mark,

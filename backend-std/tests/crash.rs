@@ -37,6 +37,13 @@ fn kill_9_under_fsync_interval_loses_no_acknowledged_pair() {
     );
 }
 
+/// Issue 10: with a group wait the cut of a batch may be held for more records under
+/// concurrent SETs; every `Stored` still waits for its batch's fsync, so a kill loses none.
+#[test]
+fn kill_9_with_a_group_wait_loses_no_acknowledged_pair() {
+    kill_9_during_sets(&PORTS, "crash", &["--fsync-group-wait-us", "200"]);
+}
+
 #[test]
 fn a_segment_cut_mid_record_keeps_every_complete_record() {
     let (mut node, site) = dev_node(&PORTS);

@@ -13,6 +13,8 @@
 //! # ...
 //! [nodes.storage]
 //! fsync = "always"     # this node syncs every write
+//! group_wait_us = 20   # only with "always": how long a group commit may wait for more
+//!                      # records under concurrent writers (0: never waits)
 //! ```
 //!
 //! Loss bounds (also in the README): `always` loses nothing acknowledged, even when the
@@ -30,6 +32,12 @@ use crate::locate::Source;
 pub const DEFAULT_INTERVAL_MS: u32 = 10;
 /// The largest `interval_ms`: a minute of acknowledged writes is the most a machine crash may lose.
 pub const MAX_INTERVAL_MS: u32 = 60_000;
+
+/// The default `group_wait_us` of `fsync = "always"`.
+pub const DEFAULT_GROUP_WAIT_US: u32 = 20;
+/// The largest `group_wait_us`: 10 ms, far beyond any use (a wait is meant to be a fraction of
+/// one fdatasync).
+pub const MAX_GROUP_WAIT_US: u32 = 10_000;
 
 /// When a node makes its writes durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -51,6 +59,9 @@ pub struct Storage {
     pub fsync: Fsync,
     /// With [`Fsync::Interval`]: the longest a written record waits for its sync.
     pub interval_ms: u32,
+    /// With [`Fsync::Always`]: microseconds a group commit may wait for more records while
+    /// there is evidence of concurrent writers (a lone writer never waits); 0: never.
+    pub group_wait_us: u32,
 }
 
 impl Default for Storage {
@@ -59,6 +70,7 @@ impl Default for Storage {
         Storage {
             fsync: Fsync::Always,
             interval_ms: DEFAULT_INTERVAL_MS,
+            group_wait_us: DEFAULT_GROUP_WAIT_US,
         }
     }
 }
@@ -69,6 +81,7 @@ impl Default for Storage {
 pub(crate) struct StorageRepr {
     fsync: Option<Spanned<Fsync>>,
     interval_ms: Option<Spanned<u32>>,
+    group_wait_us: Option<Spanned<u32>>,
 }
 
 /// The policy of a node from the file's `[storage]` table and the node's own, checked.
@@ -116,6 +129,33 @@ pub(crate) fn resolve(
             )));
         }
         storage.interval_ms = v;
+    }
+    // group_wait_us likewise, against fsync = "always".
+    let tables = [
+        (shared, shared_fsync, "storage.group_wait_us".to_string()),
+        (own, fsync, format!("nodes[{node}].storage.group_wait_us")),
+    ];
+    for (table, in_force, field) in tables {
+        let Some(us) = table.and_then(|s| s.group_wait_us.as_ref()) else {
+            continue;
+        };
+        let bad = |problem: String| ConfigFileError::Storage {
+            at: src.at(us.span(), &field),
+            problem,
+        };
+        if in_force != Fsync::Always {
+            return Err(bad(format!(
+                "group_wait_us applies only to fsync = \"always\" (the fsync in force here is \"{}\"); remove it or set fsync = \"always\"",
+                name(in_force)
+            )));
+        }
+        let v = *us.get_ref();
+        if v > MAX_GROUP_WAIT_US {
+            return Err(bad(format!(
+                "group_wait_us must be from 0 to {MAX_GROUP_WAIT_US} (microseconds a group commit may wait for more records), not {v}"
+            )));
+        }
+        storage.group_wait_us = v;
     }
     Ok(storage)
 }
@@ -170,7 +210,8 @@ source = "127.0.0.1:8203"
             of(&text, 0).unwrap(),
             Storage {
                 fsync: Fsync::Interval,
-                interval_ms: 25
+                interval_ms: 25,
+                group_wait_us: DEFAULT_GROUP_WAIT_US,
             }
         );
         assert_eq!(of(&text, 1).unwrap().fsync, Fsync::Always);
@@ -183,6 +224,15 @@ source = "127.0.0.1:8203"
         assert_eq!(of(&own_interval, 1).unwrap().interval_ms, 3);
         let never = format!("{NODES}[nodes.storage]\nfsync = \"never\"\n");
         assert_eq!(of(&never, 1).unwrap().fsync, Fsync::Never);
+    }
+
+    #[test]
+    fn group_wait_us_is_read_for_always_and_a_node_table_overrides_it() {
+        assert_eq!(of(NODES, 0).unwrap().group_wait_us, DEFAULT_GROUP_WAIT_US);
+        let text =
+            format!("[storage]\ngroup_wait_us = 0\n{NODES}[nodes.storage]\ngroup_wait_us = 50\n");
+        assert_eq!(of(&text, 0).unwrap().group_wait_us, 0);
+        assert_eq!(of(&text, 1).unwrap().group_wait_us, 50);
     }
 
     #[test]
@@ -219,6 +269,29 @@ source = "127.0.0.1:8203"
         assert_eq!(
             (at.line, at.field.as_str()),
             (16, "nodes[1].storage.interval_ms"),
+            "{e}"
+        );
+
+        let e = err(&format!("[storage]\ngroup_wait_us = 20000\n{NODES}"));
+        let at = e.location().unwrap();
+        assert_eq!(
+            (at.line, at.field.as_str()),
+            (2, "storage.group_wait_us"),
+            "{e}"
+        );
+        assert!(e.to_string().contains("from 0 to 10000"), "{e}");
+
+        let e = err(&format!(
+            "{NODES}[nodes.storage]\nfsync = \"interval\"\ngroup_wait_us = 20\n"
+        ));
+        let at = e.location().unwrap();
+        assert_eq!(
+            (at.line, at.field.as_str()),
+            (16, "nodes[1].storage.group_wait_us"),
+            "{e}"
+        );
+        assert!(
+            e.to_string().contains("applies only to fsync = \"always\""),
             "{e}"
         );
 

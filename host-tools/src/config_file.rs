@@ -253,7 +253,8 @@ mod tests {
                 got,
                 Storage {
                     fsync: Fsync::Interval,
-                    interval_ms: 10
+                    interval_ms: 10,
+                    ..Storage::default()
                 }
             );
         }

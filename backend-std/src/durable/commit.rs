@@ -13,6 +13,12 @@
 //! batch runs, as before. When a batch fails, the batches running behind it fail with it
 //! (their pairs are abandoned at once, whatever their own result), so no reply that waited on
 //! a later batch leaves and a retried SET never finds its own unacknowledged value.
+//!
+//! Group wait (mode `Always`, [`DurableOptions::group_wait`](super::DurableOptions)): a cut
+//! may be held for a few microseconds for more records, only while the last batch, cut
+//! moments ago, took more records than are pending now (concurrent writers whose next records
+//! are on their way); a lone writer is never held. Fewer, fuller syncs, like PostgreSQL's
+//! `commit_delay` with `commit_siblings` (docs/BENCHMARKS.md, issue 10, "a group wait").
 
 use std::fs::File;
 use std::io;
@@ -28,6 +34,9 @@ use super::store::{DurableStore, SyncMode};
 
 /// How long a degraded store waits before it writes again.
 pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How recent the last cut must be, beyond the group wait itself, to count as evidence of
+/// concurrent writers ([`DurableOptions::group_wait`](super::DurableOptions)).
+pub const HOLD_EVIDENCE: Duration = Duration::from_millis(1);
 /// Zero bytes a degraded store appends to a segment to learn whether the disk takes writes.
 const PROBE_BYTES: u64 = 4096;
 /// Zeros for preallocation and wiping, written this many bytes at a time.
@@ -169,13 +178,66 @@ impl DurableStore {
     /// is over.
     /// In mode `Interval` the batch also fsyncs every segment written since the last sync
     /// once the oldest of those writes is `sync_interval` old ([`DurableStore::sync_due_at`]).
+    ///
+    /// Mode `Always` with a [`DurableOptions::group_wait`](super::DurableOptions): the cut
+    /// waits up to that long for more records while there is evidence of concurrent writers
+    /// ([`DurableStore::cut_held_until`]).
     pub fn take_batch(&mut self) -> Option<SyncBatch> {
+        self.take_batch_or_hold(true)
+    }
+
+    /// [`DurableStore::take_batch`]; `may_hold`: false cuts at once whatever the evidence
+    /// (the caller cannot wait for a few microseconds without sleeping).
+    pub fn take_batch_or_hold(&mut self, may_hold: bool) -> Option<SyncBatch> {
         let now = Instant::now();
         if self.retry_at().is_some_and(|t| now < t) {
             return None;
         }
+        match self.hold_until(now).filter(|_| may_hold) {
+            Some(until) if now < until => {
+                self.held_since.get_or_insert(now);
+                return None;
+            }
+            _ => self.held_since = None,
+        }
         let due = self.sync_due_at().is_some_and(|t| t <= now);
-        self.cut(due)
+        let batch = self.cut(due)?;
+        if self.opts.sync_mode == SyncMode::Always {
+            self.last_cut = Some((now, batch.records()));
+        }
+        Some(batch)
+    }
+
+    /// While the pending records wait for more before they are cut: until when.
+    pub fn cut_held_until(&self) -> Option<Instant> {
+        self.held_since?;
+        self.hold_until(Instant::now())
+    }
+
+    /// When a cut at `now` may happen at the earliest: `Some` only in mode `Always` with a
+    /// `group_wait`, with records pending, room for a batch, and evidence that more records
+    /// are about to come: the last batch, cut at most [`HOLD_EVIDENCE`] plus the wait ago,
+    /// took more records than are pending now. A writer alone (batches of one record) is never held, nor is
+    /// the first record after a quiet spell.
+    fn hold_until(&self, now: Instant) -> Option<Instant> {
+        let wait = self.opts.group_wait;
+        if self.opts.sync_mode != SyncMode::Always
+            || wait.is_zero()
+            || self.degraded.is_some()
+            || self.pending.is_empty()
+            || self.in_flight.len() >= self.max_in_flight()
+        {
+            return None;
+        }
+        let (at, records) = self.last_cut?;
+        let pending = (self.pending_bytes / RECORD_BYTES) as u64;
+        if records < 2
+            || pending >= records
+            || now.saturating_duration_since(at) > HOLD_EVIDENCE + wait
+        {
+            return None;
+        }
+        Some(self.held_since.unwrap_or(now) + wait)
     }
 
     /// How many group commits may run at once.

@@ -49,6 +49,9 @@ pub struct DurableOptions {
     /// arrive while a batch syncs are written and synced at once instead of waiting for that
     /// sync to end and then for their own (see `commit.rs`). Other modes run one at a time.
     pub max_syncs_in_flight: usize,
+    /// Mode `Always`: how long a cut may wait for more records when there is evidence of
+    /// concurrent writers (see [`DurableStore::take_batch`]); zero: never waits.
+    pub group_wait: Duration,
 }
 
 impl DurableOptions {
@@ -62,6 +65,7 @@ impl DurableOptions {
             preallocate: 1 << 20,
             sync_interval: Duration::from_millis(10),
             max_syncs_in_flight: 2,
+            group_wait: Duration::ZERO,
         }
     }
 }
@@ -240,6 +244,11 @@ pub struct DurableStore {
     pub(super) in_flight: VecDeque<InFlight>,
     /// Group commits cut so far: each batch's number, so that they finish in order.
     pub(super) batches_cut: u64,
+    /// The last batch cut: when, and how many records it took (the evidence of concurrent
+    /// writers a cut waits on, [`DurableOptions::group_wait`]).
+    pub(super) last_cut: Option<(Instant, u64)>,
+    /// Since when the pending records wait for more ([`DurableOptions::group_wait`]).
+    pub(super) held_since: Option<Instant>,
     /// Running group commits cut before one that failed: whatever their own result, their
     /// pairs were abandoned with it, so they finish as failed.
     pub(super) doomed: usize,
@@ -320,6 +329,8 @@ impl DurableStore {
             durable: 0,
             in_flight: VecDeque::new(),
             batches_cut: 0,
+            last_cut: None,
+            held_since: None,
             doomed: 0,
             unsynced_since: None,
             unsynced_segments: BTreeSet::new(),

@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use dqe_core::hash::{key_of, word_value};
 use dqe_core::store::{PutOutcome, Store};
@@ -526,7 +527,7 @@ fn interval_writes_at_once_and_syncs_once_the_interval_passed() {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = DurableOptions::new(dir.path());
     opts.sync_mode = SyncMode::Interval;
-    opts.sync_interval = std::time::Duration::from_millis(30);
+    opts.sync_interval = Duration::from_millis(30);
     let (mut s, _) = DurableStore::open(opts, 1).unwrap();
     assert!(s.gates_replies());
     let run = |s: &mut DurableStore, batch: SyncBatch| {
@@ -632,6 +633,118 @@ fn a_second_batch_runs_behind_the_first_and_durability_follows_the_cut_order() {
     assert_eq!((rec.records, rec.skipped_records), (4, 0));
     for (k, v) in [(k1, v1), (k2, v2), (k3, v3)] {
         assert_eq!(s.get(&k), Some(v));
+    }
+}
+
+/// A store like [`warm_store`] whose cuts may wait `wait` for more records.
+fn waiting_store(dir: &Path, wait: Duration) -> DurableStore {
+    let mut opts = DurableOptions::new(dir);
+    opts.group_wait = wait;
+    let (mut s, _) = DurableStore::open(opts, 1).unwrap();
+    let (k, v) = pair(1000);
+    assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+    s.sync().unwrap();
+    s
+}
+
+fn put_range(s: &mut DurableStore, range: std::ops::Range<u32>) {
+    for i in range {
+        let (k, v) = pair(i);
+        assert_eq!(s.put(&k, &v, 1), PutOutcome::Stored);
+    }
+}
+
+/// Issue 10, group wait: a writer alone (one record a batch) is never held, however long
+/// the wait, and neither is the first batch.
+#[test]
+fn a_lone_writer_is_never_held_by_the_group_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = waiting_store(dir.path(), Duration::from_secs(3600));
+    for i in 0..20 {
+        put_range(&mut s, i..i + 1);
+        let batch = s.take_batch().expect("a lone record is cut at once");
+        assert_eq!(batch.records(), 1);
+        assert!(s.cut_held_until().is_none());
+        assert!(s.finish(batch.run()));
+    }
+}
+
+/// Issue 10, group wait: after a batch of 5 records, 2 pending records wait for more (the
+/// cut is held) until as many as the last batch took are pending; the held records are
+/// cut with them, and nothing is lost.
+#[test]
+fn after_a_larger_batch_the_cut_waits_until_as_many_records_are_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = waiting_store(dir.path(), Duration::from_secs(3600));
+    put_range(&mut s, 0..5);
+    let first = s.take_batch().expect("no evidence before the first batch");
+    assert_eq!(first.records(), 5);
+    assert!(s.finish(first.run()));
+    put_range(&mut s, 5..7);
+    assert!(
+        s.take_batch().is_none(),
+        "2 pending after a batch of 5: held"
+    );
+    assert!(s.cut_held_until().is_some());
+    assert!(s.take_batch().is_none(), "still held");
+    put_range(&mut s, 7..10);
+    let second = s.take_batch().expect("5 pending: cut");
+    assert_eq!(second.records(), 5);
+    assert!(s.cut_held_until().is_none());
+    assert!(s.finish(second.run()));
+    // A caller that cannot wait cuts at once.
+    put_range(&mut s, 10..11);
+    let third = s.take_batch_or_hold(false).expect("may_hold false: cut");
+    assert_eq!(third.records(), 1);
+    assert!(s.finish(third.run()));
+    s.trim();
+    drop(s);
+    let (mut s, rec) = open(dir.path(), 1);
+    assert_eq!(rec.records, 12);
+    for i in 0..11 {
+        let (k, v) = pair(i);
+        assert_eq!(s.get(&k), Some(v));
+    }
+}
+
+/// Issue 10, group wait: a held cut is held at most the wait, counted from when it was
+/// first held; with no wait configured, or in another mode, nothing is ever held.
+#[test]
+fn a_held_cut_happens_once_the_wait_is_over_and_only_with_a_wait_in_mode_always() {
+    let dir = tempfile::tempdir().unwrap();
+    let wait = Duration::from_millis(200);
+    let mut s = waiting_store(dir.path(), wait);
+    put_range(&mut s, 0..4);
+    let batch = s.take_batch().unwrap();
+    assert!(s.finish(batch.run()));
+    put_range(&mut s, 4..5);
+    let held_at = Instant::now();
+    assert!(s.take_batch().is_none());
+    let until = s.cut_held_until().expect("held");
+    assert!(until <= held_at + wait + Duration::from_millis(50));
+    std::thread::sleep(wait + Duration::from_millis(10));
+    let batch = s.take_batch().expect("the wait is over");
+    assert_eq!(batch.records(), 1);
+    assert!(s.finish(batch.run()));
+
+    for (mode, group_wait) in [
+        (SyncMode::Always, Duration::ZERO),
+        (SyncMode::Interval, Duration::from_secs(3600)),
+        (SyncMode::Never, Duration::from_secs(3600)),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut opts = DurableOptions::new(dir.path());
+        opts.sync_mode = mode;
+        opts.group_wait = group_wait;
+        let (mut s, _) = DurableStore::open(opts, 1).unwrap();
+        put_range(&mut s, 0..5);
+        let batch = s.take_batch().unwrap();
+        assert!(s.finish(batch.run()));
+        put_range(&mut s, 5..6);
+        assert!(
+            s.take_batch().is_some(),
+            "{mode:?}, wait {group_wait:?}: held"
+        );
     }
 }
 
