@@ -102,62 +102,78 @@ pub(crate) fn resolve(
         fsync,
         ..Storage::default()
     };
-    // The shared interval_ms first, then the node's own (which wins); each is checked
-    // against the fsync in force where it is written.
+    // The shared value first, then the node's own (which wins); each is checked against the
+    // fsync in force where it is written.
     let tables = [
-        (shared, shared_fsync, "storage.interval_ms".to_string()),
-        (own, fsync, format!("nodes[{node}].storage.interval_ms")),
+        (shared, shared_fsync, "storage".to_string()),
+        (own, fsync, format!("nodes[{node}].storage")),
     ];
-    for (table, in_force, field) in tables {
-        let Some(ms) = table.and_then(|s| s.interval_ms.as_ref()) else {
-            continue;
-        };
-        let bad = |problem: String| ConfigFileError::Storage {
-            at: src.at(ms.span(), &field),
-            problem,
-        };
-        if in_force != Fsync::Interval {
-            return Err(bad(format!(
-                "interval_ms applies only to fsync = \"interval\" (the fsync in force here is \"{}\"); remove it or set fsync = \"interval\"",
-                name(in_force)
-            )));
-        }
-        let v = *ms.get_ref();
-        if !(1..=MAX_INTERVAL_MS).contains(&v) {
-            return Err(bad(format!(
-                "interval_ms must be from 1 to {MAX_INTERVAL_MS} (milliseconds a written record may wait for its fsync), not {v}"
-            )));
-        }
+    let interval = PolicyField {
+        key: "interval_ms",
+        applies_to: Fsync::Interval,
+        range: 1..=MAX_INTERVAL_MS,
+        meaning: "milliseconds a written record may wait for its fsync",
+    };
+    if let Some(v) = interval.value(src, &tables, |t| t.interval_ms.as_ref())? {
         storage.interval_ms = v;
     }
-    // group_wait_us likewise, against fsync = "always".
-    let tables = [
-        (shared, shared_fsync, "storage.group_wait_us".to_string()),
-        (own, fsync, format!("nodes[{node}].storage.group_wait_us")),
-    ];
-    for (table, in_force, field) in tables {
-        let Some(us) = table.and_then(|s| s.group_wait_us.as_ref()) else {
-            continue;
-        };
-        let bad = |problem: String| ConfigFileError::Storage {
-            at: src.at(us.span(), &field),
-            problem,
-        };
-        if in_force != Fsync::Always {
-            return Err(bad(format!(
-                "group_wait_us applies only to fsync = \"always\" (the fsync in force here is \"{}\"); remove it or set fsync = \"always\"",
-                name(in_force)
-            )));
-        }
-        let v = *us.get_ref();
-        if v > MAX_GROUP_WAIT_US {
-            return Err(bad(format!(
-                "group_wait_us must be from 0 to {MAX_GROUP_WAIT_US} (microseconds a group commit may wait for more records), not {v}"
-            )));
-        }
+    let group_wait = PolicyField {
+        key: "group_wait_us",
+        applies_to: Fsync::Always,
+        range: 0..=MAX_GROUP_WAIT_US,
+        meaning: "microseconds a group commit may wait for more records",
+    };
+    if let Some(v) = group_wait.value(src, &tables, |t| t.group_wait_us.as_ref())? {
         storage.group_wait_us = v;
     }
     Ok(storage)
+}
+
+/// A `[storage]` field that only one fsync policy reads, with its allowed range.
+struct PolicyField {
+    key: &'static str,
+    applies_to: Fsync,
+    range: std::ops::RangeInclusive<u32>,
+    meaning: &'static str,
+}
+
+impl PolicyField {
+    /// The field's value from the last of `tables` (table, fsync in force there, its path in
+    /// the file) that sets it, each checked against its policy and range.
+    fn value(
+        &self,
+        src: &Source<'_>,
+        tables: &[(Option<&StorageRepr>, Fsync, String)],
+        get: impl Fn(&StorageRepr) -> Option<&Spanned<u32>>,
+    ) -> Result<Option<u32>, ConfigFileError> {
+        let mut found = None;
+        for (table, in_force, path) in tables {
+            let Some(v) = table.and_then(&get) else {
+                continue;
+            };
+            let key = self.key;
+            let bad = |problem: String| ConfigFileError::Storage {
+                at: src.at(v.span(), &format!("{path}.{key}")),
+                problem,
+            };
+            if *in_force != self.applies_to {
+                let (want, here) = (name(self.applies_to), name(*in_force));
+                return Err(bad(format!(
+                    "{key} applies only to fsync = \"{want}\" (the fsync in force here is \"{here}\"); remove it or set fsync = \"{want}\""
+                )));
+            }
+            let v = *v.get_ref();
+            if !self.range.contains(&v) {
+                let (lo, hi) = (self.range.start(), self.range.end());
+                return Err(bad(format!(
+                    "{key} must be from {lo} to {hi} ({}), not {v}",
+                    self.meaning
+                )));
+            }
+            found = Some(v);
+        }
+        Ok(found)
+    }
 }
 
 /// The name of `fsync` as the file and the command line write it.
