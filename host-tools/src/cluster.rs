@@ -3,7 +3,8 @@
 //! `dqe cluster up` and `dqe demo` both need "start every node of this config here, wait
 //! until each portal answers, stop them all". Children are stopped when the
 //! [`LocalCluster`] is dropped, so no error path leaves stray enforcers behind: first
-//! `SIGTERM` (an enforcer flushes its store), then `SIGKILL` after a short wait.
+//! `SIGTERM` (an enforcer flushes its store), then `SIGKILL` after a short wait; under
+//! `dqe lab` a SIGINT or SIGTERM stops them too ([`crate::interrupt`]).
 
 use std::fs::File;
 use std::io::Read as _;
@@ -269,8 +270,7 @@ impl LocalCluster {
         if let Some(m) = n.metrics {
             cmd.arg("--metrics").arg(m.to_string());
         }
-        let child = cmd
-            .arg("--config")
+        cmd.arg("--config")
             .arg(&self.config)
             .arg("--node")
             .arg(n.name.as_str())
@@ -279,12 +279,13 @@ impl LocalCluster {
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(|source| ClusterError::Spawn {
+            .stderr(err);
+        let child = crate::interrupt::spawn(&mut cmd, &format!("{ENFORCER} {}", n.name)).map_err(
+            |source| ClusterError::Spawn {
                 program: self.enforcer.clone(),
                 source,
-            })?;
+            },
+        )?;
         self.nodes[i].child = Some(child);
         Ok(())
     }
@@ -295,6 +296,7 @@ impl LocalCluster {
         if let Some(mut child) = self.nodes[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
+            crate::interrupt::forget_child(child.id());
         }
     }
 
@@ -450,15 +452,16 @@ fn terminate(child: &Child) {
 fn wait_until(child: &mut Child, deadline: Instant) {
     loop {
         match child.try_wait() {
-            Ok(Some(_)) | Err(_) => return,
+            Ok(Some(_)) | Err(_) => break,
             Ok(None) if Instant::now() >= deadline => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return;
+                break;
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
         }
     }
+    crate::interrupt::forget_child(child.id());
 }
 
 /// Stop one child: SIGTERM, then SIGKILL after the grace period.

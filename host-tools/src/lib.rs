@@ -13,7 +13,8 @@
 //! - [`config_file`]: the client config and the cluster config (read by `dqe-config`),
 //!   errors by file, line, column and field.
 //! - [`u2`]: the load generator.
-//! - [`cluster`]: a loopback cluster of `dqe-enforcer` child processes.
+//! - [`cluster`]: a loopback cluster of `dqe-enforcer` child processes; `interrupt`
+//!   (private): what SIGINT or SIGTERM stops and removes before `dqe lab` exits.
 //! - [`demo`]: a stamp's whole life, narrated.
 //! - [`balance`]: how evenly a ring spreads copies, computed exactly.
 //! - [`cli`]: the command line's entry, its errors and exit codes; [`args`]: its flags (clap);
@@ -39,6 +40,7 @@ pub mod cluster;
 mod cmd;
 pub mod config_file;
 pub mod demo;
+mod interrupt;
 pub mod judge;
 pub mod keys;
 pub mod labels;

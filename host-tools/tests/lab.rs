@@ -6,10 +6,12 @@
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{dqe_in, enforcer_path};
+use dqe_tests::ChildGuard;
 
 use serde_json::Value;
 
@@ -211,6 +213,105 @@ fn overload_holds_the_nodes_to_their_cpu_budget_for_the_whole_run() {
         assert!(cpu <= 0.5 * wall + 0.1, "{cpu} CPU s in {wall} s: {s:#}");
         assert!(work["nodes_throttled_seconds"].as_f64().is_some(), "{s:#}");
     }
+}
+
+/// Where `dqe lab overload --node-cpu` run as `pid` makes its cgroup: under each mounted
+/// hierarchy that may hold the cpu controller.
+fn node_cpu_groups(pid: u32) -> Vec<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let cpu = f.get(3).is_some_and(|o| o.split(',').any(|o| o == "cpu"));
+            match f.get(2) {
+                Some(&"cgroup2") => Some(f[1]),
+                Some(&"cgroup") if cpu => Some(f[1]),
+                _ => None,
+            }
+        })
+        .map(|m| Path::new(m).join(format!("dqe-lab-nodes-{pid}")))
+        .collect()
+}
+
+/// Whether process `pid` is a `dqe-enforcer` (not gone, not another process on its id).
+fn is_enforcer(pid: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dqe-enforcer")
+}
+
+/// Ctrl-C during `--node-cpu` used to leave the cgroup (and, signalled alone, the nodes)
+/// behind: the run now stops its nodes, removes the group, says so and exits 130.
+#[test]
+fn an_interrupted_node_cpu_run_stops_its_nodes_and_removes_its_cgroup() {
+    let dir = tempfile::tempdir().unwrap();
+    enforcer_path();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut cmd = common::dqe_command(dir.path());
+    cmd.args([
+        "lab",
+        "overload",
+        "--fsync",
+        "never",
+        "--start-rate",
+        "2000",
+        "--node-cpu",
+        "0.5",
+        "--duration",
+        "60",
+    ])
+    .stdin(Stdio::null())
+    .stdout(std::fs::File::create(&out).unwrap())
+    .stderr(std::fs::File::create(&err).unwrap());
+    let mut dqe = ChildGuard::spawn(&mut cmd);
+    let groups = node_cpu_groups(dqe.id());
+    // Wait until the nodes are in the group.
+    let t0 = Instant::now();
+    let (group, nodes) = loop {
+        let found = groups.iter().find_map(|g| {
+            let procs = std::fs::read_to_string(g.join("cgroup.procs")).ok()?;
+            let pids: Vec<String> = procs.lines().map(String::from).collect();
+            (pids.len() >= 3).then(|| (g.clone(), pids))
+        });
+        if let Some(found) = found {
+            break found;
+        }
+        if let Some(status) = dqe.exited() {
+            let stderr = std::fs::read_to_string(&err).unwrap();
+            assert!(
+                !status.success(),
+                "ended before its nodes were seen: {stderr}"
+            );
+            if stderr.contains("--node-cpu 0.5:") {
+                // No cgroup cpu controller, or not root: the command says so and stops.
+                if std::env::var_os("DQE_CI").is_some_and(|v| v == "1") {
+                    panic!("DQE_CI=1 and --node-cpu failed: {stderr}");
+                }
+                eprintln!("skipped: {stderr}");
+                return;
+            }
+            panic!("{status}: {stderr}");
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(40),
+            "no nodes in any of {groups:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(nodes.iter().all(|p| is_enforcer(p)), "{nodes:?}");
+    // SIGINT to dqe alone (kill, not the terminal's Ctrl-C, which the nodes would get too).
+    let status = dqe.stop("INT", Duration::from_secs(20));
+    let stderr = std::fs::read_to_string(&err).unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted (SIGINT)"), "{stderr}");
+    for pid in &nodes {
+        assert!(!is_enforcer(pid), "node {pid} survived: {stderr}");
+        assert!(stderr.contains(&format!("(pid {pid})")), "{pid}: {stderr}");
+    }
+    assert!(!group.exists(), "{} left behind: {stderr}", group.display());
+    assert!(
+        stderr.contains(&format!("removed cgroup {}", group.display())),
+        "{stderr}"
+    );
 }
 
 #[test]

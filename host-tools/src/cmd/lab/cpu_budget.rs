@@ -9,11 +9,13 @@
 //!
 //! cgroup v2 (`cpu.max`) where the unified hierarchy has the `cpu` controller, else cgroup v1
 //! (`cpu.cfs_quota_us`, `cpu.cfs_period_us`). The group is created at the controller's root,
-//! named after this process, and removed when the budget is dropped.
+//! named after this process, and removed when the budget is dropped, or by the signal
+//! handler of [`crate::interrupt`] when the run is interrupted.
 
 use std::path::{Path, PathBuf};
 
 use crate::cli::Failure;
+use crate::interrupt::{self, Registered};
 
 /// The quota's period: short, so that a throttled node waits at most a few ms at a time
 /// (with the default 100 ms a node at 0.5 CPU would stall for 50 ms, past the portal's
@@ -134,6 +136,8 @@ pub(crate) struct NodeCpuBudget {
     pub fraction: f64,
     pub controller: Controller,
     dir: PathBuf,
+    /// Until dropped, a signal removes the group too.
+    _on_signal: Registered,
 }
 
 impl NodeCpuBudget {
@@ -166,12 +170,14 @@ impl NodeCpuBudget {
         }
         remove_stale_groups(&root);
         let dir = root.join(format!("{GROUP_PREFIX}{}", std::process::id()));
-        std::fs::create_dir(&dir)
-            .map_err(|e| fail(format!("cannot create cgroup {}: {e}", dir.display())))?;
+        let on_signal =
+            interrupt::make_dir("cgroup", &dir, |d| std::fs::create_dir(d), remove_group)
+                .map_err(|e| fail(format!("cannot create cgroup {}: {e}", dir.display())))?;
         let budget = NodeCpuBudget {
             fraction,
             controller,
             dir,
+            _on_signal: on_signal,
         };
         let quota = budget.quota_us().to_string();
         match budget.controller {
@@ -230,27 +236,32 @@ impl NodeCpuBudget {
 
 impl Drop for NodeCpuBudget {
     fn drop(&mut self) {
-        // A group with tasks cannot be removed: hand any left back to the root first.
-        let root = self.dir.parent().map(|p| p.join("cgroup.procs"));
-        if let (Ok(pids), Some(root)) =
-            (std::fs::read_to_string(self.dir.join("cgroup.procs")), root)
-        {
-            for pid in pids.lines() {
-                let _ = write_existing(&root, pid);
-            }
+        if let Err(e) = remove_group(&self.dir) {
+            eprintln!("warning: {e}");
         }
-        // The kernel may take a moment to notice that the last task left.
-        for _ in 0..50 {
-            if std::fs::remove_dir(&self.dir).is_ok() {
-                return;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        eprintln!(
-            "warning: could not remove cgroup {} (remove it with rmdir)",
-            self.dir.display()
-        );
     }
+}
+
+/// Remove the group at `dir`, handing any task left in it back to the root first (a group
+/// with tasks cannot be removed).
+fn remove_group(dir: &Path) -> Result<(), String> {
+    let root = dir.parent().map(|p| p.join("cgroup.procs"));
+    if let (Ok(pids), Some(root)) = (std::fs::read_to_string(dir.join("cgroup.procs")), root) {
+        for pid in pids.lines() {
+            let _ = write_existing(&root, pid);
+        }
+    }
+    // The kernel may take a moment to notice that the last task left.
+    for _ in 0..50 {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Err(format!(
+        "could not remove cgroup {} (remove it with rmdir)",
+        dir.display()
+    ))
 }
 
 #[cfg(test)]

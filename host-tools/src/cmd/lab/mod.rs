@@ -1,6 +1,7 @@
 //! `dqe lab`: the paper's experiments as commands that run on one machine. Each prints a
 //! table, writes one JSON object (`--json`), draws a chart (`--plot`), shows progress and
-//! stops by itself within its `--duration`.
+//! stops by itself within its `--duration`. Interrupted (SIGINT, SIGTERM), it stops the
+//! processes it started and removes its cgroup before it exits ([`crate::interrupt`]).
 //!
 //! One module per experiment, and the pieces they share: [`ramp`] (open-loop rising load
 //! through `u2`), [`workers`] (the closed-loop client for comparing systems), [`procs`]
@@ -33,6 +34,9 @@ pub(crate) mod workers;
 
 /// Run one `dqe lab` experiment.
 pub(crate) fn run(command: LabCommand) -> Result<u8, Failure> {
+    // Ctrl-C or SIGTERM must not leave nodes running or a cgroup behind.
+    crate::interrupt::clean_up_on_signal()
+        .map_err(io_err("cannot install the SIGINT and SIGTERM handler"))?;
     match command {
         LabCommand::Capacity(a) => capacity::run(a),
         LabCommand::Overload(a) => overload::run(a),

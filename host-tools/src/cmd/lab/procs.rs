@@ -1,6 +1,7 @@
 //! The processes an experiment starts (dqe-enforcer nodes, memcached, redis-server), their
 //! resident memory from `/proc`, and free loopback ports for them. Every process is stopped
-//! when its [`Started`] is dropped (SIGTERM, then SIGKILL), so no error path leaves one behind.
+//! when its [`Started`] is dropped (SIGTERM, then SIGKILL), so no error path leaves one behind,
+//! and on SIGINT or SIGTERM ([`crate::interrupt`]).
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
@@ -39,16 +40,18 @@ impl Started {
         let err = out
             .try_clone()
             .map_err(crate::cli::io_err("cannot duplicate a log file"))?;
-        let child = Command::new(program)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(out)
-            .stderr(err)
-            .spawn()
-            .map_err(crate::cli::io_err(format!(
-                "cannot start {}",
-                program.display()
-            )))?;
+        let child = crate::interrupt::spawn(
+            Command::new(program)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err),
+            name,
+        )
+        .map_err(crate::cli::io_err(format!(
+            "cannot start {}",
+            program.display()
+        )))?;
         Ok(Started {
             name: name.to_string(),
             log: log.to_path_buf(),
