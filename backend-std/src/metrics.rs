@@ -121,6 +121,11 @@ pub struct Metrics {
     pub fsync_failures: AtomicU64,
     /// Records made durable.
     pub synced_records: AtomicU64,
+    /// Cuts of a group commit held for more records (`[storage] group_wait_us`), the time
+    /// they were held (ns), and the records that came meanwhile.
+    pub group_wait_holds: AtomicU64,
+    pub group_wait_nanos: AtomicU64,
+    pub group_wait_records: AtomicU64,
     /// Pairs dropped because the group commit that was to make them durable failed.
     pub abandoned_pairs: AtomicU64,
     /// Records read to confirm a lookup whose fingerprint matched (a hit, or a collision).
@@ -558,7 +563,7 @@ impl Metrics {
         let _ = writeln!(o, "dqe_client_request_duration_seconds_count {count}");
         let pairs = self.stored_pairs.load(Relaxed);
         let index = self.index_bytes.load(Relaxed);
-        let gauges: [(&str, &str, &str, f64); 18] = [
+        let gauges: [(&str, &str, &str, f64); 21] = [
             (
                 "dqe_stored_pairs",
                 "gauge",
@@ -604,6 +609,24 @@ impl Metrics {
                 "counter",
                 "Records made durable.",
                 self.synced_records.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_group_wait_holds_total",
+                "counter",
+                "Group commit cuts held for more records (fsync always, [storage] group_wait_us).",
+                self.group_wait_holds.load(Relaxed) as f64,
+            ),
+            (
+                "dqe_group_wait_seconds_total",
+                "counter",
+                "Time group commit cuts were held for more records.",
+                self.group_wait_nanos.load(Relaxed) as f64 / 1e9,
+            ),
+            (
+                "dqe_group_wait_records_total",
+                "counter",
+                "Records that arrived while a cut was held, and joined its group commit.",
+                self.group_wait_records.load(Relaxed) as f64,
             ),
             (
                 "dqe_abandoned_pairs_total",
@@ -895,6 +918,20 @@ mod tests {
         assert!(text.contains("dqe_client_request_duration_seconds_bucket{le=\"0.005\"} 2"));
         assert!(text.contains("dqe_client_request_duration_seconds_count 2"));
         assert!(text.contains("dqe_fsync_batches_total 0"));
+        assert!(text.contains("dqe_group_wait_holds_total 0"));
+        m.group_wait_holds.store(2, Relaxed);
+        m.group_wait_nanos.store(1_500_000_000, Relaxed);
+        m.group_wait_records.store(7, Relaxed);
+        let text = m.render();
+        assert!(text.contains("\ndqe_group_wait_holds_total 2\n"), "{text}");
+        assert!(
+            text.contains("\ndqe_group_wait_seconds_total 1.5\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("\ndqe_group_wait_records_total 7\n"),
+            "{text}"
+        );
     }
 
     /// `--workers`: counters add up, gauges that are not amounts do not, and a series only

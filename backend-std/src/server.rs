@@ -943,6 +943,10 @@ impl Server {
         m.fsync_failures.store(stats.sync_failures, Relaxed);
         m.abandoned_pairs.store(stats.abandoned, Relaxed);
         m.synced_records.store(stats.synced_records, Relaxed);
+        m.group_wait_holds.store(stats.group_wait_holds, Relaxed);
+        m.group_wait_nanos.store(stats.group_wait_nanos, Relaxed);
+        m.group_wait_records
+            .store(stats.group_wait_records, Relaxed);
         m.record_reads.store(stats.record_reads, Relaxed);
         m.read_failures.store(stats.read_failures, Relaxed);
         m.store_degraded

@@ -195,10 +195,11 @@ impl DurableStore {
         }
         match self.hold_until(now).filter(|_| may_hold) {
             Some(until) if now < until => {
-                self.held_since.get_or_insert(now);
+                let pending = self.pending_records();
+                self.held_since.get_or_insert((now, pending));
                 return None;
             }
-            _ => self.held_since = None,
+            _ => self.end_hold(now),
         }
         let due = self.sync_due_at().is_some_and(|t| t <= now);
         let batch = self.cut(due)?;
@@ -206,6 +207,19 @@ impl DurableStore {
             self.last_cut = Some((now, batch.records()));
         }
         Some(batch)
+    }
+
+    /// A hold (if any) is over at `now`: counted for the metrics.
+    fn end_hold(&mut self, now: Instant) {
+        if let Some((since, pending)) = self.held_since.take() {
+            self.stats.group_wait_holds += 1;
+            self.stats.group_wait_nanos += now.saturating_duration_since(since).as_nanos() as u64;
+            self.stats.group_wait_records += self.pending_records().saturating_sub(pending);
+        }
+    }
+
+    fn pending_records(&self) -> u64 {
+        (self.pending_bytes / RECORD_BYTES) as u64
     }
 
     /// While the pending records wait for more before they are cut: until when.
@@ -230,14 +244,14 @@ impl DurableStore {
             return None;
         }
         let (at, records) = self.last_cut?;
-        let pending = (self.pending_bytes / RECORD_BYTES) as u64;
+        let pending = self.pending_records();
         if records < 2
             || pending >= records
             || now.saturating_duration_since(at) > HOLD_EVIDENCE + wait
         {
             return None;
         }
-        Some(self.held_since.unwrap_or(now) + wait)
+        Some(self.held_since.map_or(now, |(since, _)| since) + wait)
     }
 
     /// How many group commits may run at once.

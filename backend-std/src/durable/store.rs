@@ -225,6 +225,11 @@ pub struct DurableStats {
     pub record_reads: u64,
     /// Lookups that failed because a record could not be read.
     pub read_failures: u64,
+    /// Cuts held for more records ([`DurableOptions::group_wait`]), counted when the hold
+    /// ends; the time they were held, in nanoseconds; and the records that came meanwhile.
+    pub group_wait_holds: u64,
+    pub group_wait_nanos: u64,
+    pub group_wait_records: u64,
 }
 
 /// The store of `dqe-enforcer`: see the module doc.
@@ -247,8 +252,9 @@ pub struct DurableStore {
     /// The last batch cut: when, and how many records it took (the evidence of concurrent
     /// writers a cut waits on, [`DurableOptions::group_wait`]).
     pub(super) last_cut: Option<(Instant, u64)>,
-    /// Since when the pending records wait for more ([`DurableOptions::group_wait`]).
-    pub(super) held_since: Option<Instant>,
+    /// Since when the pending records wait for more ([`DurableOptions::group_wait`]), and
+    /// how many were pending then.
+    pub(super) held_since: Option<(Instant, u64)>,
     /// Running group commits cut before one that failed: whatever their own result, their
     /// pairs were abandoned with it, so they finish as failed.
     pub(super) doomed: usize,

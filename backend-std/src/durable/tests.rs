@@ -707,6 +707,52 @@ fn after_a_larger_batch_the_cut_waits_until_as_many_records_are_pending() {
     }
 }
 
+/// The group wait's metrics: a held cut counts once its hold ends, with the time it was
+/// held and the records that joined it; a lone writer's cuts, never held, count nothing.
+#[test]
+fn a_held_cut_is_counted_with_its_wait_and_the_records_that_joined_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = waiting_store(dir.path(), Duration::from_secs(3600));
+    for i in 0..5 {
+        put_range(&mut s, i..i + 1);
+        let batch = s.take_batch().expect("a lone record is cut at once");
+        assert!(s.finish(batch.run()));
+    }
+    let lone = s.stats();
+    assert_eq!(
+        (
+            lone.group_wait_holds,
+            lone.group_wait_nanos,
+            lone.group_wait_records
+        ),
+        (0, 0, 0)
+    );
+    put_range(&mut s, 5..10);
+    let batch = s.take_batch().unwrap();
+    assert!(s.finish(batch.run()));
+    put_range(&mut s, 10..12);
+    let held_at = Instant::now();
+    assert!(
+        s.take_batch().is_none(),
+        "2 pending after a batch of 5: held"
+    );
+    assert!(s.take_batch().is_none(), "still held");
+    assert_eq!(s.stats().group_wait_holds, 0, "counted when the hold ends");
+    std::thread::sleep(Duration::from_millis(2));
+    put_range(&mut s, 12..15);
+    let batch = s.take_batch().expect("5 pending: cut");
+    let held = held_at.elapsed();
+    assert_eq!(batch.records(), 5);
+    assert!(s.finish(batch.run()));
+    let st = s.stats();
+    assert_eq!((st.group_wait_holds, st.group_wait_records), (1, 3));
+    let nanos = Duration::from_nanos(st.group_wait_nanos);
+    assert!(
+        nanos >= Duration::from_millis(2) && nanos <= held,
+        "{nanos:?} held, within {held:?}"
+    );
+}
+
 /// Issue 10, group wait: a held cut is held at most the wait, counted from when it was
 /// first held; with no wait configured, or in another mode, nothing is ever held.
 #[test]
