@@ -309,18 +309,26 @@ fn an_unknown_node_is_a_clear_error() {
     );
 }
 
+/// The port is one the test holds itself (the kernel's pick, bound until the node has
+/// exited), so it is in use for certain: a block probed free and released, as before, could
+/// be taken by another process between the probe and the node's start (a node of the same
+/// test file run elsewhere, or an ephemeral port: 43000-44000 lies in Linux's ephemeral
+/// range), and the node then failed on another socket than the one the test expected.
 #[test]
 fn a_port_in_use_is_a_clear_error() {
-    let site = DevSite::new(&PORTS, 3);
-    let _taken = std::net::UdpSocket::bind(addr(site.base + 1)).unwrap();
-    let data = site.data.display().to_string();
-    let base = site.base.to_string();
+    // The node binds its portal on the base port first, then base+1 and base+2.
+    let taken = std::iter::repeat_with(|| std::net::UdpSocket::bind(addr(0)).unwrap())
+        .take(100)
+        .find(|s| s.local_addr().unwrap().port() <= u16::MAX - 2)
+        .expect("a port with room for three");
+    let port = taken.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data").display().to_string();
+    let base = port.to_string();
     let r = run_to_exit(&["--dev", "--port-base", &base, "--data-dir", &data]);
+    drop(taken);
     assert_ne!(r.code, 0);
-    let want = format!(
-        "cannot bind the storer socket on 127.0.0.1:{}",
-        site.base + 1
-    );
+    let want = format!("cannot bind the portal socket on 127.0.0.1:{port}");
     assert!(r.stderr.contains(&want), "{}", r.stderr);
 }
 
