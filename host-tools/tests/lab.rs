@@ -157,12 +157,9 @@ fn overload_runs_with_and_without_the_priority() {
     }
 }
 
-#[test]
-fn overload_holds_the_nodes_to_their_cpu_budget_for_the_whole_run() {
-    let dir = tempfile::tempdir().unwrap();
-    enforcer_path();
-    common::dqe_path();
-    let args = [
+/// `dqe lab overload` with the nodes held to half a CPU, for `duration` seconds.
+fn node_cpu_overload(duration: &str) -> [&str; 10] {
+    [
         "lab",
         "overload",
         "--fsync",
@@ -172,18 +169,34 @@ fn overload_holds_the_nodes_to_their_cpu_budget_for_the_whole_run() {
         "--node-cpu",
         "0.5",
         "--duration",
-        "20",
-        "--json",
-        "out.json",
-    ];
+        duration,
+    ]
+}
+
+/// Whether a failed [`node_cpu_overload`] run said it has no cgroup cpu controller to use
+/// (none mounted, or not root): the test is then skipped, except under CI (`DQE_CI=1`),
+/// where it fails.
+fn no_cpu_controller(stderr: &str) -> bool {
+    if !stderr.contains("--node-cpu 0.5:") {
+        return false;
+    }
+    if std::env::var_os("DQE_CI").is_some_and(|v| v == "1") {
+        panic!("DQE_CI=1 and --node-cpu failed: {stderr}");
+    }
+    eprintln!("skipped: {stderr}");
+    true
+}
+
+#[test]
+fn overload_holds_the_nodes_to_their_cpu_budget_for_the_whole_run() {
+    let dir = tempfile::tempdir().unwrap();
+    enforcer_path();
+    common::dqe_path();
+    let mut args = node_cpu_overload("20").to_vec();
+    args.extend(["--json", "out.json"]);
     let start = Instant::now();
     let run = dqe_in(dir.path(), &args, b"", Duration::from_secs(60));
-    if run.code != 0 && run.stderr.contains("--node-cpu 0.5:") {
-        // No cgroup cpu controller, or not root: the command says so and stops.
-        if std::env::var_os("DQE_CI").is_some_and(|v| v == "1") {
-            panic!("DQE_CI=1 and --node-cpu failed: {run:?}");
-        }
-        eprintln!("skipped: {}", run.stderr);
+    if run.code != 0 && no_cpu_controller(&run.stderr) {
         return;
     }
     assert_eq!(run.code, 0, "{run:?}");
@@ -247,21 +260,10 @@ fn an_interrupted_node_cpu_run_stops_its_nodes_and_removes_its_cgroup() {
     enforcer_path();
     let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
     let mut cmd = common::dqe_command(dir.path());
-    cmd.args([
-        "lab",
-        "overload",
-        "--fsync",
-        "never",
-        "--start-rate",
-        "2000",
-        "--node-cpu",
-        "0.5",
-        "--duration",
-        "60",
-    ])
-    .stdin(Stdio::null())
-    .stdout(std::fs::File::create(&out).unwrap())
-    .stderr(std::fs::File::create(&err).unwrap());
+    cmd.args(node_cpu_overload("60"))
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap());
     let mut dqe = ChildGuard::spawn(&mut cmd);
     let groups = node_cpu_groups(dqe.id());
     // Wait until the nodes are in the group.
@@ -281,12 +283,7 @@ fn an_interrupted_node_cpu_run_stops_its_nodes_and_removes_its_cgroup() {
                 !status.success(),
                 "ended before its nodes were seen: {stderr}"
             );
-            if stderr.contains("--node-cpu 0.5:") {
-                // No cgroup cpu controller, or not root: the command says so and stops.
-                if std::env::var_os("DQE_CI").is_some_and(|v| v == "1") {
-                    panic!("DQE_CI=1 and --node-cpu failed: {stderr}");
-                }
-                eprintln!("skipped: {stderr}");
+            if no_cpu_controller(&stderr) {
                 return;
             }
             panic!("{status}: {stderr}");
