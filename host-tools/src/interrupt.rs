@@ -65,25 +65,24 @@ pub(crate) fn forget_child(pid: u32) {
     registry().children.retain(|(p, _)| *p != pid);
 }
 
-/// Make directory `path` with `create`, to be removed with `remove` on a signal until the
-/// returned guard is dropped.
+/// Make a directory with `create` (which returns its path), to be removed with `remove` on a
+/// signal until the returned guard is dropped.
 pub(crate) fn make_dir(
     what: &'static str,
-    path: &Path,
-    create: impl FnOnce(&Path) -> std::io::Result<()>,
+    create: impl FnOnce() -> std::io::Result<PathBuf>,
     remove: Remove,
-) -> std::io::Result<Registered> {
+) -> std::io::Result<(PathBuf, Registered)> {
     let mut r = registry();
-    create(path)?;
+    let path = create()?;
     r.next_id += 1;
     let id = r.next_id;
     r.leftovers.push(Leftover {
         id,
         what,
-        path: path.to_path_buf(),
+        path: path.clone(),
         remove,
     });
-    Ok(Registered(id))
+    Ok((path, Registered(id)))
 }
 
 /// A directory registered by [`make_dir`]; dropping it forgets the directory (its owner
@@ -176,24 +175,13 @@ mod tests {
     #[test]
     fn clean_up_stops_running_children_skips_reaped_ones_and_removes_directories() {
         let dir = tempfile::tempdir().unwrap();
-        let made = dir.path().join("made");
-        let guard = make_dir(
-            "test dir",
-            &made,
-            |d| std::fs::create_dir(d),
-            |p| std::fs::remove_dir(p).map_err(|e| e.to_string()),
-        )
-        .unwrap();
-        let forgotten = dir.path().join("forgotten");
-        drop(
-            make_dir(
-                "test dir",
-                &forgotten,
-                |d| std::fs::create_dir(d),
-                |p| std::fs::remove_dir(p).map_err(|e| e.to_string()),
-            )
-            .unwrap(),
-        );
+        let remove: Remove = |p| std::fs::remove_dir(p).map_err(|e| e.to_string());
+        let in_dir = |name: &str| {
+            let p = dir.path().join(name);
+            move || std::fs::create_dir(&p).map(|()| p)
+        };
+        let (made, guard) = make_dir("test dir", in_dir("made"), remove).unwrap();
+        let (forgotten, _) = make_dir("test dir", in_dir("forgotten"), remove).unwrap();
         let sleeper = spawn(Command::new("sleep").arg("60"), "sleeper").unwrap();
         let mut done = spawn(&mut Command::new("true"), "done").unwrap();
         done.wait().unwrap();

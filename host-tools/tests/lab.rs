@@ -252,8 +252,9 @@ fn is_enforcer(pid: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "dqe-enforcer")
 }
 
-/// Ctrl-C during `--node-cpu` used to leave the cgroup (and, signalled alone, the nodes)
-/// behind: the run now stops its nodes, removes the group, says so and exits 130.
+/// Ctrl-C during `--node-cpu` used to leave the cgroup (and, signalled alone, the nodes and
+/// their data) behind: the run now stops its nodes, removes the group and its temporary
+/// directory, says so and exits 130.
 #[test]
 fn an_interrupted_node_cpu_run_stops_its_nodes_and_removes_its_cgroup() {
     let dir = tempfile::tempdir().unwrap();
@@ -309,6 +310,12 @@ fn an_interrupted_node_cpu_run_stops_its_nodes_and_removes_its_cgroup() {
         stderr.contains(&format!("removed cgroup {}", group.display())),
         "{stderr}"
     );
+    // And the nodes' data with it.
+    let scratch = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("dqe: removed scratch directory "))
+        .unwrap_or_else(|| panic!("no scratch directory removed: {stderr}"));
+    assert!(!Path::new(scratch).exists(), "{scratch} left behind");
 }
 
 #[test]

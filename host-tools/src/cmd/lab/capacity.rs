@@ -123,7 +123,7 @@ pub(crate) fn run(a: CapacityArgs) -> Result<u8, Failure> {
             }
         }
     }
-    let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
+    let dir = super::scratch_dir()?;
     let ramps = a.loads.len() * (1 + policies.len());
     let budget = total.saturating_sub(SETUP) / ramps.max(1) as u32;
     // Each ramp has room for about eight rising steps and the two latency steps.

@@ -170,9 +170,9 @@ impl NodeCpuBudget {
         }
         remove_stale_groups(&root);
         let dir = root.join(format!("{GROUP_PREFIX}{}", std::process::id()));
-        let on_signal =
-            interrupt::make_dir("cgroup", &dir, |d| std::fs::create_dir(d), remove_group)
-                .map_err(|e| fail(format!("cannot create cgroup {}: {e}", dir.display())))?;
+        let create = || std::fs::create_dir(&dir).map(|()| dir.clone());
+        let (_, on_signal) = interrupt::make_dir("cgroup", create, remove_group)
+            .map_err(|e| fail(format!("cannot create cgroup {}: {e}", dir.display())))?;
         let budget = NodeCpuBudget {
             fraction,
             controller,

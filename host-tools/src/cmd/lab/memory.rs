@@ -304,12 +304,12 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
     if let Err(why) = procs::enforcer_accepts_fsync(&enforcer, &a.fsync) {
         return Err(Failure::Usage(format!("--fsync {}: {why}", a.fsync)));
     }
-    let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
+    let dir = super::scratch_dir()?;
     let large_started = Instant::now();
     let (mut node, portal) =
         procs::start_node(&enforcer, &NodeChoice::default(), dir.path(), &a.fsync, &[])?;
     let pid = node.pid();
-    let small_dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
+    let small_dir = super::scratch_dir()?;
     let mut baseline = if a.baseline_pairs > 0 {
         Some(start_baseline(&a, &enforcer, small_dir.path(), deadline)?)
     } else {

@@ -48,6 +48,40 @@ pub(crate) fn run(command: LabCommand) -> Result<u8, Failure> {
     }
 }
 
+/// A temporary directory for an experiment's nodes and files: removed when dropped, and by
+/// the signal handler when the run is interrupted ([`crate::interrupt`]).
+pub(crate) struct ScratchDir {
+    path: PathBuf,
+    _on_signal: crate::interrupt::Registered,
+}
+
+impl ScratchDir {
+    pub(crate) fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = remove_scratch(&self.path);
+    }
+}
+
+fn remove_scratch(path: &Path) -> Result<(), String> {
+    std::fs::remove_dir_all(path).map_err(|e| e.to_string())
+}
+
+/// A new [`ScratchDir`] in the system's temporary directory.
+pub(crate) fn scratch_dir() -> Result<ScratchDir, Failure> {
+    let create = || Ok(tempfile::tempdir()?.keep());
+    let (path, on_signal) = crate::interrupt::make_dir("scratch directory", create, remove_scratch)
+        .map_err(io_err("cannot create a temporary directory"))?;
+    Ok(ScratchDir {
+        path,
+        _on_signal: on_signal,
+    })
+}
+
 /// The 1-minute load average (0 where `/proc/loadavg` cannot be read).
 pub(crate) fn load_average() -> f64 {
     std::fs::read_to_string("/proc/loadavg")

@@ -484,7 +484,7 @@ pub(crate) fn run(a: OverloadArgs) -> Result<u8, Failure> {
             enforcer.display()
         )));
     }
-    let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
+    let dir = super::scratch_dir()?;
     let work = total.saturating_sub(SETUP);
     // Half the time finds the peak; the four overload steps share the other half.
     let step_len = (work / 2 / 4)

@@ -176,7 +176,7 @@ pub(crate) fn run(a: PeersArgs) -> Result<u8, Failure> {
             )));
         }
     }
-    let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
+    let dir = super::scratch_dir()?;
     let share = total / a.systems.len().max(1) as u32;
     let bar = output::progress(a.requests * a.systems.len() as u64, a.out.quiet);
     let mut runs: Vec<(String, SystemRun)> = Vec::new();
