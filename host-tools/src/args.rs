@@ -119,7 +119,10 @@ pub enum Command {
     /// Milter for Postfix or Sendmail: stamp outgoing mail (--send) or verify and cancel incoming stamps (--receive).
     Milter(crate::milter::MilterArgs),
     /// Experiments on this machine (capacity, overload, peers, memory, plan, reuse, simulate): a table, --json, --plot.
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "Ctrl-C or SIGTERM stops the processes the experiment started, removes its temporary directory and its --node-cpu cgroup, prints what it cleaned and exits 130 (SIGINT) or 143 (SIGTERM)."
+    )]
     Lab(lab::LabCommand),
 }
 
