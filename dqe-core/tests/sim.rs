@@ -601,6 +601,63 @@ fn a_respend_found_at_once_repairs_the_live_nodes_in_place_of_a_silent_write_set
 }
 
 #[test]
+fn a_respend_repairs_twice_its_answers_delay_after_it_not_five_ms_after() {
+    // Issue 16, fourth follow-up: real portals were killed 2 to 5 ms after a re-spend's
+    // answer, often before their look at the silent write-set nodes (then at least 5 ms
+    // after the answer), so the copies in place of a dead node were never written. The look
+    // now comes after twice the answer's delay (here 2 ms, two 1 ms hops; on loopback under
+    // a millisecond), at least 1 ms: a portal killed 3 ms after the client had its answer has
+    // sent the repairs by then.
+    let mut sim = Sim::<32>::new(6, 3, 31);
+    let config = sim.config();
+    let w = sim.find_word("respent ", |p| p[5] == 5);
+    let (key, value) = word(&w);
+    let pref = sim.preference(&key);
+    let portal = 5;
+    assert_eq!(sim.request(0, portal, set_body(&w)), Body::Stored);
+    sim.kill(pref[0]);
+    assert_eq!(sim.request(1, portal, set_body(&w)), found(value));
+    sim.run_for(3);
+    sim.kill(portal);
+    sim.run_for(budget(&config));
+    for &n in &[pref[3], pref[4]] {
+        assert!(
+            sim.holds(n, &key),
+            "node {n} (GET, NotFound) lacks the pair: the portal died before its repair"
+        );
+    }
+}
+
+#[test]
+fn a_respend_found_in_the_portals_own_store_repairs_once_the_other_nodes_answered() {
+    // The portal holds the pair itself: `Found` at once, before any other node answered, so
+    // that answer's delay (0) says nothing of the network. The look at the silent write-set
+    // node waits for the first remote answer and as long again (a look at once would find
+    // every node silent and repair none), and no longer: the portal is killed 3 ms after the
+    // client had its answer (4 ms after its own), before the 5 ms a fixed wait gave.
+    let mut sim = Sim::<32>::new(6, 3, 31);
+    let config = sim.config();
+    let w = sim.find_word("own share ", |p| p[1] == 5);
+    let (key, value) = word(&w);
+    let pref = sim.preference(&key);
+    let portal = 5;
+    assert_eq!(sim.request(0, portal, set_body(&w)), Body::Stored);
+    assert!(sim.holds(portal, &key));
+    assert!(!sim.holds(pref[3], &key) && !sim.holds(pref[4], &key));
+    sim.kill(pref[0]);
+    assert_eq!(sim.request(1, portal, set_body(&w)), found(value));
+    sim.run_for(3);
+    sim.kill(portal);
+    sim.run_for(budget(&config));
+    for &n in &[pref[3], pref[4]] {
+        assert!(
+            sim.holds(n, &key),
+            "node {n} (GET, NotFound) lacks the pair: the portal died before its repair"
+        );
+    }
+}
+
+#[test]
 fn a_silent_write_set_node_grows_the_write_set_past_silent_and_unasked_nodes_without_writing_them()
 {
     // The same re-spend with pref[3] (a GET) dead too: the write set grows past pref[0] by
