@@ -62,6 +62,13 @@ pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
         ))
     };
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail())?;
+    // A temporary file is private (0600); a report is not.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::Permissions::from_mode(0o644);
+        tmp.as_file().set_permissions(mode).map_err(fail())?;
+    }
     std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(fail())?;
     tmp.persist(path).map_err(|e| e.error).map_err(fail())?;
     Ok(())
