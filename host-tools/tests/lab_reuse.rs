@@ -68,6 +68,25 @@ fn lab_reuse_on_four_real_nodes_writes_the_json_fields_and_a_chart() {
     assert_eq!(number(down, "down_nodes"), 1.0);
     let mean = number(down, "mean_uses");
     assert!((1.0..=3.0).contains(&mean), "{down}");
+    // Every re-spend is counted, and every extra use falls in one class (issue 16).
+    let stamps = number(down, "stamps");
+    let c = &down["classes"];
+    assert_eq!(number(c, "respends"), 2.0 * stamps, "{c}");
+    if number(down, "first_sets_not_stored") == 0.0 {
+        let classes: f64 = [
+            "no_live_copy",
+            "live_copy_at_portal",
+            "live_copy_believed_down",
+            "live_copy_restarted",
+            "live_copy_other",
+        ]
+        .iter()
+        .map(|f| number(c, f))
+        .sum();
+        assert!((classes - (mean - 1.0) * stamps).abs() < 1e-6, "{down}");
+    }
+    assert!(number(down, "perfect_mean_uses") >= 1.0, "{down}");
+    assert!(down["uses"].is_array(), "{down}");
     let svg = std::fs::read_to_string(d.join("reuse.svg")).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("mean uses per stamp"),

@@ -60,7 +60,8 @@
 //! PUT of `(k, v)` (read repair, fire and forget: the repair's own reply is only counted).
 //! A request answered `Found` while write-set nodes are still silent (a re-spent stamp is
 //! answered by the first copy, before a PUT to a node that died unnoticed can time out) looks
-//! again a few of the answer's delays later: each silent write-set node has then timed out for
+//! again once the other nodes have had as long to answer as its first remote answer took
+//! (`quiet_after`): each silent write-set node has then timed out for
 //! the write set, which grows by two live nodes past it, and those the request GETs that
 //! answered `NotFound` get the read repair too (`repair.rs`; issue 16).
 //! A lingering request is the first thing evicted when the table is full.
@@ -132,6 +133,19 @@ pub use table::{
     InFlightStorage, MAX_IN_FLIGHT,
 };
 use table::{NO_SLOT, UNINDEXED};
+
+/// A `Set` answered `Found` with write-set nodes still silent looks at them again once
+/// twice the delay of its first answer from another node has passed since it began, and at
+/// least `attempt_timeout / QUIET_FLOOR_DIVISOR` (2 ms by default) after that answer (see
+/// the portal's `settle` and `on_reply`).
+pub const QUIET_FLOOR_DIVISOR: Millis = 125;
+
+/// How long after an answer from another node, `delay` ms into its request, a request
+/// answered `Found` looks at its silent write-set nodes: the others had as long again to
+/// answer (at least the floor: ms clocks round a sub-millisecond answer down to 0).
+fn quiet_after(config: &NodeConfig, delay: Millis) -> Millis {
+    delay.max((config.attempt_timeout / QUIET_FLOOR_DIVISOR).max(1))
+}
 
 /// Everything of the node a portal works with, borrowed for one event.
 pub(crate) struct Context<'a, S, R, G> {
@@ -549,6 +563,18 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             cx.stats.late_replies += 1;
         }
         request.record(i, &reply, cx.stats);
+        // An answered request waiting to look at its silent write-set nodes: this answer
+        // tells how long the others should take (see `settle`).
+        if request.phase == Phase::Lingering
+            && request.linger_end.is_some()
+            && matches!(request.ask, ClientRequest::Set { .. })
+        {
+            let delay = cx.now.saturating_sub(request.started);
+            let check = cx.now.saturating_add(quiet_after(cx.config, delay));
+            if check < request.deadline {
+                self.set_deadline(slot, check);
+            }
+        }
         self.settle(cx, slot);
     }
 
@@ -931,12 +957,27 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             request.phase = Phase::Lingering;
             self.lingering += 1;
             // Answered `Found` before every write-set node did: look again once the nodes
-            // that answer have had time to (four times this answer's delay, at least a 25th
-            // of an attempt), so that the copies in place of silent ones go out while this
-            // node still runs (issue 16: a re-spent stamp's portal often dies right after).
+            // that answer have had time to, so that the copies in place of silent ones go
+            // out while this node still runs (issue 16: a re-spent stamp's portal often dies
+            // right after). For a `Set` (a re-spend: where the copies must follow the live
+            // nodes) a remote `Found` took one round trip, and the others get as long again
+            // ([`quiet_after`]); a `Found` from the own share says nothing of the network, so
+            // the first remote answer brings the look forward (`on_reply`), a 50th of an
+            // attempt (5 ms) at the latest. (A fixed 5 ms after every answer lost those
+            // copies on loopback, where portals were killed 2 to 5 ms after their answer: the
+            // fourth follow-up in docs/BENCHMARKS.md.) A `Test` keeps the 5 ms floor and
+            // twice the answer's delay: a shorter wait takes a live node slowed by a loaded
+            // machine for a silent one more often, and writes copies outside the write set.
             if request.found.is_some() && request.has_silent_writes() {
                 let delay = cx.now.saturating_sub(request.started);
-                let quiet = (cx.config.attempt_timeout / 50).max(delay.saturating_mul(2));
+                let floor = cx.config.attempt_timeout / 50;
+                let quiet = match request.ask {
+                    ClientRequest::Set { .. } if !request.local_found(cx.me) => {
+                        quiet_after(cx.config, delay)
+                    }
+                    ClientRequest::Set { .. } => floor,
+                    ClientRequest::Test { .. } => floor.max(delay.saturating_mul(2)),
+                };
                 let check = cx.now.saturating_add(quiet);
                 if check < deadline {
                     request.linger_end = Some(deadline);

@@ -101,7 +101,7 @@ pub(crate) fn write_json<T: Serialize>(path: &Path, runs: &[T]) -> Result<(), Fa
         );
     }
     let text = serde_json::to_string_pretty(&top).expect("figures serialise");
-    std::fs::write(path, text + "\n").map_err(io_err(format!("cannot write {}", path.display())))
+    output::write_atomically(path, &(text + "\n"))
 }
 
 /// One line of a chart: its legend and its points.

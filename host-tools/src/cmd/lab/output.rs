@@ -41,13 +41,37 @@ pub(crate) fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// Write `value` and a newline to `path`.
+/// Write `value` and a newline to `path`, atomically ([`write_atomically`]).
 pub(crate) fn write_json(path: &Path, value: &serde_json::Value) -> Result<(), Failure> {
     let text = serde_json::to_string_pretty(value).expect("a JSON value serializes") + "\n";
-    std::fs::write(path, text).map_err(io_err(format!(
-        "cannot write the JSON report to {}",
-        path.display()
-    )))
+    write_atomically(path, &text)
+}
+
+/// Write `text` to `path` through a temporary file beside it, renamed over `path`: a run
+/// killed while writing leaves the previous report whole, never half of one (`dqe lab
+/// reuse` rewrites its report after each fraction).
+pub(crate) fn write_atomically(path: &Path, text: &str) -> Result<(), Failure> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let fail = || {
+        io_err(format!(
+            "cannot write the JSON report to {}",
+            path.display()
+        ))
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(fail())?;
+    // A temporary file is private (0600); a report is not.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::Permissions::from_mode(0o644);
+        tmp.as_file().set_permissions(mode).map_err(fail())?;
+    }
+    std::io::Write::write_all(&mut tmp, text.as_bytes()).map_err(fail())?;
+    tmp.persist(path).map_err(|e| e.error).map_err(fail())?;
+    Ok(())
 }
 
 /// One line of a chart.
@@ -186,6 +210,22 @@ mod tests {
             t,
             "system  ops/s  from\ndqe        12  a\nredis    1234  bcd\n"
         );
+    }
+
+    #[test]
+    fn a_report_is_replaced_whole_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.json");
+        write_atomically(&path, "{\"a\": 1}\n").unwrap();
+        write_atomically(&path, "{\"a\": 2}\n").unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "{\"a\": 2}\n");
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["r.json"]);
+        let missing = dir.path().join("no/such/dir/r.json");
+        assert!(write_atomically(&missing, "{}").is_err());
     }
 
     #[test]

@@ -12,7 +12,14 @@
 //! before a node is killed and at the end, so no process lifetime is lost: Puts that reached a
 //! storer, Get/Put datagrams the portals sent (retries included, to dead nodes too), and all
 //! datagrams that reached storer ports, minus the Gets this command sent itself (to see that
-//! a restarted node answers, and to count the copies of a first SET).
+//! a restarted node answers, and to count the copies).
+//!
+//! Where each extra use comes from ([`UseClasses`], issue 16): right before every re-spend,
+//! after the kills, the restarts and the gap, this command asks every running node's storer
+//! whether it holds the pair, and reads what the re-spend's portal believes of its peers. A
+//! use with no running node holding a copy is the write set's floor (the model's count); a use
+//! while one did is the read path's miss (the portal believed the holder down, skipped a node
+//! just restarted, or a reply was lost or late). The JSON is rewritten after each fraction.
 
 use std::collections::HashSet;
 use std::io::Write as _;
@@ -20,7 +27,10 @@ use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use dqe_core::config::NodeIndex;
 use dqe_core::hash::{Key, Value, key_of};
+use dqe_core::portal::choose_sets;
+use dqe_core::ring::{Point, Ring, RingBuffers};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::rngs::StdRng;
@@ -130,6 +140,151 @@ pub struct ReuseFigures {
     pub seconds: f64,
     /// The machine's 1-minute load average at the end (the machine may be shared).
     pub load_average: f64,
+    /// SETs whose portal was killed by the next change of the down set, and the mean ms
+    /// from the SET's answer to that kill (a portal's repairs after its answer go out only
+    /// if it still runs).
+    pub portals_killed: usize,
+    pub portal_killed_after_ms: f64,
+    /// Of those, killed less than 5 ms after the answer.
+    pub portals_killed_within_5ms: usize,
+    /// Mean uses per stamp of PROTOCOL.md's sets under a perfect detector on the same down
+    /// sets (the model's floor, `dqe lab simulate`'s `perfect`, paired with this run's draws).
+    pub perfect_mean_uses: f64,
+    /// Where the re-spends answered as a use came from (see [`UseClasses`]).
+    pub classes: UseClasses,
+    /// Every re-spend answered as a use, with what the cluster held just before it.
+    pub uses: Vec<UseEvent>,
+}
+
+/// The re-spends of a run by what the running nodes held just before each (this command's
+/// Gets to every running storer, after the kills, restarts and gap, right before the SET),
+/// and the re-spends answered as a use (`Stored` or `Unavailable`) in one class each:
+/// `no_live_copy` (a) or one of the four `live_copy_*` (b). With every first SET stored,
+/// `no_live_copy + live_copy_*` is `(mean_uses - 1) × stamps`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct UseClasses {
+    /// Re-spends made.
+    pub respends: usize,
+    /// Running nodes holding the pair before a re-spend, summed over the re-spends.
+    pub live_copies: usize,
+    /// Down nodes known to hold it before a re-spend (they held it when last asked while
+    /// running: a lower bound, since a copy written after that ask is not seen), summed.
+    pub down_copies: usize,
+    /// Re-spends with no running node holding the pair.
+    pub respends_no_live_copy: usize,
+    /// Of those, answered `Found` anyway (a copy landed between the Gets and the SET).
+    pub found_without_live_copy: usize,
+    /// (a) Uses with no running node holding the pair: every copy was on down nodes (or
+    /// none was written). The write set's floor; what the model's perfect detector counts.
+    pub no_live_copy: usize,
+    /// Of (a), uses with a down node known to hold a copy.
+    pub no_live_copy_down_held: usize,
+    /// Of (a), uses the perfect-detector rule has too on the same draws (its own copies:
+    /// the first `r + d` nodes truly up at each try); the rest of (a) is copies the real
+    /// portals did not place where the rule would have.
+    pub no_live_copy_also_perfect: usize,
+    /// Re-spends the perfect-detector rule answers as a use but the real portal did not.
+    pub perfect_only: usize,
+    /// (b) Uses while the portal itself held the pair (its own share, read locally).
+    pub live_copy_at_portal: usize,
+    /// (b) Uses while every running holder was believed down by the portal (its
+    /// `dqe_peer_up`, exported every 100 ms, read just before the SET).
+    pub live_copy_believed_down: usize,
+    /// (b) Uses while every running holder the portal believed up had been restarted just
+    /// before this re-spend.
+    pub live_copy_restarted: usize,
+    /// (b) The rest: a running holder believed up and not just restarted (a lost or late
+    /// reply, a timeout, or a belief that changed after it was read).
+    pub live_copy_other: usize,
+    /// Of (b), uses with a running holder among the first `r + handoff` of the preference
+    /// list (the read depth).
+    pub live_copy_in_read_depth: usize,
+}
+
+/// One re-spend answered as a use. Nodes are config indexes (node `n{i+1}`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct UseEvent {
+    /// Stamp number in the run and re-spend number (1 to `attempts`).
+    pub stamp: usize,
+    pub attempt: usize,
+    /// Its class: a field name of [`UseClasses`].
+    pub class: &'static str,
+    pub portal: usize,
+    /// The key's preference list.
+    pub preference: Vec<usize>,
+    /// The down set of this re-spend, and the nodes restarted for it.
+    pub down: Vec<usize>,
+    pub restarted: Vec<usize>,
+    /// Running nodes that held the pair, and down nodes known to.
+    pub live_holders: Vec<usize>,
+    pub down_holders: Vec<usize>,
+    /// Running peers the portal believed down (empty when its metrics could not be read).
+    pub believed_down: Vec<usize>,
+    /// Ms from the previous SET's answer to the kill of its portal, if it was killed.
+    pub previous_portal_killed_ms: Option<f64>,
+    /// Whether the perfect-detector rule has this use too on the same draws.
+    pub perfect_use: bool,
+}
+
+/// What was known just before one re-spend, and how it was answered.
+#[derive(Debug, Clone, Default)]
+struct Respend {
+    used: bool,
+    found: bool,
+    /// A use under the perfect-detector rule on the same draws.
+    perfect_use: bool,
+    portal: usize,
+    preference: Vec<usize>,
+    /// The first `r + handoff` of `preference` are read.
+    depth: usize,
+    down: Vec<usize>,
+    restarted: Vec<usize>,
+    live_holders: Vec<usize>,
+    down_holders: Vec<usize>,
+    believed_down: Vec<usize>,
+}
+
+impl UseClasses {
+    /// Count `r`; for a use, its class (a field name).
+    fn record(&mut self, r: &Respend) -> Option<&'static str> {
+        self.respends += 1;
+        self.live_copies += r.live_holders.len();
+        self.down_copies += r.down_holders.len();
+        if r.live_holders.is_empty() {
+            self.respends_no_live_copy += 1;
+            self.found_without_live_copy += usize::from(r.found);
+        }
+        self.perfect_only += usize::from(r.perfect_use && !r.used);
+        if !r.used {
+            return None;
+        }
+        if r.live_holders.is_empty() {
+            self.no_live_copy += 1;
+            self.no_live_copy_down_held += usize::from(!r.down_holders.is_empty());
+            self.no_live_copy_also_perfect += usize::from(r.perfect_use);
+            return Some("no_live_copy");
+        }
+        let read = &r.preference[..r.depth.min(r.preference.len())];
+        self.live_copy_in_read_depth +=
+            usize::from(r.live_holders.iter().any(|h| read.contains(h)));
+        let asked: Vec<usize> = r
+            .live_holders
+            .iter()
+            .copied()
+            .filter(|h| !r.believed_down.contains(h))
+            .collect();
+        let (field, class) = if r.live_holders.contains(&r.portal) {
+            (&mut self.live_copy_at_portal, "live_copy_at_portal")
+        } else if asked.is_empty() {
+            (&mut self.live_copy_believed_down, "live_copy_believed_down")
+        } else if asked.iter().all(|h| r.restarted.contains(h)) {
+            (&mut self.live_copy_restarted, "live_copy_restarted")
+        } else {
+            (&mut self.live_copy_other, "live_copy_other")
+        };
+        *field += 1;
+        Some(class)
+    }
 }
 
 /// Run `dqe lab reuse`.
@@ -156,11 +311,12 @@ pub fn run(a: ReuseArgs) -> Result<u8, Failure> {
         });
         let f = run_one(&a, &enforcer, down, deadline)?;
         runs.push(f);
+        // After each fraction, so that a run stopped later keeps what it measured.
+        if let Some(path) = &a.json {
+            write_json(path, &runs)?;
+        }
     }
     print_table(&runs);
-    if let Some(path) = &a.json {
-        write_json(path, &runs)?;
-    }
     if let Some(path) = &a.plot {
         uses_chart_of(
             path,
@@ -357,6 +513,14 @@ fn run_one(
     let path = dir.path().join("cluster.toml");
     std::fs::write(&path, &text).map_err(io_err(format!("cannot write {}", path.display())))?;
     let file = ClusterFile::parse(&path, &text)?;
+    let points = n * usize::from(file.spec.vnodes);
+    let storage = RingBuffers {
+        points: vec![Point::EMPTY; points].into_boxed_slice(),
+        heads: vec![0u64; points].into_boxed_slice(),
+    };
+    let ring = Ring::new(&file.spec, storage)
+        .map_err(|e| Failure::Usage(format!("the generated cluster has no ring: {e:?}")))?;
+    let depth = usize::from(a.replication) + usize::from(file.spec.handoff);
     let base = free_tcp_base(n, &mut port_rng)?;
     let mut cluster = LocalCluster::start_with_metrics(&file, enforcer, dir.path(), Some(base))?;
     cluster.wait_ready(Duration::from_secs(30))?;
@@ -388,22 +552,42 @@ fn run_one(
     let mut counters = Counters::default();
     let mut order: Vec<usize> = (0..n).collect();
     let mut tally = UseTally::default();
+    let mut perfect_tally = UseTally::default();
     let (mut copies, mut set_ms) = (0usize, 0u128);
     let mut live_node_sets = 0usize;
-    for _ in 0..a.stamps {
+    // The last SET's portal and when it answered, and the ms to its kill in all.
+    let mut last_answer: Option<(usize, Instant)> = None;
+    let mut portal_killed_ms = 0.0f64;
+    for stamp in 0..a.stamps {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
         let value: Value = rng.random();
         let key: Key = key_of(&value);
+        let list: Vec<NodeIndex> = ring.preference(&key).collect();
+        let preference: Vec<usize> = list.iter().map(|&x| usize::from(x)).collect();
+        // Whether each node held the pair when last asked while it ran.
+        let mut held = vec![false; n];
+        // The perfect-detector rule's copies of this stamp on the same draws.
+        let mut ideal: Vec<NodeIndex> = Vec::new();
         for attempt in 0..=a.attempts {
             order.shuffle(&mut rng);
             let down_set: HashSet<usize> = order[..k].iter().copied().collect();
+            let mut previous_portal_killed_ms = None;
             for &i in &down_set {
                 if cluster.is_running(i) {
                     counters.add(scrape(cluster.nodes()[i].metrics));
                     cluster.kill_node(i);
                     changed_at[i] = Instant::now();
+                    if let Some((p, at)) = last_answer
+                        && p == i
+                    {
+                        let ms = changed_at[i].duration_since(at).as_secs_f64() * 1000.0;
+                        f.portals_killed += 1;
+                        f.portals_killed_within_5ms += usize::from(ms < 5.0);
+                        portal_killed_ms += ms;
+                        previous_portal_killed_ms = Some(ms);
+                    }
                 }
             }
             let mut restarted = Vec::new();
@@ -414,12 +598,45 @@ fn run_one(
                     restarted.push(i);
                 }
             }
-            for i in restarted {
+            for &i in &restarted {
                 wait_answers(&mut asker, &mut cluster, i)?;
             }
             std::thread::sleep(Duration::from_millis(a.gap_ms));
             let portal = order[k + rng.random_range(0..n - k)];
-            beliefs.look(&cluster, portal, &changed_at);
+            let truth = |x: NodeIndex| !down_set.contains(&usize::from(x));
+            let perfect = choose_sets(&list, a.replication, file.spec.handoff, truth);
+            let perfect_use = !perfect.read.iter().any(|x| truth(*x) && ideal.contains(x));
+            ideal.extend(perfect.write.iter().copied().filter(|&x| truth(x)));
+            let answer = if perfect_use {
+                Body::Stored
+            } else {
+                Body::Found { value }
+            };
+            perfect_tally.set(attempt == 0, Some(&answer));
+            let mut respend = Respend::default();
+            if attempt > 0 {
+                let live_holders = holders(&mut asker, &cluster, &key);
+                for i in (0..n).filter(|&i| cluster.is_running(i)) {
+                    held[i] = live_holders.contains(&i);
+                }
+                let mut down: Vec<usize> = down_set.iter().copied().collect();
+                down.sort_unstable();
+                respend = Respend {
+                    portal,
+                    preference: preference.clone(),
+                    depth,
+                    down_holders: down.iter().copied().filter(|&i| held[i]).collect(),
+                    down,
+                    restarted: restarted.clone(),
+                    live_holders,
+                    perfect_use,
+                    ..Respend::default()
+                };
+            }
+            let believed_up = beliefs.look(&cluster, portal, &changed_at);
+            respend.believed_down = (0..n)
+                .filter(|&i| cluster.is_running(i) && believed_up.get(i) == Some(&false))
+                .collect();
             let t0 = Instant::now();
             let reply = asker.ask(
                 cluster.nodes()[portal].portal,
@@ -428,13 +645,46 @@ fn run_one(
                 false,
             );
             set_ms += t0.elapsed().as_millis();
+            last_answer = Some((portal, Instant::now()));
             live_node_sets += n - k;
             tally.set(attempt == 0, reply.as_ref());
             if attempt == 0 {
-                copies += count_copies(&mut asker, &cluster, &key);
+                let first = holders(&mut asker, &cluster, &key);
+                copies += first.len();
+                for &i in &first {
+                    held[i] = true;
+                }
+            } else {
+                respend.found = matches!(reply, Some(Body::Found { .. }));
+                respend.used = matches!(
+                    reply,
+                    Some(
+                        Body::Stored
+                            | Body::Refused {
+                                reason: dqe_core::wire::Reason::Unavailable
+                            }
+                    )
+                );
+                if let Some(class) = f.classes.record(&respend) {
+                    f.uses.push(UseEvent {
+                        stamp,
+                        attempt,
+                        class,
+                        portal,
+                        preference: respend.preference,
+                        down: respend.down,
+                        restarted: respend.restarted,
+                        live_holders: respend.live_holders,
+                        down_holders: respend.down_holders,
+                        believed_down: respend.believed_down,
+                        previous_portal_killed_ms,
+                        perfect_use,
+                    });
+                }
             }
         }
         tally.end_stamp();
+        perfect_tally.end_stamp();
         bar.inc(1);
     }
     bar.finish_and_clear();
@@ -452,6 +702,8 @@ fn run_one(
     let sets_f = tally.sets.max(1) as f64;
     let storer_in = (counters.storer_in - asker.storer_datagrams as f64).max(0.0);
     f.mean_uses = tally.mean_uses();
+    f.perfect_mean_uses = perfect_tally.mean_uses();
+    f.portal_killed_after_ms = portal_killed_ms / f.portals_killed.max(1) as f64;
     f.copies_per_first_set = copies as f64 / stamps;
     f.puts_delivered_per_set = counters.puts_in / sets_f;
     f.sub_requests_per_set = counters.sub_requests / sets_f;
@@ -477,20 +729,24 @@ struct Beliefs {
 }
 
 impl Beliefs {
-    /// Compare what `portal` believes about each peer with what runs.
-    fn look(&mut self, cluster: &LocalCluster, portal: usize, changed_at: &[Instant]) {
+    /// Compare what `portal` believes about each peer with what runs. Returns whether it
+    /// believes each node up (itself and peers it does not export: up; empty when its
+    /// metrics could not be read).
+    fn look(&mut self, cluster: &LocalCluster, portal: usize, changed_at: &[Instant]) -> Vec<bool> {
         let Some((200, body)) = cluster.nodes()[portal]
             .metrics
             .and_then(|m| http_get(m, "/metrics", Duration::from_secs(2)).ok())
         else {
-            return;
+            return Vec::new();
         };
         let scrape = Scrape::parse(&body);
+        let mut believed_up = vec![true; cluster.nodes().len()];
         for (i, node) in cluster.nodes().iter().enumerate() {
             let series = format!("dqe_peer_up{{peer=\"{}\"}}", node.name);
             let Some(up) = scrape.get(&series) else {
                 continue;
             };
+            believed_up[i] = up > 0.5;
             let age = changed_at[i].elapsed().as_secs_f64() * 1000.0;
             match (cluster.is_running(i), up > 0.5) {
                 (false, true) => {
@@ -504,6 +760,7 @@ impl Beliefs {
                 _ => {}
             }
         }
+        believed_up
     }
 }
 
@@ -529,21 +786,23 @@ fn wait_answers(asker: &mut Asker, cluster: &mut LocalCluster, i: usize) -> Resu
     )))
 }
 
-/// How many running nodes hold `key` (their storers answer a Get with `Found`).
-fn count_copies(asker: &mut Asker, cluster: &LocalCluster, key: &Key) -> usize {
-    let storers: Vec<SocketAddr> = (0..cluster.nodes().len())
+/// The running nodes that hold `key` (their storers answer a Get with `Found`).
+fn holders(asker: &mut Asker, cluster: &LocalCluster, key: &Key) -> Vec<usize> {
+    (0..cluster.nodes().len())
         .filter(|&i| cluster.is_running(i))
-        .map(|i| cluster.nodes()[i].storer)
-        .collect();
-    storers
-        .into_iter()
-        .filter(|&s| {
+        .filter(|&i| {
+            let storer = cluster.nodes()[i].storer;
             matches!(
-                asker.ask(s, Body::Get { key: *key }, Duration::from_secs(1), true),
+                asker.ask(
+                    storer,
+                    Body::Get { key: *key },
+                    Duration::from_secs(1),
+                    true
+                ),
                 Some(Body::Found { .. })
             )
         })
-        .count()
+        .collect()
 }
 
 fn print_table(runs: &[ReuseFigures]) {
@@ -602,11 +861,125 @@ fn print_table(runs: &[ReuseFigures]) {
             )
         );
     }
+    let _ = writeln!(
+        out,
+        "\nwhere the extra uses came from (counted just before each re-spend; see `classes` in the JSON):"
+    );
+    let _ = writeln!(
+        out,
+        "{:>6} {:>9} {:>9} {:>12} {:>11} {:>13} {:>9} {:>12} {:>10} {:>14} {:>10} {:>8} {:>10}",
+        "down",
+        "perfect",
+        "re-spends",
+        "live copies",
+        "no live cp",
+        "(a) no live",
+        "of which p",
+        "(b) portal",
+        "believed",
+        "(b) restarted",
+        "(b) other",
+        "in depth",
+        "down held"
+    );
+    for f in runs {
+        let c = &f.classes;
+        let _ = writeln!(
+            out,
+            "{:>5.0}% {:>9.4} {:>9} {:>12.2} {:>11} {:>13} {:>9} {:>12} {:>10} {:>14} {:>10} {:>8} {:>10}",
+            f.down_fraction * 100.0,
+            f.perfect_mean_uses,
+            c.respends,
+            c.live_copies as f64 / c.respends.max(1) as f64,
+            c.respends_no_live_copy,
+            c.no_live_copy,
+            c.no_live_copy_also_perfect,
+            c.live_copy_at_portal,
+            c.live_copy_believed_down,
+            c.live_copy_restarted,
+            c.live_copy_other,
+            c.live_copy_in_read_depth,
+            c.no_live_copy_down_held
+        );
+    }
+    for f in runs {
+        let _ = writeln!(
+            out,
+            "{:.0}% down: {} SETs' portals killed by the next change, {:.1} ms after the answer on average, {} within 5 ms",
+            f.down_fraction * 100.0,
+            f.portals_killed,
+            f.portal_killed_after_ms,
+            f.portals_killed_within_5ms
+        );
+    }
     if runs.iter().any(|f| f.unanswered_sets > 0) {
         let _ = writeln!(
             out,
             "unanswered SETs (not uses): {:?}",
             runs.iter().map(|f| f.unanswered_sets).collect::<Vec<_>>()
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn respend(live: &[usize], believed_down: &[usize], restarted: &[usize]) -> Respend {
+        Respend {
+            used: true,
+            portal: 9,
+            preference: vec![4, 1, 3, 0, 2, 5, 6, 7, 8, 9],
+            depth: 5,
+            live_holders: live.to_vec(),
+            believed_down: believed_down.to_vec(),
+            restarted: restarted.to_vec(),
+            ..Respend::default()
+        }
+    }
+
+    #[test]
+    fn every_use_falls_in_one_class_and_found_respends_in_none() {
+        let mut c = UseClasses::default();
+        let mut none = respend(&[], &[], &[]);
+        none.down_holders = vec![4];
+        none.perfect_use = true;
+        assert_eq!(c.record(&none), Some("no_live_copy"));
+        assert_eq!(
+            c.record(&respend(&[9, 4], &[4], &[])),
+            Some("live_copy_at_portal")
+        );
+        assert_eq!(
+            c.record(&respend(&[4], &[4], &[])),
+            Some("live_copy_believed_down")
+        );
+        assert_eq!(
+            c.record(&respend(&[4, 6], &[6], &[4])),
+            Some("live_copy_restarted")
+        );
+        assert_eq!(
+            c.record(&respend(&[4, 6], &[], &[4])),
+            Some("live_copy_other")
+        );
+        assert_eq!(c.record(&respend(&[6], &[], &[])), Some("live_copy_other"));
+        let mut found = respend(&[], &[], &[]);
+        (found.used, found.found, found.perfect_use) = (false, true, true);
+        assert_eq!(c.record(&found), None);
+        assert_eq!(c.respends, 7);
+        assert_eq!((c.respends_no_live_copy, c.found_without_live_copy), (2, 1));
+        assert_eq!((c.no_live_copy, c.no_live_copy_down_held), (1, 1));
+        assert_eq!((c.no_live_copy_also_perfect, c.perfect_only), (1, 1));
+        assert_eq!(
+            (
+                c.live_copy_at_portal,
+                c.live_copy_believed_down,
+                c.live_copy_restarted
+            ),
+            (1, 1, 1)
+        );
+        assert_eq!(c.live_copy_other, 2);
+        // Node 6 is past the read depth (the first 5 of the list).
+        assert_eq!(c.live_copy_in_read_depth, 4);
+        assert_eq!((c.live_copies, c.down_copies), (8, 1));
     }
 }
