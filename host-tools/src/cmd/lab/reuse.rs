@@ -496,7 +496,7 @@ fn run_one(
     let n = a.nodes;
     let k = ((down * n as f64).round() as usize).min(n - 1);
     let mut rng = StdRng::seed_from_u64(a.seed ^ (down * 1000.0) as u64);
-    let dir = tempfile::tempdir().map_err(io_err("cannot create a temporary directory"))?;
+    let dir = super::scratch_dir()?;
     // Ports from their own generator: the experiment's draws must not depend on which
     // ports happened to be free.
     let mut port_rng = StdRng::seed_from_u64(
