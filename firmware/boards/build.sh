@@ -56,6 +56,18 @@ else
     exit 1
   fi
   export PATH=/usr/bin:$PATH RUSTC_BOOTSTRAP=1
+  # The targets link with `rust-lld`. Debian's rustc-web shipped /usr/bin/rust-lld (pointing at
+  # lld-22) until 1.96.0+dfsg1-1~deb12u2, which moved it to rust-web-llvm (and all of llvm-22);
+  # without it, name lld-22's ld.lld directly (same linker, same flavour).
+  if ! command -v rust-lld >/dev/null 2>&1; then
+    lld=$(command -v ld.lld-22 || command -v ld.lld || true)
+    if [ -z "$lld" ]; then
+      echo "no lld to link $target with: apt-get install -y lld-22" >&2
+      exit 1
+    fi
+    export CARGO_TARGET_RISCV32IMAC_UNKNOWN_NONE_ELF_LINKER=$lld
+    export CARGO_TARGET_THUMBV7EM_NONE_EABIHF_LINKER=$lld
+  fi
   cargo_cmd=(cargo build -Zbuild-std=core)
 fi
 
