@@ -2,9 +2,9 @@
 # Issue 10: how long one group commit takes inside a node under the `always` mix, against
 # one fdatasync of the same disk. Each round: the batched null node and a fresh `--dev
 # --fsync always` node under `loopback_bench --mode mix --window 32` (5 s each); the node's
-# `dqe_fsync_batches_total` and `dqe_synced_records_total` before and after give the syncs a
-# second, the cycle (the time between the starts of two group commits, the sync thread being
-# busy all along) and the records per sync; then `fsync_probe` (awake, on CPU 0) with 14
+# `dqe_fsync_batches_total` and `dqe_synced_records_total` before and after give the group
+# commits a second, the cycle (a second over them: under this load one follows the other) and
+# the records per sync; then `fsync_probe` (awake, on CPU 0) with 14
 # records and with 1 on the same disk. Build first:
 #   cargo build --release -p backend-std --bins --examples
 # PORT_BASE (9181), METRICS_PORT (9199), NULL_PORT (9191), ROUNDS (3), DATA_PARENT (/work).

@@ -22,7 +22,7 @@
 //! just restarted, or a reply was lost or late). The JSON is rewritten after each fraction.
 
 use std::collections::HashSet;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -486,6 +486,9 @@ impl Asker {
     }
 }
 
+/// How often a run whose stderr is not a terminal prints how far it is.
+const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(60);
+
 fn run_one(
     a: &ReuseArgs,
     enforcer: &Path,
@@ -537,6 +540,10 @@ fn run_one(
             .progress_chars("=> "),
     );
     bar.set_message(format!("{:.0}% down", down * 100.0));
+    // The bar is drawn only on a terminal; a run logged to a file (they last up to an hour)
+    // says how far it is once every PLAIN_PROGRESS_EVERY instead.
+    let plain_progress = !std::io::stderr().is_terminal();
+    let mut reported = Instant::now();
     let mut f = ReuseFigures {
         nodes: n,
         down_fraction: down,
@@ -686,6 +693,17 @@ fn run_one(
         tally.end_stamp();
         perfect_tally.end_stamp();
         bar.inc(1);
+        if plain_progress && reported.elapsed() >= PLAIN_PROGRESS_EVERY {
+            reported = Instant::now();
+            eprintln!(
+                "{:.0}% down: {} of {} stamps, {} re-spends answered as uses, {:.0} s",
+                down * 100.0,
+                stamp + 1,
+                a.stamps,
+                f.uses.len(),
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     bar.finish_and_clear();
     for i in 0..n {
