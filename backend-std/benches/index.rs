@@ -59,7 +59,7 @@ fn index(c: &mut Criterion) {
                 black_box(ix.get(&absent[at], value_at).unwrap())
             })
         });
-        // 16 absent keys looked up one after the other, with and without first touching
+        // 16 absent keys looked up one after the other, with and without first prefetching
         // each one's slot as the event loop does for a received batch (issue 19); from 2^20
         // keys, so that at 10^7 pairs their slots are not in the caches from the last pass.
         let cold: Vec<Key> = (0..1u64 << 20).map(|i| pair(u64::MAX / 2 - i).0).collect();

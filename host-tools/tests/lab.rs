@@ -401,6 +401,43 @@ fn memory_stores_the_pairs_and_reports_bytes_per_pair() {
     );
 }
 
+/// Rounds that `--duration` ends: the one it cuts short is dropped, not kept with a drive
+/// that answered nothing (a NaN ratio once counted as "slower" by the sign test).
+#[test]
+fn memory_keeps_only_whole_rounds_when_the_time_runs_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = [
+        "memory",
+        "--pairs",
+        "2000",
+        "--baseline-pairs",
+        "200",
+        "--probe-requests",
+        "3000",
+        "--rounds",
+        "100000",
+    ];
+    let v = lab(dir.path(), &args, 9.0, 10);
+    let rounds = v["side_by_side"].as_array().unwrap();
+    assert!(!rounds.is_empty(), "{v:#}");
+    for r in rounds {
+        for side in ["small", "large"] {
+            for kind in ["test_absent", "set_fresh"] {
+                let rate = r[format!("{side}_{kind}_per_sec")].as_f64();
+                assert!(rate.is_some_and(|x| x > 0.0), "{side} {kind}: {v:#}");
+            }
+        }
+    }
+    // Every drive of a kept round made its 3,000 requests: none was cut short.
+    for r in rounds {
+        assert_eq!(
+            r["requests"],
+            serde_json::json!([3000, 3000, 3000, 3000]),
+            "{v:#}"
+        );
+    }
+}
+
 /// Issue 19: RssAnon per pair, throughput probes during the fill, and the side-by-side
 /// rounds against a second, small node.
 #[test]

@@ -61,6 +61,19 @@ struct Round {
     large_set: Rate,
 }
 
+impl Round {
+    /// Requests made by each drive: small and large TEST, small and large SET.
+    fn requests(&self) -> [u64; 4] {
+        [
+            self.small_test,
+            self.large_test,
+            self.small_set,
+            self.large_set,
+        ]
+        .map(|d| d.requests)
+    }
+}
+
 /// One node's figures for one kind of request in one round.
 #[derive(Clone, Copy)]
 struct Rate {
@@ -68,6 +81,8 @@ struct Rate {
     per_sec: f64,
     /// The node's CPU time (all threads) per request, in microseconds.
     cpu_us: f64,
+    /// Requests made (answered or not): `--probe-requests` unless the time ran out.
+    requests: u64,
 }
 
 /// What the rounds say about one ratio (large against small, above 1 when the large node is
@@ -195,6 +210,7 @@ fn drive_timed(
     let rate = Rate {
         per_sec: m.ops_per_sec(),
         cpu_us: used as f64 / 1e3 / m.ok.max(1) as f64,
+        requests: m.requests,
     };
     Ok((m, rate))
 }
@@ -272,6 +288,11 @@ fn side_by_side(
         };
         let ((_, small_test), (_, large_test)) = pair(0.0)?;
         let ((s, small_set), (l, large_set)) = pair(1.0)?;
+        if Instant::now() >= deadline {
+            // `--duration` ran out during the round and cut a drive short (one gave 0 SETs
+            // a second, a NaN ratio the sign test counted as "slower"): not a round.
+            break;
+        }
         (small, large) = (small + s.stored, large + l.stored);
         rounds.push(Round {
             small_pairs,
@@ -566,6 +587,7 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     "large_test_absent_cpu_us": r.large_test.cpu_us,
                     "small_set_fresh_cpu_us": r.small_set.cpu_us,
                     "large_set_fresh_cpu_us": r.large_set.cpu_us,
+                    "requests": r.requests(),
                 })).collect::<Vec<_>>(),
                 "side_by_side_summary": summaries(&rounds).map(|all| {
                     all.iter()
