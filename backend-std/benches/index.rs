@@ -212,5 +212,45 @@ fn expiry(_: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, index, store, expiry);
+/// Fresh inserts in batches of 16, as a received batch of SETs meets the index, with and
+/// without the batch prefetch first (issue 19): timed by hand, because every insert grows
+/// the table; chunks of each kind alternate, so both see the same table, and the median
+/// chunk is reported (a shard's rebuild lands in one chunk).
+fn inserts(_: &mut Criterion) {
+    const CHUNK: usize = 4096;
+    const CHUNKS: usize = 64;
+    for n in [100_000u64, 10_000_000] {
+        let mut ix = filled(n);
+        let fresh: Vec<Key> = (0..(CHUNK * CHUNKS) as u64)
+            .map(|i| pair(n + 1 + i).0)
+            .collect();
+        let mut ns = [Vec::new(), Vec::new()];
+        for (c, chunk) in fresh.chunks(CHUNK).enumerate() {
+            let prefetch = c % 2 == 1;
+            let base = n + 1 + (c * CHUNK) as u64;
+            let t = Instant::now();
+            for (b, batch) in chunk.chunks(16).enumerate() {
+                if prefetch {
+                    batch.iter().for_each(|k| ix.prefetch(k));
+                }
+                for (i, k) in batch.iter().enumerate() {
+                    let at = base + (b * 16 + i) as u64;
+                    ix.insert_absent(k, place_of(at)).expect("memory");
+                }
+            }
+            ns[usize::from(prefetch)].push(t.elapsed().as_nanos() as f64 / CHUNK as f64);
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        let (plain, prefetched) = (median(&mut ns[0]), median(&mut ns[1]));
+        println!(
+            "index/put_new_16/{n}: {plain:.1} ns per insert, prefetched {prefetched:.1} ns (medians of {} chunks of {CHUNK})",
+            CHUNKS / 2
+        );
+    }
+}
+
+criterion_group!(benches, index, store, expiry, inserts);
 criterion_main!(benches);
