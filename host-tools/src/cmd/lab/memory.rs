@@ -288,20 +288,21 @@ fn side_by_side(
         };
         let ((_, small_test), (_, large_test)) = pair(0.0)?;
         let ((s, small_set), (l, large_set)) = pair(1.0)?;
-        if Instant::now() >= deadline {
-            // `--duration` ran out during the round and cut a drive short (one gave 0 SETs
-            // a second, a NaN ratio the sign test counted as "slower"): not a round.
-            break;
-        }
         (small, large) = (small + s.stored, large + l.stored);
-        rounds.push(Round {
+        let r = Round {
             small_pairs,
             large_pairs,
             small_test,
             large_test,
             small_set,
             large_set,
-        });
+        };
+        if r.requests().iter().any(|&n| n < a.probe_requests) {
+            // `--duration` ran out during the round and cut a drive short (one gave 0 SETs
+            // a second, a NaN ratio the sign test counted as "slower"): not a round.
+            break;
+        }
+        rounds.push(r);
     }
     base.node.check_alive()?;
     Ok(rounds)
