@@ -9,6 +9,10 @@
 # PORT_BASE (9101, the enforcer's) and NULL_PORT (9391): other ports when another run uses these.
 # Ends with the ratios of issue 10's targets: each enforcer rate over the mean of the null
 # node's rates (batched, and plain) for the same load, measured before and after it.
+# ROUNDS=N (1): N rounds of the enforcers, each followed by the null nodes again, so that every
+# enforcer figure is bracketed by null figures taken just before and after it; with N > 1 the
+# summary gives each round's ratio against its own bracket and their median (5 s figures on a
+# shared VM drift by a third from one run to the next; a median of bracketed ratios does not).
 set -u
 cd "$(dirname "$0")/../.."
 S=${SECONDS_EACH:-5}
@@ -19,13 +23,18 @@ PB=${PORT_BASE:-9101}
 NP0=${NULL_PORT:-9391}
 load() { cut -d' ' -f1-3 /proc/loadavg; }
 declare -A RATE
+# RATE[label] lists the label's rates in run order; ROUND (0 for the first null nodes) is the
+# round a figure belongs to, and RATE[label#round] keeps that round's figure alone.
+ROUND=0
 run() {
   local label=$1; shift
-  echo "### $label [load $(load)]"
-  local out
+  echo "### $label (round $ROUND) [load $(load)]"
+  local out r
   out=$($B --threads "$T" "$@" 2>&1 | tail -2)
   echo "$out"
-  RATE[$label]="${RATE[$label]:-} $(echo "$out" | sed -n 's/.*rate=\([0-9]*\).*/\1/p')"
+  r=$(echo "$out" | sed -n 's/.*rate=\([0-9]*\).*/\1/p')
+  RATE[$label]="${RATE[$label]:-} $r"
+  RATE[$label#$ROUND]=$r
 }
 date -u; uptime
 D=$(mktemp -d -p "${DATA_PARENT:-/work}")
@@ -66,8 +75,16 @@ enforcers() {
     done
   done
 }
-enforcers
-nulls
+ROUNDS=${ROUNDS:-1}
+for ROUND in $(seq 1 "$ROUNDS"); do
+  enforcers
+  nulls
+done
+# The disk's hour: the `always` mix follows one fdatasync's time, which on this VM moves
+# tenfold from hour to hour (docs/BENCHMARKS.md, issue 10).
+echo "### one fdatasync on the same disk (fsync_probe, 1000 syncs) [load $(load)]"
+echo "idle:  $(target/release/examples/fsync_probe "$D" 1000 sync 2>&1 | tail -1)"
+echo "awake: $(taskset -c 0 target/release/examples/fsync_probe "$D" 1000 sync awake 2>&1 | tail -1)"
 rm -rf "$D"
 mean() { echo "$1" | awk '{s = 0; for (i = 1; i <= NF; i++) s += $i; if (NF) printf "%.0f", s / NF}'; }
 echo "### ratios (enforcer rate / mean null rate, same load)"
@@ -91,4 +108,22 @@ for who in ${BEFORE:+before} enforcer; do
     done
   done
 done
+if [ "$ROUNDS" -gt 1 ]; then
+  echo "### each round's ratio against the batched null node just before and after it; median"
+  for who in ${BEFORE:+before} enforcer; do
+    for policy in interval always; do
+      for mode in mix test; do
+        rs=""
+        for i in $(seq 1 "$ROUNDS"); do
+          e=${RATE[$who --fsync $policy $mode#$i]:-0}
+          n0=${RATE[null-batch $mode#$((i - 1))]:-0}
+          n1=${RATE[null-batch $mode#$i]:-0}
+          rs="$rs $(awk -v e="$e" -v a="$n0" -v b="$n1" 'BEGIN {m = (a + b) / 2; printf "%.2f", m > 0 ? e / m : 0}')"
+        done
+        med=$(echo $rs | tr ' ' '\n' | sort -n | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')
+        printf "%-24s rounds%s  median %.2f\n" "$who $policy $mode" "$rs" "$med"
+      done
+    done
+  done
+fi
 uptime
