@@ -118,7 +118,7 @@ if [ "$ROUNDS" -gt 1 ]; then
           e=${RATE[$who --fsync $policy $mode#$i]:-0}
           n0=${RATE[null-batch $mode#$((i - 1))]:-0}
           n1=${RATE[null-batch $mode#$i]:-0}
-          rs="$rs $(awk -v e="$e" -v a="$n0" -v b="$n1" 'BEGIN {m = (a + b) / 2; printf "%.2f", m > 0 ? e / m : 0}')"
+          rs="$rs $(awk -v e="$e" -v a="$n0" -v b="$n1" 'BEGIN {m = (a + b) / 2; printf "%.2f", (m > 0 ? e / m : 0)}')"
         done
         med=$(echo $rs | tr ' ' '\n' | sort -n | awk '{v[NR] = $1} END {print NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}')
         printf "%-24s rounds%s  median %.2f\n" "$who $policy $mode" "$rs" "$med"

@@ -475,7 +475,10 @@ fn memory_probes_and_compares_a_small_and_a_large_store() {
     let rounds = v["side_by_side"].as_array().unwrap();
     assert_eq!(rounds.len(), 2, "{v:#}");
     assert_eq!(rounds[0]["small_pairs"], 200, "{v:#}");
-    assert_eq!(rounds[1]["small_pairs"], 700, "{v:#}");
+    // The first round's 500 SETs took the small node past twice its 200 pairs: it was
+    // started again empty and refilled, so the second round compares 200 pairs again.
+    assert_eq!(rounds[1]["small_pairs"], 200, "{v:#}");
+    assert_eq!(v["side_by_side_small_restarts"], 1, "{v:#}");
     assert_eq!(rounds[0]["large_pairs"], 4500, "{v:#}");
     assert!(
         rounds

@@ -5,7 +5,8 @@
 //! slack). With `--probe-at`, the fill pauses at those sizes to time TESTs of absent keys and
 //! SETs of fresh keys, so the rates at a small and a large store come from one run. With
 //! `--baseline-pairs`, a second node started with the first holds that many pairs, and the
-//! two are measured side by side, in alternation, once the first is full.
+//! two are measured side by side, in alternation, once the first is full; the rounds' SETs
+//! grow it, so once they have doubled it, it is started again empty and refilled.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -224,6 +225,31 @@ struct Baseline {
     portal: SocketAddr,
     pairs: u64,
     started: Instant,
+    /// Times the rounds' SETs had doubled it and it was started again empty and refilled.
+    restarts: u32,
+}
+
+impl Baseline {
+    /// Start the small node again with an empty store and refill it when the rounds' SETs
+    /// (`--probe-requests` a round) have grown it past twice `--baseline-pairs`: a "small"
+    /// store that kept them would hold 3×10^6 pairs after 30 rounds of 10^5, out of the
+    /// caches like the large one, and the comparison would drift towards "no difference".
+    fn keep_small(
+        &mut self,
+        a: &MemoryArgs,
+        (enforcer, dir): (&std::path::Path, &std::path::Path),
+        deadline: Instant,
+    ) -> Result<(), Failure> {
+        if self.pairs <= 2 * a.baseline_pairs {
+            return Ok(());
+        }
+        self.node.stop();
+        let restarts = self.restarts + 1;
+        let started = self.started;
+        *self = start_baseline(a, enforcer, dir, deadline)?;
+        (self.restarts, self.started) = (restarts, started);
+        Ok(())
+    }
 }
 
 fn start_baseline(
@@ -248,16 +274,17 @@ fn start_baseline(
         portal,
         pairs,
         started,
+        restarts: 0,
     })
 }
 
 /// The side-by-side rounds: TESTs of absent keys and SETs of fresh keys alternate between
 /// the small node (`base`) and the large one (holding `large` pairs at `portal`), `rounds`
 /// times, so both see the same load on a shared machine; which node goes first alternates
-/// too.
+/// too. The small node is kept small (`Baseline::keep_small`, files in `small_dir`).
 fn side_by_side(
     a: &MemoryArgs,
-    base: &mut Baseline,
+    (base, enforcer, small_dir): (&mut Baseline, &std::path::Path, &std::path::Path),
     (portal, large_pid): (SocketAddr, u32),
     mut large: u64,
     deadline: Instant,
@@ -265,14 +292,14 @@ fn side_by_side(
     let done = Done::default();
     let drive =
         |at, requests, set_ratio| drive_at(at, requests, set_ratio, a.concurrency, deadline, &done);
-    let (small_portal, small_pid) = (base.portal, base.node.pid());
-    let mut small = base.pairs;
     let mut rounds = Vec::new();
     for round in 0..a.rounds {
         if Instant::now() >= deadline {
             break;
         }
-        let (small_pairs, large_pairs) = (small, large);
+        base.keep_small(a, (enforcer, small_dir), deadline)?;
+        let (small_portal, small_pid) = (base.portal, base.node.pid());
+        let (small_pairs, large_pairs) = (base.pairs, large);
         // Each node goes first in every other round: no order bias.
         type Timed = (Measured, Rate);
         let pair = |set_ratio| -> Result<(Timed, Timed), Failure> {
@@ -288,7 +315,7 @@ fn side_by_side(
         };
         let ((_, small_test), (_, large_test)) = pair(0.0)?;
         let ((s, small_set), (l, large_set)) = pair(1.0)?;
-        (small, large) = (small + s.stored, large + l.stored);
+        (base.pairs, large) = (base.pairs + s.stored, large + l.stored);
         let r = Round {
             small_pairs,
             large_pairs,
@@ -428,10 +455,17 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
         .as_ref()
         .map(|b| (large_started.elapsed(), b.started.elapsed()));
     let rounds = match baseline.as_mut() {
-        Some(base) => side_by_side(&a, base, (portal, pid), stored, deadline)?,
+        Some(base) => side_by_side(
+            &a,
+            (base, &enforcer, small_dir.path()),
+            (portal, pid),
+            stored,
+            deadline,
+        )?,
         None => Vec::new(),
     };
     node.check_alive()?;
+    let small_restarts = baseline.as_ref().map_or(0, |b| b.restarts);
     let per_pair = |from: u64, to: u64| {
         if stored > 0 {
             to.saturating_sub(from) as f64 / stored as f64
@@ -515,9 +549,11 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
         if let Some((large_age, small_age)) = ages {
             println!(
                 "side by side, small node / large node, alternating (both started together: \
-                 they had run {:.0} s / {:.0} s when the rounds began):",
+                 they had run {:.0} s / {:.0} s when the rounds began; the small node started \
+                 again empty and refilled {} times, whenever the rounds' SETs had doubled it):",
                 small_age.as_secs_f64(),
-                large_age.as_secs_f64()
+                large_age.as_secs_f64(),
+                small_restarts
             );
         }
         print!(
@@ -577,6 +613,7 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     "large": l.as_secs_f64(),
                     "small": s.as_secs_f64(),
                 })),
+                "side_by_side_small_restarts": small_restarts,
                 "side_by_side": rounds.iter().map(|r| json!({
                     "small_pairs": r.small_pairs,
                     "large_pairs": r.large_pairs,

@@ -69,6 +69,13 @@ impl Started {
         rss_bytes(self.pid())
     }
 
+    /// Stop the process now (as a drop would), before its files are reused.
+    pub(crate) fn stop(&mut self) {
+        if let Some(c) = self.child.take() {
+            stop_child(c);
+        }
+    }
+
     /// Fail if the process has exited, with the end of its log.
     pub(crate) fn check_alive(&mut self) -> Result<(), Failure> {
         let exited = self
@@ -92,9 +99,7 @@ impl Started {
 
 impl Drop for Started {
     fn drop(&mut self) {
-        if let Some(c) = self.child.take() {
-            stop_child(c);
-        }
+        self.stop();
     }
 }
 
