@@ -428,11 +428,12 @@ fn memory_keeps_only_whole_rounds_when_the_time_runs_out() {
             }
         }
     }
-    // Every drive of a kept round made its 3,000 requests: none was cut short.
+    // Every drive of a kept round made its 3,000 requests (the TESTs that hit: the small
+    // node's 200 pairs): none was cut short.
     for r in rounds {
         assert_eq!(
             r["requests"],
-            serde_json::json!([3000, 3000, 3000, 3000]),
+            serde_json::json!([3000, 3000, 3000, 3000, 200, 200]),
             "{v:#}"
         );
     }
@@ -472,6 +473,13 @@ fn memory_probes_and_compares_a_small_and_a_large_store() {
             .iter()
             .all(|p| p["test_absent_per_sec"].as_f64() > Some(0.0))
     );
+    // TESTs of stored keys: the fill's first 200 pairs (no more than the small node holds),
+    // every one of them found, at both sizes and on both nodes.
+    for p in probes {
+        assert_eq!(p["test_present_requests"], 200, "{v:#}");
+        assert_eq!(p["test_present_found"], 200, "{v:#}");
+        assert!(p["test_present_per_sec"].as_f64() > Some(0.0), "{v:#}");
+    }
     let rounds = v["side_by_side"].as_array().unwrap();
     assert_eq!(rounds.len(), 2, "{v:#}");
     assert_eq!(rounds[0]["small_pairs"], 200, "{v:#}");
@@ -485,6 +493,10 @@ fn memory_probes_and_compares_a_small_and_a_large_store() {
             .iter()
             .all(|r| r["large_set_fresh_per_sec"].as_f64() > Some(0.0))
     );
+    for r in rounds {
+        assert_eq!(r["small_test_present_found"], 200, "{v:#}");
+        assert_eq!(r["large_test_present_found"], 200, "{v:#}");
+    }
     // Both nodes were started together, so both have run about as long (the small one
     // starts a moment later, once the large one answers).
     let ages = &v["side_by_side_ages_secs"];
@@ -503,6 +515,8 @@ fn memory_probes_and_compares_a_small_and_a_large_store() {
         "set_fresh_throughput",
         "test_absent_cpu",
         "set_fresh_cpu",
+        "test_present_throughput",
+        "test_present_cpu",
     ] {
         assert_eq!(summary[name]["rounds"], 2, "{name}: {v:#}");
         assert!(
@@ -518,6 +532,8 @@ fn memory_probes_and_compares_a_small_and_a_large_store() {
             "large_test_absent_cpu_us",
             "small_set_fresh_cpu_us",
             "large_set_fresh_cpu_us",
+            "small_test_present_cpu_us",
+            "large_test_present_cpu_us",
         ] {
             assert!(r[field].as_f64() > Some(0.0), "{field}: {v:#}");
         }

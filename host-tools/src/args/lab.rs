@@ -175,19 +175,21 @@ pub struct MemoryArgs {
     /// dqe-enforcer's durability policy (--fsync).
     #[arg(long, value_name = "MODE", default_value = "never")]
     pub fsync: String,
-    /// Also measure the throughput of TESTs of absent keys and SETs of fresh keys when this
-    /// many pairs are stored (comma-separated), and at the end: how the rate changes as
-    /// the store grows, side by side in one run.
+    /// Also measure the throughput of TESTs of absent keys, SETs of fresh keys and TESTs of
+    /// stored keys (hits) when this many pairs are stored (comma-separated), and at the end:
+    /// how the rate changes as the store grows, side by side in one run.
     #[arg(long, value_name = "N,..", value_delimiter = ',')]
     pub probe_at: Vec<u64>,
-    /// Requests of each kind per throughput probe (--probe-at, --baseline-pairs).
+    /// Requests of each kind per throughput probe (--probe-at, --baseline-pairs); the TESTs
+    /// that hit ask for at most this many of the fill's first pairs (and --baseline-pairs).
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub probe_requests: u64,
     /// Start a second node together with the first and store this many pairs in it; after
-    /// the fill, alternate TESTs of absent keys and SETs of fresh keys between it and the
-    /// full node (--rounds times): the rates at a small and a large store under the same
-    /// load, from nodes that have run as long; the rounds get the last third of --duration
-    /// [default: 0, off].
+    /// the fill, alternate TESTs of absent keys, SETs of fresh keys and TESTs of stored keys
+    /// between it and the full node (--rounds times): the rates at a small and a large store
+    /// under the same load, from nodes that have run as long (the small one is started again
+    /// and refilled once the rounds' SETs have doubled it); the rounds get the last third of
+    /// --duration [default: 0, off].
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub baseline_pairs: u64,
     /// Rounds of the side-by-side comparison (--baseline-pairs).

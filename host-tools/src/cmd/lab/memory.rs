@@ -3,7 +3,8 @@
 //! `--pairs` fresh pairs SET through its portal, and RssAnon read again; the difference over
 //! the pairs stored is the cost per pair (index, replay caches as they fill, allocator
 //! slack). With `--probe-at`, the fill pauses at those sizes to time TESTs of absent keys and
-//! SETs of fresh keys, so the rates at a small and a large store come from one run. With
+//! SETs of fresh keys, and TESTs of keys the fill stored (hits, which read the record from
+//! the segment), so the rates at a small and a large store come from one run. With
 //! `--baseline-pairs`, a second node started with the first holds that many pairs, and the
 //! two are measured side by side, in alternation, once the first is full; the rounds' SETs
 //! grow it, so once they have doubled it, it is started again empty and refilled.
@@ -25,17 +26,43 @@ struct Probe {
     pairs: u64,
     test_absent: Measured,
     set_fresh: Measured,
+    test_present: Measured,
 }
 
-/// `requests` fresh requests (SETs with `set_ratio`, else TESTs) to the portal at `portal`.
+/// The seed of the large node's first fill drive (whose pairs the TESTs that hit ask for);
+/// the later fill drives count up from it.
+const FILL_SEED: u64 = 0x6671_6c6c_0000_0000;
+/// The seed of the small node's fill.
+const BASELINE_SEED: u64 = 0x6261_7365_0000_0000;
+
+/// What a drive sends.
+#[derive(Clone, Copy)]
+enum Load {
+    /// TESTs of fresh random keys: absent.
+    TestAbsent,
+    /// SETs of fresh random pairs.
+    SetFresh,
+    /// SETs of the pairs numbered from 0 under a seed: a fill.
+    Fill(u64),
+    /// TESTs of the first pairs of `Fill(seed)`: present, unless their SET failed.
+    TestPresent(u64),
+}
+
+/// `requests` requests of `load` to the portal at `portal`.
 fn drive_at(
     portal: SocketAddr,
     requests: u64,
-    set_ratio: f64,
+    load: Load,
     threads: usize,
     deadline: Instant,
     done: &Done,
 ) -> Result<Measured, Failure> {
+    let (set_ratio, seed, numbered) = match load {
+        Load::TestAbsent => (0.0, rand::random(), false),
+        Load::SetFresh => (1.0, rand::random(), false),
+        Load::Fill(seed) => (1.0, seed, true),
+        Load::TestPresent(seed) => (0.0, seed, true),
+    };
     workers::run(
         Drive {
             requests,
@@ -43,7 +70,8 @@ fn drive_at(
             batch: 1,
             set_ratio,
             deadline,
-            seed: rand::random(),
+            seed,
+            numbered,
         },
         &|| DqeConn::connect(portal),
         done,
@@ -60,19 +88,36 @@ struct Round {
     large_test: Rate,
     small_set: Rate,
     large_set: Rate,
+    /// TESTs of present keys (`hit_requests` each).
+    small_hit: Rate,
+    large_hit: Rate,
+    /// Of those, answered `Found`: small, large.
+    found: (u64, u64),
 }
 
 impl Round {
-    /// Requests made by each drive: small and large TEST, small and large SET.
-    fn requests(&self) -> [u64; 4] {
+    /// Requests made by each drive: small and large TEST absent, SET fresh, TEST present.
+    fn requests(&self) -> [u64; 6] {
         [
             self.small_test,
             self.large_test,
             self.small_set,
             self.large_set,
+            self.small_hit,
+            self.large_hit,
         ]
         .map(|d| d.requests)
     }
+}
+
+/// TESTs of present keys per drive: `--probe-requests`, but no more than the pairs a fill
+/// of `filled` requests numbered (and the small node holds `--baseline-pairs`).
+fn hit_requests(a: &MemoryArgs, filled: u64) -> u64 {
+    let mut n = a.probe_requests.min(filled);
+    if a.baseline_pairs > 0 {
+        n = n.min(a.baseline_pairs);
+    }
+    n
 }
 
 /// One node's figures for one kind of request in one round.
@@ -166,9 +211,9 @@ impl Summary {
     }
 }
 
-/// The four summaries of the side-by-side rounds: TEST absent and SET fresh, by throughput
-/// (large/small) and by the nodes' CPU time per request (small/large).
-fn summaries(rounds: &[Round]) -> Option<[(&'static str, Summary); 4]> {
+/// The six summaries of the side-by-side rounds: TEST absent, SET fresh and TEST present,
+/// by throughput (large/small) and by the nodes' CPU time per request (small/large).
+fn summaries(rounds: &[Round]) -> Option<[(&'static str, Summary); 6]> {
     let of = |f: &dyn Fn(&Round) -> f64| Summary::of(rounds.iter().map(f).collect());
     Some([
         (
@@ -187,16 +232,24 @@ fn summaries(rounds: &[Round]) -> Option<[(&'static str, Summary); 4]> {
             "set_fresh_cpu",
             of(&|r| r.small_set.cpu_us / r.large_set.cpu_us)?,
         ),
+        (
+            "test_present_throughput",
+            of(&|r| r.large_hit.per_sec / r.small_hit.per_sec)?,
+        ),
+        (
+            "test_present_cpu",
+            of(&|r| r.small_hit.cpu_us / r.large_hit.cpu_us)?,
+        ),
     ])
 }
 
 /// Drive `requests` at the node `pid` serving `at`, timing its CPU too.
 fn drive_timed(
-    drive: &dyn Fn(SocketAddr, u64, f64) -> Result<Measured, Failure>,
+    drive: &dyn Fn(SocketAddr, u64, Load) -> Result<Measured, Failure>,
     pid: u32,
     at: SocketAddr,
     requests: u64,
-    set_ratio: f64,
+    load: Load,
 ) -> Result<(Measured, Rate), Failure> {
     let no_cpu = || {
         Failure::Lab(format!(
@@ -204,7 +257,7 @@ fn drive_timed(
         ))
     };
     let before = procs::cpu_ns(pid).ok_or_else(no_cpu)?;
-    let m = drive(at, requests, set_ratio)?;
+    let m = drive(at, requests, load)?;
     let used = procs::cpu_ns(pid)
         .ok_or_else(no_cpu)?
         .saturating_sub(before);
@@ -263,7 +316,7 @@ fn start_baseline(
     let pairs = drive_at(
         portal,
         a.baseline_pairs,
-        1.0,
+        Load::Fill(BASELINE_SEED),
         a.concurrency,
         deadline,
         &Done::default(),
@@ -278,20 +331,20 @@ fn start_baseline(
     })
 }
 
-/// The side-by-side rounds: TESTs of absent keys and SETs of fresh keys alternate between
-/// the small node (`base`) and the large one (holding `large` pairs at `portal`), `rounds`
-/// times, so both see the same load on a shared machine; which node goes first alternates
-/// too. The small node is kept small (`Baseline::keep_small`, files in `small_dir`).
+/// The side-by-side rounds: TESTs of absent keys, SETs of fresh keys and TESTs of present
+/// keys (`hits` of each node's fill) alternate between the small node (`base`) and the large
+/// one (holding `large` pairs at `portal`), `rounds` times, so both see the same load on a
+/// shared machine; which node goes first alternates too. The small node is kept small
+/// (`Baseline::keep_small`, files in `small_dir`).
 fn side_by_side(
     a: &MemoryArgs,
     (base, enforcer, small_dir): (&mut Baseline, &std::path::Path, &std::path::Path),
     (portal, large_pid): (SocketAddr, u32),
     mut large: u64,
-    deadline: Instant,
+    (deadline, hits): (Instant, u64),
 ) -> Result<Vec<Round>, Failure> {
     let done = Done::default();
-    let drive =
-        |at, requests, set_ratio| drive_at(at, requests, set_ratio, a.concurrency, deadline, &done);
+    let drive = |at, requests, load| drive_at(at, requests, load, a.concurrency, deadline, &done);
     let mut rounds = Vec::new();
     for round in 0..a.rounds {
         if Instant::now() >= deadline {
@@ -302,9 +355,9 @@ fn side_by_side(
         let (small_pairs, large_pairs) = (base.pairs, large);
         // Each node goes first in every other round: no order bias.
         type Timed = (Measured, Rate);
-        let pair = |set_ratio| -> Result<(Timed, Timed), Failure> {
-            let s = || drive_timed(&drive, small_pid, small_portal, a.probe_requests, set_ratio);
-            let l = || drive_timed(&drive, large_pid, portal, a.probe_requests, set_ratio);
+        let pair = |small_load, large_load, n| -> Result<(Timed, Timed), Failure> {
+            let s = || drive_timed(&drive, small_pid, small_portal, n, small_load);
+            let l = || drive_timed(&drive, large_pid, portal, n, large_load);
             if round % 2 == 0 {
                 let s = s()?;
                 Ok((s, l()?))
@@ -313,9 +366,15 @@ fn side_by_side(
                 Ok((s()?, l))
             }
         };
-        let ((_, small_test), (_, large_test)) = pair(0.0)?;
-        let ((s, small_set), (l, large_set)) = pair(1.0)?;
+        let (absent, fresh, n) = (Load::TestAbsent, Load::SetFresh, a.probe_requests);
+        let ((_, small_test), (_, large_test)) = pair(absent, absent, n)?;
+        let ((s, small_set), (l, large_set)) = pair(fresh, fresh, n)?;
         (base.pairs, large) = (base.pairs + s.stored, large + l.stored);
+        let present = (
+            Load::TestPresent(BASELINE_SEED),
+            Load::TestPresent(FILL_SEED),
+        );
+        let ((s, small_hit), (l, large_hit)) = pair(present.0, present.1, hits)?;
         let r = Round {
             small_pairs,
             large_pairs,
@@ -323,8 +382,16 @@ fn side_by_side(
             large_test,
             small_set,
             large_set,
+            small_hit,
+            large_hit,
+            found: (s.found, l.found),
         };
-        if r.requests().iter().any(|&n| n < a.probe_requests) {
+        let wanted = [n, n, n, n, hits, hits];
+        if r.requests()
+            .iter()
+            .zip(wanted)
+            .any(|(&got, want)| got < want)
+        {
             // `--duration` ran out during the round and cut a drive short (one gave 0 SETs
             // a second, a NaN ratio the sign test counted as "slower"): not a round.
             break;
@@ -381,21 +448,16 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
     bar.set_message("storing pairs");
     let done = Done::default();
     let stop = AtomicBool::new(false);
+    // TESTs that hit ask for the first fill drive's pairs (`stages[0]` of them).
+    let hits = hit_requests(&a, stages[0]);
     // The side-by-side rounds get the last third of the time, whatever the fill managed.
     let fill_deadline = if a.baseline_pairs > 0 {
         deadline - total / 3
     } else {
         deadline - Duration::from_secs(2).min(total / 4)
     };
-    let drive = |requests: u64, set_ratio: f64| {
-        drive_at(
-            portal,
-            requests,
-            set_ratio,
-            a.concurrency,
-            fill_deadline,
-            &done,
-        )
+    let drive = |requests: u64, load: Load| {
+        drive_at(portal, requests, load, a.concurrency, fill_deadline, &done)
     };
     // The node's anonymous RSS against requests made so far, for the chart.
     let (filled, samples) = std::thread::scope(|s| {
@@ -414,9 +476,9 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
         let filled = (|| {
             let (mut stored, mut failed, mut sets, mut busy) = (0, 0, 0, Duration::ZERO);
             let mut probes = Vec::new();
-            for &stage in &stages {
+            for (seed, &stage) in (FILL_SEED..).zip(&stages) {
                 if stored < stage {
-                    let m = drive(stage - stored, 1.0)?;
+                    let m = drive(stage - stored, Load::Fill(seed))?;
                     (stored, failed) = (stored + m.stored, failed + m.failed);
                     (sets, busy) = (sets + m.ok, busy + m.elapsed);
                 }
@@ -424,13 +486,15 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     continue;
                 }
                 let pairs = stored;
-                let test_absent = drive(a.probe_requests, 0.0)?;
-                let set_fresh = drive(a.probe_requests, 1.0)?;
+                let test_absent = drive(a.probe_requests, Load::TestAbsent)?;
+                let set_fresh = drive(a.probe_requests, Load::SetFresh)?;
                 (stored, failed) = (stored + set_fresh.stored, failed + set_fresh.failed);
+                let test_present = drive(hits, Load::TestPresent(FILL_SEED))?;
                 probes.push(Probe {
                     pairs,
                     test_absent,
                     set_fresh,
+                    test_present,
                 });
             }
             Ok::<_, Failure>((
@@ -460,7 +524,7 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
             (base, &enforcer, small_dir.path()),
             (portal, pid),
             stored,
-            deadline,
+            (deadline, hits),
         )?,
         None => Vec::new(),
     };
@@ -508,6 +572,9 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     p.test_absent.percentile_us(0.99).to_string(),
                     format!("{:.0}", p.set_fresh.ops_per_sec()),
                     p.set_fresh.percentile_us(0.99).to_string(),
+                    format!("{:.0}", p.test_present.ops_per_sec()),
+                    p.test_present.percentile_us(0.99).to_string(),
+                    format!("{} of {}", p.test_present.found, p.test_present.requests),
                 ]
             })
             .collect();
@@ -519,7 +586,10 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     "TEST absent/s",
                     "TEST p99 us",
                     "SET fresh/s",
-                    "SET p99 us"
+                    "SET p99 us",
+                    "TEST present/s",
+                    "TEST present p99 us",
+                    "found"
                 ],
                 &rows
             )
@@ -543,6 +613,10 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     format!("{:.0} / {:.0}", r.small_set.per_sec, r.large_set.per_sec),
                     format!("{:.2}", r.large_set.per_sec / r.small_set.per_sec),
                     format!("{:.2} / {:.2}", r.small_set.cpu_us, r.large_set.cpu_us),
+                    format!("{:.0} / {:.0}", r.small_hit.per_sec, r.large_hit.per_sec),
+                    format!("{:.2}", r.large_hit.per_sec / r.small_hit.per_sec),
+                    format!("{:.2} / {:.2}", r.small_hit.cpu_us, r.large_hit.cpu_us),
+                    format!("{} / {}", r.found.0, r.found.1),
                 ]
             })
             .collect();
@@ -567,6 +641,10 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     "SET fresh/s",
                     "large/small",
                     "SET CPU us/req",
+                    "TEST present/s",
+                    "large/small",
+                    "hit CPU us/req",
+                    "found",
                 ],
                 &rows
             )
@@ -581,7 +659,9 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                 "test_absent_throughput" => "TEST absent, throughput large/small",
                 "set_fresh_throughput" => "SET fresh, throughput large/small",
                 "test_absent_cpu" => "TEST absent, CPU per request small/large",
-                _ => "SET fresh, CPU per request small/large",
+                "set_fresh_cpu" => "SET fresh, CPU per request small/large",
+                "test_present_throughput" => "TEST present, throughput large/small",
+                _ => "TEST present, CPU per request small/large",
             };
             println!("  {what}: {}", s.describe());
         }
@@ -608,6 +688,10 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     "test_absent_p99_us": p.test_absent.percentile_us(0.99),
                     "set_fresh_per_sec": p.set_fresh.ops_per_sec(),
                     "set_fresh_p99_us": p.set_fresh.percentile_us(0.99),
+                    "test_present_per_sec": p.test_present.ops_per_sec(),
+                    "test_present_p99_us": p.test_present.percentile_us(0.99),
+                    "test_present_requests": p.test_present.requests,
+                    "test_present_found": p.test_present.found,
                 })).collect::<Vec<_>>(),
                 "side_by_side_ages_secs": ages.map(|(l, s)| json!({
                     "large": l.as_secs_f64(),
@@ -625,6 +709,12 @@ pub(crate) fn run(a: MemoryArgs) -> Result<u8, Failure> {
                     "large_test_absent_cpu_us": r.large_test.cpu_us,
                     "small_set_fresh_cpu_us": r.small_set.cpu_us,
                     "large_set_fresh_cpu_us": r.large_set.cpu_us,
+                    "small_test_present_per_sec": r.small_hit.per_sec,
+                    "large_test_present_per_sec": r.large_hit.per_sec,
+                    "small_test_present_cpu_us": r.small_hit.cpu_us,
+                    "large_test_present_cpu_us": r.large_hit.cpu_us,
+                    "small_test_present_found": r.found.0,
+                    "large_test_present_found": r.found.1,
                     "requests": r.requests(),
                 })).collect::<Vec<_>>(),
                 "side_by_side_summary": summaries(&rounds).map(|all| {

@@ -220,6 +220,7 @@ pub(crate) fn run(a: PeersArgs) -> Result<u8, Failure> {
                         .checked_sub(Duration::from_millis(700))
                         .unwrap_or(until),
                     seed: i as u64 + 1,
+                    numbered: false,
                 },
                 &*connect,
                 &done,

@@ -33,6 +33,8 @@ pub(crate) enum Op {
 pub(crate) enum Answer {
     /// A TEST's answer, or a SET that found the key set.
     Read,
+    /// A TEST that found the key (DQE's `Found`; the other servers answer `Read`).
+    Found,
     /// A SET that stored the pair.
     Stored,
     /// Refused, an error reply, or no reply in time.
@@ -51,6 +53,8 @@ pub(crate) struct Measured {
     pub requests: u64,
     pub ok: u64,
     pub stored: u64,
+    /// TESTs answered `Found` (counted for DQE only).
+    pub found: u64,
     pub failed: u64,
     pub elapsed: Duration,
     pub hist: Histogram<u64>,
@@ -76,6 +80,28 @@ pub(crate) struct Drive {
     pub set_ratio: f64,
     pub deadline: Instant,
     pub seed: u64,
+    /// Values from the seed and each request's number (0 to `requests` − 1, whichever
+    /// thread takes it) instead of a random stream: a second drive with the same seed and
+    /// at most as many requests TESTs values the first one SET, so its TESTs hit.
+    pub numbered: bool,
+}
+
+/// The value of request `n` of a `numbered` drive with `seed`: SplitMix64's outputs, so
+/// that nearby numbers give unrelated values (and keys spread over the whole index).
+fn numbered_value(seed: u64, n: u64) -> Value {
+    let mut x = seed ^ n.wrapping_mul(0xd1b5_4a32_d192_ed03);
+    let mut next = || {
+        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = x;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let mut value = [0u8; 20];
+    for chunk in value.chunks_mut(8) {
+        chunk.copy_from_slice(&next().to_le_bytes()[..chunk.len()]);
+    }
+    value
 }
 
 /// Requests finished so far, for a progress bar or a memory sampler.
@@ -115,6 +141,7 @@ pub(crate) fn run(
         requests: 0,
         ok: 0,
         stored: 0,
+        found: 0,
         failed: 0,
         elapsed,
         hist: new_hist(),
@@ -124,6 +151,7 @@ pub(crate) fn run(
         total.requests += m.requests;
         total.ok += m.ok;
         total.stored += m.stored;
+        total.found += m.found;
         total.failed += m.failed;
         let _ = total.hist.add(&m.hist);
     }
@@ -147,6 +175,7 @@ fn worker(
         requests: 0,
         ok: 0,
         stored: 0,
+        found: 0,
         failed: 0,
         elapsed: Duration::ZERO,
         hist: new_hist(),
@@ -159,18 +188,23 @@ fn worker(
             break;
         }
         let want = drive.batch.max(1) as u64;
-        let got = remaining
+        // `left` requests were left before these: they are numbers left - got .. left.
+        let (got, left) = remaining
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
                 r.checked_sub(want.min(r)).filter(|_| r > 0)
             })
-            .map(|r| want.min(r))
-            .unwrap_or(0);
+            .map(|r| (want.min(r), r))
+            .unwrap_or((0, 0));
         if got == 0 {
             break;
         }
         ops.clear();
-        for _ in 0..got {
-            let value: Value = rng.random();
+        for n in left - got..left {
+            let value: Value = if drive.numbered {
+                numbered_value(drive.seed, n)
+            } else {
+                rng.random()
+            };
             ops.push(if rng.random_bool(drive.set_ratio) {
                 Op::Set(key_of(&value), value)
             } else {
@@ -192,6 +226,11 @@ fn worker(
                 }
                 Answer::Read => {
                     m.ok += 1;
+                    let _ = m.hist.record(us);
+                }
+                Answer::Found => {
+                    m.ok += 1;
+                    m.found += 1;
                     let _ = m.hist.record(us);
                 }
             }
@@ -251,6 +290,7 @@ impl Conn for DqeConn {
             if let Some(i) = ids.iter().position(|&id| id == env.id) {
                 answers[i] = match env.body {
                     Body::Stored => Answer::Stored,
+                    Body::Found { .. } if matches!(ops[i], Op::Test(_)) => Answer::Found,
                     Body::Found { .. } | Body::NotFound => Answer::Read,
                     _ => Answer::Failed,
                 };
@@ -424,6 +464,7 @@ mod tests {
                 set_ratio: 0.5,
                 deadline: Instant::now() + Duration::from_secs(20),
                 seed: 1,
+                numbered: false,
             },
             &|| DqeConn::connect(addr),
             &done,
