@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use dqe_core::hash::{Key, Value, key_of};
 use dqe_core::wire::{self, Body, Envelope, MAX_DATAGRAM};
 use hdrhistogram::Histogram;
-use rand::rngs::StdRng;
+use rand::rngs::{SmallRng, StdRng};
 use rand::{Rng, SeedableRng};
 
 /// One request.
@@ -31,9 +31,10 @@ pub(crate) enum Op {
 /// What a system said to one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Answer {
-    /// A TEST's answer, or a SET that found the key set.
+    /// A TEST that did not find the key (memcached and Redis: any TEST's answer), or a SET
+    /// that found the key set.
     Read,
-    /// A TEST that found the key (DQE's `Found`; the other servers answer `Read`).
+    /// A TEST that found the key (DQE's `Found`).
     Found,
     /// A SET that stored the pair.
     Stored,
@@ -86,22 +87,10 @@ pub(crate) struct Drive {
     pub numbered: bool,
 }
 
-/// The value of request `n` of a `numbered` drive with `seed`: SplitMix64's outputs, so
-/// that nearby numbers give unrelated values (and keys spread over the whole index).
+/// The value of request `n` of a `numbered` drive with `seed`: a small generator seeded from
+/// both (`seed_from_u64` spreads nearby seeds apart), so that keys spread over the whole index.
 fn numbered_value(seed: u64, n: u64) -> Value {
-    let mut x = seed ^ n.wrapping_mul(0xd1b5_4a32_d192_ed03);
-    let mut next = || {
-        x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = x;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
-    let mut value = [0u8; 20];
-    for chunk in value.chunks_mut(8) {
-        chunk.copy_from_slice(&next().to_le_bytes()[..chunk.len()]);
-    }
-    value
+    SmallRng::seed_from_u64(seed ^ n.wrapping_mul(0xd1b5_4a32_d192_ed03)).random()
 }
 
 /// Requests finished so far, for a progress bar or a memory sampler.
