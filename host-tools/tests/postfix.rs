@@ -191,10 +191,13 @@ virtual_gid_maps = static:{gid}
 virtual_minimum_uid = 1
 milter_protocol = 6
 milter_default_action = tempfail
-# A message the next server deferred is tried again within seconds, not minutes.
+# A message the next server deferred is tried again within seconds, not minutes. The backoff
+# is not shorter than 5 s: a deferred message whose backoff has passed while the smtp client
+# still holds its queue file is skipped as still being delivered and put back in the
+# incoming queue for 60 s, which only a trigger or qmgr's wakeup (below) scans again.
 queue_run_delay = 1s
-minimal_backoff_time = 1s
-maximal_backoff_time = 2s
+minimal_backoff_time = 5s
+maximal_backoff_time = 10s
 ",
                 transports = transports.join(", "),
                 mailboxes = mailboxes.join(", ")
@@ -205,7 +208,7 @@ maximal_backoff_time = 2s
 
         let services = "pickup unix n - n 60 1 pickup
 cleanup unix n - n - 0 cleanup
-qmgr unix n - n 300 1 qmgr
+qmgr unix n - n 5 1 qmgr
 rewrite unix - - n - - trivial-rewrite
 bounce unix - - n - 0 bounce
 defer unix - - n - 0 bounce
