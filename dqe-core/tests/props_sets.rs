@@ -9,7 +9,9 @@
 use std::collections::HashSet;
 
 use dqe_core::config::NodeIndex;
-use dqe_core::portal::{Asked, PUTS_PER_TIMEOUT, choose_sets, grown_write_set, replacement};
+use dqe_core::portal::{
+    Asked, PUTS_PER_TIMEOUT, choose_sets, grown_write_set, passed_over_by_growth, replacement,
+};
 use dqe_core::ring::MAX_PREFERENCE;
 use proptest::prelude::*;
 
@@ -166,6 +168,26 @@ proptest! {
         prop_assert!(positions.windows(2).all(|w| w[0] < w[1]), "not in preference order");
         if silent == 0 {
             prop_assert!(grown.is_empty());
+        }
+        // The nodes passed over: exactly the live silent nodes before the growth's last node
+        // (every live silent node past the write set when the growth ran out of nodes).
+        let passed = passed_over_by_growth(&c.preference, is_up, asked, silent);
+        let end = if grown.len() < PUTS_PER_TIMEOUT * silent {
+            c.preference.len()
+        } else {
+            grown
+                .last()
+                .and_then(|l| c.preference.iter().position(|p| p == l))
+                .unwrap_or(0)
+        };
+        let expected: Vec<NodeIndex> = c.preference[..end]
+            .iter()
+            .copied()
+            .filter(|&n| is_up(n) && asked(n) == Asked::Silent)
+            .collect();
+        prop_assert_eq!(passed.as_slice(), expected.as_slice());
+        for &n in &passed {
+            prop_assert!(!grown.contains(&n) && !sets.write.contains(&n));
         }
     }
 }

@@ -88,6 +88,10 @@ pub(super) struct Request {
     /// Bit `i` set: sub-request `i` is a PUT whose replacements have been sent (it timed
     /// out, or an attempt of it expired unanswered; see [`Request::take_unreplaced`]).
     pub(super) replaced: u32,
+    /// Bit `i` set: GET `i` was passed over by the write set's growth because it had not
+    /// answered yet; a `NotFound` from it while the request lingers gets the read repair
+    /// (see [`passed_over_by_growth`](super::passed_over_by_growth)).
+    pub(super) passed_over: u32,
     /// Datagrams sent so far per pending sub-request.
     pub(super) attempt: u8,
     /// When the sub-requests first went out: retries stop a retry window later.
@@ -162,6 +166,12 @@ impl Request {
     /// replacement).
     pub(super) fn in_write_set(&self, i: usize) -> bool {
         i < usize::from(self.writes) || self.subs[i].op == Op::Put
+    }
+
+    /// Whether a `NotFound` from sub-request `i` gets the read repair: a write-set node, or
+    /// one the write set's growth passed over while it was silent.
+    pub(super) fn repairable(&self, i: usize) -> bool {
+        self.in_write_set(i) || self.passed_over & (1 << i) != 0
     }
 
     /// Whether the request may ask `node` for a PUT in place of one that timed out: it has

@@ -129,6 +129,38 @@ pub fn grown_write_set(
         .collect()
 }
 
+/// The nodes [`grown_write_set`] passed over because they were silent to the request
+/// (asked and not answered yet) though they come before the last node it took, or anywhere
+/// past the write set when it ran out of live nodes: had they answered in time they would be
+/// in the write set. One that answers `NotFound` while the request lingers gets the read
+/// repair after all (issue 16: a node just restarted, or slowed by a loaded machine, answers
+/// after the portal's look at its silent write-set nodes).
+pub fn passed_over_by_growth(
+    preference: &[NodeIndex],
+    is_up: impl Fn(NodeIndex) -> bool,
+    asked: impl Fn(NodeIndex) -> Asked,
+    timeouts: usize,
+) -> NodeList {
+    let wanted = PUTS_PER_TIMEOUT * timeouts;
+    let mut taken = 0;
+    let mut passed = NodeList::new();
+    for &n in preference.iter().filter(|&&n| is_up(n)) {
+        if taken >= wanted {
+            break;
+        }
+        match asked(n) {
+            Asked::NotFound | Asked::Found | Asked::NotAsked => taken += 1,
+            Asked::Silent => {
+                // Cannot fail: distinct nodes of a preference list.
+                let pushed = passed.push(n);
+                debug_assert!(pushed.is_ok(), "a push that cannot fail failed");
+            }
+            Asked::WriteSet => {}
+        }
+    }
+    passed
+}
+
 /// New PUTs for each write-set node whose PUT timed out: the node that takes its place, and
 /// one more because `d`, the count of nodes down among the write set's, grew by one (the
 /// write set is the first `r + d` live nodes). So a node that died unnoticed costs the
@@ -201,6 +233,34 @@ mod tests {
             &[2, 6]
         );
         assert!(grown_write_set(&pref, |_| true, asked, 0).is_empty());
+    }
+
+    #[test]
+    fn the_growth_passes_over_silent_nodes_before_its_last_node_only() {
+        use Asked::*;
+        let pref = [4, 1, 3, 0, 2, 5, 6, 7];
+        let asked = |n| match n {
+            4 | 1 | 3 => WriteSet,
+            0 | 6 | 7 => Silent,
+            _ => NotFound,
+        };
+        // Grown: 2 and 5; 0 was passed over, 6 and 7 come after the growth's end.
+        assert_eq!(
+            grown_write_set(&pref, |_| true, asked, 1).as_slice(),
+            &[2, 5]
+        );
+        assert_eq!(
+            passed_over_by_growth(&pref, |_| true, asked, 1).as_slice(),
+            &[0]
+        );
+        // Two timeouts want four nodes; only two answer: every silent node was passed over.
+        assert_eq!(
+            passed_over_by_growth(&pref, |_| true, asked, 2).as_slice(),
+            &[0, 6, 7]
+        );
+        // A node believed down is not passed over (it is not live).
+        assert!(passed_over_by_growth(&pref, |n| n != 0, asked, 1).is_empty());
+        assert!(passed_over_by_growth(&pref, |_| true, asked, 0).is_empty());
     }
 
     #[test]

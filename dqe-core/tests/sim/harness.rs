@@ -16,7 +16,7 @@
 
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use dqe_core::Millis;
@@ -188,6 +188,9 @@ pub struct Sim<const F: usize = 32> {
     pub client_retry_interval: Millis,
     /// Addresses whose incoming datagrams are lost (to lose replies on purpose).
     pub deaf: HashSet<SocketAddr>,
+    /// Extra one-way delay of every datagram sent from an address (a node slow to answer:
+    /// just restarted, or on a loaded machine).
+    pub slow_from: HashMap<SocketAddr, Millis>,
     pub steps: usize,
 }
 
@@ -249,6 +252,7 @@ impl<const F: usize> Sim<F> {
             client_retries: 0,
             client_retry_interval: 500,
             deaf: HashSet::new(),
+            slow_from: HashMap::new(),
             steps: 0,
         }
     }
@@ -346,7 +350,9 @@ impl<const F: usize> Sim<F> {
             1
         };
         for _ in 0..copies {
-            let delay = f.latency.max(1) + self.net.random_range(0..=f.jitter);
+            let delay = f.latency.max(1)
+                + self.net.random_range(0..=f.jitter)
+                + self.slow_from.get(&from).copied().unwrap_or(0);
             self.seq += 1;
             let d = Datagram {
                 from,

@@ -154,6 +154,125 @@ pub struct ReuseFigures {
     pub classes: UseClasses,
     /// Every re-spend answered as a use, with what the cluster held just before it.
     pub uses: Vec<UseEvent>,
+    /// The copies the perfect-detector rule places at a re-spend answered `Found` that the
+    /// next re-spend's Gets do not find on the real nodes (see [`MissedCopies`]).
+    pub missed: MissedCopies,
+    /// Each missed copy.
+    pub misses: Vec<MissEvent>,
+}
+
+/// The copies a re-spend answered `Found` should leave, checked at the next re-spend. The
+/// perfect-detector rule puts the pair on every node of its write set (the first `r + d`
+/// nodes truly up) that lacks it; a node of that set still running at the next re-spend
+/// (not killed in between) should hold it then. Each one that does not is a *miss*, filed
+/// under the first reason that applies, in this order. A miss costs nothing by itself; it
+/// turns into a use only when the next down sets take every other copy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MissedCopies {
+    /// Re-spends answered `Found` that were followed by another re-spend.
+    pub found_respends_checked: usize,
+    /// Nodes of their perfect write sets still running at the next re-spend.
+    pub copies_checked: usize,
+    /// Of those, not holding the pair at the next re-spend.
+    pub missed: usize,
+    /// It held the pair before the re-spend (a copy lost, not one not written).
+    pub held_before: usize,
+    /// The portal believed it down (its `dqe_peer_up` just before the SET).
+    pub believed_down: usize,
+    /// It had just been restarted for that re-spend (believed up).
+    pub restarted: usize,
+    /// The portal was killed before the next re-spend (its repairs go out only while it
+    /// runs).
+    pub portal_killed: usize,
+    /// None of the above: the portal ran on, believed it up, and it ran throughout.
+    pub other: usize,
+}
+
+/// One copy the perfect-detector rule has and the real nodes lack (see [`MissedCopies`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MissEvent {
+    /// Stamp and the re-spend (1 to `attempts`) that should have left the copy.
+    pub stamp: usize,
+    pub attempt: usize,
+    /// The node without the copy, and the reason (a field name of [`MissedCopies`]).
+    pub node: usize,
+    pub reason: &'static str,
+    pub portal: usize,
+    pub preference: Vec<usize>,
+    /// The down set of that re-spend, the nodes restarted for it, and the running nodes
+    /// holding the pair just before it.
+    pub down: Vec<usize>,
+    pub restarted: Vec<usize>,
+    pub live_holders: Vec<usize>,
+    /// Running peers the portal believed down just before it.
+    pub believed_down: Vec<usize>,
+    /// The perfect rule's write set (nodes truly up).
+    pub perfect_write: Vec<usize>,
+    /// Ms from its answer to its portal's kill, if the next change killed the portal.
+    pub portal_killed_ms: Option<f64>,
+}
+
+/// A re-spend answered `Found`, kept until the next re-spend's Gets (see [`MissedCopies`]).
+#[derive(Debug, Clone)]
+struct PendingCheck {
+    attempt: usize,
+    portal: usize,
+    down: Vec<usize>,
+    restarted: Vec<usize>,
+    live_holders: Vec<usize>,
+    believed_down: Vec<usize>,
+    perfect_write: Vec<usize>,
+}
+
+impl MissedCopies {
+    /// Check `c` against the holders found at the next re-spend (`down_now` being its down
+    /// set). Returns the misses.
+    fn check(
+        &mut self,
+        stamp: usize,
+        preference: &[usize],
+        c: &PendingCheck,
+        down_now: &HashSet<usize>,
+        holders_now: &[usize],
+        portal_killed_ms: Option<f64>,
+    ) -> Vec<MissEvent> {
+        self.found_respends_checked += 1;
+        let mut misses = Vec::new();
+        for &x in c.perfect_write.iter().filter(|x| !down_now.contains(x)) {
+            self.copies_checked += 1;
+            if holders_now.contains(&x) {
+                continue;
+            }
+            self.missed += 1;
+            let (field, reason) = if c.live_holders.contains(&x) {
+                (&mut self.held_before, "held_before")
+            } else if c.believed_down.contains(&x) {
+                (&mut self.believed_down, "believed_down")
+            } else if c.restarted.contains(&x) {
+                (&mut self.restarted, "restarted")
+            } else if portal_killed_ms.is_some() {
+                (&mut self.portal_killed, "portal_killed")
+            } else {
+                (&mut self.other, "other")
+            };
+            *field += 1;
+            misses.push(MissEvent {
+                stamp,
+                attempt: c.attempt,
+                node: x,
+                reason,
+                portal: c.portal,
+                preference: preference.to_vec(),
+                down: c.down.clone(),
+                restarted: c.restarted.clone(),
+                live_holders: c.live_holders.clone(),
+                believed_down: c.believed_down.clone(),
+                perfect_write: c.perfect_write.clone(),
+                portal_killed_ms,
+            });
+        }
+        misses
+    }
 }
 
 /// The re-spends of a run by what the running nodes held just before each (this command's
@@ -577,6 +696,7 @@ fn run_one(
         let mut held = vec![false; n];
         // The perfect-detector rule's copies of this stamp on the same draws.
         let mut ideal: Vec<NodeIndex> = Vec::new();
+        let mut pending: Option<PendingCheck> = None;
         for attempt in 0..=a.attempts {
             order.shuffle(&mut rng);
             let down_set: HashSet<usize> = order[..k].iter().copied().collect();
@@ -626,6 +746,17 @@ fn run_one(
                 for i in (0..n).filter(|&i| cluster.is_running(i)) {
                     held[i] = live_holders.contains(&i);
                 }
+                if let Some(c) = pending.take() {
+                    let misses = f.missed.check(
+                        stamp,
+                        &preference,
+                        &c,
+                        &down_set,
+                        &live_holders,
+                        previous_portal_killed_ms,
+                    );
+                    f.misses.extend(misses);
+                }
                 let mut down: Vec<usize> = down_set.iter().copied().collect();
                 down.sort_unstable();
                 respend = Respend {
@@ -663,6 +794,22 @@ fn run_one(
                 }
             } else {
                 respend.found = matches!(reply, Some(Body::Found { .. }));
+                if respend.found {
+                    pending = Some(PendingCheck {
+                        attempt,
+                        portal,
+                        down: respend.down.clone(),
+                        restarted: respend.restarted.clone(),
+                        live_holders: respend.live_holders.clone(),
+                        believed_down: respend.believed_down.clone(),
+                        perfect_write: perfect
+                            .write
+                            .iter()
+                            .map(|&x| usize::from(x))
+                            .filter(|x| !down_set.contains(x))
+                            .collect(),
+                    });
+                }
                 respend.used = matches!(
                     reply,
                     Some(
@@ -921,6 +1068,22 @@ fn print_table(runs: &[ReuseFigures]) {
         );
     }
     for f in runs {
+        let m = &f.missed;
+        let _ = writeln!(
+            out,
+            "{:.0}% down: of {} copies the perfect rule leaves after {} re-spends answered Found, {} missing at the next re-spend: {} held before, {} believed down, {} just restarted, {} portal killed, {} other",
+            f.down_fraction * 100.0,
+            m.copies_checked,
+            m.found_respends_checked,
+            m.missed,
+            m.held_before,
+            m.believed_down,
+            m.restarted,
+            m.portal_killed,
+            m.other
+        );
+    }
+    for f in runs {
         let _ = writeln!(
             out,
             "{:.0}% down: {} SETs' portals killed by the next change, {:.1} ms after the answer on average, {} within 5 ms",
@@ -999,5 +1162,58 @@ mod tests {
         // Node 6 is past the read depth (the first 5 of the list).
         assert_eq!(c.live_copy_in_read_depth, 4);
         assert_eq!((c.live_copies, c.down_copies), (8, 1));
+    }
+
+    #[test]
+    fn a_perfect_copy_missing_at_the_next_respend_is_filed_under_its_first_reason() {
+        let c = PendingCheck {
+            attempt: 2,
+            portal: 9,
+            down: vec![0, 1],
+            restarted: vec![3, 5],
+            live_holders: vec![4],
+            believed_down: vec![2],
+            // 4 held it before; 2 was believed down; 3 and 5 just restarted; 6 ran on.
+            perfect_write: vec![4, 2, 3, 5, 6],
+        };
+        let pref = [4, 1, 3, 0, 2, 5, 6, 7, 8, 9];
+        let down_now: HashSet<usize> = [5].into_iter().collect();
+        let mut m = MissedCopies::default();
+        // 3 holds it; 5 is down now (not checked); 4, 2 and 6 lack it.
+        let misses = m.check(7, &pref, &c, &down_now, &[3], None);
+        let reasons: Vec<(usize, &str)> = misses.iter().map(|e| (e.node, e.reason)).collect();
+        assert_eq!(
+            reasons,
+            [(4, "held_before"), (2, "believed_down"), (6, "other")]
+        );
+        assert_eq!(
+            (m.found_respends_checked, m.copies_checked, m.missed),
+            (1, 4, 3)
+        );
+        // The same with the portal killed: 6 is now filed under it; a restarted node that
+        // lacks the copy is filed as restarted first.
+        let misses = m.check(7, &pref, &c, &HashSet::new(), &[], Some(4.0));
+        let reasons: Vec<&str> = misses.iter().map(|e| e.reason).collect();
+        assert_eq!(
+            reasons,
+            [
+                "held_before",
+                "believed_down",
+                "restarted",
+                "restarted",
+                "portal_killed"
+            ]
+        );
+        assert_eq!(
+            (
+                m.held_before,
+                m.believed_down,
+                m.restarted,
+                m.portal_killed,
+                m.other
+            ),
+            (2, 2, 2, 1, 1)
+        );
+        assert_eq!(misses[4].portal_killed_ms, Some(4.0));
     }
 }
