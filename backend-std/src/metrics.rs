@@ -464,6 +464,16 @@ impl Metrics {
                 n.probes_sent,
             ),
             (
+                "greetings_sent",
+                "Gets sent to every peer at start, so that peers that believed this node down probe it at once.",
+                n.greetings_sent,
+            ),
+            (
+                "greetings_answered",
+                "Greetings answered by peers.",
+                n.greetings_answered,
+            ),
+            (
                 "nodes_marked_down",
                 "Times a peer was believed down.",
                 n.nodes_marked_down,

@@ -47,11 +47,19 @@
 //!     Node::new(spec.clone(), me, store, rng, config, 0, NodeStorage::default()).unwrap()
 //! };
 //! let (mut a, mut b) = (node(0), node(1));
+//! let mut buf = [0u8; MAX_DATAGRAM];
+//!
+//! // At start a node greets each peer (a `Get` of a random key from its source port, so that
+//! // a peer that believed it down probes it at once). Here the greetings are dropped.
+//! for n in [&mut a, &mut b] {
+//!     assert_eq!(n.poll_timeout(), Some(0), "the greetings are due at once");
+//!     n.handle_timeout(0);
+//!     while n.poll_transmit(&mut buf).is_some() {}
+//! }
 //!
 //! let client = addr(9000);
 //! let value = word_value(b"hello");
 //! let set = Envelope::new(0, 42, Body::Set { key: key_of(&value), value });
-//! let mut buf = [0u8; MAX_DATAGRAM];
 //! let datagram = wire::encode(&set, &mut buf).unwrap().to_vec();
 //! a.handle(0, Port::Portal, client, &datagram);
 //!

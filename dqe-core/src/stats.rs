@@ -107,6 +107,11 @@ pub struct NodeStats {
 
     /// Probes sent to peers believed down.
     pub probes_sent: u64,
+    /// Greetings sent at start, one `Get` per peer, so that peers that believed this node
+    /// down probe it at once (see [`crate::detector`]).
+    pub greetings_sent: u64,
+    /// Greetings answered.
+    pub greetings_answered: u64,
     /// Times a peer was marked down.
     pub nodes_marked_down: u64,
     /// Times a peer believed down answered and was marked up.

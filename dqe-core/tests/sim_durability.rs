@@ -556,6 +556,23 @@ type Tight = Node<
     QueueArrays<4, 4>,
 >;
 
+/// Send a node's start-up greetings (a `Get` to each peer, due at once) and drop them, so
+/// that a test driving it by hand starts from an idle node.
+fn greet(node: &mut Tight, buf: &mut [u8]) {
+    assert_eq!(
+        node.poll_timeout(),
+        Some(0),
+        "the greetings are due at once"
+    );
+    node.handle_timeout(0);
+    let mut greetings = 0;
+    while node.poll_transmit(buf).is_some() {
+        greetings += 1;
+    }
+    assert_eq!(greetings, 2, "one greeting per peer");
+    assert_eq!(node.stats().greetings_sent, 2);
+}
+
 #[test]
 fn a_verdict_deferred_again_for_queue_room_stays_due_from_when_it_was_first_due() {
     // Node 0 of `three()` (peers answered by hand), a portal queue of 4 datagrams.
@@ -573,6 +590,7 @@ fn a_verdict_deferred_again_for_queue_room_stays_due_from_when_it_was_first_due(
     .unwrap();
     let tag = node.cluster_tag();
     let mut buf = [0u8; MAX_DATAGRAM];
+    greet(&mut node, &mut buf);
     let client = |id: u64, body: Body| encode(&Envelope::new(tag, id, body));
     node.handle(
         0,
@@ -643,6 +661,7 @@ fn a_verdict_for_an_overdue_request_lingers_due_from_its_attempts_end() {
     .unwrap();
     let tag = node.cluster_tag();
     let mut buf = [0u8; MAX_DATAGRAM];
+    greet(&mut node, &mut buf);
     let (key, value) = word("overdue");
     let ask = encode(&Envelope::new(tag, 1, Body::Test { key }));
     node.handle(0, Port::Portal, client_addr(0), &ask);

@@ -276,6 +276,23 @@ pub struct Portal<P, T, B> {
     seed: u64,
     replies: ReplyCache<B>,
     detector: FailureDetector<P>,
+    /// The greeting sent at start (see [`Portal::send_greetings`]).
+    greeting: Greeting,
+}
+
+/// Greeting ids step by `1 << GREETING_ID_SHIFT` from one peer to the next.
+const GREETING_ID_SHIFT: u32 = 7;
+
+/// Where the start-up greeting stands: one `Get` of a random key to every peer's storer,
+/// the id of node `i`'s being `base + i × 128`, so that an answer is recognised without a
+/// table and the id's low 7 bits are those the node's RNG drew (a std node of several
+/// workers steers a reply to the worker that sent the request by them).
+#[derive(Debug, Clone, Copy)]
+struct Greeting {
+    /// The next node to greet; `None` once every peer was greeted.
+    next: Option<NodeIndex>,
+    /// Random, drawn when the first greeting goes out (0 until then).
+    base: u64,
 }
 
 impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
@@ -295,6 +312,10 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             seed,
             replies: ReplyCache::new(slots, config.retry_window, seed.rotate_left(32)),
             detector: FailureDetector::new(peers, config.detector_threshold, config.probe_interval),
+            greeting: Greeting {
+                next: Some(0),
+                base: 0,
+            },
         };
         portal.reset_table();
         portal
@@ -348,6 +369,9 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
     /// The earliest instant the portal has timed work: an attempt expiring, a reply
     /// waiting for queue room, a lingering request to drop, a probe to send.
     pub fn next_deadline(&self) -> Option<Millis> {
+        if self.greeting.next.is_some() {
+            return Some(0);
+        }
         let request = self.request(self.first).map(|r| r.deadline);
         request.into_iter().chain(self.detector.next_probe()).min()
     }
@@ -536,6 +560,12 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             return;
         }
         let Some((slot, i, node)) = self.find_sub(cx.nodes, from, env.id) else {
+            if let Some(node) = self.greeting_answer(cx.nodes, from, env.id) {
+                cx.stats.greetings_answered += 1;
+                let change = self.detector.record_answer(node);
+                cx.note(change);
+                return;
+            }
             // Probes go only to nodes believed down: look the sender up among them only.
             if self.detector.down_count() > 0 {
                 let node = self
@@ -590,6 +620,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
         &mut self,
         cx: &mut Context<'_, S, R, G>,
     ) {
+        self.send_greetings(cx);
         self.send_due_probes(cx);
         // Take the due requests first (a list through their slots' `due`, in deadline
         // order): handling one may reschedule or drop others. No request enters the table
@@ -661,6 +692,60 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
             reason: Reason::Busy,
         };
         cx.reply(from, env, len, body, cx.arrival(), 0);
+    }
+
+    /// Greet every peer once, at start: a `Get` of a random key to its storer, from this
+    /// node's source address. A peer that believed this node down (it was, before a restart)
+    /// is probed at once when a request comes from a node it believes down (see
+    /// [`crate::detector`]); without the greeting it went on leaving this node out of its
+    /// write and read sets until its next probe, up to `probe_interval` (issue 16: in `dqe lab
+    /// reuse`, the copies of a re-spend missed a node just restarted about one time in thirty).
+    /// Sent as the outgoing queue has room; an answer proves the peer up, like any answer.
+    fn send_greetings<S: Store, R: RngCore, G: RingStorage>(
+        &mut self,
+        cx: &mut Context<'_, S, R, G>,
+    ) {
+        if self.greeting.next.is_some() && self.greeting.base == 0 {
+            // Never 0 (0 means "not drawn yet"); the low 7 bits stay the RNG's.
+            self.greeting.base = cx.rng.next_u64().max(1 << GREETING_ID_SHIFT);
+        }
+        while let Some(node) = self.greeting.next {
+            if usize::from(node) >= cx.nodes.len() {
+                self.greeting.next = None;
+                return;
+            }
+            if node != cx.me {
+                if cx.outbox.room() == 0 {
+                    cx.stats.deferred_timeouts += 1;
+                    return;
+                }
+                let mut key = [0u8; 20];
+                cx.rng.fill_bytes(&mut key);
+                let id = self
+                    .greeting
+                    .base
+                    .wrapping_add(u64::from(node) << GREETING_ID_SHIFT);
+                cx.send(node, id, Body::Get { key });
+                cx.stats.greetings_sent += 1;
+            }
+            self.greeting.next = node.checked_add(1);
+        }
+    }
+
+    /// The peer whose greeting `id` answers, if `from` is its storer.
+    fn greeting_answer(&self, nodes: &[NodeSpec], from: SocketAddr, id: u64) -> Option<NodeIndex> {
+        if self.greeting.base == 0 {
+            return None;
+        }
+        let offset = id.wrapping_sub(self.greeting.base);
+        if offset & ((1 << GREETING_ID_SHIFT) - 1) != 0 {
+            return None;
+        }
+        let node = NodeIndex::try_from(offset >> GREETING_ID_SHIFT).ok()?;
+        nodes
+            .get(usize::from(node))
+            .is_some_and(|s| s.storer == from)
+            .then_some(node)
     }
 
     fn send_due_probes<S: Store, R: RngCore, G: RingStorage>(

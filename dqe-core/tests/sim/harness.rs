@@ -52,6 +52,25 @@ pub type SimRing = RingBuffers<Box<[Point]>, Box<[u64]>>;
 pub type SimNode<const F: usize> =
     Node<SimStore, StdRng, ClusterArrays<MAX_NODES>, SimRing, InFlightArrays<F>, SimReplies>;
 
+/// Node `i` of `spec`, new, on an empty store of `slots` slots.
+fn fresh_node<const F: usize>(
+    spec: &ClusterSpec<MAX_NODES>,
+    i: usize,
+    config: NodeConfig,
+    slots: usize,
+    rng: StdRng,
+) -> SimNode<F> {
+    let store = FixedStore::new(vec![Slot::EMPTY; slots].into_boxed_slice());
+    let storage = NodeStorage {
+        replies: reply_caches(CACHE),
+        ring: ring_buffers(spec.nodes.len() * usize::from(spec.vnodes)),
+        peers: PeerArrays::new(),
+        in_flight: InFlightArrays::new(),
+        queues: QueueArrays::new(),
+    };
+    Node::new(spec.clone(), i as NodeIndex, store, rng, config, 1, storage).unwrap()
+}
+
 /// Ring storage for `points` points.
 pub fn ring_buffers(points: usize) -> SimRing {
     RingBuffers {
@@ -173,6 +192,9 @@ impl Tracked {
 
 /// A simulated cluster.
 pub struct Sim<const F: usize = 32> {
+    spec: ClusterSpec<MAX_NODES>,
+    slots: usize,
+    config: NodeConfig,
     pub nodes: Vec<SimNode<F>>,
     alive: Vec<bool>,
     pub now: Millis,
@@ -227,19 +249,14 @@ impl<const F: usize> Sim<F> {
         }
         let nodes = (0..n)
             .map(|i| {
-                let store = FixedStore::new(vec![Slot::EMPTY; slots].into_boxed_slice());
                 let rng = StdRng::seed_from_u64(seed.wrapping_mul(1_000).wrapping_add(i as u64));
-                let storage = NodeStorage {
-                    replies: reply_caches(CACHE),
-                    ring: ring_buffers(spec.nodes.len() * usize::from(spec.vnodes)),
-                    peers: PeerArrays::new(),
-                    in_flight: InFlightArrays::new(),
-                    queues: QueueArrays::new(),
-                };
-                Node::new(spec.clone(), i as NodeIndex, store, rng, config, 1, storage).unwrap()
+                fresh_node(&spec, i, config, slots, rng)
             })
             .collect();
         Sim {
+            spec,
+            slots,
+            config,
             nodes,
             alive: vec![true; n],
             now: 0,
@@ -275,6 +292,14 @@ impl<const F: usize> Sim<F> {
     }
 
     pub fn revive(&mut self, i: usize) {
+        self.alive[i] = true;
+    }
+
+    /// Node `i` starts again as a new process on an empty store: what it knew of its peers
+    /// and its requests in flight are gone.
+    pub fn restart(&mut self, i: usize) {
+        let rng = StdRng::seed_from_u64(self.net.random());
+        self.nodes[i] = fresh_node(&self.spec, i, self.config, self.slots, rng);
         self.alive[i] = true;
     }
 

@@ -79,6 +79,12 @@ pub struct ReuseArgs {
     /// then; the portals' failure detectors get this long to notice).
     #[arg(long, default_value_t = 100)]
     pub gap_ms: u64,
+    /// Milliseconds between a SET's answer and the next change of the down set (0: at once,
+    /// after a metrics scrape of each node to be killed). A portal repairs a re-spent stamp's
+    /// copies a few ms after its answer; killed sooner, it does not. `dqe lab simulate`'s
+    /// `--after-ms` is the same wait.
+    #[arg(long, default_value_t = 0)]
+    pub after_ms: u64,
     /// Seed of the down sets, portals and stamps.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
@@ -130,6 +136,8 @@ pub struct ReuseFigures {
     pub set_ms: f64,
     /// The cluster's `handoff` in force.
     pub handoff: u8,
+    /// `--after-ms`: ms from a SET's answer to the next change of the down set, at least.
+    pub after_ms: u64,
     /// What the portal of each SET believed just before it (its `dqe_peer_up`, exported
     /// every 100 ms), per SET: peers down it believed up, peers up it believed down, and how
     /// long (ms) each wrong belief had lasted by then (since the kill or the restart).
@@ -670,6 +678,7 @@ fn run_one(
         replication: a.replication,
         attempts: a.attempts,
         handoff: file.spec.handoff,
+        after_ms: a.after_ms,
         ..ReuseFigures::default()
     };
     // When each node was last killed or restarted, and the portals' wrong beliefs.
@@ -784,6 +793,7 @@ fn run_one(
             );
             set_ms += t0.elapsed().as_millis();
             last_answer = Some((portal, Instant::now()));
+            std::thread::sleep(Duration::from_millis(a.after_ms));
             live_node_sets += n - k;
             tally.set(attempt == 0, reply.as_ref());
             if attempt == 0 {

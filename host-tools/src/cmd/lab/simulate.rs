@@ -51,7 +51,7 @@ pub struct SimulateArgs {
     #[arg(long, default_value_t = 100)]
     pub gap_ms: u64,
     /// Virtual ms between a SET's answer and the next change of the down set [default:
-    /// --gap-ms; `dqe lab reuse` changes it at once, which is 0].
+    /// --gap-ms; `dqe lab reuse` has the same flag, 0 by default: at once].
     #[arg(long)]
     pub after_ms: Option<u64>,
     /// Ring points per node (the core's default is 16).
