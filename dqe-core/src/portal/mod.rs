@@ -144,12 +144,12 @@ pub const QUIET_FLOOR_DIVISOR: Millis = 125;
 /// write-set nodes (at least 1 ms: ms clocks round a sub-millisecond answer down to 0).
 ///
 /// Short on purpose, whatever that answer's delay (issue 16, sixth follow-up): until then
-/// the look waited twice that delay, and on a loaded machine, where an answer takes several
-/// ms, the lab killed most portals of re-spends (3 to 25 ms after their answers) before
-/// their look, so the node restarted in place of a dead one never got its copy (about one
-/// `Found` re-spend in eight at 40 % down). A live node that answers after the look loses
-/// nothing: a write-set node is still repaired when its `NotFound` comes, and a node the
-/// grown write set passed over as silent is repaired then too (`repair.rs`).
+/// the look waited twice that delay, so on a loaded machine, where an answer takes several
+/// ms, a portal killed a few ms after its answer (`dqe lab reuse` kills the next down set 3
+/// to 25 ms after it) had not looked yet, and the copies in place of dead write-set nodes
+/// were never written. A live node that answers after the look loses nothing: a write-set
+/// node is still repaired when its `NotFound` comes, and a node the grown write set passed
+/// over as silent is repaired then too (`repair.rs`).
 fn quiet_after(config: &NodeConfig) -> Millis {
     (config.attempt_timeout / QUIET_FLOOR_DIVISOR).max(1)
 }
@@ -367,7 +367,8 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
     }
 
     /// The earliest instant the portal has timed work: an attempt expiring, a reply
-    /// waiting for queue room, a lingering request to drop, a probe to send.
+    /// waiting for queue room, a lingering request to drop, a probe to send; at once while
+    /// the start-up greetings are not all out.
     pub fn next_deadline(&self) -> Option<Millis> {
         if self.greeting.next.is_some() {
             return Some(0);
