@@ -709,7 +709,7 @@ impl<P: PeerStorage, T: InFlightStorage, B: ReplyStorage> Portal<P, T, B> {
     ) {
         if self.greeting.next.is_some() && self.greeting.base == 0 {
             // Never 0 (0 means "not drawn yet"); the low 7 bits stay the RNG's.
-            self.greeting.base = cx.rng.next_u64().max(1 << GREETING_ID_SHIFT);
+            self.greeting.base = cx.rng.next_u64() | (1 << GREETING_ID_SHIFT);
         }
         while let Some(node) = self.greeting.next {
             if usize::from(node) >= cx.nodes.len() {
