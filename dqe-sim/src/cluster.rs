@@ -442,10 +442,46 @@ impl<const N: usize> Cluster<N> {
                 self.traffic.storer_requests += 1;
             }
         }
+        if self.nodes[i].is_none() && self.answered_unbuilt(i, port, &d) {
+            return;
+        }
         let now = self.now;
         self.node(i).handle(now, port, d.from, &d.bytes);
         self.flush(i);
         self.deadlines[i] = self.nodes[i].as_ref().and_then(|n| n.poll_timeout());
+    }
+
+    /// A datagram for node `i`, not built, that needs no node: a `Get` at its storer is
+    /// answered from its store, and a reply at its source port is dropped. A node not built
+    /// is a fresh process when it is built (a restart on its store): its failure detector
+    /// believes every peer up and it has no request in flight, so neither would change
+    /// anything in it. Building it instead, in a cluster larger than `resident`, rebuilt
+    /// nodes in a cascade: every node built greets all its peers at start.
+    fn answered_unbuilt(&mut self, i: usize, port: Port, d: &Datagram) -> bool {
+        match port {
+            Port::Source => true,
+            Port::Storer => {
+                let Ok(env) = wire::decode(&d.bytes) else {
+                    return false;
+                };
+                let Body::Get { key } = env.body else {
+                    return false;
+                };
+                let body = match self.stores[i].get(&key) {
+                    Some(value) => Body::Found { value },
+                    None => Body::NotFound,
+                };
+                let mut buf = [0u8; MAX_DATAGRAM];
+                let Ok(bytes) = wire::encode(&Envelope::new(env.cluster, env.id, body), &mut buf)
+                else {
+                    return false;
+                };
+                let bytes = bytes.to_vec();
+                self.transmit(node_addr(i, Port::Storer), d.from, bytes);
+                true
+            }
+            Port::Portal => false,
+        }
     }
 
     fn flush(&mut self, i: usize) {
